@@ -1,0 +1,233 @@
+"""``Norm``: the base class every normzoo normalization layer subclasses.
+
+It owns what all norms share: the constructor checks, the per-channel affine parameters, the
+optional running statistics, the input checks (raised before any state changes), the
+``impl`` switch between the fast path and the reference math, and state-dict compatibility
+with ``torch.nn`` (the same keys, and old checkpoints without ``num_batches_tracked``).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+#: Names of the axes of an ``(N, C, *spatial)`` input, used by ``statistics_per`` and
+#: ``reduces_over``. ``"group"`` is a block of ``C / G`` consecutive channels.
+AXES = ("batch", "channel", "group", "spatial")
+
+IMPLS = ("fast", "reference")
+
+
+def check_num_features(num_features: Any) -> int:
+    if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
+        raise TypeError(
+            f"num_features must be a positive int (the channel count C), "
+            f"got {type(num_features).__name__} {num_features!r}"
+        )
+    if num_features <= 0:
+        raise ValueError(
+            f"num_features must be a positive int (the channel count C), got {num_features}"
+        )
+    return int(num_features)
+
+
+def check_eps(eps: Any) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a float >= 0, got {type(eps).__name__} {eps!r}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be a float >= 0, got {eps}")
+    return float(eps)
+
+
+def check_momentum(momentum: Any) -> float | None:
+    if momentum is None:
+        return None
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(
+            f"momentum must be a float in [0, 1] or None (cumulative average), "
+            f"got {type(momentum).__name__} {momentum!r}"
+        )
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(
+            f"momentum must be a float in [0, 1] or None (cumulative average), got {momentum}"
+        )
+    return float(momentum)
+
+
+class Norm(nn.Module):
+    """Base class of every normzoo norm.
+
+    Subclasses set the class attributes below (what the norm normalizes over, as data that
+    docs and tools read), call ``super().__init__`` and implement ``_forward(x)``; the
+    public ``forward`` checks the input first.
+
+    Attributes:
+        statistics_per: the axes along which separate statistics are kept (e.g. BatchNorm:
+            ``("channel",)``, one mean and variance per channel).
+        reduces_over: the axes a statistic is computed over (BatchNorm:
+            ``("batch", "spatial")``). ``"channel"`` together with ``"group"`` in
+            ``statistics_per`` means the channels of one group.
+        uses_batch_stats: whether an output depends on other samples of the batch in training.
+        min_spatial_dims, max_spatial_dims: the number of spatial dims the norm accepts.
+    """
+
+    statistics_per: ClassVar[tuple[str, ...]] = ()
+    reduces_over: ClassVar[tuple[str, ...]] = ()
+    uses_batch_stats: ClassVar[bool] = False
+    min_spatial_dims: ClassVar[int] = 0
+    max_spatial_dims: ClassVar[int] = 3
+
+    # Version 2 checkpoints carry ``num_batches_tracked`` (torch.nn's numbering).
+    _version = 2
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        eps: float = 1e-5,
+        affine: bool = True,
+        impl: str = "fast",
+        channels_last: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_features = check_num_features(num_features)
+        self.eps = check_eps(eps)
+        self.affine = bool(affine)
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        self.impl = impl
+        self.channels_last = bool(channels_last)
+        factory = {"device": device, "dtype": dtype}
+        if self.affine:
+            self.weight = nn.Parameter(torch.empty(self.num_features, **factory))
+            self.bias = nn.Parameter(torch.empty(self.num_features, **factory))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.track_running_stats = False
+        self.register_buffer("running_mean", None)
+        self.register_buffer("running_var", None)
+        self.register_buffer("num_batches_tracked", None)
+
+    # -- state ---------------------------------------------------------------------------
+    def _init_running_stats(
+        self, momentum: float | None, device: Any = None, dtype: Any = None
+    ) -> None:
+        """Create ``running_mean``, ``running_var`` and ``num_batches_tracked`` buffers."""
+        self.momentum = check_momentum(momentum)
+        self.track_running_stats = True
+        factory = {"device": device, "dtype": dtype}
+        self.running_mean = torch.zeros(self.num_features, **factory)
+        self.running_var = torch.ones(self.num_features, **factory)
+        kwargs = {k: v for k, v in factory.items() if k != "dtype"}
+        self.num_batches_tracked = torch.tensor(0, dtype=torch.long, **kwargs)
+
+    def reset_running_stats(self) -> None:
+        """Running mean 0, running variance 1, no batch tracked."""
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        """Running statistics reset, ``weight`` 1 and ``bias`` 0."""
+        self.reset_running_stats()
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def _update_factor(self) -> float:
+        """Count one more tracked batch and return this step's running-average factor.
+
+        ``momentum=None`` gives the cumulative average ``1 / num_batches_tracked``.
+        Call only after every input check has passed.
+        """
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:
+            return 1.0 / float(self.num_batches_tracked)
+        return self.momentum
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # Checkpoints written before torch 0.4.1 (version < 2) have no num_batches_tracked;
+        # we also accept any checkpoint that simply lacks it.
+        key = prefix + "num_batches_tracked"
+        if self.track_running_stats and key not in state_dict:
+            state_dict[key] = torch.tensor(0, dtype=torch.long)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    # -- forward -------------------------------------------------------------------------
+    def check_input(self, x: Any) -> None:
+        """Raise a ``TypeError``/``ValueError`` naming the problem if ``x`` is not accepted."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(
+                f"{type(self).__name__} expects a floating-point input "
+                f"(float32, float64, float16 or bfloat16), got {x.dtype}"
+            )
+        if self.channels_last:
+            if x.dim() < 1:
+                raise ValueError(
+                    f"{type(self).__name__}(channels_last=True) expects an input of shape "
+                    f"(..., C), got a scalar"
+                )
+            if x.shape[-1] != self.num_features:
+                raise ValueError(
+                    f"{type(self).__name__} expects {self.num_features} channels "
+                    f"(num_features) in the last dim, got {x.shape[-1]} "
+                    f"(input shape {tuple(x.shape)})"
+                )
+            return
+        lo, hi = 2 + self.min_spatial_dims, 2 + self.max_spatial_dims
+        if not lo <= x.dim() <= hi:
+            spatial = (
+                f"{self.min_spatial_dims} to {self.max_spatial_dims}"
+                if lo != hi
+                else f"{self.min_spatial_dims}"
+            )
+            raise ValueError(
+                f"{type(self).__name__} expects an input of shape (N, C, *spatial) with "
+                f"{spatial} spatial dims (rank {lo} to {hi}), got rank {x.dim()} "
+                f"(input shape {tuple(x.shape)})"
+            )
+        if x.shape[1] != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__} expects {self.num_features} channels (num_features) "
+                f"in dim 1, got {x.shape[1]} (input shape {tuple(x.shape)})"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        parts = [f"{self.num_features}", f"eps={self.eps:g}"]
+        if self.track_running_stats or hasattr(self, "momentum"):
+            parts.append(f"momentum={getattr(self, 'momentum', None)}")
+        parts.append(f"affine={self.affine}")
+        if hasattr(self, "momentum"):
+            parts.append(f"track_running_stats={self.track_running_stats}")
+        if self.channels_last:
+            parts.append("channels_last=True")
+        if self.impl != "fast":
+            parts.append(f"impl={self.impl!r}")
+        return ", ".join(parts)

@@ -1,0 +1,113 @@
+"""Instance Normalization."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from normzoo import functional
+from normzoo.functional._stats import stable_var_mean
+from normzoo.norms.base import Norm, check_momentum
+
+
+class InstanceNorm(Norm):
+    r"""Instance Normalization: each channel of each sample normalized over its positions.
+
+    .. math::
+        y = \gamma \, \frac{x - \mathrm{E}_{HW}[x]}{\sqrt{\mathrm{Var}_{HW}[x] + \epsilon}}
+            + \beta
+
+    Takes ``(N, C, *spatial)`` with 1 to 3 spatial dims and equals
+    ``torch.nn.InstanceNorm1d/2d/3d(C, affine=..., track_running_stats=...)``. Unlike torch,
+    ``affine`` defaults to ``True`` (the shared interface of normzoo). With
+    ``track_running_stats=True`` the running statistics are the batch averages of the
+    instance means and unbiased variances, and eval mode normalizes with them; and
+    ``momentum=None`` gives a true cumulative average (torch silently skips the update).
+
+    Args:
+        num_features: the channel count ``C``.
+        eps: added to the variance. Default ``1e-5``.
+        momentum: running-average factor or ``None`` (cumulative). Default ``0.1``.
+        affine: learn per-channel ``weight`` and ``bias``. Default ``True``.
+        track_running_stats: keep running statistics for eval mode. Default ``False``.
+        impl: ``"fast"`` (a group-norm kernel with one channel per group) or ``"reference"``.
+
+    Reference: D. Ulyanov, A. Vedaldi, V. Lempitsky, "Instance Normalization: The Missing
+    Ingredient for Fast Stylization", arXiv:1607.08022.
+    """
+
+    statistics_per = ("batch", "channel")
+    reduces_over = ("spatial",)
+    uses_batch_stats = False
+    min_spatial_dims = 1
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = False,
+        *,
+        impl: str = "fast",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            num_features, eps=eps, affine=affine, impl=impl, device=device, dtype=dtype
+        )
+        if track_running_stats:
+            self._init_running_stats(momentum, device, dtype)
+        else:
+            self.momentum = check_momentum(momentum)
+        self.reset_parameters()
+
+    def check_input(self, x: Tensor) -> None:
+        super().check_input(x)
+        if self._uses_input_stats() and x[0, 0].numel() <= 1 and x.numel() > 0:
+            raise ValueError(
+                f"{type(self).__name__} needs more than 1 spatial position per channel, got "
+                f"input of shape {tuple(x.shape)}"
+            )
+
+    def _uses_input_stats(self) -> bool:
+        return self.training or not self.track_running_stats
+
+    def _forward(self, x: Tensor) -> Tensor:
+        use_input_stats = self._uses_input_stats()
+        update = self.training and self.track_running_stats
+        factor = self._update_factor() if update else 0.0
+        if self.impl == "reference":
+            y, mean, var = functional.instance_norm(
+                x,
+                self.running_mean,
+                self.running_var,
+                self.weight,
+                self.bias,
+                use_input_stats=use_input_stats,
+                momentum=factor,
+                eps=self.eps,
+            )
+            if update:
+                with torch.no_grad():
+                    self.running_mean.copy_(mean)
+                    self.running_var.copy_(var)
+            return y
+        if not use_input_stats:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        if update:
+            with torch.no_grad():
+                xs = x.detach().float() if x.dtype in (torch.float16, torch.bfloat16) else x
+                var, mean = stable_var_mean(xs.detach(), list(range(2, x.dim())))
+                m = x[0, 0].numel()
+                n = x.shape[0]
+                mean = mean.reshape(n, -1).mean(0)
+                var = var.reshape(n, -1).mean(0) * (m / (m - 1))
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+                self.running_var.lerp_(var.to(self.running_var.dtype), factor)
+        # A group-norm kernel with one channel per group computes exactly instance norm,
+        # about twice as fast on CPU as torch's InstanceNorm (a reshaped batch_norm).
+        return F.group_norm(x, self.num_features, self.weight, self.bias, self.eps)

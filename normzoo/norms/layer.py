@@ -1,0 +1,72 @@
+"""Layer Normalization, channels-first and channels-last."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from normzoo import functional
+from normzoo.norms.base import Norm
+
+
+class LayerNorm(Norm):
+    r"""Layer Normalization: each sample normalized over all its channels and positions.
+
+    .. math::
+        y = \gamma \odot \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} + \beta
+
+    With the default ``channels_last=False`` the input is ``(N, C, *spatial)`` and the
+    statistics are taken per sample over ``C`` and every spatial position, the "LN" of the
+    Group Normalization paper and exactly ``torch.nn.GroupNorm(1, C)``. With
+    ``channels_last=True`` the input is a token tensor ``(..., C)`` normalized over its last
+    dim, exactly ``torch.nn.LayerNorm(C)``. ``weight``/``bias`` are per channel, ``(C,)``.
+
+    Args:
+        num_features: the channel count ``C``.
+        eps: added to the variance. Default ``1e-5``.
+        affine: learn per-channel ``weight`` and ``bias``. Default ``True``.
+        channels_last: token input ``(..., C)``. Default ``False``.
+        impl: ``"fast"`` (native kernels) or ``"reference"`` (``normzoo.functional``).
+
+    Reference: J. L. Ba, J. R. Kiros, G. E. Hinton, "Layer Normalization", arXiv:1607.06450.
+    """
+
+    statistics_per = ("batch",)
+    reduces_over = ("channel", "spatial")
+    uses_batch_stats = False
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        *,
+        channels_last: bool = False,
+        impl: str = "fast",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            num_features,
+            eps=eps,
+            affine=affine,
+            impl=impl,
+            channels_last=channels_last,
+            device=device,
+            dtype=dtype,
+        )
+        if self.channels_last:
+            # One statistic per token (every leading position), over its channels.
+            self.statistics_per = ("batch", "spatial")
+            self.reduces_over = ("channel",)
+        self.reset_parameters()
+
+    def _forward(self, x: Tensor) -> Tensor:
+        if self.impl == "reference":
+            return functional.layer_norm(
+                x, self.weight, self.bias, eps=self.eps, channels_last=self.channels_last
+            )
+        if self.channels_last:
+            return F.layer_norm(x, (self.num_features,), self.weight, self.bias, self.eps)
+        return F.group_norm(x, 1, self.weight, self.bias, self.eps)

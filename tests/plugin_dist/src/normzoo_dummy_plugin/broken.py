@@ -1,0 +1,3 @@
+"""A plugin that fails at import."""
+
+raise ImportError("this plugin is broken on purpose")

@@ -1,0 +1,226 @@
+"""LayerNorm, InstanceNorm, GroupNorm: parity with torch.nn, identities, both paths agree."""
+
+import pytest
+import torch
+from torch import nn
+
+import normzoo
+from normzoo import functional
+from normzoo.norms import GroupNorm, InstanceNorm, LayerNorm
+
+IMPLS = ["fast", "reference"]
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+CONV_SHAPES = [(4, 6), (4, 6, 9), (3, 6, 5, 4), (2, 6, 3, 4, 5)]
+
+
+def _randomize(*modules):
+    w = torch.rand(6) + 0.5
+    b = torch.randn(6)
+    for m in modules:
+        with torch.no_grad():
+            m.weight.copy_(w)
+            m.bias.copy_(b)
+
+
+def _check_fwd_bwd(ours, ref, x, tol=TOL):
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), ref(xb)
+    torch.testing.assert_close(ya, yb, **tol)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, **tol)
+    for name in ("weight", "bias"):
+        if getattr(ref, name, None) is not None:
+            torch.testing.assert_close(getattr(ours, name).grad, getattr(ref, name).grad, **tol)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
+def test_layernorm_channels_first_is_groupnorm_1(shape, impl):
+    ours, ref = LayerNorm(6, impl=impl), nn.GroupNorm(1, 6)
+    _randomize(ours, ref)
+    _check_fwd_bwd(ours, ref, torch.randn(shape) * 3 + 1)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shape", [(6,), (5, 6), (2, 7, 6), (2, 3, 4, 6)], ids=str)
+def test_layernorm_channels_last_is_torch_layernorm(shape, impl):
+    ours, ref = LayerNorm(6, channels_last=True, impl=impl), nn.LayerNorm(6)
+    _randomize(ours, ref)
+    _check_fwd_bwd(ours, ref, torch.randn(shape) * 2 - 1)
+    assert ours.reduces_over == ("channel",)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("groups", [1, 2, 3, 6])
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
+def test_groupnorm_matches_torch(shape, groups, impl):
+    ours, ref = GroupNorm(6, groups, impl=impl), nn.GroupNorm(groups, 6)
+    _randomize(ours, ref)
+    # One value per group normalizes rounding noise by 1/sqrt(eps): compare loosely there.
+    degenerate = len(shape) == 2 and groups == 6
+    tol = {"atol": 1e-3, "rtol": 1e-3} if degenerate else TOL
+    _check_fwd_bwd(ours, ref, torch.randn(shape) * 2 + 3, tol)
+
+
+TORCH_IN = {3: nn.InstanceNorm1d, 4: nn.InstanceNorm2d, 5: nn.InstanceNorm3d}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", CONV_SHAPES[1:], ids=str)
+def test_instancenorm_matches_torch(shape, affine, impl):
+    ours = InstanceNorm(6, affine=affine, impl=impl)
+    ref = TORCH_IN[len(shape)](6, affine=affine)
+    if affine:
+        _randomize(ours, ref)
+    _check_fwd_bwd(ours, ref, torch.randn(shape) * 2 + 3)
+    ours.eval()
+    ref.eval()
+    x = torch.randn(shape)
+    torch.testing.assert_close(ours(x), ref(x), **TOL)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shape", CONV_SHAPES[1:], ids=str)
+def test_instancenorm_running_stats_match_torch(shape, impl):
+    ours = InstanceNorm(6, affine=True, track_running_stats=True, impl=impl)
+    ref = TORCH_IN[len(shape)](6, affine=True, track_running_stats=True)
+    _randomize(ours, ref)
+    for step in range(3):
+        _check_fwd_bwd(ours, ref, torch.randn(shape) * (step + 1) + step)
+        torch.testing.assert_close(ours.running_mean, ref.running_mean, **TOL)
+        torch.testing.assert_close(ours.running_var, ref.running_var, **TOL)
+    assert set(ours.state_dict()) == set(ref.state_dict())
+    ours.eval()
+    ref.eval()
+    x = torch.randn(shape)
+    torch.testing.assert_close(ours(x), ref(x), **TOL)
+
+
+def test_instancenorm_cumulative_momentum_averages_batches():
+    m = InstanceNorm(2, momentum=None, track_running_stats=True)
+    batches = [torch.randn(3, 2, 10) * (i + 1) + i for i in range(3)]
+    for x in batches:
+        m(x)
+    means = torch.stack([x.mean(2).mean(0) for x in batches])
+    torch.testing.assert_close(m.running_mean, means.mean(0))
+    assert m.num_batches_tracked.item() == 3
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES[1:], ids=str)
+def test_groupnorm_identities(shape):
+    x = torch.randn(shape)
+    torch.testing.assert_close(GroupNorm(6, 1)(x), LayerNorm(6)(x))
+    torch.testing.assert_close(GroupNorm(6, 6)(x), InstanceNorm(6)(x))
+    torch.testing.assert_close(functional.group_norm(x, 1), functional.layer_norm(x), **TOL)
+    torch.testing.assert_close(functional.group_norm(x, 6), functional.instance_norm(x)[0], **TOL)
+
+
+@pytest.mark.parametrize(
+    ("channels", "kwargs", "groups"),
+    [
+        (64, {}, 32),
+        (48, {}, 24),
+        (6, {}, 6),
+        (100, {}, 25),
+        (37, {}, 1),
+        (64, {"num_groups": 8}, 8),
+        (64, {"group_size": 16}, 4),
+    ],
+)
+def test_groupnorm_group_resolution(channels, kwargs, groups):
+    gn = normzoo.create("gn", channels, **kwargs)
+    assert gn.num_groups == groups
+    assert f"num_groups={groups}" in repr(gn)
+
+
+def test_known_answer_groupnorm_from_definition():
+    # Two groups of two channels; each group of a sample is [0, 1, 2, 3] or [10, 20, 30, 40].
+    x = torch.tensor([[[0.0], [1.0], [2.0], [3.0]], [[10.0], [20.0], [30.0], [40.0]]])
+    x = x.reshape(1, 4, 2)  # (N=1, C=4, L=2): group 0 = channels 0,1; group 1 = channels 2,3
+    y = GroupNorm(4, 2, eps=0.0)(x)
+    for g in range(2):
+        vals = x[0, 2 * g : 2 * g + 2].flatten()
+        expected = (vals - vals.mean()) / vals.var(unbiased=False).sqrt()
+        torch.testing.assert_close(y[0, 2 * g : 2 * g + 2].flatten(), expected)
+
+
+@pytest.mark.parametrize("name", ["ln", "in", "gn"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_output_dtype(name, dtype):
+    for impl in IMPLS:
+        m = normzoo.create(name, 6, impl=impl)
+        x = torch.randn(2, 6, 4, 4)
+        y = m(x.to(dtype))
+        assert y.dtype == dtype
+        torch.testing.assert_close(y.float(), m(x), atol=5e-2, rtol=5e-2)
+        assert m.weight.dtype == torch.float32
+
+
+def _norms_for_parity():
+    return [
+        ("bn", {}),
+        ("bn", {"track_running_stats": False}),
+        ("ln", {}),
+        ("ln", {"channels_last": True}),
+        ("in", {}),
+        ("in", {"track_running_stats": True}),
+        ("gn", {"num_groups": 3}),
+        ("none", {"affine": True}),
+    ]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), _norms_for_parity(), ids=str)
+@pytest.mark.parametrize("training", [True, False])
+def test_fast_and_reference_paths_agree(name, kwargs, training):
+    fast = normzoo.create(name, 6, **kwargs)
+    ref = normzoo.create(name, 6, impl="reference", **kwargs)
+    with torch.no_grad():
+        for m in (fast, ref):
+            if m.weight is not None:
+                m.weight.copy_(torch.linspace(0.5, 2, 6))
+                m.bias.copy_(torch.linspace(-1, 1, 6))
+    ref.load_state_dict(fast.state_dict())
+    fast.train(training)
+    ref.train(training)
+    shape = (4, 5, 6) if kwargs.get("channels_last") else (4, 6, 5, 3)
+    for _ in range(2):
+        _check_fwd_bwd(ref, fast, torch.randn(shape) * 2 + 1)
+    for key, value in fast.state_dict().items():
+        torch.testing.assert_close(ref.state_dict()[key], value, **TOL)
+
+
+def _double(t):
+    return t.double().requires_grad_()
+
+
+def test_gradcheck_reference_functions_float64():
+    x = _double(torch.randn(3, 4, 3, 2))
+    w, b = _double(torch.rand(4) + 0.5), _double(torch.randn(4))
+    rm, rv = torch.zeros(4, dtype=torch.double), torch.ones(4, dtype=torch.double)
+    checks = {
+        "batch_norm/train": lambda x, w, b: functional.batch_norm(x, rm, rv, w, b, training=True)[
+            0
+        ],
+        "batch_norm/eval": lambda x, w, b: functional.batch_norm(
+            x, rm + 0.3, rv + 0.5, w, b, training=False
+        )[0],
+        "layer_norm": lambda x, w, b: functional.layer_norm(x, w, b),
+        "instance_norm": lambda x, w, b: functional.instance_norm(x, None, None, w, b)[0],
+        "group_norm": lambda x, w, b: functional.group_norm(x, 2, w, b),
+    }
+    for name, fn in checks.items():
+        assert torch.autograd.gradcheck(fn, (x, w, b)), name
+    tokens = _double(torch.randn(5, 4))
+    assert torch.autograd.gradcheck(
+        lambda t, w, b: functional.layer_norm(t, w, b, channels_last=True), (tokens, w, b)
+    )
+
+
+@pytest.mark.parametrize("name", ["bn", "ln", "in", "gn"])
+def test_gradcheck_reference_modules_float64(name):
+    m = normzoo.create(name, 4, impl="reference").double()
+    x = _double(torch.randn(3, 4, 5))
+    assert torch.autograd.gradcheck(m, (x,))
