@@ -1,0 +1,1 @@
+"""The experiment drivers: one module per experiment, listed in ``experiments.registry``."""
