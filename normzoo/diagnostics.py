@@ -41,6 +41,7 @@ At the end of training (and on an exception) three CSVs are written to ``out_dir
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,6 +55,7 @@ from torch import Tensor, nn
 __all__ = [
     "ACTIVATIONS",
     "WEIGHT_LAYERS",
+    "BatchStatsTest",
     "Diagnostics",
     "activation_stats",
     "ics",
@@ -363,6 +365,84 @@ class Diagnostics(pl.Callback):
         ):
             if rows:
                 write_csv(out / f"diagnostics_{stem}.csv", rows)
+
+
+def uses_batch_statistics(module: nn.Module) -> bool:
+    """Whether ``module`` normalizes with batch statistics in training mode."""
+    flag = getattr(type(module), "uses_batch_stats", None)
+    if flag is not None:
+        return bool(flag)
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+@torch.no_grad()
+def batch_stats_accuracy(
+    model: nn.Module, batches: Any, batch_size: int, device: torch.device | None = None
+) -> tuple[float, int]:
+    """Accuracy of ``model`` when its batch-dependent norms use the statistics of each batch.
+
+    The samples of ``batches`` (``(x, y)`` pairs of any size) are regrouped into batches of
+    ``batch_size`` (a trailing single sample joins the previous batch); the norms with
+    ``uses_batch_stats`` (and torch's BatchNorm) run in training mode, everything else
+    (dropout) in eval mode. Parameters, buffers and modes are restored. Returns
+    ``(accuracy, number of samples)``.
+    """
+    modes = {m: m.training for m in model.modules()}
+    correct = total = 0
+    with _Restore(model):
+        model.eval()
+        for m in model.modules():
+            if uses_batch_statistics(m):
+                m.train()
+        xs, ys = [], []
+        for x, y in batches:
+            xs.append(x)
+            ys.append(y)
+        x_all, y_all = torch.cat(xs), torch.cat(ys)
+        if device is not None:
+            x_all, y_all = x_all.to(device), y_all.to(device)
+        starts = list(range(0, len(x_all), batch_size))
+        if len(starts) > 1 and len(x_all) - starts[-1] == 1:
+            starts.pop()
+        for i, start in enumerate(starts):
+            stop = starts[i + 1] if i + 1 < len(starts) else len(x_all)
+            pred = model(x_all[start:stop]).argmax(dim=1)
+            correct += int((pred == y_all[start:stop]).sum())
+            total += stop - start
+    for m, mode in modes.items():
+        m.train(mode)
+    return correct / max(total, 1), total
+
+
+class BatchStatsTest(pl.Callback):
+    """After testing, test again with batch statistics instead of running statistics.
+
+    BatchNorm normalizes a training batch with its own statistics and a test input with the
+    running averages (the study notebook: "model.eval()"). This callback measures the other
+    choice on the same weights and test set: each test batch of ``batch_size`` samples
+    (default: the datamodule's training batch size) normalized with its own statistics.
+    It writes ``test_batch_stats.json`` (``test_acc_batch_stats``, ``batch_size``,
+    ``samples``) to ``out_dir`` (default: the trainer's ``log_dir`` or
+    ``default_root_dir``) and keeps the result in ``self.result``.
+    """
+
+    def __init__(self, batch_size: int | None = None, out_dir: str | Path | None = None) -> None:
+        self.batch_size = batch_size
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.result: dict[str, Any] = {}
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        batch_size = self.batch_size or getattr(trainer.datamodule, "batch_size", None)
+        if not batch_size:
+            raise ValueError("BatchStatsTest needs batch_size (or a datamodule with one)")
+        loaders = trainer.test_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        acc, n = batch_stats_accuracy(pl_module, loader, int(batch_size), pl_module.device)
+        self.result = {"test_acc_batch_stats": acc, "batch_size": int(batch_size), "samples": n}
+        if trainer.is_global_zero:
+            out = self.out_dir or Path(trainer.log_dir or trainer.default_root_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "test_batch_stats.json").write_text(json.dumps(self.result, indent=2) + "\n")
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:

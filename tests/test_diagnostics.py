@@ -162,3 +162,31 @@ def test_noisy_batchnorm_adds_time_varying_noise_in_training_only():
     torch.testing.assert_close(layer(x), bn.eval()(x))
     with pytest.raises(ValueError, match="noise_scale"):
         NoisyBatchNorm(4, noise_scale=0.5)
+
+
+def test_batch_stats_accuracy_uses_each_batch_s_statistics_and_restores_the_model():
+    from normzoo.diagnostics import batch_stats_accuracy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), normzoo.create("bn", 4), nn.Dropout(0.5))
+    model.eval()
+    # Class = whether feature 0 is above its batch mean. A BN in train mode with a zero
+    # weight on the other features scores this perfectly per batch; eval mode (running mean
+    # 0) does not when every batch is shifted.
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(4))
+        model[0].bias.zero_()
+    x = torch.randn(64, 4) + 5.0
+    logits_target = (x[:, 0] > x[:, 0].reshape(8, 8).mean(dim=1).repeat_interleave(8)).long()
+    head = nn.Sequential(model, nn.Linear(4, 2))
+    with torch.no_grad():
+        head[1].weight.copy_(torch.tensor([[-1.0, 0, 0, 0], [1.0, 0, 0, 0]]))
+        head[1].bias.zero_()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    acc, n = batch_stats_accuracy(
+        head, [(x[:32], logits_target[:32]), (x[32:], logits_target[32:])], 8
+    )
+    assert n == 64 and acc == 1.0
+    assert not model.training and not model[1].training  # modes restored
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0, msg=k)
