@@ -229,3 +229,42 @@ def pm(values: Iterable[float], scale: float = 1.0, digits: int = 1) -> str:
     if n == 0:
         return "-"
     return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
+
+
+# -- norms -----------------------------------------------------------------------------------
+#: Names of norms that are configs rather than registry entries (``conf/norm/*.yaml``).
+EXTRA_NORMS = {"NoisyBatchNorm": "noisybn"}
+
+
+def canonical(norm: str) -> str:
+    """The registry's canonical name of ``norm`` (or its name in ``EXTRA_NORMS``)."""
+    import normzoo
+
+    if norm in EXTRA_NORMS:
+        return EXTRA_NORMS[norm]
+    try:
+        return normzoo.info(norm).name
+    except KeyError:
+        return norm
+
+
+def label(norm: str) -> str:
+    """A display name: the class name of a registered norm (``BatchNorm``), ``none``..."""
+    import normzoo
+
+    if norm == "identity":
+        return "no norm"
+    if norm == "noisybn":
+        return "noisy BN"
+    try:
+        return normzoo.get(norm).__name__
+    except KeyError:
+        return norm
+
+
+def registered(names: Iterable[str]) -> list[str]:
+    """The names in ``names`` that are registered now (the zoo's norms, where present)."""
+    import normzoo
+
+    available = set(normzoo.available())
+    return [n for n in names if n in available]
