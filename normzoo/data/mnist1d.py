@@ -4,7 +4,48 @@ Never downloads."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import torch
+
 from normzoo.data.base import ArrayDataModule, Split, as_tensor
+
+
+def cache_dir() -> Path:
+    """Where generated datasets are cached: ``$NORMZOO_CACHE_DIR`` or ``~/.cache/normzoo``."""
+    return Path(os.environ.get("NORMZOO_CACHE_DIR", Path.home() / ".cache" / "normzoo"))
+
+
+def generate(dataset_seed: int) -> dict[str, Split]:
+    """The MNIST-1D splits of ``dataset_seed``, generated once and then read from the cache.
+
+    Generating takes about 10 s of CPU; a sweep of many runs reads the cached tensors
+    instead (written atomically, so parallel runs can share the cache).
+    """
+    path = cache_dir() / f"mnist1d-seed{dataset_seed}.pt"
+    if path.exists():
+        try:
+            return torch.load(path)
+        except Exception:  # a damaged cache file: regenerate it
+            pass
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.seed = dataset_seed
+    data = make_dataset(args)  # generated in memory, no download
+    splits = {
+        "train": (as_tensor(data["x"]).unsqueeze(1), as_tensor(data["y"], torch.long)),
+        "test": (as_tensor(data["x_test"]).unsqueeze(1), as_tensor(data["y_test"], torch.long)),
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(splits, tmp)
+        tmp.replace(path)
+    except OSError:  # a read-only home: no cache, still correct
+        pass
+    return splits
 
 
 class MNIST1DDataModule(ArrayDataModule):
@@ -24,12 +65,4 @@ class MNIST1DDataModule(ArrayDataModule):
         self.dataset_seed = dataset_seed
 
     def _load(self) -> dict[str, Split]:
-        from mnist1d.data import get_dataset_args, make_dataset
-
-        args = get_dataset_args()
-        args.seed = self.dataset_seed
-        data = make_dataset(args)  # generated in memory, no download
-        return {
-            "train": (as_tensor(data["x"]).unsqueeze(1), as_tensor(data["y"])),
-            "test": (as_tensor(data["x_test"]).unsqueeze(1), as_tensor(data["y_test"])),
-        }
+        return {k: (x.clone(), y.clone()) for k, (x, y) in generate(self.dataset_seed).items()}

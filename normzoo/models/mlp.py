@@ -11,8 +11,17 @@ from normzoo.models.layers import check_norm_position, norm_act
 from normzoo.registry import NormSpec
 
 
+#: The activations an ``MLP`` can use, by name.
+MLP_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+}
+
+
 class MLP(nn.Module):
-    """Flattened input, ``len(widths)`` hidden layers, each linear + norm + ReLU.
+    """Flattened input, ``len(widths)`` hidden layers, each linear + norm + activation.
 
     The norms see ``(N, C)`` features (no spatial dims), so norms that need spatial dims
     (InstanceNorm) are refused at construction.
@@ -24,6 +33,8 @@ class MLP(nn.Module):
         norm_position: ``"before_act"`` or ``"after_act"``.
         widths: the hidden layers' widths.
         dropout: dropout probability before the classifier.
+        activation: the hidden activation, a key of ``MLP_ACTIVATIONS`` (``"relu"``,
+            ``"tanh"``, ``"sigmoid"``, ``"gelu"``). Default ``"relu"``.
     """
 
     def __init__(
@@ -34,15 +45,21 @@ class MLP(nn.Module):
         norm_position: str = "before_act",
         widths: Sequence[int] = (256, 256),
         dropout: float = 0.0,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         check_norm_position(norm_position)
+        if activation not in MLP_ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {activation!r}; choose one of {sorted(MLP_ACTIVATIONS)}"
+            )
+        act = MLP_ACTIVATIONS[activation]
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(int(s) for s in input_shape)
         for i, out in enumerate(widths):
             layers.append(nn.Linear(width, out))
             layers += norm_act(
-                norm, out, nn.ReLU, norm_position, where=f"hidden.{i}", spatial_dims=0
+                norm, out, act, norm_position, where=f"hidden.{i}", spatial_dims=0
             )
             width = out
         self.features = nn.Sequential(*layers)

@@ -95,7 +95,7 @@ class BatchSize(Experiment):
                             f"data.batch_size={b}",
                             f"optimizer.lr={lr:.6g}",
                             f"trainer.max_epochs={scale['epochs'][data]}",
-                            f"+trainer.limit_train_batches={scale['limit_train_batches'][data]}",
+                            f"trainer.limit_train_batches={scale['limit_train_batches'][data]}",
                             f"seed={seeds}",
                         ],
                     )

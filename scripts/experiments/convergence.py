@@ -83,7 +83,7 @@ class Convergence(Experiment):
                 f"optimizer.lr={lr:g}",
                 f"model.widths={scale['widths']}",
                 f"trainer.max_epochs={scale['epochs']}",
-                f"+trainer.val_check_interval={scale['val_every']}",
+                f"trainer.val_check_interval={scale['val_every']}",
                 f"seed={','.join(map(str, scale.seeds))}",
             ]
             for lr in scale["lrs"]

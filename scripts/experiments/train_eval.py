@@ -76,7 +76,7 @@ class TrainEval(Experiment):
                 f"norm.momentum={','.join(map(str, scale['momenta']))}",
                 f"model.widths={scale['widths']}",
                 f"trainer.max_epochs={scale['epochs']}",
-                f"+trainer.limit_train_batches={scale['limit_train_batches']}",
+                f"trainer.limit_train_batches={scale['limit_train_batches']}",
                 f"seed={','.join(map(str, scale.seeds))}",
             ]
             for b in scale["batch_sizes"]
