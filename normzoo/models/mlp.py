@@ -10,7 +10,6 @@ from torch import Tensor, nn
 from normzoo.models.layers import check_norm_position, norm_act
 from normzoo.registry import NormSpec
 
-
 #: The activations an ``MLP`` can use, by name.
 MLP_ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -58,9 +57,7 @@ class MLP(nn.Module):
         width = math.prod(int(s) for s in input_shape)
         for i, out in enumerate(widths):
             layers.append(nn.Linear(width, out))
-            layers += norm_act(
-                norm, out, act, norm_position, where=f"hidden.{i}", spatial_dims=0
-            )
+            layers += norm_act(norm, out, act, norm_position, where=f"hidden.{i}", spatial_dims=0)
             width = out
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout)

@@ -174,6 +174,7 @@ class TrainEval(Experiment):
         if norm != "batchnorm" or not rows:
             return None
         groups = self.accs(rows)
+
         def mean(runs: list[Row], key: str) -> float:
             return 100 * common.mean_std(r[key] for r in runs)[0]
 
