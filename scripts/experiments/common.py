@@ -268,3 +268,13 @@ def registered(names: Iterable[str]) -> list[str]:
 
     available = set(normzoo.available())
     return [n for n in names if n in available]
+
+
+def halves(values: Sequence[Any], parts: int = 2) -> list[list[Any]]:
+    """``values`` dealt into ``parts`` lists (round robin), so parallel sweeps balance."""
+    return [list(values[i::parts]) for i in range(parts) if values[i::parts]]
+
+
+def joined(values: Iterable[Any]) -> str:
+    """Comma-joined sweep values for a ``-m`` override."""
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)

@@ -22,6 +22,7 @@ from experiments.base import Experiment
 from experiments.common import Row, Scale
 
 NORMS = ["batchnorm", "identity"]
+NORM_OVERRIDES = {"batchnorm": "bn", "identity": "none"}
 FIELDS = [
     "scale",
     "norm",
@@ -79,14 +80,14 @@ class Convergence(Experiment):
         return [
             [
                 f"experiment={self.preset}",
-                f"norm={','.join(NORMS)}",
-                f"optimizer.lr={lr:g}",
+                f"norm={','.join(NORM_OVERRIDES[n] for n in NORMS)}",
+                f"optimizer.lr={common.joined(lrs)}",
                 f"model.widths={scale['widths']}",
                 f"trainer.max_epochs={scale['epochs']}",
                 f"trainer.val_check_interval={scale['val_every']}",
-                f"seed={','.join(map(str, scale.seeds))}",
+                f"seed={common.joined(scale.seeds)}",
             ]
-            for lr in scale["lrs"]
+            for lrs in common.halves(scale["lrs"])
         ]
 
     @staticmethod

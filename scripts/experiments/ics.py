@@ -64,17 +64,18 @@ class ICS(Experiment):
 
     def invocations(self, scale: Scale) -> list[list[str]]:
         widths = "[" + ",".join([str(scale["width"])] * scale["depth"]) + "]"
+        # The measurements make the BN runs the slower ones: deal norms x seeds over 2 jobs.
         return [
             [
                 f"experiment={self.preset}",
-                f"norm={NORM_OVERRIDES[norm]}",
+                f"norm={common.joined(NORM_OVERRIDES[n] for n in NORMS)}",
                 f"optimizer.lr={scale['lr']:g}",
                 f"model.widths={widths}",
                 f"trainer.max_epochs={scale['epochs']}",
                 f"callbacks.diagnostics.every_n_steps={scale['every']}",
-                f"seed={','.join(map(str, scale.seeds))}",
+                f"seed={common.joined(seeds)}",
             ]
-            for norm in NORMS
+            for seeds in common.halves(scale.seeds)
         ]
 
     def collect_run(self, run_dir: Path) -> list[Row]:

@@ -72,14 +72,14 @@ class Saturation(Experiment):
         return [
             [
                 f"experiment={self.preset}",
-                f"norm={','.join(NORMS)}",
-                f"optimizer.lr={lr:g}",
+                f"norm={norm}",
+                f"optimizer.lr={common.joined(scale['lrs'])}",
                 f"model.widths={widths}",
                 f"trainer.max_epochs={scale['epochs']}",
                 f"callbacks.diagnostics.every_n_steps={scale['every']}",
-                f"seed={','.join(map(str, scale.seeds))}",
+                f"seed={common.joined(scale.seeds)}",
             ]
-            for lr in scale["lrs"]
+            for norm in ("none", "bn")
         ]
 
     def collect_run(self, run_dir: Path) -> list[Row]:
