@@ -97,7 +97,9 @@ class Classifier(pl.LightningModule):
         kwargs = {}
         total_steps = inspect.signature(self.scheduler_factory).parameters.get("total_steps")
         if total_steps is not None and total_steps.default is None:  # OneCycleLR
-            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+            # OneCycleLR divides by zero on some very short schedules (4 steps at
+            # pct_start=0.25); a toy run of under 10 steps just ends before the annealing.
+            kwargs["total_steps"] = max(int(self.trainer.estimated_stepping_batches), 10)
         scheduler = self.scheduler_factory(optimizer, **kwargs)
         return {
             "optimizer": optimizer,
