@@ -45,6 +45,12 @@ def first_step_reaching(curve: list[tuple[int, float]], target: float) -> float:
     return math.nan
 
 
+def hit(row: Row) -> bool:
+    """Whether the run reached the target."""
+    value = row.get("steps_to_target", math.nan)
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 class Convergence(Experiment):
     name = "convergence"
     title = "Convergence and learning rate"
@@ -164,8 +170,7 @@ class Convergence(Experiment):
                 label=common.label(norm),
             )
             frac = [
-                sum(1 for r in groups[(norm, lr)] if "steps_to_target" in r)
-                / len(groups[(norm, lr)])
+                sum(1 for r in groups[(norm, lr)] if hit(r)) / len(groups[(norm, lr)])
                 for lr in lrs
             ]
             ax2.plot(lrs, frac, marker="o", color=plots.color(norm), label=common.label(norm))
@@ -218,7 +223,7 @@ class Convergence(Experiment):
             cells = []
             for lr in lrs:
                 runs = groups.get((norm, lr), [])
-                hits = [r["steps_to_target"] for r in runs if "steps_to_target" in r]
+                hits = [r["steps_to_target"] for r in runs if hit(r)]
                 m, _, n = common.mean_std(hits)
                 cells.append(f"{m:.0f} ({n}/{len(runs)})" if n else f"- (0/{len(runs)})")
             body.append([common.label(norm), *cells])
@@ -234,7 +239,7 @@ class Convergence(Experiment):
         fastest, or ``None``."""
         out = []
         for (n, lr), runs in self.by_norm_lr(rows).items():
-            hits = [r["steps_to_target"] for r in runs if "steps_to_target" in r]
+            hits = [r["steps_to_target"] for r in runs if hit(r)]
             if n == norm and hits and len(hits) == len(runs):
                 out.append((common.mean_std(hits)[0], lr))
         return min(out) if out else None
@@ -247,7 +252,7 @@ class Convergence(Experiment):
             ok = sorted(
                 lr
                 for (n, lr), runs in groups.items()
-                if n == norm and all("steps_to_target" in r for r in runs)
+                if n == norm and all(hit(r) for r in runs)
             )
             if b:
                 lines.append(
