@@ -170,8 +170,7 @@ class Convergence(Experiment):
                 label=common.label(norm),
             )
             frac = [
-                sum(1 for r in groups[(norm, lr)] if hit(r)) / len(groups[(norm, lr)])
-                for lr in lrs
+                sum(1 for r in groups[(norm, lr)] if hit(r)) / len(groups[(norm, lr)]) for lr in lrs
             ]
             ax2.plot(lrs, frac, marker="o", color=plots.color(norm), label=common.label(norm))
         ax.set_xscale("log")
@@ -250,9 +249,7 @@ class Convergence(Experiment):
         for norm in NORMS:
             b = self.best(rows, norm)
             ok = sorted(
-                lr
-                for (n, lr), runs in groups.items()
-                if n == norm and all(hit(r) for r in runs)
+                lr for (n, lr), runs in groups.items() if n == norm and all(hit(r) for r in runs)
             )
             if b:
                 lines.append(

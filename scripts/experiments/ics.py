@@ -35,6 +35,7 @@ FIELDS = [
     "layer",
     "ics_l2",
     "ics_cos",
+    "ics_rel",
     "grad_norm",
     "loss",
     *LANDSCAPE,
@@ -95,7 +96,8 @@ class ICS(Experiment):
         layers: dict[str, int] = {}
         for r in common.read_csv(run_dir / "diagnostics_ics.csv"):
             index = layers.setdefault(r["layer"], len(layers))
-            rows.append({**base, "kind": "ics", **r, "layer": index + 1})
+            rel = r["ics_l2"] / r["grad_norm"] if r.get("grad_norm") else float("nan")
+            rows.append({**base, "kind": "ics", **r, "layer": index + 1, "ics_rel": rel})
         for r in common.read_csv(run_dir / "diagnostics_landscape.csv"):
             rows.append({**base, "kind": "landscape", **r})
         return rows
@@ -179,6 +181,7 @@ class ICS(Experiment):
                     common.pm((r["train_acc"] for r in runs if "train_acc" in r), 100, 1),
                     common.pm((r["test_acc"] for r in runs), 100, 1),
                     f"{common.mean_std(r['ics_l2'] for r in ics_rows)[0]:.3g}",
+                    f"{common.mean_std(r['ics_rel'] for r in ics_rows)[0]:.3g}",
                     f"{common.mean_std(r['ics_cos'] for r in ics_rows)[0]:.2f}",
                     *(f"{common.mean_std(r[k] for r in land)[0]:.3g}" for k in LANDSCAPE),
                 ]
@@ -192,6 +195,7 @@ class ICS(Experiment):
                     "train acc (%)",
                     "test acc (%)",
                     "‖G−G′‖",
+                    "‖G−G′‖ / ‖G‖",
                     "cos(G, G′)",
                     "loss variation",
                     "gradient change",
