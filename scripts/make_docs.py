@@ -9,7 +9,8 @@ Nothing here runs an experiment: the drivers (``scripts/experiment.py``) record 
 - ``docs/norms/*.md`` and ``docs/figures/axes/*.png``: one page per registered norm;
 - the ``nav`` entries of the norm pages in ``mkdocs.yml``;
 - each experiment's figures in ``docs/figures/`` and the generated blocks
-  (``<!-- generated: KEY -->``) of ``docs/experiments/*.md``.
+  (``<!-- generated: KEY -->``) of every page: tables from the CSVs, and the output of
+  the code snippets (``docsgen/snippets.py``) that the pages show.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from docsgen import norm_pages  # noqa: E402
-from docsgen.markdown import fill_blocks  # noqa: E402
+from docsgen import norm_pages, snippets  # noqa: E402
+from docsgen.markdown import block_keys, fill_blocks  # noqa: E402
 from experiments import registry as experiments  # noqa: E402
 
 DOCS = ROOT / "docs"
@@ -44,9 +45,10 @@ def page_texts() -> dict[Path, str]:
     for name in norm_pages.normzoo.available():
         pages[DOCS / "norms" / f"{name}.md"] = norm_pages.render(name, experiments.norm_results)
     pages[DOCS / "norms" / "index.md"] = norm_pages.render_index()
-    generators = experiments.block_generators()
-    for page in sorted((DOCS / "experiments").glob("*.md")):
-        pages[page] = fill_blocks(page.read_text(), generators)
+    generators = {**experiments.block_generators(), **snippets.generators()}
+    for page in sorted(DOCS.rglob("*.md")):
+        if page.parent.name != "norms" and block_keys(page.read_text()):
+            pages[page] = fill_blocks(page.read_text(), generators)
     pages[MKDOCS] = mkdocs_text()
     return pages
 
