@@ -205,8 +205,44 @@ class ICS(Experiment):
             )
         )
 
+    def summary(self, rows: list[Row]) -> str:
+        """BN and noisy BN relative to no norm, on each measure."""
+
+        def mean(norm: str, kind: str, key: str) -> float:
+            sel = [
+                r
+                for r in rows
+                if r["norm"] == norm
+                and r["kind"] == kind
+                and (kind != "ics" or int(r["layer"]) > 1)
+            ]
+            return common.mean_std(r[key] for r in sel)[0]
+
+        lines = []
+        for norm in ("batchnorm", "noisybn"):
+            if not any(r["norm"] == norm for r in rows):
+                continue
+            parts = [
+                f"cos(G, G′) {mean(norm, 'ics', 'ics_cos'):.2f} vs "
+                f"{mean('identity', 'ics', 'ics_cos'):.2f}",
+                f"‖G−G′‖/‖G‖ {mean(norm, 'ics', 'ics_rel'):.3g} vs "
+                f"{mean('identity', 'ics', 'ics_rel'):.3g}",
+            ]
+            for key in LANDSCAPE:
+                ratio = mean(norm, "landscape", key) / mean("identity", "landscape", key)
+                parts.append(f"{key.replace('_', ' ')} ×{ratio:.2g}")
+            parts.append(
+                f"test accuracy {100 * mean(norm, 'run', 'test_acc'):.1f}% vs "
+                f"{100 * mean('identity', 'run', 'test_acc'):.1f}%"
+            )
+            lines.append(f"- {common.label(norm)} vs no norm: " + "; ".join(parts) + ".")
+        return "\n".join(lines) + "\n"
+
     def blocks(self, rows: list[Row]) -> dict[str, Callable[[], str]]:
-        return {f"{self.name}/table": lambda: self.table(rows) if rows else "Not run yet.\n"}
+        return {
+            f"{self.name}/table": lambda: self.table(rows) if rows else "Not run yet.\n",
+            f"{self.name}/summary": lambda: self.summary(rows) if rows else "Not run yet.\n",
+        }
 
     def norm_result(self, rows: list[Row], norm: str) -> str | None:
         sel = [r for r in rows if r["norm"] == norm]

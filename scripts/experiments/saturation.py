@@ -191,8 +191,31 @@ class Saturation(Experiment):
             + table(["norm", "lr", *(f"layer {k}" for k in layers), "test acc"], body)
         )
 
+    def summary(self, rows: list[Row]) -> str:
+        """Per learning rate: the final saturated fraction (all layers) and test accuracy."""
+        final = self.final(rows)
+        lines = []
+        for (lr,), sel in sorted(common.group(final, "lr").items()):
+            parts = []
+            for norm in NORMS:
+                mine = [r for r in sel if r["norm"] == norm]
+                if not mine:
+                    continue
+                sat = common.mean_std(r["saturated_frac"] for r in mine)[0]
+                peak = max(float(r["saturated_frac"]) for r in mine)
+                acc = common.mean_std({r["seed"]: r["test_acc"] for r in mine}.values())[0]
+                parts.append(
+                    f"{common.label(norm)} {100 * sat:.0f}% saturated on average (worst layer "
+                    f"and seed {100 * peak:.0f}%), test accuracy {100 * acc:.1f}%"
+                )
+            lines.append(f"- lr {lr:g}, end of training: " + "; ".join(parts) + ".")
+        return "\n".join(lines) + "\n"
+
     def blocks(self, rows: list[Row]) -> dict[str, Callable[[], str]]:
-        return {f"{self.name}/table": lambda: self.table(rows) if rows else "Not run yet.\n"}
+        return {
+            f"{self.name}/table": lambda: self.table(rows) if rows else "Not run yet.\n",
+            f"{self.name}/summary": lambda: self.summary(rows) if rows else "Not run yet.\n",
+        }
 
     def norm_result(self, rows: list[Row], norm: str) -> str | None:
         final = [r for r in self.final(rows) if r["norm"] == norm] if rows else []

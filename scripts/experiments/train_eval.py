@@ -167,8 +167,28 @@ class TrainEval(Experiment):
             body,
         )
 
+    def summary(self, rows: list[Row]) -> str:
+        """The accuracy gap (batch - running statistics) at each batch size."""
+        lines = []
+        for (b,), runs in sorted(common.group(rows, "batch_size").items()):
+            gaps = [r["test_acc_batch_stats"] - r["test_acc"] for r in runs]
+            m, s, _ = common.mean_std(gaps)
+            worst = common.group(runs, "momentum")
+            by_mom = ", ".join(
+                f"momentum {mom:g}: {100 * common.mean_std(r['test_acc'] for r in g)[0]:.1f}%"
+                for (mom,), g in sorted(worst.items())
+            )
+            lines.append(
+                f"- batch {b}: batch − running statistics {100 * m:+.1f} ± {100 * s:.1f} points "
+                f"over all momenta; eval-mode accuracy by momentum: {by_mom}."
+            )
+        return "\n".join(lines) + "\n"
+
     def blocks(self, rows: list[Row]) -> dict[str, Callable[[], str]]:
-        return {f"{self.name}/table": lambda: self.table(rows) if rows else "Not run yet.\n"}
+        return {
+            f"{self.name}/table": lambda: self.table(rows) if rows else "Not run yet.\n",
+            f"{self.name}/summary": lambda: self.summary(rows) if rows else "Not run yet.\n",
+        }
 
     def norm_result(self, rows: list[Row], norm: str) -> str | None:
         if norm != "batchnorm" or not rows:
