@@ -7,8 +7,8 @@ shift far more (Fig. 2); (2) measured as ``||G - G'||`` and ``cos(G, G')`` (Sec.
 networks do not show less internal covariate shift, often more (Fig. 3, 25-layer deep
 linear network and VGG; cosines near 0 for both); (3) along the gradient, BN makes the loss
 landscape smoother: less variation of the loss, more predictive gradients, a smaller
-effective beta-smoothness (Fig. 4). Here: a deep ReLU MLP on digits with no norm, BN, and
-noisy BN, measured by the ``normzoo.diagnostics`` callback during training.
+effective beta-smoothness (Fig. 4). Here: a ReLU MLP (four hidden layers) on digits with no
+norm, BN, and noisy BN, measured by the ``normzoo.diagnostics`` callback during training.
 """
 
 from __future__ import annotations
@@ -54,12 +54,12 @@ class ICS(Experiment):
         "quick": Scale(
             "quick",
             seeds=(0, 1, 2),
-            settings={"epochs": 6, "every": 20, "depth": 8, "width": 64, "lr": 0.1},
+            settings={"epochs": 6, "every": 20, "depth": 4, "width": 64, "lr": 0.1},
         ),
         "full": Scale(
             "full",
             seeds=(0, 1, 2, 3, 4),
-            settings={"epochs": 30, "every": 50, "depth": 25, "width": 128, "lr": 0.1},
+            settings={"epochs": 30, "every": 50, "depth": 4, "width": 128, "lr": 0.1},
         ),
     }
 
@@ -251,7 +251,7 @@ class ICS(Experiment):
         ics_rows = [r for r in sel if r["kind"] == "ics" and int(r["layer"]) > 1]
         land = [r for r in sel if r["kind"] == "landscape"]
         return (
-            f"- deep ReLU MLP on digits: mean ‖G−G′‖ "
+            f"- ReLU MLP on digits: mean ‖G−G′‖ "
             f"{common.mean_std(r['ics_l2'] for r in ics_rows)[0]:.3g}, cos(G, G′) "
             f"{common.mean_std(r['ics_cos'] for r in ics_rows)[0]:.2f}, effective β-smoothness "
             f"{common.mean_std(r['beta_smoothness'] for r in land)[0]:.3g}\n"
