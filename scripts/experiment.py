@@ -55,10 +55,12 @@ def run_one(name: str, scale_name: str, jobs: int, collect_only: bool, is_smoke:
         if is_smoke:
             invocations = [smoke(list(o)) for o in invocations]
         print(f"[{name}] {len(invocations)} sweep(s), {jobs} at a time -> {sweep_root}")
+        load_start = common.load_average()
         wall = common.run_invocations(invocations, sweep_root, jobs=jobs)
+        load = f"{load_start} / {common.load_average()}"
         runs = sum(1 for _ in common.run_dirs(sweep_root))
         if not is_smoke:
-            common.record_timing(name, scale_name, wall, runs, jobs)
+            common.record_timing(name, scale_name, wall, runs, jobs, load)
         print(f"[{name}] {runs} runs in {wall / 60:.1f} min")
     rows = exp.collect(sweep_root, scale)
     if not rows:

@@ -87,19 +87,28 @@ class Experiment:
         from docsgen.markdown import table
 
         return table(
-            ["scale", "runs", "wall time", "parallel jobs", "machine", "date"],
+            [
+                "scale",
+                "runs",
+                "wall time",
+                "parallel jobs",
+                "load average (start / end)",
+                "machine",
+                "date",
+            ],
             [
                 (
                     r["scale"],
                     r["runs"],
                     f"{float(r['wall_s']) / 60:.1f} min",
                     r["parallel_jobs"],
+                    r.get("load_avg_start_end", "?"),
                     r["machine"],
                     r["date"],
                 )
                 for r in rows
             ],
-            align="lrrrll",
+            align="lrrrrll",
         )
 
     def all_blocks(self) -> dict[str, Callable[[], str]]:

@@ -53,8 +53,8 @@ class BatchSize(Experiment):
             settings={
                 "batch_sizes": (2, 4, 8, 16, 32, 64),
                 "base_lr": 0.05,
-                "epochs": {"mnist1d": 2, "digits": 3},
-                "limit_train_batches": {"mnist1d": 0.5, "digits": 1.0},
+                "epochs": {"mnist1d": 2, "digits": 2},
+                "limit_train_batches": {"mnist1d": 0.3, "digits": 1.0},
                 "widths": {"mnist1d": "[16,32,64]", "digits": "[16,32]"},
                 "zoo_on": ("mnist1d",),
             },

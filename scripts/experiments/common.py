@@ -181,8 +181,22 @@ def machine() -> str:
     return f"{cpu}, {cores} cores"
 
 
-def record_timing(experiment: str, scale: str, wall_s: float, runs: int, jobs: int) -> None:
-    """Add (or replace) this experiment's row of ``docs/data/timings.csv``."""
+def load_average() -> str:
+    """The 1-minute load average now (how busy the shared machine was)."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "?"
+
+
+def record_timing(
+    experiment: str, scale: str, wall_s: float, runs: int, jobs: int, load: str = ""
+) -> None:
+    """Add (or replace) this experiment's row of ``docs/data/timings.csv``.
+
+    ``load`` is the load average at the start and the end of the run ("4.1 / 6.0"): the
+    machine may be shared, and the wall time means little without it.
+    """
     rows = [r for r in read_csv(TIMINGS) if (r["experiment"], r["scale"]) != (experiment, scale)]
     rows.append(
         {
@@ -191,6 +205,7 @@ def record_timing(experiment: str, scale: str, wall_s: float, runs: int, jobs: i
             "runs": runs,
             "wall_s": round(wall_s, 1),
             "parallel_jobs": jobs,
+            "load_avg_start_end": load or load_average(),
             "machine": machine(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         }

@@ -62,8 +62,8 @@ class Convergence(Experiment):
             "quick",
             seeds=(0, 1, 2),
             settings={
-                "lrs": (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0),
-                "epochs": 12,
+                "lrs": (0.01, 0.03, 0.1, 0.3, 1.0, 3.0),
+                "epochs": 8,
                 "val_every": 10,
                 "target": 0.9,
                 "widths": "[16,32]",

@@ -49,7 +49,7 @@ class GNGroups(Experiment):
             settings={
                 "groups": (1, 2, 4, 8, 16, 32),
                 "group_sizes": (1, 2, 4, 8, 16),
-                "epochs": 6,
+                "epochs": 3,
                 "widths": "[32,64,128]",
             },
         ),

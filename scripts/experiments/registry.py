@@ -65,6 +65,7 @@ def timings_table() -> str:
             r["runs"],
             f"{float(r['wall_s']) / 60:.1f} min",
             r["parallel_jobs"],
+            r.get("load_avg_start_end", "?"),
         )
         for r in rows
     ]
@@ -72,11 +73,17 @@ def timings_table() -> str:
     for r in rows:
         totals[r["scale"]] = totals.get(r["scale"], 0.0) + float(r["wall_s"])
     for scale, wall in sorted(totals.items()):
-        body.append((f"**total ({scale})**", scale, "", f"**{wall / 60:.1f} min**", ""))
+        body.append((f"**total ({scale})**", scale, "", f"**{wall / 60:.1f} min**", "", ""))
     machines = sorted({r["machine"] for r in rows})
     return (
-        table(["experiment", "scale", "runs", "wall time", "parallel jobs"], body, align="llrrr")
-        + f"\nMachine: {'; '.join(machines)}.\n"
+        table(
+            ["experiment", "scale", "runs", "wall time", "parallel jobs", "load average"],
+            body,
+            align="llrrrr",
+        )
+        + f"\nMachine: {'; '.join(machines)}. The load average (1 minute, at the start and the "
+        "end of each experiment) shows how busy the shared machine was: above 2 on these 2 "
+        "cores, other processes competed with the runs and the wall times are inflated.\n"
     )
 
 

@@ -49,7 +49,7 @@ class TrainEval(Experiment):
                 "momenta": (0.01, 0.1, 0.5),
                 "base_lr": 0.05,
                 "epochs": 2,
-                "limit_train_batches": 0.5,
+                "limit_train_batches": 0.2,
                 "widths": "[16,32,64]",
             },
         ),
