@@ -71,7 +71,7 @@ def describe(cls: type[normzoo.Norm]) -> str:
     per = ", ".join(cls.statistics_per) or "nothing"
     over = ", ".join(cls.reduces_over) or "nothing at run time (fixed statistics)"
     text = (
-        f"Dark: the values that share one mean and variance (one statistic per {per}; "
+        f"Dark: the values normalized with the same statistics (one set per {per}; "
         f"computed over {over})."
     )
     sets = normalized_set(cls)

@@ -10,6 +10,7 @@ models one thread per process is the fastest use of the cores).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -278,11 +279,15 @@ def label(norm: str) -> str:
 
 
 def registered(names: Iterable[str]) -> list[str]:
-    """The names in ``names`` that are registered now (the zoo's norms, where present)."""
+    """The canonical names of those of ``names`` that are registered now (the zoo's norms,
+    where present)."""
     import normzoo
 
-    available = set(normzoo.available())
-    return [n for n in names if n in available]
+    out = []
+    for n in names:
+        with contextlib.suppress(KeyError):
+            out.append(normzoo.info(n).name)
+    return out
 
 
 def halves(values: Sequence[Any], parts: int = 2) -> list[list[Any]]:
