@@ -221,3 +221,9 @@ def test_gpu_default_job_and_mnist1d(experiment, tmp_path):
     print(json.dumps(metrics, indent=2))
     assert metrics["device"] != "cpu"
     assert metrics["test_acc"] >= 0.95
+
+
+def test_both_loggers_at_once(tmp_path):
+    train(tmp_path, "logger=[csv,tensorboard]")
+    assert (tmp_path / "csv" / "metrics.csv").exists()
+    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
