@@ -154,5 +154,5 @@ def format_summary(metrics: dict[str, Any]) -> str:
         f"{100 * metrics['best_val_acc']:.2f}%), {metrics['epochs']} epochs, "
         f"train {metrics['train_time_s']:.1f} s, wall {metrics['wall_time_s']:.1f} s\n"
         f"  outputs: {metrics['output_dir']} ({METRICS_FILE}, {RESOLVED_CONFIG_FILE}, "
-        f"metrics.csv, checkpoints/)"
+        f"csv/metrics.csv, checkpoints/)"
     )

@@ -40,7 +40,7 @@ def test_batch_norm_with_one_sample_per_batch_says_what_to_use(tmp_path, no_trai
 
 
 def test_batch_size_one_is_fine_without_batch_statistics(tmp_path):
-    metrics = run(["norm=gn", "data.batch_size=1", "+trainer.limit_train_batches=3"], tmp_path)
+    metrics = run(["norm=gn", "data.batch_size=1", "trainer.limit_train_batches=3"], tmp_path)
     assert metrics["batch_size"] == 1
 
 

@@ -46,7 +46,7 @@ def train(tmp_path: Path, *overrides: str) -> dict:
 def test_fast_dev_run_per_model(model, tmp_path):
     shape = SHAPES[model]
     metrics = train(
-        tmp_path, f"model={model}", f"data.input_shape={shape}", "+trainer.fast_dev_run=true"
+        tmp_path, f"model={model}", f"data.input_shape={shape}", "trainer.fast_dev_run=true"
     )
     assert metrics["model"] == model
     assert 0.0 <= metrics["test_acc"] <= 1.0
@@ -71,7 +71,7 @@ def test_default_job_on_fewer_epochs_learns_the_digits(tmp_path):
     assert written["test_acc"] == metrics["test_acc"]
     assert (tmp_path / "config.yaml").read_text().count("batchnorm") >= 1
     assert {"best.ckpt", "last.ckpt"} <= {p.name for p in (tmp_path / "checkpoints").iterdir()}
-    with (tmp_path / "metrics.csv").open() as f:
+    with (tmp_path / "csv" / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     epochs_with_val = {r["epoch"] for r in rows if r.get("val/acc")}
     assert epochs_with_val == {"0", "1", "2", "3"}
@@ -221,3 +221,9 @@ def test_gpu_default_job_and_mnist1d(experiment, tmp_path):
     print(json.dumps(metrics, indent=2))
     assert metrics["device"] != "cpu"
     assert metrics["test_acc"] >= 0.95
+
+
+def test_both_loggers_at_once(tmp_path):
+    train(tmp_path, "logger=[csv,tensorboard]")
+    assert (tmp_path / "csv" / "metrics.csv").exists()
+    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
