@@ -49,7 +49,8 @@ class GNGroups(Experiment):
             settings={
                 "groups": (1, 2, 4, 8, 16, 32),
                 "group_sizes": (1, 2, 4, 8, 16),
-                "epochs": 3,
+                "epochs": 5,
+                "convs_per_stage": 1,
                 "widths": "[32,64,128]",
             },
         ),
@@ -60,6 +61,7 @@ class GNGroups(Experiment):
                 "groups": (1, 2, 4, 8, 16, 32),
                 "group_sizes": (1, 2, 4, 8, 16, 32),
                 "epochs": 30,
+                "convs_per_stage": 2,
                 "widths": "[32,64,128]",
             },
         ),
@@ -69,6 +71,7 @@ class GNGroups(Experiment):
         base = [
             f"experiment={self.preset}",
             f"model.widths={scale['widths']}",
+            f"model.convs_per_stage={scale['convs_per_stage']}",
             f"trainer.max_epochs={scale['epochs']}",
             f"seed={','.join(map(str, scale.seeds))}",
         ]
