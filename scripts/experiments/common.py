@@ -69,7 +69,8 @@ def run_invocations(
     """Run each override list as ``normzoo-train -m <overrides>``; return the wall time.
 
     Invocation ``i`` writes under ``sweep_root/<i>``; its output goes to ``log`` (appended).
-    A failing invocation raises ``RuntimeError`` after all have finished.
+    A failing invocation is reported (its finished runs are kept); if every invocation
+    fails, ``RuntimeError``.
     """
     sweep_root.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
@@ -93,8 +94,10 @@ def run_invocations(
         results = list(pool.map(one, range(len(invocations))))
     wall = time.perf_counter() - start
     failed = [i for i, rc in results if rc != 0]
-    if failed:
-        raise RuntimeError(f"invocations {failed} failed; see {log}")
+    if failed and len(failed) == len(results):
+        raise RuntimeError(f"every invocation failed; see {log}")
+    for i in failed:
+        print(f"  invocation {i} failed ({' '.join(invocations[i])}); see {log}")
     return wall
 
 
