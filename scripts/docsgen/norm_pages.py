@@ -35,6 +35,16 @@ def docstring_parts(cls: type) -> dict[str, str]:
     ref = re.search(r"^Reference[s]?:\s*(.+?)(?:\n\n|\Z)", doc, re.M | re.S)
     if ref:
         parts["reference"] = " ".join(ref.group(1).split())
+    paragraphs = []
+    for para in doc.split("\n\n")[1:]:
+        head = para.lstrip()
+        if head.startswith(".. math::") or re.match(r"(Args|Shape|Reference[s]?):", head):
+            continue
+        if para.startswith((" ", "\t")):  # the indented body of a math block or section
+            continue
+        paragraphs.append(" ".join(para.split()))
+    if paragraphs:
+        parts["details"] = "\n\n".join(paragraphs)
     args = re.search(r"^Args:\n((?:[ \t]+.*\n?)+)", doc + "\n", re.M)
     if args:
         current = None
@@ -126,6 +136,8 @@ def render(name: str, results: ResultsProvider | None = None) -> str:
     if "formula" in parts:
         out.append("## Formula\n")
         out.append(f"$$\n{parts['formula']}\n$$\n")
+    if "details" in parts:
+        out.append(parts["details"] + "\n")
     out.append("## What it normalizes over\n")
     out.append(
         f"![The axes {cls.__name__} normalizes over](../figures/axes/{entry.name}.png)"
@@ -158,7 +170,10 @@ def render(name: str, results: ResultsProvider | None = None) -> str:
         out.append("## Reference\n")
         out.append(parts["reference"] + "\n")
     out.append("## API\n")
-    out.append(f"::: {cls.__module__}.{cls.__qualname__}\n    options:\n      heading_level: 3\n")
+    out.append(
+        f"::: {cls.__module__}.{cls.__qualname__}\n    options:\n      heading_level: 3\n"
+        "      show_docstring_description: false\n"
+    )
     return "\n".join(out)
 
 

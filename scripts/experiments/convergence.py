@@ -288,7 +288,11 @@ class Convergence(Experiment):
             return None
         b = self.best(rows, norm)
         if not b:
-            return "- never reached the target at every seed\n"
+            budget = max(int(r["steps"]) for r in rows)
+            return (
+                f"- digits: at no learning rate did every seed reach "
+                f"{100 * rows[0]['target']:.0f}% validation accuracy within {budget} steps\n"
+            )
         return (
             f"- digits: {b[0]:.0f} steps to {100 * rows[0]['target']:.0f}% validation accuracy "
             f"at its fastest learning rate ({b[1]:g})\n"
