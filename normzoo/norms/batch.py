@@ -44,6 +44,7 @@ class BatchNorm(Norm):
     statistics_per = ("channel",)
     reduces_over = ("batch", "spatial")
     uses_batch_stats = True
+    batchnorm_statistics = True
 
     def __init__(
         self,
