@@ -9,9 +9,9 @@
 (``normzoo.train``), the CLI and the docs tooling load their dependencies themselves.
 """
 
-from normzoo.surgery import ConversionReport, convert, revert
 from normzoo.norms.base import Norm
 from normzoo.registry import UnknownNormError, available, create, get, info, register
+from normzoo.surgery import ConversionReport, convert, revert
 
 __version__ = "0.1.0"
 
