@@ -8,6 +8,7 @@ from torch import Tensor
 
 from normzoo import functional
 from normzoo.functional._stats import affine as _affine
+from normzoo.functional._stats import compute_dtype
 from normzoo.norms.base import Norm
 
 
@@ -68,7 +69,10 @@ class RMSNorm(Norm):
             return functional.rms_norm(
                 x, self.weight, self.bias, eps=self.eps, channels_last=self.channels_last
             )
+        xf = x.to(compute_dtype(x))  # half inputs: statistics and affine in float32
         if self.channels_last:
-            y = F.rms_norm(x, (self.num_features,), self.weight, self.eps)
-            return y if self.bias is None else y + self.bias
-        return _affine(F.rms_norm(x, tuple(x.shape[1:]), None, self.eps), self.weight, self.bias)
+            y = F.rms_norm(xf, (self.num_features,), self.weight, self.eps)
+            y = y if self.bias is None else y + self.bias
+        else:
+            y = _affine(F.rms_norm(xf, tuple(x.shape[1:]), None, self.eps), self.weight, self.bias)
+        return y.to(x.dtype)
