@@ -70,9 +70,6 @@ class SwitchableNorm(BatchNorm):
             nn.init.ones_(self.mean_weight)
             nn.init.ones_(self.var_weight)
 
-    def check_input(self, x: Tensor) -> None:
-        super().check_input(x)  # BN's check, then the rank (>= 1 spatial dim)
-
     def _forward(self, x: Tensor) -> Tensor:
         update = self.training and self.track_running_stats
         factor = self._update_factor() if update else 0.0
