@@ -169,6 +169,13 @@ def test_torch_to_normzoo_bn_and_back_is_lossless():
     assert all(type(m) is nn.BatchNorm2d for m in _norm_layers(model).values())
     for key, value in reference.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
+    # Without the report, converting to a torch class gets there too.
+    normzoo.convert(model, "bn")
+    _, report = normzoo.convert(model, nn.BatchNorm2d)
+    assert all(type(m) is nn.BatchNorm2d for m in _norm_layers(model).values())
+    assert set(report.replacements[0].carried) >= {"running_var", "momentum", "eps"}
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
 
 
 def test_settings_and_frozen_parameters_are_carried():
