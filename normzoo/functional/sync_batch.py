@@ -68,6 +68,7 @@ def sync_batch_norm(
             momentum=momentum,
             eps=eps,
         )
+    # Imported here: only reached with an initialised process group (torch.distributed present).
     from torch.distributed.nn.functional import all_reduce
 
     group = process_group if process_group is not None else dist.group.WORLD
