@@ -136,6 +136,17 @@ def test_bn_to_frozenbn_keeps_eval_outputs():
     assert sum(p.numel() for p in model.parameters()) == n_params - bn_params
 
 
+@pytest.mark.parametrize("target", ["syncbn", "gbn", "brn", "frozenbn", "sn"])
+def test_bn_statistics_are_carried_where_they_mean_the_same(target):
+    model = _trained_resnet().eval()
+    expected = model(X)
+    _, report = normzoo.convert(model, target)
+    for r in report:
+        assert {"weight", "bias", "running_mean", "running_var", "eps"} <= set(r.carried), r
+    if target != "sn":  # in eval each is BN with the running statistics
+        torch.testing.assert_close(model(X), expected)
+
+
 def test_bn_to_syncbn_and_back_round_trips():
     model = _trained_resnet()
     originals = dict(_norm_layers(model))
