@@ -93,7 +93,7 @@ def _trained_resnet():
                 m.bias.uniform_(-0.5, 0.5)
     with torch.no_grad():
         for _ in range(3):
-            model(torch.randn(4, 3, 32, 32))
+            model(torch.randn(4, 3, 16, 16))
     return model
 
 
@@ -101,7 +101,7 @@ def _norm_layers(model):
     return {name: m for name, m in model.named_modules() if normzoo.surgery.is_norm_layer(m)}
 
 
-X = torch.randn(2, 3, 32, 32)
+X = torch.randn(2, 3, 16, 16)
 
 
 def test_bn_to_groupnorm():
@@ -154,7 +154,7 @@ def test_bn_to_syncbn_and_back_round_trips():
     _, report = normzoo.convert(model, "syncbatchnorm")
     assert all(type(m) is SyncBatchNorm for m in _norm_layers(model).values())
     for step in range(2):  # single process: SyncBN is BN, so both models train alike
-        x = torch.randn(4, 3, 32, 32) + step
+        x = torch.randn(4, 3, 16, 16) + step
         torch.testing.assert_close(model(x), reference(x))
     reverted = normzoo.revert(model, report)
     assert reverted is model
