@@ -135,7 +135,11 @@ def test_trainer_options():
     gpu = compose_config(["trainer=gpu"]).trainer
     assert gpu.accelerator == "gpu" and gpu.precision == "bf16-mixed"
     ddp = compose_config(["trainer=ddp"]).trainer
-    assert ddp.strategy == "ddp" and ddp.devices == 2 and list(ddp.plugins) == []
+    assert ddp.strategy == "ddp" and ddp.devices == 2
+    (sync,) = ddp.plugins  # BatchNorms synchronized over the processes, unless switched off
+    assert sync._target_ == "normzoo.training.layer_sync.NormzooSyncBatchNorm" and sync.enabled
+    off = compose_config(["trainer=ddp", "trainer.plugins.0.enabled=false"]).trainer
+    assert instantiate(off.plugins[0]).enabled is False
 
 
 def test_experiment_mnist1d_picks_the_1d_cnn_and_keeps_the_norm_override():
