@@ -256,6 +256,9 @@ def convert(
         )
     select = _selector(only)
     target_bn = _target_has_bn_statistics(factory)
+    # Arguments the caller fixed, in kwargs or in a partial (a Hydra norm config), win over
+    # what the old layer would pass on.
+    given = set(kwargs) | set(getattr(factory, "keywords", None) or {})
 
     # Plan: find the layers (and fail on any of them) before touching the model.
     plan: list[tuple[str, nn.Module]] = []
@@ -278,7 +281,7 @@ def convert(
             inherited += list(_BN_OPTIONS)
         for name in inherited:
             value = channels_last if name == "channels_last" else getattr(old, name, None)
-            if name in layer_kwargs or (name not in accepted and not takes_any):
+            if name in given or (name not in accepted and not takes_any):
                 continue
             if name == "eps" and value is None:  # torch's RMSNorm: eps=None
                 continue

@@ -246,3 +246,14 @@ def test_errors_name_the_problem_and_change_nothing():
         normzoo.convert(nn.Sequential(nn.BatchNorm2d(4, track_running_stats=False)), "frozenbn")
     with pytest.raises(TypeError, match="nn.Module"):
         normzoo.convert("resnet", "gn")
+
+
+def test_arguments_fixed_in_a_partial_win_over_the_old_layers():
+    import functools
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, eps=1e-3))
+    model, report = normzoo.convert(model, functools.partial(normzoo.create, "gn", eps=0.5))
+    assert model[1].eps == 0.5 and "eps" not in report.replacements[0].carried
+    model2 = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, eps=1e-3))
+    model2, _ = normzoo.convert(model2, functools.partial(normzoo.create, "gn"))
+    assert model2[1].eps == 1e-3  # not fixed by the partial: inherited
