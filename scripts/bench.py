@@ -122,6 +122,19 @@ class Timer:
 Case = tuple[Callable[..., Any], Callable[[], Any] | None]
 
 
+def run_rounds(cases: dict[str, Case], timer: Timer, repeats: int) -> dict[str, list[float]]:
+    """Seconds of every case in each round; the order rotates from round to round, so no
+    case always runs right after the same neighbour."""
+    keys = list(cases)
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    for i in range(repeats):
+        shift = i % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            fn, setup = cases[key]
+            times[key].append(timer(fn, setup))
+    return times
+
+
 def time_interleaved(
     cases: dict[str, Case], timer: Timer, repeats: int, warmup: int, stat: str = "median"
 ) -> dict[str, float]:
@@ -130,10 +143,7 @@ def time_interleaved(
         for _ in range(warmup):
             arg = setup() if setup else None
             fn() if arg is None else fn(arg)
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(repeats):
-        for key, (fn, setup) in cases.items():
-            times[key].append(timer(fn, setup))
+    times = run_rounds(cases, timer, repeats)
     reduce = min if stat == "min" else statistics.median
     return {k: reduce(v) for k, v in times.items()}
 
@@ -195,10 +205,7 @@ def bench_row(
         for _ in range(warmup):
             arg = setup() if setup else None
             fn() if arg is None else fn(arg)
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(repeats):
-        for key, (fn, setup) in cases.items():
-            times[key].append(timer(fn, setup))
+    times = run_rounds(cases, timer, repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
     row: dict[str, Any] = {
         "norm": normzoo.info(name).name,
@@ -396,6 +403,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda if any")
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument(
         "--recheck",
@@ -412,6 +420,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     names = args.norms or normzoo.available()
     shapes = (
         [tuple(int(v) for v in s.split(",")) for s in args.shapes]
