@@ -7,9 +7,10 @@ read it once or twice. :func:`fuse` wraps such a function so that
 * nothing is compiled, and ``torch._dynamo`` is not even imported, until the first call
   (``import normzoo`` stays light);
 * each *kind* of call (device, dtype, rank, contiguity and ``requires_grad`` of every tensor
-  argument, and the value of every other argument) gets its own compiled kernel, compiled once
-  with dynamic shapes, so a model with many layer shapes neither recompiles per shape nor
-  exhausts dynamo's per-function recompile limit;
+  argument, and the value of every bool, int, str or None argument) gets its own compiled
+  kernel, compiled once with dynamic shapes (and symbolic floats), so a model with many layer
+  shapes, or a momentum that changes every step, neither recompiles per call nor exhausts
+  dynamo's per-function recompile limit;
 * under an enclosing ``torch.compile`` (a whole model), the plain function runs so that the
   outer compiler traces and fuses it with its neighbours (no nested compile, no graph break);
 * where compiling is impossible (no C++ compiler, an unsupported Python, an inductor error) the
@@ -19,9 +20,9 @@ Switches: the environment variable ``NORMZOO_COMPILE=0`` (read at each call, so 
 it) or :func:`set_enabled` turn every fused kernel into its plain function.
 
 For the wider zoo: wrap a reference function, ``fast = fuse(functional.rms_norm)``, and call
-``fast(...)`` in the module's fast path. Float arguments are part of the key (each distinct
-value compiles once), so pass values that change every step, such as the cumulative-average
-factor, as tensors or keep them out of the fused function.
+``fast(...)`` in the module's fast path; autograd through it is compiled too (forward and
+backward kernels). Python floats are symbolic (a momentum of ``1 / n`` compiles once) unless the
+function branches on them; bools, ints and strings select kernels.
 """
 
 from __future__ import annotations
@@ -84,9 +85,15 @@ def _arg_key(arg: Any) -> Hashable:
             arg.is_contiguous(memory_format=torch.channels_last) if arg.dim() == 4 else False,
             arg.requires_grad and torch.is_grad_enabled(),
         )
-    if arg is None or isinstance(arg, (bool, int, float, str)):
+    if isinstance(arg, float):  # symbolic under dynamic=True: one kernel for every value
+        return float
+    if arg is None or isinstance(arg, (bool, int, str)):  # control flow: one kernel per value
         return arg
     return type(arg).__name__
+
+
+def _unparameter(arg: Any) -> Any:
+    return arg.view_as(arg) if isinstance(arg, torch.nn.Parameter) else arg
 
 
 def _fresh_copy(fn: Callable[..., R]) -> Callable[..., R]:
@@ -115,6 +122,10 @@ class FusedFunction(Generic[R]):
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         if _is_compiling() or not compile_enabled():
             return self.eager(*args, **kwargs)
+        # Parameters enter as plain views (same storage, gradient flows through the view):
+        # dynamo keeps Parameter shapes static and would compile one kernel per channel count.
+        args = tuple(_unparameter(a) for a in args)
+        kwargs = {k: _unparameter(v) for k, v in kwargs.items()}
         key = (
             tuple(_arg_key(a) for a in args),
             tuple((k, _arg_key(v)) for k, v in sorted(kwargs.items())),
