@@ -281,3 +281,25 @@ def test_inside_torch_compile_of_a_whole_model(name):
     torch.testing.assert_close(model[0].weight.grad, ref[0].weight.grad, atol=1e-4, rtol=1e-4)
     for key, value in ref.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value, **TOL, msg=key)
+
+
+@pytest.mark.slow
+def test_fuse_compiles_reference_math_with_autograd():
+    # The recipe for the wider zoo: fuse a reference function, gradients included; one
+    # kernel serves every shape and channel count, and Parameters keep their gradients.
+    from normzoo import functional
+
+    fused = _fused.fuse(functional.group_norm)
+    for c, groups in ((8, 4), (12, 4)):
+        w = nn.Parameter(torch.rand(c) + 0.5)
+        b = nn.Parameter(torch.rand(c))
+        x = torch.randn(3, c, 5, 4, requires_grad=True)
+        y = fused(x, groups, w, b, eps=1e-5)
+        yr = functional.group_norm(x, groups, w, b, eps=1e-5)
+        torch.testing.assert_close(y, yr, **TOL)
+        g = torch.randn_like(y)
+        grads = torch.autograd.grad(y, (x, w, b), g)
+        grads_ref = torch.autograd.grad(yr, (x, w, b), g)
+        for got, want in zip(grads, grads_ref, strict=True):
+            torch.testing.assert_close(got, want, **TOL)
+    assert fused.compiled_kinds() == 1
