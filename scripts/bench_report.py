@@ -105,7 +105,7 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if len(r["shape"]) == 4]
+    rows = [r for r in rows if len(r["shape"]) == 4 and r["norm"] != "identity"]  # no-op
     shapes = list(dict.fromkeys(_shape(r) for r in rows))
     norms = list(dict.fromkeys(r["norm"] for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=False)
@@ -131,10 +131,12 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def page(data: dict[str, Any], json_path: str, plot_rel: str | None) -> str:
+def page(data: dict[str, Any], json_path: str, plot_rel: str | None, level: int = 2) -> str:
+    """One run's section: machine, command, tables (headings at ``level``)."""
+    h = "#" * level
     meta, rows = data["meta"], data["rows"]
     cpu = select(rows, device="cpu")
-    parts = [INTRO, "## Machine and command\n"]
+    parts = [f"{h} Machine and command\n"]
     parts.append(
         f"- CPU: {meta['cpu']}, {meta['cpu_count']} cores, torch {meta['torch']} "
         f"({meta['threads']} threads), Python {meta['python']}, {meta['platform']}\n"
@@ -151,17 +153,17 @@ def page(data: dict[str, Any], json_path: str, plot_rel: str | None) -> str:
         if not dev_rows:
             continue
         main = select(dev_rows, dtype="float32", format="contiguous")
-        parts.append(f"## {device.upper()}, float32, contiguous (fwd+bwd)\n")
+        parts.append(f"{h} {device.upper()}, float32, contiguous (fwd+bwd)\n")
         parts.append(main_table(main) + "\n")
         for dtype, fmt in (("bfloat16", "contiguous"), ("float32", "channels_last")):
             sub = select(dev_rows, dtype=dtype, format=fmt)
             if sub:
-                parts.append(f"## {device.upper()}, {dtype}, {fmt}: summary\n")
+                parts.append(f"{h} {device.upper()}, {dtype}, {fmt}: summary\n")
                 parts.append(summary_table(sub) + "\n")
                 parts.append(f"<details><summary>all {dtype} {fmt} rows</summary>\n")
                 parts.append(main_table(sub) + "\n\n</details>\n")
     if data.get("compile_s"):
-        parts.append("## First call (compile included)\n")
+        parts.append(f"{h} First call (compile included)\n")
         parts.append(
             "Seconds of the first forward + backward of a fresh module on (32, 64, 32, 32) "
             "in a fresh process; compiled kernels are cached on disk by inductor, so a second "
@@ -172,7 +174,7 @@ def page(data: dict[str, Any], json_path: str, plot_rel: str | None) -> str:
                 "\n".join(f"- {device} {norm}: {sec:.2f} s" for norm, sec in times.items()) + "\n"
             )
     if data.get("train"):
-        parts.append("## Training step of a small ConvNet\n")
+        parts.append(f"{h} Training step of a small ConvNet\n")
         parts.append(
             "conv-norm-ReLU x 4 on 32x32 inputs, SGD, batch "
             f"{data['train'][0]['batch']}; memory: "
@@ -191,18 +193,26 @@ def page(data: dict[str, Any], json_path: str, plot_rel: str | None) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("json", help="the output of scripts/bench.py --json")
+    p.add_argument("json", nargs="+", help="outputs of scripts/bench.py --json (one section each)")
     p.add_argument("--out", default="docs/performance.md")
     p.add_argument("--plot", default="docs/img/bench_cpu.png")
     args = p.parse_args()
-    with open(args.json) as f:
-        data = json.load(f)
+    runs = []
+    for path in args.json:
+        with open(path) as f:
+            runs.append((path, json.load(f)))
     plot_rel = None
     if args.plot:
-        plot(select(data["rows"], device="cpu", dtype="float32", format="contiguous"), args.plot)
+        first = runs[0][1]["rows"]
+        plot(select(first, device="cpu", dtype="float32", format="contiguous"), args.plot)
         plot_rel = os.path.relpath(args.plot, os.path.dirname(os.path.abspath(args.out)))
+    parts = [INTRO]
+    for i, (path, data) in enumerate(runs):
+        title = data["meta"].get("title") or f"Run {i + 1}: {data['meta']['threads']} thread(s)"
+        parts.append(f"## {title}\n")
+        parts.append(page(data, path, plot_rel if i == 0 else None, level=3))
     with open(args.out, "w") as f:
-        f.write(page(data, args.json, plot_rel))
+        f.write("\n".join(parts))
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
 
 

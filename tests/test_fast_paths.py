@@ -28,6 +28,7 @@ def fused_everywhere(monkeypatch):
     """Send every eligible BatchNorm input, however small, to the fused kernel."""
     monkeypatch.setattr(batch_mod, "FUSED_MIN_NUMEL", 0)
     monkeypatch.setattr(batch_mod, "FUSED_MIN_SPATIAL", 1)
+    monkeypatch.setattr(_fused, "DEFAULT_MIN_NUMEL", 0)
 
 
 def _pair(rank: int, **kwargs) -> tuple[nn.Module, nn.Module]:
@@ -179,9 +180,15 @@ def test_fused_function_float64_gradcheck():
 
 
 # -- switches and fallbacks ------------------------------------------------------------------
+def test_small_calls_run_eager():
+    fused = _fused.fuse(lambda x: x * 2, min_numel=100)
+    torch.testing.assert_close(fused(torch.ones(3)), torch.full((3,), 2.0))
+    assert fused.compiled_kinds() == 0
+
+
 def test_compile_switch_off_uses_eager(monkeypatch):
     calls = []
-    fused = _fused.fuse(lambda x: calls.append(1) or x * 2)
+    fused = _fused.fuse(lambda x: calls.append(1) or x * 2, min_numel=0)
     monkeypatch.setenv("NORMZOO_COMPILE", "0")
     assert not _fused.compile_enabled()
     torch.testing.assert_close(fused(torch.ones(3)), torch.full((3,), 2.0))
@@ -211,7 +218,7 @@ def test_compile_failure_falls_back_with_one_warning():
     def data_dependent(x: torch.Tensor) -> torch.Tensor:
         return x + 1 if x.sum() > 0 else x - 1  # not capturable as one graph
 
-    fused = _fused.fuse(data_dependent)
+    fused = _fused.fuse(data_dependent, min_numel=0)
     with pytest.warns(RuntimeWarning, match="using the eager version"):
         out = fused(torch.ones(3))
     torch.testing.assert_close(out, torch.full((3,), 2.0))
@@ -289,7 +296,7 @@ def test_fuse_compiles_reference_math_with_autograd():
     # kernel serves every shape and channel count, and Parameters keep their gradients.
     from normzoo import functional
 
-    fused = _fused.fuse(functional.group_norm)
+    fused = _fused.fuse(functional.group_norm, min_numel=0)
     for c, groups in ((8, 4), (12, 4)):
         w = nn.Parameter(torch.rand(c) + 0.5)
         b = nn.Parameter(torch.rand(c))

@@ -43,6 +43,10 @@ __all__ = ["FusedFunction", "compile_enabled", "compile_times", "fuse", "set_ena
 R = TypeVar("R")
 
 _ENV = "NORMZOO_COMPILE"
+#: Calls whose largest tensor has fewer elements run the plain function (a compiled call has
+#: a fixed cost of tens of microseconds, and small inputs are not memory-bound). Tests lower it
+#: to reach the compiled kernels with small tensors.
+DEFAULT_MIN_NUMEL = 1 << 18
 _switch: bool = True
 _lock = threading.Lock()
 #: First-call wall time (compile included) of every kernel compiled in this process, seconds.
@@ -112,15 +116,18 @@ class FusedFunction(Generic[R]):
     faster once compiled. ``eager`` is the plain function.
     """
 
-    def __init__(self, fn: Callable[..., R], *, dynamic: bool = True) -> None:
+    def __init__(
+        self, fn: Callable[..., R], *, dynamic: bool = True, min_numel: int | None = None
+    ) -> None:
         self.eager = fn
         self.dynamic = dynamic
+        self.min_numel = min_numel
         self._kernels: dict[Hashable, Callable[..., R] | None] = {}
         self.__name__ = getattr(fn, "__name__", "fused")
         self.__doc__ = fn.__doc__
 
     def __call__(self, *args: Any, **kwargs: Any) -> R:
-        if _is_compiling() or not compile_enabled():
+        if _is_compiling() or not compile_enabled() or self._too_small(args, kwargs):
             return self.eager(*args, **kwargs)
         # Parameters enter as plain views (same storage, gradient flows through the view):
         # dynamo keeps Parameter shapes static and would compile one kernel per channel count.
@@ -139,6 +146,13 @@ class FusedFunction(Generic[R]):
             except Exception as err:  # e.g. a recompile that fails: fall back for good
                 return self._fail(key, err, args, kwargs)
         return self._compile_and_call(key, args, kwargs)
+
+    def _too_small(self, args: tuple, kwargs: dict) -> bool:
+        floor = DEFAULT_MIN_NUMEL if self.min_numel is None else self.min_numel
+        if floor <= 0:
+            return False
+        sizes = [a.numel() for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        return max(sizes, default=0) < floor
 
     def _compile_and_call(self, key: Hashable, args: tuple, kwargs: dict) -> R:
         with _lock:
@@ -170,8 +184,14 @@ class FusedFunction(Generic[R]):
         return sum(k is not None for k in self._kernels.values())
 
 
-def fuse(fn: Callable[..., R] | None = None, *, dynamic: bool = True) -> Any:
-    """Wrap ``fn`` as a :class:`FusedFunction`; usable as ``@fuse`` or ``fuse(fn)``."""
+def fuse(
+    fn: Callable[..., R] | None = None, *, dynamic: bool = True, min_numel: int | None = None
+) -> Any:
+    """Wrap ``fn`` as a :class:`FusedFunction`; usable as ``@fuse`` or ``fuse(fn)``.
+
+    ``min_numel``: calls whose largest tensor is smaller run ``fn`` itself (default
+    ``DEFAULT_MIN_NUMEL``; 0 compiles every call).
+    """
     if fn is None:
-        return lambda f: FusedFunction(f, dynamic=dynamic)
-    return FusedFunction(fn, dynamic=dynamic)
+        return lambda f: FusedFunction(f, dynamic=dynamic, min_numel=min_numel)
+    return FusedFunction(fn, dynamic=dynamic, min_numel=min_numel)

@@ -43,7 +43,7 @@ def _batch_stats_kernel(
     return y.to(x.dtype), mean, invstd, var
 
 
-_fused_batch_stats = fuse(_batch_stats_kernel)
+_fused_batch_stats = fuse(_batch_stats_kernel, min_numel=0)  # dispatch: use_fused_batch_stats
 
 
 class _FusedBatchNorm(torch.autograd.Function):
