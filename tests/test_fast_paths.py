@@ -147,6 +147,15 @@ def test_fused_under_no_grad_still_trains_the_statistics():
 
 
 @pytest.mark.usefixtures("fused_everywhere")
+def test_fused_under_inference_mode():
+    ours, ref = _pair(4)
+    x = torch.randn(4, 6, 3, 3)
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x), ref(x), **TOL)
+    torch.testing.assert_close(ours.running_var, ref.running_var, **TOL)
+
+
+@pytest.mark.usefixtures("fused_everywhere")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_fused_half_precision(dtype):
     ours, ref = _pair(4)
