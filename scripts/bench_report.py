@@ -47,9 +47,12 @@ def main_table(rows: list[dict[str, Any]]) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
+        ratio = _fmt(r["fwdbwd_ratio_torch"], ".2f")
+        if r.get("first_fwdbwd_ratio_torch"):  # measured twice: slower than torch the 1st time
+            ratio += f" (1st run {r['first_fwdbwd_ratio_torch']:.2f})"
         out.append(
             f"| {r['norm']} | {_shape(r)} | {_fmt(r['fwdbwd_ms'])} | "
-            f"{_fmt(r['torch_fwdbwd_ms'])} | {_fmt(r['fwdbwd_ratio_torch'], '.2f')} | "
+            f"{_fmt(r['torch_fwdbwd_ms'])} | {ratio} | "
             f"{_fmt(r['fwdbwd_ratio_bn'], '.2f')} | {_fmt(r['fwdbwd_copy_fraction'], '.2f')} | "
             f"{_fmt(r['fwd_ms'])} | {_fmt(r['bwd_ms'])} |"
         )
