@@ -21,7 +21,10 @@ it) or :func:`set_enabled` turn every fused kernel into its plain function.
 
 For the wider zoo: wrap a reference function, ``fast = fuse(functional.rms_norm)``, and call
 ``fast(...)`` in the module's fast path; autograd through it is compiled too (forward and
-backward kernels). Python floats are symbolic (a momentum of ``1 / n`` compiles once) unless the
+backward kernels). Pass copies of tensors the module updates in place after the call (running
+statistics that the math reads): the compiled backward may save an input instead of a value
+derived from it, and an in-place update would then fail autograd's version check. Python
+floats are symbolic (a momentum of ``1 / n`` compiles once) unless the
 function branches on them; bools, ints and strings select kernels.
 """
 
