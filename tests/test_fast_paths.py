@@ -29,6 +29,7 @@ def fused_everywhere(monkeypatch):
     monkeypatch.setattr(batch_mod, "FUSED_MIN_NUMEL", 0)
     monkeypatch.setattr(batch_mod, "FUSED_MIN_SPATIAL", 1)
     monkeypatch.setattr(_fused, "DEFAULT_MIN_NUMEL", 0)
+    monkeypatch.setattr(batch_mod, "FUSED_DTYPES", (torch.float32, torch.bfloat16, torch.float16))
 
 
 def _pair(rank: int, **kwargs) -> tuple[nn.Module, nn.Module]:
@@ -47,7 +48,7 @@ def _pair(rank: int, **kwargs) -> tuple[nn.Module, nn.Module]:
     ("shape", "dtype", "channels_last", "fused"),
     [
         ((32, 64, 32, 32), torch.float32, False, True),
-        ((32, 64, 32, 32), torch.bfloat16, False, True),
+        ((32, 64, 32, 32), torch.bfloat16, False, False),  # measured for float32 only
         ((8, 64, 16, 16, 16), torch.float32, False, True),
         ((4, 32, 64, 64), torch.float32, False, False),  # 0.5M elements: torch's kernel
         ((32, 64, 32, 32), torch.float32, True, False),  # torch's channels_last kernel is fast
@@ -256,6 +257,25 @@ def test_channels_last_in_channels_last_out(name):
     assert y.is_contiguous(memory_format=torch.channels_last), name
     y.backward(torch.randn_like(y))
     assert x.grad.is_contiguous(memory_format=torch.channels_last), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(4, 8, 5, 6), (2, 8, 3, 4, 5)], ids=str)
+def test_instancenorm_channels_last_equals_torch(shape, dtype):
+    ours = normzoo.create("in", 8)
+    ref = (nn.InstanceNorm2d if len(shape) == 4 else nn.InstanceNorm3d)(8, affine=True)
+    ref.load_state_dict(ours.state_dict())
+    fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    x = torch.randn(shape).to(dtype=dtype, memory_format=fmt)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), ref(xb)
+    assert ya.is_contiguous(memory_format=fmt)
+    tol = TOL if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(ya, yb, **tol)
+    g = torch.randn_like(yb)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, **tol)
 
 
 # -- integration -----------------------------------------------------------------------------
