@@ -30,6 +30,7 @@ import inspect
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -379,7 +380,7 @@ def machine() -> dict[str, Any]:
         pass
     meta: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python", *sys.argv]),
+        "command": shlex.join(["python", *sys.argv]),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),

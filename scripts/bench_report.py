@@ -25,10 +25,18 @@ scaled to that traffic; **copy fraction** = copy bound / measured time (1.0 = me
 Each norm is timed in training mode (forward without autograd, backward alone, and
 forward + backward) against its `torch.nn` equivalent and against `nn.BatchNorm2d` on the same
 tensor, interleaved in one process (every contender once per round), medians over rounds.
-BatchNorm's default (`impl="fast"`) path sends large contiguous training inputs to a fused
-`torch.compile` kernel (forward) and torch's own backward kernel; everything else uses torch's
-native kernels (InstanceNorm through a group-norm kernel with one channel per group). Set
-`NORMZOO_COMPILE=0` to disable compiled kernels.
+BatchNorm's default (`impl="fast"`) path sends large (>= 1M elements) contiguous float32
+training inputs to a fused `torch.compile` kernel (forward) and torch's own backward kernel;
+everything else uses torch's native kernels (InstanceNorm through a group-norm kernel with one
+channel per group, except half-precision channels_last inputs). Set `NORMZOO_COMPILE=0` to
+disable compiled kernels.
+
+**Read the numbers with care.** They were measured on a 2-core VM shared with other
+engineers' test and training runs (load averages are recorded with each run, and per row in
+the JSON). Rows where normzoo and torch run *the same kernel* (LayerNorm, GroupNorm, and
+BatchNorm below 1M elements) scatter by +-10-70% around 1.0; only differences well beyond that
+(InstanceNorm, BatchNorm on the largest shape) are signal. The JSON also keeps each row's
+fastest round (`fwdbwd_min_ms`, `torch_fwdbwd_min_ms`), a second opinion less sensitive to load.
 """
 
 
