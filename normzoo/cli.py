@@ -1,4 +1,5 @@
-"""The ``normzoo`` command line: ``normzoo list`` (and the subcommands other modules add).
+"""The ``normzoo`` command line: ``normzoo list``, ``normzoo summarize`` (and the subcommands
+other modules add).
 
 Each subcommand imports what it needs when it runs, so ``normzoo list`` stays as light as
 ``import normzoo``.
@@ -58,12 +59,34 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_summarize(args: argparse.Namespace) -> int:
+    from normzoo.summary import DEFAULT_COLUMNS, summarize
+
+    columns = args.columns.split(",") if args.columns else DEFAULT_COLUMNS
+    try:
+        table, csv_path = summarize(args.folder, args.csv, columns)
+    except FileNotFoundError as exc:
+        print(f"normzoo summarize: {exc}", file=sys.stderr)
+        return 1
+    print(table)
+    print(f"\n(CSV: {csv_path})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="normzoo", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"normzoo {normzoo.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="print the registry of norms as a table")
     p.set_defaults(func=_cmd_list)
+    p = sub.add_parser(
+        "summarize",
+        help="collect every metrics.json under a folder (e.g. a multirun) into one table",
+    )
+    p.add_argument("folder", help="a normzoo-train output folder, e.g. multirun/<date>/<time>")
+    p.add_argument("--csv", help="where to write the CSV (default: <folder>/summary.csv)")
+    p.add_argument("--columns", help="comma-separated metrics.json fields to show")
+    p.set_defaults(func=_cmd_summarize)
     return parser
 
 

@@ -1,0 +1,10 @@
+"""Packaging details that pyproject.toml cannot express: the configs in ``conf/`` (at the
+repository root, where the design keeps them) ship inside the package as ``normzoo.conf``."""
+
+from setuptools import find_packages, setup
+
+setup(
+    packages=[*find_packages(include=["normzoo", "normzoo.*"]), "normzoo.conf"],
+    package_dir={"normzoo.conf": "conf"},
+    package_data={"normzoo.conf": ["*.yaml", "*/*.yaml"]},
+)
