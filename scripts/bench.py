@@ -291,6 +291,16 @@ class ConvNet(nn.Module):
         return self.head(self.features(x).mean((2, 3)))
 
 
+def default_model(norm: str | Callable[[int], nn.Module]) -> nn.Module:
+    """The training system's default model (``normzoo.models.ConvNet2d``, conf/model/
+    convnet2d.yaml) on 3x32x32 inputs; the local ConvNet where normzoo.models is missing."""
+    try:
+        from normzoo.models import ConvNet2d
+    except ImportError:
+        return ConvNet(norm if callable(norm) else lambda c: normzoo.create(norm, c))
+    return ConvNet2d(input_shape=(3, 32, 32), num_classes=10, norm=norm)
+
+
 def _torch_factory(name: str) -> Callable[[int], nn.Module] | None:
     if normzoo.info(name).name not in TORCH_EQUIVALENT:
         return None
@@ -330,7 +340,7 @@ def train_row(
     if factory is None:
         return None
     torch.manual_seed(0)
-    models = {"normzoo": ConvNet(lambda c: normzoo.create(name, c)), "torch": ConvNet(factory)}
+    models = {"normzoo": default_model(name), "torch": default_model(factory)}
     x = torch.randn(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     cases: dict[str, Case] = {}
@@ -418,7 +428,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "in the row as first_fwdbwd_ratio_torch)",
     )
     p.add_argument("--train", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--train-batch", type=int, default=32)
+    p.add_argument("--train-batch", type=int, default=64)
+    p.add_argument(
+        "--rows",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--no-rows: only the training step",
+    )
     p.add_argument("--json", help="write meta, rows, compile times and training rows here")
     p.add_argument("--title", help="a title for the docs page's section of this run")
     return p.parse_args(argv)
@@ -443,7 +459,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for dev in map(torch.device, devices):
         result["compile_s"][dev.type] = first_call_times(names, dev)
         print(f"first fwd+bwd (compile included), {dev.type}: {result['compile_s'][dev.type]}")
-        for dtype_name in args.dtypes:
+        for dtype_name in args.dtypes if args.rows else []:
             for fmt in args.formats:
                 for shape in shapes:
                     if fmt == "channels_last" and len(shape) != 4:

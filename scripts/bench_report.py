@@ -187,7 +187,8 @@ def page(data: dict[str, Any], json_path: str, plot_rel: str | None, level: int 
     if data.get("train"):
         parts.append(f"{h} Training step of a small ConvNet\n")
         parts.append(
-            "conv-norm-ReLU x 4 on 32x32 inputs, SGD, batch "
+            "the default model (`normzoo.models.ConvNet2d`, widths 32, 64, two conv-norm-ReLU "
+            "blocks per stage) on 3x32x32 inputs, SGD, batch "
             f"{data['train'][0]['batch']}; memory: "
             + (
                 "CUDA peak allocated"
