@@ -204,6 +204,15 @@ _BUILTINS: tuple[tuple[str, type[Norm], tuple[str, ...]], ...] = (
     ("instancenorm", norms.InstanceNorm, ("in",)),
     ("groupnorm", norms.GroupNorm, ("gn",)),
     ("identity", norms.Identity, ("none",)),
+    ("rmsnorm", norms.RMSNorm, ("rms",)),
+    ("batchrenorm", norms.BatchRenorm, ("brn", "batchrenormalization")),
+    ("ghostbatchnorm", norms.GhostBatchNorm, ("gbn", "ghostbn")),
+    ("frozenbatchnorm", norms.FrozenBatchNorm, ("frozenbn", "fbn")),
+    ("syncbatchnorm", norms.SyncBatchNorm, ("syncbn",)),
+    ("switchablenorm", norms.SwitchableNorm, ("sn", "switchnorm")),
+    ("frn", norms.FilterResponseNorm, ("filterresponsenorm", "frntlu")),
+    ("evonorm_b0", norms.EvoNormB0, ("b0",)),
+    ("evonorm_s0", norms.EvoNormS0, ("s0",)),
 )
 for _name, _cls, _aliases in _BUILTINS:
     register(_name, aliases=_aliases)(_cls)

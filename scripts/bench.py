@@ -1,113 +1,506 @@
-"""Time normzoo's norms against their torch.nn equivalents: fwd+bwd, interleaved, medians.
+"""Benchmark every registered norm against torch.nn: forward, backward, fwd+bwd; memory; training.
 
-    python scripts/bench.py                      # the four core norms, the core conv shapes
-    python scripts/bench.py --norms bn gn --shapes 32,64,32,32 --repeats 50 --json out.json
+    python scripts/bench.py                                  # everything, CPU (and CUDA if any)
+    python scripts/bench.py --norms bn gn --shapes 32,64,32,32 --dtypes float32 --formats contiguous
+    python scripts/bench.py --json docs/data/bench_cpu.json  # the docs' data
 
-Each round runs every contender once, in turn (interleaved, so drift and thermal effects hit
-all alike), after warm-up; the table reports per-contender medians and the ratio
-normzoo / torch (< 1 is faster).
+For each norm, shape, dtype, memory format and device, every contender runs once per round, in
+turn (interleaved in one process, so drift and other processes' load hit all alike), after
+warm-up; the rows report per-contender medians. Contenders:
+
+* ``normzoo``: ``normzoo.create(name, C)`` with its default (fast) path, in training mode;
+* ``torch``: the ``torch.nn`` layer that computes the same function, where one exists;
+* ``bn``: ``nn.BatchNorm2d`` (``BatchNorm1d`` for tokens) on the same tensor, the yardstick;
+* ``copy``: ``out.copy_(x)``, the memory ceiling. It moves 2 tensor-sizes; the minimal traffic
+  of a norm is 2 tensor-sizes forward (read x, write y), 3 backward (read x and dy, write dx),
+  5 for both, so ``copy_bound = copy_ms * sizes / 2`` and ``copy_fraction = copy_bound / ms``
+  (1.0 = at memory speed). On CUDA the same fraction is the bandwidth fraction vs ``copy_``.
+
+``--train`` adds a training step of a small ConvNet built with each normzoo norm and with its
+torch.nn equivalent (throughput, interleaved) and the memory of that step: on CUDA the peak of
+``torch.cuda.max_memory_allocated``; on CPU, which has no allocator statistics, the bytes of
+the distinct tensors autograd saves for backward (the activation memory that sets the peak).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import inspect
 import json
+import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 import normzoo
 
-CORE_SHAPES = [(32, 64, 32, 32), (8, 256, 14, 14), (128, 64, 8, 8)]
+CONV_SHAPES = [(32, 64, 32, 32), (8, 256, 14, 14), (128, 64, 8, 8), (4, 32, 64, 64)]
+TOKEN_SHAPES = [(4096, 1024), (2048, 4096)]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+FORMATS = ("contiguous", "channels_last")
+MODES = ("fwd", "bwd", "fwdbwd")
+#: Minimal tensor-sizes moved per mode (see the module docstring).
+SIZES_MOVED = {"fwd": 2, "bwd": 3, "fwdbwd": 5}
+
+# -- the torch.nn equivalent of each norm ---------------------------------------------------
+# A builder gets (our module, C, token input?) and returns the torch.nn layer computing the
+# same function, or None. Norms not listed here are compared with nn.BatchNorm2d only.
+TorchBuilder = Callable[[nn.Module, int, bool], nn.Module | None]
 
 
-def torch_equivalent(name: str, c: int) -> nn.Module:
-    """The torch.nn layer that computes the same function as ``normzoo.create(name, c)``."""
-    ours = normzoo.create(name, c)
-    canonical = normzoo.info(name).name
-    builders: dict[str, Callable[[], nn.Module]] = {
-        "batchnorm": lambda: nn.BatchNorm2d(c),
-        "layernorm": lambda: nn.GroupNorm(1, c),
-        "instancenorm": lambda: nn.InstanceNorm2d(c, affine=True),
-        "groupnorm": lambda: nn.GroupNorm(getattr(ours, "num_groups", 1), c),
-    }
-    return builders[canonical]()
+def _groups(ours: nn.Module) -> int:
+    return int(getattr(ours, "num_groups", 1))
 
 
-def fwd_bwd(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
-    def step() -> None:
+TORCH_EQUIVALENT: dict[str, TorchBuilder] = {
+    "batchnorm": lambda ours, c, tok: nn.BatchNorm1d(c) if tok else nn.BatchNorm2d(c),
+    "layernorm": lambda ours, c, tok: nn.LayerNorm(c) if tok else nn.GroupNorm(1, c),
+    "instancenorm": lambda ours, c, tok: None if tok else nn.InstanceNorm2d(c, affine=True),
+    "groupnorm": lambda ours, c, tok: nn.GroupNorm(_groups(ours), c),
+    "rmsnorm": lambda ours, c, tok: nn.RMSNorm(c) if tok and hasattr(nn, "RMSNorm") else None,
+    "frozenbatchnorm": lambda ours, c, tok: None if tok else nn.BatchNorm2d(c).eval(),
+}
+
+
+def _accepts(cls: type, kwarg: str) -> bool:
+    try:
+        return kwarg in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def make_norm(name: str, c: int, token: bool) -> nn.Module | None:
+    """``normzoo.create(name, c)`` for a conv input, or its token form (``channels_last``);
+    ``None`` when the norm has no token form or cannot be built standalone."""
+    cls = normzoo.get(name)
+    kwargs: dict[str, Any] = {}
+    if token:  # per-token norms (LN, RMSNorm) take (..., C); others (N, C) if they can
+        if _accepts(cls, "channels_last") and "batch" not in cls.reduces_over:
+            kwargs["channels_last"] = True
+        elif cls.min_spatial_dims > 0:
+            return None
+    try:
+        return normzoo.create(name, c, **kwargs)
+    except Exception:
+        return None
+
+
+def torch_equivalent(name: str, ours: nn.Module, c: int, token: bool) -> nn.Module | None:
+    builder = TORCH_EQUIVALENT.get(normzoo.info(name).name)
+    return builder(ours, c, token) if builder else None
+
+
+# -- timing ----------------------------------------------------------------------------------
+class Timer:
+    """Wall-clock timing of one call: perf_counter on CPU, CUDA events on a GPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn: Callable[[], Any], setup: Callable[[], Any] | None = None) -> float:
+        arg = setup() if setup else None
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            fn() if arg is None else fn(arg)
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1e3
+        t0 = time.perf_counter()
+        fn() if arg is None else fn(arg)
+        return time.perf_counter() - t0
+
+
+Case = tuple[Callable[..., Any], Callable[[], Any] | None]
+
+
+def run_rounds(cases: dict[str, Case], timer: Timer, repeats: int) -> dict[str, list[float]]:
+    """Seconds of every case in each round; the order rotates from round to round, so no
+    case always runs right after the same neighbour."""
+    keys = list(cases)
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    for i in range(repeats):
+        shift = i % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            fn, setup = cases[key]
+            times[key].append(timer(fn, setup))
+    return times
+
+
+def time_interleaved(
+    cases: dict[str, Case], timer: Timer, repeats: int, warmup: int, stat: str = "median"
+) -> dict[str, float]:
+    """Median (or ``stat="min"``) seconds of each case; each round runs every case once."""
+    for fn, setup in cases.values():
+        for _ in range(warmup):
+            arg = setup() if setup else None
+            fn() if arg is None else fn(arg)
+    times = run_rounds(cases, timer, repeats)
+    reduce = min if stat == "min" else statistics.median
+    return {k: reduce(v) for k, v in times.items()}
+
+
+def norm_cases(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> dict[str, Case]:
+    """fwd, bwd (forward untimed in setup) and fwd+bwd of a module in training mode."""
+    module.train()
+
+    def fwd() -> None:
+        with torch.no_grad():
+            module(x)
+
+    def setup_bwd() -> torch.Tensor:
         x.grad = None
         module.zero_grad(set_to_none=True)
-        module(x).backward(grad)
+        return module(x)
 
-    return step
+    def fwdbwd() -> None:
+        x.grad = None
+        module.zero_grad(set_to_none=True)
+        module(x).backward(g)
+
+    bwd = lambda y: y.backward(g)
+    return {"fwd": (fwd, None), "bwd": (bwd, setup_bwd), "fwdbwd": (fwdbwd, None)}
 
 
-def time_interleaved(fns: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict:
-    for fn in fns.values():
+def bench_row(
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    fmt: str,
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+) -> dict[str, Any] | None:
+    token = len(shape) == 2
+    c = shape[-1] if token else shape[1]
+    ours = make_norm(name, c, token)
+    if ours is None:
+        return None
+    ref = torch_equivalent(name, ours, c, token)
+    bn = nn.BatchNorm1d(c) if token else nn.BatchNorm2d(c)
+    modules = {"normzoo": ours, "torch": ref, "bn": bn}
+    modules = {k: m.to(device) for k, m in modules.items() if m is not None}
+    memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+    x = torch.randn(shape, device=device).to(dtype=dtype, memory_format=memory_format)
+    x.requires_grad_(True)
+    g = torch.randn(shape, device=device).to(dtype=dtype, memory_format=memory_format)
+    out = torch.empty_like(x)
+    try:
+        with torch.no_grad():
+            y = ours(x)
+    except Exception as err:  # e.g. a norm that needs a process group: skip, say why
+        print(f"skip {name} {tuple(shape)}: {type(err).__name__}: {err}", flush=True)
+        return None
+    layout_kept = fmt != "channels_last" or y.is_contiguous(memory_format=torch.channels_last)
+    cases: dict[str, Case] = {"copy": (lambda: out.copy_(x.detach()), None)}
+    for who, module in modules.items():
+        for mode, case in norm_cases(module, x, g).items():
+            cases[f"{who}_{mode}"] = case
+    timer = Timer(device)
+    for fn, setup in cases.values():  # warm-up (and compile) outside the timed rounds
         for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            arg = setup() if setup else None
+            fn() if arg is None else fn(arg)
+    times = run_rounds(cases, timer, repeats)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    row: dict[str, Any] = {
+        "norm": normzoo.info(name).name,
+        "shape": list(shape),
+        "dtype": str(dtype).removeprefix("torch."),
+        "format": fmt,
+        "device": device.type,
+        "copy_ms": med["copy"] * 1e3,
+        "channels_last_kept": layout_kept,
+    }
+    for mode in MODES:
+        ms = med[f"normzoo_{mode}"] * 1e3
+        bound = row["copy_ms"] * SIZES_MOVED[mode] / 2
+        row[f"{mode}_ms"] = ms
+        row[f"{mode}_copy_fraction"] = bound / ms
+        row[f"torch_{mode}_ms"] = med[f"torch_{mode}"] * 1e3 if "torch" in modules else None
+        row[f"bn_{mode}_ms"] = med[f"bn_{mode}"] * 1e3
+        row[f"{mode}_ratio_torch"] = (
+            ms / row[f"torch_{mode}_ms"] if row[f"torch_{mode}_ms"] else None
+        )
+        row[f"{mode}_ratio_bn"] = ms / row[f"bn_{mode}_ms"]
+    # The fastest round of each, a load-robust second opinion on a shared machine.
+    row["fwdbwd_min_ms"] = min(times["normzoo_fwdbwd"]) * 1e3
+    row["torch_fwdbwd_min_ms"] = min(times["torch_fwdbwd"]) * 1e3 if "torch" in modules else None
+    return row
 
 
-def bench(names: list[str], shapes: list[tuple[int, ...]], repeats: int, warmup: int) -> list[dict]:
-    rows = []
-    for shape in shapes:
-        c = shape[1]
-        x = torch.randn(shape, requires_grad=True)
-        g = torch.randn(shape)
-        for name in names:
-            ours, ref = normzoo.create(name, c), torch_equivalent(name, c)
-            med = time_interleaved(
-                {"normzoo": fwd_bwd(ours, x, g), "torch": fwd_bwd(ref, x, g)}, repeats, warmup
-            )
-            rows.append(
-                {
-                    "norm": normzoo.info(name).name,
-                    "shape": list(shape),
-                    "normzoo_ms": med["normzoo"] * 1e3,
-                    "torch_ms": med["torch"] * 1e3,
-                    "ratio": med["normzoo"] / med["torch"],
-                }
-            )
-            r = rows[-1]
-            print(
-                f"{r['norm']:<13} {tuple(shape)!s:<18} normzoo {r['normzoo_ms']:8.3f} ms   "
-                f"torch {r['torch_ms']:8.3f} ms   ratio {r['ratio']:.3f}",
-                flush=True,
-            )
-    return rows
+def format_row(r: dict[str, Any]) -> str:
+    def f(v: float | None, spec: str) -> str:
+        return format(v, spec) if v is not None else "-".rjust(len(format(0.0, spec)))
+
+    return (
+        f"{r['norm']:<16} {'x'.join(map(str, r['shape'])):<14} {r['dtype']:<8} "
+        f"{r['format'][:6]:<6} {r['device']:<4} "
+        f"fwd+bwd {r['fwdbwd_ms']:8.3f} ms  torch {f(r['torch_fwdbwd_ms'], '8.3f')} ms  "
+        f"ratio {f(r['fwdbwd_ratio_torch'], '5.2f')}  vs bn {r['fwdbwd_ratio_bn']:5.2f}  "
+        f"copy-bound {r['fwdbwd_copy_fraction']:5.2f}  "
+        f"(fwd {r['fwd_ms']:.3f} / bwd {r['bwd_ms']:.3f})"
+        + ("" if r["channels_last_kept"] else "  LAYOUT LOST")
+    )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--norms", nargs="+", default=["bn", "ln", "in", "gn"])
-    parser.add_argument("--shapes", nargs="+", default=[",".join(map(str, s)) for s in CORE_SHAPES])
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--json", help="write the rows and the machine to this file")
-    args = parser.parse_args()
-    shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor()}")
-    rows = bench(args.norms, shapes, args.repeats, args.warmup)
+# -- compile time ----------------------------------------------------------------------------
+def first_call_times(names: list[str], device: torch.device) -> dict[str, float]:
+    """Seconds of the first fwd+bwd of each norm on a fresh module (compiles included).
+
+    Kernels compiled earlier in this process are reused, so run this first."""
+    out = {}
+    for name in names:
+        m = make_norm(name, 64, False)
+        if m is None:
+            continue
+        x = torch.randn(32, 64, 32, 32, device=device, requires_grad=True)
+        t0 = time.perf_counter()
+        m.to(device)(x).sum().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        out[normzoo.info(name).name] = time.perf_counter() - t0
+    return out
+
+
+# -- training step ---------------------------------------------------------------------------
+class ConvNet(nn.Module):
+    """conv-norm-ReLU x 4 (32x32 -> 8x8), pooling, linear: the shapes of the table."""
+
+    def __init__(self, norm: Callable[[int], nn.Module], width: int = 64, classes: int = 10):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 3
+        for i, c in enumerate((width, width, 2 * width, 2 * width)):
+            stride = 2 if i in (2, 3) else 1
+            layers += [nn.Conv2d(c_in, c, 3, stride, 1, bias=False), norm(c), nn.ReLU()]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def default_model(norm: str | Callable[[int], nn.Module]) -> nn.Module:
+    """The training system's default model (``normzoo.models.ConvNet2d``, conf/model/
+    convnet2d.yaml) on 3x32x32 inputs; the local ConvNet where normzoo.models is missing."""
+    try:
+        from normzoo.models import ConvNet2d
+    except ImportError:
+        return ConvNet(norm if callable(norm) else lambda c: normzoo.create(norm, c))
+    return ConvNet2d(input_shape=(3, 32, 32), num_classes=10, norm=norm)
+
+
+def _torch_factory(name: str) -> Callable[[int], nn.Module] | None:
+    if normzoo.info(name).name not in TORCH_EQUIVALENT:
+        return None
+
+    def build(c: int) -> nn.Module:
+        ref = torch_equivalent(name, normzoo.create(name, c), c, False)
+        if ref is None:
+            raise LookupError(name)
+        return ref
+
+    try:
+        build(8)
+    except LookupError:
+        return None
+    return build
+
+
+def saved_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd saves for backward in one forward."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    return sum(seen.values())
+
+
+def train_row(
+    name: str, device: torch.device, batch: int, repeats: int, warmup: int
+) -> dict[str, Any] | None:
+    factory = _torch_factory(name)
+    if factory is None:
+        return None
+    torch.manual_seed(0)
+    models = {"normzoo": default_model(name), "torch": default_model(factory)}
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    cases: dict[str, Case] = {}
+    for who, model in models.items():
+        model.to(device).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def step(model: nn.Module = model, opt: torch.optim.Optimizer = opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        cases[who] = (step, None)
+    med = time_interleaved(cases, Timer(device), repeats, warmup)
+    memory = {}
+    for who, model in models.items():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            cases[who][0]()
+            torch.cuda.synchronize()
+            memory[who] = torch.cuda.max_memory_allocated() - base
+        else:
+            memory[who] = saved_bytes(model, x, y)
+    return {
+        "norm": normzoo.info(name).name,
+        "device": device.type,
+        "batch": batch,
+        "memory_kind": "cuda_peak" if device.type == "cuda" else "saved_for_backward",
+        "normzoo_ms": med["normzoo"] * 1e3,
+        "torch_ms": med["torch"] * 1e3,
+        "throughput_ratio": med["torch"] / med["normzoo"],
+        "normzoo_mem_mb": memory["normzoo"] / 2**20,
+        "torch_mem_mb": memory["torch"] / 2**20,
+        "mem_ratio": memory["normzoo"] / memory["torch"],
+    }
+
+
+# -- driver ----------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    meta: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", *sys.argv]),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "normzoo_compile": os.environ.get("NORMZOO_COMPILE", "1"),
+    }
+    return meta
+
+
+def load() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--norms", nargs="+", default=None, help="default: every registered norm")
+    p.add_argument("--shapes", nargs="+", default=None, help="e.g. 32,64,32,32 4096,1024")
+    p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
+    p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda if any")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument(
+        "--recheck",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure a row again when normzoo is slower than torch.nn (the first ratio is kept "
+        "in the row as first_fwdbwd_ratio_torch)",
+    )
+    p.add_argument("--train", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--train-batch", type=int, default=64)
+    p.add_argument(
+        "--rows",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--no-rows: only the training step",
+    )
+    p.add_argument("--json", help="write meta, rows, compile times and training rows here")
+    p.add_argument("--title", help="a title for the docs page's section of this run")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = args.norms or normzoo.available()
+    shapes = (
+        [tuple(int(v) for v in s.split(",")) for s in args.shapes]
+        if args.shapes
+        else CONV_SHAPES + TOKEN_SHAPES
+    )
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    meta = machine()
+    meta["title"] = args.title
+    meta["load_start"] = load()
+    print(json.dumps(meta), flush=True)
+    result: dict[str, Any] = {"meta": meta, "rows": [], "compile_s": {}, "train": []}
+    for dev in map(torch.device, devices):
+        result["compile_s"][dev.type] = first_call_times(names, dev)
+        print(f"first fwd+bwd (compile included), {dev.type}: {result['compile_s'][dev.type]}")
+        for dtype_name in args.dtypes if args.rows else []:
+            for fmt in args.formats:
+                for shape in shapes:
+                    if fmt == "channels_last" and len(shape) != 4:
+                        continue
+                    for name in names:
+                        spec = (name, shape, DTYPES[dtype_name], fmt, dev)
+                        row = bench_row(*spec, args.repeats, args.warmup)
+                        ratio = row and row["fwdbwd_ratio_torch"]
+                        if ratio and ratio > 1.0 and args.recheck:  # suspicious: measure again
+                            print("  recheck: " + format_row(row), flush=True)
+                            again = bench_row(*spec, args.repeats, args.warmup)
+                            if again is not None:
+                                again["first_fwdbwd_ratio_torch"] = ratio
+                                row = again
+                        if row is not None:
+                            row["load"] = load()
+                            result["rows"].append(row)
+                            print(format_row(row), flush=True)
+        if args.train:
+            for name in names:
+                row = train_row(name, dev, args.train_batch, args.repeats, args.warmup)
+                if row is not None:
+                    result["train"].append(row)
+                    print(
+                        f"train {row['norm']:<14} {dev.type}: normzoo {row['normzoo_ms']:.1f} ms "
+                        f"torch {row['torch_ms']:.1f} ms  throughput x{row['throughput_ratio']:.2f}"
+                        f"  memory {row['normzoo_mem_mb']:.1f} / {row['torch_mem_mb']:.1f} MB",
+                        flush=True,
+                    )
+    meta["load_end"] = load()
+    try:
+        from normzoo.norms import _fused
+
+        result["kernel_compile_s"] = _fused.compile_times()
+    except ImportError:
+        pass
     if args.json:
-        meta = {
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "machine": platform.platform(),
-        }
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+            json.dump(result, f, indent=1)
+    return result
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ registered name, a ``Norm`` class or a partial called with each layer's width) a
 ``norm_position`` (``"before_act"`` or ``"after_act"``). No Lightning here.
 """
 
+from normzoo.models.converted import converted
 from normzoo.models.convnet import ConvNet, ConvNet1d, ConvNet2d
 from normzoo.models.layers import NORM_POSITIONS, make_norm, norm_act
 from normzoo.models.mlp import MLP
@@ -18,6 +19,7 @@ __all__ = [
     "ConvNet2d",
     "PreActBlock",
     "ResNet",
+    "converted",
     "make_norm",
     "norm_act",
 ]

@@ -71,12 +71,15 @@ class Norm(nn.Module):
             ``("batch", "spatial")``). ``"channel"`` together with ``"group"`` in
             ``statistics_per`` means the channels of one group.
         uses_batch_stats: whether an output depends on other samples of the batch in training.
+        batchnorm_statistics: whether ``running_mean``/``running_var`` are BN's per-channel
+            statistics of the batch, so ``normzoo.convert`` may carry them between such norms.
         min_spatial_dims, max_spatial_dims: the number of spatial dims the norm accepts.
     """
 
     statistics_per: ClassVar[tuple[str, ...]] = ()
     reduces_over: ClassVar[tuple[str, ...]] = ()
     uses_batch_stats: ClassVar[bool] = False
+    batchnorm_statistics: ClassVar[bool] = False
     min_spatial_dims: ClassVar[int] = 0
     max_spatial_dims: ClassVar[int] = 3
 

@@ -2,12 +2,99 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from normzoo import functional
+from normzoo.norms._fused import fuse
 from normzoo.norms.base import Norm, check_momentum
+
+_HALF = (torch.float16, torch.bfloat16)
+
+#: Dispatch of the training forward (measured with ``scripts/bench.py`` on a shared 2-core
+#: Xeon, torch 2.13): torch's CPU kernel for the batch statistics of a large contiguous
+#: ``(N, C, *spatial)`` input runs far below memory speed (the tensor no longer fits the L2
+#: cache), while the fused kernel reads it twice. Below about 1M elements the fused call
+#: (guards, dynamic-shape kernel, autograd.Function, running-stat update) measured slower
+#: than torch's kernel, which is kept there.
+FUSED_MIN_NUMEL = 1 << 20
+FUSED_MIN_SPATIAL = 2
+#: The fused kernel handles half inputs too (float32 statistics), but it was measured only
+#: for float32 against torch, so half inputs keep torch's kernel.
+FUSED_DTYPES: tuple[torch.dtype, ...] = (torch.float32,)
+
+
+def _batch_stats_kernel(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Normalize ``x`` with its batch statistics in one fused pass after one Welford pass.
+
+    ``x`` is ``(N, C, L)`` (every rank is viewed so: one kernel serves them all). Returns
+    ``(y, mean, invstd, var)`` with float32 statistics (``var`` biased) for half inputs, as
+    torch's kernel does; ``y`` has the dtype of ``x``.
+    """
+    xf = x.float() if x.dtype in _HALF else x
+    var, mean = torch.var_mean(xf, dim=[0, 2], correction=0)
+    invstd = torch.rsqrt(var + eps)
+    scale = invstd if weight is None else weight.to(invstd.dtype) * invstd
+    y = (xf - mean.view(1, -1, 1)) * scale.view(1, -1, 1)
+    if bias is not None:
+        y = y + bias.to(y.dtype).view(1, -1, 1)
+    return y.to(x.dtype), mean, invstd, var
+
+
+_fused_batch_stats = fuse(_batch_stats_kernel, min_numel=0)  # dispatch: use_fused_batch_stats
+
+
+class _FusedBatchNorm(torch.autograd.Function):
+    """Training-mode batch norm: the fused forward, torch's own backward kernel.
+
+    torch's CPU backward is already near memory speed and saves the same tensors (``x``,
+    mean, inverse std), so gradients are exactly torch's and peak memory is not higher.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        # Plain tensors, not Parameters: dynamo keeps parameter shapes static, which would
+        # compile one kernel per channel count. Gradients come from backward() below.
+        w = None if weight is None else weight.detach()
+        b = None if bias is None else bias.detach()
+        x3 = x.detach().view(x.shape[0], x.shape[1], -1)
+        y, mean, invstd, var = _fused_batch_stats(x3, w, b, eps)
+        y = y.view(x.shape)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, dy: Tensor, _dmean: Tensor, _dvar: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        x, weight, mean, invstd = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        dx, dw, db = torch.ops.aten.native_batch_norm_backward(
+            dy, x, weight, None, None, mean, invstd, True, ctx.eps, mask
+        )
+        return dx, dw, db, None
+
+
+def use_fused_batch_stats(x: Tensor) -> bool:
+    """Whether the fused training kernel is used for ``x`` (see ``FUSED_MIN_NUMEL``)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in FUSED_DTYPES
+        and x.dim() >= 3
+        and x.numel() >= FUSED_MIN_NUMEL
+        and x.numel() // (x.shape[0] * x.shape[1]) >= FUSED_MIN_SPATIAL
+        and x.is_contiguous()
+        and not torch.compiler.is_compiling()
+    )
 
 
 class BatchNorm(Norm):
@@ -44,6 +131,7 @@ class BatchNorm(Norm):
     statistics_per = ("channel",)
     reduces_over = ("batch", "spatial")
     uses_batch_stats = True
+    batchnorm_statistics = True
 
     def __init__(
         self,
@@ -84,6 +172,8 @@ class BatchNorm(Norm):
         factor = 0.0
         if self.training and self.track_running_stats:
             factor = self._update_factor()
+        if self.impl == "fast" and batch_stats and use_fused_batch_stats(x):
+            return self._fused_forward(x, factor)
         if self.impl == "fast":
             return F.batch_norm(
                 x,
@@ -109,4 +199,14 @@ class BatchNorm(Norm):
             with torch.no_grad():
                 self.running_mean.copy_(mean)
                 self.running_var.copy_(var)
+        return y
+
+    def _fused_forward(self, x: Tensor, factor: float) -> Tensor:
+        y, mean, var = _FusedBatchNorm.apply(x, self.weight, self.bias, self.eps)
+        if self.training and self.track_running_stats:
+            m = x.numel() // x.shape[1]
+            with torch.no_grad():  # in place, as torch: running = (1 - f) running + f batch
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+                unbiased = var.to(self.running_var.dtype) * (m / max(m - 1, 1))
+                self.running_var.lerp_(unbiased, factor)
         return y

@@ -10,6 +10,17 @@ from normzoo import functional
 from normzoo.functional._stats import stable_var_mean
 from normzoo.norms.base import Norm, check_momentum
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _channels_last(x: Tensor) -> bool:
+    """A channels_last (4-D) or channels_last_3d (5-D) input that is not also contiguous."""
+    if x.is_contiguous():
+        return False
+    if x.dim() == 4:
+        return x.is_contiguous(memory_format=torch.channels_last)
+    return x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d)
+
 
 class InstanceNorm(Norm):
     r"""Instance Normalization: each channel of each sample normalized over its positions.
@@ -108,6 +119,12 @@ class InstanceNorm(Norm):
                 var = var.reshape(n, -1).mean(0) * (m / (m - 1))
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
                 self.running_var.lerp_(var.to(self.running_var.dtype), factor)
+        if x.dtype in _HALF and _channels_last(x):
+            # torch's CPU group-norm kernel is ~5x slower than its instance norm on half
+            # channels_last inputs (measured); instance_norm returns NCHW, so restore the layout.
+            y = F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+            fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+            return y.contiguous(memory_format=fmt)
         # A group-norm kernel with one channel per group computes exactly instance norm,
         # about twice as fast on CPU as torch's InstanceNorm (a reshaped batch_norm).
         return F.group_norm(x, self.num_features, self.weight, self.bias, self.eps)

@@ -27,7 +27,13 @@ def options(group: str) -> list[str]:
 NORM_YAMLS = options("norm")
 MODELS = options("model")
 #: A sample shape each model accepts.
-SHAPES = {"mlp": (1, 8, 8), "convnet1d": (1, 40), "convnet2d": (1, 8, 8), "resnet": (1, 8, 8)}
+SHAPES = {
+    "mlp": (1, 8, 8),
+    "convnet1d": (1, 40),
+    "convnet2d": (1, 8, 8),
+    "resnet": (1, 8, 8),
+    "converted": (1, 8, 8),
+}
 
 
 def test_the_required_options_exist():
@@ -135,7 +141,11 @@ def test_trainer_options():
     gpu = compose_config(["trainer=gpu"]).trainer
     assert gpu.accelerator == "gpu" and gpu.precision == "bf16-mixed"
     ddp = compose_config(["trainer=ddp"]).trainer
-    assert ddp.strategy == "ddp" and ddp.devices == 2 and list(ddp.plugins) == []
+    assert ddp.strategy == "ddp" and ddp.devices == 2
+    (sync,) = ddp.plugins  # BatchNorms synchronized over the processes, unless switched off
+    assert sync._target_ == "normzoo.training.layer_sync.NormzooSyncBatchNorm" and sync.enabled
+    off = compose_config(["trainer=ddp", "trainer.plugins.0.enabled=false"]).trainer
+    assert instantiate(off.plugins[0]).enabled is False
 
 
 def test_experiment_mnist1d_picks_the_1d_cnn_and_keeps_the_norm_override():
@@ -152,3 +162,14 @@ def test_callbacks_are_a_dict_that_the_command_line_can_edit():
     assert "lr_monitor" not in cfg.callbacks
     cfg = compose_config(["logger=[csv,tensorboard]"])
     assert set(cfg.logger) == {"csv", "tensorboard"}
+
+
+@pytest.mark.parametrize("norm", ["gn", "bn", "frozenbn"])
+def test_converted_model_swaps_torch_norms_of_a_model_given_as_a_whole(norm):
+    overrides = ["model=converted", f"norm={norm}", "norm.eps=0.001"]
+    net = build_net(overrides, SHAPES["converted"])
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    swapped = [m for m in net.modules() if isinstance(m, Norm)]
+    assert len(swapped) == 4  # 2 stages x 2 convs of the torch.nn ConvNet
+    assert all(type(m) is normzoo.get(norm) and m.eps == 0.001 for m in swapped)
+    assert net(torch.randn(2, *SHAPES["converted"])).shape == (2, 3)

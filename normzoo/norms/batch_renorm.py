@@ -1,0 +1,142 @@
+"""Batch Renormalization."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from normzoo import functional
+from normzoo.norms.batch import BatchNorm
+
+
+def _check_number(name: str, value: Any, minimum: float, expected: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+    if not value >= minimum:
+        raise ValueError(f"{name} must be {expected}, got {value}")
+    return float(value)
+
+
+def _check_steps(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= 0, got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value}")
+    return int(value)
+
+
+class BatchRenorm(BatchNorm):
+    r"""Batch Renormalization: BN whose batch statistics are corrected towards the running ones.
+
+    .. math::
+        y = \gamma \left(\frac{x - \mu_\mathcal{B}}{\sigma_\mathcal{B}}\, r + d\right) + \beta,
+        \quad r = \mathrm{clip}_{[1/r_{max}, r_{max}]}\frac{\sigma_\mathcal{B}}{\sigma}, \quad
+        d = \mathrm{clip}_{[-d_{max}, d_{max}]}\frac{\mu_\mathcal{B} - \mu}{\sigma}
+
+    with ``r`` and ``d`` treated as constants by backprop (see
+    ``normzoo.functional.batch_renorm``). In eval it is BN with the running statistics; the
+    running statistics, state-dict keys and checkpoints are BN's.
+
+    The clipping limits follow the paper's schedule, counted in training steps
+    (``num_batches_tracked``): plain BN (``r = 1``, ``d = 0``) for the first
+    ``warmup_steps``, then the limits relax linearly, reaching ``r_max`` at step
+    ``r_max_steps`` and ``d_max`` at step ``d_max_steps``. The defaults are the paper's
+    ImageNet schedule (5k steps of BN, ``r_max = 3`` at 40k, ``d_max = 5`` at 25k); set the
+    step counts to 0 for the full limits from the start. ``current_limits()`` says where the
+    schedule is.
+
+    Args:
+        num_features: the channel count ``C``.
+        eps: added to the variances. Default ``1e-5``.
+        momentum: running-average factor, or ``None`` for a cumulative average. Default ``0.1``.
+        affine: learn per-channel ``weight`` and ``bias``. Default ``True``.
+        r_max: the final limit of ``r``, ``>= 1``. Default ``3.0``.
+        d_max: the final limit of ``d``, ``>= 0``. Default ``5.0``.
+        warmup_steps: training steps of plain BN. Default ``5000``.
+        r_max_steps, d_max_steps: the step at which ``r_max``/``d_max`` are reached
+            (``>= warmup_steps``). Defaults ``40000``, ``25000``.
+        impl: ``"fast"`` or ``"reference"`` (both the reference math for now).
+
+    Reference: S. Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence in
+    Batch-Normalized Models", NeurIPS 2017.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        *,
+        r_max: float = 3.0,
+        d_max: float = 5.0,
+        warmup_steps: int = 5000,
+        r_max_steps: int = 40000,
+        d_max_steps: int = 25000,
+        impl: str = "fast",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.r_max = _check_number(
+            "r_max", r_max, 1.0, "a float >= 1 (r is clipped to [1/r_max, r_max])"
+        )
+        self.d_max = _check_number(
+            "d_max", d_max, 0.0, "a float >= 0 (d is clipped to [-d_max, d_max])"
+        )
+        self.warmup_steps = _check_steps("warmup_steps", warmup_steps)
+        for name, value in (("r_max_steps", r_max_steps), ("d_max_steps", d_max_steps)):
+            if _check_steps(name, value) < self.warmup_steps:
+                raise ValueError(
+                    f"{name} must be >= warmup_steps={self.warmup_steps} (the step at which "
+                    f"the limit is reached), got {value}"
+                )
+        self.r_max_steps, self.d_max_steps = int(r_max_steps), int(d_max_steps)
+        super().__init__(
+            num_features, eps, momentum, affine, True, impl=impl, device=device, dtype=dtype
+        )
+
+    def current_limits(self) -> tuple[float, float]:
+        """``(r_max, d_max)`` of the next training step under the warm-up schedule."""
+        step = int(self.num_batches_tracked)
+
+        def ramp(end: int) -> float:
+            if step < self.warmup_steps:
+                return 0.0
+            if end == self.warmup_steps:
+                return 1.0
+            return min(1.0, (step - self.warmup_steps) / (end - self.warmup_steps))
+
+        return 1.0 + (self.r_max - 1.0) * ramp(self.r_max_steps), self.d_max * ramp(
+            self.d_max_steps
+        )
+
+    def _forward(self, x: Tensor) -> Tensor:
+        r_max, d_max = self.current_limits()
+        factor = self._update_factor() if self.training else 0.0
+        y, mean, var = functional.batch_renorm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            training=self.training,
+            r_max=r_max,
+            d_max=d_max,
+            momentum=factor,
+            eps=self.eps,
+        )
+        if self.training:
+            with torch.no_grad():
+                self.running_mean.copy_(mean)
+                self.running_var.copy_(var)
+        return y
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, r_max={self.r_max:g}, d_max={self.d_max:g}, "
+            f"warmup_steps={self.warmup_steps}, r_max_steps={self.r_max_steps}, "
+            f"d_max_steps={self.d_max_steps}"
+        )

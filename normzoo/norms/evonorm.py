@@ -1,0 +1,154 @@
+"""EvoNorm-B0 (batch-dependent) and EvoNorm-S0 (sample-based)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from normzoo import functional
+from normzoo.norms.base import Norm
+from normzoo.norms.batch import BatchNorm
+from normzoo.norms.group import resolve_groups
+
+
+class EvoNormB0(BatchNorm):
+    r"""EvoNorm-B0: a normalization-activation layer found by evolution, using the batch.
+
+    .. math::
+        y = \frac{x}{\max\left(\sqrt{s^2_{b,w,h}(x) + \epsilon},\;
+                     v_1 x + \sqrt{s^2_{w,h}(x) + \epsilon}\right)} \gamma + \beta
+
+    ``s^2_{b,w,h}`` is the per-channel batch variance (its running average in eval),
+    ``s^2_{w,h}`` the per-sample instance variance, ``v_1`` a learned per-channel vector
+    (init 1). It replaces both the norm and the activation. Only ``running_var`` is kept (no
+    mean is used). See ``normzoo.functional.evonorm_b0``.
+
+    Args:
+        num_features, eps, momentum, affine, track_running_stats: as ``BatchNorm``.
+        impl: ``"fast"`` or ``"reference"`` (both the reference math for now).
+
+    Reference: H. Liu, A. Brock, K. Simonyan, Q. V. Le, "Evolving Normalization-Activation
+    Layers", NeurIPS 2020 (arXiv:2004.02967).
+    """
+
+    statistics_per = ("channel",)
+    reduces_over = ("batch", "spatial")
+    uses_batch_stats = True
+    batchnorm_statistics = False
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        impl: str = "fast",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            impl=impl,
+            device=device,
+            dtype=dtype,
+        )
+        self.running_mean = None  # B0 uses the batch variance only
+        self.v = nn.Parameter(torch.ones(self.num_features, device=device, dtype=dtype))
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if hasattr(self, "v"):
+            nn.init.ones_(self.v)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        update = self.training and self.track_running_stats
+        factor = self._update_factor() if update else 0.0
+        y, var = functional.evonorm_b0(
+            x,
+            self.v,
+            self.running_var,
+            self.weight,
+            self.bias,
+            training=self.training,
+            momentum=factor,
+            eps=self.eps,
+        )
+        if update:
+            with torch.no_grad():
+                self.running_var.copy_(var)
+        return y
+
+
+class EvoNormS0(Norm):
+    r"""EvoNorm-S0: a normalization-activation layer found by evolution, batch-independent.
+
+    .. math::
+        y = \frac{x \cdot \sigma(v_1 x)}{\sqrt{s^2_{w,h,c/g}(x) + \epsilon}} \gamma + \beta
+
+    with ``sigma`` the sigmoid, ``v_1`` a learned per-channel vector (init 1) and
+    ``s^2_{w,h,c/g}`` the per-sample variance of a group of ``C / G`` channels, as in
+    GroupNorm. The numerator is *divided* by the group standard deviation, as the paper
+    defines it. ``num_groups``/``group_size`` follow ``groupnorm``'s rules and defaults.
+
+    Args:
+        num_features: the channel count ``C``.
+        num_groups: ``G``, a divisor of ``C``. Default: 32, or the largest divisor of ``C``
+            not above 32.
+        group_size: channels per group, instead of ``num_groups``.
+        eps: added to the variance. Default ``1e-5``.
+        affine: learn per-channel ``weight`` and ``bias``. Default ``True``.
+        impl: ``"fast"`` or ``"reference"`` (both the reference math for now).
+
+    Reference: H. Liu, A. Brock, K. Simonyan, Q. V. Le, "Evolving Normalization-Activation
+    Layers", NeurIPS 2020 (arXiv:2004.02967).
+    """
+
+    statistics_per = ("batch", "group")
+    reduces_over = ("channel", "spatial")
+    uses_batch_stats = False
+
+    def __init__(
+        self,
+        num_features: int,
+        num_groups: int | None = None,
+        *,
+        group_size: int | None = None,
+        eps: float = 1e-5,
+        affine: bool = True,
+        impl: str = "fast",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            num_features, eps=eps, affine=affine, impl=impl, device=device, dtype=dtype
+        )
+        self.num_groups = resolve_groups(self.num_features, num_groups, group_size)
+        self.v = nn.Parameter(torch.ones(self.num_features, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if hasattr(self, "v"):
+            nn.init.ones_(self.v)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        return functional.evonorm_s0(
+            x, self.v, self.num_groups, self.weight, self.bias, eps=self.eps
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, num_groups={self.num_groups}, "
+            + super().extra_repr().split(", ", 1)[1]
+        )

@@ -1,0 +1,92 @@
+"""Switchable Normalization."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from normzoo import functional
+from normzoo.functional.switchable import SWITCHABLE_STATISTICS
+from normzoo.norms.batch import BatchNorm
+
+
+class SwitchableNorm(BatchNorm):
+    r"""Switchable Normalization: learned softmax weights over IN, LN and BN statistics.
+
+    .. math::
+        y = \gamma \, \frac{x - \sum_k w_k \mu_k}{\sqrt{\sum_k w'_k \sigma_k^2 + \epsilon}}
+            + \beta, \quad k \in \{\mathrm{IN}, \mathrm{LN}, \mathrm{BN}\}
+
+    ``w = softmax(mean_weight)`` and ``w' = softmax(var_weight)`` are learned, initialised
+    uniform; in the order of ``SWITCHABLE_STATISTICS`` (``"in", "ln", "bn"``). BN's term
+    keeps running statistics like ``BatchNorm`` (used in eval); IN's and LN's are always the
+    sample's own. With the weights one-hot it is exactly InstanceNorm, LayerNorm
+    (channels-first) or BatchNorm. See ``normzoo.functional.switchable_norm``.
+
+    Args:
+        num_features: the channel count ``C``.
+        eps, momentum, affine, track_running_stats: as ``BatchNorm`` (for the BN term).
+        impl: ``"fast"`` or ``"reference"`` (both the reference math for now).
+
+    Reference: P. Luo, J. Ren, Z. Peng, R. Zhang, J. Li, "Differentiable Learning-to-Normalize
+    via Switchable Normalization", ICLR 2019 (arXiv:1806.10779).
+    """
+
+    statistics_per = ("batch", "channel")
+    reduces_over = ("batch", "channel", "spatial")
+    uses_batch_stats = True
+    min_spatial_dims = 1
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        impl: str = "fast",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        factory = {"device": device, "dtype": dtype}
+        n = len(SWITCHABLE_STATISTICS)
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            impl=impl,
+            device=device,
+            dtype=dtype,
+        )
+        self.mean_weight = nn.Parameter(torch.ones(n, **factory))
+        self.var_weight = nn.Parameter(torch.ones(n, **factory))
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if hasattr(self, "mean_weight"):
+            nn.init.ones_(self.mean_weight)
+            nn.init.ones_(self.var_weight)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        update = self.training and self.track_running_stats
+        factor = self._update_factor() if update else 0.0
+        y, mean, var = functional.switchable_norm(
+            x,
+            self.mean_weight,
+            self.var_weight,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            training=self.training,
+            momentum=factor,
+            eps=self.eps,
+        )
+        if update:
+            with torch.no_grad():
+                self.running_mean.copy_(mean)
+                self.running_var.copy_(var)
+        return y

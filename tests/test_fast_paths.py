@@ -1,0 +1,341 @@
+"""The fast paths: equal to torch.nn and the reference math on every dispatch branch, layout
+preserved, robust (no_grad, half precision, float64, DDP, torch.compile, compile disabled).
+
+Compiled kernels are cached per process, so the tests share them: the fused BatchNorm kernel
+compiles once per dtype / affine kind (a few seconds each), whatever the tensor sizes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import normzoo
+from normzoo.norms import _fused
+from normzoo.norms import batch as batch_mod
+
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+TORCH_BN = {3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+
+
+@pytest.fixture
+def fused_everywhere(monkeypatch):
+    """Send every eligible BatchNorm input, however small, to the fused kernel."""
+    monkeypatch.setattr(batch_mod, "FUSED_MIN_NUMEL", 0)
+    monkeypatch.setattr(batch_mod, "FUSED_MIN_SPATIAL", 1)
+    monkeypatch.setattr(_fused, "DEFAULT_MIN_NUMEL", 0)
+    monkeypatch.setattr(batch_mod, "FUSED_DTYPES", (torch.float32, torch.bfloat16, torch.float16))
+
+
+def _pair(rank: int, **kwargs) -> tuple[nn.Module, nn.Module]:
+    ref = TORCH_BN[rank](6, **kwargs)
+    with torch.no_grad():
+        if ref.affine:
+            ref.weight.uniform_(0.5, 1.5)
+            ref.bias.uniform_(-0.5, 0.5)
+    ours = normzoo.create("bn", 6, **kwargs)
+    ours.load_state_dict(ref.state_dict())
+    return ours, ref
+
+
+# -- dispatch ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("shape", "dtype", "channels_last", "fused"),
+    [
+        ((32, 64, 32, 32), torch.float32, False, True),
+        ((32, 64, 32, 32), torch.bfloat16, False, False),  # measured for float32 only
+        ((8, 64, 16, 16, 16), torch.float32, False, True),
+        ((4, 32, 64, 64), torch.float32, False, False),  # 0.5M elements: torch's kernel
+        ((32, 64, 32, 32), torch.float32, True, False),  # torch's channels_last kernel is fast
+        ((32, 64, 32, 32), torch.float64, False, False),  # float64: torch's kernel (gradcheck)
+        ((2, 8, 4, 4), torch.float32, False, False),  # small: the fused call's overhead wins
+        ((4096, 1024), torch.float32, False, False),  # (N, C): no spatial dims
+    ],
+)
+def test_dispatch_by_shape(shape, dtype, channels_last, fused):
+    x = torch.empty(shape, dtype=dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    assert batch_mod.use_fused_batch_stats(x) is fused
+
+
+# -- parity: the fused branch ----------------------------------------------------------------
+@pytest.mark.usefixtures("fused_everywhere")
+@pytest.mark.parametrize("shape", [(4, 6, 7), (4, 6, 5, 3), (2, 6, 3, 4, 2)], ids=str)
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_fused_training_steps_equal_torch(shape, momentum):
+    ours, ref = _pair(len(shape), momentum=momentum)
+    assert batch_mod.use_fused_batch_stats(torch.empty(shape))
+    for step in range(3):
+        x = torch.randn(shape) * (step + 1) + step
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = ours(xa), ref(xb)
+        torch.testing.assert_close(ya, yb, **TOL)
+        g = torch.randn(shape)
+        ya.backward(g)
+        yb.backward(g)
+        torch.testing.assert_close(xa.grad, xb.grad, **TOL)
+        torch.testing.assert_close(ours.weight.grad, ref.weight.grad, **TOL)
+        torch.testing.assert_close(ours.bias.grad, ref.bias.grad, **TOL)
+        for key, value in ref.state_dict().items():
+            torch.testing.assert_close(ours.state_dict()[key], value, **TOL, msg=key)
+    ours.eval()
+    ref.eval()
+    x = torch.randn(shape)
+    torch.testing.assert_close(ours(x), ref(x), **TOL)
+
+
+@pytest.mark.usefixtures("fused_everywhere")
+def test_fused_updates_running_stats_in_place():
+    bn = normzoo.create("bn", 6)
+    mean, var = bn.running_mean, bn.running_var
+    ptrs = mean.data_ptr(), var.data_ptr()
+    bn(torch.randn(4, 6, 3, 3) + 2)
+    assert bn.running_mean is mean and bn.running_var is var
+    assert (mean.data_ptr(), var.data_ptr()) == ptrs
+    assert mean.ne(0).all() and bn.num_batches_tracked.item() == 1
+
+
+@pytest.mark.usefixtures("fused_everywhere")
+@pytest.mark.parametrize(("affine", "track"), [(False, True), (True, False), (False, False)])
+def test_fused_without_affine_or_running_stats(affine, track):
+    ours, ref = _pair(4, affine=affine, track_running_stats=track)
+    x = torch.randn(4, 6, 5, 5) * 2 + 1
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), ref(xb)
+    torch.testing.assert_close(ya, yb, **TOL)
+    g = torch.randn_like(x)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, **TOL)
+    if affine:
+        torch.testing.assert_close(ours.weight.grad, ref.weight.grad, **TOL)
+
+
+@pytest.mark.usefixtures("fused_everywhere")
+def test_fused_equals_reference_math():
+    fast = normzoo.create("bn", 6)
+    slow = normzoo.create("bn", 6, impl="reference")
+    x = torch.randn(8, 6, 4, 4) * 3 - 1
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.testing.assert_close(fast(xa), slow(xb), **TOL)
+    fast(xa).sum().backward()
+    slow(xb).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, **TOL)
+    torch.testing.assert_close(fast.running_var, slow.running_var, **TOL)
+
+
+@pytest.mark.usefixtures("fused_everywhere")
+def test_fused_numerically_stable_for_large_means():
+    x = 1e4 + 0.05 * torch.randn(64, 4, 8, 8)
+    y = normzoo.create("bn", 4)(x)
+    std = y.transpose(0, 1).reshape(4, -1).std(dim=1)
+    torch.testing.assert_close(std, torch.ones(4), atol=1e-2, rtol=0)
+
+
+@pytest.mark.usefixtures("fused_everywhere")
+def test_fused_under_no_grad_still_trains_the_statistics():
+    ours, ref = _pair(4)
+    x = torch.randn(4, 6, 3, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), **TOL)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean, **TOL)
+
+
+@pytest.mark.usefixtures("fused_everywhere")
+def test_fused_under_inference_mode():
+    ours, ref = _pair(4)
+    x = torch.randn(4, 6, 3, 3)
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x), ref(x), **TOL)
+    torch.testing.assert_close(ours.running_var, ref.running_var, **TOL)
+
+
+@pytest.mark.usefixtures("fused_everywhere")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_half_precision(dtype):
+    ours, ref = _pair(4)
+    x = torch.randn(8, 6, 4, 4).to(dtype)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), ref(xb)
+    assert ya.dtype == dtype and ours.running_mean.dtype == torch.float32
+    torch.testing.assert_close(ya, yb, atol=1e-2, rtol=1e-2)
+    g = torch.randn_like(x)
+    ya.backward(g)
+    yb.backward(g)
+    assert xa.grad.dtype == dtype
+    torch.testing.assert_close(xa.grad, xb.grad, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(ours.running_var, ref.running_var, atol=1e-3, rtol=1e-3)
+
+
+def test_float64_module_passes_gradcheck():
+    bn = normzoo.create("bn", 3, dtype=torch.float64)
+    x = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(bn, (x,))
+
+
+@pytest.mark.slow
+def test_fused_function_float64_gradcheck():
+    # The autograd.Function itself, compiled for float64 (one more kernel: slow).
+    x = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    b = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    fn = lambda *a: batch_mod._FusedBatchNorm.apply(*a, 1e-5)[0]
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+# -- switches and fallbacks ------------------------------------------------------------------
+def test_small_calls_run_eager():
+    fused = _fused.fuse(lambda x: x * 2, min_numel=100)
+    torch.testing.assert_close(fused(torch.ones(3)), torch.full((3,), 2.0))
+    assert fused.compiled_kinds() == 0
+
+
+def test_compile_switch_off_uses_eager(monkeypatch):
+    calls = []
+    fused = _fused.fuse(lambda x: calls.append(1) or x * 2, min_numel=0)
+    monkeypatch.setenv("NORMZOO_COMPILE", "0")
+    assert not _fused.compile_enabled()
+    torch.testing.assert_close(fused(torch.ones(3)), torch.full((3,), 2.0))
+    assert calls == [1] and fused.compiled_kinds() == 0
+    monkeypatch.delenv("NORMZOO_COMPILE")
+    _fused.set_enabled(False)
+    try:
+        assert not _fused.compile_enabled()
+        fused(torch.ones(3))
+        assert fused.compiled_kinds() == 0
+    finally:
+        _fused.set_enabled(True)
+    assert _fused.compile_enabled()
+
+
+@pytest.mark.usefixtures("fused_everywhere")
+def test_batchnorm_with_compile_disabled_still_equals_torch(monkeypatch):
+    monkeypatch.setenv("NORMZOO_COMPILE", "0")
+    ours, ref = _pair(4, momentum=None)
+    for _ in range(2):
+        x = torch.randn(4, 6, 3, 3, requires_grad=True)
+        torch.testing.assert_close(ours(x), ref(x), **TOL)
+    torch.testing.assert_close(ours.running_var, ref.running_var, **TOL)
+
+
+def test_compile_failure_falls_back_with_one_warning():
+    def data_dependent(x: torch.Tensor) -> torch.Tensor:
+        return x + 1 if x.sum() > 0 else x - 1  # not capturable as one graph
+
+    fused = _fused.fuse(data_dependent, min_numel=0)
+    with pytest.warns(RuntimeWarning, match="using the eager version"):
+        out = fused(torch.ones(3))
+    torch.testing.assert_close(out, torch.full((3,), 2.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(fused(-torch.ones(3)), torch.full((3,), -2.0))
+
+
+def test_import_is_light():
+    code = (
+        "import sys, normzoo, torch; normzoo.create('bn', 4).eval()(torch.randn(2, 4, 3, 3)); "
+        "heavy = [m for m in ('torch._dynamo', 'torch._inductor', 'matplotlib') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# -- layout ----------------------------------------------------------------------------------
+@pytest.mark.usefixtures("fused_everywhere")
+@pytest.mark.parametrize("name", normzoo.available())
+def test_channels_last_in_channels_last_out(name):
+    norm = normzoo.create(name, 8)
+    x = torch.randn(4, 8, 5, 6).to(memory_format=torch.channels_last).requires_grad_()
+    y = norm(x)
+    assert y.is_contiguous(memory_format=torch.channels_last), name
+    y.backward(torch.randn_like(y))
+    assert x.grad.is_contiguous(memory_format=torch.channels_last), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(4, 8, 5, 6), (2, 8, 3, 4, 5)], ids=str)
+def test_instancenorm_channels_last_equals_torch(shape, dtype):
+    ours = normzoo.create("in", 8)
+    ref = (nn.InstanceNorm2d if len(shape) == 4 else nn.InstanceNorm3d)(8, affine=True)
+    ref.load_state_dict(ours.state_dict())
+    fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    x = torch.randn(shape).to(dtype=dtype, memory_format=fmt)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), ref(xb)
+    assert ya.is_contiguous(memory_format=fmt)
+    tol = TOL if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(ya, yb, **tol)
+    g = torch.randn_like(yb)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, **tol)
+
+
+# -- integration -----------------------------------------------------------------------------
+@pytest.mark.usefixtures("fused_everywhere")
+def test_under_ddp_single_process(tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        model = nn.Sequential(nn.Conv2d(3, 6, 3), normzoo.create("bn", 6), nn.ReLU())
+        ref = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU())
+        ref.load_state_dict(model.state_dict())
+        ddp = DistributedDataParallel(model)
+        x = torch.randn(4, 3, 8, 8)
+        ddp(x).sum().backward()
+        ref(x).sum().backward()
+        torch.testing.assert_close(model[0].weight.grad, ref[0].weight.grad, **TOL)
+        torch.testing.assert_close(model[1].running_var, ref[1].running_var, **TOL)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bn", "ln", "in", "gn"])
+def test_inside_torch_compile_of_a_whole_model(name):
+    torch._dynamo.reset()
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), normzoo.create(name, 8), nn.ReLU())
+    ref = nn.Sequential(nn.Conv2d(3, 8, 3), normzoo.create(name, 8), nn.ReLU())
+    ref.load_state_dict(model.state_dict())
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(4, 3, 10, 10)
+    y, yr = compiled(x), ref(x)
+    torch.testing.assert_close(y, yr, **TOL)
+    g = torch.randn_like(y)
+    y.backward(g)
+    yr.backward(g)
+    # inductor's own fused batch norm: float rounding differs a little more than eager's
+    torch.testing.assert_close(model[0].weight.grad, ref[0].weight.grad, atol=1e-4, rtol=1e-4)
+    for key, value in ref.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, **TOL, msg=key)
+
+
+@pytest.mark.slow
+def test_fuse_compiles_reference_math_with_autograd():
+    # The recipe for the wider zoo: fuse a reference function, gradients included; one
+    # kernel serves every shape and channel count, and Parameters keep their gradients.
+    from normzoo import functional
+
+    fused = _fused.fuse(functional.group_norm, min_numel=0)
+    for c, groups in ((8, 4), (12, 4)):
+        w = nn.Parameter(torch.rand(c) + 0.5)
+        b = nn.Parameter(torch.rand(c))
+        x = torch.randn(3, c, 5, 4, requires_grad=True)
+        y = fused(x, groups, w, b, eps=1e-5)
+        yr = functional.group_norm(x, groups, w, b, eps=1e-5)
+        torch.testing.assert_close(y, yr, **TOL)
+        g = torch.randn_like(y)
+        grads = torch.autograd.grad(y, (x, w, b), g)
+        grads_ref = torch.autograd.grad(yr, (x, w, b), g)
+        for got, want in zip(grads, grads_ref, strict=True):
+            torch.testing.assert_close(got, want, **TOL)
+    assert fused.compiled_kinds() == 1
