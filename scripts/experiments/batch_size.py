@@ -21,7 +21,15 @@ from experiments.common import Row, Scale
 CORE = ["batchnorm", "groupnorm", "layernorm", "instancenorm", "identity"]
 #: How the sweep names each norm: GroupNorm as ``gn_size4`` (4 channels per group), since the
 #: default 32 groups would make the narrow layers of the quick scale InstanceNorm.
-OVERRIDE = {"groupnorm": "gn_size4", "identity": "none"}
+#: GhostBatchNorm as ``gbn2`` (ghost batches of 2 at every batch size; the default ghost
+#: batch does not fit a batch of 2).
+#: BatchRenorm as ``brn_short`` (its default warm-up outlasts every quick run).
+OVERRIDE = {
+    "groupnorm": "gn_size4",
+    "identity": "none",
+    "ghostbatchnorm": "gbn2",
+    "batchrenorm": "brn_short",
+}
 #: The batch-dependent norms of the wider zoo (and FRN/EvoNorm, which the issue lists),
 #: used where registered.
 ZOO = ["batchrenorm", "ghostbatchnorm", "switchablenorm", "frn", "evonorm_b0", "evonorm_s0"]
