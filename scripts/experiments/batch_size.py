@@ -141,7 +141,7 @@ class BatchSize(Experiment):
             if not keys:
                 continue
             norms = list(dict.fromkeys(k[1] for k in keys))
-            fig, (ax,) = plots.subplots(size=(5.6, 3.8))
+            fig, (ax,) = plots.subplots(size=(7.2, 3.8))
             for norm in norms:
                 bs = sorted(k[2] for k in keys if k[1] == norm)
                 stats = [common.mean_std(errs[(data, norm, b)]) for b in bs]
@@ -164,7 +164,7 @@ class BatchSize(Experiment):
             ax.set_ylabel("test error (%)")
             ax.set_title(f"{data}: test error vs batch size (mean ± std over seeds)")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, ncol=2)
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
             paths.append(plots.save(fig, self.figure_path(data)))
         return paths
 
