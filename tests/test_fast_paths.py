@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+from norm_kwargs import small_batch_kwargs
 from torch import nn
 
 import normzoo
@@ -251,7 +252,7 @@ def test_import_is_light():
 @pytest.mark.usefixtures("fused_everywhere")
 @pytest.mark.parametrize("name", normzoo.available())
 def test_channels_last_in_channels_last_out(name):
-    norm = normzoo.create(name, 8)
+    norm = normzoo.create(name, 8, **small_batch_kwargs(name))
     x = torch.randn(4, 8, 5, 6).to(memory_format=torch.channels_last).requires_grad_()
     y = norm(x)
     assert y.is_contiguous(memory_format=torch.channels_last), name

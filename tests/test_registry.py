@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from norm_kwargs import small_batch_kwargs
 
 import normzoo
 from normzoo import norms
@@ -62,12 +63,11 @@ def test_create_accepts_names_classes_and_partials():
 
 # The constructor arguments a norm needs for the batch of 4 below (GhostBN's default virtual
 # batch of 32 is larger than that batch, which is an error).
-SHARED_INTERFACE_KWARGS = {"ghostbatchnorm": {"virtual_batch_size": 2}}
 
 
 def test_every_norm_has_the_shared_interface():
     for name in normzoo.available():
-        layer = normzoo.create(name, 8, **SHARED_INTERFACE_KWARGS.get(name, {}))
+        layer = normzoo.create(name, 8, **small_batch_kwargs(name))
         assert isinstance(layer, normzoo.Norm)
         assert layer.num_features == 8
         assert set(layer.statistics_per) <= set(norms.AXES)
