@@ -26,6 +26,11 @@ from experiments.common import Row, Scale
 NORMS = ["identity", "batchnorm", "noisybn"]
 NORM_OVERRIDES = {"identity": "none", "batchnorm": "bn", "noisybn": "noisybn"}
 LANDSCAPE = ("loss_variation", "grad_predictiveness", "beta_smoothness")
+SUMMARY_NAMES = {
+    "loss_variation": "loss variation",
+    "grad_predictiveness": "gradient change (smaller: more predictive)",
+    "beta_smoothness": "effective β-smoothness",
+}
 FIELDS = [
     "scale",
     "kind",
@@ -230,7 +235,7 @@ class ICS(Experiment):
             ]
             for key in LANDSCAPE:
                 ratio = mean(norm, "landscape", key) / mean("identity", "landscape", key)
-                parts.append(f"{key.replace('_', ' ')} ×{ratio:.2g}")
+                parts.append(f"{SUMMARY_NAMES[key]} ×{ratio:.2g}")
             parts.append(
                 f"test accuracy {100 * mean(norm, 'run', 'test_acc'):.1f}% vs "
                 f"{100 * mean('identity', 'run', 'test_acc'):.1f}%"

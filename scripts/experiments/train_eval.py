@@ -168,20 +168,18 @@ class TrainEval(Experiment):
         )
 
     def summary(self, rows: list[Row]) -> str:
-        """The accuracy gap (batch - running statistics) at each batch size."""
+        """Per batch size: the gap (batch - running statistics) at each momentum."""
+
+        def gap(runs: list[Row]) -> float:
+            return 100 * common.mean_std(r["test_acc_batch_stats"] - r["test_acc"] for r in runs)[0]
+
         lines = []
         for (b,), runs in sorted(common.group(rows, "batch_size").items()):
-            gaps = [r["test_acc_batch_stats"] - r["test_acc"] for r in runs]
-            m, s, _ = common.mean_std(gaps)
-            worst = common.group(runs, "momentum")
-            by_mom = ", ".join(
-                f"momentum {mom:g}: {100 * common.mean_std(r['test_acc'] for r in g)[0]:.1f}%"
-                for (mom,), g in sorted(worst.items())
+            gaps = ", ".join(
+                f"momentum {mom:g}: {gap(g):+.1f}"
+                for (mom,), g in sorted(common.group(runs, "momentum").items())
             )
-            lines.append(
-                f"- batch {b}: batch − running statistics {100 * m:+.1f} ± {100 * s:.1f} points "
-                f"over all momenta; eval-mode accuracy by momentum: {by_mom}."
-            )
+            lines.append(f"- batch {b}, batch − running statistics (points): {gaps}.")
         return "\n".join(lines) + "\n"
 
     def blocks(self, rows: list[Row]) -> dict[str, Callable[[], str]]:
