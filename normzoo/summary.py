@@ -48,7 +48,7 @@ def collect(folder: str | Path) -> list[dict[str, Any]]:
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"  # four significant digits, whatever the magnitude
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
     return "-" if value is None else str(value)
 
 
