@@ -198,7 +198,14 @@ class BatchRenorm(BatchNorm):
         xf = x.to(compute_dtype(x))
         if not self.training:
             y = torch.nn.functional.batch_norm(
-                xf, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+                xf,
+                self.running_mean,
+                self.running_var,
+                self.weight,
+                self.bias,
+                False,
+                0.0,
+                self.eps,
             )
             return y.to(x.dtype)
         y, mean, unbiased = _BatchRenormTrain.apply(

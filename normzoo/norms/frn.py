@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from normzoo import functional
 from normzoo.functional._stats import compute_dtype
-from normzoo.norms._kernels import scale_shift
+from normzoo.norms._kernels import restore_format, row_view, scale_shift
 from normzoo.norms.base import Norm
 
 
@@ -68,6 +68,7 @@ class _FRNFunction(torch.autograd.Function):
         dbias = sum_h.sum(0).mul_(0.5)
         dtau = dz.sum(dim=(0, 2)) - dbias
         return dx, dweight, dbias, dtau, None
+
 
 #: Initial value of the learned part of epsilon (as TF-Addons' FilterResponseNormalization).
 LEARNED_EPS_INIT = 1e-4
@@ -142,15 +143,9 @@ class FilterResponseNorm(Norm):
     def _forward(self, x: Tensor) -> Tensor:
         if self.impl == "fast" and self._use_function(x):
             xf = x.to(compute_dtype(x))
-            # channels_last is kept: normalize its (N, C, L) view, in its own memory order
-            cl = xf.dim() == 4 and not xf.is_contiguous() and xf.is_contiguous(
-                memory_format=torch.channels_last
-            )
-            x3 = xf.contiguous().view(xf.shape[0], xf.shape[1], -1)
-            z = _FRNFunction.apply(x3, self.weight, self.bias, self.tau, self.eps).view(xf.shape)
-            if cl:
-                z = z.contiguous(memory_format=torch.channels_last)
-            return z.to(x.dtype)
+            x3, channels_last = row_view(xf)
+            z = _FRNFunction.apply(x3, self.weight, self.bias, self.tau, self.eps)
+            return restore_format(z, xf.shape, channels_last).to(x.dtype)
         return functional.filter_response_norm(
             x, self.weight, self.bias, self.tau, eps=self.effective_eps()
         )
