@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import normzoo
-from normzoo.norms._kernels import _FOLD_MAX_RATIO, RowAffine, RowStats
+from normzoo.norms._kernels import _FOLD_MAX_RATIO, RowAffine, RowMeanSquare, RowStats
 from normzoo.norms.batch_renorm import _BatchRenormTrain
 from normzoo.norms.frn import _FRNFunction
 from tests.norm_kwargs import small_batch_kwargs
@@ -42,7 +42,14 @@ CASES = [
     ("evonormb0", {"affine": False, "track_running_stats": False}),
     ("evonorms0", {}),
     ("evonorms0", {"num_groups": 2, "affine": False}),
-    *[(name, {}) for name in ZOO if name not in ("batchrenorm", "frn", "switchablenorm")],
+    ("rmsnorm", {"affine": False}),
+    ("rmsnorm", {"channels_last": True}),  # tokens: torch's rms_norm
+    *[
+        (name, {})
+        for name in ZOO
+        if name not in ("batchrenorm", "frn", "switchablenorm", "rmsnorm")
+    ],
+    ("rmsnorm", {}),
 ]
 SHAPES = [(4, 8, 5, 6), (4, 8, 7), (6, 8), (2, 8, 3, 4, 2)]
 
@@ -155,6 +162,7 @@ def test_hand_written_backwards_gradcheck() -> None:
     a, b = (torch.randn(3, 4, 1, **f64, requires_grad=True) for _ in range(2))
     assert torch.autograd.gradcheck(RowAffine.apply, (x, a, b))
     assert torch.autograd.gradcheck(lambda t: RowStats.apply(t), (x,))
+    assert torch.autograd.gradcheck(RowMeanSquare.apply, (x,))
     shifted = (x.detach() * 0.01 + 5).requires_grad_()  # the subtracting branch
     assert torch.autograd.gradcheck(lambda t: RowStats.apply(t), (shifted,))
     w, bias, tau = (torch.randn(4, **f64, requires_grad=True) for _ in range(3))

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["RowAffine", "RowStats", "row_view", "scale_shift"]
+__all__ = ["RowAffine", "RowMeanSquare", "RowStats", "row_view", "scale_shift"]
 
 
 def row_view(x: Tensor) -> tuple[Tensor, bool]:
@@ -80,6 +80,21 @@ class RowStats(torch.autograd.Function):
             return scale_shift(x, k1.unsqueeze(2), k0.unsqueeze(2))
         centered = scale_shift(x, torch.ones_like(mean).unsqueeze(2), -mean.unsqueeze(2))
         return scale_shift(centered, k1.unsqueeze(2), (dmean / m).unsqueeze(2))
+
+
+class RowMeanSquare(torch.autograd.Function):
+    """Mean square of each row of a contiguous ``(N, R, M)`` tensor, ``(N, R)``, in one pass.
+    Backward: ``dx = dms 2 x / M`` in one pass."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return torch.linalg.vector_norm(x, dim=2).square_().div_(x.shape[2])
+
+    @staticmethod
+    def backward(ctx: Any, dms: Tensor) -> Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return scale_shift(x, (dms * (2.0 / x.shape[2])).unsqueeze(2))
 
 
 class RowAffine(torch.autograd.Function):
