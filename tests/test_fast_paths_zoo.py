@@ -10,6 +10,7 @@ import torch
 import normzoo
 from normzoo.norms._kernels import _FOLD_MAX_RATIO, RowAffine, RowMeanSquare, RowStats
 from normzoo.norms.batch_renorm import _BatchRenormTrain
+from normzoo.norms.evonorm import _B0Quotient
 from normzoo.norms.frn import _FRNFunction
 from tests.norm_kwargs import small_batch_kwargs
 
@@ -169,6 +170,10 @@ def test_hand_written_backwards_gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda *t: _FRNFunction.apply(*t, 1e-3), (x, w, bias, tau))
     # r and d are constants to backprop, as in the numerical Jacobian only where clipped:
     # plain BN, and running statistics far enough to clip both.
+    v, s_b = torch.randn(1, 4, 1, **f64, requires_grad=True), torch.rand(1, 4, 1, **f64)
+    s_i = (torch.rand(3, 4, 1, **f64) + 0.5).requires_grad_()
+    s_b = (s_b + 1.0).requires_grad_()
+    assert torch.autograd.gradcheck(_B0Quotient.apply, (x, v, s_i, s_b))
     rm, rv = torch.full((4,), 100.0, **f64), torch.full((4,), 100.0, **f64)
     for r_max, d_max in ((1.0, 0.0), (1.5, 0.5)):
 

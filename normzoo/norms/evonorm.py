@@ -2,15 +2,71 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from normzoo import functional
 from normzoo.functional._stats import compute_dtype
-from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view
+from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view, scale_shift
 from normzoo.norms.base import Norm
 from normzoo.norms.batch import BatchNorm
 from normzoo.norms.group import resolve_groups
+
+
+class _B0Quotient(torch.autograd.Function):
+    """``q = x / max(s_b, v x + s_i)`` for a contiguous ``(N, C, L)`` ``x``, per-channel
+    ``v`` ``(1, C, 1)`` and ``s_b`` ``(1, C, 1)``, per-row ``s_i`` ``(N, C, 1)``: the core
+    of EvoNorm-B0 in three passes, with a backward that saves only ``x`` (and the small
+    tensors) and splits ties of the maximum equally, as ``torch.maximum``.
+
+    With ``D = max(s_b, d)``, ``d = v x + s_i``, ``r = dq / D``, ``t = r x / D`` and
+    ``u = t (1 + sign(d - s_b))``: ``dx = r - v u / 2``, ``dv = -sum u x / 2``,
+    ``ds_i = -sum_L u / 2`` and ``ds_b = -sum (t - u / 2)``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, v: Tensor, s_i: Tensor, s_b: Tensor
+    ) -> Tensor:
+        n, c, _ = x.shape
+        denom = scale_shift(x, v.expand(n, c, 1), s_i)
+        denom = torch.maximum(denom, s_b, out=denom)
+        ctx.save_for_backward(x, v, s_i, s_b)
+        return torch.div(x, denom)
+
+    @staticmethod
+    def backward(ctx: Any, dq: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        x, v, s_i, s_b = ctx.saved_tensors
+        n, c, length = x.shape
+        dq = dq.contiguous()
+        d = scale_shift(x, v.expand(n, c, 1), s_i)
+        sign = torch.sub(d, s_b).sign_()
+        denom = torch.maximum(d, s_b, out=d)
+        r = torch.div(dq, denom)
+        t = torch.mul(r, x).div_(denom)
+        u = torch.addcmul(t, t, sign, out=sign)
+        half_v = (v * -0.5).expand(n, c, 1).reshape(-1)
+        zeros, ones = torch.zeros_like(half_v), torch.ones_like(half_v)
+        # One pass: -v u / 2, sum_L u x and sum_L u (the inference BN backward, x_hat = x).
+        dx, ux, sum_u = torch.ops.aten.native_batch_norm_backward(
+            u.view(1, n * c, length),
+            x.view(1, n * c, length),
+            half_v,
+            zeros,
+            ones,
+            None,
+            None,
+            False,
+            0.0,
+            [True, True, True],
+        )
+        dx = dx.view(n, c, length).add_(r)
+        dv = (ux.view(n, c).sum(0) * -0.5).view_as(v)
+        ds_i = (sum_u * -0.5).view(n, c, 1)
+        ds_b = (sum_u.view(n, c).sum(0) * 0.5 - t.sum(dim=(0, 2))).view_as(s_b)
+        return dx, dv, ds_i, ds_b
 
 
 class EvoNormB0(BatchNorm):
@@ -113,13 +169,12 @@ class EvoNormB0(BatchNorm):
                     )
         else:
             var_b = self.running_var.to(xf.dtype)
-        v = self.v.to(xf.dtype).view(1, -1, 1).expand(n, c, 1)
         if length > 1:
-            inst = RowAffine.apply(flat, v, torch.sqrt(var_i + self.eps).unsqueeze(2))
+            s_i = torch.sqrt(var_i + self.eps).unsqueeze(2)
         else:  # the reference's instance variance of one position is 0
-            inst = flat * v + self.eps**0.5
-        denom = torch.maximum(torch.sqrt(var_b + self.eps).view(1, -1, 1), inst)
-        y = flat / denom
+            s_i = torch.full((n, c, 1), self.eps**0.5, dtype=xf.dtype, device=xf.device)
+        s_b = torch.sqrt(var_b + self.eps).view(1, -1, 1)
+        y = _B0Quotient.apply(flat, self.v.to(xf.dtype).view(1, -1, 1), s_i, s_b)
         if self.weight is not None or self.bias is not None:
             w = self.weight if self.weight is not None else torch.ones_like(self.v)
             b = self.bias if self.bias is not None else torch.zeros_like(self.v)
