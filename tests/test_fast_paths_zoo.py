@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from norm_testing import TOL, small_batch_kwargs
 
 import normzoo
 from normzoo.norms._kernels import _FOLD_MAX_RATIO, RowAffine, RowMeanSquare, RowStats
 from normzoo.norms.batch_renorm import _BatchRenormTrain
 from normzoo.norms.evonorm import _B0Quotient
 from normzoo.norms.frn import _FRNFunction
-from tests.norm_kwargs import small_batch_kwargs
 
-TOL = {"atol": 1e-5, "rtol": 1e-5}
 ZOO = [
     "batchrenorm",
     "ghostbatchnorm",
