@@ -31,6 +31,15 @@ everything else uses torch's native kernels (InstanceNorm through a group-norm k
 channel per group, except half-precision channels_last inputs). Set `NORMZOO_COMPILE=0` to
 disable compiled kernels.
 
+The wider zoo's default paths compile nothing: each is its reference math written as a few
+native kernels with a hand-written backward (`normzoo/norms/_kernels.py`: per-row statistics
+from the group-norm kernel, per-row affine maps and their gradients from the batch-norm
+inference kernel and its backward). Batch Renorm is BN with the weight `w r` and bias
+`w d + b`; SwitchableNorm, RMSNorm, EvoNorm-S0 and FRN are `y = A x + B` per sample and
+channel around their elementwise parts; EvoNorm-B0's quotient has its own backward. Ghost BN
+runs torch's BN kernel per virtual batch, FrozenBatchNorm its inference kernel, and
+SyncBatchNorm outside a process group is BatchNorm.
+
 **Read the numbers with care.** They were measured on a 2-core VM shared with other
 engineers' test and training runs (load averages are recorded with each run, and per row in
 the JSON). Rows where normzoo and torch run *the same kernel* (LayerNorm, GroupNorm, and

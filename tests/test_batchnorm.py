@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from norm_testing import TOL, assert_same_state
 from torch import nn
 
 import normzoo
@@ -13,7 +14,6 @@ from normzoo.norms import BatchNorm
 TORCH_BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
 SHAPES = [(8, 3), (4, 3, 7), (4, 3, 5, 6), (2, 3, 4, 3, 5)]
 IMPLS = ["fast", "reference"]
-TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 
 def _pair(rank, impl, **kwargs):
@@ -25,11 +25,6 @@ def _pair(rank, impl, **kwargs):
             ref.bias.uniform_(-0.5, 0.5)
     ours.load_state_dict(ref.state_dict())
     return ours, ref
-
-
-def _assert_same_state(ours, ref):
-    for key, value in ref.state_dict().items():
-        torch.testing.assert_close(ours.state_dict()[key], value, **TOL, msg=key)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -48,13 +43,13 @@ def test_training_steps_match_torch(shape, impl, momentum):
         torch.testing.assert_close(xa.grad, xb.grad, **TOL)
         torch.testing.assert_close(ours.weight.grad, ref.weight.grad, **TOL)
         torch.testing.assert_close(ours.bias.grad, ref.bias.grad, **TOL)
-        _assert_same_state(ours, ref)
+        assert_same_state(ours, ref)
     assert ours.num_batches_tracked.item() == ref.num_batches_tracked.item() == 4
     ours.eval()
     ref.eval()
     x = torch.randn(shape)
     torch.testing.assert_close(ours(x), ref(x), **TOL)
-    _assert_same_state(ours, ref)
+    assert_same_state(ours, ref)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -135,10 +130,10 @@ def test_state_dict_round_trips_with_torch(shape, impl):
     assert list(ours.state_dict()) == list(ref.state_dict())
     ref2 = TORCH_BN[len(shape)](3)
     ref2.load_state_dict(ours.state_dict())  # normzoo -> torch
-    _assert_same_state(ours, ref2)
+    assert_same_state(ours, ref2)
     ours2 = BatchNorm(3, impl=impl)
     ours2.load_state_dict(ref2.state_dict())  # torch -> normzoo
-    _assert_same_state(ours2, ref2)
+    assert_same_state(ours2, ref2)
 
 
 def test_loads_old_checkpoint_without_num_batches_tracked():

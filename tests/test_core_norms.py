@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from norm_testing import TOL, check_fwd_bwd, randomize_affine
 from torch import nn
 
 import normzoo
@@ -9,46 +10,23 @@ from normzoo import functional
 from normzoo.norms import GroupNorm, InstanceNorm, LayerNorm
 
 IMPLS = ["fast", "reference"]
-TOL = {"atol": 1e-5, "rtol": 1e-5}
 CONV_SHAPES = [(4, 6), (4, 6, 9), (3, 6, 5, 4), (2, 6, 3, 4, 5)]
-
-
-def _randomize(*modules):
-    w = torch.rand(6) + 0.5
-    b = torch.randn(6)
-    for m in modules:
-        with torch.no_grad():
-            m.weight.copy_(w)
-            m.bias.copy_(b)
-
-
-def _check_fwd_bwd(ours, ref, x, tol=TOL):
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = ours(xa), ref(xb)
-    torch.testing.assert_close(ya, yb, **tol)
-    g = torch.randn_like(ya)
-    ya.backward(g)
-    yb.backward(g)
-    torch.testing.assert_close(xa.grad, xb.grad, **tol)
-    for name in ("weight", "bias"):
-        if getattr(ref, name, None) is not None:
-            torch.testing.assert_close(getattr(ours, name).grad, getattr(ref, name).grad, **tol)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
 def test_layernorm_channels_first_is_groupnorm_1(shape, impl):
     ours, ref = LayerNorm(6, impl=impl), nn.GroupNorm(1, 6)
-    _randomize(ours, ref)
-    _check_fwd_bwd(ours, ref, torch.randn(shape) * 3 + 1)
+    randomize_affine(ours, ref)
+    check_fwd_bwd(ours, ref, torch.randn(shape) * 3 + 1)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("shape", [(6,), (5, 6), (2, 7, 6), (2, 3, 4, 6)], ids=str)
 def test_layernorm_channels_last_is_torch_layernorm(shape, impl):
     ours, ref = LayerNorm(6, channels_last=True, impl=impl), nn.LayerNorm(6)
-    _randomize(ours, ref)
-    _check_fwd_bwd(ours, ref, torch.randn(shape) * 2 - 1)
+    randomize_affine(ours, ref)
+    check_fwd_bwd(ours, ref, torch.randn(shape) * 2 - 1)
     assert ours.reduces_over == ("channel",)
 
 
@@ -57,11 +35,11 @@ def test_layernorm_channels_last_is_torch_layernorm(shape, impl):
 @pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
 def test_groupnorm_matches_torch(shape, groups, impl):
     ours, ref = GroupNorm(6, groups, impl=impl), nn.GroupNorm(groups, 6)
-    _randomize(ours, ref)
+    randomize_affine(ours, ref)
     # One value per group normalizes rounding noise by 1/sqrt(eps): compare loosely there.
     degenerate = len(shape) == 2 and groups == 6
     tol = {"atol": 1e-3, "rtol": 1e-3} if degenerate else TOL
-    _check_fwd_bwd(ours, ref, torch.randn(shape) * 2 + 3, tol)
+    check_fwd_bwd(ours, ref, torch.randn(shape) * 2 + 3, tol)
 
 
 TORCH_IN = {3: nn.InstanceNorm1d, 4: nn.InstanceNorm2d, 5: nn.InstanceNorm3d}
@@ -74,8 +52,8 @@ def test_instancenorm_matches_torch(shape, affine, impl):
     ours = InstanceNorm(6, affine=affine, impl=impl)
     ref = TORCH_IN[len(shape)](6, affine=affine)
     if affine:
-        _randomize(ours, ref)
-    _check_fwd_bwd(ours, ref, torch.randn(shape) * 2 + 3)
+        randomize_affine(ours, ref)
+    check_fwd_bwd(ours, ref, torch.randn(shape) * 2 + 3)
     ours.eval()
     ref.eval()
     x = torch.randn(shape)
@@ -87,9 +65,9 @@ def test_instancenorm_matches_torch(shape, affine, impl):
 def test_instancenorm_running_stats_match_torch(shape, impl):
     ours = InstanceNorm(6, affine=True, track_running_stats=True, impl=impl)
     ref = TORCH_IN[len(shape)](6, affine=True, track_running_stats=True)
-    _randomize(ours, ref)
+    randomize_affine(ours, ref)
     for step in range(3):
-        _check_fwd_bwd(ours, ref, torch.randn(shape) * (step + 1) + step)
+        check_fwd_bwd(ours, ref, torch.randn(shape) * (step + 1) + step)
         torch.testing.assert_close(ours.running_mean, ref.running_mean, **TOL)
         torch.testing.assert_close(ours.running_var, ref.running_var, **TOL)
     assert set(ours.state_dict()) == set(ref.state_dict())
@@ -187,7 +165,7 @@ def test_fast_and_reference_paths_agree(name, kwargs, training):
     ref.train(training)
     shape = (4, 5, 6) if kwargs.get("channels_last") else (4, 6, 5, 3)
     for _ in range(2):
-        _check_fwd_bwd(ref, fast, torch.randn(shape) * 2 + 1)
+        check_fwd_bwd(ref, fast, torch.randn(shape) * 2 + 1)
     for key, value in fast.state_dict().items():
         torch.testing.assert_close(ref.state_dict()[key], value, **TOL)
 

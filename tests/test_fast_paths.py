@@ -13,14 +13,13 @@ import warnings
 
 import pytest
 import torch
-from norm_kwargs import small_batch_kwargs
+from norm_testing import TOL, assert_same_state, check_fwd_bwd, small_batch_kwargs
 from torch import nn
 
 import normzoo
 from normzoo.norms import _fused
 from normzoo.norms import batch as batch_mod
 
-TOL = {"atol": 1e-5, "rtol": 1e-5}
 TORCH_BN = {3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
 
 
@@ -73,18 +72,8 @@ def test_fused_training_steps_equal_torch(shape, momentum):
     ours, ref = _pair(len(shape), momentum=momentum)
     assert batch_mod.use_fused_batch_stats(torch.empty(shape))
     for step in range(3):
-        x = torch.randn(shape) * (step + 1) + step
-        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-        ya, yb = ours(xa), ref(xb)
-        torch.testing.assert_close(ya, yb, **TOL)
-        g = torch.randn(shape)
-        ya.backward(g)
-        yb.backward(g)
-        torch.testing.assert_close(xa.grad, xb.grad, **TOL)
-        torch.testing.assert_close(ours.weight.grad, ref.weight.grad, **TOL)
-        torch.testing.assert_close(ours.bias.grad, ref.bias.grad, **TOL)
-        for key, value in ref.state_dict().items():
-            torch.testing.assert_close(ours.state_dict()[key], value, **TOL, msg=key)
+        check_fwd_bwd(ours, ref, torch.randn(shape) * (step + 1) + step)
+        assert_same_state(ours, ref)
     ours.eval()
     ref.eval()
     x = torch.randn(shape)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from norm_kwargs import small_batch_kwargs
+from norm_testing import small_batch_kwargs
 
 import normzoo
 from normzoo import norms

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from norm_testing import TOL
 from torch import nn
 
 from normzoo.norms import BatchNorm, SyncBatchNorm
 
-TOL = {"atol": 1e-5, "rtol": 1e-5}
 IMPLS = ("fast", "reference")
 # Per-rank batch sizes and the spatial shape: equal, unequal, one sample, an empty rank.
 CASES = [

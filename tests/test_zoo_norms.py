@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from norm_testing import TOL, check_fwd_bwd, randomize_affine
 from torch import nn
 
 import normzoo
@@ -21,29 +22,6 @@ from normzoo.norms import (
 )
 
 IMPLS = ["fast", "reference"]
-TOL = {"atol": 1e-5, "rtol": 1e-5}
-
-
-def _randomize(*modules, channels=6):
-    w = torch.rand(channels) + 0.5
-    b = torch.randn(channels)
-    for m in modules:
-        with torch.no_grad():
-            m.weight.copy_(w)
-            m.bias.copy_(b)
-
-
-def _check_fwd_bwd(ours, ref, x, tol=TOL):
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = ours(xa), ref(xb)
-    torch.testing.assert_close(ya, yb, **tol)
-    g = torch.randn_like(ya)
-    ya.backward(g)
-    yb.backward(g)
-    torch.testing.assert_close(xa.grad, xb.grad, **tol)
-    for name in ("weight", "bias"):
-        if all(isinstance(getattr(m, name, None), nn.Parameter) for m in (ours, ref)):
-            torch.testing.assert_close(getattr(ours, name).grad, getattr(ref, name).grad, **tol)
 
 
 def _assert_same_stats(ours, ref):
@@ -59,7 +37,7 @@ def test_rmsnorm_channels_last_is_torch_rmsnorm(shape, impl):
     with torch.no_grad():
         ref.weight.copy_(torch.rand(6) + 0.5)
     ours.weight.data.copy_(ref.weight.data)
-    _check_fwd_bwd(ours, ref, torch.randn(shape) * 3 + 1)
+    check_fwd_bwd(ours, ref, torch.randn(shape) * 3 + 1)
     assert ours.reduces_over == ("channel",)
 
 
@@ -90,9 +68,9 @@ def test_rmsnorm_channels_first_known_answer(impl):
 def test_batchrenorm_with_rmax_1_dmax_0_is_batchnorm_in_training(impl, momentum):
     brn = BatchRenorm(6, momentum=momentum, r_max=1.0, d_max=0.0, warmup_steps=0, impl=impl)
     bn = nn.BatchNorm2d(6, momentum=momentum)
-    _randomize(brn, bn)
+    randomize_affine(brn, bn)
     for step in range(4):
-        _check_fwd_bwd(brn, bn, torch.randn(5, 6, 3, 4) * (step + 1) + step)
+        check_fwd_bwd(brn, bn, torch.randn(5, 6, 3, 4) * (step + 1) + step)
         _assert_same_stats(brn, bn)
     brn.eval()
     bn.eval()
@@ -158,9 +136,9 @@ def test_batchrenorm_warmup_schedule():
 @pytest.mark.parametrize("impl", IMPLS)
 def test_ghostbatchnorm_with_virtual_batch_equal_to_batch_is_batchnorm(impl):
     gbn, bn = GhostBatchNorm(6, virtual_batch_size=8, impl=impl), nn.BatchNorm2d(6)
-    _randomize(gbn, bn)
+    randomize_affine(gbn, bn)
     for step in range(3):
-        _check_fwd_bwd(gbn, bn, torch.randn(8, 6, 3, 2) + step)
+        check_fwd_bwd(gbn, bn, torch.randn(8, 6, 3, 2) + step)
         _assert_same_stats(gbn, bn)
     gbn.eval()
     bn.eval()
@@ -172,7 +150,7 @@ def test_ghostbatchnorm_with_virtual_batch_equal_to_batch_is_batchnorm(impl):
 @pytest.mark.parametrize(("n", "vbs"), [(8, 2), (7, 3), (6, 6)])
 def test_ghostbatchnorm_is_batchnorm_per_virtual_batch(impl, n, vbs):
     gbn, bn = GhostBatchNorm(6, vbs, impl=impl), nn.BatchNorm1d(6)
-    _randomize(gbn, bn)
+    randomize_affine(gbn, bn)
     x = torch.randn(n, 6, 5) * 2 + 1
     expected = torch.cat([bn(chunk) for chunk in x.split(vbs)])  # one BN step per ghost batch
     torch.testing.assert_close(gbn(x), expected, **TOL)
@@ -185,7 +163,7 @@ def test_ghostbatchnorm_paths_agree_on_uneven_batches(momentum):
     fast = GhostBatchNorm(4, 3, momentum=momentum)
     ref = GhostBatchNorm(4, 3, momentum=momentum, impl="reference")
     for n in (7, 9, 5):
-        _check_fwd_bwd(fast, ref, torch.randn(n, 4, 2) * 3 - 1)
+        check_fwd_bwd(fast, ref, torch.randn(n, 4, 2) * 3 - 1)
         _assert_same_stats(fast, ref)
 
 
@@ -210,7 +188,7 @@ def test_frozenbatchnorm_loads_a_bn_checkpoint_and_equals_bn_in_eval(impl):
     before = {k: v.clone() for k, v in frozen.state_dict().items()}
     for mode in (True, False):  # frozen in train mode too
         frozen.train(mode)
-        _check_fwd_bwd(frozen, bn, torch.randn(2, 6, 4, 4))
+        check_fwd_bwd(frozen, bn, torch.randn(2, 6, 4, 4))
     assert all(torch.equal(v, before[k]) for k, v in frozen.state_dict().items())
     bn2 = nn.BatchNorm2d(6)
     bn2.load_state_dict(frozen.state_dict())  # and back: the keys are BN's
@@ -254,9 +232,9 @@ def _one_hot(sn, index):
 def test_switchablenorm_one_hot_is_in_ln_bn(impl, index, make_ref):
     sn, ref = SwitchableNorm(6, impl=impl), make_ref()
     _one_hot(sn, index)
-    _randomize(sn, ref)
+    randomize_affine(sn, ref)
     for step in range(2):
-        _check_fwd_bwd(sn, ref, torch.randn(4, 6, 3, 5) * (step + 2) + step)
+        check_fwd_bwd(sn, ref, torch.randn(4, 6, 3, 5) * (step + 2) + step)
     if index == 2:
         _assert_same_stats(sn, ref)
     sn.eval()
@@ -321,7 +299,7 @@ def test_frn_fixed_and_learnable_eps():
 @pytest.mark.parametrize("impl", IMPLS)
 def test_evonorm_s0_known_answer_divides_by_group_std(impl):
     s0 = EvoNormS0(4, num_groups=2, impl=impl)
-    _randomize(s0, channels=4)
+    randomize_affine(s0, channels=4)
     with torch.no_grad():
         s0.v.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
     x = torch.randn(3, 4, 5) * 2 + 1
@@ -410,7 +388,7 @@ def test_fast_and_reference_paths_agree(name, kwargs, training):
     ref.train(training)
     shape = (4, 5, 6) if kwargs.get("channels_last") else (4, 6, 5, 3)
     for _ in range(2):
-        _check_fwd_bwd(ref, fast, torch.randn(shape) * 2 + 1)
+        check_fwd_bwd(ref, fast, torch.randn(shape) * 2 + 1)
     for key, value in fast.state_dict().items():
         torch.testing.assert_close(ref.state_dict()[key], value, **TOL, msg=key)
 

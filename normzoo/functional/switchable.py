@@ -52,9 +52,38 @@ def switchable_norm(
     via Switchable Normalization", ICLR 2019 (arXiv:1806.10779), Eq. (3)-(5).
     """
     xf = x.to(compute_dtype(x))
-    n, c = xf.shape[:2]
-    flat = xf.reshape(n, c, -1)
+    flat = xf.reshape(xf.shape[0], xf.shape[1], -1)
     var_in, mean_in = stable_var_mean(flat, [2])  # (N, C, 1)
+    mean, var, running_mean, running_var = switchable_statistics(
+        mean_in,
+        var_in,
+        mean_weight,
+        var_weight,
+        running_mean,
+        running_var,
+        training=training,
+        momentum=momentum,
+        positions=flat.shape[2],
+    )
+    x_hat = ((flat - mean) * torch.rsqrt(var + eps)).reshape(xf.shape)
+    return affine(x_hat, weight, bias).to(x.dtype), running_mean, running_var
+
+
+def switchable_statistics(
+    mean_in: Tensor,
+    var_in: Tensor,
+    mean_weight: Tensor,
+    var_weight: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    *,
+    training: bool,
+    momentum: float,
+    positions: int,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The mixed mean and variance ``(N, C, 1)`` of ``switchable_norm`` from the IN ones
+    ``(N, C, 1)`` over ``positions`` values each, and the new running statistics."""
+    n, c = mean_in.shape[:2]
     second_in = var_in + mean_in * mean_in
     mean_ln = mean_in.mean(1, keepdim=True)
     var_ln = second_in.mean(1, keepdim=True) - mean_ln * mean_ln
@@ -62,17 +91,16 @@ def switchable_norm(
         mean_bn = mean_in.mean(0, keepdim=True)
         var_bn = second_in.mean(0, keepdim=True) - mean_bn * mean_bn
         if training and running_mean is not None and running_var is not None:
-            m = n * flat.shape[2]
+            m = n * positions
             with torch.no_grad():
                 unbiased = var_bn.detach().reshape(-1) * (m / max(m - 1, 1))
                 running_mean = (1 - momentum) * running_mean + momentum * mean_bn.reshape(-1)
                 running_var = (1 - momentum) * running_var + momentum * unbiased
     else:
-        mean_bn = running_mean.to(xf.dtype).reshape(1, c, 1)
-        var_bn = running_var.to(xf.dtype).reshape(1, c, 1)
-    wm = torch.softmax(mean_weight.to(xf.dtype), 0)
-    wv = torch.softmax(var_weight.to(xf.dtype), 0)
+        mean_bn = running_mean.to(mean_in.dtype).reshape(1, c, 1)
+        var_bn = running_var.to(mean_in.dtype).reshape(1, c, 1)
+    wm = torch.softmax(mean_weight.to(mean_in.dtype), 0)
+    wv = torch.softmax(var_weight.to(mean_in.dtype), 0)
     mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
     var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
-    x_hat = ((flat - mean) * torch.rsqrt(var + eps)).reshape(xf.shape)
-    return affine(x_hat, weight, bias).to(x.dtype), running_mean, running_var
+    return mean, var, running_mean, running_var

@@ -9,7 +9,64 @@ import torch
 from torch import Tensor
 
 from normzoo import functional
+from normzoo.functional._stats import compute_dtype
 from normzoo.norms.batch import BatchNorm
+
+
+class _BatchRenormTrain(torch.autograd.Function):
+    """Training-mode Batch Renorm on torch's BN kernels, with ``r`` and ``d`` constants.
+
+    ``y = w (r x_hat + d) + b`` is BN with the weight ``w r`` and the bias ``w d + b``: the
+    forward normalizes with torch's training kernel (which also gives the batch statistics,
+    from which ``r`` and ``d`` follow) and applies that affine map with the inference kernel;
+    the backward is torch's BN backward with the weight ``w r``, whose weight and bias
+    gradients give ``dw = r dw' + d db'`` and ``db = db'``. Saves ``x``, the mean and the
+    inverse std, as BN does.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running_mean: Tensor,
+        running_var: Tensor,
+        r_max: float,
+        d_max: float,
+        eps: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        c = x.shape[1]
+        batch_mean = torch.zeros(c, dtype=x.dtype, device=x.device)
+        batch_var = torch.ones(c, dtype=x.dtype, device=x.device)  # becomes the unbiased var
+        x_hat, mean, invstd = torch.native_batch_norm(
+            x, None, None, batch_mean, batch_var, True, 1.0, eps
+        )
+        sigma = torch.sqrt(running_var.to(x.dtype) + eps)
+        r = (1.0 / invstd / sigma).clamp(1.0 / r_max, r_max)
+        d = ((mean - running_mean.to(x.dtype)) / sigma).clamp(-d_max, d_max)
+        w = r if weight is None else weight.to(x.dtype) * r
+        shift = d if weight is None else weight.to(x.dtype) * d
+        if bias is not None:
+            shift = shift + bias.to(x.dtype)
+        zeros, ones = torch.zeros_like(r), torch.ones_like(r)
+        y = torch.native_batch_norm(x_hat, w, shift, zeros, ones, False, 0.0, 0.0)[0]
+        ctx.save_for_backward(x, w, mean, invstd, r, d)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(batch_mean, batch_var)
+        return y, batch_mean, batch_var
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, dy: Tensor, _dmean: Tensor, _dvar: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        x, w, mean, invstd, r, d = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dx, dw, db = torch.ops.aten.native_batch_norm_backward(
+            dy, x, w, None, None, mean, invstd, True, ctx.eps, [need_x, need_w, need_b or need_w]
+        )
+        dweight = r * dw + d * db if need_w else None
+        return dx, dweight, db if need_b else None, None, None, None, None, None
 
 
 def _check_number(name: str, value: Any, minimum: float, expected: str) -> float:
@@ -58,7 +115,7 @@ class BatchRenorm(BatchNorm):
         warmup_steps: training steps of plain BN. Default ``5000``.
         r_max_steps, d_max_steps: the step at which ``r_max``/``d_max`` are reached
             (``>= warmup_steps``). Defaults ``40000``, ``25000``.
-        impl: ``"fast"`` or ``"reference"`` (both the reference math for now).
+        impl: ``"fast"`` (torch's BN kernels, a hand-written backward) or ``"reference"``.
 
     Reference: S. Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence in
     Batch-Normalized Models", NeurIPS 2017.
@@ -116,6 +173,8 @@ class BatchRenorm(BatchNorm):
     def _forward(self, x: Tensor) -> Tensor:
         r_max, d_max = self.current_limits()
         factor = self._update_factor() if self.training else 0.0
+        if self.impl == "fast":
+            return self._fast_forward(x, r_max, d_max, factor)
         y, mean, var = functional.batch_renorm(
             x,
             self.running_mean,
@@ -133,6 +192,36 @@ class BatchRenorm(BatchNorm):
                 self.running_mean.copy_(mean)
                 self.running_var.copy_(var)
         return y
+
+    def _fast_forward(self, x: Tensor, r_max: float, d_max: float, factor: float) -> Tensor:
+        """The reference math on torch's BN kernels (see ``_BatchRenormTrain``)."""
+        xf = x.to(compute_dtype(x))
+        if not self.training:
+            y = torch.nn.functional.batch_norm(
+                xf,
+                self.running_mean,
+                self.running_var,
+                self.weight,
+                self.bias,
+                False,
+                0.0,
+                self.eps,
+            )
+            return y.to(x.dtype)
+        y, mean, unbiased = _BatchRenormTrain.apply(
+            xf,
+            self.weight,
+            self.bias,
+            self.running_mean,
+            self.running_var,
+            r_max,
+            d_max,
+            self.eps,
+        )
+        with torch.no_grad():  # after r and d used the old statistics, as the reference
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+            self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+        return y.to(x.dtype)
 
     def extra_repr(self) -> str:
         return (

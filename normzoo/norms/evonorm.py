@@ -2,13 +2,71 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from normzoo import functional
+from normzoo.functional._stats import compute_dtype
+from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view, scale_shift
 from normzoo.norms.base import Norm
 from normzoo.norms.batch import BatchNorm
 from normzoo.norms.group import resolve_groups
+
+
+class _B0Quotient(torch.autograd.Function):
+    """``q = x / max(s_b, v x + s_i)`` for a contiguous ``(N, C, L)`` ``x``, per-channel
+    ``v`` ``(1, C, 1)`` and ``s_b`` ``(1, C, 1)``, per-row ``s_i`` ``(N, C, 1)``: the core
+    of EvoNorm-B0 in three passes, with a backward that saves only ``x`` (and the small
+    tensors) and splits ties of the maximum equally, as ``torch.maximum``.
+
+    With ``D = max(s_b, d)``, ``d = v x + s_i``, ``r = dq / D``, ``t = r x / D`` and
+    ``u = t (1 + sign(d - s_b))``: ``dx = r - v u / 2``, ``dv = -sum u x / 2``,
+    ``ds_i = -sum_L u / 2`` and ``ds_b = -sum (t - u / 2)``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, v: Tensor, s_i: Tensor, s_b: Tensor
+    ) -> Tensor:
+        n, c, _ = x.shape
+        denom = scale_shift(x, v.expand(n, c, 1), s_i)
+        denom = torch.maximum(denom, s_b, out=denom)
+        ctx.save_for_backward(x, v, s_i, s_b)
+        return torch.div(x, denom)
+
+    @staticmethod
+    def backward(ctx: Any, dq: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        x, v, s_i, s_b = ctx.saved_tensors
+        n, c, length = x.shape
+        dq = dq.contiguous()
+        d = scale_shift(x, v.expand(n, c, 1), s_i)
+        sign = torch.sub(d, s_b).sign_()
+        denom = torch.maximum(d, s_b, out=d)
+        r = torch.div(dq, denom)
+        t = torch.mul(r, x).div_(denom)
+        u = torch.addcmul(t, t, sign, out=sign)
+        half_v = (v * -0.5).expand(n, c, 1).reshape(-1)
+        zeros, ones = torch.zeros_like(half_v), torch.ones_like(half_v)
+        # One pass: -v u / 2, sum_L u x and sum_L u (the inference BN backward, x_hat = x).
+        dx, ux, sum_u = torch.ops.aten.native_batch_norm_backward(
+            u.view(1, n * c, length),
+            x.view(1, n * c, length),
+            half_v,
+            zeros,
+            ones,
+            None,
+            None,
+            False,
+            0.0,
+            [True, True, True],
+        )
+        dx = dx.view(n, c, length).add_(r)
+        dv = (ux.view(n, c).sum(0) * -0.5).view_as(v)
+        ds_i = (sum_u * -0.5).view(n, c, 1)
+        ds_b = (sum_u.view(n, c).sum(0) * 0.5 - t.sum(dim=(0, 2))).view_as(s_b)
+        return dx, dv, ds_i, ds_b
 
 
 class EvoNormB0(BatchNorm):
@@ -25,7 +83,7 @@ class EvoNormB0(BatchNorm):
 
     Args:
         num_features, eps, momentum, affine, track_running_stats: as ``BatchNorm``.
-        impl: ``"fast"`` or ``"reference"`` (both the reference math for now).
+        impl: ``"fast"`` (native kernels, hand-written backwards) or ``"reference"``.
 
     Reference: H. Liu, A. Brock, K. Simonyan, Q. V. Le, "Evolving Normalization-Activation
     Layers", NeurIPS 2020 (arXiv:2004.02967).
@@ -74,6 +132,8 @@ class EvoNormB0(BatchNorm):
     def _forward(self, x: Tensor) -> Tensor:
         update = self.training and self.track_running_stats
         factor = self._update_factor() if update else 0.0
+        if self.impl == "fast":
+            return self._fast_forward(x, update, factor)
         y, var = functional.evonorm_b0(
             x,
             self.v,
@@ -88,6 +148,39 @@ class EvoNormB0(BatchNorm):
             with torch.no_grad():
                 self.running_var.copy_(var)
         return y
+
+    def _fast_forward(self, x: Tensor, update: bool, factor: float) -> Tensor:
+        """The reference math on native kernels: instance statistics in one pass
+        (``RowStats``), the batch variance combined from them (Chan et al.'s exact, stable
+        pairwise formula), ``v x + sqrt(s^2_{w,h} + eps)`` and the affine in one pass each."""
+        xf = x.to(compute_dtype(x))
+        flat, channels_last = row_view(xf)
+        n, c, length = flat.shape
+        mean_i, var_i = RowStats.apply(flat)  # (N, C)
+        if self.training or self.running_var is None:
+            mean_b = mean_i.mean(0, keepdim=True)
+            var_b = var_i.mean(0) + (mean_i - mean_b).square().mean(0)
+            if update:
+                m = n * length
+                with torch.no_grad():
+                    unbiased = var_b.detach() * (m / max(m - 1, 1))
+                    self.running_var.copy_(
+                        (1 - factor) * self.running_var + factor * unbiased.to(self.running_var)
+                    )
+        else:
+            var_b = self.running_var.to(xf.dtype)
+        if length > 1:
+            s_i = torch.sqrt(var_i + self.eps).unsqueeze(2)
+        else:  # the reference's instance variance of one position is 0
+            s_i = torch.full((n, c, 1), self.eps**0.5, dtype=xf.dtype, device=xf.device)
+        s_b = torch.sqrt(var_b + self.eps).view(1, -1, 1)
+        y = _B0Quotient.apply(flat, self.v.to(xf.dtype).view(1, -1, 1), s_i, s_b)
+        if self.weight is not None or self.bias is not None:
+            w = self.weight if self.weight is not None else torch.ones_like(self.v)
+            b = self.bias if self.bias is not None else torch.zeros_like(self.v)
+            w, b = (p.to(xf.dtype).view(1, -1, 1).expand(n, c, 1) for p in (w, b))
+            y = RowAffine.apply(y.contiguous(), w, b)
+        return restore_format(y, xf.shape, channels_last).to(x.dtype)
 
 
 class EvoNormS0(Norm):
@@ -108,7 +201,7 @@ class EvoNormS0(Norm):
         group_size: channels per group, instead of ``num_groups``.
         eps: added to the variance. Default ``1e-5``.
         affine: learn per-channel ``weight`` and ``bias``. Default ``True``.
-        impl: ``"fast"`` or ``"reference"`` (both the reference math for now).
+        impl: ``"fast"`` (native kernels, hand-written backwards) or ``"reference"``.
 
     Reference: H. Liu, A. Brock, K. Simonyan, Q. V. Le, "Evolving Normalization-Activation
     Layers", NeurIPS 2020 (arXiv:2004.02967).
@@ -143,9 +236,30 @@ class EvoNormS0(Norm):
             nn.init.ones_(self.v)
 
     def _forward(self, x: Tensor) -> Tensor:
+        if self.impl == "fast":
+            return self._fast_forward(x)
         return functional.evonorm_s0(
             x, self.v, self.num_groups, self.weight, self.bias, eps=self.eps
         )
+
+    def _fast_forward(self, x: Tensor) -> Tensor:
+        """The reference math on native kernels: group statistics in one pass
+        (``RowStats``), ``v x`` and ``num / std * w + b`` as one-pass per-row affine maps."""
+        xf = x.to(compute_dtype(x))
+        flat, channels_last = row_view(xf)
+        n, c, _ = flat.shape
+        g = self.num_groups
+        _, var_g = RowStats.apply(flat.view(n, g, -1))
+        v = self.v.to(xf.dtype).view(1, -1, 1).expand(n, c, 1)
+        num = flat * torch.sigmoid(RowAffine.apply(flat, v, torch.zeros_like(v)))
+        a = torch.rsqrt(var_g + self.eps).repeat_interleave(c // g, dim=1).unsqueeze(2)
+        b = torch.zeros_like(a)
+        if self.weight is not None:
+            a = a * self.weight.to(xf.dtype).view(1, -1, 1)
+        if self.bias is not None:
+            b = b + self.bias.to(xf.dtype).view(1, -1, 1)
+        y = RowAffine.apply(num, a, b)
+        return restore_format(y, xf.shape, channels_last).to(x.dtype)
 
     def extra_repr(self) -> str:
         return (

@@ -2,11 +2,73 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from normzoo import functional
+from normzoo.functional._stats import compute_dtype
+from normzoo.norms._kernels import restore_format, row_view, scale_shift
 from normzoo.norms.base import Norm
+
+
+class _FRNFunction(torch.autograd.Function):
+    """FRN + TLU on ``(N, C, L)`` in a few passes, with a backward that saves only ``x``.
+
+    Forward: ``s = w / sqrt(mean_L(x^2) + eps)`` per sample and channel, ``y = s x + b``,
+    ``z = max(y, tau)``. Backward recomputes ``y``; with ``h = dz (1 + sign(y - tau))`` (twice
+    ``dz`` where ``y > tau``, ``dz`` at a tie, 0 below: ``torch.maximum``'s split of ties)
+    and ``q = 1 / sqrt(nu^2 + eps)``:
+    ``dx = (w q / 2) (h - q^2 x mean_L(h x))``, ``dw = sum_{N,L} q h x / 2``,
+    ``db = sum h / 2``, ``dtau = sum dz - db``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, tau: Tensor, eps: float
+    ) -> Tensor:
+        length = x.shape[2]
+        nu2 = torch.linalg.vector_norm(x, dim=2, keepdim=True).square_().div_(length)
+        q = torch.rsqrt(nu2 + eps)  # (N, C, 1)
+        w, b, t = (p.to(x.dtype).view(1, -1, 1) for p in (weight, bias, tau))
+        z = scale_shift(x, q * w, b)
+        z = torch.maximum(z, t, out=z)
+        ctx.save_for_backward(x, q, w, b, t)
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, dz: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, q, w, b, t = ctx.saved_tensors
+        dz = dz.contiguous()
+        h = scale_shift(x, q * w, b - t).sign_()  # sign(y - tau)
+        h = torch.addcmul(dz, dz, h, out=h)
+        n, c, length = x.shape
+        a = (w * q * 0.5).expand(n, c, 1).reshape(-1)
+        zeros, ones = torch.zeros_like(a), torch.ones_like(a)
+        # One pass: a h, sum_L h x and sum_L h (the inference BN backward, x_hat = x).
+        dx, hx, sum_h = torch.ops.aten.native_batch_norm_backward(
+            h.view(1, n * c, length),
+            x.view(1, n * c, length),
+            a,
+            zeros,
+            ones,
+            None,
+            None,
+            False,
+            0.0,
+            [ctx.needs_input_grad[0], True, True],
+        )
+        hx, sum_h = hx.view(n, c, 1), sum_h.view(n, c)
+        dweight = None
+        if ctx.needs_input_grad[1]:
+            dweight = (q * hx).sum(dim=(0, 2)).mul_(0.5)
+        if dx is not None:
+            dx = dx.view(n, c, length).addcmul_(x, a.view(n, c, 1) * q * q * hx / -length)
+        dbias = sum_h.sum(0).mul_(0.5)
+        dtau = dz.sum(dim=(0, 2)) - dbias
+        return dx, dweight, dbias, dtau, None
+
 
 #: Initial value of the learned part of epsilon (as TF-Addons' FilterResponseNormalization).
 LEARNED_EPS_INIT = 1e-4
@@ -32,7 +94,8 @@ class FilterResponseNorm(Norm):
         affine: learn per-channel ``weight`` and ``bias``. Default ``True``.
         tlu: apply the TLU with a learned ``tau`` (init 0). Default ``True``.
         learnable_eps: learn ``eps_learned`` (init ``1e-4``). Default ``False``.
-        impl: ``"fast"`` or ``"reference"`` (both the reference math for now).
+        impl: ``"fast"`` (a hand-written backward that saves only the input, for the affine
+            TLU with a fixed eps; the reference math otherwise) or ``"reference"``.
 
     Reference: S. Singh, S. Krishnan, "Filter Response Normalization Layer: Eliminating Batch
     Dependence in the Training of Deep Neural Networks", CVPR 2020 (arXiv:1911.09737).
@@ -78,8 +141,23 @@ class FilterResponseNorm(Norm):
         return self.eps + self.eps_learned.abs()
 
     def _forward(self, x: Tensor) -> Tensor:
+        if self.impl == "fast" and self._use_function(x):
+            xf = x.to(compute_dtype(x))
+            x3, channels_last = row_view(xf)
+            z = _FRNFunction.apply(x3, self.weight, self.bias, self.tau, self.eps)
+            return restore_format(z, xf.shape, channels_last).to(x.dtype)
         return functional.filter_response_norm(
             x, self.weight, self.bias, self.tau, eps=self.effective_eps()
+        )
+
+    def _use_function(self, x: Tensor) -> bool:
+        """The hand-written path covers the default configuration (affine, TLU, fixed eps)
+        with spatial dims; every other configuration runs the reference math."""
+        return (
+            x.dim() >= 3
+            and self.weight is not None
+            and self.tau is not None
+            and self.eps_learned is None
         )
 
     def extra_repr(self) -> str:

@@ -123,7 +123,7 @@ class GhostBatchNorm(BatchNorm):
             outputs.append(
                 F.batch_norm(chunk, rm, rv, self.weight, self.bias, True, factor, self.eps)
             )
-        return torch.cat(outputs)
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]  # one: no copy
 
     def extra_repr(self) -> str:
         return (

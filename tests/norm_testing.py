@@ -1,0 +1,49 @@
+"""Helpers shared by the norm tests: tolerances, comparisons of two layers, small-batch kwargs."""
+
+import torch
+from torch import nn
+
+import normzoo
+
+#: Parity tolerance with torch.nn and between the fast and reference paths.
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+
+#: Ghost BN's default virtual batch of 32 is larger than the tests' batches of 4, which is an
+#: error by design; these arguments let each norm run on small batches.
+SMALL_BATCH_KWARGS = {"ghostbatchnorm": {"virtual_batch_size": 2}}
+
+
+def small_batch_kwargs(name: str) -> dict:
+    """The keyword arguments ``name`` needs for the tests' small batches."""
+    return dict(SMALL_BATCH_KWARGS.get(normzoo.info(name).name, {}))
+
+
+def randomize_affine(*modules: nn.Module, channels: int = 6) -> None:
+    """Give every module the same random, non-trivial ``weight`` and ``bias``."""
+    w = torch.rand(channels) + 0.5
+    b = torch.randn(channels)
+    for m in modules:
+        with torch.no_grad():
+            m.weight.copy_(w)
+            m.bias.copy_(b)
+
+
+def check_fwd_bwd(ours: nn.Module, ref: nn.Module, x: torch.Tensor, tol: dict = TOL) -> None:
+    """Same output, input gradient and affine gradients for ``ours`` and ``ref`` on ``x``."""
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), ref(xb)
+    torch.testing.assert_close(ya, yb, **tol)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, **tol)
+    for name in ("weight", "bias"):
+        if all(isinstance(getattr(m, name, None), nn.Parameter) for m in (ours, ref)):
+            torch.testing.assert_close(getattr(ours, name).grad, getattr(ref, name).grad, **tol)
+
+
+def assert_same_state(ours: nn.Module, ref: nn.Module, tol: dict = TOL) -> None:
+    """Every entry of ``ref``'s state dict is in ``ours``'s, with the same value."""
+    state = ours.state_dict()
+    for key, value in ref.state_dict().items():
+        torch.testing.assert_close(state[key], value, **tol, msg=key)
