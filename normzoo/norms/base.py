@@ -222,8 +222,12 @@ class Norm(nn.Module):
     def _forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _repr_structure(self) -> list[str]:
+        """``key=value`` items that ``repr`` shows right after ``num_features`` (e.g. groups)."""
+        return []
+
     def extra_repr(self) -> str:
-        parts = [f"{self.num_features}", f"eps={self.eps:g}"]
+        parts = [f"{self.num_features}", *self._repr_structure(), f"eps={self.eps:g}"]
         if self.track_running_stats or hasattr(self, "momentum"):
             parts.append(f"momentum={getattr(self, 'momentum', None)}")
         parts.append(f"affine={self.affine}")

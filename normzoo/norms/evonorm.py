@@ -261,8 +261,5 @@ class EvoNormS0(Norm):
         y = RowAffine.apply(num, a, b)
         return restore_format(y, xf.shape, channels_last).to(x.dtype)
 
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, num_groups={self.num_groups}, "
-            + super().extra_repr().split(", ", 1)[1]
-        )
+    def _repr_structure(self) -> list[str]:
+        return [f"num_groups={self.num_groups}"]

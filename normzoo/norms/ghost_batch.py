@@ -125,8 +125,5 @@ class GhostBatchNorm(BatchNorm):
             )
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]  # one: no copy
 
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, virtual_batch_size={self.virtual_batch_size}, "
-            + (super().extra_repr().split(", ", 1)[1])
-        )
+    def _repr_structure(self) -> list[str]:
+        return [f"virtual_batch_size={self.virtual_batch_size}"]

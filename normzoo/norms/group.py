@@ -96,8 +96,5 @@ class GroupNorm(Norm):
             return functional.group_norm(x, self.num_groups, self.weight, self.bias, eps=self.eps)
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, num_groups={self.num_groups}, "
-            + super().extra_repr().split(", ", 1)[1]
-        )
+    def _repr_structure(self) -> list[str]:
+        return [f"num_groups={self.num_groups}"]
