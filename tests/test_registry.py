@@ -125,6 +125,7 @@ def test_register_rejects_taken_names_and_non_norms():
         normzoo.register("notanorm")(torch.nn.ReLU)
 
 
+@pytest.mark.usefixtures("isolated_registry")
 def test_register_and_create_a_custom_norm():
     @normzoo.register("test_scale_norm", aliases=("tsn",))
     class ScaleNorm(normzoo.Norm):

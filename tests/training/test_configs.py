@@ -98,6 +98,7 @@ def test_norm_kwargs_reach_every_layer():
     assert {m.momentum for m in net.modules() if isinstance(m, Norm)} == {0.01}
 
 
+@pytest.mark.usefixtures("isolated_registry")
 def test_a_norm_registered_at_run_time_is_an_option(monkeypatch):
     """A plugin's norm (here registered by the test) works by name, without a YAML file."""
 
