@@ -1,8 +1,8 @@
 """The fast paths: equal to torch.nn and the reference math on every dispatch branch, layout
 preserved, robust (no_grad, half precision, float64, DDP, torch.compile, compile disabled).
 
-Compiled kernels are cached per process, so the tests share them: the fused BatchNorm kernel
-compiles once per dtype / affine kind (a few seconds each), whatever the tensor sizes.
+BatchNorm's native kernels (``normzoo/_native``) are built once per machine (about a second);
+``tests/test_native.py`` covers how they are built, cached and switched off.
 """
 
 from __future__ import annotations
@@ -24,12 +24,10 @@ TORCH_BN = {3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
 
 
 @pytest.fixture
-def fused_everywhere(monkeypatch):
-    """Send every eligible BatchNorm input, however small, to the fused kernel."""
-    monkeypatch.setattr(batch_mod, "FUSED_MIN_NUMEL", 0)
-    monkeypatch.setattr(batch_mod, "FUSED_MIN_SPATIAL", 1)
-    monkeypatch.setattr(_fused, "DEFAULT_MIN_NUMEL", 0)
-    monkeypatch.setattr(batch_mod, "FUSED_DTYPES", (torch.float32, torch.bfloat16, torch.float16))
+def native_everywhere(monkeypatch):
+    """Send every eligible BatchNorm input, however small, to the native kernels."""
+    monkeypatch.setattr(batch_mod, "NATIVE_MIN_NUMEL", 0)
+    monkeypatch.setattr(batch_mod, "NATIVE_MIN_SPATIAL", 1)
 
 
 def _pair(rank: int, **kwargs) -> tuple[nn.Module, nn.Module]:
@@ -50,10 +48,14 @@ def _pair(rank: int, **kwargs) -> tuple[nn.Module, nn.Module]:
         ((32, 64, 32, 32), torch.float32, False, True),
         ((32, 64, 32, 32), torch.bfloat16, False, False),  # measured for float32 only
         ((8, 64, 16, 16, 16), torch.float32, False, True),
-        ((4, 32, 64, 64), torch.float32, False, False),  # 0.5M elements: torch's kernel
+        ((4, 32, 64, 64), torch.float32, False, True),
+        ((8, 256, 14, 14), torch.float32, False, True),
+        ((128, 64, 8, 8), torch.float32, False, True),
+        ((8, 64, 100), torch.float32, False, True),
         ((32, 64, 32, 32), torch.float32, True, False),  # torch's channels_last kernel is fast
         ((32, 64, 32, 32), torch.float64, False, False),  # float64: torch's kernel (gradcheck)
-        ((2, 8, 4, 4), torch.float32, False, False),  # small: the fused call's overhead wins
+        ((2, 8, 4, 4), torch.float32, False, False),  # small: the call's fixed cost wins
+        ((512, 64, 2, 2), torch.float32, False, False),  # rows of 4 values: too short for SIMD
         ((4096, 1024), torch.float32, False, False),  # (N, C): no spatial dims
     ],
 )
@@ -61,16 +63,16 @@ def test_dispatch_by_shape(shape, dtype, channels_last, fused):
     x = torch.empty(shape, dtype=dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    assert batch_mod.use_fused_batch_stats(x) is fused
+    assert batch_mod.use_native_batch_stats(x) is fused
 
 
-# -- parity: the fused branch ----------------------------------------------------------------
-@pytest.mark.usefixtures("fused_everywhere")
+# -- parity: the native branch ----------------------------------------------------------------
+@pytest.mark.usefixtures("native_everywhere")
 @pytest.mark.parametrize("shape", [(4, 6, 7), (4, 6, 5, 3), (2, 6, 3, 4, 2)], ids=str)
 @pytest.mark.parametrize("momentum", [0.1, None])
-def test_fused_training_steps_equal_torch(shape, momentum):
+def test_native_training_steps_equal_torch(shape, momentum):
     ours, ref = _pair(len(shape), momentum=momentum)
-    assert batch_mod.use_fused_batch_stats(torch.empty(shape))
+    assert batch_mod.use_native_batch_stats(torch.empty(shape))
     for step in range(3):
         check_fwd_bwd(ours, ref, torch.randn(shape) * (step + 1) + step)
         assert_same_state(ours, ref)
@@ -80,8 +82,8 @@ def test_fused_training_steps_equal_torch(shape, momentum):
     torch.testing.assert_close(ours(x), ref(x), **TOL)
 
 
-@pytest.mark.usefixtures("fused_everywhere")
-def test_fused_updates_running_stats_in_place():
+@pytest.mark.usefixtures("native_everywhere")
+def test_native_updates_running_stats_in_place():
     bn = normzoo.create("bn", 6)
     mean, var = bn.running_mean, bn.running_var
     ptrs = mean.data_ptr(), var.data_ptr()
@@ -91,9 +93,9 @@ def test_fused_updates_running_stats_in_place():
     assert mean.ne(0).all() and bn.num_batches_tracked.item() == 1
 
 
-@pytest.mark.usefixtures("fused_everywhere")
+@pytest.mark.usefixtures("native_everywhere")
 @pytest.mark.parametrize(("affine", "track"), [(False, True), (True, False), (False, False)])
-def test_fused_without_affine_or_running_stats(affine, track):
+def test_native_without_affine_or_running_stats(affine, track):
     ours, ref = _pair(4, affine=affine, track_running_stats=track)
     x = torch.randn(4, 6, 5, 5) * 2 + 1
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -107,8 +109,8 @@ def test_fused_without_affine_or_running_stats(affine, track):
         torch.testing.assert_close(ours.weight.grad, ref.weight.grad, **TOL)
 
 
-@pytest.mark.usefixtures("fused_everywhere")
-def test_fused_equals_reference_math():
+@pytest.mark.usefixtures("native_everywhere")
+def test_native_equals_reference_math():
     fast = normzoo.create("bn", 6)
     slow = normzoo.create("bn", 6, impl="reference")
     x = torch.randn(8, 6, 4, 4) * 3 - 1
@@ -120,16 +122,16 @@ def test_fused_equals_reference_math():
     torch.testing.assert_close(fast.running_var, slow.running_var, **TOL)
 
 
-@pytest.mark.usefixtures("fused_everywhere")
-def test_fused_numerically_stable_for_large_means():
+@pytest.mark.usefixtures("native_everywhere")
+def test_native_numerically_stable_for_large_means():
     x = 1e4 + 0.05 * torch.randn(64, 4, 8, 8)
     y = normzoo.create("bn", 4)(x)
     std = y.transpose(0, 1).reshape(4, -1).std(dim=1)
     torch.testing.assert_close(std, torch.ones(4), atol=1e-2, rtol=0)
 
 
-@pytest.mark.usefixtures("fused_everywhere")
-def test_fused_under_no_grad_still_trains_the_statistics():
+@pytest.mark.usefixtures("native_everywhere")
+def test_native_under_no_grad_still_trains_the_statistics():
     ours, ref = _pair(4)
     x = torch.randn(4, 6, 3, 3)
     with torch.no_grad():
@@ -137,8 +139,8 @@ def test_fused_under_no_grad_still_trains_the_statistics():
     torch.testing.assert_close(ours.running_mean, ref.running_mean, **TOL)
 
 
-@pytest.mark.usefixtures("fused_everywhere")
-def test_fused_under_inference_mode():
+@pytest.mark.usefixtures("native_everywhere")
+def test_native_under_inference_mode():
     ours, ref = _pair(4)
     x = torch.randn(4, 6, 3, 3)
     with torch.inference_mode():
@@ -146,9 +148,9 @@ def test_fused_under_inference_mode():
     torch.testing.assert_close(ours.running_var, ref.running_var, **TOL)
 
 
-@pytest.mark.usefixtures("fused_everywhere")
+@pytest.mark.usefixtures("native_everywhere")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_fused_half_precision(dtype):
+def test_native_half_precision(dtype):
     ours, ref = _pair(4)
     x = torch.randn(8, 6, 4, 4).to(dtype)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -169,14 +171,45 @@ def test_float64_module_passes_gradcheck():
     assert torch.autograd.gradcheck(bn, (x,))
 
 
-@pytest.mark.slow
-def test_fused_function_float64_gradcheck():
-    # The autograd.Function itself, compiled for float64 (one more kernel: slow).
-    x = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
-    w = torch.rand(3, dtype=torch.float64, requires_grad=True)
-    b = torch.rand(3, dtype=torch.float64, requires_grad=True)
-    fn = lambda *a: batch_mod._FusedBatchNorm.apply(*a, 1e-5)[0]
-    assert torch.autograd.gradcheck(fn, (x, w, b))
+@pytest.mark.usefixtures("native_everywhere")
+@pytest.mark.parametrize("affine", [True, False])
+def test_native_gradients_equal_float64_autograd(affine):
+    # The C kernels are float32: their gradients are checked against float64 autograd of the
+    # reference math on the same values (the exact gradient up to float32 rounding).
+    x = torch.randn(5, 4, 3, 7) * 2 + 1
+    w = torch.rand(4) + 0.5 if affine else None
+    b = torch.randn(4) if affine else None
+    dy = torch.randn_like(x)
+    leaves32 = [t.clone().requires_grad_() for t in (x, w, b) if t is not None]
+    leaves64 = [t.double().requires_grad_() for t in (x, w, b) if t is not None]
+
+    def run(xx, ww=None, bb=None, native=True):
+        if native:
+            return batch_mod._NativeBatchNorm.apply(xx, ww, bb, 1e-5)[0]
+        return normzoo.functional.batch_norm(xx, None, None, ww, bb, training=True, eps=1e-5)[0]
+
+    y32 = run(*leaves32)
+    y64 = run(*leaves64, native=False)
+    torch.testing.assert_close(y32, y64.float(), atol=1e-5, rtol=1e-5)
+    g32 = torch.autograd.grad(y32, leaves32, dy)
+    g64 = torch.autograd.grad(y64, leaves64, dy.double())
+    for a, e in zip(g32, g64, strict=True):
+        torch.testing.assert_close(a, e.float(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.usefixtures("native_everywhere")
+def test_native_double_backward_equals_torch():
+    # create_graph=True runs torch's differentiable backward: second derivatives as torch's.
+    ours, ref = _pair(4)
+    x = torch.randn(4, 6, 5, 5)
+    out = []
+    for m in (ours, ref):
+        xx = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(m(xx).pow(2).sum(), xx, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(2).sum(), xx)
+        out.append((g.detach(), gg))
+    torch.testing.assert_close(out[0][0], out[1][0], **TOL)
+    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-3, rtol=1e-3)
 
 
 # -- switches and fallbacks ------------------------------------------------------------------
@@ -204,9 +237,10 @@ def test_compile_switch_off_uses_eager(monkeypatch):
     assert _fused.compile_enabled()
 
 
-@pytest.mark.usefixtures("fused_everywhere")
-def test_batchnorm_with_compile_disabled_still_equals_torch(monkeypatch):
-    monkeypatch.setenv("NORMZOO_COMPILE", "0")
+@pytest.mark.usefixtures("native_everywhere")
+def test_batchnorm_with_native_kernels_disabled_still_equals_torch(monkeypatch):
+    monkeypatch.setenv("NORMZOO_NATIVE", "0")
+    assert not batch_mod.use_native_batch_stats(torch.empty(4, 6, 3, 3))
     ours, ref = _pair(4, momentum=None)
     for _ in range(2):
         x = torch.randn(4, 6, 3, 3, requires_grad=True)
@@ -238,7 +272,7 @@ def test_import_is_light():
 
 
 # -- layout ----------------------------------------------------------------------------------
-@pytest.mark.usefixtures("fused_everywhere")
+@pytest.mark.usefixtures("native_everywhere")
 @pytest.mark.parametrize("name", normzoo.available())
 def test_channels_last_in_channels_last_out(name):
     norm = normzoo.create(name, 8, **small_batch_kwargs(name))
@@ -269,7 +303,7 @@ def test_instancenorm_channels_last_equals_torch(shape, dtype):
 
 
 # -- integration -----------------------------------------------------------------------------
-@pytest.mark.usefixtures("fused_everywhere")
+@pytest.mark.usefixtures("native_everywhere")
 def test_under_ddp_single_process(tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel

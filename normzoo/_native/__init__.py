@@ -1,0 +1,187 @@
+"""Native CPU kernels: small C files compiled on first use, loaded with :mod:`ctypes`.
+
+Normalization is memory-bound. torch's CPU kernels for batch norm read the input several
+times over the whole tensor (statistics, then normalization; two reductions, then the input
+gradient), so a tensor larger than the cache comes from memory each time. The kernels here
+work one channel (or one row) at a time: its statistics and its normalization run while its
+values are still in the core's cache, so each tensor crosses the memory bus once per pass
+(forward: read ``x``, write ``y``; backward: read ``x`` and ``dy``, write ``dx``).
+
+How they are built and used:
+
+* Each ``*.c`` file of this package is one library. :func:`load` compiles it the first time
+  it is needed (about a second; ``-O3 -march=native -fopenmp``) into the cache folder
+  (``$NORMZOO_CACHE_DIR``, else ``$XDG_CACHE_HOME/normzoo``, else ``~/.cache/normzoo``), under a
+  name that hashes the source, the flags, the compiler and the CPU, and loads it.
+  ``import normzoo`` compiles nothing.
+* Threads: the kernels run OpenMP loops over channels with ``torch.get_num_threads()``
+  threads. torch's CPU wheel ships ``libgomp.so.1``, which is already loaded when these
+  libraries load, so they share torch's OpenMP runtime (one thread pool, no oversubscription).
+* Where a library cannot be built (no C compiler, not Linux, a compiler error) :func:`load`
+  returns ``None`` after one ``RuntimeWarning``, and the norms use torch's kernels: the results
+  are the same.
+* ``NORMZOO_NATIVE=0`` (read at each call) or :func:`set_enabled` turn native kernels off.
+
+Each kernel's wrapper checks what the C code assumes (CPU, float32, contiguous) and the
+callers only dispatch such tensors; every kernel is tested against torch and gradchecked
+through its float32 math in ``tests/test_native.py``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "cache_dir", "load", "native_enabled", "set_enabled"]
+
+_ENV = "NORMZOO_NATIVE"
+_SRC = Path(__file__).parent
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c11", "-shared", "-fPIC"]
+_switch = True
+_lock = threading.Lock()
+#: name -> loaded library, or None where building or loading failed (not retried).
+_libs: dict[str, ctypes.CDLL | None] = {}
+
+P = ctypes.c_void_p
+I64 = ctypes.c_int64
+F64 = ctypes.c_double
+INT = ctypes.c_int
+
+#: The C signature of every exported function, per library (argtypes; every return is void).
+SIGNATURES: dict[str, dict[str, list]] = {
+    "batch_norm": {
+        # x, weight, bias, y, mean, invstd, var, N, C, L, eps, threads
+        "nz_bn_forward": [P, P, P, P, P, P, P, I64, I64, I64, F64, INT],
+        # dy, x, weight, mean, invstd, dx, dweight, dbias, N, C, L, threads
+        "nz_bn_backward": [P, P, P, P, P, P, P, P, I64, I64, I64, INT],
+    },
+}
+
+
+def set_enabled(enabled: bool) -> None:
+    """Turn native kernels on or off for this process (``NORMZOO_NATIVE=0`` also turns them
+    off). A library already loaded stays loaded."""
+    global _switch
+    _switch = bool(enabled)
+
+
+def native_enabled() -> bool:
+    """Whether the norms may use native kernels (the switch and ``NORMZOO_NATIVE``)."""
+    if not _switch:
+        return False
+    return os.environ.get(_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def cache_dir() -> Path:
+    """Where compiled libraries are kept."""
+    if os.environ.get("NORMZOO_CACHE_DIR"):
+        return Path(os.environ["NORMZOO_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "normzoo"
+
+
+def _compiler() -> str | None:
+    if os.environ.get("CC"):  # the user's choice, or nothing
+        return shutil.which(os.environ["CC"])
+    return shutil.which("cc") or shutil.which("gcc")
+
+
+def _cpu_id() -> str:
+    """Model and flags of this CPU: ``-march=native`` output must not run on another one
+    (a cache folder shared over NFS)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags", "Features"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
+
+
+def _library_path(name: str, cc: str) -> Path:
+    source = (_SRC / f"{name}.c").read_bytes()
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        version = cc
+    key = hashlib.sha256()
+    for part in (source, " ".join(_FLAGS).encode(), version.encode(), _cpu_id().encode()):
+        key.update(part)
+    return cache_dir() / f"{name}-{key.hexdigest()[:16]}.so"
+
+
+def _build(name: str) -> ctypes.CDLL:
+    if not sys.platform.startswith("linux"):
+        raise RuntimeError(f"native kernels are built on Linux only (this is {sys.platform})")
+    cc = _compiler()
+    if cc is None:
+        chosen = os.environ.get("CC")
+        raise RuntimeError(
+            f"C compiler {chosen!r} (from CC) not found"
+            if chosen
+            else "no C compiler found (install gcc, or set CC)"
+        )
+    path = _library_path(name, cc)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Build under a unique name, then rename: processes that build at once (DDP ranks)
+        # never load a half-written file.
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+        os.close(fd)
+        try:
+            cmd = [cc, *_FLAGS, str(_SRC / f"{name}.c"), "-o", tmp, "-lm"]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr.strip()}")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(path))
+    for fn, argtypes in SIGNATURES[name].items():
+        getattr(lib, fn).argtypes = argtypes
+        getattr(lib, fn).restype = None
+    return lib
+
+
+def load(name: str) -> ctypes.CDLL | None:
+    """The native library ``name`` (built on first call), or ``None`` where it is switched
+    off or cannot be built (one ``RuntimeWarning`` says why; then torch's kernels are used)."""
+    if not native_enabled():
+        return None
+    if name in _libs:
+        return _libs[name]
+    with _lock:
+        if name not in _libs:
+            try:
+                _libs[name] = _build(name)
+            except Exception as err:  # no compiler, compile error, unwritable cache, ...
+                _libs[name] = None
+                first = str(err).splitlines()[0] if str(err) else type(err).__name__
+                warnings.warn(
+                    f"normzoo: native kernels '{name}' unavailable ({first}); using torch's "
+                    f"kernels (set {_ENV}=0 to skip building them)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+    return _libs[name]
+
+
+def available(name: str) -> bool:
+    """Whether the native library ``name`` is usable here (builds it if needed)."""
+    return load(name) is not None
+
+
+def threads() -> int:
+    """OpenMP threads for one kernel call: torch's intra-op thread count."""
+    return torch.get_num_threads()

@@ -1,0 +1,123 @@
+"""The native kernels' loader: built once, cached, shared OpenMP runtime, clean fallbacks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from norm_testing import TOL
+
+import normzoo
+from normzoo import _native
+from normzoo.norms import batch as batch_mod
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+
+
+@pytest.fixture
+def fresh_loader(monkeypatch, tmp_path):
+    """An empty cache folder and no library loaded yet (restored afterwards)."""
+    monkeypatch.setenv("NORMZOO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(_native, "_libs", {})
+    return tmp_path / "cache"
+
+
+def test_builds_into_the_cache_and_loads(fresh_loader):
+    lib = _native.load("batch_norm")
+    assert lib is not None
+    built = list(fresh_loader.glob("batch_norm-*.so"))
+    assert len(built) == 1
+    assert _native.load("batch_norm") is lib  # one load per process
+
+
+def test_a_second_process_reuses_the_built_library(fresh_loader):
+    _native.load("batch_norm")
+    (path,) = fresh_loader.glob("batch_norm-*.so")
+    stamp = path.stat().st_mtime_ns
+    code = "from normzoo import _native; assert _native.load('batch_norm') is not None"
+    env = {**os.environ, "NORMZOO_CACHE_DIR": str(fresh_loader)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    assert [p.stat().st_mtime_ns for p in fresh_loader.glob("batch_norm-*.so")] == [stamp]
+
+
+def test_processes_building_at_once_all_succeed(tmp_path):
+    # DDP ranks start together on a cold cache: each builds under its own name, then renames.
+    code = (
+        "import torch; from normzoo import _native; from normzoo._native import kernels; "
+        "x = torch.randn(4, 3, 16); y = kernels.batch_norm_forward(x, None, None, 1e-5)[0]; "
+        "torch.testing.assert_close(y, torch.nn.functional.batch_norm(x, None, None, "
+        "training=True))"
+    )
+    env = {**os.environ, "NORMZOO_CACHE_DIR": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(3)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    assert len(list(tmp_path.glob("batch_norm-*.so"))) == 1
+    assert not list(tmp_path.glob("tmp*"))  # no half-written files left behind
+
+
+def test_kernels_share_torchs_openmp_runtime():
+    # A second OpenMP runtime would keep its own spinning threads next to torch's.
+    assert _native.load("batch_norm") is not None
+    with open("/proc/self/maps") as f:
+        runtimes = {line.split()[-1] for line in f if "libgomp" in line or "libiomp" in line}
+    assert len(runtimes) == 1, runtimes
+
+
+@pytest.mark.parametrize("cc", ["/nonexistent/cc", "false"])
+def test_build_failure_warns_once_and_falls_back_to_torch(fresh_loader, monkeypatch, cc):
+    monkeypatch.setenv("CC", cc)
+    monkeypatch.setattr(batch_mod, "NATIVE_MIN_NUMEL", 0)
+    with pytest.warns(RuntimeWarning, match="native kernels 'batch_norm' unavailable"):
+        assert _native.load("batch_norm") is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        assert not batch_mod.use_native_batch_stats(torch.empty(4, 6, 8, 8))
+        ours, ref = normzoo.create("bn", 6), torch.nn.BatchNorm2d(6)
+        x = torch.randn(4, 6, 8, 8)
+        torch.testing.assert_close(ours(x), ref(x), **TOL)
+        torch.testing.assert_close(ours.running_var, ref.running_var, **TOL)
+    assert not list(fresh_loader.glob("*.so"))
+
+
+def test_switched_off_builds_nothing(fresh_loader, monkeypatch):
+    monkeypatch.setenv("NORMZOO_NATIVE", "0")
+    assert not _native.native_enabled()
+    assert _native.load("batch_norm") is None
+    assert not fresh_loader.exists()
+    monkeypatch.delenv("NORMZOO_NATIVE")
+    _native.set_enabled(False)
+    try:
+        assert _native.load("batch_norm") is None
+    finally:
+        _native.set_enabled(True)
+    assert _native.load("batch_norm") is not None
+
+
+def test_kernel_wrappers_refuse_what_the_c_code_does_not_handle():
+    from normzoo._native import kernels
+
+    with pytest.raises(ValueError, match="contiguous float32"):
+        kernels.batch_norm_forward(torch.randn(2, 3, 4, dtype=torch.float64), None, None, 1e-5)
+    with pytest.raises(ValueError, match="not contiguous"):
+        kernels.batch_norm_forward(torch.randn(2, 4, 3).transpose(1, 2), None, None, 1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_results_do_not_depend_on_the_thread_count(threads):
+    from normzoo._native import kernels
+
+    x = torch.randn(6, 5, 33) * 3 + 1
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ref = kernels.batch_norm_forward(x, None, None, 1e-5)
+        torch.set_num_threads(threads)
+        got = kernels.batch_norm_forward(x, None, None, 1e-5)
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(got, ref, strict=True):
+        assert torch.equal(a, b)
