@@ -18,6 +18,7 @@ from torch import nn
 
 import normzoo
 from normzoo.norms import _fused
+from normzoo.norms import _rownorm as rownorm_mod
 from normzoo.norms import batch as batch_mod
 
 TORCH_BN = {3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
@@ -28,6 +29,7 @@ def native_everywhere(monkeypatch):
     """Send every eligible BatchNorm input, however small, to the native kernels."""
     monkeypatch.setattr(batch_mod, "NATIVE_MIN_NUMEL", 0)
     monkeypatch.setattr(batch_mod, "NATIVE_MIN_SPATIAL", 1)
+    monkeypatch.setattr(rownorm_mod, "NATIVE_MIN_NUMEL", 0)
 
 
 def _pair(rank: int, **kwargs) -> tuple[nn.Module, nn.Module]:
@@ -210,6 +212,138 @@ def test_native_double_backward_equals_torch():
         out.append((g.detach(), gg))
     torch.testing.assert_close(out[0][0], out[1][0], **TOL)
     torch.testing.assert_close(out[0][1], out[1][1], atol=1e-3, rtol=1e-3)
+
+
+# -- parity: the native row kernels (GroupNorm, InstanceNorm, LayerNorm) ---------------------
+def _row_pair(
+    name: str, c: int, groups: int | None = None, **kwargs
+) -> tuple[nn.Module, nn.Module]:
+    if name == "gn":
+        ours, ref = (
+            normzoo.create("gn", c, num_groups=groups, **kwargs),
+            nn.GroupNorm(groups, c, **kwargs),
+        )
+    elif name == "ln":
+        ours, ref = normzoo.create("ln", c, **kwargs), nn.GroupNorm(1, c, **kwargs)
+    else:
+        kw = {"affine": True, **kwargs}
+        ours, ref = normzoo.create("in", c, **kw), nn.InstanceNorm2d(c, **kw)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.uniform_(0.5, 1.5)
+    ours.load_state_dict(ref.state_dict())
+    return ours, ref
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "channels_last", "native"),
+    [
+        ((32, 64, 32, 32), torch.float32, False, True),
+        ((128, 64, 8, 8), torch.float32, False, True),
+        ((4, 32, 64, 64), torch.float32, False, True),
+        ((8, 64, 100), torch.float32, False, True),
+        ((32, 64, 32, 32), torch.bfloat16, False, False),
+        ((32, 64, 32, 32), torch.float32, True, False),  # torch's channels_last kernel
+        ((2, 8, 4, 4), torch.float32, False, False),  # small: torch's kernel
+        ((4096, 1024), torch.float32, False, False),
+    ],
+)
+def test_row_dispatch(shape, dtype, channels_last, native):
+    x = torch.empty(shape, dtype=dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    assert rownorm_mod.use_native_row_norm(x) is native
+
+
+@pytest.mark.usefixtures("native_everywhere")
+@pytest.mark.parametrize(
+    ("name", "groups", "shape"),
+    [
+        *[
+            (name, groups, shape)
+            for name, groups in (("gn", 4), ("gn", 2), ("gn", 8), ("ln", None))
+            for shape in ((4, 8, 7), (4, 8, 5, 3), (2, 8, 3, 4, 2))
+        ],
+        ("in", None, (4, 8, 5, 3)),
+        ("in", None, (1, 8, 40, 33)),
+    ],
+    ids=str,
+)
+def test_native_rows_equal_torch(name, groups, shape):
+    ours, ref = _row_pair(name, 8, groups)
+    for step in range(2):
+        check_fwd_bwd(ours, ref, torch.randn(shape) * (step + 2) - step)
+
+
+@pytest.mark.usefixtures("native_everywhere")
+@pytest.mark.parametrize("name", ["gn", "ln", "in"])
+def test_native_rows_without_affine(name):
+    ours, ref = _row_pair(name, 8, 4, affine=False)
+    check_fwd_bwd(ours, ref, torch.randn(4, 8, 6, 5) * 3 + 1)
+
+
+@pytest.mark.usefixtures("native_everywhere")
+def test_native_instancenorm_running_stats_equal_torch():
+    ours, ref = _row_pair("in", 6, track_running_stats=True, momentum=0.3)
+    for step in range(3):
+        check_fwd_bwd(ours, ref, torch.randn(4, 6, 5, 5) * (step + 1) + step)
+        # torch's InstanceNorm does not count batches; the running averages are compared
+        torch.testing.assert_close(ours.running_mean, ref.running_mean, **TOL)
+        torch.testing.assert_close(ours.running_var, ref.running_var, **TOL)
+    ours.eval()
+    ref.eval()
+    x = torch.randn(4, 6, 5, 5)
+    torch.testing.assert_close(ours(x), ref(x), **TOL)
+
+
+@pytest.mark.usefixtures("native_everywhere")
+def test_native_rows_numerically_stable_for_large_means():
+    x = 1e4 + 0.05 * torch.randn(4, 8, 32, 32)
+    y = normzoo.create("gn", 8, num_groups=2)(x)
+    torch.testing.assert_close(y.reshape(4, 2, -1).std(dim=2), torch.ones(4, 2), atol=1e-2, rtol=0)
+
+
+@pytest.mark.usefixtures("native_everywhere")
+@pytest.mark.parametrize(("groups", "affine"), [(4, True), (1, True), (8, False), (2, False)])
+def test_native_rows_gradients_equal_float64_autograd(groups, affine):
+    x = torch.randn(3, 8, 5, 7) * 2 + 1
+    w = torch.rand(8) + 0.5 if affine else None
+    b = torch.randn(8) if affine else None
+    dy = torch.randn_like(x)
+    leaves32 = [t.clone().requires_grad_() for t in (x, w, b) if t is not None]
+    leaves64 = [t.double().requires_grad_() for t in (x, w, b) if t is not None]
+    pad = [None, None] if not affine else []
+    y32 = rownorm_mod.native_group_norm(leaves32[0], groups, *leaves32[1:], *pad, 1e-5)[0]
+    y64 = normzoo.functional.group_norm(leaves64[0], groups, *leaves64[1:], *pad, eps=1e-5)
+    torch.testing.assert_close(y32, y64.float(), atol=1e-5, rtol=1e-5)
+    g32 = torch.autograd.grad(y32, leaves32, dy)
+    g64 = torch.autograd.grad(y64, leaves64, dy.double())
+    for a, e in zip(g32, g64, strict=True):
+        torch.testing.assert_close(a, e.float(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.usefixtures("native_everywhere")
+@pytest.mark.parametrize("name", ["gn", "ln", "in"])
+def test_native_rows_double_backward_equals_torch(name):
+    ours, ref = _row_pair(name, 8, 4)
+    x = torch.randn(4, 8, 5, 5)
+    out = []
+    for m in (ours, ref):
+        xx = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(m(xx).pow(2).sum(), xx, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(3).sum(), xx)
+        out.append((g.detach(), gg))
+    torch.testing.assert_close(out[0][0], out[1][0], **TOL)
+    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.usefixtures("native_everywhere")
+@pytest.mark.parametrize("name", ["gn", "ln", "in"])
+def test_rows_with_native_kernels_disabled_still_equal_torch(monkeypatch, name):
+    monkeypatch.setenv("NORMZOO_NATIVE", "0")
+    assert not rownorm_mod.use_native_row_norm(torch.empty(4, 8, 5, 5))
+    ours, ref = _row_pair(name, 8, 4)
+    check_fwd_bwd(ours, ref, torch.randn(4, 8, 5, 5))
 
 
 # -- switches and fallbacks ------------------------------------------------------------------

@@ -66,6 +66,12 @@ SIGNATURES: dict[str, dict[str, list]] = {
         # dy, x, weight, mean, invstd, dx, dweight, dbias, N, C, L, threads
         "nz_bn_backward": [P, P, P, P, P, P, P, P, I64, I64, I64, INT],
     },
+    "row_norm": {
+        # x, weight, bias, y, mean, rstd, var, N, G, Cg, L, eps, threads
+        "nz_row_forward": [P, P, P, P, P, P, P, I64, I64, I64, I64, F64, INT],
+        # dy, x, weight, mean, rstd, dx, dweight, dbias, partial, N, G, Cg, L, threads
+        "nz_row_backward": [P, P, P, P, P, P, P, P, P, I64, I64, I64, I64, INT],
+    },
 }
 
 

@@ -1,8 +1,8 @@
 /* Batch norm over a contiguous float32 (N, C, L) tensor, one channel at a time.
  *
  * Each thread takes blocks of whole channels, sized so that a block's values (N rows of L per
- * channel) stay in the core's L2 cache: the block is read from memory for the mean, then
- * again from cache for the variance and for y; the backward reads x and dy once for its two
+ * channel) stay in the core's L2 cache: the block is read from memory once for the mean and
+ * variance (shifted one-pass moments), then again from cache for y; the backward reads x and dy once for its two
  * sums and again (from cache) for dx. Within a block, loops run over n, then the block's
  * channels, so each n visits one contiguous run of memory (short rows stay prefetchable).
  * Row sums are float SIMD lanes, channel totals double, as precise as torch's kernel.
@@ -34,21 +34,17 @@ static int64_t block_channels(int64_t N, int64_t C, int64_t L, int threads) {
   return bc < 1 ? 1 : bc;
 }
 
-static inline float row_sum(const float *p, int64_t L) {
-  float r = 0.f;
-#pragma omp simd reduction(+ : r)
-  for (int64_t i = 0; i < L; ++i) r += p[i];
-  return r;
-}
-
-static inline float row_sq_dev(const float *p, float m, int64_t L) {
-  float r = 0.f;
-#pragma omp simd reduction(+ : r)
+/* sum(p - k) and sum((p - k)^2) over one row, float SIMD lanes (rows are short). */
+static inline void row_moments(const float *p, int64_t L, float k, double *s1, double *s2) {
+  float r1 = 0.f, r2 = 0.f;
+#pragma omp simd reduction(+ : r1, r2)
   for (int64_t i = 0; i < L; ++i) {
-    const float d = p[i] - m;
-    r += d * d;
+    const float d = p[i] - k;
+    r1 += d;
+    r2 += d * d;
   }
-  return r;
+  *s1 += r1;
+  *s2 += r2;
 }
 
 void nz_bn_forward(const float *x, const float *w, const float *b, float *y, float *mean_out,
@@ -60,20 +56,23 @@ void nz_bn_forward(const float *x, const float *w, const float *b, float *y, flo
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t c0 = blk * bc, c1 = c0 + bc < C ? c0 + bc : C, k = c1 - c0;
-    double acc[NZ_MAX_BLOCK];
-    float m[NZ_MAX_BLOCK], scale[NZ_MAX_BLOCK], shift[NZ_MAX_BLOCK];
-    for (int64_t j = 0; j < k; ++j) acc[j] = 0.0;
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t j = 0; j < k; ++j) acc[j] += row_sum(x + (n * C + c0 + j) * L, L);
+    /* shifted one-pass moments, shift = the channel's first value: no cancellation (Chan,
+     * Golub and LeVeque, "Algorithms for computing the sample variance", 1983) */
+    double s1[NZ_MAX_BLOCK], s2[NZ_MAX_BLOCK];
+    float shift0[NZ_MAX_BLOCK], m[NZ_MAX_BLOCK], scale[NZ_MAX_BLOCK], shift[NZ_MAX_BLOCK];
     for (int64_t j = 0; j < k; ++j) {
-      m[j] = (float)(acc[j] / M);
-      acc[j] = 0.0;
+      s1[j] = s2[j] = 0.0;
+      shift0[j] = N > 0 && L > 0 ? x[(c0 + j) * L] : 0.f;
     }
     for (int64_t n = 0; n < N; ++n)
-      for (int64_t j = 0; j < k; ++j) acc[j] += row_sq_dev(x + (n * C + c0 + j) * L, m[j], L);
+      for (int64_t j = 0; j < k; ++j)
+        row_moments(x + (n * C + c0 + j) * L, L, shift0[j], &s1[j], &s2[j]);
     for (int64_t j = 0; j < k; ++j) {
       const int64_t c = c0 + j;
-      const double var = acc[j] / M;
+      const double dm = s1[j] / M;
+      double var = s2[j] / M - dm * dm;
+      if (var < 0.0) var = 0.0;
+      m[j] = (float)(shift0[j] + dm);
       const float inv = (float)(1.0 / sqrt(var + eps));
       scale[j] = w ? w[c] * inv : inv;
       shift[j] = (b ? b[c] : 0.f) - m[j] * scale[j];

@@ -39,7 +39,7 @@ class _NativeBatchNorm(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor]:
         w = None if weight is None else weight.detach()
         b = None if bias is None else bias.detach()
-        y, mean, invstd, var = _kernels.batch_norm_forward(x.detach(), w, b, eps)
+        y, mean, invstd, var = _kernels.batch_norm_forward_unchecked(x.detach(), w, b, eps)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps = eps
         ctx.mark_non_differentiable(mean, var)
@@ -57,7 +57,9 @@ class _NativeBatchNorm(torch.autograd.Function):
             )
             return dx, dw, db, None
         w = None if weight is None else weight.detach()
-        dx, dw, db = _kernels.batch_norm_backward(dy, x.detach(), w, mean, invstd, needs)
+        dx, dw, db = _kernels.batch_norm_backward_unchecked(
+            dy.contiguous(), x.detach(), w, mean, invstd, needs
+        )
         return dx, dw, db, None
 
 
@@ -68,7 +70,7 @@ def use_native_batch_stats(x: Tensor, weight: Tensor | None = None) -> bool:
         and x.dtype in NATIVE_DTYPES
         and (weight is None or weight.dtype == x.dtype)
         and x.dim() >= 3
-        and x.numel() >= NATIVE_MIN_NUMEL
+        and x.numel() >= max(NATIVE_MIN_NUMEL, 1)
         and x.numel() // (x.shape[0] * x.shape[1]) >= NATIVE_MIN_SPATIAL
         and x.is_contiguous()
         and not torch.compiler.is_compiling()

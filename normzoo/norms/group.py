@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normzoo import functional
+from normzoo.norms._rownorm import native_group_norm, use_native_row_norm
 from normzoo.norms.base import Norm
 
 #: The GN paper's default number of groups.
@@ -94,6 +95,8 @@ class GroupNorm(Norm):
     def _forward(self, x: Tensor) -> Tensor:
         if self.impl == "reference":
             return functional.group_norm(x, self.num_groups, self.weight, self.bias, eps=self.eps)
+        if use_native_row_norm(x, self.weight):
+            return native_group_norm(x, self.num_groups, self.weight, self.bias, self.eps)[0]
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def _repr_structure(self) -> list[str]:

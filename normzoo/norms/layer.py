@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normzoo import functional
+from normzoo.norms._rownorm import native_group_norm, use_native_row_norm
 from normzoo.norms.base import Norm
 
 
@@ -69,4 +70,6 @@ class LayerNorm(Norm):
             )
         if self.channels_last:
             return F.layer_norm(x, (self.num_features,), self.weight, self.bias, self.eps)
+        if use_native_row_norm(x, self.weight):
+            return native_group_norm(x, 1, self.weight, self.bias, self.eps)[0]
         return F.group_norm(x, 1, self.weight, self.bias, self.eps)

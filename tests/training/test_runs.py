@@ -168,12 +168,22 @@ def test_installed_wheel_runs_from_outside_the_checkout(tmp_path):
         capture_output=True,
     )
     assert (site / "normzoo" / "conf" / "norm" / "bn.yaml").exists()
+    for source in (REPO / "normzoo" / "_native").glob("*.c"):  # built on first use
+        assert (site / "normzoo" / "_native" / source.name).exists(), source.name
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    code = (
+        "import normzoo, normzoo.conf, normzoo._native as n; print(normzoo.__file__); "
+        "assert n.load('batch_norm') is not None and n.load('row_norm') is not None"
+    )
     check = subprocess.run(
-        [sys.executable, "-c", "import normzoo, normzoo.conf; print(normzoo.__file__)"],
+        [sys.executable, "-c", code],
         cwd=elsewhere,
-        env={"PYTHONPATH": str(site), "PATH": ""},
+        env={
+            "PYTHONPATH": str(site),
+            "PATH": os.environ.get("PATH", ""),
+            "NORMZOO_CACHE_DIR": str(tmp_path / "cache"),
+        },
         capture_output=True,
         text=True,
         check=True,
