@@ -255,7 +255,8 @@ def format_row(r: dict[str, Any]) -> str:
 
 # -- compile time ----------------------------------------------------------------------------
 def first_call_times(names: list[str], device: torch.device) -> dict[str, float]:
-    """Seconds of the first fwd+bwd of each norm on a fresh module (compiles included).
+    """Seconds of the first fwd+bwd of each norm on a fresh module (compiles included, and
+    loading the native kernels; building them too on a cold cache, see ``native_build_s``).
 
     Kernels compiled earlier in this process are reused, so run this first."""
     out = {}
@@ -399,6 +400,11 @@ def machine() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "normzoo_compile": os.environ.get("NORMZOO_COMPILE", "1"),
+        "normzoo_native": os.environ.get("NORMZOO_NATIVE", "1"),
+        # the allocator's settings change CPU timings (page faults of fresh outputs)
+        "allocator_env": {
+            k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "THP_", "LD_PRELOAD"))
+        },
     }
     return meta
 
@@ -490,12 +496,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         flush=True,
                     )
     meta["load_end"] = load()
-    try:
-        from normzoo.norms import _fused
+    from normzoo import _native
+    from normzoo.norms import _fused
 
-        result["kernel_compile_s"] = _fused.compile_times()
-    except ImportError:
-        pass
+    result["kernel_compile_s"] = _fused.compile_times()
+    # building (cold cache) and loading the native libraries: their first-call cost
+    result["native_build_s"] = _native.build_times()
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -25,11 +25,18 @@ scaled to that traffic; **copy fraction** = copy bound / measured time (1.0 = me
 Each norm is timed in training mode (forward without autograd, backward alone, and
 forward + backward) against its `torch.nn` equivalent and against `nn.BatchNorm2d` on the same
 tensor, interleaved in one process (every contender once per round), medians over rounds.
-BatchNorm's default (`impl="fast"`) path sends large (>= 1M elements) contiguous float32
-training inputs to a fused `torch.compile` kernel (forward) and torch's own backward kernel;
-everything else uses torch's native kernels (InstanceNorm through a group-norm kernel with one
-channel per group, except half-precision channels_last inputs). Set `NORMZOO_COMPILE=0` to
-disable compiled kernels.
+
+**Native kernels.** On the CPU, contiguous float32 inputs of BatchNorm, GroupNorm,
+InstanceNorm and channels-first LayerNorm (from 32K elements) run small C kernels
+(`normzoo/_native/*.c`, compiled with the system C compiler on first use in about a second,
+cached in `~/.cache/normzoo`, sharing torch's OpenMP threads). They finish one channel (BN) or
+one (sample, group) row (GN, IN, LN) while it is in the core's cache: the forward reads `x`
+once for shifted one-pass moments and again from cache to write `y`; the backward reads `x`
+and `dy` once for its two sums and again from cache to write `dx`. torch's BatchNorm makes
+more passes over memory, and its InstanceNorm is a reshaped batch norm; InstanceNorm here is
+the row kernel with one channel per group. Everything else (half precision, channels_last,
+small inputs, CUDA) uses torch's kernels, as does any machine where the kernels cannot be
+built (one warning). `NORMZOO_NATIVE=0` turns them off.
 
 The wider zoo's default paths compile nothing: each is its reference math written as a few
 native kernels with a hand-written backward (`normzoo/norms/_kernels.py`: per-row statistics
@@ -40,11 +47,13 @@ channel around their elementwise parts; EvoNorm-B0's quotient has its own backwa
 runs torch's BN kernel per virtual batch, FrozenBatchNorm its inference kernel, and
 SyncBatchNorm outside a process group is BatchNorm.
 
-**Read the numbers with care.** They were measured on a 2-core VM shared with other
-engineers' test and training runs (load averages are recorded with each run, and per row in
-the JSON). Rows where normzoo and torch run *the same kernel* (LayerNorm, GroupNorm, and
-BatchNorm below 1M elements) scatter by +-10-70% around 1.0; only differences well beyond that
-(InstanceNorm, BatchNorm on the largest shape) are signal. The JSON also keeps each row's
+**Read the numbers with care.** They were measured on a 2-core VM (load averages are
+recorded with each run, and per row in the JSON). On the CPU a large part of each call is the
+page faults of fresh output tensors (`y`, `dx`): glibc returns freed memory to the system and
+both contenders pay to get it back, which shrinks every ratio towards 1. A faster allocator
+(`LD_PRELOAD` of jemalloc or tcmalloc, or `MALLOC_MMAP_THRESHOLD_`/`MALLOC_TRIM_THRESHOLD_`
+set high), as the PyTorch CPU tuning guide advises, widens the gaps; the run's `allocator_env`
+is recorded in the JSON. The JSON also keeps each row's
 fastest round (`fwdbwd_min_ms`, `torch_fwdbwd_min_ms`), a second opinion less sensitive to load.
 """
 
@@ -186,9 +195,14 @@ def page(data: dict[str, Any], json_path: str, plot_rel: str | None, level: int 
         parts.append(f"{h} First call (compile included)\n")
         parts.append(
             "Seconds of the first forward + backward of a fresh module on (32, 64, 32, 32) "
-            "in a fresh process; compiled kernels are cached on disk by inductor, so a second "
-            "process pays less.\n"
+            "in a fresh process (loading the native kernels included).\n"
         )
+        if data.get("native_build_s"):
+            parts.append(
+                "Building (on a cold cache) and loading each native library, seconds: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in data["native_build_s"].items())
+                + ".\n"
+            )
         for device, times in data["compile_s"].items():
             parts.append(
                 "\n".join(f"- {device} {norm}: {sec:.2f} s" for norm, sec in times.items()) + "\n"

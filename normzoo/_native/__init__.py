@@ -38,12 +38,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 
 import torch
 
-__all__ = ["available", "cache_dir", "load", "native_enabled", "set_enabled"]
+__all__ = ["available", "build_times", "cache_dir", "load", "native_enabled", "set_enabled"]
 
 _ENV = "NORMZOO_NATIVE"
 _SRC = Path(__file__).parent
@@ -52,6 +53,8 @@ _switch = True
 _lock = threading.Lock()
 #: name -> loaded library, or None where building or loading failed (not retried).
 _libs: dict[str, ctypes.CDLL | None] = {}
+#: name -> seconds this process spent building (0 when found in the cache) and loading it.
+_load_seconds: dict[str, float] = {}
 
 P = ctypes.c_void_p
 I64 = ctypes.c_int64
@@ -169,8 +172,10 @@ def load(name: str) -> ctypes.CDLL | None:
         return _libs[name]
     with _lock:
         if name not in _libs:
+            start = time.perf_counter()
             try:
                 _libs[name] = _build(name)
+                _load_seconds[name] = time.perf_counter() - start
             except Exception as err:  # no compiler, compile error, unwritable cache, ...
                 _libs[name] = None
                 first = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -181,6 +186,12 @@ def load(name: str) -> ctypes.CDLL | None:
                     stacklevel=2,
                 )
     return _libs[name]
+
+
+def build_times() -> dict[str, float]:
+    """``{library: seconds}`` this process spent building (on a cold cache) and loading each
+    native library: the first-call cost of the native kernels."""
+    return dict(_load_seconds)
 
 
 def available(name: str) -> bool:
