@@ -52,7 +52,7 @@ class _NativeGroupNorm(torch.autograd.Function):
         w = None if weight is None else weight.detach()
         b = None if bias is None else bias.detach()
         y, mean, rstd, var = _kernels.row_norm_forward_unchecked(x.detach(), groups, w, b, eps)
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.save_for_backward(x, weight, mean, rstd)
         ctx.groups = groups
         ctx.eps = eps
         ctx.mark_non_differentiable(mean, var)
@@ -62,15 +62,18 @@ class _NativeGroupNorm(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, dy: Tensor, _dmean: Tensor, _dvar: Tensor
     ) -> tuple[Tensor | None, None, Tensor | None, Tensor | None, None]:
-        x, weight, bias, mean, rstd = ctx.saved_tensors
+        x, weight, mean, rstd = ctx.saved_tensors
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3])
         if torch.is_grad_enabled():
             # create_graph=True: torch's group norm again, differentiated with a graph (its
-            # own double backward, as torch.nn.GroupNorm gives)
-            inputs = [t for t, need in zip((x, weight, bias), needs, strict=True) if need]
-            y = F.group_norm(x, ctx.groups, weight, bias, ctx.eps)
-            grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=True))
-            dx, dw, db = (next(grads) if need else None for need in needs)
+            # own double backward, as torch.nn.GroupNorm gives). The bias only shifts y.
+            inputs = [t for t, need in zip((x, weight), needs[:2], strict=True) if need]
+            grads = iter(())
+            if inputs:
+                y = F.group_norm(x, ctx.groups, weight, None, ctx.eps)
+                grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=True))
+            dx, dw = (next(grads) if need else None for need in needs[:2])
+            db = dy.sum([0, *range(2, dy.dim())]) if needs[2] else None
             return dx, None, dw, db, None
         w = None if weight is None else weight.detach()
         dx, dw, db = _kernels.row_norm_backward_unchecked(
