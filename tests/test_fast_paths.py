@@ -187,7 +187,7 @@ def test_native_gradients_equal_float64_autograd(affine):
 
     def run(xx, ww=None, bb=None, native=True):
         if native:
-            return batch_mod._NativeBatchNorm.apply(xx, ww, bb, 1e-5)[0]
+            return batch_mod._NativeBatchNorm.apply(xx, ww, bb, 1e-5, False)[0]
         return normzoo.functional.batch_norm(xx, None, None, ww, bb, training=True, eps=1e-5)[0]
 
     y32 = run(*leaves32)
@@ -344,6 +344,24 @@ def test_rows_with_native_kernels_disabled_still_equal_torch(monkeypatch, name):
     assert not rownorm_mod.use_native_row_norm(torch.empty(4, 8, 5, 5))
     ours, ref = _row_pair(name, 8, 4)
     check_fwd_bwd(ours, ref, torch.randn(4, 8, 5, 5))
+
+
+@pytest.mark.usefixtures("native_everywhere")
+@pytest.mark.parametrize("name", ["bn", "gn", "in", "ln"])
+@pytest.mark.parametrize("trainable", ["weight", "bias"])
+def test_native_gradient_reaches_the_only_trainable_parameter(name, trainable):
+    # x needs no gradient and one affine parameter is frozen: the other still gets its own
+    ours, ref = _pair(4) if name == "bn" else _row_pair(name, 6 if name != "gn" else 8, 2)
+    frozen = "bias" if trainable == "weight" else "weight"
+    for m in (ours, ref):
+        getattr(m, frozen).requires_grad_(False)
+    x = torch.randn(4, ours.num_features, 5, 5)
+    ours(x).pow(2).sum().backward()
+    ref(x).pow(2).sum().backward()
+    got, want = getattr(ours, trainable).grad, getattr(ref, trainable).grad
+    assert got is not None
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert getattr(ours, frozen).grad is None
 
 
 # -- switches and fallbacks ------------------------------------------------------------------

@@ -10,7 +10,7 @@
  *   forward:  y = (x - mean) * invstd * w + b,  invstd = 1 / sqrt(var + eps), var biased
  *   backward: dx = w invstd (dy - mean(dy) - xhat mean(dy xhat)),
  *             dw = sum(dy xhat), db = sum(dy),  xhat = (x - mean) invstd
- * Any of w, b (forward) and dx, dw, db (backward) may be NULL.
+ * Any of w, b, var (forward) and dx, dw, db (backward) may be NULL.
  */
 #include <math.h>
 #include <stddef.h>
@@ -78,7 +78,7 @@ void nz_bn_forward(const float *x, const float *w, const float *b, float *y, flo
       shift[j] = (b ? b[c] : 0.f) - m[j] * scale[j];
       mean_out[c] = m[j];
       invstd_out[c] = inv;
-      var_out[c] = (float)var;
+      if (var_out) var_out[c] = (float)var;
     }
     for (int64_t n = 0; n < N; ++n)
       for (int64_t j = 0; j < k; ++j) {

@@ -51,26 +51,48 @@ def _sizes(x: Tensor) -> tuple[int, int, int]:
     return n, c, x.numel() // max(n * c, 1)
 
 
+# The forward kernels write mean and inverse std into one buffer (pointer offsets instead of
+# separate tensors): at small sizes a call's fixed cost is mostly allocations and views.
+_F32 = 4  # bytes per float32
+
+
+def _grads(
+    x: Tensor, c: int, needs: tuple[bool, bool, bool]
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Uninitialized ``dx``, ``dweight``, ``dbias`` where needed."""
+    return (
+        torch.empty_like(x) if needs[0] else None,
+        x.new_empty(c) if needs[1] else None,
+        x.new_empty(c) if needs[2] else None,
+    )
+
+
 # -- batch norm: statistics per channel over (N, L) -------------------------------------------
 def batch_norm_forward(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Training batch norm of ``x`` ``(N, C, *)``: ``(y, mean, invstd, var)``, biased var."""
     _check(x, weight, bias)
-    return batch_norm_forward_unchecked(x, weight, bias, eps)
+    y, stats, var = batch_norm_forward_unchecked(x, weight, bias, eps, True)
+    assert var is not None
+    return y, stats[0], stats[1], var
 
 
 def batch_norm_forward_unchecked(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, want_var: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(y, stats, var)``: ``stats`` ``(2, C)`` mean and inverse std, ``var`` the biased
+    variance ``(C,)`` if ``want_var``, else ``None``."""
     n, c, length = _sizes(x)
     y = torch.empty_like(x)
-    mean, invstd, var = x.new_empty(3, c).unbind(0)
+    stats = x.new_empty(2, c)
+    var = x.new_empty(c) if want_var else None
+    p = stats.data_ptr()
     _fn("batch_norm", "nz_bn_forward")(
-        x.data_ptr(), _ptr(weight), _ptr(bias), y.data_ptr(), mean.data_ptr(),
-        invstd.data_ptr(), var.data_ptr(), n, c, length, eps, threads(),
+        x.data_ptr(), _ptr(weight), _ptr(bias), y.data_ptr(), p, p + c * _F32, _ptr(var),
+        n, c, length, eps, threads(),
     )  # fmt: skip
-    return y, mean, invstd, var
+    return y, stats, var
 
 
 def batch_norm_backward(
@@ -84,24 +106,23 @@ def batch_norm_backward(
     """Gradients ``(dx, dweight, dbias)`` of training batch norm (``None`` where not needed)."""
     dy = dy.contiguous()
     _check(dy, x, weight, mean, invstd)
-    return batch_norm_backward_unchecked(dy, x, weight, mean, invstd, needs)
+    return batch_norm_backward_unchecked(dy, x, weight, torch.stack([mean, invstd]), needs)
 
 
 def batch_norm_backward_unchecked(
     dy: Tensor,
     x: Tensor,
     weight: Tensor | None,
-    mean: Tensor,
-    invstd: Tensor,
+    stats: Tensor,
     needs: tuple[bool, bool, bool],
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``stats``: the forward's, mean and inverse std in its first two rows."""
     n, c, length = _sizes(x)
-    dx = torch.empty_like(x) if needs[0] else None
-    dw = x.new_empty(c) if needs[1] else None
-    db = x.new_empty(c) if needs[2] else None
+    dx, dw, db = _grads(x, c, needs)
+    p = stats.data_ptr()
     _fn("batch_norm", "nz_bn_backward")(
-        dy.data_ptr(), x.data_ptr(), _ptr(weight), mean.data_ptr(), invstd.data_ptr(),
-        _ptr(dx), _ptr(dw), _ptr(db), n, c, length, threads(),
+        dy.data_ptr(), x.data_ptr(), _ptr(weight), p, p + c * _F32, _ptr(dx), _ptr(dw),
+        _ptr(db), n, c, length, threads(),
     )  # fmt: skip
     return dx, dw, db
 
@@ -115,20 +136,26 @@ def row_norm_forward(
     _check(x, weight, bias)
     if x.dim() < 2 or x.shape[1] % groups:
         raise ValueError(f"groups={groups} must divide the channels of x {tuple(x.shape)}")
-    return row_norm_forward_unchecked(x, groups, weight, bias, eps)
+    y, stats, var = row_norm_forward_unchecked(x, groups, weight, bias, eps, True)
+    assert var is not None
+    return y, stats[0], stats[1], var
 
 
 def row_norm_forward_unchecked(
-    x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None, eps: float, want_var: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(y, stats, var)``: ``stats`` ``(2, N, groups)`` mean and rstd, ``var`` the biased
+    variance ``(N, groups)`` if ``want_var``, else ``None``."""
     n, c, length = _sizes(x)
     y = torch.empty_like(x)
-    mean, rstd, var = x.new_empty(3, n, groups).unbind(0)
+    stats = x.new_empty(2, n, groups)
+    var = x.new_empty(n, groups) if want_var else None
+    p = stats.data_ptr()
     _fn("row_norm", "nz_row_forward")(
-        x.data_ptr(), _ptr(weight), _ptr(bias), y.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
-        var.data_ptr(), n, groups, c // groups, length, eps, threads(),
+        x.data_ptr(), _ptr(weight), _ptr(bias), y.data_ptr(), p, p + n * groups * _F32,
+        _ptr(var), n, groups, c // groups, length, eps, threads(),
     )  # fmt: skip
-    return y, mean, rstd, var
+    return y, stats, var
 
 
 def row_norm_backward(
@@ -144,7 +171,7 @@ def row_norm_backward(
     needed)."""
     dy = dy.contiguous()
     _check(dy, x, weight, mean, rstd)
-    return row_norm_backward_unchecked(dy, x, groups, weight, mean, rstd, needs)
+    return row_norm_backward_unchecked(dy, x, groups, weight, torch.stack([mean, rstd]), needs)
 
 
 def row_norm_backward_unchecked(
@@ -152,17 +179,16 @@ def row_norm_backward_unchecked(
     x: Tensor,
     groups: int,
     weight: Tensor | None,
-    mean: Tensor,
-    rstd: Tensor,
+    stats: Tensor,
     needs: tuple[bool, bool, bool],
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``stats``: the forward's, mean and rstd in its first two rows."""
     n, c, length = _sizes(x)
-    dx = torch.empty_like(x) if needs[0] else None
-    dw = x.new_empty(c) if needs[1] else None
-    db = x.new_empty(c) if needs[2] else None
+    dx, dw, db = _grads(x, c, needs)
     partial = x.new_empty(2, n, c)
+    p = stats.data_ptr()
     _fn("row_norm", "nz_row_backward")(
-        dy.data_ptr(), x.data_ptr(), _ptr(weight), mean.data_ptr(), rstd.data_ptr(), _ptr(dx),
+        dy.data_ptr(), x.data_ptr(), _ptr(weight), p, p + n * groups * _F32, _ptr(dx),
         _ptr(dw), _ptr(db), partial.data_ptr(), n, groups, c // groups, length, threads(),
     )  # fmt: skip
     return dx, dw, db

@@ -11,7 +11,7 @@
  *   backward: xhat = (x - mean) rstd,  dxhat = w[c] dy,
  *             dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))   (means over the row)
  *             dw[c] = sum_{n, l} dy xhat,  db[c] = sum_{n, l} dy
- * w, b (forward) and dx, dw, db (backward) may be NULL.
+ * w, b, var (forward) and dx, dw, db (backward) may be NULL.
  */
 #include <math.h>
 #include <stddef.h>
@@ -68,7 +68,7 @@ void nz_row_forward(const float *x, const float *w, const float *b, float *y, fl
     }
     mean_out[r] = m;
     rstd_out[r] = rstd;
-    var_out[r] = (float)var;
+    if (var_out) var_out[r] = (float)var;
   }
 }
 

@@ -41,28 +41,35 @@ def use_native_row_norm(x: Tensor, weight: Tensor | None = None) -> bool:
 
 
 class _NativeGroupNorm(torch.autograd.Function):
-    """Group norm through the native kernels; saves ``x``, ``weight``, mean and rstd, as
-    torch's group norm does. Under ``create_graph=True`` the backward differentiates torch's
-    group norm with a graph instead, so double backward works."""
+    """Group norm through the native kernels. Returns ``(y, stats, var)``: ``stats``
+    ``(2, N, G)`` is the mean and rstd, ``var`` the biased variance ``(N, G)`` when
+    ``want_var``, else ``None``; neither is differentiable. Saves ``x``, ``weight`` and
+    ``stats``, as torch's group norm does. Under ``create_graph=True`` the backward
+    differentiates torch's group norm with a graph instead, so double backward works."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        w = None if weight is None else weight.detach()
-        b = None if bias is None else bias.detach()
-        y, mean, rstd, var = _kernels.row_norm_forward_unchecked(x.detach(), groups, w, b, eps)
-        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx: Any,
+        x: Tensor,
+        groups: int,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        eps: float,
+        want_var: bool,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        # grad mode is off in here: the kernels read the tensors' memory directly
+        y, stats, var = _kernels.row_norm_forward_unchecked(x, groups, weight, bias, eps, want_var)
+        ctx.save_for_backward(x, weight, stats)
         ctx.groups = groups
         ctx.eps = eps
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+        ctx.mark_non_differentiable(stats, *(() if var is None else (var,)))
+        return y, stats, var
 
     @staticmethod
     def backward(  # type: ignore[override]
-        ctx: Any, dy: Tensor, _dmean: Tensor, _dvar: Tensor
-    ) -> tuple[Tensor | None, None, Tensor | None, Tensor | None, None]:
-        x, weight, mean, rstd = ctx.saved_tensors
+        ctx: Any, dy: Tensor, *_: Any
+    ) -> tuple[Tensor | None, None, Tensor | None, Tensor | None, None, None]:
+        x, weight, stats = ctx.saved_tensors
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3])
         if torch.is_grad_enabled():
             # create_graph=True: torch's group norm again, differentiated with a graph (its
@@ -74,22 +81,36 @@ class _NativeGroupNorm(torch.autograd.Function):
                 grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=True))
             dx, dw = (next(grads) if need else None for need in needs[:2])
             db = dy.sum([0, *range(2, dy.dim())]) if needs[2] else None
-            return dx, None, dw, db, None
-        w = None if weight is None else weight.detach()
+            return dx, None, dw, db, None, None
         dx, dw, db = _kernels.row_norm_backward_unchecked(
-            dy.contiguous(), x.detach(), ctx.groups, w, mean, rstd, needs
+            dy.contiguous(), x, ctx.groups, weight, stats, needs
         )
-        return dx, None, dw, db, None
+        return dx, None, dw, db, None, None
 
 
 def native_group_norm(
-    x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
-) -> tuple[Tensor, Tensor, Tensor]:
+    x: Tensor,
+    groups: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    want_stats: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     r"""``torch.nn.functional.group_norm`` on the native kernels (see
-    :func:`use_native_row_norm`), returning ``(y, mean, var)``: the per (sample, group)
-    statistics ``(N, groups)``, ``var`` biased, without gradient.
+    :func:`use_native_row_norm`), returning ``(y, mean, var)``: with ``want_stats`` the per
+    (sample, group) mean and biased variance ``(N, groups)``, without gradient; else ``None``.
 
-    .. math:: y = \gamma_c \frac{x - \mathrm{E}_{n,g}[x]}{\sqrt{\mathrm{Var}_{n,g}[x] + \epsilon}}
-              + \beta_c
+    .. math:: y = \gamma_c \frac{x - \mathrm{E}_{n,g}[x]}{\sqrt{\mathrm{Var}_{n,g}[x]
+              + \epsilon}} + \beta_c
     """
-    return _NativeGroupNorm.apply(x, groups, weight, bias, eps)
+    if torch.is_grad_enabled() and _needs_grad(x, weight, bias):
+        y, stats, var = _NativeGroupNorm.apply(x, groups, weight, bias, eps, want_stats)
+    else:  # nothing to differentiate: skip autograd.Function's fixed cost
+        y, stats, var = _kernels.row_norm_forward_unchecked(
+            x, groups, weight, bias, eps, want_stats
+        )
+    return y, (stats[0] if want_stats else None), var
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return any(t is not None and t.requires_grad for t in tensors)

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from normzoo import _native, functional
 from normzoo._native import kernels as _kernels
+from normzoo.norms._rownorm import _needs_grad
 from normzoo.norms.base import Norm, check_momentum
 
 #: Dispatch of the training forward and backward (measured with ``scripts/bench.py`` on a
@@ -27,40 +28,45 @@ NATIVE_DTYPES: tuple[torch.dtype, ...] = (torch.float32,)
 class _NativeBatchNorm(torch.autograd.Function):
     """Training-mode batch norm through the native kernels (forward and backward).
 
-    Saves what torch's kernel saves (``x``, ``weight``, mean, inverse std), so the memory of a
-    training step does not grow. Under ``create_graph=True`` the backward runs torch's
-    differentiable ``native_batch_norm_backward`` instead, so double backward works as with
-    ``torch.nn.BatchNorm``.
+    Returns ``(y, stats, var)``: ``stats`` ``(2, C)`` is the batch mean and inverse std, ``var``
+    the biased batch variance when ``want_var`` (for the running statistics), else ``None``;
+    neither is differentiable. Saves ``x``, ``weight`` and ``stats``, less than torch's kernel
+    saves, so the memory of a training step does not grow. Under ``create_graph=True`` the
+    backward runs torch's differentiable ``native_batch_norm_backward``, so double backward
+    works as with ``torch.nn.BatchNorm``.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        w = None if weight is None else weight.detach()
-        b = None if bias is None else bias.detach()
-        y, mean, invstd, var = _kernels.batch_norm_forward_unchecked(x.detach(), w, b, eps)
-        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        eps: float,
+        want_var: bool,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        # grad mode is off in here: the kernels read the tensors' memory directly
+        y, stats, var = _kernels.batch_norm_forward_unchecked(x, weight, bias, eps, want_var)
+        ctx.save_for_backward(x, weight, stats)
         ctx.eps = eps
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+        ctx.mark_non_differentiable(stats, *(() if var is None else (var,)))
+        return y, stats, var
 
     @staticmethod
     def backward(  # type: ignore[override]
-        ctx: Any, dy: Tensor, _dmean: Tensor, _dvar: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
-        x, weight, mean, invstd = ctx.saved_tensors
+        ctx: Any, dy: Tensor, *_: Any
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+        x, weight, stats = ctx.saved_tensors
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
             dx, dw, db = torch.ops.aten.native_batch_norm_backward(
-                dy, x, weight, None, None, mean, invstd, True, ctx.eps, list(needs)
+                dy, x, weight, None, None, stats[0], stats[1], True, ctx.eps, list(needs)
             )
-            return dx, dw, db, None
-        w = None if weight is None else weight.detach()
+            return dx, dw, db, None, None
         dx, dw, db = _kernels.batch_norm_backward_unchecked(
-            dy.contiguous(), x.detach(), w, mean, invstd, needs
+            dy.contiguous(), x, weight, stats, needs
         )
-        return dx, dw, db, None
+        return dx, dw, db, None, None
 
 
 def use_native_batch_stats(x: Tensor, weight: Tensor | None = None) -> bool:
@@ -183,11 +189,17 @@ class BatchNorm(Norm):
         return y
 
     def _native_forward(self, x: Tensor, factor: float) -> Tensor:
-        y, mean, var = _NativeBatchNorm.apply(x, self.weight, self.bias, self.eps)
-        if self.training and self.track_running_stats:
+        update = self.training and self.track_running_stats
+        if torch.is_grad_enabled() and _needs_grad(x, self.weight, self.bias):
+            y, stats, var = _NativeBatchNorm.apply(x, self.weight, self.bias, self.eps, update)
+        else:  # nothing to differentiate: skip autograd.Function's fixed cost
+            y, stats, var = _kernels.batch_norm_forward_unchecked(
+                x, self.weight, self.bias, self.eps, update
+            )
+        if update:
             m = x.numel() // x.shape[1]
             with torch.no_grad():  # in place, as torch: running = (1 - f) running + f batch
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+                self.running_mean.lerp_(stats[0].to(self.running_mean.dtype), factor)
                 unbiased = var.to(self.running_var.dtype) * (m / max(m - 1, 1))
                 self.running_var.lerp_(unbiased, factor)
         return y

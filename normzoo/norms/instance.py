@@ -113,8 +113,11 @@ class InstanceNorm(Norm):
         if use_native_row_norm(x, self.weight):
             # The native group-norm kernel with one channel per group; its per (n, c)
             # statistics feed the running averages (no second pass over x).
-            y, mean, var = native_group_norm(x, self.num_features, self.weight, self.bias, self.eps)
+            y, mean, var = native_group_norm(
+                x, self.num_features, self.weight, self.bias, self.eps, want_stats=update
+            )
             if update:
+                assert mean is not None and var is not None
                 self._update_running_stats(mean, var, x[0, 0].numel(), factor)
             return y
         if update:
