@@ -76,6 +76,16 @@ SIGNATURES: dict[str, dict[str, list]] = {
         # dy, x, weight, mean, rstd, dx, dweight, dbias, partial, N, G, Cg, L, threads
         "nz_row_backward": [P, P, P, P, P, P, P, P, P, I64, I64, I64, I64, INT],
     },
+    "zoo": {
+        # x, mean, var, N, C, L, channels_last, threads
+        "nz_row_stats": [P, P, P, I64, I64, I64, INT, INT],
+        # op, x, params, y, N, C, L, channels_last, threads
+        "nz_map_forward": [INT, P, P, P, I64, I64, I64, INT, INT],
+        # op, dy, x, params, grads, N, C, L, channels_last, threads
+        "nz_map_sums": [INT, P, P, P, P, I64, I64, I64, INT, INT],
+        # op, dy, x, params, mean, k1, k0, dx, N, C, L, channels_last, threads
+        "nz_map_dx": [INT, P, P, P, P, P, P, P, I64, I64, I64, INT, INT],
+    },
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from typing import Any
 
 import torch
@@ -9,7 +11,9 @@ from torch import Tensor, nn
 
 from normzoo import functional
 from normzoo.functional._stats import compute_dtype
+from normzoo._native import zoo_kernels
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view, scale_shift
+from normzoo.norms._row_map import row_map, use_row_map
 from normzoo.norms.base import Norm
 from normzoo.norms.batch import BatchNorm
 from normzoo.norms.group import resolve_groups
@@ -67,6 +71,64 @@ class _B0Quotient(torch.autograd.Function):
         ds_i = (sum_u * -0.5).view(n, c, 1)
         ds_b = (sum_u.view(n, c).sum(0) * 0.5 - t.sum(dim=(0, 2))).view_as(s_b)
         return dx, dv, ds_i, ds_b
+
+
+def _per_row(p: Tensor | None, n: int, fill: float) -> Tensor:
+    """A per-channel ``(C,)`` parameter (``fill`` where ``None``) as ``(N, C)``."""
+    return p.view(1, -1).expand(n, -1) if p is not None else torch.full((n, 1), fill)
+
+
+def _b0_params(
+    mean_i: Tensor,
+    var_i: Tensor,
+    v: Tensor,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    *,
+    eps: float,
+) -> Tensor:
+    """``(N, C, 5)``: ``v``, ``s_i``, ``s_b``, ``w``, ``b`` of ``zoo_kernels.B0`` from the
+    instance statistics ``(N, C)``: ``s_i = sqrt(s^2_{w,h} + eps)``, ``s_b = sqrt(s^2_{b,w,h}
+    + eps)`` with the batch variance combined from the instance ones (Chan et al.'s exact
+    pairwise formula), or from ``running_var`` where given (eval)."""
+    n, c = mean_i.shape
+    if running_var is None:
+        mean_b = mean_i.mean(0, keepdim=True)
+        var_b = var_i.mean(0) + (mean_i - mean_b).square().mean(0)
+    else:
+        var_b = running_var.to(mean_i.dtype)
+    s_i = torch.sqrt(var_i + eps)
+    s_b = torch.sqrt(var_b + eps).view(1, c).expand(n, c)
+    w = _per_row(weight, n, 1.0).to(mean_i).expand(n, c)
+    b = _per_row(bias, n, 0.0).to(mean_i).expand(n, c)
+    return torch.stack([v.to(mean_i.dtype).view(1, c).expand(n, c), s_i, s_b, w, b], dim=2)
+
+
+def _s0_params(
+    mean_c: Tensor,
+    var_c: Tensor,
+    v: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    *,
+    groups: int,
+    eps: float,
+) -> Tensor:
+    """``(N, C, 3)``: ``v``, ``a``, ``b`` of ``zoo_kernels.S0`` from the per-channel row
+    statistics ``(N, C)``: ``a = w / sqrt(s^2_{w,h,c/g} + eps)`` with the group variance
+    combined from the channels' (exact: equal counts), ``b`` the bias."""
+    n, c = mean_c.shape
+    m = mean_c.view(n, groups, -1)
+    mean_g = m.mean(2, keepdim=True)
+    var_g = var_c.view(n, groups, -1).mean(2, keepdim=True) + (m - mean_g).square().mean(
+        2, keepdim=True
+    )
+    a = torch.rsqrt(var_g + eps).expand(n, groups, c // groups).reshape(n, c)
+    if weight is not None:
+        a = a * weight.to(a.dtype).view(1, c)
+    b = _per_row(bias, n, 0.0).to(a).expand(n, c)
+    return torch.stack([v.to(a.dtype).view(1, c).expand(n, c), a, b], dim=2)
 
 
 class EvoNormB0(BatchNorm):
@@ -150,10 +212,33 @@ class EvoNormB0(BatchNorm):
         return y
 
     def _fast_forward(self, x: Tensor, update: bool, factor: float) -> Tensor:
-        """The reference math on native kernels: instance statistics in one pass
+        xf = x.to(compute_dtype(x))
+        if use_row_map(xf):
+            return self._native_forward(x, xf, update, factor)
+        return self._eager_forward(x, xf, update, factor)
+
+    def _native_forward(self, x: Tensor, xf: Tensor, update: bool, factor: float) -> Tensor:
+        """On the native per-row kernels (``row_map``, ``zoo_kernels.B0``): instance
+        statistics, the small per-row parameters, one elementwise pass; any layout kept."""
+        batch = self.training or self.running_var is None
+        fn = partial(_b0_params, eps=self.eps)
+        running = None if batch else self.running_var
+        y, mean_i, var_i = row_map(xf, zoo_kernels.B0, fn, self.v, running, self.weight, self.bias)
+        if update:
+            m = xf.numel() // xf.shape[1]
+            with torch.no_grad():
+                mean_b = mean_i.mean(0, keepdim=True)
+                var_b = var_i.mean(0) + (mean_i - mean_b).square().mean(0)
+                unbiased = var_b * (m / max(m - 1, 1))
+                self.running_var.copy_(
+                    (1 - factor) * self.running_var + factor * unbiased.to(self.running_var)
+                )
+        return y.to(x.dtype)
+
+    def _eager_forward(self, x: Tensor, xf: Tensor, update: bool, factor: float) -> Tensor:
+        """The reference math on torch's kernels: instance statistics in one pass
         (``RowStats``), the batch variance combined from them (Chan et al.'s exact, stable
         pairwise formula), ``v x + sqrt(s^2_{w,h} + eps)`` and the affine in one pass each."""
-        xf = x.to(compute_dtype(x))
         flat, channels_last = row_view(xf)
         n, c, length = flat.shape
         mean_i, var_i = RowStats.apply(flat)  # (N, C)
@@ -243,9 +328,16 @@ class EvoNormS0(Norm):
         )
 
     def _fast_forward(self, x: Tensor) -> Tensor:
-        """The reference math on native kernels: group statistics in one pass
-        (``RowStats``), ``v x`` and ``num / std * w + b`` as one-pass per-row affine maps."""
         xf = x.to(compute_dtype(x))
+        if use_row_map(xf):
+            fn = partial(_s0_params, groups=self.num_groups, eps=self.eps)
+            y, _, _ = row_map(xf, zoo_kernels.S0, fn, self.v, self.weight, self.bias)
+            return y.to(x.dtype)
+        return self._eager_forward(x, xf)
+
+    def _eager_forward(self, x: Tensor, xf: Tensor) -> Tensor:
+        """The reference math on torch's kernels: group statistics in one pass
+        (``RowStats``), ``v x`` and ``num / std * w + b`` as one-pass per-row affine maps."""
         flat, channels_last = row_view(xf)
         n, c, _ = flat.shape
         g = self.num_groups

@@ -2,14 +2,53 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor, nn
 
 from normzoo import functional
 from normzoo.functional._stats import compute_dtype
 from normzoo.functional.switchable import SWITCHABLE_STATISTICS, switchable_statistics
+from normzoo._native import zoo_kernels
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view
+from normzoo.norms._row_map import row_map, use_row_map
 from normzoo.norms.batch import BatchNorm
+
+
+def _switchable_params(
+    mean_in: Tensor,
+    var_in: Tensor,
+    mean_weight: Tensor,
+    var_weight: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    *,
+    eps: float,
+) -> Tensor:
+    """``(N, C, 2)``: ``a``, ``b`` of ``y = a x + b`` from the IN statistics ``(N, C)``; the
+    BN term from the batch, or from ``running_mean``/``running_var`` where given (eval)."""
+    mean, var, _, _ = switchable_statistics(
+        mean_in.unsqueeze(2),
+        var_in.unsqueeze(2),
+        mean_weight,
+        var_weight,
+        running_mean,
+        running_var,
+        training=running_mean is None,
+        momentum=0.0,
+        positions=1,  # unused: no running statistics are updated here
+    )
+    a = torch.rsqrt(var + eps)
+    b = -mean * a
+    if weight is not None:
+        w = weight.to(a.dtype).view(1, -1, 1)
+        a, b = a * w, b * w
+    if bias is not None:
+        b = b + bias.to(b.dtype).view(1, -1, 1)
+    return torch.cat([a, b], dim=2)
 
 
 class SwitchableNorm(BatchNorm):
@@ -97,9 +136,47 @@ class SwitchableNorm(BatchNorm):
         return y
 
     def _fast_forward(self, x: Tensor, update: bool, factor: float) -> Tensor:
+        xf = x.to(compute_dtype(x))
+        if use_row_map(xf):
+            return self._native_forward(x, xf, update, factor)
+        return self._eager_forward(x, xf, update, factor)
+
+    def _native_forward(self, x: Tensor, xf: Tensor, update: bool, factor: float) -> Tensor:
+        """``y = A x + B`` on the native per-row kernels (``row_map``): IN statistics, the
+        mixture on ``(N, C)`` tensors, one affine pass; any layout kept, no copies."""
+        batch = self.training or self.running_mean is None
+        fn = partial(_switchable_params, eps=self.eps)
+        y, mean_in, var_in = row_map(
+            xf,
+            zoo_kernels.AFFINE,
+            fn,
+            self.mean_weight,
+            self.var_weight,
+            self.weight,
+            self.bias,
+            None if batch else self.running_mean,
+            None if batch else self.running_var,
+        )
+        if update:
+            _, _, new_mean, new_var = switchable_statistics(
+                mean_in.unsqueeze(2),
+                var_in.unsqueeze(2),
+                self.mean_weight.detach(),
+                self.var_weight.detach(),
+                self.running_mean,
+                self.running_var,
+                training=True,
+                momentum=factor,
+                positions=xf[0, 0].numel(),
+            )
+            with torch.no_grad():
+                self.running_mean.copy_(new_mean)
+                self.running_var.copy_(new_var)
+        return y.to(x.dtype)
+
+    def _eager_forward(self, x: Tensor, xf: Tensor, update: bool, factor: float) -> Tensor:
         """The reference math as ``y = A x + B`` per sample and channel: IN statistics in one
         native pass (``RowStats``), the mixture on ``(N, C)`` tensors, one affine pass."""
-        xf = x.to(compute_dtype(x))
         flat, channels_last = row_view(xf)
         mean_in, var_in = RowStats.apply(flat)
         mean, var, new_mean, new_var = switchable_statistics(

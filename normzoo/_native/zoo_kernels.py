@@ -1,0 +1,111 @@
+"""Python entry points of the zoo's native per-row kernels (``zoo.c``): layout checks, outputs
+allocated with torch, pointers handed to C.
+
+Every function takes an ``(N, C, L)`` float32 CPU tensor in one of two layouts: contiguous
+(rows of ``L``), or channels_last, strides ``(L C, 1, C)`` (the ``(N, C, L)`` view of a
+channels_last ``(N, C, H, W)`` or channels_last_3d tensor). Per-row tensors (statistics,
+parameters) are contiguous ``(N, C)`` or ``(N, C, P)``. Outputs take the input's layout.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from normzoo._native import load, threads
+
+__all__ = ["AFFINE", "B0", "NPARAMS", "S0", "layout", "map_dx", "map_forward", "map_sums"]
+
+#: The elementwise maps of ``zoo.c`` (``op``) and their parameter counts per row.
+AFFINE, B0, S0 = 0, 1, 2
+NPARAMS = {AFFINE: 2, B0: 5, S0: 3}
+
+
+def layout(x: Tensor) -> int | None:
+    """0 for a contiguous ``(N, C, L)`` tensor, 1 for a channels_last one (strides
+    ``(L C, 1, C)``), ``None`` for anything else (the kernels do not take it)."""
+    if x.dim() != 3:
+        return None
+    if x.is_contiguous():
+        return 0
+    n, c, length = x.shape
+    return 1 if x.stride() == (length * c, 1, c) else None
+
+
+def _lib():
+    lib = load("zoo")
+    if lib is None:
+        raise RuntimeError("the native zoo kernels are unavailable")
+    return lib
+
+
+def _check(x: Tensor, *small: Tensor | None) -> int:
+    if x.device.type != "cpu" or x.dtype != torch.float32 or layout(x) is None:
+        raise ValueError(
+            "native zoo kernels take float32 CPU (N, C, L) tensors, contiguous or "
+            f"channels_last, got {x.dtype} on {x.device} with shape {tuple(x.shape)} and "
+            f"strides {x.stride()}"
+        )
+    for t in small:
+        if t is not None and (t.dtype != torch.float32 or not t.is_contiguous()):
+            raise ValueError(f"native zoo kernels take contiguous float32 rows, got {t.dtype}")
+    return int(layout(x))  # type: ignore[arg-type]
+
+
+def _like(x: Tensor, t: Tensor) -> Tensor:
+    """``t`` with ``x``'s strides (a copy only where they differ)."""
+    return t if t.stride() == x.stride() else torch.empty_like(x).copy_(t)
+
+
+def row_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance of every ``(n, c)`` row: two ``(N, C)`` tensors."""
+    cl = _check(x)
+    n, c, length = x.shape
+    stats = x.new_empty(2, n, c)
+    _lib().nz_row_stats(x.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr(), n, c, length, cl,
+                        threads())  # fmt: skip
+    return stats[0], stats[1]
+
+
+def map_forward(op: int, x: Tensor, params: Tensor) -> Tensor:
+    """``y = f_op(x; params[n, c])`` (see ``zoo.c``), in ``x``'s layout."""
+    cl = _check(x, params)
+    n, c, length = x.shape
+    y = torch.empty_like(x)
+    _lib().nz_map_forward(op, x.data_ptr(), params.data_ptr(), y.data_ptr(), n, c, length, cl,
+                          threads())  # fmt: skip
+    return y
+
+
+def map_sums(op: int, dy: Tensor, x: Tensor, params: Tensor) -> Tensor:
+    """``dL/dparams`` ``(N, C, P)``: the per-row sums of ``dy df_op/dp``."""
+    cl = _check(x, params)
+    dy = _like(x, dy)
+    n, c, length = x.shape
+    grads = x.new_empty(n, c, NPARAMS[op])
+    _lib().nz_map_sums(op, dy.data_ptr(), x.data_ptr(), params.data_ptr(), grads.data_ptr(),
+                       n, c, length, cl, threads())  # fmt: skip
+    return grads
+
+
+def map_dx(
+    op: int,
+    dy: Tensor,
+    x: Tensor,
+    params: Tensor,
+    mean: Tensor | None = None,
+    k1: Tensor | None = None,
+    k0: Tensor | None = None,
+) -> Tensor:
+    """``dx = dy df_op/dx + k1 (x - mean) + k0`` (per-row ``k1``, ``k0``, ``mean``; the last
+    two terms are left out where ``k1`` is ``None``), in ``x``'s layout."""
+    cl = _check(x, params, mean, k1, k0)
+    if k1 is not None and (mean is None or k0 is None):
+        raise ValueError("map_dx needs mean, k1 and k0 together")
+    dy = _like(x, dy)
+    n, c, length = x.shape
+    dx = torch.empty_like(x)
+    ptr = [None if t is None else t.data_ptr() for t in (mean, k1, k0)]
+    _lib().nz_map_dx(op, dy.data_ptr(), x.data_ptr(), params.data_ptr(), *ptr, dx.data_ptr(),
+                     n, c, length, cl, threads())  # fmt: skip
+    return dx
