@@ -28,7 +28,7 @@ def layout(x: Tensor) -> int | None:
         return None
     if x.is_contiguous():
         return 0
-    n, c, length = x.shape
+    _, c, length = x.shape
     return 1 if x.stride() == (length * c, 1, c) else None
 
 

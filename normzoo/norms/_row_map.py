@@ -8,8 +8,9 @@ passes are native and take contiguous or channels_last inputs as they are (no co
 output keeps the layout):
 
 * forward: statistics (read ``x``), then the map (read ``x``, write ``y``);
-* backward: the per-row sums ``dL/dp`` (read ``dy``, ``x``); autograd through the small graph
-  gives ``dL/dmean``, ``dL/dvar`` and the learned parameters' gradients; then
+* backward: the per-row sums ``dL/dp`` (read ``dy``, ``x``); the small graph's hand-written
+  backward (:class:`RowNormSpec`) gives ``dL/dmean``, ``dL/dvar`` and the learned
+  parameters' gradients; then
   ``dx = dy df/dx + dL/dvar 2 (x - mean) / L + dL/dmean / L`` in one pass (read ``dy``, ``x``,
   write ``dx``). Autograd on two separate functions would add a full-size gradient and its sum.
 
@@ -19,7 +20,6 @@ ops and differentiates that, so double backward is exact.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,10 +28,38 @@ from torch import Tensor
 from normzoo import _native
 from normzoo._native import zoo_kernels
 
-__all__ = ["ParamsFn", "row_map", "use_row_map"]
+__all__ = ["RowNormSpec", "row_map", "use_row_map"]
 
-#: ``(mean, var, *inputs) -> params``: ``(N, C)`` statistics to ``(N, C, P)`` parameters.
-ParamsFn = Callable[..., Tensor]
+
+class RowNormSpec:
+    """The small graph of one per-row norm, for one call: statistics to parameters, and its
+    hand-written backward (a few ops on ``(N, C)`` tensors; autograd's engine on such a graph
+    costs more than the full-size native passes at conv sizes).
+
+    Subclasses set ``op`` (a map of ``zoo_kernels``) and write :meth:`params` in
+    differentiable torch ops (used as is, with autograd, under ``create_graph=True``) and
+    :meth:`backward`. :meth:`params` may keep small tensors on ``self`` for :meth:`backward`
+    and for the caller (running statistics).
+    """
+
+    op: int
+
+    def params(self, mean: Tensor, var: Tensor, *inputs: Tensor | None) -> Tensor:
+        """``(N, C, P)`` parameters of the map from the ``(N, C)`` row statistics."""
+        raise NotImplementedError
+
+    def backward(
+        self,
+        sums: Tensor,
+        mean: Tensor,
+        var: Tensor,
+        inputs: tuple[Tensor | None, ...],
+        needs: tuple[bool, ...],
+    ) -> tuple[Tensor | None, Tensor | None, list[Tensor | None]]:
+        """``(dmean, dvar, dinputs)`` from ``sums`` = dL/dparams ``(N, C, P)``; ``needs``
+        says which inputs want a gradient (``None`` where not). ``dmean``/``dvar`` may be
+        ``None`` (zero)."""
+        raise NotImplementedError
 
 
 def use_row_map(x: Tensor) -> bool:
@@ -71,72 +99,59 @@ class _RowMap(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, op: int, fn: ParamsFn, *inputs: Tensor | None
+        ctx: Any, x: Tensor, spec: RowNormSpec, *inputs: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         mean, var = zoo_kernels.row_stats(x)
-        if any(ctx.needs_input_grad):
-            # Keep the small graph from (mean, var, inputs) to params for the backward.
-            with torch.enable_grad():
-                leaves = [mean.clone().requires_grad_(), var.clone().requires_grad_()]
-                leaves += [
-                    t.detach().requires_grad_() if t is not None and t.requires_grad else t
-                    for t in inputs
-                ]
-                graph = fn(*leaves)
-            ctx.small = (graph, leaves)
-            params = graph.detach()
-        else:
-            params = fn(mean, var, *inputs)
-        params = params.contiguous()
-        y = zoo_kernels.map_forward(op, x, params)
-        ctx.save_for_backward(x, params, mean, *inputs)
-        ctx.op, ctx.fn = op, fn
+        params = spec.params(mean, var, *inputs).contiguous()
+        y = zoo_kernels.map_forward(spec.op, x, params)
+        ctx.save_for_backward(x, params, mean, var, *inputs)
+        ctx.spec = spec
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor, _dmean: Tensor, _dvar: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        x, params, mean, *inputs = ctx.saved_tensors
-        wanted = [i for i, t in enumerate(inputs) if ctx.needs_input_grad[3 + i]]
+        x, params, mean, var, *inputs = ctx.saved_tensors
+        spec: RowNormSpec = ctx.spec
+        needs = tuple(ctx.needs_input_grad[2:])
         if torch.is_grad_enabled():  # create_graph=True: differentiate the torch math
-            return _RowMap._differentiable_backward(ctx, dy, x, inputs, wanted)
-        graph, leaves = ctx.small
-        sums = zoo_kernels.map_sums(ctx.op, dy, x, params)
-        targets = [leaves[0], leaves[1]] + [leaves[2 + i] for i in wanted]
-        with torch.enable_grad():
-            grads = torch.autograd.grad(graph, targets, sums, retain_graph=True, allow_unused=True)
-        dmean, dvar = (torch.zeros_like(mean) if g is None else g for g in grads[:2])
-        out: list[Tensor | None] = [None] * len(inputs)
-        for i, g in zip(wanted, grads[2:], strict=True):
-            out[i] = g
+            return _RowMap._differentiable_backward(ctx, dy, x, inputs, needs)
+        sums = zoo_kernels.map_sums(spec.op, dy, x, params)
+        dmean, dvar, dinputs = spec.backward(sums, mean, var, tuple(inputs), needs)
         dx = None
         if ctx.needs_input_grad[0]:
             length = x.shape[2]
-            k1 = (dvar * (2.0 / length)).contiguous()
-            k0 = (dmean / length).contiguous()
-            dx = zoo_kernels.map_dx(ctx.op, dy, x, params, mean, k1, k0)
-        return (dx, None, None, *out)
+            if dvar is None and dmean is None:
+                dx = zoo_kernels.map_dx(spec.op, dy, x, params)
+            else:
+                k1 = torch.zeros_like(mean) if dvar is None else dvar * (2.0 / length)
+                k0 = torch.zeros_like(mean) if dmean is None else dmean / length
+                dx = zoo_kernels.map_dx(
+                    spec.op, dy, x, params, mean, k1.contiguous(), k0.contiguous()
+                )
+        return (dx, None, *dinputs)
 
     @staticmethod
     def _differentiable_backward(
-        ctx: Any, dy: Tensor, x: Tensor, inputs: list[Tensor | None], wanted: list[int]
+        ctx: Any, dy: Tensor, x: Tensor, inputs: list[Tensor | None], needs: tuple[bool, ...]
     ) -> tuple[Any, ...]:
         var, mean = torch.var_mean(x, dim=2, unbiased=False)
-        y = torch_map(ctx.op, x, ctx.fn(mean, var, *inputs))
+        y = torch_map(ctx.spec.op, x, ctx.spec.params(mean, var, *inputs))
+        wanted = [i for i, need in enumerate(needs) if need]
         targets = ([x] if ctx.needs_input_grad[0] else []) + [inputs[i] for i in wanted]
         grads = torch.autograd.grad(y, targets, dy, create_graph=True, allow_unused=True)
         dx = grads[0] if ctx.needs_input_grad[0] else None
         out: list[Tensor | None] = [None] * len(inputs)
         for i, g in zip(wanted, grads[len(grads) - len(wanted) :], strict=True):
             out[i] = g
-        return (dx, None, None, *out)
+        return (dx, None, *out)
 
 
 def row_map(
-    x: Tensor, op: int, fn: ParamsFn, *inputs: Tensor | None
+    x: Tensor, spec: RowNormSpec, *inputs: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(y, mean, var)``: ``y = f_op(x; fn(mean, var, *inputs))`` with ``mean``, ``var`` the
-    ``(N, C)`` row statistics of ``x`` ``(N, C, *spatial)`` (returned detached); ``y`` has
-    ``x``'s shape and layout. Only for inputs where :func:`use_row_map` holds."""
-    y, mean, var = _RowMap.apply(rows(x), op, fn, *inputs)
+    """``(y, mean, var)``: ``y = f(x; spec.params(mean, var, *inputs))`` with ``mean``,
+    ``var`` the ``(N, C)`` row statistics of ``x`` ``(N, C, *spatial)`` (returned detached);
+    ``y`` has ``x``'s shape and layout. Only for inputs where :func:`use_row_map` holds."""
+    y, mean, var = _RowMap.apply(rows(x), spec, *inputs)
     return y.view(x.shape), mean, var

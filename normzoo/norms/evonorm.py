@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from normzoo import functional
-from normzoo.functional._stats import compute_dtype
 from normzoo._native import zoo_kernels
+from normzoo.functional._stats import compute_dtype
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view, scale_shift
-from normzoo.norms._row_map import row_map, use_row_map
+from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
 from normzoo.norms.base import Norm
 from normzoo.norms.batch import BatchNorm
 from normzoo.norms.group import resolve_groups
@@ -73,62 +71,126 @@ class _B0Quotient(torch.autograd.Function):
         return dx, dv, ds_i, ds_b
 
 
-def _per_row(p: Tensor | None, n: int, fill: float) -> Tensor:
-    """A per-channel ``(C,)`` parameter (``fill`` where ``None``) as ``(N, C)``."""
-    return p.view(1, -1).expand(n, -1) if p is not None else torch.full((n, 1), fill)
+def _per_channel(p: Tensor | None, like: Tensor, fill: float) -> Tensor:
+    """A per-channel ``(C,)`` parameter (``fill`` where ``None``) as ``(N, C)`` like ``like``."""
+    if p is None:
+        return torch.full((1, 1), fill, dtype=like.dtype).expand_as(like)
+    return p.to(like.dtype).view(1, -1).expand_as(like)
 
 
-def _b0_params(
-    mean_i: Tensor,
-    var_i: Tensor,
-    v: Tensor,
-    running_var: Tensor | None,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    *,
-    eps: float,
-) -> Tensor:
-    """``(N, C, 5)``: ``v``, ``s_i``, ``s_b``, ``w``, ``b`` of ``zoo_kernels.B0`` from the
-    instance statistics ``(N, C)``: ``s_i = sqrt(s^2_{w,h} + eps)``, ``s_b = sqrt(s^2_{b,w,h}
-    + eps)`` with the batch variance combined from the instance ones (Chan et al.'s exact
-    pairwise formula), or from ``running_var`` where given (eval)."""
-    n, c = mean_i.shape
-    if running_var is None:
-        mean_b = mean_i.mean(0, keepdim=True)
-        var_b = var_i.mean(0) + (mean_i - mean_b).square().mean(0)
-    else:
-        var_b = running_var.to(mean_i.dtype)
-    s_i = torch.sqrt(var_i + eps)
-    s_b = torch.sqrt(var_b + eps).view(1, c).expand(n, c)
-    w = _per_row(weight, n, 1.0).to(mean_i).expand(n, c)
-    b = _per_row(bias, n, 0.0).to(mean_i).expand(n, c)
-    return torch.stack([v.to(mean_i.dtype).view(1, c).expand(n, c), s_i, s_b, w, b], dim=2)
+class _B0Spec(RowNormSpec):
+    """EvoNorm-B0's ``v``, ``s_i = sqrt(s^2_{w,h} + eps)``, ``s_b = sqrt(s^2_{b,w,h} + eps)``,
+    ``w``, ``b`` per row (``zoo_kernels.B0``) from the instance statistics; the batch variance
+    combined from them (Chan et al.'s exact pairwise formula), or (``batch=False``) the running
+    one. Inputs: ``v``, ``running_var``, ``weight``, ``bias``. After :meth:`params`, ``var_b``
+    holds the batch variance ``(C,)``."""
+
+    op = zoo_kernels.B0
+
+    def __init__(self, eps: float, batch: bool) -> None:
+        self.eps, self.batch = eps, batch
+
+    def params(  # type: ignore[override]
+        self,
+        mean_i: Tensor,
+        var_i: Tensor,
+        v: Tensor,
+        running_var: Tensor | None,
+        weight: Tensor | None,
+        bias: Tensor | None,
+    ) -> Tensor:
+        if self.batch:
+            self.mean_b = mean_i.mean(0, keepdim=True)
+            self.var_b = var_i.mean(0) + (mean_i - self.mean_b).square().mean(0)
+        else:
+            assert running_var is not None
+            self.var_b = running_var.to(mean_i.dtype)
+        self.s_i = torch.sqrt(var_i + self.eps)
+        self.s_b = torch.sqrt(self.var_b + self.eps)
+        rows = [
+            _per_channel(v, mean_i, 1.0),
+            self.s_i,
+            _per_channel(self.s_b, mean_i, 1.0),
+            _per_channel(weight, mean_i, 1.0),
+            _per_channel(bias, mean_i, 0.0),
+        ]
+        return torch.stack(rows, dim=2)
+
+    def backward(
+        self,
+        sums: Tensor,
+        mean_i: Tensor,
+        var_i: Tensor,
+        inputs: tuple[Tensor | None, ...],
+        needs: tuple[bool, ...],
+    ) -> tuple[Tensor | None, Tensor | None, list[Tensor | None]]:
+        n = mean_i.shape[0]
+        per_channel = sums.sum(0)  # (C, 5): dv, -, ds_b, dw, db
+        out: list[Tensor | None] = [None] * 4
+        if needs[0]:
+            out[0] = per_channel[:, 0]
+        if needs[2]:
+            out[2] = per_channel[:, 3]
+        if needs[3]:
+            out[3] = per_channel[:, 4]
+        dvar = sums[..., 1] * 0.5 / self.s_i  # d sqrt(u) = du / (2 sqrt(u))
+        dmean = None
+        if self.batch:  # var_b = mean_n var_i + mean_n (mean_i - mean_b)^2
+            dvar_b = per_channel[:, 2] * 0.5 / self.s_b
+            dvar = dvar + dvar_b / n
+            dmean = (mean_i - self.mean_b) * (dvar_b * (2.0 / n))
+        return dmean, dvar, out
 
 
-def _s0_params(
-    mean_c: Tensor,
-    var_c: Tensor,
-    v: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    *,
-    groups: int,
-    eps: float,
-) -> Tensor:
-    """``(N, C, 3)``: ``v``, ``a``, ``b`` of ``zoo_kernels.S0`` from the per-channel row
-    statistics ``(N, C)``: ``a = w / sqrt(s^2_{w,h,c/g} + eps)`` with the group variance
-    combined from the channels' (exact: equal counts), ``b`` the bias."""
-    n, c = mean_c.shape
-    m = mean_c.view(n, groups, -1)
-    mean_g = m.mean(2, keepdim=True)
-    var_g = var_c.view(n, groups, -1).mean(2, keepdim=True) + (m - mean_g).square().mean(
-        2, keepdim=True
-    )
-    a = torch.rsqrt(var_g + eps).expand(n, groups, c // groups).reshape(n, c)
-    if weight is not None:
-        a = a * weight.to(a.dtype).view(1, c)
-    b = _per_row(bias, n, 0.0).to(a).expand(n, c)
-    return torch.stack([v.to(a.dtype).view(1, c).expand(n, c), a, b], dim=2)
+class _S0Spec(RowNormSpec):
+    """EvoNorm-S0's ``v``, ``a = w / sqrt(s^2_{w,h,c/g} + eps)``, ``b`` per row
+    (``zoo_kernels.S0``) from the per-channel row statistics, the group variance combined from
+    them (exact: equal counts). Inputs: ``v``, ``weight``, ``bias``."""
+
+    op = zoo_kernels.S0
+
+    def __init__(self, groups: int, eps: float) -> None:
+        self.groups, self.eps = groups, eps
+
+    def params(  # type: ignore[override]
+        self, mean_c: Tensor, var_c: Tensor, v: Tensor, weight: Tensor | None, bias: Tensor | None
+    ) -> Tensor:
+        n, c = mean_c.shape
+        m = mean_c.view(n, self.groups, -1)
+        self.mean_g = m.mean(2, keepdim=True)
+        var_g = var_c.view(n, self.groups, -1).mean(2, keepdim=True)
+        var_g = var_g + (m - self.mean_g).square().mean(2, keepdim=True)
+        self.r = torch.rsqrt(var_g + self.eps)  # (N, G, 1)
+        self.a0 = self.r.expand(n, self.groups, c // self.groups).reshape(n, c)
+        a = self.a0 * weight.to(self.a0.dtype).view(1, c) if weight is not None else self.a0
+        rows = [_per_channel(v, mean_c, 1.0), a, _per_channel(bias, mean_c, 0.0)]
+        return torch.stack(rows, dim=2)
+
+    def backward(
+        self,
+        sums: Tensor,
+        mean_c: Tensor,
+        var_c: Tensor,
+        inputs: tuple[Tensor | None, ...],
+        needs: tuple[bool, ...],
+    ) -> tuple[Tensor | None, Tensor | None, list[Tensor | None]]:
+        _, weight, _ = inputs
+        n, c = mean_c.shape
+        g, size = self.groups, c // self.groups
+        out: list[Tensor | None] = [None] * 3
+        if needs[0]:
+            out[0] = sums[..., 0].sum(0)
+        if needs[2]:
+            out[2] = sums[..., 2].sum(0)
+        g_a = sums[..., 1]
+        if needs[1]:
+            out[1] = (g_a * self.a0).sum(0)
+        g_a0 = g_a * weight.to(g_a.dtype).view(1, c) if weight is not None else g_a
+        # r = (var_g + eps)^(-1/2), var_g = mean var_c + mean (mean_c - mean_g)^2
+        dvar_g = g_a0.view(n, g, size).sum(2, keepdim=True) * self.r.pow(3) * -0.5
+        dvar = (dvar_g / size).expand(n, g, size).reshape(n, c)
+        dmean = ((mean_c.view(n, g, size) - self.mean_g) * (dvar_g * (2.0 / size))).view(n, c)
+        return dmean, dvar, out
 
 
 class EvoNormB0(BatchNorm):
@@ -221,15 +283,13 @@ class EvoNormB0(BatchNorm):
         """On the native per-row kernels (``row_map``, ``zoo_kernels.B0``): instance
         statistics, the small per-row parameters, one elementwise pass; any layout kept."""
         batch = self.training or self.running_var is None
-        fn = partial(_b0_params, eps=self.eps)
+        spec = _B0Spec(self.eps, batch)
         running = None if batch else self.running_var
-        y, mean_i, var_i = row_map(xf, zoo_kernels.B0, fn, self.v, running, self.weight, self.bias)
+        y, _, _ = row_map(xf, spec, self.v, running, self.weight, self.bias)
         if update:
             m = xf.numel() // xf.shape[1]
             with torch.no_grad():
-                mean_b = mean_i.mean(0, keepdim=True)
-                var_b = var_i.mean(0) + (mean_i - mean_b).square().mean(0)
-                unbiased = var_b * (m / max(m - 1, 1))
+                unbiased = spec.var_b * (m / max(m - 1, 1))
                 self.running_var.copy_(
                     (1 - factor) * self.running_var + factor * unbiased.to(self.running_var)
                 )
@@ -330,8 +390,8 @@ class EvoNormS0(Norm):
     def _fast_forward(self, x: Tensor) -> Tensor:
         xf = x.to(compute_dtype(x))
         if use_row_map(xf):
-            fn = partial(_s0_params, groups=self.num_groups, eps=self.eps)
-            y, _, _ = row_map(xf, zoo_kernels.S0, fn, self.v, self.weight, self.bias)
+            spec = _S0Spec(self.num_groups, self.eps)
+            y, _, _ = row_map(xf, spec, self.v, self.weight, self.bias)
             return y.to(x.dtype)
         return self._eager_forward(x, xf)
 

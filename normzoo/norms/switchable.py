@@ -2,53 +2,107 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 from torch import Tensor, nn
 
 from normzoo import functional
+from normzoo._native import zoo_kernels
 from normzoo.functional._stats import compute_dtype
 from normzoo.functional.switchable import SWITCHABLE_STATISTICS, switchable_statistics
-from normzoo._native import zoo_kernels
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view
-from normzoo.norms._row_map import row_map, use_row_map
+from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
 from normzoo.norms.batch import BatchNorm
 
 
-def _switchable_params(
-    mean_in: Tensor,
-    var_in: Tensor,
-    mean_weight: Tensor,
-    var_weight: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    *,
-    eps: float,
-) -> Tensor:
-    """``(N, C, 2)``: ``a``, ``b`` of ``y = a x + b`` from the IN statistics ``(N, C)``; the
-    BN term from the batch, or from ``running_mean``/``running_var`` where given (eval)."""
-    mean, var, _, _ = switchable_statistics(
-        mean_in.unsqueeze(2),
-        var_in.unsqueeze(2),
-        mean_weight,
-        var_weight,
-        running_mean,
-        running_var,
-        training=running_mean is None,
-        momentum=0.0,
-        positions=1,  # unused: no running statistics are updated here
-    )
-    a = torch.rsqrt(var + eps)
-    b = -mean * a
-    if weight is not None:
-        w = weight.to(a.dtype).view(1, -1, 1)
-        a, b = a * w, b * w
-    if bias is not None:
-        b = b + bias.to(b.dtype).view(1, -1, 1)
-    return torch.cat([a, b], dim=2)
+class _SwitchableSpec(RowNormSpec):
+    """``y = a x + b`` per row with ``a = w / sqrt(var + eps)``, ``b = bias - mean a`` and
+    ``mean``, ``var`` the softmax-weighted IN, LN, BN statistics of
+    ``normzoo.functional.switchable_statistics`` (the same formulas), from the IN ones; the BN
+    term from the batch, or (``batch=False``) from the running statistics.
+
+    Inputs: ``mean_weight``, ``var_weight``, ``weight``, ``bias``, ``running_mean``,
+    ``running_var``. After :meth:`params`, ``mean_bn``/``var_bn`` hold the batch statistics.
+    """
+
+    op = zoo_kernels.AFFINE
+
+    def __init__(self, eps: float, batch: bool) -> None:
+        self.eps, self.batch = eps, batch
+
+    def params(  # type: ignore[override]
+        self,
+        mean_in: Tensor,
+        var_in: Tensor,
+        mean_weight: Tensor,
+        var_weight: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+    ) -> Tensor:
+        c = mean_in.shape[1]
+        second = var_in + mean_in * mean_in
+        mean_ln = mean_in.mean(1, keepdim=True)
+        var_ln = second.mean(1, keepdim=True) - mean_ln * mean_ln
+        if self.batch:
+            mean_bn = mean_in.mean(0, keepdim=True)
+            var_bn = second.mean(0, keepdim=True) - mean_bn * mean_bn
+        else:
+            assert running_mean is not None and running_var is not None
+            mean_bn = running_mean.to(mean_in.dtype).view(1, c)
+            var_bn = running_var.to(mean_in.dtype).view(1, c)
+        wm = torch.softmax(mean_weight.to(mean_in.dtype), 0)
+        wv = torch.softmax(var_weight.to(mean_in.dtype), 0)
+        mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
+        var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
+        a0 = torch.rsqrt(var + self.eps)
+        a = a0 * weight.to(a0.dtype).view(1, c) if weight is not None else a0
+        b = -mean * a
+        if bias is not None:
+            b = b + bias.to(b.dtype).view(1, c)
+        self.mean_bn, self.var_bn = mean_bn, var_bn
+        self.saved = (mean_ln, var_ln, wm, wv, mean, a0, a)
+        return torch.stack([a, b], dim=2)
+
+    def backward(
+        self,
+        sums: Tensor,
+        mean_in: Tensor,
+        var_in: Tensor,
+        inputs: tuple[Tensor | None, ...],
+        needs: tuple[bool, ...],
+    ) -> tuple[Tensor | None, Tensor | None, list[Tensor | None]]:
+        _, _, weight, _, _, _ = inputs
+        mean_ln, var_ln, wm, wv, mean, a0, a = self.saved
+        mean_bn, var_bn = self.mean_bn, self.var_bn
+        n, c = mean_in.shape
+        ga, gb = sums[..., 0], sums[..., 1]
+        g_mean = -gb * a  # b = bias - mean a
+        g_a = ga - gb * mean
+        g_a0 = g_a * weight.to(g_a.dtype).view(1, c) if weight is not None else g_a
+        g_var = g_a0 * a0.pow(3) * -0.5  # a0 = (var + eps)^(-1/2)
+        out: list[Tensor | None] = [None] * 6
+        if needs[0]:  # softmax: dl = w (g - sum w g)
+            g = torch.stack([(g_mean * t).sum() for t in (mean_in, mean_ln, mean_bn)])
+            out[0] = wm * (g - (wm * g).sum())
+        if needs[1]:
+            g = torch.stack([(g_var * t).sum() for t in (var_in, var_ln, var_bn)])
+            out[1] = wv * (g - (wv * g).sum())
+        if needs[2]:
+            out[2] = (g_a * a0).sum(0)
+        if needs[3]:
+            out[3] = gb.sum(0)
+        # mean_ln = mean_c mean_in, var_ln = mean_c (var_in + mean_in^2) - mean_ln^2; BN alike.
+        h_ln = g_var.sum(1, keepdim=True) * wv[1]
+        dmean = g_mean * wm[0] + g_mean.sum(1, keepdim=True) * (wm[1] / c)
+        dmean = dmean + (mean_in - mean_ln) * (h_ln * (2.0 / c))
+        dvar = g_var * wv[0] + h_ln / c
+        if self.batch:
+            h_bn = g_var.sum(0, keepdim=True) * wv[2]
+            dmean = dmean + g_mean.sum(0, keepdim=True) * (wm[2] / n)
+            dmean = dmean + (mean_in - mean_bn) * (h_bn * (2.0 / n))
+            dvar = dvar + h_bn / n
+        return dmean, dvar, out
 
 
 class SwitchableNorm(BatchNorm):
@@ -145,31 +199,17 @@ class SwitchableNorm(BatchNorm):
         """``y = A x + B`` on the native per-row kernels (``row_map``): IN statistics, the
         mixture on ``(N, C)`` tensors, one affine pass; any layout kept, no copies."""
         batch = self.training or self.running_mean is None
-        fn = partial(_switchable_params, eps=self.eps)
-        y, mean_in, var_in = row_map(
-            xf,
-            zoo_kernels.AFFINE,
-            fn,
-            self.mean_weight,
-            self.var_weight,
-            self.weight,
-            self.bias,
-            None if batch else self.running_mean,
-            None if batch else self.running_var,
+        spec = _SwitchableSpec(self.eps, batch)
+        running = (None, None) if batch else (self.running_mean, self.running_var)
+        y, _, _ = row_map(
+            xf, spec, self.mean_weight, self.var_weight, self.weight, self.bias, *running
         )
-        if update:
-            _, _, new_mean, new_var = switchable_statistics(
-                mean_in.unsqueeze(2),
-                var_in.unsqueeze(2),
-                self.mean_weight.detach(),
-                self.var_weight.detach(),
-                self.running_mean,
-                self.running_var,
-                training=True,
-                momentum=factor,
-                positions=xf[0, 0].numel(),
-            )
+        if update:  # as switchable_statistics: BN's, unbiased variance
+            m = xf.numel() // xf.shape[1]
             with torch.no_grad():
+                unbiased = spec.var_bn.view(-1) * (m / max(m - 1, 1))
+                new_mean = (1 - factor) * self.running_mean + factor * spec.mean_bn.view(-1)
+                new_var = (1 - factor) * self.running_var + factor * unbiased
                 self.running_mean.copy_(new_mean)
                 self.running_var.copy_(new_var)
         return y.to(x.dtype)
