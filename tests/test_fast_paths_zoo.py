@@ -9,6 +9,7 @@ import torch
 from norm_testing import TOL, small_batch_kwargs
 
 import normzoo
+from normzoo._native import zoo_kernels
 from normzoo.norms._kernels import _FOLD_MAX_RATIO, RowAffine, RowMeanSquare, RowStats
 from normzoo.norms.batch_renorm import _BatchRenormTrain
 from normzoo.norms.evonorm import _B0Quotient
@@ -191,3 +192,148 @@ def test_compile_free() -> None:
         m = normzoo.create(name, 8, **small_batch_kwargs(name))
         m(torch.randn(4, 8, 5, 6, requires_grad=True)).sum().backward()
     assert fused.compile_times() == before or name == "syncbatchnorm"
+
+
+# -- native per-row kernels (normzoo/_native/zoo.c) -----------------------------------------
+NATIVE_CASES = [
+    ("switchablenorm", {}),
+    ("switchablenorm", {"affine": False, "track_running_stats": False}),
+    ("switchablenorm", {"momentum": None}),
+    ("evonormb0", {}),
+    ("evonormb0", {"affine": False, "track_running_stats": False}),
+    ("evonormb0", {"momentum": None}),
+    ("evonorms0", {}),
+    ("evonorms0", {"num_groups": 2, "affine": False}),
+]
+# (shape, memory format, layout the kernels must see: 0 rows, 1 channels_last)
+NATIVE_LAYOUTS = [
+    ((4, 8, 5, 6), torch.contiguous_format, 0),
+    ((4, 8, 5, 6), torch.channels_last, 1),
+    ((2, 8, 3, 4, 2), torch.channels_last_3d, 1),
+    ((3, 8, 7), torch.contiguous_format, 0),
+]
+
+
+@pytest.fixture
+def kernel_layouts(monkeypatch) -> list[int]:
+    """The layout of every input the native map kernel receives (a copy made on the way to
+    it would show up as a contiguous layout)."""
+    seen: list[int] = []
+    real = zoo_kernels.map_forward
+
+    def spy(op: int, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        seen.append(zoo_kernels.layout(x))
+        return real(op, x, params)
+
+    monkeypatch.setattr(zoo_kernels, "map_forward", spy)
+    return seen
+
+
+@pytest.mark.parametrize(("name", "kwargs"), NATIVE_CASES, ids=str)
+@pytest.mark.parametrize(("shape", "fmt", "layout"), NATIVE_LAYOUTS, ids=str)
+def test_native_row_maps_equal_reference(name, kwargs, shape, fmt, layout, kernel_layouts):
+    """Outputs, gradients of the input and every parameter, running statistics after two
+    steps, eval mode; the kernels get the input as it is and the output keeps its format."""
+    torch.manual_seed(4)
+    fast, ref = _pair(name, kwargs)
+    for step in range(2):
+        x = (torch.randn(shape) * (step + 1) + step).contiguous(memory_format=fmt)
+        assert _compare(fast, ref, x).is_contiguous(memory_format=fmt)
+    fast.eval()
+    ref.eval()
+    x = torch.randn(shape).contiguous(memory_format=fmt)
+    assert _compare(fast, ref, x).is_contiguous(memory_format=fmt)
+    assert kernel_layouts == [layout] * 3
+
+
+@pytest.mark.parametrize(("name", "kwargs"), NATIVE_CASES, ids=str)
+def test_eager_fallback_equals_reference(name, kwargs, monkeypatch, kernel_layouts):
+    """Without native kernels the torch paths run, channels_last included."""
+    monkeypatch.setenv("NORMZOO_NATIVE", "0")
+    fast, ref = _pair(name, kwargs)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(4, 8, 5, 6).contiguous(memory_format=fmt)
+        assert _compare(fast, ref, x).is_contiguous(memory_format=fmt)
+    assert kernel_layouts == []
+
+
+@pytest.mark.parametrize("name", ["switchablenorm", "evonormb0", "evonorms0"])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=str)
+def test_native_gradients_equal_float64_autograd(name, fmt):
+    """The float32 kernels against float64 autograd of the reference math on the same values
+    (the exact gradients up to float32 rounding), with 80 channels: two channels_last blocks,
+    the second partial."""
+    torch.manual_seed(5)
+    fast = normzoo.create(name, 80)
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.uniform_(0.5, 1.5)
+    exact = normzoo.create(name, 80, impl="reference").double()
+    exact.load_state_dict(fast.state_dict())
+    x = (torch.randn(3, 80, 4, 5) * 2 + 1).contiguous(memory_format=fmt)
+    dy = torch.randn_like(x)
+    grads = []
+    for m, dtype in ((fast, torch.float32), (exact, torch.float64)):
+        xx = x.to(dtype).requires_grad_()
+        y = m(xx)
+        grads.append([y, *torch.autograd.grad(y, [xx, *m.parameters()], dy.to(dtype))])
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want.float(), atol=1e-4, rtol=1e-4)
+    for key, value in exact.state_dict().items():
+        torch.testing.assert_close(fast.state_dict()[key], value.to(fast.state_dict()[key]))
+
+
+@pytest.mark.parametrize("name", ["switchablenorm", "evonormb0", "evonorms0"])
+def test_native_double_backward_equals_reference(name):
+    """``create_graph=True`` differentiates the same math in torch ops: second derivatives
+    as the reference's."""
+    torch.manual_seed(6)
+    fast, ref = _pair(name, {})
+    x = torch.randn(4, 8, 5, 6).contiguous(memory_format=torch.channels_last)
+    out = []
+    for m in (fast, ref):
+        xx = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(m(xx).pow(2).sum(), xx, create_graph=True)
+        out.append([g.detach(), *torch.autograd.grad(g.pow(2).sum(), [xx, *m.parameters()])])
+    for a, b in zip(*out, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+def test_native_b0_ties_split_like_torch_maximum():
+    """One sample and ``v = 0``: ``v x + s_i`` equals ``s_b`` everywhere, and the gradient
+    splits between them as ``torch.maximum``'s."""
+    fast, ref = _pair("evonormb0", {})
+    with torch.no_grad():
+        fast.v.zero_()
+        ref.v.zero_()
+    _compare(fast, ref, torch.randn(1, 8, 5, 6))
+
+
+def test_zoo_kernels_refuse_what_the_c_code_does_not_handle():
+    p = torch.ones(2, 3, 2)
+    with pytest.raises(ValueError, match="float32 CPU"):
+        zoo_kernels.row_stats(torch.randn(2, 3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="channels_last"):
+        zoo_kernels.map_forward(zoo_kernels.AFFINE, torch.randn(2, 3, 8)[..., ::2], p)
+    with pytest.raises(ValueError, match="together"):
+        x = torch.randn(2, 3, 4)
+        zoo_kernels.map_dx(zoo_kernels.AFFINE, x, x, p, k1=torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_zoo_kernels_do_not_depend_on_the_thread_count(threads):
+    x = (torch.randn(3, 70, 6, 5) * 3 + 1).contiguous(memory_format=torch.channels_last)
+    rows = x.view(3, 70, -1)
+    p = torch.rand(3, 70, 3) + 0.5
+    old = torch.get_num_threads()
+    results = []
+    try:
+        for t in (1, threads):
+            torch.set_num_threads(t)
+            mean, var = zoo_kernels.row_stats(rows)
+            sums = zoo_kernels.map_sums(zoo_kernels.S0, rows, rows, p)
+            results.append([mean, var, zoo_kernels.map_forward(zoo_kernels.S0, rows, p), sums])
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)

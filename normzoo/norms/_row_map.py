@@ -147,9 +147,7 @@ class _RowMap(torch.autograd.Function):
         return (dx, None, *out)
 
 
-def row_map(
-    x: Tensor, spec: RowNormSpec, *inputs: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor]:
+def row_map(x: Tensor, spec: RowNormSpec, *inputs: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """``(y, mean, var)``: ``y = f(x; spec.params(mean, var, *inputs))`` with ``mean``,
     ``var`` the ``(N, C)`` row statistics of ``x`` ``(N, C, *spatial)`` (returned detached);
     ``y`` has ``x``'s shape and layout. Only for inputs where :func:`use_row_map` holds."""
