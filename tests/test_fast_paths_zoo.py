@@ -216,16 +216,16 @@ NATIVE_LAYOUTS = [
 
 @pytest.fixture
 def kernel_layouts(monkeypatch) -> list[int]:
-    """The layout of every input the native map kernel receives (a copy made on the way to
-    it would show up as a contiguous layout)."""
+    """The layout of the input of every native call (a copy made on the way to the kernels
+    would show up as a contiguous layout)."""
     seen: list[int] = []
-    real = zoo_kernels.map_forward
+    real = zoo_kernels._check
 
-    def spy(op: int, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        seen.append(zoo_kernels.layout(x))
-        return real(op, x, params)
+    def spy(x: torch.Tensor, *small: torch.Tensor | None) -> int:
+        seen.append(real(x, *small))
+        return seen[-1]
 
-    monkeypatch.setattr(zoo_kernels, "map_forward", spy)
+    monkeypatch.setattr(zoo_kernels, "_check", spy)
     return seen
 
 
@@ -243,7 +243,7 @@ def test_native_row_maps_equal_reference(name, kwargs, shape, fmt, layout, kerne
     ref.eval()
     x = torch.randn(shape).contiguous(memory_format=fmt)
     assert _compare(fast, ref, x).is_contiguous(memory_format=fmt)
-    assert kernel_layouts == [layout] * 3
+    assert kernel_layouts == [layout] * 6  # 3 forwards, 3 backwards
 
 
 @pytest.mark.parametrize(("name", "kwargs"), NATIVE_CASES, ids=str)

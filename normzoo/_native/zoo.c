@@ -19,6 +19,7 @@
  * into double every NZ_CHUNK values of a row (NZ_CL_CHUNK channels_last).
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* -std=c11 turns off the contraction of a * b + c into FMAs, which halves the speed of the
@@ -150,7 +151,7 @@ NZ_INLINE float nz_fwd(int op, float x, float p0, float p1, float p2, float p3, 
     } else if (op == NZ_B0) {                                                             \
       const float d = p0 * xv + p1, inv = 1.f / (d > p2 ? d : p2);                        \
       const float q = xv * inv, r = dyv * p3 * inv, tt = r * q;                           \
-      const float u = d > p2 ? 2.f * tt : (d == p2 ? tt : 0.f);                           \
+      const float u = tt + tt * ((float)(d > p2) - (float)(d < p2)); /* ties: half */     \
       g##0 -= 0.5f * u * xv;                                                              \
       g##1 -= 0.5f * u;                                                                   \
       g##2 += 0.5f * u - tt;                                                              \
@@ -170,7 +171,7 @@ NZ_INLINE float nz_dx(int op, float dy, float x, float p0, float p1, float p2, f
   if (op == NZ_B0) {
     const float d = p0 * x + p1, inv = 1.f / (d > p2 ? d : p2);
     const float r = dy * p3 * inv, tt = r * x * inv;
-    const float u = d > p2 ? 2.f * tt : (d == p2 ? tt : 0.f);
+    const float u = tt + tt * ((float)(d > p2) - (float)(d < p2)); /* ties: half */
     return r - 0.5f * p0 * u;
   }
   const float s = nz_sigmoid(p0 * x);
@@ -343,4 +344,284 @@ void nz_map_dx(int op, const float *dy, const float *x, const float *params, con
                const float *k1, const float *k0, float *dx, int64_t N, int64_t C, int64_t L,
                int cl, int threads) {
   NZ_DISPATCH(map_dx, op, threads, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
+}
+
+/* ---------------------------------------------------------------- the norms ----------- *
+ * One call per forward and one per backward for each norm: the statistics, the small graph
+ * (serial loops over the N C rows, in double), the full-size passes above. The backward
+ * recomputes the small quantities from the statistics (cheaper than storing them). Every
+ * optional pointer (w, b, running statistics, gradients) may be NULL.
+ */
+
+static inline double mean_over_n(const float *a, int64_t N, int64_t C, int64_t c) {
+  double s = 0.0;
+  for (int64_t n = 0; n < N; ++n) s += a[n * C + c];
+  return s / (double)N;
+}
+
+/* EvoNorm-B0. params (N C 5): v, s_i, s_b, w, b. var_b (C): the batch variance (out) or, with
+ * running_var, that. */
+void nz_b0_forward(const float *x, const float *v, const float *w, const float *b,
+                   const float *running_var, double eps, float *y, float *mean, float *var,
+                   float *var_b, float *params, int64_t N, int64_t C, int64_t L, int cl,
+                   int threads) {
+  nz_row_stats(x, mean, var, N, C, L, cl, threads);
+  for (int64_t c = 0; c < C; ++c) {
+    double vb;
+    if (running_var) {
+      vb = running_var[c];
+    } else {
+      const double mb = mean_over_n(mean, N, C, c);
+      double s = 0.0;
+      for (int64_t n = 0; n < N; ++n) {
+        const double d = mean[n * C + c] - mb;
+        s += var[n * C + c] + d * d;
+      }
+      vb = s / (double)N;
+      var_b[c] = (float)vb;
+    }
+    const float sb = (float)sqrt(vb + eps);
+    for (int64_t n = 0; n < N; ++n) {
+      float *p = params + (n * C + c) * 5;
+      p[0] = v[c];
+      p[1] = (float)sqrt((double)var[n * C + c] + eps);
+      p[2] = sb;
+      p[3] = w ? w[c] : 1.f;
+      p[4] = b ? b[c] : 0.f;
+    }
+  }
+  nz_map_forward(NZ_B0, x, params, y, N, C, L, cl, threads);
+}
+
+/* sums (N C 5) and k (N C 2) are scratch. batch: s_b came from the batch (its gradient flows
+ * to the statistics). */
+void nz_b0_backward(const float *dy, const float *x, const float *params, const float *mean,
+                    int batch, float *sums, float *k, float *dx, float *dv, float *dw,
+                    float *db, int64_t N, int64_t C, int64_t L, int cl, int threads) {
+  nz_map_sums(NZ_B0, dy, x, params, sums, N, C, L, cl, threads);
+  float *k1 = k, *k0 = k + N * C;
+  for (int64_t c = 0; c < C; ++c) {
+    double sv = 0.0, ssb = 0.0, sw = 0.0, sbias = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const float *s = sums + (n * C + c) * 5;
+      sv += s[0], ssb += s[2], sw += s[3], sbias += s[4];
+    }
+    if (dv) dv[c] = (float)sv;
+    if (dw) dw[c] = (float)sw;
+    if (db) db[c] = (float)sbias;
+    /* s = sqrt(u): du = ds / (2 s); var_b = mean_n var_i + mean_n (mean_i - mean_b)^2 */
+    const double dvar_b = batch ? ssb * 0.5 / params[c * 5 + 2] : 0.0;
+    const double mb = batch ? mean_over_n(mean, N, C, c) : 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t r = n * C + c;
+      const double dvar = sums[r * 5 + 1] * 0.5 / params[r * 5 + 1] + dvar_b / (double)N;
+      const double dmean = batch ? (mean[r] - mb) * dvar_b * 2.0 / (double)N : 0.0;
+      k1[r] = (float)(2.0 * dvar / (double)L);
+      k0[r] = (float)(dmean / (double)L);
+    }
+  }
+  if (dx) nz_map_dx(NZ_B0, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
+}
+
+/* The mean and the variance of group g of sample n, combined from its channels' (equal
+ * counts: exact). */
+static inline void group_stats(const float *mean, const float *var, int64_t n, int64_t C,
+                               int64_t c0, int64_t size, double *mg, double *vg) {
+  double s = 0.0, q = 0.0;
+  for (int64_t c = c0; c < c0 + size; ++c) s += mean[n * C + c];
+  *mg = s / (double)size;
+  s = 0.0;
+  for (int64_t c = c0; c < c0 + size; ++c) {
+    const double d = mean[n * C + c] - *mg;
+    s += var[n * C + c];
+    q += d * d;
+  }
+  *vg = (s + q) / (double)size;
+}
+
+/* EvoNorm-S0. params (N C 3): v, a = w / sqrt(var_g + eps), b. */
+void nz_s0_forward(const float *x, const float *v, const float *w, const float *b, int64_t G,
+                   double eps, float *y, float *mean, float *var, float *params, int64_t N,
+                   int64_t C, int64_t L, int cl, int threads) {
+  nz_row_stats(x, mean, var, N, C, L, cl, threads);
+  const int64_t size = C / G;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < G; ++g) {
+      double mg, vg;
+      group_stats(mean, var, n, C, g * size, size, &mg, &vg);
+      const double r = 1.0 / sqrt(vg + eps);
+      for (int64_t c = g * size; c < (g + 1) * size; ++c) {
+        float *p = params + (n * C + c) * 3;
+        p[0] = v[c];
+        p[1] = (float)(w ? r * w[c] : r);
+        p[2] = b ? b[c] : 0.f;
+      }
+    }
+  nz_map_forward(NZ_S0, x, params, y, N, C, L, cl, threads);
+}
+
+void nz_s0_backward(const float *dy, const float *x, const float *params, const float *mean,
+                    const float *var, const float *w, int64_t G, double eps, float *sums,
+                    float *k, float *dx, float *dv, float *dw, float *db, int64_t N, int64_t C,
+                    int64_t L, int cl, int threads) {
+  nz_map_sums(NZ_S0, dy, x, params, sums, N, C, L, cl, threads);
+  float *k1 = k, *k0 = k + N * C;
+  const int64_t size = C / G;
+  for (int64_t c = 0; c < C; ++c) {
+    if (dv) dv[c] = 0.f;
+    if (dw) dw[c] = 0.f;
+    if (db) db[c] = 0.f;
+  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < G; ++g) {
+      double mg, vg, gr = 0.0;
+      group_stats(mean, var, n, C, g * size, size, &mg, &vg);
+      const double r = 1.0 / sqrt(vg + eps);
+      for (int64_t c = g * size; c < (g + 1) * size; ++c) {
+        const float *s = sums + (n * C + c) * 3;
+        if (dv) dv[c] += s[0];
+        if (dw) dw[c] += (float)(s[1] * r);
+        if (db) db[c] += s[2];
+        gr += w ? (double)s[1] * w[c] : (double)s[1];
+      }
+      /* r = (var_g + eps)^(-1/2), var_g = mean var_c + mean (mean_c - mean_g)^2 */
+      const double dvar_g = gr * -0.5 * r * r * r;
+      for (int64_t c = g * size; c < (g + 1) * size; ++c) {
+        k1[n * C + c] = (float)(2.0 * dvar_g / (double)size / (double)L);
+        k0[n * C + c] = (float)((mean[n * C + c] - mg) * dvar_g * 2.0 / (double)size / (double)L);
+      }
+    }
+  if (dx) nz_map_dx(NZ_S0, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
+}
+
+/* SwitchableNorm's mixture: for each row the mixed mean and variance, from the IN statistics,
+ * LN ones (per sample, out: mean_ln, var_ln (N)) and BN ones (per channel: mean_bn, var_bn
+ * (C), out, or the running ones). wm, wv: the softmax weights (IN, LN, BN). */
+static void switchable_mix(const float *mean, const float *var, const float *running_mean,
+                           const float *running_var, double *mean_ln, double *var_ln,
+                           double *mean_bn, double *var_bn, int64_t N, int64_t C) {
+  for (int64_t n = 0; n < N; ++n) {
+    double s = 0.0, q = 0.0;
+    for (int64_t c = 0; c < C; ++c) {
+      const double m = mean[n * C + c];
+      s += m;
+      q += var[n * C + c] + m * m;
+    }
+    mean_ln[n] = s / (double)C;
+    var_ln[n] = q / (double)C - mean_ln[n] * mean_ln[n];
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    if (running_mean) {
+      mean_bn[c] = running_mean[c];
+      var_bn[c] = running_var[c];
+      continue;
+    }
+    double s = 0.0, q = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const double m = mean[n * C + c];
+      s += m;
+      q += var[n * C + c] + m * m;
+    }
+    mean_bn[c] = s / (double)N;
+    var_bn[c] = q / (double)N - mean_bn[c] * mean_bn[c];
+  }
+}
+
+static void softmax3(const float *logits, double *out) {
+  double mx = logits[0] > logits[1] ? logits[0] : logits[1];
+  mx = mx > logits[2] ? mx : logits[2];
+  double s = 0.0;
+  for (int i = 0; i < 3; ++i) s += out[i] = exp((double)logits[i] - mx);
+  for (int i = 0; i < 3; ++i) out[i] /= s;
+}
+
+/* SwitchableNorm: y = a x + b, params (N C 2). scratch: N + C doubles... (4 (N + C)).
+ * stats_bn (2 C): BN's batch mean and biased variance (out, with no running statistics). */
+void nz_switchable_forward(const float *x, const float *mean_weight, const float *var_weight,
+                           const float *w, const float *b, const float *running_mean,
+                           const float *running_var, double eps, float *y, float *mean,
+                           float *var, float *stats_bn, float *params, double *scratch,
+                           int64_t N, int64_t C, int64_t L, int cl, int threads) {
+  nz_row_stats(x, mean, var, N, C, L, cl, threads);
+  double *mean_ln = scratch, *var_ln = scratch + N, *mean_bn = scratch + 2 * N,
+         *var_bn = scratch + 2 * N + C, wm[3], wv[3];
+  switchable_mix(mean, var, running_mean, running_var, mean_ln, var_ln, mean_bn, var_bn, N, C);
+  softmax3(mean_weight, wm);
+  softmax3(var_weight, wv);
+  for (int64_t c = 0; c < C; ++c)
+    if (!running_mean) stats_bn[c] = (float)mean_bn[c], stats_bn[C + c] = (float)var_bn[c];
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t r = n * C + c;
+      const double m = wm[0] * mean[r] + wm[1] * mean_ln[n] + wm[2] * mean_bn[c];
+      const double s2 = wv[0] * var[r] + wv[1] * var_ln[n] + wv[2] * var_bn[c];
+      const double a = (w ? w[c] : 1.0) / sqrt(s2 + eps);
+      params[r * 2] = (float)a;
+      params[r * 2 + 1] = (float)((b ? b[c] : 0.0) - m * a);
+    }
+  nz_map_forward(NZ_AFFINE, x, params, y, N, C, L, cl, threads);
+}
+
+/* sums (N C 2), k (N C 2) scratch; scratch: 4 (N + C) doubles + 2 N C floats via gm/gv. */
+void nz_switchable_backward(const float *dy, const float *x, const float *params,
+                            const float *mean, const float *var, const float *mean_weight,
+                            const float *var_weight, const float *w, const float *running_mean,
+                            const float *running_var, double eps, float *sums, float *k,
+                            double *scratch, float *dx, float *dmw, float *dvw, float *dw,
+                            float *db, int64_t N, int64_t C, int64_t L, int cl, int threads) {
+  nz_map_sums(NZ_AFFINE, dy, x, params, sums, N, C, L, cl, threads);
+  double *mean_ln = scratch, *var_ln = scratch + N, *mean_bn = scratch + 2 * N,
+         *var_bn = scratch + 2 * N + C, *gl = scratch + 2 * N + 2 * C,
+         *hl = scratch + 3 * N + 2 * C, *gb = scratch + 4 * N + 2 * C,
+         *hb = scratch + 4 * N + 3 * C, wm[3], wv[3], gwm[3] = {0, 0, 0}, gwv[3] = {0, 0, 0};
+  const int batch = !running_mean;
+  switchable_mix(mean, var, running_mean, running_var, mean_ln, var_ln, mean_bn, var_bn, N, C);
+  softmax3(mean_weight, wm);
+  softmax3(var_weight, wv);
+  float *k1 = k, *k0 = k + N * C; /* first the gradients of the mixed mean and variance */
+  for (int64_t n = 0; n < N; ++n) gl[n] = hl[n] = 0.0;
+  for (int64_t c = 0; c < C; ++c) {
+    gb[c] = hb[c] = 0.0;
+    if (dw) dw[c] = 0.f;
+    if (db) db[c] = 0.f;
+  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t r = n * C + c;
+      const double m = wm[0] * mean[r] + wm[1] * mean_ln[n] + wm[2] * mean_bn[c];
+      const double s2 = wv[0] * var[r] + wv[1] * var_ln[n] + wv[2] * var_bn[c];
+      const double a0 = 1.0 / sqrt(s2 + eps), a = params[r * 2];
+      const double ga = sums[r * 2], gbias = sums[r * 2 + 1];
+      const double g_mean = -gbias * a, g_a = ga - gbias * m; /* b = bias - mean a */
+      const double g_var = g_a * (w ? w[c] : 1.0) * -0.5 * a0 * a0 * a0;
+      if (dw) dw[c] += (float)(g_a * a0);
+      if (db) db[c] += (float)gbias;
+      gwm[0] += g_mean * mean[r], gwm[1] += g_mean * mean_ln[n], gwm[2] += g_mean * mean_bn[c];
+      gwv[0] += g_var * var[r], gwv[1] += g_var * var_ln[n], gwv[2] += g_var * var_bn[c];
+      gl[n] += g_mean, hl[n] += g_var, gb[c] += g_mean, hb[c] += g_var;
+      k1[r] = (float)g_var, k0[r] = (float)g_mean;
+    }
+  if (dmw || dvw) { /* softmax: dl = w (g - sum w g) */
+    const double sm = wm[0] * gwm[0] + wm[1] * gwm[1] + wm[2] * gwm[2];
+    const double sv = wv[0] * gwv[0] + wv[1] * gwv[1] + wv[2] * gwv[2];
+    for (int i = 0; i < 3; ++i) {
+      if (dmw) dmw[i] = (float)(wm[i] * (gwm[i] - sm));
+      if (dvw) dvw[i] = (float)(wv[i] * (gwv[i] - sv));
+    }
+  }
+  /* mean_ln = mean_c mean_in, var_ln = mean_c (var_in + mean_in^2) - mean_ln^2; BN alike */
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t r = n * C + c;
+      double dmean = wm[0] * k0[r] + wm[1] * gl[n] / (double)C +
+                     wv[1] * hl[n] * 2.0 / (double)C * (mean[r] - mean_ln[n]);
+      double dvar = wv[0] * k1[r] + wv[1] * hl[n] / (double)C;
+      if (batch) {
+        dmean += wm[2] * gb[c] / (double)N + wv[2] * hb[c] * 2.0 / (double)N * (mean[r] - mean_bn[c]);
+        dvar += wv[2] * hb[c] / (double)N;
+      }
+      k1[r] = (float)(2.0 * dvar / (double)L);
+      k0[r] = (float)(dmean / (double)L);
+    }
+  if (dx) nz_map_dx(NZ_AFFINE, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
 }

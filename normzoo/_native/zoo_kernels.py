@@ -109,3 +109,143 @@ def map_dx(
     _lib().nz_map_dx(op, dy.data_ptr(), x.data_ptr(), params.data_ptr(), *ptr, dx.data_ptr(),
                      n, c, length, cl, threads())  # fmt: skip
     return dx
+
+
+# -- the norms: one native call per forward and per backward ---------------------------------
+def _args(*args: object) -> list[object]:
+    return [a.data_ptr() if isinstance(a, Tensor) else a for a in args]
+
+
+def _small(*ts: Tensor | None) -> list[Tensor | None]:
+    """Per-channel inputs as contiguous float32 (a no-op for float32 parameters)."""
+    return [None if t is None else t.detach().to(torch.float32).contiguous() for t in ts]
+
+
+def _grads(x: Tensor, needs: tuple[bool, ...], *sizes: int) -> list[Tensor | None]:
+    """``dx`` (like ``x``) and the small gradients, each ``None`` where not needed."""
+    out: list[Tensor | None] = [torch.empty_like(x) if needs[0] else None]
+    for need, size in zip(needs[1:], sizes, strict=True):
+        out.append(x.new_empty(size) if need else None)
+    return out
+
+
+def b0_forward(
+    x: Tensor,
+    v: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_var: Tensor | None,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """EvoNorm-B0: ``(y, mean, var, var_b, params)``; ``var_b`` the batch variance (unset
+    where ``running_var`` is given)."""
+    cl = _check(x)
+    n, c, length = x.shape
+    v, weight, bias, running_var = _small(v, weight, bias, running_var)
+    y = torch.empty_like(x)
+    stats, var_b, params = x.new_empty(2, n, c), x.new_empty(c), x.new_empty(n, c, 5)
+    _lib().nz_b0_forward(*_args(x, v, weight, bias, running_var, float(eps), y, stats[0], stats[1],
+                                var_b, params, n, c, length, cl, threads()))  # fmt: skip
+    return y, stats[0], stats[1], var_b, params
+
+
+def b0_backward(
+    dy: Tensor, x: Tensor, params: Tensor, mean: Tensor, batch: bool, needs: tuple[bool, ...]
+) -> list[Tensor | None]:
+    """``[dx, dv, dweight, dbias]`` of EvoNorm-B0 (``None`` where ``needs`` is false)."""
+    cl = _check(x, params, mean)
+    dy = _like(x, dy)
+    n, c, length = x.shape
+    out = _grads(x, needs, c, c, c)
+    sums, k = x.new_empty(n, c, 5), x.new_empty(2, n, c)
+    _lib().nz_b0_backward(*_args(dy, x, params, mean, int(batch), sums, k, *out,
+                                 n, c, length, cl, threads()))  # fmt: skip
+    return out
+
+
+def s0_forward(
+    x: Tensor, v: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """EvoNorm-S0: ``(y, mean, var, params)``."""
+    cl = _check(x)
+    n, c, length = x.shape
+    v, weight, bias = _small(v, weight, bias)
+    y = torch.empty_like(x)
+    stats, params = x.new_empty(2, n, c), x.new_empty(n, c, 3)
+    _lib().nz_s0_forward(*_args(x, v, weight, bias, groups, float(eps), y, stats[0], stats[1],
+                                params, n, c, length, cl, threads()))  # fmt: skip
+    return y, stats[0], stats[1], params
+
+
+def s0_backward(
+    dy: Tensor,
+    x: Tensor,
+    params: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor | None,
+    groups: int,
+    eps: float,
+    needs: tuple[bool, ...],
+) -> list[Tensor | None]:
+    """``[dx, dv, dweight, dbias]`` of EvoNorm-S0 (``None`` where ``needs`` is false)."""
+    cl = _check(x, params, mean, var)
+    dy = _like(x, dy)
+    n, c, length = x.shape
+    (weight,) = _small(weight)
+    out = _grads(x, needs, c, c, c)
+    sums, k = x.new_empty(n, c, 3), x.new_empty(2, n, c)
+    _lib().nz_s0_backward(*_args(dy, x, params, mean, var, weight, groups, float(eps), sums, k,
+                                 *out, n, c, length, cl, threads()))  # fmt: skip
+    return out
+
+
+def switchable_forward(
+    x: Tensor,
+    mean_weight: Tensor,
+    var_weight: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """SwitchableNorm: ``(y, mean, var, stats_bn, params)``; ``stats_bn`` ``(2, C)`` BN's batch
+    mean and biased variance (unset where running statistics are given)."""
+    cl = _check(x)
+    n, c, length = x.shape
+    small = _small(mean_weight, var_weight, weight, bias, running_mean, running_var)
+    y = torch.empty_like(x)
+    stats, stats_bn, params = x.new_empty(2, n, c), x.new_empty(2, c), x.new_empty(n, c, 2)
+    scratch = torch.empty(2 * (n + c), dtype=torch.float64)
+    _lib().nz_switchable_forward(*_args(x, *small, float(eps), y, stats[0], stats[1], stats_bn,
+                                        params, scratch, n, c, length, cl, threads()))  # fmt: skip
+    return y, stats[0], stats[1], stats_bn, params
+
+
+def switchable_backward(
+    dy: Tensor,
+    x: Tensor,
+    params: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    mean_weight: Tensor,
+    var_weight: Tensor,
+    weight: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    eps: float,
+    needs: tuple[bool, ...],
+) -> list[Tensor | None]:
+    """``[dx, dmean_weight, dvar_weight, dweight, dbias]`` of SwitchableNorm (``None`` where
+    ``needs`` is false)."""
+    cl = _check(x, params, mean, var)
+    dy = _like(x, dy)
+    n, c, length = x.shape
+    small = _small(mean_weight, var_weight, weight, running_mean, running_var)
+    out = _grads(x, needs, 3, 3, c, c)
+    sums, k = x.new_empty(n, c, 2), x.new_empty(2, n, c)
+    scratch = torch.empty(4 * (n + c), dtype=torch.float64)
+    _lib().nz_switchable_backward(*_args(dy, x, params, mean, var, *small, float(eps), sums, k,
+                                         scratch, *out, n, c, length, cl, threads()))  # fmt: skip
+    return out

@@ -7,10 +7,9 @@ learned parameters), then an elementwise map ``f`` (``normzoo/_native/zoo.c``). 
 passes are native and take contiguous or channels_last inputs as they are (no copies; the
 output keeps the layout):
 
-* forward: statistics (read ``x``), then the map (read ``x``, write ``y``);
+* forward: statistics (read ``x``), the small graph, then the map (read ``x``, write ``y``);
 * backward: the per-row sums ``dL/dp`` (read ``dy``, ``x``); the small graph's hand-written
-  backward (:class:`RowNormSpec`) gives ``dL/dmean``, ``dL/dvar`` and the learned
-  parameters' gradients; then
+  backward gives ``dL/dmean``, ``dL/dvar`` and the learned parameters' gradients; then
   ``dx = dy df/dx + dL/dvar 2 (x - mean) / L + dL/dmean / L`` in one pass (read ``dy``, ``x``,
   write ``dx``). Autograd on two separate functions would add a full-size gradient and its sum.
 
@@ -32,33 +31,31 @@ __all__ = ["RowNormSpec", "row_map", "use_row_map"]
 
 
 class RowNormSpec:
-    """The small graph of one per-row norm, for one call: statistics to parameters, and its
-    hand-written backward (a few ops on ``(N, C)`` tensors; autograd's engine on such a graph
-    costs more than the full-size native passes at conv sizes).
+    """One per-row norm, for one call: its native forward and backward (``zoo_kernels``: one
+    call each, the small graph included, serial loops on ``(N, C)`` values: autograd's engine on
+    such a graph costs more than the full-size native passes at conv sizes), and the same math
+    in differentiable torch ops (:meth:`params`, for ``create_graph=True``).
 
-    Subclasses set ``op`` (a map of ``zoo_kernels``) and write :meth:`params` in
-    differentiable torch ops (used as is, with autograd, under ``create_graph=True``) and
-    :meth:`backward`. :meth:`params` may keep small tensors on ``self`` for :meth:`backward`
-    and for the caller (running statistics).
+    :meth:`forward` keeps what :meth:`backward` needs (and what the caller needs for running
+    statistics) on ``self``.
     """
 
     op: int
 
     def params(self, mean: Tensor, var: Tensor, *inputs: Tensor | None) -> Tensor:
-        """``(N, C, P)`` parameters of the map from the ``(N, C)`` row statistics."""
+        """``(N, C, P)`` parameters of the map from the ``(N, C)`` row statistics, in
+        differentiable torch ops."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, *inputs: Tensor | None) -> Tensor:
+        """``y`` for ``x`` ``(N, C, L)`` (contiguous or channels_last), natively."""
         raise NotImplementedError
 
     def backward(
-        self,
-        sums: Tensor,
-        mean: Tensor,
-        var: Tensor,
-        inputs: tuple[Tensor | None, ...],
-        needs: tuple[bool, ...],
-    ) -> tuple[Tensor | None, Tensor | None, list[Tensor | None]]:
-        """``(dmean, dvar, dinputs)`` from ``sums`` = dL/dparams ``(N, C, P)``; ``needs``
-        says which inputs want a gradient (``None`` where not). ``dmean``/``dvar`` may be
-        ``None`` (zero)."""
+        self, dy: Tensor, x: Tensor, inputs: tuple[Tensor | None, ...], needs: tuple[bool, ...]
+    ) -> list[Tensor | None]:
+        """``[dx, *dinputs]`` natively, ``None`` where ``needs`` (``x``, then the inputs) is
+        false."""
         raise NotImplementedError
 
 
@@ -94,62 +91,50 @@ def torch_map(op: int, x: Tensor, p: Tensor) -> Tensor:
 
 
 class _RowMap(torch.autograd.Function):
-    """``(y, mean, var)`` of a per-row norm (see the module docstring); ``mean``, ``var``
-    ``(N, C)`` are returned detached for running statistics."""
+    """``y`` of a per-row norm through its ``RowNormSpec`` (see the module docstring)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, x: Tensor, spec: RowNormSpec, *inputs: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        mean, var = zoo_kernels.row_stats(x)
-        params = spec.params(mean, var, *inputs).contiguous()
-        y = zoo_kernels.map_forward(spec.op, x, params)
-        ctx.save_for_backward(x, params, mean, var, *inputs)
+    ) -> Tensor:
+        y = spec.forward(x, *inputs)
+        ctx.save_for_backward(x, *inputs)
         ctx.spec = spec
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+        return y
 
     @staticmethod
-    def backward(ctx: Any, dy: Tensor, _dmean: Tensor, _dvar: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        x, params, mean, var, *inputs = ctx.saved_tensors
-        spec: RowNormSpec = ctx.spec
-        needs = tuple(ctx.needs_input_grad[2:])
+    def backward(ctx: Any, dy: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        x, *inputs = ctx.saved_tensors
+        needs = (ctx.needs_input_grad[0], *ctx.needs_input_grad[2:])
         if torch.is_grad_enabled():  # create_graph=True: differentiate the torch math
-            return _RowMap._differentiable_backward(ctx, dy, x, inputs, needs)
-        sums = zoo_kernels.map_sums(spec.op, dy, x, params)
-        dmean, dvar, dinputs = spec.backward(sums, mean, var, tuple(inputs), needs)
-        dx = None
-        if ctx.needs_input_grad[0]:
-            length = x.shape[2]
-            if dvar is None and dmean is None:
-                dx = zoo_kernels.map_dx(spec.op, dy, x, params)
-            else:
-                k1 = torch.zeros_like(mean) if dvar is None else dvar * (2.0 / length)
-                k0 = torch.zeros_like(mean) if dmean is None else dmean / length
-                dx = zoo_kernels.map_dx(
-                    spec.op, dy, x, params, mean, k1.contiguous(), k0.contiguous()
-                )
-        return (dx, None, *dinputs)
+            grads = _RowMap._differentiable_backward(ctx.spec, dy, x, inputs, needs)
+        else:
+            grads = ctx.spec.backward(dy, x, tuple(inputs), needs)
+        return (grads[0], None, *grads[1:])
 
     @staticmethod
     def _differentiable_backward(
-        ctx: Any, dy: Tensor, x: Tensor, inputs: list[Tensor | None], needs: tuple[bool, ...]
-    ) -> tuple[Any, ...]:
+        spec: RowNormSpec,
+        dy: Tensor,
+        x: Tensor,
+        inputs: list[Tensor | None],
+        needs: tuple[bool, ...],
+    ) -> list[Tensor | None]:
         var, mean = torch.var_mean(x, dim=2, unbiased=False)
-        y = torch_map(ctx.spec.op, x, ctx.spec.params(mean, var, *inputs))
+        y = torch_map(spec.op, x, spec.params(mean, var, *inputs))
+        leaves = [x, *inputs]
         wanted = [i for i, need in enumerate(needs) if need]
-        targets = ([x] if ctx.needs_input_grad[0] else []) + [inputs[i] for i in wanted]
-        grads = torch.autograd.grad(y, targets, dy, create_graph=True, allow_unused=True)
-        dx = grads[0] if ctx.needs_input_grad[0] else None
-        out: list[Tensor | None] = [None] * len(inputs)
-        for i, g in zip(wanted, grads[len(grads) - len(wanted) :], strict=True):
+        grads = torch.autograd.grad(
+            y, [leaves[i] for i in wanted], dy, create_graph=True, allow_unused=True
+        )
+        out: list[Tensor | None] = [None] * len(leaves)
+        for i, g in zip(wanted, grads, strict=True):
             out[i] = g
-        return (dx, None, *out)
+        return out
 
 
-def row_map(x: Tensor, spec: RowNormSpec, *inputs: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """``(y, mean, var)``: ``y = f(x; spec.params(mean, var, *inputs))`` with ``mean``,
-    ``var`` the ``(N, C)`` row statistics of ``x`` ``(N, C, *spatial)`` (returned detached);
-    ``y`` has ``x``'s shape and layout. Only for inputs where :func:`use_row_map` holds."""
-    y, mean, var = _RowMap.apply(rows(x), spec, *inputs)
-    return y.view(x.shape), mean, var
+def row_map(x: Tensor, spec: RowNormSpec, *inputs: Tensor | None) -> Tensor:
+    """``y = f(x; spec.params(mean, var, *inputs))`` with ``mean``, ``var`` the ``(N, C)``
+    row statistics of ``x`` ``(N, C, *spatial)``; ``y`` has ``x``'s shape and layout. Only
+    for inputs where :func:`use_row_map` holds."""
+    return _RowMap.apply(rows(x), spec, *inputs).view(x.shape)

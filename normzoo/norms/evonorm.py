@@ -82,8 +82,8 @@ class _B0Spec(RowNormSpec):
     """EvoNorm-B0's ``v``, ``s_i = sqrt(s^2_{w,h} + eps)``, ``s_b = sqrt(s^2_{b,w,h} + eps)``,
     ``w``, ``b`` per row (``zoo_kernels.B0``) from the instance statistics; the batch variance
     combined from them (Chan et al.'s exact pairwise formula), or (``batch=False``) the running
-    one. Inputs: ``v``, ``running_var``, ``weight``, ``bias``. After :meth:`params`, ``var_b``
-    holds the batch variance ``(C,)``."""
+    one. Inputs: ``v``, ``running_var``, ``weight``, ``bias``. After :meth:`forward`, ``var_b``
+    holds the batch variance ``(C,)`` (biased; unset where the running one was used)."""
 
     op = zoo_kernels.B0
 
@@ -100,46 +100,40 @@ class _B0Spec(RowNormSpec):
         bias: Tensor | None,
     ) -> Tensor:
         if self.batch:
-            self.mean_b = mean_i.mean(0, keepdim=True)
-            self.var_b = var_i.mean(0) + (mean_i - self.mean_b).square().mean(0)
+            mean_b = mean_i.mean(0, keepdim=True)
+            var_b = var_i.mean(0) + (mean_i - mean_b).square().mean(0)
         else:
             assert running_var is not None
-            self.var_b = running_var.to(mean_i.dtype)
-        self.s_i = torch.sqrt(var_i + self.eps)
-        self.s_b = torch.sqrt(self.var_b + self.eps)
+            var_b = running_var.to(mean_i.dtype)
         rows = [
             _per_channel(v, mean_i, 1.0),
-            self.s_i,
-            _per_channel(self.s_b, mean_i, 1.0),
+            torch.sqrt(var_i + self.eps),
+            _per_channel(torch.sqrt(var_b + self.eps), mean_i, 1.0),
             _per_channel(weight, mean_i, 1.0),
             _per_channel(bias, mean_i, 0.0),
         ]
         return torch.stack(rows, dim=2)
 
-    def backward(
+    def forward(  # type: ignore[override]
         self,
-        sums: Tensor,
-        mean_i: Tensor,
-        var_i: Tensor,
-        inputs: tuple[Tensor | None, ...],
-        needs: tuple[bool, ...],
-    ) -> tuple[Tensor | None, Tensor | None, list[Tensor | None]]:
-        n = mean_i.shape[0]
-        per_channel = sums.sum(0)  # (C, 5): dv, -, ds_b, dw, db
-        out: list[Tensor | None] = [None] * 4
-        if needs[0]:
-            out[0] = per_channel[:, 0]
-        if needs[2]:
-            out[2] = per_channel[:, 3]
-        if needs[3]:
-            out[3] = per_channel[:, 4]
-        dvar = sums[..., 1] * 0.5 / self.s_i  # d sqrt(u) = du / (2 sqrt(u))
-        dmean = None
-        if self.batch:  # var_b = mean_n var_i + mean_n (mean_i - mean_b)^2
-            dvar_b = per_channel[:, 2] * 0.5 / self.s_b
-            dvar = dvar + dvar_b / n
-            dmean = (mean_i - self.mean_b) * (dvar_b * (2.0 / n))
-        return dmean, dvar, out
+        x: Tensor,
+        v: Tensor,
+        running_var: Tensor | None,
+        weight: Tensor | None,
+        bias: Tensor | None,
+    ) -> Tensor:
+        running = None if self.batch else running_var
+        y, self.mean, _, self.var_b, self.p = zoo_kernels.b0_forward(
+            x, v, weight, bias, running, self.eps
+        )
+        return y
+
+    def backward(
+        self, dy: Tensor, x: Tensor, inputs: tuple[Tensor | None, ...], needs: tuple[bool, ...]
+    ) -> list[Tensor | None]:
+        want = (needs[0], needs[1], needs[3], needs[4])
+        dx, dv, dw, db = zoo_kernels.b0_backward(dy, x, self.p, self.mean, self.batch, want)
+        return [dx, dv, None, dw, db]
 
 
 class _S0Spec(RowNormSpec):
@@ -157,40 +151,30 @@ class _S0Spec(RowNormSpec):
     ) -> Tensor:
         n, c = mean_c.shape
         m = mean_c.view(n, self.groups, -1)
-        self.mean_g = m.mean(2, keepdim=True)
+        mean_g = m.mean(2, keepdim=True)
         var_g = var_c.view(n, self.groups, -1).mean(2, keepdim=True)
-        var_g = var_g + (m - self.mean_g).square().mean(2, keepdim=True)
-        self.r = torch.rsqrt(var_g + self.eps)  # (N, G, 1)
-        self.a0 = self.r.expand(n, self.groups, c // self.groups).reshape(n, c)
-        a = self.a0 * weight.to(self.a0.dtype).view(1, c) if weight is not None else self.a0
+        var_g = var_g + (m - mean_g).square().mean(2, keepdim=True)
+        r = torch.rsqrt(var_g + self.eps)  # (N, G, 1)
+        a = r.expand(n, self.groups, c // self.groups).reshape(n, c)
+        a = a * weight.to(a.dtype).view(1, c) if weight is not None else a
         rows = [_per_channel(v, mean_c, 1.0), a, _per_channel(bias, mean_c, 0.0)]
         return torch.stack(rows, dim=2)
 
+    def forward(  # type: ignore[override]
+        self, x: Tensor, v: Tensor, weight: Tensor | None, bias: Tensor | None
+    ) -> Tensor:
+        y, self.mean, self.var, self.p = zoo_kernels.s0_forward(
+            x, v, weight, bias, self.groups, self.eps
+        )
+        return y
+
     def backward(
-        self,
-        sums: Tensor,
-        mean_c: Tensor,
-        var_c: Tensor,
-        inputs: tuple[Tensor | None, ...],
-        needs: tuple[bool, ...],
-    ) -> tuple[Tensor | None, Tensor | None, list[Tensor | None]]:
-        _, weight, _ = inputs
-        n, c = mean_c.shape
-        g, size = self.groups, c // self.groups
-        out: list[Tensor | None] = [None] * 3
-        if needs[0]:
-            out[0] = sums[..., 0].sum(0)
-        if needs[2]:
-            out[2] = sums[..., 2].sum(0)
-        g_a = sums[..., 1]
-        if needs[1]:
-            out[1] = (g_a * self.a0).sum(0)
-        g_a0 = g_a * weight.to(g_a.dtype).view(1, c) if weight is not None else g_a
-        # r = (var_g + eps)^(-1/2), var_g = mean var_c + mean (mean_c - mean_g)^2
-        dvar_g = g_a0.view(n, g, size).sum(2, keepdim=True) * self.r.pow(3) * -0.5
-        dvar = (dvar_g / size).expand(n, g, size).reshape(n, c)
-        dmean = ((mean_c.view(n, g, size) - self.mean_g) * (dvar_g * (2.0 / size))).view(n, c)
-        return dmean, dvar, out
+        self, dy: Tensor, x: Tensor, inputs: tuple[Tensor | None, ...], needs: tuple[bool, ...]
+    ) -> list[Tensor | None]:
+        weight = inputs[1]
+        return zoo_kernels.s0_backward(
+            dy, x, self.p, self.mean, self.var, weight, self.groups, self.eps, needs
+        )
 
 
 class EvoNormB0(BatchNorm):
@@ -285,7 +269,7 @@ class EvoNormB0(BatchNorm):
         batch = self.training or self.running_var is None
         spec = _B0Spec(self.eps, batch)
         running = None if batch else self.running_var
-        y, _, _ = row_map(xf, spec, self.v, running, self.weight, self.bias)
+        y = row_map(xf, spec, self.v, running, self.weight, self.bias)
         if update:
             m = xf.numel() // xf.shape[1]
             with torch.no_grad():
@@ -391,7 +375,7 @@ class EvoNormS0(Norm):
         xf = x.to(compute_dtype(x))
         if use_row_map(xf):
             spec = _S0Spec(self.num_groups, self.eps)
-            y, _, _ = row_map(xf, spec, self.v, self.weight, self.bias)
+            y = row_map(xf, spec, self.v, self.weight, self.bias)
             return y.to(x.dtype)
         return self._eager_forward(x, xf)
 

@@ -21,7 +21,8 @@ class _SwitchableSpec(RowNormSpec):
     term from the batch, or (``batch=False``) from the running statistics.
 
     Inputs: ``mean_weight``, ``var_weight``, ``weight``, ``bias``, ``running_mean``,
-    ``running_var``. After :meth:`params`, ``mean_bn``/``var_bn`` hold the batch statistics.
+    ``running_var``. After :meth:`forward`, ``mean_bn``/``var_bn`` hold BN's batch statistics
+    (biased variance; unset where the running ones were used).
     """
 
     op = zoo_kernels.AFFINE
@@ -60,49 +61,33 @@ class _SwitchableSpec(RowNormSpec):
         b = -mean * a
         if bias is not None:
             b = b + bias.to(b.dtype).view(1, c)
-        self.mean_bn, self.var_bn = mean_bn, var_bn
-        self.saved = (mean_ln, var_ln, wm, wv, mean, a0, a)
         return torch.stack([a, b], dim=2)
 
-    def backward(
+    def forward(  # type: ignore[override]
         self,
-        sums: Tensor,
-        mean_in: Tensor,
-        var_in: Tensor,
-        inputs: tuple[Tensor | None, ...],
-        needs: tuple[bool, ...],
-    ) -> tuple[Tensor | None, Tensor | None, list[Tensor | None]]:
-        _, _, weight, _, _, _ = inputs
-        mean_ln, var_ln, wm, wv, mean, a0, a = self.saved
-        mean_bn, var_bn = self.mean_bn, self.var_bn
-        n, c = mean_in.shape
-        ga, gb = sums[..., 0], sums[..., 1]
-        g_mean = -gb * a  # b = bias - mean a
-        g_a = ga - gb * mean
-        g_a0 = g_a * weight.to(g_a.dtype).view(1, c) if weight is not None else g_a
-        g_var = g_a0 * a0.pow(3) * -0.5  # a0 = (var + eps)^(-1/2)
-        out: list[Tensor | None] = [None] * 6
-        if needs[0]:  # softmax: dl = w (g - sum w g)
-            g = torch.stack([(g_mean * t).sum() for t in (mean_in, mean_ln, mean_bn)])
-            out[0] = wm * (g - (wm * g).sum())
-        if needs[1]:
-            g = torch.stack([(g_var * t).sum() for t in (var_in, var_ln, var_bn)])
-            out[1] = wv * (g - (wv * g).sum())
-        if needs[2]:
-            out[2] = (g_a * a0).sum(0)
-        if needs[3]:
-            out[3] = gb.sum(0)
-        # mean_ln = mean_c mean_in, var_ln = mean_c (var_in + mean_in^2) - mean_ln^2; BN alike.
-        h_ln = g_var.sum(1, keepdim=True) * wv[1]
-        dmean = g_mean * wm[0] + g_mean.sum(1, keepdim=True) * (wm[1] / c)
-        dmean = dmean + (mean_in - mean_ln) * (h_ln * (2.0 / c))
-        dvar = g_var * wv[0] + h_ln / c
-        if self.batch:
-            h_bn = g_var.sum(0, keepdim=True) * wv[2]
-            dmean = dmean + g_mean.sum(0, keepdim=True) * (wm[2] / n)
-            dmean = dmean + (mean_in - mean_bn) * (h_bn * (2.0 / n))
-            dvar = dvar + h_bn / n
-        return dmean, dvar, out
+        x: Tensor,
+        mean_weight: Tensor,
+        var_weight: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+    ) -> Tensor:
+        y, self.mean, self.var, stats_bn, self.p = zoo_kernels.switchable_forward(
+            x, mean_weight, var_weight, weight, bias, running_mean, running_var, self.eps
+        )
+        self.mean_bn, self.var_bn = stats_bn[0], stats_bn[1]
+        return y
+
+    def backward(
+        self, dy: Tensor, x: Tensor, inputs: tuple[Tensor | None, ...], needs: tuple[bool, ...]
+    ) -> list[Tensor | None]:
+        mean_weight, var_weight, weight, _, running_mean, running_var = inputs
+        dx, dmw, dvw, dw, db = zoo_kernels.switchable_backward(
+            dy, x, self.p, self.mean, self.var, mean_weight, var_weight, weight,  # type: ignore[arg-type]
+            running_mean, running_var, self.eps, needs[:5],
+        )  # fmt: skip
+        return [dx, dmw, dvw, dw, db, None, None]
 
 
 class SwitchableNorm(BatchNorm):
@@ -201,9 +186,7 @@ class SwitchableNorm(BatchNorm):
         batch = self.training or self.running_mean is None
         spec = _SwitchableSpec(self.eps, batch)
         running = (None, None) if batch else (self.running_mean, self.running_var)
-        y, _, _ = row_map(
-            xf, spec, self.mean_weight, self.var_weight, self.weight, self.bias, *running
-        )
+        y = row_map(xf, spec, self.mean_weight, self.var_weight, self.weight, self.bias, *running)
         if update:  # as switchable_statistics: BN's, unbiased variance
             m = xf.numel() // xf.shape[1]
             with torch.no_grad():
