@@ -204,7 +204,11 @@ NATIVE_CASES = [
     ("evonormb0", {"momentum": None}),
     ("evonorms0", {}),
     ("evonorms0", {"num_groups": 2, "affine": False}),
+    ("frn", {}),
+    ("rmsnorm", {}),
+    ("rmsnorm", {"affine": False}),
 ]
+NATIVE_NORMS = ["switchablenorm", "evonormb0", "evonorms0", "frn", "rmsnorm"]
 # (shape, memory format, layout the kernels must see: 0 rows, 1 channels_last)
 NATIVE_LAYOUTS = [
     ((4, 8, 5, 6), torch.contiguous_format, 0),
@@ -257,7 +261,7 @@ def test_eager_fallback_equals_reference(name, kwargs, monkeypatch, kernel_layou
     assert kernel_layouts == []
 
 
-@pytest.mark.parametrize("name", ["switchablenorm", "evonormb0", "evonorms0"])
+@pytest.mark.parametrize("name", NATIVE_NORMS)
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=str)
 def test_native_gradients_equal_float64_autograd(name, fmt):
     """The float32 kernels against float64 autograd of the reference math on the same values
@@ -283,7 +287,7 @@ def test_native_gradients_equal_float64_autograd(name, fmt):
         torch.testing.assert_close(fast.state_dict()[key], value.to(fast.state_dict()[key]))
 
 
-@pytest.mark.parametrize("name", ["switchablenorm", "evonormb0", "evonorms0"])
+@pytest.mark.parametrize("name", NATIVE_NORMS)
 def test_native_double_backward_equals_reference(name):
     """``create_graph=True`` differentiates the same math in torch ops: second derivatives
     as the reference's."""

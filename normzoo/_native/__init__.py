@@ -92,6 +92,10 @@ SIGNATURES: dict[str, dict[str, list]] = {
         "nz_s0_backward": [P, P, P, P, P, P, I64, F64, P, P, P, P, P, P, I64, I64, I64, INT, INT],
         "nz_switchable_forward": [*[P] * 7, F64, *[P] * 6, I64, I64, I64, INT, INT],
         "nz_switchable_backward": [*[P] * 10, F64, *[P] * 8, I64, I64, I64, INT, INT],
+        "nz_frn_forward": [P, P, P, P, F64, P, P, P, P, I64, I64, I64, INT, INT],
+        "nz_frn_backward": [P, P, P, P, P, P, F64, P, P, P, P, P, P, I64, I64, I64, INT, INT],
+        "nz_rms_forward": [P, P, P, F64, P, P, P, P, I64, I64, I64, INT, INT],
+        "nz_rms_backward": [P, P, P, P, P, P, F64, P, P, P, P, P, I64, I64, I64, INT, INT],
     },
 }
 

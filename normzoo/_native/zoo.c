@@ -9,6 +9,7 @@
  *   NZ_AFFINE (P = 2: a, b):            y = a x + b
  *   NZ_B0     (P = 5: v, s_i, s_b, w, b): y = x / max(s_b, v x + s_i) * w + b    (EvoNorm-B0)
  *   NZ_S0     (P = 3: v, a, b):          y = x sigmoid(v x) a + b               (EvoNorm-S0)
+ *   NZ_TLU    (P = 3: a, b, tau):        y = max(a x + b, tau)                  (FRN + TLU)
  *
  * Backward in two passes: nz_map_sums reads dy and x for the per-row sums that are dL/dp
  * (the caller backpropagates them through its small graph to dL/dmean, dL/dvar), then
@@ -29,13 +30,14 @@
 #define NZ_AFFINE 0
 #define NZ_B0 1
 #define NZ_S0 2
+#define NZ_TLU 3
 #define NZ_MAXP 5
 #define NZ_CB 64
 #define NZ_CHUNK 256
 #define NZ_CL_CHUNK 16 /* channels_last sums are sequential per channel: flush often */
 #define NZ_INLINE static inline __attribute__((always_inline))
 
-static const int NZ_NPARAMS[3] = {2, 5, 3};
+static const int NZ_NPARAMS[4] = {2, 5, 3, 3};
 
 /* exp(x) to about 2 ulp, vectorizable (Cephes' expf: 2^n times a degree-6 polynomial). */
 NZ_INLINE float nz_exp(float x) {
@@ -139,7 +141,9 @@ NZ_INLINE float nz_fwd(int op, float x, float p0, float p1, float p2, float p3, 
     const float d = p0 * x + p1, den = d > p2 ? d : p2;
     return x / den * p3 + p4;
   }
-  return x * nz_sigmoid(p0 * x) * p1 + p2;
+  if (op == NZ_S0) return x * nz_sigmoid(p0 * x) * p1 + p2;
+  const float y = x * p0 + p1;
+  return y > p2 ? y : p2;
 }
 
 /* The row sums of the backward: dL/dp for one element, added into g[0..P-1]. */
@@ -157,10 +161,16 @@ NZ_INLINE float nz_fwd(int op, float x, float p0, float p1, float p2, float p3, 
       g##2 += 0.5f * u - tt;                                                              \
       g##3 += dyv * q;                                                                    \
       g##4 += dyv;                                                                        \
-    } else {                                                                              \
+    } else if (op == NZ_S0) {                                                             \
       const float s = nz_sigmoid(p0 * xv), e = dyv * p1 * xv;                             \
       g##0 += e * xv * s * (1.f - s);                                                     \
       g##1 += dyv * xv * s;                                                               \
+      g##2 += dyv;                                                                        \
+    } else { /* h: dy where a x + b > tau, dy / 2 at a tie (torch.maximum), else 0 */     \
+      const float y = xv * p0 + p1;                                                       \
+      const float h = dyv * 0.5f * (1.f + (float)(y > p2) - (float)(y < p2));            \
+      g##0 += h * xv;                                                                     \
+      g##1 += h;                                                                          \
       g##2 += dyv;                                                                        \
     }                                                                                     \
   } while (0)
@@ -174,8 +184,12 @@ NZ_INLINE float nz_dx(int op, float dy, float x, float p0, float p1, float p2, f
     const float u = tt + tt * ((float)(d > p2) - (float)(d < p2)); /* ties: half */
     return r - 0.5f * p0 * u;
   }
-  const float s = nz_sigmoid(p0 * x);
-  return dy * p1 * (s + p0 * x * s * (1.f - s));
+  if (op == NZ_S0) {
+    const float s = nz_sigmoid(p0 * x);
+    return dy * p1 * (s + p0 * x * s * (1.f - s));
+  }
+  const float y = x * p0 + p1;
+  return p0 * dy * 0.5f * (1.f + (float)(y > p2) - (float)(y < p2));
 }
 
 /* The row's parameters, or (channels_last) the block's, one array per parameter. */
@@ -199,8 +213,10 @@ static inline void load_block(const float *params, int P, int64_t row0, int64_t 
       impl(NZ_AFFINE, __VA_ARGS__);          \
     else if ((op) == NZ_B0)                  \
       impl(NZ_B0, __VA_ARGS__);              \
-    else                                     \
+    else if ((op) == NZ_S0)                  \
       impl(NZ_S0, __VA_ARGS__);              \
+    else                                     \
+      impl(NZ_TLU, __VA_ARGS__);             \
   }
 
 NZ_INLINE void map_forward(const int op, const float *x, const float *params, float *y,
@@ -623,5 +639,101 @@ void nz_switchable_backward(const float *dy, const float *x, const float *params
       k1[r] = (float)(2.0 * dvar / (double)L);
       k0[r] = (float)(dmean / (double)L);
     }
+  if (dx) nz_map_dx(NZ_AFFINE, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
+}
+
+/* FRN + TLU: params (N C 3): a = w / sqrt(nu2 + eps), b, tau; nu2 = var + mean^2, the mean
+ * square of the row. */
+void nz_frn_forward(const float *x, const float *w, const float *b, const float *tau,
+                    double eps, float *y, float *mean, float *var, float *params, int64_t N,
+                    int64_t C, int64_t L, int cl, int threads) {
+  nz_row_stats(x, mean, var, N, C, L, cl, threads);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t r = n * C + c;
+      const double m = mean[r], q = 1.0 / sqrt(var[r] + m * m + eps);
+      params[r * 3] = (float)(w[c] * q);
+      params[r * 3 + 1] = b[c];
+      params[r * 3 + 2] = tau[c];
+    }
+  nz_map_forward(NZ_TLU, x, params, y, N, C, L, cl, threads);
+}
+
+void nz_frn_backward(const float *dy, const float *x, const float *params, const float *mean,
+                     const float *var, const float *w, double eps, float *sums, float *k,
+                     float *dx, float *dw, float *db, float *dtau, int64_t N, int64_t C,
+                     int64_t L, int cl, int threads) {
+  nz_map_sums(NZ_TLU, dy, x, params, sums, N, C, L, cl, threads);
+  float *k1 = k, *k0 = k + N * C;
+  for (int64_t c = 0; c < C; ++c) {
+    double sw = 0.0, sb = 0.0, st = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t r = n * C + c;
+      const double m = mean[r], q = 1.0 / sqrt(var[r] + m * m + eps);
+      const float *g = sums + r * 3; /* sum h x, sum h, sum dy */
+      sw += g[0] * q, sb += g[1], st += g[2] - g[1];
+      /* q = (nu2 + eps)^(-1/2), nu2 = var + mean^2 */
+      const double dnu2 = g[0] * w[c] * -0.5 * q * q * q;
+      k1[r] = (float)(2.0 * dnu2 / (double)L);
+      k0[r] = (float)(2.0 * m * dnu2 / (double)L);
+    }
+    if (dw) dw[c] = (float)sw;
+    if (db) db[c] = (float)sb;
+    if (dtau) dtau[c] = (float)st;
+  }
+  if (dx) nz_map_dx(NZ_TLU, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
+}
+
+/* RMSNorm over each sample's channels and positions: params (N C 2): a = w / rms_n, b;
+ * rms_n^2 = mean_c (var + mean^2). */
+void nz_rms_forward(const float *x, const float *w, const float *b, double eps, float *y,
+                    float *mean, float *var, float *params, int64_t N, int64_t C, int64_t L,
+                    int cl, int threads) {
+  nz_row_stats(x, mean, var, N, C, L, cl, threads);
+  for (int64_t n = 0; n < N; ++n) {
+    double ms = 0.0;
+    for (int64_t c = 0; c < C; ++c) {
+      const double m = mean[n * C + c];
+      ms += var[n * C + c] + m * m;
+    }
+    const double r = 1.0 / sqrt(ms / (double)C + eps);
+    for (int64_t c = 0; c < C; ++c) {
+      params[(n * C + c) * 2] = (float)(w ? w[c] * r : r);
+      params[(n * C + c) * 2 + 1] = b ? b[c] : 0.f;
+    }
+  }
+  nz_map_forward(NZ_AFFINE, x, params, y, N, C, L, cl, threads);
+}
+
+void nz_rms_backward(const float *dy, const float *x, const float *params, const float *mean,
+                     const float *var, const float *w, double eps, float *sums, float *k,
+                     float *dx, float *dw, float *db, int64_t N, int64_t C, int64_t L, int cl,
+                     int threads) {
+  nz_map_sums(NZ_AFFINE, dy, x, params, sums, N, C, L, cl, threads);
+  float *k1 = k, *k0 = k + N * C;
+  for (int64_t c = 0; c < C; ++c) {
+    if (dw) dw[c] = 0.f;
+    if (db) db[c] = 0.f;
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    double ms = 0.0, gr = 0.0;
+    for (int64_t c = 0; c < C; ++c) {
+      const double m = mean[n * C + c];
+      ms += var[n * C + c] + m * m;
+    }
+    const double r = 1.0 / sqrt(ms / (double)C + eps);
+    for (int64_t c = 0; c < C; ++c) {
+      const float *g = sums + (n * C + c) * 2; /* sum dy x, sum dy */
+      if (dw) dw[c] += (float)(g[0] * r);
+      if (db) db[c] += g[1];
+      gr += w ? (double)g[0] * w[c] : (double)g[0];
+    }
+    /* r = (ms + eps)^(-1/2), ms = mean_c (var + mean^2) */
+    const double dms = gr * -0.5 * r * r * r / (double)C;
+    for (int64_t c = 0; c < C; ++c) {
+      k1[n * C + c] = (float)(2.0 * dms / (double)L);
+      k0[n * C + c] = (float)(2.0 * mean[n * C + c] * dms / (double)L);
+    }
+  }
   if (dx) nz_map_dx(NZ_AFFINE, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
 }

@@ -14,11 +14,11 @@ from torch import Tensor
 
 from normzoo._native import load, threads
 
-__all__ = ["AFFINE", "B0", "NPARAMS", "S0", "layout", "map_dx", "map_forward", "map_sums"]
+__all__ = ["AFFINE", "B0", "NPARAMS", "S0", "TLU", "layout", "map_dx", "map_forward", "map_sums"]
 
 #: The elementwise maps of ``zoo.c`` (``op``) and their parameter counts per row.
-AFFINE, B0, S0 = 0, 1, 2
-NPARAMS = {AFFINE: 2, B0: 5, S0: 3}
+AFFINE, B0, S0, TLU = 0, 1, 2, 3
+NPARAMS = {AFFINE: 2, B0: 5, S0: 3, TLU: 3}
 
 
 def layout(x: Tensor) -> int | None:
@@ -248,4 +248,76 @@ def switchable_backward(
     scratch = torch.empty(4 * (n + c), dtype=torch.float64)
     _lib().nz_switchable_backward(*_args(dy, x, params, mean, var, *small, float(eps), sums, k,
                                          scratch, *out, n, c, length, cl, threads()))  # fmt: skip
+    return out
+
+
+def frn_forward(
+    x: Tensor, weight: Tensor, bias: Tensor, tau: Tensor, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """FRN + TLU: ``(y, mean, var, params)``."""
+    cl = _check(x)
+    n, c, length = x.shape
+    weight, bias, tau = _small(weight, bias, tau)
+    y = torch.empty_like(x)
+    stats, params = x.new_empty(2, n, c), x.new_empty(n, c, 3)
+    _lib().nz_frn_forward(*_args(x, weight, bias, tau, float(eps), y, stats[0], stats[1], params,
+                                 n, c, length, cl, threads()))  # fmt: skip
+    return y, stats[0], stats[1], params
+
+
+def frn_backward(
+    dy: Tensor,
+    x: Tensor,
+    params: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor,
+    eps: float,
+    needs: tuple[bool, ...],
+) -> list[Tensor | None]:
+    """``[dx, dweight, dbias, dtau]`` of FRN + TLU (``None`` where ``needs`` is false)."""
+    cl = _check(x, params, mean, var)
+    dy = _like(x, dy)
+    n, c, length = x.shape
+    (weight,) = _small(weight)
+    out = _grads(x, needs, c, c, c)
+    sums, k = x.new_empty(n, c, 3), x.new_empty(2, n, c)
+    _lib().nz_frn_backward(*_args(dy, x, params, mean, var, weight, float(eps), sums, k, *out,
+                                  n, c, length, cl, threads()))  # fmt: skip
+    return out
+
+
+def rms_forward(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """RMSNorm over each sample's channels and positions: ``(y, mean, var, params)``."""
+    cl = _check(x)
+    n, c, length = x.shape
+    weight, bias = _small(weight, bias)
+    y = torch.empty_like(x)
+    stats, params = x.new_empty(2, n, c), x.new_empty(n, c, 2)
+    _lib().nz_rms_forward(*_args(x, weight, bias, float(eps), y, stats[0], stats[1], params,
+                                 n, c, length, cl, threads()))  # fmt: skip
+    return y, stats[0], stats[1], params
+
+
+def rms_backward(
+    dy: Tensor,
+    x: Tensor,
+    params: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor | None,
+    eps: float,
+    needs: tuple[bool, ...],
+) -> list[Tensor | None]:
+    """``[dx, dweight, dbias]`` of RMSNorm (``None`` where ``needs`` is false)."""
+    cl = _check(x, params, mean, var)
+    dy = _like(x, dy)
+    n, c, length = x.shape
+    (weight,) = _small(weight)
+    out = _grads(x, needs, c, c)
+    sums, k = x.new_empty(n, c, 2), x.new_empty(2, n, c)
+    _lib().nz_rms_backward(*_args(dy, x, params, mean, var, weight, float(eps), sums, k, *out,
+                                  n, c, length, cl, threads()))  # fmt: skip
     return out

@@ -87,7 +87,9 @@ def torch_map(op: int, x: Tensor, p: Tensor) -> Tensor:
         return x * q[0] + q[1]
     if op == zoo_kernels.B0:
         return x / torch.maximum(q[2], q[0] * x + q[1]) * q[3] + q[4]
-    return x * torch.sigmoid(q[0] * x) * q[1] + q[2]
+    if op == zoo_kernels.S0:
+        return x * torch.sigmoid(q[0] * x) * q[1] + q[2]
+    return torch.maximum(x * q[0] + q[1], q[2])
 
 
 class _RowMap(torch.autograd.Function):

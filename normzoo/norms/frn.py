@@ -8,8 +8,10 @@ import torch
 from torch import Tensor, nn
 
 from normzoo import functional
+from normzoo._native import zoo_kernels
 from normzoo.functional._stats import compute_dtype
 from normzoo.norms._kernels import restore_format, row_view, scale_shift
+from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
 from normzoo.norms.base import Norm
 
 
@@ -68,6 +70,43 @@ class _FRNFunction(torch.autograd.Function):
         dbias = sum_h.sum(0).mul_(0.5)
         dtau = dz.sum(dim=(0, 2)) - dbias
         return dx, dweight, dbias, dtau, None
+
+
+class _FRNSpec(RowNormSpec):
+    """FRN + TLU as a per-row map (``zoo_kernels.TLU``): ``a = w / sqrt(nu^2 + eps)``, ``b``,
+    ``tau`` per row, ``nu^2 = var + mean^2`` the row's mean square. Inputs: ``weight``,
+    ``bias``, ``tau``."""
+
+    op = zoo_kernels.TLU
+
+    def __init__(self, eps: float) -> None:
+        self.eps = eps
+
+    def params(  # type: ignore[override]
+        self, mean: Tensor, var: Tensor, weight: Tensor, bias: Tensor, tau: Tensor
+    ) -> Tensor:
+        a = torch.rsqrt(var + mean * mean + self.eps) * weight.to(mean.dtype).view(1, -1)
+        rows = [a, bias.to(a.dtype).view(1, -1).expand_as(a), tau.to(a.dtype).view(1, -1)]
+        return torch.stack([r.expand_as(a) for r in rows], dim=2)
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor, tau: Tensor) -> Tensor:  # type: ignore[override]
+        y, self.mean, self.var, self.p = zoo_kernels.frn_forward(x, weight, bias, tau, self.eps)
+        return y
+
+    def backward(
+        self, dy: Tensor, x: Tensor, inputs: tuple[Tensor | None, ...], needs: tuple[bool, ...]
+    ) -> list[Tensor | None]:
+        weight = inputs[0]
+        return zoo_kernels.frn_backward(
+            dy,
+            x,
+            self.p,
+            self.mean,
+            self.var,
+            weight,
+            self.eps,
+            needs,  # type: ignore[arg-type]
+        )
 
 
 #: Initial value of the learned part of epsilon (as TF-Addons' FilterResponseNormalization).
@@ -143,6 +182,9 @@ class FilterResponseNorm(Norm):
     def _forward(self, x: Tensor) -> Tensor:
         if self.impl == "fast" and self._use_function(x):
             xf = x.to(compute_dtype(x))
+            if use_row_map(xf):  # native, any layout kept
+                spec = _FRNSpec(self.eps)
+                return row_map(xf, spec, self.weight, self.bias, self.tau).to(x.dtype)
             x3, channels_last = row_view(xf)
             z = _FRNFunction.apply(x3, self.weight, self.bias, self.tau, self.eps)
             return restore_format(z, xf.shape, channels_last).to(x.dtype)

@@ -7,10 +7,43 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normzoo import functional
+from normzoo._native import zoo_kernels
 from normzoo.functional._stats import affine as _affine
 from normzoo.functional._stats import compute_dtype
 from normzoo.norms._kernels import RowAffine, RowMeanSquare, restore_format, row_view
+from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
 from normzoo.norms.base import Norm
+
+
+class _RMSSpec(RowNormSpec):
+    """Channels-first RMSNorm as a per-row affine map: ``a = w / RMS(x_n)``, ``b`` per row,
+    ``RMS(x_n)^2 = mean_c (var + mean^2) + eps`` from the rows' statistics. Inputs:
+    ``weight``, ``bias``."""
+
+    op = zoo_kernels.AFFINE
+
+    def __init__(self, eps: float) -> None:
+        self.eps = eps
+
+    def params(  # type: ignore[override]
+        self, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None
+    ) -> Tensor:
+        a = torch.rsqrt((var + mean * mean).mean(1, keepdim=True) + self.eps).expand_as(mean)
+        if weight is not None:
+            a = a * weight.to(a.dtype).view(1, -1)
+        b = bias.to(a.dtype).view(1, -1).expand_as(a) if bias is not None else torch.zeros_like(a)
+        return torch.stack([a, b], dim=2)
+
+    def forward(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:  # type: ignore[override]
+        y, self.mean, self.var, self.p = zoo_kernels.rms_forward(x, weight, bias, self.eps)
+        return y
+
+    def backward(
+        self, dy: Tensor, x: Tensor, inputs: tuple[Tensor | None, ...], needs: tuple[bool, ...]
+    ) -> list[Tensor | None]:
+        return zoo_kernels.rms_backward(
+            dy, x, self.p, self.mean, self.var, inputs[0], self.eps, needs
+        )
 
 
 class RMSNorm(Norm):
@@ -73,6 +106,9 @@ class RMSNorm(Norm):
             )
         xf = x.to(compute_dtype(x))  # half inputs: statistics and affine in float32
         if not self.channels_last and x.dim() >= 3:
+            if use_row_map(xf):  # native, any layout kept
+                y = row_map(xf, _RMSSpec(self.eps), self.weight, self.bias)
+                return y.to(x.dtype)
             return self._rows_forward(xf).to(x.dtype)
         if self.channels_last:
             y = F.rms_norm(xf, (self.num_features,), self.weight, self.eps)
