@@ -23,10 +23,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* -std=c11 turns off the contraction of a * b + c into FMAs, which halves the speed of the
- * polynomial of nz_exp: allow it in this file. */
-#pragma GCC optimize("fp-contract=fast")
-
 #define NZ_AFFINE 0
 #define NZ_B0 1
 #define NZ_S0 2
