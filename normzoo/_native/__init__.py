@@ -111,7 +111,8 @@ def native_enabled() -> bool:
     """Whether the norms may use native kernels (the switch and ``NORMZOO_NATIVE``)."""
     if not _switch:
         return False
-    return os.environ.get(_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    value = os.environ.get(_ENV)  # usually unset: the dispatch of every call reads this
+    return value is None or value.strip().lower() not in ("0", "false", "no", "off")
 
 
 def cache_dir() -> Path:
@@ -218,7 +219,10 @@ def build_times() -> dict[str, float]:
 
 def available(name: str) -> bool:
     """Whether the native library ``name`` is usable here (builds it if needed)."""
-    return load(name) is not None
+    lib = _libs.get(name, False)  # the fast path: loaded before, switch and env still on
+    if lib is False or not native_enabled():
+        return load(name) is not None
+    return lib is not None
 
 
 def threads() -> int:

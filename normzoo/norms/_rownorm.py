@@ -29,7 +29,7 @@ def use_native_row_norm(x: Tensor, weight: Tensor | None = None) -> bool:
     """Whether :func:`native_group_norm` serves ``x``: contiguous float32 ``(N, C, *)`` on
     the CPU, at least ``NATIVE_MIN_NUMEL`` elements, outside ``torch.compile``."""
     return (
-        x.device.type == "cpu"
+        x.is_cpu
         and x.dtype == torch.float32
         and (weight is None or weight.dtype == torch.float32)
         and x.dim() >= 3

@@ -72,7 +72,7 @@ class _NativeBatchNorm(torch.autograd.Function):
 def use_native_batch_stats(x: Tensor, weight: Tensor | None = None) -> bool:
     """Whether the native training kernels are used for ``x`` (see ``NATIVE_MIN_NUMEL``)."""
     return (
-        x.device.type == "cpu"
+        x.is_cpu
         and x.dtype in NATIVE_DTYPES
         and (weight is None or weight.dtype == x.dtype)
         and x.dim() >= 3
