@@ -10,7 +10,7 @@ values are still in the core's cache, so each tensor crosses the memory bus once
 How they are built and used:
 
 * Each ``*.c`` file of this package is one library. :func:`load` compiles it the first time
-  it is needed (about a second; ``-O3 -march=native -fopenmp``, with FMA contraction, which
+  it is needed (0.2-4 s; ``-O3 -march=native -fopenmp``, with FMA contraction, which
   ``-std=c11`` alone turns off) into the cache folder
   (``$NORMZOO_CACHE_DIR``, else ``$XDG_CACHE_HOME/normzoo``, else ``~/.cache/normzoo``), under a
   name that hashes the source, the flags, the compiler and the CPU, and loads it.
