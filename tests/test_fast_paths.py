@@ -454,6 +454,68 @@ def test_instancenorm_channels_last_equals_torch(shape, dtype):
     torch.testing.assert_close(xa.grad, xb.grad, **tol)
 
 
+@pytest.mark.parametrize(("affine", "track"), [(True, True), (False, True), (True, False)])
+def test_instancenorm_channels_last_native_path(monkeypatch, affine, track):
+    # float32 channels_last runs zoo.c's row statistics and affine map in place: the same
+    # outputs, gradients (vs float64 autograd of the reference math) and running statistics
+    from normzoo._native import zoo_kernels
+
+    calls = []
+    original = zoo_kernels.map_forward
+    monkeypatch.setattr(
+        zoo_kernels, "map_forward", lambda *a: calls.append(a[1].stride()) or original(*a)
+    )
+    ours = normzoo.create("in", 6, affine=affine, track_running_stats=track, momentum=0.3)
+    ref = nn.InstanceNorm2d(6, affine=affine, track_running_stats=track, momentum=0.3)
+    if affine:
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5)
+            ref.bias.uniform_(-0.5, 0.5)
+    ours.load_state_dict(ref.state_dict(), strict=False)
+    for step in range(2):
+        x = torch.randn(3, 6, 5, 7) * (step + 2) + step
+        xa = x.to(memory_format=torch.channels_last).requires_grad_()
+        x64 = x.double().requires_grad_()
+        ya = ours(xa)
+        assert ya.is_contiguous(memory_format=torch.channels_last)
+        w64 = ref.weight.detach().double().requires_grad_() if affine else None
+        b64 = ref.bias.detach().double().requires_grad_() if affine else None
+        y64 = normzoo.functional.instance_norm(
+            x64, None, None, w64, b64, use_input_stats=True, eps=1e-5
+        )[0]
+        torch.testing.assert_close(ya, y64.float(), **TOL)
+        g = torch.randn_like(x)
+        ya.backward(g)
+        leaves = [x64, *([w64, b64] if affine else [])]
+        want = torch.autograd.grad(y64, leaves, g.double())
+        torch.testing.assert_close(xa.grad, want[0].float(), atol=1e-4, rtol=1e-4)
+        assert xa.grad.is_contiguous(memory_format=torch.channels_last)
+        if affine:
+            torch.testing.assert_close(ours.weight.grad, want[1].float(), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(ours.bias.grad, want[2].float(), atol=1e-4, rtol=1e-4)
+            ours.zero_grad()
+        with torch.no_grad():
+            ref(x)  # torch's running statistics for the same batch
+        if track:
+            torch.testing.assert_close(ours.running_mean, ref.running_mean, **TOL)
+            torch.testing.assert_close(ours.running_var, ref.running_var, **TOL)
+    assert len(calls) == 2 and all(stride[1] == 1 for stride in calls)  # read in place
+
+
+def test_instancenorm_channels_last_double_backward():
+    ours = normzoo.create("in", 6)
+    ref = nn.InstanceNorm2d(6, affine=True)
+    x = torch.randn(3, 6, 5, 4)
+    out = []
+    for m, xx in ((ours, x.to(memory_format=torch.channels_last)), (ref, x)):
+        xx = xx.clone().requires_grad_()
+        (g,) = torch.autograd.grad(m(xx).pow(2).sum(), xx, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(3).sum(), xx)
+        out.append((g.detach(), gg))
+    torch.testing.assert_close(out[0][0], out[1][0], **TOL)
+    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-3, rtol=1e-3)
+
+
 # -- integration -----------------------------------------------------------------------------
 @pytest.mark.usefixtures("native_everywhere")
 def test_under_ddp_single_process(tmp_path):
