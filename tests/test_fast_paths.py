@@ -516,6 +516,55 @@ def test_instancenorm_channels_last_double_backward():
     torch.testing.assert_close(out[0][1], out[1][1], atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize("groups", [1, 2, 4, 8])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", [(3, 8, 5, 7), (2, 8, 3, 4, 5)], ids=str)
+def test_group_spec_on_channels_last_equals_reference(groups, affine, shape):
+    # GroupSpec (any group count) through zoo.c on channels_last: InstanceNorm's path
+    # (groups=C); GroupNorm and LayerNorm keep torch's channels_last kernel, measured faster
+    from normzoo.norms._row_map import row_map
+
+    w = torch.rand(8) + 0.5 if affine else None
+    b = torch.randn(8) if affine else None
+    fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    x = torch.randn(shape) * 3 + 2
+    xa = x.to(memory_format=fmt).requires_grad_()
+    params32 = [t.clone().requires_grad_() for t in (w, b) if t is not None]
+    ya = row_map(xa, rownorm_mod.GroupSpec(groups, 1e-5), *(params32 or [None, None]))
+    assert ya.is_contiguous(memory_format=fmt)
+    x64 = x.double().requires_grad_()
+    params64 = [t.double().requires_grad_() for t in (w, b) if t is not None]
+    y64 = normzoo.functional.group_norm(x64, groups, *(params64 or [None, None]), eps=1e-5)
+    torch.testing.assert_close(ya, y64.float(), **TOL)
+    g = torch.randn_like(x)
+    got = torch.autograd.grad(ya, [xa, *params32], g)
+    want = torch.autograd.grad(y64, [x64, *params64], g.double())
+    assert got[0].is_contiguous(memory_format=fmt)
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a, e.float(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_group_spec_double_backward_and_large_means(groups):
+    from normzoo.norms._row_map import row_map
+
+    spec_norm = lambda t: row_map(t, rownorm_mod.GroupSpec(groups, 1e-5), None, None)
+    ref = nn.GroupNorm(groups, 8, affine=False)
+    x = torch.randn(3, 8, 5, 4)
+    out = []
+    for m, xx in ((spec_norm, x.to(memory_format=torch.channels_last)), (ref, x)):
+        xx = xx.clone().requires_grad_()
+        (g,) = torch.autograd.grad(m(xx).pow(2).sum(), xx, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(3).sum(), xx)
+        out.append((g.detach(), gg))
+    torch.testing.assert_close(out[0][0], out[1][0], **TOL)
+    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-3, rtol=1e-3)
+    # the group variance combines the channels' without cancellation (mean 1e4, std 0.05)
+    big = (1e4 + 0.05 * torch.randn(4, 8, 16, 16)).to(memory_format=torch.channels_last)
+    y = spec_norm(big).contiguous().reshape(4, groups, -1)
+    torch.testing.assert_close(y.std(dim=2), torch.ones(4, groups), atol=1e-2, rtol=0)
+
+
 # -- integration -----------------------------------------------------------------------------
 @pytest.mark.usefixtures("native_everywhere")
 def test_under_ddp_single_process(tmp_path):

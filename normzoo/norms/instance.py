@@ -7,10 +7,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normzoo import functional
-from normzoo._native import zoo_kernels
 from normzoo.functional._stats import stable_var_mean
-from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
-from normzoo.norms._rownorm import native_group_norm, use_native_row_norm
+from normzoo.norms._row_map import row_map
+from normzoo.norms._rownorm import (
+    GroupSpec,
+    channels_last_rows,
+    native_group_norm,
+    use_native_row_norm,
+)
 from normzoo.norms.base import Norm, check_momentum
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -23,54 +27,6 @@ def _channels_last(x: Tensor) -> bool:
     if x.dim() == 4:
         return x.is_contiguous(memory_format=torch.channels_last)
     return x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d)
-
-
-class _InstanceSpec(RowNormSpec):
-    """InstanceNorm as a per-row affine map for channels_last inputs (``zoo.c`` reads them in
-    place): ``a = w rstd``, ``b = beta - mean a`` per (sample, channel), with the backward
-    ``dx = a (dy - mean(dy) - xhat mean(dy xhat))`` as ``a dy + k1 (x - mean) + k0``.
-    Inputs: ``weight``, ``bias``."""
-
-    op = zoo_kernels.AFFINE
-
-    def __init__(self, eps: float) -> None:
-        self.eps = eps
-
-    def params(  # type: ignore[override]
-        self, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None
-    ) -> Tensor:
-        a = torch.rsqrt(var + self.eps)
-        if weight is not None:
-            a = a * weight.to(a.dtype).view(1, -1)
-        b = -mean * a
-        if bias is not None:
-            b = b + bias.to(a.dtype).view(1, -1)
-        return torch.stack([a, b], dim=2)
-
-    def forward(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:  # type: ignore[override]
-        self.mean, self.var = zoo_kernels.row_stats(x)
-        self.rstd = torch.rsqrt(self.var + self.eps)
-        self.p = self.params(self.mean, self.var, weight, bias).contiguous()
-        return zoo_kernels.map_forward(self.op, x, self.p)
-
-    def backward(
-        self, dy: Tensor, x: Tensor, inputs: tuple[Tensor | None, ...], needs: tuple[bool, ...]
-    ) -> list[Tensor | None]:
-        length = x.shape[2]
-        sums = zoo_kernels.map_sums(self.op, dy, x, self.p)  # (N, C, 2): sum dy x, sum dy
-        s_dy = sums[..., 1]
-        s_dyxc = sums[..., 0] - self.mean * s_dy  # sum dy (x - mean)
-        a = self.p[..., 0]
-        out: list[Tensor | None] = [None, None, None]
-        if needs[0]:
-            k0 = (-a * s_dy / length).contiguous()
-            k1 = (-a * self.rstd * self.rstd * s_dyxc / length).contiguous()
-            out[0] = zoo_kernels.map_dx(self.op, dy, x, self.p, self.mean, k1, k0)
-        if needs[1]:
-            out[1] = (s_dyxc * self.rstd).sum(0)
-        if needs[2]:
-            out[2] = s_dy.sum(0)
-        return out
 
 
 class InstanceNorm(Norm):
@@ -170,9 +126,9 @@ class InstanceNorm(Norm):
                 assert mean is not None and var is not None
                 self._update_running_stats(mean, var, x[0, 0].numel(), factor)
             return y
-        if x.dtype == torch.float32 and _channels_last(x) and use_row_map(x):
+        if channels_last_rows(x):
             # channels_last: per-row statistics and the affine map read x in place
-            spec = _InstanceSpec(self.eps)
+            spec = GroupSpec(self.num_features, self.eps)
             y = row_map(x, spec, self.weight, self.bias)
             if update:
                 self._update_running_stats(spec.mean, spec.var, x[0, 0].numel(), factor)
