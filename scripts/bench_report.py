@@ -34,9 +34,11 @@ one (sample, group) row (GN, IN, LN) while it is in the core's cache: the forwar
 once for shifted one-pass moments and again from cache to write `y`; the backward reads `x`
 and `dy` once for its two sums and again from cache to write `dx`. torch's BatchNorm makes
 more passes over memory, and its InstanceNorm is a reshaped batch norm; InstanceNorm here is
-the row kernel with one channel per group. Everything else (half precision, channels_last,
-small inputs, CUDA) uses torch's kernels, as does any machine where the kernels cannot be
-built (one warning). `NORMZOO_NATIVE=0` turns them off.
+the row kernel with one channel per group, and on float32 channels_last inputs the wider
+zoo's in-place per-row kernels (below). Everything else (half precision, other channels_last
+inputs, small inputs, CUDA) uses torch's kernels, as does any machine where the kernels cannot
+be built (one warning). `NORMZOO_NATIVE=0` turns them off. The full matrix below was measured
+before InstanceNorm's channels_last path existed; the last section measures it.
 
 The wider zoo runs on the same kind of kernels (`normzoo/_native/zoo.c`, contiguous **and**
 channels_last float32, read in place): SwitchableNorm, EvoNorm-B0/S0, FRN+TLU and
