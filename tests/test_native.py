@@ -83,6 +83,15 @@ def test_build_failure_warns_once_and_falls_back_to_torch(fresh_loader, monkeypa
     assert not list(fresh_loader.glob("*.so"))
 
 
+def test_other_platforms_use_torch_without_a_warning(fresh_loader, monkeypatch):
+    monkeypatch.setattr(_native.sys, "platform", "darwin")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _native.load("batch_norm") is None
+        assert not batch_mod.use_native_batch_stats(torch.empty(4, 6, 8, 8))
+    assert not fresh_loader.exists()
+
+
 def test_switched_off_builds_nothing(fresh_loader, monkeypatch):
     monkeypatch.setenv("NORMZOO_NATIVE", "0")
     assert not _native.native_enabled()

@@ -18,9 +18,9 @@ How they are built and used:
 * Threads: the kernels run OpenMP loops over channels with ``torch.get_num_threads()``
   threads. torch's CPU wheel ships ``libgomp.so.1``, which is already loaded when these
   libraries load, so they share torch's OpenMP runtime (one thread pool, no oversubscription).
-* Where a library cannot be built (no C compiler, not Linux, a compiler error) :func:`load`
-  returns ``None`` after one ``RuntimeWarning``, and the norms use torch's kernels: the results
-  are the same.
+* Where a library cannot be built (no C compiler, a compiler error, an unwritable cache)
+  :func:`load` returns ``None`` after one ``RuntimeWarning``, and the norms use torch's
+  kernels: the results are the same. Off Linux it returns ``None`` without a warning.
 * ``NORMZOO_NATIVE=0`` (read at each call) or :func:`set_enabled` turn native kernels off.
 
 Each kernel's wrapper checks what the C code assumes (CPU, float32, contiguous) and the
@@ -152,9 +152,13 @@ def _library_path(name: str, cc: str) -> Path:
     return cache_dir() / f"{name}-{key.hexdigest()[:16]}.so"
 
 
+class _Unsupported(RuntimeError):
+    """This platform has no native kernels (not a failure: no warning)."""
+
+
 def _build(name: str) -> ctypes.CDLL:
     if not sys.platform.startswith("linux"):
-        raise RuntimeError(f"native kernels are built on Linux only (this is {sys.platform})")
+        raise _Unsupported(f"native kernels are built on Linux only (this is {sys.platform})")
     cc = _compiler()
     if cc is None:
         chosen = os.environ.get("CC")
@@ -199,6 +203,8 @@ def load(name: str) -> ctypes.CDLL | None:
             try:
                 _libs[name] = _build(name)
                 _load_seconds[name] = time.perf_counter() - start
+            except _Unsupported:  # macOS, Windows: torch's kernels, silently
+                _libs[name] = None
             except Exception as err:  # no compiler, compile error, unwritable cache, ...
                 _libs[name] = None
                 first = str(err).splitlines()[0] if str(err) else type(err).__name__
