@@ -109,6 +109,25 @@ def test_fast_equals_reference(name: str, kwargs: dict) -> None:
             torch.testing.assert_close(fast(x), ref(x), **TOL)
 
 
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [case for case in CASES if case[0] in ("batchrenorm", "ghostbatchnorm", "syncbatchnorm")],
+    ids=str,
+)
+def test_batchnorm_family_on_native_bn_kernels_equals_reference(monkeypatch, name, kwargs):
+    # the BN-based norms with BatchNorm's native kernels for every input, however small
+    import normzoo.norms.batch as batch_mod
+
+    monkeypatch.setattr(batch_mod, "NATIVE_MIN_NUMEL", 0)
+    monkeypatch.setattr(batch_mod, "NATIVE_MIN_SPATIAL", 1)
+    assert batch_mod.use_native_batch_stats(torch.empty(4, 8, 5, 6))
+    torch.manual_seed(2)
+    for shape in ((4, 8, 5, 6), (4, 8, 7), (2, 8, 3, 4, 2)):
+        fast, ref = _pair(name, kwargs)
+        for step in range(3):  # running statistics after 3 updates
+            _compare(fast, ref, torch.randn(shape) * (step + 1) + step)
+
+
 @pytest.mark.parametrize("name", ZOO)
 def test_channels_last_bf16_no_grad(name: str) -> None:
     torch.manual_seed(1)

@@ -9,8 +9,9 @@ import torch
 from torch import Tensor
 
 from normzoo import functional
+from normzoo._native import kernels as _kernels
 from normzoo.functional._stats import compute_dtype
-from normzoo.norms.batch import BatchNorm
+from normzoo.norms.batch import BatchNorm, use_native_batch_stats
 
 
 class _BatchRenormTrain(torch.autograd.Function):
@@ -37,11 +38,18 @@ class _BatchRenormTrain(torch.autograd.Function):
         eps: float,
     ) -> tuple[Tensor, Tensor, Tensor]:
         c = x.shape[1]
-        batch_mean = torch.zeros(c, dtype=x.dtype, device=x.device)
-        batch_var = torch.ones(c, dtype=x.dtype, device=x.device)  # becomes the unbiased var
-        x_hat, mean, invstd = torch.native_batch_norm(
-            x, None, None, batch_mean, batch_var, True, 1.0, eps
-        )
+        ctx.native = use_native_batch_stats(x)
+        if ctx.native:  # normzoo's BN kernel: x_hat and the batch statistics in fewer passes
+            x_hat, stats, var = _kernels.batch_norm_forward_unchecked(x, None, None, eps, True)
+            mean, invstd = stats[0], stats[1]
+            m = x.numel() // c
+            batch_mean, batch_var = mean.clone(), var * (m / max(m - 1, 1))
+        else:
+            batch_mean = torch.zeros(c, dtype=x.dtype, device=x.device)
+            batch_var = torch.ones(c, dtype=x.dtype, device=x.device)  # the unbiased var
+            x_hat, mean, invstd = torch.native_batch_norm(
+                x, None, None, batch_mean, batch_var, True, 1.0, eps
+            )
         sigma = torch.sqrt(running_var.to(x.dtype) + eps)
         r = (1.0 / invstd / sigma).clamp(1.0 / r_max, r_max)
         d = ((mean - running_mean.to(x.dtype)) / sigma).clamp(-d_max, d_max)
@@ -62,9 +70,16 @@ class _BatchRenormTrain(torch.autograd.Function):
     ) -> tuple[Tensor | None, ...]:
         x, w, mean, invstd, r, d = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dx, dw, db = torch.ops.aten.native_batch_norm_backward(
-            dy, x, w, None, None, mean, invstd, True, ctx.eps, [need_x, need_w, need_b or need_w]
-        )
+        mask = (need_x, need_w, need_b or need_w)
+        if ctx.native and not torch.is_grad_enabled():
+            stats = torch.stack([mean, invstd])
+            dx, dw, db = _kernels.batch_norm_backward_unchecked(
+                dy.contiguous(), x, w.contiguous(), stats, mask
+            )
+        else:
+            dx, dw, db = torch.ops.aten.native_batch_norm_backward(
+                dy, x, w, None, None, mean, invstd, True, ctx.eps, list(mask)
+            )
         dweight = r * dw + d * db if need_w else None
         return dx, dweight, db if need_b else None, None, None, None, None, None
 
