@@ -38,7 +38,8 @@ the row kernel with one channel per group, and on float32 channels_last inputs t
 zoo's in-place per-row kernels (below). Everything else (half precision, other channels_last
 inputs, small inputs, CUDA) uses torch's kernels, as does any machine where the kernels cannot
 be built (one warning). `NORMZOO_NATIVE=0` turns them off. The full matrix below was measured
-before InstanceNorm's channels_last path existed; the last section measures it.
+before InstanceNorm's channels_last path and Batch Renorm's native path existed; the sections
+above it measure them.
 
 The wider zoo runs on the same kind of kernels (`normzoo/_native/zoo.c`, contiguous **and**
 channels_last float32, read in place): SwitchableNorm, EvoNorm-B0/S0, FRN+TLU and
