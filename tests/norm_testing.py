@@ -47,3 +47,17 @@ def assert_same_state(ours: nn.Module, ref: nn.Module, tol: dict = TOL) -> None:
     state = ours.state_dict()
     for key, value in ref.state_dict().items():
         torch.testing.assert_close(state[key], value, **tol, msg=key)
+
+
+def assert_double_backward_close(ours, x_ours: torch.Tensor, ref, x_ref: torch.Tensor) -> None:
+    """``ours(x_ours)`` and ``ref(x_ref)`` (the same values, maybe other layouts) have the same
+    gradient of ``sum(y^2)`` and the same gradient of ``sum(g^3)`` through it
+    (``create_graph=True``: second derivatives)."""
+    out = []
+    for m, x in ((ours, x_ours), (ref, x_ref)):
+        x = x.detach().clone().requires_grad_()
+        (g,) = torch.autograd.grad(m(x).pow(2).sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(3).sum(), x)
+        out.append((g.detach(), gg))
+    torch.testing.assert_close(out[0][0], out[1][0], **TOL)
+    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-3, rtol=1e-3)

@@ -13,7 +13,13 @@ import warnings
 
 import pytest
 import torch
-from norm_testing import TOL, assert_same_state, check_fwd_bwd, small_batch_kwargs
+from norm_testing import (
+    TOL,
+    assert_double_backward_close,
+    assert_same_state,
+    check_fwd_bwd,
+    small_batch_kwargs,
+)
 from torch import nn
 
 import normzoo
@@ -204,14 +210,7 @@ def test_native_double_backward_equals_torch():
     # create_graph=True runs torch's differentiable backward: second derivatives as torch's.
     ours, ref = _pair(4)
     x = torch.randn(4, 6, 5, 5)
-    out = []
-    for m in (ours, ref):
-        xx = x.clone().requires_grad_()
-        (g,) = torch.autograd.grad(m(xx).pow(2).sum(), xx, create_graph=True)
-        (gg,) = torch.autograd.grad(g.pow(2).sum(), xx)
-        out.append((g.detach(), gg))
-    torch.testing.assert_close(out[0][0], out[1][0], **TOL)
-    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-3, rtol=1e-3)
+    assert_double_backward_close(ours, x, ref, x)
 
 
 # -- parity: the native row kernels (GroupNorm, InstanceNorm, LayerNorm) ---------------------
@@ -327,14 +326,7 @@ def test_native_rows_gradients_equal_float64_autograd(groups, affine):
 def test_native_rows_double_backward_equals_torch(name):
     ours, ref = _row_pair(name, 8, 4)
     x = torch.randn(4, 8, 5, 5)
-    out = []
-    for m in (ours, ref):
-        xx = x.clone().requires_grad_()
-        (g,) = torch.autograd.grad(m(xx).pow(2).sum(), xx, create_graph=True)
-        (gg,) = torch.autograd.grad(g.pow(3).sum(), xx)
-        out.append((g.detach(), gg))
-    torch.testing.assert_close(out[0][0], out[1][0], **TOL)
-    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-3, rtol=1e-3)
+    assert_double_backward_close(ours, x, ref, x)
 
 
 @pytest.mark.usefixtures("native_everywhere")
@@ -506,14 +498,7 @@ def test_instancenorm_channels_last_double_backward():
     ours = normzoo.create("in", 6)
     ref = nn.InstanceNorm2d(6, affine=True)
     x = torch.randn(3, 6, 5, 4)
-    out = []
-    for m, xx in ((ours, x.to(memory_format=torch.channels_last)), (ref, x)):
-        xx = xx.clone().requires_grad_()
-        (g,) = torch.autograd.grad(m(xx).pow(2).sum(), xx, create_graph=True)
-        (gg,) = torch.autograd.grad(g.pow(3).sum(), xx)
-        out.append((g.detach(), gg))
-    torch.testing.assert_close(out[0][0], out[1][0], **TOL)
-    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-3, rtol=1e-3)
+    assert_double_backward_close(ours, x.to(memory_format=torch.channels_last), ref, x)
 
 
 @pytest.mark.parametrize("groups", [1, 2, 4, 8])
@@ -551,14 +536,7 @@ def test_group_spec_double_backward_and_large_means(groups):
     spec_norm = lambda t: row_map(t, rownorm_mod.GroupSpec(groups, 1e-5), None, None)
     ref = nn.GroupNorm(groups, 8, affine=False)
     x = torch.randn(3, 8, 5, 4)
-    out = []
-    for m, xx in ((spec_norm, x.to(memory_format=torch.channels_last)), (ref, x)):
-        xx = xx.clone().requires_grad_()
-        (g,) = torch.autograd.grad(m(xx).pow(2).sum(), xx, create_graph=True)
-        (gg,) = torch.autograd.grad(g.pow(3).sum(), xx)
-        out.append((g.detach(), gg))
-    torch.testing.assert_close(out[0][0], out[1][0], **TOL)
-    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-3, rtol=1e-3)
+    assert_double_backward_close(spec_norm, x.to(memory_format=torch.channels_last), ref, x)
     # the group variance combines the channels' without cancellation (mean 1e4, std 0.05)
     big = (1e4 + 0.05 * torch.randn(4, 8, 16, 16)).to(memory_format=torch.channels_last)
     y = spec_norm(big).contiguous().reshape(4, groups, -1)
