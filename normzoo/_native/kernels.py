@@ -31,6 +31,12 @@ def _fn(lib: str, name: str) -> Callable[..., None]:
     return fn
 
 
+def needs_grad(*tensors: Tensor | None) -> bool:
+    """Whether any of ``tensors`` requires a gradient (then the kernels run inside an
+    ``autograd.Function``; otherwise they are called directly, without its fixed cost)."""
+    return any(t is not None and t.requires_grad for t in tensors)
+
+
 def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 

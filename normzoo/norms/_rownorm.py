@@ -111,17 +111,13 @@ def native_group_norm(
     .. math:: y = \gamma_c \frac{x - \mathrm{E}_{n,g}[x]}{\sqrt{\mathrm{Var}_{n,g}[x]
               + \epsilon}} + \beta_c
     """
-    if torch.is_grad_enabled() and _needs_grad(x, weight, bias):
+    if torch.is_grad_enabled() and _kernels.needs_grad(x, weight, bias):
         y, stats, var = _NativeGroupNorm.apply(x, groups, weight, bias, eps, want_stats)
     else:  # nothing to differentiate: skip autograd.Function's fixed cost
         y, stats, var = _kernels.row_norm_forward_unchecked(
             x, groups, weight, bias, eps, want_stats
         )
     return y, (stats[0] if want_stats else None), var
-
-
-def _needs_grad(*tensors: Tensor | None) -> bool:
-    return any(t is not None and t.requires_grad for t in tensors)
 
 
 # -- channels_last inputs: zoo.c's per-(sample, channel) statistics and map, read in place ----

@@ -10,7 +10,6 @@ from torch import Tensor
 
 from normzoo import _native, functional
 from normzoo._native import kernels as _kernels
-from normzoo.norms._rownorm import _needs_grad
 from normzoo.norms.base import Norm, check_momentum
 
 #: Dispatch of the training forward and backward (measured with ``scripts/bench.py`` on a
@@ -190,7 +189,7 @@ class BatchNorm(Norm):
 
     def _native_forward(self, x: Tensor, factor: float) -> Tensor:
         update = self.training and self.track_running_stats
-        if torch.is_grad_enabled() and _needs_grad(x, self.weight, self.bias):
+        if torch.is_grad_enabled() and _kernels.needs_grad(x, self.weight, self.bias):
             y, stats, var = _NativeBatchNorm.apply(x, self.weight, self.bias, self.eps, update)
         else:  # nothing to differentiate: skip autograd.Function's fixed cost
             y, stats, var = _kernels.batch_norm_forward_unchecked(
