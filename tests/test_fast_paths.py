@@ -36,6 +36,7 @@ def native_everywhere(monkeypatch):
     monkeypatch.setattr(batch_mod, "NATIVE_MIN_NUMEL", 0)
     monkeypatch.setattr(batch_mod, "NATIVE_MIN_SPATIAL", 1)
     monkeypatch.setattr(rownorm_mod, "NATIVE_MIN_NUMEL", 0)
+    monkeypatch.setattr(rownorm_mod, "NATIVE_MIN_NUMEL_GROUPED", 0)
 
 
 def _pair(rank: int, **kwargs) -> tuple[nn.Module, nn.Module]:
@@ -251,7 +252,34 @@ def test_row_dispatch(shape, dtype, channels_last, native):
     x = torch.empty(shape, dtype=dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    assert rownorm_mod.use_native_row_norm(x) is native
+    assert rownorm_mod.use_native_row_norm(x) is native  # one channel per group (IN)
+
+
+@pytest.mark.parametrize(
+    ("shape", "groups", "native"),
+    [
+        ((32, 64, 32, 32), 32, True),  # 2M elements: the kernels win
+        ((32, 64, 32, 32), 1, True),
+        ((8, 256, 14, 14), 32, False),  # below 1M: torch's group-norm kernel
+        ((128, 64, 8, 8), 1, False),
+        ((8, 256, 14, 14), 256, True),  # one channel per group: InstanceNorm's dispatch
+    ],
+)
+def test_row_dispatch_with_groups(shape, groups, native):
+    assert rownorm_mod.use_native_row_norm(torch.empty(shape), None, groups) is native
+    name, kw = ("ln", {}) if groups == 1 else ("gn", {"num_groups": groups})
+    calls = []
+    original = rownorm_mod.native_group_norm
+    norm = normzoo.create(name, shape[1], **kw)
+    import normzoo.norms.group as group_mod
+    import normzoo.norms.layer as layer_mod
+
+    with pytest.MonkeyPatch.context() as mp:
+        for mod in (group_mod, layer_mod):
+            mp.setattr(mod, "native_group_norm", lambda *a: calls.append(1) or original(*a))
+        with torch.no_grad():
+            norm(torch.randn(shape))
+    assert bool(calls) is native
 
 
 @pytest.mark.usefixtures("native_everywhere")

@@ -28,20 +28,30 @@ __all__ = [
     "use_native_row_norm",
 ]
 
-#: Below this many elements torch's kernel and ours take about the same time, and the fixed
-#: cost of a call (ctypes, autograd.Function) decides: torch's kernel is kept.
+#: Dispatch (measured with ``scripts/bench.py``, 2 threads, fwd+bwd): with one channel per
+#: group (InstanceNorm) the kernels beat torch's InstanceNorm (a reshaped batch norm) from
+#: small sizes on, so ``NATIVE_MIN_NUMEL`` only keeps tiny inputs, where a call's fixed cost
+#: decides, on torch's kernel. With several channels per group (GroupNorm, LayerNorm) torch's
+#: group-norm kernel is close to ours, and the Python ``autograd.Function`` around our kernels
+#: (about 0.1 ms per fwd+bwd) made them 1.1-1.2x slower below 1M elements (0.83-0.91x on
+#: (32, 64, 32, 32)): ``NATIVE_MIN_NUMEL_GROUPED`` keeps torch's kernel there.
 NATIVE_MIN_NUMEL = 1 << 15
+NATIVE_MIN_NUMEL_GROUPED = 1 << 20
 
 
-def use_native_row_norm(x: Tensor, weight: Tensor | None = None) -> bool:
-    """Whether :func:`native_group_norm` serves ``x``: contiguous float32 ``(N, C, *)`` on
-    the CPU, at least ``NATIVE_MIN_NUMEL`` elements, outside ``torch.compile``."""
+def use_native_row_norm(x: Tensor, weight: Tensor | None = None, groups: int | None = None) -> bool:
+    """Whether :func:`native_group_norm` serves ``x`` with ``groups`` groups (default: one
+    channel per group): contiguous float32 ``(N, C, *)`` on the CPU, at least
+    ``NATIVE_MIN_NUMEL`` elements (``NATIVE_MIN_NUMEL_GROUPED`` with several channels per
+    group), outside ``torch.compile``."""
+    grouped = groups is not None and x.dim() >= 2 and groups < x.shape[1]
+    floor = NATIVE_MIN_NUMEL_GROUPED if grouped else NATIVE_MIN_NUMEL
     return (
         x.is_cpu
         and x.dtype == torch.float32
         and (weight is None or weight.dtype == torch.float32)
         and x.dim() >= 3
-        and x.numel() >= max(NATIVE_MIN_NUMEL, 1)
+        and x.numel() >= max(floor, 1)
         and x.is_contiguous()
         and not torch.compiler.is_compiling()
         and _native.available("row_norm")
