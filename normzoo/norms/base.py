@@ -155,6 +155,23 @@ class Norm(nn.Module):
             return 1.0 / float(self.num_batches_tracked)
         return self.momentum
 
+    def _blend_running_stats(
+        self,
+        mean: Tensor | None,
+        var: Tensor | None,
+        factor: float,
+        count: int,
+    ) -> None:
+        """``running = (1 - factor) running + factor batch``, in place as torch's norms do, for
+        the batch ``mean`` and biased ``var`` (either may be ``None``); the variance is made
+        unbiased over ``count`` values first. Call after every input check has passed."""
+        with torch.no_grad():
+            if mean is not None:
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
+            if var is not None:
+                unbiased = var.detach().to(self.running_var.dtype) * (count / max(count - 1, 1))
+                self.running_var.lerp_(unbiased, factor)
+
     def _load_from_state_dict(
         self,
         state_dict: dict[str, Any],

@@ -196,9 +196,5 @@ class BatchNorm(Norm):
                 x, self.weight, self.bias, self.eps, update
             )
         if update:
-            m = x.numel() // x.shape[1]
-            with torch.no_grad():  # in place, as torch: running = (1 - f) running + f batch
-                self.running_mean.lerp_(stats[0].to(self.running_mean.dtype), factor)
-                unbiased = var.to(self.running_var.dtype) * (m / max(m - 1, 1))
-                self.running_var.lerp_(unbiased, factor)
+            self._blend_running_stats(stats[0], var, factor, x.numel() // x.shape[1])
         return y

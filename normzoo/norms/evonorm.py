@@ -271,12 +271,7 @@ class EvoNormB0(BatchNorm):
         running = None if batch else self.running_var
         y = row_map(xf, spec, self.v, running, self.weight, self.bias)
         if update:
-            m = xf.numel() // xf.shape[1]
-            with torch.no_grad():
-                unbiased = spec.var_b * (m / max(m - 1, 1))
-                self.running_var.copy_(
-                    (1 - factor) * self.running_var + factor * unbiased.to(self.running_var)
-                )
+            self._blend_running_stats(None, spec.var_b, factor, xf.numel() // xf.shape[1])
         return y.to(x.dtype)
 
     def _eager_forward(self, x: Tensor, xf: Tensor, update: bool, factor: float) -> Tensor:
@@ -290,12 +285,7 @@ class EvoNormB0(BatchNorm):
             mean_b = mean_i.mean(0, keepdim=True)
             var_b = var_i.mean(0) + (mean_i - mean_b).square().mean(0)
             if update:
-                m = n * length
-                with torch.no_grad():
-                    unbiased = var_b.detach() * (m / max(m - 1, 1))
-                    self.running_var.copy_(
-                        (1 - factor) * self.running_var + factor * unbiased.to(self.running_var)
-                    )
+                self._blend_running_stats(None, var_b, factor, n * length)
         else:
             var_b = self.running_var.to(xf.dtype)
         if length > 1:

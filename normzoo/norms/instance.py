@@ -153,8 +153,7 @@ class InstanceNorm(Norm):
     def _update_running_stats(self, mean: Tensor, var: Tensor, m: int, factor: float) -> None:
         """Running averages from per (sample, channel) statistics ``(N, C)``: the mean over
         the batch of the means and of the unbiased variances (``m`` values per instance)."""
-        with torch.no_grad():
-            mean = mean.reshape(mean.shape[0], -1).mean(0)
-            var = var.reshape(var.shape[0], -1).mean(0) * (m / (m - 1))
-            self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
-            self.running_var.lerp_(var.to(self.running_var.dtype), factor)
+        n = mean.shape[0]
+        self._blend_running_stats(
+            mean.reshape(n, -1).mean(0), var.reshape(n, -1).mean(0), factor, m
+        )

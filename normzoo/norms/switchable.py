@@ -188,13 +188,9 @@ class SwitchableNorm(BatchNorm):
         running = (None, None) if batch else (self.running_mean, self.running_var)
         y = row_map(xf, spec, self.mean_weight, self.var_weight, self.weight, self.bias, *running)
         if update:  # as switchable_statistics: BN's, unbiased variance
-            m = xf.numel() // xf.shape[1]
-            with torch.no_grad():
-                unbiased = spec.var_bn.view(-1) * (m / max(m - 1, 1))
-                new_mean = (1 - factor) * self.running_mean + factor * spec.mean_bn.view(-1)
-                new_var = (1 - factor) * self.running_var + factor * unbiased
-                self.running_mean.copy_(new_mean)
-                self.running_var.copy_(new_var)
+            self._blend_running_stats(
+                spec.mean_bn.view(-1), spec.var_bn.view(-1), factor, xf.numel() // xf.shape[1]
+            )
         return y.to(x.dtype)
 
     def _eager_forward(self, x: Tensor, xf: Tensor, update: bool, factor: float) -> Tensor:
