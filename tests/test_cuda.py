@@ -1,0 +1,148 @@
+"""Every norm on a CUDA GPU: the same results as on the CPU, parity with torch.nn there, layouts
+kept, bfloat16 inputs, float64 gradients.
+
+CI has no GPU, so these are skipped there; on a GPU machine run
+``python -m pytest tests/test_cuda.py`` (``scripts/gpu_check.sh`` does, with the benchmark).
+The native CPU kernels never see CUDA tensors: these tests cover the torch paths that CUDA
+inputs take.
+"""
+
+import copy
+
+import pytest
+import torch
+from norm_testing import small_batch_kwargs
+from torch import nn
+
+import normzoo
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+
+#: CPU and GPU reduce in different orders; float32 results agree to about 1e-6 relative.
+DEVICE_TOL = {"atol": 2e-5, "rtol": 2e-5}
+NAMES = [n for n in normzoo.available() if n != "identity"]
+
+
+def _cpu_and_cuda(name: str, c: int = 6, **kwargs) -> tuple[nn.Module, nn.Module]:
+    """One layer with random affine parameters, and its exact copy on the GPU."""
+    cpu = normzoo.create(name, c, **small_batch_kwargs(name), **kwargs)
+    with torch.no_grad():
+        for p in cpu.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return cpu, copy.deepcopy(cpu).cuda()
+
+
+def _fwd_bwd(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
+    """Output, input gradient and parameter gradients, all on the CPU."""
+    x = x.detach().clone().requires_grad_()
+    m.zero_grad(set_to_none=True)
+    y = m(x)
+    y.backward(g.to(y.device, y.dtype))
+    return [t.detach().cpu() for t in (y, x.grad, *(p.grad for p in m.parameters()))]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_matches_cpu_in_training_and_eval(name):
+    cpu, gpu = _cpu_and_cuda(name)
+    for step in range(3):  # several steps: running statistics and warm-ups advance alike
+        x = torch.randn(8, 6, 5, 7) * (step + 1) + step
+        g = torch.randn_like(x)
+        for a, b in zip(_fwd_bwd(gpu, x.cuda(), g), _fwd_bwd(cpu, x, g), strict=True):
+            torch.testing.assert_close(a, b, **DEVICE_TOL)
+    for key, value in cpu.state_dict().items():
+        torch.testing.assert_close(gpu.state_dict()[key].cpu(), value, **DEVICE_TOL, msg=key)
+    cpu.eval()
+    gpu.eval()
+    x = torch.randn(4, 6, 5, 7)
+    torch.testing.assert_close(gpu(x.cuda()).cpu(), cpu(x), **DEVICE_TOL)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_channels_last_stays_channels_last(name):
+    _, gpu = _cpu_and_cuda(name)
+    ref = copy.deepcopy(gpu)
+    x = torch.randn(8, 6, 5, 7, device="cuda")
+    g = torch.randn_like(x)
+    y_cl = copy.deepcopy(gpu)(x.to(memory_format=torch.channels_last))
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(
+        _fwd_bwd(gpu, x.to(memory_format=torch.channels_last), g),
+        _fwd_bwd(ref, x, g),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, **DEVICE_TOL)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_bfloat16_input(name):
+    """bfloat16 activations with float32 parameters (what the benchmark and bf16 training
+    feed): the output keeps the input's dtype and is the float32 result to bfloat16 accuracy."""
+    _, gpu = _cpu_and_cuda(name)
+    ref = copy.deepcopy(gpu)
+    x = torch.randn(8, 6, 5, 7, device="cuda")
+    y = gpu(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref(x), atol=5e-2, rtol=2e-2)
+
+
+TORCH_NN = {
+    "batchnorm": lambda c: nn.BatchNorm2d(c),
+    "groupnorm": lambda c: nn.GroupNorm(2, c),
+    "layernorm": lambda c: nn.GroupNorm(1, c),
+    "instancenorm": lambda c: nn.InstanceNorm2d(c, affine=True, track_running_stats=True),
+}
+
+
+@pytest.mark.parametrize("name", list(TORCH_NN))
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=str)
+def test_cuda_parity_with_torch_nn(name, layout):
+    kwargs = {"num_groups": 2} if name == "groupnorm" else {}
+    if name == "instancenorm":
+        kwargs["track_running_stats"] = True
+    ours = normzoo.create(name, 6, **kwargs).cuda()
+    ref = TORCH_NN[name](6).cuda()
+    with torch.no_grad():
+        for p, q in zip(ours.parameters(), ref.parameters(), strict=True):
+            p.copy_(torch.rand_like(p) + 0.5)
+            q.copy_(p)
+    for step in range(3):
+        x = (torch.randn(8, 6, 5, 7, device="cuda") * 2 + step).to(memory_format=layout)
+        g = torch.randn_like(x)
+        for a, b in zip(_fwd_bwd(ours, x, g), _fwd_bwd(ref, x, g), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    state = ours.state_dict()
+    for key, value in ref.state_dict().items():
+        if name == "instancenorm" and key == "num_batches_tracked":
+            continue  # torch's InstanceNorm never counts; ours does (for momentum=None)
+        torch.testing.assert_close(state[key], value, atol=1e-5, rtol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_cuda_batchnorm_is_torch_batchnorm_for_every_rank(dims):
+    ours = normzoo.create("bn", 5).cuda()
+    ref = getattr(nn, f"BatchNorm{dims}d")(5).cuda()
+    shape = (6, 5, *(4,) * dims)
+    for _ in range(3):
+        x = torch.randn(shape, device="cuda") * 3 + 1
+        g = torch.randn_like(x)
+        for a, b in zip(_fwd_bwd(ours, x, g), _fwd_bwd(ref, x, g), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for key, value in ref.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[key], value, msg=key)
+
+
+#: Batch Renorm's r and d stop the gradient (a finite difference sees them move), and
+#: SyncBatchNorm without a process group is BatchNorm: both are left to the CPU tests.
+GRADCHECK_NAMES = [n for n in NAMES if n not in ("batchrenorm", "syncbatchnorm")]
+
+
+@pytest.mark.parametrize("name", GRADCHECK_NAMES)
+def test_cuda_float64_gradcheck(name):
+    m = normzoo.create(name, 3, **small_batch_kwargs(name)).cuda().double()
+    x = torch.randn(4, 3, 3, 2, device="cuda", dtype=torch.float64, requires_grad=True)
+    params = [p for p in m.parameters() if p.requires_grad]
+
+    def f(x, *ps):
+        return m(x)
+
+    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-5)
