@@ -77,11 +77,14 @@ def _accepts(cls: type, kwarg: str) -> bool:
         return False
 
 
-def make_norm(name: str, c: int, token: bool) -> nn.Module | None:
+def make_norm(name: str, c: int, token: bool, impl: str | None = None) -> nn.Module | None:
     """``normzoo.create(name, c)`` for a conv input, or its token form (``channels_last``);
-    ``None`` when the norm has no token form or cannot be built standalone."""
+    ``None`` when the norm has no token form or cannot be built standalone. ``impl`` is
+    passed on where the norm takes one."""
     cls = normzoo.get(name)
     kwargs: dict[str, Any] = {}
+    if impl is not None and _accepts(cls, "impl"):
+        kwargs["impl"] = impl
     if token:  # per-token norms (LN, RMSNorm) take (..., C); others (N, C) if they can
         if _accepts(cls, "channels_last") and "batch" not in cls.reduces_over:
             kwargs["channels_last"] = True
@@ -179,10 +182,11 @@ def bench_row(
     device: torch.device,
     repeats: int,
     warmup: int,
+    impl: str | None = None,
 ) -> dict[str, Any] | None:
     token = len(shape) == 2
     c = shape[-1] if token else shape[1]
-    ours = make_norm(name, c, token)
+    ours = make_norm(name, c, token, impl)
     if ours is None:
         return None
     ref = torch_equivalent(name, ours, c, token)
@@ -218,6 +222,7 @@ def bench_row(
         "dtype": str(dtype).removeprefix("torch."),
         "format": fmt,
         "device": device.type,
+        "impl": getattr(ours, "impl", None),
         "copy_ms": med["copy"] * 1e3,
         "channels_last_kept": layout_kept,
     }
@@ -427,6 +432,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument(
+        "--impl",
+        choices=["fast", "reference"],
+        default=None,
+        help="build every norm that takes one with this impl (default: the norm's default)",
+    )
+    p.add_argument(
         "--recheck",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -461,7 +472,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     meta["title"] = args.title
     meta["load_start"] = load()
     print(json.dumps(meta), flush=True)
-    result: dict[str, Any] = {"meta": meta, "rows": [], "compile_s": {}, "train": []}
+    result: dict[str, Any] = {
+        "meta": meta,
+        "rows": [],
+        "compile_s": {},
+        "train": [],
+        "errors": [],
+    }
     for dev in map(torch.device, devices):
         result["compile_s"][dev.type] = first_call_times(names, dev)
         print(f"first fwd+bwd (compile included), {dev.type}: {result['compile_s'][dev.type]}")
@@ -472,23 +489,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         continue
                     for name in names:
                         spec = (name, shape, DTYPES[dtype_name], fmt, dev)
-                        row = bench_row(*spec, args.repeats, args.warmup)
+                        try:
+                            row = bench_row(*spec, args.repeats, args.warmup, args.impl)
+                        except Exception as err:  # a bug: recorded, and the run goes on
+                            error = {
+                                "norm": name,
+                                "shape": list(shape),
+                                "dtype": dtype_name,
+                                "format": fmt,
+                                "device": dev.type,
+                                "error": f"{type(err).__name__}: {err}",
+                            }
+                            result["errors"].append(error)
+                            print(f"ERROR {error}", flush=True)
+                            continue
                         ratio = row and row["fwdbwd_ratio_torch"]
                         if ratio and ratio > 1.0 and args.recheck:  # suspicious: measure again
                             print("  recheck: " + format_row(row), flush=True)
-                            again = bench_row(*spec, args.repeats, args.warmup)
+                            again = bench_row(*spec, args.repeats, args.warmup, args.impl)
                             if again is not None:
                                 again["first_fwdbwd_ratio_torch"] = ratio
                                 row = again
                         if row is not None:
                             row["load"] = load()
                             result["rows"].append(row)
+                            save(result, args.json)
                             print(format_row(row), flush=True)
         if args.train:
             for name in names:
-                row = train_row(name, dev, args.train_batch, args.repeats, args.warmup)
+                try:
+                    row = train_row(name, dev, args.train_batch, args.repeats, args.warmup)
+                except Exception as err:  # a bug: recorded, and the run goes on
+                    error = {"norm": name, "train": True, "device": dev.type}
+                    error["error"] = f"{type(err).__name__}: {err}"
+                    result["errors"].append(error)
+                    print(f"ERROR {error}", flush=True)
+                    continue
                 if row is not None:
                     result["train"].append(row)
+                    save(result, args.json)
                     print(
                         f"train {row['norm']:<14} {dev.type}: normzoo {row['normzoo_ms']:.1f} ms "
                         f"torch {row['torch_ms']:.1f} ms  throughput x{row['throughput_ratio']:.2f}"
@@ -502,11 +541,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["kernel_compile_s"] = _fused.compile_times()
     # building (cold cache) and loading the native libraries: their first-call cost
     result["native_build_s"] = _native.build_times()
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    save(result, args.json)
     return result
+
+
+def save(result: dict[str, Any], path: str | None) -> None:
+    """Write ``result`` to ``path`` (if any) through a temporary file: called after every
+    row too, so a run cut short (a time limit) keeps what it measured."""
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

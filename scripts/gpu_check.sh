@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The GPU checks, as one prepared script for a machine with one CUDA GPU and PyTorch installed:
-#   1. tests/test_cuda.py: every norm on the GPU (CPU parity, torch.nn parity, layouts, bf16,
-#      float64 gradcheck);
-#   2. scripts/bench.py on the GPU: every norm, every shape, float32 and bfloat16, both
-#      layouts, with bandwidth as a fraction of a measured copy_ (docs/performance.md);
-#   3. the training system's GPU runs (trainer=gpu: the default job and MNIST-1D).
-# Usage: OUT=some/dir bash scripts/gpu_check.sh   (logs and the benchmark's JSON go to $OUT)
+#   test       tests/test_cuda.py: every norm on the GPU (CPU parity, torch.nn parity, layouts,
+#              bf16 inputs, float64 gradcheck);
+#   bench      scripts/bench.py on the GPU: every norm, the issue's shapes plus two GPU-sized
+#              ones (the issue's shapes are launch-bound on a large GPU), float32 and bfloat16,
+#              both layouts, bandwidth as a fraction of a measured copy_, training step;
+#   reference  the wider zoo with impl="reference" (the reference math on torch's kernels),
+#              to compare with the default paths, which were tuned on the CPU;
+#   train      the training system's GPU runs (trainer=gpu: the default job and MNIST-1D).
+# Usage: OUT=some/dir bash scripts/gpu_check.sh   (logs and JSONs go to $OUT)
+#        STEPS="test bench" ... runs only those steps.
 # Each step has its own time limit, so one slow step cannot starve the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -13,17 +17,32 @@ out=${OUT:-gpu_out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
+steps=" ${STEPS:-test bench reference train} "
+big="256,64,64,64 65536,1024"
+zoo="batchrenorm evonormb0 evonorms0 frn ghostbatchnorm rmsnorm switchablenorm"
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
     | tee "$out/gpu.txt"
 "$py" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" \
     | tee -a "$out/gpu.txt"
 
-timeout "${TEST_LIMIT:-120}" "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
-    2>&1 | tee "$out/test_cuda.log"
-
-timeout "${BENCH_LIMIT:-270}" "$py" scripts/bench.py --devices cuda --repeats 25 --warmup 5 \
-    --title "GPU: every norm" --json "$out/bench_cuda.json" 2>&1 | tee "$out/bench_cuda.log"
-
-timeout "${TRAIN_LIMIT:-150}" "$py" -m pytest -q -p no:cacheprovider -s \
-    tests/training/test_runs.py -k gpu 2>&1 | tee "$out/train_gpu.log"
+if [[ $steps == *" test "* ]]; then
+    timeout "${TEST_LIMIT:-120}" "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+        2>&1 | tee "$out/test_cuda.log"
+fi
+if [[ $steps == *" bench "* ]]; then
+    timeout "${BENCH_LIMIT:-330}" "$py" scripts/bench.py --devices cuda --repeats 15 \
+        --warmup 3 --shapes 32,64,32,32 8,256,14,14 128,64,8,8 4,32,64,64 4096,1024 \
+        2048,4096 $big --title "GPU: every norm" --json "$out/bench_cuda.json" \
+        2>&1 | tee "$out/bench_cuda.log"
+fi
+if [[ $steps == *" reference "* ]]; then
+    timeout "${REFERENCE_LIMIT:-120}" "$py" scripts/bench.py --devices cuda --repeats 15 \
+        --warmup 3 --impl reference --norms $zoo --shapes 32,64,32,32 $big \
+        --dtypes float32 --no-train --title "GPU: the wider zoo, impl=reference" \
+        --json "$out/bench_cuda_reference.json" 2>&1 | tee "$out/bench_cuda_reference.log"
+fi
+if [[ $steps == *" train "* ]]; then
+    timeout "${TRAIN_LIMIT:-150}" "$py" -m pytest -q -p no:cacheprovider -s \
+        tests/training/test_runs.py -k gpu 2>&1 | tee "$out/train_gpu.log"
+fi

@@ -118,8 +118,8 @@ class RowAffine(torch.autograd.Function):
             w,
             zeros,
             ones,
-            None,
-            None,
+            zeros,  # CUDA's kernel needs saved statistics even in inference mode
+            ones,
             False,
             0.0,
             [need_x, need_a, need_b],

@@ -25,6 +25,7 @@ __all__ = [
     "GroupSpec",
     "channels_last_rows",
     "native_group_norm",
+    "torch_group_norm",
     "use_native_row_norm",
 ]
 
@@ -56,6 +57,40 @@ def use_native_row_norm(x: Tensor, weight: Tensor | None = None, groups: int | N
         and not torch.compiler.is_compiling()
         and _native.available("row_norm")
     )
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no argument (and answers for CUDA)
+        return torch.is_autocast_enabled()
+    except RuntimeError:  # a device without autocast (e.g. "meta")
+        return False
+
+
+def torch_group_norm(
+    x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> Tensor:
+    """torch's group-norm kernel, the modules' fallback (``x`` already validated, so
+    ``torch.group_norm`` is called without ``F.group_norm``'s checks).
+
+    Off the CPU (CUDA) torch's kernel needs ``weight`` and ``bias`` in ``x``'s dtype, and it
+    returns NCHW for a channels_last ``x`` (it copies ``x`` to NCHW first). So there the
+    parameters are cast for the call (their gradients reach the float32 parameters through
+    the cast; not under autocast, which runs group norm in float32) and the output is given
+    ``x``'s layout back: a channels_last model stays channels_last, as on the CPU, at the cost
+    of one copy (torch's own copy of ``x`` cannot be avoided with its kernel).
+    """
+    if x.is_cpu:  # mixed dtypes and channels_last are native here
+        return torch.group_norm(x, groups, weight, bias, eps, False)
+    if not _autocast_on(x.device.type):
+        weight = weight if weight is None or weight.dtype == x.dtype else weight.to(x.dtype)
+        bias = bias if bias is None or bias.dtype == x.dtype else bias.to(x.dtype)
+    y = torch.group_norm(x, groups, weight, bias, eps, False)
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    if fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt):
+        y = y.contiguous(memory_format=fmt)
+    return y
 
 
 class _NativeGroupNorm(torch.autograd.Function):

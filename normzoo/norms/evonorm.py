@@ -58,8 +58,8 @@ class _B0Quotient(torch.autograd.Function):
             half_v,
             zeros,
             ones,
-            None,
-            None,
+            zeros,  # CUDA's kernel needs saved statistics even in inference mode
+            ones,
             False,
             0.0,
             [True, True, True],

@@ -55,8 +55,8 @@ class _FRNFunction(torch.autograd.Function):
             a,
             zeros,
             ones,
-            None,
-            None,
+            zeros,  # CUDA's kernel needs saved statistics even in inference mode
+            ones,
             False,
             0.0,
             [ctx.needs_input_grad[0], True, True],

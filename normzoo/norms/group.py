@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from normzoo import functional
-from normzoo.norms._rownorm import native_group_norm, use_native_row_norm
+from normzoo.norms._rownorm import native_group_norm, torch_group_norm, use_native_row_norm
 from normzoo.norms.base import Norm
 
 #: The GN paper's default number of groups.
@@ -96,9 +96,7 @@ class GroupNorm(Norm):
             return functional.group_norm(x, self.num_groups, self.weight, self.bias, eps=self.eps)
         if use_native_row_norm(x, self.weight, self.num_groups):
             return native_group_norm(x, self.num_groups, self.weight, self.bias, self.eps)[0]
-        # torch.group_norm directly: check_input has validated x (F.group_norm's checks
-        # cost a measurable share of a call at these sizes)
-        return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, False)
+        return torch_group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def _repr_structure(self) -> list[str]:
         return [f"num_groups={self.num_groups}"]

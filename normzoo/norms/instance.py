@@ -13,6 +13,7 @@ from normzoo.norms._rownorm import (
     GroupSpec,
     channels_last_rows,
     native_group_norm,
+    torch_group_norm,
     use_native_row_norm,
 )
 from normzoo.norms.base import Norm, check_momentum
@@ -146,9 +147,7 @@ class InstanceNorm(Norm):
             return y.contiguous(memory_format=fmt)
         # A group-norm kernel with one channel per group computes exactly instance norm,
         # about twice as fast on CPU as torch's InstanceNorm (a reshaped batch_norm).
-        # torch.group_norm directly: check_input has validated x (F.group_norm's checks
-        # cost a measurable share of a call at these sizes)
-        return torch.group_norm(x, self.num_features, self.weight, self.bias, self.eps, False)
+        return torch_group_norm(x, self.num_features, self.weight, self.bias, self.eps)
 
     def _update_running_stats(self, mean: Tensor, var: Tensor, m: int, factor: float) -> None:
         """Running averages from per (sample, channel) statistics ``(N, C)``: the mean over

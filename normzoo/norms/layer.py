@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normzoo import functional
-from normzoo.norms._rownorm import native_group_norm, use_native_row_norm
+from normzoo.norms._rownorm import native_group_norm, torch_group_norm, use_native_row_norm
 from normzoo.norms.base import Norm
 
 
@@ -72,6 +72,4 @@ class LayerNorm(Norm):
             return F.layer_norm(x, (self.num_features,), self.weight, self.bias, self.eps)
         if use_native_row_norm(x, self.weight, 1):
             return native_group_norm(x, 1, self.weight, self.bias, self.eps)[0]
-        # torch.group_norm directly: check_input has validated x (F.group_norm's checks
-        # cost a measurable share of a call at these sizes)
-        return torch.group_norm(x, 1, self.weight, self.bias, self.eps, False)
+        return torch_group_norm(x, 1, self.weight, self.bias, self.eps)
