@@ -204,6 +204,14 @@ def bench_row(
     except Exception as err:  # e.g. a norm that needs a process group: skip, say why
         print(f"skip {name} {tuple(shape)}: {type(err).__name__}: {err}", flush=True)
         return None
+    torch_params_dtype = None
+    if "torch" in modules:
+        try:
+            with torch.no_grad():
+                modules["torch"](x)
+        except RuntimeError:  # torch's CUDA GN/LN refuse float32 parameters with bf16 input
+            modules["torch"] = modules["torch"].to(dtype)
+            torch_params_dtype = str(dtype).removeprefix("torch.")
     layout_kept = fmt != "channels_last" or y.is_contiguous(memory_format=torch.channels_last)
     cases: dict[str, Case] = {"copy": (lambda: out.copy_(x.detach()), None)}
     for who, module in modules.items():
@@ -223,6 +231,8 @@ def bench_row(
         "format": fmt,
         "device": device.type,
         "impl": getattr(ours, "impl", None),
+        # the torch.nn module's parameters were cast to the input's dtype (it refused mixed)
+        "torch_params_dtype": torch_params_dtype,
         "copy_ms": med["copy"] * 1e3,
         "channels_last_kept": layout_kept,
     }

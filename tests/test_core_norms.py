@@ -226,3 +226,22 @@ def test_group_norm_kernel_off_the_cpu_keeps_layout_and_casts_parameters(name, m
         assert layer(x).is_contiguous()
     assert seen and all(dtypes == (torch.bfloat16, torch.bfloat16) for dtypes in seen)
     assert layer.weight.dtype == torch.float32
+
+
+def test_token_layernorm_off_the_cpu_casts_parameters(monkeypatch):
+    """Token LayerNorm (channels_last=True) off the CPU: torch's CUDA layer norm refuses
+    float32 parameters with bfloat16 input, so the layer casts them for the call."""
+    seen = []
+    layer_norm = torch.nn.functional.layer_norm
+
+    def spy(x, shape, weight, bias, eps):
+        seen.append((weight.dtype, bias.dtype))
+        return layer_norm(x, shape, weight, bias, eps)
+
+    monkeypatch.setattr(torch.nn.functional, "layer_norm", spy)
+    layer = LayerNorm(8, channels_last=True).to("meta")
+    y = layer(torch.empty(5, 8, device="meta", dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+    assert seen == [(torch.bfloat16, torch.bfloat16)]
+    LayerNorm(8, channels_last=True)(torch.randn(5, 8, dtype=torch.bfloat16))  # CPU: as is
+    assert seen[-1] == (torch.float32, torch.float32)

@@ -85,6 +85,19 @@ def test_cuda_bfloat16_input(name):
     torch.testing.assert_close(y.float(), ref(x), atol=5e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("name", ["layernorm", "rmsnorm"])
+def test_cuda_token_norms_bfloat16_input(name):
+    """The token forms (``channels_last=True``, input ``(..., C)``) with bfloat16 input and
+    float32 parameters."""
+    ours = normzoo.create(name, 6, channels_last=True).cuda()
+    x = torch.randn(64, 6, device="cuda")
+    y = ours(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ours(x), atol=5e-2, rtol=2e-2)
+    y.float().sum().backward()
+    assert ours.weight.grad is not None and ours.weight.grad.dtype == torch.float32
+
+
 TORCH_NN = {
     "batchnorm": lambda c: nn.BatchNorm2d(c),
     "groupnorm": lambda c: nn.GroupNorm(2, c),

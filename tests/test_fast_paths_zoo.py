@@ -360,3 +360,21 @@ def test_zoo_kernels_do_not_depend_on_the_thread_count(threads):
         torch.set_num_threads(old)
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["evonormb0", "evonorms0"])
+def test_evonorm_one_value_per_row_takes_the_reference_math(name, monkeypatch) -> None:
+    """(N, C) inputs (and spatial size 1) skip the row kernels, whose per-row cost made them
+    4-6x slower than the reference math there; larger rows keep the fast path."""
+    layer = normzoo.create(name, 8)
+    ref = normzoo.create(name, 8, impl="reference")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fast path taken")
+
+    monkeypatch.setattr(type(layer), "_fast_forward", refuse)
+    for shape in [(16, 8), (16, 8, 1), (16, 8, 1, 1)]:
+        x = torch.randn(shape)
+        torch.testing.assert_close(layer(x), ref(x))
+    with pytest.raises(AssertionError, match="fast path taken"):
+        layer(torch.randn(16, 8, 2, 2))

@@ -25,6 +25,7 @@ __all__ = [
     "GroupSpec",
     "channels_last_rows",
     "native_group_norm",
+    "params_like",
     "torch_group_norm",
     "use_native_row_norm",
 ]
@@ -68,6 +69,20 @@ def _autocast_on(device_type: str) -> bool:
         return False
 
 
+def params_like(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None
+) -> tuple[Tensor | None, Tensor | None]:
+    """``weight`` and ``bias`` in ``x``'s dtype off the CPU, where torch's group-norm and
+    layer-norm kernels (CUDA) refuse float32 parameters with half-precision input; the
+    gradients reach the float32 parameters through the cast. Unchanged on the CPU (its kernels
+    take mixed dtypes) and under autocast (which runs these norms in float32)."""
+    if x.is_cpu or _autocast_on(x.device.type):
+        return weight, bias
+    weight = weight if weight is None or weight.dtype == x.dtype else weight.to(x.dtype)
+    bias = bias if bias is None or bias.dtype == x.dtype else bias.to(x.dtype)
+    return weight, bias
+
+
 def torch_group_norm(
     x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> Tensor:
@@ -83,9 +98,7 @@ def torch_group_norm(
     """
     if x.is_cpu:  # mixed dtypes and channels_last are native here
         return torch.group_norm(x, groups, weight, bias, eps, False)
-    if not _autocast_on(x.device.type):
-        weight = weight if weight is None or weight.dtype == x.dtype else weight.to(x.dtype)
-        bias = bias if bias is None or bias.dtype == x.dtype else bias.to(x.dtype)
+    weight, bias = params_like(x, weight, bias)
     y = torch.group_norm(x, groups, weight, bias, eps, False)
     fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
     if fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt):

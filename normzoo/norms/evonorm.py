@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -15,6 +16,14 @@ from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
 from normzoo.norms.base import Norm
 from normzoo.norms.batch import BatchNorm
 from normzoo.norms.group import resolve_groups
+
+
+def _one_per_row(x: Tensor) -> bool:
+    """One value per (sample, channel) row (``(N, C)`` input, or spatial size 1): the row
+    kernels' fixed cost per row then dominates, and the reference math measured 4-6x faster
+    (``(4096, 1024)``: B0 1233 vs 187 ms, S0 401 vs 109 ms fwd+bwd on the CPU; 58 vs 10 ms
+    and 12 vs 9 ms on an H100)."""
+    return math.prod(x.shape[2:]) == 1
 
 
 class _B0Quotient(torch.autograd.Function):
@@ -240,7 +249,7 @@ class EvoNormB0(BatchNorm):
     def _forward(self, x: Tensor) -> Tensor:
         update = self.training and self.track_running_stats
         factor = self._update_factor() if update else 0.0
-        if self.impl == "fast":
+        if self.impl == "fast" and not _one_per_row(x):
             return self._fast_forward(x, update, factor)
         y, var = functional.evonorm_b0(
             x,
@@ -355,7 +364,7 @@ class EvoNormS0(Norm):
             nn.init.ones_(self.v)
 
     def _forward(self, x: Tensor) -> Tensor:
-        if self.impl == "fast":
+        if self.impl == "fast" and not _one_per_row(x):
             return self._fast_forward(x)
         return functional.evonorm_s0(
             x, self.v, self.num_groups, self.weight, self.bias, eps=self.eps

@@ -7,7 +7,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normzoo import functional
-from normzoo.norms._rownorm import native_group_norm, torch_group_norm, use_native_row_norm
+from normzoo.norms._rownorm import (
+    native_group_norm,
+    params_like,
+    torch_group_norm,
+    use_native_row_norm,
+)
 from normzoo.norms.base import Norm
 
 
@@ -69,7 +74,8 @@ class LayerNorm(Norm):
                 x, self.weight, self.bias, eps=self.eps, channels_last=self.channels_last
             )
         if self.channels_last:
-            return F.layer_norm(x, (self.num_features,), self.weight, self.bias, self.eps)
+            weight, bias = params_like(x, self.weight, self.bias)
+            return F.layer_norm(x, (self.num_features,), weight, bias, self.eps)
         if use_native_row_norm(x, self.weight, 1):
             return native_group_norm(x, 1, self.weight, self.bias, self.eps)[0]
         return torch_group_norm(x, 1, self.weight, self.bias, self.eps)
