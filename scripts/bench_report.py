@@ -54,6 +54,19 @@ is BatchNorm. Building the three libraries on a cold cache took 0.4 s (`batch_no
 (`row_norm.c`) and 4 s (`zoo.c`) here, once per machine; the first-call times below were taken
 with a warm cache.
 
+**GPU.** `scripts/gpu_check.sh` is the GPU check as one script: `tests/test_cuda.py` (every
+norm on CUDA against the CPU and torch.nn, layouts, bfloat16 inputs, float64 gradients), this
+harness on the issue's shapes plus two GPU-sized ones, (256, 64, 64, 64) and (65536, 1024),
+the wider zoo again with `impl="reference"`, and the training system's `trainer=gpu` runs. On
+a large GPU the issue's shapes are a few microseconds of memory traffic, so their times are
+kernel launches and Python (each contender, the `copy_` too, is timed per call with CUDA
+events); the GPU-sized shapes measure bandwidth. The native kernels are CPU-only: on CUDA,
+BatchNorm, GroupNorm, LayerNorm and InstanceNorm call torch's kernels (so their ratios to
+torch.nn are about 1, and their bandwidth is torch's), and the wider zoo runs its eager paths,
+several torch kernels per pass, which the GPU rows show to be several times slower than
+BatchNorm at the issue's shapes and closer to it at the GPU-sized ones. The first GPU run's
+failing rows (listed in its section) were bugs, fixed and measured again in the sections after it.
+
 **Read the numbers with care.** They were measured on a 2-core VM (load averages are
 recorded with each run, and per row in the JSON). On the CPU a large part of each call is the
 page faults of fresh output tensors (`y`, `dx`): glibc returns freed memory to the system and
@@ -130,6 +143,50 @@ def train_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def bandwidth_table(rows: list[dict[str, Any]]) -> str:
+    """Forward and backward separately, each as a fraction of the copy bound."""
+    out = [
+        "| norm | shape | dtype | layout | copy_ ms | fwd ms | fwd fraction | bwd ms "
+        "| bwd fraction | torch.nn fwd / bwd ms |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        torch_ms = (
+            f"{r['torch_fwd_ms']:.3f} / {r['torch_bwd_ms']:.3f}" if r["torch_fwd_ms"] else "-"
+        )
+        out.append(
+            f"| {r['norm']} | {_shape(r)} | {r['dtype']} | {r['format']} | "
+            f"{r['copy_ms']:.3f} | {r['fwd_ms']:.3f} | {r['fwd_copy_fraction']:.2f} | "
+            f"{r['bwd_ms']:.3f} | {r['bwd_copy_fraction']:.2f} | {torch_ms} |"
+        )
+    return "\n".join(out)
+
+
+def largest_shapes(rows: list[dict[str, Any]]) -> list[list[int]]:
+    """The largest conv (4-d) and token (2-d) shape among ``rows``."""
+    out = []
+    for rank in (4, 2):
+        shapes = [r["shape"] for r in rows if len(r["shape"]) == rank]
+        if shapes:
+            out.append(max(shapes, key=lambda s: (_numel(s), s)))
+    return out
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def errors_list(errors: list[dict[str, Any]]) -> str:
+    out = []
+    for e in errors:
+        where = "training step" if e.get("train") else f"{e.get('shape')} {e.get('dtype')}"
+        out.append(f"- {e['norm']} {where} {e.get('format', '')} {e['device']}: `{e['error']}`")
+    return "\n".join(out)
+
+
 def select(rows: list[dict[str, Any]], **where: Any) -> list[dict[str, Any]]:
     return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
 
@@ -171,7 +228,6 @@ def page(data: dict[str, Any], json_path: str, plot_rel: str | None, level: int 
     """One run's section: machine, command, tables (headings at ``level``)."""
     h = "#" * level
     meta, rows = data["meta"], data["rows"]
-    cpu = select(rows, device="cpu")
     parts = [f"{h} Machine and command\n"]
     parts.append(
         f"- CPU: {meta['cpu']}, {meta['cpu_count']} cores, torch {meta['torch']} "
@@ -184,14 +240,40 @@ def page(data: dict[str, Any], json_path: str, plot_rel: str | None, level: int 
     )
     if plot_rel:
         parts.append(f"![fwd+bwd ratios and copy fractions]({plot_rel})\n")
+    impls = sorted({r["impl"] for r in rows if r.get("impl")})
+    if impls == ["reference"]:
+        parts.append(
+            'Every norm here was built with `impl="reference"` (the reference math on '
+            "torch's kernels), not its default path.\n"
+        )
+    if any(r.get("torch_params_dtype") for r in rows):
+        parts.append(
+            "Where torch.nn's layer refused float32 parameters with a half-precision input "
+            "(CUDA GroupNorm/LayerNorm), it ran with its parameters in the input's dtype; "
+            "normzoo's layers keep float32 parameters and cast them for the call.\n"
+        )
     for device in ("cpu", "cuda"):
         dev_rows = select(rows, device=device)
         if not dev_rows:
             continue
         main = select(dev_rows, dtype="float32", format="contiguous")
-        parts.append(f"{h} {device.upper()}, float32, contiguous (fwd+bwd)\n")
-        parts.append(main_table(main) + "\n")
-        for dtype, fmt in (("bfloat16", "contiguous"), ("float32", "channels_last")):
+        if main:
+            parts.append(f"{h} {device.upper()}, float32, contiguous (fwd+bwd)\n")
+            parts.append(main_table(main) + "\n")
+        if device == "cuda":
+            parts.append(f"{h} CUDA bandwidth: forward and backward as fractions of copy_\n")
+            parts.append(
+                "`copy_ ms` is one `copy_` of the tensor (read + write: 2 tensor-sizes); the "
+                "forward's bound is that time, the backward's 1.5 times it.\n"
+            )
+            large = largest_shapes(dev_rows)
+            parts.append(bandwidth_table([r for r in dev_rows if r["shape"] in large]) + "\n")
+            parts.append("<details><summary>every shape</summary>\n")
+            parts.append(bandwidth_table(dev_rows) + "\n\n</details>\n")
+        combos = dict.fromkeys((r["dtype"], r["format"]) for r in dev_rows)
+        for dtype, fmt in combos:
+            if (dtype, fmt) == ("float32", "contiguous"):
+                continue
             sub = select(dev_rows, dtype=dtype, format=fmt)
             if sub:
                 parts.append(f"{h} {device.upper()}, {dtype}, {fmt}: summary\n")
@@ -228,8 +310,15 @@ def page(data: dict[str, Any], json_path: str, plot_rel: str | None, level: int 
             + ".\n"
         )
         parts.append(train_table(data["train"]) + "\n")
-    if not cpu:
-        parts.append("(no CPU rows)\n")
+    if data.get("errors"):
+        parts.append(f"{h} Rows that failed\n")
+        parts.append(
+            "Recorded by the harness instead of stopping the run; each was a bug, fixed after "
+            "this run (see the later sections).\n"
+        )
+        parts.append(errors_list(data["errors"]) + "\n")
+    if not rows and not data.get("train"):
+        parts.append("(no rows)\n")
     return "\n".join(parts)
 
 
@@ -238,6 +327,11 @@ def main() -> None:
     p.add_argument("json", nargs="+", help="outputs of scripts/bench.py --json (one section each)")
     p.add_argument("--out", default="docs/performance.md")
     p.add_argument("--plot", default="docs/img/bench_cpu.png")
+    p.add_argument(
+        "--cuda-plot",
+        default="docs/img/bench_cuda.png",
+        help="the plot of the first run with CUDA float32 contiguous rows",
+    )
     args = p.parse_args()
     runs = []
     for path in args.json:
@@ -248,14 +342,29 @@ def main() -> None:
         first = runs[0][1]["rows"]
         plot(select(first, device="cpu", dtype="float32", format="contiguous"), args.plot)
         plot_rel = os.path.relpath(args.plot, os.path.dirname(os.path.abspath(args.out)))
+    cuda_run = next(
+        (
+            i
+            for i, (_, data) in enumerate(runs)
+            if select(data["rows"], device="cuda", dtype="float32", format="contiguous")
+        ),
+        None,
+    )
+    cuda_rel = None
+    if args.cuda_plot and cuda_run is not None:
+        rows = runs[cuda_run][1]["rows"]
+        plot(select(rows, device="cuda", dtype="float32", format="contiguous"), args.cuda_plot)
+        cuda_rel = os.path.relpath(args.cuda_plot, os.path.dirname(os.path.abspath(args.out)))
     parts = [INTRO]
     for i, (path, data) in enumerate(runs):
         title = data["meta"].get("title") or f"Run {i + 1}: {data['meta']['threads']} thread(s)"
         parts.append(f"## {title}\n")
-        parts.append(page(data, path, plot_rel if i == 0 else None, level=3))
+        rel = plot_rel if i == 0 else cuda_rel if i == cuda_run else None
+        parts.append(page(data, path, rel, level=3))
     with open(args.out, "w") as f:
         f.write("\n".join(parts))
-    print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
+    plots = [p for p in (args.plot, cuda_rel and args.cuda_plot) if p]
+    print(f"wrote {args.out}" + "".join(f" and {p}" for p in plots))
 
 
 if __name__ == "__main__":
