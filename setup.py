@@ -7,5 +7,5 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["normzoo", "normzoo.*"]), "normzoo.conf"],
     package_dir={"normzoo.conf": "conf"},
-    package_data={"normzoo.conf": ["*.yaml", "*/*.yaml"], "normzoo._native": ["*.c"]},
+    package_data={"normzoo.conf": ["*.yaml", "*/*.yaml"], "normzoo._native": ["*.c", "*.cpp"]},
 )

@@ -256,16 +256,20 @@ def test_row_dispatch(shape, dtype, channels_last, native):
 
 
 @pytest.mark.parametrize(
-    ("shape", "groups", "native"),
+    ("shape", "groups", "ops", "native"),
     [
-        ((32, 64, 32, 32), 32, True),  # 2M elements: the kernels win
-        ((32, 64, 32, 32), 1, True),
-        ((8, 256, 14, 14), 32, False),  # below 1M: torch's group-norm kernel
-        ((128, 64, 8, 8), 1, False),
-        ((8, 256, 14, 14), 256, True),  # one channel per group: InstanceNorm's dispatch
+        ((32, 64, 32, 32), 32, False, True),  # 2M elements: the kernels win
+        ((32, 64, 32, 32), 1, False, True),
+        ((8, 256, 14, 14), 32, False, False),  # below 1M, kernels through Python: torch's
+        ((128, 64, 8, 8), 1, False, False),
+        ((8, 256, 14, 14), 32, True, True),  # ... through the C++ operator: the kernels
+        ((128, 64, 8, 8), 1, True, True),
+        ((2, 8, 4, 4), 2, True, False),  # small: torch's kernel
+        ((8, 256, 14, 14), 256, False, True),  # one channel per group: InstanceNorm's dispatch
     ],
 )
-def test_row_dispatch_with_groups(shape, groups, native):
+def test_row_dispatch_with_groups(shape, groups, ops, native, monkeypatch):
+    monkeypatch.setattr(rownorm_mod._native, "ops_available", lambda: ops)
     assert rownorm_mod.use_native_row_norm(torch.empty(shape), None, groups) is native
     name, kw = ("ln", {}) if groups == 1 else ("gn", {"num_groups": groups})
     calls = []

@@ -130,3 +130,135 @@ def test_results_do_not_depend_on_the_thread_count(threads):
         torch.set_num_threads(old)
     for a, b in zip(got, ref, strict=True):
         assert torch.equal(a, b)
+
+
+# -- the C++ operator library (ops.cpp): torch.ops.normzoo.group_norm -----------------------------
+@pytest.fixture
+def fresh_ops(monkeypatch, tmp_path):
+    """The operator library not tried yet in this process, an empty cache (restored after)."""
+    monkeypatch.setenv("NORMZOO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(_native, "_ops_state", None)
+    return tmp_path / "cache"
+
+
+def test_ops_library_is_built_cached_and_reused():
+    """Loaded once per process from the cache (built there the first time), and a second
+    process loads the cached file without building it again."""
+    assert _native.load_ops()
+    assert hasattr(torch.ops.normzoo, "group_norm")
+    (path,) = _native.cache_dir().glob("ops-*.so")
+    stamp = path.stat().st_mtime_ns
+    code = (
+        "import time; from normzoo import _native; t = time.perf_counter(); "
+        "assert _native.load_ops(); print(time.perf_counter() - t)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout) < 5  # a load, not a ~30 s build
+    assert [p.stat().st_mtime_ns for p in _native.cache_dir().glob("ops-*.so")] == [stamp]
+
+
+@pytest.mark.parametrize("cxx", ["/nonexistent/c++", "false"])
+def test_ops_build_failure_warns_once_and_keeps_the_python_path(fresh_ops, monkeypatch, cxx):
+    from normzoo.norms import _rownorm
+
+    monkeypatch.setenv("CXX", cxx)
+    with pytest.warns(RuntimeWarning, match="native operator library unavailable"):
+        assert not _native.load_ops()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        assert not _native.ops_available()
+        # GroupNorm below 1M elements keeps torch's kernel; InstanceNorm the Python Function
+        assert not _rownorm.use_native_row_norm(torch.empty(8, 256, 14, 14), None, 32)
+        assert _rownorm.use_native_row_norm(torch.empty(8, 256, 14, 14), None, 256)
+        ours, ref = normzoo.create("in", 256), torch.nn.InstanceNorm2d(256, affine=True)
+        x = torch.randn(8, 256, 14, 14, requires_grad=True)
+        y = ours(x)
+        assert type(y.grad_fn).__name__ == "_NativeGroupNormBackward"
+        torch.testing.assert_close(y, ref(x), **TOL)
+    assert not list(fresh_ops.glob("ops-*.so"))
+
+
+def test_ops_other_platforms_and_switch_build_nothing(fresh_ops, monkeypatch):
+    monkeypatch.setattr(_native.sys, "platform", "darwin")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not _native.load_ops()
+    monkeypatch.setattr(_native, "_ops_state", None)
+    monkeypatch.setattr(_native.sys, "platform", "linux")
+    monkeypatch.setenv("NORMZOO_NATIVE", "0")
+    assert not _native.ops_available()
+    assert not fresh_ops.exists()
+
+
+def _gn_inputs(affine: bool, shape=(4, 8, 5, 3)):
+    x = torch.randn(shape) * 3 + 2
+    w = (torch.rand(shape[1]) + 0.5) if affine else None
+    b = torch.randn(shape[1]) if affine else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("groups", [1, 2, 8])
+def test_ops_group_norm_equals_torch_forward_and_backward(affine, groups):
+    assert _native.load_ops()
+    x, w, b = _gn_inputs(affine)
+    leaves = [t.clone().requires_grad_() for t in (x, w, b) if t is not None]
+    refs = [t.clone().requires_grad_() for t in (x, w, b) if t is not None]
+    wa, ba = (leaves[1], leaves[2]) if affine else (None, None)
+    wr, br = (refs[1], refs[2]) if affine else (None, None)
+    y, stats, var = torch.ops.normzoo.group_norm(leaves[0], groups, wa, ba, 1e-5, True)
+    y_ref = torch.group_norm(refs[0], groups, wr, br, 1e-5)
+    assert type(y.grad_fn).__name__ == "CppFunction"
+    torch.testing.assert_close(y, y_ref, **TOL)
+    rows = x.reshape(4, groups, -1)
+    torch.testing.assert_close(stats[0], rows.mean(-1), **TOL)
+    torch.testing.assert_close(var, rows.var(-1, unbiased=False), **TOL)
+    assert not stats.requires_grad and not var.requires_grad
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, leaves, g), torch.autograd.grad(y_ref, refs, g)
+    for a, r in zip(*grads, strict=True):
+        torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
+
+
+def test_ops_group_norm_partial_gradients_and_no_grad_modes():
+    assert _native.load_ops()
+    x, w, b = _gn_inputs(True)
+    frozen_w = w.clone()  # no gradient for the weight: x and the bias still get theirs
+    xb, bb = x.clone().requires_grad_(), b.clone().requires_grad_()
+    y, _, var = torch.ops.normzoo.group_norm(xb, 2, frozen_w, bb, 1e-5, False)
+    assert var.numel() == 0
+    y.sum().backward()
+    xr, br = x.clone().requires_grad_(), b.clone().requires_grad_()
+    torch.group_norm(xr, 2, frozen_w, br, 1e-5).sum().backward()
+    torch.testing.assert_close(xb.grad, xr.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(bb.grad, br.grad, **TOL)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            y, _, _ = torch.ops.normzoo.group_norm(x, 2, w, b, 1e-5, False)
+        torch.testing.assert_close(y, torch.group_norm(x, 2, w, b, 1e-5), **TOL)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_ops_group_norm_double_backward_equals_torch(affine):
+    assert _native.load_ops()
+    x, w, b = _gn_inputs(affine)
+    out = []
+    for fn in (
+        lambda t: torch.ops.normzoo.group_norm(t, 2, w, b, 1e-5, False)[0],
+        lambda t: torch.group_norm(t, 2, w, b, 1e-5),
+    ):
+        t = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(fn(t).pow(2).sum(), t, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(3).sum(), t)
+        out.append((g, gg))
+    torch.testing.assert_close(out[0][0], out[1][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-3, rtol=1e-3)
+
+
+def test_groupnorm_module_runs_on_the_cpp_node():
+    """Mid-sized GroupNorm/LayerNorm/InstanceNorm in training: the operator's C++ node."""
+    assert _native.load_ops()
+    for name in ("gn", "ln", "in"):
+        x = torch.randn(8, 256, 14, 14, requires_grad=True)
+        y = normzoo.create(name, 256)(x)
+        assert type(y.grad_fn).__name__ == "CppFunction", name

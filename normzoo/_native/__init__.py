@@ -22,6 +22,12 @@ How they are built and used:
   :func:`load` returns ``None`` after one ``RuntimeWarning``, and the norms use torch's
   kernels: the results are the same. Off Linux it returns ``None`` without a warning.
 * ``NORMZOO_NATIVE=0`` (read at each call) or :func:`set_enabled` turn native kernels off.
+* ``ops.cpp`` is different: a torch operator library (``torch.ops.normzoo``) whose autograd
+  node is C++, so a kernel costs no Python in forward or backward. :func:`load_ops` builds it
+  with the C++ compiler against the installed torch's headers (about 30 s, once per machine
+  and torch version; cached like the rest) and loads it with ``torch.ops.load_library``.
+  Where it cannot be built, the norms call the same C kernels through a Python
+  ``torch.autograd.Function`` (one ``RuntimeWarning``).
 
 Each kernel's wrapper checks what the C code assumes (CPU, float32, contiguous) and the
 callers only dispatch such tensors; every kernel is tested against torch and gradchecked
@@ -45,7 +51,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "build_times", "cache_dir", "load", "native_enabled", "set_enabled"]
+__all__ = [
+    "available",
+    "build_times",
+    "cache_dir",
+    "load",
+    "load_ops",
+    "native_enabled",
+    "ops_available",
+    "set_enabled",
+]
 
 _ENV = "NORMZOO_NATIVE"
 _SRC = Path(__file__).parent
@@ -215,6 +230,131 @@ def load(name: str) -> ctypes.CDLL | None:
                     stacklevel=2,
                 )
     return _libs[name]
+
+
+# -- the C++ operator library ------------------------------------------------------------------
+OPS = "ops"
+#: C sources linked into the operator library with ``ops.cpp``.
+OPS_C_SOURCES = ("row_norm.c",)
+_CXX_FLAGS = ["-O2", "-std=c++20", "-fPIC", "-shared", "-fopenmp", "-w"]
+#: None: not tried yet; True: loaded (torch.ops.normzoo.* exist); False: unavailable.
+_ops_state: bool | None = None
+
+
+def _cxx_compiler() -> str | None:
+    if os.environ.get("CXX"):
+        return shutil.which(os.environ["CXX"])
+    return shutil.which("c++") or shutil.which("g++")
+
+
+def _torch_build_info() -> tuple[Path, list[str], str]:
+    """(torch's library folder, its header folders, the C++ ABI define) of this torch."""
+    root = Path(torch.__file__).parent
+    includes = [str(root / "include"), str(root / "include" / "torch" / "csrc" / "api" / "include")]
+    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+    return root / "lib", includes, abi
+
+
+def _version(compiler: str) -> str:
+    try:
+        return subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return compiler
+
+
+def _ops_library_path(cc: str, cxx: str) -> Path:
+    key = hashlib.sha256()
+    for name in (f"{OPS}.cpp", *OPS_C_SOURCES):
+        key.update((_SRC / name).read_bytes())
+    torch_id = f"{torch.__version__} {torch.version.git_version} {torch._C._GLIBCXX_USE_CXX11_ABI}"
+    for part in (" ".join(_FLAGS + _CXX_FLAGS), _version(cc), _version(cxx), _cpu_id(), torch_id):
+        key.update(part.encode())
+    return cache_dir() / f"{OPS}-{key.hexdigest()[:16]}.so"
+
+
+def _run(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr.strip()}")
+
+
+def _build_ops() -> Path:
+    if not sys.platform.startswith("linux"):
+        raise _Unsupported(f"native kernels are built on Linux only (this is {sys.platform})")
+    cc, cxx = _compiler(), _cxx_compiler()
+    if cc is None or cxx is None:
+        missing = "C" if cc is None else "C++"
+        raise RuntimeError(f"no {missing} compiler found (install gcc/g++, or set CC/CXX)")
+    path = _ops_library_path(cc, cxx)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lib_dir, includes, abi = _torch_build_info()
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        objects = []
+        for name in OPS_C_SOURCES:  # the C kernels, with the flags of their own libraries
+            obj = os.path.join(tmp, name.replace(".c", ".o"))
+            flags = [f for f in _FLAGS if f != "-shared"]
+            _run([cc, *flags, "-c", str(_SRC / name), "-o", obj])
+            objects.append(obj)
+        out = os.path.join(tmp, f"{OPS}.so")
+        _run(
+            [
+                cxx,
+                *_CXX_FLAGS,
+                abi,
+                *(f"-I{d}" for d in includes),
+                str(_SRC / f"{OPS}.cpp"),
+                *objects,
+                "-o",
+                out,
+                f"-L{lib_dir}",
+                f"-Wl,-rpath,{lib_dir}",
+                "-ltorch",
+                "-ltorch_cpu",
+                "-lc10",
+                "-lm",
+            ]
+        )
+        os.replace(out, path)  # atomic: processes that build at once never load half a file
+    return path
+
+
+def load_ops() -> bool:
+    """Build (on first use) and load the C++ operator library; ``torch.ops.normzoo`` then
+    holds its operators. ``False`` where native kernels are off or it cannot be built (one
+    ``RuntimeWarning`` says why; the norms then call the C kernels through Python)."""
+    global _ops_state
+    if not native_enabled():
+        return False
+    if _ops_state is not None:
+        return _ops_state
+    with _lock:
+        if _ops_state is None:
+            start = time.perf_counter()
+            try:
+                torch.ops.load_library(str(_build_ops()))
+                _ops_state = True
+                _load_seconds[OPS] = time.perf_counter() - start
+            except _Unsupported:
+                _ops_state = False
+            except Exception as err:  # no C++ compiler, no torch headers, a compile error
+                _ops_state = False
+                first = str(err).splitlines()[0] if str(err) else type(err).__name__
+                warnings.warn(
+                    f"normzoo: native operator library unavailable ({first}); calling the "
+                    f"native kernels through Python instead (set {_ENV}=0 to skip building)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+    return _ops_state
+
+
+def ops_available() -> bool:
+    """Whether ``torch.ops.normzoo`` is usable here (builds and loads it if needed)."""
+    if _ops_state and native_enabled():  # the fast path of every dispatch
+        return True
+    return load_ops()
 
 
 def build_times() -> dict[str, float]:

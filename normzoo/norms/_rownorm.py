@@ -46,18 +46,21 @@ def use_native_row_norm(x: Tensor, weight: Tensor | None = None, groups: int | N
     channel per group): contiguous float32 ``(N, C, *)`` on the CPU, at least
     ``NATIVE_MIN_NUMEL`` elements (``NATIVE_MIN_NUMEL_GROUPED`` with several channels per
     group), outside ``torch.compile``."""
-    grouped = groups is not None and x.dim() >= 2 and groups < x.shape[1]
-    floor = NATIVE_MIN_NUMEL_GROUPED if grouped else NATIVE_MIN_NUMEL
-    return (
+    if not (
         x.is_cpu
         and x.dtype == torch.float32
         and (weight is None or weight.dtype == torch.float32)
         and x.dim() >= 3
-        and x.numel() >= max(floor, 1)
+        and x.numel() >= max(NATIVE_MIN_NUMEL, 1)
         and x.is_contiguous()
         and not torch.compiler.is_compiling()
         and _native.available("row_norm")
-    )
+    ):
+        return False
+    grouped = groups is not None and groups < x.shape[1]
+    # Below NATIVE_MIN_NUMEL_GROUPED, GroupNorm/LayerNorm gain only without Python in the
+    # autograd path: with the C++ operator library.
+    return not grouped or x.numel() >= NATIVE_MIN_NUMEL_GROUPED or _native.ops_available()
 
 
 def _autocast_on(device_type: str) -> bool:
@@ -170,6 +173,9 @@ def native_group_norm(
               + \epsilon}} + \beta_c
     """
     if torch.is_grad_enabled() and _kernels.needs_grad(x, weight, bias):
+        if _native.ops_available():  # a C++ autograd node: no Python in forward or backward
+            y, stats, var = torch.ops.normzoo.group_norm(x, groups, weight, bias, eps, want_stats)
+            return y, (stats[0] if want_stats else None), (var if want_stats else None)
         y, stats, var = _NativeGroupNorm.apply(x, groups, weight, bias, eps, want_stats)
     else:  # nothing to differentiate: skip autograd.Function's fixed cost
         y, stats, var = _kernels.row_norm_forward_unchecked(
