@@ -468,3 +468,38 @@ def test_low_precision_keeps_the_input_dtype(name, kwargs):
         y = layer(x.to(dtype))
         assert y.dtype == dtype
         assert torch.isfinite(y.float()).all()
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("shape", [(32, 6), (32, 6, 5), (32, 6, 3, 4), (32, 6, 2, 3, 2)], ids=str)
+def test_ghostbatchnorm_all_virtual_batches_at_once(shape, momentum, monkeypatch):
+    """The vectorized path (GPU by default; forced here) equals one BN per virtual batch:
+    outputs, gradients, running statistics after several steps, num_batches_tracked."""
+    from normzoo.norms import ghost_batch
+
+    monkeypatch.setitem(ghost_batch.VECTOR_MIN_BATCHES, "cpu", 2)
+    fast = GhostBatchNorm(6, virtual_batch_size=4, momentum=momentum)
+    ref = GhostBatchNorm(6, virtual_batch_size=4, momentum=momentum, impl="reference")
+    randomize_affine(fast, ref)
+    calls = []
+    original = GhostBatchNorm._all_virtual_batches_at_once
+    monkeypatch.setattr(
+        GhostBatchNorm,
+        "_all_virtual_batches_at_once",
+        lambda self, *a: calls.append(1) or original(self, *a),
+    )
+    for step in range(3):
+        check_fwd_bwd(fast, ref, torch.randn(shape) * (step + 1) + step)
+        _assert_same_stats(fast, ref)
+    assert len(calls) == 3
+    x = torch.randn(shape)
+    if len(shape) == 4:  # the layout is kept
+        y = fast(x.to(memory_format=torch.channels_last))
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y, ref(x), **TOL)
+    y = fast(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref(x), atol=5e-2, rtol=2e-2)
+    before = len(calls)
+    fast(torch.randn(30, *shape[1:]))  # 30 = 7 x 4 + 2: unequal virtual batches, the loop
+    assert len(calls) == before

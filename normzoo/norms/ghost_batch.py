@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normzoo import functional
+from normzoo.functional._stats import compute_dtype
 from normzoo.norms.batch import BatchNorm
+
+#: Per device type: the number of virtual batches from which a batch is normalized in one set
+#: of kernels rather than one torch BN call per virtual batch. Only on a GPU, where each call
+#: costs kernel launches; on the CPU the loop measured 2-4x faster than the vectorized math
+#: (torch's var_mean and the composite backward) from 4 to 128 virtual batches.
+VECTOR_MIN_BATCHES: dict[str, int] = {"cuda": 2}
 
 
 class GhostBatchNorm(BatchNorm):
@@ -116,6 +123,8 @@ class GhostBatchNorm(BatchNorm):
                     self.running_mean.copy_(mean)
                     self.running_var.copy_(var)
             return y
+        if self._vectorize(x):
+            return self._all_virtual_batches_at_once(x, update, tracked)
         outputs = []
         for j, chunk in enumerate(x.split(self.virtual_batch_size), start=1):
             factor = 1.0 / (tracked + j) if self.momentum is None else self.momentum
@@ -124,6 +133,53 @@ class GhostBatchNorm(BatchNorm):
                 F.batch_norm(chunk, rm, rv, self.weight, self.bias, True, factor, self.eps)
             )
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]  # one: no copy
+
+    def _vectorize(self, x: Tensor) -> bool:
+        """Whether every virtual batch is normalized in one set of kernels instead of one BN
+        call each: equal virtual batches, and enough of them that the calls' fixed cost
+        decides (``VECTOR_MIN_BATCHES``)."""
+        n, vbs = x.shape[0], self.virtual_batch_size
+        least = VECTOR_MIN_BATCHES.get(x.device.type)
+        return least is not None and n % vbs == 0 and n // vbs >= max(least, 2)
+
+    def _all_virtual_batches_at_once(self, x: Tensor, update: bool, tracked: int) -> Tensor:
+        r"""Every virtual batch at once: ``x`` viewed as ``(k, |B_S|, C, L)``, the statistics
+        of each ``(virtual batch, channel)`` over ``(|B_S|, L)`` in one reduction, one affine
+        map, and autograd through them. The ``k`` sequential running-average updates in
+        closed form: with momentum :math:`\eta`,
+        :math:`r_k = (1 - \eta)^k r_0 + \sum_j \eta (1 - \eta)^{k - j} s_j`; with
+        ``momentum=None`` the cumulative average :math:`(t r_0 + \sum_j s_j) / (t + k)`."""
+        n, c = x.shape[0], x.shape[1]
+        k, vbs = n // self.virtual_batch_size, self.virtual_batch_size
+        xf = x.to(compute_dtype(x))
+        xs = xf.reshape(k, vbs, c, -1)
+        var, mean = torch.var_mean(xs, dim=(1, 3), correction=0, keepdim=True)  # (k, 1, C, 1)
+        scale = torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight.to(scale.dtype).view(1, 1, c, 1)
+        shift = -mean * scale
+        if self.bias is not None:
+            shift = shift + self.bias.to(scale.dtype).view(1, 1, c, 1)
+        y = torch.addcmul(shift, xs, scale).view(x.shape).to(x.dtype)
+        if update:
+            count = vbs * (x.numel() // (n * c))
+            with torch.no_grad():
+                means = mean.view(k, c)
+                unbiased = var.view(k, c) * (count / max(count - 1, 1))
+                for running, stats in ((self.running_mean, means), (self.running_var, unbiased)):
+                    if self.momentum is None:
+                        total = running * tracked + stats.sum(0)
+                        running.copy_(total / (tracked + k))
+                    else:
+                        eta = float(self.momentum)
+                        powers = (1 - eta) ** torch.arange(
+                            k - 1, -1, -1, dtype=stats.dtype, device=stats.device
+                        )
+                        blended = (1 - eta) ** k * running + eta * (powers[:, None] * stats).sum(0)
+                        running.copy_(blended)
+        if x.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4:
+            return y.contiguous(memory_format=torch.channels_last)
+        return y
 
     def _repr_structure(self) -> list[str]:
         return [f"virtual_batch_size={self.virtual_batch_size}"]
