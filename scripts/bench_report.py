@@ -26,10 +26,8 @@ Each norm is timed in training mode (forward without autograd, backward alone, a
 forward + backward) against its `torch.nn` equivalent and against `nn.BatchNorm2d` on the same
 tensor, interleaved in one process (every contender once per round), medians over rounds.
 
-**Native kernels.** On the CPU, contiguous float32 inputs of BatchNorm and InstanceNorm
-(from 32K elements), GroupNorm and channels-first LayerNorm (from 1M elements, where they
-measured faster than torch's group-norm kernel with the Python autograd layer around them) run
-small C kernels
+**Native kernels.** On the CPU, contiguous float32 inputs of BatchNorm, InstanceNorm,
+GroupNorm and channels-first LayerNorm (from 32K elements) run small C kernels
 (`normzoo/_native/*.c`, compiled with the system C compiler on first use,
 cached in `~/.cache/normzoo`, sharing torch's OpenMP threads). They finish one channel (BN) or
 one (sample, group) row (GN, IN, LN) while it is in the core's cache: the forward reads `x`
@@ -39,7 +37,12 @@ more passes over memory, and its InstanceNorm is a reshaped batch norm; Instance
 the row kernel with one channel per group, and on float32 channels_last inputs the wider
 zoo's in-place per-row kernels (below). Everything else (half precision, other channels_last
 inputs, small inputs, CUDA) uses torch's kernels, as does any machine where the kernels cannot
-be built (one warning). `NORMZOO_NATIVE=0` turns them off. The full matrix below was measured
+be built (one warning). `NORMZOO_NATIVE=0` turns them off. GroupNorm, LayerNorm and
+InstanceNorm reach their kernels through a torch operator with a C++ autograd node
+(`normzoo/_native/ops.cpp`, `torch.ops.normzoo.group_norm`, built against the installed torch
+on first use, about 30 s once per machine): behind a Python `autograd.Function` the same
+kernels lost to torch's group norm below 1M elements, and where the operator cannot be built
+GroupNorm and LayerNorm keep torch's kernel below that size. The full matrix below was measured
 before InstanceNorm's channels_last path and Batch Renorm's native path existed; the sections
 above it measure them.
 

@@ -1,0 +1,92 @@
+"""The benchmark harness and its report: rows measured for real (tiny shapes), then the docs'
+page rendered from them, CPU and CUDA sections, failing rows listed."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _script("bench")
+
+
+def test_bench_rows_compare_with_torch_and_batchnorm(bench):
+    row = bench.bench_row(
+        "gn", (4, 8, 6, 6), torch.float32, "channels_last", torch.device("cpu"), 3, 1
+    )
+    assert row["norm"] == "groupnorm" and row["impl"] == "fast"
+    assert row["channels_last_kept"]
+    for mode in bench.MODES:
+        assert row[f"{mode}_ms"] > 0 and row[f"torch_{mode}_ms"] > 0 and row[f"bn_{mode}_ms"] > 0
+        assert row[f"{mode}_ratio_torch"] == pytest.approx(
+            row[f"{mode}_ms"] / row[f"torch_{mode}_ms"]
+        )
+    ref = bench.bench_row(
+        "rmsnorm", (4, 8, 6, 6), torch.float32, "contiguous", torch.device("cpu"), 3, 1, "reference"
+    )
+    assert ref["impl"] == "reference" and ref["torch_fwdbwd_ms"] is None
+
+
+def test_bench_main_records_failing_rows_and_writes_json(bench, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(bench, "bench_row", broken)
+    out = tmp_path / "run.json"
+    result = bench.main(
+        ["--devices", "cpu", "--norms", "bn", "--shapes", "4,8,6,6", "--dtypes", "float32",
+         "--formats", "contiguous", "--repeats", "1", "--warmup", "0", "--no-train",
+         "--json", str(out)]
+    )  # fmt: skip
+    assert result["errors"] and "kernel exploded" in result["errors"][0]["error"]
+    assert json.loads(out.read_text())["errors"] == result["errors"]
+
+
+def test_report_renders_cpu_and_cuda_sections(bench, tmp_path, monkeypatch):
+    report = _script("bench_report")
+    result = bench.main(
+        ["--devices", "cpu", "--norms", "bn", "gn", "--shapes", "4,8,6,6", "16,8",
+         "--dtypes", "float32", "--formats", "contiguous", "--repeats", "2", "--warmup", "0",
+         "--no-train", "--json", str(tmp_path / "cpu.json")]
+    )  # fmt: skip
+    gpu = copy.deepcopy(result)  # the same rows, presented as a GPU run with a failing row
+    for r in gpu["rows"]:
+        r["device"] = "cuda"
+    gpu["meta"]["cuda"] = "Some GPU"
+    gpu["meta"]["title"] = "GPU run"
+    gpu["errors"] = [{"norm": "ln", "shape": [16, 8], "dtype": "bfloat16", "format": "contiguous",
+                      "device": "cuda", "error": "RuntimeError: expected scalar type"}]  # fmt: skip
+    (tmp_path / "gpu.json").write_text(json.dumps(gpu))
+    page = tmp_path / "performance.md"
+    monkeypatch.setattr(
+        sys, "argv",
+        ["bench_report.py", str(tmp_path / "cpu.json"), str(tmp_path / "gpu.json"),
+         "--out", str(page), "--plot", str(tmp_path / "cpu.png"),
+         "--cuda-plot", str(tmp_path / "cuda.png")],
+    )  # fmt: skip
+    report.main()
+    text = page.read_text()
+    assert "### CPU, float32, contiguous (fwd+bwd)" in text
+    assert "## GPU run" in text and "### CUDA bandwidth" in text
+    assert "### Rows that failed" in text and "expected scalar type" in text
+    gn = next(r for r in result["rows"] if r["norm"] == "groupnorm" and len(r["shape"]) == 4)
+    assert f"| groupnorm | 4x8x6x6 | {gn['fwdbwd_ms']:.3f} |" in text
+    assert (tmp_path / "cpu.png").exists() and (tmp_path / "cuda.png").exists()
