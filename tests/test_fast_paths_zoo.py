@@ -128,6 +128,65 @@ def test_batchnorm_family_on_native_bn_kernels_equals_reference(monkeypatch, nam
             _compare(fast, ref, torch.randn(shape) * (step + 1) + step)
 
 
+@pytest.fixture
+def native_bn_calls(monkeypatch) -> list[str]:
+    """BatchNorm's native kernels for every input, however small, and the names of the C
+    functions called, in order."""
+    import normzoo.norms.batch as batch_mod
+    from normzoo._native import kernels
+
+    monkeypatch.setattr(batch_mod, "NATIVE_MIN_NUMEL", 0)
+    monkeypatch.setattr(batch_mod, "NATIVE_MIN_SPATIAL", 1)
+    monkeypatch.setattr(batch_mod, "NATIVE_MIN_NUMEL_CL", 0)
+    calls: list[str] = []
+    real = kernels._fn
+
+    def spy(lib: str, name: str):
+        calls.append(name)
+        return real(lib, name)
+
+    monkeypatch.setattr(kernels, "_fn", spy)
+    return calls
+
+
+# (shape, memory format, virtual batches of 2 samples)
+CL_SHAPES = [
+    ((4, 8, 5, 6), torch.channels_last, 2),
+    ((5, 8, 3, 4), torch.channels_last, 3),
+    ((2, 8, 3, 4, 2), torch.channels_last_3d, 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"), [case for case in CASES if case[0] == "batchrenorm"], ids=str
+)
+@pytest.mark.parametrize(("shape", "fmt", "chunks"), CL_SHAPES, ids=str)
+def test_batchnorm_family_channels_last_on_native_bn_kernels(
+    name, kwargs, shape, fmt, chunks, native_bn_calls
+):
+    """Batch Renorm on channels_last input runs BatchNorm's channels_last kernels on the
+    tensor as it is (the statistics, then one affine map): the reference's outputs, gradients
+    and running statistics over 3 steps, output and input gradient channels_last."""
+    torch.manual_seed(7)
+    fast, ref = _pair(name, kwargs)
+    for step in range(3):
+        x = (torch.randn(shape) * (step + 1) + step).contiguous(memory_format=fmt)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = fast(xa), ref(xb)
+        assert ya.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(ya, yb, **TOL)
+        g = torch.randn_like(ya)
+        ya.backward(g)
+        yb.backward(g)
+        assert xa.grad.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(xa.grad, xb.grad, **TOL)
+        for (key, pa), pb in zip(fast.named_parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(pa.grad, pb.grad, **TOL, msg=key)
+        for key, value in ref.state_dict().items():
+            torch.testing.assert_close(fast.state_dict()[key], value, **TOL, msg=key)
+    assert native_bn_calls == ["nz_bn_forward_cl", "nz_bn_backward_cl"] * 3
+
+
 @pytest.mark.parametrize("name", ZOO)
 def test_channels_last_bf16_no_grad(name: str) -> None:
     torch.manual_seed(1)
