@@ -23,11 +23,13 @@ from norm_testing import (
 from torch import nn
 
 import normzoo
+from normzoo._native import kernels as _kernels
 from normzoo.norms import _fused
 from normzoo.norms import _rownorm as rownorm_mod
 from normzoo.norms import batch as batch_mod
 
 TORCH_BN = {3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+CL_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
 @pytest.fixture
@@ -35,6 +37,7 @@ def native_everywhere(monkeypatch):
     """Send every eligible BatchNorm input, however small, to the native kernels."""
     monkeypatch.setattr(batch_mod, "NATIVE_MIN_NUMEL", 0)
     monkeypatch.setattr(batch_mod, "NATIVE_MIN_SPATIAL", 1)
+    monkeypatch.setattr(batch_mod, "NATIVE_MIN_NUMEL_CL", 0)
     monkeypatch.setattr(rownorm_mod, "NATIVE_MIN_NUMEL", 0)
     monkeypatch.setattr(rownorm_mod, "NATIVE_MIN_NUMEL_GROUPED", 0)
 
@@ -61,7 +64,19 @@ def _pair(rank: int, **kwargs) -> tuple[nn.Module, nn.Module]:
         ((8, 256, 14, 14), torch.float32, False, True),
         ((128, 64, 8, 8), torch.float32, False, True),
         ((8, 64, 100), torch.float32, False, True),
-        ((32, 64, 32, 32), torch.float32, True, False),  # torch's channels_last kernel is fast
+        ((32, 64, 32, 32), torch.float32, True, True),  # channels_last: the _cl kernels
+        ((8, 256, 14, 14), torch.float32, True, True),
+        ((128, 64, 8, 8), torch.float32, True, True),
+        ((4, 32, 64, 64), torch.float32, True, True),
+        ((8, 64, 16, 16, 16), torch.float32, True, True),  # channels_last_3d
+        ((1024, 64, 2, 2), torch.float32, True, True),  # rows of C values: spatial size is moot
+        ((8, 64, 16, 16), torch.float32, True, False),  # 128k elements: the call's cost wins
+        ((16, 4, 32, 32), torch.float32, True, True),  # 64k, but torch is slow with 4 channels
+        ((4, 8, 32, 32), torch.float32, True, True),  # 32k with 8 channels
+        ((8, 16, 32, 32), torch.float32, True, False),  # 128k with 16 channels
+        ((32, 64, 32, 32), torch.bfloat16, True, False),
+        ((2, 8, 4, 4), torch.float32, True, False),  # small
+        ((4096, 64, 1, 1), torch.float32, True, False),  # also contiguous: spatial size 1
         ((32, 64, 32, 32), torch.float64, False, False),  # float64: torch's kernel (gradcheck)
         ((2, 8, 4, 4), torch.float32, False, False),  # small: the call's fixed cost wins
         ((512, 64, 2, 2), torch.float32, False, False),  # rows of 4 values: too short for SIMD
@@ -71,7 +86,7 @@ def _pair(rank: int, **kwargs) -> tuple[nn.Module, nn.Module]:
 def test_dispatch_by_shape(shape, dtype, channels_last, fused):
     x = torch.empty(shape, dtype=dtype)
     if channels_last:
-        x = x.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=CL_FORMATS[x.dim()])
     assert batch_mod.use_native_batch_stats(x) is fused
 
 
@@ -212,6 +227,156 @@ def test_native_double_backward_equals_torch():
     ours, ref = _pair(4)
     x = torch.randn(4, 6, 5, 5)
     assert_double_backward_close(ours, x, ref, x)
+
+
+# -- parity: the native channels_last branch ------------------------------------------------
+@pytest.fixture
+def bn_kernel_calls(monkeypatch) -> list[str]:
+    """The native batch-norm C functions called, in order (a spy on the kernels' lookup)."""
+    calls: list[str] = []
+    real = _kernels._fn
+
+    def spy(lib: str, name: str):
+        calls.append(name)
+        return real(lib, name)
+
+    monkeypatch.setattr(_kernels, "_fn", spy)
+    return calls
+
+
+def _cl(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=CL_FORMATS[x.dim()])
+
+
+@pytest.mark.usefixtures("native_everywhere")
+@pytest.mark.parametrize("shape", [(4, 6, 5, 3), (2, 6, 3, 4, 2), (3, 6, 33, 17)], ids=str)
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_native_channels_last_training_steps_equal_torch(shape, momentum, bn_kernel_calls):
+    # (3, 6, 33, 17): 1683 rows, several row blocks, the last one partial. Its weight and bias
+    # gradients (sums of 1683 terms) are held to 1e-4: torch's channels_last kernel sums them
+    # less precisely than ours (vs float64: 2.5e-5 and 6e-6); float64 checks are below.
+    ours, ref = _pair(len(shape), momentum=momentum)
+    param_tol = {"atol": 1e-4, "rtol": 1e-4}
+    for step in range(3):
+        x = _cl(torch.randn(shape) * (step + 1) + step)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = ours(xa), ref(xb)
+        assert ya.is_contiguous(memory_format=CL_FORMATS[len(shape)])
+        torch.testing.assert_close(ya, yb, **TOL)
+        g = torch.randn_like(yb)
+        ya.backward(g)
+        yb.backward(g)
+        assert xa.grad.is_contiguous(memory_format=CL_FORMATS[len(shape)])
+        torch.testing.assert_close(xa.grad, xb.grad, **TOL)
+        torch.testing.assert_close(ours.weight.grad, ref.weight.grad, **param_tol)
+        torch.testing.assert_close(ours.bias.grad, ref.bias.grad, **param_tol)
+        assert_same_state(ours, ref)
+    assert bn_kernel_calls == ["nz_bn_forward_cl", "nz_bn_backward_cl"] * 3
+    ours.eval()
+    ref.eval()
+    x = _cl(torch.randn(shape))
+    torch.testing.assert_close(ours(x), ref(x), **TOL)
+
+
+@pytest.mark.usefixtures("native_everywhere")
+@pytest.mark.parametrize(("affine", "track"), [(False, True), (True, False), (False, False)])
+def test_native_channels_last_without_affine_or_running_stats(affine, track, bn_kernel_calls):
+    ours, ref = _pair(4, affine=affine, track_running_stats=track)
+    for step in range(2):
+        check_fwd_bwd(ours, ref, _cl(torch.randn(4, 6, 5, 5) * 2 + step))
+        assert_same_state(ours, ref)
+    assert bn_kernel_calls == ["nz_bn_forward_cl", "nz_bn_backward_cl"] * 2
+
+
+@pytest.mark.usefixtures("native_everywhere")
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", [(8, 300, 9, 5), (2, 13, 4, 3, 5)], ids=str)
+def test_native_channels_last_gradients_equal_float64_autograd(affine, shape):
+    # 300 channels: register tiles of 32 and 8 and a remainder of 4, two runs of channels
+    # (256 + 44); 13 channels: one tile of 8 and 5; 360 rows: three row blocks
+    c = shape[1]
+    x = torch.randn(shape) * 2 + 1
+    w = torch.rand(c) + 0.5 if affine else None
+    b = torch.randn(c) if affine else None
+    dy = _cl(torch.randn(shape))
+    leaves32 = [_cl(x).requires_grad_()] + [t.clone().requires_grad_() for t in (w, b) if affine]
+    leaves64 = [t.double().requires_grad_() for t in (x, w, b) if t is not None]
+    y32 = batch_mod._NativeBatchNorm.apply(*leaves32, *([] if affine else [None, None]), 1e-5, 0)
+    y32 = y32[0]
+    y64 = normzoo.functional.batch_norm(
+        leaves64[0], None, None, *(leaves64[1:] or [None, None]), training=True, eps=1e-5
+    )[0]
+    assert y32.is_contiguous(memory_format=CL_FORMATS[len(shape)])
+    torch.testing.assert_close(y32, y64.float(), atol=1e-5, rtol=1e-5)
+    g32 = torch.autograd.grad(y32, leaves32, dy)
+    g64 = torch.autograd.grad(y64, leaves64, dy.double())
+    for a, e in zip(g32, g64, strict=True):
+        torch.testing.assert_close(a, e.float(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.usefixtures("native_everywhere")
+def test_native_channels_last_takes_a_gradient_in_any_layout(bn_kernel_calls):
+    # y.sum() sends back an expanded (all strides 0) gradient; a contiguous one also works
+    ours, ref = _pair(4)
+    x = _cl(torch.randn(4, 6, 5, 5) * 2 + 1)
+    g = torch.randn(4, 6, 5, 5)
+    assert g.is_contiguous() and not g.is_contiguous(memory_format=torch.channels_last)
+    for backward in (lambda y: y.sum().backward(), lambda y: y.backward(g)):
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        backward(ours(xa))
+        backward(ref(xb))
+        assert xa.grad.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(xa.grad, xb.grad, **TOL)
+    assert bn_kernel_calls.count("nz_bn_backward_cl") == 2
+
+
+@pytest.mark.usefixtures("native_everywhere")
+@pytest.mark.parametrize("shape", [(4, 6, 5, 5), (2, 6, 3, 4, 2)], ids=str)
+def test_native_channels_last_double_backward_equals_torch(shape):
+    ours, ref = _pair(len(shape))
+    x = _cl(torch.randn(shape))
+    assert_double_backward_close(ours, x, ref, x)
+
+
+@pytest.mark.usefixtures("native_everywhere")
+@pytest.mark.parametrize("trainable", ["weight", "bias"])
+def test_native_channels_last_gradient_reaches_the_only_trainable_parameter(trainable):
+    ours, ref = _pair(4)
+    frozen = "bias" if trainable == "weight" else "weight"
+    for m in (ours, ref):
+        getattr(m, frozen).requires_grad_(False)
+    x = _cl(torch.randn(4, 6, 5, 5))
+    ours(x).pow(2).sum().backward()
+    ref(x).pow(2).sum().backward()
+    got, want = getattr(ours, trainable).grad, getattr(ref, trainable).grad
+    assert got is not None
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert getattr(ours, frozen).grad is None
+
+
+@pytest.mark.usefixtures("native_everywhere")
+def test_native_channels_last_numerically_stable_for_large_means(bn_kernel_calls):
+    x = _cl(1e4 + 0.05 * torch.randn(64, 4, 8, 8))
+    bn = normzoo.create("bn", 4)
+    y = bn(x)
+    std = y.transpose(0, 1).reshape(4, -1).std(dim=1)
+    torch.testing.assert_close(std, torch.ones(4), atol=1e-2, rtol=0)
+    expected = x.transpose(0, 1).reshape(4, -1).double().var(dim=1)
+    torch.testing.assert_close(bn.running_var.double(), 0.9 + 0.1 * expected, rtol=1e-3, atol=0)
+    assert bn_kernel_calls == ["nz_bn_forward_cl"]
+
+
+@pytest.mark.usefixtures("native_everywhere")
+def test_native_channels_last_under_no_grad_and_inference_mode(bn_kernel_calls):
+    ours, ref = _pair(5)
+    for context in (torch.no_grad, torch.inference_mode):
+        x = _cl(torch.randn(2, 6, 3, 4, 5) + 1)
+        with context():
+            y = ours(x)
+            torch.testing.assert_close(y, ref(x), **TOL)
+        assert y.is_contiguous(memory_format=torch.channels_last_3d)
+        assert_same_state(ours, ref)
+    assert bn_kernel_calls == ["nz_bn_forward_cl"] * 2
 
 
 # -- parity: the native row kernels (GroupNorm, InstanceNorm, LayerNorm) ---------------------

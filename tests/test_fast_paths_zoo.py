@@ -4,6 +4,8 @@ dispatch branch; hand-written backwards pass a float64 gradcheck."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from norm_testing import TOL, small_batch_kwargs
@@ -126,6 +128,161 @@ def test_batchnorm_family_on_native_bn_kernels_equals_reference(monkeypatch, nam
         fast, ref = _pair(name, kwargs)
         for step in range(3):  # running statistics after 3 updates
             _compare(fast, ref, torch.randn(shape) * (step + 1) + step)
+
+
+@pytest.fixture
+def native_bn_calls(monkeypatch) -> list[str]:
+    """BatchNorm's native kernels for every input, however small, and the names of the C
+    functions called, in order."""
+    import normzoo.norms.batch as batch_mod
+    from normzoo._native import kernels
+
+    monkeypatch.setattr(batch_mod, "NATIVE_MIN_NUMEL", 0)
+    monkeypatch.setattr(batch_mod, "NATIVE_MIN_SPATIAL", 1)
+    monkeypatch.setattr(batch_mod, "NATIVE_MIN_NUMEL_CL", 0)
+    calls: list[str] = []
+    real = kernels._fn
+
+    def spy(lib: str, name: str):
+        calls.append(name)
+        return real(lib, name)
+
+    monkeypatch.setattr(kernels, "_fn", spy)
+    return calls
+
+
+# (shape, memory format, virtual batches of 2 samples: ghost BN's kernel calls per step)
+CL_SHAPES = [
+    ((4, 8, 5, 6), torch.channels_last, 2),
+    ((5, 8, 3, 4), torch.channels_last, 3),  # virtual batches of 2, 2 and 1 samples
+    ((2, 8, 3, 4, 2), torch.channels_last_3d, 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        *[case for case in CASES if case[0] in ("batchrenorm", "ghostbatchnorm")],
+        ("ghostbatchnorm", {"momentum": None}),
+        ("ghostbatchnorm", {"affine": False, "track_running_stats": False}),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize(("shape", "fmt", "chunks"), CL_SHAPES, ids=str)
+def test_batchnorm_family_channels_last_on_native_bn_kernels(
+    name, kwargs, shape, fmt, chunks, native_bn_calls
+):
+    """Batch Renorm and Ghost BN on channels_last input run BatchNorm's channels_last kernels
+    on the tensor as it is (Batch Renorm: the statistics, then torch's affine map; Ghost BN:
+    one call per virtual batch): the reference's outputs, gradients and running statistics
+    over 3 steps, output and input gradient channels_last."""
+    torch.manual_seed(7)
+    fast, ref = _pair(name, kwargs)
+    for step in range(3):
+        x = (torch.randn(shape) * (step + 1) + step).contiguous(memory_format=fmt)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = fast(xa), ref(xb)
+        assert ya.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(ya, yb, **TOL)
+        g = torch.randn_like(ya)
+        ya.backward(g)
+        yb.backward(g)
+        assert xa.grad.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(xa.grad, xb.grad, **TOL)
+        for (key, pa), pb in zip(fast.named_parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(pa.grad, pb.grad, **TOL, msg=key)
+        for key, value in ref.state_dict().items():
+            torch.testing.assert_close(fast.state_dict()[key], value, **TOL, msg=key)
+    per_step = ["nz_bn_forward_cl", "nz_bn_backward_cl"]
+    if name == "ghostbatchnorm":
+        per_step = ["nz_bn_forward_cl"] * chunks + ["nz_bn_backward_cl"] * chunks
+    assert native_bn_calls == per_step * 3
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=str)
+@pytest.mark.parametrize(("n", "vbs"), [(8, 2), (7, 3), (6, 6)])
+def test_native_ghostbatchnorm_is_torch_batchnorm_per_virtual_batch(fmt, n, vbs, native_bn_calls):
+    """Each virtual batch is one nn.BatchNorm2d training step: outputs, gradients, running
+    statistics and ``num_batches_tracked``; the kernels write one output, no ``torch.cat``."""
+    ghost = normzoo.create("ghostbatchnorm", 6, virtual_batch_size=vbs, momentum=None)
+    bn = torch.nn.BatchNorm2d(6, momentum=None)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    ghost.load_state_dict(bn.state_dict())
+    cat = torch.cat
+    for step in range(2):
+        x = (torch.randn(n, 6, 5, 4) * 2 + step).contiguous(memory_format=fmt)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch, "cat", lambda *a, **k: pytest.fail("torch.cat called"))
+            ya = ghost(xa)
+        yb = cat([bn(chunk) for chunk in xb.split(vbs)])
+        assert ya.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(ya, yb, **TOL)
+        g = torch.randn_like(ya)
+        ya.backward(g)
+        yb.backward(g)
+        assert xa.grad.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(xa.grad, xb.grad, **TOL)
+        torch.testing.assert_close(ghost.weight.grad, bn.weight.grad, **TOL)
+        torch.testing.assert_close(ghost.bias.grad, bn.bias.grad, **TOL)
+        assert_same_state_as(ghost, bn)
+    assert ghost.num_batches_tracked.item() == 2 * math.ceil(n / vbs)
+    assert len(native_bn_calls) == 4 * math.ceil(n / vbs)
+
+
+@pytest.mark.parametrize(
+    ("shape", "fmt", "native"),
+    [
+        ((128, 64, 8, 8), torch.channels_last, True),  # virtual batches of 128k elements
+        ((128, 64, 8, 8), torch.contiguous_format, True),
+        ((32, 64, 8, 8), torch.channels_last, False),  # 128k elements in all: torch's path
+        ((64, 8, 8, 8), torch.contiguous_format, True),  # 32k: as BatchNorm's dispatch
+    ],
+    ids=str,
+)
+def test_ghostbatchnorm_dispatch_follows_batchnorm_on_the_whole_batch(shape, fmt, native):
+    import normzoo.norms.batch as batch_mod
+    from normzoo._native import kernels
+
+    ghost = normzoo.create("ghostbatchnorm", shape[1], virtual_batch_size=32)
+    x = torch.randn(shape).contiguous(memory_format=fmt)
+    assert batch_mod.use_native_batch_stats(x) is native
+    calls = []
+    real = kernels._fn
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernels, "_fn", lambda lib, name: calls.append(name) or real(lib, name))
+        y = ghost(x)
+    assert y.is_contiguous(memory_format=fmt)
+    assert len(calls) == (shape[0] // 32 if native else 0)
+
+
+def assert_same_state_as(ours: torch.nn.Module, ref: torch.nn.Module) -> None:
+    for key, value in ref.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[key], value, **TOL, msg=key)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=str)
+def test_native_ghostbatchnorm_double_backward_and_frozen_weight(fmt, native_bn_calls):
+    """``create_graph=True`` runs torch's differentiable backward per virtual batch; with the
+    weight frozen and ``x`` not differentiated, the bias still gets its gradient."""
+    ghost = normzoo.create("ghostbatchnorm", 6, virtual_batch_size=2)
+    ref = normzoo.create("ghostbatchnorm", 6, virtual_batch_size=2, impl="reference")
+    x = (torch.randn(6, 6, 4, 5) * 2 + 1).contiguous(memory_format=fmt)
+    out = []
+    for m in (ghost, ref):
+        xx = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(m(xx).pow(2).sum(), xx, create_graph=True)
+        out.append([g.detach(), *torch.autograd.grad(g.pow(3).sum(), [xx, m.weight])])
+    torch.testing.assert_close(out[0][0], out[1][0], **TOL)
+    for a, b in zip(out[0][1:], out[1][1:], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+    for m in (ghost, ref):
+        m.weight.requires_grad_(False)
+        m(x).pow(3).sum().backward()
+    assert ghost.weight.grad is None
+    torch.testing.assert_close(ghost.bias.grad, ref.bias.grad, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", ZOO)

@@ -132,6 +132,83 @@ def test_results_do_not_depend_on_the_thread_count(threads):
         assert torch.equal(a, b)
 
 
+def test_channels_last_wrappers_refuse_other_layouts():
+    from normzoo._native import kernels
+
+    with pytest.raises(ValueError, match="channels_last"):
+        kernels.batch_norm_forward_cl(torch.randn(2, 3, 4, 5), None, None, 1e-5)  # contiguous
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64).to(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="float64"):
+        kernels.batch_norm_forward_cl(x, None, None, 1e-5)
+    with pytest.raises(ValueError, match="channels_last"):  # a 3-d input has no such format
+        kernels.batch_norm_forward_cl(torch.randn(2, 5, 3).transpose(1, 2), None, None, 1e-5)
+    x = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)
+    stats = kernels.batch_norm_forward_cl(x, None, None, 1e-5)[1:3]
+    with pytest.raises(ValueError, match="not contiguous"):  # per-channel tensors: contiguous
+        kernels.batch_norm_backward_cl(x, x, torch.ones(6)[::2], *stats, (True, True, True))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(
+    "shape",
+    [(7, 300, 9, 11), (3, 20, 5, 7, 9)],  # 693 rows of 300 channels; 945 rows of 20
+    ids=str,
+)
+def test_channels_last_results_do_not_depend_on_the_thread_count(threads, shape):
+    # rows are split into blocks of a fixed size and the blocks' sums added in block order
+    from normzoo._native import kernels
+
+    fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    x = (torch.randn(shape) * 3 + 1).contiguous(memory_format=fmt)
+    dy = torch.randn(shape).contiguous(memory_format=fmt)
+    w, b = torch.rand(shape[1]) + 0.5, torch.randn(shape[1])
+
+    def run() -> list[torch.Tensor]:
+        y, mean, invstd, var = kernels.batch_norm_forward_cl(x, w, b, 1e-5)
+        grads = kernels.batch_norm_backward_cl(dy, x, w, mean, invstd, (True, True, True))
+        return [y, mean, invstd, var, *grads]
+
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ref = run()
+        torch.set_num_threads(threads)
+        got = run()
+    finally:
+        torch.set_num_threads(old)
+    for mine, want in zip(got, ref, strict=True):
+        assert torch.equal(mine, want)
+
+
+def test_channels_last_kernels_run_from_several_python_threads_at_once():
+    # the kernels release the GIL and keep one workspace per thread: no shared scratch memory
+    from concurrent.futures import ThreadPoolExecutor
+
+    from normzoo._native import kernels
+
+    inputs = [
+        (torch.randn(6, c, 9, 7) * 2 + 1).contiguous(memory_format=torch.channels_last)
+        for c in (8, 300, 40, 300)
+    ]
+
+    def run(x: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for _ in range(20):
+            y, mean, invstd, _ = kernels.batch_norm_forward_cl(x, None, None, 1e-5)
+            dx = kernels.batch_norm_backward_cl(x, x, None, mean, invstd, (True, False, False))[0]
+            outs = [y, dx]
+        return outs
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, inputs))
+    for x, (y, dx) in zip(inputs, results, strict=True):
+        xr = x.clone().requires_grad_()
+        yr = torch.nn.functional.batch_norm(xr, None, None, training=True)
+        yr.backward(x)
+        torch.testing.assert_close(y, yr, **TOL)
+        torch.testing.assert_close(dx, xr.grad, **TOL)
+
+
 # -- the C++ operator library (ops.cpp): torch.ops.normzoo.group_norm -----------------------------
 @pytest.fixture
 def fresh_ops(monkeypatch, tmp_path):
@@ -146,7 +223,7 @@ def test_ops_library_is_built_cached_and_reused():
     process loads the cached file without building it again."""
     assert _native.load_ops()
     assert hasattr(torch.ops.normzoo, "group_norm")
-    (path,) = _native.cache_dir().glob("ops-*.so")
+    path = _native._ops_library_path(_native._compiler(), _native._cxx_compiler())
     stamp = path.stat().st_mtime_ns
     code = (
         "import time; from normzoo import _native; t = time.perf_counter(); "
@@ -154,7 +231,7 @@ def test_ops_library_is_built_cached_and_reused():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(out.stdout) < 5  # a load, not a ~30 s build
-    assert [p.stat().st_mtime_ns for p in _native.cache_dir().glob("ops-*.so")] == [stamp]
+    assert path.stat().st_mtime_ns == stamp
 
 
 @pytest.mark.parametrize("cxx", ["/nonexistent/c++", "false"])

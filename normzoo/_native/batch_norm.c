@@ -1,4 +1,5 @@
-/* Batch norm over a contiguous float32 (N, C, L) tensor, one channel at a time.
+/* Batch norm over a contiguous float32 (N, C, L) tensor, one channel at a time (the
+ * channels_last variants, nz_bn_*_cl, are at the end of this file).
  *
  * Each thread takes blocks of whole channels, sized so that a block's values (N rows of L per
  * channel) stay in the core's L2 cache: the block is read from memory once for the mean and
@@ -138,5 +139,243 @@ void nz_bn_backward(const float *dy, const float *x, const float *w, const float
 #pragma omp simd
         for (int64_t i = 0; i < L; ++i) o[i] = a * (g[i] - md - (p[i] - m) * pr);
       }
+  }
+}
+
+/* ---------------------------------------------------------------- channels_last ----------
+ * The same batch norm over a float32 tensor in channels_last (or channels_last_3d) memory:
+ * R = N * spatial rows of C contiguous channels, element (r, c) at r * C + c. A channel's
+ * values are strided, so the kernels run over blocks of rows, each inner loop a contiguous
+ * run of channels (SIMD over c):
+ *
+ *   1. each block's per-channel partial sums, into the workspace (float lanes over
+ *      NZ_CL_CHUNK rows, flushed into double);
+ *   2. the totals, adding the blocks' partials in block order;
+ *   3. the elementwise map over the same blocks (y, or dx).
+ *
+ * Blocks have at least NZ_CL_MIN_ROWS rows and there are at most `max_blocks` of them (the
+ * workspace's size, 2 * max_blocks * C doubles): the partition depends on R and max_blocks
+ * only, never on the thread count, so results are bitwise the same for any thread count.
+ * Forward moments are shifted by the first row's value (as above); backward sums are
+ * sum(dy) and sum(dy (x - mean)), with the formulas of the contiguous kernels.
+ */
+#define NZ_CL_CB 256      /* channels per inner run (stack arrays) */
+#define NZ_CL_CHUNK 32    /* rows summed in float lanes before the double flush */
+#define NZ_CL_MIN_ROWS 128 /* rows per block, at least */
+#define NZ_CL_TILE 32     /* channels whose float sums stay in registers */
+#define NZ_INLINE static inline __attribute__((always_inline))
+
+/* Forward sums of W <= NZ_CL_TILE channels over n <= NZ_CL_CHUNK rows (row i at p + i C):
+ * s1 += sum(x - k), s2 += sum((x - k)^2). Inlined with a constant W, the float sums are
+ * registers (a run-time W, or sums in memory across rows, is several times slower). */
+NZ_INLINE void cl_tile_moments(const float *p, int64_t C, int64_t n, const float *k, int64_t W,
+                               double *s1, double *s2) {
+  float f1[NZ_CL_TILE], f2[NZ_CL_TILE], kk[NZ_CL_TILE];
+  for (int64_t j = 0; j < W; ++j) {
+    f1[j] = f2[j] = 0.f;
+    kk[j] = k[j];
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const float *row = p + i * C;
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j) {
+      const float d = row[j] - kk[j];
+      f1[j] += d;
+      f2[j] += d * d;
+    }
+  }
+  for (int64_t j = 0; j < W; ++j) {
+    s1[j] += f1[j];
+    s2[j] += f2[j];
+  }
+}
+
+/* Backward sums, as cl_tile_moments: s1 += sum(dy), s2 += sum(dy (x - m)). */
+NZ_INLINE void cl_tile_grad_sums(const float *g, const float *p, int64_t C, int64_t n,
+                                 const float *m, int64_t W, double *s1, double *s2) {
+  float f1[NZ_CL_TILE], f2[NZ_CL_TILE], mm[NZ_CL_TILE];
+  for (int64_t j = 0; j < W; ++j) {
+    f1[j] = f2[j] = 0.f;
+    mm[j] = m[j];
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const float *gr = g + i * C, *row = p + i * C;
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j) {
+      f1[j] += gr[j];
+      f2[j] += gr[j] * (row[j] - mm[j]);
+    }
+  }
+  for (int64_t j = 0; j < W; ++j) {
+    s1[j] += f1[j];
+    s2[j] += f2[j];
+  }
+}
+
+/* Rows per block: at most max_blocks blocks of at least NZ_CL_MIN_ROWS rows, evenly filled. */
+static int64_t cl_block_rows(int64_t R, int64_t max_blocks) {
+  int64_t blocks = (R + NZ_CL_MIN_ROWS - 1) / NZ_CL_MIN_ROWS;
+  if (blocks > max_blocks) blocks = max_blocks;
+  if (blocks < 1) blocks = 1;
+  const int64_t rows = (R + blocks - 1) / blocks;
+  return rows < 1 ? 1 : rows;
+}
+
+void nz_bn_forward_cl(const float *x, const float *w, const float *b, float *y, float *mean_out,
+                      float *invstd_out, float *var_out, double *work, int64_t max_blocks,
+                      int64_t R, int64_t C, double eps, int threads) {
+  const int64_t rb = cl_block_rows(R, max_blocks);
+  const int64_t blocks = (R + rb - 1) / rb;
+  const double M = (double)R;
+  double *part1 = work, *part2 = work + max_blocks * C; /* [block][C] */
+#pragma omp parallel num_threads(threads)
+  {
+    /* 1. per block: sum(x - k) and sum((x - k)^2), k = the first row */
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t r0 = blk * rb, r1 = r0 + rb < R ? r0 + rb : R;
+      for (int64_t c0 = 0; c0 < C; c0 += NZ_CL_CB) {
+        const int64_t k = C - c0 < NZ_CL_CB ? C - c0 : NZ_CL_CB;
+        double s1[NZ_CL_CB], s2[NZ_CL_CB];
+        for (int64_t j = 0; j < k; ++j) s1[j] = s2[j] = 0.0;
+        for (int64_t q0 = r0; q0 < r1; q0 += NZ_CL_CHUNK) {
+          const int64_t n = q0 + NZ_CL_CHUNK < r1 ? NZ_CL_CHUNK : r1 - q0;
+          const float *p = x + q0 * C + c0, *shift0 = x + c0;
+          int64_t j = 0; /* tiles of 32, then 8 channels, then the rest */
+          for (; j + NZ_CL_TILE <= k; j += NZ_CL_TILE)
+            cl_tile_moments(p + j, C, n, shift0 + j, NZ_CL_TILE, s1 + j, s2 + j);
+          for (; j + 8 <= k; j += 8) cl_tile_moments(p + j, C, n, shift0 + j, 8, s1 + j, s2 + j);
+          if (j < k) cl_tile_moments(p + j, C, n, shift0 + j, k - j, s1 + j, s2 + j);
+        }
+        for (int64_t j = 0; j < k; ++j) {
+          part1[blk * C + c0 + j] = s1[j];
+          part2[blk * C + c0 + j] = s2[j];
+        }
+      }
+    }
+    /* 2. totals in block order, then the statistics */
+#pragma omp for schedule(static)
+    for (int64_t c0 = 0; c0 < C; c0 += NZ_CL_CB) {
+      const int64_t k = C - c0 < NZ_CL_CB ? C - c0 : NZ_CL_CB;
+      double t1[NZ_CL_CB], t2[NZ_CL_CB];
+      for (int64_t j = 0; j < k; ++j) t1[j] = t2[j] = 0.0;
+      for (int64_t blk = 0; blk < blocks; ++blk)
+        for (int64_t j = 0; j < k; ++j) {
+          t1[j] += part1[blk * C + c0 + j];
+          t2[j] += part2[blk * C + c0 + j];
+        }
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t c = c0 + j;
+        const double dm = t1[j] / M;
+        double var = t2[j] / M - dm * dm;
+        if (var < 0.0) var = 0.0;
+        mean_out[c] = (float)((R > 0 ? x[c] : 0.f) + dm);
+        invstd_out[c] = (float)(1.0 / sqrt(var + eps));
+        if (var_out) var_out[c] = (float)var;
+      }
+    }
+    /* 3. y = x scale + shift (no y: statistics only) */
+    if (y) {
+#pragma omp for schedule(static)
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t r0 = blk * rb, r1 = r0 + rb < R ? r0 + rb : R;
+        for (int64_t c0 = 0; c0 < C; c0 += NZ_CL_CB) {
+          const int64_t k = C - c0 < NZ_CL_CB ? C - c0 : NZ_CL_CB;
+          float scale[NZ_CL_CB], shift[NZ_CL_CB];
+          for (int64_t j = 0; j < k; ++j) {
+            const int64_t c = c0 + j;
+            scale[j] = w ? w[c] * invstd_out[c] : invstd_out[c];
+            shift[j] = (b ? b[c] : 0.f) - mean_out[c] * scale[j];
+          }
+          for (int64_t r = r0; r < r1; ++r) {
+            const float *p = x + r * C + c0;
+            float *o = y + r * C + c0;
+#pragma omp simd
+            for (int64_t j = 0; j < k; ++j) o[j] = p[j] * scale[j] + shift[j];
+          }
+        }
+      }
+    }
+  }
+}
+
+void nz_bn_backward_cl(const float *dy, const float *x, const float *w, const float *mean,
+                       const float *invstd, float *dx, float *dw, float *db, double *work,
+                       int64_t max_blocks, int64_t R, int64_t C, int threads) {
+  const int64_t rb = cl_block_rows(R, max_blocks);
+  const int64_t blocks = (R + rb - 1) / rb;
+  const double M = (double)R;
+  double *part1 = work, *part2 = work + max_blocks * C; /* [block][C]; totals into row 0 */
+#pragma omp parallel num_threads(threads)
+  {
+    /* 1. per block: sum(dy) and sum(dy (x - mean)) */
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t r0 = blk * rb, r1 = r0 + rb < R ? r0 + rb : R;
+      for (int64_t c0 = 0; c0 < C; c0 += NZ_CL_CB) {
+        const int64_t k = C - c0 < NZ_CL_CB ? C - c0 : NZ_CL_CB;
+        const float *m = mean + c0;
+        double s1[NZ_CL_CB], s2[NZ_CL_CB];
+        for (int64_t j = 0; j < k; ++j) s1[j] = s2[j] = 0.0;
+        for (int64_t q0 = r0; q0 < r1; q0 += NZ_CL_CHUNK) {
+          const int64_t n = q0 + NZ_CL_CHUNK < r1 ? NZ_CL_CHUNK : r1 - q0;
+          const float *g = dy + q0 * C + c0, *p = x + q0 * C + c0;
+          int64_t j = 0; /* tiles of 32, then 8 channels, then the rest */
+          for (; j + NZ_CL_TILE <= k; j += NZ_CL_TILE)
+            cl_tile_grad_sums(g + j, p + j, C, n, m + j, NZ_CL_TILE, s1 + j, s2 + j);
+          for (; j + 8 <= k; j += 8) cl_tile_grad_sums(g + j, p + j, C, n, m + j, 8, s1 + j, s2 + j);
+          if (j < k) cl_tile_grad_sums(g + j, p + j, C, n, m + j, k - j, s1 + j, s2 + j);
+        }
+        for (int64_t j = 0; j < k; ++j) {
+          part1[blk * C + c0 + j] = s1[j];
+          part2[blk * C + c0 + j] = s2[j];
+        }
+      }
+    }
+    /* 2. totals in block order (each channel's own thread reads then overwrites row 0) */
+#pragma omp for schedule(static)
+    for (int64_t c0 = 0; c0 < C; c0 += NZ_CL_CB) {
+      const int64_t k = C - c0 < NZ_CL_CB ? C - c0 : NZ_CL_CB;
+      double t1[NZ_CL_CB], t2[NZ_CL_CB];
+      for (int64_t j = 0; j < k; ++j) t1[j] = t2[j] = 0.0;
+      for (int64_t blk = 0; blk < blocks; ++blk)
+        for (int64_t j = 0; j < k; ++j) {
+          t1[j] += part1[blk * C + c0 + j];
+          t2[j] += part2[blk * C + c0 + j];
+        }
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t c = c0 + j;
+        part1[c] = t1[j];
+        part2[c] = t2[j];
+        if (dw) dw[c] = (float)(t2[j] * invstd[c]);
+        if (db) db[c] = (float)t1[j];
+      }
+    }
+    /* 3. dx = w invstd (dy - mean(dy) - (x - mean) invstd^2 mean(dy (x - mean))) */
+    if (dx) {
+#pragma omp for schedule(static)
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t r0 = blk * rb, r1 = r0 + rb < R ? r0 + rb : R;
+        for (int64_t c0 = 0; c0 < C; c0 += NZ_CL_CB) {
+          const int64_t k = C - c0 < NZ_CL_CB ? C - c0 : NZ_CL_CB;
+          const float *m = mean + c0;
+          float a[NZ_CL_CB], mean_dy[NZ_CL_CB], proj[NZ_CL_CB];
+          for (int64_t j = 0; j < k; ++j) {
+            const int64_t c = c0 + j;
+            const float inv = invstd[c];
+            a[j] = (w ? w[c] : 1.f) * inv;
+            mean_dy[j] = (float)(part1[c] / M);
+            proj[j] = (float)(part2[c] / M) * inv * inv;
+          }
+          for (int64_t r = r0; r < r1; ++r) {
+            const float *g = dy + r * C + c0, *p = x + r * C + c0;
+            float *o = dx + r * C + c0;
+#pragma omp simd
+            for (int64_t j = 0; j < k; ++j)
+              o[j] = a[j] * (g[j] - mean_dy[j] - (p[j] - m[j]) * proj[j]);
+          }
+        }
+      }
+    }
   }
 }

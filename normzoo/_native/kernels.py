@@ -10,6 +10,7 @@ small sizes).
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections.abc import Callable
 
 import torch
@@ -63,11 +64,11 @@ _F32 = 4  # bytes per float32
 
 
 def _grads(
-    x: Tensor, c: int, needs: tuple[bool, bool, bool]
+    x: Tensor, c: int, needs: tuple[bool, bool, bool], out: Tensor | None = None
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Uninitialized ``dx``, ``dweight``, ``dbias`` where needed."""
+    """Uninitialized ``dx`` (``out`` when given), ``dweight``, ``dbias`` where needed."""
     return (
-        torch.empty_like(x) if needs[0] else None,
+        (torch.empty_like(x) if out is None else out) if needs[0] else None,
         x.new_empty(c) if needs[1] else None,
         x.new_empty(c) if needs[2] else None,
     )
@@ -85,12 +86,18 @@ def batch_norm_forward(
 
 
 def batch_norm_forward_unchecked(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, want_var: bool
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    want_var: bool,
+    out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """``(y, stats, var)``: ``stats`` ``(2, C)`` mean and inverse std, ``var`` the biased
-    variance ``(C,)`` if ``want_var``, else ``None``."""
+    variance ``(C,)`` if ``want_var``, else ``None``; ``y`` is written into ``out`` (laid out
+    as ``x``) when given."""
     n, c, length = _sizes(x)
-    y = torch.empty_like(x)
+    y = torch.empty_like(x) if out is None else out
     stats = x.new_empty(2, c)
     var = x.new_empty(c) if want_var else None
     p = stats.data_ptr()
@@ -121,10 +128,12 @@ def batch_norm_backward_unchecked(
     weight: Tensor | None,
     stats: Tensor,
     needs: tuple[bool, bool, bool],
+    out: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """``stats``: the forward's, mean and inverse std in its first two rows."""
+    """``stats``: the forward's, mean and inverse std in its first two rows; ``dx`` is written
+    into ``out`` (laid out as ``x``) when given."""
     n, c, length = _sizes(x)
-    dx, dw, db = _grads(x, c, needs)
+    dx, dw, db = _grads(x, c, needs, out)
     p = stats.data_ptr()
     _fn("batch_norm", "nz_bn_backward")(
         dy.data_ptr(), x.data_ptr(), _ptr(weight), p, p + c * _F32, _ptr(dx), _ptr(dw),
@@ -196,5 +205,137 @@ def row_norm_backward_unchecked(
     _fn("row_norm", "nz_row_backward")(
         dy.data_ptr(), x.data_ptr(), _ptr(weight), p, p + n * groups * _F32, _ptr(dx),
         _ptr(dw), _ptr(db), partial.data_ptr(), n, groups, c // groups, length, threads(),
+    )  # fmt: skip
+    return dx, dw, db
+
+
+# -- batch norm on channels_last: N * spatial rows of C channels -----------------------------
+#: Most row blocks of the channels_last kernels: their partial sums fill a float64 workspace of
+#: ``2 * CL_MAX_BLOCKS * C``. The partition depends on the shape and this number only, never on
+#: the thread count, so the results are the same for any thread count.
+CL_MAX_BLOCKS = 64
+
+
+def channels_last_format(x: Tensor) -> torch.memory_format | None:
+    """``torch.channels_last`` (4-d) or ``torch.channels_last_3d`` (5-d) where ``x`` is stored
+    so and not also contiguous (size-1 dims can make it both), else ``None``."""
+    if x.dim() == 4:
+        fmt = torch.channels_last
+    elif x.dim() == 5:
+        fmt = torch.channels_last_3d
+    else:
+        return None
+    return fmt if x.is_contiguous(memory_format=fmt) and not x.is_contiguous() else None
+
+
+def _check_cl(x: Tensor, *small: Tensor | None) -> None:
+    """``x`` a channels_last float32 CPU tensor, ``small`` contiguous float32 CPU tensors."""
+    _check(*small)
+    if x.device.type != "cpu" or x.dtype != torch.float32 or channels_last_format(x) is None:
+        raise ValueError(
+            f"native channels_last kernels take float32 CPU tensors in channels_last (4-d) or "
+            f"channels_last_3d (5-d) memory, got a {x.dim()}-d {x.dtype} tensor on {x.device} "
+            f"with strides {x.stride()}"
+        )
+
+
+_cl_local = threading.local()
+
+
+def _cl_work(c: int) -> Tensor:
+    """The kernels' float64 workspace for ``c`` channels: one per thread (the kernels release
+    the GIL), kept and grown to the largest ``c`` seen. A fresh one per call cost page faults
+    (glibc returns freed memory to the system) that doubled small calls' time in a training
+    loop. The kernels write every value they read: no initialization."""
+    need = 2 * CL_MAX_BLOCKS * c
+    work = getattr(_cl_local, "work", None)
+    if work is None or work.numel() < need:
+        work = _cl_local.work = torch.empty(need, dtype=torch.float64)
+    return work
+
+
+def batch_norm_forward_cl(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Training batch norm of a channels_last ``x`` ``(N, C, *)``: ``(y, mean, invstd, var)``,
+    ``y`` channels_last, ``var`` biased."""
+    _check_cl(x, weight, bias)
+    y, stats, var = batch_norm_forward_cl_unchecked(x, weight, bias, eps, True)
+    assert var is not None
+    return y, stats[0], stats[1], var
+
+
+def batch_norm_forward_cl_unchecked(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    want_var: bool,
+    out: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(y, stats, var)`` as :func:`batch_norm_forward_unchecked`; ``y`` is written into
+    ``out`` (laid out as ``x``) when given."""
+    c = x.shape[1]
+    y = torch.empty_like(x) if out is None else out
+    stats = x.new_empty(2, c)
+    var = x.new_empty(c) if want_var else None
+    work = _cl_work(c)
+    p = stats.data_ptr()
+    _fn("batch_norm", "nz_bn_forward_cl")(
+        x.data_ptr(), _ptr(weight), _ptr(bias), y.data_ptr(), p, p + c * _F32, _ptr(var),
+        work.data_ptr(), CL_MAX_BLOCKS, x.numel() // max(c, 1), c, eps, threads(),
+    )  # fmt: skip
+    return y, stats, var
+
+
+def batch_stats_cl_unchecked(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``(stats, var)`` of a channels_last ``x``: the forward's statistics without ``y``."""
+    c = x.shape[1]
+    stats = x.new_empty(2, c)
+    var = x.new_empty(c)
+    work = _cl_work(c)
+    p = stats.data_ptr()
+    _fn("batch_norm", "nz_bn_forward_cl")(
+        x.data_ptr(), None, None, None, p, p + c * _F32, var.data_ptr(), work.data_ptr(),
+        CL_MAX_BLOCKS, x.numel() // max(c, 1), c, eps, threads(),
+    )  # fmt: skip
+    return stats, var
+
+
+def batch_norm_backward_cl(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    mean: Tensor,
+    invstd: Tensor,
+    needs: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients ``(dx, dweight, dbias)`` of :func:`batch_norm_forward_cl` (``None`` where not
+    needed); ``dx`` channels_last."""
+    fmt = channels_last_format(x)
+    dy = dy.contiguous(memory_format=fmt) if fmt is not None else dy
+    _check_cl(x, weight, mean, invstd)
+    _check_cl(dy)
+    return batch_norm_backward_cl_unchecked(dy, x, weight, torch.stack([mean, invstd]), needs)
+
+
+def batch_norm_backward_cl_unchecked(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    stats: Tensor,
+    needs: tuple[bool, bool, bool],
+    out: Tensor | None = None,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``dy`` laid out as ``x``; ``stats``: the forward's. ``dx`` is written into ``out`` (laid
+    out as ``x``) when given."""
+    c = x.shape[1]
+    dx, dw, db = _grads(x, c, needs, out)
+    work = _cl_work(c)
+    p = stats.data_ptr()
+    _fn("batch_norm", "nz_bn_backward_cl")(
+        dy.data_ptr(), x.data_ptr(), _ptr(weight), p, p + c * _F32, _ptr(dx), _ptr(dw),
+        _ptr(db), work.data_ptr(), CL_MAX_BLOCKS, x.numel() // max(c, 1), c,
+        threads(),
     )  # fmt: skip
     return dx, dw, db

@@ -11,7 +11,7 @@ from torch import Tensor
 from normzoo import functional
 from normzoo._native import kernels as _kernels
 from normzoo.functional._stats import compute_dtype
-from normzoo.norms.batch import BatchNorm, use_native_batch_stats
+from normzoo.norms.batch import BatchNorm, native_batch_norm_backward, use_native_batch_stats
 
 
 class _BatchRenormTrain(torch.autograd.Function):
@@ -22,7 +22,9 @@ class _BatchRenormTrain(torch.autograd.Function):
     from which ``r`` and ``d`` follow) and applies that affine map with the inference kernel;
     the backward is torch's BN backward with the weight ``w r``, whose weight and bias
     gradients give ``dw = r dw' + d db'`` and ``db = db'``. Saves ``x``, the mean and the
-    inverse std, as BN does.
+    inverse std, as BN does. Where BatchNorm would use its native kernels they replace torch's
+    training kernel and backward; on channels_last input the kernel gives the statistics only
+    and one ``addcmul`` maps ``x`` itself (scale ``w r invstd``), no ``x_hat`` tensor.
     """
 
     @staticmethod
@@ -39,8 +41,12 @@ class _BatchRenormTrain(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor]:
         c = x.shape[1]
         ctx.native = use_native_batch_stats(x)
-        if ctx.native:  # normzoo's BN kernel: x_hat and the batch statistics in fewer passes
-            x_hat, stats, var = _kernels.batch_norm_forward_unchecked(x, None, None, eps, True)
+        x_hat = None
+        if ctx.native:
+            if x.is_contiguous():  # normzoo's BN kernel: x_hat and the statistics, fewer passes
+                x_hat, stats, var = _kernels.batch_norm_forward_unchecked(x, None, None, eps, True)
+            else:  # channels_last: the statistics only, y comes from x in one pass below
+                stats, var = _kernels.batch_stats_cl_unchecked(x, eps)
             mean, invstd = stats[0], stats[1]
             m = x.numel() // c
             batch_mean, batch_var = mean.clone(), var * (m / max(m - 1, 1))
@@ -57,8 +63,14 @@ class _BatchRenormTrain(torch.autograd.Function):
         shift = d if weight is None else weight.to(x.dtype) * d
         if bias is not None:
             shift = shift + bias.to(x.dtype)
-        zeros, ones = torch.zeros_like(r), torch.ones_like(r)
-        y = torch.native_batch_norm(x_hat, w, shift, zeros, ones, False, 0.0, 0.0)[0]
+        if x_hat is None:  # y = x (w invstd) + (shift - mean w invstd), laid out as x
+            scale = w * invstd
+            view = (1, c) + (1,) * (x.dim() - 2)
+            y = torch.empty_like(x)
+            torch.addcmul((shift - mean * scale).view(view), x, scale.view(view), out=y)
+        else:
+            zeros, ones = torch.zeros_like(r), torch.ones_like(r)
+            y = torch.native_batch_norm(x_hat, w, shift, zeros, ones, False, 0.0, 0.0)[0]
         ctx.save_for_backward(x, w, mean, invstd, r, d)
         ctx.eps = eps
         ctx.mark_non_differentiable(batch_mean, batch_var)
@@ -73,9 +85,7 @@ class _BatchRenormTrain(torch.autograd.Function):
         mask = (need_x, need_w, need_b or need_w)
         if ctx.native and not torch.is_grad_enabled():
             stats = torch.stack([mean, invstd])
-            dx, dw, db = _kernels.batch_norm_backward_unchecked(
-                dy.contiguous(), x, w.contiguous(), stats, mask
-            )
+            dx, dw, db = native_batch_norm_backward(dy, x, w.contiguous(), stats, mask)
         else:
             dx, dw, db = torch.ops.aten.native_batch_norm_backward(
                 dy, x, w, None, None, mean, invstd, True, ctx.eps, list(mask)

@@ -4,14 +4,117 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from normzoo import functional
+from normzoo._native import kernels as _kernels
 from normzoo.functional._stats import compute_dtype
-from normzoo.norms.batch import BatchNorm
+from normzoo.norms.batch import (
+    BatchNorm,
+    native_batch_norm_backward,
+    native_batch_norm_forward,
+    use_native_batch_stats,
+)
+
+
+class _NativeGhostBatchNorm(torch.autograd.Function):
+    """Ghost BN through BatchNorm's native kernels: one call per virtual batch, each writing its
+    slice of one output laid out as ``x`` (no ``torch.cat``: a virtual batch of a contiguous or
+    channels_last tensor is itself contiguous or channels_last).
+
+    Returns ``(y, stats, var)``: ``stats`` ``(G, 2, C)`` holds each of the ``G`` virtual
+    batches' mean and inverse std, ``var`` ``(G, C)`` their biased variances when ``want_var``
+    (for the running statistics), else ``None``; neither is differentiable. The backward
+    writes each virtual batch's slice of ``dx`` and sums the weight and bias gradients over the
+    virtual batches in order; under ``create_graph=True`` it runs torch's differentiable
+    ``native_batch_norm_backward`` per virtual batch instead.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        eps: float,
+        virtual_batch_size: int,
+        want_var: bool,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        y, stats, var = _ghost_forward(x, weight, bias, eps, virtual_batch_size, want_var)
+        ctx.save_for_backward(x, weight, stats)
+        ctx.eps, ctx.virtual_batch_size = eps, virtual_batch_size
+        ctx.mark_non_differentiable(stats, *(() if var is None else (var,)))
+        return y, stats, var
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, dy: Tensor, *_: Any
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None]:
+        x, weight, stats = ctx.saved_tensors
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
+        vbs = ctx.virtual_batch_size
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            parts = [
+                torch.ops.aten.native_batch_norm_backward(
+                    g, xs, weight, None, None, s[0], s[1], True, ctx.eps, list(needs)
+                )
+                for g, xs, s in zip(dy.split(vbs), x.split(vbs), stats, strict=True)
+            ]
+            dx = torch.cat([p[0] for p in parts]) if needs[0] else None
+        else:
+            fmt = _kernels.channels_last_format(x) or torch.contiguous_format
+            dy = dy.contiguous(memory_format=fmt)
+            dx = torch.empty_like(x) if needs[0] else None
+            slices = dx.split(vbs) if dx is not None else [None] * len(stats)
+            parts = [
+                native_batch_norm_backward(g, xs, weight, s, needs, out=o)
+                for g, xs, s, o in zip(dy.split(vbs), x.split(vbs), stats, slices, strict=True)
+            ]
+        dw, db = (_sum_in_order([p[i] for p in parts]) if needs[i] else None for i in (1, 2))
+        return dx, dw, db, None, None, None
+
+
+def _ghost_forward(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    virtual_batch_size: int,
+    want_var: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(y, stats, var)`` of :class:`_NativeGhostBatchNorm`, without autograd."""
+    y = torch.empty_like(x)
+    parts = [
+        native_batch_norm_forward(xs, weight, bias, eps, want_var, out=ys)[1:]
+        for xs, ys in zip(x.split(virtual_batch_size), y.split(virtual_batch_size), strict=True)
+    ]
+    stats = torch.stack([p[0] for p in parts])
+    var = torch.stack([p[1] for p in parts if p[1] is not None]) if want_var else None
+    return y, stats, var
+
+
+def _sequential_blend(factors: list[float]) -> tuple[float, list[float]]:
+    """``r <- (1 - f_j) r + f_j b_j`` for ``j = 0 .. G-1`` as one step:
+    ``r <- keep r + sum_j c_j b_j``, ``keep = prod_j (1 - f_j)``,
+    ``c_j = f_j prod_{k > j} (1 - f_k)``. Returns ``(keep, [c_0, ..., c_{G-1}])``."""
+    keep, coeffs = 1.0, []
+    for f in factors:
+        coeffs = [c * (1.0 - f) for c in coeffs] + [f]
+        keep *= 1.0 - f
+    return keep, coeffs
+
+
+def _sum_in_order(tensors: list[Tensor]) -> Tensor:
+    """``t0 + t1 + ...`` left to right (deterministic, unlike a threaded reduction)."""
+    total = tensors[0].clone()
+    for t in tensors[1:]:
+        total += t
+    return total
+
 
 #: Per device type: the number of virtual batches from which a batch is normalized in one set
 #: of kernels rather than one torch BN call per virtual batch (``scripts/bench_ghost_dispatch.py``).
@@ -40,7 +143,8 @@ class GhostBatchNorm(BatchNorm):
         num_features: the channel count ``C``.
         virtual_batch_size: samples per virtual batch, ``> 0``. Default ``32``.
         eps, momentum, affine, track_running_stats: as ``BatchNorm``.
-        impl: ``"fast"`` (torch's BN kernel per virtual batch) or ``"reference"``.
+        impl: ``"fast"`` (BatchNorm's native kernels per virtual batch where BatchNorm would
+            use them, else torch's BN kernel per virtual batch) or ``"reference"``.
 
     Reference: E. Hoffer, I. Hubara, D. Soudry, "Train longer, generalize better: closing the
     generalization gap in large batch training of neural networks", NeurIPS 2017.
@@ -125,8 +229,10 @@ class GhostBatchNorm(BatchNorm):
                     self.running_mean.copy_(mean)
                     self.running_var.copy_(var)
             return y
-        if self._vectorize(x):
+        if self._vectorize(x):  # a GPU, many virtual batches
             return self._all_virtual_batches_at_once(x, update, tracked)
+        if self._use_native(x):  # the CPU's native kernels
+            return self._native_forward(x, update, tracked)
         outputs = []
         for j, chunk in enumerate(x.split(self.virtual_batch_size), start=1):
             factor = 1.0 / (tracked + j) if self.momentum is None else self.momentum
@@ -181,6 +287,40 @@ class GhostBatchNorm(BatchNorm):
                         running.copy_(blended)
         if x.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4:
             return y.contiguous(memory_format=torch.channels_last)
+        return y
+
+    def _use_native(self, x: Tensor) -> bool:
+        """BatchNorm's native kernels where BatchNorm would take them for the whole batch (its
+        size, not a virtual batch's, sets the threshold: torch's path per virtual batch also
+        pays for a ``torch.cat``, 1.25-1.7x BN's time before these kernels)."""
+        return use_native_batch_stats(x, self.weight)
+
+    def _native_forward(self, x: Tensor, update: bool, tracked: int) -> Tensor:
+        vbs = self.virtual_batch_size
+        if torch.is_grad_enabled() and _kernels.needs_grad(x, self.weight, self.bias):
+            y, stats, var = _NativeGhostBatchNorm.apply(
+                x, self.weight, self.bias, self.eps, vbs, update
+            )
+        else:  # nothing to differentiate: skip autograd.Function's fixed cost
+            y, stats, var = _ghost_forward(x, self.weight, self.bias, self.eps, vbs, update)
+        if update:  # one BN update per virtual batch, in order, folded into one step
+            assert var is not None
+            spatial = x.numel() // (x.shape[0] * x.shape[1])
+            starts = range(0, x.shape[0], vbs)
+            factors = [
+                1.0 / (tracked + j + 1) if self.momentum is None else self.momentum
+                for j in range(len(starts))
+            ]
+            keep, coeffs = _sequential_blend(factors)
+            counts = [min(vbs, x.shape[0] - n) * spatial for n in starts]
+            unbias = [c * m / max(m - 1, 1) for c, m in zip(coeffs, counts, strict=True)]
+            with torch.no_grad():  # the weighted sums in float64: (G,) @ (G, C)
+                for buf, weights, batch in (
+                    (self.running_mean, coeffs, stats[:, 0]),
+                    (self.running_var, unbias, var),
+                ):
+                    blend = torch.tensor(weights, dtype=torch.float64) @ batch.double()
+                    buf.mul_(keep).add_(blend.to(buf.dtype))
         return y
 
     def _repr_structure(self) -> list[str]:
