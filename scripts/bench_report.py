@@ -42,18 +42,23 @@ InstanceNorm reach their kernels through a torch operator with a C++ autograd no
 (`normzoo/_native/ops.cpp`, `torch.ops.normzoo.group_norm`, built against the installed torch
 on first use, about 30 s once per machine): behind a Python `autograd.Function` the same
 kernels lost to torch's group norm below 1M elements, and where the operator cannot be built
-GroupNorm and LayerNorm keep torch's kernel below that size. The full matrix below was measured
-before InstanceNorm's channels_last path and Batch Renorm's native path existed; the sections
-above it measure them.
+GroupNorm and LayerNorm keep torch's kernel below that size. BatchNorm also has kernels for
+float32 channels_last inputs (from 256K elements, or 32K with at most 8 channels), which read
+rows of C channels in fixed-size blocks of rows (the same result for any thread count). The
+full matrix below was measured before InstanceNorm's channels_last path, Batch Renorm's and
+Ghost BN's native paths, the channels_last BatchNorm kernels and the C++ operator existed; the
+sections above it measure them.
 
 The wider zoo runs on the same kind of kernels (`normzoo/_native/zoo.c`, contiguous **and**
 channels_last float32, read in place): SwitchableNorm, EvoNorm-B0/S0, FRN+TLU and
 channels-first RMSNorm are each per-(sample, channel) statistics, a small per-row graph and
 one elementwise map, so each forward is one native call (statistics, graph, map) and each
 backward one more (per-row sums, the graph's hand-written backward, `dx`). Batch Renorm is BN
-with the weight `w r` and bias `w d + b` on torch's kernel; Ghost BN runs torch's BN kernel per
-virtual batch, FrozenBatchNorm its inference kernel, and SyncBatchNorm outside a process group
-is BatchNorm. Building the three libraries on a cold cache took 0.4 s (`batch_norm.c`), 0.2 s
+with the weight `w r` and bias `w d + b` on BatchNorm's native kernels (on channels_last: the
+statistics kernel, then one affine map); Ghost BN runs BatchNorm's native kernels per virtual
+batch, each writing its slice of one output (on a GPU, from 16 virtual batches, all of them at
+once in a few kernels); FrozenBatchNorm runs torch's inference kernel, and SyncBatchNorm outside
+a process group is BatchNorm. Building the three libraries on a cold cache took 0.4 s (`batch_norm.c`), 0.2 s
 (`row_norm.c`) and 4 s (`zoo.c`) here, once per machine; the first-call times below were taken
 with a warm cache.
 
