@@ -58,9 +58,11 @@ with the weight `w r` and bias `w d + b` on BatchNorm's native kernels (on chann
 statistics kernel, then one affine map); Ghost BN runs BatchNorm's native kernels per virtual
 batch, each writing its slice of one output (on a GPU, from 16 virtual batches, all of them at
 once in a few kernels); FrozenBatchNorm runs torch's inference kernel, and SyncBatchNorm outside
-a process group is BatchNorm. Building the three libraries on a cold cache took 0.4 s (`batch_norm.c`), 0.2 s
-(`row_norm.c`) and 4 s (`zoo.c`) here, once per machine; the first-call times below were taken
-with a warm cache.
+a process group is BatchNorm. Building the C libraries on a cold cache took 0.4 s
+(`batch_norm.c`), 0.2 s (`row_norm.c`) and 4 s (`zoo.c`) here, and the C++ operator library
+32 s (`ops.cpp`), once per machine (per torch version for `ops.cpp`). The first-call times
+below were taken with a warm cache, except InstanceNorm's in the core run, which paid for
+building `ops.cpp` (its `native_build_s` in the JSON).
 
 **GPU.** `scripts/gpu_check.sh` is the GPU check as one script: `tests/test_cuda.py` (every
 norm on CUDA against the CPU and torch.nn, layouts, bfloat16 inputs, float64 gradients), this
