@@ -101,10 +101,10 @@ def _sequential_blend(factors: list[float]) -> tuple[float, list[float]]:
     """``r <- (1 - f_j) r + f_j b_j`` for ``j = 0 .. G-1`` as one step:
     ``r <- keep r + sum_j c_j b_j``, ``keep = prod_j (1 - f_j)``,
     ``c_j = f_j prod_{k > j} (1 - f_k)``. Returns ``(keep, [c_0, ..., c_{G-1}])``."""
-    keep, coeffs = 1.0, []
-    for f in factors:
-        coeffs = [c * (1.0 - f) for c in coeffs] + [f]
-        keep *= 1.0 - f
+    keep, coeffs = 1.0, [0.0] * len(factors)
+    for j in range(len(factors) - 1, -1, -1):  # from the last update back: O(G)
+        coeffs[j] = factors[j] * keep
+        keep *= 1.0 - factors[j]
     return keep, coeffs
 
 
@@ -253,10 +253,8 @@ class GhostBatchNorm(BatchNorm):
     def _all_virtual_batches_at_once(self, x: Tensor, update: bool, tracked: int) -> Tensor:
         r"""Every virtual batch at once: ``x`` viewed as ``(k, |B_S|, C, L)``, the statistics
         of each ``(virtual batch, channel)`` over ``(|B_S|, L)`` in one reduction, one affine
-        map, and autograd through them. The ``k`` sequential running-average updates in
-        closed form: with momentum :math:`\eta`,
-        :math:`r_k = (1 - \eta)^k r_0 + \sum_j \eta (1 - \eta)^{k - j} s_j`; with
-        ``momentum=None`` the cumulative average :math:`(t r_0 + \sum_j s_j) / (t + k)`."""
+        map, and autograd through them; the ``k`` running-average updates folded into one
+        (:meth:`_blend_virtual_batches`)."""
         n, c = x.shape[0], x.shape[1]
         k, vbs = n // self.virtual_batch_size, self.virtual_batch_size
         xf = x.to(compute_dtype(x))
@@ -270,21 +268,9 @@ class GhostBatchNorm(BatchNorm):
             shift = shift + self.bias.to(scale.dtype).view(1, 1, c, 1)
         y = torch.addcmul(shift, xs, scale).view(x.shape).to(x.dtype)
         if update:
-            count = vbs * (x.numel() // (n * c))
-            with torch.no_grad():
-                means = mean.view(k, c)
-                unbiased = var.view(k, c) * (count / max(count - 1, 1))
-                for running, stats in ((self.running_mean, means), (self.running_var, unbiased)):
-                    if self.momentum is None:
-                        total = running * tracked + stats.sum(0)
-                        running.copy_(total / (tracked + k))
-                    else:
-                        eta = float(self.momentum)
-                        powers = (1 - eta) ** torch.arange(
-                            k - 1, -1, -1, dtype=stats.dtype, device=stats.device
-                        )
-                        blended = (1 - eta) ** k * running + eta * (powers[:, None] * stats).sum(0)
-                        running.copy_(blended)
+            self._blend_virtual_batches(
+                x, mean.detach().view(k, c), var.detach().view(k, c), tracked
+            )
         if x.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4:
             return y.contiguous(memory_format=torch.channels_last)
         return y
@@ -303,25 +289,34 @@ class GhostBatchNorm(BatchNorm):
             )
         else:  # nothing to differentiate: skip autograd.Function's fixed cost
             y, stats, var = _ghost_forward(x, self.weight, self.bias, self.eps, vbs, update)
-        if update:  # one BN update per virtual batch, in order, folded into one step
+        if update:
             assert var is not None
-            spatial = x.numel() // (x.shape[0] * x.shape[1])
-            starts = range(0, x.shape[0], vbs)
-            factors = [
-                1.0 / (tracked + j + 1) if self.momentum is None else self.momentum
-                for j in range(len(starts))
-            ]
-            keep, coeffs = _sequential_blend(factors)
-            counts = [min(vbs, x.shape[0] - n) * spatial for n in starts]
-            unbias = [c * m / max(m - 1, 1) for c, m in zip(coeffs, counts, strict=True)]
-            with torch.no_grad():  # the weighted sums in float64: (G,) @ (G, C)
-                for buf, weights, batch in (
-                    (self.running_mean, coeffs, stats[:, 0]),
-                    (self.running_var, unbias, var),
-                ):
-                    blend = torch.tensor(weights, dtype=torch.float64) @ batch.double()
-                    buf.mul_(keep).add_(blend.to(buf.dtype))
+            self._blend_virtual_batches(x, stats[:, 0], var, tracked)
         return y
+
+    def _blend_virtual_batches(
+        self, x: Tensor, means: Tensor, variances: Tensor, tracked: int
+    ) -> None:
+        """The running statistics after one BN update per virtual batch of ``x``, in order,
+        folded into one step (``_sequential_blend``) from the virtual batches' ``(G, C)``
+        means and biased variances."""
+        vbs = self.virtual_batch_size
+        spatial = x.numel() // (x.shape[0] * x.shape[1])
+        starts = range(0, x.shape[0], vbs)
+        factors = [
+            1.0 / (tracked + j + 1) if self.momentum is None else self.momentum
+            for j in range(len(starts))
+        ]
+        keep, coeffs = _sequential_blend(factors)
+        counts = [min(vbs, x.shape[0] - n) * spatial for n in starts]
+        unbias = [c * m / max(m - 1, 1) for c, m in zip(coeffs, counts, strict=True)]
+        with torch.no_grad():  # the weighted sums in float64: (G,) @ (G, C)
+            for buf, weights, batch in (
+                (self.running_mean, coeffs, means),
+                (self.running_var, unbias, variances),
+            ):
+                w = torch.tensor(weights, dtype=torch.float64, device=batch.device)
+                buf.mul_(keep).add_((w @ batch.double()).to(buf.dtype))
 
     def _repr_structure(self) -> list[str]:
         return [f"virtual_batch_size={self.virtual_batch_size}"]
