@@ -60,13 +60,21 @@ def _groups(ours: nn.Module) -> int:
     return int(getattr(ours, "num_groups", 1))
 
 
+class EvalBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that stays in eval mode (``train()`` included): FrozenBatchNorm's
+    torch equivalent, normalizing with the running statistics while gradients flow."""
+
+    def train(self, mode: bool = True) -> EvalBatchNorm2d:
+        return super().train(False)
+
+
 TORCH_EQUIVALENT: dict[str, TorchBuilder] = {
     "batchnorm": lambda ours, c, tok: nn.BatchNorm1d(c) if tok else nn.BatchNorm2d(c),
     "layernorm": lambda ours, c, tok: nn.LayerNorm(c) if tok else nn.GroupNorm(1, c),
     "instancenorm": lambda ours, c, tok: None if tok else nn.InstanceNorm2d(c, affine=True),
     "groupnorm": lambda ours, c, tok: nn.GroupNorm(_groups(ours), c),
     "rmsnorm": lambda ours, c, tok: nn.RMSNorm(c) if tok and hasattr(nn, "RMSNorm") else None,
-    "frozenbatchnorm": lambda ours, c, tok: None if tok else nn.BatchNorm2d(c).eval(),
+    "frozenbatchnorm": lambda ours, c, tok: None if tok else EvalBatchNorm2d(c),
 }
 
 
@@ -233,6 +241,8 @@ def bench_row(
         "impl": getattr(ours, "impl", None),
         # the torch.nn module's parameters were cast to the input's dtype (it refused mixed)
         "torch_params_dtype": torch_params_dtype,
+        # the mode the torch.nn module ran in (FrozenBatchNorm's equivalent: eval)
+        "torch_mode": None if ref is None else ("train" if ref.training else "eval"),
         "copy_ms": med["copy"] * 1e3,
         "channels_last_kept": layout_kept,
     }
@@ -387,6 +397,9 @@ def train_row(
         "device": device.type,
         "batch": batch,
         "memory_kind": "cuda_peak" if device.type == "cuda" else "saved_for_backward",
+        "torch_mode": "eval"
+        if any(isinstance(m, EvalBatchNorm2d) for m in models["torch"].modules())
+        else "train",
         "normzoo_ms": med["normzoo"] * 1e3,
         "torch_ms": med["torch"] * 1e3,
         "throughput_ratio": med["torch"] / med["normzoo"],

@@ -88,6 +88,27 @@ fastest round (`fwdbwd_min_ms`, `torch_fwdbwd_min_ms`), a second opinion less se
 """
 
 
+def _valid_torch(r: dict[str, Any]) -> dict[str, Any]:
+    """``r`` without its torch.nn comparison where that was not the same function: runs before
+    the harness kept FrozenBatchNorm's torch equivalent in eval mode (no ``torch_mode``)
+    timed a training-mode ``nn.BatchNorm2d`` against it."""
+    if r["norm"] != "frozenbatchnorm" or r.get("torch_mode") == "eval":
+        return r
+    r = dict(r)
+    for key in list(r):
+        if (
+            key.startswith("torch_")
+            or key.endswith("_ratio_torch")
+            or key
+            in (
+                "throughput_ratio",
+                "mem_ratio",
+            )
+        ):
+            r[key] = None
+    return r
+
+
 def _fmt(v: float | None, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
@@ -102,7 +123,7 @@ def main_table(rows: list[dict[str, Any]]) -> str:
         "| fwd ms | bwd ms |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in rows:
+    for r in map(_valid_torch, rows):
         ratio = _fmt(r["fwdbwd_ratio_torch"], ".2f")
         if r.get("first_fwdbwd_ratio_torch"):  # measured twice: slower than torch the 1st time
             ratio += f" (1st run {r['first_fwdbwd_ratio_torch']:.2f})"
@@ -118,7 +139,7 @@ def main_table(rows: list[dict[str, Any]]) -> str:
 def summary_table(rows: list[dict[str, Any]]) -> str:
     """Per norm: the median fwd+bwd ratios over shapes, and whether the layout was kept."""
     by_norm: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
+    for r in map(_valid_torch, rows):
         by_norm.setdefault(r["norm"], []).append(r)
     out = [
         "| norm | shapes | median ratio vs torch.nn | median ratio vs BatchNorm2d "
@@ -144,11 +165,11 @@ def train_table(rows: list[dict[str, Any]]) -> str:
         "| torch.nn MB | memory ratio |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in rows:
+    for r in map(_valid_torch, rows):
         out.append(
-            f"| {r['norm']} | {r['normzoo_ms']:.1f} | {r['torch_ms']:.1f} | "
-            f"{r['throughput_ratio']:.2f} | {r['normzoo_mem_mb']:.1f} | "
-            f"{r['torch_mem_mb']:.1f} | {r['mem_ratio']:.2f} |"
+            f"| {r['norm']} | {r['normzoo_ms']:.1f} | {_fmt(r['torch_ms'], '.1f')} | "
+            f"{_fmt(r['throughput_ratio'], '.2f')} | {r['normzoo_mem_mb']:.1f} | "
+            f"{_fmt(r['torch_mem_mb'], '.1f')} | {_fmt(r['mem_ratio'], '.2f')} |"
         )
     return "\n".join(out)
 
@@ -160,7 +181,7 @@ def bandwidth_table(rows: list[dict[str, Any]]) -> str:
         "| bwd fraction | torch.nn fwd / bwd ms |",
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in rows:
+    for r in map(_valid_torch, rows):
         torch_ms = (
             f"{r['torch_fwd_ms']:.3f} / {r['torch_bwd_ms']:.3f}" if r["torch_fwd_ms"] else "-"
         )

@@ -90,3 +90,18 @@ def test_report_renders_cpu_and_cuda_sections(bench, tmp_path, monkeypatch):
     gn = next(r for r in result["rows"] if r["norm"] == "groupnorm" and len(r["shape"]) == 4)
     assert f"| groupnorm | 4x8x6x6 | {gn['fwdbwd_ms']:.3f} |" in text
     assert (tmp_path / "cpu.png").exists() and (tmp_path / "cuda.png").exists()
+
+
+def test_frozen_batchnorm_is_compared_with_an_eval_mode_batchnorm(bench):
+    """FrozenBatchNorm normalizes with running statistics: its torch.nn equivalent must stay
+    in eval mode while the harness puts every module in training mode."""
+    row = bench.bench_row(
+        "frozenbatchnorm", (4, 8, 6, 6), torch.float32, "contiguous", torch.device("cpu"), 2, 1
+    )
+    assert row["torch_mode"] == "eval"
+    report = _script("bench_report")
+    old = dict(row, torch_mode=None)  # runs from before the fix: no valid torch comparison
+    assert report._valid_torch(old)["fwdbwd_ratio_torch"] is None
+    assert report._valid_torch(row)["fwdbwd_ratio_torch"] == row["fwdbwd_ratio_torch"]
+    train = bench.train_row("frozenbatchnorm", torch.device("cpu"), 4, 1, 0)
+    assert train["torch_mode"] == "eval"
