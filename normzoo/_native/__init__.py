@@ -29,9 +29,9 @@ How they are built and used:
   Where it cannot be built, the norms call the same C kernels through a Python
   ``torch.autograd.Function`` (one ``RuntimeWarning``).
 
-Each kernel's wrapper checks what the C code assumes (CPU, float32, contiguous) and the
-callers only dispatch such tensors; every kernel is tested against torch and gradchecked
-through its float32 math in ``tests/test_native.py``.
+Each kernel's wrapper checks what the C code assumes (CPU, float32, contiguous or, for the
+``_cl`` kernels, channels_last) and the callers only dispatch such tensors; every kernel is
+tested against torch and gradchecked through its float32 math in ``tests/test_native.py``.
 """
 
 from __future__ import annotations
