@@ -195,6 +195,15 @@ def test_float64_module_passes_gradcheck():
     assert torch.autograd.gradcheck(bn, (x,))
 
 
+def _assert_matches_float64(y32, leaves32, y64, leaves64, dy) -> None:
+    """The float32 kernel's output and gradients equal the float64 reference math's."""
+    torch.testing.assert_close(y32, y64.float(), atol=1e-5, rtol=1e-5)
+    g32 = torch.autograd.grad(y32, leaves32, dy)
+    g64 = torch.autograd.grad(y64, leaves64, dy.double())
+    for a, e in zip(g32, g64, strict=True):
+        torch.testing.assert_close(a, e.float(), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.usefixtures("native_everywhere")
 @pytest.mark.parametrize("affine", [True, False])
 def test_native_gradients_equal_float64_autograd(affine):
@@ -214,11 +223,7 @@ def test_native_gradients_equal_float64_autograd(affine):
 
     y32 = run(*leaves32)
     y64 = run(*leaves64, native=False)
-    torch.testing.assert_close(y32, y64.float(), atol=1e-5, rtol=1e-5)
-    g32 = torch.autograd.grad(y32, leaves32, dy)
-    g64 = torch.autograd.grad(y64, leaves64, dy.double())
-    for a, e in zip(g32, g64, strict=True):
-        torch.testing.assert_close(a, e.float(), atol=1e-4, rtol=1e-4)
+    _assert_matches_float64(y32, leaves32, y64, leaves64, dy)
 
 
 @pytest.mark.usefixtures("native_everywhere")
@@ -307,11 +312,7 @@ def test_native_channels_last_gradients_equal_float64_autograd(affine, shape):
         leaves64[0], None, None, *(leaves64[1:] or [None, None]), training=True, eps=1e-5
     )[0]
     assert y32.is_contiguous(memory_format=CL_FORMATS[len(shape)])
-    torch.testing.assert_close(y32, y64.float(), atol=1e-5, rtol=1e-5)
-    g32 = torch.autograd.grad(y32, leaves32, dy)
-    g64 = torch.autograd.grad(y64, leaves64, dy.double())
-    for a, e in zip(g32, g64, strict=True):
-        torch.testing.assert_close(a, e.float(), atol=1e-4, rtol=1e-4)
+    _assert_matches_float64(y32, leaves32, y64, leaves64, dy)
 
 
 @pytest.mark.usefixtures("native_everywhere")
