@@ -159,3 +159,21 @@ def test_cuda_float64_gradcheck(name):
         return m(x)
 
     assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_cuda_ghost_batchnorm_vectorized_equals_the_cpu_loop(momentum, monkeypatch):
+    """On CUDA, from VECTOR_MIN_BATCHES["cuda"] virtual batches, every virtual batch runs in
+    one set of kernels; forced here from 2: outputs, gradients and running statistics equal
+    the CPU's one-BN-per-virtual-batch path."""
+    from normzoo.norms import ghost_batch
+
+    monkeypatch.setitem(ghost_batch.VECTOR_MIN_BATCHES, "cuda", 2)
+    cpu, gpu = _cpu_and_cuda("ghostbatchnorm", momentum=momentum)
+    for step in range(3):
+        x = torch.randn(16, 6, 5, 7) * (step + 1) + step  # 8 virtual batches of 2
+        g = torch.randn_like(x)
+        for a, b in zip(_fwd_bwd(gpu, x.cuda(), g), _fwd_bwd(cpu, x, g), strict=True):
+            torch.testing.assert_close(a, b, **DEVICE_TOL)
+    for key, value in cpu.state_dict().items():
+        torch.testing.assert_close(gpu.state_dict()[key].cpu(), value, **DEVICE_TOL, msg=key)
