@@ -44,10 +44,8 @@ on first use, about 30 s once per machine): behind a Python `autograd.Function` 
 kernels lost to torch's group norm below 1M elements, and where the operator cannot be built
 GroupNorm and LayerNorm keep torch's kernel below that size. BatchNorm also has kernels for
 float32 channels_last inputs (from 256K elements, or 32K with at most 8 channels), which read
-rows of C channels in fixed-size blocks of rows (the same result for any thread count). The
-full matrix below was measured before InstanceNorm's channels_last path, Batch Renorm's and
-Ghost BN's native paths, the channels_last BatchNorm kernels and the C++ operator existed; the
-sections above it measure them.
+rows of C channels in fixed-size blocks of rows (the same result for any thread count). Every
+CPU section below was measured on the same code (the full matrix last, after the others).
 
 The wider zoo runs on the same kind of kernels (`normzoo/_native/zoo.c`, contiguous **and**
 channels_last float32, read in place): SwitchableNorm, EvoNorm-B0/S0, FRN+TLU and
