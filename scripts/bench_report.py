@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 from typing import Any
@@ -197,15 +198,8 @@ def largest_shapes(rows: list[dict[str, Any]]) -> list[list[int]]:
     for rank in (4, 2):
         shapes = [r["shape"] for r in rows if len(r["shape"]) == rank]
         if shapes:
-            out.append(max(shapes, key=lambda s: (_numel(s), s)))
+            out.append(max(shapes, key=lambda s: (math.prod(s), s)))
     return out
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def errors_list(errors: list[dict[str, Any]]) -> str:
