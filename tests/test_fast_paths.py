@@ -409,7 +409,8 @@ def _row_pair(
         ((4, 32, 64, 64), torch.float32, False, True),
         ((8, 64, 100), torch.float32, False, True),
         ((32, 64, 32, 32), torch.bfloat16, False, False),
-        ((32, 64, 32, 32), torch.float32, True, False),  # torch's channels_last kernel
+        ((32, 64, 32, 32), torch.float32, True, True),  # the operator's channels_last kernels
+        ((32, 64, 32, 32), torch.bfloat16, True, False),
         ((2, 8, 4, 4), torch.float32, False, False),  # small: torch's kernel
         ((4096, 1024), torch.float32, False, False),
     ],
@@ -419,6 +420,18 @@ def test_row_dispatch(shape, dtype, channels_last, native):
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     assert rownorm_mod.use_native_row_norm(x) is native  # one channel per group (IN)
+
+
+def test_row_dispatch_channels_last_needs_the_operator_library(monkeypatch):
+    # the channels_last kernels are reached only through torch.ops.normzoo.group_norm
+    x = torch.empty(32, 64, 32, 32).to(memory_format=torch.channels_last)
+    monkeypatch.setattr(rownorm_mod._native, "ops_available", lambda: False)
+    assert not rownorm_mod.use_native_row_norm(x)
+    assert not rownorm_mod.use_native_row_norm(x, None, 8)
+    assert rownorm_mod.use_native_row_norm(x.contiguous())  # contiguous: the Python Function
+    strided = torch.empty(32, 64, 32, 64)[..., ::2]  # neither layout
+    monkeypatch.setattr(rownorm_mod._native, "ops_available", lambda: True)
+    assert not rownorm_mod.use_native_row_norm(strided)
 
 
 @pytest.mark.parametrize(
@@ -434,9 +447,14 @@ def test_row_dispatch(shape, dtype, channels_last, native):
         ((8, 256, 14, 14), 256, False, True),  # one channel per group: InstanceNorm's dispatch
     ],
 )
-def test_row_dispatch_with_groups(shape, groups, ops, native, monkeypatch):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_row_dispatch_with_groups(shape, groups, ops, native, channels_last, monkeypatch):
     monkeypatch.setattr(rownorm_mod._native, "ops_available", lambda: ops)
-    assert rownorm_mod.use_native_row_norm(torch.empty(shape), None, groups) is native
+    x = torch.empty(shape)
+    if channels_last:  # the operator's channels_last kernels, from the same sizes
+        x = x.to(memory_format=torch.channels_last)
+        native = ops and x.numel() >= rownorm_mod.NATIVE_MIN_NUMEL
+    assert rownorm_mod.use_native_row_norm(x, None, groups) is native
     name, kw = ("ln", {}) if groups == 1 else ("gn", {"num_groups": groups})
     calls = []
     original = rownorm_mod.native_group_norm
@@ -448,7 +466,8 @@ def test_row_dispatch_with_groups(shape, groups, ops, native, monkeypatch):
         for mod in (group_mod, layer_mod):
             mp.setattr(mod, "native_group_norm", lambda *a: calls.append(1) or original(*a))
         with torch.no_grad():
-            norm(torch.randn(shape))
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            norm(torch.randn(shape).to(memory_format=fmt))
     assert bool(calls) is native
 
 
@@ -644,16 +663,28 @@ def test_instancenorm_channels_last_equals_torch(shape, dtype):
     torch.testing.assert_close(xa.grad, xb.grad, **tol)
 
 
+@pytest.mark.parametrize("ops", [True, False])
 @pytest.mark.parametrize(("affine", "track"), [(True, True), (False, True), (True, False)])
-def test_instancenorm_channels_last_native_path(monkeypatch, affine, track):
-    # float32 channels_last runs zoo.c's row statistics and affine map in place: the same
-    # outputs, gradients (vs float64 autograd of the reference math) and running statistics
+def test_instancenorm_channels_last_native_path(monkeypatch, affine, track, ops):
+    # float32 channels_last runs the operator's channels_last kernels (ops) or, without the
+    # operator library, zoo.c's row statistics and affine map, in place: the same outputs,
+    # gradients (vs float64 autograd of the reference math) and running statistics
     from normzoo._native import zoo_kernels
+    from normzoo.norms import instance as instance_mod
 
+    monkeypatch.setattr(rownorm_mod._native, "ops_available", lambda: ops)
+    monkeypatch.setattr(rownorm_mod, "NATIVE_MIN_NUMEL", 1)
     calls = []
     original = zoo_kernels.map_forward
     monkeypatch.setattr(
         zoo_kernels, "map_forward", lambda *a: calls.append(a[1].stride()) or original(*a)
+    )
+    op_calls = []
+    original_op = instance_mod.native_group_norm
+    monkeypatch.setattr(
+        instance_mod,
+        "native_group_norm",
+        lambda x, *a, **k: op_calls.append(x.stride()) or original_op(x, *a, **k),
     )
     ours = normzoo.create("in", 6, affine=affine, track_running_stats=track, momentum=0.3)
     ref = nn.InstanceNorm2d(6, affine=affine, track_running_stats=track, momentum=0.3)
@@ -689,7 +720,9 @@ def test_instancenorm_channels_last_native_path(monkeypatch, affine, track):
         if track:
             torch.testing.assert_close(ours.running_mean, ref.running_mean, **TOL)
             torch.testing.assert_close(ours.running_var, ref.running_var, **TOL)
-    assert len(calls) == 2 and all(stride[1] == 1 for stride in calls)  # read in place
+    used = op_calls if ops else calls
+    assert not (calls if ops else op_calls)
+    assert len(used) == 2 and all(stride[1] == 1 for stride in used)  # read in place
 
 
 def test_instancenorm_channels_last_double_backward():

@@ -339,3 +339,123 @@ def test_groupnorm_module_runs_on_the_cpp_node():
         x = torch.randn(8, 256, 14, 14, requires_grad=True)
         y = normzoo.create(name, 256)(x)
         assert type(y.grad_fn).__name__ == "CppFunction", name
+
+
+# -- the operator on channels_last input: row_norm.c's (N, L, C) kernels -----------------------
+CL_CASES = [
+    # shape, groups: C a multiple of 64, of 16 (a narrower tile), neither (the scalar tail);
+    # one group (LayerNorm's moments over the whole sample), one channel per group (IN);
+    # more than 1024 positions (several super-blocks); fewer samples than threads (split)
+    ((4, 64, 5, 7), 8),
+    ((3, 48, 6, 5), 3),
+    ((2, 70, 4, 3), 7),
+    ((5, 6, 9, 11), 1),
+    ((4, 100, 3, 4), 100),
+    ((2, 16, 40, 40), 4),
+    ((1, 24, 37, 41), 1),
+    ((1, 80, 33, 33), 80),
+    ((3, 12, 3, 4, 5), 6),
+]
+
+
+def _cl(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last if t.dim() == 4 else torch.channels_last_3d)
+
+
+def _is_cl(t: torch.Tensor) -> bool:
+    fmt = torch.channels_last if t.dim() == 4 else torch.channels_last_3d
+    return t.is_contiguous(memory_format=fmt) and not t.is_contiguous()
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize(("shape", "groups"), CL_CASES, ids=str)
+def test_ops_group_norm_channels_last_equals_float64_torch(shape, groups, affine):
+    assert _native.load_ops()
+    x, w, b = _gn_inputs(affine, shape)
+    xa = _cl(x).requires_grad_()
+    params = [t.clone().requires_grad_() for t in (w, b) if t is not None]
+    y, stats, var = torch.ops.normzoo.group_norm(xa, groups, *(params or [None, None]), 1e-5, True)
+    assert _is_cl(y), "the output keeps the channels_last layout"
+    x64 = x.double().requires_grad_()
+    p64 = [t.double().requires_grad_() for t in (w, b) if t is not None]
+    y64 = torch.group_norm(x64, groups, *(p64 or [None, None]), 1e-5)
+    torch.testing.assert_close(y, y64.float(), **TOL)
+    rows = x.double().reshape(shape[0], groups, -1)
+    torch.testing.assert_close(stats[0], rows.mean(-1).float(), **TOL)
+    torch.testing.assert_close(var, rows.var(-1, unbiased=False).float(), **TOL)
+    g = torch.randn(shape)
+    got = torch.autograd.grad(y, [xa, *params], _cl(g))
+    want = torch.autograd.grad(y64, [x64, *p64], g.double())
+    assert _is_cl(got[0])
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a, e.float(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize(("shape", "groups"), [((1, 64, 40, 40), 4), ((3, 8, 50, 50), 1), ((8, 40, 9, 9), 5)], ids=str)
+def test_ops_group_norm_channels_last_does_not_depend_on_the_thread_count(shape, groups, threads):
+    # each sample's positions are summed in super-blocks of a fixed size, added in order:
+    # whole samples per thread or super-blocks spread over threads give the same bits
+    assert _native.load_ops()
+    x, w, b = _gn_inputs(True, shape)
+    g = _cl(torch.randn(shape))
+
+    def run() -> list[torch.Tensor]:
+        leaves = [_cl(x).requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()]
+        y, stats, var = torch.ops.normzoo.group_norm(leaves[0], groups, leaves[1], leaves[2], 1e-5, True)
+        return [y, stats, var, *torch.autograd.grad(y, leaves, g)]
+
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ref = run()
+        torch.set_num_threads(threads)
+        got = run()
+    finally:
+        torch.set_num_threads(old)
+    for mine, want in zip(got, ref, strict=True):
+        assert torch.equal(mine, want)
+
+
+def test_ops_group_norm_channels_last_takes_any_gradient_layout_and_large_means():
+    assert _native.load_ops()
+    x = torch.randn(4, 32, 6, 6) * 0.01 + 1000.0  # std 1e-5 of the mean: no cancellation
+    xa = _cl(x).requires_grad_()
+    y, stats, var = torch.ops.normzoo.group_norm(xa, 4, None, None, 1e-8, True)
+    rows = x.double().reshape(4, 4, -1)
+    torch.testing.assert_close(var.double(), rows.var(-1, unbiased=False), rtol=1e-3, atol=0)
+    g = torch.randn(4, 32, 6, 6)  # contiguous gradient for a channels_last input
+    (dx,) = torch.autograd.grad(y, xa, g)
+    x64 = x.double().requires_grad_()
+    (want,) = torch.autograd.grad(torch.group_norm(x64, 4, None, None, 1e-8), x64, g.double())
+    assert _is_cl(dx)
+    scale = want.abs().max().item()  # about 1 / std: 1e2
+    torch.testing.assert_close(dx.double(), want, atol=1e-3 * scale, rtol=0)
+
+
+def test_ops_group_norm_channels_last_double_backward_equals_torch():
+    assert _native.load_ops()
+    x, w, b = _gn_inputs(True, (3, 16, 5, 4))
+    out = []
+    for fn in (
+        lambda t: torch.ops.normzoo.group_norm(t, 4, w, b, 1e-5, False)[0],
+        lambda t: torch.group_norm(t, 4, w, b, 1e-5),
+    ):
+        t = _cl(x).requires_grad_()
+        (g,) = torch.autograd.grad(fn(t).pow(2).sum(), t, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(3).sum(), t)
+        out.append((g, gg))
+    torch.testing.assert_close(out[0][0], out[1][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize(("name", "kw"), [("gn", {"num_groups": 8}), ("ln", {}), ("in", {})])
+def test_channels_last_modules_run_on_the_cpp_node_and_keep_the_layout(name, kw):
+    assert _native.load_ops()
+    x = _cl(torch.randn(8, 64, 14, 14)).requires_grad_()
+    norm = normzoo.create(name, 64, **kw)
+    y = norm(x)
+    assert type(y.grad_fn).__name__ == "CppFunction", name
+    assert _is_cl(y)
+    y.backward(_cl(torch.randn_like(y)))
+    assert _is_cl(x.grad)

@@ -10,7 +10,8 @@
 // (normzoo/_native/__init__.py) builds this file with the C++ compiler against the installed
 // torch's headers, links row_norm.c in, and loads it with torch.ops.load_library.
 //
-// The caller (normzoo/norms/_rownorm.py) dispatches only contiguous float32 CPU tensors here.
+// The caller (normzoo/norms/_rownorm.py) dispatches only float32 CPU tensors here, contiguous
+// or channels_last (row_norm.c has kernels for both; the output keeps the layout).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -27,6 +28,12 @@ void nz_row_forward(const float *x, const float *w, const float *b, float *y, fl
 void nz_row_backward(const float *dy, const float *x, const float *w, const float *mean,
                      const float *rstd, float *dx, float *dw, float *db, float *partial,
                      int64_t N, int64_t G, int64_t Cg, int64_t L, int threads);
+int nz_row_forward_cl(const float *x, const float *w, const float *b, float *y,
+                      float *mean_out, float *rstd_out, float *var_out, int64_t N, int64_t G,
+                      int64_t Cg, int64_t L, double eps, int threads);
+int nz_row_backward_cl(const float *dy, const float *x, const float *w, const float *mean,
+                       const float *rstd, float *dx, float *dw, float *db, float *partial,
+                       int64_t N, int64_t G, int64_t Cg, int64_t L, int threads);
 }
 
 namespace {
@@ -42,6 +49,20 @@ Tensor or_empty(const std::optional<Tensor> &t, const Tensor &like) {
   return t.has_value() && t->defined() ? *t : at::empty({0}, like.options());
 }
 
+// channels_last (4-d) or channels_last_3d (5-d) x that is not also plain contiguous: the
+// kernels' (N, L, C) layout. Anything else runs on the contiguous kernels.
+bool channels_last(const Tensor &x) {
+  if (x.is_contiguous()) return false;
+  return (x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) ||
+         (x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d));
+}
+
+// The channels_last kernels allocate their own scratch (a few KB per thread) and return -1,
+// having written nothing, where that fails.
+void check_scratch(int status) {
+  TORCH_CHECK(status == 0, "normzoo::group_norm: out of memory for the kernel's scratch");
+}
+
 struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
   // Returns (y, stats, var): stats (2, N, G) is the mean and rstd, var (N, G) the biased
   // variance when want_var (else empty); neither is differentiable. Saves x, weight and
@@ -50,13 +71,19 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
                                const Tensor &weight, const Tensor &bias, double eps,
                                bool want_var) {
     const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
-    Tensor y = at::empty_like(x);
+    Tensor y = at::empty_like(x);  // keeps a channels_last layout
     Tensor stats = at::empty({2, n, groups}, x.options());
     Tensor var = at::empty({want_var ? n : 0, want_var ? groups : 0}, x.options());
     float *s = stats.data_ptr<float>();
-    nz_row_forward(x.data_ptr<float>(), in_ptr(weight), in_ptr(bias), y.data_ptr<float>(), s,
-                   s + n * groups, out_ptr(var), n, groups, c / groups, length, eps,
-                   at::get_num_threads());
+    if (channels_last(x)) {
+      check_scratch(nz_row_forward_cl(x.data_ptr<float>(), in_ptr(weight), in_ptr(bias),
+                                      y.data_ptr<float>(), s, s + n * groups, out_ptr(var), n,
+                                      groups, c / groups, length, eps, at::get_num_threads()));
+    } else {
+      nz_row_forward(x.data_ptr<float>(), in_ptr(weight), in_ptr(bias), y.data_ptr<float>(), s,
+                     s + n * groups, out_ptr(var), n, groups, c / groups, length, eps,
+                     at::get_num_threads());
+    }
     ctx->save_for_backward({x, weight, stats});
     ctx->saved_data["groups"] = groups;
     ctx->saved_data["eps"] = eps;
@@ -94,17 +121,28 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
       Tensor db = need_b ? dy.sum(dims) : none;
       return {dx, none, dw, db, none, none};
     }
-    dy = dy.contiguous();
+    const bool cl = channels_last(x);
+    // dy in x's layout: the kernels read both with the same strides
+    dy = dy.contiguous(!cl                ? at::MemoryFormat::Contiguous
+                       : x.dim() == 4     ? at::MemoryFormat::ChannelsLast
+                                          : at::MemoryFormat::ChannelsLast3d);
     const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
     Tensor dx = need_x ? at::empty_like(x) : none;
     Tensor dw = need_w ? at::empty({c}, x.options()) : none;
     Tensor db = need_b ? at::empty({c}, x.options()) : none;
     Tensor partial = at::empty({2, n, c}, x.options());
     const float *s = stats.data_ptr<float>();
-    nz_row_backward(dy.data_ptr<float>(), x.data_ptr<float>(), in_ptr(weight), s,
-                    s + n * groups, out_ptr(dx), out_ptr(dw), out_ptr(db),
-                    partial.data_ptr<float>(), n, groups, c / groups, length,
-                    at::get_num_threads());
+    if (cl) {
+      check_scratch(nz_row_backward_cl(dy.data_ptr<float>(), x.data_ptr<float>(),
+                                       in_ptr(weight), s, s + n * groups, out_ptr(dx),
+                                       out_ptr(dw), out_ptr(db), partial.data_ptr<float>(), n,
+                                       groups, c / groups, length, at::get_num_threads()));
+    } else {
+      nz_row_backward(dy.data_ptr<float>(), x.data_ptr<float>(), in_ptr(weight), s,
+                      s + n * groups, out_ptr(dx), out_ptr(dw), out_ptr(db),
+                      partial.data_ptr<float>(), n, groups, c / groups, length,
+                      at::get_num_threads());
+    }
     return {dx, none, dw, db, none, none};
   }
 };

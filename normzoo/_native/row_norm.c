@@ -16,8 +16,27 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <omp.h>
+#include <stdlib.h>
 
 #define NZ_CHUNK 1024
+
+/* GCC/Clang vector extensions: one nz_vf is an AVX-512 register (two AVX2 ones, four SSE/NEON
+ * ones where the target has no wider). */
+typedef float nz_vf __attribute__((vector_size(64)));
+#define NZ_VL 16 /* floats per nz_vf */
+#define NZ_NV 4  /* nz_vf per tile */
+#define NZ_TILE (NZ_VL * NZ_NV)
+
+typedef float nz_vh __attribute__((vector_size(32)));
+typedef double nz_vd __attribute__((vector_size(64)));
+
+static inline nz_vf nz_load(const float *p) {
+  nz_vf v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+
 
 /* Shifted moments of p[0..n): sum(p - k) and sum((p - k)^2) with the shift k = p[0] (a value
  * of the row, so (mean - k)^2 is of the order of the variance and the one-pass formula
@@ -25,14 +44,32 @@
  * LeVeque, "Algorithms for computing the sample variance", 1983). */
 static void shifted_moments(const float *p, int64_t n, float k, double *s1, double *s2) {
   double t1 = 0.0, t2 = 0.0;
+  const nz_vf kv = (nz_vf){0} + k;
   for (int64_t s = 0; s < n; s += NZ_CHUNK) {
     const int64_t e = s + NZ_CHUNK < n ? s + NZ_CHUNK : n;
+    /* NZ_NV independent vector sums: the adds' latency overlaps */
+    nz_vf a1[NZ_NV], a2[NZ_NV];
+    for (int v = 0; v < NZ_NV; ++v) a1[v] = a2[v] = (nz_vf){0};
+    int64_t i = s;
+    for (; i + NZ_TILE <= e; i += NZ_TILE)
+      for (int v = 0; v < NZ_NV; ++v) {
+        const nz_vf d = nz_load(p + i + v * NZ_VL) - kv;
+        a1[v] += d;
+        a2[v] += d * d;
+      }
     float r1 = 0.f, r2 = 0.f;
-#pragma omp simd reduction(+ : r1, r2)
-    for (int64_t i = s; i < e; ++i) {
+    for (; i < e; ++i) {
       const float d = p[i] - k;
       r1 += d;
       r2 += d * d;
+    }
+    for (int v = 1; v < NZ_NV; ++v) {
+      a1[0] += a1[v];
+      a2[0] += a2[v];
+    }
+    for (int q = 0; q < NZ_VL; ++q) {
+      r1 += a1[0][q];
+      r2 += a2[0][q];
     }
     t1 += r1;
     t2 += r2;
@@ -132,4 +169,402 @@ void nz_row_backward(const float *dy, const float *x, const float *w, const floa
       }
     }
   }
+}
+
+/* ---------------------------------------------------------------- channels_last ------- *
+ * The same group norm on channels_last input: sample n is a contiguous (L, C) block, element
+ * (n, c, l) at (n L + l) C + c; the output and dx keep that layout. Group g's values are
+ * channels [g Cg, (g + 1) Cg) at every position, so the statistics come from per-channel
+ * sums (float lanes over C, flushed to double every NZ_CL_FLUSH positions) combined per
+ * group by the law of total variance:
+ *   mean_c = k_c + S1_c / L,   var_c = S2_c / L - (S1_c / L)^2   (shift k_c = x[n, c, 0])
+ *   mean_g = avg_c mean_c,     var_g = avg_c var_c + avg_c (mean_c - mean_g)^2.
+ * A sample's positions are cut into super-blocks of NZ_SB positions, each summed on its own
+ * and added in order, so results do not depend on the thread count: with enough samples a
+ * thread takes whole samples (sums, coefficients, map: the sample stays in its cache), else
+ * the super-blocks of every sample are spread over the threads, phase by phase.
+ * scratch: work of 2 N nsb C doubles, nsb = ceil(L / NZ_SB); coef of 4 N C floats. */
+#define NZ_SB 1024
+#define NZ_CL_FLUSH 16
+
+static int64_t nz_min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+static int cl_fused(int64_t N, int threads) { return N % threads == 0 || N >= 4 * threads; }
+
+/* Per-channel sums over positions [l0, l1) of the (L, C) block p: sum(a), sum(a b) with
+ * a = u - ku (u = p, or dy for the backward) and b = p - kb; written to s (2 C doubles). With
+ * u == NULL, a = p - ku and b = a (the forward's shifted moments). Channels go in tiles of
+ * NZ_TILE whose float sums stay in vector registers over NZ_CL_FLUSH positions (a few KB,
+ * in L1 for every tile), then are added to the double totals. */
+/* s[0..NZ_VL) += f, in double. */
+static inline void nz_add_wide(double *s, nz_vf f) {
+  const nz_vh lo = __builtin_shufflevector(f, f, 0, 1, 2, 3, 4, 5, 6, 7);
+  const nz_vh hi = __builtin_shufflevector(f, f, 8, 9, 10, 11, 12, 13, 14, 15);
+  nz_vd a, b;
+  __builtin_memcpy(&a, s, sizeof a);
+  __builtin_memcpy(&b, s + 8, sizeof b);
+  a += __builtin_convertvector(lo, nz_vd);
+  b += __builtin_convertvector(hi, nz_vd);
+  __builtin_memcpy(s, &a, sizeof a);
+  __builtin_memcpy(s + 8, &b, sizeof b);
+}
+
+/* The sums of channels [c0, c0 + nv NZ_VL) over positions [l, e), added to s1, s2. */
+static inline __attribute__((always_inline)) void
+cl_sums_tile(const float *u, const float *p, const float *ku, const float *kb, int64_t C,
+             int64_t c0, int nv, int64_t l, int64_t e, double *s1, double *s2) {
+  nz_vf a1[NZ_NV], a2[NZ_NV], k[NZ_NV];
+  for (int v = 0; v < nv; ++v) {
+    a1[v] = a2[v] = (nz_vf){0};
+    k[v] = nz_load((u ? kb : ku) + c0 + v * NZ_VL);
+  }
+  if (u) {
+    for (int64_t i = l; i < e; ++i)
+      for (int v = 0; v < nv; ++v) {
+        const nz_vf g = nz_load(u + i * C + c0 + v * NZ_VL);
+        a1[v] += g;
+        a2[v] += g * (nz_load(p + i * C + c0 + v * NZ_VL) - k[v]);
+      }
+  } else {
+    for (int64_t i = l; i < e; ++i)
+      for (int v = 0; v < nv; ++v) {
+        const nz_vf d = nz_load(p + i * C + c0 + v * NZ_VL) - k[v];
+        a1[v] += d;
+        a2[v] += d * d;
+      }
+  }
+  for (int v = 0; v < nv; ++v) {
+    nz_add_wide(s1 + c0 + v * NZ_VL, a1[v]);
+    nz_add_wide(s2 + c0 + v * NZ_VL, a2[v]);
+  }
+}
+
+static void cl_sums(const float *u, const float *p, const float *ku, const float *kb,
+                    int64_t C, int64_t l0, int64_t l1, double *s) {
+  double *s1 = s, *s2 = s + C;
+  for (int64_t j = 0; j < C; ++j) s1[j] = s2[j] = 0.0;
+  const int64_t wide = C - C % NZ_TILE, narrow = C - C % NZ_VL;
+  for (int64_t l = l0; l < l1; l += NZ_CL_FLUSH) {
+    const int64_t e = nz_min64(l + NZ_CL_FLUSH, l1);
+    for (int64_t c0 = 0; c0 < wide; c0 += NZ_TILE)
+      cl_sums_tile(u, p, ku, kb, C, c0, NZ_NV, l, e, s1, s2);
+    switch ((narrow - wide) / NZ_VL) { /* one narrower tile: a constant width each */
+      case 3: cl_sums_tile(u, p, ku, kb, C, wide, 3, l, e, s1, s2); break;
+      case 2: cl_sums_tile(u, p, ku, kb, C, wide, 2, l, e, s1, s2); break;
+      case 1: cl_sums_tile(u, p, ku, kb, C, wide, 1, l, e, s1, s2); break;
+    }
+    for (int64_t j = narrow; j < C; ++j) { /* the last C % NZ_VL channels */
+      float r1 = 0.f, r2 = 0.f;
+      for (int64_t i = l; i < e; ++i) {
+        const float x = p[i * C + j];
+        if (u) {
+          r1 += u[i * C + j];
+          r2 += u[i * C + j] * (x - kb[j]);
+        } else {
+          r1 += x - ku[j];
+          r2 += (x - ku[j]) * (x - ku[j]);
+        }
+      }
+      s1[j] += r1;
+      s2[j] += r2;
+    }
+  }
+}
+
+/* Totals of one sample's super-block sums wk (nsb blocks of 2 C doubles), in order, into t. */
+static void cl_total(const double *wk, int64_t nsb, int64_t C, double *t) {
+  for (int64_t j = 0; j < 2 * C; ++j) t[j] = 0.0;
+  for (int64_t sb = 0; sb < nsb; ++sb)
+    for (int64_t j = 0; j < 2 * C; ++j) t[j] += wk[sb * 2 * C + j];
+}
+
+/* The forward's sums of positions [l0, l1) of the (L, C) sample p into s (2 C doubles): per
+ * channel; or, with one group (channels-first LayerNorm), the sample's moments with the one
+ * shift p[0] over its contiguous values, in s[0] and s[C] (the other channels' zero). */
+static void cl_forward_sums(const float *p, int64_t G, int64_t C, int64_t l0, int64_t l1,
+                            double *s) {
+  if (G > 1) {
+    cl_sums(NULL, p, p, NULL, C, l0, l1, s);
+    return;
+  }
+  for (int64_t j = 0; j < 2 * C; ++j) s[j] = 0.0;
+  shifted_moments(p + l0 * C, (l1 - l0) * C, p[0], s, s + C);
+}
+
+/* Sample n's forward: group statistics from its sums wk, and the map's coefficients
+ * cf = (a, shift) per channel: y = a x + shift. */
+static void cl_forward_coef(const float *x, const float *w, const float *b, const double *wk,
+                            float *cf, float *mean_out, float *rstd_out, float *var_out,
+                            int64_t n, int64_t G, int64_t Cg, int64_t L, int64_t nsb,
+                            double eps, double *t) {
+  const int64_t C = G * Cg;
+  const float *k = x + n * L * C;
+  cl_total(wk, nsb, C, t);
+  float *a = cf, *sh = cf + C;
+  const double inv_l = 1.0 / (double)L, inv_cg = 1.0 / (double)Cg;
+  if (G == 1) { /* the sample's shifted moments, in t[0] and t[C]: one "channel" */
+    const double dm = t[0] / (double)(L * C), v = t[C] / (double)(L * C) - dm * dm;
+    const double var = v > 0.0 ? v : 0.0;
+    const float m = (float)(k[0] + dm), rstd = (float)(1.0 / sqrt(var + eps));
+    for (int64_t j = 0; j < C; ++j) {
+      a[j] = w ? w[j] * rstd : rstd;
+      sh[j] = (b ? b[j] : 0.f) - m * a[j];
+    }
+    mean_out[n] = m;
+    rstd_out[n] = rstd;
+    if (var_out) var_out[n] = (float)var;
+    return;
+  }
+  for (int64_t j = 0; j < C; ++j) { /* channel means and variances, in place */
+    const double dm = t[j] * inv_l, v = t[C + j] * inv_l - dm * dm;
+    t[j] = k[j] + dm;
+    t[C + j] = v > 0.0 ? v : 0.0;
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    double mg = 0.0, vg = 0.0;
+    for (int64_t j = g * Cg; j < (g + 1) * Cg; ++j) mg += t[j];
+    mg *= inv_cg;
+    for (int64_t j = g * Cg; j < (g + 1) * Cg; ++j) vg += t[C + j] + (t[j] - mg) * (t[j] - mg);
+    vg *= inv_cg;
+    const float m = (float)mg, rstd = (float)(1.0 / sqrt(vg + eps));
+    for (int64_t j = g * Cg; j < (g + 1) * Cg; ++j) {
+      a[j] = w ? w[j] * rstd : rstd;
+      sh[j] = (b ? b[j] : 0.f) - m * a[j];
+    }
+    mean_out[n * G + g] = m;
+    rstd_out[n * G + g] = rstd;
+    if (var_out) var_out[n * G + g] = (float)vg;
+  }
+}
+
+/* The elementwise map over positions [l0, l1) of sample block (u, p -> o), with per-channel
+ * coefficients c4 = (c0, c1, c2, c3) of C floats each, kept in registers per channel tile:
+ *   forward (u == NULL): o = p c0 + c1;   backward: o = c0 u + c1 (p - c3) + c2. */
+static inline __attribute__((always_inline)) void
+cl_map_tile(const float *u, const float *p, float *o, const float *c4, int64_t C, int64_t c0,
+            int nv, int64_t l, int64_t e) {
+  nz_vf k0[NZ_NV], k1[NZ_NV], k2[NZ_NV], k3[NZ_NV];
+  for (int v = 0; v < nv; ++v) {
+    const int64_t j = c0 + v * NZ_VL;
+    k0[v] = nz_load(c4 + j);
+    k1[v] = nz_load(c4 + C + j);
+    if (u) {
+      k2[v] = nz_load(c4 + 2 * C + j);
+      k3[v] = nz_load(c4 + 3 * C + j);
+    }
+  }
+  for (int64_t i = l; i < e; ++i)
+    for (int v = 0; v < nv; ++v) {
+      const int64_t at = i * C + c0 + v * NZ_VL;
+      const nz_vf r = u ? k0[v] * nz_load(u + at) + k1[v] * (nz_load(p + at) - k3[v]) + k2[v]
+                        : nz_load(p + at) * k0[v] + k1[v];
+      __builtin_memcpy(o + at, &r, sizeof r);
+    }
+}
+
+static void cl_map(const float *u, const float *p, float *o, const float *c4, int64_t C,
+                   int64_t l0, int64_t l1) {
+  const int64_t wide = C - C % NZ_TILE, narrow = C - C % NZ_VL;
+  for (int64_t l = l0; l < l1; l += NZ_CL_FLUSH) {
+    const int64_t e = nz_min64(l + NZ_CL_FLUSH, l1);
+    for (int64_t c0 = 0; c0 < wide; c0 += NZ_TILE) cl_map_tile(u, p, o, c4, C, c0, NZ_NV, l, e);
+    switch ((narrow - wide) / NZ_VL) {
+      case 3: cl_map_tile(u, p, o, c4, C, wide, 3, l, e); break;
+      case 2: cl_map_tile(u, p, o, c4, C, wide, 2, l, e); break;
+      case 1: cl_map_tile(u, p, o, c4, C, wide, 1, l, e); break;
+    }
+    for (int64_t i = l; i < e; ++i)
+      for (int64_t j = narrow; j < C; ++j) {
+        const int64_t at = i * C + j;
+        o[at] = u ? c4[j] * u[at] + c4[C + j] * (p[at] - c4[3 * C + j]) + c4[2 * C + j]
+                  : p[at] * c4[j] + c4[C + j];
+      }
+  }
+}
+
+/* Scratch of the channels_last kernels, one allocation per call: the super-block sums (nsb
+ * 2 C doubles per sample) and coefficients (4 C floats per sample) of one sample per thread
+ * when threads take whole samples (fused), else of every sample, shared; and 2 C doubles of
+ * totals per thread. */
+typedef struct {
+  double *work, *totals;
+  float *coef;
+  int fused;
+  int64_t nsb, C, work_stride, coef_stride, totals_stride;
+} nz_cl_scratch;
+
+/* n rounded up to whole 64-byte lines of `size`-byte items, plus one line: no two threads'
+ * blocks share a cache line. */
+static int64_t nz_lines(int64_t n, int64_t size) { return (n * size + 127) / 64 * 64 / size; }
+
+static int cl_alloc(nz_cl_scratch *s, int64_t N, int64_t C, int64_t L, int threads) {
+  s->fused = cl_fused(N, threads);
+  s->nsb = (L + NZ_SB - 1) / NZ_SB;
+  s->C = C;
+  s->work_stride = nz_lines(s->nsb * 2 * C, sizeof(double));
+  s->totals_stride = nz_lines(2 * C, sizeof(double));
+  s->coef_stride = nz_lines(4 * C, sizeof(float));
+  const int64_t samples = s->fused ? threads : N;
+  const int64_t nd = samples * s->work_stride + threads * s->totals_stride;
+  const size_t bytes = (size_t)nd * sizeof(double) + (size_t)(samples * s->coef_stride) * sizeof(float);
+  s->work = aligned_alloc(64, (bytes + 63) / 64 * 64);
+  if (!s->work) return 0;
+  s->totals = s->work + samples * s->work_stride;
+  s->coef = (float *)(s->work + nd);
+  return 1;
+}
+
+/* Sample n's sums and coefficients, for the calling thread. */
+static double *cl_work(const nz_cl_scratch *s, int64_t n) {
+  return s->work + (s->fused ? omp_get_thread_num() : n) * s->work_stride;
+}
+static float *cl_coef(const nz_cl_scratch *s, int64_t n) {
+  return s->coef + (s->fused ? omp_get_thread_num() : n) * s->coef_stride;
+}
+static double *cl_totals(const nz_cl_scratch *s) {
+  return s->totals + omp_get_thread_num() * s->totals_stride;
+}
+
+/* Returns 0, or -1 where the scratch memory could not be allocated (nothing written). */
+int nz_row_forward_cl(const float *x, const float *w, const float *b, float *y,
+                      float *mean_out, float *rstd_out, float *var_out, int64_t N, int64_t G,
+                      int64_t Cg, int64_t L, double eps, int threads) {
+  const int64_t C = G * Cg;
+  if (threads < 1) threads = 1;
+  nz_cl_scratch s;
+  if (!cl_alloc(&s, N, C, L, threads)) return -1;
+  const int64_t nsb = s.nsb;
+#define NZ_SUMS(n, sb)                                                                       \
+  cl_forward_sums(x + (n) * L * C, G, C, (sb) * NZ_SB, nz_min64(((sb) + 1) * NZ_SB, L),       \
+                  cl_work(&s, n) + (sb) * 2 * C)
+#define NZ_COEF(n)                                                                           \
+  cl_forward_coef(x, w, b, cl_work(&s, n), cl_coef(&s, n), mean_out, rstd_out, var_out, n, G, \
+                  Cg, L, nsb, eps, cl_totals(&s))
+#define NZ_MAP(n, sb)                                                                        \
+  cl_map(NULL, x + (n) * L * C, y + (n) * L * C, cl_coef(&s, n), C, (sb) * NZ_SB,           \
+         nz_min64(((sb) + 1) * NZ_SB, L))
+#pragma omp parallel num_threads(threads)
+  {
+    if (s.fused) {
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < N; ++n) {
+        for (int64_t sb = 0; sb < nsb; ++sb) NZ_SUMS(n, sb);
+        NZ_COEF(n);
+        for (int64_t sb = 0; sb < nsb; ++sb) NZ_MAP(n, sb);
+      }
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < N * nsb; ++i) NZ_SUMS(i / nsb, i % nsb);
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < N; ++n) NZ_COEF(n);
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < N * nsb; ++i) NZ_MAP(i / nsb, i % nsb);
+    }
+  }
+#undef NZ_SUMS
+#undef NZ_COEF
+#undef NZ_MAP
+  free(s.work);
+  return 0;
+}
+
+/* Sample n's backward coefficients from its sums wk: dx = A_c dy + B1_c (x - mean_g) + B0_c,
+ * cf = (A, B1, B0, mean_g) per channel (the group means are in cf already); partial gets
+ * sum dy and sum dy xhat per (sample, channel), for dweight and dbias. */
+static void cl_backward_coef(const float *w, const float *rstd, const double *wk, float *cf,
+                             float *partial, int64_t n, int64_t N, int64_t G, int64_t Cg,
+                             int64_t L, int64_t nsb, double *t) {
+  const int64_t C = G * Cg;
+  const double inv_d = 1.0 / (double)(Cg * L);
+  cl_total(wk, nsb, C, t);
+  float *A = cf, *B1 = cf + C, *B0 = cf + 2 * C;
+  float *p_dy = partial, *p_dyx = partial + N * C;
+  for (int64_t g = 0; g < G; ++g) {
+    const float rs = rstd[n * G + g];
+    double a = 0.0, bsum = 0.0; /* sum w dy, sum w dy (x - mean) */
+    for (int64_t j = g * Cg; j < (g + 1) * Cg; ++j) {
+      const float wc = w ? w[j] : 1.f;
+      a += wc * t[j];
+      bsum += wc * t[C + j];
+      p_dy[n * C + j] = (float)t[j];
+      p_dyx[n * C + j] = (float)(t[C + j] * rs);
+    }
+    const float mean_dxhat = (float)(a * inv_d);
+    const float proj = (float)(bsum * inv_d) * rs * rs; /* mean(dxhat xhat) rstd */
+    for (int64_t j = g * Cg; j < (g + 1) * Cg; ++j) {
+      A[j] = rs * (w ? w[j] : 1.f);
+      B1[j] = -rs * proj;
+      B0[j] = -rs * mean_dxhat;
+    }
+  }
+}
+
+/* partial: scratch of 2 N C floats, as for nz_row_backward. Returns 0, or -1 where the
+ * scratch memory could not be allocated (nothing written). */
+int nz_row_backward_cl(const float *dy, const float *x, const float *w, const float *mean,
+                       const float *rstd, float *dx, float *dw, float *db, float *partial,
+                       int64_t N, int64_t G, int64_t Cg, int64_t L, int threads) {
+  const int64_t C = G * Cg;
+  if (threads < 1) threads = 1;
+  nz_cl_scratch s;
+  if (!cl_alloc(&s, N, C, L, threads)) return -1;
+  const int64_t nsb = s.nsb;
+  /* the group mean per channel (coef's 4th row): the shift of the sums and of dx's x - mean */
+#define NZ_MEANS(n)                                                                          \
+  do {                                                                                       \
+    float *m = cl_coef(&s, n) + 3 * C;                                                       \
+    for (int64_t g = 0; g < G; ++g)                                                          \
+      for (int64_t j = g * Cg; j < (g + 1) * Cg; ++j) m[j] = mean[(n) * G + g];              \
+  } while (0)
+#define NZ_SUMS(n, sb)                                                                       \
+  cl_sums(dy + (n) * L * C, x + (n) * L * C, NULL, cl_coef(&s, n) + 3 * C, C, (sb) * NZ_SB, \
+          nz_min64(((sb) + 1) * NZ_SB, L), cl_work(&s, n) + (sb) * 2 * C)
+#define NZ_COEF(n)                                                                           \
+  cl_backward_coef(w, rstd, cl_work(&s, n), cl_coef(&s, n), partial, n, N, G, Cg, L, nsb,   \
+                   cl_totals(&s))
+#define NZ_MAP(n, sb)                                                                        \
+  cl_map(dy + (n) * L * C, x + (n) * L * C, dx + (n) * L * C, cl_coef(&s, n), C,            \
+         (sb) * NZ_SB, nz_min64(((sb) + 1) * NZ_SB, L))
+#pragma omp parallel num_threads(threads)
+  {
+    if (s.fused) {
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < N; ++n) {
+        NZ_MEANS(n);
+        for (int64_t sb = 0; sb < nsb; ++sb) NZ_SUMS(n, sb);
+        NZ_COEF(n);
+        if (dx)
+          for (int64_t sb = 0; sb < nsb; ++sb) NZ_MAP(n, sb);
+      }
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < N; ++n) NZ_MEANS(n);
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < N * nsb; ++i) NZ_SUMS(i / nsb, i % nsb);
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < N; ++n) NZ_COEF(n);
+      if (dx) {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < N * nsb; ++i) NZ_MAP(i / nsb, i % nsb);
+      }
+    }
+    if (dw || db) {
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < C; ++c) {
+        double s1 = 0.0, s2 = 0.0;
+        for (int64_t n = 0; n < N; ++n) {
+          s1 += partial[n * C + c];
+          s2 += partial[N * C + n * C + c];
+        }
+        if (db) db[c] = (float)s1;
+        if (dw) dw[c] = (float)s2;
+      }
+    }
+  }
+#undef NZ_MEANS
+#undef NZ_SUMS
+#undef NZ_COEF
+#undef NZ_MAP
+  free(s.work);
+  return 0;
 }

@@ -3,8 +3,10 @@
 ``normzoo/_native/row_norm.c`` normalizes each (sample, group) row while it is in the core's
 cache: forward reads ``x`` once and writes ``y``; backward reads ``x`` and ``dy`` once and
 writes ``dx``. torch's CPU group-norm kernels make more passes (measured with
-``scripts/bench.py``). Only contiguous float32 CPU inputs are dispatched here
-(:func:`use_native_row_norm`); the callers keep torch's kernels for everything else.
+``scripts/bench.py``). channels_last inputs run on the same file's kernels for that layout,
+through the C++ operator (``torch.ops.normzoo.group_norm``), with the output in that layout.
+Only float32 CPU inputs are dispatched here (:func:`use_native_row_norm`); the callers keep
+torch's kernels for everything else.
 """
 
 from __future__ import annotations
@@ -45,22 +47,33 @@ NATIVE_MIN_NUMEL = 1 << 15
 NATIVE_MIN_NUMEL_GROUPED = 1 << 20
 
 
+def _channels_last_layout(x: Tensor) -> bool:
+    """A channels_last (4-d) or channels_last_3d (5-d) tensor that is not also contiguous."""
+    fmt = _CL_FORMATS.get(x.dim())
+    return fmt is not None and x.is_contiguous(memory_format=fmt)
+
+
+_CL_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
 def use_native_row_norm(x: Tensor, weight: Tensor | None = None, groups: int | None = None) -> bool:
     """Whether :func:`native_group_norm` serves ``x`` with ``groups`` groups (default: one
-    channel per group): contiguous float32 ``(N, C, *)`` on the CPU, at least
-    ``NATIVE_MIN_NUMEL`` elements (``NATIVE_MIN_NUMEL_GROUPED`` with several channels per
-    group where the C++ operator library is unavailable), outside ``torch.compile``."""
+    channel per group): float32 ``(N, C, *)`` on the CPU, at least ``NATIVE_MIN_NUMEL``
+    elements, outside ``torch.compile``; contiguous, or channels_last where the C++ operator
+    library is available (its kernels read that layout in place). Without the operator
+    library, several channels per group need ``NATIVE_MIN_NUMEL_GROUPED`` elements."""
     if not (
         x.is_cpu
         and x.dtype == torch.float32
         and (weight is None or weight.dtype == torch.float32)
         and x.dim() >= 3
         and x.numel() >= max(NATIVE_MIN_NUMEL, 1)
-        and x.is_contiguous()
         and not torch.compiler.is_compiling()
         and _native.available("row_norm")
     ):
         return False
+    if not x.is_contiguous():
+        return _channels_last_layout(x) and _native.ops_available()
     grouped = groups is not None and groups < x.shape[1]
     # Below NATIVE_MIN_NUMEL_GROUPED, GroupNorm/LayerNorm gain only without Python in the
     # autograd path: with the C++ operator library.
@@ -176,6 +189,9 @@ def native_group_norm(
     .. math:: y = \gamma_c \frac{x - \mathrm{E}_{n,g}[x]}{\sqrt{\mathrm{Var}_{n,g}[x]
               + \epsilon}} + \beta_c
     """
+    if not x.is_contiguous():  # channels_last: the operator's kernels for that layout
+        y, stats, var = torch.ops.normzoo.group_norm(x, groups, weight, bias, eps, want_stats)
+        return y, (stats[0] if want_stats else None), (var if want_stats else None)
     if torch.is_grad_enabled() and _kernels.needs_grad(x, weight, bias):
         if _native.ops_available():  # a C++ autograd node: no Python in forward or backward
             y, stats, var = torch.ops.normzoo.group_norm(x, groups, weight, bias, eps, want_stats)
@@ -202,10 +218,12 @@ class GroupSpec(RowNormSpec):
     r"""Group norm (``groups=C``: InstanceNorm; ``groups=1``: channels-first LayerNorm) as a
     per-(sample, channel) affine map, for channels_last inputs.
 
-    InstanceNorm uses it for float32 channels_last inputs (0.3-0.9x torch's time, which
-    reshapes them into a batch norm). GroupNorm and LayerNorm keep torch's channels-last
-    group-norm kernel: on (8, 256, 14, 14) and (128, 64, 8, 8) this path measured 1.1-2.6x
-    slower than it (the small graph's torch ops between the native passes).
+    InstanceNorm's channels_last path where the C++ operator library is unavailable (with it,
+    ``row_norm.c``'s channels_last kernels serve GroupNorm, LayerNorm and InstanceNorm:
+    no torch ops between the passes). Against torch, which reshapes InstanceNorm into a batch
+    norm, this path measured 0.3-0.9x torch's time; for GroupNorm and LayerNorm it measured
+    1.1-2.6x slower than torch's channels-last group-norm kernel (the small graph's torch ops
+    between the native passes), so they keep torch's kernel then.
 
     The group statistics combine the channels' ones without cancellation (the law of total
     variance): :math:`\mu_g = \overline{\mu_c}`,

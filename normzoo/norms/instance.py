@@ -128,7 +128,8 @@ class InstanceNorm(Norm):
                 self._update_running_stats(mean, var, x[0, 0].numel(), factor)
             return y
         if channels_last_rows(x):
-            # channels_last: per-row statistics and the affine map read x in place
+            # channels_last without the C++ operator library: per-row statistics and the
+            # affine map of zoo.c read x in place
             spec = GroupSpec(self.num_features, self.eps)
             y = row_map(x, spec, self.weight, self.bias)
             if update:
