@@ -35,18 +35,25 @@ one (sample, group) row (GN, IN, LN) while it is in the core's cache: the forwar
 once for shifted one-pass moments and again from cache to write `y`; the backward reads `x`
 and `dy` once for its two sums and again from cache to write `dx`. torch's BatchNorm makes
 more passes over memory, and its InstanceNorm is a reshaped batch norm; InstanceNorm here is
-the row kernel with one channel per group, and on float32 channels_last inputs the wider
-zoo's in-place per-row kernels (below). Everything else (half precision, other channels_last
-inputs, small inputs, CUDA) uses torch's kernels, as does any machine where the kernels cannot
-be built (one warning). `NORMZOO_NATIVE=0` turns them off. GroupNorm, LayerNorm and
-InstanceNorm reach their kernels through a torch operator with a C++ autograd node
-(`normzoo/_native/ops.cpp`, `torch.ops.normzoo.group_norm`, built against the installed torch
-on first use, about 30 s once per machine): behind a Python `autograd.Function` the same
-kernels lost to torch's group norm below 1M elements, and where the operator cannot be built
-GroupNorm and LayerNorm keep torch's kernel below that size. BatchNorm also has kernels for
-float32 channels_last inputs (from 256K elements, or 32K with at most 8 channels), which read
-rows of C channels in fixed-size blocks of rows (the same result for any thread count). Every
-CPU section below was measured on the same code (the full matrix last, after the others).
+the row kernel with one channel per group. GroupNorm, LayerNorm and InstanceNorm reach their
+kernels through a torch operator with a C++ autograd node (`normzoo/_native/ops.cpp`,
+`torch.ops.normzoo.group_norm`, built against the installed torch on first use, about 30 s
+once per machine): behind a Python `autograd.Function` the same kernels lost to torch's group
+norm below 1M elements, and where the operator cannot be built GroupNorm and LayerNorm keep
+torch's kernel below that size. The operator also takes float32 **channels_last** input in
+place, on the same file's kernels for that layout: a thread takes whole samples (an `(H W, C)`
+block each, in its cache), sums every channel in vector registers over runs of positions,
+combines the channels of a group (law of total variance; one group: the sample's moments in
+one pass), then writes `y = a x + b` with per-channel coefficients; the backward is the same
+two passes. Positions are summed in fixed-size blocks added in order, so results do not
+depend on the thread count. Without the operator library, InstanceNorm on channels_last
+falls back to the wider zoo's per-row kernels (below) and GroupNorm/LayerNorm to torch's
+channels-last kernel. Everything else (half precision, other layouts, small inputs, CUDA) uses
+torch's kernels, as does any machine where the kernels cannot be built (one warning).
+`NORMZOO_NATIVE=0` turns them off. BatchNorm also has kernels for float32 channels_last inputs
+(from 256K elements, or 32K with at most 8 channels), which read rows of C channels in
+fixed-size blocks of rows (the same result for any thread count). Every CPU section below was
+measured on the same code (the full matrix last, after the others).
 
 The wider zoo runs on the same kind of kernels (`normzoo/_native/zoo.c`, contiguous **and**
 channels_last float32, read in place): SwitchableNorm, EvoNorm-B0/S0, FRN+TLU and
@@ -60,8 +67,7 @@ once in a few kernels); FrozenBatchNorm runs torch's inference kernel, and SyncB
 a process group is BatchNorm. Building the C libraries on a cold cache took 0.4 s
 (`batch_norm.c`), 0.2 s (`row_norm.c`) and 4 s (`zoo.c`) here, and the C++ operator library
 32 s (`ops.cpp`), once per machine (per torch version for `ops.cpp`). The first-call times
-below were taken with a warm cache, except InstanceNorm's in the core run, which paid for
-building `ops.cpp` (its `native_build_s` in the JSON).
+below were taken with a warm cache (a cold build shows as `native_build_s` in the JSON).
 
 **GPU.** `scripts/gpu_check.sh` is the GPU check as one script: `tests/test_cuda.py` (every
 norm on CUDA against the CPU and torch.nn, layouts, bfloat16 inputs, float64 gradients), this

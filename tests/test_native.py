@@ -106,6 +106,21 @@ def test_switched_off_builds_nothing(fresh_loader, monkeypatch):
     assert _native.load("batch_norm") is not None
 
 
+@pytest.mark.parametrize(
+    ("value", "enabled"),
+    [(None, True), ("1", True), ("yes", True), ("0", False), (" Off ", False), ("FALSE", False)],
+)
+def test_native_switch_reads_the_environment_at_each_call(monkeypatch, value, enabled):
+    # read through os.environ's own mapping: changes made after import count
+    if value is None:
+        monkeypatch.delenv("NORMZOO_NATIVE", raising=False)
+    else:
+        monkeypatch.setenv("NORMZOO_NATIVE", value)
+    assert _native.native_enabled() is enabled
+    monkeypatch.setattr(_native, "_ENVIRON", None)  # no such mapping: os.environ.get
+    assert _native.native_enabled() is enabled
+
+
 def test_kernel_wrappers_refuse_what_the_c_code_does_not_handle():
     from normzoo._native import kernels
 
