@@ -37,39 +37,20 @@ static inline nz_vf nz_load(const float *p) {
   return v;
 }
 
-
 /* Shifted moments of p[0..n): sum(p - k) and sum((p - k)^2) with the shift k = p[0] (a value
  * of the row, so (mean - k)^2 is of the order of the variance and the one-pass formula
  * var = E[(p - k)^2] - E[p - k]^2 loses no precision to cancellation; see Chan, Golub and
  * LeVeque, "Algorithms for computing the sample variance", 1983). */
 static void shifted_moments(const float *p, int64_t n, float k, double *s1, double *s2) {
   double t1 = 0.0, t2 = 0.0;
-  const nz_vf kv = (nz_vf){0} + k;
   for (int64_t s = 0; s < n; s += NZ_CHUNK) {
     const int64_t e = s + NZ_CHUNK < n ? s + NZ_CHUNK : n;
-    /* NZ_NV independent vector sums: the adds' latency overlaps */
-    nz_vf a1[NZ_NV], a2[NZ_NV];
-    for (int v = 0; v < NZ_NV; ++v) a1[v] = a2[v] = (nz_vf){0};
-    int64_t i = s;
-    for (; i + NZ_TILE <= e; i += NZ_TILE)
-      for (int v = 0; v < NZ_NV; ++v) {
-        const nz_vf d = nz_load(p + i + v * NZ_VL) - kv;
-        a1[v] += d;
-        a2[v] += d * d;
-      }
     float r1 = 0.f, r2 = 0.f;
-    for (; i < e; ++i) {
+#pragma omp simd reduction(+ : r1, r2)
+    for (int64_t i = s; i < e; ++i) {
       const float d = p[i] - k;
       r1 += d;
       r2 += d * d;
-    }
-    for (int v = 1; v < NZ_NV; ++v) {
-      a1[0] += a1[v];
-      a2[0] += a2[v];
-    }
-    for (int q = 0; q < NZ_VL; ++q) {
-      r1 += a1[0][q];
-      r2 += a2[0][q];
     }
     t1 += r1;
     t2 += r2;
@@ -182,8 +163,9 @@ void nz_row_backward(const float *dy, const float *x, const float *w, const floa
  * A sample's positions are cut into super-blocks of NZ_SB positions, each summed on its own
  * and added in order, so results do not depend on the thread count: with enough samples a
  * thread takes whole samples (sums, coefficients, map: the sample stays in its cache), else
- * the super-blocks of every sample are spread over the threads, phase by phase.
- * scratch: work of 2 N nsb C doubles, nsb = ceil(L / NZ_SB); coef of 4 N C floats. */
+ * the super-blocks of every sample are spread over the threads, phase by phase. The sums and
+ * the maps hold a tile of channels in vector registers (nz_vf); scratch memory is allocated
+ * per call (see cl_alloc). */
 #define NZ_SB 1024
 #define NZ_CL_FLUSH 16
 
