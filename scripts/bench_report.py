@@ -53,7 +53,7 @@ torch's kernels, as does any machine where the kernels cannot be built (one warn
 `NORMZOO_NATIVE=0` turns them off. BatchNorm also has kernels for float32 channels_last inputs
 (from 256K elements, or 32K with at most 8 channels), which read rows of C channels in
 fixed-size blocks of rows (the same result for any thread count). Every CPU section below was
-measured on the same code (the full matrix last, after the others).
+measured on the same code.
 
 The wider zoo runs on the same kind of kernels (`normzoo/_native/zoo.c`, contiguous **and**
 channels_last float32, read in place): SwitchableNorm, EvoNorm-B0/S0, FRN+TLU and
