@@ -18,6 +18,20 @@ from normzoo.norms import batch as batch_mod
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
 
+def assert_same_bits_for_any_thread_count(run, threads: int) -> None:
+    """``run()`` returns the same tensors, bit for bit, with 1 and with ``threads`` threads."""
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ref = run()
+        torch.set_num_threads(threads)
+        got = run()
+    finally:
+        torch.set_num_threads(old)
+    for mine, want in zip(got, ref, strict=True):
+        assert torch.equal(mine, want)
+
+
 @pytest.fixture
 def fresh_loader(monkeypatch, tmp_path):
     """An empty cache folder and no library loaded yet (restored afterwards)."""
@@ -135,16 +149,9 @@ def test_results_do_not_depend_on_the_thread_count(threads):
     from normzoo._native import kernels
 
     x = torch.randn(6, 5, 33) * 3 + 1
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        ref = kernels.batch_norm_forward(x, None, None, 1e-5)
-        torch.set_num_threads(threads)
-        got = kernels.batch_norm_forward(x, None, None, 1e-5)
-    finally:
-        torch.set_num_threads(old)
-    for a, b in zip(got, ref, strict=True):
-        assert torch.equal(a, b)
+    assert_same_bits_for_any_thread_count(
+        lambda: list(kernels.batch_norm_forward(x, None, None, 1e-5)), threads
+    )
 
 
 def test_channels_last_wrappers_refuse_other_layouts():
@@ -183,16 +190,7 @@ def test_channels_last_results_do_not_depend_on_the_thread_count(threads, shape)
         grads = kernels.batch_norm_backward_cl(dy, x, w, mean, invstd, (True, True, True))
         return [y, mean, invstd, var, *grads]
 
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        ref = run()
-        torch.set_num_threads(threads)
-        got = run()
-    finally:
-        torch.set_num_threads(old)
-    for mine, want in zip(got, ref, strict=True):
-        assert torch.equal(mine, want)
+    assert_same_bits_for_any_thread_count(run, threads)
 
 
 def test_channels_last_kernels_run_from_several_python_threads_at_once():
@@ -426,16 +424,7 @@ def test_ops_group_norm_channels_last_does_not_depend_on_the_thread_count(shape,
         )
         return [y, stats, var, *torch.autograd.grad(y, leaves, g)]
 
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        ref = run()
-        torch.set_num_threads(threads)
-        got = run()
-    finally:
-        torch.set_num_threads(old)
-    for mine, want in zip(got, ref, strict=True):
-        assert torch.equal(mine, want)
+    assert_same_bits_for_any_thread_count(run, threads)
 
 
 def test_ops_group_norm_channels_last_takes_any_gradient_layout_and_large_means():

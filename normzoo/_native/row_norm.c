@@ -90,6 +90,22 @@ void nz_row_forward(const float *x, const float *w, const float *b, float *y, fl
   }
 }
 
+/* dbias[c] = sum_n partial[0][n][c] and dweight[c] = sum_n partial[1][n][c] (sums of dy and of
+ * dy xhat per sample and channel), in double; shares its caller's threads (an orphaned
+ * `omp for`: called inside a parallel region). */
+static void affine_grads(const float *partial, float *dw, float *db, int64_t N, int64_t C) {
+#pragma omp for schedule(static)
+  for (int64_t c = 0; c < C; ++c) {
+    double s1 = 0.0, s2 = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      s1 += partial[n * C + c];
+      s2 += partial[N * C + n * C + c];
+    }
+    if (db) db[c] = (float)s1;
+    if (dw) dw[c] = (float)s2;
+  }
+}
+
 /* partial: scratch of 2 * N * C floats (per sample and channel: sum dy, sum dy xhat). */
 void nz_row_backward(const float *dy, const float *x, const float *w, const float *mean,
                      const float *rstd, float *dx, float *dw, float *db, float *partial,
@@ -138,16 +154,7 @@ void nz_row_backward(const float *dy, const float *x, const float *w, const floa
       }
     }
     if (dw || db) {
-#pragma omp for schedule(static)
-      for (int64_t c = 0; c < C; ++c) {
-        double s1 = 0.0, s2 = 0.0;
-        for (int64_t n = 0; n < N; ++n) {
-          s1 += p_dy[n * C + c];
-          s2 += p_dyx[n * C + c];
-        }
-        if (db) db[c] = (float)s1;
-        if (dw) dw[c] = (float)s2;
-      }
+      affine_grads(partial, dw, db, N, C);
     }
   }
 }
@@ -531,16 +538,7 @@ int nz_row_backward_cl(const float *dy, const float *x, const float *w, const fl
       }
     }
     if (dw || db) {
-#pragma omp for schedule(static)
-      for (int64_t c = 0; c < C; ++c) {
-        double s1 = 0.0, s2 = 0.0;
-        for (int64_t n = 0; n < N; ++n) {
-          s1 += partial[n * C + c];
-          s2 += partial[N * C + n * C + c];
-        }
-        if (db) db[c] = (float)s1;
-        if (dw) dw[c] = (float)s2;
-      }
+      affine_grads(partial, dw, db, N, C);
     }
   }
 #undef NZ_MEANS
