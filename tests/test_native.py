@@ -469,3 +469,21 @@ def test_channels_last_modules_run_on_the_cpp_node_and_keep_the_layout(name, kw)
     assert _is_cl(y)
     y.backward(_cl(torch.randn_like(y)))
     assert _is_cl(x.grad)
+
+
+def test_ops_group_norm_refuses_what_its_kernels_cannot_read_and_copies_other_strides():
+    assert _native.load_ops()
+    op = torch.ops.normzoo.group_norm
+    x = torch.randn(2, 6, 5, 4)
+    for bad, match in [
+        ((x.double(), 2, None, None), "float32 CPU"),
+        ((x, 4, None, None), "must divide"),
+        ((x, 2, torch.ones(5), None), "weight and bias"),
+        ((x, 2, None, torch.ones(6, dtype=torch.float64)), "weight and bias"),
+        ((torch.empty(0, 6, 5, 4), 2, None, None), "non-empty"),
+    ]:
+        with pytest.raises(RuntimeError, match=match):
+            op(*bad, 1e-5, False)
+    strided = torch.randn(2, 6, 5, 8)[..., ::2]  # neither contiguous nor channels_last
+    y = op(strided, 3, None, None, 1e-5, False)[0]
+    torch.testing.assert_close(y, torch.group_norm(strided, 3, None, None, 1e-5), **TOL)

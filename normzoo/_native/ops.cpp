@@ -147,10 +147,33 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
   }
 };
 
-std::tuple<Tensor, Tensor, Tensor> group_norm(const Tensor &x, int64_t groups,
+// The kernels read raw float32 CPU memory: anything else is refused here, before any work.
+void check_inputs(const Tensor &x, int64_t groups, const std::optional<Tensor> &weight,
+                  const std::optional<Tensor> &bias) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat,
+              "normzoo::group_norm: expected a float32 CPU input, got ", x.scalar_type(), " on ",
+              x.device());
+  TORCH_CHECK(x.dim() >= 2 && x.size(0) > 0 && x.size(1) > 0,
+              "normzoo::group_norm: expected a non-empty (N, C, *) input, got shape ", x.sizes());
+  TORCH_CHECK(groups > 0 && x.size(1) % groups == 0, "normzoo::group_norm: groups (", groups,
+              ") must divide the channels (", x.size(1), ")");
+  for (const auto *t : {&weight, &bias}) {
+    if (!t->has_value() || !(*t)->defined()) continue;
+    const Tensor &p = **t;
+    TORCH_CHECK(p.device().is_cpu() && p.scalar_type() == at::kFloat && p.dim() == 1 &&
+                    p.size(0) == x.size(1) && p.is_contiguous(),
+                "normzoo::group_norm: expected weight and bias as contiguous float32 CPU (",
+                x.size(1), ",), got ", p.scalar_type(), " ", p.sizes());
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> group_norm(const Tensor &input, int64_t groups,
                                               const std::optional<Tensor> &weight,
                                               const std::optional<Tensor> &bias, double eps,
                                               bool want_var) {
+  check_inputs(input, groups, weight, bias);
+  // the kernels' two layouts; any other strides are copied into the contiguous one
+  const Tensor x = input.is_contiguous() || channels_last(input) ? input : input.contiguous();
   auto out = GroupNormFunction::apply(x, groups, or_empty(weight, x), or_empty(bias, x), eps,
                                       want_var);
   return {out[0], out[1], out[2]};
