@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -487,3 +488,80 @@ def test_ops_group_norm_refuses_what_its_kernels_cannot_read_and_copies_other_st
     strided = torch.randn(2, 6, 5, 8)[..., ::2]  # neither contiguous nor channels_last
     y = op(strided, 3, None, None, 1e-5, False)[0]
     torch.testing.assert_close(y, torch.group_norm(strided, 3, None, None, 1e-5), **TOL)
+
+
+# -- RMSNorm on tokens: row_norm.c's fused kernels ---------------------------------------------
+def _rms_pair(c: int, affine: bool):
+    ours = normzoo.create("rmsnorm", c, channels_last=True, affine=affine)
+    if affine:
+        with torch.no_grad():
+            ours.weight.uniform_(0.5, 1.5)
+            ours.bias.uniform_(-0.5, 0.5)
+    return ours
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", [(2048, 64), (3, 300, 40), (1000, 37), (40, 1030)], ids=str)
+def test_rms_tokens_equal_float64_torch(shape, affine):
+    from normzoo.norms.rms import TOKEN_MIN_NUMEL
+
+    assert math.prod(shape) >= TOKEN_MIN_NUMEL  # the native path
+    c = shape[-1]
+    ours = _rms_pair(c, affine)
+    x = (torch.randn(shape) * 2 + 1).requires_grad_()
+    y = ours(x)
+    assert type(y.grad_fn).__name__ == "_RMSTokensBackward"
+    params = [ours.weight, ours.bias] if affine else []
+    x64 = x.detach().double().requires_grad_()
+    p64 = [p.detach().double().requires_grad_() for p in params]
+    y64 = torch.nn.functional.rms_norm(x64, (c,), p64[0] if affine else None, 1e-5)
+    y64 = y64 + p64[1] if affine else y64
+    torch.testing.assert_close(y, y64.float(), **TOL)
+    g = torch.randn(shape)
+    got = torch.autograd.grad(y, [x, *params], g)
+    want = torch.autograd.grad(y64, [x64, *p64], g.double())
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a, e.float(), atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), y64.float(), **TOL)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_rms_tokens_do_not_depend_on_the_thread_count(threads):
+    # the parameters' column sums go per block of rows, added in block order
+    ours = _rms_pair(96, True)
+    x = torch.randn(1000, 96) * 3 + 1
+    g = torch.randn(1000, 96)
+
+    def run() -> list[torch.Tensor]:
+        xa = x.clone().requires_grad_()
+        y = ours(xa)
+        return [y, *torch.autograd.grad(y, [xa, ours.weight, ours.bias], g)]
+
+    assert_same_bits_for_any_thread_count(run, threads)
+
+
+def test_rms_tokens_partial_gradients_double_backward_and_small_inputs():
+    ours = _rms_pair(64, True)
+    x = torch.randn(1024, 64)
+    ours.weight.requires_grad_(False)  # frozen weight: x and the bias still get theirs
+    xa = x.clone().requires_grad_()
+    ours(xa).sum().backward()
+    xr = x.clone().requires_grad_()
+    bias = ours.bias.detach()
+    (torch.nn.functional.rms_norm(xr, (64,), ours.weight, 1e-5) + bias).sum().backward()
+    torch.testing.assert_close(xa.grad, xr.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours.bias.grad, torch.full((64,), 1024.0))
+    ours.weight.requires_grad_(True)
+    out = []
+    for fn in (ours, lambda t: torch.nn.functional.rms_norm(t, (64,), ours.weight, 1e-5) + bias):
+        t = x.clone().requires_grad_()
+        (gx,) = torch.autograd.grad(fn(t).pow(2).sum(), t, create_graph=True)
+        (ggx,) = torch.autograd.grad(gx.pow(3).sum(), t)
+        out.append((gx, ggx))
+    torch.testing.assert_close(out[0][0], out[1][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-3, rtol=1e-3)
+    small = ours(torch.randn(4, 64, requires_grad=True))  # below TOKEN_MIN_NUMEL: torch's
+    assert type(small.grad_fn).__name__ != "_RMSTokensBackward"
+    strided = torch.randn(1024, 128)[:, ::2].requires_grad_()  # not contiguous: torch's
+    assert type(ours(strided).grad_fn).__name__ != "_RMSTokensBackward"

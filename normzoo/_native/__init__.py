@@ -100,6 +100,10 @@ SIGNATURES: dict[str, dict[str, list]] = {
         "nz_row_forward": [P, P, P, P, P, P, P, I64, I64, I64, I64, F64, INT],
         # dy, x, weight, mean, rstd, dx, dweight, dbias, partial, N, G, Cg, L, threads
         "nz_row_backward": [P, P, P, P, P, P, P, P, P, I64, I64, I64, I64, INT],
+        # RMSNorm on tokens: x, weight, bias, y, rrms, R, C, eps, threads
+        "nz_rms_tokens_forward": [P, P, P, P, P, I64, I64, F64, INT],
+        # dy, x, weight, rrms, dx, dweight, dbias, partial, R, C, threads
+        "nz_rms_tokens_backward": [P, P, P, P, P, P, P, P, I64, I64, INT],
     },
     "zoo": {
         # x, mean, var, N, C, L, channels_last, threads

@@ -209,6 +209,47 @@ def row_norm_backward_unchecked(
     return dx, dw, db
 
 
+# -- RMSNorm on tokens: rows of C contiguous channels ------------------------------------------
+#: Rows per block of the token RMSNorm backward's column sums (row_norm.c's NZ_TOK_BLOCK).
+TOKEN_BLOCK = 64
+
+
+def rms_tokens_forward(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """RMSNorm of ``x`` ``(..., C)`` over its last dim: ``(y, rrms)``, ``rrms`` the inverse root
+    mean square of each row, ``(R,)``."""
+    _check(x, weight, bias)
+    c = x.shape[-1]
+    rows = x.numel() // max(c, 1)
+    y = torch.empty_like(x)
+    rrms = x.new_empty(rows)
+    _fn("row_norm", "nz_rms_tokens_forward")(
+        x.data_ptr(), _ptr(weight), _ptr(bias), y.data_ptr(), rrms.data_ptr(), rows, c, eps,
+        threads(),
+    )  # fmt: skip
+    return y, rrms
+
+
+def rms_tokens_backward(
+    dy: Tensor, x: Tensor, weight: Tensor | None, rrms: Tensor, needs: tuple[bool, bool, bool]
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients ``(dx, dweight, dbias)`` of :func:`rms_tokens_forward` (``None`` where not
+    needed)."""
+    dy = dy.contiguous()
+    _check(dy, x, weight, rrms)
+    c = x.shape[-1]
+    rows = x.numel() // max(c, 1)
+    dx, dw, db = _grads(x, c, needs)
+    blocks = -(-rows // TOKEN_BLOCK)
+    partial = x.new_empty(2 * c * blocks) if needs[1] or needs[2] else None
+    _fn("row_norm", "nz_rms_tokens_backward")(
+        dy.data_ptr(), x.data_ptr(), _ptr(weight), rrms.data_ptr(), _ptr(dx), _ptr(dw),
+        _ptr(db), _ptr(partial), rows, c, threads(),
+    )  # fmt: skip
+    return dx, dw, db
+
+
 # -- batch norm on channels_last: N * spatial rows of C channels -----------------------------
 #: Most row blocks of the channels_last kernels: their partial sums fill a float64 workspace of
 #: ``2 * CL_MAX_BLOCKS * C``. The partition depends on the shape and this number only, never on

@@ -548,3 +548,106 @@ int nz_row_backward_cl(const float *dy, const float *x, const float *w, const fl
   free(s.work);
   return 0;
 }
+
+/* ---------------------------------------------------------------- RMSNorm on tokens --- *
+ * R rows (tokens) of C contiguous channels, normalized over the channels (Zhang and Sennrich,
+ * "Root Mean Square Layer Normalization", 2019), fused (torch's CPU rms_norm is a chain of
+ * elementwise kernels):
+ *   forward:  y = x rrms w_c + b_c,   rrms = 1 / sqrt(mean_c x^2 + eps)
+ *   backward: dx = rrms (w dy - x rrms^2 mean_c(w dy x)),
+ *             dw_c = sum_r dy x rrms,   db_c = sum_r dy
+ * A row is read once for its sum (float lanes, double totals) and again from cache for y or
+ * dx. dw and db: rows go in blocks of NZ_TOK_BLOCK, each block's column sums in its own slot of
+ * `partial` (2 C floats per block), added in block order: the same bits for any thread count.
+ * w, b, dx, dw, db may be NULL. */
+#define NZ_TOK_BLOCK 64
+
+static double nz_row_dot(const float *a, const float *b, const float *w, int64_t n) {
+  double t = 0.0;
+  for (int64_t s = 0; s < n; s += NZ_CHUNK) {
+    const int64_t e = s + NZ_CHUNK < n ? s + NZ_CHUNK : n;
+    float r = 0.f;
+    if (w) {
+#pragma omp simd reduction(+ : r)
+      for (int64_t i = s; i < e; ++i) r += w[i] * a[i] * b[i];
+    } else {
+#pragma omp simd reduction(+ : r)
+      for (int64_t i = s; i < e; ++i) r += a[i] * b[i];
+    }
+    t += r;
+  }
+  return t;
+}
+
+void nz_rms_tokens_forward(const float *x, const float *w, const float *b, float *y,
+                           float *rrms, int64_t R, int64_t C, double eps, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t r = 0; r < R; ++r) {
+    const float *p = x + r * C;
+    float *o = y + r * C;
+    const float inv = (float)(1.0 / sqrt(nz_row_dot(p, p, NULL, C) / (double)C + eps));
+    rrms[r] = inv;
+    if (w && b) {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = p[c] * inv * w[c] + b[c];
+    } else if (w) {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = p[c] * inv * w[c];
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = p[c] * inv + (b ? b[c] : 0.f);
+    }
+  }
+}
+
+/* partial: 2 C ceil(R / NZ_TOK_BLOCK) floats of scratch (used when dw or db is wanted). */
+void nz_rms_tokens_backward(const float *dy, const float *x, const float *w, const float *rrms,
+                            float *dx, float *dw, float *db, float *partial, int64_t R,
+                            int64_t C, int threads) {
+  const int64_t nb = (R + NZ_TOK_BLOCK - 1) / NZ_TOK_BLOCK;
+  const int sums = dw || db;
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      float *pdw = partial + blk * 2 * C, *pdb = pdw + C;
+      if (sums)
+        for (int64_t c = 0; c < C; ++c) pdw[c] = pdb[c] = 0.f;
+      const int64_t r1 = nz_min64((blk + 1) * NZ_TOK_BLOCK, R);
+      for (int64_t r = blk * NZ_TOK_BLOCK; r < r1; ++r) {
+        const float *p = x + r * C, *g = dy + r * C;
+        const float inv = rrms[r];
+        if (dx) {
+          const float k = inv * inv * inv * (float)(nz_row_dot(g, p, w, C) / (double)C);
+          float *o = dx + r * C;
+          if (w) {
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) o[c] = inv * w[c] * g[c] - p[c] * k;
+          } else {
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) o[c] = inv * g[c] - p[c] * k;
+          }
+        }
+        if (sums) {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            pdw[c] += g[c] * p[c] * inv;
+            pdb[c] += g[c];
+          }
+        }
+      }
+    }
+    if (sums) {
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < C; ++c) {
+        double s1 = 0.0, s2 = 0.0;
+        for (int64_t blk = 0; blk < nb; ++blk) {
+          s1 += partial[blk * 2 * C + c];
+          s2 += partial[blk * 2 * C + C + c];
+        }
+        if (dw) dw[c] = (float)s1;
+        if (db) db[c] = (float)s2;
+      }
+    }
+  }
+}
