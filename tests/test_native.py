@@ -565,3 +565,74 @@ def test_rms_tokens_partial_gradients_double_backward_and_small_inputs():
     assert type(small.grad_fn).__name__ != "_RMSTokensBackward"
     strided = torch.randn(1024, 128)[:, ::2].requires_grad_()  # not contiguous: torch's
     assert type(ours(strided).grad_fn).__name__ != "_RMSTokensBackward"
+
+
+# -- FRN + TLU on tokens (no spatial positions): row_norm.c's elementwise kernels ------------
+def _frn_tokens_case(c: int, ties: bool):
+    ours = normzoo.create("frn", c)
+    if not ties:  # default init (bias = tau = 0) makes x = 0 a tie of y with tau
+        with torch.no_grad():
+            ours.weight.uniform_(0.5, 1.5)
+            ours.bias.uniform_(-0.5, 0.5)
+            ours.tau.uniform_(-0.3, 0.3)
+    return ours
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("shape", [(2048, 64), (1000, 37)], ids=str)
+def test_frn_tokens_equal_float64_reference(shape, ties):
+    ours = _frn_tokens_case(shape[1], ties)
+    x = torch.randn(shape)
+    if ties:
+        x[::7] = 0.0
+    x.requires_grad_()
+    z = ours(x)
+    assert type(z.grad_fn).__name__ == "_FRNTokensBackward"
+    params = [ours.weight, ours.bias, ours.tau]
+    x64 = x.detach().double().requires_grad_()
+    p64 = [p.detach().double().requires_grad_() for p in params]
+    z64 = normzoo.functional.filter_response_norm(x64, *p64, eps=ours.eps)
+    torch.testing.assert_close(z, z64.float(), **TOL)
+    g = torch.randn(shape)
+    got = torch.autograd.grad(z, [x, *params], g)
+    want = torch.autograd.grad(z64, [x64, *p64], g.double())
+    for a, e in zip(got, want, strict=True):  # dx grows like 1/|x|^3 near 0: relative
+        torch.testing.assert_close(a.double(), e, atol=1e-5 * float(e.abs().max()), rtol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), z64.float(), **TOL)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_frn_tokens_do_not_depend_on_the_thread_count(threads):
+    ours = _frn_tokens_case(80, False)
+    x, g = torch.randn(1000, 80), torch.randn(1000, 80)
+
+    def run() -> list[torch.Tensor]:
+        xa = x.clone().requires_grad_()
+        z = ours(xa)
+        return [z, *torch.autograd.grad(z, [xa, ours.weight, ours.bias, ours.tau], g)]
+
+    assert_same_bits_for_any_thread_count(run, threads)
+
+
+def test_frn_tokens_double_backward_and_other_inputs_take_the_reference_math():
+    ours = _frn_tokens_case(64, False)
+    x = torch.randn(1024, 64)
+    out = []
+    for fn in (
+        ours,
+        lambda t: normzoo.functional.filter_response_norm(
+            t, ours.weight, ours.bias, ours.tau, eps=ours.eps
+        ),
+    ):
+        t = x.clone().requires_grad_()
+        (gx,) = torch.autograd.grad(fn(t).pow(2).sum(), t, create_graph=True)
+        (ggx,) = torch.autograd.grad(gx.sum(), t)
+        out.append((gx, ggx))
+    scale = float(out[1][1].abs().max())
+    torch.testing.assert_close(out[0][0], out[1][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-4 * scale, rtol=1e-3)
+    for other in (torch.randn(4, 64), torch.randn(1024, 128)[:, ::2]):  # small; strided
+        assert type(ours(other.requires_grad_()).grad_fn).__name__ != "_FRNTokensBackward"
+    learned = normzoo.create("frn", 64, learnable_eps=True)  # eps with a gradient: reference
+    assert type(learned(x.requires_grad_()).grad_fn).__name__ != "_FRNTokensBackward"

@@ -104,6 +104,10 @@ SIGNATURES: dict[str, dict[str, list]] = {
         "nz_rms_tokens_forward": [P, P, P, P, P, I64, I64, F64, INT],
         # dy, x, weight, rrms, dx, dweight, dbias, partial, R, C, threads
         "nz_rms_tokens_backward": [P, P, P, P, P, P, P, P, I64, I64, INT],
+        # FRN + TLU on tokens: x, weight, bias, tau, z, R, C, eps, threads
+        "nz_frn_tokens_forward": [P, P, P, P, P, I64, I64, F64, INT],
+        # dz, x, weight, bias, tau, dx, dweight, dbias, dtau, partial, R, C, eps, threads
+        "nz_frn_tokens_backward": [P, P, P, P, P, P, P, P, P, P, I64, I64, F64, INT],
     },
     "zoo": {
         # x, mean, var, N, C, L, channels_last, threads

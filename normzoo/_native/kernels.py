@@ -250,6 +250,39 @@ def rms_tokens_backward(
     return dx, dw, db
 
 
+# -- FRN + TLU on tokens: one position per (row, channel) -----------------------------------------
+def frn_tokens_forward(x: Tensor, weight: Tensor, bias: Tensor, tau: Tensor, eps: float) -> Tensor:
+    """FRN + TLU of ``x`` ``(R, C)`` (no spatial positions): ``max(w x / sqrt(x^2 + eps) + b,
+    tau)``."""
+    _check(x, weight, bias, tau)
+    rows, c = x.shape
+    z = torch.empty_like(x)
+    _fn("row_norm", "nz_frn_tokens_forward")(
+        x.data_ptr(), weight.data_ptr(), bias.data_ptr(), tau.data_ptr(), z.data_ptr(), rows, c,
+        eps, threads(),
+    )  # fmt: skip
+    return z
+
+
+def frn_tokens_backward(
+    dz: Tensor, x: Tensor, weight: Tensor, bias: Tensor, tau: Tensor, eps: float, need_x: bool
+) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+    """``(dx, dweight, dbias, dtau)`` of :func:`frn_tokens_forward` (``dx`` ``None`` unless
+    ``need_x``)."""
+    dz = dz.contiguous()
+    _check(dz, x, weight, bias, tau)
+    rows, c = x.shape
+    dx = torch.empty_like(x) if need_x else None
+    dw, db, dtau = (x.new_empty(c) for _ in range(3))
+    partial = x.new_empty(3 * c * -(-rows // TOKEN_BLOCK))
+    _fn("row_norm", "nz_frn_tokens_backward")(
+        dz.data_ptr(), x.data_ptr(), weight.data_ptr(), bias.data_ptr(), tau.data_ptr(),
+        _ptr(dx), dw.data_ptr(), db.data_ptr(), dtau.data_ptr(), partial.data_ptr(), rows, c,
+        eps, threads(),
+    )  # fmt: skip
+    return dx, dw, db, dtau
+
+
 # -- batch norm on channels_last: N * spatial rows of C channels -----------------------------
 #: Most row blocks of the channels_last kernels: their partial sums fill a float64 workspace of
 #: ``2 * CL_MAX_BLOCKS * C``. The partition depends on the shape and this number only, never on

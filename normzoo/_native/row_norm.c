@@ -651,3 +651,69 @@ void nz_rms_tokens_backward(const float *dy, const float *x, const float *w, con
     }
   }
 }
+
+/* ---------------------------------------------------------------- FRN on tokens -------- *
+ * Filter Response Normalization + TLU (Singh and Krishnan, CVPR 2020) on R rows of C channels
+ * with no spatial positions: the mean square of each (row, channel) is x^2 itself, so
+ *   forward:  z = max(w_c x q + b_c, tau_c),   q = 1 / sqrt(x^2 + eps)
+ *   backward: hh = dz where y > tau, dz / 2 at a tie (torch.maximum's split), else 0;
+ *             dx = w q hh (1 - q^2 x^2) = w hh eps q^3,
+ *             dw_c = sum_r q hh x,   db_c = sum_r hh,   dtau_c = sum_r dz - db_c.
+ * Elementwise in both directions; the column sums go per block of NZ_TOK_BLOCK rows into
+ * `partial` (3 C floats per block), added in block order (the same bits for any thread count). */
+void nz_frn_tokens_forward(const float *x, const float *w, const float *b, const float *tau,
+                           float *z, int64_t R, int64_t C, double eps, int threads) {
+  const float e = (float)eps;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t r = 0; r < R; ++r) {
+    const float *p = x + r * C;
+    float *o = z + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const float y = w[c] * p[c] / sqrtf(p[c] * p[c] + e) + b[c];
+      o[c] = y > tau[c] ? y : tau[c];
+    }
+  }
+}
+
+/* partial: 3 C ceil(R / NZ_TOK_BLOCK) floats of scratch. dx may be NULL. */
+void nz_frn_tokens_backward(const float *dz, const float *x, const float *w, const float *b,
+                            const float *tau, float *dx, float *dw, float *db, float *dtau,
+                            float *partial, int64_t R, int64_t C, double eps, int threads) {
+  const int64_t nb = (R + NZ_TOK_BLOCK - 1) / NZ_TOK_BLOCK;
+  const float e = (float)eps;
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      float *pw = partial + blk * 3 * C, *pb = pw + C, *pz = pw + 2 * C;
+      for (int64_t c = 0; c < 3 * C; ++c) pw[c] = 0.f;
+      const int64_t r1 = nz_min64((blk + 1) * NZ_TOK_BLOCK, R);
+      for (int64_t r = blk * NZ_TOK_BLOCK; r < r1; ++r) {
+        const float *p = x + r * C, *g = dz + r * C;
+        float *o = dx ? dx + r * C : NULL;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const float q = 1.f / sqrtf(p[c] * p[c] + e), y = w[c] * p[c] * q + b[c];
+          const float hh = g[c] * 0.5f * (1.f + (float)(y > tau[c]) - (float)(y < tau[c]));
+          if (o) o[c] = w[c] * hh * e * q * q * q;
+          pw[c] += q * hh * p[c];
+          pb[c] += hh;
+          pz[c] += g[c];
+        }
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+      double sw = 0.0, sb = 0.0, sz = 0.0;
+      for (int64_t blk = 0; blk < nb; ++blk) {
+        sw += partial[blk * 3 * C + c];
+        sb += partial[blk * 3 * C + C + c];
+        sz += partial[blk * 3 * C + 2 * C + c];
+      }
+      if (dw) dw[c] = (float)sw;
+      if (db) db[c] = (float)sb;
+      if (dtau) dtau[c] = (float)(sz - sb);
+    }
+  }
+}

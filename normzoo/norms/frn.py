@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from normzoo import functional
+from normzoo import _native, functional
+from normzoo._native import kernels as _kernels
 from normzoo._native import zoo_kernels
 from normzoo.functional._stats import compute_dtype
 from normzoo.norms._kernels import restore_format, row_view, scale_shift
@@ -70,6 +71,50 @@ class _FRNFunction(torch.autograd.Function):
         dbias = sum_h.sum(0).mul_(0.5)
         dtau = dz.sum(dim=(0, 2)) - dbias
         return dx, dweight, dbias, dtau, None
+
+
+#: FRN on tokens runs the fused kernels from this many elements (below, a call's fixed cost
+#: decides).
+TOKEN_MIN_NUMEL = 1 << 15
+
+
+class _FRNTokens(torch.autograd.Function):
+    """FRN + TLU on token input ``(N, C)``, elementwise (the mean square over no spatial
+    positions is ``x^2``) on ``row_norm.c``'s kernels: one pass forward, one backward (``dx``
+    and the parameters' column sums). Double backward differentiates the reference math."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, tau: Tensor, eps: float
+    ) -> Tensor:
+        ctx.save_for_backward(x, weight, bias, tau)
+        ctx.eps = eps
+        return _kernels.frn_tokens_forward(x, weight, bias, tau, eps)
+
+    @staticmethod
+    def backward(ctx: Any, dz: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        x, weight, bias, tau = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the reference math, with a graph
+            leaves = [x, weight, bias, tau]
+            wanted = [t for t, need in zip(leaves, ctx.needs_input_grad[:4], strict=True) if need]
+            with torch.enable_grad():
+                z = functional.filter_response_norm(x, weight, bias, tau, eps=ctx.eps)
+            grads = iter(torch.autograd.grad(z, wanted, dz, create_graph=True))
+            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:4]), None)
+        dx, dw, db, dtau = _kernels.frn_tokens_backward(
+            dz, x, weight, bias, tau, ctx.eps, ctx.needs_input_grad[0]
+        )
+        return dx, dw, db, dtau, None
+
+
+def frn_tokens(x: Tensor, weight: Tensor, bias: Tensor, tau: Tensor, eps: float) -> Tensor:
+    r"""FRN + TLU of token input ``x`` ``(N, C)`` on the fused kernels.
+
+    .. math:: z = \max\left(\gamma \frac{x}{\sqrt{x^2 + \epsilon}} + \beta, \tau\right)
+    """
+    if torch.is_grad_enabled() and _kernels.needs_grad(x, weight, bias, tau):
+        return _FRNTokens.apply(x, weight, bias, tau, eps)
+    return _kernels.frn_tokens_forward(x, weight, bias, tau, eps)
 
 
 class _FRNSpec(RowNormSpec):
@@ -180,6 +225,8 @@ class FilterResponseNorm(Norm):
         return self.eps + self.eps_learned.abs()
 
     def _forward(self, x: Tensor) -> Tensor:
+        if self.impl == "fast" and self._use_token_kernel(x):
+            return frn_tokens(x, self.weight, self.bias, self.tau, self.eps)
         if self.impl == "fast" and self._use_function(x):
             xf = x.to(compute_dtype(x))
             if use_row_map(xf):  # native, any layout kept
@@ -200,6 +247,25 @@ class FilterResponseNorm(Norm):
             and self.weight is not None
             and self.tau is not None
             and self.eps_learned is None
+        )
+
+    def _use_token_kernel(self, x: Tensor) -> bool:
+        """Token input ``(N, C)`` (no spatial dims) in the default configuration, contiguous
+        float32 on the CPU from ``TOKEN_MIN_NUMEL`` elements: the fused elementwise kernels
+        (the reference math measured 9-15x BatchNorm1d's fwd+bwd on (4096, 1024) and
+        (2048, 4096) on a 2-core Xeon)."""
+        return (
+            x.dim() == 2
+            and self.weight is not None
+            and self.tau is not None
+            and self.eps_learned is None
+            and x.is_cpu
+            and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and x.numel() >= TOKEN_MIN_NUMEL
+            and x.is_contiguous()
+            and not torch.compiler.is_compiling()
+            and _native.available("row_norm")
         )
 
     def extra_repr(self) -> str:
