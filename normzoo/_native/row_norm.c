@@ -692,15 +692,26 @@ void nz_frn_tokens_backward(const float *dz, const float *x, const float *w, con
       for (int64_t r = blk * NZ_TOK_BLOCK; r < r1; ++r) {
         const float *p = x + r * C, *g = dz + r * C;
         float *o = dx ? dx + r * C : NULL;
+/* hh and q of element c, then the column sums; the two loops differ only in writing dx */
+#define NZ_FRN_TERMS                                                                         \
+  const float q = 1.f / sqrtf(p[c] * p[c] + e), y = w[c] * p[c] * q + b[c];                 \
+  const float hh = g[c] * 0.5f * (1.f + (float)(y > tau[c]) - (float)(y < tau[c]));         \
+  pw[c] += q * hh * p[c];                                                                    \
+  pb[c] += hh;                                                                               \
+  pz[c] += g[c]
+        if (o) {
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          const float q = 1.f / sqrtf(p[c] * p[c] + e), y = w[c] * p[c] * q + b[c];
-          const float hh = g[c] * 0.5f * (1.f + (float)(y > tau[c]) - (float)(y < tau[c]));
-          if (o) o[c] = w[c] * hh * e * q * q * q;
-          pw[c] += q * hh * p[c];
-          pb[c] += hh;
-          pz[c] += g[c];
+          for (int64_t c = 0; c < C; ++c) {
+            NZ_FRN_TERMS;
+            o[c] = w[c] * hh * e * q * q * q;
+          }
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            NZ_FRN_TERMS;
+          }
         }
+#undef NZ_FRN_TERMS
       }
     }
 #pragma omp for schedule(static)
