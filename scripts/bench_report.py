@@ -53,9 +53,11 @@ torch's kernels, as does any machine where the kernels cannot be built (one warn
 `NORMZOO_NATIVE=0` turns them off. BatchNorm also has kernels for float32 channels_last inputs
 (from 256K elements, or 32K with at most 8 channels), which read rows of C channels in
 fixed-size blocks of rows (the same result for any thread count). RMSNorm on float32 tokens
-`(..., C)` (from 32K elements) runs a fused kernel (`row_norm.c`): torch's CPU `rms_norm` is
-a chain of elementwise kernels. The full matrix was measured last, after that kernel landed;
-the other CPU sections just before it (it changes none of their rows).
+`(..., C)` and FRN + TLU on float32 tokens `(N, C)` (from 32K elements) run fused kernels
+(`row_norm.c`): torch's CPU `rms_norm` is a chain of elementwise kernels, and FRN with no
+spatial positions is elementwise. The full matrix was measured last, after those kernels
+landed; the other CPU sections just before them, and before `-fno-math-errno` joined the
+build flags (it lets `sqrtf` vectorize; no other kernel calls a math function in a loop).
 
 The wider zoo runs on the same kind of kernels (`normzoo/_native/zoo.c`, contiguous **and**
 channels_last float32, read in place): SwitchableNorm, EvoNorm-B0/S0, FRN+TLU and
