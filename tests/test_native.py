@@ -626,3 +626,118 @@ def test_frn_tokens_double_backward_and_other_inputs_take_the_reference_math():
         assert type(ours(other.requires_grad_()).grad_fn).__name__ != "_FRNTokensBackward"
     learned = normzoo.create("frn", 64, learnable_eps=True)  # eps with a gradient: reference
     assert type(learned(x.requires_grad_()).grad_fn).__name__ != "_FRNTokensBackward"
+
+
+# -- GroupNorm, EvoNorm-S0 and EvoNorm-B0 on tokens: zoo.c's fused token kernels --------------
+def _token_norm(name: str, c: int, affine: bool = True, **kwargs):
+    """A norm of ``c`` channels with random parameters (``v`` away from 1 where there is one)."""
+    ours = normzoo.create(name, c, affine=affine, **kwargs)
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.uniform_(0.5, 1.5)
+        if affine:
+            ours.bias.uniform_(-0.5, 0.5)
+    return ours
+
+
+def _token_reference(name: str, ours, x: torch.Tensor, params: list[torch.Tensor]):
+    """The reference math of ``ours`` on ``x`` with its parameters replaced by ``params``
+    (same order as ``ours.parameters()``)."""
+    named = dict(zip([n for n, _ in ours.named_parameters()], params, strict=True))
+    w, b = named.get("weight"), named.get("bias")
+    if name == "groupnorm":
+        return normzoo.functional.group_norm(x, ours.num_groups, w, b, eps=ours.eps)
+    if name == "evonorms0":
+        return normzoo.functional.evonorm_s0(x, named["v"], ours.num_groups, w, b, eps=ours.eps)
+    running = ours.running_var.double() if ours.running_var is not None else None
+    return normzoo.functional.evonorm_b0(
+        x, named["v"], running, w, b, training=ours.training, momentum=0.0, eps=ours.eps
+    )[0]
+
+
+TOKEN_NORMS = [
+    ("groupnorm", "_GroupTokensBackward"),
+    ("evonorms0", "_GroupTokensBackward"),
+    ("evonormb0", "_B0TokensBackward"),
+]
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(2048, 64), (1000, 48), (300, 1030)], ids=str)
+@pytest.mark.parametrize(("name", "node"), TOKEN_NORMS, ids=[n for n, _ in TOKEN_NORMS])
+def test_token_kernels_equal_float64_reference(name, node, shape, training, affine):
+    from normzoo.norms._tokens import TOKEN_MIN_NUMEL
+
+    assert math.prod(shape) >= TOKEN_MIN_NUMEL  # the native path
+    kwargs = {} if name == "evonormb0" else {"num_groups": 2 if shape[1] == 1030 else 8}
+    ours = _token_norm(name, shape[1], affine, **kwargs).train(training)
+    if name == "evonormb0":
+        ours.running_var.uniform_(0.5, 4.0)
+    x = (torch.randn(shape) * 2 + 1).requires_grad_()
+    params = list(ours.parameters())
+    x64 = x.detach().double().requires_grad_()
+    p64 = [p.detach().double().requires_grad_() for p in params]
+    y64 = _token_reference(name, ours, x64, p64)
+    y = ours(x)
+    assert type(y.grad_fn).__name__ == node
+    torch.testing.assert_close(y, y64.float(), **TOL)
+    g = torch.randn(shape)
+    got = torch.autograd.grad(y, [x, *params], g)
+    want = torch.autograd.grad(y64, [x64, *p64], g.double())
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(
+            a.double(), e, atol=1e-4 * max(1.0, float(e.abs().max())), rtol=1e-4
+        )
+    with torch.no_grad():  # without autograd: the same forward
+        torch.testing.assert_close(ours(x), y64.float(), **TOL)
+
+
+def test_evonorm_b0_tokens_running_variance_equals_reference():
+    ours = _token_norm("evonormb0", 64)
+    ref = _token_norm("evonormb0", 64, impl="reference")
+    ref.load_state_dict(ours.state_dict())
+    for _ in range(3):
+        x = torch.randn(1024, 64) * 3 + 2
+        y = ours(x.clone().requires_grad_())
+        assert type(y.grad_fn).__name__ == "_B0TokensBackward"
+        ref(x)
+    torch.testing.assert_close(ours.running_var, ref.running_var, **TOL)
+    assert int(ours.num_batches_tracked) == 3
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("name", [n for n, _ in TOKEN_NORMS])
+def test_token_kernels_do_not_depend_on_the_thread_count(name, threads):
+    # the column sums go per block of rows, added in block order
+    ours = _token_norm(name, 96)
+    x, g = torch.randn(1000, 96) * 3 + 1, torch.randn(1000, 96)
+
+    def run() -> list[torch.Tensor]:
+        xa = x.clone().requires_grad_()
+        y = ours(xa)
+        return [y, *torch.autograd.grad(y, [xa, *ours.parameters()], g)]
+
+    assert_same_bits_for_any_thread_count(run, threads)
+
+
+@pytest.mark.parametrize("name", [n for n, _ in TOKEN_NORMS])
+def test_token_kernels_partial_gradients_double_backward_and_other_inputs(name):
+    ours = _token_norm(name, 64, **({} if name == "evonormb0" else {"num_groups": 8}))
+    x = torch.randn(1024, 64) * 2 + 1
+    ours.weight.requires_grad_(False)  # frozen weight: the rest still get theirs
+    xa = x.clone().requires_grad_()
+    ours(xa).pow(2).sum().backward()
+    x64 = x.double().requires_grad_()
+    p64 = [p.detach().double().requires_grad_(p.requires_grad) for p in ours.parameters()]
+    _token_reference(name, ours, x64, p64).pow(2).sum().backward()
+    mine = [xa.grad, *(p.grad for p in ours.parameters() if p.requires_grad)]
+    want = [x64.grad, *(p.grad for p in p64 if p.requires_grad)]
+    assert ours.weight.grad is None and len(mine) == len(list(ours.parameters()))
+    for a, e in zip(mine, want, strict=True):
+        torch.testing.assert_close(a.double(), e, atol=1e-5 * float(e.abs().max()), rtol=1e-4)
+    ours.weight.requires_grad_(True)
+    params = list(ours.parameters())
+    assert_double_backward_close(ours, x, lambda t: _token_reference(name, ours, t, params), x)
+    for other in (torch.randn(4, 64), torch.randn(1024, 128)[:, ::2]):  # small; strided
+        assert type(ours(other.requires_grad_()).grad_fn).__name__ not in dict(TOKEN_NORMS).values()

@@ -140,6 +140,17 @@ SIGNATURES: dict[str, dict[str, list]] = {
         "nz_frn_backward": [P, P, P, P, P, P, F64, P, P, P, P, P, P, I64, I64, I64, INT, INT],
         "nz_rms_forward": [P, P, P, F64, P, P, P, P, I64, I64, I64, INT, INT],
         "nz_rms_backward": [P, P, P, P, P, P, F64, P, P, P, P, P, I64, I64, I64, INT, INT],
+        # tokens (R rows of C): op, x, v, weight, bias, y, mean, rstd, R, C, G, eps, threads
+        "nz_group_tokens_forward": [INT, P, P, P, P, P, P, P, I64, I64, I64, F64, INT],
+        # op, dy, x, v, weight, mean, rstd, dx, dv, dweight, dbias, partial, R, C, G, threads
+        "nz_group_tokens_backward": [INT, *[P] * 11, I64, I64, I64, INT],
+        # x, mean, var, partial, R, C, threads
+        "nz_column_stats": [P, P, P, P, I64, I64, INT],
+        # x, v, s_b, weight, bias, y, R, C, s_i, threads
+        "nz_b0_tokens_forward": [P, P, P, P, P, P, I64, I64, F64, INT],
+        # dy, x, v, s_b, weight, mean, dx, dv, dweight, dbias, partial, k, R, C, s_i, batch,
+        # threads
+        "nz_b0_tokens_backward": [*[P] * 12, I64, I64, F64, INT, INT],
     },
 }
 

@@ -733,3 +733,310 @@ void nz_rms_backward(const float *dy, const float *x, const float *params, const
   }
   if (dx) nz_map_dx(NZ_AFFINE, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
 }
+
+/* ---------------------------------------------------------------- tokens --------------- *
+ * R rows of C channels with no spatial positions ((N, C) input, contiguous): kernels that
+ * read a row from memory once and work on it in cache, the column sums of the parameter
+ * gradients per block of NZ_TOK_ROWS rows in their own slot of `partial`, added in block order
+ * (the same bits for any thread count).
+ *
+ * Grouped rows (GroupNorm, EvoNorm-S0): group g of row r is the K = C / G contiguous values
+ * x[r, gK .. (g + 1)K); its mean and biased variance take two passes over the cached values,
+ * rstd = 1 / sqrt(var + eps).
+ *   op NZ_TOK_GN: y = (x - mean) rstd w_c + b_c
+ *   op NZ_TOK_S0: y = x s rstd w_c + b_c,  s = sigmoid(v_c x)
+ * backward, h = w_c dy:
+ *   GN: dx = rstd (h - mean_g(h) - xhat mean_g(h xhat)),   dw_c = sum_r dy xhat
+ *   S0: dx = h rstd s (1 + v x (1 - s)) - rstd^3 (x - mean) mean_g(h x s),
+ *       dv_c = sum_r h rstd x^2 s (1 - s),   dw_c = sum_r dy x s rstd
+ *   both: db_c = sum_r dy.   w and b are required (ones and zeros for no affine map).
+ */
+#define NZ_TOK_GN 0
+#define NZ_TOK_S0 1
+#define NZ_TOK_ROWS 64
+
+static inline int64_t nz_min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Mean and biased variance of p[0..n) in one sweep of shifted sums (shift p[0], see
+ * nz_column_stats), float lanes, double per NZ_CHUNK values. */
+NZ_INLINE void tok_moments(const float *p, int64_t n, float *mean, float *var) {
+  const float k = p[0];
+  double t1 = 0.0, t2 = 0.0;
+  for (int64_t s = 0; s < n; s += NZ_CHUNK) {
+    const int64_t e = s + NZ_CHUNK < n ? s + NZ_CHUNK : n;
+    float r1 = 0.f, r2 = 0.f;
+#pragma omp simd reduction(+ : r1, r2)
+    for (int64_t i = s; i < e; ++i) {
+      r1 += p[i] - k;
+      r2 += (p[i] - k) * (p[i] - k);
+    }
+    t1 += r1;
+    t2 += r2;
+  }
+  const double dm = t1 / (double)n, v = t2 / (double)n - dm * dm;
+  *mean = (float)(k + dm);
+  *var = (float)(v > 0.0 ? v : 0.0);
+}
+
+/* mean and rstd: (R, G) each. */
+void nz_group_tokens_forward(int op, const float *x, const float *v, const float *w,
+                             const float *b, float *y, float *mean, float *rstd, int64_t R,
+                             int64_t C, int64_t G, double eps, int threads) {
+  const int64_t K = C / G;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t r = 0; r < R; ++r) {
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t c0 = g * K;
+      const float *p = x + r * C + c0;
+      float *o = y + r * C + c0;
+      float m, var;
+      tok_moments(p, K, &m, &var);
+      const float rs = 1.f / sqrtf(var + (float)eps);
+      mean[r * G + g] = m;
+      rstd[r * G + g] = rs;
+      const float *wc = w + c0, *bc = b + c0;
+      if (op == NZ_TOK_GN) {
+#pragma omp simd
+        for (int64_t i = 0; i < K; ++i)
+          o[i] = (p[i] - m) * rs * wc[i] + bc[i];
+      } else {
+        const float *vc = v + c0;
+#pragma omp simd
+        for (int64_t i = 0; i < K; ++i)
+          o[i] = p[i] * nz_sigmoid(vc[i] * p[i]) * rs * wc[i] + bc[i];
+      }
+    }
+  }
+}
+
+/* The block sums of `partial` (S slots of C floats per block) added in block order into
+ * out[0..S) (entries may be NULL); an orphaned `omp for` inside the caller's parallel region. */
+static void tok_column_totals(const float *partial, int64_t nb, int64_t C, int S,
+                              float *const *out) {
+#pragma omp for schedule(static)
+  for (int64_t c = 0; c < C; ++c) {
+    for (int s = 0; s < S; ++s) {
+      if (!out[s]) continue;
+      double t = 0.0;
+      for (int64_t blk = 0; blk < nb; ++blk) t += partial[(blk * S + s) * C + c];
+      out[s][c] = (float)t;
+    }
+  }
+}
+
+/* partial: 3 C ceil(R / NZ_TOK_ROWS) floats (slots dw, db, dv). dx, dv, dw, db may be NULL. */
+void nz_group_tokens_backward(int op, const float *dy, const float *x, const float *v,
+                              const float *w, const float *mean, const float *rstd, float *dx,
+                              float *dv, float *dw, float *db, float *partial, int64_t R,
+                              int64_t C, int64_t G, int threads) {
+  const int64_t K = C / G, nb = (R + NZ_TOK_ROWS - 1) / NZ_TOK_ROWS;
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      float *pw = partial + blk * 3 * C, *pb = pw + C, *pv = pw + 2 * C;
+      for (int64_t c = 0; c < 3 * C; ++c) pw[c] = 0.f;
+      const int64_t r1 = nz_min64((blk + 1) * NZ_TOK_ROWS, R);
+      for (int64_t r = blk * NZ_TOK_ROWS; r < r1; ++r) {
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t c0 = g * K;
+          const float *p = x + r * C + c0, *gy = dy + r * C + c0;
+          const float *wc = w + c0;
+          float *qw = pw + c0, *qb = pb + c0, *qv = pv + c0;
+          float *o = dx ? dx + r * C + c0 : NULL;
+          const float m = mean[r * G + g], rs = rstd[r * G + g];
+          if (op == NZ_TOK_GN) {
+            float s1 = 0.f, s2 = 0.f; /* sum h, sum h (x - m) */
+#pragma omp simd reduction(+ : s1, s2)
+            for (int64_t i = 0; i < K; ++i) {
+              const float h = gy[i] * wc[i];
+              s1 += h;
+              s2 += h * (p[i] - m);
+              qw[i] += gy[i] * (p[i] - m) * rs;
+              qb[i] += gy[i];
+            }
+            if (!o) continue;
+            const float k0 = s1 / (float)K, k1 = s2 / (float)K * rs * rs;
+#pragma omp simd
+            for (int64_t i = 0; i < K; ++i)
+              o[i] = rs * (gy[i] * wc[i] - k0 - (p[i] - m) * k1);
+          } else {
+            const float *vc = v + c0;
+            /* the sigmoids of a group of up to NZ_CHUNK values are kept for dx */
+            float sig[NZ_CHUNK];
+            const int keep = K <= NZ_CHUNK;
+            float s1 = 0.f; /* sum h x s */
+#define NZ_S0_SUMS                                                                           \
+  const float h = gy[i] * wc[i];                                                \
+  s1 += h * p[i] * s;                                                                        \
+  qw[i] += gy[i] * p[i] * s * rs;                                                            \
+  qb[i] += gy[i];                                                                            \
+  qv[i] += h * rs * p[i] * p[i] * s * (1.f - s)
+            if (keep) {
+#pragma omp simd reduction(+ : s1)
+              for (int64_t i = 0; i < K; ++i) {
+                const float s = sig[i] = nz_sigmoid(vc[i] * p[i]);
+                NZ_S0_SUMS;
+              }
+            } else {
+#pragma omp simd reduction(+ : s1)
+              for (int64_t i = 0; i < K; ++i) {
+                const float s = nz_sigmoid(vc[i] * p[i]);
+                NZ_S0_SUMS;
+              }
+            }
+#undef NZ_S0_SUMS
+            if (!o) continue;
+            const float k1 = rs * rs * rs * s1 / (float)K;
+#define NZ_S0_DX                                                                             \
+  o[i] = gy[i] * wc[i] * rs * s * (1.f + vc[i] * p[i] * (1.f - s)) - (p[i] - m) * k1
+            if (keep) {
+#pragma omp simd
+              for (int64_t i = 0; i < K; ++i) {
+                const float s = sig[i];
+                NZ_S0_DX;
+              }
+            } else {
+#pragma omp simd
+              for (int64_t i = 0; i < K; ++i) {
+                const float s = nz_sigmoid(vc[i] * p[i]);
+                NZ_S0_DX;
+              }
+            }
+#undef NZ_S0_DX
+          }
+        }
+      }
+    }
+    float *const out[3] = {dw, db, dv};
+    if (dw || db || dv) tok_column_totals(partial, nb, C, 3, out);
+  }
+}
+
+/* Mean and biased variance of each column of x (R, C) in one sweep: shifted sums (shift
+ * k_c = x[0, c]: a value of the column, so the one-pass variance loses nothing to
+ * cancellation) per block of NZ_TOK_ROWS rows in float, the blocks added in order in double.
+ * partial: 2 C ceil(R / NZ_TOK_ROWS) floats. */
+void nz_column_stats(const float *x, float *mean, float *var, float *partial, int64_t R,
+                     int64_t C, int threads) {
+  const int64_t nb = (R + NZ_TOK_ROWS - 1) / NZ_TOK_ROWS;
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      float *s1 = partial + blk * 2 * C, *s2 = s1 + C;
+      for (int64_t c = 0; c < 2 * C; ++c) s1[c] = 0.f;
+      const int64_t r1 = nz_min64((blk + 1) * NZ_TOK_ROWS, R);
+      for (int64_t r = blk * NZ_TOK_ROWS; r < r1; ++r) {
+        const float *p = x + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const float d = p[c] - x[c];
+          s1[c] += d;
+          s2[c] += d * d;
+        }
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+      double t1 = 0.0, t2 = 0.0;
+      for (int64_t blk = 0; blk < nb; ++blk) {
+        t1 += partial[blk * 2 * C + c];
+        t2 += partial[blk * 2 * C + C + c];
+      }
+      const double dm = t1 / (double)R, v = t2 / (double)R - dm * dm;
+      mean[c] = (float)(x[c] + dm);
+      var[c] = (float)(v > 0.0 ? v : 0.0);
+    }
+  }
+}
+
+/* EvoNorm-B0 on tokens: one position per (row, channel), so the instance variance is 0 and
+ * s_i = sqrt(eps) (the reference's value); s_b[c] = sqrt(var_b + eps) from the batch variance
+ * of column c (or the running one), computed by the caller.
+ *   forward:  y = q w_c + b_c,   q = x / D,   D = max(s_b, d),   d = v_c x + s_i
+ *   backward: r = w dy / D,  t = r x / D,  u = t (1 + sign(d - s_b))  (ties split equally),
+ *             dx = r - v u / 2 + k_c (x - mean_c),   k_c = ds_b / (s_b R) with batch
+ *             statistics (var_b = mean_r (x - mean_c)^2), else 0;
+ *             dv_c = -sum_r u x / 2,  ds_b = -sum_r (t - u / 2),  dw_c = sum_r dy q,
+ *             db_c = sum_r dy.
+ * The backward takes two sweeps with batch statistics (the column sums, then dx), one
+ * without. w and b are required. partial: 4 C ceil(R / NZ_TOK_ROWS) floats; k: C floats of scratch. */
+void nz_b0_tokens_forward(const float *x, const float *v, const float *s_b, const float *w,
+                          const float *b, float *y, int64_t R, int64_t C, double s_i,
+                          int threads) {
+  const float si = (float)s_i;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t r = 0; r < R; ++r) {
+    const float *p = x + r * C;
+    float *o = y + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const float d = v[c] * p[c] + si, den = d > s_b[c] ? d : s_b[c];
+      o[c] = p[c] / den * w[c] + b[c];
+    }
+  }
+}
+
+void nz_b0_tokens_backward(const float *dy, const float *x, const float *v, const float *s_b,
+                           const float *w, const float *mean, float *dx, float *dv, float *dw,
+                           float *db, float *partial, float *k, int64_t R, int64_t C,
+                           double s_i, int batch, int threads) {
+  const int64_t nb = (R + NZ_TOK_ROWS - 1) / NZ_TOK_ROWS;
+  const float si = (float)s_i;
+  const int fused = !batch; /* dx in the sums' sweep */
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      float *pv = partial + blk * 4 * C, *pw = pv + C, *pb = pv + 2 * C, *ps = pv + 3 * C;
+      for (int64_t c = 0; c < 4 * C; ++c) pv[c] = 0.f;
+      const int64_t r1 = nz_min64((blk + 1) * NZ_TOK_ROWS, R);
+      for (int64_t r = blk * NZ_TOK_ROWS; r < r1; ++r) {
+        const float *p = x + r * C, *g = dy + r * C;
+        float *o = fused && dx ? dx + r * C : NULL;
+/* r_, t, u of element c, then the column sums; the two loops differ only in writing dx */
+#define NZ_B0_TERMS                                                                          \
+  const float d = v[c] * p[c] + si, den = d > s_b[c] ? d : s_b[c];                           \
+  const float r_ = g[c] * w[c] / den, t = r_ * p[c] / den;                       \
+  const float u = t * (1.f + (float)(d > s_b[c]) - (float)(d < s_b[c]));                     \
+  pv[c] -= 0.5f * u * p[c];                                                                  \
+  pw[c] += g[c] * p[c] / den;                                                                \
+  pb[c] += g[c];                                                                             \
+  ps[c] -= t - 0.5f * u
+        if (o) {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            NZ_B0_TERMS;
+            o[c] = r_ - 0.5f * v[c] * u;
+          }
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            NZ_B0_TERMS;
+          }
+        }
+#undef NZ_B0_TERMS
+      }
+    }
+    float *const out[4] = {dv, dw, db, batch ? k : NULL};
+    tok_column_totals(partial, nb, C, 4, out); /* ends with a barrier */
+    if (batch && dx) {
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < C; ++c) k[c] = k[c] / (s_b[c] * (float)R);
+      /* implicit barrier: k complete */
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < R; ++r) {
+        const float *p = x + r * C, *g = dy + r * C;
+        float *o = dx + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const float d = v[c] * p[c] + si, den = d > s_b[c] ? d : s_b[c];
+          const float r_ = g[c] * w[c] / den, t = r_ * p[c] / den;
+          const float u = t * (1.f + (float)(d > s_b[c]) - (float)(d < s_b[c]));
+          o[c] = r_ - 0.5f * v[c] * u + k[c] * (p[c] - mean[c]);
+        }
+      }
+    }
+  }
+}

@@ -321,3 +321,124 @@ def rms_backward(
     _lib().nz_rms_backward(*_args(dy, x, params, mean, var, weight, float(eps), sums, k, *out,
                                   n, c, length, cl, threads()))  # fmt: skip
     return out
+
+
+# -- tokens: R rows of C channels, no spatial positions ---------------------------------------
+#: The grouped-token maps of ``zoo.c`` (``op`` of ``group_tokens_*``).
+TOKENS_GN, TOKENS_S0 = 0, 1
+#: Rows per block of the token kernels' column sums (``NZ_TOK_ROWS``).
+TOKEN_ROWS = 64
+
+
+def _check_tokens(x: Tensor, *small: Tensor | None) -> tuple[int, int]:
+    """``x`` a contiguous float32 CPU ``(R, C)`` tensor; returns ``(R, C)``."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2 or not x.is_contiguous():
+        raise ValueError(
+            "native token kernels take contiguous float32 CPU (R, C) tensors, got "
+            f"{x.dtype} on {x.device} with shape {tuple(x.shape)} and strides {x.stride()}"
+        )
+    for t in small:
+        if t is not None and (t.dtype != torch.float32 or not t.is_contiguous()):
+            raise ValueError(f"native token kernels take contiguous float32 rows, got {t.dtype}")
+    return x.shape[0], x.shape[1]
+
+
+def group_tokens_forward(
+    op: int,
+    x: Tensor,
+    v: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    groups: int,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """GroupNorm (``TOKENS_GN``) or EvoNorm-S0 (``TOKENS_S0``, needs ``v``) of ``x`` ``(R, C)``
+    over ``groups`` groups of contiguous channels: ``(y, mean, rstd)``, the last two ``(R, G)``."""
+    r, c = _check_tokens(x)
+    if c % groups or (op == TOKENS_S0 and v is None):
+        raise ValueError(
+            f"group_tokens_forward: groups={groups} must divide C={c} (and S0 needs v)"
+        )
+    v, weight, bias = _small(v, *_affine(x, weight, bias))
+    y = torch.empty_like(x)
+    stats = x.new_empty(2, r, groups)
+    _lib().nz_group_tokens_forward(*_args(op, x, v, weight, bias, y, stats[0], stats[1], r, c,
+                                          groups, float(eps), threads()))  # fmt: skip
+    return y, stats[0], stats[1]
+
+
+def group_tokens_backward(
+    op: int,
+    dy: Tensor,
+    x: Tensor,
+    v: Tensor | None,
+    weight: Tensor | None,
+    mean: Tensor,
+    rstd: Tensor,
+    needs: tuple[bool, bool, bool, bool],
+) -> list[Tensor | None]:
+    """``[dx, dv, dweight, dbias]`` of :func:`group_tokens_forward` (``None`` where ``needs``
+    is false; ``dv`` only for S0)."""
+    dy = dy.contiguous()
+    r, c = _check_tokens(x, dy, mean, rstd)
+    groups = mean.shape[1]
+    v, weight = _small(v, _affine(x, weight, None)[0])
+    out = _grads(x, needs, c, c, c)
+    partial = x.new_empty(3 * c * -(-r // TOKEN_ROWS))
+    _lib().nz_group_tokens_backward(*_args(op, dy, x, v, weight, mean, rstd, *out, partial, r, c,
+                                           groups, threads()))  # fmt: skip
+    return out
+
+
+def _affine(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``weight`` and ``bias``, ones and zeros ``(C,)`` where ``None``."""
+    c = x.shape[-1]
+    return (
+        x.new_ones(c) if weight is None else weight,
+        x.new_zeros(c) if bias is None else bias,
+    )
+
+
+def column_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance of each column of ``x`` ``(R, C)``: two ``(C,)`` tensors."""
+    r, c = _check_tokens(x)
+    stats = x.new_empty(2, c)
+    partial = x.new_empty(2 * c * -(-r // TOKEN_ROWS))
+    _lib().nz_column_stats(*_args(x, stats[0], stats[1], partial, r, c, threads()))
+    return stats[0], stats[1]
+
+
+def b0_tokens_forward(
+    x: Tensor, v: Tensor, s_b: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> Tensor:
+    """EvoNorm-B0 of ``x`` ``(R, C)`` given ``s_b = sqrt(var_b + eps)`` ``(C,)``:
+    ``x / max(s_b, v x + sqrt(eps)) * w + b``."""
+    r, c = _check_tokens(x, s_b)
+    v, weight, bias = _small(v, *_affine(x, weight, bias))
+    y = torch.empty_like(x)
+    _lib().nz_b0_tokens_forward(*_args(x, v, s_b, weight, bias, y, r, c, float(eps) ** 0.5,
+                                       threads()))  # fmt: skip
+    return y
+
+
+def b0_tokens_backward(
+    dy: Tensor,
+    x: Tensor,
+    v: Tensor,
+    s_b: Tensor,
+    weight: Tensor | None,
+    mean: Tensor | None,
+    eps: float,
+    needs: tuple[bool, bool, bool, bool],
+) -> list[Tensor | None]:
+    """``[dx, dv, dweight, dbias]`` of :func:`b0_tokens_forward`; with the batch's column
+    ``mean`` (``s_b`` from the batch variance) ``dx`` includes the variance's share."""
+    dy = dy.contiguous()
+    r, c = _check_tokens(x, dy, s_b, mean)
+    v, weight = _small(v, _affine(x, weight, None)[0])
+    out = _grads(x, needs, c, c, c)
+    partial, k = x.new_empty(4 * c * -(-r // TOKEN_ROWS)), x.new_empty(c)
+    _lib().nz_b0_tokens_backward(*_args(dy, x, v, s_b, weight, mean, *out, partial, k, r, c,
+                                        float(eps) ** 0.5, int(mean is not None),
+                                        threads()))  # fmt: skip
+    return out

@@ -10,9 +10,11 @@ from torch import Tensor, nn
 
 from normzoo import functional
 from normzoo._native import zoo_kernels
+from normzoo._native.zoo_kernels import TOKENS_S0
 from normzoo.functional._stats import compute_dtype
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view, scale_shift
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
+from normzoo.norms._tokens import b0_tokens, group_tokens, use_token_kernels
 from normzoo.norms.base import Norm
 from normzoo.norms.batch import BatchNorm
 from normzoo.norms.group import resolve_groups
@@ -249,6 +251,13 @@ class EvoNormB0(BatchNorm):
     def _forward(self, x: Tensor) -> Tensor:
         update = self.training and self.track_running_stats
         factor = self._update_factor() if update else 0.0
+        if self.impl == "fast" and use_token_kernels(x, self.v, self.weight):
+            batch = self.training or self.running_var is None
+            running = None if batch else self.running_var
+            y, var_b = b0_tokens(x, self.v, self.weight, self.bias, running, self.eps)
+            if update:
+                self._blend_running_stats(None, var_b, factor, x.shape[0])
+            return y
         if self.impl == "fast" and not _one_per_row(x):
             return self._fast_forward(x, update, factor)
         y, var = functional.evonorm_b0(
@@ -364,6 +373,10 @@ class EvoNormS0(Norm):
             nn.init.ones_(self.v)
 
     def _forward(self, x: Tensor) -> Tensor:
+        if self.impl == "fast" and use_token_kernels(x, self.v, self.weight):
+            return group_tokens(
+                TOKENS_S0, x, self.v, self.weight, self.bias, self.num_groups, self.eps
+            )
         if self.impl == "fast" and not _one_per_row(x):
             return self._fast_forward(x)
         return functional.evonorm_s0(

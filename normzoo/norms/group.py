@@ -6,7 +6,9 @@ import torch
 from torch import Tensor
 
 from normzoo import functional
+from normzoo._native.zoo_kernels import TOKENS_GN
 from normzoo.norms._rownorm import native_group_norm, torch_group_norm, use_native_row_norm
+from normzoo.norms._tokens import group_tokens, use_token_kernels
 from normzoo.norms.base import Norm
 
 #: The GN paper's default number of groups.
@@ -94,6 +96,10 @@ class GroupNorm(Norm):
     def _forward(self, x: Tensor) -> Tensor:
         if self.impl == "reference":
             return functional.group_norm(x, self.num_groups, self.weight, self.bias, eps=self.eps)
+        if use_token_kernels(x, self.weight):  # (N, C): the fused token kernels
+            return group_tokens(
+                TOKENS_GN, x, None, self.weight, self.bias, self.num_groups, self.eps
+            )
         if use_native_row_norm(x, self.weight, self.num_groups):
             return native_group_norm(x, self.num_groups, self.weight, self.bias, self.eps)[0]
         return torch_group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
