@@ -741,3 +741,71 @@ def test_token_kernels_partial_gradients_double_backward_and_other_inputs(name):
     assert_double_backward_close(ours, x, lambda t: _token_reference(name, ours, t, params), x)
     for other in (torch.randn(4, 64), torch.randn(1024, 128)[:, ::2]):  # small; strided
         assert type(ours(other.requires_grad_()).grad_fn).__name__ not in dict(TOKEN_NORMS).values()
+
+
+# -- Ghost BN on tokens: batch_norm.c's kernel, every virtual batch in one call ---------------
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize(("n", "vbs"), [(1024, 32), (1000, 48), (640, 640)], ids=str)
+def test_ghost_tokens_equal_float64_reference(n, vbs, affine):
+    ours = normzoo.create("ghostbatchnorm", 80, virtual_batch_size=vbs, affine=affine)
+    ref = normzoo.create(
+        "ghostbatchnorm", 80, virtual_batch_size=vbs, affine=affine, impl="reference"
+    )
+    if affine:
+        with torch.no_grad():
+            ours.weight.uniform_(0.5, 1.5)
+            ours.bias.uniform_(-0.5, 0.5)
+    ref.load_state_dict(ours.state_dict())
+    ref.double()
+    for _ in range(2):  # twice: the running statistics carry over
+        x = (torch.randn(n, 80) * 3 + 2).requires_grad_()
+        y = ours(x)
+        assert type(y.grad_fn).__name__ == "_NativeGhostBatchNormBackward"
+        x64 = x.detach().double().requires_grad_()
+        y64 = ref(x64)
+        torch.testing.assert_close(y, y64.float(), **TOL)
+        g = torch.randn(n, 80)
+        params, p64 = list(ours.parameters()), list(ref.parameters())
+        got = torch.autograd.grad(y, [x, *params], g)
+        want = torch.autograd.grad(y64, [x64, *p64], g.double())
+        for a, e in zip(got, want, strict=True):
+            torch.testing.assert_close(a.double(), e, atol=1e-4, rtol=1e-4)
+    for mine, theirs in zip(ours.buffers(), ref.buffers(), strict=True):
+        torch.testing.assert_close(mine.double(), theirs.double(), atol=1e-5, rtol=1e-5)
+    assert int(ours.num_batches_tracked) == 2 * -(-n // vbs)
+    with torch.no_grad():  # no autograd: the same kernel
+        x = torch.randn(n, 80)
+        ours.train(), ref.train()
+        torch.testing.assert_close(ours(x), ref(x.double()).float(), **TOL)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_ghost_tokens_do_not_depend_on_the_thread_count(threads):
+    ours = normzoo.create("ghostbatchnorm", 72, virtual_batch_size=24)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+    x, g = torch.randn(1000, 72) * 3 + 1, torch.randn(1000, 72)
+
+    def run() -> list[torch.Tensor]:
+        xa = x.clone().requires_grad_()
+        y = ours(xa)
+        return [y, *torch.autograd.grad(y, [xa, ours.weight, ours.bias], g)]
+
+    assert_same_bits_for_any_thread_count(run, threads)
+
+
+def test_ghost_tokens_double_backward_and_partial_gradients():
+    ours = normzoo.create("ghostbatchnorm", 64, virtual_batch_size=128)
+    ref = normzoo.create("ghostbatchnorm", 64, virtual_batch_size=128, impl="reference")
+    x = torch.randn(1024, 64) * 2 + 1
+    assert_double_backward_close(ours, x, ref, x)
+    ours.weight.requires_grad_(False)
+    xa = x.clone().requires_grad_()
+    ours(xa).pow(2).sum().backward()
+    xr = x.clone().requires_grad_()
+    ref(xr).pow(2).sum().backward()
+    assert ours.weight.grad is None
+    torch.testing.assert_close(xa.grad, xr.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad, atol=1e-3, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"\(N, C\) tokens"):
+        normzoo._native.kernels.ghost_rows_forward(torch.randn(4, 8, 2), None, None, 1e-5, 2, False)

@@ -105,6 +105,11 @@ SIGNATURES: dict[str, dict[str, list]] = {
         "nz_bn_forward_cl": [P, P, P, P, P, P, P, P, I64, I64, I64, F64, INT],
         # dy, x, weight, mean, invstd, dx, dweight, dbias, work, max_blocks, R, C, threads
         "nz_bn_backward_cl": [P, P, P, P, P, P, P, P, P, I64, I64, I64, INT],
+        # ghost BN over rows: x, weight, bias, y, stats, var, R, C, rows per virtual batch,
+        # eps, threads
+        "nz_ghost_forward_rows": [P, P, P, P, P, P, I64, I64, I64, F64, INT],
+        # dy, x, weight, stats, dx, dweight, dbias, part, R, C, rows per virtual batch, threads
+        "nz_ghost_backward_rows": [P, P, P, P, P, P, P, P, I64, I64, I64, INT],
     },
     "row_norm": {
         # x, weight, bias, y, mean, rstd, var, N, G, Cg, L, eps, threads

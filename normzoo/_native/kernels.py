@@ -413,3 +413,57 @@ def batch_norm_backward_cl_unchecked(
         threads(),
     )  # fmt: skip
     return dx, dw, db
+
+
+# -- ghost batch norm on tokens: (N, C), N rows of C channels -----------------------------------
+def _check_rows(x: Tensor, *small: Tensor | None) -> None:
+    _check(x, *small)
+    if x.dim() != 2:
+        raise ValueError(f"native ghost batch norm takes (N, C) tokens, got shape {tuple(x.shape)}")
+
+
+def ghost_rows_forward(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    virtual_batch_size: int,
+    want_var: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Ghost batch norm of contiguous float32 ``x`` ``(N, C)`` in virtual batches of
+    ``virtual_batch_size`` rows (the last one smaller where ``N`` is not a multiple):
+    ``(y, stats, var)``, ``stats`` ``(V, 2, C)`` each virtual batch's
+    mean and invstd, ``var`` ``(V, C)`` their biased variances (``None`` unless ``want_var``)."""
+    _check_rows(x, weight, bias)
+    n, c = x.shape
+    batches = -(-n // virtual_batch_size)
+    y = torch.empty_like(x)
+    stats = x.new_empty(batches, 2, c)
+    var = x.new_empty(batches, c) if want_var else None
+    _fn("batch_norm", "nz_ghost_forward_rows")(
+        x.data_ptr(), _ptr(weight), _ptr(bias), y.data_ptr(), stats.data_ptr(), _ptr(var), n, c,
+        virtual_batch_size, eps, threads(),
+    )  # fmt: skip
+    return y, stats, var
+
+
+def ghost_rows_backward(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    stats: Tensor,
+    virtual_batch_size: int,
+    needs: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients ``(dx, dweight, dbias)`` of :func:`ghost_rows_forward` (``None`` where not
+    needed), the parameters' sums added over the virtual batches in order."""
+    dy = dy.contiguous()
+    _check_rows(x, dy, weight, stats)
+    n, c = x.shape
+    dx, dw, db = _grads(x, c, needs, None)
+    part = x.new_empty(stats.shape[0], 2, c)
+    _fn("batch_norm", "nz_ghost_backward_rows")(
+        dy.data_ptr(), x.data_ptr(), _ptr(weight), stats.data_ptr(), _ptr(dx), _ptr(dw),
+        _ptr(db), part.data_ptr(), n, c, virtual_batch_size, threads(),
+    )  # fmt: skip
+    return dx, dw, db

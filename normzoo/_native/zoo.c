@@ -862,48 +862,50 @@ void nz_group_tokens_backward(int op, const float *dy, const float *x, const flo
               o[i] = rs * (gy[i] * wc[i] - k0 - (p[i] - m) * k1);
           } else {
             const float *vc = v + c0;
-            /* the sigmoids of a group of up to NZ_CHUNK values are kept for dx */
-            float sig[NZ_CHUNK];
+            /* dd = h rstd s (1 + v x (1 - s)), dx's first term, kept for groups of up to
+             * NZ_CHUNK values (recomputed for larger ones) */
+            float dd[NZ_CHUNK];
             const int keep = K <= NZ_CHUNK;
             float s1 = 0.f; /* sum h x s */
-#define NZ_S0_SUMS                                                                           \
-  const float h = gy[i] * wc[i];                                                \
-  s1 += h * p[i] * s;                                                                        \
-  qw[i] += gy[i] * p[i] * s * rs;                                                            \
-  qb[i] += gy[i];                                                                            \
-  qv[i] += h * rs * p[i] * p[i] * s * (1.f - s)
+#define NZ_S0_TERMS                                                                          \
+  const float s = nz_sigmoid(vc[i] * p[i]), hs = gy[i] * wc[i] * s;                          \
+  const float e = hs * rs * (1.f - s) * p[i]; /* h rstd s (1 - s) x */                       \
+  const float di = hs * rs + vc[i] * e
             if (keep) {
 #pragma omp simd reduction(+ : s1)
               for (int64_t i = 0; i < K; ++i) {
-                const float s = sig[i] = nz_sigmoid(vc[i] * p[i]);
-                NZ_S0_SUMS;
+                NZ_S0_TERMS;
+                dd[i] = di;
+                s1 += hs * p[i];
+                qw[i] += gy[i] * p[i] * s * rs;
+                qb[i] += gy[i];
+                qv[i] += e * p[i];
               }
             } else {
 #pragma omp simd reduction(+ : s1)
               for (int64_t i = 0; i < K; ++i) {
-                const float s = nz_sigmoid(vc[i] * p[i]);
-                NZ_S0_SUMS;
+                NZ_S0_TERMS;
+                (void)di;
+                s1 += hs * p[i];
+                qw[i] += gy[i] * p[i] * s * rs;
+                qb[i] += gy[i];
+                qv[i] += e * p[i];
               }
             }
-#undef NZ_S0_SUMS
             if (!o) continue;
             const float k1 = rs * rs * rs * s1 / (float)K;
-#define NZ_S0_DX                                                                             \
-  o[i] = gy[i] * wc[i] * rs * s * (1.f + vc[i] * p[i] * (1.f - s)) - (p[i] - m) * k1
             if (keep) {
 #pragma omp simd
-              for (int64_t i = 0; i < K; ++i) {
-                const float s = sig[i];
-                NZ_S0_DX;
-              }
+              for (int64_t i = 0; i < K; ++i) o[i] = dd[i] - (p[i] - m) * k1;
             } else {
 #pragma omp simd
               for (int64_t i = 0; i < K; ++i) {
-                const float s = nz_sigmoid(vc[i] * p[i]);
-                NZ_S0_DX;
+                NZ_S0_TERMS;
+                (void)e;
+                o[i] = di - (p[i] - m) * k1;
               }
             }
-#undef NZ_S0_DX
+#undef NZ_S0_TERMS
           }
         }
       }
