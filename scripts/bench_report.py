@@ -52,12 +52,21 @@ channels-last kernel. Everything else (half precision, other layouts, small inpu
 torch's kernels, as does any machine where the kernels cannot be built (one warning).
 `NORMZOO_NATIVE=0` turns them off. BatchNorm also has kernels for float32 channels_last inputs
 (from 256K elements, or 32K with at most 8 channels), which read rows of C channels in
-fixed-size blocks of rows (the same result for any thread count). RMSNorm on float32 tokens
-`(..., C)` and FRN + TLU on float32 tokens `(N, C)` (from 32K elements) run fused kernels
-(`row_norm.c`): torch's CPU `rms_norm` is a chain of elementwise kernels, and FRN with no
-spatial positions is elementwise. The full matrix was measured last, after those kernels
-landed; the other CPU sections just before them, and before `-fno-math-errno` joined the
-build flags (it lets `sqrtf` vectorize; no other kernel calls a math function in a loop).
+fixed-size blocks of rows (the same result for any thread count).
+
+**Tokens.** Float32 token input (from 32K elements) runs fused kernels that read each row
+once: RMSNorm on `(..., C)` and FRN + TLU on `(N, C)` (`row_norm.c`: torch's CPU `rms_norm` is
+a chain of elementwise kernels, and FRN with no spatial positions is elementwise); GroupNorm
+and EvoNorm-S0 on `(N, C)` (`zoo.c`: the statistics of each row's groups of contiguous
+channels from the cached row, where torch's GroupNorm and the per-row kernels pay a fixed cost
+per value); EvoNorm-B0 on `(N, C)` (per-column batch moments in one sweep, then one
+elementwise sweep; the backward's column sums, then `dx`); Ghost BN on `(N, C)` (every
+virtual batch in one call, `batch_norm.c`, instead of one BN call per virtual batch). The
+parameters' column sums go per block of rows, added in block order (the same result for any
+thread count). The full matrix was measured last, after all of these landed; the other CPU
+sections before the token kernels (which serve no row of theirs), and before
+`-fno-math-errno` joined the build flags (it lets `sqrtf` vectorize; no conv-shape kernel
+calls a math function in a loop).
 
 The wider zoo runs on the same kind of kernels (`normzoo/_native/zoo.c`, contiguous **and**
 channels_last float32, read in place): SwitchableNorm, EvoNorm-B0/S0, FRN+TLU and
@@ -66,12 +75,13 @@ one elementwise map, so each forward is one native call (statistics, graph, map)
 backward one more (per-row sums, the graph's hand-written backward, `dx`). Batch Renorm is BN
 with the weight `w r` and bias `w d + b` on BatchNorm's native kernels (on channels_last: the
 statistics kernel, then one affine map); Ghost BN runs BatchNorm's native kernels per virtual
-batch, each writing its slice of one output (on a GPU, from 16 virtual batches, all of them at
-once in a few kernels); FrozenBatchNorm runs torch's inference kernel, and SyncBatchNorm outside
-a process group is BatchNorm. Building the C libraries on a cold cache took 0.4 s
-(`batch_norm.c`), 0.2 s (`row_norm.c`) and 4 s (`zoo.c`) here, and the C++ operator library
-32 s (`ops.cpp`), once per machine (per torch version for `ops.cpp`). The first-call times
-below were taken with a warm cache (a cold build shows as `native_build_s` in the JSON).
+batch, each writing its slice of one output (tokens: one call for all of them, above; on a
+GPU, from 16 virtual batches, all of them at once in a few kernels); FrozenBatchNorm runs
+torch's inference kernel, and SyncBatchNorm outside a process group is BatchNorm. Building
+the C libraries on a cold cache took 0.4 s (`batch_norm.c`), 0.2 s (`row_norm.c`) and 4 s
+(`zoo.c`) here, and the C++ operator library 32 s (`ops.cpp`), once per machine (per torch
+version for `ops.cpp`). The first-call times below were taken with a warm cache (a cold
+build shows as `native_build_s` in the JSON).
 
 **GPU.** `scripts/gpu_check.sh` is the GPU check as one script: `tests/test_cuda.py` (every
 norm on CUDA against the CPU and torch.nn, layouts, bfloat16 inputs, float64 gradients), this

@@ -18,6 +18,9 @@
  * statistics); channels_last runs tasks of (sample, block of NZ_CB channels), whose inner
  * loops are contiguous runs over the block's channels. Sums are float SIMD lanes, flushed
  * into double every NZ_CHUNK values of a row (NZ_CL_CHUNK channels_last).
+ *
+ * At the end of the file: token input (N, C) with no positions, where a per-row kernel's
+ * fixed cost would be paid per value (GroupNorm, EvoNorm-S0 and EvoNorm-B0 on tokens).
  */
 #include <math.h>
 #include <stddef.h>
