@@ -55,16 +55,17 @@ torch's kernels, as does any machine where the kernels cannot be built (one warn
 fixed-size blocks of rows (the same result for any thread count).
 
 **Tokens.** Float32 token input (from 32K elements) runs fused kernels that read each row
-once: RMSNorm on `(..., C)` and FRN + TLU on `(N, C)` (`row_norm.c`: torch's CPU `rms_norm` is
-a chain of elementwise kernels, and FRN with no spatial positions is elementwise); GroupNorm
-and EvoNorm-S0 on `(N, C)` (`zoo.c`: the statistics of each row's groups of contiguous
-channels from the cached row, where torch's GroupNorm and the per-row kernels pay a fixed cost
-per value); EvoNorm-B0 on `(N, C)` (per-column batch moments in one sweep, then one
-elementwise sweep; the backward's column sums, then `dx`); Ghost BN on `(N, C)` (every
-virtual batch in one call, `batch_norm.c`, instead of one BN call per virtual batch). The
-parameters' column sums go per block of rows, added in block order (the same result for any
-thread count). The full matrix was measured last, after all of these landed; the other CPU
-sections before the token kernels (which serve no row of theirs), and before
+once (`zoo.c`): RMSNorm on `(..., C)` and FRN + TLU on `(N, C)` (torch's CPU `rms_norm` is a
+chain of elementwise kernels, and FRN with no spatial positions is elementwise); GroupNorm and
+EvoNorm-S0 on `(N, C)` (the statistics of each row's groups of contiguous channels from the
+cached row, where torch's GroupNorm and the per-row kernels pay a fixed cost per value);
+EvoNorm-B0 on `(N, C)` (per-column batch moments in one sweep, then one elementwise sweep; the
+backward's column sums, then `dx`); Ghost BN on `(N, C)` (every virtual batch in one call,
+`batch_norm.c`, instead of one BN call per virtual batch). The parameters' column sums go per
+block of rows, added in block order (the same result for any thread count). The full matrix
+was measured last, after all of these landed (the RMSNorm and FRN token kernels then lived in
+`row_norm.c`; they moved to `zoo.c` unchanged but for the order of the `dtau` sum); the other
+CPU sections before the token kernels (which serve no row of theirs), and before
 `-fno-math-errno` joined the build flags (it lets `sqrtf` vectorize; no conv-shape kernel
 calls a math function in a loop).
 

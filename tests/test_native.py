@@ -485,7 +485,7 @@ def test_ops_group_norm_refuses_what_its_kernels_cannot_read_and_copies_other_st
     torch.testing.assert_close(y, torch.group_norm(strided, 3, None, None, 1e-5), **TOL)
 
 
-# -- RMSNorm on tokens: row_norm.c's fused kernels ---------------------------------------------
+# -- RMSNorm on tokens: zoo.c's fused token kernels ---------------------------------------------
 def _rms_pair(c: int, affine: bool):
     ours = normzoo.create("rmsnorm", c, channels_last=True, affine=affine)
     if affine:
@@ -557,7 +557,7 @@ def test_rms_tokens_partial_gradients_double_backward_and_small_inputs():
     assert type(ours(strided).grad_fn).__name__ != "_RMSTokensBackward"
 
 
-# -- FRN + TLU on tokens (no spatial positions): row_norm.c's elementwise kernels ------------
+# -- FRN + TLU on tokens (no spatial positions): zoo.c's elementwise token kernels ---------
 def _frn_tokens_case(c: int, ties: bool):
     ours = normzoo.create("frn", c)
     if not ties:  # default init (bias = tau = 0) makes x = 0 a tie of y with tau

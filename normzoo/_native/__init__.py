@@ -116,14 +116,6 @@ SIGNATURES: dict[str, dict[str, list]] = {
         "nz_row_forward": [P, P, P, P, P, P, P, I64, I64, I64, I64, F64, INT],
         # dy, x, weight, mean, rstd, dx, dweight, dbias, partial, N, G, Cg, L, threads
         "nz_row_backward": [P, P, P, P, P, P, P, P, P, I64, I64, I64, I64, INT],
-        # RMSNorm on tokens: x, weight, bias, y, rrms, R, C, eps, threads
-        "nz_rms_tokens_forward": [P, P, P, P, P, I64, I64, F64, INT],
-        # dy, x, weight, rrms, dx, dweight, dbias, partial, R, C, threads
-        "nz_rms_tokens_backward": [P, P, P, P, P, P, P, P, I64, I64, INT],
-        # FRN + TLU on tokens: x, weight, bias, tau, z, R, C, eps, threads
-        "nz_frn_tokens_forward": [P, P, P, P, P, I64, I64, F64, INT],
-        # dz, x, weight, bias, tau, dx, dweight, dbias, dtau, partial, R, C, eps, threads
-        "nz_frn_tokens_backward": [P, P, P, P, P, P, P, P, P, P, I64, I64, F64, INT],
     },
     "zoo": {
         # x, mean, var, N, C, L, channels_last, threads
@@ -145,6 +137,14 @@ SIGNATURES: dict[str, dict[str, list]] = {
         "nz_frn_backward": [P, P, P, P, P, P, F64, P, P, P, P, P, P, I64, I64, I64, INT, INT],
         "nz_rms_forward": [P, P, P, F64, P, P, P, P, I64, I64, I64, INT, INT],
         "nz_rms_backward": [P, P, P, P, P, P, F64, P, P, P, P, P, I64, I64, I64, INT, INT],
+        # RMSNorm on tokens: x, weight, bias, y, rrms, R, C, eps, threads
+        "nz_rms_tokens_forward": [P, P, P, P, P, I64, I64, F64, INT],
+        # dy, x, weight, rrms, dx, dweight, dbias, partial, R, C, threads
+        "nz_rms_tokens_backward": [P, P, P, P, P, P, P, P, I64, I64, INT],
+        # FRN + TLU on tokens: x, weight, bias, tau, z, R, C, eps, threads
+        "nz_frn_tokens_forward": [P, P, P, P, P, I64, I64, F64, INT],
+        # dz, x, weight, bias, tau, dx, dweight, dbias, dtau, partial, R, C, eps, threads
+        "nz_frn_tokens_backward": [P, P, P, P, P, P, P, P, P, P, I64, I64, F64, INT],
         # tokens (R rows of C): op, x, v, weight, bias, y, mean, rstd, R, C, G, eps, threads
         "nz_group_tokens_forward": [INT, P, P, P, P, P, P, P, I64, I64, I64, F64, INT],
         # op, dy, x, v, weight, mean, rstd, dx, dv, dweight, dbias, partial, R, C, G, threads

@@ -20,7 +20,8 @@
  * into double every NZ_CHUNK values of a row (NZ_CL_CHUNK channels_last).
  *
  * At the end of the file: token input (N, C) with no positions, where a per-row kernel's
- * fixed cost would be paid per value (GroupNorm, EvoNorm-S0 and EvoNorm-B0 on tokens).
+ * fixed cost would be paid per value (GroupNorm, EvoNorm-S0, EvoNorm-B0, RMSNorm and FRN + TLU
+ * on tokens).
  */
 #include <math.h>
 #include <stddef.h>
@@ -1043,5 +1044,163 @@ void nz_b0_tokens_backward(const float *dy, const float *x, const float *v, cons
         }
       }
     }
+  }
+}
+
+/* ---------------------------------------------------------------- RMSNorm on tokens --- *
+ * R rows (tokens) of C contiguous channels, normalized over the channels (Zhang and Sennrich,
+ * "Root Mean Square Layer Normalization", 2019), fused (torch's CPU rms_norm is a chain of
+ * elementwise kernels):
+ *   forward:  y = x rrms w_c + b_c,   rrms = 1 / sqrt(mean_c x^2 + eps)
+ *   backward: dx = rrms (w dy - x rrms^2 mean_c(w dy x)),
+ *             dw_c = sum_r dy x rrms,   db_c = sum_r dy
+ * A row is read once for its sum (float lanes, double totals) and again from cache for y or
+ * dx. dw and db: rows go in blocks of NZ_TOK_ROWS, each block's column sums in its own slot of
+ * `partial` (2 C floats per block), added in block order: the same bits for any thread count.
+ * w, b, dx, dw, db may be NULL. */
+NZ_INLINE double tok_dot(const float *a, const float *b, const float *w, int64_t n) {
+  double t = 0.0;
+  for (int64_t s = 0; s < n; s += NZ_CHUNK) {
+    const int64_t e = s + NZ_CHUNK < n ? s + NZ_CHUNK : n;
+    float r = 0.f;
+    if (w) {
+#pragma omp simd reduction(+ : r)
+      for (int64_t i = s; i < e; ++i) r += w[i] * a[i] * b[i];
+    } else {
+#pragma omp simd reduction(+ : r)
+      for (int64_t i = s; i < e; ++i) r += a[i] * b[i];
+    }
+    t += r;
+  }
+  return t;
+}
+
+void nz_rms_tokens_forward(const float *x, const float *w, const float *b, float *y,
+                           float *rrms, int64_t R, int64_t C, double eps, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t r = 0; r < R; ++r) {
+    const float *p = x + r * C;
+    float *o = y + r * C;
+    const float inv = (float)(1.0 / sqrt(tok_dot(p, p, NULL, C) / (double)C + eps));
+    rrms[r] = inv;
+    if (w && b) {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = p[c] * inv * w[c] + b[c];
+    } else if (w) {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = p[c] * inv * w[c];
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = p[c] * inv + (b ? b[c] : 0.f);
+    }
+  }
+}
+
+/* partial: 2 C ceil(R / NZ_TOK_ROWS) floats of scratch (used when dw or db is wanted). */
+void nz_rms_tokens_backward(const float *dy, const float *x, const float *w, const float *rrms,
+                            float *dx, float *dw, float *db, float *partial, int64_t R,
+                            int64_t C, int threads) {
+  const int64_t nb = (R + NZ_TOK_ROWS - 1) / NZ_TOK_ROWS;
+  const int sums = dw || db;
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      float *pdw = partial + blk * 2 * C, *pdb = pdw + C;
+      if (sums)
+        for (int64_t c = 0; c < C; ++c) pdw[c] = pdb[c] = 0.f;
+      const int64_t r1 = nz_min64((blk + 1) * NZ_TOK_ROWS, R);
+      for (int64_t r = blk * NZ_TOK_ROWS; r < r1; ++r) {
+        const float *p = x + r * C, *g = dy + r * C;
+        const float inv = rrms[r];
+        if (dx) {
+          const float k = inv * inv * inv * (float)(tok_dot(g, p, w, C) / (double)C);
+          float *o = dx + r * C;
+          if (w) {
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) o[c] = inv * w[c] * g[c] - p[c] * k;
+          } else {
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) o[c] = inv * g[c] - p[c] * k;
+          }
+        }
+        if (sums) {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            pdw[c] += g[c] * p[c] * inv;
+            pdb[c] += g[c];
+          }
+        }
+      }
+    }
+    float *const out[2] = {dw, db};
+    if (sums) tok_column_totals(partial, nb, C, 2, out);
+  }
+}
+
+/* ---------------------------------------------------------------- FRN on tokens -------- *
+ * Filter Response Normalization + TLU (Singh and Krishnan, CVPR 2020) on R rows of C channels
+ * with no spatial positions: the mean square of each (row, channel) is x^2 itself, so
+ *   forward:  z = max(w_c x q + b_c, tau_c),   q = 1 / sqrt(x^2 + eps)
+ *   backward: hh = dz where y > tau, dz / 2 at a tie (torch.maximum's split), else 0;
+ *             dx = w q hh (1 - q^2 x^2) = w hh eps q^3,
+ *             dw_c = sum_r q hh x,   db_c = sum_r hh,   dtau_c = sum_r (dz - hh).
+ * Elementwise in both directions; the column sums go per block of NZ_TOK_ROWS rows into
+ * `partial` (3 C floats per block), added in block order (the same bits for any thread count). */
+void nz_frn_tokens_forward(const float *x, const float *w, const float *b, const float *tau,
+                           float *z, int64_t R, int64_t C, double eps, int threads) {
+  const float e = (float)eps;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t r = 0; r < R; ++r) {
+    const float *p = x + r * C;
+    float *o = z + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const float y = w[c] * p[c] / sqrtf(p[c] * p[c] + e) + b[c];
+      o[c] = y > tau[c] ? y : tau[c];
+    }
+  }
+}
+
+/* partial: 3 C ceil(R / NZ_TOK_ROWS) floats of scratch. dx may be NULL. */
+void nz_frn_tokens_backward(const float *dz, const float *x, const float *w, const float *b,
+                            const float *tau, float *dx, float *dw, float *db, float *dtau,
+                            float *partial, int64_t R, int64_t C, double eps, int threads) {
+  const int64_t nb = (R + NZ_TOK_ROWS - 1) / NZ_TOK_ROWS;
+  const float e = (float)eps;
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      float *pw = partial + blk * 3 * C, *pb = pw + C, *pz = pw + 2 * C;
+      for (int64_t c = 0; c < 3 * C; ++c) pw[c] = 0.f;
+      const int64_t r1 = nz_min64((blk + 1) * NZ_TOK_ROWS, R);
+      for (int64_t r = blk * NZ_TOK_ROWS; r < r1; ++r) {
+        const float *p = x + r * C, *g = dz + r * C;
+        float *o = dx ? dx + r * C : NULL;
+/* hh and q of element c, then the column sums; the two loops differ only in writing dx */
+#define NZ_FRN_TERMS                                                                         \
+  const float q = 1.f / sqrtf(p[c] * p[c] + e), y = w[c] * p[c] * q + b[c];                 \
+  const float hh = g[c] * 0.5f * (1.f + (float)(y > tau[c]) - (float)(y < tau[c]));         \
+  pw[c] += q * hh * p[c];                                                                    \
+  pb[c] += hh;                                                                               \
+  pz[c] += g[c] - hh
+        if (o) {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            NZ_FRN_TERMS;
+            o[c] = w[c] * hh * e * q * q * q;
+          }
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            NZ_FRN_TERMS;
+          }
+        }
+#undef NZ_FRN_TERMS
+      }
+    }
+    float *const out[3] = {dw, db, dtau};
+    tok_column_totals(partial, nb, C, 3, out);
   }
 }

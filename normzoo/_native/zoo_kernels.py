@@ -442,3 +442,61 @@ def b0_tokens_backward(
                                         float(eps) ** 0.5, int(mean is not None),
                                         threads()))  # fmt: skip
     return out
+
+
+def _token_rows(x: Tensor) -> Tensor:
+    """``x`` ``(..., C)`` as ``(R, C)`` where contiguous (a view), else ``x`` (refused by
+    :func:`_check_tokens`)."""
+    return x.view(-1, x.shape[-1]) if x.dim() >= 1 and x.is_contiguous() else x
+
+
+def rms_tokens_forward(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """RMSNorm of contiguous ``x`` ``(..., C)`` over its last dim: ``(y, rrms)``, ``rrms`` the
+    inverse root mean square of each row, ``(R,)``."""
+    c = x.shape[-1]
+    r, _ = _check_tokens(_token_rows(x), weight, bias)
+    y = torch.empty_like(x)
+    rrms = x.new_empty(r)
+    _lib().nz_rms_tokens_forward(*_args(x, weight, bias, y, rrms, r, c, float(eps), threads()))
+    return y, rrms
+
+
+def rms_tokens_backward(
+    dy: Tensor, x: Tensor, weight: Tensor | None, rrms: Tensor, needs: tuple[bool, bool, bool]
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients ``(dx, dweight, dbias)`` of :func:`rms_tokens_forward` (``None`` where not
+    needed)."""
+    c = x.shape[-1]
+    dy = dy.contiguous()
+    r, _ = _check_tokens(_token_rows(x), dy, weight, rrms)
+    dx, dw, db = _grads(x, needs, c, c)
+    partial = x.new_empty(2 * c * -(-r // TOKEN_ROWS)) if needs[1] or needs[2] else None
+    _lib().nz_rms_tokens_backward(*_args(dy, x, weight, rrms, dx, dw, db, partial, r, c,
+                                         threads()))  # fmt: skip
+    return dx, dw, db
+
+
+def frn_tokens_forward(x: Tensor, weight: Tensor, bias: Tensor, tau: Tensor, eps: float) -> Tensor:
+    """FRN + TLU of ``x`` ``(R, C)`` (no spatial positions): ``max(w x / sqrt(x^2 + eps) + b,
+    tau)``."""
+    r, c = _check_tokens(x, weight, bias, tau)
+    z = torch.empty_like(x)
+    _lib().nz_frn_tokens_forward(*_args(x, weight, bias, tau, z, r, c, float(eps), threads()))
+    return z
+
+
+def frn_tokens_backward(
+    dz: Tensor, x: Tensor, weight: Tensor, bias: Tensor, tau: Tensor, eps: float, need_x: bool
+) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+    """``(dx, dweight, dbias, dtau)`` of :func:`frn_tokens_forward` (``dx`` ``None`` unless
+    ``need_x``)."""
+    dz = dz.contiguous()
+    r, c = _check_tokens(x, dz, weight, bias, tau)
+    dx = torch.empty_like(x) if need_x else None
+    dw, db, dtau = (x.new_empty(c) for _ in range(3))
+    partial = x.new_empty(3 * c * -(-r // TOKEN_ROWS))
+    _lib().nz_frn_tokens_backward(*_args(dz, x, weight, bias, tau, dx, dw, db, dtau, partial, r,
+                                         c, float(eps), threads()))  # fmt: skip
+    return dx, dw, db, dtau

@@ -80,7 +80,7 @@ TOKEN_MIN_NUMEL = 1 << 15
 
 class _FRNTokens(torch.autograd.Function):
     """FRN + TLU on token input ``(N, C)``, elementwise (the mean square over no spatial
-    positions is ``x^2``) on ``row_norm.c``'s kernels: one pass forward, one backward (``dx``
+    positions is ``x^2``) on ``zoo.c``'s token kernels: one pass forward, one backward (``dx``
     and the parameters' column sums). Double backward differentiates the reference math."""
 
     @staticmethod
@@ -89,7 +89,7 @@ class _FRNTokens(torch.autograd.Function):
     ) -> Tensor:
         ctx.save_for_backward(x, weight, bias, tau)
         ctx.eps = eps
-        return _kernels.frn_tokens_forward(x, weight, bias, tau, eps)
+        return zoo_kernels.frn_tokens_forward(x, weight, bias, tau, eps)
 
     @staticmethod
     def backward(ctx: Any, dz: Tensor) -> tuple[Any, ...]:  # type: ignore[override]
@@ -101,7 +101,7 @@ class _FRNTokens(torch.autograd.Function):
                 z = functional.filter_response_norm(x, weight, bias, tau, eps=ctx.eps)
             grads = iter(torch.autograd.grad(z, wanted, dz, create_graph=True))
             return (*(next(grads) if need else None for need in ctx.needs_input_grad[:4]), None)
-        dx, dw, db, dtau = _kernels.frn_tokens_backward(
+        dx, dw, db, dtau = zoo_kernels.frn_tokens_backward(
             dz, x, weight, bias, tau, ctx.eps, ctx.needs_input_grad[0]
         )
         return dx, dw, db, dtau, None
@@ -114,7 +114,7 @@ def frn_tokens(x: Tensor, weight: Tensor, bias: Tensor, tau: Tensor, eps: float)
     """
     if torch.is_grad_enabled() and _kernels.needs_grad(x, weight, bias, tau):
         return _FRNTokens.apply(x, weight, bias, tau, eps)
-    return _kernels.frn_tokens_forward(x, weight, bias, tau, eps)
+    return zoo_kernels.frn_tokens_forward(x, weight, bias, tau, eps)
 
 
 class _FRNSpec(RowNormSpec):
@@ -265,7 +265,7 @@ class FilterResponseNorm(Norm):
             and x.numel() >= TOKEN_MIN_NUMEL
             and x.is_contiguous()
             and not torch.compiler.is_compiling()
-            and _native.available("row_norm")
+            and _native.available("zoo")
         )
 
     def extra_repr(self) -> str:

@@ -66,12 +66,12 @@ def _use_native_tokens(x: Tensor, weight: Tensor | None) -> bool:
         and x.numel() >= TOKEN_MIN_NUMEL
         and x.is_contiguous()
         and not torch.compiler.is_compiling()
-        and _native.available("row_norm")
+        and _native.available("zoo")
     )
 
 
 class _RMSTokens(torch.autograd.Function):
-    """RMSNorm over the last dim plus a per-channel bias, on ``row_norm.c``'s fused kernels:
+    """RMSNorm over the last dim plus a per-channel bias, on ``zoo.c``'s fused token kernels:
     one read of ``x`` for the mean squares and one write of ``y``; the backward reads ``x``
     and ``dy`` once for ``dx`` and the parameters' column sums. Double backward
     (``create_graph=True``) differentiates torch's ``rms_norm`` instead."""
@@ -80,7 +80,7 @@ class _RMSTokens(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     ) -> Tensor:
-        y, rrms = _kernels.rms_tokens_forward(x, weight, bias, eps)
+        y, rrms = zoo_kernels.rms_tokens_forward(x, weight, bias, eps)
         ctx.save_for_backward(x, weight, rrms)
         ctx.has_bias, ctx.eps = bias is not None, eps
         return y
@@ -99,7 +99,7 @@ class _RMSTokens(torch.autograd.Function):
             dw = next(grads) if needs[1] else None
             db = dy.reshape(-1, x.shape[-1]).sum(0) if needs[2] else None
             return dx, dw, db, None
-        dx, dw, db = _kernels.rms_tokens_backward(dy, x, weight, rrms, needs)
+        dx, dw, db = zoo_kernels.rms_tokens_backward(dy, x, weight, rrms, needs)
         return dx, dw, db, None
 
 
@@ -111,7 +111,7 @@ def rms_tokens(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     """
     if torch.is_grad_enabled() and _kernels.needs_grad(x, weight, bias):
         return _RMSTokens.apply(x, weight, bias, eps)
-    return _kernels.rms_tokens_forward(x, weight, bias, eps)[0]
+    return zoo_kernels.rms_tokens_forward(x, weight, bias, eps)[0]
 
 
 class RMSNorm(Norm):
