@@ -14,7 +14,9 @@
  * Backward in two passes: nz_map_sums reads dy and x for the per-row sums that are dL/dp
  * (the caller backpropagates them through its small graph to dL/dmean, dL/dvar), then
  * nz_map_dx writes dx = (df/dx) dy + k1 (x - mean) + k0 (the statistics' share; k1 may be
- * NULL). Contiguous rows are one task each (read from cache for the second sweep of the
+ * NULL). For B0 and S0, whose df/dx costs a division or a sigmoid, the norms' backward
+ * writes (df/dx) dy into dx during the sums' pass and the second pass only adds the
+ * statistics' share (one sigmoid or division per element in the backward instead of two). Contiguous rows are one task each (read from cache for the second sweep of the
  * statistics); channels_last runs tasks of (sample, block of NZ_CB channels), whose inner
  * loops are contiguous runs over the block's channels. Sums are float SIMD lanes, flushed
  * into double every NZ_CHUNK values of a row (NZ_CL_CHUNK channels_last).
@@ -147,7 +149,7 @@ NZ_INLINE float nz_fwd(int op, float x, float p0, float p1, float p2, float p3, 
 }
 
 /* The row sums of the backward: dL/dp for one element, added into g[0..P-1]. */
-#define NZ_SUMS_BODY(op, g, dyv, xv, p0, p1, p2, p3)                                        \
+#define NZ_SUMS_BODY(op, g, dd, dyv, xv, p0, p1, p2, p3)                                    \
   do {                                                                                    \
     if (op == NZ_AFFINE) {                                                                \
       g##0 += dyv * xv;                                                                   \
@@ -161,11 +163,13 @@ NZ_INLINE float nz_fwd(int op, float x, float p0, float p1, float p2, float p3, 
       g##2 += 0.5f * u - tt;                                                              \
       g##3 += dyv * q;                                                                    \
       g##4 += dyv;                                                                        \
+      dd = r - 0.5f * p0 * u;                                                             \
     } else if (op == NZ_S0) {                                                             \
-      const float s = nz_sigmoid(p0 * xv), e = dyv * p1 * xv;                             \
-      g##0 += e * xv * s * (1.f - s);                                                     \
+      const float s = nz_sigmoid(p0 * xv), e = dyv * p1 * xv, t = e * s * (1.f - s);      \
+      g##0 += t * xv;                                                                     \
       g##1 += dyv * xv * s;                                                               \
       g##2 += dyv;                                                                        \
+      dd = dyv * p1 * s + p0 * t;                                                         \
     } else { /* h: dy where a x + b > tau, dy / 2 at a tie (torch.maximum), else 0 */     \
       const float y = xv * p0 + p1;                                                       \
       const float h = dyv * 0.5f * (1.f + (float)(y > p2) - (float)(y < p2));            \
@@ -250,8 +254,12 @@ NZ_INLINE void map_forward(const int op, const float *x, const float *params, fl
   }
 }
 
+/* direct (B0 and S0 only, may be NULL): (df/dx) dy of every element, laid out as x (the
+ * costly part of dx, computed here with the sums instead of again by map_dx). */
 NZ_INLINE void map_sums(const int op, const float *dy, const float *x, const float *params,
-                        float *grads, int64_t N, int64_t C, int64_t L, int cl, int threads) {
+                        float *grads, float *direct, int64_t N, int64_t C, int64_t L, int cl,
+                        int threads) {
+  const int keep = direct && (op == NZ_B0 || op == NZ_S0);
   const int P = NZ_NPARAMS[op];
   if (!cl) {
 #pragma omp for schedule(static)
@@ -263,10 +271,23 @@ NZ_INLINE void map_sums(const int op, const float *dy, const float *x, const flo
       for (int64_t i0 = 0; i0 < L; i0 += NZ_CHUNK) {
         const int64_t i1 = i0 + NZ_CHUNK < L ? i0 + NZ_CHUNK : L;
         float g0 = 0.f, g1 = 0.f, g2 = 0.f, g3 = 0.f, g4 = 0.f;
+        if (keep) {
+          float *o = direct + r * L;
 #pragma omp simd reduction(+ : g0, g1, g2, g3, g4)
-        for (int64_t i = i0; i < i1; ++i) {
-          const float dyv = gr[i], xv = xr[i];
-          NZ_SUMS_BODY(op, g, dyv, xv, p[0], p[1], p[2], p[3]);
+          for (int64_t i = i0; i < i1; ++i) {
+            const float dyv = gr[i], xv = xr[i];
+            float dd = 0.f;
+            NZ_SUMS_BODY(op, g, dd, dyv, xv, p[0], p[1], p[2], p[3]);
+            o[i] = dd;
+          }
+        } else {
+#pragma omp simd reduction(+ : g0, g1, g2, g3, g4)
+          for (int64_t i = i0; i < i1; ++i) {
+            const float dyv = gr[i], xv = xr[i];
+            float dd = 0.f;
+            NZ_SUMS_BODY(op, g, dd, dyv, xv, p[0], p[1], p[2], p[3]);
+            (void)dd;
+          }
         }
         acc[0] += g0, acc[1] += g1, acc[2] += g2, acc[3] += g3, acc[4] += g4;
       }
@@ -286,19 +307,36 @@ NZ_INLINE void map_sums(const int op, const float *dy, const float *x, const flo
       for (int64_t j = 0; j < k; ++j) acc[i][j] = 0.0;
     for (int64_t l0 = 0; l0 < L; l0 += NZ_CL_CHUNK) {
       const int64_t l1 = l0 + NZ_CL_CHUNK < L ? l0 + NZ_CL_CHUNK : L;
-      for (int i = 0; i < NZ_MAXP; ++i)
+      for (int i = 0; i < P; ++i)
         for (int64_t j = 0; j < k; ++j) f[i][j] = 0.f;
       for (int64_t l = l0; l < l1; ++l) {
         const float *xr = x + (n * L + l) * C + c0, *gr = dy + (n * L + l) * C + c0;
+        float *o = keep ? direct + (n * L + l) * C + c0 : NULL;
+/* P is a constant here (op is): no dead updates */
+#define NZ_CL_SUMS                                                                           \
+  const float dyv = gr[j], xv = xr[j];                                                       \
+  float g0 = 0.f, g1 = 0.f, g2 = 0.f, g3 = 0.f, g4 = 0.f, dd = 0.f;                          \
+  NZ_SUMS_BODY(op, g, dd, dyv, xv, p[0][j], p[1][j], p[2][j], p[3][j]);                      \
+  f[0][j] += g0, f[1][j] += g1;                                                              \
+  if (P > 2) f[2][j] += g2;                                                                  \
+  if (P > 3) f[3][j] += g3;                                                                  \
+  if (P > 4) f[4][j] += g4
+        if (o) {
 #pragma omp simd
-        for (int64_t j = 0; j < k; ++j) {
-          const float dyv = gr[j], xv = xr[j];
-          float g0 = 0.f, g1 = 0.f, g2 = 0.f, g3 = 0.f, g4 = 0.f;
-          NZ_SUMS_BODY(op, g, dyv, xv, p[0][j], p[1][j], p[2][j], p[3][j]);
-          f[0][j] += g0, f[1][j] += g1, f[2][j] += g2, f[3][j] += g3, f[4][j] += g4;
+          for (int64_t j = 0; j < k; ++j) {
+            NZ_CL_SUMS;
+            o[j] = dd;
+          }
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < k; ++j) {
+            NZ_CL_SUMS;
+            (void)dd;
+          }
         }
+#undef NZ_CL_SUMS
       }
-      for (int i = 0; i < NZ_MAXP; ++i)
+      for (int i = 0; i < P; ++i)
         for (int64_t j = 0; j < k; ++j) acc[i][j] += f[i][j];
     }
     for (int i = 0; i < P; ++i)
@@ -306,9 +344,10 @@ NZ_INLINE void map_sums(const int op, const float *dy, const float *x, const flo
   }
 }
 
+/* direct (may be NULL, may be dx): map_sums' (df/dx) dy, used instead of recomputing it. */
 NZ_INLINE void map_dx(const int op, const float *dy, const float *x, const float *params,
-                      const float *mean, const float *k1, const float *k0, float *dx,
-                      int64_t N, int64_t C, int64_t L, int cl, int threads) {
+                      const float *mean, const float *k1, const float *k0, const float *direct,
+                      float *dx, int64_t N, int64_t C, int64_t L, int cl, int threads) {
   const int P = NZ_NPARAMS[op];
   if (!cl) {
 #pragma omp for schedule(static)
@@ -318,9 +357,15 @@ NZ_INLINE void map_dx(const int op, const float *dy, const float *x, const float
       const float *xr = x + r * L, *gr = dy + r * L;
       float *o = dx + r * L;
       const float m = k1 ? mean[r] : 0.f, a = k1 ? k1[r] : 0.f, b = k1 ? k0[r] : 0.f;
+      if (direct) {
+        const float *d = direct + r * L;
 #pragma omp simd
-      for (int64_t i = 0; i < L; ++i)
-        o[i] = nz_dx(op, gr[i], xr[i], p[0], p[1], p[2], p[3]) + a * (xr[i] - m) + b;
+        for (int64_t i = 0; i < L; ++i) o[i] = d[i] + a * (xr[i] - m) + b;
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < L; ++i)
+          o[i] = nz_dx(op, gr[i], xr[i], p[0], p[1], p[2], p[3]) + a * (xr[i] - m) + b;
+      }
     }
     return;
   }
@@ -338,10 +383,16 @@ NZ_INLINE void map_dx(const int op, const float *dy, const float *x, const float
     for (int64_t l = 0; l < L; ++l) {
       const float *xr = x + (n * L + l) * C + c0, *gr = dy + (n * L + l) * C + c0;
       float *o = dx + (n * L + l) * C + c0;
+      if (direct) {
+        const float *d = direct + (n * L + l) * C + c0;
 #pragma omp simd
-      for (int64_t j = 0; j < k; ++j)
-        o[j] = nz_dx(op, gr[j], xr[j], p[0][j], p[1][j], p[2][j], p[3][j]) +
-               a[j] * (xr[j] - m[j]) + b[j];
+        for (int64_t j = 0; j < k; ++j) o[j] = d[j] + a[j] * (xr[j] - m[j]) + b[j];
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < k; ++j)
+          o[j] = nz_dx(op, gr[j], xr[j], p[0][j], p[1][j], p[2][j], p[3][j]) +
+                 a[j] * (xr[j] - m[j]) + b[j];
+      }
     }
   }
 }
@@ -351,15 +402,29 @@ void nz_map_forward(int op, const float *x, const float *params, float *y, int64
   NZ_DISPATCH(map_forward, op, threads, x, params, y, N, C, L, cl, threads);
 }
 
+static void map_sums_direct(int op, const float *dy, const float *x, const float *params,
+                            float *grads, float *direct, int64_t N, int64_t C, int64_t L, int cl,
+                            int threads) {
+  NZ_DISPATCH(map_sums, op, threads, dy, x, params, grads, direct, N, C, L, cl, threads);
+}
+
+static void map_dx_direct(int op, const float *dy, const float *x, const float *params,
+                          const float *mean, const float *k1, const float *k0,
+                          const float *direct, float *dx, int64_t N, int64_t C, int64_t L,
+                          int cl, int threads) {
+  NZ_DISPATCH(map_dx, op, threads, dy, x, params, mean, k1, k0, direct, dx, N, C, L, cl,
+              threads);
+}
+
 void nz_map_sums(int op, const float *dy, const float *x, const float *params, float *grads,
                  int64_t N, int64_t C, int64_t L, int cl, int threads) {
-  NZ_DISPATCH(map_sums, op, threads, dy, x, params, grads, N, C, L, cl, threads);
+  map_sums_direct(op, dy, x, params, grads, NULL, N, C, L, cl, threads);
 }
 
 void nz_map_dx(int op, const float *dy, const float *x, const float *params, const float *mean,
                const float *k1, const float *k0, float *dx, int64_t N, int64_t C, int64_t L,
                int cl, int threads) {
-  NZ_DISPATCH(map_dx, op, threads, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
+  map_dx_direct(op, dy, x, params, mean, k1, k0, NULL, dx, N, C, L, cl, threads);
 }
 
 /* ---------------------------------------------------------------- the norms ----------- *
@@ -414,7 +479,8 @@ void nz_b0_forward(const float *x, const float *v, const float *w, const float *
 void nz_b0_backward(const float *dy, const float *x, const float *params, const float *mean,
                     int batch, float *sums, float *k, float *dx, float *dv, float *dw,
                     float *db, int64_t N, int64_t C, int64_t L, int cl, int threads) {
-  nz_map_sums(NZ_B0, dy, x, params, sums, N, C, L, cl, threads);
+  /* dx holds (df/dx) dy from the sums' sweep until the last sweep adds the statistics' share */
+  map_sums_direct(NZ_B0, dy, x, params, sums, dx, N, C, L, cl, threads);
   float *k1 = k, *k0 = k + N * C;
   for (int64_t c = 0; c < C; ++c) {
     double sv = 0.0, ssb = 0.0, sw = 0.0, sbias = 0.0;
@@ -436,7 +502,7 @@ void nz_b0_backward(const float *dy, const float *x, const float *params, const 
       k0[r] = (float)(dmean / (double)L);
     }
   }
-  if (dx) nz_map_dx(NZ_B0, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
+  if (dx) map_dx_direct(NZ_B0, dy, x, params, mean, k1, k0, dx, dx, N, C, L, cl, threads);
 }
 
 /* The mean and the variance of group g of sample n, combined from its channels' (equal
@@ -480,7 +546,7 @@ void nz_s0_backward(const float *dy, const float *x, const float *params, const 
                     const float *var, const float *w, int64_t G, double eps, float *sums,
                     float *k, float *dx, float *dv, float *dw, float *db, int64_t N, int64_t C,
                     int64_t L, int cl, int threads) {
-  nz_map_sums(NZ_S0, dy, x, params, sums, N, C, L, cl, threads);
+  map_sums_direct(NZ_S0, dy, x, params, sums, dx, N, C, L, cl, threads); /* as B0's */
   float *k1 = k, *k0 = k + N * C;
   const int64_t size = C / G;
   for (int64_t c = 0; c < C; ++c) {
@@ -507,7 +573,7 @@ void nz_s0_backward(const float *dy, const float *x, const float *params, const 
         k0[n * C + c] = (float)((mean[n * C + c] - mg) * dvar_g * 2.0 / (double)size / (double)L);
       }
     }
-  if (dx) nz_map_dx(NZ_S0, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
+  if (dx) map_dx_direct(NZ_S0, dy, x, params, mean, k1, k0, dx, dx, N, C, L, cl, threads);
 }
 
 /* SwitchableNorm's mixture: for each row the mixed mean and variance, from the IN statistics,
