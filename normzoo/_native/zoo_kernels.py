@@ -117,8 +117,14 @@ def _args(*args: object) -> list[object]:
 
 
 def _small(*ts: Tensor | None) -> list[Tensor | None]:
-    """Per-channel inputs as contiguous float32 (a no-op for float32 parameters)."""
-    return [None if t is None else t.detach().to(torch.float32).contiguous() for t in ts]
+    """Per-channel inputs as contiguous float32: as they are when they already are (only
+    their memory is read), else converted copies."""
+    return [
+        t
+        if t is None or (t.dtype == torch.float32 and t.is_contiguous())
+        else t.detach().to(torch.float32).contiguous()
+        for t in ts
+    ]
 
 
 def _grads(x: Tensor, needs: tuple[bool, ...], *sizes: int) -> list[Tensor | None]:
