@@ -809,3 +809,32 @@ def test_ghost_tokens_double_backward_and_partial_gradients():
     torch.testing.assert_close(ours.bias.grad, ref.bias.grad, atol=1e-3, rtol=1e-4)
     with pytest.raises(ValueError, match=r"\(N, C\) tokens"):
         normzoo._native.kernels.ghost_rows_forward(torch.randn(4, 8, 2), None, None, 1e-5, 2, False)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    ("name", "node"),
+    [*TOKEN_NORMS, ("rmsnorm", "_RMSTokensBackward"), ("frn", "_FRNTokensBackward")],
+)
+def test_half_precision_tokens_run_the_kernels_in_float32(name, node, dtype):
+    # the input converted once, the float32 kernels, the output converted back: the float32
+    # result rounded, and gradients through both conversions
+    kwargs = {"channels_last": True} if name == "rmsnorm" else {}
+    ours = normzoo.create(name, 64, **kwargs)
+    x = (torch.randn(1024, 64) * 2 + 1).to(dtype).requires_grad_()
+    y = ours(x)
+    assert y.dtype == dtype
+    nodes, todo = set(), [y.grad_fn]
+    while todo:  # the graph holds the kernel's node behind the dtype conversion
+        fn = todo.pop()
+        if fn is not None and type(fn).__name__ not in nodes:
+            nodes.add(type(fn).__name__)
+            todo.extend(f for f, _ in fn.next_functions)
+    assert node in nodes
+    x32 = x.detach().float().requires_grad_()
+    want = ours(x32)
+    torch.testing.assert_close(y, want.to(dtype), atol=0, rtol=0)
+    g = torch.randn(1024, 64)
+    (dx,) = torch.autograd.grad(y, x, g.to(dtype))
+    (dx32,) = torch.autograd.grad(want, x32, g.to(dtype).float())
+    torch.testing.assert_close(dx, dx32.to(dtype), atol=0, rtol=0)

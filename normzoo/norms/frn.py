@@ -13,6 +13,7 @@ from normzoo._native import zoo_kernels
 from normzoo.functional._stats import compute_dtype
 from normzoo.norms._kernels import restore_format, row_view, scale_shift
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
+from normzoo.norms._tokens import TOKEN_DTYPES, TOKEN_MIN_NUMEL
 from normzoo.norms.base import Norm
 
 
@@ -73,11 +74,6 @@ class _FRNFunction(torch.autograd.Function):
         return dx, dweight, dbias, dtau, None
 
 
-#: FRN on tokens runs the fused kernels from this many elements (below, a call's fixed cost
-#: decides).
-TOKEN_MIN_NUMEL = 1 << 15
-
-
 class _FRNTokens(torch.autograd.Function):
     """FRN + TLU on token input ``(N, C)``, elementwise (the mean square over no spatial
     positions is ``x^2``) on ``zoo.c``'s token kernels: one pass forward, one backward (``dx``
@@ -112,6 +108,8 @@ def frn_tokens(x: Tensor, weight: Tensor, bias: Tensor, tau: Tensor, eps: float)
 
     .. math:: z = \max\left(\gamma \frac{x}{\sqrt{x^2 + \epsilon}} + \beta, \tau\right)
     """
+    if x.dtype != torch.float32:  # half precision: computed in float32
+        return frn_tokens(x.float(), weight, bias, tau, eps).to(x.dtype)
     if torch.is_grad_enabled() and _kernels.needs_grad(x, weight, bias, tau):
         return _FRNTokens.apply(x, weight, bias, tau, eps)
     return zoo_kernels.frn_tokens_forward(x, weight, bias, tau, eps)
@@ -251,16 +249,16 @@ class FilterResponseNorm(Norm):
 
     def _use_token_kernel(self, x: Tensor) -> bool:
         """Token input ``(N, C)`` (no spatial dims) in the default configuration, contiguous
-        float32 on the CPU from ``TOKEN_MIN_NUMEL`` elements: the fused elementwise kernels
-        (the reference math measured 9-15x BatchNorm1d's fwd+bwd on (4096, 1024) and
-        (2048, 4096) on a 2-core Xeon)."""
+        on the CPU (a ``TOKEN_DTYPES`` dtype) from ``TOKEN_MIN_NUMEL`` elements: the fused
+        elementwise kernels (the reference math measured 9-15x BatchNorm1d's fwd+bwd on
+        (4096, 1024) and (2048, 4096) on a 2-core Xeon)."""
         return (
             x.dim() == 2
             and self.weight is not None
             and self.tau is not None
             and self.eps_learned is None
             and x.is_cpu
-            and x.dtype == torch.float32
+            and x.dtype in TOKEN_DTYPES
             and self.weight.dtype == torch.float32
             and x.numel() >= TOKEN_MIN_NUMEL
             and x.is_contiguous()

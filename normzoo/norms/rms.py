@@ -15,6 +15,7 @@ from normzoo.functional._stats import affine as _affine
 from normzoo.functional._stats import compute_dtype
 from normzoo.norms._kernels import RowAffine, RowMeanSquare, restore_format, row_view
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
+from normzoo.norms._tokens import TOKEN_DTYPES, TOKEN_MIN_NUMEL
 from normzoo.norms.base import Norm
 
 
@@ -49,18 +50,13 @@ class _RMSSpec(RowNormSpec):
         )
 
 
-#: Token RMSNorm runs the fused native kernel from this many elements (measured on a 2-core
-#: Xeon: at (4096, 1024) and (2048, 4096) torch's CPU ``rms_norm``, a chain of elementwise
-#: kernels, took 3-5x BatchNorm1d's fwd+bwd); below, a call's fixed cost decides.
-TOKEN_MIN_NUMEL = 1 << 15
-
-
 def _use_native_tokens(x: Tensor, weight: Tensor | None) -> bool:
-    """Contiguous float32 CPU token input ``(..., C)`` of at least ``TOKEN_MIN_NUMEL``
-    elements, outside ``torch.compile``, with the native kernels available."""
+    """Contiguous CPU token input ``(..., C)`` (a ``TOKEN_DTYPES`` dtype) of at least
+    ``TOKEN_MIN_NUMEL`` elements, outside ``torch.compile``, with the native kernels
+    available."""
     return (
         x.is_cpu
-        and x.dtype == torch.float32
+        and x.dtype in TOKEN_DTYPES
         and (weight is None or weight.dtype == torch.float32)
         and x.dim() >= 1
         and x.numel() >= TOKEN_MIN_NUMEL
@@ -104,11 +100,14 @@ class _RMSTokens(torch.autograd.Function):
 
 
 def rms_tokens(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
-    r"""``F.rms_norm(x, (C,), weight, eps) + bias`` for contiguous float32 CPU ``x``
-    ``(..., C)`` on the fused native kernels (see :func:`_use_native_tokens`).
+    r"""``F.rms_norm(x, (C,), weight, eps) + bias`` for contiguous CPU ``x`` ``(..., C)`` on
+    the fused native kernels (see :func:`_use_native_tokens`; half precision computed in
+    float32).
 
     .. math:: y = \frac{x}{\sqrt{\mathrm{mean}_c\, x^2 + \epsilon}} \, w + b
     """
+    if x.dtype != torch.float32:  # half precision: computed in float32
+        return rms_tokens(x.float(), weight, bias, eps).to(x.dtype)
     if torch.is_grad_enabled() and _kernels.needs_grad(x, weight, bias):
         return _RMSTokens.apply(x, weight, bias, eps)
     return zoo_kernels.rms_tokens_forward(x, weight, bias, eps)[0]
