@@ -62,18 +62,22 @@ cached row, where torch's GroupNorm and the per-row kernels pay a fixed cost per
 EvoNorm-B0 on `(N, C)` (per-column batch moments in one sweep, then one elementwise sweep; the
 backward's column sums, then `dx`); Ghost BN on `(N, C)` (every virtual batch in one call,
 `batch_norm.c`, instead of one BN call per virtual batch). The parameters' column sums go per
-block of rows, added in block order (the same result for any thread count). The full matrix
-was measured last, after all of these landed (the RMSNorm and FRN token kernels then lived in
-`row_norm.c`; they moved to `zoo.c` unchanged but for the order of the `dtau` sum); the other
-CPU sections before the token kernels (which serve no row of theirs), and before
-`-fno-math-errno` joined the build flags (it lets `sqrtf` vectorize; no conv-shape kernel
-calls a math function in a loop).
+block of rows, added in block order (the same result for any thread count). Half-precision
+token input is converted to float32 for these kernels and back (as the conv paths do).
+
+**Which code each section ran.** The full matrix and the wider-zoo section were measured
+last, after all of the above landed. The other CPU sections were measured before the token
+kernels (which serve none of their rows), before EvoNorm-B0/S0's one-sigmoid backward (none
+of their rows either), and before `-fno-math-errno` joined the build flags (it lets `sqrtf`
+vectorize; no conv-shape kernel calls a math function in a loop).
 
 The wider zoo runs on the same kind of kernels (`normzoo/_native/zoo.c`, contiguous **and**
 channels_last float32, read in place): SwitchableNorm, EvoNorm-B0/S0, FRN+TLU and
 channels-first RMSNorm are each per-(sample, channel) statistics, a small per-row graph and
 one elementwise map, so each forward is one native call (statistics, graph, map) and each
-backward one more (per-row sums, the graph's hand-written backward, `dx`). Batch Renorm is BN
+backward one more (per-row sums, the graph's hand-written backward, `dx`; for EvoNorm-B0/S0
+the sums' sweep also writes `(df/dx) dy`, so the division or the sigmoid runs once per element
+in the backward). Batch Renorm is BN
 with the weight `w r` and bias `w d + b` on BatchNorm's native kernels (on channels_last: the
 statistics kernel, then one affine map); Ghost BN runs BatchNorm's native kernels per virtual
 batch, each writing its slice of one output (tokens: one call for all of them, above; on a
