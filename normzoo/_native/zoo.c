@@ -827,6 +827,15 @@ void nz_rms_backward(const float *dy, const float *x, const float *params, const
 
 static inline int64_t nz_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+/* Block blk of the rows: its slot of S C floats in `partial`, zeroed, and its last row + 1. */
+NZ_INLINE float *tok_block(float *partial, int64_t blk, int S, int64_t C, int64_t R,
+                           int64_t *r1) {
+  float *slot = partial + blk * S * C;
+  for (int64_t c = 0; c < S * C; ++c) slot[c] = 0.f;
+  *r1 = nz_min64((blk + 1) * NZ_TOK_ROWS, R);
+  return slot;
+}
+
 /* Mean and biased variance of p[0..n) in one sweep of shifted sums (shift p[0], see
  * nz_column_stats), float lanes, double per NZ_CHUNK values. */
 NZ_INLINE void tok_moments(const float *p, int64_t n, float *mean, float *var) {
@@ -904,9 +913,8 @@ void nz_group_tokens_backward(int op, const float *dy, const float *x, const flo
   {
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < nb; ++blk) {
-      float *pw = partial + blk * 3 * C, *pb = pw + C, *pv = pw + 2 * C;
-      for (int64_t c = 0; c < 3 * C; ++c) pw[c] = 0.f;
-      const int64_t r1 = nz_min64((blk + 1) * NZ_TOK_ROWS, R);
+      int64_t r1;
+      float *pw = tok_block(partial, blk, 3, C, R, &r1), *pb = pw + C, *pv = pw + 2 * C;
       for (int64_t r = blk * NZ_TOK_ROWS; r < r1; ++r) {
         for (int64_t g = 0; g < G; ++g) {
           const int64_t c0 = g * K;
@@ -996,9 +1004,8 @@ void nz_column_stats(const float *x, float *mean, float *var, float *partial, in
   {
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < nb; ++blk) {
-      float *s1 = partial + blk * 2 * C, *s2 = s1 + C;
-      for (int64_t c = 0; c < 2 * C; ++c) s1[c] = 0.f;
-      const int64_t r1 = nz_min64((blk + 1) * NZ_TOK_ROWS, R);
+      int64_t r1;
+      float *s1 = tok_block(partial, blk, 2, C, R, &r1), *s2 = s1 + C;
       for (int64_t r = blk * NZ_TOK_ROWS; r < r1; ++r) {
         const float *p = x + r * C;
 #pragma omp simd
@@ -1061,9 +1068,9 @@ void nz_b0_tokens_backward(const float *dy, const float *x, const float *v, cons
   {
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < nb; ++blk) {
-      float *pv = partial + blk * 4 * C, *pw = pv + C, *pb = pv + 2 * C, *ps = pv + 3 * C;
-      for (int64_t c = 0; c < 4 * C; ++c) pv[c] = 0.f;
-      const int64_t r1 = nz_min64((blk + 1) * NZ_TOK_ROWS, R);
+      int64_t r1;
+      float *pv = tok_block(partial, blk, 4, C, R, &r1), *pw = pv + C, *pb = pv + 2 * C;
+      float *ps = pv + 3 * C;
       for (int64_t r = blk * NZ_TOK_ROWS; r < r1; ++r) {
         const float *p = x + r * C, *g = dy + r * C;
         float *o = fused && dx ? dx + r * C : NULL;
@@ -1238,9 +1245,8 @@ void nz_frn_tokens_backward(const float *dz, const float *x, const float *w, con
   {
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < nb; ++blk) {
-      float *pw = partial + blk * 3 * C, *pb = pw + C, *pz = pw + 2 * C;
-      for (int64_t c = 0; c < 3 * C; ++c) pw[c] = 0.f;
-      const int64_t r1 = nz_min64((blk + 1) * NZ_TOK_ROWS, R);
+      int64_t r1;
+      float *pw = tok_block(partial, blk, 3, C, R, &r1), *pb = pw + C, *pz = pw + 2 * C;
       for (int64_t r = blk * NZ_TOK_ROWS; r < r1; ++r) {
         const float *p = x + r * C, *g = dz + r * C;
         float *o = dx ? dx + r * C : NULL;
