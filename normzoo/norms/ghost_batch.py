@@ -151,7 +151,8 @@ class GhostBatchNorm(BatchNorm):
         virtual_batch_size: samples per virtual batch, ``> 0``. Default ``32``.
         eps, momentum, affine, track_running_stats: as ``BatchNorm``.
         impl: ``"fast"`` (BatchNorm's native kernels per virtual batch where BatchNorm would
-            use them, else torch's BN kernel per virtual batch) or ``"reference"``.
+            use them, one native call for every virtual batch of float32 tokens ``(N, C)``,
+            else torch's BN kernel per virtual batch) or ``"reference"``.
 
     Reference: E. Hoffer, I. Hubara, D. Soudry, "Train longer, generalize better: closing the
     generalization gap in large batch training of neural networks", NeurIPS 2017.

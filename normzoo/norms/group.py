@@ -66,7 +66,8 @@ class GroupNorm(Norm):
         group_size: channels per group, instead of ``num_groups``.
         eps: added to the variance. Default ``1e-5``.
         affine: learn per-channel ``weight`` and ``bias``. Default ``True``.
-        impl: ``"fast"`` (the native kernel) or ``"reference"`` (``normzoo.functional``).
+        impl: ``"fast"`` (the native kernels, fused ones for tokens ``(N, C)``) or
+            ``"reference"`` (``normzoo.functional``).
 
     Reference: Y. Wu, K. He, "Group Normalization", ECCV 2018.
     """
