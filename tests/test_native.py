@@ -498,7 +498,7 @@ def _rms_pair(c: int, affine: bool):
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("shape", [(2048, 64), (3, 300, 40), (1000, 37), (40, 1030)], ids=str)
 def test_rms_tokens_equal_float64_torch(shape, affine):
-    from normzoo.norms.rms import TOKEN_MIN_NUMEL
+    from normzoo.norms._tokens import TOKEN_MIN_NUMEL
 
     assert math.prod(shape) >= TOKEN_MIN_NUMEL  # the native path
     c = shape[-1]

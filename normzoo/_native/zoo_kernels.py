@@ -365,7 +365,7 @@ def group_tokens_forward(
         raise ValueError(
             f"group_tokens_forward: groups={groups} must divide C={c} (and S0 needs v)"
         )
-    v, weight, bias = _small(v, *_affine(x, weight, bias))
+    v, weight, bias = _small(v, _filled(weight, x, 1.0), _filled(bias, x, 0.0))
     y = torch.empty_like(x)
     stats = x.new_empty(2, r, groups)
     _lib().nz_group_tokens_forward(*_args(op, x, v, weight, bias, y, stats[0], stats[1], r, c,
@@ -388,7 +388,7 @@ def group_tokens_backward(
     dy = dy.contiguous()
     r, c = _check_tokens(x, dy, mean, rstd)
     groups = mean.shape[1]
-    v, weight = _small(v, _affine(x, weight, None)[0])
+    v, weight = _small(v, _filled(weight, x, 1.0))
     out = _grads(x, needs, c, c, c)
     partial = x.new_empty(3 * c * -(-r // TOKEN_ROWS))
     _lib().nz_group_tokens_backward(*_args(op, dy, x, v, weight, mean, rstd, *out, partial, r, c,
@@ -396,13 +396,10 @@ def group_tokens_backward(
     return out
 
 
-def _affine(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``weight`` and ``bias``, ones and zeros ``(C,)`` where ``None``."""
-    c = x.shape[-1]
-    return (
-        x.new_ones(c) if weight is None else weight,
-        x.new_zeros(c) if bias is None else bias,
-    )
+def _filled(t: Tensor | None, x: Tensor, value: float) -> Tensor:
+    """``t``, or ``(C,)`` filled with ``value`` where ``None`` (kernels that take the affine
+    parameters as required: no branch in their vector loops)."""
+    return x.new_full((x.shape[-1],), value) if t is None else t
 
 
 def column_stats(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -420,7 +417,7 @@ def b0_tokens_forward(
     """EvoNorm-B0 of ``x`` ``(R, C)`` given ``s_b = sqrt(var_b + eps)`` ``(C,)``:
     ``x / max(s_b, v x + sqrt(eps)) * w + b``."""
     r, c = _check_tokens(x, s_b)
-    v, weight, bias = _small(v, *_affine(x, weight, bias))
+    v, weight, bias = _small(v, _filled(weight, x, 1.0), _filled(bias, x, 0.0))
     y = torch.empty_like(x)
     _lib().nz_b0_tokens_forward(*_args(x, v, s_b, weight, bias, y, r, c, float(eps) ** 0.5,
                                        threads()))  # fmt: skip
@@ -441,7 +438,7 @@ def b0_tokens_backward(
     ``mean`` (``s_b`` from the batch variance) ``dx`` includes the variance's share."""
     dy = dy.contiguous()
     r, c = _check_tokens(x, dy, s_b, mean)
-    v, weight = _small(v, _affine(x, weight, None)[0])
+    v, weight = _small(v, _filled(weight, x, 1.0))
     out = _grads(x, needs, c, c, c)
     partial, k = x.new_empty(4 * c * -(-r // TOKEN_ROWS)), x.new_empty(c)
     _lib().nz_b0_tokens_backward(*_args(dy, x, v, s_b, weight, mean, *out, partial, k, r, c,

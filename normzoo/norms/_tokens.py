@@ -31,12 +31,12 @@ TOKEN_MIN_NUMEL = 1 << 15
 TOKEN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def use_token_kernels(x: Tensor, *params: Tensor | None) -> bool:
-    """Contiguous CPU ``(N, C)`` input (a ``TOKEN_DTYPES`` dtype) of at least
-    ``TOKEN_MIN_NUMEL`` elements and float32 parameters, outside ``torch.compile``, with the
-    native kernels available."""
+def use_token_kernels(x: Tensor, *params: Tensor | None, any_rank: bool = False) -> bool:
+    """Contiguous CPU ``(N, C)`` input (``any_rank``: ``(..., C)``, RMSNorm's tokens) of a
+    ``TOKEN_DTYPES`` dtype and at least ``TOKEN_MIN_NUMEL`` elements, float32 parameters,
+    outside ``torch.compile``, with the native kernels available."""
     return (
-        x.dim() == 2
+        (x.dim() >= 1 if any_rank else x.dim() == 2)
         and x.is_cpu
         and x.dtype in TOKEN_DTYPES
         and x.numel() >= TOKEN_MIN_NUMEL

@@ -7,13 +7,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from normzoo import _native, functional
+from normzoo import functional
 from normzoo._native import kernels as _kernels
 from normzoo._native import zoo_kernels
 from normzoo.functional._stats import compute_dtype
 from normzoo.norms._kernels import restore_format, row_view, scale_shift
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
-from normzoo.norms._tokens import TOKEN_DTYPES, TOKEN_MIN_NUMEL
+from normzoo.norms._tokens import use_token_kernels
 from normzoo.norms.base import Norm
 
 
@@ -249,22 +249,15 @@ class FilterResponseNorm(Norm):
         )
 
     def _use_token_kernel(self, x: Tensor) -> bool:
-        """Token input ``(N, C)`` (no spatial dims) in the default configuration, contiguous
-        on the CPU (a ``TOKEN_DTYPES`` dtype) from ``TOKEN_MIN_NUMEL`` elements: the fused
-        elementwise kernels (the reference math measured 9-15x BatchNorm1d's fwd+bwd on
-        (4096, 1024) and (2048, 4096) on a 2-core Xeon)."""
+        """Token input ``(N, C)`` (no spatial dims) in the default configuration where
+        :func:`use_token_kernels` holds: the fused elementwise kernels (the reference math
+        measured 9-15x BatchNorm1d's fwd+bwd on (4096, 1024) and (2048, 4096) on a 2-core
+        Xeon)."""
         return (
-            x.dim() == 2
-            and self.weight is not None
+            self.weight is not None
             and self.tau is not None
             and self.eps_learned is None
-            and x.is_cpu
-            and x.dtype in TOKEN_DTYPES
-            and self.weight.dtype == torch.float32
-            and x.numel() >= TOKEN_MIN_NUMEL
-            and x.is_contiguous()
-            and not torch.compiler.is_compiling()
-            and _native.available("zoo")
+            and use_token_kernels(x, self.weight)
         )
 
     def extra_repr(self) -> str:

@@ -8,14 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normzoo import _native, functional
+from normzoo import functional
 from normzoo._native import kernels as _kernels
 from normzoo._native import zoo_kernels
 from normzoo.functional._stats import affine as _affine
 from normzoo.functional._stats import compute_dtype
 from normzoo.norms._kernels import RowAffine, RowMeanSquare, restore_format, row_view
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
-from normzoo.norms._tokens import TOKEN_DTYPES, TOKEN_MIN_NUMEL
+from normzoo.norms._tokens import use_token_kernels
 from normzoo.norms.base import Norm
 
 
@@ -48,22 +48,6 @@ class _RMSSpec(RowNormSpec):
         return zoo_kernels.rms_backward(
             dy, x, self.p, self.mean, self.var, inputs[0], self.eps, needs
         )
-
-
-def _use_native_tokens(x: Tensor, weight: Tensor | None) -> bool:
-    """Contiguous CPU token input ``(..., C)`` (a ``TOKEN_DTYPES`` dtype) of at least
-    ``TOKEN_MIN_NUMEL`` elements, outside ``torch.compile``, with the native kernels
-    available."""
-    return (
-        x.is_cpu
-        and x.dtype in TOKEN_DTYPES
-        and (weight is None or weight.dtype == torch.float32)
-        and x.dim() >= 1
-        and x.numel() >= TOKEN_MIN_NUMEL
-        and x.is_contiguous()
-        and not torch.compiler.is_compiling()
-        and _native.available("zoo")
-    )
 
 
 class _RMSTokens(torch.autograd.Function):
@@ -101,7 +85,7 @@ class _RMSTokens(torch.autograd.Function):
 
 def rms_tokens(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
     r"""``F.rms_norm(x, (C,), weight, eps) + bias`` for contiguous CPU ``x`` ``(..., C)`` on
-    the fused native kernels (see :func:`_use_native_tokens`; half precision computed in
+    the fused native kernels (see :func:`use_token_kernels`; half precision computed in
     float32).
 
     .. math:: y = \frac{x}{\sqrt{\mathrm{mean}_c\, x^2 + \epsilon}} \, w + b
@@ -178,7 +162,7 @@ class RMSNorm(Norm):
                 return y.to(x.dtype)
             return self._rows_forward(xf).to(x.dtype)
         if self.channels_last:
-            if _use_native_tokens(x, self.weight):
+            if use_token_kernels(x, self.weight, any_rank=True):
                 return rms_tokens(x, self.weight, self.bias, self.eps)
             y = F.rms_norm(xf, (self.num_features,), self.weight, self.eps)
             y = y if self.bias is None else y + self.bias
