@@ -100,6 +100,11 @@ torch.nn are about 1, and their bandwidth is torch's), and the wider zoo runs it
 several torch kernels per pass, which the GPU rows show to be several times slower than
 BatchNorm at the issue's shapes and closer to it at the GPU-sized ones. The first GPU run's
 failing rows (listed in its section) were bugs, fixed and measured again in the sections after it.
+A later session re-ran the harness on an H200 (float32, the large shapes; still the eager zoo
+paths), then measured compiling the zoo's reference math with `torch.compile` (Triton) against
+those eager paths (`scripts/gpu_fused_ab.py`, the last section): EvoNorm-B0, EvoNorm-S0, FRN
+and SwitchableNorm now take that fused path on CUDA where it measured faster (1.1-3.4x), at a
+first-call compile of 2-53 s per kind of call. The GPU bench sections above predate it.
 
 **Read the numbers with care.** They were measured on a 2-core VM (load averages are
 recorded with each run, and per row in the JSON). On the CPU a large part of each call is the
@@ -215,6 +220,39 @@ def bandwidth_table(rows: list[dict[str, Any]]) -> str:
             f"{r['bwd_ms']:.3f} | {r['bwd_copy_fraction']:.2f} | {torch_ms} |"
         )
     return "\n".join(out)
+
+
+def fused_ab_table(rows: list[dict[str, Any]]) -> str:
+    """``scripts/gpu_fused_ab.py`` rows: the fused CUDA path against the eager one."""
+    out = [
+        "| norm | shape | layout | dtype | fused ms | eager ms | speed-up | fused vs BN "
+        "| eager vs BN | fused copy fraction | first call s |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        first = f"{r['first_call_s']:.1f}" + (" (fell back)" if r["fallback"] else "")
+        out.append(
+            f"| {r['norm']} | {_shape(r)} | {r['format']} | {r['dtype']} | "
+            f"{r['fused_ms']:.3f} | {r['eager_ms']:.3f} | {r['speedup']:.2f} | "
+            f"{r['fused_vs_bn']:.2f} | {r['eager_vs_bn']:.2f} | "
+            f"{r['fused_copy_fraction']:.2f} | {first} |"
+        )
+    return "\n".join(out)
+
+
+FUSED_AB_INTRO = """\
+The wider zoo's fused CUDA path (`normzoo/norms/_gpu.py`: the reference math compiled by
+`torch.compile` into Triton kernels) against the eager paths it replaces, on the same module:
+compiling on and off, interleaved in one process with `nn.BatchNorm` and a `copy_`, fwd+bwd,
+float32 unless stated, medians of 25 (CUDA events). `first call s` is the first fwd+bwd with
+compiling on, compile included (a cold cache; 0.0 where an earlier row had compiled that kind
+of call, dynamic shapes). The dispatch follows this table: EvoNorm-B0, FRN and SwitchableNorm
+take the fused path from 256K elements, EvoNorm-S0 too except conv inputs from 16M elements
+(3x slower fused at (256, 64, 64, 64)); RMSNorm and Batch Renorm, without a clear gain, keep
+their eager paths. RMSNorm's token rows time its eager path twice (its token mode was never
+dispatched to the fused path), so they show this run's noise: 0.90-0.99. The run was cut by
+its time limit after the first bfloat16 row.
+"""
 
 
 def largest_shapes(rows: list[dict[str, Any]]) -> list[list[int]]:
@@ -380,6 +418,10 @@ def main() -> None:
         default="docs/img/bench_cuda.png",
         help="the plot of the first run with CUDA float32 contiguous rows",
     )
+    p.add_argument(
+        "--fused-ab",
+        help="output of scripts/gpu_fused_ab.py --json: a section after the runs",
+    )
     args = p.parse_args()
     runs = []
     for path in args.json:
@@ -409,6 +451,18 @@ def main() -> None:
         parts.append(f"## {title}\n")
         rel = plot_rel if i == 0 else cuda_rel if i == cuda_run else None
         parts.append(page(data, path, rel, level=3))
+    if args.fused_ab:
+        with open(args.fused_ab) as f:
+            ab_rows = json.load(f)
+        rel = os.path.relpath(args.fused_ab, "docs")
+        parts.append(
+            "## GPU: the fused CUDA path of the wider zoo\n\n"
+            + FUSED_AB_INTRO
+            + f"\n- command: `python scripts/gpu_fused_ab.py --json {args.fused_ab}`\n"
+            + f"- data: [`{args.fused_ab}`]({rel})\n\n"
+            + fused_ab_table(ab_rows)
+            + "\n"
+        )
     with open(args.out, "w") as f:
         f.write("\n".join(parts))
     plots = [p for p in (args.plot, cuda_rel and args.cuda_plot) if p]

@@ -7,6 +7,8 @@
 #              both layouts, bandwidth as a fraction of a measured copy_, training step;
 #   reference  the wider zoo with impl="reference" (the reference math on torch's kernels),
 #              to compare with the default paths, which were tuned on the CPU;
+#   fused      scripts/gpu_fused_ab.py: the zoo's fused CUDA path (torch.compile of the
+#              reference math) against its eager paths, compile times included;
 #   train      the training system's GPU runs (trainer=gpu: the default job and MNIST-1D).
 # Usage: OUT=some/dir bash scripts/gpu_check.sh   (logs and JSONs go to $OUT)
 #        STEPS="test bench" ... runs only those steps.
@@ -17,7 +19,7 @@ out=${OUT:-gpu_out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
-steps=" ${STEPS:-test bench reference train} "
+steps=" ${STEPS:-test bench reference fused train} "
 big="256,64,64,64 65536,1024"
 zoo="batchrenorm evonormb0 evonorms0 frn ghostbatchnorm rmsnorm switchablenorm"
 
@@ -41,6 +43,10 @@ if [[ $steps == *" reference "* ]]; then
         --warmup 3 --impl reference --norms $zoo --shapes 32,64,32,32 $big \
         --dtypes float32 --no-train --title "GPU: the wider zoo, impl=reference" \
         --json "$out/bench_cuda_reference.json" 2>&1 | tee "$out/bench_cuda_reference.log"
+fi
+if [[ $steps == *" fused "* ]]; then
+    timeout "${FUSED_LIMIT:-300}" "$py" scripts/gpu_fused_ab.py --json "$out/gpu_fused_ab.json" \
+        2>&1 | tee "$out/gpu_fused_ab.log"
 fi
 if [[ $steps == *" train "* ]]; then
     timeout "${TRAIN_LIMIT:-150}" "$py" -m pytest -q -p no:cacheprovider -s \

@@ -105,3 +105,20 @@ def test_frozen_batchnorm_is_compared_with_an_eval_mode_batchnorm(bench):
     assert report._valid_torch(row)["fwdbwd_ratio_torch"] == row["fwdbwd_ratio_torch"]
     train = bench.train_row("frozenbatchnorm", torch.device("cpu"), 4, 1, 0)
     assert train["torch_mode"] == "eval"
+
+
+def test_gpu_fused_ab_runs_and_writes_rows(tmp_path):
+    """The fused-path A/B (a CUDA script) on the CPU, where both columns are the eager path:
+    rows with the fields the docs read, the two paths' outputs identical."""
+    ab = _script("gpu_fused_ab")
+    out = tmp_path / "ab.json"
+    args = ["--device", "cpu", "--norms", "frn", "evonorms0", "--shapes", "4,8,6,6"]
+    rows = ab.main([*args, "--repeats", "2", "--warmup", "1", "--json", str(out)])
+    assert [r["norm"] for r in rows] == ["frn", "evonorms0"]
+    assert json.loads(out.read_text()) == rows
+    for row in rows:
+        assert row["eval_err"] == 0 and row["fallback"] == [] and row["layout_kept"]
+        assert row["speedup"] == pytest.approx(row["eager_ms"] / row["fused_ms"])
+        assert row["fused_copy_fraction"] > 0 and row["bn_ms"] > 0
+    table = _script("bench_report").fused_ab_table(rows)
+    assert f"| frn | 4x8x6x6 | contiguous | float32 | {rows[0]['fused_ms']:.3f} |" in table

@@ -177,3 +177,41 @@ def test_cuda_ghost_batchnorm_vectorized_equals_the_cpu_loop(momentum, monkeypat
             torch.testing.assert_close(a, b, **DEVICE_TOL)
     for key, value in cpu.state_dict().items():
         torch.testing.assert_close(gpu.state_dict()[key].cpu(), value, **DEVICE_TOL, msg=key)
+
+
+#: The zoo modules whose CUDA path is the fused reference math (``normzoo.norms._gpu``).
+FUSED = {
+    "evonormb0": "evonorm_b0",
+    "evonorms0": "evonorm_s0",
+    "frn": "filter_response_norm",
+    "switchablenorm": "switchable_norm",
+}
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=str)
+@pytest.mark.parametrize("name", sorted(FUSED))
+def test_cuda_fused_zoo_equals_the_cpu(name, layout):
+    """Inputs large enough for the fused path (compiled with Triton, no fallback warning):
+    three training steps and one eval step equal the CPU module (outputs, gradients, running
+    statistics); channels_last stays channels_last."""
+    import warnings
+
+    from normzoo.norms import _gpu
+
+    cpu, gpu = _cpu_and_cuda(name, c=64)
+    shape = (16, 64, 16, 16)  # exactly DEFAULT_MIN_NUMEL elements
+    assert _gpu.use_fused_math(torch.empty(shape, device="cuda"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="normzoo: compiling")
+        for step in range(4):
+            if step == 3:
+                cpu.eval(), gpu.eval()
+            x = torch.randn(shape) * (step + 1) + step
+            g = torch.randn(shape)
+            xg = x.cuda().to(memory_format=layout)
+            for a, b in zip(_fwd_bwd(gpu, xg, g), _fwd_bwd(cpu, x, g), strict=True):
+                torch.testing.assert_close(a, b, **DEVICE_TOL)
+        assert gpu(xg).is_contiguous(memory_format=layout)  # eval: no state changes
+    for key, value in cpu.state_dict().items():
+        torch.testing.assert_close(gpu.state_dict()[key].cpu(), value, **DEVICE_TOL, msg=key)
+    assert getattr(_gpu, FUSED[name]).compiled_kinds() >= 1

@@ -12,12 +12,18 @@ from normzoo import functional
 from normzoo._native import zoo_kernels
 from normzoo._native.zoo_kernels import TOKENS_S0
 from normzoo.functional._stats import compute_dtype
+from normzoo.norms import _gpu
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view, scale_shift
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
 from normzoo.norms._tokens import b0_tokens, group_tokens, use_token_kernels
 from normzoo.norms.base import Norm
 from normzoo.norms.batch import BatchNorm
 from normzoo.norms.group import resolve_groups
+
+
+def _s0_fused(x: Tensor) -> bool:
+    """EvoNorm-S0's fused CUDA path: tokens, or conv inputs below ``S0_CONV_MAX_NUMEL``."""
+    return x.dim() == 2 or x.numel() < _gpu.S0_CONV_MAX_NUMEL
 
 
 def _one_per_row(x: Tensor) -> bool:
@@ -251,6 +257,15 @@ class EvoNormB0(BatchNorm):
     def _forward(self, x: Tensor) -> Tensor:
         update = self.training and self.track_running_stats
         factor = self._update_factor() if update else 0.0
+        if self.impl == "fast" and _gpu.use_fused_math(x):
+            running = self.running_var.clone() if update else self.running_var
+            y, var = _gpu.evonorm_b0(
+                x, self.v, running, self.weight, self.bias, self.training, factor, self.eps
+            )
+            if update:
+                with torch.no_grad():
+                    self.running_var.copy_(var)
+            return y
         if self.impl == "fast" and use_token_kernels(x, self.v, self.weight):
             batch = self.training or self.running_var is None
             running = None if batch else self.running_var
@@ -373,6 +388,8 @@ class EvoNormS0(Norm):
             nn.init.ones_(self.v)
 
     def _forward(self, x: Tensor) -> Tensor:
+        if self.impl == "fast" and _gpu.use_fused_math(x) and _s0_fused(x):
+            return _gpu.evonorm_s0(x, self.v, self.num_groups, self.weight, self.bias, self.eps)
         if self.impl == "fast" and use_token_kernels(x, self.v, self.weight):
             return group_tokens(
                 TOKENS_S0, x, self.v, self.weight, self.bias, self.num_groups, self.eps

@@ -9,6 +9,7 @@ from normzoo import functional
 from normzoo._native import zoo_kernels
 from normzoo.functional._stats import compute_dtype
 from normzoo.functional.switchable import SWITCHABLE_STATISTICS, switchable_statistics
+from normzoo.norms import _gpu
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
 from normzoo.norms.batch import BatchNorm
@@ -154,20 +155,36 @@ class SwitchableNorm(BatchNorm):
     def _forward(self, x: Tensor) -> Tensor:
         update = self.training and self.track_running_stats
         factor = self._update_factor() if update else 0.0
-        if self.impl == "fast":
+        if self.impl == "fast" and _gpu.use_fused_math(x):
+            running = (self.running_mean, self.running_var)
+            if update:  # the compiled backward may save its inputs: no in-place on them
+                running = (self.running_mean.clone(), self.running_var.clone())
+            y, mean, var = _gpu.switchable_norm(
+                x,
+                self.mean_weight,
+                self.var_weight,
+                *running,
+                self.weight,
+                self.bias,
+                self.training,
+                factor,
+                self.eps,
+            )
+        elif self.impl == "fast":
             return self._fast_forward(x, update, factor)
-        y, mean, var = functional.switchable_norm(
-            x,
-            self.mean_weight,
-            self.var_weight,
-            self.running_mean,
-            self.running_var,
-            self.weight,
-            self.bias,
-            training=self.training,
-            momentum=factor,
-            eps=self.eps,
-        )
+        else:
+            y, mean, var = functional.switchable_norm(
+                x,
+                self.mean_weight,
+                self.var_weight,
+                self.running_mean,
+                self.running_var,
+                self.weight,
+                self.bias,
+                training=self.training,
+                momentum=factor,
+                eps=self.eps,
+            )
         if update:
             with torch.no_grad():
                 self.running_mean.copy_(mean)
