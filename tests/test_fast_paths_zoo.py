@@ -11,6 +11,7 @@ import torch
 from norm_testing import TOL, small_batch_kwargs
 
 import normzoo
+from normzoo import _native
 from normzoo._native import zoo_kernels
 from normzoo.norms._kernels import _FOLD_MAX_RATIO, RowAffine, RowMeanSquare, RowStats
 from normzoo.norms.batch_renorm import _BatchRenormTrain
@@ -394,10 +395,17 @@ NATIVE_LAYOUTS = [
 ]
 
 
+#: The norms whose kernels run behind a C++ operator (``ops.cpp``) where it is built: the
+#: forward is seen at the operator, the backward runs in its C++ autograd node.
+ZOO_OPS = {"evonorms0": "evonorm_s0", "evonormb0": "evonorm_b0"}
+ZOO_NODES = {"evonorms0": "EvoNormS0Function", "evonormb0": "EvoNormB0Function"}
+
+
 @pytest.fixture
 def kernel_layouts(monkeypatch) -> list[int]:
     """The layout of the input of every native call (a copy made on the way to the kernels
-    would show up as a contiguous layout)."""
+    would show up as a contiguous layout): the Python entry points, and the C++ operators'
+    inputs (which they pass to the kernels as they are)."""
     seen: list[int] = []
     real = zoo_kernels._check
 
@@ -406,7 +414,23 @@ def kernel_layouts(monkeypatch) -> list[int]:
         return seen[-1]
 
     monkeypatch.setattr(zoo_kernels, "_check", spy)
+    if _native.load_ops():
+        for op in ZOO_OPS.values():
+            real_op = getattr(torch.ops.normzoo, op)
+
+            def op_spy(x: torch.Tensor, *args, _op=real_op):
+                seen.append(real(x.reshape(x.shape[0], x.shape[1], -1)))
+                return _op(x, *args)
+
+            monkeypatch.setattr(torch.ops.normzoo, op, op_spy)
     return seen
+
+
+def _native_calls(name: str, layout: int, steps: int) -> list[int]:
+    """The layouts ``kernel_layouts`` sees for ``steps`` forwards and backwards of ``name``."""
+    if name in ZOO_OPS and _native.ops_available():
+        return [layout] * steps  # the backwards run in the operator's C++ node
+    return [layout] * (2 * steps)
 
 
 @pytest.mark.parametrize(("name", "kwargs"), NATIVE_CASES, ids=str)
@@ -422,8 +446,11 @@ def test_native_row_maps_equal_reference(name, kwargs, shape, fmt, layout, kerne
     fast.eval()
     ref.eval()
     x = torch.randn(shape).contiguous(memory_format=fmt)
-    assert _compare(fast, ref, x).is_contiguous(memory_format=fmt)
-    assert kernel_layouts == [layout] * 6  # 3 forwards, 3 backwards
+    y = _compare(fast, ref, x)
+    assert y.is_contiguous(memory_format=fmt)
+    assert kernel_layouts == _native_calls(name, layout, 3)
+    if name in ZOO_OPS and _native.ops_available():
+        assert y.grad_fn.name().endswith(f"{ZOO_NODES[name]}>")
 
 
 @pytest.mark.parametrize(("name", "kwargs"), NATIVE_CASES, ids=str)
@@ -463,13 +490,18 @@ def test_native_gradients_equal_float64_autograd(name, fmt):
         torch.testing.assert_close(fast.state_dict()[key], value.to(fast.state_dict()[key]))
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("name", NATIVE_NORMS)
-def test_native_double_backward_equals_reference(name):
+def test_native_double_backward_equals_reference(name, training):
     """``create_graph=True`` differentiates the same math in torch ops: second derivatives
-    as the reference's."""
+    as the reference's (in eval, after one training step, with the running statistics)."""
     torch.manual_seed(6)
     fast, ref = _pair(name, {})
     x = torch.randn(4, 8, 5, 6).contiguous(memory_format=torch.channels_last)
+    if not training:
+        for m in (fast, ref):
+            m(x * 2 + 1)
+            m.eval()
     out = []
     for m in (fast, ref):
         xx = x.clone().requires_grad_()

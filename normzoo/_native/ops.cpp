@@ -1,4 +1,4 @@
-// normzoo's native row kernels (row_norm.c) as a torch operator with a C++ autograd node.
+// normzoo's native kernels (row_norm.c, zoo.c) as torch operators with C++ autograd nodes.
 //
 // Group norm, and with it InstanceNorm (groups = C) and channels-first LayerNorm (groups = 1):
 //   y = weight_c * (x - mean_{n,g}) * rstd_{n,g} + bias_c,   rstd = 1 / sqrt(var_{n,g} + eps)
@@ -13,10 +13,13 @@
 // The caller (normzoo/norms/_rownorm.py) dispatches only float32 CPU tensors here, contiguous
 // or channels_last (row_norm.c has kernels for both; the output keeps the layout).
 #include <ATen/Parallel.h>
+#include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/group_norm.h>
+#include <ATen/ops/maximum.h>
+#include <ATen/ops/sigmoid.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
@@ -34,6 +37,21 @@ int nz_row_forward_cl(const float *x, const float *w, const float *b, float *y,
 int nz_row_backward_cl(const float *dy, const float *x, const float *w, const float *mean,
                        const float *rstd, float *dx, float *dw, float *db, float *partial,
                        int64_t N, int64_t G, int64_t Cg, int64_t L, int threads);
+// zoo.c (the wider zoo's per-row norms)
+void nz_s0_forward(const float *x, const float *v, const float *w, const float *b, int64_t G,
+                   double eps, float *y, float *mean, float *var, float *params, int64_t N,
+                   int64_t C, int64_t L, int cl, int threads);
+void nz_s0_backward(const float *dy, const float *x, const float *params, const float *mean,
+                    const float *var, const float *w, int64_t G, double eps, float *sums,
+                    float *k, float *dx, float *dv, float *dw, float *db, int64_t N, int64_t C,
+                    int64_t L, int cl, int threads);
+void nz_b0_forward(const float *x, const float *v, const float *w, const float *b,
+                   const float *running_var, double eps, float *y, float *mean, float *var,
+                   float *var_b, float *params, int64_t N, int64_t C, int64_t L, int cl,
+                   int threads);
+void nz_b0_backward(const float *dy, const float *x, const float *params, const float *mean,
+                    int batch, float *sums, float *k, float *dx, float *dv, float *dw,
+                    float *db, int64_t N, int64_t C, int64_t L, int cl, int threads);
 }
 
 namespace {
@@ -61,6 +79,20 @@ bool channels_last(const Tensor &x) {
 // having written nothing, where that fails.
 void check_scratch(int status) {
   TORCH_CHECK(status == 0, "normzoo::group_norm: out of memory for the kernel's scratch");
+}
+
+// dy in x's layout: the kernels read both with the same strides.
+Tensor like_x(const Tensor &dy, const Tensor &x, bool cl) {
+  return dy.contiguous(!cl                ? at::MemoryFormat::Contiguous
+                       : x.dim() == 4     ? at::MemoryFormat::ChannelsLast
+                                          : at::MemoryFormat::ChannelsLast3d);
+}
+
+// (1, C, 1, ...) for broadcasting a per-channel vector against x.
+std::vector<int64_t> per_channel(const Tensor &x) {
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape[1] = x.size(1);
+  return shape;
 }
 
 struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
@@ -122,10 +154,7 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
       return {dx, none, dw, db, none, none};
     }
     const bool cl = channels_last(x);
-    // dy in x's layout: the kernels read both with the same strides
-    dy = dy.contiguous(!cl                ? at::MemoryFormat::Contiguous
-                       : x.dim() == 4     ? at::MemoryFormat::ChannelsLast
-                                          : at::MemoryFormat::ChannelsLast3d);
+    dy = like_x(dy, x, cl);
     const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
     Tensor dx = need_x ? at::empty_like(x) : none;
     Tensor dw = need_w ? at::empty({c}, x.options()) : none;
@@ -144,6 +173,174 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
                       at::get_num_threads());
     }
     return {dx, none, dw, db, none, none};
+  }
+};
+
+// -- the wider zoo (zoo.c): one kernel call per forward and per backward ---------------------
+
+// The gradients of a create_graph=True backward: `y` (the layer's math in ATen ops, built
+// from the saved inputs) differentiated with a graph, for the `leaves` that `need` one; then
+// `extra` undefined gradients (the non-tensor arguments).
+variable_list differentiate(const Tensor &y, const std::vector<Tensor> &leaves,
+                            const std::vector<bool> &need, const Tensor &dy, size_t extra) {
+  variable_list inputs;
+  for (size_t i = 0; i < leaves.size(); ++i)
+    if (need[i]) inputs.push_back(leaves[i]);
+  variable_list out(leaves.size() + extra);
+  if (inputs.empty()) return out;
+  const variable_list g = torch::autograd::grad({y}, inputs, {dy}, /*retain_graph=*/true,
+                                                /*create_graph=*/true);
+  size_t j = 0;
+  for (size_t i = 0; i < leaves.size(); ++i)
+    if (need[i]) out[i] = g[j++];
+  return out;
+}
+
+// Biased variance over `dims` (keepdim), in two passes as normzoo.functional computes it.
+Tensor biased_var(const Tensor &x, at::IntArrayRef dims) {
+  const Tensor centered = x - x.mean(dims, /*keepdim=*/true);
+  return (centered * centered).mean(dims, /*keepdim=*/true);
+}
+
+Tensor affine(Tensor y, const Tensor &weight, const Tensor &bias, at::IntArrayRef pc) {
+  if (weight.numel()) y = y * weight.view(pc);
+  if (bias.numel()) y = y + bias.view(pc);
+  return y;
+}
+
+// EvoNorm-S0 (Liu, Brock, Simonyan and Le, "Evolving Normalization-Activation Layers",
+// NeurIPS 2020):
+//   y = x sigmoid(v_c x) / sqrt(var_{n,g} + eps) * weight_c + bias_c
+// with var_{n,g} the biased variance of a sample's group of C / G channels over them and
+// their positions. In ATen ops, for double backward.
+Tensor s0_reference(const Tensor &x, const Tensor &v, const Tensor &weight, const Tensor &bias,
+                    int64_t groups, double eps) {
+  const auto pc = per_channel(x);
+  const Tensor rstd = (biased_var(x.reshape({x.size(0), groups, -1}), {2}) + eps).rsqrt();
+  const Tensor num = x * at::sigmoid(v.view(pc) * x);
+  return affine((num.reshape({x.size(0), groups, -1}) * rstd).view(x.sizes()), weight, bias,
+                pc);
+}
+
+struct EvoNormS0Function : public torch::autograd::Function<EvoNormS0Function> {
+  // Saves x, the parameters, the per-channel row statistics (2, N, C) and the per-row
+  // parameters of the map (N, C, 3).
+  static Tensor forward(AutogradContext *ctx, const Tensor &x, const Tensor &v,
+                        const Tensor &weight, const Tensor &bias, int64_t groups, double eps) {
+    const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
+    Tensor y = at::empty_like(x);  // keeps a channels_last layout
+    Tensor stats = at::empty({2, n, c}, x.options());
+    Tensor params = at::empty({n, c, 3}, x.options());
+    float *s = stats.data_ptr<float>();
+    nz_s0_forward(x.data_ptr<float>(), v.data_ptr<float>(), in_ptr(weight), in_ptr(bias), groups,
+                  eps, y.data_ptr<float>(), s, s + n * c, params.data_ptr<float>(), n, c, length,
+                  channels_last(x), at::get_num_threads());
+    ctx->save_for_backward({x, v, weight, bias, stats, params});
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["eps"] = eps;
+    return y;
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &v = saved[1], &weight = saved[2], &bias = saved[3];
+    const Tensor &stats = saved[4], &params = saved[5];
+    const int64_t groups = ctx->saved_data["groups"].toInt();
+    const double eps = ctx->saved_data["eps"].toDouble();
+    // needs_input_grad counts the tensor arguments only: x, v, weight, bias.
+    const std::vector<bool> need{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                 ctx->needs_input_grad(2) && weight.numel() > 0,
+                                 ctx->needs_input_grad(3) && bias.numel() > 0};
+    if (at::GradMode::is_enabled()) {
+      const Tensor y = s0_reference(x, v, weight, bias, groups, eps);
+      return differentiate(y, {x, v, weight, bias}, need, grads[0], 2);
+    }
+    const bool cl = channels_last(x);
+    const Tensor dy = like_x(grads[0], x, cl);
+    const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
+    const Tensor none;
+    Tensor dx = need[0] ? at::empty_like(x) : none;
+    Tensor dv = need[1] ? at::empty({c}, x.options()) : none;
+    Tensor dw = need[2] ? at::empty({c}, x.options()) : none;
+    Tensor db = need[3] ? at::empty({c}, x.options()) : none;
+    Tensor sums = at::empty({n, c, 3}, x.options());
+    Tensor k = at::empty({2, n, c}, x.options());
+    const float *s = stats.data_ptr<float>();
+    nz_s0_backward(dy.data_ptr<float>(), x.data_ptr<float>(), params.data_ptr<float>(), s,
+                   s + n * c, in_ptr(weight), groups, eps, sums.data_ptr<float>(),
+                   k.data_ptr<float>(), out_ptr(dx), out_ptr(dv), out_ptr(dw), out_ptr(db), n, c,
+                   length, cl, at::get_num_threads());
+    return {dx, dv, dw, db, none, none};
+  }
+};
+
+// EvoNorm-B0 (same paper):
+//   y = x / max(sqrt(var_b + eps), v_c x + sqrt(var_i + eps)) * weight_c + bias_c
+// var_b the biased batch variance of a channel over the samples and positions (or the running
+// variance), var_i the instance variance of one sample's channel over its positions. In ATen
+// ops, for double backward; running_var is empty in batch mode.
+Tensor b0_reference(const Tensor &x, const Tensor &v, const Tensor &weight, const Tensor &bias,
+                    const Tensor &running_var, double eps) {
+  const auto pc = per_channel(x);
+  std::vector<int64_t> batch_dims{0}, instance_dims;
+  for (int64_t d = 2; d < x.dim(); ++d) batch_dims.push_back(d), instance_dims.push_back(d);
+  const Tensor var_b = running_var.numel() ? running_var.view(pc) : biased_var(x, batch_dims);
+  const Tensor var_i = biased_var(x, instance_dims);
+  const Tensor y = x / at::maximum((var_b + eps).sqrt(), v.view(pc) * x + (var_i + eps).sqrt());
+  return affine(y, weight, bias, pc);
+}
+
+struct EvoNormB0Function : public torch::autograd::Function<EvoNormB0Function> {
+  // Returns (y, var_b): var_b (C) the biased batch variance in batch mode (running_var
+  // empty), else empty; not differentiable.
+  static variable_list forward(AutogradContext *ctx, const Tensor &x, const Tensor &v,
+                               const Tensor &weight, const Tensor &bias,
+                               const Tensor &running_var, double eps) {
+    const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
+    const bool batch = running_var.numel() == 0;
+    Tensor y = at::empty_like(x);
+    Tensor stats = at::empty({2, n, c}, x.options());
+    Tensor var_b = at::empty({batch ? c : 0}, x.options());
+    Tensor params = at::empty({n, c, 5}, x.options());
+    float *s = stats.data_ptr<float>();
+    nz_b0_forward(x.data_ptr<float>(), v.data_ptr<float>(), in_ptr(weight), in_ptr(bias),
+                  in_ptr(running_var), eps, y.data_ptr<float>(), s, s + n * c, out_ptr(var_b),
+                  params.data_ptr<float>(), n, c, length, channels_last(x),
+                  at::get_num_threads());
+    ctx->save_for_backward({x, v, weight, bias, running_var, stats, params});
+    ctx->saved_data["eps"] = eps;
+    ctx->mark_non_differentiable({var_b});
+    return {y, var_b};
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &v = saved[1], &weight = saved[2], &bias = saved[3];
+    const Tensor &running_var = saved[4], &stats = saved[5], &params = saved[6];
+    // x, v, weight, bias; running_var (a statistic) gets none
+    const std::vector<bool> need{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                 ctx->needs_input_grad(2) && weight.numel() > 0,
+                                 ctx->needs_input_grad(3) && bias.numel() > 0};
+    if (at::GradMode::is_enabled()) {
+      const double eps = ctx->saved_data["eps"].toDouble();
+      const Tensor y = b0_reference(x, v, weight, bias, running_var, eps);
+      return differentiate(y, {x, v, weight, bias}, need, grads[0], 2);
+    }
+    const bool cl = channels_last(x);
+    const Tensor dy = like_x(grads[0], x, cl);
+    const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
+    const Tensor none;
+    Tensor dx = need[0] ? at::empty_like(x) : none;
+    Tensor dv = need[1] ? at::empty({c}, x.options()) : none;
+    Tensor dw = need[2] ? at::empty({c}, x.options()) : none;
+    Tensor db = need[3] ? at::empty({c}, x.options()) : none;
+    Tensor sums = at::empty({n, c, 5}, x.options());
+    Tensor k = at::empty({2, n, c}, x.options());
+    nz_b0_backward(dy.data_ptr<float>(), x.data_ptr<float>(), params.data_ptr<float>(),
+                   stats.data_ptr<float>(), running_var.numel() == 0, sums.data_ptr<float>(),
+                   k.data_ptr<float>(), out_ptr(dx), out_ptr(dv), out_ptr(dw), out_ptr(db), n, c,
+                   length, cl, at::get_num_threads());
+    return {dx, dv, dw, db, none, none};
   }
 };
 
@@ -178,14 +375,80 @@ std::tuple<Tensor, Tensor, Tensor> group_norm(const Tensor &input, int64_t group
                                       want_var);
   return {out[0], out[1], out[2]};
 }
+
+// x for the zoo's kernels: float32 CPU (N, C, *), contiguous or channels_last (other strides
+// are copied into the contiguous layout).
+Tensor zoo_input(const char *op, const Tensor &input) {
+  TORCH_CHECK(input.device().is_cpu() && input.scalar_type() == at::kFloat, "normzoo::", op,
+              ": expected a float32 CPU input, got ", input.scalar_type(), " on ",
+              input.device());
+  TORCH_CHECK(input.dim() >= 2 && input.numel() > 0, "normzoo::", op,
+              ": expected a non-empty (N, C, *) input, got shape ", input.sizes());
+  return input.is_contiguous() || channels_last(input) ? input : input.contiguous();
+}
+
+// The zoo's per-channel parameters and statistics: contiguous float32 CPU (C,) vectors.
+void check_per_channel(const char *op, const Tensor &x,
+                       std::initializer_list<const std::optional<Tensor> *> tensors) {
+  for (const auto *t : tensors) {
+    if (!t->has_value() || !(*t)->defined()) continue;
+    const Tensor &p = **t;
+    TORCH_CHECK(p.device().is_cpu() && p.scalar_type() == at::kFloat && p.dim() == 1 &&
+                    p.size(0) == x.size(1) && p.is_contiguous(),
+                "normzoo::", op, ": expected contiguous float32 CPU (", x.size(1),
+                ",) parameters, got ", p.scalar_type(), " ", p.sizes(), " on ", p.device());
+  }
+}
+
+Tensor evonorm_s0(const Tensor &input, const Tensor &v, const std::optional<Tensor> &weight,
+                  const std::optional<Tensor> &bias, int64_t groups, double eps) {
+  const Tensor x = zoo_input("evonorm_s0", input);
+  const std::optional<Tensor> v_opt = v;
+  check_per_channel("evonorm_s0", x, {&v_opt, &weight, &bias});
+  TORCH_CHECK(groups > 0 && x.size(1) % groups == 0, "normzoo::evonorm_s0: groups (", groups,
+              ") must divide the channels (", x.size(1), ")");
+  return EvoNormS0Function::apply(x, v, or_empty(weight, x), or_empty(bias, x), groups, eps);
+}
+
+// batch: normalize with the batch variance, and update running_var (where given) in place
+// like BatchNorm's, with the unbiased batch variance and `momentum`, after the kernels ran.
+// Otherwise (eval) normalize with running_var.
+Tensor evonorm_b0(const Tensor &input, const Tensor &v, const std::optional<Tensor> &weight,
+                  const std::optional<Tensor> &bias, const std::optional<Tensor> &running_var,
+                  bool batch, double momentum, double eps) {
+  const Tensor x = zoo_input("evonorm_b0", input);
+  const std::optional<Tensor> v_opt = v;
+  check_per_channel("evonorm_b0", x, {&v_opt, &weight, &bias, &running_var});
+  const Tensor running = or_empty(running_var, x);
+  TORCH_CHECK(batch || running.numel(),
+              "normzoo::evonorm_b0: batch=False normalizes with running_var, got none");
+  auto out = EvoNormB0Function::apply(x, v, or_empty(weight, x), or_empty(bias, x),
+                                      batch ? at::empty({0}, x.options()) : running, eps);
+  if (batch && running.numel()) {
+    at::NoGradGuard no_grad;
+    const int64_t m = x.numel() / x.size(1);
+    running.lerp_(out[1] * (static_cast<double>(m) / std::max<int64_t>(m - 1, 1)), momentum);
+  }
+  return out[0];
+}
 }  // namespace
 
 TORCH_LIBRARY(normzoo, m) {
   m.def(
       "group_norm(Tensor x, int groups, Tensor? weight, Tensor? bias, float eps, "
       "bool want_var) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "evonorm_s0(Tensor x, Tensor v, Tensor? weight, Tensor? bias, int groups, float eps) "
+      "-> Tensor");
+  m.def(
+      "evonorm_b0(Tensor x, Tensor v, Tensor? weight, Tensor? bias, Tensor(a!)? running_var, "
+      "bool batch, float momentum, float eps) -> Tensor");
 }
 
 // CompositeImplicitAutograd: one kernel for every dispatch key, autograd (the Function above
 // records its node) and inference mode alike.
-TORCH_LIBRARY_IMPL(normzoo, CompositeImplicitAutograd, m) { m.impl("group_norm", &group_norm); }
+TORCH_LIBRARY_IMPL(normzoo, CompositeImplicitAutograd, m) {
+  m.impl("group_norm", &group_norm);
+  m.impl("evonorm_s0", &evonorm_s0);
+  m.impl("evonorm_b0", &evonorm_b0);
+}

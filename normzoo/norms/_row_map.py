@@ -30,7 +30,7 @@ from torch import Tensor
 from normzoo import _native
 from normzoo._native import zoo_kernels
 
-__all__ = ["RowNormSpec", "row_map", "use_row_map"]
+__all__ = ["RowNormSpec", "row_map", "use_row_map", "use_zoo_op"]
 
 
 class RowNormSpec:
@@ -73,6 +73,27 @@ def use_row_map(x: Tensor) -> bool:
         and not torch.compiler.is_compiling()
         and _native.available("zoo")
     )
+
+
+def use_zoo_op(x: Tensor, *params: Tensor | None) -> bool:
+    """Whether a C++ operator of the zoo (``torch.ops.normzoo.evonorm_s0``: the same
+    ``zoo.c`` kernels with a C++ autograd node, no Python between them and autograd) serves
+    ``x`` ``(N, C, *spatial)``: float32 on the CPU, contiguous or channels_last, its
+    per-channel ``params`` contiguous float32 (or ``None``), outside ``torch.compile``, the
+    operator library built. The Python path (:func:`row_map`) cost about 0.3 ms more per
+    fwd+bwd (measured on (8, 256, 14, 14), 2-core Xeon), a fifth of the whole."""
+    if not (x.is_cpu and x.dtype == torch.float32 and x.dim() >= 3 and x.numel() > 0):
+        return False
+    cl = _CL.get(x.dim())
+    if not (x.is_contiguous() or (cl is not None and x.is_contiguous(memory_format=cl))):
+        return False
+    for p in params:
+        if p is not None and (p.dtype != torch.float32 or not p.is_contiguous()):
+            return False
+    return not torch.compiler.is_compiling() and _native.ops_available()
+
+
+_CL = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
 def rows(x: Tensor) -> Tensor:

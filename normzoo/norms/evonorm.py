@@ -14,7 +14,7 @@ from normzoo._native.zoo_kernels import TOKENS_S0
 from normzoo.functional._stats import compute_dtype
 from normzoo.norms import _gpu
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view, scale_shift
-from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
+from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map, use_zoo_op
 from normzoo.norms._tokens import b0_tokens, group_tokens, use_token_kernels
 from normzoo.norms.base import Norm
 from normzoo.norms.batch import BatchNorm
@@ -292,6 +292,13 @@ class EvoNormB0(BatchNorm):
 
     def _fast_forward(self, x: Tensor, update: bool, factor: float) -> Tensor:
         xf = x.to(compute_dtype(x))
+        if use_zoo_op(xf, self.v, self.weight, self.bias, self.running_var):
+            # the kernels below with a C++ autograd node; running_var blended in place there
+            batch = self.training or self.running_var is None
+            y = torch.ops.normzoo.evonorm_b0(
+                xf, self.v, self.weight, self.bias, self.running_var, batch, factor, self.eps
+            )
+            return y.to(x.dtype)
         if use_row_map(xf):
             return self._native_forward(x, xf, update, factor)
         return self._eager_forward(x, xf, update, factor)
@@ -402,6 +409,11 @@ class EvoNormS0(Norm):
 
     def _fast_forward(self, x: Tensor) -> Tensor:
         xf = x.to(compute_dtype(x))
+        if use_zoo_op(xf, self.v, self.weight, self.bias):  # the kernels below, C++ autograd
+            y = torch.ops.normzoo.evonorm_s0(
+                xf, self.v, self.weight, self.bias, self.num_groups, self.eps
+            )
+            return y.to(x.dtype)
         if use_row_map(xf):
             spec = _S0Spec(self.num_groups, self.eps)
             y = row_map(xf, spec, self.v, self.weight, self.bias)
