@@ -397,8 +397,16 @@ NATIVE_LAYOUTS = [
 
 #: The norms whose kernels run behind a C++ operator (``ops.cpp``) where it is built: the
 #: forward is seen at the operator, the backward runs in its C++ autograd node.
-ZOO_OPS = {"evonorms0": "evonorm_s0", "evonormb0": "evonorm_b0"}
-ZOO_NODES = {"evonorms0": "EvoNormS0Function", "evonormb0": "EvoNormB0Function"}
+ZOO_OPS = {
+    "evonorms0": "evonorm_s0",
+    "evonormb0": "evonorm_b0",
+    "switchablenorm": "switchable_norm",
+}
+ZOO_NODES = {
+    "evonorms0": "EvoNormS0Function",
+    "evonormb0": "EvoNormB0Function",
+    "switchablenorm": "SwitchableFunction",
+}
 
 
 @pytest.fixture
@@ -567,3 +575,29 @@ def test_evonorm_one_value_per_row_takes_the_reference_math(name, monkeypatch) -
         torch.testing.assert_close(layer(x), ref(x))
     with pytest.raises(AssertionError, match="fast path taken"):
         layer(torch.randn(16, 8, 2, 2))
+
+
+def test_zoo_operators_refuse_bad_input_before_any_state_change():
+    """The C++ operators check what the kernels cannot handle (the modules only call them
+    with good input) and fail before touching the running statistics."""
+    if not _native.load_ops():
+        pytest.skip("the C++ operator library could not be built here")
+    ops = torch.ops.normzoo
+    x, v, rv = torch.randn(2, 4, 3, 3), torch.ones(4), torch.rand(4) + 0.5
+    before = rv.clone()
+    logits = torch.zeros(3)
+    with pytest.raises(RuntimeError, match="expected a float32 CPU input"):
+        ops.evonorm_s0(x.double(), v, None, None, 2, 1e-5)
+    with pytest.raises(RuntimeError, match=r"groups \(3\) must divide the channels \(4\)"):
+        ops.evonorm_s0(x, v, None, None, 3, 1e-5)
+    with pytest.raises(RuntimeError, match=r"expected contiguous float32 CPU \(4,\) param"):
+        ops.evonorm_b0(x, v, torch.ones(5), None, rv, True, 0.1, 1e-5)
+    with pytest.raises(RuntimeError, match="batch=False normalizes with running_var"):
+        ops.evonorm_b0(x, v, None, None, None, False, 0.1, 1e-5)
+    with pytest.raises(RuntimeError, match=r"\(3,\) mixture logits"):
+        ops.switchable_norm(x, torch.zeros(2), logits, None, None, rv, rv, True, 0.1, 1e-5)
+    with pytest.raises(RuntimeError, match="both running statistics or neither"):
+        ops.switchable_norm(x, logits, logits, None, None, rv, None, True, 0.1, 1e-5)
+    assert torch.equal(rv, before)
+    ops.evonorm_b0(x, v, None, None, rv, True, 0.1, 1e-5)  # the good call does update it
+    assert not torch.equal(rv, before)

@@ -20,6 +20,7 @@
 #include <ATen/ops/group_norm.h>
 #include <ATen/ops/maximum.h>
 #include <ATen/ops/sigmoid.h>
+#include <ATen/ops/softmax.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
@@ -52,6 +53,17 @@ void nz_b0_forward(const float *x, const float *v, const float *w, const float *
 void nz_b0_backward(const float *dy, const float *x, const float *params, const float *mean,
                     int batch, float *sums, float *k, float *dx, float *dv, float *dw,
                     float *db, int64_t N, int64_t C, int64_t L, int cl, int threads);
+void nz_switchable_forward(const float *x, const float *mean_weight, const float *var_weight,
+                           const float *w, const float *b, const float *running_mean,
+                           const float *running_var, double eps, float *y, float *mean,
+                           float *var, float *stats_bn, float *params, double *scratch,
+                           int64_t N, int64_t C, int64_t L, int cl, int threads);
+void nz_switchable_backward(const float *dy, const float *x, const float *params,
+                            const float *mean, const float *var, const float *mean_weight,
+                            const float *var_weight, const float *w, const float *running_mean,
+                            const float *running_var, double eps, float *sums, float *k,
+                            double *scratch, float *dx, float *dmw, float *dvw, float *dw,
+                            float *db, int64_t N, int64_t C, int64_t L, int cl, int threads);
 }
 
 namespace {
@@ -344,6 +356,109 @@ struct EvoNormB0Function : public torch::autograd::Function<EvoNormB0Function> {
   }
 };
 
+// SwitchableNorm (Luo, Ren, Peng, Zhang and Li, "Differentiable Learning-to-Normalize via
+// Switchable Normalization", ICLR 2019):
+//   y = (x - sum_k wm_k mean_k) / sqrt(sum_k wv_k var_k + eps) * weight_c + bias_c
+// over k in IN, LN, BN, with wm = softmax(mean_weight), wv = softmax(var_weight); the LN and
+// BN statistics from the IN ones (biased variances), BN's from the running statistics where
+// given (eval). In ATen ops, for double backward; the running statistics are empty in batch
+// mode.
+Tensor switchable_reference(const Tensor &x, const Tensor &mean_weight, const Tensor &var_weight,
+                            const Tensor &weight, const Tensor &bias, const Tensor &running_mean,
+                            const Tensor &running_var, double eps) {
+  const int64_t n = x.size(0), c = x.size(1);
+  const Tensor flat = x.reshape({n, c, -1});
+  const Tensor mean_in = flat.mean({2});
+  const Tensor var_in = biased_var(flat, {2}).squeeze(2);
+  const Tensor second = var_in + mean_in * mean_in;
+  const Tensor mean_ln = mean_in.mean({1}, /*keepdim=*/true);
+  const Tensor var_ln = second.mean({1}, /*keepdim=*/true) - mean_ln * mean_ln;
+  Tensor mean_bn, var_bn;
+  if (running_mean.numel()) {
+    mean_bn = running_mean.view({1, c});
+    var_bn = running_var.view({1, c});
+  } else {
+    mean_bn = mean_in.mean({0}, /*keepdim=*/true);
+    var_bn = second.mean({0}, /*keepdim=*/true) - mean_bn * mean_bn;
+  }
+  const Tensor wm = at::softmax(mean_weight, 0), wv = at::softmax(var_weight, 0);
+  const Tensor mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn;
+  const Tensor var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn;
+  Tensor a = (var + eps).rsqrt();
+  if (weight.numel()) a = a * weight.view({1, c});
+  Tensor b = -mean * a;
+  if (bias.numel()) b = b + bias.view({1, c});
+  return (flat * a.unsqueeze(2) + b.unsqueeze(2)).reshape(x.sizes());
+}
+
+struct SwitchableFunction : public torch::autograd::Function<SwitchableFunction> {
+  // Returns (y, stats_bn): stats_bn (2, C) BN's batch mean and biased variance in batch mode
+  // (running statistics empty), else empty; not differentiable.
+  static variable_list forward(AutogradContext *ctx, const Tensor &x, const Tensor &mean_weight,
+                               const Tensor &var_weight, const Tensor &weight,
+                               const Tensor &bias, const Tensor &running_mean,
+                               const Tensor &running_var, double eps) {
+    const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
+    const bool batch = running_mean.numel() == 0;
+    Tensor y = at::empty_like(x);
+    Tensor stats = at::empty({2, n, c}, x.options());
+    Tensor stats_bn = at::empty({batch ? 2 : 0, c}, x.options());
+    Tensor params = at::empty({n, c, 2}, x.options());
+    Tensor scratch = at::empty({2 * (n + c)}, x.options().dtype(at::kDouble));
+    float *s = stats.data_ptr<float>();
+    nz_switchable_forward(x.data_ptr<float>(), mean_weight.data_ptr<float>(),
+                          var_weight.data_ptr<float>(), in_ptr(weight), in_ptr(bias),
+                          in_ptr(running_mean), in_ptr(running_var), eps, y.data_ptr<float>(), s,
+                          s + n * c, batch ? stats_bn.data_ptr<float>() : nullptr,
+                          params.data_ptr<float>(), scratch.data_ptr<double>(), n, c, length,
+                          channels_last(x), at::get_num_threads());
+    ctx->save_for_backward(
+        {x, mean_weight, var_weight, weight, bias, running_mean, running_var, stats, params});
+    ctx->saved_data["eps"] = eps;
+    ctx->mark_non_differentiable({stats_bn});
+    return {y, stats_bn};
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &mean_weight = saved[1], &var_weight = saved[2];
+    const Tensor &weight = saved[3], &bias = saved[4], &running_mean = saved[5];
+    const Tensor &running_var = saved[6], &stats = saved[7], &params = saved[8];
+    const double eps = ctx->saved_data["eps"].toDouble();
+    // x, mean_weight, var_weight, weight, bias; the running statistics get none
+    const std::vector<bool> need{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                 ctx->needs_input_grad(2),
+                                 ctx->needs_input_grad(3) && weight.numel() > 0,
+                                 ctx->needs_input_grad(4) && bias.numel() > 0};
+    if (at::GradMode::is_enabled()) {
+      const Tensor y = switchable_reference(x, mean_weight, var_weight, weight, bias,
+                                            running_mean, running_var, eps);
+      return differentiate(y, {x, mean_weight, var_weight, weight, bias}, need, grads[0], 3);
+    }
+    const bool cl = channels_last(x);
+    const Tensor dy = like_x(grads[0], x, cl);
+    const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
+    const Tensor none;
+    Tensor dx = need[0] ? at::empty_like(x) : none;
+    Tensor dmw = need[1] ? at::empty({3}, x.options()) : none;
+    Tensor dvw = need[2] ? at::empty({3}, x.options()) : none;
+    Tensor dw = need[3] ? at::empty({c}, x.options()) : none;
+    Tensor db = need[4] ? at::empty({c}, x.options()) : none;
+    Tensor sums = at::empty({n, c, 2}, x.options());
+    Tensor k = at::empty({2, n, c}, x.options());
+    Tensor scratch = at::empty({4 * (n + c)}, x.options().dtype(at::kDouble));
+    const float *s = stats.data_ptr<float>();
+    nz_switchable_backward(dy.data_ptr<float>(), x.data_ptr<float>(), params.data_ptr<float>(),
+                           s, s + n * c, mean_weight.data_ptr<float>(),
+                           var_weight.data_ptr<float>(), in_ptr(weight), in_ptr(running_mean),
+                           in_ptr(running_var), eps, sums.data_ptr<float>(),
+                           k.data_ptr<float>(), scratch.data_ptr<double>(), out_ptr(dx),
+                           out_ptr(dmw), out_ptr(dvw), out_ptr(dw), out_ptr(db), n, c, length,
+                           cl, at::get_num_threads());
+    return {dx, dmw, dvw, dw, db, none, none, none};
+  }
+};
+
 // The kernels read raw float32 CPU memory: anything else is refused here, before any work.
 void check_inputs(const Tensor &x, int64_t groups, const std::optional<Tensor> &weight,
                   const std::optional<Tensor> &bias) {
@@ -431,6 +546,40 @@ Tensor evonorm_b0(const Tensor &input, const Tensor &v, const std::optional<Tens
   }
   return out[0];
 }
+
+// batch: BN's term from the batch, and the running statistics (where given) updated in place
+// like BatchNorm's (the unbiased variance, `momentum`) after the kernels ran. Otherwise (eval)
+// BN's term from the running statistics.
+Tensor switchable_norm(const Tensor &input, const Tensor &mean_weight, const Tensor &var_weight,
+                       const std::optional<Tensor> &weight, const std::optional<Tensor> &bias,
+                       const std::optional<Tensor> &running_mean,
+                       const std::optional<Tensor> &running_var, bool batch, double momentum,
+                       double eps) {
+  const Tensor x = zoo_input("switchable_norm", input);
+  check_per_channel("switchable_norm", x, {&weight, &bias, &running_mean, &running_var});
+  for (const Tensor *t : {&mean_weight, &var_weight})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->dim() == 1 &&
+                    t->size(0) == 3 && t->is_contiguous(),
+                "normzoo::switchable_norm: expected contiguous float32 CPU (3,) mixture "
+                "logits, got ",
+                t->scalar_type(), " ", t->sizes());
+  const Tensor mean = or_empty(running_mean, x), var = or_empty(running_var, x);
+  TORCH_CHECK(mean.numel() == var.numel(),
+              "normzoo::switchable_norm: expected both running statistics or neither");
+  TORCH_CHECK(batch || mean.numel(),
+              "normzoo::switchable_norm: batch=False uses the running statistics, got none");
+  const Tensor empty = at::empty({0}, x.options());
+  auto out = SwitchableFunction::apply(x, mean_weight, var_weight, or_empty(weight, x),
+                                       or_empty(bias, x), batch ? empty : mean,
+                                       batch ? empty : var, eps);
+  if (batch && mean.numel()) {
+    at::NoGradGuard no_grad;
+    const int64_t m = x.numel() / x.size(1);
+    mean.lerp_(out[1][0], momentum);
+    var.lerp_(out[1][1] * (static_cast<double>(m) / std::max<int64_t>(m - 1, 1)), momentum);
+  }
+  return out[0];
+}
 }  // namespace
 
 TORCH_LIBRARY(normzoo, m) {
@@ -443,6 +592,10 @@ TORCH_LIBRARY(normzoo, m) {
   m.def(
       "evonorm_b0(Tensor x, Tensor v, Tensor? weight, Tensor? bias, Tensor(a!)? running_var, "
       "bool batch, float momentum, float eps) -> Tensor");
+  m.def(
+      "switchable_norm(Tensor x, Tensor mean_weight, Tensor var_weight, Tensor? weight, "
+      "Tensor? bias, Tensor(a!)? running_mean, Tensor(b!)? running_var, bool batch, "
+      "float momentum, float eps) -> Tensor");
 }
 
 // CompositeImplicitAutograd: one kernel for every dispatch key, autograd (the Function above
@@ -451,4 +604,5 @@ TORCH_LIBRARY_IMPL(normzoo, CompositeImplicitAutograd, m) {
   m.impl("group_norm", &group_norm);
   m.impl("evonorm_s0", &evonorm_s0);
   m.impl("evonorm_b0", &evonorm_b0);
+  m.impl("switchable_norm", &switchable_norm);
 }

@@ -11,7 +11,7 @@ from normzoo.functional._stats import compute_dtype
 from normzoo.functional.switchable import SWITCHABLE_STATISTICS, switchable_statistics
 from normzoo.norms import _gpu
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view
-from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
+from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map, use_zoo_op
 from normzoo.norms.batch import BatchNorm
 
 
@@ -193,6 +193,15 @@ class SwitchableNorm(BatchNorm):
 
     def _fast_forward(self, x: Tensor, update: bool, factor: float) -> Tensor:
         xf = x.to(compute_dtype(x))
+        running = (self.running_mean, self.running_var)
+        if use_zoo_op(xf, self.mean_weight, self.var_weight, self.weight, self.bias, *running):
+            # the kernels below with a C++ autograd node; running statistics blended there
+            batch = self.training or self.running_mean is None
+            y = torch.ops.normzoo.switchable_norm(
+                xf, self.mean_weight, self.var_weight, self.weight, self.bias, *running,
+                batch, factor, self.eps,
+            )  # fmt: skip
+            return y.to(x.dtype)
         if use_row_map(xf):
             return self._native_forward(x, xf, update, factor)
         return self._eager_forward(x, xf, update, factor)
