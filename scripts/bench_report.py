@@ -65,11 +65,12 @@ backward's column sums, then `dx`); Ghost BN on `(N, C)` (every virtual batch in
 block of rows, added in block order (the same result for any thread count). Half-precision
 token input is converted to float32 for these kernels and back (as the conv paths do).
 
-**Which code each section ran.** The full matrix and the wider-zoo section were measured
-last, after all of the above landed. The other CPU sections were measured before the token
-kernels (which serve none of their rows), before EvoNorm-B0/S0's one-sigmoid backward (none
-of their rows either), and before `-fno-math-errno` joined the build flags (it lets `sqrtf`
-vectorize; no conv-shape kernel calls a math function in a loop).
+**Which code each section ran.** The full matrix, the wider-zoo section and the training
+step were measured last, after all of the above landed. The other CPU sections were measured
+before the token kernels (which serve none of their rows), before EvoNorm-B0/S0's
+one-sigmoid backward and the zoo's C++ operators (none of their rows either), and before
+`-fno-math-errno` joined the build flags (it lets `sqrtf` vectorize; no conv-shape kernel
+calls a math function in a loop).
 
 The wider zoo runs on the same kind of kernels (`normzoo/_native/zoo.c`, contiguous **and**
 channels_last float32, read in place): SwitchableNorm, EvoNorm-B0/S0, FRN+TLU and
@@ -77,16 +78,20 @@ channels-first RMSNorm are each per-(sample, channel) statistics, a small per-ro
 one elementwise map, so each forward is one native call (statistics, graph, map) and each
 backward one more (per-row sums, the graph's hand-written backward, `dx`; for EvoNorm-B0/S0
 the sums' sweep also writes `(df/dx) dy`, so the division or the sigmoid runs once per element
-in the backward). Batch Renorm is BN
+in the backward). EvoNorm-B0/S0 and SwitchableNorm reach those two calls through C++
+operators with C++ autograd nodes (`torch.ops.normzoo.evonorm_b0`, `evonorm_s0`,
+`switchable_norm`: `zoo.c` is linked into the operator library), which also blend the running
+statistics; behind the Python `autograd.Function` each fwd+bwd had cost about 0.3 ms more
+(measured on (8, 256, 14, 14) channels_last, where the whole was 1.5 ms). Batch Renorm is BN
 with the weight `w r` and bias `w d + b` on BatchNorm's native kernels (on channels_last: the
 statistics kernel, then one affine map); Ghost BN runs BatchNorm's native kernels per virtual
 batch, each writing its slice of one output (tokens: one call for all of them, above; on a
 GPU, from 16 virtual batches, all of them at once in a few kernels); FrozenBatchNorm runs
 torch's inference kernel, and SyncBatchNorm outside a process group is BatchNorm. Building
 the C libraries on a cold cache took 0.4 s (`batch_norm.c`), 0.2 s (`row_norm.c`) and 4 s
-(`zoo.c`) here, and the C++ operator library 32 s (`ops.cpp`), once per machine (per torch
-version for `ops.cpp`). The first-call times below were taken with a warm cache (a cold
-build shows as `native_build_s` in the JSON).
+(`zoo.c`) here, and the C++ operator library 31-32 s (`ops.cpp`, with `row_norm.c` and
+`zoo.c` linked in), once per machine (per torch version for `ops.cpp`). The first-call times
+below were taken with a warm cache (a cold build shows as `native_build_s` in the JSON).
 
 **GPU.** `scripts/gpu_check.sh` is the GPU check as one script: `tests/test_cuda.py` (every
 norm on CUDA against the CPU and torch.nn, layouts, bfloat16 inputs, float64 gradients), this

@@ -208,7 +208,10 @@ class EvoNormB0(BatchNorm):
 
     Args:
         num_features, eps, momentum, affine, track_running_stats: as ``BatchNorm``.
-        impl: ``"fast"`` (native kernels, hand-written backwards) or ``"reference"``.
+        impl: ``"fast"`` (native kernels with hand-written backwards: on float32 CPU input
+            behind the C++ operator ``torch.ops.normzoo.evonorm_b0``, tokens on their own
+            kernels; on CUDA the reference math fused by ``torch.compile``) or
+            ``"reference"``.
 
     Reference: H. Liu, A. Brock, K. Simonyan, Q. V. Le, "Evolving Normalization-Activation
     Layers", NeurIPS 2020 (arXiv:2004.02967).
@@ -360,7 +363,10 @@ class EvoNormS0(Norm):
         group_size: channels per group, instead of ``num_groups``.
         eps: added to the variance. Default ``1e-5``.
         affine: learn per-channel ``weight`` and ``bias``. Default ``True``.
-        impl: ``"fast"`` (native kernels, hand-written backwards) or ``"reference"``.
+        impl: ``"fast"`` (native kernels with hand-written backwards: on float32 CPU input
+            behind the C++ operator ``torch.ops.normzoo.evonorm_s0``, tokens on their own
+            kernels; on CUDA the reference math fused by ``torch.compile``) or
+            ``"reference"``.
 
     Reference: H. Liu, A. Brock, K. Simonyan, Q. V. Le, "Evolving Normalization-Activation
     Layers", NeurIPS 2020 (arXiv:2004.02967).

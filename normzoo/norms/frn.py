@@ -178,8 +178,9 @@ class FilterResponseNorm(Norm):
         tlu: apply the TLU with a learned ``tau`` (init 0). Default ``True``.
         learnable_eps: learn ``eps_learned`` (init ``1e-4``). Default ``False``.
         impl: ``"fast"`` (a hand-written backward that saves only the input, for the affine
-            TLU with a fixed eps, fused native kernels for tokens ``(N, C)``; the reference
-            math otherwise) or ``"reference"``.
+            TLU with a fixed eps, fused native kernels for tokens ``(N, C)``; on CUDA the
+            reference math fused by ``torch.compile``; the reference math otherwise) or
+            ``"reference"``.
 
     Reference: S. Singh, S. Krishnan, "Filter Response Normalization Layer: Eliminating Batch
     Dependence in the Training of Deep Neural Networks", CVPR 2020 (arXiv:1911.09737).

@@ -107,8 +107,9 @@ class SwitchableNorm(BatchNorm):
     Args:
         num_features: the channel count ``C``.
         eps, momentum, affine, track_running_stats: as ``BatchNorm`` (for the BN term).
-        impl: ``"fast"`` (native statistics and affine kernels, hand-written backwards) or
-            ``"reference"``.
+        impl: ``"fast"`` (native statistics and affine kernels with hand-written backwards,
+            on float32 CPU input behind the C++ operator ``torch.ops.normzoo.switchable_norm``;
+            on CUDA the reference math fused by ``torch.compile``) or ``"reference"``.
 
     Reference: P. Luo, J. Ren, Z. Peng, R. Zhang, J. Li, "Differentiable Learning-to-Normalize
     via Switchable Normalization", ICLR 2019 (arXiv:1806.10779).
