@@ -601,3 +601,30 @@ def test_zoo_operators_refuse_bad_input_before_any_state_change():
     assert torch.equal(rv, before)
     ops.evonorm_b0(x, v, None, None, rv, True, 0.1, 1e-5)  # the good call does update it
     assert not torch.equal(rv, before)
+
+
+def test_batch_renorm_tokens_take_the_column_kernel(monkeypatch):
+    """Float32 tokens ``(N, C)`` from TOKEN_MIN_NUMEL elements: the statistics from
+    ``zoo.c``'s column kernel, ``y`` from ``x`` in one pass; equal to the reference over
+    three steps with ``r`` and ``d`` active (outputs, gradients, running statistics)."""
+    calls = []
+    real = zoo_kernels.column_stats
+    monkeypatch.setattr(zoo_kernels, "column_stats", lambda x: calls.append(x.shape) or real(x))
+    fast, ref = _pair("batchrenorm", {"warmup_steps": 0, "r_max_steps": 1, "d_max_steps": 1})
+    for step, scale in enumerate((1.0, 2.0, 0.1)):  # 0.1: eps is 1e-3 of the variance
+        _compare(fast, ref, torch.randn(512, 8) * (step + 1) + step)  # below: torch's kernel
+        x = torch.randn(4096, 8) * scale + step
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = fast(xa), ref(xb)
+        torch.testing.assert_close(ya, yb, **TOL)
+        g = torch.randn_like(ya)
+        ya.backward(g)
+        yb.backward(g)
+        torch.testing.assert_close(xa.grad, xb.grad, **TOL)
+        for pa, pb in zip(fast.parameters(), ref.parameters(), strict=True):
+            # sums over 4096 rows, in another order than autograd's: about 1e-6 relative
+            torch.testing.assert_close(pa.grad, pb.grad, atol=2e-4, rtol=1e-5)
+        for key, value in ref.state_dict().items():
+            torch.testing.assert_close(fast.state_dict()[key], value, **TOL, msg=key)
+        fast.zero_grad(set_to_none=True), ref.zero_grad(set_to_none=True)
+    assert calls == [(4096, 8)] * 3

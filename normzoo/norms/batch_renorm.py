@@ -10,7 +10,9 @@ from torch import Tensor
 
 from normzoo import functional
 from normzoo._native import kernels as _kernels
+from normzoo._native import zoo_kernels
 from normzoo.functional._stats import compute_dtype
+from normzoo.norms._tokens import use_token_kernels
 from normzoo.norms.batch import BatchNorm, native_batch_norm_backward, use_native_batch_stats
 
 
@@ -24,7 +26,9 @@ class _BatchRenormTrain(torch.autograd.Function):
     gradients give ``dw = r dw' + d db'`` and ``db = db'``. Saves ``x``, the mean and the
     inverse std, as BN does. Where BatchNorm would use its native kernels they replace torch's
     training kernel and backward; on channels_last input the kernel gives the statistics only
-    and one ``addcmul`` maps ``x`` itself (scale ``w r invstd``), no ``x_hat`` tensor.
+    and one ``addcmul`` maps ``x`` itself (scale ``w r invstd``), no ``x_hat`` tensor. Float32
+    tokens ``(N, C)`` take the same two passes, their statistics from ``zoo.c``'s column
+    kernel.
     """
 
     @staticmethod
@@ -49,6 +53,13 @@ class _BatchRenormTrain(torch.autograd.Function):
                 stats, var = _kernels.batch_stats_cl_unchecked(x, eps)
             mean, invstd = stats[0], stats[1]
             m = x.numel() // c
+            batch_mean, batch_var = mean.clone(), var * (m / max(m - 1, 1))
+        elif x.dtype == torch.float32 and use_token_kernels(x, weight):
+            # tokens (N, C): the column moments in one sweep (zoo.c), then y from x in one
+            # pass below; torch's kernel would write x_hat and map it again
+            mean, var = zoo_kernels.column_stats(x)
+            invstd = torch.rsqrt(var + eps)
+            m = x.shape[0]
             batch_mean, batch_var = mean.clone(), var * (m / max(m - 1, 1))
         else:
             batch_mean = torch.zeros(c, dtype=x.dtype, device=x.device)
