@@ -214,6 +214,17 @@ Tensor biased_var(const Tensor &x, at::IntArrayRef dims) {
   return (centered * centered).mean(dims, /*keepdim=*/true);
 }
 
+// The gradients a zoo backward writes: dx (like x), then one vector per size (the
+// parameters'), each undefined where `need` (x first) wants none.
+variable_list zoo_grads(const Tensor &x, const std::vector<bool> &need,
+                        std::initializer_list<int64_t> sizes) {
+  variable_list out{need[0] ? at::empty_like(x) : Tensor()};
+  size_t i = 1;
+  for (const int64_t size : sizes)
+    out.push_back(need[i++] ? at::empty({size}, x.options()) : Tensor());
+  return out;
+}
+
 Tensor affine(Tensor y, const Tensor &weight, const Tensor &bias, at::IntArrayRef pc) {
   if (weight.numel()) y = y * weight.view(pc);
   if (bias.numel()) y = y + bias.view(pc);
@@ -270,19 +281,16 @@ struct EvoNormS0Function : public torch::autograd::Function<EvoNormS0Function> {
     const bool cl = channels_last(x);
     const Tensor dy = like_x(grads[0], x, cl);
     const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
-    const Tensor none;
-    Tensor dx = need[0] ? at::empty_like(x) : none;
-    Tensor dv = need[1] ? at::empty({c}, x.options()) : none;
-    Tensor dw = need[2] ? at::empty({c}, x.options()) : none;
-    Tensor db = need[3] ? at::empty({c}, x.options()) : none;
+    variable_list g = zoo_grads(x, need, {c, c, c});  // dx, dv, dweight, dbias
     Tensor sums = at::empty({n, c, 3}, x.options());
     Tensor k = at::empty({2, n, c}, x.options());
     const float *s = stats.data_ptr<float>();
     nz_s0_backward(dy.data_ptr<float>(), x.data_ptr<float>(), params.data_ptr<float>(), s,
                    s + n * c, in_ptr(weight), groups, eps, sums.data_ptr<float>(),
-                   k.data_ptr<float>(), out_ptr(dx), out_ptr(dv), out_ptr(dw), out_ptr(db), n, c,
-                   length, cl, at::get_num_threads());
-    return {dx, dv, dw, db, none, none};
+                   k.data_ptr<float>(), out_ptr(g[0]), out_ptr(g[1]), out_ptr(g[2]),
+                   out_ptr(g[3]), n, c, length, cl, at::get_num_threads());
+    g.resize(6);  // groups, eps
+    return g;
   }
 };
 
@@ -341,18 +349,15 @@ struct EvoNormB0Function : public torch::autograd::Function<EvoNormB0Function> {
     const bool cl = channels_last(x);
     const Tensor dy = like_x(grads[0], x, cl);
     const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
-    const Tensor none;
-    Tensor dx = need[0] ? at::empty_like(x) : none;
-    Tensor dv = need[1] ? at::empty({c}, x.options()) : none;
-    Tensor dw = need[2] ? at::empty({c}, x.options()) : none;
-    Tensor db = need[3] ? at::empty({c}, x.options()) : none;
+    variable_list g = zoo_grads(x, need, {c, c, c});  // dx, dv, dweight, dbias
     Tensor sums = at::empty({n, c, 5}, x.options());
     Tensor k = at::empty({2, n, c}, x.options());
     nz_b0_backward(dy.data_ptr<float>(), x.data_ptr<float>(), params.data_ptr<float>(),
                    stats.data_ptr<float>(), running_var.numel() == 0, sums.data_ptr<float>(),
-                   k.data_ptr<float>(), out_ptr(dx), out_ptr(dv), out_ptr(dw), out_ptr(db), n, c,
-                   length, cl, at::get_num_threads());
-    return {dx, dv, dw, db, none, none};
+                   k.data_ptr<float>(), out_ptr(g[0]), out_ptr(g[1]), out_ptr(g[2]),
+                   out_ptr(g[3]), n, c, length, cl, at::get_num_threads());
+    g.resize(6);  // running_var, eps
+    return g;
   }
 };
 
@@ -438,12 +443,7 @@ struct SwitchableFunction : public torch::autograd::Function<SwitchableFunction>
     const bool cl = channels_last(x);
     const Tensor dy = like_x(grads[0], x, cl);
     const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
-    const Tensor none;
-    Tensor dx = need[0] ? at::empty_like(x) : none;
-    Tensor dmw = need[1] ? at::empty({3}, x.options()) : none;
-    Tensor dvw = need[2] ? at::empty({3}, x.options()) : none;
-    Tensor dw = need[3] ? at::empty({c}, x.options()) : none;
-    Tensor db = need[4] ? at::empty({c}, x.options()) : none;
+    variable_list g = zoo_grads(x, need, {3, 3, c, c});  // dx, dmean_w, dvar_w, dw, db
     Tensor sums = at::empty({n, c, 2}, x.options());
     Tensor k = at::empty({2, n, c}, x.options());
     Tensor scratch = at::empty({4 * (n + c)}, x.options().dtype(at::kDouble));
@@ -452,10 +452,11 @@ struct SwitchableFunction : public torch::autograd::Function<SwitchableFunction>
                            s, s + n * c, mean_weight.data_ptr<float>(),
                            var_weight.data_ptr<float>(), in_ptr(weight), in_ptr(running_mean),
                            in_ptr(running_var), eps, sums.data_ptr<float>(),
-                           k.data_ptr<float>(), scratch.data_ptr<double>(), out_ptr(dx),
-                           out_ptr(dmw), out_ptr(dvw), out_ptr(dw), out_ptr(db), n, c, length,
-                           cl, at::get_num_threads());
-    return {dx, dmw, dvw, dw, db, none, none, none};
+                           k.data_ptr<float>(), scratch.data_ptr<double>(), out_ptr(g[0]),
+                           out_ptr(g[1]), out_ptr(g[2]), out_ptr(g[3]), out_ptr(g[4]), n, c,
+                           length, cl, at::get_num_threads());
+    g.resize(8);  // running_mean, running_var, eps
+    return g;
   }
 };
 
