@@ -76,8 +76,9 @@ def use_row_map(x: Tensor) -> bool:
 
 
 def use_zoo_op(x: Tensor, *params: Tensor | None) -> bool:
-    """Whether a C++ operator of the zoo (``torch.ops.normzoo.evonorm_s0``: the same
-    ``zoo.c`` kernels with a C++ autograd node, no Python between them and autograd) serves
+    """Whether the zoo's C++ operators (``torch.ops.normzoo.evonorm_s0``, ``evonorm_b0``,
+    ``switchable_norm``: the same ``zoo.c`` kernels with C++ autograd nodes, no Python between
+    them and autograd) serve
     ``x`` ``(N, C, *spatial)``: float32 on the CPU, contiguous or channels_last, its
     per-channel ``params`` contiguous float32 (or ``None``), outside ``torch.compile``, the
     operator library built. The Python path (:func:`row_map`) cost about 0.3 ms more per
