@@ -443,11 +443,17 @@ def _native_calls(name: str, layout: int, steps: int) -> list[int]:
     return [layout] * (2 * steps)
 
 
+@pytest.mark.parametrize("operators", [True, False], ids=["operators", "python"])
 @pytest.mark.parametrize(("name", "kwargs"), NATIVE_CASES, ids=str)
 @pytest.mark.parametrize(("shape", "fmt", "layout"), NATIVE_LAYOUTS, ids=str)
-def test_native_row_maps_equal_reference(name, kwargs, shape, fmt, layout, kernel_layouts):
+def test_native_row_maps_equal_reference(
+    name, kwargs, shape, fmt, layout, operators, kernel_layouts, monkeypatch
+):
     """Outputs, gradients of the input and every parameter, running statistics after two
-    steps, eval mode; the kernels get the input as it is and the output keeps its format."""
+    steps, eval mode; the kernels get the input as it is and the output keeps its format.
+    ``python``: without the C++ operator library, the same kernels through Python."""
+    if not operators:
+        monkeypatch.setattr(_native, "ops_available", lambda: False)
     torch.manual_seed(4)
     fast, ref = _pair(name, kwargs)
     for step in range(2):
@@ -500,11 +506,15 @@ def test_native_gradients_equal_float64_autograd(name, fmt):
         torch.testing.assert_close(fast.state_dict()[key], value.to(fast.state_dict()[key]))
 
 
+@pytest.mark.parametrize("operators", [True, False], ids=["operators", "python"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("name", NATIVE_NORMS)
-def test_native_double_backward_equals_reference(name, training):
-    """``create_graph=True`` differentiates the same math in torch ops: second derivatives
-    as the reference's (in eval, after one training step, with the running statistics)."""
+def test_native_double_backward_equals_reference(name, training, operators, monkeypatch):
+    """``create_graph=True`` differentiates the same math in torch ops (ATen ops in the C++
+    operators): second derivatives as the reference's (in eval, after one training step,
+    with the running statistics)."""
+    if not operators:
+        monkeypatch.setattr(_native, "ops_available", lambda: False)
     torch.manual_seed(6)
     fast, ref = _pair(name, {})
     x = torch.randn(4, 8, 5, 6).contiguous(memory_format=torch.channels_last)
