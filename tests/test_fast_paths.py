@@ -449,6 +449,8 @@ def test_row_dispatch_channels_last_needs_the_operator_library(monkeypatch):
 )
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_row_dispatch_with_groups(shape, groups, ops, native, channels_last, monkeypatch):
+    if ops and not rownorm_mod._native.load_ops():  # this test may run first: load it
+        pytest.skip("the C++ operator library could not be built here")
     monkeypatch.setattr(rownorm_mod._native, "ops_available", lambda: ops)
     x = torch.empty(shape)
     if channels_last:  # the operator's channels_last kernels, from the same sizes
