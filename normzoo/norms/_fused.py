@@ -19,10 +19,11 @@ read it once or twice. :func:`fuse` wraps such a function so that
 Switches: the environment variable ``NORMZOO_COMPILE=0`` (read at each call, so tests can set
 it) or :func:`set_enabled` turn every fused kernel into its plain function.
 
-The wider zoo's fast paths are eager (``normzoo.norms._kernels``: compiling their reference
-math measured slower, or took minutes to compile). To fuse a reference function anyway, wrap
-it, ``fast = fuse(functional.rms_norm)``, and call
-``fast(...)`` in the module's fast path; autograd through it is compiled too (forward and
+On the CPU the wider zoo's fast paths are native kernels or eager (``normzoo.norms._kernels``:
+compiling their reference math measured slower, or took minutes to compile); on CUDA,
+EvoNorm, FRN and SwitchableNorm fuse theirs (``normzoo.norms._gpu``). To fuse a reference
+function anyway, wrap it, ``fast = fuse(functional.rms_norm)``, and call ``fast(...)`` in the
+module's fast path; autograd through it is compiled too (forward and
 backward kernels). Pass copies of tensors the module updates in place after the call (running
 statistics that the math reads): the compiled backward may save an input instead of a value
 derived from it, and an in-place update would then fail autograd's version check. Python

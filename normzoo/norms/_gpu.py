@@ -5,17 +5,19 @@ CPU-only): each pass over the tensor is a kernel that reads and writes it. Compi
 reference math (``normzoo.functional``) fuses the statistics into one or two reduction
 kernels and the normalization into one elementwise kernel (Triton), forward and backward.
 
-Measured on an H200 (``.gpu``-style A/B script, see ``docs/performance.md``: each module's
-default path with compiling on and off, interleaved in one process, fwd+bwd, float32, medians
-of 25), the fused path was faster than the eager one for
+Measured on an H200 (``scripts/gpu_fused_ab.py``, data in
+``docs/data/gpu_fused_ab_h200.json``: each module's default path with compiling on and off,
+interleaved in one process, fwd+bwd, float32, medians of 25), the fused path was faster than
+the eager one for
 
 * EvoNorm-B0: 1.1-3.0x on every shape tried ((32, 64, 32, 32) to (256, 64, 64, 64), both
   layouts, tokens (4096, 1024) and (65536, 1024)); 1.7x in bfloat16;
 * FRN: 1.2-3.4x, except tokens (4096, 1024) (0.84x);
 * SwitchableNorm: 1.1-1.6x;
 * EvoNorm-S0: 1.5-1.8x on conv shapes up to 2M elements and on (65536, 1024) tokens, but
-  3x *slower* on (256, 64, 64, 64) (inductor's dynamic-shape reduction for 8192-element
-  groups), so conv inputs from ``S0_CONV_MAX_NUMEL`` elements keep the eager path.
+  3x *slower* on (256, 64, 64, 64) (cause not found; a static-shape compile of the module
+  measured 1.9 ms there against the dynamic kernel's 11.7), so conv inputs from
+  ``S0_CONV_MAX_NUMEL`` elements keep the eager path.
 
 RMSNorm (0.9-1.2x) and Batch Renorm (0.5-1.05x: its eager path is torch's BN kernels plus a
 hand-written backward) measured no gain and keep their eager paths. The first call of each
