@@ -460,41 +460,12 @@ struct SwitchableFunction : public torch::autograd::Function<SwitchableFunction>
   }
 };
 
-// The kernels read raw float32 CPU memory: anything else is refused here, before any work.
-void check_inputs(const Tensor &x, int64_t groups, const std::optional<Tensor> &weight,
-                  const std::optional<Tensor> &bias) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat,
-              "normzoo::group_norm: expected a float32 CPU input, got ", x.scalar_type(), " on ",
-              x.device());
-  TORCH_CHECK(x.dim() >= 2 && x.size(0) > 0 && x.size(1) > 0,
-              "normzoo::group_norm: expected a non-empty (N, C, *) input, got shape ", x.sizes());
-  TORCH_CHECK(groups > 0 && x.size(1) % groups == 0, "normzoo::group_norm: groups (", groups,
-              ") must divide the channels (", x.size(1), ")");
-  for (const auto *t : {&weight, &bias}) {
-    if (!t->has_value() || !(*t)->defined()) continue;
-    const Tensor &p = **t;
-    TORCH_CHECK(p.device().is_cpu() && p.scalar_type() == at::kFloat && p.dim() == 1 &&
-                    p.size(0) == x.size(1) && p.is_contiguous(),
-                "normzoo::group_norm: expected weight and bias as contiguous float32 CPU (",
-                x.size(1), ",), got ", p.scalar_type(), " ", p.sizes());
-  }
-}
+// The operators' checks: the kernels read raw float32 CPU memory, so anything else is refused
+// here, before any work (and before any running statistic changes).
 
-std::tuple<Tensor, Tensor, Tensor> group_norm(const Tensor &input, int64_t groups,
-                                              const std::optional<Tensor> &weight,
-                                              const std::optional<Tensor> &bias, double eps,
-                                              bool want_var) {
-  check_inputs(input, groups, weight, bias);
-  // the kernels' two layouts; any other strides are copied into the contiguous one
-  const Tensor x = input.is_contiguous() || channels_last(input) ? input : input.contiguous();
-  auto out = GroupNormFunction::apply(x, groups, or_empty(weight, x), or_empty(bias, x), eps,
-                                      want_var);
-  return {out[0], out[1], out[2]};
-}
-
-// x for the zoo's kernels: float32 CPU (N, C, *), contiguous or channels_last (other strides
-// are copied into the contiguous layout).
-Tensor zoo_input(const char *op, const Tensor &input) {
+// x for the kernels: float32 CPU (N, C, *), contiguous or channels_last as it is (other
+// strides are copied into the contiguous layout).
+Tensor kernel_input(const char *op, const Tensor &input) {
   TORCH_CHECK(input.device().is_cpu() && input.scalar_type() == at::kFloat, "normzoo::", op,
               ": expected a float32 CPU input, got ", input.scalar_type(), " on ",
               input.device());
@@ -503,8 +474,14 @@ Tensor zoo_input(const char *op, const Tensor &input) {
   return input.is_contiguous() || channels_last(input) ? input : input.contiguous();
 }
 
-// The zoo's per-channel parameters and statistics: contiguous float32 CPU (C,) vectors.
-void check_per_channel(const char *op, const Tensor &x,
+void check_groups(const char *op, const Tensor &x, int64_t groups) {
+  TORCH_CHECK(groups > 0 && x.size(1) % groups == 0, "normzoo::", op, ": groups (", groups,
+              ") must divide the channels (", x.size(1), ")");
+}
+
+// Per-channel parameters and statistics (absent ones skipped): contiguous float32 CPU (C,);
+// `what` names them in the error.
+void check_per_channel(const char *op, const char *what, const Tensor &x,
                        std::initializer_list<const std::optional<Tensor> *> tensors) {
   for (const auto *t : tensors) {
     if (!t->has_value() || !(*t)->defined()) continue;
@@ -512,17 +489,37 @@ void check_per_channel(const char *op, const Tensor &x,
     TORCH_CHECK(p.device().is_cpu() && p.scalar_type() == at::kFloat && p.dim() == 1 &&
                     p.size(0) == x.size(1) && p.is_contiguous(),
                 "normzoo::", op, ": expected contiguous float32 CPU (", x.size(1),
-                ",) parameters, got ", p.scalar_type(), " ", p.sizes(), " on ", p.device());
+                ",) parameters (", what, "), got ", p.scalar_type(), " ", p.sizes(), " on ",
+                p.device());
   }
+}
+
+// running = lerp(running, batch, momentum) in place, as BatchNorm updates its statistics; a
+// variance is made unbiased over `count` values first (count 0: a mean, taken as it is).
+void blend_running(const Tensor &running, const Tensor &batch, double momentum, int64_t count) {
+  at::NoGradGuard no_grad;
+  const double unbias = count ? static_cast<double>(count) / std::max<int64_t>(count - 1, 1) : 0;
+  running.lerp_(count ? batch * unbias : batch, momentum);
+}
+
+std::tuple<Tensor, Tensor, Tensor> group_norm(const Tensor &input, int64_t groups,
+                                              const std::optional<Tensor> &weight,
+                                              const std::optional<Tensor> &bias, double eps,
+                                              bool want_var) {
+  const Tensor x = kernel_input("group_norm", input);
+  check_groups("group_norm", x, groups);
+  check_per_channel("group_norm", "weight and bias", x, {&weight, &bias});
+  auto out = GroupNormFunction::apply(x, groups, or_empty(weight, x), or_empty(bias, x), eps,
+                                      want_var);
+  return {out[0], out[1], out[2]};
 }
 
 Tensor evonorm_s0(const Tensor &input, const Tensor &v, const std::optional<Tensor> &weight,
                   const std::optional<Tensor> &bias, int64_t groups, double eps) {
-  const Tensor x = zoo_input("evonorm_s0", input);
+  const Tensor x = kernel_input("evonorm_s0", input);
   const std::optional<Tensor> v_opt = v;
-  check_per_channel("evonorm_s0", x, {&v_opt, &weight, &bias});
-  TORCH_CHECK(groups > 0 && x.size(1) % groups == 0, "normzoo::evonorm_s0: groups (", groups,
-              ") must divide the channels (", x.size(1), ")");
+  check_per_channel("evonorm_s0", "v, weight and bias", x, {&v_opt, &weight, &bias});
+  check_groups("evonorm_s0", x, groups);
   return EvoNormS0Function::apply(x, v, or_empty(weight, x), or_empty(bias, x), groups, eps);
 }
 
@@ -532,19 +529,16 @@ Tensor evonorm_s0(const Tensor &input, const Tensor &v, const std::optional<Tens
 Tensor evonorm_b0(const Tensor &input, const Tensor &v, const std::optional<Tensor> &weight,
                   const std::optional<Tensor> &bias, const std::optional<Tensor> &running_var,
                   bool batch, double momentum, double eps) {
-  const Tensor x = zoo_input("evonorm_b0", input);
+  const Tensor x = kernel_input("evonorm_b0", input);
   const std::optional<Tensor> v_opt = v;
-  check_per_channel("evonorm_b0", x, {&v_opt, &weight, &bias, &running_var});
+  check_per_channel("evonorm_b0", "v, weight, bias and running_var", x,
+                    {&v_opt, &weight, &bias, &running_var});
   const Tensor running = or_empty(running_var, x);
   TORCH_CHECK(batch || running.numel(),
               "normzoo::evonorm_b0: batch=False normalizes with running_var, got none");
   auto out = EvoNormB0Function::apply(x, v, or_empty(weight, x), or_empty(bias, x),
                                       batch ? at::empty({0}, x.options()) : running, eps);
-  if (batch && running.numel()) {
-    at::NoGradGuard no_grad;
-    const int64_t m = x.numel() / x.size(1);
-    running.lerp_(out[1] * (static_cast<double>(m) / std::max<int64_t>(m - 1, 1)), momentum);
-  }
+  if (batch && running.numel()) blend_running(running, out[1], momentum, x.numel() / x.size(1));
   return out[0];
 }
 
@@ -556,8 +550,9 @@ Tensor switchable_norm(const Tensor &input, const Tensor &mean_weight, const Ten
                        const std::optional<Tensor> &running_mean,
                        const std::optional<Tensor> &running_var, bool batch, double momentum,
                        double eps) {
-  const Tensor x = zoo_input("switchable_norm", input);
-  check_per_channel("switchable_norm", x, {&weight, &bias, &running_mean, &running_var});
+  const Tensor x = kernel_input("switchable_norm", input);
+  check_per_channel("switchable_norm", "weight, bias and the running statistics", x,
+                    {&weight, &bias, &running_mean, &running_var});
   for (const Tensor *t : {&mean_weight, &var_weight})
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->dim() == 1 &&
                     t->size(0) == 3 && t->is_contiguous(),
@@ -574,10 +569,8 @@ Tensor switchable_norm(const Tensor &input, const Tensor &mean_weight, const Ten
                                        or_empty(bias, x), batch ? empty : mean,
                                        batch ? empty : var, eps);
   if (batch && mean.numel()) {
-    at::NoGradGuard no_grad;
-    const int64_t m = x.numel() / x.size(1);
-    mean.lerp_(out[1][0], momentum);
-    var.lerp_(out[1][1] * (static_cast<double>(m) / std::max<int64_t>(m - 1, 1)), momentum);
+    blend_running(mean, out[1][0], momentum, 0);
+    blend_running(var, out[1][1], momentum, x.numel() / x.size(1));
   }
   return out[0];
 }

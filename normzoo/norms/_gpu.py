@@ -38,11 +38,11 @@ keeps the module's eager paths.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from normzoo import functional
 from normzoo.norms import _fused
+from normzoo.norms._kernels import channels_last_format
 
 __all__ = [
     "S0_CONV_MAX_NUMEL",
@@ -53,7 +53,6 @@ __all__ = [
     "use_fused_math",
 ]
 
-_CL_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
 #: EvoNorm-S0 conv inputs of this many elements or more keep the eager path (see above).
 S0_CONV_MAX_NUMEL = 1 << 24
 
@@ -71,10 +70,8 @@ def use_fused_math(x: Tensor) -> bool:
 
 def _like(y: Tensor, x: Tensor) -> Tensor:
     """``y`` in ``x``'s memory format where ``x`` is channels_last (and not contiguous)."""
-    fmt = _CL_FORMATS.get(x.dim())
-    if fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt):
-        return y.contiguous(memory_format=fmt)
-    return y
+    fmt = channels_last_format(x)
+    return y if fmt is None else y.contiguous(memory_format=fmt)
 
 
 def _evonorm_b0(

@@ -17,7 +17,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["RowAffine", "RowMeanSquare", "RowStats", "row_view", "scale_shift"]
+__all__ = [
+    "RowAffine",
+    "RowMeanSquare",
+    "RowStats",
+    "channels_last_format",
+    "row_view",
+    "scale_shift",
+]
+
+_CL_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def channels_last_format(x: Tensor) -> torch.memory_format | None:
+    """``torch.channels_last`` (4-d) or ``channels_last_3d`` (5-d) where ``x`` is laid out so
+    and is not also plain contiguous; else ``None``."""
+    fmt = _CL_FORMATS.get(x.dim())
+    if fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt):
+        return fmt
+    return None
 
 
 def row_view(x: Tensor) -> tuple[Tensor, bool]:

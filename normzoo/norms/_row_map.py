@@ -29,6 +29,7 @@ from torch import Tensor
 
 from normzoo import _native
 from normzoo._native import zoo_kernels
+from normzoo.norms._kernels import channels_last_format
 
 __all__ = ["RowNormSpec", "row_map", "use_row_map", "use_zoo_op"]
 
@@ -85,16 +86,12 @@ def use_zoo_op(x: Tensor, *params: Tensor | None) -> bool:
     fwd+bwd (measured on (8, 256, 14, 14), 2-core Xeon), a fifth of the whole."""
     if not (x.is_cpu and x.dtype == torch.float32 and x.dim() >= 3 and x.numel() > 0):
         return False
-    cl = _CL.get(x.dim())
-    if not (x.is_contiguous() or (cl is not None and x.is_contiguous(memory_format=cl))):
+    if not (x.is_contiguous() or channels_last_format(x) is not None):
         return False
     for p in params:
         if p is not None and (p.dtype != torch.float32 or not p.is_contiguous()):
             return False
     return not torch.compiler.is_compiling() and _native.ops_available()
-
-
-_CL = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
 def rows(x: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from torch import Tensor
 from normzoo import _native
 from normzoo._native import kernels as _kernels
 from normzoo._native import zoo_kernels
+from normzoo.norms._kernels import channels_last_format
 from normzoo.norms._row_map import RowNormSpec, use_row_map
 
 __all__ = [
@@ -47,15 +48,6 @@ NATIVE_MIN_NUMEL = 1 << 15
 NATIVE_MIN_NUMEL_GROUPED = 1 << 20
 
 
-def _channels_last_layout(x: Tensor) -> bool:
-    """A channels_last (4-d) or channels_last_3d (5-d) tensor that is not also contiguous."""
-    fmt = _CL_FORMATS.get(x.dim())
-    return fmt is not None and x.is_contiguous(memory_format=fmt)
-
-
-_CL_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
-
-
 def use_native_row_norm(x: Tensor, weight: Tensor | None = None, groups: int | None = None) -> bool:
     """Whether :func:`native_group_norm` serves ``x`` with ``groups`` groups (default: one
     channel per group): float32 ``(N, C, *)`` on the CPU, at least ``NATIVE_MIN_NUMEL``
@@ -73,7 +65,7 @@ def use_native_row_norm(x: Tensor, weight: Tensor | None = None, groups: int | N
     ):
         return False
     if not x.is_contiguous():
-        return _channels_last_layout(x) and _native.ops_available()
+        return channels_last_format(x) is not None and _native.ops_available()
     grouped = groups is not None and groups < x.shape[1]
     # Below NATIVE_MIN_NUMEL_GROUPED, GroupNorm/LayerNorm gain only without Python in the
     # autograd path: with the C++ operator library.
