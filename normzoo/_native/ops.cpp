@@ -132,10 +132,13 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
     ctx->saved_data["groups"] = groups;
     ctx->saved_data["eps"] = eps;
     ctx->mark_non_differentiable({stats, var});
+    // stats and var get no gradient: no zeros made for them in backward
+    ctx->set_materialize_grads(false);
     return {y, stats, var};
   }
 
   static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(6);  // y got no gradient
     const auto saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &weight = saved[1], &stats = saved[2];
     const int64_t groups = ctx->saved_data["groups"].toInt();
@@ -330,10 +333,12 @@ struct EvoNormB0Function : public torch::autograd::Function<EvoNormB0Function> {
     ctx->save_for_backward({x, v, weight, bias, running_var, stats, params});
     ctx->saved_data["eps"] = eps;
     ctx->mark_non_differentiable({var_b});
+    ctx->set_materialize_grads(false);
     return {y, var_b};
   }
 
   static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(6);  // y got no gradient
     const auto saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &v = saved[1], &weight = saved[2], &bias = saved[3];
     const Tensor &running_var = saved[4], &stats = saved[5], &params = saved[6];
@@ -421,10 +426,12 @@ struct SwitchableFunction : public torch::autograd::Function<SwitchableFunction>
         {x, mean_weight, var_weight, weight, bias, running_mean, running_var, stats, params});
     ctx->saved_data["eps"] = eps;
     ctx->mark_non_differentiable({stats_bn});
+    ctx->set_materialize_grads(false);
     return {y, stats_bn};
   }
 
   static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(8);  // y got no gradient
     const auto saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &mean_weight = saved[1], &var_weight = saved[2];
     const Tensor &weight = saved[3], &bias = saved[4], &running_mean = saved[5];

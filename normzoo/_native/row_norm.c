@@ -45,9 +45,24 @@ static void shifted_moments(const float *p, int64_t n, float k, double *s1, doub
   double t1 = 0.0, t2 = 0.0;
   for (int64_t s = 0; s < n; s += NZ_CHUNK) {
     const int64_t e = s + NZ_CHUNK < n ? s + NZ_CHUNK : n;
+    /* two vectors of lanes per sum: independent adds, not one chain waiting on the last */
+    nz_vf a1 = {0}, a2 = {0}, b1 = {0}, b2 = {0};
+    int64_t i = s;
+    for (; i + 2 * NZ_VL <= e; i += 2 * NZ_VL) {
+      const nz_vf d = nz_load(p + i) - k, f = nz_load(p + i + NZ_VL) - k;
+      a1 += d;
+      a2 += d * d;
+      b1 += f;
+      b2 += f * f;
+    }
+    a1 += b1;
+    a2 += b2;
     float r1 = 0.f, r2 = 0.f;
-#pragma omp simd reduction(+ : r1, r2)
-    for (int64_t i = s; i < e; ++i) {
+    for (int v = 0; v < NZ_VL; ++v) {
+      r1 += a1[v];
+      r2 += a2[v];
+    }
+    for (; i < e; ++i) {
       const float d = p[i] - k;
       r1 += d;
       r2 += d * d;
@@ -94,15 +109,24 @@ void nz_row_forward(const float *x, const float *w, const float *b, float *y, fl
  * dy xhat per sample and channel), in double; shares its caller's threads (an orphaned
  * `omp for`: called inside a parallel region). */
 static void affine_grads(const float *partial, float *dw, float *db, int64_t N, int64_t C) {
+  /* channels in blocks of NZ_VL, each summed over n in order (as one channel at a time
+   * would), with the samples' rows read along their length */
 #pragma omp for schedule(static)
-  for (int64_t c = 0; c < C; ++c) {
-    double s1 = 0.0, s2 = 0.0;
+  for (int64_t c0 = 0; c0 < C; c0 += NZ_VL) {
+    const int64_t nc = C - c0 < NZ_VL ? C - c0 : NZ_VL;
+    double s1[NZ_VL] = {0.0}, s2[NZ_VL] = {0.0};
     for (int64_t n = 0; n < N; ++n) {
-      s1 += partial[n * C + c];
-      s2 += partial[N * C + n * C + c];
+      const float *p1 = partial + n * C + c0, *p2 = partial + N * C + n * C + c0;
+#pragma omp simd
+      for (int64_t j = 0; j < nc; ++j) {
+        s1[j] += p1[j];
+        s2[j] += p2[j];
+      }
     }
-    if (db) db[c] = (float)s1;
-    if (dw) dw[c] = (float)s2;
+    for (int64_t j = 0; j < nc; ++j) {
+      if (db) db[c0 + j] = (float)s1[j];
+      if (dw) dw[c0 + j] = (float)s2[j];
+    }
   }
 }
 
@@ -260,39 +284,45 @@ static void cl_sums(const float *u, const float *p, const float *ku, const float
   }
 }
 
-/* Totals of one sample's super-block sums wk (nsb blocks of 2 C doubles), in order, into t. */
-static void cl_total(const double *wk, int64_t nsb, int64_t C, double *t) {
-  for (int64_t j = 0; j < 2 * C; ++j) t[j] = 0.0;
-  for (int64_t sb = 0; sb < nsb; ++sb)
+/* Totals of one sample's super-block sums wk (nsb blocks of 2 C doubles), in order: into t,
+ * which is returned; or wk itself where there is one block (its sums are the totals). */
+static double *cl_total(double *wk, int64_t nsb, int64_t C, double *t) {
+  if (nsb == 1) return wk;
+  for (int64_t j = 0; j < 2 * C; ++j) t[j] = wk[j];
+  for (int64_t sb = 1; sb < nsb; ++sb)
     for (int64_t j = 0; j < 2 * C; ++j) t[j] += wk[sb * 2 * C + j];
+  return t;
 }
 
 /* The forward's sums of positions [l0, l1) of the (L, C) sample p into s (2 C doubles): per
  * channel; or, with one group (channels-first LayerNorm), the sample's moments with the one
- * shift p[0] over its contiguous values, in s[0] and s[C] (the other channels' zero). */
+ * shift p[0] over its contiguous values, in s[0] and s[C] only (the rest is not written). */
 static void cl_forward_sums(const float *p, int64_t G, int64_t C, int64_t l0, int64_t l1,
                             double *s) {
   if (G > 1) {
     cl_sums(NULL, p, p, NULL, C, l0, l1, s);
     return;
   }
-  for (int64_t j = 0; j < 2 * C; ++j) s[j] = 0.0;
   shifted_moments(p + l0 * C, (l1 - l0) * C, p[0], s, s + C);
 }
 
 /* Sample n's forward: group statistics from its sums wk, and the map's coefficients
  * cf = (a, shift) per channel: y = a x + shift. */
-static void cl_forward_coef(const float *x, const float *w, const float *b, const double *wk,
+static void cl_forward_coef(const float *x, const float *w, const float *b, double *wk,
                             float *cf, float *mean_out, float *rstd_out, float *var_out,
                             int64_t n, int64_t G, int64_t Cg, int64_t L, int64_t nsb,
                             double eps, double *t) {
   const int64_t C = G * Cg;
   const float *k = x + n * L * C;
-  cl_total(wk, nsb, C, t);
   float *a = cf, *sh = cf + C;
   const double inv_l = 1.0 / (double)L, inv_cg = 1.0 / (double)Cg;
-  if (G == 1) { /* the sample's shifted moments, in t[0] and t[C]: one "channel" */
-    const double dm = t[0] / (double)(L * C), v = t[C] / (double)(L * C) - dm * dm;
+  if (G == 1) { /* the sample's shifted moments, in each block's [0] and [C]: one "channel" */
+    double s1 = 0.0, s2 = 0.0;
+    for (int64_t sb = 0; sb < nsb; ++sb) {
+      s1 += wk[sb * 2 * C];
+      s2 += wk[sb * 2 * C + C];
+    }
+    const double dm = s1 / (double)(L * C), v = s2 / (double)(L * C) - dm * dm;
     const double var = v > 0.0 ? v : 0.0;
     const float m = (float)(k[0] + dm), rstd = (float)(1.0 / sqrt(var + eps));
     for (int64_t j = 0; j < C; ++j) {
@@ -304,6 +334,7 @@ static void cl_forward_coef(const float *x, const float *w, const float *b, cons
     if (var_out) var_out[n] = (float)var;
     return;
   }
+  t = cl_total(wk, nsb, C, t);
   for (int64_t j = 0; j < C; ++j) { /* channel means and variances, in place */
     const double dm = t[j] * inv_l, v = t[C + j] * inv_l - dm * dm;
     t[j] = k[j] + dm;
@@ -460,17 +491,18 @@ int nz_row_forward_cl(const float *x, const float *w, const float *b, float *y,
 /* Sample n's backward coefficients from its sums wk: dx = A_c dy + B1_c (x - mean_g) + B0_c,
  * cf = (A, B1, B0, mean_g) per channel (the group means are in cf already); partial gets
  * sum dy and sum dy xhat per (sample, channel), for dweight and dbias. */
-static void cl_backward_coef(const float *w, const float *rstd, const double *wk, float *cf,
+static void cl_backward_coef(const float *w, const float *rstd, double *wk, float *cf,
                              float *partial, int64_t n, int64_t N, int64_t G, int64_t Cg,
                              int64_t L, int64_t nsb, double *t) {
   const int64_t C = G * Cg;
   const double inv_d = 1.0 / (double)(Cg * L);
-  cl_total(wk, nsb, C, t);
+  t = cl_total(wk, nsb, C, t);
   float *A = cf, *B1 = cf + C, *B0 = cf + 2 * C;
   float *p_dy = partial, *p_dyx = partial + N * C;
   for (int64_t g = 0; g < G; ++g) {
     const float rs = rstd[n * G + g];
     double a = 0.0, bsum = 0.0; /* sum w dy, sum w dy (x - mean) */
+#pragma omp simd reduction(+ : a, bsum)
     for (int64_t j = g * Cg; j < (g + 1) * Cg; ++j) {
       const float wc = w ? w[j] : 1.f;
       a += wc * t[j];
