@@ -615,6 +615,44 @@ def test_zoo_operators_refuse_bad_input_before_any_state_change():
     assert not torch.equal(rv, before)
 
 
+class _NoGradient(torch.autograd.Function):
+    """``2 y`` whose backward gives ``y`` no gradient (``None``)."""
+
+    @staticmethod
+    def forward(ctx, y):  # type: ignore[override]
+        return y * 2
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        return None
+
+
+@pytest.mark.parametrize("op", ["group_norm", "evonorm_b0", "switchable_norm"])
+def test_operators_given_no_gradient_return_none(op):
+    """The operators with non-differentiable extra outputs (statistics) make no zero
+    gradients for them; where ``y`` gets no gradient either, the backward gives every input
+    none (torch's convention: ``None``, not a zero tensor), with no kernel call."""
+    if not _native.load_ops():
+        pytest.skip("the C++ operator library could not be built here")
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    w = torch.ones(4, requires_grad=True)
+    ops, logits = torch.ops.normzoo, torch.zeros(3)
+    calls = {
+        "group_norm": lambda: ops.group_norm(x, 2, w, None, 1e-5, False)[0],
+        "evonorm_b0": lambda: ops.evonorm_b0(x, torch.ones(4), w, None, None, True, 0.1, 1e-5),
+        "switchable_norm": lambda: ops.switchable_norm(
+            x, logits, logits, w, None, None, None, True, 0.1, 1e-5
+        ),
+    }
+    y = calls[op]()
+    (_NoGradient.apply(y).sum() + x.sum()).backward()
+    assert w.grad is None
+    assert torch.equal(x.grad, torch.ones_like(x))  # only the direct term
+    x.grad = None
+    calls[op]().sum().backward()  # and with a gradient, as usual
+    assert w.grad is not None and x.grad is not None
+
+
 def test_batch_renorm_tokens_take_the_column_kernel(monkeypatch):
     """Float32 tokens ``(N, C)`` from TOKEN_MIN_NUMEL elements: the statistics from
     ``zoo.c``'s column kernel, ``y`` from ``x`` in one pass; equal to the reference over
