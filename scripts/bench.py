@@ -359,6 +359,12 @@ def saved_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     return sum(seen.values())
 
 
+def _quartiles(values: list[float]) -> list[float]:
+    """The first and third quartiles of ``values``."""
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return [q[0], q[2]]
+
+
 def train_row(
     name: str, device: torch.device, batch: int, repeats: int, warmup: int
 ) -> dict[str, Any] | None:
@@ -380,7 +386,15 @@ def train_row(
             opt.step()
 
         cases[who] = (step, None)
-    med = time_interleaved(cases, Timer(device), repeats, warmup)
+    timer = Timer(device)
+    for fn, _ in cases.values():
+        for _ in range(warmup):
+            fn()
+    times = run_rounds(cases, timer, repeats)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    # Each round runs both steps back to back: the ratio within a round cancels what drifts
+    # between rounds (the machine's load), so its median is a second, steadier estimate.
+    paired = [t / z for t, z in zip(times["torch"], times["normzoo"], strict=True)]
     memory = {}
     for who, model in models.items():
         if device.type == "cuda":
@@ -403,6 +417,10 @@ def train_row(
         "normzoo_ms": med["normzoo"] * 1e3,
         "torch_ms": med["torch"] * 1e3,
         "throughput_ratio": med["torch"] / med["normzoo"],
+        "throughput_paired": statistics.median(paired),
+        "throughput_paired_iqr": _quartiles(paired),
+        "throughput_min": min(times["torch"]) / min(times["normzoo"]),
+        "rounds": repeats,
         "normzoo_mem_mb": memory["normzoo"] / 2**20,
         "torch_mem_mb": memory["torch"] / 2**20,
         "mem_ratio": memory["normzoo"] / memory["torch"],
@@ -554,6 +572,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     print(
                         f"train {row['norm']:<14} {dev.type}: normzoo {row['normzoo_ms']:.1f} ms "
                         f"torch {row['torch_ms']:.1f} ms  throughput x{row['throughput_ratio']:.2f}"
+                        f" (paired x{row['throughput_paired']:.2f}, fastest rounds"
+                        f" x{row['throughput_min']:.2f})"
                         f"  memory {row['normzoo_mem_mb']:.1f} / {row['torch_mem_mb']:.1f} MB",
                         flush=True,
                     )

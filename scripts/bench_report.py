@@ -142,6 +142,9 @@ def _valid_torch(r: dict[str, Any]) -> dict[str, Any]:
             or key
             in (
                 "throughput_ratio",
+                "throughput_paired",
+                "throughput_paired_iqr",
+                "throughput_min",
                 "mem_ratio",
             )
         ):
@@ -201,14 +204,18 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
 
 def train_table(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| norm | normzoo ms/step | torch.nn ms/step | throughput ratio | normzoo MB "
-        "| torch.nn MB | memory ratio |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| norm | normzoo ms/step | torch.nn ms/step | throughput ratio "
+        "| paired ratio (quartiles) | normzoo MB | torch.nn MB | memory ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in map(_valid_torch, rows):
+        iqr = r.get("throughput_paired_iqr")
+        paired = _fmt(r.get("throughput_paired"), ".2f")
+        if iqr and r.get("throughput_paired") is not None:
+            paired += f" ({iqr[0]:.2f}-{iqr[1]:.2f})"
         out.append(
             f"| {r['norm']} | {r['normzoo_ms']:.1f} | {_fmt(r['torch_ms'], '.1f')} | "
-            f"{_fmt(r['throughput_ratio'], '.2f')} | {r['normzoo_mem_mb']:.1f} | "
+            f"{_fmt(r['throughput_ratio'], '.2f')} | {paired} | {r['normzoo_mem_mb']:.1f} | "
             f"{_fmt(r['torch_mem_mb'], '.1f')} | {_fmt(r['mem_ratio'], '.2f')} |"
         )
     return "\n".join(out)
@@ -409,7 +416,10 @@ def page(data: dict[str, Any], json_path: str, plot_rel: str | None, level: int 
                 if data["train"][0]["memory_kind"] == "cuda_peak"
                 else "bytes autograd saves for backward (CPU has no allocator statistics)"
             )
-            + ".\n"
+            + ". The throughput ratio is torch.nn's median step time over normzoo's; "
+            "the paired ratio is the median of the same ratio within each round (the two "
+            "steps run back to back), which cancels what drifts between rounds"
+            " (runs before this column existed show `-`).\n"
         )
         parts.append(train_table(data["train"]) + "\n")
     if data.get("errors"):

@@ -107,6 +107,23 @@ def test_frozen_batchnorm_is_compared_with_an_eval_mode_batchnorm(bench):
     assert train["torch_mode"] == "eval"
 
 
+def test_training_rows_pair_the_rounds(bench, monkeypatch):
+    """The training step's paired ratio is the median of torch/normzoo within each round, and
+    the table shows it with its quartiles."""
+    rounds = {"normzoo": [1.0, 2.0, 4.0], "torch": [1.5, 2.0, 2.0]}  # ratios 1.5, 1.0, 0.5
+    monkeypatch.setattr(bench, "run_rounds", lambda cases, timer, repeats: rounds)
+    row = bench.train_row("gn", torch.device("cpu"), 4, 3, 0)
+    assert row["throughput_ratio"] == 1.0  # median 2.0 / median 2.0
+    assert row["throughput_paired"] == 1.0 and row["throughput_min"] == 1.5
+    assert row["throughput_paired_iqr"][0] <= 1.0 <= row["throughput_paired_iqr"][1]
+    rounds["torch"] = [3.0, 4.0, 8.0]  # ratios 3, 2, 2: the medians' ratio is 2 too
+    row = bench.train_row("gn", torch.device("cpu"), 4, 3, 0)
+    assert row["throughput_paired"] == 2.0 and row["throughput_min"] == 3.0
+    table = _script("bench_report").train_table([row])
+    assert "| paired ratio (quartiles) |" in table
+    assert f"| 2.00 ({row['throughput_paired_iqr'][0]:.2f}-" in table
+
+
 def test_gpu_fused_ab_runs_and_writes_rows(tmp_path):
     """The fused-path A/B (a CUDA script) on the CPU, where both columns are the eager path:
     rows with the fields the docs read, the two paths' outputs identical."""
