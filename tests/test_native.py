@@ -290,9 +290,13 @@ def _gn_inputs(affine: bool, shape=(4, 8, 5, 3)):
 
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("groups", [1, 2, 8])
-def test_ops_group_norm_equals_torch_forward_and_backward(affine, groups):
+# (4, 8, 5, 3): one group is 8 channels of 15 positions (the backward's sums take short
+# channels eight at a time, with a tail of 7 positions); (3, 24, 4, 4): 24 and 12 channels
+# per group (blocks of eight, and a remainder of 4 channels one at a time)
+@pytest.mark.parametrize("shape", [(4, 8, 5, 3), (3, 24, 4, 4)], ids=str)
+def test_ops_group_norm_equals_torch_forward_and_backward(affine, groups, shape):
     assert _native.load_ops()
-    x, w, b = _gn_inputs(affine)
+    x, w, b = _gn_inputs(affine, shape)
     leaves = [t.clone().requires_grad_() for t in (x, w, b) if t is not None]
     refs = [t.clone().requires_grad_() for t in (x, w, b) if t is not None]
     wa, ba = (leaves[1], leaves[2]) if affine else (None, None)
@@ -301,7 +305,7 @@ def test_ops_group_norm_equals_torch_forward_and_backward(affine, groups):
     y_ref = torch.group_norm(refs[0], groups, wr, br, 1e-5)
     assert type(y.grad_fn).__name__ == "CppFunction"
     torch.testing.assert_close(y, y_ref, **TOL)
-    rows = x.reshape(4, groups, -1)
+    rows = x.reshape(shape[0], groups, -1)
     torch.testing.assert_close(stats[0], rows.mean(-1), **TOL)
     torch.testing.assert_close(var, rows.var(-1, unbiased=False), **TOL)
     assert not stats.requires_grad and not var.requires_grad

@@ -130,6 +130,50 @@ static void affine_grads(const float *partial, float *dw, float *db, int64_t N, 
   }
 }
 
+typedef float nz_v8 __attribute__((vector_size(32)));
+
+static inline nz_v8 nz_load8(const float *p) {
+  nz_v8 v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+
+/* [a0+a1, a2+a3, b0+b1, b2+b3, a4+a5, a6+a7, b4+b5, b6+b7] */
+static inline nz_v8 nz_hadd8(nz_v8 a, nz_v8 b) {
+  return __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14) +
+         __builtin_shufflevector(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
+}
+
+/* The lane sums of v[0..8), as the lanes of one vector. */
+static inline nz_v8 nz_sum8x8(const nz_v8 *v) {
+  const nz_v8 q0 = nz_hadd8(nz_hadd8(v[0], v[1]), nz_hadd8(v[2], v[3]));
+  const nz_v8 q1 = nz_hadd8(nz_hadd8(v[4], v[5]), nz_hadd8(v[6], v[7]));
+  return __builtin_shufflevector(q0, q1, 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(q0, q1, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+/* For eight consecutive channels of L values (g, p at their first): t1 = sum g and
+ * t2 = sum g (p - m) per channel. */
+static void sums8(const float *g, const float *p, int64_t L, float m, float *t1, float *t2) {
+  nz_v8 a1[8], a2[8];
+  for (int k = 0; k < 8; ++k) a1[k] = a2[k] = (nz_v8){0};
+  const int64_t body = L - L % 8;
+  for (int64_t i = 0; i < body; i += 8)
+    for (int k = 0; k < 8; ++k) {
+      const nz_v8 d = nz_load8(g + k * L + i);
+      a1[k] += d;
+      a2[k] += d * (nz_load8(p + k * L + i) - m);
+    }
+  nz_v8 r1 = nz_sum8x8(a1), r2 = nz_sum8x8(a2);
+  for (int k = 0; k < 8; ++k)
+    for (int64_t i = body; i < L; ++i) {
+      r1[k] += g[k * L + i];
+      r2[k] += g[k * L + i] * (p[k * L + i] - m);
+    }
+  __builtin_memcpy(t1, &r1, sizeof r1);
+  __builtin_memcpy(t2, &r2, sizeof r2);
+}
+
 /* partial: scratch of 2 * N * C floats (per sample and channel: sum dy, sum dy xhat). */
 void nz_row_backward(const float *dy, const float *x, const float *w, const float *mean,
                      const float *rstd, float *dx, float *dw, float *db, float *partial,
@@ -145,7 +189,20 @@ void nz_row_backward(const float *dy, const float *x, const float *w, const floa
       const float m = mean[r], rs = rstd[r];
       const int64_t n = r / G, c0 = (r % G) * Cg;
       double a = 0.0, bsum = 0.0; /* sum w dy, sum w dy (x - m) */
-      for (int64_t j = 0; j < Cg; ++j) {
+      int64_t j = 0;
+      if (L <= NZ_CHUNK) /* short channels: eight at a time, one reduction for all eight */
+        for (; j + 8 <= Cg; j += 8) {
+          float t1[8], t2[8];
+          sums8(g + j * L, p + j * L, L, m, t1, t2);
+          for (int k = 0; k < 8; ++k) {
+            const float wc = w ? w[c0 + j + k] : 1.f;
+            a += wc * (double)t1[k];
+            bsum += wc * (double)t2[k];
+            p_dy[n * C + c0 + j + k] = t1[k];
+            p_dyx[n * C + c0 + j + k] = (float)((double)t2[k] * rs);
+          }
+        }
+      for (; j < Cg; ++j) {
         const float *gj = g + j * L, *pj = p + j * L;
         double s1 = 0.0, s2 = 0.0;
         for (int64_t s = 0; s < L; s += NZ_CHUNK) {
