@@ -65,18 +65,26 @@ backward's column sums, then `dx`); Ghost BN on `(N, C)` (every virtual batch in
 block of rows, added in block order (the same result for any thread count). Half-precision
 token input is converted to float32 for these kernels and back (as the conv paths do).
 
-**Which code each section ran.** The full matrix, the wider-zoo section and the training step
-were measured last, after all of the above landed (the last change, Batch Renorm's token path,
-came between the zoo section and the full matrix and changes only token rows). The full matrix
-was run three times in that session, minutes apart; the page shows the last run. Between runs
-the same rows moved by up to 0.3: EvoNorm-S0 on channels_last measured 1.37, 1.37 and 1.50x
-BatchNorm2d on (8, 256, 14, 14), and 1.96, 1.29 and 1.28x on (128, 64, 8, 8), where the 1.96
-came from a median of 3.70 ms against a fastest round of 1.66 ms (half of its rounds were
-slow). The training step takes 61 rounds, since run-to-run differences of 5% showed at 15. The
-other CPU sections were measured before the token kernels (which serve none of their rows),
-before EvoNorm-B0/S0's one-sigmoid backward and the zoo's C++ operators (none of their rows
-either), and before `-fno-math-errno` joined the build flags (it lets `sqrtf` vectorize; no
-conv-shape kernel calls a math function in a loop).
+**Which code each section ran.** The full matrix and the training step were measured last
+(the sixth session), after the row kernels' fixed costs per sample were cut: one super-block's
+sums used in place, LayerNorm's channels_last forward writing only its two moments, the
+affine gradients summed a vector of channels at a time (in the same order), the backward's
+coefficient sums vectorized, the forward's moments on two vector accumulators, and short
+channels (at most 1024 positions) summed eight at a time with one transposing reduction. On
+the kernels alone (a C harness, 2 threads) these took LayerNorm's channels_last backward
+from 230-270 to 150-185 us on (256, 64, 4, 4) and its forward from 160-190 to 135-165 us on
+(128, 64, 8, 8); LayerNorm on channels_last (128, 64, 8, 8) went from 1.14-1.28x torch in
+the previous session's three full-matrix runs to 0.97-1.14 in this session's runs (1.01 in
+the one shown). The wider-zoo section is the fifth session's run: its kernels (`zoo.c`) did not
+change since. Rows move between runs: in the fifth session EvoNorm-S0 on channels_last
+measured 1.37, 1.37 and 1.50x BatchNorm2d on (8, 256, 14, 14), and 1.96, 1.29 and 1.28x on
+(128, 64, 8, 8), where the 1.96 came from a median of 3.70 ms against a fastest round of 1.66
+ms (half of its rounds were slow). The training step takes 61 rounds, since run-to-run
+differences of 5% showed at 15; it also reports the paired ratio (below). The other CPU
+sections were measured before the token kernels (which serve none of their rows), before
+EvoNorm-B0/S0's one-sigmoid backward and the zoo's C++ operators (none of their rows either),
+before `-fno-math-errno` joined the build flags (it lets `sqrtf` vectorize; no conv-shape
+kernel calls a math function in a loop), and before this session's row-kernel changes.
 
 The wider zoo runs on the same kind of kernels (`normzoo/_native/zoo.c`, contiguous **and**
 channels_last float32, read in place): SwitchableNorm, EvoNorm-B0/S0, FRN+TLU and
