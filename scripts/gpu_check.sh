@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks, as one prepared script for a machine with one CUDA GPU and PyTorch installed:
-#   test       tests/test_cuda.py: every norm on the GPU (CPU parity, torch.nn parity, layouts,
-#              bf16 inputs, float64 gradcheck);
+#   test       tests/test_cuda.py but the fused path's test: every norm on the GPU (CPU parity,
+#              torch.nn parity, layouts, bf16 inputs, float64 gradcheck);
+#   fusedtest  tests/test_cuda.py's fused-path test (compiles with Triton: 2-53 s per kind of
+#              call on a cold cache), case by case (-v), with a longer limit of its own;
 #   bench      scripts/bench.py on the GPU: every norm, the issue's shapes plus two GPU-sized
 #              ones (the issue's shapes are launch-bound on a large GPU), float32 and bfloat16,
 #              both layouts, bandwidth as a fraction of a measured copy_, training step;
@@ -12,14 +14,17 @@
 #   train      the training system's GPU runs (trainer=gpu: the default job and MNIST-1D).
 # Usage: OUT=some/dir bash scripts/gpu_check.sh   (logs and JSONs go to $OUT)
 #        STEPS="test bench" ... runs only those steps.
-# Each step has its own time limit, so one slow step cannot starve the others.
+# Each step has its own time limit, so one slow step cannot starve the others. A step that
+# reaches it gets SIGINT first: pytest then still prints the failures it has seen so far.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu_out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
-steps=" ${STEPS:-test bench reference fused train} "
+steps=" ${STEPS:-test fusedtest bench reference fused train} "
+# timeout that interrupts (SIGINT) at the limit, and kills 15 s later if still running
+limit() { timeout -s INT -k 15 "$@"; }
 big="256,64,64,64 65536,1024"
 zoo="batchrenorm evonormb0 evonorms0 frn ghostbatchnorm rmsnorm switchablenorm"
 
@@ -29,26 +34,30 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
     | tee -a "$out/gpu.txt"
 
 if [[ $steps == *" test "* ]]; then
-    timeout "${TEST_LIMIT:-120}" "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
-        2>&1 | tee "$out/test_cuda.log"
+    limit "${TEST_LIMIT:-120}" "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+        -k "not fused" 2>&1 | tee "$out/test_cuda.log"
+fi
+if [[ $steps == *" fusedtest "* ]]; then
+    limit "${FUSEDTEST_LIMIT:-300}" "$py" -m pytest -v --tb=short -p no:cacheprovider \
+        tests/test_cuda.py -k fused 2>&1 | tee "$out/test_cuda_fused.log"
 fi
 if [[ $steps == *" bench "* ]]; then
-    timeout "${BENCH_LIMIT:-330}" "$py" scripts/bench.py --devices cuda --repeats 15 \
+    limit "${BENCH_LIMIT:-330}" "$py" scripts/bench.py --devices cuda --repeats 15 \
         --warmup 3 --shapes 32,64,32,32 8,256,14,14 128,64,8,8 4,32,64,64 4096,1024 \
         2048,4096 $big --title "GPU: every norm" --json "$out/bench_cuda.json" \
         2>&1 | tee "$out/bench_cuda.log"
 fi
 if [[ $steps == *" reference "* ]]; then
-    timeout "${REFERENCE_LIMIT:-120}" "$py" scripts/bench.py --devices cuda --repeats 15 \
+    limit "${REFERENCE_LIMIT:-120}" "$py" scripts/bench.py --devices cuda --repeats 15 \
         --warmup 3 --impl reference --norms $zoo --shapes 32,64,32,32 $big \
         --dtypes float32 --no-train --title "GPU: the wider zoo, impl=reference" \
         --json "$out/bench_cuda_reference.json" 2>&1 | tee "$out/bench_cuda_reference.log"
 fi
 if [[ $steps == *" fused "* ]]; then
-    timeout "${FUSED_LIMIT:-300}" "$py" scripts/gpu_fused_ab.py --json "$out/gpu_fused_ab.json" \
+    limit "${FUSED_LIMIT:-300}" "$py" scripts/gpu_fused_ab.py --json "$out/gpu_fused_ab.json" \
         2>&1 | tee "$out/gpu_fused_ab.log"
 fi
 if [[ $steps == *" train "* ]]; then
-    timeout "${TRAIN_LIMIT:-150}" "$py" -m pytest -q -p no:cacheprovider -s \
+    limit "${TRAIN_LIMIT:-150}" "$py" -m pytest -q -p no:cacheprovider -s \
         tests/training/test_runs.py -k gpu 2>&1 | tee "$out/train_gpu.log"
 fi
