@@ -1,5 +1,34 @@
+from __future__ import annotations
+
+import faulthandler
+import os
+
 import pytest
 import torch
+
+#: Seconds after which a test still running is taken as hung in C code: every thread's stack is
+#: dumped and the run exits (status 1). pytest-timeout (``timeout`` in pyproject.toml, a signal)
+#: fails a test hung in Python first; it cannot reach one that holds the GIL in C code (a
+#: deadlock in a library), and neither can any Python thread. faulthandler's watchdog is a C
+#: thread: it can, so such a hang ends the run in minutes instead of at CI's limit.
+HANG_EXIT_S = 330
+_stderr_fd: int | None = None
+
+
+def pytest_configure(config):
+    # A copy of the real stderr, taken while pytest's output capture is off: during a test,
+    # fd 2 goes to the capture's file, which a run that exits never prints.
+    global _stderr_fd
+    _stderr_fd = os.dup(2)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    faulthandler.dump_traceback_later(HANG_EXIT_S, exit=True, file=_stderr_fd)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(autouse=True)
