@@ -372,7 +372,14 @@ def train_row(
     if factory is None:
         return None
     torch.manual_seed(0)
-    models = {"normzoo": default_model(name), "torch": default_model(factory)}
+    # "torch_again": a second torch.nn model, timed like the others. torch against torch is an
+    # A/A test: how far the ratio strays from 1 when nothing differs but the instances (their
+    # weights, their memory) and the order in each round, the resolution of this measurement.
+    models = {
+        "normzoo": default_model(name),
+        "torch": default_model(factory),
+        "torch_again": default_model(factory),
+    }
     x = torch.randn(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     cases: dict[str, Case] = {}
@@ -395,8 +402,11 @@ def train_row(
     # Each round runs both steps back to back: the ratio within a round cancels what drifts
     # between rounds (the machine's load), so its median is a second, steadier estimate.
     paired = [t / z for t, z in zip(times["torch"], times["normzoo"], strict=True)]
+    aa = [t / z for t, z in zip(times["torch"], times["torch_again"], strict=True)]
     memory = {}
     for who, model in models.items():
+        if who == "torch_again":
+            continue
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -420,6 +430,8 @@ def train_row(
         "throughput_paired": statistics.median(paired),
         "throughput_paired_iqr": _quartiles(paired),
         "throughput_min": min(times["torch"]) / min(times["normzoo"]),
+        "aa_ratio": med["torch"] / med["torch_again"],
+        "aa_paired": statistics.median(aa),
         "rounds": repeats,
         "normzoo_mem_mb": memory["normzoo"] / 2**20,
         "torch_mem_mb": memory["torch"] / 2**20,
@@ -573,7 +585,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         f"train {row['norm']:<14} {dev.type}: normzoo {row['normzoo_ms']:.1f} ms "
                         f"torch {row['torch_ms']:.1f} ms  throughput x{row['throughput_ratio']:.2f}"
                         f" (paired x{row['throughput_paired']:.2f}, fastest rounds"
-                        f" x{row['throughput_min']:.2f})"
+                        f" x{row['throughput_min']:.2f}; torch/torch x{row['aa_ratio']:.2f},"
+                        f" paired x{row['aa_paired']:.2f})"
                         f"  memory {row['normzoo_mem_mb']:.1f} / {row['torch_mem_mb']:.1f} MB",
                         flush=True,
                     )

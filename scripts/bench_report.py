@@ -153,6 +153,8 @@ def _valid_torch(r: dict[str, Any]) -> dict[str, Any]:
                 "throughput_paired",
                 "throughput_paired_iqr",
                 "throughput_min",
+                "aa_ratio",
+                "aa_paired",
                 "mem_ratio",
             )
         ):
@@ -213,17 +215,21 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
 def train_table(rows: list[dict[str, Any]]) -> str:
     out = [
         "| norm | normzoo ms/step | torch.nn ms/step | throughput ratio "
-        "| paired ratio (quartiles) | normzoo MB | torch.nn MB | memory ratio |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| paired ratio (quartiles) | A/A: torch.nn vs torch.nn (paired) "
+        "| normzoo MB | torch.nn MB | memory ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in map(_valid_torch, rows):
         iqr = r.get("throughput_paired_iqr")
         paired = _fmt(r.get("throughput_paired"), ".2f")
         if iqr and r.get("throughput_paired") is not None:
             paired += f" ({iqr[0]:.2f}-{iqr[1]:.2f})"
+        aa = _fmt(r.get("aa_ratio"), ".2f")
+        if r.get("aa_paired") is not None:
+            aa += f" ({r['aa_paired']:.2f})"
         out.append(
             f"| {r['norm']} | {r['normzoo_ms']:.1f} | {_fmt(r['torch_ms'], '.1f')} | "
-            f"{_fmt(r['throughput_ratio'], '.2f')} | {paired} | {r['normzoo_mem_mb']:.1f} | "
+            f"{_fmt(r['throughput_ratio'], '.2f')} | {paired} | {aa} | {r['normzoo_mem_mb']:.1f} | "
             f"{_fmt(r['torch_mem_mb'], '.1f')} | {_fmt(r['mem_ratio'], '.2f')} |"
         )
     return "\n".join(out)
@@ -426,8 +432,11 @@ def page(data: dict[str, Any], json_path: str, plot_rel: str | None, level: int 
             )
             + ". The throughput ratio is torch.nn's median step time over normzoo's; "
             "the paired ratio is the median of the same ratio within each round (the two "
-            "steps run back to back), which cancels what drifts between rounds"
-            " (runs before this column existed show `-`).\n"
+            "steps run back to back), which cancels what drifts between rounds. The A/A column "
+            "times a second torch.nn model in the same rounds and gives torch.nn's time over "
+            "its: it differs only in its instance (weights, memory) and its place in each "
+            "round, so its distance from 1.00 is this measurement's resolution (runs before "
+            "these columns existed show `-`).\n"
         )
         parts.append(train_table(data["train"]) + "\n")
     if data.get("errors"):

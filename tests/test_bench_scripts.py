@@ -110,18 +110,25 @@ def test_frozen_batchnorm_is_compared_with_an_eval_mode_batchnorm(bench):
 def test_training_rows_pair_the_rounds(bench, monkeypatch):
     """The training step's paired ratio is the median of torch/normzoo within each round, and
     the table shows it with its quartiles."""
-    rounds = {"normzoo": [1.0, 2.0, 4.0], "torch": [1.5, 2.0, 2.0]}  # ratios 1.5, 1.0, 0.5
+    rounds = {  # torch/normzoo ratios 1.5, 1.0, 0.5; torch/torch_again 1.5, 1, 1
+        "normzoo": [1.0, 2.0, 4.0],
+        "torch": [1.5, 2.0, 2.0],
+        "torch_again": [1.0, 2.0, 2.0],
+    }
     monkeypatch.setattr(bench, "run_rounds", lambda cases, timer, repeats: rounds)
     row = bench.train_row("gn", torch.device("cpu"), 4, 3, 0)
     assert row["throughput_ratio"] == 1.0  # median 2.0 / median 2.0
     assert row["throughput_paired"] == 1.0 and row["throughput_min"] == 1.5
     assert row["throughput_paired_iqr"][0] <= 1.0 <= row["throughput_paired_iqr"][1]
+    assert row["aa_ratio"] == 1.0 and row["aa_paired"] == 1.0
     rounds["torch"] = [3.0, 4.0, 8.0]  # ratios 3, 2, 2: the medians' ratio is 2 too
     row = bench.train_row("gn", torch.device("cpu"), 4, 3, 0)
     assert row["throughput_paired"] == 2.0 and row["throughput_min"] == 3.0
     table = _script("bench_report").train_table([row])
     assert "| paired ratio (quartiles) |" in table
     assert f"| 2.00 ({row['throughput_paired_iqr'][0]:.2f}-" in table
+    assert "| A/A: torch.nn vs torch.nn (paired) |" in table
+    assert "| 2.00 (3.00) |" in table  # torch 3, 4, 8 against torch_again 1, 2, 2
 
 
 def test_gpu_fused_ab_runs_and_writes_rows(tmp_path):
