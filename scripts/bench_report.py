@@ -80,7 +80,9 @@ change since. Rows move between runs: in the fifth session EvoNorm-S0 on channel
 measured 1.37, 1.37 and 1.50x BatchNorm2d on (8, 256, 14, 14), and 1.96, 1.29 and 1.28x on
 (128, 64, 8, 8), where the 1.96 came from a median of 3.70 ms against a fastest round of 1.66
 ms (half of its rounds were slow). The training step takes 61 rounds, since run-to-run
-differences of 5% showed at 15; it also reports the paired ratio (below). The other CPU
+differences of 5% showed at 15; it also reports the paired ratio and an A/A column (below).
+A second run of 201 rounds took the three norms whose step sits at parity, GroupNorm, LayerNorm
+and FrozenBN (FrozenBN is torch's own eval-mode `batch_norm` on both sides). The other CPU
 sections were measured before the token kernels (which serve none of their rows), before
 EvoNorm-B0/S0's one-sigmoid backward and the zoo's C++ operators (none of their rows either),
 before `-fno-math-errno` joined the build flags (it lets `sqrtf` vectorize; no conv-shape
