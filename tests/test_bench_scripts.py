@@ -131,6 +131,28 @@ def test_training_rows_pair_the_rounds(bench, monkeypatch):
     assert "| 2.00 (3.00) |" in table  # torch 3, 4, 8 against torch_again 1, 2, 2
 
 
+def test_row_kernel_bench_times_both_layouts_against_torch():
+    """scripts/bench_row_kernels.py: every case timed, ours against torch's operators; and the
+    kernels it times compute torch's group norm (checked on one rotating buffer here)."""
+    script = _script("bench_row_kernels")
+    rows = script.main(["--shapes", "3,16,4,4", "--groups", "1", "4", "--rounds", "2",
+                        "--calls", "1", "--buffers", "2"])  # fmt: skip
+    assert [(r["groups"], r["layout"]) for r in rows] == [
+        (1, "contiguous"), (1, "channels_last"), (4, "contiguous"), (4, "channels_last")
+    ]  # fmt: skip
+    for r in rows:
+        assert all(r[k] > 0 for k in ("ours_fwd_us", "torch_fwd_us", "ours_bwd_us", "torch_bwd_us"))
+    lib = script._library()
+    x = torch.randn(3, 16, 4, 4).contiguous(memory_format=torch.channels_last)
+    y, mean, rstd = torch.empty_like(x), torch.empty(3 * 4), torch.empty(3 * 4)
+    w, b = torch.rand(16) + 0.5, torch.randn(16)
+    p = script._ptr
+    status = lib.nz_row_forward_cl(p(x), p(w), p(b), p(y), p(mean), p(rstd), None, 3, 4, 4, 16,
+                                   1e-5, 2)  # fmt: skip
+    assert status == 0
+    torch.testing.assert_close(y, torch.group_norm(x, 4, w, b, 1e-5), atol=1e-5, rtol=1e-5)
+
+
 def test_gpu_fused_ab_runs_and_writes_rows(tmp_path):
     """The fused-path A/B (a CUDA script) on the CPU, where both columns are the eager path:
     rows with the fields the docs read, the two paths' outputs identical."""
