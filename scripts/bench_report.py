@@ -74,25 +74,25 @@ sums vectorized, the forward's moments on two vector accumulators, and short cha
 harness, 2 threads) these took LayerNorm's channels_last backward from 230-270 to 150-185 us on
 (256, 64, 4, 4) and its forward from 160-190 to 135-165 us on (128, 64, 8, 8); LayerNorm on
 channels_last (128, 64, 8, 8) went from 1.14-1.28x torch in the previous session's three
-full-matrix runs to 0.97-1.14 in this session's runs (1.01 in the one shown). `python
-scripts/bench_row_kernels.py` times the kernels alone (no operator, autograd or Python; inputs
-rotating through several MB) against torch's `native_group_norm` operators, which also allocate
-their outputs: in one run after these changes, on (256, 64, 4, 4), (128, 64, 8, 8) and (4, 32,
-64, 64) with one group, ours took 0.49-0.95x torch's time forward and 0.49-0.86x backward, in
-both layouts. So what keeps LayerNorm's modules at parity on these mid-sized inputs is each
-call's fixed cost: Python, the operator's dispatch and autograd node, and the fresh outputs. The
-wider-zoo section is the fifth session's run: its kernels (`zoo.c`) did not change since. Rows
-move between runs: in the fifth session EvoNorm-S0 on channels_last measured 1.37, 1.37 and
-1.50x BatchNorm2d on (8, 256, 14, 14), and 1.96, 1.29 and 1.28x on (128, 64, 8, 8), where the
-1.96 came from a median of 3.70 ms against a fastest round of 1.66 ms (half of its rounds were
-slow). The training step takes 61 rounds, since run-to-run differences of 5% showed at 15; it
-also reports the paired ratio and an A/A column (below). A second run of 201 rounds took the
-three norms whose step sits at parity, GroupNorm, LayerNorm and FrozenBN (FrozenBN is torch's
-own eval-mode `batch_norm` on both sides). The other CPU sections were measured before the token
-kernels (which serve none of their rows), before EvoNorm-B0/S0's one-sigmoid backward and the
-zoo's C++ operators (none of their rows either), before `-fno-math-errno` joined the build flags
-(it lets `sqrtf` vectorize; no conv-shape kernel calls a math function in a loop), and before
-this session's row-kernel changes.
+full-matrix runs to 0.97-1.14 in this session's runs (1.01 in the one shown).
+`python scripts/bench_row_kernels.py` times the kernels alone (no operator, autograd or Python;
+inputs rotating through several MB) against torch's `native_group_norm` operators, which also
+allocate their outputs: in one run after these changes, on (256, 64, 4, 4), (128, 64, 8, 8) and
+(4, 32, 64, 64) with one group, ours took 0.49-0.95x torch's time forward and 0.49-0.86x
+backward, in both layouts. So what keeps LayerNorm's modules at parity on these mid-sized inputs
+is each call's fixed cost: Python, the operator's dispatch and autograd node, and the fresh
+outputs. The wider-zoo section is the fifth session's run: its kernels (`zoo.c`) did not change
+since. Rows move between runs: in the fifth session EvoNorm-S0 on channels_last measured 1.37,
+1.37 and 1.50x BatchNorm2d on (8, 256, 14, 14), and 1.96, 1.29 and 1.28x on (128, 64, 8, 8),
+where the 1.96 came from a median of 3.70 ms against a fastest round of 1.66 ms (half of its
+rounds were slow). The training step takes 61 rounds, since run-to-run differences of 5% showed
+at 15; it also reports the paired ratio and an A/A column (below). A second run of 201 rounds
+took the three norms whose step sits at parity, GroupNorm, LayerNorm and FrozenBN (FrozenBN is
+torch's own eval-mode `batch_norm` on both sides). The other CPU sections were measured before
+the token kernels (which serve none of their rows), before EvoNorm-B0/S0's one-sigmoid backward
+and the zoo's C++ operators (none of their rows either), before `-fno-math-errno` joined the
+build flags (it lets `sqrtf` vectorize; no conv-shape kernel calls a math function in a loop),
+and before this session's row-kernel changes.
 
 The wider zoo runs on the same kind of kernels (`normzoo/_native/zoo.c`, contiguous **and**
 channels_last float32, read in place): SwitchableNorm, EvoNorm-B0/S0, FRN+TLU and
