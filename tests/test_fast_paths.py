@@ -21,6 +21,7 @@ from norm_testing import (
     small_batch_kwargs,
 )
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import normzoo
 from normzoo._native import kernels as _kernels
@@ -644,6 +645,44 @@ def test_channels_last_in_channels_last_out(name):
     assert y.is_contiguous(memory_format=torch.channels_last), name
     y.backward(torch.randn_like(y))
     assert x.grad.is_contiguous(memory_format=torch.channels_last), name
+
+
+class _CopyCounter(TorchDispatchMode):
+    """Records every copy (``copy_``, ``clone``, ``_to_copy``, ``contiguous``) of a tensor
+    with ``numel`` elements: a layout change of the input, the output or the gradients."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel = numel
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        first = args[0] if args else None
+        if (
+            any(k in name for k in ("copy", "clone", "contiguous"))
+            and isinstance(first, torch.Tensor)
+            and first.numel() == self.numel
+        ):
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 6, 5), (8, 64, 16, 16)], ids=str)
+@pytest.mark.parametrize("name", normzoo.available())
+def test_channels_last_has_no_hidden_copy(name, shape):
+    """Forward and backward of every norm on channels_last input copy no input-sized tensor
+    (no round trip through NCHW), on the small path and on the native kernels' sizes."""
+    norm = normzoo.create(name, shape[1], **small_batch_kwargs(name))
+    x = torch.randn(shape).to(memory_format=torch.channels_last).requires_grad_()
+    g = torch.randn(shape).to(memory_format=torch.channels_last)
+    with _CopyCounter(x.numel()) as mode:
+        y = norm(x)
+        torch.autograd.grad(y, [x, *norm.parameters()], g, allow_unused=True)
+    assert mode.seen == [], name
+    with _CopyCounter(x.numel()) as mode:  # the counter does see a layout change
+        x.contiguous()
+    assert mode.seen == ["aten.clone"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
