@@ -94,6 +94,11 @@ and the zoo's C++ operators (none of their rows either), before `-fno-math-errno
 build flags (it lets `sqrtf` vectorize; no conv-shape kernel calls a math function in a loop),
 and before this session's row-kernel changes.
 
+**channels_last.** Every norm returns channels_last output for channels_last input (the
+`channels_last kept` column), and `tests/test_fast_paths.py::test_channels_last_has_no_hidden_copy`
+checks that none copies an input-sized tensor on the way, forward or backward (a dispatch mode
+counting copies, on small inputs and at the native kernels' sizes).
+
 The wider zoo runs on the same kind of kernels (`normzoo/_native/zoo.c`, contiguous **and**
 channels_last float32, read in place): SwitchableNorm, EvoNorm-B0/S0, FRN+TLU and
 channels-first RMSNorm are each per-(sample, channel) statistics, a small per-row graph and
