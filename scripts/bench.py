@@ -147,15 +147,23 @@ def run_rounds(cases: dict[str, Case], timer: Timer, repeats: int) -> dict[str, 
     return times
 
 
-def time_interleaved(
-    cases: dict[str, Case], timer: Timer, repeats: int, warmup: int, stat: str = "median"
-) -> dict[str, float]:
-    """Median (or ``stat="min"``) seconds of each case; each round runs every case once."""
+def warm_and_run(
+    cases: dict[str, Case], timer: Timer, repeats: int, warmup: int
+) -> dict[str, list[float]]:
+    """``warmup`` untimed calls of each case (compiles and caches outside the timed rounds),
+    then :func:`run_rounds`."""
     for fn, setup in cases.values():
         for _ in range(warmup):
             arg = setup() if setup else None
             fn() if arg is None else fn(arg)
-    times = run_rounds(cases, timer, repeats)
+    return run_rounds(cases, timer, repeats)
+
+
+def time_interleaved(
+    cases: dict[str, Case], timer: Timer, repeats: int, warmup: int, stat: str = "median"
+) -> dict[str, float]:
+    """Median (or ``stat="min"``) seconds of each case; each round runs every case once."""
+    times = warm_and_run(cases, timer, repeats, warmup)
     reduce = min if stat == "min" else statistics.median
     return {k: reduce(v) for k, v in times.items()}
 
@@ -225,12 +233,7 @@ def bench_row(
     for who, module in modules.items():
         for mode, case in norm_cases(module, x, g).items():
             cases[f"{who}_{mode}"] = case
-    timer = Timer(device)
-    for fn, setup in cases.values():  # warm-up (and compile) outside the timed rounds
-        for _ in range(warmup):
-            arg = setup() if setup else None
-            fn() if arg is None else fn(arg)
-    times = run_rounds(cases, timer, repeats)
+    times = warm_and_run(cases, Timer(device), repeats, warmup)
     med = {k: statistics.median(v) for k, v in times.items()}
     row: dict[str, Any] = {
         "norm": normzoo.info(name).name,
@@ -359,6 +362,11 @@ def saved_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     return sum(seen.values())
 
 
+def _round_ratios(num: list[float], den: list[float]) -> list[float]:
+    """``num / den`` round by round."""
+    return [a / b for a, b in zip(num, den, strict=True)]
+
+
 def _quartiles(values: list[float]) -> list[float]:
     """The first and third quartiles of ``values``."""
     q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
@@ -393,16 +401,12 @@ def train_row(
             opt.step()
 
         cases[who] = (step, None)
-    timer = Timer(device)
-    for fn, _ in cases.values():
-        for _ in range(warmup):
-            fn()
-    times = run_rounds(cases, timer, repeats)
+    times = warm_and_run(cases, Timer(device), repeats, warmup)
     med = {k: statistics.median(v) for k, v in times.items()}
-    # Each round runs both steps back to back: the ratio within a round cancels what drifts
-    # between rounds (the machine's load), so its median is a second, steadier estimate.
-    paired = [t / z for t, z in zip(times["torch"], times["normzoo"], strict=True)]
-    aa = [t / z for t, z in zip(times["torch"], times["torch_again"], strict=True)]
+    # Each round runs every model's step back to back: the ratio within a round cancels what
+    # drifts between rounds (the machine's load), so its median is a second, steadier estimate.
+    paired = _round_ratios(times["torch"], times["normzoo"])
+    aa = _round_ratios(times["torch"], times["torch_again"])
     memory = {}
     for who, model in models.items():
         if who == "torch_again":
