@@ -20,7 +20,7 @@ from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
 from normzoo import norms
-from normzoo.norms.base import Norm
+from normzoo.norms.base import Norm, check_activation
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -171,13 +171,26 @@ def accepted_kwargs(cls: type[Norm]) -> dict[str, Any]:
     }
 
 
-def create(norm: NormSpec, num_features: int, **kwargs: Any) -> Norm:
+def create(
+    norm: NormSpec, num_features: int, *, activation: str | None = None, **kwargs: Any
+) -> Norm:
     """Build a norm layer for ``num_features`` channels.
 
     ``norm`` is a registered name or alias (``"gn"``, ``"BatchNorm2d"``), a ``Norm``
     subclass, or any callable (e.g. a ``functools.partial``) that takes the channel count.
     Unknown keyword arguments raise a ``TypeError`` that lists the accepted ones.
+    ``activation="relu"`` makes the layer apply a ReLU to its output
+    (:meth:`normzoo.norms.Norm.fuse_activation`, fused into the kernels where they can).
     """
+    if activation is not None:
+        check_activation(activation)  # before building anything
+        layer = create(norm, num_features, **kwargs)
+        if not isinstance(layer, Norm):
+            raise TypeError(
+                f"activation={activation!r} needs a normzoo Norm, but {norm!r} built a "
+                f"{type(layer).__name__}; apply the activation as a separate layer"
+            )
+        return layer.fuse_activation(activation)
     if isinstance(norm, str):
         cls = get(norm)
         params = inspect.signature(cls.__init__).parameters

@@ -231,7 +231,8 @@ def convert(
             ``module -> bool`` (e.g. ``normzoo.surgery.is_batchnorm``). Default: every norm.
         **kwargs: passed to every new layer (``num_groups=8``...). ``eps`` and, between norms
             with BN statistics, ``momentum`` and ``track_running_stats`` are taken from the
-            old layer unless given; ``channels_last`` follows a token LayerNorm/RMSNorm.
+            old layer unless given; ``channels_last`` follows a token LayerNorm/RMSNorm, and a
+            fused ``activation`` (``Norm.fuse_activation``) follows its layer.
 
     Returns:
         ``(model, report)``: the converted model (the same object unless ``model`` was itself
@@ -295,6 +296,17 @@ def convert(
                 f"cannot convert layer {path or '(model)'!r} ({type(old).__name__}) to "
                 f"{target!r}: {exc}"
             ) from exc
+        activation = getattr(old, "activation", None)
+        if activation is not None:  # a fused activation goes with the layer, or nothing converts
+            if not isinstance(new, Norm):
+                raise ValueError(
+                    f"cannot convert layer {path or '(model)'!r} ({type(old).__name__}, "
+                    f"activation={activation!r}) to {target!r}: a {type(new).__name__} applies "
+                    f"no activation; convert to a normzoo norm, or remove it first with "
+                    f"fuse_activation(None) and add the activation as a layer"
+                )
+            new.fuse_activation(activation)
+            options.append("activation")
         new.to(**_state_like(old))
         new.train(old.training)
         built.append((path, old, new, channels, options))

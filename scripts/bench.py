@@ -199,14 +199,22 @@ def bench_row(
     repeats: int,
     warmup: int,
     impl: str | None = None,
+    activation: str | None = None,
 ) -> dict[str, Any] | None:
+    """One row: norm ``name`` against its torch.nn equivalent and ``nn.BatchNorm2d`` on the
+    same tensor. ``activation`` (``"relu"``): ours applies it itself (``fuse_activation``),
+    the two torch.nn modules are followed by ``nn.ReLU``."""
     token = len(shape) == 2
     c = shape[-1] if token else shape[1]
     ours = make_norm(name, c, token, impl)
     if ours is None:
         return None
-    ref = torch_equivalent(name, ours, c, token)
-    bn = nn.BatchNorm1d(c) if token else nn.BatchNorm2d(c)
+    ref = ref_norm = torch_equivalent(name, ours, c, token)
+    bn: nn.Module = nn.BatchNorm1d(c) if token else nn.BatchNorm2d(c)
+    if activation is not None:
+        ours.fuse_activation(activation)
+        ref = ref and nn.Sequential(ref, nn.ReLU())
+        bn = nn.Sequential(bn, nn.ReLU())
     modules = {"normzoo": ours, "torch": ref, "bn": bn}
     modules = {k: m.to(device) for k, m in modules.items() if m is not None}
     memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
@@ -242,10 +250,11 @@ def bench_row(
         "format": fmt,
         "device": device.type,
         "impl": getattr(ours, "impl", None),
+        "activation": activation,
         # the torch.nn module's parameters were cast to the input's dtype (it refused mixed)
         "torch_params_dtype": torch_params_dtype,
         # the mode the torch.nn module ran in (FrozenBatchNorm's equivalent: eval)
-        "torch_mode": None if ref is None else ("train" if ref.training else "eval"),
+        "torch_mode": None if ref_norm is None else ("train" if ref_norm.training else "eval"),
         "copy_ms": med["copy"] * 1e3,
         "channels_last_kept": layout_kept,
     }
@@ -320,14 +329,26 @@ class ConvNet(nn.Module):
         return self.head(self.features(x).mean((2, 3)))
 
 
-def default_model(norm: str | Callable[[int], nn.Module]) -> nn.Module:
+def default_model(
+    norm: str | Callable[[int], nn.Module], fuse_activation: bool = False
+) -> nn.Module:
     """The training system's default model (``normzoo.models.ConvNet2d``, conf/model/
-    convnet2d.yaml) on 3x32x32 inputs; the local ConvNet where normzoo.models is missing."""
+    convnet2d.yaml) on 3x32x32 inputs; the local ConvNet where normzoo.models is missing.
+    ``fuse_activation``: its norms apply their ReLU themselves (``model.fuse_activation=true``)."""
     try:
         from normzoo.models import ConvNet2d
     except ImportError:
+        if fuse_activation:
+            raise
         return ConvNet(norm if callable(norm) else lambda c: normzoo.create(norm, c))
-    return ConvNet2d(input_shape=(3, 32, 32), num_classes=10, norm=norm)
+    return ConvNet2d(
+        input_shape=(3, 32, 32), num_classes=10, norm=norm, fuse_activation=fuse_activation
+    )
+
+
+def fuses_activation(name: str) -> bool:
+    """Whether norm ``name``'s kernels fuse a ReLU (``Norm.fuses_activation``)."""
+    return bool(getattr(normzoo.get(name), "fuses_activation", False))
 
 
 def _torch_factory(name: str) -> Callable[[int], nn.Module] | None:
@@ -374,8 +395,16 @@ def _quartiles(values: list[float]) -> list[float]:
 
 
 def train_row(
-    name: str, device: torch.device, batch: int, repeats: int, warmup: int
+    name: str,
+    device: torch.device,
+    batch: int,
+    repeats: int,
+    warmup: int,
+    fuse_activation: bool = False,
 ) -> dict[str, Any] | None:
+    """One training-step row: the default model with normzoo's norm ``name`` (with
+    ``fuse_activation``, each applying its ReLU itself) against the same model with the
+    torch.nn equivalent and ``nn.ReLU``; ``None`` where torch.nn has no equivalent."""
     factory = _torch_factory(name)
     if factory is None:
         return None
@@ -384,7 +413,7 @@ def train_row(
     # A/A test: how far the ratio strays from 1 when nothing differs but the instances (their
     # weights, their memory) and the order in each round, the resolution of this measurement.
     models = {
-        "normzoo": default_model(name),
+        "normzoo": default_model(name, fuse_activation),
         "torch": default_model(factory),
         "torch_again": default_model(factory),
     }
@@ -422,6 +451,7 @@ def train_row(
             memory[who] = saved_bytes(model, x, y)
     return {
         "norm": normzoo.info(name).name,
+        "fused_activation": fuse_activation,
         "device": device.type,
         "batch": batch,
         "memory_kind": "cuda_peak" if device.type == "cuda" else "saved_for_backward",
@@ -501,7 +531,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="measure a row again when normzoo is slower than torch.nn (the first ratio is kept "
         "in the row as first_fwdbwd_ratio_torch)",
     )
+    p.add_argument(
+        "--activation",
+        choices=["relu"],
+        help="time each norm with this activation after it: normzoo's applies it itself "
+        "(fuse_activation), torch.nn's and BatchNorm2d are followed by nn.ReLU",
+    )
     p.add_argument("--train", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--fused-train",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the training step with the ReLU fused into each norm that fuses it "
+        "(GroupNorm, InstanceNorm, LayerNorm: ConvNet2d(fuse_activation=True))",
+    )
     p.add_argument("--train-batch", type=int, default=64)
     p.add_argument(
         "--rows",
@@ -546,8 +589,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         continue
                     for name in names:
                         spec = (name, shape, DTYPES[dtype_name], fmt, dev)
+                        timing = (args.repeats, args.warmup)
                         try:
-                            row = bench_row(*spec, args.repeats, args.warmup, args.impl)
+                            row = bench_row(*spec, *timing, args.impl, args.activation)
                         except Exception as err:  # a bug: recorded, and the run goes on
                             error = {
                                 "norm": name,
@@ -563,7 +607,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         ratio = row and row["fwdbwd_ratio_torch"]
                         if ratio and ratio > 1.0 and args.recheck:  # suspicious: measure again
                             print("  recheck: " + format_row(row), flush=True)
-                            again = bench_row(*spec, args.repeats, args.warmup, args.impl)
+                            again = bench_row(*spec, *timing, args.impl, args.activation)
                             if again is not None:
                                 again["first_fwdbwd_ratio_torch"] = ratio
                                 row = again
@@ -573,11 +617,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             save(result, args.json)
                             print(format_row(row), flush=True)
         if args.train:
-            for name in names:
+            variants = [(n, False) for n in names]
+            if args.fused_train:  # and each norm whose kernels fuse the ReLU, fused
+                variants += [(n, True) for n in names if fuses_activation(n)]
+            for name, fuse in variants:
                 try:
-                    row = train_row(name, dev, args.train_batch, args.repeats, args.warmup)
+                    row = train_row(name, dev, args.train_batch, args.repeats, args.warmup, fuse)
                 except Exception as err:  # a bug: recorded, and the run goes on
-                    error = {"norm": name, "train": True, "device": dev.type}
+                    error = {"norm": name, "train": True, "device": dev.type, "fused": fuse}
                     error["error"] = f"{type(err).__name__}: {err}"
                     result["errors"].append(error)
                     print(f"ERROR {error}", flush=True)
@@ -585,8 +632,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if row is not None:
                     result["train"].append(row)
                     save(result, args.json)
+                    label = row["norm"] + (" +ReLU" if fuse else "")
                     print(
-                        f"train {row['norm']:<14} {dev.type}: normzoo {row['normzoo_ms']:.1f} ms "
+                        f"train {label:<20} {dev.type}: normzoo {row['normzoo_ms']:.1f} ms "
                         f"torch {row['torch_ms']:.1f} ms  throughput x{row['throughput_ratio']:.2f}"
                         f" (paired x{row['throughput_paired']:.2f}, fastest rounds"
                         f" x{row['throughput_min']:.2f}; torch/torch x{row['aa_ratio']:.2f},"

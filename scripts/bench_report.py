@@ -240,8 +240,9 @@ def train_table(rows: list[dict[str, Any]]) -> str:
         aa = _fmt(r.get("aa_ratio"), ".2f")
         if r.get("aa_paired") is not None:
             aa += f" ({r['aa_paired']:.2f})"
+        norm = r["norm"] + (" (ReLU fused)" if r.get("fused_activation") else "")
         out.append(
-            f"| {r['norm']} | {r['normzoo_ms']:.1f} | {_fmt(r['torch_ms'], '.1f')} | "
+            f"| {norm} | {r['normzoo_ms']:.1f} | {_fmt(r['torch_ms'], '.1f')} | "
             f"{_fmt(r['throughput_ratio'], '.2f')} | {paired} | {aa} | {r['normzoo_mem_mb']:.1f} | "
             f"{_fmt(r['torch_mem_mb'], '.1f')} | {_fmt(r['mem_ratio'], '.2f')} |"
         )
@@ -449,7 +450,10 @@ def page(data: dict[str, Any], json_path: str, plot_rel: str | None, level: int 
             "times a second torch.nn model in the same rounds and gives torch.nn's time over "
             "its: it differs only in its instance (weights, memory) and its place in each "
             "round, so its distance from 1.00 is this measurement's resolution (runs before "
-            "these columns existed show `-`).\n"
+            "these columns existed show `-`). Rows marked (ReLU fused) build normzoo's model "
+            "with `fuse_activation=True`: each norm applies the ReLU after it inside its own "
+            "kernels (an `nn.Identity` takes the `nn.ReLU`'s place); the torch.nn model is "
+            "the same as in the row above it.\n"
         )
         parts.append(train_table(data["train"]) + "\n")
     if data.get("errors"):
@@ -462,6 +466,15 @@ def page(data: dict[str, Any], json_path: str, plot_rel: str | None, level: int 
     if not rows and not data.get("train"):
         parts.append("(no rows)\n")
     return "\n".join(parts)
+
+
+def label_activations(data: dict[str, Any]) -> dict[str, Any]:
+    """Rows timed with an activation (``bench.py --activation relu``) named for it in every
+    table and plot: ``groupnorm + relu`` (normzoo's fused, torch.nn's followed by nn.ReLU)."""
+    for r in data.get("rows", []):
+        if r.get("activation"):
+            r["norm"] = f"{r['norm']} + {r['activation']}"
+    return data
 
 
 def main() -> None:
@@ -482,7 +495,7 @@ def main() -> None:
     runs = []
     for path in args.json:
         with open(path) as f:
-            runs.append((path, json.load(f)))
+            runs.append((path, label_activations(json.load(f))))
     plot_rel = None
     if args.plot:
         first = runs[0][1]["rows"]

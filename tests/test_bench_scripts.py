@@ -131,6 +131,51 @@ def test_training_rows_pair_the_rounds(bench, monkeypatch):
     assert "| 2.00 (3.00) |" in table  # torch 3, 4, 8 against torch_again 1, 2, 2
 
 
+def test_training_rows_with_the_relu_fused(bench, monkeypatch):
+    """--fused-train adds a row per norm whose kernels fuse the ReLU: normzoo's model built
+    with fuse_activation=True (its norms apply the ReLU, no nn.ReLU left), torch.nn's as
+    before; the table marks it."""
+    built = []
+    default_model = bench.default_model
+
+    def spy(norm, fuse_activation=False):
+        model = default_model(norm, fuse_activation)
+        built.append((norm if isinstance(norm, str) else "torch", fuse_activation, model))
+        return model
+
+    monkeypatch.setattr(bench, "default_model", spy)
+    rows = bench.main(["--norms", "gn", "bn", "--no-rows", "--repeats", "1", "--warmup", "0",
+                       "--train-batch", "2"])["train"]  # fmt: skip
+    assert [(r["norm"], r["fused_activation"]) for r in rows] == [
+        ("groupnorm", False), ("batchnorm", False), ("groupnorm", True)
+    ]  # fmt: skip
+    fused = [m for who, fuse, m in built if fuse]
+    assert len(fused) == 1 and [w for w, f, _ in built].count("torch") == 6
+    assert not any(isinstance(m, torch.nn.ReLU) for m in fused[0].modules())
+    assert {m.activation for m in fused[0].modules() if hasattr(m, "activation")} == {"relu"}
+    table = _script("bench_report").train_table(rows)
+    assert table.count("(ReLU fused)") == 1 and "| groupnorm (ReLU fused) |" in table
+    rows = bench.main(["--norms", "gn", "--no-rows", "--no-fused-train", "--repeats", "1",
+                       "--warmup", "0", "--train-batch", "2"])["train"]  # fmt: skip
+    assert [r["fused_activation"] for r in rows] == [False]
+
+
+def test_bench_rows_with_an_activation(bench):
+    """--activation relu: ours applies the ReLU itself, torch.nn's and BatchNorm2d are
+    followed by nn.ReLU; the report names the rows for it."""
+    cpu = torch.device("cpu")
+    row = bench.bench_row("gn", (4, 8, 6, 6), torch.float32, "contiguous", cpu, 2, 0, None, "relu")
+    assert row["activation"] == "relu" and row["fwdbwd_ratio_torch"] > 0
+    frozen = bench.bench_row("frozenbn", (4, 8, 6, 6), torch.float32, "contiguous", cpu, 2, 0,
+                             None, "relu")  # fmt: skip
+    assert frozen["torch_mode"] == "eval"  # the norm inside nn.Sequential(norm, nn.ReLU())
+    report = _script("bench_report")
+    data = report.label_activations({"rows": [row, bench.bench_row(
+        "gn", (4, 8, 6, 6), torch.float32, "contiguous", cpu, 2, 0)]})  # fmt: skip
+    assert [r["norm"] for r in data["rows"]] == ["groupnorm + relu", "groupnorm"]
+    assert "| groupnorm + relu | 4x8x6x6 |" in report.main_table(data["rows"])
+
+
 def test_row_kernel_bench_times_both_layouts_against_torch():
     """scripts/bench_row_kernels.py: every case timed, ours against torch's operators; and the
     kernels it times compute torch's group norm (checked on one rotating buffer here)."""

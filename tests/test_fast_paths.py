@@ -467,7 +467,9 @@ def test_row_dispatch_with_groups(shape, groups, ops, native, channels_last, mon
 
     with pytest.MonkeyPatch.context() as mp:
         for mod in (group_mod, layer_mod):
-            mp.setattr(mod, "native_group_norm", lambda *a: calls.append(1) or original(*a))
+            mp.setattr(
+                mod, "native_group_norm", lambda *a, **k: calls.append(1) or original(*a, **k)
+            )
         with torch.no_grad():
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             norm(torch.randn(shape).to(memory_format=fmt))

@@ -114,6 +114,7 @@ SIGNATURES: dict[str, dict[str, list]] = {
     "row_norm": {
         # x, weight, bias, y, mean, rstd, var, N, G, Cg, L, eps, threads
         "nz_row_forward": [P, P, P, P, P, P, P, I64, I64, I64, I64, F64, INT],
+        "nz_row_relu_forward": [P, P, P, P, P, P, P, I64, I64, I64, I64, F64, INT],
         # dy, x, weight, mean, rstd, dx, dweight, dbias, partial, N, G, Cg, L, threads
         "nz_row_backward": [P, P, P, P, P, P, P, P, P, I64, I64, I64, I64, INT],
     },

@@ -157,16 +157,23 @@ def row_norm_forward(
 
 
 def row_norm_forward_unchecked(
-    x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None, eps: float, want_var: bool
+    x: Tensor,
+    groups: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    want_var: bool,
+    relu: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """``(y, stats, var)``: ``stats`` ``(2, N, groups)`` mean and rstd, ``var`` the biased
-    variance ``(N, groups)`` if ``want_var``, else ``None``."""
+    variance ``(N, groups)`` if ``want_var``, else ``None``; ``relu``: ``y`` is the norm's
+    output after a ReLU, applied by the kernel's map."""
     n, c, length = _sizes(x)
     y = torch.empty_like(x)
     stats = x.new_empty(2, n, groups)
     var = x.new_empty(n, groups) if want_var else None
     p = stats.data_ptr()
-    _fn("row_norm", "nz_row_forward")(
+    _fn("row_norm", "nz_row_relu_forward" if relu else "nz_row_forward")(
         x.data_ptr(), _ptr(weight), _ptr(bias), y.data_ptr(), p, p + n * groups * _F32,
         _ptr(var), n, groups, c // groups, length, eps, threads(),
     )  # fmt: skip

@@ -32,6 +32,13 @@ void nz_row_forward(const float *x, const float *w, const float *b, float *y, fl
 void nz_row_backward(const float *dy, const float *x, const float *w, const float *mean,
                      const float *rstd, float *dx, float *dw, float *db, float *partial,
                      int64_t N, int64_t G, int64_t Cg, int64_t L, int threads);
+void nz_row_relu_forward(const float *x, const float *w, const float *b, float *y,
+                         float *mean_out, float *rstd_out, float *var_out, int64_t N, int64_t G,
+                         int64_t Cg, int64_t L, double eps, int threads);
+void nz_row_relu_backward(const float *dy, const float *x, const float *w, const float *b,
+                          const float *mean, const float *rstd, float *dx, float *dw,
+                          float *db, float *partial, float *mask, int64_t N, int64_t G,
+                          int64_t Cg, int64_t L, int threads);
 int nz_row_forward_cl(const float *x, const float *w, const float *b, float *y,
                       float *mean_out, float *rstd_out, float *var_out, int64_t N, int64_t G,
                       int64_t Cg, int64_t L, double eps, int threads);
@@ -110,16 +117,21 @@ std::vector<int64_t> per_channel(const Tensor &x) {
 struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
   // Returns (y, stats, var): stats (2, N, G) is the mean and rstd, var (N, G) the biased
   // variance when want_var (else empty); neither is differentiable. Saves x, weight and
-  // stats, as torch's group norm saves x, weight, mean and rstd.
+  // stats, as torch's group norm saves x, weight, mean and rstd; with relu (y = relu(group
+  // norm), contiguous x only) the bias too, which the backward's mask needs.
   static variable_list forward(AutogradContext *ctx, const Tensor &x, int64_t groups,
                                const Tensor &weight, const Tensor &bias, double eps,
-                               bool want_var) {
+                               bool want_var, bool relu) {
     const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
     Tensor y = at::empty_like(x);  // keeps a channels_last layout
     Tensor stats = at::empty({2, n, groups}, x.options());
     Tensor var = at::empty({want_var ? n : 0, want_var ? groups : 0}, x.options());
     float *s = stats.data_ptr<float>();
-    if (channels_last(x)) {
+    if (relu) {
+      nz_row_relu_forward(x.data_ptr<float>(), in_ptr(weight), in_ptr(bias), y.data_ptr<float>(),
+                          s, s + n * groups, out_ptr(var), n, groups, c / groups, length, eps,
+                          at::get_num_threads());
+    } else if (channels_last(x)) {
       check_scratch(nz_row_forward_cl(x.data_ptr<float>(), in_ptr(weight), in_ptr(bias),
                                       y.data_ptr<float>(), s, s + n * groups, out_ptr(var), n,
                                       groups, c / groups, length, eps, at::get_num_threads()));
@@ -128,9 +140,10 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
                      s + n * groups, out_ptr(var), n, groups, c / groups, length, eps,
                      at::get_num_threads());
     }
-    ctx->save_for_backward({x, weight, stats});
+    ctx->save_for_backward({x, weight, stats, relu ? bias : at::empty({0}, x.options())});
     ctx->saved_data["groups"] = groups;
     ctx->saved_data["eps"] = eps;
+    ctx->saved_data["relu"] = relu;
     ctx->mark_non_differentiable({stats, var});
     // stats and var get no gradient: no zeros made for them in backward
     ctx->set_materialize_grads(false);
@@ -138,10 +151,11 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
   }
 
   static variable_list backward(AutogradContext *ctx, variable_list grads) {
-    if (!grads[0].defined()) return variable_list(6);  // y got no gradient
+    if (!grads[0].defined()) return variable_list(7);  // y got no gradient
     const auto saved = ctx->get_saved_variables();
-    const Tensor &x = saved[0], &weight = saved[1], &stats = saved[2];
+    const Tensor &x = saved[0], &weight = saved[1], &stats = saved[2], &bias = saved[3];
     const int64_t groups = ctx->saved_data["groups"].toInt();
+    const bool relu = ctx->saved_data["relu"].toBool();
     // needs_input_grad counts the tensor arguments only: x, weight, bias.
     const bool need_x = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(1),
                need_b = ctx->needs_input_grad(2);
@@ -149,14 +163,17 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
     Tensor dy = grads[0];
     if (at::GradMode::is_enabled()) {
       // create_graph=True: differentiate torch's group norm with a graph instead, so double
-      // backward works as with torch.nn.GroupNorm. The bias only shifts y.
+      // backward works as with torch.nn.GroupNorm. Without the ReLU the bias only shifts y.
       variable_list inputs;
       if (need_x) inputs.push_back(x);
       if (need_w) inputs.push_back(weight);
+      if (need_b && relu) inputs.push_back(bias);
       variable_list g;
       if (!inputs.empty()) {
         const double eps = ctx->saved_data["eps"].toDouble();
-        Tensor y = at::group_norm(x, groups, weight.numel() ? weight : none, none, eps);
+        Tensor y = at::group_norm(x, groups, weight.numel() ? weight : none,
+                                  relu && bias.numel() ? bias : none, eps);
+        if (relu) y = at::relu(y);
         g = torch::autograd::grad({y}, inputs, {dy}, /*retain_graph=*/true,
                                   /*create_graph=*/true);
       }
@@ -165,8 +182,8 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
       Tensor dw = need_w ? g[i++] : none;
       std::vector<int64_t> dims{0};
       for (int64_t d = 2; d < dy.dim(); ++d) dims.push_back(d);
-      Tensor db = need_b ? dy.sum(dims) : none;
-      return {dx, none, dw, db, none, none};
+      Tensor db = need_b ? (relu ? g[i++] : dy.sum(dims)) : none;
+      return {dx, none, dw, db, none, none, none};
     }
     const bool cl = channels_last(x);
     dy = like_x(dy, x, cl);
@@ -176,7 +193,14 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
     Tensor db = need_b ? at::empty({c}, x.options()) : none;
     Tensor partial = at::empty({2, n, c}, x.options());
     const float *s = stats.data_ptr<float>();
-    if (cl) {
+    if (relu) {
+      const int threads = at::get_num_threads();
+      Tensor mask = at::empty({threads, x.numel() / (n * groups)}, x.options());
+      nz_row_relu_backward(dy.data_ptr<float>(), x.data_ptr<float>(), in_ptr(weight),
+                           in_ptr(bias), s, s + n * groups, out_ptr(dx), out_ptr(dw),
+                           out_ptr(db), partial.data_ptr<float>(), mask.data_ptr<float>(), n,
+                           groups, c / groups, length, threads);
+    } else if (cl) {
       check_scratch(nz_row_backward_cl(dy.data_ptr<float>(), x.data_ptr<float>(),
                                        in_ptr(weight), s, s + n * groups, out_ptr(dx),
                                        out_ptr(dw), out_ptr(db), partial.data_ptr<float>(), n,
@@ -187,7 +211,7 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
                       partial.data_ptr<float>(), n, groups, c / groups, length,
                       at::get_num_threads());
     }
-    return {dx, none, dw, db, none, none};
+    return {dx, none, dw, db, none, none, none};
   }
 };
 
@@ -512,12 +536,16 @@ void blend_running(const Tensor &running, const Tensor &batch, double momentum, 
 std::tuple<Tensor, Tensor, Tensor> group_norm(const Tensor &input, int64_t groups,
                                               const std::optional<Tensor> &weight,
                                               const std::optional<Tensor> &bias, double eps,
-                                              bool want_var) {
+                                              bool want_var, bool relu) {
   const Tensor x = kernel_input("group_norm", input);
   check_groups("group_norm", x, groups);
   check_per_channel("group_norm", "weight and bias", x, {&weight, &bias});
+  TORCH_CHECK(!relu || !channels_last(x),
+              "normzoo::group_norm: relu=True takes contiguous input (its kernels have no "
+              "channels_last form), got strides ",
+              x.strides());
   auto out = GroupNormFunction::apply(x, groups, or_empty(weight, x), or_empty(bias, x), eps,
-                                      want_var);
+                                      want_var, relu);
   return {out[0], out[1], out[2]};
 }
 
@@ -586,7 +614,7 @@ Tensor switchable_norm(const Tensor &input, const Tensor &mean_weight, const Ten
 TORCH_LIBRARY(normzoo, m) {
   m.def(
       "group_norm(Tensor x, int groups, Tensor? weight, Tensor? bias, float eps, "
-      "bool want_var) -> (Tensor, Tensor, Tensor)");
+      "bool want_var, bool relu=False) -> (Tensor, Tensor, Tensor)");
   m.def(
       "evonorm_s0(Tensor x, Tensor v, Tensor? weight, Tensor? bias, int groups, float eps) "
       "-> Tensor");

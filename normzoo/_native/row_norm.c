@@ -12,6 +12,14 @@
  *             dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))   (means over the row)
  *             dw[c] = sum_{n, l} dy xhat,  db[c] = sum_{n, l} dy
  * w, b, var (forward) and dx, dw, db (backward) may be NULL.
+ *
+ * The _relu variants fuse a ReLU after the affine map (timm's norm-act layers):
+ *   forward:  y = max(pre, 0),  pre = (x - mean) rstd w[c] + b[c]
+ *   backward: dy is replaced by dy [pre > 0] (pre recomputed from x, the saved mean and rstd,
+ *             w and b, by the forward's own expression, so the mask is bit for bit the
+ *             forward's), then the backward above.
+ * This saves the separate ReLU's passes over the tensor (forward: read y, write; backward:
+ * read dy and y, write), the activation's share of a conv-norm-ReLU block.
  */
 #include <math.h>
 #include <stddef.h>
@@ -74,9 +82,18 @@ static void shifted_moments(const float *p, int64_t n, float k, double *s1, doub
   *s2 = t2;
 }
 
-void nz_row_forward(const float *x, const float *w, const float *b, float *y, float *mean_out,
-                    float *rstd_out, float *var_out, int64_t N, int64_t G, int64_t Cg,
-                    int64_t L, double eps, int threads) {
+/* Channel c's affine map of the normalized row: pre = x sc + sh. The forward and the fused
+ * ReLU's backward mask both compute it through these, so they agree to the bit. */
+static inline float row_scale(const float *w, int64_t c, float rstd) {
+  return w ? w[c] * rstd : rstd;
+}
+static inline float row_shift(const float *b, int64_t c, float m, float sc) {
+  return (b ? b[c] : 0.f) - m * sc;
+}
+
+static void row_forward(const float *x, const float *w, const float *b, float *y,
+                        float *mean_out, float *rstd_out, float *var_out, int64_t N, int64_t G,
+                        int64_t Cg, int64_t L, double eps, int relu, int threads) {
   const int64_t D = Cg * L, rows = N * G;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
@@ -92,17 +109,37 @@ void nz_row_forward(const float *x, const float *w, const float *b, float *y, fl
     const float rstd = (float)(1.0 / sqrt(var + eps));
     const int64_t c0 = (r % G) * Cg;
     for (int64_t j = 0; j < Cg; ++j) {
-      const float sc = w ? w[c0 + j] * rstd : rstd;
-      const float sh = (b ? b[c0 + j] : 0.f) - m * sc;
+      const float sc = row_scale(w, c0 + j, rstd), sh = row_shift(b, c0 + j, m, sc);
       const float *pj = p + j * L;
       float *oj = o + j * L;
+      if (relu) {
+        /* v < 0 ? 0 : v keeps a NaN, as torch.relu does */
 #pragma omp simd
-      for (int64_t i = 0; i < L; ++i) oj[i] = pj[i] * sc + sh;
+        for (int64_t i = 0; i < L; ++i) {
+          const float v = pj[i] * sc + sh;
+          oj[i] = v < 0.f ? 0.f : v;
+        }
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < L; ++i) oj[i] = pj[i] * sc + sh;
+      }
     }
     mean_out[r] = m;
     rstd_out[r] = rstd;
     if (var_out) var_out[r] = (float)var;
   }
+}
+
+void nz_row_forward(const float *x, const float *w, const float *b, float *y, float *mean_out,
+                    float *rstd_out, float *var_out, int64_t N, int64_t G, int64_t Cg,
+                    int64_t L, double eps, int threads) {
+  row_forward(x, w, b, y, mean_out, rstd_out, var_out, N, G, Cg, L, eps, 0, threads);
+}
+
+void nz_row_relu_forward(const float *x, const float *w, const float *b, float *y,
+                         float *mean_out, float *rstd_out, float *var_out, int64_t N, int64_t G,
+                         int64_t Cg, int64_t L, double eps, int threads) {
+  row_forward(x, w, b, y, mean_out, rstd_out, var_out, N, G, Cg, L, eps, 1, threads);
 }
 
 /* dbias[c] = sum_n partial[0][n][c] and dweight[c] = sum_n partial[1][n][c] (sums of dy and of
@@ -174,20 +211,41 @@ static void sums8(const float *g, const float *p, int64_t L, float m, float *t1,
   __builtin_memcpy(t2, &r2, sizeof r2);
 }
 
-/* partial: scratch of 2 * N * C floats (per sample and channel: sum dy, sum dy xhat). */
-void nz_row_backward(const float *dy, const float *x, const float *w, const float *mean,
-                     const float *rstd, float *dx, float *dw, float *db, float *partial,
-                     int64_t N, int64_t G, int64_t Cg, int64_t L, int threads) {
+/* dy [pre > 0] of row (p, g) into out (D = Cg L values): the fused ReLU's gradient mask, with
+ * pre computed as the forward computed it (row_scale, row_shift, x sc + sh). */
+static void relu_mask_row(const float *g, const float *p, const float *w, const float *b,
+                          int64_t c0, int64_t Cg, int64_t L, float m, float rs, float *out) {
+  for (int64_t j = 0; j < Cg; ++j) {
+    const float sc = row_scale(w, c0 + j, rs), sh = row_shift(b, c0 + j, m, sc);
+    const float *gj = g + j * L, *pj = p + j * L;
+    float *oj = out + j * L;
+#pragma omp simd
+    for (int64_t i = 0; i < L; ++i) oj[i] = pj[i] * sc + sh <= 0.f ? 0.f : gj[i];
+  }
+}
+
+/* partial: scratch of 2 * N * C floats (per sample and channel: sum dy, sum dy xhat).
+ * mask: NULL, or the fused ReLU's scratch of threads * Cg * L floats (b its bias). */
+static void row_backward(const float *dy, const float *x, const float *w, const float *b,
+                         const float *mean, const float *rstd, float *dx, float *dw, float *db,
+                         float *partial, float *mask, int64_t N, int64_t G, int64_t Cg,
+                         int64_t L, int threads) {
   const int64_t D = Cg * L, rows = N * G, C = G * Cg;
   float *p_dy = partial, *p_dyx = partial + N * C;
 #pragma omp parallel num_threads(threads)
   {
+    /* this thread's masked dy: one row, written and read back while in its cache */
+    float *own = mask ? mask + (int64_t)omp_get_thread_num() * D : NULL;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const float *g = dy + r * D;
       const float *p = x + r * D;
       const float m = mean[r], rs = rstd[r];
       const int64_t n = r / G, c0 = (r % G) * Cg;
+      if (own) {
+        relu_mask_row(g, p, w, b, c0, Cg, L, m, rs, own);
+        g = own;
+      }
       double a = 0.0, bsum = 0.0; /* sum w dy, sum w dy (x - m) */
       int64_t j = 0;
       if (L <= NZ_CHUNK) /* short channels: eight at a time, one reduction for all eight */
@@ -238,6 +296,20 @@ void nz_row_backward(const float *dy, const float *x, const float *w, const floa
       affine_grads(partial, dw, db, N, C);
     }
   }
+}
+
+void nz_row_backward(const float *dy, const float *x, const float *w, const float *mean,
+                     const float *rstd, float *dx, float *dw, float *db, float *partial,
+                     int64_t N, int64_t G, int64_t Cg, int64_t L, int threads) {
+  row_backward(dy, x, w, NULL, mean, rstd, dx, dw, db, partial, NULL, N, G, Cg, L, threads);
+}
+
+/* mask: scratch of threads * Cg * L floats. */
+void nz_row_relu_backward(const float *dy, const float *x, const float *w, const float *b,
+                          const float *mean, const float *rstd, float *dx, float *dw,
+                          float *db, float *partial, float *mask, int64_t N, int64_t G,
+                          int64_t Cg, int64_t L, int threads) {
+  row_backward(dy, x, w, b, mean, rstd, dx, dw, db, partial, mask, N, G, Cg, L, threads);
 }
 
 /* ---------------------------------------------------------------- channels_last ------- *

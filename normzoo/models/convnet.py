@@ -31,6 +31,11 @@ class ConvNet(nn.Module):
         kernel_size: the convolutions' kernel size.
         dropout: dropout probability before the classifier.
         spatial_dims: 1 or 2.
+        fuse_activation: each norm applies its ReLU itself (``Norm.fuse_activation``: fused
+            into GroupNorm's, InstanceNorm's and LayerNorm's native CPU kernels), an
+            ``nn.Identity`` in the ReLU's place; needs ``norm_position="before_act"`` and a
+            normzoo norm. Default ``False``: a separate ``nn.ReLU``, which the diagnostics'
+            activation hooks observe.
     """
 
     def __init__(
@@ -44,6 +49,7 @@ class ConvNet(nn.Module):
         kernel_size: int = 3,
         dropout: float = 0.0,
         spatial_dims: int = 2,
+        fuse_activation: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in _CONV:
@@ -66,6 +72,7 @@ class ConvNet(nn.Module):
                     norm_position,
                     where=f"stage{s}.conv{c}",
                     spatial_dims=spatial_dims,
+                    fuse=fuse_activation,
                 )
                 channels = width
         self.features = nn.Sequential(*layers)

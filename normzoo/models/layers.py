@@ -63,10 +63,27 @@ def norm_act(
     *,
     where: str,
     spatial_dims: int,
+    fuse: bool = False,
 ) -> list[nn.Module]:
-    """The pair norm + activation in the order ``norm_position`` says."""
+    """The pair norm + activation in the order ``norm_position`` says.
+
+    ``fuse``: the norm applies the ReLU itself (``Norm.fuse_activation``, one pass over the
+    tensor less each way where its kernels fuse it) and an ``nn.Identity`` holds the ReLU's
+    place, so module indices and state-dict keys are those of the unfused pair. Only a
+    normzoo norm followed by ``nn.ReLU`` (``before_act``) fuses; anything else is a
+    ``ValueError``.
+    """
     layer = make_norm(norm, num_features, where=where, spatial_dims=spatial_dims)
-    if check_norm_position(norm_position) == "before_act":
+    before = check_norm_position(norm_position) == "before_act"
+    if fuse:
+        if not (before and act is nn.ReLU and isinstance(layer, Norm)):
+            raise ValueError(
+                f"layer {where!r}: fuse_activation needs a normzoo norm followed by nn.ReLU "
+                f"(norm_position='before_act'), got {type(layer).__name__} with "
+                f"{getattr(act, '__name__', act)} {norm_position}"
+            )
+        return [layer.fuse_activation("relu"), nn.Identity()]
+    if before:
         return [layer, act()]
     return [act(), layer]
 

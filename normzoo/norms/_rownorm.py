@@ -173,6 +173,7 @@ def native_group_norm(
     bias: Tensor | None,
     eps: float,
     want_stats: bool = False,
+    relu: bool = False,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     r"""``torch.nn.functional.group_norm`` on the native kernels (see
     :func:`use_native_row_norm`), returning ``(y, mean, var)``: with ``want_stats`` the per
@@ -180,18 +181,26 @@ def native_group_norm(
 
     .. math:: y = \gamma_c \frac{x - \mathrm{E}_{n,g}[x]}{\sqrt{\mathrm{Var}_{n,g}[x]
               + \epsilon}} + \beta_c
+
+    ``relu``: return ``relu(y)``, fused into the kernels on contiguous input (the C++
+    operator's forward and backward, or the forward alone where nothing needs a gradient);
+    on channels_last input, and without the operator library, the ReLU runs after them.
     """
     if not x.is_contiguous():  # channels_last: the operator's kernels for that layout
         y, stats, var = torch.ops.normzoo.group_norm(x, groups, weight, bias, eps, want_stats)
+        y = torch.relu(y) if relu else y
         return y, (stats[0] if want_stats else None), (var if want_stats else None)
     if torch.is_grad_enabled() and _kernels.needs_grad(x, weight, bias):
         if _native.ops_available():  # a C++ autograd node: no Python in forward or backward
-            y, stats, var = torch.ops.normzoo.group_norm(x, groups, weight, bias, eps, want_stats)
+            y, stats, var = torch.ops.normzoo.group_norm(
+                x, groups, weight, bias, eps, want_stats, relu
+            )
             return y, (stats[0] if want_stats else None), (var if want_stats else None)
         y, stats, var = _NativeGroupNorm.apply(x, groups, weight, bias, eps, want_stats)
+        y = torch.relu(y) if relu else y
     else:  # nothing to differentiate: skip autograd.Function's fixed cost
         y, stats, var = _kernels.row_norm_forward_unchecked(
-            x, groups, weight, bias, eps, want_stats
+            x, groups, weight, bias, eps, want_stats, relu
         )
     return y, (stats[0] if want_stats else None), var
 

@@ -2,8 +2,9 @@
 
 It owns what all norms share: the constructor checks, the per-channel affine parameters, the
 optional running statistics, the input checks (raised before any state changes), the
-``impl`` switch between the fast path and the reference math, and state-dict compatibility
-with ``torch.nn`` (the same keys, and old checkpoints without ``num_batches_tracked``).
+``impl`` switch between the fast path and the reference math, an optional activation applied
+to the output (``fuse_activation``), and state-dict compatibility with ``torch.nn`` (the same
+keys, and old checkpoints without ``num_batches_tracked``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ from torch import Tensor, nn
 AXES = ("batch", "channel", "group", "spatial")
 
 IMPLS = ("fast", "reference")
+
+#: Activations a norm can apply to its own output (:meth:`Norm.fuse_activation`).
+ACTIVATIONS = ("relu",)
+
+
+def check_activation(activation: Any) -> str | None:
+    """``activation`` if it is ``None`` or one of ``ACTIVATIONS``, else a ``ValueError``."""
+    if activation is None or activation in ACTIVATIONS:
+        return activation
+    raise ValueError(
+        f"unknown activation {activation!r}; a norm can apply one of {ACTIVATIONS} (or None)"
+    )
 
 
 def check_num_features(num_features: Any) -> int:
@@ -74,6 +87,8 @@ class Norm(nn.Module):
         batchnorm_statistics: whether ``running_mean``/``running_var`` are BN's per-channel
             statistics of the batch, so ``normzoo.convert`` may carry them between such norms.
         min_spatial_dims, max_spatial_dims: the number of spatial dims the norm accepts.
+        fuses_activation: whether its kernels apply a ``fuse_activation`` ReLU in their own
+            passes (contiguous float32 CPU input, channels-first); other norms apply it after.
     """
 
     statistics_per: ClassVar[tuple[str, ...]] = ()
@@ -82,6 +97,7 @@ class Norm(nn.Module):
     batchnorm_statistics: ClassVar[bool] = False
     min_spatial_dims: ClassVar[int] = 0
     max_spatial_dims: ClassVar[int] = 3
+    fuses_activation: ClassVar[bool] = False
 
     # Version 2 checkpoints carry ``num_batches_tracked`` (torch.nn's numbering).
     _version = 2
@@ -112,6 +128,8 @@ class Norm(nn.Module):
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
+        #: applied to the output (``fuse_activation``); not part of the state dict
+        self.activation: str | None = None
         self.track_running_stats = False
         self.register_buffer("running_mean", None)
         self.register_buffer("running_var", None)
@@ -232,12 +250,34 @@ class Norm(nn.Module):
                 f"in dim 1, got {x.shape[1]} (input shape {tuple(x.shape)})"
             )
 
+    def fuse_activation(self, activation: str | None = "relu") -> Norm:
+        """Apply ``activation`` to this layer's output: ``y = relu(norm(x))``, the norm and the
+        activation of a conv block as one layer (timm's norm-act layers). ``None`` removes it.
+        Returns the module.
+
+        GroupNorm, InstanceNorm and channels-first LayerNorm fuse the ReLU into their native
+        CPU kernels on contiguous float32 input: the forward's map writes ``max(y, 0)`` and
+        the backward recomputes the ReLU's mask from ``x`` and the saved statistics, so the
+        activation costs no pass over the tensor of its own (a separate ``nn.ReLU`` reads and
+        writes it once forward and reads two tensors and writes one backward). Everywhere else,
+        and for the other norms, the activation runs after the norm; the values are the same.
+        Raises a ``ValueError`` for an activation not in ``ACTIVATIONS``.
+        """
+        self.activation = check_activation(activation)
+        return self
+
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
+        if self.activation is not None:
+            return self._forward_activated(x)
         return self._forward(x)
 
     def _forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _forward_activated(self, x: Tensor) -> Tensor:
+        """The output with ``self.activation`` applied; norms with a fused kernel override it."""
+        return torch.relu(self._forward(x))
 
     def _repr_structure(self) -> list[str]:
         """``key=value`` items that ``repr`` shows right after ``num_features`` (e.g. groups)."""
@@ -254,4 +294,6 @@ class Norm(nn.Module):
             parts.append("channels_last=True")
         if self.impl != "fast":
             parts.append(f"impl={self.impl!r}")
+        if self.activation is not None:
+            parts.append(f"activation={self.activation!r}")
         return ", ".join(parts)

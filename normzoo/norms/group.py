@@ -75,6 +75,7 @@ class GroupNorm(Norm):
     statistics_per = ("batch", "group")
     reduces_over = ("channel", "spatial")
     uses_batch_stats = False
+    fuses_activation = True
 
     def __init__(
         self,
@@ -94,16 +95,20 @@ class GroupNorm(Norm):
         self.num_groups = resolve_groups(self.num_features, num_groups, group_size)
         self.reset_parameters()
 
-    def _forward(self, x: Tensor) -> Tensor:
+    def _forward(self, x: Tensor, relu: bool = False) -> Tensor:
         if self.impl == "reference":
-            return functional.group_norm(x, self.num_groups, self.weight, self.bias, eps=self.eps)
-        if use_token_kernels(x, self.weight):  # (N, C): the fused token kernels
-            return group_tokens(
-                TOKENS_GN, x, None, self.weight, self.bias, self.num_groups, self.eps
-            )
-        if use_native_row_norm(x, self.weight, self.num_groups):
-            return native_group_norm(x, self.num_groups, self.weight, self.bias, self.eps)[0]
-        return torch_group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+            y = functional.group_norm(x, self.num_groups, self.weight, self.bias, eps=self.eps)
+        elif use_token_kernels(x, self.weight):  # (N, C): the fused token kernels
+            y = group_tokens(TOKENS_GN, x, None, self.weight, self.bias, self.num_groups, self.eps)
+        elif use_native_row_norm(x, self.weight, self.num_groups):
+            g, w, b = self.num_groups, self.weight, self.bias
+            return native_group_norm(x, g, w, b, self.eps, relu=relu)[0]  # ReLU fused
+        else:
+            y = torch_group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return torch.relu(y) if relu else y
+
+    def _forward_activated(self, x: Tensor) -> Tensor:
+        return self._forward(x, relu=True)
 
     def _repr_structure(self) -> list[str]:
         return [f"num_groups={self.num_groups}"]

@@ -59,6 +59,7 @@ class InstanceNorm(Norm):
     statistics_per = ("batch", "channel")
     reduces_over = ("spatial",)
     uses_batch_stats = False
+    fuses_activation = True
     min_spatial_dims = 1
 
     def __init__(
@@ -93,7 +94,16 @@ class InstanceNorm(Norm):
     def _uses_input_stats(self) -> bool:
         return self.training or not self.track_running_stats
 
-    def _forward(self, x: Tensor) -> Tensor:
+    def _forward(self, x: Tensor, relu: bool = False) -> Tensor:
+        y, fused = self._normalize(x, relu)
+        return torch.relu(y) if relu and not fused else y
+
+    def _forward_activated(self, x: Tensor) -> Tensor:
+        return self._forward(x, relu=True)
+
+    def _normalize(self, x: Tensor, relu: bool) -> tuple[Tensor, bool]:
+        """The norm's output, and whether the ReLU is applied already (where ``relu`` asks
+        for it and the native kernels fuse it)."""
         use_input_stats = self._uses_input_stats()
         update = self.training and self.track_running_stats
         factor = self._update_factor() if update else 0.0
@@ -112,21 +122,22 @@ class InstanceNorm(Norm):
                 with torch.no_grad():
                     self.running_mean.copy_(mean)
                     self.running_var.copy_(var)
-            return y
+            return y, False
         if not use_input_stats:
-            return F.batch_norm(
+            y = F.batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
+            return y, False
         if use_native_row_norm(x, self.weight):
             # The native group-norm kernel with one channel per group; its per (n, c)
             # statistics feed the running averages (no second pass over x).
             y, mean, var = native_group_norm(
-                x, self.num_features, self.weight, self.bias, self.eps, want_stats=update
+                x, self.num_features, self.weight, self.bias, self.eps, update, relu
             )
             if update:
                 assert mean is not None and var is not None
                 self._update_running_stats(mean, var, x[0, 0].numel(), factor)
-            return y
+            return y, relu
         if channels_last_rows(x):
             # channels_last without the C++ operator library: per-row statistics and the
             # affine map of zoo.c read x in place
@@ -134,7 +145,7 @@ class InstanceNorm(Norm):
             y = row_map(x, spec, self.weight, self.bias)
             if update:
                 self._update_running_stats(spec.mean, spec.var, x[0, 0].numel(), factor)
-            return y
+            return y, False
         if update:
             with torch.no_grad():
                 xs = x.detach().float() if x.dtype in (torch.float16, torch.bfloat16) else x
@@ -145,10 +156,10 @@ class InstanceNorm(Norm):
             # channels_last inputs (measured); instance_norm returns NCHW, so restore the layout.
             y = F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
             fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-            return y.contiguous(memory_format=fmt)
+            return y.contiguous(memory_format=fmt), False
         # A group-norm kernel with one channel per group computes exactly instance norm,
         # about twice as fast on CPU as torch's InstanceNorm (a reshaped batch_norm).
-        return torch_group_norm(x, self.num_features, self.weight, self.bias, self.eps)
+        return torch_group_norm(x, self.num_features, self.weight, self.bias, self.eps), False
 
     def _update_running_stats(self, mean: Tensor, var: Tensor, m: int, factor: float) -> None:
         """Running averages from per (sample, channel) statistics ``(N, C)``: the mean over

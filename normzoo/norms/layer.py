@@ -41,6 +41,7 @@ class LayerNorm(Norm):
     statistics_per = ("batch",)
     reduces_over = ("channel", "spatial")
     uses_batch_stats = False
+    fuses_activation = True
 
     def __init__(
         self,
@@ -68,14 +69,19 @@ class LayerNorm(Norm):
             self.reduces_over = ("channel",)
         self.reset_parameters()
 
-    def _forward(self, x: Tensor) -> Tensor:
+    def _forward(self, x: Tensor, relu: bool = False) -> Tensor:
         if self.impl == "reference":
-            return functional.layer_norm(
+            y = functional.layer_norm(
                 x, self.weight, self.bias, eps=self.eps, channels_last=self.channels_last
             )
-        if self.channels_last:
+        elif self.channels_last:
             weight, bias = params_like(x, self.weight, self.bias)
-            return F.layer_norm(x, (self.num_features,), weight, bias, self.eps)
-        if use_native_row_norm(x, self.weight, 1):
-            return native_group_norm(x, 1, self.weight, self.bias, self.eps)[0]
-        return torch_group_norm(x, 1, self.weight, self.bias, self.eps)
+            y = F.layer_norm(x, (self.num_features,), weight, bias, self.eps)
+        elif use_native_row_norm(x, self.weight, 1):  # ReLU fused
+            return native_group_norm(x, 1, self.weight, self.bias, self.eps, relu=relu)[0]
+        else:
+            y = torch_group_norm(x, 1, self.weight, self.bias, self.eps)
+        return torch.relu(y) if relu else y
+
+    def _forward_activated(self, x: Tensor) -> Tensor:
+        return self._forward(x, relu=True)

@@ -90,6 +90,28 @@ def test_every_registered_norm_is_an_option_with_its_own_arguments(name):
     assert type(instantiate(cfg.norm)(8)) is cls
 
 
+@pytest.mark.parametrize("model", ["convnet2d", "convnet1d"])
+def test_fuse_activation_override_fuses_every_norm(model):
+    """model.fuse_activation=true: each norm applies its ReLU, an Identity in the ReLU's
+    place; off by default (the diagnostics observe the nn.ReLU modules)."""
+    shape = (1, 8, 8) if model == "convnet2d" else (1, 40)
+    plain = build_net(["norm=gn", "norm.num_groups=4", f"model={model}"], shape)
+    fused = build_net(
+        ["norm=gn", "norm.num_groups=4", f"model={model}", "model.fuse_activation=true"], shape
+    )
+    assert {m.activation for m in plain.modules() if isinstance(m, Norm)} == {None}
+    assert {m.activation for m in fused.modules() if isinstance(m, Norm)} == {"relu"}
+    assert not any(isinstance(m, torch.nn.ReLU) for m in fused.modules())
+    fused.load_state_dict(plain.state_dict())
+    x = torch.randn(4, *shape)
+    torch.testing.assert_close(fused(x), plain(x), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="fuse_activation needs a normzoo norm"):
+        build_net(
+            [f"model={model}", "model.fuse_activation=true", "model.norm_position=after_act"],
+            shape,
+        )
+
+
 def test_norm_kwargs_reach_every_layer():
     net = build_net(["norm=gn", "norm.num_groups=8", "model=convnet2d"], (1, 8, 8))
     groups = {m.num_groups for m in net.modules() if isinstance(m, normzoo.norms.GroupNorm)}
