@@ -70,25 +70,40 @@ def test_every_norm_with_relu_is_relu_of_the_norm(name, layout):
         _assert_equal(fused.state_dict()[key], value)
 
 
+CONTIGUOUS_CASES = [
+    ("groupnorm", (64, 32, 16, 16), {}),  # one channel per group (the default model's)
+    ("groupnorm", (8, 64, 16, 16), {"num_groups": 8}),
+    ("groupnorm", (40, 24, 5, 7), {"num_groups": 6}),  # odd lengths: the loops' tails
+    ("groupnorm", (3, 16, 2000), {"num_groups": 4}),  # rows over 1024 values per channel
+    ("layernorm", (32, 64, 8, 8), {}),
+    ("instancenorm", (16, 32, 12, 12), {"track_running_stats": True}),
+]
+CHANNELS_LAST_CASES = [
+    ("groupnorm", (64, 32, 16, 16), {}),
+    ("groupnorm", (40, 24, 5, 7), {"num_groups": 6}),  # 24 channels: a narrow tile and a tail
+    ("groupnorm", (3, 20, 48, 48), {"num_groups": 5}),  # 3 samples on 2 threads: spread
+    ("layernorm", (1, 32, 40, 40), {}),  # one sample, two super-blocks of positions
+    ("layernorm", (32, 64, 8, 8), {}),
+    ("instancenorm", (16, 32, 12, 12), {"track_running_stats": True}),
+]
+
+
 @needs_ops
 @pytest.mark.parametrize(
-    ("name", "shape", "kwargs"),
-    [
-        ("groupnorm", (64, 32, 16, 16), {}),  # one channel per group (the default model's)
-        ("groupnorm", (8, 64, 16, 16), {"num_groups": 8}),
-        ("groupnorm", (40, 24, 5, 7), {"num_groups": 6}),  # odd lengths: the loops' tails
-        ("groupnorm", (3, 16, 2000), {"num_groups": 4}),  # rows over 1024 values per channel
-        ("layernorm", (32, 64, 8, 8), {}),
-        ("instancenorm", (16, 32, 12, 12), {"track_running_stats": True}),
-    ],
+    ("name", "shape", "kwargs", "layout"),
+    [(*case, "contiguous") for case in CONTIGUOUS_CASES]
+    + [(*case, "channels_last") for case in CHANNELS_LAST_CASES],
+    ids=str,
 )
-def test_fused_kernels_match_the_unfused_path_bit_for_bit(name, shape, kwargs):
+def test_fused_kernels_match_the_unfused_path_bit_for_bit(name, shape, kwargs, layout):
     """The C++ operator's fused forward and backward (one node, no ReLU node) give exactly
-    what the unfused kernels and torch.relu give; in training and without autograd."""
+    what the unfused kernels and torch.relu give, in both layouts; in training and without
+    autograd."""
     fused, plain = _pair(name, shape[1], **kwargs)
-    x = torch.randn(shape)
-    assert x.numel() >= _rownorm.NATIVE_MIN_NUMEL
-    g = torch.randn(shape)
+    x, g = torch.randn(shape), torch.randn(shape)
+    if layout == "channels_last":
+        x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
+    assert _rownorm.use_native_row_norm(x, fused.weight, getattr(fused, "num_groups", None))
     y, grads = _grads(fused, x, g)
     assert "Relu" not in type(y.grad_fn).__name__  # the norm's own node, the ReLU inside
     ref, ref_grads = _grads(nn.Sequential(plain, nn.ReLU()), x, g)
@@ -96,14 +111,16 @@ def test_fused_kernels_match_the_unfused_path_bit_for_bit(name, shape, kwargs):
     for a, b in zip(grads, ref_grads, strict=True):
         _assert_equal(a, b)
     assert (y == 0).any() and (y > 0).any()
+    assert y.stride() == x.stride()
     fused.eval()
     plain.eval()
-    with torch.no_grad():  # the forward kernel alone (inference), fused too
+    with torch.no_grad():  # without autograd, fused too
         _assert_equal(fused(x), torch.relu(plain(x)))
 
 
 @needs_ops
-def test_fused_relu_at_its_kink_and_with_nan():
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_fused_relu_at_its_kink_and_with_nan(layout):
     """Where the norm's output is exactly 0 the gradient is 0 (as torch's ReLU gives: the
     mask is ``pre > 0``), and a NaN passes through as torch.relu passes it."""
     fused, plain = _pair("groupnorm", 32, num_groups=4)
@@ -114,6 +131,8 @@ def test_fused_relu_at_its_kink_and_with_nan():
     x = torch.randn(8, 32, 16, 16)
     x[1, 9, 3, 4] = float("nan")  # sample 1, group 1: all NaN
     g = torch.randn_like(x)
+    if layout == "channels_last":
+        x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
     y, grads = _grads(fused, x, g)
     ref, ref_grads = _grads(nn.Sequential(plain, nn.ReLU()), x, g)
     _assert_equal(y, ref)
@@ -138,13 +157,6 @@ def test_fused_relu_double_backward():
         _assert_equal(a, b)
     for a, b in zip(out[0][3:], out[1][3:], strict=True):  # second: float32 rounding apart
         torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=1e-4)
-
-
-@needs_ops
-def test_operator_refuses_relu_on_channels_last():
-    x = torch.randn(4, 8, 8, 8).contiguous(memory_format=torch.channels_last)
-    with pytest.raises(RuntimeError, match="relu=True takes contiguous input"):
-        torch.ops.normzoo.group_norm(x, 2, None, None, 1e-5, False, True)
 
 
 @pytest.mark.parametrize("ops", [False, True])

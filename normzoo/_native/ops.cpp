@@ -39,6 +39,13 @@ void nz_row_relu_backward(const float *dy, const float *x, const float *w, const
                           const float *mean, const float *rstd, float *dx, float *dw,
                           float *db, float *partial, float *mask, int64_t N, int64_t G,
                           int64_t Cg, int64_t L, int threads);
+int nz_row_relu_forward_cl(const float *x, const float *w, const float *b, float *y,
+                           float *mean_out, float *rstd_out, float *var_out, int64_t N,
+                           int64_t G, int64_t Cg, int64_t L, double eps, int threads);
+int nz_row_relu_backward_cl(const float *dy, const float *x, const float *w, const float *b,
+                            const float *mean, const float *rstd, float *dx, float *dw,
+                            float *db, float *partial, int64_t N, int64_t G, int64_t Cg,
+                            int64_t L, int threads);
 int nz_row_forward_cl(const float *x, const float *w, const float *b, float *y,
                       float *mean_out, float *rstd_out, float *var_out, int64_t N, int64_t G,
                       int64_t Cg, int64_t L, double eps, int threads);
@@ -118,7 +125,7 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
   // Returns (y, stats, var): stats (2, N, G) is the mean and rstd, var (N, G) the biased
   // variance when want_var (else empty); neither is differentiable. Saves x, weight and
   // stats, as torch's group norm saves x, weight, mean and rstd; with relu (y = relu(group
-  // norm), contiguous x only) the bias too, which the backward's mask needs.
+  // norm)) the bias too, which the backward's mask needs.
   static variable_list forward(AutogradContext *ctx, const Tensor &x, int64_t groups,
                                const Tensor &weight, const Tensor &bias, double eps,
                                bool want_var, bool relu) {
@@ -127,14 +134,15 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
     Tensor stats = at::empty({2, n, groups}, x.options());
     Tensor var = at::empty({want_var ? n : 0, want_var ? groups : 0}, x.options());
     float *s = stats.data_ptr<float>();
-    if (relu) {
+    if (channels_last(x)) {
+      check_scratch((relu ? nz_row_relu_forward_cl : nz_row_forward_cl)(
+          x.data_ptr<float>(), in_ptr(weight), in_ptr(bias), y.data_ptr<float>(), s,
+          s + n * groups, out_ptr(var), n, groups, c / groups, length, eps,
+          at::get_num_threads()));
+    } else if (relu) {
       nz_row_relu_forward(x.data_ptr<float>(), in_ptr(weight), in_ptr(bias), y.data_ptr<float>(),
                           s, s + n * groups, out_ptr(var), n, groups, c / groups, length, eps,
                           at::get_num_threads());
-    } else if (channels_last(x)) {
-      check_scratch(nz_row_forward_cl(x.data_ptr<float>(), in_ptr(weight), in_ptr(bias),
-                                      y.data_ptr<float>(), s, s + n * groups, out_ptr(var), n,
-                                      groups, c / groups, length, eps, at::get_num_threads()));
     } else {
       nz_row_forward(x.data_ptr<float>(), in_ptr(weight), in_ptr(bias), y.data_ptr<float>(), s,
                      s + n * groups, out_ptr(var), n, groups, c / groups, length, eps,
@@ -193,7 +201,13 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
     Tensor db = need_b ? at::empty({c}, x.options()) : none;
     Tensor partial = at::empty({2, n, c}, x.options());
     const float *s = stats.data_ptr<float>();
-    if (relu) {
+    if (cl && relu) {
+      check_scratch(nz_row_relu_backward_cl(dy.data_ptr<float>(), x.data_ptr<float>(),
+                                            in_ptr(weight), in_ptr(bias), s, s + n * groups,
+                                            out_ptr(dx), out_ptr(dw), out_ptr(db),
+                                            partial.data_ptr<float>(), n, groups, c / groups,
+                                            length, at::get_num_threads()));
+    } else if (relu) {
       const int threads = at::get_num_threads();
       Tensor mask = at::empty({threads, x.numel() / (n * groups)}, x.options());
       nz_row_relu_backward(dy.data_ptr<float>(), x.data_ptr<float>(), in_ptr(weight),
@@ -540,10 +554,6 @@ std::tuple<Tensor, Tensor, Tensor> group_norm(const Tensor &input, int64_t group
   const Tensor x = kernel_input("group_norm", input);
   check_groups("group_norm", x, groups);
   check_per_channel("group_norm", "weight and bias", x, {&weight, &bias});
-  TORCH_CHECK(!relu || !channels_last(x),
-              "normzoo::group_norm: relu=True takes contiguous input (its kernels have no "
-              "channels_last form), got strides ",
-              x.strides());
   auto out = GroupNormFunction::apply(x, groups, or_empty(weight, x), or_empty(bias, x), eps,
                                       want_var, relu);
   return {out[0], out[1], out[2]};

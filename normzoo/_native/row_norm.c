@@ -455,8 +455,8 @@ static void cl_forward_coef(const float *x, const float *w, const float *b, doub
     const double var = v > 0.0 ? v : 0.0;
     const float m = (float)(k[0] + dm), rstd = (float)(1.0 / sqrt(var + eps));
     for (int64_t j = 0; j < C; ++j) {
-      a[j] = w ? w[j] * rstd : rstd;
-      sh[j] = (b ? b[j] : 0.f) - m * a[j];
+      a[j] = row_scale(w, j, rstd);
+      sh[j] = row_shift(b, j, m, a[j]);
     }
     mean_out[n] = m;
     rstd_out[n] = rstd;
@@ -477,8 +477,8 @@ static void cl_forward_coef(const float *x, const float *w, const float *b, doub
     vg *= inv_cg;
     const float m = (float)mg, rstd = (float)(1.0 / sqrt(vg + eps));
     for (int64_t j = g * Cg; j < (g + 1) * Cg; ++j) {
-      a[j] = w ? w[j] * rstd : rstd;
-      sh[j] = (b ? b[j] : 0.f) - m * a[j];
+      a[j] = row_scale(w, j, rstd);
+      sh[j] = row_shift(b, j, m, a[j]);
     }
     mean_out[n * G + g] = m;
     rstd_out[n * G + g] = rstd;
@@ -486,12 +486,25 @@ static void cl_forward_coef(const float *x, const float *w, const float *b, doub
   }
 }
 
+typedef int32_t nz_vi __attribute__((vector_size(64)));
+
+/* max(r, 0) lane by lane, a NaN kept (as torch.relu keeps it): r < 0 ? 0 : r. */
+static inline nz_vf nz_relu(nz_vf r) {
+  const nz_vi neg = r < (nz_vf){0};
+  nz_vi bits;
+  __builtin_memcpy(&bits, &r, sizeof r);
+  bits &= ~neg;
+  __builtin_memcpy(&r, &bits, sizeof r);
+  return r;
+}
+
 /* The elementwise map over positions [l0, l1) of sample block (u, p -> o), with per-channel
  * coefficients c4 = (c0, c1, c2, c3) of C floats each, kept in registers per channel tile:
- *   forward (u == NULL): o = p c0 + c1;   backward: o = c0 u + c1 (p - c3) + c2. */
+ *   forward (u == NULL): o = p c0 + c1 (then max(o, 0) with relu);
+ *   backward: o = c0 u + c1 (p - c3) + c2. */
 static inline __attribute__((always_inline)) void
 cl_map_tile(const float *u, const float *p, float *o, const float *c4, int64_t C, int64_t c0,
-            int nv, int64_t l, int64_t e) {
+            int nv, int64_t l, int64_t e, int relu) {
   nz_vf k0[NZ_NV], k1[NZ_NV], k2[NZ_NV], k3[NZ_NV];
   for (int v = 0; v < nv; ++v) {
     const int64_t j = c0 + v * NZ_VL;
@@ -505,29 +518,63 @@ cl_map_tile(const float *u, const float *p, float *o, const float *c4, int64_t C
   for (int64_t i = l; i < e; ++i)
     for (int v = 0; v < nv; ++v) {
       const int64_t at = i * C + c0 + v * NZ_VL;
-      const nz_vf r = u ? k0[v] * nz_load(u + at) + k1[v] * (nz_load(p + at) - k3[v]) + k2[v]
-                        : nz_load(p + at) * k0[v] + k1[v];
+      nz_vf r = u ? k0[v] * nz_load(u + at) + k1[v] * (nz_load(p + at) - k3[v]) + k2[v]
+                  : nz_load(p + at) * k0[v] + k1[v];
+      if (relu) r = nz_relu(r);
       __builtin_memcpy(o + at, &r, sizeof r);
     }
 }
 
-static void cl_map(const float *u, const float *p, float *o, const float *c4, int64_t C,
-                   int64_t l0, int64_t l1) {
+static inline __attribute__((always_inline)) void
+cl_map_body(const float *u, const float *p, float *o, const float *c4, int64_t C, int64_t l0,
+            int64_t l1, int relu) {
   const int64_t wide = C - C % NZ_TILE, narrow = C - C % NZ_VL;
   for (int64_t l = l0; l < l1; l += NZ_CL_FLUSH) {
     const int64_t e = nz_min64(l + NZ_CL_FLUSH, l1);
-    for (int64_t c0 = 0; c0 < wide; c0 += NZ_TILE) cl_map_tile(u, p, o, c4, C, c0, NZ_NV, l, e);
+    for (int64_t c0 = 0; c0 < wide; c0 += NZ_TILE)
+      cl_map_tile(u, p, o, c4, C, c0, NZ_NV, l, e, relu);
     switch ((narrow - wide) / NZ_VL) {
-      case 3: cl_map_tile(u, p, o, c4, C, wide, 3, l, e); break;
-      case 2: cl_map_tile(u, p, o, c4, C, wide, 2, l, e); break;
-      case 1: cl_map_tile(u, p, o, c4, C, wide, 1, l, e); break;
+      case 3: cl_map_tile(u, p, o, c4, C, wide, 3, l, e, relu); break;
+      case 2: cl_map_tile(u, p, o, c4, C, wide, 2, l, e, relu); break;
+      case 1: cl_map_tile(u, p, o, c4, C, wide, 1, l, e, relu); break;
     }
     for (int64_t i = l; i < e; ++i)
       for (int64_t j = narrow; j < C; ++j) {
         const int64_t at = i * C + j;
-        o[at] = u ? c4[j] * u[at] + c4[C + j] * (p[at] - c4[3 * C + j]) + c4[2 * C + j]
-                  : p[at] * c4[j] + c4[C + j];
+        float r = u ? c4[j] * u[at] + c4[C + j] * (p[at] - c4[3 * C + j]) + c4[2 * C + j]
+                    : p[at] * c4[j] + c4[C + j];
+        if (relu) r = r < 0.f ? 0.f : r;
+        o[at] = r;
       }
+  }
+}
+
+/* relu (forward only): o = max(p c0 + c1, 0). One copy of the loops with it, one without. */
+static void cl_map(const float *u, const float *p, float *o, const float *c4, int64_t C,
+                   int64_t l0, int64_t l1, int relu) {
+  if (relu)
+    cl_map_body(NULL, p, o, c4, C, l0, l1, 1);
+  else
+    cl_map_body(u, p, o, c4, C, l0, l1, 0);
+}
+
+/* The fused ReLU's backward: dy [pre > 0] over positions [l0, l1) of sample n's (L, C) block
+ * into out ((l1 - l0) C floats), pre = x sc + sh with the forward's coefficients (row_scale,
+ * row_shift of the saved mean and rstd; sc, sh: scratch of C floats each). */
+static void cl_relu_mask(const float *dy, const float *x, const float *w, const float *b,
+                         const float *mean, const float *rstd, int64_t n, int64_t G, int64_t Cg,
+                         int64_t l0, int64_t l1, float *sc, float *sh, float *out) {
+  const int64_t C = G * Cg;
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t j = g * Cg; j < (g + 1) * Cg; ++j) {
+      sc[j] = row_scale(w, j, rstd[n * G + g]);
+      sh[j] = row_shift(b, j, mean[n * G + g], sc[j]);
+    }
+  for (int64_t i = l0; i < l1; ++i) {
+    const float *pi = x + i * C, *gi = dy + i * C;
+    float *oi = out + (i - l0) * C;
+#pragma omp simd
+    for (int64_t j = 0; j < C; ++j) oi[j] = pi[j] * sc[j] + sh[j] <= 0.f ? 0.f : gi[j];
   }
 }
 
@@ -574,10 +621,9 @@ static double *cl_totals(const nz_cl_scratch *s) {
   return s->totals + omp_get_thread_num() * s->totals_stride;
 }
 
-/* Returns 0, or -1 where the scratch memory could not be allocated (nothing written). */
-int nz_row_forward_cl(const float *x, const float *w, const float *b, float *y,
-                      float *mean_out, float *rstd_out, float *var_out, int64_t N, int64_t G,
-                      int64_t Cg, int64_t L, double eps, int threads) {
+static int row_forward_cl(const float *x, const float *w, const float *b, float *y,
+                          float *mean_out, float *rstd_out, float *var_out, int64_t N, int64_t G,
+                          int64_t Cg, int64_t L, double eps, int relu, int threads) {
   const int64_t C = G * Cg;
   if (threads < 1) threads = 1;
   nz_cl_scratch s;
@@ -591,7 +637,7 @@ int nz_row_forward_cl(const float *x, const float *w, const float *b, float *y,
                   Cg, L, nsb, eps, cl_totals(&s))
 #define NZ_MAP(n, sb)                                                                        \
   cl_map(NULL, x + (n) * L * C, y + (n) * L * C, cl_coef(&s, n), C, (sb) * NZ_SB,           \
-         nz_min64(((sb) + 1) * NZ_SB, L))
+         nz_min64(((sb) + 1) * NZ_SB, L), relu)
 #pragma omp parallel num_threads(threads)
   {
     if (s.fused) {
@@ -615,6 +661,20 @@ int nz_row_forward_cl(const float *x, const float *w, const float *b, float *y,
 #undef NZ_MAP
   free(s.work);
   return 0;
+}
+
+/* Returns 0, or -1 where the scratch memory could not be allocated (nothing written). */
+int nz_row_forward_cl(const float *x, const float *w, const float *b, float *y,
+                      float *mean_out, float *rstd_out, float *var_out, int64_t N, int64_t G,
+                      int64_t Cg, int64_t L, double eps, int threads) {
+  return row_forward_cl(x, w, b, y, mean_out, rstd_out, var_out, N, G, Cg, L, eps, 0, threads);
+}
+
+/* The same with a ReLU after the affine map. */
+int nz_row_relu_forward_cl(const float *x, const float *w, const float *b, float *y,
+                           float *mean_out, float *rstd_out, float *var_out, int64_t N,
+                           int64_t G, int64_t Cg, int64_t L, double eps, int threads) {
+  return row_forward_cl(x, w, b, y, mean_out, rstd_out, var_out, N, G, Cg, L, eps, 1, threads);
 }
 
 /* Sample n's backward coefficients from its sums wk: dx = A_c dy + B1_c (x - mean_g) + B0_c,
@@ -649,16 +709,28 @@ static void cl_backward_coef(const float *w, const float *rstd, double *wk, floa
   }
 }
 
-/* partial: scratch of 2 N C floats, as for nz_row_backward. Returns 0, or -1 where the
- * scratch memory could not be allocated (nothing written). */
-int nz_row_backward_cl(const float *dy, const float *x, const float *w, const float *mean,
-                       const float *rstd, float *dx, float *dw, float *db, float *partial,
-                       int64_t N, int64_t G, int64_t Cg, int64_t L, int threads) {
+/* partial: scratch of 2 N C floats, as for nz_row_backward. b, relu: the fused ReLU's (its
+ * gradient mask, recomputed per super-block into a thread's scratch; b may be NULL). Returns
+ * 0, or -1 where the scratch memory could not be allocated (nothing written). */
+static int row_backward_cl(const float *dy, const float *x, const float *w, const float *b,
+                           const float *mean, const float *rstd, float *dx, float *dw, float *db,
+                           float *partial, int64_t N, int64_t G, int64_t Cg, int64_t L,
+                           int relu, int threads) {
   const int64_t C = G * Cg;
   if (threads < 1) threads = 1;
   nz_cl_scratch s;
   if (!cl_alloc(&s, N, C, L, threads)) return -1;
   const int64_t nsb = s.nsb;
+  /* relu: per thread, a super-block of masked dy (NZ_SB C floats) and sc, sh (C each) */
+  const int64_t mask_stride = nz_lines((nz_min64(NZ_SB, L) + 2) * C, sizeof(float));
+  float *masks = relu ? aligned_alloc(64, (size_t)(threads * mask_stride) * sizeof(float)) : NULL;
+  if (relu && !masks) {
+    free(s.work);
+    return -1;
+  }
+  /* dy of positions [l0, l1) of sample n as the sums and the map read it: dy itself, or the
+   * thread's masked copy, offset so that position i is at (i - l0) C */
+#define NZ_DY(n, l0, l1) (relu ? masked_dy(n, l0, l1) : dy + (n) * L * C)
   /* the group mean per channel (coef's 4th row): the shift of the sums and of dx's x - mean */
 #define NZ_MEANS(n)                                                                          \
   do {                                                                                       \
@@ -667,16 +739,23 @@ int nz_row_backward_cl(const float *dy, const float *x, const float *w, const fl
       for (int64_t j = g * Cg; j < (g + 1) * Cg; ++j) m[j] = mean[(n) * G + g];              \
   } while (0)
 #define NZ_SUMS(n, sb)                                                                       \
-  cl_sums(dy + (n) * L * C, x + (n) * L * C, NULL, cl_coef(&s, n) + 3 * C, C, (sb) * NZ_SB, \
-          nz_min64(((sb) + 1) * NZ_SB, L), cl_work(&s, n) + (sb) * 2 * C)
+  cl_sums(NZ_DY(n, (sb) * NZ_SB, nz_min64(((sb) + 1) * NZ_SB, L)), x + (n) * L * C, NULL,   \
+          cl_coef(&s, n) + 3 * C, C, (sb) * NZ_SB, nz_min64(((sb) + 1) * NZ_SB, L),          \
+          cl_work(&s, n) + (sb) * 2 * C)
 #define NZ_COEF(n)                                                                           \
   cl_backward_coef(w, rstd, cl_work(&s, n), cl_coef(&s, n), partial, n, N, G, Cg, L, nsb,   \
                    cl_totals(&s))
 #define NZ_MAP(n, sb)                                                                        \
-  cl_map(dy + (n) * L * C, x + (n) * L * C, dx + (n) * L * C, cl_coef(&s, n), C,            \
-         (sb) * NZ_SB, nz_min64(((sb) + 1) * NZ_SB, L))
+  cl_map(NZ_DY(n, (sb) * NZ_SB, nz_min64(((sb) + 1) * NZ_SB, L)), x + (n) * L * C,           \
+         dx + (n) * L * C, cl_coef(&s, n), C, (sb) * NZ_SB, nz_min64(((sb) + 1) * NZ_SB, L), 0)
 #pragma omp parallel num_threads(threads)
   {
+    float *own = relu ? masks + (int64_t)omp_get_thread_num() * mask_stride : NULL;
+    /* writes sample n's masked dy of [l0, l1) into own; returns it offset to position 0 */
+#define masked_dy(n, l0, l1)                                                                 \
+  (cl_relu_mask(dy + (n) * L * C, x + (n) * L * C, w, b, mean, rstd, n, G, Cg, l0, l1,       \
+                own + nz_min64(NZ_SB, L) * C, own + nz_min64(NZ_SB, L) * C + C, own),        \
+   own - (l0) * C)
     if (s.fused) {
 #pragma omp for schedule(static)
       for (int64_t n = 0; n < N; ++n) {
@@ -706,6 +785,25 @@ int nz_row_backward_cl(const float *dy, const float *x, const float *w, const fl
 #undef NZ_SUMS
 #undef NZ_COEF
 #undef NZ_MAP
+#undef NZ_DY
+#undef masked_dy
+  free(masks);
   free(s.work);
   return 0;
+}
+
+int nz_row_backward_cl(const float *dy, const float *x, const float *w, const float *mean,
+                       const float *rstd, float *dx, float *dw, float *db, float *partial,
+                       int64_t N, int64_t G, int64_t Cg, int64_t L, int threads) {
+  return row_backward_cl(dy, x, w, NULL, mean, rstd, dx, dw, db, partial, N, G, Cg, L, 0,
+                         threads);
+}
+
+/* The backward of nz_row_relu_forward_cl (b: its bias, may be NULL). */
+int nz_row_relu_backward_cl(const float *dy, const float *x, const float *w, const float *b,
+                            const float *mean, const float *rstd, float *dx, float *dw,
+                            float *db, float *partial, int64_t N, int64_t G, int64_t Cg,
+                            int64_t L, int threads) {
+  return row_backward_cl(dy, x, w, b, mean, rstd, dx, dw, db, partial, N, G, Cg, L, 1,
+                         threads);
 }

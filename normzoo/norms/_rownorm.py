@@ -182,13 +182,12 @@ def native_group_norm(
     .. math:: y = \gamma_c \frac{x - \mathrm{E}_{n,g}[x]}{\sqrt{\mathrm{Var}_{n,g}[x]
               + \epsilon}} + \beta_c
 
-    ``relu``: return ``relu(y)``, fused into the kernels on contiguous input (the C++
-    operator's forward and backward, or the forward alone where nothing needs a gradient);
-    on channels_last input, and without the operator library, the ReLU runs after them.
+    ``relu``: return ``relu(y)``, fused into the kernels (the C++ operator's forward and
+    backward, both layouts; or the forward alone where nothing needs a gradient); without the
+    operator library the ReLU runs after them.
     """
     if not x.is_contiguous():  # channels_last: the operator's kernels for that layout
-        y, stats, var = torch.ops.normzoo.group_norm(x, groups, weight, bias, eps, want_stats)
-        y = torch.relu(y) if relu else y
+        y, stats, var = torch.ops.normzoo.group_norm(x, groups, weight, bias, eps, want_stats, relu)
         return y, (stats[0] if want_stats else None), (var if want_stats else None)
     if torch.is_grad_enabled() and _kernels.needs_grad(x, weight, bias):
         if _native.ops_available():  # a C++ autograd node: no Python in forward or backward

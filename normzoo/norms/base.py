@@ -88,7 +88,7 @@ class Norm(nn.Module):
             statistics of the batch, so ``normzoo.convert`` may carry them between such norms.
         min_spatial_dims, max_spatial_dims: the number of spatial dims the norm accepts.
         fuses_activation: whether its kernels apply a ``fuse_activation`` ReLU in their own
-            passes (contiguous float32 CPU input, channels-first); other norms apply it after.
+            passes (float32 CPU input, contiguous or channels_last); others apply it after.
     """
 
     statistics_per: ClassVar[tuple[str, ...]] = ()
@@ -256,11 +256,13 @@ class Norm(nn.Module):
         Returns the module.
 
         GroupNorm, InstanceNorm and channels-first LayerNorm fuse the ReLU into their native
-        CPU kernels on contiguous float32 input: the forward's map writes ``max(y, 0)`` and
-        the backward recomputes the ReLU's mask from ``x`` and the saved statistics, so the
-        activation costs no pass over the tensor of its own (a separate ``nn.ReLU`` reads and
-        writes it once forward and reads two tensors and writes one backward). Everywhere else,
-        and for the other norms, the activation runs after the norm; the values are the same.
+        CPU kernels (float32, contiguous or channels_last, with the C++ operator library): the
+        forward's map writes ``max(y, 0)`` and the backward recomputes the ReLU's mask from
+        ``x``, the parameters and the saved statistics (per row or block of positions, in
+        cache), so the activation costs no pass over the tensor of its own (a separate
+        ``nn.ReLU`` reads and writes it once forward and reads two tensors and writes one
+        backward). Everywhere else, and for the other norms, the activation runs after the
+        norm; the values are the same.
         Raises a ``ValueError`` for an activation not in ``ACTIVATIONS``.
         """
         self.activation = check_activation(activation)
