@@ -56,6 +56,7 @@ def test_every_norm_with_relu_is_relu_of_the_norm(name, layout):
     (16, 32, 16, 16), where GroupNorm, LayerNorm and InstanceNorm run their native kernels."""
     fused, plain = _pair(name, 32)
     assert fused.activation == "relu" and plain.activation is None
+    assert "activation='relu'" in repr(fused) and "activation" not in repr(plain)
     x = torch.randn(16, 32, 16, 16)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)

@@ -2,7 +2,8 @@
 //
 // Group norm, and with it InstanceNorm (groups = C) and channels-first LayerNorm (groups = 1):
 //   y = weight_c * (x - mean_{n,g}) * rstd_{n,g} + bias_c,   rstd = 1 / sqrt(var_{n,g} + eps)
-// over each (sample, group) row (Wu and He, "Group Normalization", ECCV 2018).
+// over each (sample, group) row (Wu and He, "Group Normalization", ECCV 2018); with relu=True,
+// relu(y) in the same kernels (Norm.fuse_activation: the ReLU's mask is recomputed in backward).
 //
 // Why C++: the same kernels behind a Python torch.autograd.Function cost tens of microseconds
 // of Python per forward and backward, which decided the comparison with torch's own group norm

@@ -99,6 +99,8 @@ class FrozenBatchNorm(Norm):
         )
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps:g}, affine={self.affine}, frozen=True" + (
-            f", impl={self.impl!r}" if self.impl != "fast" else ""
+        return (
+            f"{self.num_features}, eps={self.eps:g}, affine={self.affine}, frozen=True"
+            + (f", impl={self.impl!r}" if self.impl != "fast" else "")
+            + (f", activation={self.activation!r}" if self.activation is not None else "")
         )

@@ -148,6 +148,12 @@ def render(name: str, results: ResultsProvider | None = None) -> str:
         ("statistics per", ", ".join(cls.statistics_per) or "-"),
         ("reduced over", ", ".join(cls.reduces_over) or "-"),
         ("uses the batch", "yes" if cls.uses_batch_stats else "no"),
+        (
+            '`activation="relu"`',
+            "fused into its kernels (CPU, float32)"
+            if getattr(cls, "fuses_activation", False)
+            else "applied after the norm",
+        ),
     ]
     if entry.plugin:
         facts.append(("plugin", f"`{entry.plugin}`"))
