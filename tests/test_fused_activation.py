@@ -160,6 +160,22 @@ def test_fused_relu_double_backward():
         torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=1e-4)
 
 
+@needs_ops
+def test_rows_over_the_scratch_limit_run_the_relu_after(monkeypatch):
+    """Contiguous rows longer than FUSED_RELU_MAX_ROW (the fused backward's per-thread
+    scratch row) take the kernels without the ReLU and torch.relu after: the same values."""
+    monkeypatch.setattr(_rownorm, "FUSED_RELU_MAX_ROW", 8 * 16 * 16)  # one group of (8, 16, 16)
+    fused, plain = _pair("groupnorm", 32, num_groups=4)
+    for groups_shape, fuses in (((16, 32, 16, 16), True), ((16, 32, 16, 17), False)):
+        x, g = torch.randn(groups_shape), torch.randn(groups_shape)
+        y, grads = _grads(fused, x, g)
+        assert ("Relu" not in type(y.grad_fn).__name__) is fuses
+        ref, ref_grads = _grads(nn.Sequential(plain, nn.ReLU()), x, g)
+        _assert_equal(y, ref)
+        for a, b in zip(grads, ref_grads, strict=True):
+            _assert_equal(a, b)
+
+
 @pytest.mark.parametrize("ops", [False, True])
 def test_without_the_operator_library_the_relu_runs_after(ops, monkeypatch):
     """Without the C++ operators (the Python autograd.Function around the kernels) the ReLU

@@ -47,6 +47,11 @@ __all__ = [
 NATIVE_MIN_NUMEL = 1 << 15
 NATIVE_MIN_NUMEL_GROUPED = 1 << 20
 
+#: The fused ReLU's backward on contiguous input masks ``dy`` one (sample, group) row at a time
+#: into a scratch row per thread; rows longer than this (4 MB of float32) run the ReLU after
+#: the kernels instead, so the scratch stays small (channels_last masks blocks of positions).
+FUSED_RELU_MAX_ROW = 1 << 20
+
 
 def use_native_row_norm(x: Tensor, weight: Tensor | None = None, groups: int | None = None) -> bool:
     """Whether :func:`native_group_norm` serves ``x`` with ``groups`` groups (default: one
@@ -191,9 +196,11 @@ def native_group_norm(
         return y, (stats[0] if want_stats else None), (var if want_stats else None)
     if torch.is_grad_enabled() and _kernels.needs_grad(x, weight, bias):
         if _native.ops_available():  # a C++ autograd node: no Python in forward or backward
+            fuse = relu and x.numel() // (x.shape[0] * groups) <= FUSED_RELU_MAX_ROW
             y, stats, var = torch.ops.normzoo.group_norm(
-                x, groups, weight, bias, eps, want_stats, relu
+                x, groups, weight, bias, eps, want_stats, fuse
             )
+            y = torch.relu(y) if relu and not fuse else y
             return y, (stats[0] if want_stats else None), (var if want_stats else None)
         y, stats, var = _NativeGroupNorm.apply(x, groups, weight, bias, eps, want_stats)
         y = torch.relu(y) if relu else y
