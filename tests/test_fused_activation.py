@@ -78,6 +78,7 @@ CONTIGUOUS_CASES = [
     ("groupnorm", (3, 16, 2000), {"num_groups": 4}),  # rows over 1024 values per channel
     ("layernorm", (32, 64, 8, 8), {}),
     ("instancenorm", (16, 32, 12, 12), {"track_running_stats": True}),
+    ("groupnorm", (16, 32, 12, 12), {"num_groups": 8, "affine": False}),  # no w, b: pre = xhat
 ]
 CHANNELS_LAST_CASES = [
     ("groupnorm", (64, 32, 16, 16), {}),
@@ -86,6 +87,7 @@ CHANNELS_LAST_CASES = [
     ("layernorm", (1, 32, 40, 40), {}),  # one sample, two super-blocks of positions
     ("layernorm", (32, 64, 8, 8), {}),
     ("instancenorm", (16, 32, 12, 12), {"track_running_stats": True}),
+    ("layernorm", (16, 32, 12, 12), {"affine": False}),
 ]
 
 
