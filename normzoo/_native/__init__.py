@@ -55,6 +55,7 @@ __all__ = [
     "available",
     "build_times",
     "cache_dir",
+    "capturing",
     "load",
     "load_ops",
     "native_enabled",
@@ -178,6 +179,13 @@ def native_enabled() -> bool:
     if isinstance(value, bytes):
         value = value.decode(errors="replace")
     return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+def capturing() -> bool:
+    """Whether torch is capturing a graph (``torch.compile`` tracing, ``torch.jit.trace``):
+    the kernels take raw pointers, which a captured graph cannot hold, so the norms use
+    torch's operators there."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def cache_dir() -> Path:

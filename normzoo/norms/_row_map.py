@@ -71,7 +71,7 @@ def use_row_map(x: Tensor) -> bool:
         and x.dim() >= 2
         and x.numel() > 0
         and zoo_kernels.layout(rows(x)) is not None
-        and not torch.compiler.is_compiling()
+        and not _native.capturing()
         and _native.available("zoo")
     )
 
@@ -91,7 +91,7 @@ def use_zoo_op(x: Tensor, *params: Tensor | None) -> bool:
     for p in params:
         if p is not None and (p.dtype != torch.float32 or not p.is_contiguous()):
             return False
-    return not torch.compiler.is_compiling() and _native.ops_available()
+    return not _native.capturing() and _native.ops_available()
 
 
 def rows(x: Tensor) -> Tensor:

@@ -65,7 +65,7 @@ def use_native_row_norm(x: Tensor, weight: Tensor | None = None, groups: int | N
         and (weight is None or weight.dtype == torch.float32)
         and x.dim() >= 3
         and x.numel() >= max(NATIVE_MIN_NUMEL, 1)
-        and not torch.compiler.is_compiling()
+        and not _native.capturing()
         and _native.available("row_norm")
     ):
         return False

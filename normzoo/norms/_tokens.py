@@ -42,7 +42,7 @@ def use_token_kernels(x: Tensor, *params: Tensor | None, any_rank: bool = False)
         and x.numel() >= TOKEN_MIN_NUMEL
         and x.is_contiguous()
         and all(p is None or p.dtype == torch.float32 for p in params)
-        and not torch.compiler.is_compiling()
+        and not _native.capturing()
         and _native.available("zoo")
     )
 

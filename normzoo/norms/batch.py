@@ -129,7 +129,7 @@ def use_native_batch_stats(x: Tensor, weight: Tensor | None = None) -> bool:
         and x.dim() >= 3
         and x.numel() >= max(NATIVE_MIN_NUMEL, 1)
         and _native_layout(x)
-        and not torch.compiler.is_compiling()
+        and not _native.capturing()
         and _native.available("batch_norm")
     )
 

@@ -300,7 +300,7 @@ class GhostBatchNorm(BatchNorm):
             and (self.weight is None or self.weight.dtype == torch.float32)
             and x.numel() >= NATIVE_MIN_NUMEL
             and x.is_contiguous()
-            and not torch.compiler.is_compiling()
+            and not _native.capturing()
             and _native.available("batch_norm")
         )
 
