@@ -543,7 +543,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also time the training step with the ReLU fused into each norm that fuses it "
-        "(GroupNorm, InstanceNorm, LayerNorm: ConvNet2d(fuse_activation=True))",
+        "(BatchNorm, GroupNorm, InstanceNorm, LayerNorm: ConvNet2d(fuse_activation=True))",
     )
     p.add_argument("--train-batch", type=int, default=64)
     p.add_argument(

@@ -144,10 +144,10 @@ def test_training_rows_with_the_relu_fused(bench, monkeypatch):
         return model
 
     monkeypatch.setattr(bench, "default_model", spy)
-    rows = bench.main(["--norms", "gn", "bn", "--no-rows", "--repeats", "1", "--warmup", "0",
-                       "--train-batch", "2"])["train"]  # fmt: skip
+    rows = bench.main(["--norms", "gn", "frozenbn", "--no-rows", "--repeats", "1", "--warmup",
+                       "0", "--train-batch", "2"])["train"]  # fmt: skip
     assert [(r["norm"], r["fused_activation"]) for r in rows] == [
-        ("groupnorm", False), ("batchnorm", False), ("groupnorm", True)
+        ("groupnorm", False), ("frozenbatchnorm", False), ("groupnorm", True)
     ]  # fmt: skip
     fused = [m for who, fuse, m in built if fuse]
     assert len(fused) == 1 and [w for w, f, _ in built].count("torch") == 6

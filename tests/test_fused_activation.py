@@ -13,10 +13,10 @@ from torch import nn
 import normzoo
 from normzoo import _native
 from normzoo.models import ConvNet2d
-from normzoo.norms import _rownorm
+from normzoo.norms import _rownorm, batch
 from normzoo.norms.base import ACTIVATIONS, Norm
 
-FUSING = ("groupnorm", "layernorm", "instancenorm")
+FUSING = ("batchnorm", "groupnorm", "layernorm", "instancenorm")
 
 needs_ops = pytest.mark.skipif(
     not (_native.native_enabled() and _native.load_ops()),
@@ -79,6 +79,9 @@ CONTIGUOUS_CASES = [
     ("layernorm", (32, 64, 8, 8), {}),
     ("instancenorm", (16, 32, 12, 12), {"track_running_stats": True}),
     ("groupnorm", (16, 32, 12, 12), {"num_groups": 8, "affine": False}),  # no w, b: pre = xhat
+    ("batchnorm", (16, 32, 12, 12), {}),
+    ("batchnorm", (4, 300, 6, 7), {"affine": False}),  # channel blocks, odd lengths
+    ("batchnorm", (8, 16, 400), {"track_running_stats": False}),
 ]
 CHANNELS_LAST_CASES = [
     ("groupnorm", (64, 32, 16, 16), {}),
@@ -88,6 +91,9 @@ CHANNELS_LAST_CASES = [
     ("layernorm", (32, 64, 8, 8), {}),
     ("instancenorm", (16, 32, 12, 12), {"track_running_stats": True}),
     ("layernorm", (16, 32, 12, 12), {"affine": False}),
+    ("batchnorm", (16, 64, 16, 16), {}),
+    ("batchnorm", (8, 300, 12, 12), {}),  # channel runs of 256 and a tail; tiles of 32, 8, rest
+    ("batchnorm", (8, 6, 32, 32), {"affine": False}),  # few channels
 ]
 
 
@@ -99,20 +105,26 @@ CHANNELS_LAST_CASES = [
     ids=str,
 )
 def test_fused_kernels_match_the_unfused_path_bit_for_bit(name, shape, kwargs, layout):
-    """The C++ operator's fused forward and backward (one node, no ReLU node) give exactly
-    what the unfused kernels and torch.relu give, in both layouts; in training and without
-    autograd."""
+    """The fused kernels' forward and backward (one node, no ReLU node: GroupNorm, LayerNorm
+    and InstanceNorm through the C++ operator, BatchNorm through its autograd.Function) give
+    exactly what the unfused kernels and torch.relu give, in both layouts, running statistics
+    included; in training and without autograd."""
     fused, plain = _pair(name, shape[1], **kwargs)
     x, g = torch.randn(shape), torch.randn(shape)
     if layout == "channels_last":
         x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
-    assert _rownorm.use_native_row_norm(x, fused.weight, getattr(fused, "num_groups", None))
+    if name == "batchnorm":
+        assert batch.use_native_batch_stats(x, fused.weight)
+    else:
+        assert _rownorm.use_native_row_norm(x, fused.weight, getattr(fused, "num_groups", None))
     y, grads = _grads(fused, x, g)
     assert "Relu" not in type(y.grad_fn).__name__  # the norm's own node, the ReLU inside
     ref, ref_grads = _grads(nn.Sequential(plain, nn.ReLU()), x, g)
     _assert_equal(y, ref)
     for a, b in zip(grads, ref_grads, strict=True):
         _assert_equal(a, b)
+    for key, value in plain.state_dict().items():
+        _assert_equal(fused.state_dict()[key], value)
     assert (y == 0).any() and (y > 0).any()
     assert y.stride() == x.stride()
     fused.eval()
@@ -122,17 +134,18 @@ def test_fused_kernels_match_the_unfused_path_bit_for_bit(name, shape, kwargs, l
 
 
 @needs_ops
+@pytest.mark.parametrize("name", ["groupnorm", "batchnorm"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_fused_relu_at_its_kink_and_with_nan(layout):
+def test_fused_relu_at_its_kink_and_with_nan(name, layout):
     """Where the norm's output is exactly 0 the gradient is 0 (as torch's ReLU gives: the
     mask is ``pre > 0``), and a NaN passes through as torch.relu passes it."""
-    fused, plain = _pair("groupnorm", 32, num_groups=4)
+    fused, plain = _pair(name, 32, **({"num_groups": 4} if name == "groupnorm" else {}))
     with torch.no_grad():
         fused.weight[:8] = 0.0  # channels 0-7: pre = bias; bias 0 there: pre = 0 exactly
         fused.bias[:8] = 0.0
     plain.load_state_dict(fused.state_dict())
-    x = torch.randn(8, 32, 16, 16)
-    x[1, 9, 3, 4] = float("nan")  # sample 1, group 1: all NaN
+    x = torch.randn(16, 32, 32, 32)
+    x[1, 9, 3, 4] = float("nan")  # GN: sample 1's group 1 all NaN; BN: channel 9 all NaN
     g = torch.randn_like(x)
     if layout == "channels_last":
         x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
@@ -141,14 +154,16 @@ def test_fused_relu_at_its_kink_and_with_nan(layout):
     _assert_equal(y, ref)
     for a, b in zip(grads, ref_grads, strict=True):
         _assert_equal(a, b)
-    assert (y[:, :8] == 0).all() and y[1, 8:16].isnan().all()
+    nan = y[1, 8:16] if name == "groupnorm" else y[:, 9]
+    assert (y[:, :8] == 0).all() and nan.isnan().all()
 
 
 @needs_ops
-def test_fused_relu_double_backward():
-    """create_graph=True through the fused operator: torch's group norm and relu again,
+@pytest.mark.parametrize("name", ["groupnorm", "batchnorm"])
+def test_fused_relu_double_backward(name):
+    """create_graph=True through the fused kernels: torch's norm and relu again,
     differentiated with a graph (so the bias's gradient goes through the mask too)."""
-    fused, plain = _pair("groupnorm", 32, num_groups=8)
+    fused, plain = _pair(name, 32, **({"num_groups": 8} if name == "groupnorm" else {}))
     x = torch.randn(16, 32, 16, 16, requires_grad=True)
     out = []
     for m in (fused, nn.Sequential(plain, nn.ReLU())):
@@ -156,8 +171,9 @@ def test_fused_relu_double_backward():
         gx, gw, gb = torch.autograd.grad(m(x).pow(2).sum(), [x, *params], create_graph=True)
         second = torch.autograd.grad((gx.pow(3).sum() + gb.pow(2).sum()), [x, *params])
         out.append([t.detach() for t in (gx, gw, gb, *second)])
-    for a, b in zip(out[0][:3], out[1][:3], strict=True):  # first derivatives: the same
-        _assert_equal(a, b)
+    for a, b in zip(out[0][:3], out[1][:3], strict=True):  # first derivatives
+        # (both through torch's math under create_graph; BN's by two routes, rounding apart)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     for a, b in zip(out[0][3:], out[1][3:], strict=True):  # second: float32 rounding apart
         torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=1e-4)
 

@@ -101,11 +101,16 @@ SIGNATURES: dict[str, dict[str, list]] = {
         "nz_bn_forward": [P, P, P, P, P, P, P, I64, I64, I64, F64, INT],
         # dy, x, weight, mean, invstd, dx, dweight, dbias, N, C, L, threads
         "nz_bn_backward": [P, P, P, P, P, P, P, P, I64, I64, I64, INT],
+        # the fused ReLU's: as nz_bn_forward; the backward takes the bias after the weight
+        "nz_bn_relu_forward": [P, P, P, P, P, P, P, I64, I64, I64, F64, INT],
+        "nz_bn_relu_backward": [P, P, P, P, P, P, P, P, P, I64, I64, I64, INT],
         # channels_last: x, weight, bias, y, mean, invstd, var, work, max_blocks, R, C, eps,
         # threads (R = N * spatial rows of C channels; work: 2 * max_blocks * C doubles)
         "nz_bn_forward_cl": [P, P, P, P, P, P, P, P, I64, I64, I64, F64, INT],
         # dy, x, weight, mean, invstd, dx, dweight, dbias, work, max_blocks, R, C, threads
         "nz_bn_backward_cl": [P, P, P, P, P, P, P, P, P, I64, I64, I64, INT],
+        "nz_bn_relu_forward_cl": [P, P, P, P, P, P, P, P, I64, I64, I64, F64, INT],
+        "nz_bn_relu_backward_cl": [P, P, P, P, P, P, P, P, P, P, I64, I64, I64, INT],
         # ghost BN over rows: x, weight, bias, y, stats, var, R, C, rows per virtual batch,
         # eps, threads
         "nz_ghost_forward_rows": [P, P, P, P, P, P, I64, I64, I64, F64, INT],

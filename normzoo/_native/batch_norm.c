@@ -12,6 +12,12 @@
  *   backward: dx = w invstd (dy - mean(dy) - xhat mean(dy xhat)),
  *             dw = sum(dy xhat), db = sum(dy),  xhat = (x - mean) invstd
  * Any of w, b, var (forward) and dx, dw, db (backward) may be NULL.
+ *
+ * The _relu variants fuse a ReLU after the affine map (Norm.fuse_activation): the forward
+ * writes max(y, 0); the backward uses dy [pre > 0], pre = x scale + shift recomputed from the
+ * saved mean and invstd, w and b by the forward's own expressions (bn_scale, bn_shift), so
+ * the mask is the forward's to the bit. Both passes of the backward (sums, dx) mask dy as
+ * they read it.
  */
 #include <math.h>
 #include <stddef.h>
@@ -48,9 +54,15 @@ static inline void row_moments(const float *p, int64_t L, float k, double *s1, d
   *s2 += r2;
 }
 
-void nz_bn_forward(const float *x, const float *w, const float *b, float *y, float *mean_out,
-                   float *invstd_out, float *var_out, int64_t N, int64_t C, int64_t L,
-                   double eps, int threads) {
+/* Channel c's affine map x scale + shift; the forward and the fused ReLU's mask share them. */
+static inline float bn_scale(const float *w, int64_t c, float inv) { return w ? w[c] * inv : inv; }
+static inline float bn_shift(const float *b, int64_t c, float m, float sc) {
+  return (b ? b[c] : 0.f) - m * sc;
+}
+
+static void bn_forward(const float *x, const float *w, const float *b, float *y,
+                       float *mean_out, float *invstd_out, float *var_out, int64_t N, int64_t C,
+                       int64_t L, double eps, int relu, int threads) {
   const int64_t bc = block_channels(N, C, L, threads);
   const int64_t blocks = (C + bc - 1) / bc;
   const double M = (double)N * (double)L;
@@ -75,8 +87,8 @@ void nz_bn_forward(const float *x, const float *w, const float *b, float *y, flo
       if (var < 0.0) var = 0.0;
       m[j] = (float)(shift0[j] + dm);
       const float inv = (float)(1.0 / sqrt(var + eps));
-      scale[j] = w ? w[c] * inv : inv;
-      shift[j] = (b ? b[c] : 0.f) - m[j] * scale[j];
+      scale[j] = bn_scale(w, c, inv);
+      shift[j] = bn_shift(b, c, m[j], scale[j]);
       mean_out[c] = m[j];
       invstd_out[c] = inv;
       if (var_out) var_out[c] = (float)var;
@@ -86,15 +98,35 @@ void nz_bn_forward(const float *x, const float *w, const float *b, float *y, flo
         const float *p = x + (n * C + c0 + j) * L;
         float *o = y + (n * C + c0 + j) * L;
         const float sc = scale[j], sh = shift[j];
+        if (relu) {
 #pragma omp simd
-        for (int64_t i = 0; i < L; ++i) o[i] = p[i] * sc + sh;
+          for (int64_t i = 0; i < L; ++i) {
+            const float v = p[i] * sc + sh;
+            o[i] = v < 0.f ? 0.f : v; /* a NaN kept, as torch.relu keeps it */
+          }
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < L; ++i) o[i] = p[i] * sc + sh;
+        }
       }
   }
 }
 
-void nz_bn_backward(const float *dy, const float *x, const float *w, const float *mean,
-                    const float *invstd, float *dx, float *dw, float *db, int64_t N, int64_t C,
-                    int64_t L, int threads) {
+void nz_bn_forward(const float *x, const float *w, const float *b, float *y, float *mean_out,
+                   float *invstd_out, float *var_out, int64_t N, int64_t C, int64_t L,
+                   double eps, int threads) {
+  bn_forward(x, w, b, y, mean_out, invstd_out, var_out, N, C, L, eps, 0, threads);
+}
+
+void nz_bn_relu_forward(const float *x, const float *w, const float *b, float *y,
+                        float *mean_out, float *invstd_out, float *var_out, int64_t N, int64_t C,
+                        int64_t L, double eps, int threads) {
+  bn_forward(x, w, b, y, mean_out, invstd_out, var_out, N, C, L, eps, 1, threads);
+}
+
+static void bn_backward(const float *dy, const float *x, const float *w, const float *b,
+                        const float *mean, const float *invstd, float *dx, float *dw, float *db,
+                        int64_t N, int64_t C, int64_t L, int relu, int threads) {
   const int64_t bc = block_channels(N, C, L, threads);
   const int64_t blocks = (C + bc - 1) / bc;
   const double M = (double)N * (double)L;
@@ -109,10 +141,20 @@ void nz_bn_backward(const float *dy, const float *x, const float *w, const float
         const float *p = x + (n * C + c0 + j) * L;
         const float m = mean[c0 + j];
         float r1 = 0.f, r2 = 0.f;
+        if (relu) {
+          const float sc = bn_scale(w, c0 + j, invstd[c0 + j]), sh = bn_shift(b, c0 + j, m, sc);
 #pragma omp simd reduction(+ : r1, r2)
-        for (int64_t i = 0; i < L; ++i) {
-          r1 += g[i];
-          r2 += g[i] * (p[i] - m);
+          for (int64_t i = 0; i < L; ++i) {
+            const float gi = p[i] * sc + sh <= 0.f ? 0.f : g[i];
+            r1 += gi;
+            r2 += gi * (p[i] - m);
+          }
+        } else {
+#pragma omp simd reduction(+ : r1, r2)
+          for (int64_t i = 0; i < L; ++i) {
+            r1 += g[i];
+            r2 += g[i] * (p[i] - m);
+          }
         }
         s_dy[j] += r1;
         s_dyx[j] += r2;
@@ -136,10 +178,32 @@ void nz_bn_backward(const float *dy, const float *x, const float *w, const float
         const float *p = x + (n * C + c0 + j) * L;
         float *o = dx + (n * C + c0 + j) * L;
         const float m = mean[c0 + j], a = kk[j], md = mean_dy[j], pr = proj[j];
+        if (relu) {
+          const float sc = bn_scale(w, c0 + j, invstd[c0 + j]), sh = bn_shift(b, c0 + j, m, sc);
 #pragma omp simd
-        for (int64_t i = 0; i < L; ++i) o[i] = a * (g[i] - md - (p[i] - m) * pr);
+          for (int64_t i = 0; i < L; ++i) {
+            const float gi = p[i] * sc + sh <= 0.f ? 0.f : g[i];
+            o[i] = a * (gi - md - (p[i] - m) * pr);
+          }
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < L; ++i) o[i] = a * (g[i] - md - (p[i] - m) * pr);
+        }
       }
   }
+}
+
+void nz_bn_backward(const float *dy, const float *x, const float *w, const float *mean,
+                    const float *invstd, float *dx, float *dw, float *db, int64_t N, int64_t C,
+                    int64_t L, int threads) {
+  bn_backward(dy, x, w, NULL, mean, invstd, dx, dw, db, N, C, L, 0, threads);
+}
+
+/* b: the forward's bias (may be NULL). */
+void nz_bn_relu_backward(const float *dy, const float *x, const float *w, const float *b,
+                         const float *mean, const float *invstd, float *dx, float *dw,
+                         float *db, int64_t N, int64_t C, int64_t L, int threads) {
+  bn_backward(dy, x, w, b, mean, invstd, dx, dw, db, N, C, L, 1, threads);
 }
 
 /* ---------------------------------------------------------------- channels_last ----------
@@ -190,20 +254,27 @@ NZ_INLINE void cl_tile_moments(const float *p, int64_t C, int64_t n, const float
   }
 }
 
-/* Backward sums, as cl_tile_moments: s1 += sum(dy), s2 += sum(dy (x - m)). */
+/* Backward sums, as cl_tile_moments: s1 += sum(dy), s2 += sum(dy (x - m)); with relu (a
+ * constant where inlined), dy masked by x sc + sh > 0 (the fused ReLU's gradient). */
 NZ_INLINE void cl_tile_grad_sums(const float *g, const float *p, int64_t C, int64_t n,
-                                 const float *m, int64_t W, double *s1, double *s2) {
-  float f1[NZ_CL_TILE], f2[NZ_CL_TILE], mm[NZ_CL_TILE];
+                                 const float *m, int64_t W, double *s1, double *s2,
+                                 const float *sc, const float *sh, int relu) {
+  float f1[NZ_CL_TILE], f2[NZ_CL_TILE], mm[NZ_CL_TILE], a[NZ_CL_TILE], k[NZ_CL_TILE];
   for (int64_t j = 0; j < W; ++j) {
     f1[j] = f2[j] = 0.f;
     mm[j] = m[j];
+    if (relu) {
+      a[j] = sc[j];
+      k[j] = sh[j];
+    }
   }
   for (int64_t i = 0; i < n; ++i) {
     const float *gr = g + i * C, *row = p + i * C;
 #pragma omp simd
     for (int64_t j = 0; j < W; ++j) {
-      f1[j] += gr[j];
-      f2[j] += gr[j] * (row[j] - mm[j]);
+      const float gv = relu && row[j] * a[j] + k[j] <= 0.f ? 0.f : gr[j];
+      f1[j] += gv;
+      f2[j] += gv * (row[j] - mm[j]);
     }
   }
   for (int64_t j = 0; j < W; ++j) {
@@ -221,9 +292,10 @@ static int64_t cl_block_rows(int64_t R, int64_t max_blocks) {
   return rows < 1 ? 1 : rows;
 }
 
-void nz_bn_forward_cl(const float *x, const float *w, const float *b, float *y, float *mean_out,
-                      float *invstd_out, float *var_out, double *work, int64_t max_blocks,
-                      int64_t R, int64_t C, double eps, int threads) {
+static void bn_forward_cl(const float *x, const float *w, const float *b, float *y,
+                          float *mean_out, float *invstd_out, float *var_out, double *work,
+                          int64_t max_blocks, int64_t R, int64_t C, double eps, int relu,
+                          int threads) {
   const int64_t rb = cl_block_rows(R, max_blocks);
   const int64_t blocks = (R + rb - 1) / rb;
   const double M = (double)R;
@@ -284,14 +356,22 @@ void nz_bn_forward_cl(const float *x, const float *w, const float *b, float *y, 
           float scale[NZ_CL_CB], shift[NZ_CL_CB];
           for (int64_t j = 0; j < k; ++j) {
             const int64_t c = c0 + j;
-            scale[j] = w ? w[c] * invstd_out[c] : invstd_out[c];
-            shift[j] = (b ? b[c] : 0.f) - mean_out[c] * scale[j];
+            scale[j] = bn_scale(w, c, invstd_out[c]);
+            shift[j] = bn_shift(b, c, mean_out[c], scale[j]);
           }
           for (int64_t r = r0; r < r1; ++r) {
             const float *p = x + r * C + c0;
             float *o = y + r * C + c0;
+            if (relu) {
 #pragma omp simd
-            for (int64_t j = 0; j < k; ++j) o[j] = p[j] * scale[j] + shift[j];
+              for (int64_t j = 0; j < k; ++j) {
+                const float v = p[j] * scale[j] + shift[j];
+                o[j] = v < 0.f ? 0.f : v;
+              }
+            } else {
+#pragma omp simd
+              for (int64_t j = 0; j < k; ++j) o[j] = p[j] * scale[j] + shift[j];
+            }
           }
         }
       }
@@ -299,9 +379,38 @@ void nz_bn_forward_cl(const float *x, const float *w, const float *b, float *y, 
   }
 }
 
-void nz_bn_backward_cl(const float *dy, const float *x, const float *w, const float *mean,
-                       const float *invstd, float *dx, float *dw, float *db, double *work,
-                       int64_t max_blocks, int64_t R, int64_t C, int threads) {
+void nz_bn_forward_cl(const float *x, const float *w, const float *b, float *y, float *mean_out,
+                      float *invstd_out, float *var_out, double *work, int64_t max_blocks,
+                      int64_t R, int64_t C, double eps, int threads) {
+  bn_forward_cl(x, w, b, y, mean_out, invstd_out, var_out, work, max_blocks, R, C, eps, 0,
+                threads);
+}
+
+void nz_bn_relu_forward_cl(const float *x, const float *w, const float *b, float *y,
+                           float *mean_out, float *invstd_out, float *var_out, double *work,
+                           int64_t max_blocks, int64_t R, int64_t C, double eps, int threads) {
+  bn_forward_cl(x, w, b, y, mean_out, invstd_out, var_out, work, max_blocks, R, C, eps, 1,
+                threads);
+}
+
+/* Sums of one run of rows, tiles of 32, then 8 channels, then the rest (relu a constant). */
+NZ_INLINE void cl_grad_sums_run(const float *g, const float *p, int64_t C, int64_t n,
+                                const float *m, int64_t k, double *s1, double *s2,
+                                const float *sc, const float *sh, int relu) {
+  int64_t j = 0;
+  for (; j + NZ_CL_TILE <= k; j += NZ_CL_TILE)
+    cl_tile_grad_sums(g + j, p + j, C, n, m + j, NZ_CL_TILE, s1 + j, s2 + j, sc + j, sh + j,
+                      relu);
+  for (; j + 8 <= k; j += 8)
+    cl_tile_grad_sums(g + j, p + j, C, n, m + j, 8, s1 + j, s2 + j, sc + j, sh + j, relu);
+  if (j < k)
+    cl_tile_grad_sums(g + j, p + j, C, n, m + j, k - j, s1 + j, s2 + j, sc + j, sh + j, relu);
+}
+
+static void bn_backward_cl(const float *dy, const float *x, const float *w, const float *b,
+                           const float *mean, const float *invstd, float *dx, float *dw,
+                           float *db, double *work, int64_t max_blocks, int64_t R, int64_t C,
+                           int relu, int threads) {
   const int64_t rb = cl_block_rows(R, max_blocks);
   const int64_t blocks = (R + rb - 1) / rb;
   const double M = (double)R;
@@ -316,15 +425,21 @@ void nz_bn_backward_cl(const float *dy, const float *x, const float *w, const fl
         const int64_t k = C - c0 < NZ_CL_CB ? C - c0 : NZ_CL_CB;
         const float *m = mean + c0;
         double s1[NZ_CL_CB], s2[NZ_CL_CB];
-        for (int64_t j = 0; j < k; ++j) s1[j] = s2[j] = 0.0;
+        float sc[NZ_CL_CB], sh[NZ_CL_CB];
+        for (int64_t j = 0; j < k; ++j) {
+          s1[j] = s2[j] = 0.0;
+          if (relu) {
+            sc[j] = bn_scale(w, c0 + j, invstd[c0 + j]);
+            sh[j] = bn_shift(b, c0 + j, m[j], sc[j]);
+          }
+        }
         for (int64_t q0 = r0; q0 < r1; q0 += NZ_CL_CHUNK) {
           const int64_t n = q0 + NZ_CL_CHUNK < r1 ? NZ_CL_CHUNK : r1 - q0;
           const float *g = dy + q0 * C + c0, *p = x + q0 * C + c0;
-          int64_t j = 0; /* tiles of 32, then 8 channels, then the rest */
-          for (; j + NZ_CL_TILE <= k; j += NZ_CL_TILE)
-            cl_tile_grad_sums(g + j, p + j, C, n, m + j, NZ_CL_TILE, s1 + j, s2 + j);
-          for (; j + 8 <= k; j += 8) cl_tile_grad_sums(g + j, p + j, C, n, m + j, 8, s1 + j, s2 + j);
-          if (j < k) cl_tile_grad_sums(g + j, p + j, C, n, m + j, k - j, s1 + j, s2 + j);
+          if (relu)
+            cl_grad_sums_run(g, p, C, n, m, k, s1, s2, sc, sh, 1);
+          else
+            cl_grad_sums_run(g, p, C, n, m, k, s1, s2, sc, sh, 0);
         }
         for (int64_t j = 0; j < k; ++j) {
           part1[blk * C + c0 + j] = s1[j];
@@ -359,25 +474,51 @@ void nz_bn_backward_cl(const float *dy, const float *x, const float *w, const fl
         for (int64_t c0 = 0; c0 < C; c0 += NZ_CL_CB) {
           const int64_t k = C - c0 < NZ_CL_CB ? C - c0 : NZ_CL_CB;
           const float *m = mean + c0;
-          float a[NZ_CL_CB], mean_dy[NZ_CL_CB], proj[NZ_CL_CB];
+          float a[NZ_CL_CB], mean_dy[NZ_CL_CB], proj[NZ_CL_CB], sc[NZ_CL_CB], sh[NZ_CL_CB];
           for (int64_t j = 0; j < k; ++j) {
             const int64_t c = c0 + j;
             const float inv = invstd[c];
             a[j] = (w ? w[c] : 1.f) * inv;
             mean_dy[j] = (float)(part1[c] / M);
             proj[j] = (float)(part2[c] / M) * inv * inv;
+            if (relu) {
+              sc[j] = bn_scale(w, c, inv);
+              sh[j] = bn_shift(b, c, m[j], sc[j]);
+            }
           }
           for (int64_t r = r0; r < r1; ++r) {
             const float *g = dy + r * C + c0, *p = x + r * C + c0;
             float *o = dx + r * C + c0;
+            if (relu) {
 #pragma omp simd
-            for (int64_t j = 0; j < k; ++j)
-              o[j] = a[j] * (g[j] - mean_dy[j] - (p[j] - m[j]) * proj[j]);
+              for (int64_t j = 0; j < k; ++j) {
+                const float gv = p[j] * sc[j] + sh[j] <= 0.f ? 0.f : g[j];
+                o[j] = a[j] * (gv - mean_dy[j] - (p[j] - m[j]) * proj[j]);
+              }
+            } else {
+#pragma omp simd
+              for (int64_t j = 0; j < k; ++j)
+                o[j] = a[j] * (g[j] - mean_dy[j] - (p[j] - m[j]) * proj[j]);
+            }
           }
         }
       }
     }
   }
+}
+
+void nz_bn_backward_cl(const float *dy, const float *x, const float *w, const float *mean,
+                       const float *invstd, float *dx, float *dw, float *db, double *work,
+                       int64_t max_blocks, int64_t R, int64_t C, int threads) {
+  bn_backward_cl(dy, x, w, NULL, mean, invstd, dx, dw, db, work, max_blocks, R, C, 0, threads);
+}
+
+/* b: the forward's bias (may be NULL). */
+void nz_bn_relu_backward_cl(const float *dy, const float *x, const float *w, const float *b,
+                            const float *mean, const float *invstd, float *dx, float *dw,
+                            float *db, double *work, int64_t max_blocks, int64_t R, int64_t C,
+                            int threads) {
+  bn_backward_cl(dy, x, w, b, mean, invstd, dx, dw, db, work, max_blocks, R, C, 1, threads);
 }
 
 /* ---------------------------------------------------------------- ghost batch norm ----- *
@@ -456,9 +597,10 @@ void nz_ghost_backward_rows(const float *dy, const float *x, const float *w, con
       for (int64_t i0 = 0; i0 < n; i0 += NZ_CL_CHUNK) {
         const int64_t m = n - i0 < NZ_CL_CHUNK ? n - i0 : NZ_CL_CHUNK;
         if (W == NZ_CL_TILE)
-          cl_tile_grad_sums(g + i0 * C, p + i0 * C, C, m, mean, NZ_CL_TILE, s1, s2);
+          cl_tile_grad_sums(g + i0 * C, p + i0 * C, C, m, mean, NZ_CL_TILE, s1, s2, NULL, NULL,
+                            0);
         else
-          cl_tile_grad_sums(g + i0 * C, p + i0 * C, C, m, mean, W, s1, s2);
+          cl_tile_grad_sums(g + i0 * C, p + i0 * C, C, m, mean, W, s1, s2, NULL, NULL, 0);
       }
       float a[NZ_CL_TILE], k0[NZ_CL_TILE], k1[NZ_CL_TILE], mm[NZ_CL_TILE];
       for (int64_t q = 0; q < W; ++q) {

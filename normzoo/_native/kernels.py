@@ -92,6 +92,7 @@ def batch_norm_forward_unchecked(
     eps: float,
     want_var: bool,
     out: Tensor | None = None,
+    relu: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """``(y, stats, var)``: ``stats`` ``(2, C)`` mean and inverse std, ``var`` the biased
     variance ``(C,)`` if ``want_var``, else ``None``; ``y`` is written into ``out`` (laid out
@@ -101,7 +102,7 @@ def batch_norm_forward_unchecked(
     stats = x.new_empty(2, c)
     var = x.new_empty(c) if want_var else None
     p = stats.data_ptr()
-    _fn("batch_norm", "nz_bn_forward")(
+    _fn("batch_norm", "nz_bn_relu_forward" if relu else "nz_bn_forward")(
         x.data_ptr(), _ptr(weight), _ptr(bias), y.data_ptr(), p, p + c * _F32, _ptr(var),
         n, c, length, eps, threads(),
     )  # fmt: skip
@@ -129,12 +130,21 @@ def batch_norm_backward_unchecked(
     stats: Tensor,
     needs: tuple[bool, bool, bool],
     out: Tensor | None = None,
+    relu: bool = False,
+    bias: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """``stats``: the forward's, mean and inverse std in its first two rows; ``dx`` is written
-    into ``out`` (laid out as ``x``) when given."""
+    into ``out`` (laid out as ``x``) when given. ``relu``: the backward of the forward with
+    ``relu`` (``bias``: that forward's)."""
     n, c, length = _sizes(x)
     dx, dw, db = _grads(x, c, needs, out)
     p = stats.data_ptr()
+    if relu:
+        _fn("batch_norm", "nz_bn_relu_backward")(
+            dy.data_ptr(), x.data_ptr(), _ptr(weight), _ptr(bias), p, p + c * _F32, _ptr(dx),
+            _ptr(dw), _ptr(db), n, c, length, threads(),
+        )  # fmt: skip
+        return dx, dw, db
     _fn("batch_norm", "nz_bn_backward")(
         dy.data_ptr(), x.data_ptr(), _ptr(weight), p, p + c * _F32, _ptr(dx), _ptr(dw),
         _ptr(db), n, c, length, threads(),
@@ -279,6 +289,7 @@ def batch_norm_forward_cl_unchecked(
     eps: float,
     want_var: bool,
     out: Tensor | None = None,
+    relu: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """``(y, stats, var)`` as :func:`batch_norm_forward_unchecked`; ``y`` is written into
     ``out`` (laid out as ``x``) when given."""
@@ -288,7 +299,7 @@ def batch_norm_forward_cl_unchecked(
     var = x.new_empty(c) if want_var else None
     work = _cl_work(c)
     p = stats.data_ptr()
-    _fn("batch_norm", "nz_bn_forward_cl")(
+    _fn("batch_norm", "nz_bn_relu_forward_cl" if relu else "nz_bn_forward_cl")(
         x.data_ptr(), _ptr(weight), _ptr(bias), y.data_ptr(), p, p + c * _F32, _ptr(var),
         work.data_ptr(), CL_MAX_BLOCKS, x.numel() // max(c, 1), c, eps, threads(),
     )  # fmt: skip
@@ -333,13 +344,23 @@ def batch_norm_backward_cl_unchecked(
     stats: Tensor,
     needs: tuple[bool, bool, bool],
     out: Tensor | None = None,
+    relu: bool = False,
+    bias: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """``dy`` laid out as ``x``; ``stats``: the forward's. ``dx`` is written into ``out`` (laid
-    out as ``x``) when given."""
+    out as ``x``) when given. ``relu``: the backward of the forward with ``relu`` (``bias``:
+    that forward's)."""
     c = x.shape[1]
     dx, dw, db = _grads(x, c, needs, out)
     work = _cl_work(c)
     p = stats.data_ptr()
+    if relu:
+        _fn("batch_norm", "nz_bn_relu_backward_cl")(
+            dy.data_ptr(), x.data_ptr(), _ptr(weight), _ptr(bias), p, p + c * _F32, _ptr(dx),
+            _ptr(dw), _ptr(db), work.data_ptr(), CL_MAX_BLOCKS, x.numel() // max(c, 1), c,
+            threads(),
+        )  # fmt: skip
+        return dx, dw, db
     _fn("batch_norm", "nz_bn_backward_cl")(
         dy.data_ptr(), x.data_ptr(), _ptr(weight), p, p + c * _F32, _ptr(dx), _ptr(dw),
         _ptr(db), work.data_ptr(), CL_MAX_BLOCKS, x.numel() // max(c, 1), c,

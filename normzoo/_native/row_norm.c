@@ -723,7 +723,8 @@ static int row_backward_cl(const float *dy, const float *x, const float *w, cons
   const int64_t nsb = s.nsb;
   /* relu: per thread, a super-block of masked dy (NZ_SB C floats) and sc, sh (C each) */
   const int64_t mask_stride = nz_lines((nz_min64(NZ_SB, L) + 2) * C, sizeof(float));
-  float *masks = relu ? aligned_alloc(64, (size_t)(threads * mask_stride) * sizeof(float)) : NULL;
+  const size_t mask_bytes = (size_t)(threads * mask_stride) * sizeof(float);
+  float *masks = relu ? aligned_alloc(64, mask_bytes) : NULL;
   if (relu && !masks) {
     free(s.work);
     return -1;

@@ -32,7 +32,7 @@ class ConvNet(nn.Module):
         dropout: dropout probability before the classifier.
         spatial_dims: 1 or 2.
         fuse_activation: each norm applies its ReLU itself (``Norm.fuse_activation``: fused
-            into GroupNorm's, InstanceNorm's and LayerNorm's native CPU kernels), an
+            into the native CPU kernels of BatchNorm, GroupNorm, InstanceNorm, LayerNorm), an
             ``nn.Identity`` in the ReLU's place; needs ``norm_position="before_act"`` and a
             normzoo norm. Default ``False``: a separate ``nn.ReLU``, which the diagnostics'
             activation hooks observe.

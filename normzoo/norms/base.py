@@ -255,8 +255,8 @@ class Norm(nn.Module):
         activation of a conv block as one layer (timm's norm-act layers). ``None`` removes it.
         Returns the module.
 
-        GroupNorm, InstanceNorm and channels-first LayerNorm fuse the ReLU into their native
-        CPU kernels (float32, contiguous or channels_last, with the C++ operator library): the
+        BatchNorm (training), GroupNorm, InstanceNorm and channels-first LayerNorm fuse the ReLU
+        into their native CPU kernels (float32, contiguous or channels_last): the
         forward's map writes ``max(y, 0)`` and the backward recomputes the ReLU's mask from
         ``x``, the parameters and the saved statistics (per row or block of positions, in
         cache), so the activation costs no pass over the tensor of its own (a separate

@@ -40,13 +40,14 @@ def native_batch_norm_forward(
     eps: float,
     want_var: bool,
     out: Tensor | None = None,
+    relu: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """The native training forward for ``x`` as laid out (contiguous, else channels_last):
     ``(y, stats, var)``, ``y`` laid out as ``x``, written into ``out`` when given (see
-    ``batch_norm_forward_unchecked``)."""
+    ``batch_norm_forward_unchecked``); ``relu``: ``y`` after a ReLU, in the kernel's map."""
     if x.is_contiguous():
-        return _kernels.batch_norm_forward_unchecked(x, weight, bias, eps, want_var, out)
-    return _kernels.batch_norm_forward_cl_unchecked(x, weight, bias, eps, want_var, out)
+        return _kernels.batch_norm_forward_unchecked(x, weight, bias, eps, want_var, out, relu)
+    return _kernels.batch_norm_forward_cl_unchecked(x, weight, bias, eps, want_var, out, relu)
 
 
 def native_batch_norm_backward(
@@ -56,15 +57,18 @@ def native_batch_norm_backward(
     stats: Tensor,
     needs: tuple[bool, bool, bool],
     out: Tensor | None = None,
+    relu: bool = False,
+    bias: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """The native backward for ``x`` as laid out, ``dx`` written into ``out`` when given;
-    ``dy`` is made to match ``x``'s layout (a copy only where it does not)."""
+    ``dy`` is made to match ``x``'s layout (a copy only where it does not). ``relu``: of the
+    forward with ``relu`` and ``bias``."""
     if x.is_contiguous():
         dy = dy.contiguous()
-        return _kernels.batch_norm_backward_unchecked(dy, x, weight, stats, needs, out)
+        return _kernels.batch_norm_backward_unchecked(dy, x, weight, stats, needs, out, relu, bias)
     fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
     dy = dy.contiguous(memory_format=fmt)
-    return _kernels.batch_norm_backward_cl_unchecked(dy, x, weight, stats, needs, out)
+    return _kernels.batch_norm_backward_cl_unchecked(dy, x, weight, stats, needs, out, relu, bias)
 
 
 class _NativeBatchNorm(torch.autograd.Function):
@@ -87,27 +91,36 @@ class _NativeBatchNorm(torch.autograd.Function):
         bias: Tensor | None,
         eps: float,
         want_var: bool,
+        relu: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         # grad mode is off in here: the kernels read the tensors' memory directly
-        y, stats, var = native_batch_norm_forward(x, weight, bias, eps, want_var)
-        ctx.save_for_backward(x, weight, stats)
+        y, stats, var = native_batch_norm_forward(x, weight, bias, eps, want_var, None, relu)
+        # with relu (y = relu(batch norm)) the bias too: the backward recomputes the mask
+        ctx.save_for_backward(x, weight, stats, bias if relu else None)
         ctx.eps = eps
+        ctx.relu = relu
         ctx.mark_non_differentiable(stats, *(() if var is None else (var,)))
         return y, stats, var
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: Any, dy: Tensor, *_: Any
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
-        x, weight, stats = ctx.saved_tensors
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None, None]:
+        x, weight, stats, bias = ctx.saved_tensors
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            if ctx.relu:  # relu(batch norm) again, differentiated with a graph
+                inputs = [t for t, need in zip((x, weight, bias), needs, strict=True) if need]
+                y = F.batch_norm(x, None, None, weight, bias, True, 0.0, ctx.eps)
+                grads = iter(torch.autograd.grad(torch.relu(y), inputs, dy, create_graph=True))
+                dx, dw, db = (next(grads) if need else None for need in needs)
+                return dx, dw, db, None, None, None
             dx, dw, db = torch.ops.aten.native_batch_norm_backward(
                 dy, x, weight, None, None, stats[0], stats[1], True, ctx.eps, list(needs)
             )
-            return dx, dw, db, None, None
-        dx, dw, db = native_batch_norm_backward(dy, x, weight, stats, needs)
-        return dx, dw, db, None, None
+            return dx, dw, db, None, None, None
+        dx, dw, db = native_batch_norm_backward(dy, x, weight, stats, needs, None, ctx.relu, bias)
+        return dx, dw, db, None, None, None
 
 
 def _native_layout(x: Tensor) -> bool:
@@ -169,6 +182,13 @@ class BatchNorm(Norm):
     reduces_over = ("batch", "spatial")
     uses_batch_stats = True
     batchnorm_statistics = True
+    fuses_activation = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # a subclass with its own math applies a fused activation after it, unless it says
+        if "_forward" in cls.__dict__ and "fuses_activation" not in cls.__dict__:
+            cls.fuses_activation = False
 
     def __init__(
         self,
@@ -204,15 +224,28 @@ class BatchNorm(Norm):
                 f"that does not depend on the batch (groupnorm, layernorm, instancenorm)"
             )
 
-    def _forward(self, x: Tensor) -> Tensor:
+    def _forward_activated(self, x: Tensor) -> Tensor:
+        if type(self)._forward is not BatchNorm._forward:  # a subclass's own math
+            return super()._forward_activated(x)
+        return self._forward(x, relu=True)
+
+    def _forward(self, x: Tensor, relu: bool = False) -> Tensor:
+        y, fused = self._normalize(x, relu)
+        return torch.relu(y) if relu and not fused else y
+
+    def _normalize(self, x: Tensor, relu: bool) -> tuple[Tensor, bool]:
+        """The norm's output, and whether the ReLU is applied already (where ``relu`` asks
+        for it and the native kernels fuse it)."""
         batch_stats = self._uses_batch_statistics()
         factor = 0.0
         if self.training and self.track_running_stats:
             factor = self._update_factor()
         if self.impl == "fast" and batch_stats and use_native_batch_stats(x, self.weight):
-            return self._native_forward(x, factor)
+            if relu:
+                return self._native_forward(x, factor, relu=True), True
+            return self._native_forward(x, factor), False
         if self.impl == "fast":
-            return F.batch_norm(
+            y = F.batch_norm(
                 x,
                 self.running_mean,
                 self.running_var,
@@ -222,6 +255,7 @@ class BatchNorm(Norm):
                 factor,
                 self.eps,
             )
+            return y, False
         y, mean, var = functional.batch_norm(
             x,
             self.running_mean,
@@ -236,14 +270,15 @@ class BatchNorm(Norm):
             with torch.no_grad():
                 self.running_mean.copy_(mean)
                 self.running_var.copy_(var)
-        return y
+        return y, False
 
-    def _native_forward(self, x: Tensor, factor: float) -> Tensor:
+    def _native_forward(self, x: Tensor, factor: float, relu: bool = False) -> Tensor:
         update = self.training and self.track_running_stats
-        if torch.is_grad_enabled() and _kernels.needs_grad(x, self.weight, self.bias):
-            y, stats, var = _NativeBatchNorm.apply(x, self.weight, self.bias, self.eps, update)
+        w, b = self.weight, self.bias
+        if torch.is_grad_enabled() and _kernels.needs_grad(x, w, b):
+            y, stats, var = _NativeBatchNorm.apply(x, w, b, self.eps, update, relu)
         else:  # nothing to differentiate: skip autograd.Function's fixed cost
-            y, stats, var = native_batch_norm_forward(x, self.weight, self.bias, self.eps, update)
+            y, stats, var = native_batch_norm_forward(x, w, b, self.eps, update, None, relu)
         if update:
             self._blend_running_stats(stats[0], var, factor, x.numel() // x.shape[1])
         return y
