@@ -913,8 +913,9 @@ def test_jit_trace_records_torch_ops_not_the_kernels(name, channels_last):
     x = torch.randn(8, 32, 16, 16)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # tracer warnings, and recent torch deprecates jit.trace
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(layer, x, check_trace=False)
     x2 = torch.randn_like(x)
     torch.testing.assert_close(traced(x2), layer(x2), **TOL)
