@@ -67,8 +67,7 @@ token input is converted to float32 for these kernels and back (as the conv path
 
 **Which code each section ran.** The training step and the "Norm + ReLU" section were measured
 last (the seventh session), with the fused ReLU (BatchNorm's too); the training step's plain
-rows ran the same norm kernels as the sixth session's. The 201-round training step ran before
-BatchNorm's fused ReLU existed (it has no BatchNorm row). The full matrix was measured in the
+rows ran the same norm kernels as the sixth session's. The full matrix was measured in the
 sixth session, after the row kernels' fixed costs per sample were cut: one super-block's sums
 used in place, LayerNorm's channels_last forward writing only its two moments, the affine
 gradients summed a vector of channels at a time (in the same order), the backward's coefficient
@@ -89,38 +88,37 @@ Rows move between runs: in the fifth session EvoNorm-S0 on channels_last measure
 and 1.50x BatchNorm2d on (8, 256, 14, 14), and 1.96, 1.29 and 1.28x on (128, 64, 8, 8), where
 the 1.96 came from a median of 3.70 ms against a fastest round of 1.66 ms (half of its rounds
 were slow). The training step takes 61 rounds, since run-to-run differences of 5% showed at 15;
-it also reports the paired ratio and an A/A column (below). A second run of 201 rounds took the
-three norms whose plain step sits at parity, GroupNorm, LayerNorm and FrozenBN (FrozenBN is
-torch's own eval-mode `batch_norm` on both sides), and GroupNorm and LayerNorm with the ReLU
-fused. Why the plain GroupNorm and LayerNorm steps sit at parity although their kernels are
-faster: in `torch.profiler` (27 steps per model in 9 rotated rounds, normzoo's model and two
-torch.nn ones) normzoo's GroupNorm operators took 208 ms of self time against 255 and 260 ms
-for torch.nn's, about 1.8 ms of a 93 ms step, while the minor page faults of one step
-(`getrusage`; fresh output tensors where glibc has returned freed memory to the system) ranged
-from 0 to about 4,000 in every model, a few ms whenever they come: the gain is smaller than
-what the allocator moves one step (these two probes were one-off scripts, not in the
-repository). The other CPU sections were measured before the token kernels (which serve none of
-their rows), before EvoNorm-B0/S0's one-sigmoid backward and the zoo's C++ operators (none of
-their rows either), before `-fno-math-errno` joined the build flags (it lets `sqrtf` vectorize;
-no conv-shape kernel calls a math function in a loop), and before this session's row-kernel
-changes.
+it also reports the paired ratio and an A/A column (below). A second run of 201 rounds took
+BatchNorm and the three norms whose plain step sits at parity, GroupNorm, LayerNorm and
+FrozenBN (FrozenBN is torch's own eval-mode `batch_norm` on both sides), and BatchNorm,
+GroupNorm and LayerNorm with the ReLU fused. Why the plain GroupNorm and LayerNorm steps sit at
+parity although their kernels are faster: in `torch.profiler` (27 steps per model in 9 rotated
+rounds, normzoo's model and two torch.nn ones) normzoo's GroupNorm operators took 208 ms of
+self time against 255 and 260 ms for torch.nn's, about 1.8 ms of a 93 ms step, while the minor
+page faults of one step (`getrusage`; fresh output tensors where glibc has returned freed
+memory to the system) ranged from 0 to about 4,000 in every model, a few ms whenever they come:
+the gain is smaller than what the allocator moves one step (these two probes were one-off
+scripts, not in the repository). The other CPU sections were measured before the token kernels
+(which serve none of their rows), before EvoNorm-B0/S0's one-sigmoid backward and the zoo's C++
+operators (none of their rows either), before `-fno-math-errno` joined the build flags (it lets
+`sqrtf` vectorize; no conv-shape kernel calls a math function in a loop), and before this
+session's row-kernel changes.
 
 **Norm + ReLU in one layer.** `normzoo.create(name, C, activation="relu")` (or
 `Norm.fuse_activation`, or `ConvNet2d(fuse_activation=True)` for the default model) gives
 `relu(norm(x))` as one layer, as timm's norm-act layers do. GroupNorm, InstanceNorm and
 channels-first LayerNorm apply the ReLU inside the row kernels, in both layouts: the forward's
 map writes `max(y, 0)`; the backward recomputes the ReLU's mask from `x`, the parameters and
-the saved statistics (one row, or one block of positions, at a time, into a thread's
-scratch while it is in cache) and runs the usual backward on the masked `dy`. BatchNorm in
-training does the same in its kernels (`batch_norm.c`, both layouts), masking `dy` as each of
-its two backward passes (the sums, then `dx`) reads it. A separate
-`nn.ReLU` costs a read and a write of the tensor forward and two reads and a write backward,
-which this saves; the results are the norm's and `torch.relu`'s to the bit
-(`tests/test_fused_activation.py`). The "Norm + ReLU" section below times each norm with its
-ReLU against torch.nn's norm followed by `nn.ReLU` (`bench.py --activation relu`), and the
-training step's
-"(ReLU fused)" rows build normzoo's default model with `fuse_activation=True` (it stays off by
-default: the diagnostics callbacks observe activations through their `nn.ReLU` modules).
+the saved statistics (one row, or one block of positions, at a time, into a thread's scratch
+while it is in cache) and runs the usual backward on the masked `dy`. BatchNorm in training
+does the same in its kernels (`batch_norm.c`, both layouts), masking `dy` as each of its two
+backward passes (the sums, then `dx`) reads it. A separate `nn.ReLU` costs a read and a write
+of the tensor forward and two reads and a write backward, which this saves; the results are the
+norm's and `torch.relu`'s to the bit (`tests/test_fused_activation.py`). The "Norm + ReLU"
+section below times each norm with its ReLU against torch.nn's norm followed by `nn.ReLU`
+(`bench.py --activation relu`), and the training step's "(ReLU fused)" rows build normzoo's
+default model with `fuse_activation=True` (it stays off by default: the diagnostics callbacks
+observe activations through their `nn.ReLU` modules).
 
 **channels_last.** Every norm returns channels_last output for channels_last input (the
 `channels_last kept` column), and `tests/test_fast_paths.py::test_channels_last_has_no_hidden_copy`

@@ -26,9 +26,10 @@ class PreActBlock(nn.Module):
         norm: NormSpec,
         norm_position: str,
         where: str,
+        fuse_activation: bool = False,
     ) -> None:
         super().__init__()
-        kw = {"norm_position": norm_position, "spatial_dims": 2}
+        kw = {"norm_position": norm_position, "spatial_dims": 2, "fuse": fuse_activation}
         self.pre = nn.Sequential(
             *norm_act(norm, in_channels, nn.ReLU, where=f"{where}.norm1", **kw)
         )
@@ -60,6 +61,10 @@ class ResNet(nn.Module):
         norm_position: ``"before_act"`` or ``"after_act"``.
         widths: the channels of each stage.
         blocks_per_stage: residual blocks per stage.
+        fuse_activation: each norm applies its ReLU itself (``Norm.fuse_activation``, fused
+            into the native CPU kernels of BatchNorm, GroupNorm, InstanceNorm, LayerNorm), an
+            ``nn.Identity`` in the ReLU's place; needs ``norm_position="before_act"`` and a
+            normzoo norm. Default ``False``.
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class ResNet(nn.Module):
         norm_position: str = "before_act",
         widths: Sequence[int] = (32, 64),
         blocks_per_stage: int = 1,
+        fuse_activation: bool = False,
     ) -> None:
         super().__init__()
         check_norm_position(norm_position)
@@ -80,13 +86,22 @@ class ResNet(nn.Module):
         for s, width in enumerate(widths):
             for b in range(blocks_per_stage):
                 stride = 2 if s > 0 and b == 0 else 1
+                where, fuse = f"stage{s}.block{b}", fuse_activation
                 blocks.append(
-                    PreActBlock(channels, width, stride, norm, norm_position, f"stage{s}.block{b}")
+                    PreActBlock(channels, width, stride, norm, norm_position, where, fuse)
                 )
                 channels = width
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Sequential(
-            *norm_act(norm, channels, nn.ReLU, norm_position, where="head.norm", spatial_dims=2),
+            *norm_act(
+                norm,
+                channels,
+                nn.ReLU,
+                norm_position,
+                where="head.norm",
+                spatial_dims=2,
+                fuse=fuse_activation,
+            ),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
             nn.Linear(channels, num_classes),

@@ -90,11 +90,11 @@ def test_every_registered_norm_is_an_option_with_its_own_arguments(name):
     assert type(instantiate(cfg.norm)(8)) is cls
 
 
-@pytest.mark.parametrize("model", ["convnet2d", "convnet1d"])
+@pytest.mark.parametrize("model", ["convnet2d", "convnet1d", "resnet"])
 def test_fuse_activation_override_fuses_every_norm(model):
     """model.fuse_activation=true: each norm applies its ReLU, an Identity in the ReLU's
     place; off by default (the diagnostics observe the nn.ReLU modules)."""
-    shape = (1, 8, 8) if model == "convnet2d" else (1, 40)
+    shape = (1, 40) if model == "convnet1d" else (1, 8, 8)
     plain = build_net(["norm=gn", "norm.num_groups=4", f"model={model}"], shape)
     fused = build_net(
         ["norm=gn", "norm.num_groups=4", f"model={model}", "model.fuse_activation=true"], shape
