@@ -52,6 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from normzoo.norms.base import Norm
+
 __all__ = [
     "ACTIVATIONS",
     "WEIGHT_LAYERS",
@@ -278,6 +280,15 @@ class Diagnostics(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.measure_activations:
             return
+        for name, module in pl_module.named_modules():
+            # a norm that applies its activation itself hides the activation's input
+            if isinstance(module, Norm) and module.activation is not None:
+                raise ValueError(
+                    f"Diagnostics records each activation's input through its module, but layer "
+                    f"{name!r} ({type(module).__name__}) applies its {module.activation!r} "
+                    f"itself (fuse_activation): build the model with fuse_activation=False "
+                    f"(model.fuse_activation=false), or Diagnostics(activations=False)"
+                )
         for name, module in pl_module.named_modules():
             if isinstance(module, ACTIVATIONS):
                 self._handles.append(module.register_forward_hook(self._hook(name)))

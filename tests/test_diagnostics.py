@@ -149,6 +149,17 @@ def test_callback_writes_csvs_and_does_not_change_the_run(tmp_path):
     assert all(0.0 <= float(r["saturated_frac"]) <= 1.0 for r in acts)
 
 
+def test_activation_diagnostics_refuse_a_norm_that_applies_its_relu():
+    """A fused norm + ReLU hides the activation's input from the hooks: a clear error before
+    training rather than an activations table without those layers."""
+    model = nn.Sequential(nn.Linear(8, 16), normzoo.create("bn", 16, activation="relu"))
+    with pytest.raises(ValueError, match=r"layer '1' \(BatchNorm\) applies its 'relu' itself"):
+        Diagnostics().on_fit_start(None, model)
+    Diagnostics(activations=False).on_fit_start(None, model)  # nothing to hook: fine
+    model[1].fuse_activation(None)
+    Diagnostics().on_fit_start(None, model)
+
+
 def test_noisy_batchnorm_adds_time_varying_noise_in_training_only():
     layer = NoisyBatchNorm(4, noise_mean=1.0, noise_scale=2.0)
     x = torch.randn(16, 4, 5)
