@@ -232,6 +232,20 @@ def test_fuse_activation_api():
     assert {n for n in normzoo.available() if normzoo.get(n).fuses_activation} == set(FUSING)
 
 
+def test_a_subclass_with_its_own_forward_applies_the_relu_after_it():
+    """A subclass (a plugin's, say) of a fusing norm that computes its own ``_forward`` is not
+    asked to fuse: the ReLU runs after its output."""
+
+    class Doubled(normzoo.norms.GroupNorm):
+        def _forward(self, x):
+            return 2 * super()._forward(x)
+
+    assert normzoo.norms.GroupNorm.fuses_activation and not Doubled.fuses_activation
+    layer = Doubled(16, 4).fuse_activation("relu")
+    x = torch.randn(8, 16, 16, 16)
+    torch.testing.assert_close(layer(x), torch.relu(2 * normzoo.create("gn", 16, num_groups=4)(x)))
+
+
 def test_convert_carries_the_activation():
     """Converting a layer with a fused ReLU keeps the ReLU (or refuses, changing nothing)."""
     model = ConvNet2d((3, 16, 16), 10, norm="gn", fuse_activation=True)

@@ -88,7 +88,9 @@ class Norm(nn.Module):
             statistics of the batch, so ``normzoo.convert`` may carry them between such norms.
         min_spatial_dims, max_spatial_dims: the number of spatial dims the norm accepts.
         fuses_activation: whether its kernels apply a ``fuse_activation`` ReLU in their own
-            passes (float32 CPU input, contiguous or channels_last); others apply it after.
+            passes (float32 CPU input, contiguous or channels_last); others apply it after. Its
+            ``_forward`` then takes ``relu``. A subclass defining its own ``_forward`` gets
+            ``False`` unless it sets the attribute itself.
     """
 
     statistics_per: ClassVar[tuple[str, ...]] = ()
@@ -101,6 +103,13 @@ class Norm(nn.Module):
 
     # Version 2 checkpoints carry ``num_batches_tracked`` (torch.nn's numbering).
     _version = 2
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # a subclass with its own math (a _forward of its own, e.g. BatchNorm's subclasses or
+        # a plugin's) applies the activation after it, unless it says it fuses it
+        if "_forward" in cls.__dict__ and "fuses_activation" not in cls.__dict__:
+            cls.fuses_activation = False
 
     def __init__(
         self,
@@ -270,16 +279,16 @@ class Norm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        if self.activation is not None:
-            return self._forward_activated(x)
-        return self._forward(x)
+        if self.activation is None:
+            return self._forward(x)
+        if self.fuses_activation:  # such a norm's _forward takes relu=True and applies it
+            return self._forward(x, relu=True)  # type: ignore[call-arg]
+        return torch.relu(self._forward(x))
 
     def _forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """The norm's output. A subclass with ``fuses_activation`` takes ``relu: bool = False``
+        too and returns ``relu(norm(x))`` with it (fused into its kernels where they can)."""
         raise NotImplementedError
-
-    def _forward_activated(self, x: Tensor) -> Tensor:
-        """The output with ``self.activation`` applied; norms with a fused kernel override it."""
-        return torch.relu(self._forward(x))
 
     def _repr_structure(self) -> list[str]:
         """``key=value`` items that ``repr`` shows right after ``num_features`` (e.g. groups)."""

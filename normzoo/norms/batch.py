@@ -184,12 +184,6 @@ class BatchNorm(Norm):
     batchnorm_statistics = True
     fuses_activation = True
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        # a subclass with its own math applies a fused activation after it, unless it says
-        if "_forward" in cls.__dict__ and "fuses_activation" not in cls.__dict__:
-            cls.fuses_activation = False
-
     def __init__(
         self,
         num_features: int,
@@ -223,11 +217,6 @@ class BatchNorm(Norm):
                 f"(or spatial size > 1), call .eval() to use running statistics, or use a norm "
                 f"that does not depend on the batch (groupnorm, layernorm, instancenorm)"
             )
-
-    def _forward_activated(self, x: Tensor) -> Tensor:
-        if type(self)._forward is not BatchNorm._forward:  # a subclass's own math
-            return super()._forward_activated(x)
-        return self._forward(x, relu=True)
 
     def _forward(self, x: Tensor, relu: bool = False) -> Tensor:
         y, fused = self._normalize(x, relu)

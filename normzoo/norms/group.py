@@ -107,8 +107,5 @@ class GroupNorm(Norm):
             y = torch_group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return torch.relu(y) if relu else y
 
-    def _forward_activated(self, x: Tensor) -> Tensor:
-        return self._forward(x, relu=True)
-
     def _repr_structure(self) -> list[str]:
         return [f"num_groups={self.num_groups}"]

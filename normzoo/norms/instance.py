@@ -98,9 +98,6 @@ class InstanceNorm(Norm):
         y, fused = self._normalize(x, relu)
         return torch.relu(y) if relu and not fused else y
 
-    def _forward_activated(self, x: Tensor) -> Tensor:
-        return self._forward(x, relu=True)
-
     def _normalize(self, x: Tensor, relu: bool) -> tuple[Tensor, bool]:
         """The norm's output, and whether the ReLU is applied already (where ``relu`` asks
         for it and the native kernels fuse it)."""

@@ -82,6 +82,3 @@ class LayerNorm(Norm):
         else:
             y = torch_group_norm(x, 1, self.weight, self.bias, self.eps)
         return torch.relu(y) if relu else y
-
-    def _forward_activated(self, x: Tensor) -> Tensor:
-        return self._forward(x, relu=True)
