@@ -139,14 +139,10 @@ def batch_norm_backward_unchecked(
     n, c, length = _sizes(x)
     dx, dw, db = _grads(x, c, needs, out)
     p = stats.data_ptr()
-    if relu:
-        _fn("batch_norm", "nz_bn_relu_backward")(
-            dy.data_ptr(), x.data_ptr(), _ptr(weight), _ptr(bias), p, p + c * _F32, _ptr(dx),
-            _ptr(dw), _ptr(db), n, c, length, threads(),
-        )  # fmt: skip
-        return dx, dw, db
-    _fn("batch_norm", "nz_bn_backward")(
-        dy.data_ptr(), x.data_ptr(), _ptr(weight), p, p + c * _F32, _ptr(dx), _ptr(dw),
+    # the fused ReLU's backward takes the forward's bias after the weight (its mask)
+    name, fused = ("nz_bn_relu_backward", (_ptr(bias),)) if relu else ("nz_bn_backward", ())
+    _fn("batch_norm", name)(
+        dy.data_ptr(), x.data_ptr(), _ptr(weight), *fused, p, p + c * _F32, _ptr(dx), _ptr(dw),
         _ptr(db), n, c, length, threads(),
     )  # fmt: skip
     return dx, dw, db
@@ -354,17 +350,10 @@ def batch_norm_backward_cl_unchecked(
     dx, dw, db = _grads(x, c, needs, out)
     work = _cl_work(c)
     p = stats.data_ptr()
-    if relu:
-        _fn("batch_norm", "nz_bn_relu_backward_cl")(
-            dy.data_ptr(), x.data_ptr(), _ptr(weight), _ptr(bias), p, p + c * _F32, _ptr(dx),
-            _ptr(dw), _ptr(db), work.data_ptr(), CL_MAX_BLOCKS, x.numel() // max(c, 1), c,
-            threads(),
-        )  # fmt: skip
-        return dx, dw, db
-    _fn("batch_norm", "nz_bn_backward_cl")(
-        dy.data_ptr(), x.data_ptr(), _ptr(weight), p, p + c * _F32, _ptr(dx), _ptr(dw),
-        _ptr(db), work.data_ptr(), CL_MAX_BLOCKS, x.numel() // max(c, 1), c,
-        threads(),
+    name, fused = ("nz_bn_relu_backward_cl", (_ptr(bias),)) if relu else ("nz_bn_backward_cl", ())
+    _fn("batch_norm", name)(
+        dy.data_ptr(), x.data_ptr(), _ptr(weight), *fused, p, p + c * _F32, _ptr(dx), _ptr(dw),
+        _ptr(db), work.data_ptr(), CL_MAX_BLOCKS, x.numel() // max(c, 1), c, threads(),
     )  # fmt: skip
     return dx, dw, db
 
