@@ -3,7 +3,8 @@
 #   test       tests/test_cuda.py but the fused path's test: every norm on the GPU (CPU parity,
 #              torch.nn parity, layouts, bf16 inputs, float64 gradcheck);
 #   fusedtest  tests/test_cuda.py's fused-path test (compiles with Triton: 2-53 s per kind of
-#              call on a cold cache), case by case (-v), with a longer limit of its own;
+#              call on a cold cache), one process per norm in parallel, case by case (-v),
+#              with a longer limit of its own;
 #   bench      scripts/bench.py on the GPU: every norm, the shapes plus two GPU-sized
 #              ones (the shapes are launch-bound on a large GPU), float32 and bfloat16,
 #              both layouts, bandwidth as a fraction of a measured copy_, training step;
@@ -38,8 +39,15 @@ if [[ $steps == *" test "* ]]; then
         -k "not fused" 2>&1 | tee "$out/test_cuda.log"
 fi
 if [[ $steps == *" fusedtest "* ]]; then
-    limit "${FUSEDTEST_LIMIT:-300}" "$py" -m pytest -v --tb=short -p no:cacheprovider \
-        tests/test_cuda.py -k fused 2>&1 | tee "$out/test_cuda_fused.log"
+    # one process per norm, all at once: the cold Triton compiles (CPU-bound) overlap
+    pids=()
+    for name in evonormb0 evonorms0 frn switchablenorm; do  # tests/test_cuda.py's FUSED
+        limit "${FUSEDTEST_LIMIT:-300}" "$py" -m pytest -v --tb=short -p no:cacheprovider \
+            tests/test_cuda.py -k "fused and $name" >"$out/test_cuda_fused_$name.log" 2>&1 &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid"; done
+    tail -n 4 "$out"/test_cuda_fused_*.log
 fi
 if [[ $steps == *" bench "* ]]; then
     limit "${BENCH_LIMIT:-330}" "$py" scripts/bench.py --devices cuda --repeats 15 \

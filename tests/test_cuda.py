@@ -98,6 +98,29 @@ def test_cuda_token_norms_bfloat16_input(name):
     assert ours.weight.grad is not None and ours.weight.grad.dtype == torch.float32
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=str)
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_activation_relu_is_norm_then_relu(name, layout):
+    """``activation="relu"`` on CUDA (the fused kernels are CPU-only: the ReLU runs after the
+    norm there): outputs, gradients and running statistics equal the CPU's fused layer and the
+    GPU's ``nn.Sequential(norm, nn.ReLU())``; the layout is kept."""
+    cpu, gpu = _cpu_and_cuda(name, activation="relu")
+    plain = copy.deepcopy(gpu).fuse_activation(None)
+    seq = nn.Sequential(plain, nn.ReLU())
+    for step in range(3):
+        x = torch.randn(8, 6, 5, 7) * (step + 1) + step
+        g = torch.randn_like(x)
+        xg = x.cuda().to(memory_format=layout)
+        ours = _fwd_bwd(gpu, xg, g)
+        for a, b in zip(ours, _fwd_bwd(seq, xg, g), strict=True):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+        for a, b in zip(ours, _fwd_bwd(cpu, x, g), strict=True):
+            torch.testing.assert_close(a, b, **DEVICE_TOL)
+    for key, value in cpu.state_dict().items():
+        torch.testing.assert_close(gpu.state_dict()[key].cpu(), value, **DEVICE_TOL, msg=key)
+    assert gpu(xg).is_contiguous(memory_format=layout)
+
+
 TORCH_NN = {
     "batchnorm": lambda c: nn.BatchNorm2d(c),
     "groupnorm": lambda c: nn.GroupNorm(2, c),
@@ -188,6 +211,15 @@ FUSED = {
 }
 
 
+def _assert_close_to_scale(a: torch.Tensor, b: torch.Tensor) -> None:
+    """``a`` equals ``b`` to float32 accuracy at ``b``'s scale. A parameter gradient here sums
+    4096 products per channel, and the CPU and the GPU sum in different orders: the rounding
+    is relative to the largest sums, so a channel whose sum cancels to near zero cannot be
+    held to 2e-5 of itself (evonorms0 on an H200: 3e-5 off on a 0.15 entry)."""
+    atol = DEVICE_TOL["atol"] * max(1.0, b.abs().max().item())
+    torch.testing.assert_close(a, b, atol=atol, rtol=DEVICE_TOL["rtol"])
+
+
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=str)
 @pytest.mark.parametrize("name", sorted(FUSED))
 def test_cuda_fused_zoo_equals_the_cpu(name, layout):
@@ -210,7 +242,7 @@ def test_cuda_fused_zoo_equals_the_cpu(name, layout):
             g = torch.randn(shape)
             xg = x.cuda().to(memory_format=layout)
             for a, b in zip(_fwd_bwd(gpu, xg, g), _fwd_bwd(cpu, x, g), strict=True):
-                torch.testing.assert_close(a, b, **DEVICE_TOL)
+                _assert_close_to_scale(a, b)
         assert gpu(xg).is_contiguous(memory_format=layout)  # eval: no state changes
     for key, value in cpu.state_dict().items():
         torch.testing.assert_close(gpu.state_dict()[key].cpu(), value, **DEVICE_TOL, msg=key)
