@@ -31,7 +31,10 @@ On the training forward of the same steps, forward hooks on the activation modul
 (``nn.Tanh``, ``nn.ReLU``, ...) record each activation's input distribution: mean, standard
 deviation, the 2/15/50/85/98th percentiles (the BN paper's Fig. 1 plots the 15/50/85th), the
 fraction of saturated inputs ``|x| > saturation_threshold`` (default ``atanh(0.99)``: where
-``tanh`` is within 1% of ±1 and its derivative below 0.02) and the fraction below zero.
+``tanh`` is within 1% of ±1 and its derivative below 0.02) and the fraction below zero. A
+norm that applies its ReLU itself (``fuse_activation``) holds the activation's input inside:
+on the recorded forwards it runs without it, and a hook on the norm records its output and
+applies the ReLU (the same values and gradients, to the bit); its rows carry the norm's name.
 
 At the end of training (and on an exception) three CSVs are written to ``out_dir``
 (default: the trainer's ``log_dir`` or ``default_root_dir``): ``diagnostics_ics.csv``,
@@ -52,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normzoo.norms.base import Norm
+from normzoo.norms.base import Norm, apply_activation
 
 __all__ = [
     "ACTIVATIONS",
@@ -238,7 +241,8 @@ class Diagnostics(pl.Callback):
         ics: measure internal covariate shift (``L + 1`` extra forward-backward passes).
         landscape: measure smoothness along the gradient (``len(landscape_steps) + 1``
             passes).
-        activations: record the inputs of activation modules on the training forward.
+        activations: record the inputs of activation modules (and of the activations
+            fused into norms) on the training forward.
         landscape_steps: step sizes along the gradient, as multiples of the learning rate.
         saturation_threshold: ``|x|`` above which a pre-activation counts as saturated.
         out_dir: where the CSVs go. Default: the trainer's ``log_dir`` or
@@ -275,33 +279,58 @@ class Diagnostics(pl.Callback):
         self.activation_rows: list[dict[str, Any]] = []
         self._handles: list[Any] = []
         self._recording: int | None = None
+        self._fused: list[Norm] = []  # norms that apply their activation themselves
+        self._unfused: dict[nn.Module, str] = {}  # those running without it, for one forward
 
     # -- hooks ----------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.measure_activations:
             return
         for name, module in pl_module.named_modules():
-            # a norm that applies its activation itself hides the activation's input
-            if isinstance(module, Norm) and module.activation is not None:
-                raise ValueError(
-                    f"Diagnostics records each activation's input through its module, but layer "
-                    f"{name!r} ({type(module).__name__}) applies its {module.activation!r} "
-                    f"itself (fuse_activation): build the model with fuse_activation=False "
-                    f"(model.fuse_activation=false), or Diagnostics(activations=False)"
-                )
-        for name, module in pl_module.named_modules():
             if isinstance(module, ACTIVATIONS):
                 self._handles.append(module.register_forward_hook(self._hook(name)))
+            elif isinstance(module, Norm) and module.activation is not None:
+                self._fused.append(module)  # its activation's input is inside it
+                self._handles.append(module.register_forward_hook(self._fused_hook(name)))
+
+    def _record(self, name: str, x: Tensor) -> None:
+        row = {"step": self._recording, "layer": name}
+        row.update(activation_stats(x, self.saturation_threshold))
+        self.activation_rows.append(row)
 
     def _hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            if self._recording is None or not module.training:
-                return
-            row = {"step": self._recording, "layer": name}
-            row.update(activation_stats(inputs[0], self.saturation_threshold))
-            self.activation_rows.append(row)
+            if self._recording is not None and module.training:
+                self._record(name, inputs[0])
 
         return hook
+
+    def _fused_hook(self, name: str) -> Callable[..., Tensor | None]:
+        """A fused norm's hook: on a recorded forward (the norm runs without its activation
+        then, see ``_unfuse``) it records the output and returns the activation of it."""
+
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
+            activation = self._unfused.get(module)
+            if activation is None:
+                return None
+            self._record(name, output)
+            return apply_activation(output, activation)
+
+        return hook
+
+    def _unfuse(self) -> None:
+        """For the recorded training forward: the fused norms leave their activation to
+        their hooks (``_fused_hook``)."""
+        for module in self._fused:
+            if module.training and module.activation is not None:
+                self._unfused[module] = module.activation
+                module.fuse_activation(None)
+
+    def _refuse(self) -> None:
+        """Give the fused norms their activation back (after the recorded step, or an error)."""
+        for module, activation in self._unfused.items():
+            module.fuse_activation(activation)
+        self._unfused.clear()
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -312,6 +341,7 @@ class Diagnostics(pl.Callback):
         if self.measure_ics or self.measure_landscape:
             self._measure(trainer, pl_module, batch, step)
         self._recording = step  # the hooks record the training forward that follows
+        self._unfuse()
 
     def _measure(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int
@@ -339,6 +369,7 @@ class Diagnostics(pl.Callback):
         batch_idx: int,
     ) -> None:
         self._recording = None
+        self._refuse()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish(trainer)
@@ -362,9 +393,12 @@ class Diagnostics(pl.Callback):
         return Path(trainer.log_dir or trainer.default_root_dir)
 
     def _finish(self, trainer: pl.Trainer) -> None:
+        self._recording = None
+        self._refuse()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._fused.clear()
         if not trainer.is_global_zero:
             return
         out = self.output_dir(trainer)

@@ -334,7 +334,9 @@ def default_model(
 ) -> nn.Module:
     """The training system's default model (``normzoo.models.ConvNet2d``, conf/model/
     convnet2d.yaml) on 3x32x32 inputs; the local ConvNet where normzoo.models is missing.
-    ``fuse_activation``: its norms apply their ReLU themselves (``model.fuse_activation=true``)."""
+    ``fuse_activation``: ``True``, its norms apply their ReLU themselves (what the default
+    ``model.fuse_activation=auto`` does for the norms whose kernels fuse it), ``False`` each
+    norm followed by an ``nn.ReLU`` (``model.fuse_activation=false``, the "plain" rows)."""
     try:
         from normzoo.models import ConvNet2d
     except ImportError:
@@ -543,7 +545,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also time the training step with the ReLU fused into each norm that fuses it "
-        "(BatchNorm, GroupNorm, InstanceNorm, LayerNorm: ConvNet2d(fuse_activation=True))",
+        "(BatchNorm, GroupNorm, InstanceNorm, LayerNorm: the default model, "
+        "fuse_activation='auto'); the plain rows build it with fuse_activation=False",
     )
     p.add_argument("--train-batch", type=int, default=64)
     p.add_argument(

@@ -105,7 +105,7 @@ operators (none of their rows either), before `-fno-math-errno` joined the build
 session's row-kernel changes.
 
 **Norm + ReLU in one layer.** `normzoo.create(name, C, activation="relu")` (or
-`Norm.fuse_activation`, or `ConvNet2d(fuse_activation=True)` for the default model) gives
+`Norm.fuse_activation`, or `ConvNet2d(fuse_activation=True)`) gives
 `relu(norm(x))` as one layer, as timm's norm-act layers do. GroupNorm, InstanceNorm and
 channels-first LayerNorm apply the ReLU inside the row kernels, in both layouts: the forward's
 map writes `max(y, 0)`; the backward recomputes the ReLU's mask from `x`, the parameters and
@@ -116,9 +116,13 @@ backward passes (the sums, then `dx`) reads it. A separate `nn.ReLU` costs a rea
 of the tensor forward and two reads and a write backward, which this saves; the results are the
 norm's and `torch.relu`'s to the bit (`tests/test_fused_activation.py`). The "Norm + ReLU"
 section below times each norm with its ReLU against torch.nn's norm followed by `nn.ReLU`
-(`bench.py --activation relu`), and the training step's "(ReLU fused)" rows build normzoo's
-default model with `fuse_activation=True` (it stays off by default: the diagnostics callbacks
-observe activations through their `nn.ReLU` modules).
+(`bench.py --activation relu`). The models fuse it by default (`fuse_activation="auto"`, from
+the eighth session): each norm whose kernels fuse the ReLU applies it, an `nn.Identity` in the
+`nn.ReLU`'s place, so the training step's "(ReLU fused)" rows are the default model for
+BatchNorm, GroupNorm, InstanceNorm and LayerNorm, and its plain rows that model built with
+`fuse_activation=False` (every norm followed by `nn.ReLU`, as torch.nn's model is). The
+diagnostics callback records the activations of fused norms too: on its recorded steps they run
+without their ReLU and a hook applies it.
 
 **channels_last.** Every norm returns channels_last output for channels_last input (the
 `channels_last kept` column), and `tests/test_fast_paths.py::test_channels_last_has_no_hidden_copy`
@@ -480,8 +484,10 @@ def page(data: dict[str, Any], json_path: str, plot_rel: str | None, level: int 
             + (
                 " Rows marked (ReLU fused) build normzoo's model with `fuse_activation=True`: "
                 "each norm applies the ReLU after it inside its own kernels (an `nn.Identity` "
-                "takes the `nn.ReLU`'s place); the torch.nn model is the same as in the norm's "
-                "plain row."
+                "takes the `nn.ReLU`'s place), which is what the model's default "
+                '`fuse_activation="auto"` builds for these norms; the other rows build it with '
+                "`fuse_activation=False`. The torch.nn model is the same in both rows: its norm, "
+                "then `nn.ReLU`."
                 if any(r.get("fused_activation") for r in data["train"])
                 else ""
             )

@@ -153,6 +153,10 @@ def test_training_rows_with_the_relu_fused(bench, monkeypatch):
     assert len(fused) == 1 and [w for w, f, _ in built].count("torch") == 6
     assert not any(isinstance(m, torch.nn.ReLU) for m in fused[0].modules())
     assert {m.activation for m in fused[0].modules() if hasattr(m, "activation")} == {"relu"}
+    for who, fuse, model in built:  # the plain rows and torch.nn's: a norm, then nn.ReLU
+        if not fuse:
+            assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == 4, who
+            assert not any(getattr(m, "activation", None) for m in model.modules()), who
     table = _script("bench_report").train_table(rows)
     assert table.count("(ReLU fused)") == 1 and "| groupnorm (ReLU fused) |" in table
     rows = bench.main(["--norms", "gn", "--no-rows", "--no-fused-train", "--repeats", "1",

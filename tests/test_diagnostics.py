@@ -2,6 +2,7 @@
 
 import csv
 import math
+import types
 
 import pytest
 import torch
@@ -19,6 +20,8 @@ from normzoo.diagnostics import (
     landscape,
     weight_layers,
 )
+from normzoo.models import ConvNet2d
+from normzoo.norms.base import Norm
 from normzoo.norms.noisy import NoisyBatchNorm
 
 
@@ -149,15 +152,86 @@ def test_callback_writes_csvs_and_does_not_change_the_run(tmp_path):
     assert all(0.0 <= float(r["saturated_frac"]) <= 1.0 for r in acts)
 
 
-def test_activation_diagnostics_refuse_a_norm_that_applies_its_relu():
-    """A fused norm + ReLU hides the activation's input from the hooks: a clear error before
-    training rather than an activations table without those layers."""
+class ConvModule(pl.LightningModule):
+    """The ConvNet of the training system, its ReLUs fused into the norms or not."""
+
+    def __init__(self, norm: str, fuse_activation: bool | str) -> None:
+        super().__init__()
+        self.net = ConvNet2d(
+            (1, 8, 8), 3, norm=norm, widths=(4, 8), convs_per_stage=1,
+            fuse_activation=fuse_activation,
+        )  # fmt: skip
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def fit_conv(norm, fuse, callbacks, tmp_path) -> ConvModule:
+    torch.manual_seed(0)
+    x, y = torch.randn(48, 1, 8, 8) * 2 + 1, torch.randint(0, 3, (48,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    module = ConvModule(norm, fuse)
+    trainer = pl.Trainer(
+        max_steps=5,
+        callbacks=callbacks,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(module, loader)
+    return module
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn", "ln", "in"])
+def test_activation_diagnostics_see_inside_a_norm_that_applies_its_relu(norm, tmp_path):
+    """A fused norm + ReLU (the models' default) holds the activation's input: on recorded
+    steps it runs without the ReLU, and the hook records its output and applies the ReLU.
+    The rows are those of the unfused model (under the norm's name), the run is the run
+    without diagnostics to the bit, and the norms get their ReLU back."""
+    kw = {"ics": False, "landscape": False, "every_n_steps": 2}
+    fused_diag = Diagnostics(out_dir=tmp_path / "fused", **kw)
+    fused = fit_conv(norm, "auto", [fused_diag], tmp_path)
+    plain_diag = Diagnostics(out_dir=tmp_path / "plain", **kw)
+    plain = fit_conv(norm, False, [plain_diag], tmp_path)
+    alone = fit_conv(norm, "auto", [], tmp_path)
+    norms = [n for n, m in fused.named_modules() if isinstance(m, Norm)]
+    assert all(fused.get_submodule(n).activation == "relu" for n in norms)
+    assert not any(isinstance(m, nn.ReLU) for m in fused.modules())
+    for k, v in alone.state_dict().items():
+        torch.testing.assert_close(fused.state_dict()[k], v, rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(plain.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    # the unfused model's ReLU follows its norm: net.features.<i> -> net.features.<i + 1>
+    renamed = []
+    for r in fused_diag.activation_rows:
+        prefix, index = r["layer"].rsplit(".", 1)
+        renamed.append({**r, "layer": f"{prefix}.{int(index) + 1}"})
+    assert {r["layer"] for r in fused_diag.activation_rows} == set(norms)
+    assert len(renamed) == 3 * 2  # steps 0, 2, 4 x two norms
+    assert renamed == plain_diag.activation_rows
+    assert fused_diag._unfused == {} and fused_diag._handles == []
+
+
+def test_fused_norms_get_their_relu_back_after_an_error():
     model = nn.Sequential(nn.Linear(8, 16), normzoo.create("bn", 16, activation="relu"))
-    with pytest.raises(ValueError, match=r"layer '1' \(BatchNorm\) applies its 'relu' itself"):
-        Diagnostics().on_fit_start(None, model)
-    Diagnostics(activations=False).on_fit_start(None, model)  # nothing to hook: fine
-    model[1].fuse_activation(None)
-    Diagnostics().on_fit_start(None, model)
+    diag = Diagnostics(ics=False, landscape=False)
+    diag.on_fit_start(None, model)
+    diag._recording = 0
+    diag._unfuse()
+    assert model[1].activation is None
+    y = model(torch.randn(4, 8))
+    assert (y >= 0).all() and len(diag.activation_rows) == 1
+    assert diag.activation_rows[0]["negative_frac"] > 0  # the norm's output, before the ReLU
+    diag.on_exception(types.SimpleNamespace(is_global_zero=False), model, RuntimeError())
+    assert model[1].activation == "relu" and not model[1]._forward_hooks
 
 
 def test_noisy_batchnorm_adds_time_varying_noise_in_training_only():

@@ -31,11 +31,12 @@ class ConvNet(nn.Module):
         kernel_size: the convolutions' kernel size.
         dropout: dropout probability before the classifier.
         spatial_dims: 1 or 2.
-        fuse_activation: each norm applies its ReLU itself (``Norm.fuse_activation``: fused
-            into the native CPU kernels of BatchNorm, GroupNorm, InstanceNorm, LayerNorm), an
-            ``nn.Identity`` in the ReLU's place; needs ``norm_position="before_act"`` and a
-            normzoo norm. Default ``False``: a separate ``nn.ReLU``, which the diagnostics'
-            activation hooks observe.
+        fuse_activation: whether each norm applies its ReLU itself (``Norm.fuse_activation``:
+            fused into the native CPU kernels of BatchNorm, GroupNorm, InstanceNorm,
+            LayerNorm), an ``nn.Identity`` in the ReLU's place. ``"auto"`` (default): where
+            the norm's kernels fuse it (``before_act`` only; the values are the same as with a
+            separate ``nn.ReLU``, to the bit); ``True``: every norm, which needs
+            ``norm_position="before_act"`` and normzoo norms; ``False``: never.
     """
 
     def __init__(
@@ -49,7 +50,7 @@ class ConvNet(nn.Module):
         kernel_size: int = 3,
         dropout: float = 0.0,
         spatial_dims: int = 2,
-        fuse_activation: bool = False,
+        fuse_activation: bool | str = "auto",
     ) -> None:
         super().__init__()
         if spatial_dims not in _CONV:

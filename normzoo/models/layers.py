@@ -55,6 +55,21 @@ def make_norm(norm: NormSpec, num_features: int, *, where: str, spatial_dims: in
     return layer
 
 
+#: ``fuse_activation`` values of the models: ``"auto"`` (the default) fuses where a norm's
+#: kernels fuse the ReLU, ``True`` wherever a normzoo norm can apply it, ``False`` never.
+FUSE_OPTIONS = ("auto", True, False)
+
+
+def check_fuse(fuse: bool | str) -> bool | str:
+    """Return ``fuse`` if it is one of ``FUSE_OPTIONS``, else raise a ``ValueError``."""
+    if fuse not in FUSE_OPTIONS or (fuse != "auto" and not isinstance(fuse, bool)):
+        raise ValueError(
+            f"fuse_activation must be 'auto' (fuse where the norm's kernels fuse the ReLU), "
+            f"true or false, got {fuse!r}"
+        )
+    return fuse
+
+
 def norm_act(
     norm: NormSpec,
     num_features: int,
@@ -63,24 +78,30 @@ def norm_act(
     *,
     where: str,
     spatial_dims: int,
-    fuse: bool = False,
+    fuse: bool | str = False,
 ) -> list[nn.Module]:
     """The pair norm + activation in the order ``norm_position`` says.
 
     ``fuse``: the norm applies the ReLU itself (``Norm.fuse_activation``, one pass over the
     tensor less each way where its kernels fuse it) and an ``nn.Identity`` holds the ReLU's
-    place, so module indices and state-dict keys are those of the unfused pair. Only a
-    normzoo norm followed by ``nn.ReLU`` (``before_act``) fuses; anything else is a
-    ``ValueError``.
+    place, so module indices and state-dict keys are those of the unfused pair.
+    ``True``: only a normzoo norm followed by ``nn.ReLU`` (``before_act``) fuses; anything
+    else is a ``ValueError``. ``"auto"``: such a pair fuses where the norm's kernels fuse the
+    ReLU (``Norm.fuses_activation``: BatchNorm, GroupNorm, InstanceNorm, LayerNorm); every
+    other pair stays a norm and an ``nn.ReLU``. ``False``: never.
     """
     layer = make_norm(norm, num_features, where=where, spatial_dims=spatial_dims)
     before = check_norm_position(norm_position) == "before_act"
+    fusable = before and act is nn.ReLU and isinstance(layer, Norm)
+    if check_fuse(fuse) == "auto":
+        fuse = fusable and layer.fuses_activation
     if fuse:
-        if not (before and act is nn.ReLU and isinstance(layer, Norm)):
+        if not fusable:
             raise ValueError(
                 f"layer {where!r}: fuse_activation needs a normzoo norm followed by nn.ReLU "
                 f"(norm_position='before_act'), got {type(layer).__name__} with "
-                f"{getattr(act, '__name__', act)} {norm_position}"
+                f"{getattr(act, '__name__', act)} {norm_position}; use fuse_activation='auto' "
+                f"to fuse only where it can"
             )
         return [layer.fuse_activation("relu"), nn.Identity()]
     if before:

@@ -26,7 +26,7 @@ class PreActBlock(nn.Module):
         norm: NormSpec,
         norm_position: str,
         where: str,
-        fuse_activation: bool = False,
+        fuse_activation: bool | str = "auto",
     ) -> None:
         super().__init__()
         kw = {"norm_position": norm_position, "spatial_dims": 2, "fuse": fuse_activation}
@@ -61,10 +61,8 @@ class ResNet(nn.Module):
         norm_position: ``"before_act"`` or ``"after_act"``.
         widths: the channels of each stage.
         blocks_per_stage: residual blocks per stage.
-        fuse_activation: each norm applies its ReLU itself (``Norm.fuse_activation``, fused
-            into the native CPU kernels of BatchNorm, GroupNorm, InstanceNorm, LayerNorm), an
-            ``nn.Identity`` in the ReLU's place; needs ``norm_position="before_act"`` and a
-            normzoo norm. Default ``False``.
+        fuse_activation: whether each norm applies its ReLU itself, as in ``ConvNet``:
+            ``"auto"`` (default, where the norm's kernels fuse it), ``True`` or ``False``.
     """
 
     def __init__(
@@ -75,7 +73,7 @@ class ResNet(nn.Module):
         norm_position: str = "before_act",
         widths: Sequence[int] = (32, 64),
         blocks_per_stage: int = 1,
-        fuse_activation: bool = False,
+        fuse_activation: bool | str = "auto",
     ) -> None:
         super().__init__()
         check_norm_position(norm_position)

@@ -34,6 +34,13 @@ def check_activation(activation: Any) -> str | None:
     )
 
 
+def apply_activation(x: Tensor, activation: str | None) -> Tensor:
+    """``x`` through the named activation of ``ACTIVATIONS`` (``None``: ``x`` itself)."""
+    if check_activation(activation) is None:
+        return x
+    return torch.relu(x)
+
+
 def check_num_features(num_features: Any) -> int:
     if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
         raise TypeError(
@@ -283,7 +290,7 @@ class Norm(nn.Module):
             return self._forward(x)
         if self.fuses_activation:  # such a norm's _forward takes relu=True and applies it
             return self._forward(x, relu=True)  # type: ignore[call-arg]
-        return torch.relu(self._forward(x))
+        return apply_activation(self._forward(x), self.activation)
 
     def _forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         """The norm's output. A subclass with ``fuses_activation`` takes ``relu: bool = False``

@@ -91,25 +91,31 @@ def test_every_registered_norm_is_an_option_with_its_own_arguments(name):
 
 
 @pytest.mark.parametrize("model", ["convnet2d", "convnet1d", "resnet"])
-def test_fuse_activation_override_fuses_every_norm(model):
-    """model.fuse_activation=true: each norm applies its ReLU, an Identity in the ReLU's
-    place; off by default (the diagnostics observe the nn.ReLU modules)."""
+def test_fuse_activation_is_auto_true_or_false(model):
+    """model.fuse_activation: auto (default) fuses the ReLU into each norm whose kernels fuse
+    it (an Identity in the ReLU's place), false never, true every normzoo norm (else a
+    ConfigError); the values are the same, to the bit."""
     shape = (1, 40) if model == "convnet1d" else (1, 8, 8)
-    plain = build_net(["norm=gn", "norm.num_groups=4", f"model={model}"], shape)
-    fused = build_net(
-        ["norm=gn", "norm.num_groups=4", f"model={model}", "model.fuse_activation=true"], shape
-    )
+    gn = ["norm=gn", "norm.num_groups=4", f"model={model}"]
+    auto = build_net(gn, shape)
+    plain = build_net([*gn, "model.fuse_activation=false"], shape)
     assert {m.activation for m in plain.modules() if isinstance(m, Norm)} == {None}
-    assert {m.activation for m in fused.modules() if isinstance(m, Norm)} == {"relu"}
-    assert not any(isinstance(m, torch.nn.ReLU) for m in fused.modules())
-    fused.load_state_dict(plain.state_dict())
+    assert {m.activation for m in auto.modules() if isinstance(m, Norm)} == {"relu"}
+    assert not any(isinstance(m, torch.nn.ReLU) for m in auto.modules())
+    auto.load_state_dict(plain.state_dict())
     x = torch.randn(4, *shape)
-    torch.testing.assert_close(fused(x), plain(x), rtol=0, atol=0)
+    torch.testing.assert_close(auto(x), plain(x), rtol=0, atol=0)
+    # FRN's kernels do not fuse a ReLU: auto keeps nn.ReLU, true moves it into the norm
+    frn = [f"model={model}", "norm=frn"]
+    assert {m.activation for m in build_net(frn, shape).modules() if isinstance(m, Norm)} == {None}
+    forced = build_net([*frn, "model.fuse_activation=true"], shape)
+    assert {m.activation for m in forced.modules() if isinstance(m, Norm)} == {"relu"}
+    after = [f"model={model}", "model.norm_position=after_act"]
+    assert not any(m.activation for m in build_net(after, shape).modules() if isinstance(m, Norm))
     with pytest.raises(ConfigError, match="fuse_activation needs a normzoo norm"):
-        build_net(
-            [f"model={model}", "model.fuse_activation=true", "model.norm_position=after_act"],
-            shape,
-        )
+        build_net([*after, "model.fuse_activation=true"], shape)
+    with pytest.raises(ConfigError, match="fuse_activation must be 'auto'"):
+        build_net([f"model={model}", "model.fuse_activation=maybe"], shape)
 
 
 def test_norm_kwargs_reach_every_layer():
