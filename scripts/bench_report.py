@@ -65,9 +65,10 @@ backward's column sums, then `dx`); Ghost BN on `(N, C)` (every virtual batch in
 block of rows, added in block order (the same result for any thread count). Half-precision
 token input is converted to float32 for these kernels and back (as the conv paths do).
 
-**Which code each section ran.** The training step and the "Norm + ReLU" section were measured
-last (the seventh session), with the fused ReLU (BatchNorm's too); the training step's plain
-rows ran the same norm kernels as the sixth session's. The full matrix was measured in the
+**Which code each section ran.** The 61-round training step was measured last (the eighth
+session), after the models began to fuse the ReLU by default; the "Norm + ReLU" section and the
+201-round training step in the seventh session, with the same kernels; the training step's
+plain rows ran the same norm kernels as the sixth session's. The full matrix was measured in the
 sixth session, after the row kernels' fixed costs per sample were cut: one super-block's sums
 used in place, LayerNorm's channels_last forward writing only its two moments, the affine
 gradients summed a vector of channels at a time (in the same order), the backward's coefficient
