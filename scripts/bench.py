@@ -545,7 +545,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also time the training step with the ReLU fused into each norm that fuses it "
-        "(BatchNorm, GroupNorm, InstanceNorm, LayerNorm: the default model, "
+        "(BatchNorm, GroupNorm, InstanceNorm, LayerNorm, FrozenBN: the default model, "
         "fuse_activation='auto'); the plain rows build it with fuse_activation=False",
     )
     p.add_argument("--train-batch", type=int, default=64)

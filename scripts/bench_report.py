@@ -113,14 +113,17 @@ map writes `max(y, 0)`; the backward recomputes the ReLU's mask from `x`, the pa
 the saved statistics (one row, or one block of positions, at a time, into a thread's scratch
 while it is in cache) and runs the usual backward on the masked `dy`. BatchNorm in training
 does the same in its kernels (`batch_norm.c`, both layouts), masking `dy` as each of its two
-backward passes (the sums, then `dx`) reads it. A separate `nn.ReLU` costs a read and a write
+backward passes (the sums, then `dx`) reads it. FrozenBatchNorm (from the eighth session; a
+per-channel `a x + b` on `zoo.c`'s kernels behind a C++ operator, from 128K elements, where
+torch's inference `batch_norm` ran before) writes `max(a x + b, 0)` in its one pass and masks
+its backward with its saved output. A separate `nn.ReLU` costs a read and a write
 of the tensor forward and two reads and a write backward, which this saves; the results are the
 norm's and `torch.relu`'s to the bit (`tests/test_fused_activation.py`). The "Norm + ReLU"
 section below times each norm with its ReLU against torch.nn's norm followed by `nn.ReLU`
 (`bench.py --activation relu`). The models fuse it by default (`fuse_activation="auto"`, from
 the eighth session): each norm whose kernels fuse the ReLU applies it, an `nn.Identity` in the
 `nn.ReLU`'s place, so the training step's "(ReLU fused)" rows are the default model for
-BatchNorm, GroupNorm, InstanceNorm and LayerNorm, and its plain rows that model built with
+BatchNorm, GroupNorm, InstanceNorm, LayerNorm and FrozenBN, and its plain rows that model built with
 `fuse_activation=False` (every norm followed by `nn.ReLU`, as torch.nn's model is). The
 diagnostics callback records the activations of fused norms too: on its recorded steps they run
 without their ReLU and a hook applies it.

@@ -147,18 +147,20 @@ def test_training_rows_with_the_relu_fused(bench, monkeypatch):
     rows = bench.main(["--norms", "gn", "frozenbn", "--no-rows", "--repeats", "1", "--warmup",
                        "0", "--train-batch", "2"])["train"]  # fmt: skip
     assert [(r["norm"], r["fused_activation"]) for r in rows] == [
-        ("groupnorm", False), ("frozenbatchnorm", False), ("groupnorm", True)
+        ("groupnorm", False), ("frozenbatchnorm", False), ("groupnorm", True),
+        ("frozenbatchnorm", True),
     ]  # fmt: skip
     fused = [m for who, fuse, m in built if fuse]
-    assert len(fused) == 1 and [w for w, f, _ in built].count("torch") == 6
-    assert not any(isinstance(m, torch.nn.ReLU) for m in fused[0].modules())
-    assert {m.activation for m in fused[0].modules() if hasattr(m, "activation")} == {"relu"}
+    assert len(fused) == 2 and [w for w, f, _ in built].count("torch") == 8
+    for model in fused:
+        assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())
+        assert {m.activation for m in model.modules() if hasattr(m, "activation")} == {"relu"}
     for who, fuse, model in built:  # the plain rows and torch.nn's: a norm, then nn.ReLU
         if not fuse:
             assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == 4, who
             assert not any(getattr(m, "activation", None) for m in model.modules()), who
     table = _script("bench_report").train_table(rows)
-    assert table.count("(ReLU fused)") == 1 and "| groupnorm (ReLU fused) |" in table
+    assert table.count("(ReLU fused)") == 2 and "| groupnorm (ReLU fused) |" in table
     rows = bench.main(["--norms", "gn", "--no-rows", "--no-fused-train", "--repeats", "1",
                        "--warmup", "0", "--train-batch", "2"])["train"]  # fmt: skip
     assert [r["fused_activation"] for r in rows] == [False]

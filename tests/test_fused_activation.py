@@ -13,10 +13,10 @@ from torch import nn
 import normzoo
 from normzoo import _native
 from normzoo.models import ConvNet2d
-from normzoo.norms import _rownorm, batch
+from normzoo.norms import _rownorm, batch, frozen_batch
 from normzoo.norms.base import ACTIVATIONS, Norm
 
-FUSING = ("batchnorm", "groupnorm", "layernorm", "instancenorm")
+FUSING = ("batchnorm", "groupnorm", "layernorm", "instancenorm", "frozenbatchnorm")
 
 needs_ops = pytest.mark.skipif(
     not (_native.native_enabled() and _native.load_ops()),
@@ -33,6 +33,12 @@ def _pair(name: str, c: int, **kwargs) -> tuple[Norm, Norm]:
     with torch.no_grad():
         for p in fused.parameters():
             p.uniform_(-1.0, 1.5)  # negative weights and biases too: the mask depends on both
+        if isinstance(fused, frozen_batch.FrozenBatchNorm):  # its affine and statistics
+            for t in (fused.weight, fused.bias):
+                if t is not None:
+                    t.uniform_(-1.0, 1.5)
+            fused.running_mean.normal_()
+            fused.running_var.uniform_(0.5, 2.0)
     plain.load_state_dict(fused.state_dict())
     return fused, plain
 
@@ -82,6 +88,8 @@ CONTIGUOUS_CASES = [
     ("batchnorm", (16, 32, 12, 12), {}),
     ("batchnorm", (4, 300, 6, 7), {"affine": False}),  # channel blocks, odd lengths
     ("batchnorm", (8, 16, 400), {"track_running_stats": False}),
+    ("frozenbatchnorm", (16, 32, 16, 16), {}),
+    ("frozenbatchnorm", (8, 24, 37, 19), {"affine": False}),  # odd lengths, no affine
 ]
 CHANNELS_LAST_CASES = [
     ("groupnorm", (64, 32, 16, 16), {}),
@@ -94,6 +102,8 @@ CHANNELS_LAST_CASES = [
     ("batchnorm", (16, 64, 16, 16), {}),
     ("batchnorm", (8, 300, 12, 12), {}),  # channel runs of 256 and a tail; tiles of 32, 8, rest
     ("batchnorm", (8, 6, 32, 32), {"affine": False}),  # few channels
+    ("frozenbatchnorm", (16, 32, 16, 16), {}),
+    ("frozenbatchnorm", (8, 21, 33, 29), {}),  # a channel count off the vector width
 ]
 
 
@@ -115,6 +125,8 @@ def test_fused_kernels_match_the_unfused_path_bit_for_bit(name, shape, kwargs, l
         x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
     if name == "batchnorm":
         assert batch.use_native_batch_stats(x, fused.weight)
+    elif name == "frozenbatchnorm":
+        assert frozen_batch.use_native_affine(x, fused.running_var, fused.weight)
     else:
         assert _rownorm.use_native_row_norm(x, fused.weight, getattr(fused, "num_groups", None))
     y, grads = _grads(fused, x, g)
@@ -134,17 +146,23 @@ def test_fused_kernels_match_the_unfused_path_bit_for_bit(name, shape, kwargs, l
 
 
 @needs_ops
-@pytest.mark.parametrize("name", ["groupnorm", "batchnorm"])
+@pytest.mark.parametrize("name", ["groupnorm", "batchnorm", "frozenbatchnorm"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_fused_relu_at_its_kink_and_with_nan(name, layout):
     """Where the norm's output is exactly 0 the gradient is 0 (as torch's ReLU gives: the
     mask is ``pre > 0``), and a NaN passes through as torch.relu passes it."""
     fused, plain = _pair(name, 32, **({"num_groups": 4} if name == "groupnorm" else {}))
+    frozen = name == "frozenbatchnorm"
     with torch.no_grad():
-        fused.weight[:8] = 0.0  # channels 0-7: pre = bias; bias 0 there: pre = 0 exactly
+        if frozen:  # channels 0-7: pre = a x, 0 exactly where x is (a is not 0)
+            fused.running_mean[:8] = 0.0
+        else:  # channels 0-7: pre = bias; bias 0 there: pre = 0 exactly
+            fused.weight[:8] = 0.0
         fused.bias[:8] = 0.0
     plain.load_state_dict(fused.state_dict())
     x = torch.randn(16, 32, 32, 32)
+    if frozen:
+        x[:, :8, ::2] = 0.0
     x[1, 9, 3, 4] = float("nan")  # GN: sample 1's group 1 all NaN; BN: channel 9 all NaN
     g = torch.randn_like(x)
     if layout == "channels_last":
@@ -154,8 +172,15 @@ def test_fused_relu_at_its_kink_and_with_nan(name, layout):
     _assert_equal(y, ref)
     for a, b in zip(grads, ref_grads, strict=True):
         _assert_equal(a, b)
-    nan = y[1, 8:16] if name == "groupnorm" else y[:, 9]
-    assert (y[:, :8] == 0).all() and nan.isnan().all()
+    nan = {"groupnorm": y[1, 8:16], "batchnorm": y[:, 9], "frozenbatchnorm": y[1, 9, 3, 4]}
+    assert nan[name].isnan().all()
+    kink = (
+        (slice(None), slice(0, 8), slice(None, None, 2)) if frozen else (slice(None), slice(0, 8))
+    )
+    assert (y[kink] == 0).all()
+    assert (grads[0][kink] == 0).all()  # the kink: no gradient through the ReLU there
+    if frozen:  # elsewhere in those channels the gradient flows
+        assert (grads[0][:, :8] != 0).any()
 
 
 @needs_ops
@@ -179,6 +204,21 @@ def test_fused_relu_double_backward(name):
 
 
 @needs_ops
+def test_fused_frozen_batchnorm_double_backward():
+    """create_graph=True through FrozenBatchNorm's fused node: torch ops again (its only
+    gradient is the input's; the ReLU's second derivative is 0)."""
+    fused, plain = _pair("frozenbatchnorm", 32)
+    x = torch.randn(16, 32, 16, 16, requires_grad=True)
+    out = []
+    for m in (fused, nn.Sequential(plain, nn.ReLU())):
+        (gx,) = torch.autograd.grad(m(x).pow(3).sum(), [x], create_graph=True)
+        (second,) = torch.autograd.grad(gx.pow(2).sum(), [x])
+        out.append((gx.detach(), second))
+    for a, b in zip(*out, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=1e-5)
+
+
+@needs_ops
 def test_rows_over_the_scratch_limit_run_the_relu_after(monkeypatch):
     """Contiguous rows longer than FUSED_RELU_MAX_ROW (the fused backward's per-thread
     scratch row) take the kernels without the ReLU and torch.relu after: the same values."""
@@ -192,6 +232,28 @@ def test_rows_over_the_scratch_limit_run_the_relu_after(monkeypatch):
         _assert_equal(y, ref)
         for a, b in zip(grads, ref_grads, strict=True):
             _assert_equal(a, b)
+
+
+@pytest.mark.parametrize("ops", [False, True])
+def test_frozen_batchnorm_fuses_with_and_without_the_operator_library(ops, monkeypatch):
+    """FrozenBatchNorm fuses the ReLU through its C++ operator or, without the operator
+    library, its Python autograd.Function on the same kernels: the same values either way."""
+    if not _native.available("zoo"):
+        pytest.skip("the native kernels could not be built here")
+    if ops and not (_native.native_enabled() and _native.load_ops()):
+        pytest.skip("the C++ operator library could not be built here")
+    monkeypatch.setattr(frozen_batch._native, "ops_available", lambda: ops)
+    fused, plain = _pair("frozenbatchnorm", 32)
+    x, g = torch.randn(64, 32, 16, 16), torch.randn(64, 32, 16, 16)
+    y, grads = _grads(fused, x, g)
+    assert "Relu" not in type(y.grad_fn).__name__
+    ref, ref_grads = _grads(nn.Sequential(plain, nn.ReLU()), x, g)
+    _assert_equal(y, ref)
+    for a, b in zip(grads, ref_grads, strict=True):
+        _assert_equal(a, b)
+    ref_bn = nn.BatchNorm2d(32).eval()
+    ref_bn.load_state_dict(plain.state_dict(), strict=False)
+    torch.testing.assert_close(y, torch.relu(ref_bn(x)))  # torch's inference BN, rounding apart
 
 
 @pytest.mark.parametrize("ops", [False, True])

@@ -842,3 +842,97 @@ def test_half_precision_tokens_run_the_kernels_in_float32(name, node, dtype):
     (dx,) = torch.autograd.grad(y, x, g.to(dtype))
     (dx32,) = torch.autograd.grad(want, x32, g.to(dtype).float())
     torch.testing.assert_close(dx, dx32.to(dtype), atol=0, rtol=0)
+
+
+# -- FrozenBatchNorm: zoo.c's per-channel map behind torch.ops.normzoo.frozen_batch_norm -----
+def _frozen_state(c: int, affine: bool) -> tuple[torch.Tensor, ...]:
+    mean, var = torch.randn(c), torch.rand(c) + 0.5
+    w, b = (torch.randn(c), torch.randn(c)) if affine else (None, None)
+    return mean, var, w, b
+
+
+def _frozen_reference(x, mean, var, w, b, eps, relu):
+    """Inference BN in float64: (x - mean) / sqrt(var + eps) w + b, then the ReLU."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    y = (x.double() - mean.double().view(shape)) / (var.double().view(shape) + eps).sqrt()
+    if w is not None:
+        y = y * w.double().view(shape) + b.double().view(shape)
+    return torch.relu(y) if relu else y
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize(
+    "shape", [(4, 8, 5, 7), (3, 21, 9, 11), (2, 70, 4, 3), (5, 6, 33), (3, 12, 3, 4, 5)], ids=str
+)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_ops_frozen_batch_norm_equals_float64_reference(layout, shape, affine, relu):
+    """Forward and input gradient of the operator (both layouts, odd channel counts and
+    lengths, with and without the affine and the ReLU) against float64 math; the layout is
+    kept, and the only saved tensor beyond the statistics is the output (with the ReLU)."""
+    assert _native.load_ops()
+    if layout == "channels_last" and len(shape) == 3:
+        pytest.skip("channels_last is for 4-d and 5-d tensors")
+    mean, var, w, b = _frozen_state(shape[1], affine)
+    x = torch.randn(shape) * 2
+    g = torch.randn(shape)
+    if layout == "channels_last":
+        x, g = _cl(x), _cl(g)
+    x.requires_grad_()
+    y = torch.ops.normzoo.frozen_batch_norm(x, mean, var, w, b, 1e-3, relu)
+    (dx,) = torch.autograd.grad(y, x, g)
+    xd = x.detach().double().requires_grad_()
+    ref = _frozen_reference(xd, mean, var, w, b, 1e-3, relu)
+    (dref,) = torch.autograd.grad(ref, xd, g.double())
+    torch.testing.assert_close(y.double(), ref, **TOL)
+    torch.testing.assert_close(dx.double(), dref, **TOL)
+    assert y.stride() == x.stride() and dx.stride() == x.stride()
+    assert type(y.grad_fn).__name__ == "CppFunction"
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_ops_frozen_batch_norm_does_not_depend_on_the_thread_count(threads):
+    assert _native.load_ops()
+    mean, var, w, b = _frozen_state(24, True)
+    x, g = torch.randn(6, 24, 13, 11, requires_grad=True), torch.randn(6, 24, 13, 11)
+
+    def run():
+        y = torch.ops.normzoo.frozen_batch_norm(x, mean, var, w, b, 1e-5, True)
+        return y, torch.autograd.grad(y, x, g)[0]
+
+    assert_same_bits_for_any_thread_count(run, threads)
+
+
+def test_ops_frozen_batch_norm_refuses_bad_statistics_and_double_backward_is_exact():
+    assert _native.load_ops()
+    mean, var, w, b = _frozen_state(8, True)
+    x = torch.randn(4, 8, 5, 5)
+    with pytest.raises(RuntimeError, match=r"expected contiguous float32 CPU \(8,\) parameters"):
+        torch.ops.normzoo.frozen_batch_norm(x, mean[:4], var, w, b, 1e-5, False)
+    with pytest.raises(RuntimeError, match="expected a float32 CPU input"):
+        torch.ops.normzoo.frozen_batch_norm(x.double(), mean, var, w, b, 1e-5, False)
+    xd = x.double().requires_grad_()
+    for relu in (False, True):
+        xr = x.clone().requires_grad_()
+        y = torch.ops.normzoo.frozen_batch_norm(xr, mean, var, w, b, 1e-5, relu)
+        (gx,) = torch.autograd.grad(y.pow(3).sum(), xr, create_graph=True)
+        (second,) = torch.autograd.grad(gx.pow(2).sum(), xr)
+        ref = _frozen_reference(xd, mean, var, w, b, 1e-5, relu)
+        (gref,) = torch.autograd.grad(ref.pow(3).sum(), xd, create_graph=True)
+        (sref,) = torch.autograd.grad(gref.pow(2).sum(), xd)
+        torch.testing.assert_close(gx.double(), gref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(second.double(), sref, rtol=1e-4, atol=1e-3)
+
+
+def test_frozen_batchnorm_module_takes_the_kernels_from_their_threshold():
+    """From ``NATIVE_MIN_NUMEL`` elements the module runs the operator's C++ node; below it,
+    torch's inference batch_norm (whose fixed cost is lower there)."""
+    from normzoo.norms import frozen_batch
+
+    assert _native.load_ops()
+    layer = normzoo.create("frozenbn", 16)
+    n = frozen_batch.NATIVE_MIN_NUMEL // (16 * 64)
+    big = torch.randn(n, 16, 8, 8, requires_grad=True)
+    small = torch.randn(n - 1, 16, 8, 8, requires_grad=True)
+    assert type(layer(big).grad_fn).__name__ == "CppFunction"
+    assert type(layer(small).grad_fn).__name__ != "CppFunction"

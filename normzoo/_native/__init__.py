@@ -94,7 +94,8 @@ I64 = ctypes.c_int64
 F64 = ctypes.c_double
 INT = ctypes.c_int
 
-#: The C signature of every exported function, per library (argtypes; every return is void).
+#: The C signature of every exported function, per library (argtypes; the return is void but
+#: where RESTYPES says otherwise).
 SIGNATURES: dict[str, dict[str, list]] = {
     "batch_norm": {
         # x, weight, bias, y, mean, invstd, var, N, C, L, eps, threads
@@ -163,8 +164,18 @@ SIGNATURES: dict[str, dict[str, list]] = {
         # dy, x, v, s_b, weight, mean, dx, dv, dweight, dbias, partial, k, R, C, s_i, batch,
         # threads
         "nz_b0_tokens_backward": [*[P] * 12, I64, I64, F64, INT, INT],
+        # FrozenBN (returns int: 0, or -1 without memory for its C coefficients): x,
+        # running_mean, running_var, weight, bias, eps, y, N, C, L, channels_last, relu, threads
+        "nz_frozen_forward": [P, P, P, P, P, F64, P, I64, I64, I64, INT, INT, INT],
+        # dy, y, running_var, weight, eps, dx, N, C, L, channels_last, relu, threads
+        "nz_frozen_backward": [P, P, P, P, F64, P, I64, I64, I64, INT, INT, INT],
     },
 }
+
+
+#: Exported functions that return something: an int status (0, or -1 where their scratch
+#: could not be allocated, having written nothing).
+RESTYPES: dict[str, type] = {"nz_frozen_forward": INT, "nz_frozen_backward": INT}
 
 
 def set_enabled(enabled: bool) -> None:
@@ -264,7 +275,7 @@ def _build(name: str) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     for fn, argtypes in SIGNATURES[name].items():
         getattr(lib, fn).argtypes = argtypes
-        getattr(lib, fn).restype = None
+        getattr(lib, fn).restype = RESTYPES.get(fn)
     return lib
 
 

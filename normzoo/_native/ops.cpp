@@ -54,6 +54,12 @@ int nz_row_backward_cl(const float *dy, const float *x, const float *w, const fl
                        const float *rstd, float *dx, float *dw, float *db, float *partial,
                        int64_t N, int64_t G, int64_t Cg, int64_t L, int threads);
 // zoo.c (the wider zoo's per-row norms)
+int nz_frozen_forward(const float *x, const float *mean, const float *var, const float *w,
+                      const float *b, double eps, float *y, int64_t N, int64_t C, int64_t L,
+                      int cl, int relu, int threads);
+int nz_frozen_backward(const float *dy, const float *y, const float *var, const float *w,
+                       double eps, float *dx, int64_t N, int64_t C, int64_t L, int cl, int relu,
+                       int threads);
 void nz_s0_forward(const float *x, const float *v, const float *w, const float *b, int64_t G,
                    double eps, float *y, float *mean, float *var, float *params, int64_t N,
                    int64_t C, int64_t L, int cl, int threads);
@@ -286,6 +292,57 @@ Tensor s0_reference(const Tensor &x, const Tensor &v, const Tensor &weight, cons
   return affine((num.reshape({x.size(0), groups, -1}) * rstd).view(x.sizes()), weight, bias,
                 pc);
 }
+
+void check_frozen(int status) {
+  TORCH_CHECK(status == 0, "normzoo::frozen_batch_norm: out of memory for its coefficients");
+}
+
+struct FrozenBatchNormFunction : public torch::autograd::Function<FrozenBatchNormFunction> {
+  // y = a x + b per channel (relu: max(a x + b, 0)); the statistics and the affine are
+  // constants. Saves y with the ReLU (its mask; the next layer saves y anyway), running_var
+  // and weight (for a).
+  static Tensor forward(AutogradContext *ctx, const Tensor &x, const Tensor &mean,
+                        const Tensor &var, const Tensor &weight, const Tensor &bias, double eps,
+                        bool relu) {
+    const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
+    Tensor y = at::empty_like(x);  // keeps a channels_last layout
+    check_frozen(nz_frozen_forward(x.data_ptr<float>(), mean.data_ptr<float>(),
+                                   var.data_ptr<float>(), in_ptr(weight), in_ptr(bias), eps,
+                                   y.data_ptr<float>(), n, c, length, channels_last(x), relu,
+                                   at::get_num_threads()));
+    ctx->save_for_backward({relu ? y : at::empty({0}, x.options()), var, weight});
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["relu"] = relu;
+    return y;
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &y = saved[0], &var = saved[1], &weight = saved[2];
+    const double eps = ctx->saved_data["eps"].toDouble();
+    const bool relu = ctx->saved_data["relu"].toBool();
+    variable_list out(7);
+    if (!ctx->needs_input_grad(0) || !grads[0].defined()) return out;
+    if (at::GradMode::is_enabled()) {  // create_graph=True: differentiable torch ops
+      Tensor a = at::rsqrt(var + eps);
+      if (weight.numel()) a = a * weight;
+      a = a.view(per_channel(grads[0]));
+      out[0] = (relu ? at::where(y <= 0, at::zeros({}, y.options()), grads[0]) : grads[0]) * a;
+      return out;
+    }
+    const Tensor &ref = relu ? y : grads[0];
+    const bool cl = channels_last(ref);
+    const Tensor dy = like_x(grads[0], ref, cl);
+    const int64_t n = dy.size(0), c = dy.size(1), length = dy.numel() / (n * c);
+    Tensor dx = at::empty_like(dy);
+    check_frozen(nz_frozen_backward(dy.data_ptr<float>(), relu ? y.data_ptr<float>() : nullptr,
+                                    var.data_ptr<float>(), in_ptr(weight), eps,
+                                    dx.data_ptr<float>(), n, c, length, cl, relu,
+                                    at::get_num_threads()));
+    out[0] = dx;
+    return out;
+  }
+};
 
 struct EvoNormS0Function : public torch::autograd::Function<EvoNormS0Function> {
   // Saves x, the parameters, the per-channel row statistics (2, N, C) and the per-row
@@ -560,6 +617,17 @@ std::tuple<Tensor, Tensor, Tensor> group_norm(const Tensor &input, int64_t group
   return {out[0], out[1], out[2]};
 }
 
+Tensor frozen_batch_norm(const Tensor &input, const Tensor &running_mean,
+                         const Tensor &running_var, const std::optional<Tensor> &weight,
+                         const std::optional<Tensor> &bias, double eps, bool relu) {
+  const Tensor x = kernel_input("frozen_batch_norm", input);
+  const std::optional<Tensor> mean_opt = running_mean, var_opt = running_var;
+  check_per_channel("frozen_batch_norm", "running statistics, weight and bias", x,
+                    {&mean_opt, &var_opt, &weight, &bias});
+  return FrozenBatchNormFunction::apply(x, running_mean, running_var, or_empty(weight, x),
+                                        or_empty(bias, x), eps, relu);
+}
+
 Tensor evonorm_s0(const Tensor &input, const Tensor &v, const std::optional<Tensor> &weight,
                   const std::optional<Tensor> &bias, int64_t groups, double eps) {
   const Tensor x = kernel_input("evonorm_s0", input);
@@ -627,6 +695,9 @@ TORCH_LIBRARY(normzoo, m) {
       "group_norm(Tensor x, int groups, Tensor? weight, Tensor? bias, float eps, "
       "bool want_var, bool relu=False) -> (Tensor, Tensor, Tensor)");
   m.def(
+      "frozen_batch_norm(Tensor x, Tensor running_mean, Tensor running_var, Tensor? weight, "
+      "Tensor? bias, float eps, bool relu=False) -> Tensor");
+  m.def(
       "evonorm_s0(Tensor x, Tensor v, Tensor? weight, Tensor? bias, int groups, float eps) "
       "-> Tensor");
   m.def(
@@ -642,6 +713,7 @@ TORCH_LIBRARY(normzoo, m) {
 // records its node) and inference mode alike.
 TORCH_LIBRARY_IMPL(normzoo, CompositeImplicitAutograd, m) {
   m.impl("group_norm", &group_norm);
+  m.impl("frozen_batch_norm", &frozen_batch_norm);
   m.impl("evonorm_s0", &evonorm_s0);
   m.impl("evonorm_b0", &evonorm_b0);
   m.impl("switchable_norm", &switchable_norm);

@@ -28,6 +28,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #define NZ_AFFINE 0
 #define NZ_B0 1
@@ -1275,4 +1276,115 @@ void nz_frn_tokens_backward(const float *dz, const float *x, const float *w, con
     float *const out[3] = {dw, db, dtau};
     tok_column_totals(partial, nb, C, 3, out);
   }
+}
+
+/* ---------------------------------------------------------------- frozen affine ------- *
+ * FrozenBatchNorm: y = a x + b per channel, a = w / sqrt(running_var + eps) and b = bias -
+ * running_mean a (frozen_coef; w, bias may be NULL: 1 and 0), with relu: y = max(a x + b, 0)
+ * (NaN kept, as torch.relu keeps it) in the same pass. Both forwards compute a x + b through
+ * nz_affine, so the fused output is the plain output's ReLU to the bit. The backward takes
+ * the output y (a ReLU's mask needs only y: y <= 0 exactly where a x + b <= 0, as torch's
+ * relu backward reads its result): dx = dy a, with relu 0 where y <= 0. Per (n, c) row of L
+ * values (contiguous), or per position with its C channels (channels_last). Returns -1,
+ * having written nothing, where the coefficients' C floats cannot be allocated. */
+NZ_INLINE float nz_affine(float x, float a, float b) { return x * a + b; }
+
+static float *frozen_coef(const float *mean, const float *var, const float *w, const float *b,
+                          double eps, int64_t C, int shift) {
+  float *k = malloc((size_t)(shift ? 2 * C : C) * sizeof(float));
+  if (!k) return NULL;
+  for (int64_t c = 0; c < C; ++c) {
+    k[c] = (float)((w ? (double)w[c] : 1.0) / sqrt((double)var[c] + eps));
+    if (shift) k[C + c] = (b ? b[c] : 0.f) - mean[c] * k[c];
+  }
+  return k;
+}
+
+int nz_frozen_forward(const float *x, const float *mean, const float *var, const float *w,
+                      const float *b, double eps, float *y, int64_t N, int64_t C, int64_t L,
+                      int cl, int relu, int threads) {
+  float *k = frozen_coef(mean, var, w, b, eps, C, 1);
+  if (!k) return -1;
+  const float *a = k, *sh = k + C;
+#pragma omp parallel num_threads(threads)
+  {
+    if (!cl) {
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < N * C; ++r) {
+        const float ar = a[r % C], br = sh[r % C];
+        const float *xr = x + r * L;
+        float *yr = y + r * L;
+        if (relu) {
+#pragma omp simd
+          for (int64_t i = 0; i < L; ++i) {
+            const float v = nz_affine(xr[i], ar, br);
+            yr[i] = v < 0.f ? 0.f : v;
+          }
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < L; ++i) yr[i] = nz_affine(xr[i], ar, br);
+        }
+      }
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < N * L; ++r) {
+        const float *xr = x + r * C;
+        float *yr = y + r * C;
+        if (relu) {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            const float v = nz_affine(xr[c], a[c], sh[c]);
+            yr[c] = v < 0.f ? 0.f : v;
+          }
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) yr[c] = nz_affine(xr[c], a[c], sh[c]);
+        }
+      }
+    }
+  }
+  free(k);
+  return 0;
+}
+
+int nz_frozen_backward(const float *dy, const float *y, const float *var, const float *w,
+                       double eps, float *dx, int64_t N, int64_t C, int64_t L, int cl, int relu,
+                       int threads) {
+  float *a = frozen_coef(NULL, var, w, NULL, eps, C, 0);
+  if (!a) return -1;
+#pragma omp parallel num_threads(threads)
+  {
+    if (!cl) {
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < N * C; ++r) {
+        const float ar = a[r % C];
+        const float *gr = dy + r * L;
+        float *o = dx + r * L;
+        if (relu) {
+          const float *yr = y + r * L;
+#pragma omp simd
+          for (int64_t i = 0; i < L; ++i) o[i] = yr[i] <= 0.f ? 0.f : gr[i] * ar;
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < L; ++i) o[i] = gr[i] * ar;
+        }
+      }
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < N * L; ++r) {
+        const float *gr = dy + r * C;
+        float *o = dx + r * C;
+        if (relu) {
+          const float *yr = y + r * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) o[c] = yr[c] <= 0.f ? 0.f : gr[c] * a[c];
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) o[c] = gr[c] * a[c];
+        }
+      }
+    }
+  }
+  free(a);
+  return 0;
 }

@@ -14,7 +14,19 @@ from torch import Tensor
 
 from normzoo._native import load, threads
 
-__all__ = ["AFFINE", "B0", "NPARAMS", "S0", "TLU", "layout", "map_dx", "map_forward", "map_sums"]
+__all__ = [
+    "AFFINE",
+    "B0",
+    "NPARAMS",
+    "S0",
+    "TLU",
+    "frozen_backward",
+    "frozen_forward",
+    "layout",
+    "map_dx",
+    "map_forward",
+    "map_sums",
+]
 
 #: The elementwise maps of ``zoo.c`` (``op``) and their parameter counts per row.
 AFFINE, B0, S0, TLU = 0, 1, 2, 3
@@ -108,6 +120,43 @@ def map_dx(
     ptr = [None if t is None else t.data_ptr() for t in (mean, k1, k0)]
     _lib().nz_map_dx(op, dy.data_ptr(), x.data_ptr(), params.data_ptr(), *ptr, dx.data_ptr(),
                      n, c, length, cl, threads())  # fmt: skip
+    return dx
+
+
+def frozen_forward(
+    x: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    relu: bool = False,
+) -> Tensor:
+    """FrozenBatchNorm, ``y = a_c x + b_c`` with ``a = weight / sqrt(var + eps)`` and
+    ``b = bias - mean a`` (``relu``: ``max(a_c x + b_c, 0)``, NaN kept), in ``x``'s layout."""
+    cl = _check(x, mean, var, weight, bias)
+    n, c, length = x.shape
+    y = torch.empty_like(x)
+    status = _lib().nz_frozen_forward(*_args(x, mean, var, weight, bias), eps, y.data_ptr(), n,
+                                      c, length, cl, int(relu), threads())  # fmt: skip
+    if status:
+        raise MemoryError("normzoo: no memory for FrozenBatchNorm's coefficients")
+    return y
+
+
+def frozen_backward(
+    dy: Tensor, y: Tensor, var: Tensor, weight: Tensor | None, eps: float, relu: bool = False
+) -> Tensor:
+    """``dx = a_c dy`` for :func:`frozen_forward`'s output ``y``; ``relu``: 0 where
+    ``y <= 0`` (the ReLU's mask from its output, as torch's relu backward takes it)."""
+    cl = _check(y, var, weight)
+    dy = _like(y, dy)
+    n, c, length = y.shape
+    dx = torch.empty_like(y)
+    status = _lib().nz_frozen_backward(*_args(dy, y, var, weight), eps, dx.data_ptr(), n, c,
+                                       length, cl, int(relu), threads())  # fmt: skip
+    if status:
+        raise MemoryError("normzoo: no memory for FrozenBatchNorm's coefficients")
     return dx
 
 

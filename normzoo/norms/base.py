@@ -277,8 +277,9 @@ class Norm(nn.Module):
         ``x``, the parameters and the saved statistics (per row or block of positions, in
         cache), so the activation costs no pass over the tensor of its own (a separate
         ``nn.ReLU`` reads and writes it once forward and reads two tensors and writes one
-        backward). Everywhere else, and for the other norms, the activation runs after the
-        norm; the values are the same.
+        backward). FrozenBatchNorm (from ``NATIVE_MIN_NUMEL`` elements) writes ``max(a x + b,
+        0)`` in its one pass and masks its backward with the saved output. Everywhere else,
+        and for the other norms, the activation runs after the norm; the values are the same.
         Raises a ``ValueError`` for an activation not in ``ACTIVATIONS``.
         """
         self.activation = check_activation(activation)

@@ -8,8 +8,72 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normzoo import functional
+from normzoo import _native, functional
+from normzoo._native import zoo_kernels
+from normzoo.norms._row_map import rows
 from normzoo.norms.base import Norm
+
+#: Below this many elements the native map's Python autograd node costs more than it saves:
+#: torch's inference ``batch_norm`` runs there (measured on a 2-core Xeon, torch 2.13).
+NATIVE_MIN_NUMEL = 1 << 17
+
+
+def use_native_affine(x: Tensor, running_var: Tensor | None, weight: Tensor | None) -> bool:
+    """Whether FrozenBatchNorm runs on ``zoo.c``'s per-channel map (``frozen_forward``):
+    float32 CPU input ``(N, C, *)`` of at least ``NATIVE_MIN_NUMEL`` elements, contiguous or
+    channels_last, float32 statistics and affine, native kernels available, outside
+    ``torch.compile``."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and running_var is not None
+        and running_var.dtype == torch.float32
+        and (weight is None or weight.dtype == torch.float32)
+        and x.dim() >= 2
+        and x.numel() >= NATIVE_MIN_NUMEL
+        and zoo_kernels.layout(rows(x)) is not None
+        and not _native.capturing()
+        and _native.available("zoo")
+    )
+
+
+class _FrozenAffine(torch.autograd.Function):
+    """``y = a_c x + b_c`` (with ``relu``: ``max(a_c x + b_c, 0)``) on the native map, ``a``
+    and ``b`` from the statistics and the affine (``zoo_kernels.frozen_forward``); the backward
+    ``dx = a_c dy`` (0 where ``y <= 0`` with ``relu``) reads ``dy`` and, with the ReLU, ``y``:
+    one pass each way, and only ``y`` saved (the next layer saves it anyway)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        mean: Tensor,
+        var: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        eps: float,
+        relu: bool,
+    ) -> Tensor:
+        y = zoo_kernels.frozen_forward(x, mean, var, weight, bias, eps, relu)
+        ctx.relu, ctx.eps = relu, eps
+        ctx.save_for_backward(y if relu else None, var, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+        y, var, weight = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiable torch ops
+            a = (
+                torch.rsqrt(var + ctx.eps)
+                if weight is None
+                else weight * torch.rsqrt(var + ctx.eps)
+            )
+            a = a.view(1, -1, 1)
+            dx = dy * a if y is None else torch.where(y <= 0, 0.0, dy) * a
+        else:
+            dx = zoo_kernels.frozen_backward(dy, dy if y is None else y, var, weight, ctx.eps,
+                                             ctx.relu)  # fmt: skip
+        return dx, None, None, None, None, None, None
 
 
 class FrozenBatchNorm(Norm):
@@ -31,13 +95,16 @@ class FrozenBatchNorm(Norm):
         eps: added to the variance. Default ``1e-5``.
         affine: keep a (fixed) per-channel ``weight`` and ``bias``. Default ``True``.
         track_running_stats: must be ``True``: the statistics are fixed, never batch ones.
-        impl: ``"fast"`` (torch's inference BN kernel) or ``"reference"``.
+        impl: ``"fast"`` (float32 CPU input from ``NATIVE_MIN_NUMEL`` elements: one native
+            pass each way, ``torch.ops.normzoo.frozen_batch_norm``, with a fused
+            ``activation="relu"``; torch's inference BN kernel otherwise) or ``"reference"``.
 
     Reference: S. Ioffe, C. Szegedy, "Batch Normalization", ICML 2015, Algorithm 2; the frozen
     BN of Detectron (R. Girshick et al., 2018) and Mask R-CNN (K. He et al., ICCV 2017).
     """
 
     statistics_per = ("channel",)
+    fuses_activation = True
     reduces_over = ()
     uses_batch_stats = False
     batchnorm_statistics = True
@@ -89,14 +156,27 @@ class FrozenBatchNorm(Norm):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
-    def _forward(self, x: Tensor) -> Tensor:
+    def _forward(self, x: Tensor, relu: bool = False) -> Tensor:
         if self.impl == "reference":
-            return functional.frozen_batch_norm(
+            y = functional.frozen_batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias, eps=self.eps
             )
-        return F.batch_norm(
-            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
-        )
+        elif use_native_affine(x, self.running_var, self.weight):
+            args = (self.running_mean, self.running_var, self.weight, self.bias, self.eps, relu)
+            if _native.ops_available():  # a C++ autograd node: no Python in the backward
+                return torch.ops.normzoo.frozen_batch_norm(x, *args)
+            x3 = rows(x)
+            if torch.is_grad_enabled() and x.requires_grad:
+                y3 = _FrozenAffine.apply(x3, *args)
+            else:
+                y3 = zoo_kernels.frozen_forward(x3, *args)
+            return y3.view(x.shape)  # a view in x's layout: channels_last stays so
+        else:
+            y = F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
+                self.eps,
+            )  # fmt: skip
+        return torch.relu(y) if relu else y
 
     def extra_repr(self) -> str:
         return (
