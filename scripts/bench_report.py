@@ -65,10 +65,11 @@ backward's column sums, then `dx`); Ghost BN on `(N, C)` (every virtual batch in
 block of rows, added in block order (the same result for any thread count). Half-precision
 token input is converted to float32 for these kernels and back (as the conv paths do).
 
-**Which code each section ran.** The 61-round training step was measured last (the eighth
-session), after the models began to fuse the ReLU by default; the "Norm + ReLU" section and the
-201-round training step in the seventh session, with the same kernels; the training step's
-plain rows ran the same norm kernels as the sixth session's. The full matrix was measured in the
+**Which code each section ran.** The two training-step runs and the two FrozenBatchNorm
+sections were measured last (the eighth session), after the models began to fuse the ReLU by
+default and FrozenBatchNorm moved to native kernels; the "Norm + ReLU" section in the seventh
+session, with the same kernels as now; the training step's plain BN, GN, IN and LN rows ran the
+same norm kernels as the sixth session's. The full matrix was measured in the
 sixth session, after the row kernels' fixed costs per sample were cut: one super-block's sums
 used in place, LayerNorm's channels_last forward writing only its two moments, the affine
 gradients summed a vector of channels at a time (in the same order), the backward's coefficient
@@ -90,9 +91,9 @@ and 1.50x BatchNorm2d on (8, 256, 14, 14), and 1.96, 1.29 and 1.28x on (128, 64,
 the 1.96 came from a median of 3.70 ms against a fastest round of 1.66 ms (half of its rounds
 were slow). The training step takes 61 rounds, since run-to-run differences of 5% showed at 15;
 it also reports the paired ratio and an A/A column (below). A second run of 201 rounds took
-BatchNorm and the three norms whose plain step sits at parity, GroupNorm, LayerNorm and
-FrozenBN (FrozenBN is torch's own eval-mode `batch_norm` on both sides), and BatchNorm,
-GroupNorm and LayerNorm with the ReLU fused. Why the plain GroupNorm and LayerNorm steps sit at
+BatchNorm and the norms whose plain step sits nearest parity, GroupNorm, LayerNorm and
+FrozenBN, each plain (`fuse_activation=False`) and with the ReLU fused (the default model).
+Why the plain GroupNorm and LayerNorm steps sit at
 parity although their kernels are faster: in `torch.profiler` (27 steps per model in 9 rotated
 rounds, normzoo's model and two torch.nn ones) normzoo's GroupNorm operators took 208 ms of
 self time against 255 and 260 ms for torch.nn's, about 1.8 ms of a 93 ms step, while the minor
