@@ -860,19 +860,22 @@ def _frozen_reference(x, mean, var, w, b, eps, relu):
     return torch.relu(y) if relu else y
 
 
+FROZEN_SHAPES = [(4, 8, 5, 7), (3, 21, 9, 11), (2, 70, 4, 3), (5, 6, 33), (3, 12, 3, 4, 5)]
+
+
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize(
-    "shape", [(4, 8, 5, 7), (3, 21, 9, 11), (2, 70, 4, 3), (5, 6, 33), (3, 12, 3, 4, 5)], ids=str
+    ("layout", "shape"),
+    [("contiguous", s) for s in FROZEN_SHAPES]
+    + [("channels_last", s) for s in FROZEN_SHAPES if len(s) > 3],  # 4-d and 5-d only
+    ids=str,
 )
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_ops_frozen_batch_norm_equals_float64_reference(layout, shape, affine, relu):
     """Forward and input gradient of the operator (both layouts, odd channel counts and
     lengths, with and without the affine and the ReLU) against float64 math; the layout is
     kept, and the only saved tensor beyond the statistics is the output (with the ReLU)."""
     assert _native.load_ops()
-    if layout == "channels_last" and len(shape) == 3:
-        pytest.skip("channels_last is for 4-d and 5-d tensors")
     mean, var, w, b = _frozen_state(shape[1], affine)
     x = torch.randn(shape) * 2
     g = torch.randn(shape)
