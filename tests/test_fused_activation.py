@@ -256,6 +256,29 @@ def test_frozen_batchnorm_fuses_with_and_without_the_operator_library(ops, monke
     torch.testing.assert_close(y, torch.relu(ref_bn(x)))  # torch's inference BN, rounding apart
 
 
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("ops", [False, True])
+def test_frozen_batchnorm_takes_an_expanded_output_gradient(ops, activation, monkeypatch):
+    """``layer(x).sum().backward()`` hands the backward an expanded (stride 0) gradient: the
+    kernels get it as a contiguous copy, in both the operator's and the Python node."""
+    if not _native.available("zoo"):
+        pytest.skip("the native kernels could not be built here")
+    if ops and not (_native.native_enabled() and _native.load_ops()):
+        pytest.skip("the C++ operator library could not be built here")
+    monkeypatch.setattr(frozen_batch._native, "ops_available", lambda: ops)
+    fused, plain = _pair("frozenbatchnorm", 32)
+    fused.fuse_activation(activation)
+    ref = nn.BatchNorm2d(32).eval()
+    ref.load_state_dict(plain.state_dict(), strict=False)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(64, 32, 16, 16).contiguous(memory_format=layout).requires_grad_()
+        fused(x).sum().backward()
+        xr = x.detach().clone().requires_grad_()
+        y = ref(xr)
+        (torch.relu(y) if activation else y).sum().backward()
+        torch.testing.assert_close(x.grad, xr.grad)
+
+
 @pytest.mark.parametrize("ops", [False, True])
 def test_without_the_operator_library_the_relu_runs_after(ops, monkeypatch):
     """Without the C++ operators (the Python autograd.Function around the kernels) the ReLU

@@ -71,6 +71,8 @@ class _FrozenAffine(torch.autograd.Function):
             a = a.view(1, -1, 1)
             dx = dy * a if y is None else torch.where(y <= 0, 0.0, dy) * a
         else:
+            if y is None and zoo_kernels.layout(dy) is None:  # e.g. expanded by .sum()
+                dy = dy.contiguous()
             dx = zoo_kernels.frozen_backward(dy, dy if y is None else y, var, weight, ctx.eps,
                                              ctx.relu)  # fmt: skip
         return dx, None, None, None, None, None, None
