@@ -126,7 +126,9 @@ def test_fused_kernels_match_the_unfused_path_bit_for_bit(name, shape, kwargs, l
     if name == "batchnorm":
         assert batch.use_native_batch_stats(x, fused.weight)
     elif name == "frozenbatchnorm":
-        assert frozen_batch.use_native_affine(x, fused.running_var, fused.weight)
+        assert frozen_batch.use_native_affine(
+            x, fused.running_mean, fused.running_var, fused.weight, fused.bias
+        )
     else:
         assert _rownorm.use_native_row_norm(x, fused.weight, getattr(fused, "num_groups", None))
     y, grads = _grads(fused, x, g)
