@@ -109,13 +109,11 @@ class TinyModule(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def fit(callbacks, tmp_path, steps: int = 5) -> TinyModule:
-    torch.manual_seed(0)
-    x, y = batch(64)
+def train(module, x, y, callbacks, tmp_path, steps: int = 5, shuffle: bool = False):
+    """``steps`` steps of ``module`` on batches of 16 of ``(x, y)``, quietly, on the CPU."""
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=True
+        torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=shuffle
     )
-    module = TinyModule()
     trainer = pl.Trainer(
         max_steps=steps,
         callbacks=callbacks,
@@ -128,6 +126,12 @@ def fit(callbacks, tmp_path, steps: int = 5) -> TinyModule:
     )
     trainer.fit(module, loader)
     return module
+
+
+def fit(callbacks, tmp_path, steps: int = 5) -> TinyModule:
+    torch.manual_seed(0)
+    x, y = batch(64)
+    return train(TinyModule(), x, y, callbacks, tmp_path, steps, shuffle=True)
 
 
 def test_callback_writes_csvs_and_does_not_change_the_run(tmp_path):
@@ -175,20 +179,7 @@ class ConvModule(pl.LightningModule):
 def fit_conv(norm, fuse, callbacks, tmp_path) -> ConvModule:
     torch.manual_seed(0)
     x, y = torch.randn(48, 1, 8, 8) * 2 + 1, torch.randint(0, 3, (48,))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
-    module = ConvModule(norm, fuse)
-    trainer = pl.Trainer(
-        max_steps=5,
-        callbacks=callbacks,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    trainer.fit(module, loader)
-    return module
+    return train(ConvModule(norm, fuse), x, y, callbacks, tmp_path)
 
 
 @pytest.mark.parametrize("norm", ["bn", "gn", "ln", "in"])

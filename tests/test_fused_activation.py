@@ -236,15 +236,21 @@ def test_rows_over_the_scratch_limit_run_the_relu_after(monkeypatch):
             _assert_equal(a, b)
 
 
-@pytest.mark.parametrize("ops", [False, True])
-def test_frozen_batchnorm_fuses_with_and_without_the_operator_library(ops, monkeypatch):
-    """FrozenBatchNorm fuses the ReLU through its C++ operator or, without the operator
-    library, its Python autograd.Function on the same kernels: the same values either way."""
+def _frozen_node(ops: bool, monkeypatch) -> None:
+    """FrozenBatchNorm on the C++ operator (``ops``) or on its Python node; a skip where
+    what that needs could not be built."""
     if not _native.available("zoo"):
         pytest.skip("the native kernels could not be built here")
     if ops and not (_native.native_enabled() and _native.load_ops()):
         pytest.skip("the C++ operator library could not be built here")
     monkeypatch.setattr(frozen_batch._native, "ops_available", lambda: ops)
+
+
+@pytest.mark.parametrize("ops", [False, True])
+def test_frozen_batchnorm_fuses_with_and_without_the_operator_library(ops, monkeypatch):
+    """FrozenBatchNorm fuses the ReLU through its C++ operator or, without the operator
+    library, its Python autograd.Function on the same kernels: the same values either way."""
+    _frozen_node(ops, monkeypatch)
     fused, plain = _pair("frozenbatchnorm", 32)
     x, g = torch.randn(64, 32, 16, 16), torch.randn(64, 32, 16, 16)
     y, grads = _grads(fused, x, g)
@@ -263,11 +269,7 @@ def test_frozen_batchnorm_fuses_with_and_without_the_operator_library(ops, monke
 def test_frozen_batchnorm_takes_an_expanded_output_gradient(ops, activation, monkeypatch):
     """``layer(x).sum().backward()`` hands the backward an expanded (stride 0) gradient: the
     kernels get it as a contiguous copy, in both the operator's and the Python node."""
-    if not _native.available("zoo"):
-        pytest.skip("the native kernels could not be built here")
-    if ops and not (_native.native_enabled() and _native.load_ops()):
-        pytest.skip("the C++ operator library could not be built here")
-    monkeypatch.setattr(frozen_batch._native, "ops_available", lambda: ops)
+    _frozen_node(ops, monkeypatch)
     fused, plain = _pair("frozenbatchnorm", 32)
     fused.fuse_activation(activation)
     ref = nn.BatchNorm2d(32).eval()
