@@ -156,24 +156,16 @@ def test_callback_writes_csvs_and_does_not_change_the_run(tmp_path):
     assert all(0.0 <= float(r["saturated_frac"]) <= 1.0 for r in acts)
 
 
-class ConvModule(pl.LightningModule):
-    """The ConvNet of the training system, its ReLUs fused into the norms or not."""
+class ConvModule(TinyModule):
+    """TinyModule's training on the training system's ConvNet, its ReLUs fused into the norms
+    or not."""
 
     def __init__(self, norm: str, fuse_activation: bool | str) -> None:
-        super().__init__()
+        pl.LightningModule.__init__(self)
         self.net = ConvNet2d(
             (1, 8, 8), 3, norm=norm, widths=(4, 8), convs_per_stage=1,
             fuse_activation=fuse_activation,
         )  # fmt: skip
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        return nn.functional.cross_entropy(self(batch[0]), batch[1])
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 def fit_conv(norm, fuse, callbacks, tmp_path) -> ConvModule:
