@@ -860,7 +860,14 @@ def _frozen_reference(x, mean, var, w, b, eps, relu):
     return torch.relu(y) if relu else y
 
 
-FROZEN_SHAPES = [(4, 8, 5, 7), (3, 21, 9, 11), (2, 70, 4, 3), (5, 6, 33), (3, 12, 3, 4, 5)]
+FROZEN_SHAPES = [
+    (4, 8, 5, 7),
+    (3, 21, 9, 11),
+    (2, 70, 4, 3),
+    (5, 6, 33),
+    (3, 12, 3, 4, 5),
+    (300, 37),  # tokens: one position per row, run as rows of channels
+]
 
 
 @pytest.mark.parametrize("relu", [False, True])

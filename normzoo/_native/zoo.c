@@ -1306,6 +1306,7 @@ int nz_frozen_forward(const float *x, const float *mean, const float *var, const
   float *k = frozen_coef(mean, var, w, b, eps, C, 1);
   if (!k) return -1;
   const float *a = k, *sh = k + C;
+  if (L == 1) cl = 1; /* tokens (N, C): rows of C channels, the channels_last loop */
 #pragma omp parallel num_threads(threads)
   {
     if (!cl) {
@@ -1352,6 +1353,7 @@ int nz_frozen_backward(const float *dy, const float *y, const float *var, const 
                        int threads) {
   float *a = frozen_coef(NULL, var, w, NULL, eps, C, 0);
   if (!a) return -1;
+  if (L == 1) cl = 1;
 #pragma omp parallel num_threads(threads)
   {
     if (!cl) {
