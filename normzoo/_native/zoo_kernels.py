@@ -123,6 +123,13 @@ def map_dx(
     return dx
 
 
+def _frozen_status(status: int) -> None:
+    """The frozen kernels return -1, having written nothing, without memory for their C
+    coefficients."""
+    if status:
+        raise MemoryError("normzoo: no memory for FrozenBatchNorm's coefficients")
+
+
 def frozen_forward(
     x: Tensor,
     mean: Tensor,
@@ -137,10 +144,9 @@ def frozen_forward(
     cl = _check(x, mean, var, weight, bias)
     n, c, length = x.shape
     y = torch.empty_like(x)
-    status = _lib().nz_frozen_forward(*_args(x, mean, var, weight, bias), eps, y.data_ptr(), n,
-                                      c, length, cl, int(relu), threads())  # fmt: skip
-    if status:
-        raise MemoryError("normzoo: no memory for FrozenBatchNorm's coefficients")
+    _frozen_status(_lib().nz_frozen_forward(*_args(x, mean, var, weight, bias), eps,
+                                            y.data_ptr(), n, c, length, cl, int(relu),
+                                            threads()))  # fmt: skip
     return y
 
 
@@ -153,10 +159,8 @@ def frozen_backward(
     dy = _like(y, dy)
     n, c, length = y.shape
     dx = torch.empty_like(y)
-    status = _lib().nz_frozen_backward(*_args(dy, y, var, weight), eps, dx.data_ptr(), n, c,
-                                       length, cl, int(relu), threads())  # fmt: skip
-    if status:
-        raise MemoryError("normzoo: no memory for FrozenBatchNorm's coefficients")
+    _frozen_status(_lib().nz_frozen_backward(*_args(dy, y, var, weight), eps, dx.data_ptr(), n,
+                                             c, length, cl, int(relu), threads()))  # fmt: skip
     return dx
 
 

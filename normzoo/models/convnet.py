@@ -33,10 +33,10 @@ class ConvNet(nn.Module):
         spatial_dims: 1 or 2.
         fuse_activation: whether each norm applies its ReLU itself (``Norm.fuse_activation``:
             fused into the native CPU kernels of BatchNorm, GroupNorm, InstanceNorm,
-            LayerNorm), an ``nn.Identity`` in the ReLU's place. ``"auto"`` (default): where
-            the norm's kernels fuse it (``before_act`` only; the values are the same as with a
-            separate ``nn.ReLU``, to the bit); ``True``: every norm, which needs
-            ``norm_position="before_act"`` and normzoo norms; ``False``: never.
+            LayerNorm, FrozenBatchNorm), an ``nn.Identity`` in the ReLU's place. ``"auto"``
+            (default): where the norm's kernels fuse it (``before_act`` only; the values are
+            the same as with a separate ``nn.ReLU``, to the bit); ``True``: every norm, which
+            needs ``norm_position="before_act"`` and normzoo norms; ``False``: never.
     """
 
     def __init__(

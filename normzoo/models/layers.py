@@ -88,8 +88,7 @@ def norm_act(
     ``True``: only a normzoo norm followed by ``nn.ReLU`` (``before_act``) fuses; anything
     else is a ``ValueError``. ``"auto"``: such a pair fuses where the norm's kernels fuse the
     ReLU (``Norm.fuses_activation``: BatchNorm, GroupNorm, InstanceNorm, LayerNorm,
-    FrozenBatchNorm); every
-    other pair stays a norm and an ``nn.ReLU``. ``False``: never.
+    FrozenBatchNorm); every other pair stays a norm and an ``nn.ReLU``. ``False``: never.
     """
     layer = make_norm(norm, num_features, where=where, spatial_dims=spatial_dims)
     before = check_norm_position(norm_position) == "before_act"
