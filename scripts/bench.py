@@ -30,6 +30,7 @@ import inspect
 import json
 import os
 import platform
+import random
 import shlex
 import statistics
 import sys
@@ -134,14 +135,20 @@ class Timer:
 Case = tuple[Callable[..., Any], Callable[[], Any] | None]
 
 
-def run_rounds(cases: dict[str, Case], timer: Timer, repeats: int) -> dict[str, list[float]]:
-    """Seconds of every case in each round; the order rotates from round to round, so no
-    case always runs right after the same neighbour."""
+def run_rounds(
+    cases: dict[str, Case], timer: Timer, repeats: int, seed: int = 0
+) -> dict[str, list[float]]:
+    """Seconds of every case in each round, the cases in a fresh random order each round
+    (seeded: the same orders every run). A case's time depends on what ran just before it
+    (the caches it left, the memory it freed for this case's outputs to reuse or fault in
+    again), so no case may keep the same predecessor: rotating one fixed order, as this harness
+    did before the ninth session, keeps every neighbour but one in place."""
     keys = list(cases)
+    order = random.Random(seed)
     times: dict[str, list[float]] = {k: [] for k in keys}
-    for i in range(repeats):
-        shift = i % len(keys)
-        for key in keys[shift:] + keys[:shift]:
+    for _ in range(repeats):
+        order.shuffle(keys)
+        for key in keys:
             fn, setup = cases[key]
             times[key].append(timer(fn, setup))
     return times

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import random
 import statistics
 import time
 from typing import Any
@@ -105,9 +106,9 @@ def bench_case(
         for fn in cases.values():  # warm-up
             for i in range(buffers):
                 fn(i)
-        for r in range(rounds):
-            keys = list(cases)
-            keys = keys[r % len(keys) :] + keys[: r % len(keys)]  # rotate the order per round
+        keys, order = list(cases), random.Random(0)
+        for _ in range(rounds):
+            order.shuffle(keys)  # a fresh order per round: no case keeps its predecessor
             for key in keys:
                 t0 = time.perf_counter()
                 for i in range(calls):

@@ -92,6 +92,23 @@ def test_report_renders_cpu_and_cuda_sections(bench, tmp_path, monkeypatch):
     assert (tmp_path / "cpu.png").exists() and (tmp_path / "cuda.png").exists()
 
 
+def test_rounds_shuffle_the_order_so_no_case_keeps_its_predecessor(bench):
+    """Every case runs once per round, in a fresh seeded order: a case's predecessor (whose
+    caches and freed memory it meets) changes between rounds, the same way in every run."""
+    log = []
+    cases = {k: ((lambda k=k: log.append(k)), None) for k in "abcde"}
+    times = bench.run_rounds(cases, lambda fn, setup: fn() or 1.0, 40)
+    assert {k: len(v) for k, v in times.items()} == dict.fromkeys("abcde", 40)
+    rounds = [log[i : i + 5] for i in range(0, len(log), 5)]
+    assert all(sorted(r) == list("abcde") for r in rounds)
+    before = {k: {r[r.index(k) - 1] for r in rounds if r.index(k) > 0} for k in "abcde"}
+    assert all(len(preds) == 4 for preds in before.values())  # each follows every other case
+    again = []
+    cases = {k: ((lambda k=k: again.append(k)), None) for k in "abcde"}
+    bench.run_rounds(cases, lambda fn, setup: fn() or 1.0, 40)
+    assert again == log
+
+
 def test_frozen_batchnorm_is_compared_with_an_eval_mode_batchnorm(bench):
     """FrozenBatchNorm normalizes with running statistics: its torch.nn equivalent must stay
     in eval mode while the harness puts every module in training mode."""

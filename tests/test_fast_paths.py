@@ -470,6 +470,8 @@ def test_row_dispatch_with_groups(shape, groups, ops, native, channels_last, mon
             mp.setattr(
                 mod, "native_group_norm", lambda *a, **k: calls.append(1) or original(*a, **k)
             )
+            # the checked path's dispatch (the one-call path is tested on its own below)
+            mp.setattr(mod, "fast_group_norm", lambda *a: None)
         with torch.no_grad():
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             norm(torch.randn(shape).to(memory_format=fmt))
@@ -576,6 +578,166 @@ def test_native_gradient_reaches_the_only_trainable_parameter(name, trainable):
     assert got is not None
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert getattr(ours, frozen).grad is None
+
+
+# -- LayerNorm's and GroupNorm's one-call path ----------------------------------------------
+def _needs_ops() -> None:
+    if not rownorm_mod._native.ops_available():
+        pytest.skip("the C++ operator library could not be built here")
+
+
+@pytest.fixture
+def one_call_spy(monkeypatch):
+    """Counts the inputs the one-call path served (``served``) and declined (``declined``);
+    ``off()`` switches it off, so the modules take their checked path."""
+    import normzoo.norms.group as group_mod
+    import normzoo.norms.layer as layer_mod
+
+    seen = {"served": 0, "declined": 0}
+    original = rownorm_mod.fast_group_norm
+
+    def spy(*args):
+        y = original(*args)
+        seen["served" if y is not None else "declined"] += 1
+        return y
+
+    for mod in (group_mod, layer_mod):
+        monkeypatch.setattr(mod, "fast_group_norm", spy)
+
+    def off() -> None:
+        for mod in (group_mod, layer_mod):
+            monkeypatch.setattr(mod, "fast_group_norm", lambda *a: None)
+
+    seen["off"] = off  # type: ignore[assignment]
+    return seen
+
+
+def _one_call_run(layer: nn.Module, x: torch.Tensor, g: torch.Tensor, grad: bool) -> list:
+    x = x.clone().requires_grad_(grad)
+    layer.zero_grad(set_to_none=True)
+    if not grad:
+        with torch.no_grad():
+            return [layer(x)]
+    y = layer(x)
+    y.backward(g)
+    return [y, x.grad, *(p.grad for p in layer.parameters())]
+
+
+@pytest.mark.usefixtures("native_everywhere")
+@pytest.mark.parametrize(
+    ("name", "groups", "shape", "channels_last"),
+    [
+        ("ln", None, (4, 8, 5, 6), False),
+        ("ln", None, (4, 8, 5, 6), True),
+        ("ln", None, (3, 8, 33), False),
+        ("gn", 4, (2, 8, 3, 4, 5), False),
+        ("gn", 2, (2, 8, 3, 4, 5), True),
+        ("gn", 8, (4, 8, 7, 5), True),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("grad", [True, False])
+def test_one_call_path_equals_the_checked_path(
+    name, groups, shape, channels_last, affine, relu, grad, one_call_spy
+):
+    """The one-call path serves these inputs, with the checked path's values, gradients and
+    layout to the bit (the same kernels through the same operator)."""
+    _needs_ops()
+    kw = {"num_groups": groups} if groups else {}
+    layer = normzoo.create(name, 8, affine=affine, activation="relu" if relu else None, **kw)
+    if affine:
+        with torch.no_grad():
+            layer.weight.uniform_(0.5, 1.5)
+            layer.bias.uniform_(-0.5, 0.5)
+    x, g = torch.randn(shape) * 2 + 1, torch.randn(shape)
+    if channels_last:
+        fmt = CL_FORMATS[len(shape)]
+        x, g = x.to(memory_format=fmt), g.to(memory_format=fmt)
+    fast = _one_call_run(layer, x, g, grad)
+    assert one_call_spy["served"] == 1 and one_call_spy["declined"] == 0
+    one_call_spy["off"]()
+    checked = _one_call_run(layer, x, g, grad)
+    assert len(fast) == len(checked)
+    for a, b in zip(fast, checked, strict=True):
+        assert torch.equal(a, b) and a.stride() == b.stride()
+    if relu:
+        assert (fast[0] == 0).any()
+
+
+@pytest.mark.usefixtures("native_everywhere")
+def test_one_call_operator_declines_what_the_checked_path_must_serve():
+    """``normzoo::group_norm_module`` returns None, having done nothing, for every input that
+    the modules' checked path sends elsewhere (or rejects with its own error)."""
+    _needs_ops()
+    op = torch.ops.normzoo.group_norm_module.default
+    w, b = torch.ones(8), torch.zeros(8)
+
+    def call(x, weight=w, bias=b, relu=False, channels=8, max_dim=5, min_numel=0, max_row=1 << 20):
+        return op(x, 2, weight, bias, 1e-5, relu, channels, max_dim, min_numel, max_row)
+
+    x = torch.randn(4, 8, 5, 6)
+    assert call(x) is not None and call(x.to(memory_format=torch.channels_last)) is not None
+    assert call(x, weight=None, bias=None) is not None
+    declined = {
+        "float64": call(x.double(), weight=w.double(), bias=b.double()),
+        "bfloat16": call(x.bfloat16()),
+        "(N, C)": call(torch.randn(4, 8)),
+        "too many dims": call(torch.randn(2, 8, 2, 2, 2, 2)),
+        "other channel count": call(x, weight=None, bias=None, channels=4),
+        "below min_numel": call(x, min_numel=x.numel() + 1),
+        "neither layout": call(torch.randn(4, 8, 5, 12)[..., ::2]),
+        "float64 weight": call(x, weight=w.double()),
+        "float64 bias": call(x, bias=b.double()),
+        "ReLU row too long": call(x, relu=True, max_row=4 * 30 - 1),
+    }
+    assert [k for k, y in declined.items() if y is not None] == []
+    assert call(x, relu=True, max_row=4 * 30) is not None  # rows of 4 channels x 30 values
+    # channels_last has no row limit (it masks blocks of positions)
+    assert call(x.to(memory_format=torch.channels_last), relu=True, max_row=1) is not None
+
+
+@pytest.mark.usefixtures("native_everywhere")
+def test_one_call_path_declines_and_the_checked_path_decides(one_call_spy, monkeypatch):
+    """Declined inputs go to the checked path, whose errors and fallbacks stay as they are;
+    a subclass with its own math or checks never takes the one-call path."""
+    _needs_ops()
+    layer = normzoo.create("gn", 8, num_groups=2)
+    with pytest.raises(ValueError, match=r"expects 8 channels \(num_features\) in dim 1, got 4"):
+        layer(torch.randn(2, 4, 3, 3))
+    with pytest.raises(TypeError, match="floating-point input"):
+        layer(torch.ones(2, 8, 3, 3, dtype=torch.long))
+    assert layer(torch.randn(2, 8, 3, 3, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    assert one_call_spy["served"] == 0 and one_call_spy["declined"] == 3
+
+    class Sub(torch.Tensor):
+        pass
+
+    x = torch.randn(2, 8, 3, 3)
+    layer(x.as_subclass(Sub))  # a tensor subclass: the checked path (its torch functions)
+    monkeypatch.setenv("NORMZOO_NATIVE", "0")
+    layer(x)  # native kernels switched off
+    monkeypatch.delenv("NORMZOO_NATIVE")
+    traced = torch.jit.trace(layer, x, check_trace=False)  # torch's kernels, recorded
+    assert "normzoo::" not in str(traced.graph) and "aten::group_norm" in str(traced.graph)
+    assert one_call_spy["served"] == 0 and one_call_spy["declined"] == 6
+    layer(x)
+    assert one_call_spy["served"] == 1
+
+    class OwnChecks(normzoo.norms.GroupNorm):
+        def check_input(self, x):
+            super().check_input(x)
+            if x.shape[0] < 3:
+                raise ValueError("needs 3 samples")
+
+    class Plain(normzoo.norms.LayerNorm):
+        pass
+
+    assert not OwnChecks.one_call and Plain.one_call and normzoo.norms.GroupNorm.one_call
+    with pytest.raises(ValueError, match="needs 3 samples"):
+        OwnChecks(8, 2)(x)
+    assert one_call_spy["served"] == 1 and one_call_spy["declined"] == 6
 
 
 # -- switches and fallbacks ------------------------------------------------------------------

@@ -617,6 +617,33 @@ std::tuple<Tensor, Tensor, Tensor> group_norm(const Tensor &input, int64_t group
   return {out[0], out[1], out[2]};
 }
 
+// The LayerNorm and GroupNorm modules' one-call path (normzoo/norms/_rownorm.py,
+// fast_group_norm): the module's output, where its checked forward would call group_norm
+// above for this input, else an undefined tensor (None in Python: that forward runs, with
+// its input checks, errors and torch's kernels). Served: a float32 CPU (N, C, *spatial) x
+// with 3 to max_dim dims, C == channels, at least min_numel elements, contiguous or
+// channels_last; float32 CPU parameters (the caller checks for torch.jit.trace: the tracer
+// runs an operator's kernel with tracing off). relu: relu(y), fused;
+// contiguous rows (Cg L values) longer than max_relu_row decline (the checked path runs the
+// ReLU after the kernels there). The tests compare both paths bit for bit.
+Tensor group_norm_module(const Tensor &x, int64_t groups, const std::optional<Tensor> &weight,
+                         const std::optional<Tensor> &bias, double eps, bool relu,
+                         int64_t channels, int64_t max_dim, int64_t min_numel,
+                         int64_t max_relu_row) {
+  const int64_t dim = x.dim();
+  if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || dim < 3 || dim > max_dim ||
+      x.size(1) != channels || x.numel() < min_numel || x.numel() == 0)
+    return Tensor();
+  const bool cl = channels_last(x);
+  if (!cl && !x.is_contiguous()) return Tensor();
+  if (relu && !cl && x.numel() / (x.size(0) * groups) > max_relu_row) return Tensor();
+  for (const auto *p : {&weight, &bias})
+    if (p->has_value() && (*p)->defined() &&
+        (!(*p)->device().is_cpu() || (*p)->scalar_type() != at::kFloat))
+      return Tensor();
+  return std::get<0>(group_norm(x, groups, weight, bias, eps, false, relu));
+}
+
 Tensor frozen_batch_norm(const Tensor &input, const Tensor &running_mean,
                          const Tensor &running_var, const std::optional<Tensor> &weight,
                          const std::optional<Tensor> &bias, double eps, bool relu) {
@@ -695,6 +722,9 @@ TORCH_LIBRARY(normzoo, m) {
       "group_norm(Tensor x, int groups, Tensor? weight, Tensor? bias, float eps, "
       "bool want_var, bool relu=False) -> (Tensor, Tensor, Tensor)");
   m.def(
+      "group_norm_module(Tensor x, int groups, Tensor? weight, Tensor? bias, float eps, "
+      "bool relu, int channels, int max_dim, int min_numel, int max_relu_row) -> Tensor");
+  m.def(
       "frozen_batch_norm(Tensor x, Tensor running_mean, Tensor running_var, Tensor? weight, "
       "Tensor? bias, float eps, bool relu=False) -> Tensor");
   m.def(
@@ -713,6 +743,7 @@ TORCH_LIBRARY(normzoo, m) {
 // records its node) and inference mode alike.
 TORCH_LIBRARY_IMPL(normzoo, CompositeImplicitAutograd, m) {
   m.impl("group_norm", &group_norm);
+  m.impl("group_norm_module", &group_norm_module);
   m.impl("frozen_batch_norm", &frozen_batch_norm);
   m.impl("evonorm_s0", &evonorm_s0);
   m.impl("evonorm_b0", &evonorm_b0);

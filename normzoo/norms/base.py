@@ -98,6 +98,10 @@ class Norm(nn.Module):
             passes (float32 CPU input, contiguous or channels_last); others apply it after. Its
             ``_forward`` then takes ``relu``. A subclass defining its own ``_forward`` gets
             ``False`` unless it sets the attribute itself.
+        one_call: whether ``forward`` may serve an input in one C++ call that does the input
+            checks and ``_forward``'s dispatch itself (LayerNorm, GroupNorm: see
+            ``normzoo.norms._rownorm.fast_group_norm``). A subclass defining its own
+            ``_forward`` or ``check_input`` gets ``False`` unless it sets the attribute itself.
     """
 
     statistics_per: ClassVar[tuple[str, ...]] = ()
@@ -107,6 +111,7 @@ class Norm(nn.Module):
     min_spatial_dims: ClassVar[int] = 0
     max_spatial_dims: ClassVar[int] = 3
     fuses_activation: ClassVar[bool] = False
+    one_call: ClassVar[bool] = False
 
     # Version 2 checkpoints carry ``num_batches_tracked`` (torch.nn's numbering).
     _version = 2
@@ -117,6 +122,11 @@ class Norm(nn.Module):
         # a plugin's) applies the activation after it, unless it says it fuses it
         if "_forward" in cls.__dict__ and "fuses_activation" not in cls.__dict__:
             cls.fuses_activation = False
+        # ... and runs its forward through _forward and check_input, never a one-call path
+        # that skips both (LayerNorm's and GroupNorm's, see normzoo.norms._rownorm)
+        own_math = "_forward" in cls.__dict__ or "check_input" in cls.__dict__
+        if own_math and "one_call" not in cls.__dict__:
+            cls.one_call = False
 
     def __init__(
         self,
