@@ -238,9 +238,12 @@ def test_native_double_backward_equals_torch():
 # -- parity: the native channels_last branch ------------------------------------------------
 @pytest.fixture
 def bn_kernel_calls(monkeypatch) -> list[str]:
-    """The native batch-norm C functions called, in order (a spy on the kernels' lookup)."""
+    """The native batch-norm C functions called, in order (a spy on the kernels' lookup),
+    BatchNorm's one-call path off: these tests follow the checked path's dispatch, and the
+    one-call path is compared with it bit for bit below."""
     calls: list[str] = []
     real = _kernels._fn
+    monkeypatch.setattr(batch_mod, "fast_batch_norm", lambda *a: None)
 
     def spy(lib: str, name: str):
         calls.append(name)
@@ -738,6 +741,127 @@ def test_one_call_path_declines_and_the_checked_path_decides(one_call_spy, monke
     with pytest.raises(ValueError, match="needs 3 samples"):
         OwnChecks(8, 2)(x)
     assert one_call_spy["served"] == 1 and one_call_spy["declined"] == 6
+
+
+# -- BatchNorm's one-call path (training) -----------------------------------------------------
+@pytest.fixture
+def bn_one_call_spy(monkeypatch):
+    """Counts the inputs BatchNorm's one-call path served and declined; ``off()`` switches it
+    off (the checked path: the Python autograd.Function around the same kernels)."""
+    seen = {"served": 0, "declined": 0}
+    original = batch_mod.fast_batch_norm
+
+    def spy(*args):
+        y = original(*args)
+        seen["served" if y is not None else "declined"] += 1
+        return y
+
+    monkeypatch.setattr(batch_mod, "fast_batch_norm", spy)
+    seen["off"] = lambda: monkeypatch.setattr(batch_mod, "fast_batch_norm", lambda *a: None)
+    return seen
+
+
+@pytest.mark.usefixtures("native_everywhere")
+@pytest.mark.parametrize(
+    ("shape", "channels_last"),
+    [((4, 6, 5, 3), False), ((4, 6, 5, 3), True), ((2, 6, 3, 4, 2), True), ((3, 6, 33), False)],
+    ids=str,
+)
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"momentum": None}, {"affine": False}, {"track_running_stats": False}],
+    ids=["default", "cumulative", "no-affine", "no-running-stats"],
+)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("grad", [True, False])
+def test_batchnorm_one_call_path_equals_the_checked_path(
+    shape, channels_last, kwargs, relu, grad, bn_one_call_spy
+):
+    """Two training steps on the one-call path and on the checked path: outputs, gradients,
+    running statistics and num_batches_tracked equal to the bit, layout kept."""
+    _needs_ops()
+    runs = []
+    for path in ("one-call", "checked"):
+        if path == "checked":
+            bn_one_call_spy["off"]()
+        torch.manual_seed(0)
+        layer = normzoo.create("bn", 6, activation="relu" if relu else None, **kwargs)
+        if layer.affine:
+            with torch.no_grad():
+                layer.weight.uniform_(0.5, 1.5)
+                layer.bias.uniform_(-0.5, 0.5)
+        out = []
+        for step in range(2):
+            x, g = torch.randn(shape) * (step + 2) - step, torch.randn(shape)
+            if channels_last:
+                fmt = CL_FORMATS[len(shape)]
+                x, g = x.to(memory_format=fmt), g.to(memory_format=fmt)
+            out += _one_call_run(layer, x, g, grad)
+        runs.append(out + [b.clone() for b in layer.buffers()])
+    assert bn_one_call_spy["served"] == 2 and bn_one_call_spy["declined"] == 0
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b) and a.stride() == b.stride()
+
+
+@pytest.mark.usefixtures("native_everywhere")
+def test_batchnorm_one_call_operator_declines_and_changes_nothing():
+    """``normzoo::batch_norm_module`` returns None for every input that BatchNorm's checked
+    path sends elsewhere (or rejects), leaving the running statistics and the batch count
+    untouched."""
+    _needs_ops()
+    op = torch.ops.normzoo.batch_norm_module.default
+    layer = normzoo.create("bn", 8)
+    mean, var, count = layer.running_mean, layer.running_var, layer.num_batches_tracked
+    limits = {"min_numel": 0, "min_spatial": 4, "min_numel_cl": 10**9, "few_cl": 2}
+
+    def call(x, weight=layer.weight, rm=mean, channels=8, **kw):
+        lim = {**limits, **kw}
+        args = (x, weight, layer.bias, rm, var, count, 0.1, 1e-5, False, channels, 5)
+        return op(*args, *lim.values(), 64)
+
+    x = torch.randn(4, 8, 2, 3)
+    declined = {
+        "float64": call(x.double()),
+        "(N, C)": call(torch.randn(4, 8)),
+        "other channel count": call(x, channels=4),
+        "below min_numel": call(x, min_numel=x.numel() + 1),
+        "short rows": call(torch.randn(4, 8, 3)),
+        "channels_last below its threshold": call(x.to(memory_format=torch.channels_last)),
+        "neither layout": call(torch.randn(4, 8, 5, 12)[..., ::2]),
+        "one value per channel": call(torch.randn(1, 8, 1, 1), min_spatial=1),
+        "float64 weight": call(x, weight=layer.weight.double()),
+        "float64 running mean": call(x, rm=mean.double()),
+    }
+    assert [k for k, y in declined.items() if y is not None] == []
+    assert torch.equal(mean, torch.zeros(8)) and torch.equal(var, torch.ones(8))
+    assert count.item() == 0
+    assert call(x.to(memory_format=torch.channels_last), min_numel_cl=0) is not None
+    assert call(torch.randn(4, 8, 3), min_spatial=3) is not None
+    assert count.item() == 2 and not torch.equal(mean, torch.zeros(8))
+    few = torch.randn(4, 2, 2, 3).to(memory_format=torch.channels_last)
+    assert call(few, channels=2, weight=None, rm=None) is not None  # no running statistics
+
+
+@pytest.mark.usefixtures("native_everywhere")
+def test_batchnorm_one_call_path_declines_and_the_checked_path_decides(bn_one_call_spy):
+    _needs_ops()
+    layer = normzoo.create("bn", 8)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        layer(torch.randn(1, 8, 1, 1))
+    with pytest.raises(ValueError, match=r"expects 8 channels \(num_features\) in dim 1, got 4"):
+        layer(torch.randn(2, 4, 3, 3))
+    assert layer.num_batches_tracked.item() == 0
+    assert bn_one_call_spy["served"] == 0 and bn_one_call_spy["declined"] == 2
+    layer.eval()
+    layer(torch.randn(2, 8, 3, 3))  # eval with running statistics: not asked
+    assert bn_one_call_spy["declined"] == 2
+    layer.train()
+    layer(torch.randn(2, 8, 3, 3))
+    assert bn_one_call_spy["served"] == 1 and layer.num_batches_tracked.item() == 1
+    sub = normzoo.create("noisybn", 8) if "noisybn" in normzoo.available() else None
+    for cls in (normzoo.norms.SyncBatchNorm, normzoo.norms.GhostBatchNorm):
+        assert not cls.one_call
+    assert sub is None or not type(sub).one_call
 
 
 # -- switches and fallbacks ------------------------------------------------------------------

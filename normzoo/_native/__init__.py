@@ -309,7 +309,7 @@ def load(name: str) -> ctypes.CDLL | None:
 # -- the C++ operator library ------------------------------------------------------------------
 OPS = "ops"
 #: C sources linked into the operator library with ``ops.cpp``.
-OPS_C_SOURCES = ("row_norm.c", "zoo.c")
+OPS_C_SOURCES = ("batch_norm.c", "row_norm.c", "zoo.c")
 _CXX_FLAGS = ["-O2", "-std=c++20", "-fPIC", "-shared", "-fopenmp", "-w"]
 #: None: not tried yet; True: loaded (torch.ops.normzoo.* exist); False: unavailable.
 _ops_state: bool | None = None

@@ -16,17 +16,49 @@
 #include <ATen/Parallel.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/batch_norm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/group_norm.h>
 #include <ATen/ops/maximum.h>
+#include <ATen/ops/native_batch_norm_backward.h>
+#include <ATen/ops/relu.h>
 #include <ATen/ops/sigmoid.h>
 #include <ATen/ops/softmax.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <vector>
+
 extern "C" {
+// batch_norm.c
+void nz_bn_forward(const float *x, const float *w, const float *b, float *y, float *mean_out,
+                   float *invstd_out, float *var_out, int64_t N, int64_t C, int64_t L,
+                   double eps, int threads);
+void nz_bn_relu_forward(const float *x, const float *w, const float *b, float *y,
+                        float *mean_out, float *invstd_out, float *var_out, int64_t N, int64_t C,
+                        int64_t L, double eps, int threads);
+void nz_bn_backward(const float *dy, const float *x, const float *w, const float *mean,
+                    const float *invstd, float *dx, float *dw, float *db, int64_t N, int64_t C,
+                    int64_t L, int threads);
+void nz_bn_relu_backward(const float *dy, const float *x, const float *w, const float *b,
+                         const float *mean, const float *invstd, float *dx, float *dw,
+                         float *db, int64_t N, int64_t C, int64_t L, int threads);
+void nz_bn_forward_cl(const float *x, const float *w, const float *b, float *y, float *mean_out,
+                      float *invstd_out, float *var_out, double *work, int64_t max_blocks,
+                      int64_t R, int64_t C, double eps, int threads);
+void nz_bn_relu_forward_cl(const float *x, const float *w, const float *b, float *y,
+                           float *mean_out, float *invstd_out, float *var_out, double *work,
+                           int64_t max_blocks, int64_t R, int64_t C, double eps, int threads);
+void nz_bn_backward_cl(const float *dy, const float *x, const float *w, const float *mean,
+                       const float *invstd, float *dx, float *dw, float *db, double *work,
+                       int64_t max_blocks, int64_t R, int64_t C, int threads);
+void nz_bn_relu_backward_cl(const float *dy, const float *x, const float *w, const float *b,
+                            const float *mean, const float *invstd, float *dx, float *dw,
+                            float *db, double *work, int64_t max_blocks, int64_t R, int64_t C,
+                            int threads);
+// row_norm.c
 void nz_row_forward(const float *x, const float *w, const float *b, float *y, float *mean_out,
                     float *rstd_out, float *var_out, int64_t N, int64_t G, int64_t Cg,
                     int64_t L, double eps, int threads);
@@ -233,6 +265,110 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
                       at::get_num_threads());
     }
     return {dx, none, dw, db, none, none, none};
+  }
+};
+
+// -- batch norm in training (batch_norm.c) ---------------------------------------------------
+// y = weight_c (x - mean_c) invstd_c + bias_c over each channel's N * spatial values (Ioffe
+// and Szegedy, ICML 2015), contiguous or channels_last; relu: relu(y) in the same kernels.
+
+// The channels_last kernels' float64 workspace (2 max_blocks C values), one per thread, kept
+// and grown: a fresh one per call would fault its pages in again. The kernels write every value
+// they read.
+variable_list differentiate(const Tensor &y, const std::vector<Tensor> &leaves,
+                            const std::vector<bool> &need, const Tensor &dy, size_t extra);
+
+double *bn_cl_work(int64_t values) {
+  thread_local std::vector<double> work;
+  if (static_cast<int64_t>(work.size()) < values) work.resize(values);
+  return work.data();
+}
+
+struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
+  // Returns (y, stats, var): stats (2, C) is the batch mean and inverse std, var (C,) the
+  // biased batch variance; neither is differentiable. Saves x, weight and stats (and with
+  // relu the bias, for the mask), as the Python autograd.Function in normzoo/norms/batch.py.
+  // max_blocks: the channels_last kernels' partition (kernels.CL_MAX_BLOCKS).
+  static variable_list forward(AutogradContext *ctx, const Tensor &x, const Tensor &weight,
+                               const Tensor &bias, double eps, bool relu, int64_t max_blocks) {
+    const int64_t c = x.size(1), values = x.numel() / c;
+    const int threads = at::get_num_threads();
+    Tensor y = at::empty_like(x);  // keeps a channels_last layout
+    Tensor stats = at::empty({2, c}, x.options());
+    Tensor var = at::empty({c}, x.options());
+    float *s = stats.data_ptr<float>();
+    if (channels_last(x)) {
+      (relu ? nz_bn_relu_forward_cl : nz_bn_forward_cl)(
+          x.data_ptr<float>(), in_ptr(weight), in_ptr(bias), y.data_ptr<float>(), s, s + c,
+          var.data_ptr<float>(), bn_cl_work(2 * max_blocks * c), max_blocks, values, c, eps,
+          threads);
+    } else {
+      (relu ? nz_bn_relu_forward : nz_bn_forward)(
+          x.data_ptr<float>(), in_ptr(weight), in_ptr(bias), y.data_ptr<float>(), s, s + c,
+          var.data_ptr<float>(), x.size(0), c, values / x.size(0), eps, threads);
+    }
+    ctx->save_for_backward({x, weight, stats, relu ? bias : at::empty({0}, x.options())});
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["relu"] = relu;
+    ctx->saved_data["max_blocks"] = max_blocks;
+    ctx->mark_non_differentiable({stats, var});
+    ctx->set_materialize_grads(false);
+    return {y, stats, var};
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(6);
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &weight = saved[1], &stats = saved[2], &bias = saved[3];
+    const bool relu = ctx->saved_data["relu"].toBool();
+    const double eps = ctx->saved_data["eps"].toDouble();
+    const bool need_x = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(1),
+               need_b = ctx->needs_input_grad(2);
+    const Tensor none;
+    const std::optional<Tensor> w_opt = weight.numel() ? std::optional<Tensor>(weight) : std::nullopt;
+    Tensor dy = grads[0];
+    if (at::GradMode::is_enabled()) {
+      // create_graph=True: a differentiable backward, as torch.nn.BatchNorm gives
+      if (relu) {  // relu(batch norm) again, differentiated with a graph
+        const std::optional<Tensor> b_opt =
+            bias.numel() ? std::optional<Tensor>(bias) : std::nullopt;
+        Tensor y = at::relu(at::batch_norm(x, w_opt, b_opt, {}, {}, true, 0.0, eps, false));
+        return differentiate(y, {x, weight, bias}, {need_x, need_w, need_b}, dy, 3);
+      }
+      auto g = at::native_batch_norm_backward(dy, x, w_opt, {}, {}, stats[0], stats[1], true,
+                                              eps, {need_x, need_w, need_b});
+      return {need_x ? std::get<0>(g) : none, need_w ? std::get<1>(g) : none,
+              need_b ? std::get<2>(g) : none, none, none, none};
+    }
+    const bool cl = channels_last(x);
+    dy = like_x(dy, x, cl);
+    const int64_t c = x.size(1), values = x.numel() / c;
+    const int threads = at::get_num_threads();
+    Tensor dx = need_x ? at::empty_like(x) : none;
+    Tensor dw = need_w ? at::empty({c}, x.options()) : none;
+    Tensor db = need_b ? at::empty({c}, x.options()) : none;
+    const float *s = stats.data_ptr<float>();
+    if (cl) {
+      const int64_t max_blocks = ctx->saved_data["max_blocks"].toInt();
+      double *work = bn_cl_work(2 * max_blocks * c);
+      if (relu)
+        nz_bn_relu_backward_cl(dy.data_ptr<float>(), x.data_ptr<float>(), in_ptr(weight),
+                               in_ptr(bias), s, s + c, out_ptr(dx), out_ptr(dw), out_ptr(db),
+                               work, max_blocks, values, c, threads);
+      else
+        nz_bn_backward_cl(dy.data_ptr<float>(), x.data_ptr<float>(), in_ptr(weight), s, s + c,
+                          out_ptr(dx), out_ptr(dw), out_ptr(db), work, max_blocks, values, c,
+                          threads);
+    } else if (relu) {
+      nz_bn_relu_backward(dy.data_ptr<float>(), x.data_ptr<float>(), in_ptr(weight),
+                          in_ptr(bias), s, s + c, out_ptr(dx), out_ptr(dw), out_ptr(db),
+                          x.size(0), c, values / x.size(0), threads);
+    } else {
+      nz_bn_backward(dy.data_ptr<float>(), x.data_ptr<float>(), in_ptr(weight), s, s + c,
+                     out_ptr(dx), out_ptr(dw), out_ptr(db), x.size(0), c, values / x.size(0),
+                     threads);
+    }
+    return {dx, dw, db, none, none, none};
   }
 };
 
@@ -644,6 +780,52 @@ Tensor group_norm_module(const Tensor &x, int64_t groups, const std::optional<Te
   return std::get<0>(group_norm(x, groups, weight, bias, eps, false, relu));
 }
 
+// The BatchNorm module's one-call path in training (normzoo/norms/batch.py,
+// fast_batch_norm), as group_norm_module is GroupNorm's: the module's output where its
+// checked forward would run the native training kernels for this input, else an undefined
+// tensor (None) and nothing changed. Served (normzoo/norms/batch.py's dispatch): a float32 CPU
+// (N, C, *spatial) x with 3 to max_dim dims, C == channels, at least min_numel elements and more
+// than one value per channel; contiguous with at least min_spatial positions, or
+// channels_last with at least min_numel_cl elements or at most few_channels_cl channels;
+// float32 CPU parameters and running statistics. With running statistics (training with
+// track_running_stats) it then counts the batch in num_batches_tracked and blends the batch
+// mean and unbiased variance in with momentum (None: the cumulative average), as the module
+// does. The tests compare both paths bit for bit.
+Tensor batch_norm_module(const Tensor &x, const std::optional<Tensor> &weight,
+                         const std::optional<Tensor> &bias,
+                         const std::optional<Tensor> &running_mean,
+                         const std::optional<Tensor> &running_var,
+                         const std::optional<Tensor> &num_batches_tracked,
+                         std::optional<double> momentum, double eps, bool relu, int64_t channels,
+                         int64_t max_dim, int64_t min_numel, int64_t min_spatial,
+                         int64_t min_numel_cl, int64_t few_channels_cl, int64_t max_blocks) {
+  const int64_t dim = x.dim();
+  if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || dim < 3 || dim > max_dim ||
+      x.size(1) != channels || x.numel() < min_numel || x.numel() <= channels)
+    return Tensor();
+  if (x.is_contiguous()) {
+    if (x.numel() / (x.size(0) * channels) < min_spatial) return Tensor();
+  } else if (!channels_last(x) || (x.numel() < min_numel_cl && channels > few_channels_cl)) {
+    return Tensor();
+  }
+  for (const auto *p : {&weight, &bias, &running_mean, &running_var})
+    if (p->has_value() && (*p)->defined() &&
+        (!(*p)->device().is_cpu() || (*p)->scalar_type() != at::kFloat))
+      return Tensor();
+  const bool update = running_mean.has_value() && running_mean->defined();
+  auto out = BatchNormFunction::apply(x, or_empty(weight, x), or_empty(bias, x), eps, relu,
+                                      max_blocks);
+  if (update) {
+    at::NoGradGuard no_grad;
+    num_batches_tracked->add_(1);
+    const double factor =
+        momentum.has_value() ? *momentum : 1.0 / num_batches_tracked->item<double>();
+    blend_running(*running_mean, out[1][0], factor, 0);
+    blend_running(*running_var, out[2], factor, x.numel() / channels);
+  }
+  return out[0];
+}
+
 Tensor frozen_batch_norm(const Tensor &input, const Tensor &running_mean,
                          const Tensor &running_var, const std::optional<Tensor> &weight,
                          const std::optional<Tensor> &bias, double eps, bool relu) {
@@ -725,6 +907,11 @@ TORCH_LIBRARY(normzoo, m) {
       "group_norm_module(Tensor x, int groups, Tensor? weight, Tensor? bias, float eps, "
       "bool relu, int channels, int max_dim, int min_numel, int max_relu_row) -> Tensor");
   m.def(
+      "batch_norm_module(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, float? momentum, float eps, "
+      "bool relu, int channels, int max_dim, int min_numel, int min_spatial, "
+      "int min_numel_cl, int few_channels_cl, int max_blocks) -> Tensor");
+  m.def(
       "frozen_batch_norm(Tensor x, Tensor running_mean, Tensor running_var, Tensor? weight, "
       "Tensor? bias, float eps, bool relu=False) -> Tensor");
   m.def(
@@ -744,6 +931,7 @@ TORCH_LIBRARY(normzoo, m) {
 TORCH_LIBRARY_IMPL(normzoo, CompositeImplicitAutograd, m) {
   m.impl("group_norm", &group_norm);
   m.impl("group_norm_module", &group_norm_module);
+  m.impl("batch_norm_module", &batch_norm_module);
   m.impl("frozen_batch_norm", &frozen_batch_norm);
   m.impl("evonorm_s0", &evonorm_s0);
   m.impl("evonorm_b0", &evonorm_b0);
