@@ -25,7 +25,14 @@ scaled to that traffic; **copy fraction** = copy bound / measured time (1.0 = me
 
 Each norm is timed in training mode (forward without autograd, backward alone, and
 forward + backward) against its `torch.nn` equivalent and against `nn.BatchNorm2d` on the same
-tensor, interleaved in one process (every contender once per round), medians over rounds.
+tensor, interleaved in one process (every contender once per round, in a fresh seeded random
+order each round), medians over rounds. The order matters: a call's time depends on what ran
+just before it (the caches it left, the memory it freed, which this call's outputs reuse or
+fault in again). Until the ninth session the harness rotated one fixed order, which keeps
+every contender's predecessor in place but one; with the shuffled order LayerNorm and
+GroupNorm on the mid-sized shapes measured 2-4% lower against torch.nn than with the rotation,
+on the same code (one run each way). Sections measured before the ninth session used the
+rotation.
 
 **Native kernels.** On the CPU, contiguous float32 inputs of BatchNorm, InstanceNorm,
 GroupNorm and channels-first LayerNorm (from 32K elements) run small C kernels
@@ -54,6 +61,23 @@ torch's kernels, as does any machine where the kernels cannot be built (one warn
 (from 256K elements, or 32K with at most 8 channels), which read rows of C channels in
 fixed-size blocks of rows (the same result for any thread count).
 
+**One call per forward (ninth session).** BatchNorm in training, GroupNorm and channels-first
+LayerNorm serve a float32 CPU input in one call of a C++ operator
+(`torch.ops.normzoo.batch_norm_module`, `group_norm_module`): it checks in C++ what the
+module's checked path checks in Python (dtype, device, rank, channel count, size thresholds,
+layout, the parameters' dtype) and runs the same kernels behind a C++ autograd node
+(BatchNorm's too now: `batch_norm.c` is linked into the operator library, and the operator
+updates the running statistics and `num_batches_tracked` as the module does), or returns
+`None`, having changed nothing, for the checked path to run (errors, torch's kernels, eval
+mode). The results are the checked path's to the bit (`tests/test_fast_paths.py`). Why: a
+module's Python runs right after kernels that have streamed megabytes through the core's
+caches, so each of the checked path's dozens of small Python steps (input checks, dispatch
+tests, an `autograd.Function`) cost about a microsecond there, 30-40 us per LayerNorm forward
+(measured against the same operator called directly) and 60-100 us per BatchNorm fwd+bwd:
+5-15% of a mid-sized fwd+bwd, which had kept LayerNorm and GroupNorm at parity with torch.nn
+although their kernels were faster. Subclasses that define their own `_forward` or
+`check_input` (Batch Renorm, Ghost BN, SyncBN, a plugin's) keep the checked path (`one_call`).
+
 **Tokens.** Float32 token input (from 32K elements) runs fused kernels that read each row
 once (`zoo.c`): RMSNorm on `(..., C)` and FRN + TLU on `(N, C)` (torch's CPU `rms_norm` is a
 chain of elementwise kernels, and FRN with no spatial positions is elementwise); GroupNorm and
@@ -65,11 +89,11 @@ backward's column sums, then `dx`); Ghost BN on `(N, C)` (every virtual batch in
 block of rows, added in block order (the same result for any thread count). Half-precision
 token input is converted to float32 for these kernels and back (as the conv paths do).
 
-**Which code each section ran.** The two training-step runs and the two FrozenBatchNorm
-sections were measured last (the eighth session), after the models began to fuse the ReLU by
-default and FrozenBatchNorm moved to native kernels; the "Norm + ReLU" section in the seventh
-session, with the same kernels as now; the training step's plain BN, GN, IN and LN rows ran the
-same norm kernels as the sixth session's. The full matrix was measured in the
+**Which code each section ran.** The core targets, the channels_last section, "Norm + ReLU"
+and the 61-round training step were measured last (the ninth session), with the one-call
+paths and the shuffled rounds. The 201-round training step and the two FrozenBatchNorm
+sections are the eighth session's, after the models began to fuse the ReLU by default and
+FrozenBatchNorm moved to native kernels (before the one-call paths). The full matrix was measured in the
 sixth session, after the row kernels' fixed costs per sample were cut: one super-block's sums
 used in place, LayerNorm's channels_last forward writing only its two moments, the affine
 gradients summed a vector of channels at a time (in the same order), the backward's coefficient

@@ -743,6 +743,27 @@ def test_one_call_path_declines_and_the_checked_path_decides(one_call_spy, monke
     assert one_call_spy["served"] == 1 and one_call_spy["declined"] == 6
 
 
+@pytest.mark.usefixtures("native_everywhere")
+@pytest.mark.parametrize("name", ["gn", "ln", "bn"])
+def test_one_call_path_skips_the_operator_for_other_dtypes(name, monkeypatch):
+    """Half-precision, small (and CUDA) inputs never reach the operator: no call's fixed cost
+    for inputs the native kernels do not serve."""
+    _needs_ops()
+    mod = batch_mod if name == "bn" else rownorm_mod
+    op = (
+        torch.ops.normzoo.batch_norm_module if name == "bn" else torch.ops.normzoo.group_norm_module
+    )
+    calls = []
+    monkeypatch.setattr(mod, "_module_op", lambda *a: calls.append(a[0].dtype) or op(*a))
+    layer = normzoo.create(name, 8)
+    layer(torch.randn(4, 8, 5, 5, dtype=torch.bfloat16))
+    layer(torch.randn(4, 8, 5, 5))
+    assert calls == [torch.float32]
+    monkeypatch.setattr(mod, "NATIVE_MIN_NUMEL", 801)
+    layer(torch.randn(4, 8, 5, 5))  # 800 elements
+    assert calls == [torch.float32]
+
+
 # -- BatchNorm's one-call path (training) -----------------------------------------------------
 @pytest.fixture
 def bn_one_call_spy(monkeypatch):

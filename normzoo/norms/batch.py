@@ -148,6 +148,7 @@ def use_native_batch_stats(x: Tensor, weight: Tensor | None = None) -> bool:
 
 
 _is_tracing = torch._C._is_tracing  # torch.jit.is_tracing without its two Python frames
+_F32 = torch.float32
 _module_op: Any = None
 
 
@@ -168,7 +169,13 @@ def fast_batch_norm(norm: BatchNorm, x: Tensor) -> Tensor | None:
     global _module_op
     if torch.compiler.is_compiling():  # first: dynamo reads it as a constant and stops here
         return None
-    if type(x) is not Tensor or _is_tracing() or not _native.ops_available():
+    # device, dtype and size here too: inputs the kernels do not serve (CUDA, half precision,
+    # small tensors) pay no operator call
+    if type(x) is not Tensor or not x.is_cpu or x.dtype is not _F32:
+        return None
+    if x.numel() < NATIVE_MIN_NUMEL:
+        return None
+    if _is_tracing() or not _native.ops_available():
         return None
     if _module_op is None:  # resolved once: four attribute lookups less per call
         _module_op = torch.ops.normzoo.batch_norm_module.default
