@@ -44,7 +44,7 @@ and `dy` once for its two sums and again from cache to write `dx`. torch's Batch
 more passes over memory, and its InstanceNorm is a reshaped batch norm; InstanceNorm here is
 the row kernel with one channel per group. GroupNorm, LayerNorm and InstanceNorm reach their
 kernels through a torch operator with a C++ autograd node (`normzoo/_native/ops.cpp`,
-`torch.ops.normzoo.group_norm`, built against the installed torch on first use, about 30 s
+`torch.ops.normzoo.group_norm`, built against the installed torch on first use, about 45 s
 once per machine): behind a Python `autograd.Function` the same kernels lost to torch's group
 norm below 1M elements, and where the operator cannot be built GroupNorm and LayerNorm keep
 torch's kernel below that size. The operator also takes float32 **channels_last** input in
@@ -59,7 +59,9 @@ channels-last kernel. Everything else (half precision, other layouts, small inpu
 torch's kernels, as does any machine where the kernels cannot be built (one warning).
 `NORMZOO_NATIVE=0` turns them off. BatchNorm also has kernels for float32 channels_last inputs
 (from 256K elements, or 32K with at most 8 channels), which read rows of C channels in
-fixed-size blocks of rows (the same result for any thread count).
+fixed-size blocks of rows (the same result for any thread count); since the ninth session its
+training kernels too run behind a C++ autograd node (below), and the Python
+`autograd.Function` serves only where the operator library cannot be built.
 
 **One call per forward (ninth session).** BatchNorm in training, GroupNorm and channels-first
 LayerNorm serve a float32 CPU input in one call of a C++ operator
@@ -89,46 +91,51 @@ backward's column sums, then `dx`); Ghost BN on `(N, C)` (every virtual batch in
 block of rows, added in block order (the same result for any thread count). Half-precision
 token input is converted to float32 for these kernels and back (as the conv paths do).
 
-**Which code each section ran.** The core targets, the channels_last section, "Norm + ReLU"
-and the 61-round training step were measured last (the ninth session), with the one-call
-paths and the shuffled rounds. The 201-round training step and the two FrozenBatchNorm
+**Which code each section ran.** The core targets, the channels_last section, "Norm + ReLU" and
+both training-step runs were measured last (the ninth session), with the one-call paths and the
+shuffled rounds. Rows near 1.0 move by up to 10% between runs: LayerNorm on channels_last (128,
+64, 8, 8) read 1.06 in that section's run and 0.94, 0.94 and 0.97 in three runs of `bench.py
+--norms ln --shapes 128,64,8,8 4,32,64,64 8,256,14,14 --formats channels_last contiguous
+--repeats 41` right after (its contiguous rows there: 0.92-0.99). The two FrozenBatchNorm
 sections are the eighth session's, after the models began to fuse the ReLU by default and
-FrozenBatchNorm moved to native kernels (before the one-call paths). The full matrix was measured in the
-sixth session, after the row kernels' fixed costs per sample were cut: one super-block's sums
-used in place, LayerNorm's channels_last forward writing only its two moments, the affine
-gradients summed a vector of channels at a time (in the same order), the backward's coefficient
-sums vectorized, the forward's moments on two vector accumulators, and short channels (at most
-1024 positions) summed eight at a time with one transposing reduction. On the kernels alone (a
-C harness, 2 threads) these took LayerNorm's channels_last backward from 230-270 to 150-185 us
-on (256, 64, 4, 4) and its forward from 160-190 to 135-165 us on (128, 64, 8, 8); LayerNorm on
-channels_last (128, 64, 8, 8) went from 1.14-1.28x torch in the previous session's three
-full-matrix runs to 0.97-1.14 in this session's runs (1.01 in the one shown). `python
-scripts/bench_row_kernels.py` times the kernels alone (no operator, autograd or Python; inputs
-rotating through several MB) against torch's `native_group_norm` operators, which also allocate
-their outputs: in one run after these changes, on (256, 64, 4, 4), (128, 64, 8, 8) and (4, 32,
-64, 64) with one group, ours took 0.49-0.95x torch's time forward and 0.49-0.86x backward, in
-both layouts. So what keeps LayerNorm's modules at parity on these mid-sized inputs is each
-call's fixed cost: Python, the operator's dispatch and autograd node, and the fresh outputs.
-The wider-zoo section is the fifth session's run: its kernels (`zoo.c`) did not change since.
-Rows move between runs: in the fifth session EvoNorm-S0 on channels_last measured 1.37, 1.37
-and 1.50x BatchNorm2d on (8, 256, 14, 14), and 1.96, 1.29 and 1.28x on (128, 64, 8, 8), where
-the 1.96 came from a median of 3.70 ms against a fastest round of 1.66 ms (half of its rounds
-were slow). The training step takes 61 rounds, since run-to-run differences of 5% showed at 15;
-it also reports the paired ratio and an A/A column (below). A second run of 201 rounds took
-BatchNorm and the norms whose plain step sits nearest parity, GroupNorm, LayerNorm and
-FrozenBN, each plain (`fuse_activation=False`) and with the ReLU fused (the default model).
-Why the plain GroupNorm and LayerNorm steps sit at
-parity although their kernels are faster: in `torch.profiler` (27 steps per model in 9 rotated
-rounds, normzoo's model and two torch.nn ones) normzoo's GroupNorm operators took 208 ms of
-self time against 255 and 260 ms for torch.nn's, about 1.8 ms of a 93 ms step, while the minor
-page faults of one step (`getrusage`; fresh output tensors where glibc has returned freed
-memory to the system) ranged from 0 to about 4,000 in every model, a few ms whenever they come:
-the gain is smaller than what the allocator moves one step (these two probes were one-off
-scripts, not in the repository). The other CPU sections were measured before the token kernels
-(which serve none of their rows), before EvoNorm-B0/S0's one-sigmoid backward and the zoo's C++
-operators (none of their rows either), before `-fno-math-errno` joined the build flags (it lets
-`sqrtf` vectorize; no conv-shape kernel calls a math function in a loop), and before this
-session's row-kernel changes.
+FrozenBatchNorm moved to native kernels (before the one-call paths). The full matrix was
+measured in the sixth session, after the row kernels' fixed costs per sample were cut: one
+super-block's sums used in place, LayerNorm's channels_last forward writing only its two
+moments, the affine gradients summed a vector of channels at a time (in the same order), the
+backward's coefficient sums vectorized, the forward's moments on two vector accumulators, and
+short channels (at most 1024 positions) summed eight at a time with one transposing reduction.
+On the kernels alone (a C harness, 2 threads) these took LayerNorm's channels_last backward from
+230-270 to 150-185 us on (256, 64, 4, 4) and its forward from 160-190 to 135-165 us on (128, 64,
+8, 8); LayerNorm on channels_last (128, 64, 8, 8) went from 1.14-1.28x torch in the previous
+session's three full-matrix runs to 0.97-1.14 in this session's runs (1.01 in the one shown).
+`python scripts/bench_row_kernels.py` times the kernels alone (no operator, autograd or Python;
+inputs rotating through several MB) against torch's `native_group_norm` operators, which also
+allocate their outputs: in one run after these changes, on (256, 64, 4, 4), (128, 64, 8, 8) and
+(4, 32, 64, 64) with one group, ours took 0.49-0.95x torch's time forward and 0.49-0.86x
+backward, in both layouts. So what kept LayerNorm's modules at parity on these mid-sized inputs
+then was each call's fixed cost: Python, the operator's dispatch and autograd node, and the
+fresh outputs (the ninth session's one-call paths, above, cut the Python part). The wider-zoo
+section is the fifth session's run: its kernels (`zoo.c`) did not change since. Rows move
+between runs: in the fifth session EvoNorm-S0 on channels_last measured 1.37, 1.37 and 1.50x
+BatchNorm2d on (8, 256, 14, 14), and 1.96, 1.29 and 1.28x on (128, 64, 8, 8), where the 1.96
+came from a median of 3.70 ms against a fastest round of 1.66 ms (half of its rounds were slow).
+The training step takes 61 rounds, since run-to-run differences of 5% showed at 15; it also
+reports the paired ratio and an A/A column (below). A second run of 201 rounds took BatchNorm
+and the norms whose plain step sits nearest parity, GroupNorm, LayerNorm and FrozenBN, each
+plain (`fuse_activation=False`) and with the ReLU fused (the default model). Why the plain
+GroupNorm and LayerNorm steps sit near parity although their kernels are faster (in the ninth
+session's 61-round run, after the one-call paths: GroupNorm 1.06, LayerNorm 0.97 with an A/A of
+0.98): in `torch.profiler` (an eighth-session probe, 27 steps per model in 9 rotated rounds,
+normzoo's model and two torch.nn ones) normzoo's GroupNorm operators took 208 ms of self time
+against 255 and 260 ms for torch.nn's, about 1.8 ms of a 93 ms step, while the minor page faults
+of one step (`getrusage`; fresh output tensors where glibc has returned freed memory to the
+system) ranged from 0 to about 4,000 in every model, a few ms whenever they come: the gain is
+smaller than what the allocator moves one step (these two probes were one-off scripts, not in
+the repository). The other CPU sections were measured before the token kernels (which serve none
+of their rows), before EvoNorm-B0/S0's one-sigmoid backward and the zoo's C++ operators (none of
+their rows either), before `-fno-math-errno` joined the build flags (it lets `sqrtf` vectorize;
+no conv-shape kernel calls a math function in a loop), and before this session's row-kernel
+changes.
 
 **Norm + ReLU in one layer.** `normzoo.create(name, C, activation="relu")` (or
 `Norm.fuse_activation`, or `ConvNet2d(fuse_activation=True)`) gives
@@ -159,24 +166,24 @@ checks that none copies an input-sized tensor on the way, forward or backward (a
 counting copies, on small inputs and at the native kernels' sizes).
 
 The wider zoo runs on the same kind of kernels (`normzoo/_native/zoo.c`, contiguous **and**
-channels_last float32, read in place): SwitchableNorm, EvoNorm-B0/S0, FRN+TLU and
-channels-first RMSNorm are each per-(sample, channel) statistics, a small per-row graph and
-one elementwise map, so each forward is one native call (statistics, graph, map) and each
-backward one more (per-row sums, the graph's hand-written backward, `dx`; for EvoNorm-B0/S0
-the sums' sweep also writes `(df/dx) dy`, so the division or the sigmoid runs once per element
-in the backward). EvoNorm-B0/S0 and SwitchableNorm reach those two calls through C++
-operators with C++ autograd nodes (`torch.ops.normzoo.evonorm_b0`, `evonorm_s0`,
-`switchable_norm`: `zoo.c` is linked into the operator library), which also blend the running
-statistics; behind the Python `autograd.Function` each fwd+bwd had cost about 0.3 ms more
-(measured on (8, 256, 14, 14) channels_last, where the whole was 1.5 ms). Batch Renorm is BN
-with the weight `w r` and bias `w d + b` on BatchNorm's native kernels (on channels_last: the
-statistics kernel, then one affine map); Ghost BN runs BatchNorm's native kernels per virtual
-batch, each writing its slice of one output (tokens: one call for all of them, above; on a
-GPU, from 16 virtual batches, all of them at once in a few kernels); FrozenBatchNorm runs
-torch's inference kernel, and SyncBatchNorm outside a process group is BatchNorm. Building
-the C libraries on a cold cache took 0.4 s (`batch_norm.c`), 0.2 s (`row_norm.c`) and 4 s
-(`zoo.c`) here, and the C++ operator library 31-32 s (`ops.cpp`, with `row_norm.c` and
-`zoo.c` linked in), once per machine (per torch version for `ops.cpp`). The first-call times
+channels_last float32, read in place): SwitchableNorm, EvoNorm-B0/S0, FRN+TLU and channels-first
+RMSNorm are each per-(sample, channel) statistics, a small per-row graph and one elementwise
+map, so each forward is one native call (statistics, graph, map) and each backward one more
+(per-row sums, the graph's hand-written backward, `dx`; for EvoNorm-B0/S0 the sums' sweep also
+writes `(df/dx) dy`, so the division or the sigmoid runs once per element in the backward).
+EvoNorm-B0/S0 and SwitchableNorm reach those two calls through C++ operators with C++ autograd
+nodes (`torch.ops.normzoo.evonorm_b0`, `evonorm_s0`, `switchable_norm`: `zoo.c` is linked into
+the operator library), which also blend the running statistics; behind the Python
+`autograd.Function` each fwd+bwd had cost about 0.3 ms more (measured on (8, 256, 14, 14)
+channels_last, where the whole was 1.5 ms). Batch Renorm is BN with the weight `w r` and bias `w
+d + b` on BatchNorm's native kernels (on channels_last: the statistics kernel, then one affine
+map); Ghost BN runs BatchNorm's native kernels per virtual batch, each writing its slice of one
+output (tokens: one call for all of them, above; on a GPU, from 16 virtual batches, all of them
+at once in a few kernels); FrozenBatchNorm runs torch's inference kernel, and SyncBatchNorm
+outside a process group is BatchNorm. Building the C libraries on a cold cache took 0.4 s
+(`batch_norm.c`), 0.2 s (`row_norm.c`) and 4 s (`zoo.c`) here, and the C++ operator library
+31-32 s (`ops.cpp`, with `row_norm.c` and `zoo.c` linked in; 45 s since `batch_norm.c` joined it
+in the ninth session), once per machine (per torch version for `ops.cpp`). The first-call times
 below were taken with a warm cache (a cold build shows as `native_build_s` in the JSON).
 
 **GPU.** `scripts/gpu_check.sh` is the GPU check as one script: `tests/test_cuda.py` (every
