@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import normzoo
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -219,6 +221,26 @@ def test_row_kernel_bench_times_both_layouts_against_torch():
                                    1e-5, 2)  # fmt: skip
     assert status == 0
     torch.testing.assert_close(y, torch.group_norm(x, 4, w, b, 1e-5), atol=1e-5, rtol=1e-5)
+
+
+def test_gpu_fused_ab_times_the_core_norms_compiled_reference(tmp_path):
+    """--core adds BatchNorm, GroupNorm and LayerNorm, whose ``fused`` column is their
+    reference math through ``_fused.fuse`` (eager on the CPU): the same function as the
+    module's path, batch statistics for BatchNorm, its running statistics untouched."""
+    ab = _script("gpu_fused_ab")
+    args = ["--device", "cpu", "--norms", "frn", "--core", "--shapes", "4,8,6,6"]
+    rows = ab.main([*args, "--repeats", "2", "--warmup", "1"])
+    assert [r["norm"] for r in rows] == ["frn", "batchnorm", "groupnorm", "layernorm"]
+    for row in rows:
+        assert row["eval_err"] < 1e-5 and row["fallback"] == [] and row["fused_ms"] > 0
+    bn = normzoo.create("bn", 8)
+    candidate = ab.CompiledReference("batchnorm", bn)
+    x = torch.randn(4, 8, 6, 6) + 1
+    y = candidate(x)
+    assert torch.equal(bn.running_mean, torch.zeros(8))  # the candidate leaves them alone
+    torch.testing.assert_close(y, bn(x))
+    gn = normzoo.create("gn", 8, num_groups=2)
+    torch.testing.assert_close(ab.CompiledReference("groupnorm", gn)(x), gn(x))
 
 
 def test_gpu_fused_ab_runs_and_writes_rows(tmp_path):
