@@ -34,34 +34,35 @@ GroupNorm on the mid-sized shapes measured 2-4% lower against torch.nn than with
 on the same code (one run each way). Sections measured before the ninth session used the
 rotation.
 
-**Native kernels.** On the CPU, contiguous float32 inputs of BatchNorm, InstanceNorm,
-GroupNorm and channels-first LayerNorm (from 32K elements) run small C kernels
-(`normzoo/_native/*.c`, compiled with the system C compiler on first use,
-cached in `~/.cache/normzoo`, sharing torch's OpenMP threads). They finish one channel (BN) or
-one (sample, group) row (GN, IN, LN) while it is in the core's cache: the forward reads `x`
-once for shifted one-pass moments and again from cache to write `y`; the backward reads `x`
-and `dy` once for its two sums and again from cache to write `dx`. torch's BatchNorm makes
-more passes over memory, and its InstanceNorm is a reshaped batch norm; InstanceNorm here is
-the row kernel with one channel per group. GroupNorm, LayerNorm and InstanceNorm reach their
-kernels through a torch operator with a C++ autograd node (`normzoo/_native/ops.cpp`,
-`torch.ops.normzoo.group_norm`, built against the installed torch on first use, about 45 s
-once per machine): behind a Python `autograd.Function` the same kernels lost to torch's group
-norm below 1M elements, and where the operator cannot be built GroupNorm and LayerNorm keep
-torch's kernel below that size. The operator also takes float32 **channels_last** input in
-place, on the same file's kernels for that layout: a thread takes whole samples (an `(H W, C)`
-block each, in its cache), sums every channel in vector registers over runs of positions,
-combines the channels of a group (law of total variance; one group: the sample's moments in
-one pass), then writes `y = a x + b` with per-channel coefficients; the backward is the same
-two passes. Positions are summed in fixed-size blocks added in order, so results do not
-depend on the thread count. Without the operator library, InstanceNorm on channels_last
-falls back to the wider zoo's per-row kernels (below) and GroupNorm/LayerNorm to torch's
-channels-last kernel. Everything else (half precision, other layouts, small inputs, CUDA) uses
-torch's kernels, as does any machine where the kernels cannot be built (one warning).
+**Native kernels.** On the CPU, contiguous float32 inputs of BatchNorm, InstanceNorm, GroupNorm
+and channels-first LayerNorm (from 32K elements) run small C kernels (`normzoo/_native/*.c`,
+compiled with the system C compiler on first use, cached in `~/.cache/normzoo`, sharing torch's
+OpenMP threads). They finish one channel (BN) or one (sample, group) row (GN, IN, LN) while it
+is in the core's cache: the forward reads `x` once for shifted one-pass moments and again from
+cache to write `y`; the backward reads `x` and `dy` once for its two sums and again from cache
+to write `dx`. torch's BatchNorm makes more passes over memory, and its InstanceNorm is a
+reshaped batch norm; InstanceNorm here is the row kernel with one channel per group. GroupNorm,
+LayerNorm and InstanceNorm reach their kernels through a torch operator with a C++ autograd node
+(`normzoo/_native/ops.cpp`, `torch.ops.normzoo.group_norm`, built against the installed torch on
+first use, about 45 s once per machine): behind a Python `autograd.Function` the same kernels
+lost to torch's group norm below 1M elements, and where the operator cannot be built GroupNorm
+and LayerNorm keep torch's kernel below that size. The operator also takes float32
+**channels_last** input in place, on the same file's kernels for that layout: a thread takes
+whole samples (an `(H W, C)` block each, in its cache), sums every channel in vector registers
+over runs of positions, combines the channels of a group (law of total variance; one group: the
+sample's moments in one pass), then writes `y = a x + b` with per-channel coefficients; the
+backward is the same two passes. Positions are summed in fixed-size blocks added in order, so
+results do not depend on the thread count. Without the operator library, InstanceNorm on
+channels_last falls back to the wider zoo's per-row kernels (below) and GroupNorm/LayerNorm to
+torch's channels-last kernel. Everything else (half precision, other layouts, small inputs,
+CUDA) uses torch's kernels, as does any machine where the kernels cannot be built (one warning).
 `NORMZOO_NATIVE=0` turns them off. BatchNorm also has kernels for float32 channels_last inputs
-(from 256K elements, or 32K with at most 8 channels), which read rows of C channels in
-fixed-size blocks of rows (the same result for any thread count); since the ninth session its
-training kernels too run behind a C++ autograd node (below), and the Python
-`autograd.Function` serves only where the operator library cannot be built.
+(from 64K elements through the one-call operator, since the ninth session; from 256K through the
+Python `autograd.Function`, which Batch Renorm and Ghost BN use; or 32K with at most 8
+channels), which read rows of C channels in fixed-size blocks of rows (the same result for any
+thread count); since the ninth session its training kernels too run behind a C++ autograd node
+(below), and the Python `autograd.Function` serves BatchNorm only where the operator library
+cannot be built.
 
 **One call per forward (ninth session).** BatchNorm in training, GroupNorm and channels-first
 LayerNorm serve a float32 CPU input in one call of a C++ operator

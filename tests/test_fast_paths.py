@@ -863,6 +863,35 @@ def test_batchnorm_one_call_operator_declines_and_changes_nothing():
     assert call(few, channels=2, weight=None, rm=None) is not None  # no running statistics
 
 
+@pytest.mark.parametrize(
+    ("shape", "served"),
+    [((8, 64, 16, 16), True), ((4, 16, 32, 32), True), ((16, 32, 8, 8), False)],
+    ids=str,
+)
+def test_batchnorm_one_call_serves_channels_last_from_its_own_threshold(
+    shape, served, bn_one_call_spy
+):
+    """channels_last from 64k elements: the one-call operator's fixed cost is lower than the
+    Python autograd.Function's, whose dispatch (``use_native_batch_stats``, 256k) keeps torch's
+    kernel there; both equal torch.nn to float32 accuracy."""
+    _needs_ops()
+    x = torch.randn(shape).to(memory_format=torch.channels_last)
+    assert not batch_mod.use_native_batch_stats(x)
+    ours, ref = normzoo.create("bn", shape[1]), nn.BatchNorm2d(shape[1])
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), ref(xb)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(ya, yb, **TOL)
+    torch.testing.assert_close(xa.grad, xb.grad, **TOL)
+    # the affine gradients sum 2k-8k terms: held to 1e-4, as in the channels_last tests above
+    for a, b in ((ours.weight, ref.weight), (ours.bias, ref.bias)):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-4)
+    assert_same_state(ours, ref)
+    assert bn_one_call_spy["served"] == int(served)
+
+
 @pytest.mark.usefixtures("native_everywhere")
 def test_batchnorm_one_call_path_declines_and_the_checked_path_decides(bn_one_call_spy):
     _needs_ops()

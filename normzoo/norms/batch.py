@@ -25,10 +25,15 @@ from normzoo.norms.base import Norm, check_momentum
 #: elements a call's fixed cost wins (1.0-1.6x torch's at 32k-128k elements with 16 to 256
 #: channels; 0.75-1.2x at 256k-512k), except with at most ``NATIVE_FEW_CHANNELS_CL``
 #: channels, where torch's channels_last kernel is slow (native 0.2-0.6x torch's at 32k-512k
-#: elements with 4 channels, 0.4-1.0x with 8).
+#: elements with 4 channels, 0.4-1.0x with 8). Those costs are the Python
+#: ``autograd.Function``'s, which Batch Renorm and Ghost BN still pay; the module's one-call
+#: operator (:func:`fast_batch_norm`, ninth session) costs less, so it serves channels_last
+#: from ``ONE_CALL_MIN_NUMEL_CL``: it measured 0.90-0.99x torch's at 64k elements (7 shapes,
+#: 16 to 256 channels), 0.71-0.88x at 128k and 0.95-1.10x at 32k.
 NATIVE_MIN_NUMEL = 1 << 15
 NATIVE_MIN_SPATIAL = 8
 NATIVE_MIN_NUMEL_CL = 1 << 18
+ONE_CALL_MIN_NUMEL_CL = 1 << 16
 NATIVE_FEW_CHANNELS_CL = 8
 NATIVE_DTYPES: tuple[torch.dtype, ...] = (torch.float32,)
 
@@ -161,8 +166,10 @@ def fast_batch_norm(norm: BatchNorm, x: Tensor) -> Tensor | None:
 
     The operator (``normzoo::batch_norm_module``, ``ops.cpp``) checks in C++ that the input is
     one the checked forward sends to the native training kernels (this module's dispatch:
-    ``use_native_batch_stats``), then runs them and updates the running statistics as
-    ``_update_factor`` and ``_blend_running_stats`` do, bit for bit. Why a path of its own: see
+    ``use_native_batch_stats``; channels_last from ``ONE_CALL_MIN_NUMEL_CL`` elements, where
+    the checked path keeps torch's kernel below ``NATIVE_MIN_NUMEL_CL``), then runs them and
+    updates the running statistics as ``_update_factor`` and ``_blend_running_stats`` do, bit
+    for bit. Why a path of its own: see
     ``normzoo.norms._rownorm.fast_group_norm`` (the checked path's Python, run with the caches
     cold, plus the Python ``autograd.Function``: 60-100 us of a mid-sized fwd+bwd).
     """
@@ -194,7 +201,7 @@ def fast_batch_norm(norm: BatchNorm, x: Tensor) -> Tensor | None:
         2 + norm.max_spatial_dims,
         NATIVE_MIN_NUMEL,
         NATIVE_MIN_SPATIAL,
-        NATIVE_MIN_NUMEL_CL,
+        ONE_CALL_MIN_NUMEL_CL,
         NATIVE_FEW_CHANNELS_CL,
         _kernels.CL_MAX_BLOCKS,
     )
