@@ -589,6 +589,19 @@ def _needs_ops() -> None:
         pytest.skip("the C++ operator library could not be built here")
 
 
+def _serve_counter(fast):
+    """``(seen, spy)``: ``spy`` calls the one-call function ``fast`` and counts in ``seen`` the
+    inputs it served (an output) and declined (``None``)."""
+    seen = {"served": 0, "declined": 0}
+
+    def spy(*args):
+        y = fast(*args)
+        seen["served" if y is not None else "declined"] += 1
+        return y
+
+    return seen, spy
+
+
 @pytest.fixture
 def one_call_spy(monkeypatch):
     """Counts the inputs the one-call path served (``served``) and declined (``declined``);
@@ -596,14 +609,7 @@ def one_call_spy(monkeypatch):
     import normzoo.norms.group as group_mod
     import normzoo.norms.layer as layer_mod
 
-    seen = {"served": 0, "declined": 0}
-    original = rownorm_mod.fast_group_norm
-
-    def spy(*args):
-        y = original(*args)
-        seen["served" if y is not None else "declined"] += 1
-        return y
-
+    seen, spy = _serve_counter(rownorm_mod.fast_group_norm)
     for mod in (group_mod, layer_mod):
         monkeypatch.setattr(mod, "fast_group_norm", spy)
 
@@ -769,14 +775,7 @@ def test_one_call_path_skips_the_operator_for_other_dtypes(name, monkeypatch):
 def bn_one_call_spy(monkeypatch):
     """Counts the inputs BatchNorm's one-call path served and declined; ``off()`` switches it
     off (the checked path: the Python autograd.Function around the same kernels)."""
-    seen = {"served": 0, "declined": 0}
-    original = batch_mod.fast_batch_norm
-
-    def spy(*args):
-        y = original(*args)
-        seen["served" if y is not None else "declined"] += 1
-        return y
-
+    seen, spy = _serve_counter(batch_mod.fast_batch_norm)
     monkeypatch.setattr(batch_mod, "fast_batch_norm", spy)
     seen["off"] = lambda: monkeypatch.setattr(batch_mod, "fast_batch_norm", lambda *a: None)
     return seen

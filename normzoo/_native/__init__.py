@@ -204,6 +204,24 @@ def capturing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
+_F32 = torch.float32
+_is_tracing = torch._C._is_tracing  # torch.jit.is_tracing without its two Python frames
+
+
+def one_call_ready(x: torch.Tensor, min_numel: int) -> bool:
+    """Whether a module's one-call operator (``group_norm_module``, ``batch_norm_module``)
+    may be asked to serve ``x``: a float32 CPU tensor (not a subclass) of at least
+    ``min_numel`` elements, outside ``torch.compile`` and ``torch.jit.trace`` (the tracer runs
+    an operator's kernel with tracing off, so the operator cannot tell), the operator library
+    loaded. The operator checks the rest. CUDA, half-precision and small inputs stop here and
+    pay no operator call; ``is_compiling`` comes first, where dynamo reads it as a constant."""
+    if torch.compiler.is_compiling():
+        return False
+    if type(x) is not torch.Tensor or not x.is_cpu or x.dtype is not _F32:
+        return False
+    return x.numel() >= min_numel and not _is_tracing() and ops_available()
+
+
 def cache_dir() -> Path:
     """Where compiled libraries are kept."""
     if os.environ.get("NORMZOO_CACHE_DIR"):

@@ -233,15 +233,7 @@ def fast_group_norm(norm: Norm, x: Tensor, groups: int) -> Tensor | None:
     (5-10% of a LayerNorm fwd+bwd), which decided the comparison with ``torch.nn.GroupNorm``.
     """
     global _module_op
-    if torch.compiler.is_compiling():  # first: dynamo reads it as a constant and stops here
-        return None
-    # device, dtype and size here too: inputs the kernels do not serve (CUDA, half precision,
-    # small tensors) pay no operator call
-    if type(x) is not Tensor or not x.is_cpu or x.dtype is not _F32:
-        return None
-    if x.numel() < NATIVE_MIN_NUMEL:
-        return None
-    if _is_tracing() or not _native.ops_available():
+    if not _native.one_call_ready(x, NATIVE_MIN_NUMEL):
         return None
     if _module_op is None:  # resolved once: four attribute lookups less per call
         _module_op = torch.ops.normzoo.group_norm_module.default
@@ -260,8 +252,6 @@ def fast_group_norm(norm: Norm, x: Tensor, groups: int) -> Tensor | None:
 
 
 _module_op: Any = None
-_F32 = torch.float32
-_is_tracing = torch._C._is_tracing  # torch.jit.is_tracing without its two Python frames
 
 
 # -- channels_last inputs: zoo.c's per-(sample, channel) statistics and map, read in place ----

@@ -152,8 +152,6 @@ def use_native_batch_stats(x: Tensor, weight: Tensor | None = None) -> bool:
     )
 
 
-_is_tracing = torch._C._is_tracing  # torch.jit.is_tracing without its two Python frames
-_F32 = torch.float32
 _module_op: Any = None
 
 
@@ -174,15 +172,7 @@ def fast_batch_norm(norm: BatchNorm, x: Tensor) -> Tensor | None:
     cold, plus the Python ``autograd.Function``: 60-100 us of a mid-sized fwd+bwd).
     """
     global _module_op
-    if torch.compiler.is_compiling():  # first: dynamo reads it as a constant and stops here
-        return None
-    # device, dtype and size here too: inputs the kernels do not serve (CUDA, half precision,
-    # small tensors) pay no operator call
-    if type(x) is not Tensor or not x.is_cpu or x.dtype is not _F32:
-        return None
-    if x.numel() < NATIVE_MIN_NUMEL:
-        return None
-    if _is_tracing() or not _native.ops_available():
+    if not _native.one_call_ready(x, NATIVE_MIN_NUMEL):
         return None
     if _module_op is None:  # resolved once: four attribute lookups less per call
         _module_op = torch.ops.normzoo.batch_norm_module.default
