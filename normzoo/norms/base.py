@@ -99,9 +99,9 @@ class Norm(nn.Module):
             ``_forward`` then takes ``relu``. A subclass defining its own ``_forward`` gets
             ``False`` unless it sets the attribute itself.
         one_call: whether ``forward`` may serve an input in one C++ call that does the input
-            checks and ``_forward``'s dispatch itself (LayerNorm, GroupNorm: see
-            ``normzoo.norms._rownorm.fast_group_norm``). A subclass defining its own
-            ``_forward`` or ``check_input`` gets ``False`` unless it sets the attribute itself.
+            checks and ``_forward``'s dispatch itself (BatchNorm in training, GroupNorm,
+            LayerNorm: see ``normzoo.norms._rownorm.fast_group_norm``). A subclass defining its
+            own ``_forward`` or ``check_input`` gets ``False`` unless it sets the attribute.
     """
 
     statistics_per: ClassVar[tuple[str, ...]] = ()
@@ -123,7 +123,7 @@ class Norm(nn.Module):
         if "_forward" in cls.__dict__ and "fuses_activation" not in cls.__dict__:
             cls.fuses_activation = False
         # ... and runs its forward through _forward and check_input, never a one-call path
-        # that skips both (LayerNorm's and GroupNorm's, see normzoo.norms._rownorm)
+        # that skips both (BatchNorm's, GroupNorm's, LayerNorm's)
         own_math = "_forward" in cls.__dict__ or "check_input" in cls.__dict__
         if own_math and "one_call" not in cls.__dict__:
             cls.one_call = False
