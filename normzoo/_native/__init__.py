@@ -442,6 +442,13 @@ def load_ops() -> bool:
     return _ops_state
 
 
+def ops_cached() -> bool:
+    """Whether this machine's cache holds the operator library for this torch, compilers and
+    sources (so :func:`load_ops` loads it in a moment instead of building it)."""
+    cc, cxx = _compiler(), _cxx_compiler()
+    return cc is not None and cxx is not None and _ops_library_path(cc, cxx).exists()
+
+
 def ops_available() -> bool:
     """Whether ``torch.ops.normzoo`` is usable here (builds and loads it if needed)."""
     if _ops_state and native_enabled():  # the fast path of every dispatch

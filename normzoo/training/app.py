@@ -5,6 +5,7 @@ configs from Hydra's compose API."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from normzoo import _native
 from normzoo.errors import ConfigError, DatasetUnavailableError, MissingDependencyError
+from normzoo.norms.base import Norm
 from normzoo.training.callbacks import FitTimer
 from normzoo.training.checks import check_accelerator, check_batch_size
 
@@ -72,6 +75,24 @@ def device_name(trainer: pl.Trainer) -> str:
     return f"{name} x{trainer.world_size}" if trainer.world_size > 1 else name
 
 
+def prepare_native(net: nn.Module, device: torch.device) -> None:
+    """Load (on a machine's first run: build, about 40 s) normzoo's C++ operator library
+    before training, where ``net`` has normzoo norms and trains on the CPU, saying so when it
+    is built: otherwise its first forward builds it silently inside the timed training."""
+    if device.type != "cpu" or not _native.native_enabled():
+        return
+    if not any(isinstance(m, Norm) for m in net.modules()):
+        return
+    if not _native.ops_cached():
+        print(
+            "normzoo: building the native C++ operators for this torch (once per machine, "
+            f"about a minute; cached in {_native.cache_dir()})",
+            file=sys.stderr,
+            flush=True,
+        )
+    _native.load_ops()
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test the configured model; return (and on rank 0 write) the metrics."""
     wall_start = time.perf_counter()
@@ -98,6 +119,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / RESOLVED_CONFIG_FILE, resolve=True)
 
+    prepare_native(net, trainer.strategy.root_device)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 

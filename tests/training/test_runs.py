@@ -77,6 +77,32 @@ def test_default_job_on_fewer_epochs_learns_the_digits(tmp_path):
     assert epochs_with_val == {"0", "1", "2", "3"}
 
 
+def test_native_operators_are_prepared_before_the_timed_training(monkeypatch, capsys):
+    """A CPU run with normzoo norms loads the operator library before ``fit`` (on a machine's
+    first run it builds it, saying so), not in its first training step; nothing happens for
+    a GPU run, a model without normzoo norms, or with the native kernels switched off."""
+    from torch import nn
+
+    import normzoo
+    from normzoo import _native
+    from normzoo.training import app
+
+    loads = []
+    monkeypatch.setattr(_native, "load_ops", lambda: loads.append(1) or True)
+    monkeypatch.setattr(_native, "ops_cached", lambda: False)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), normzoo.create("bn", 8))
+    app.prepare_native(net, torch.device("cpu"))
+    assert loads == [1] and "building the native C++ operators" in capsys.readouterr().err
+    monkeypatch.setattr(_native, "ops_cached", lambda: True)
+    app.prepare_native(net, torch.device("cpu"))
+    assert loads == [1, 1] and capsys.readouterr().err == ""  # cached: loaded, no message
+    app.prepare_native(net, torch.device("cuda"))
+    app.prepare_native(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)), torch.device("cpu"))
+    monkeypatch.setenv("NORMZOO_NATIVE", "0")
+    app.prepare_native(net, torch.device("cpu"))
+    assert loads == [1, 1]
+
+
 def test_same_seed_same_metrics_and_another_seed_differs(tmp_path):
     args = ("trainer.max_epochs=2", "norm=bn")
     a = train(tmp_path / "a", *args, "seed=3")
