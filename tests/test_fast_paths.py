@@ -834,9 +834,9 @@ def test_batchnorm_one_call_operator_declines_and_changes_nothing():
     mean, var, count = layer.running_mean, layer.running_var, layer.num_batches_tracked
     limits = {"min_numel": 0, "min_spatial": 4, "min_numel_cl": 10**9, "few_cl": 2}
 
-    def call(x, weight=layer.weight, rm=mean, channels=8, **kw):
+    def call(x, weight=layer.weight, bias=layer.bias, rm=mean, rv=var, channels=8, **kw):
         lim = {**limits, **kw}
-        args = (x, weight, layer.bias, rm, var, count, 0.1, 1e-5, False, channels, 5)
+        args = (x, weight, bias, rm, rv, count, 0.1, 1e-5, False, channels, 5)
         return op(*args, *lim.values(), 64)
 
     x = torch.randn(4, 8, 2, 3)
@@ -851,6 +851,12 @@ def test_batchnorm_one_call_operator_declines_and_changes_nothing():
         "one value per channel": call(torch.randn(1, 8, 1, 1), min_spatial=1),
         "float64 weight": call(x, weight=layer.weight.double()),
         "float64 running mean": call(x, rm=mean.double()),
+        "running mean of another size": call(x, rm=torch.zeros(4)),
+        "weight of another size": call(x, weight=torch.ones(4)),
+        "strided weight": call(x, weight=torch.ones(16)[::2]),
+        "no batch count": op(
+            x, layer.weight, layer.bias, mean, var, None, 0.1, 1e-5, False, 8, 5, 0, 4, 10**9, 2, 64
+        ),
     }
     assert [k for k, y in declined.items() if y is not None] == []
     assert torch.equal(mean, torch.zeros(8)) and torch.equal(var, torch.ones(8))
@@ -859,7 +865,8 @@ def test_batchnorm_one_call_operator_declines_and_changes_nothing():
     assert call(torch.randn(4, 8, 3), min_spatial=3) is not None
     assert count.item() == 2 and not torch.equal(mean, torch.zeros(8))
     few = torch.randn(4, 2, 2, 3).to(memory_format=torch.channels_last)
-    assert call(few, channels=2, weight=None, rm=None) is not None  # no running statistics
+    no_stats = {"weight": None, "bias": None, "rm": None, "rv": None}
+    assert call(few, channels=2, **no_stats) is not None  # no parameters or running statistics
 
 
 @pytest.mark.parametrize(

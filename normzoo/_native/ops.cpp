@@ -272,12 +272,12 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
 // y = weight_c (x - mean_c) invstd_c + bias_c over each channel's N * spatial values (Ioffe
 // and Szegedy, ICML 2015), contiguous or channels_last; relu: relu(y) in the same kernels.
 
-// The channels_last kernels' float64 workspace (2 max_blocks C values), one per thread, kept
-// and grown: a fresh one per call would fault its pages in again. The kernels write every value
-// they read.
 variable_list differentiate(const Tensor &y, const std::vector<Tensor> &leaves,
                             const std::vector<bool> &need, const Tensor &dy, size_t extra);
 
+// The channels_last kernels' float64 workspace (2 max_blocks C values), one per thread, kept
+// and grown: a fresh one per call would fault its pages in again. The kernels write every value
+// they read.
 double *bn_cl_work(int64_t values) {
   thread_local std::vector<double> work;
   if (static_cast<int64_t>(work.size()) < values) work.resize(values);
@@ -325,7 +325,8 @@ struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
     const bool need_x = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(1),
                need_b = ctx->needs_input_grad(2);
     const Tensor none;
-    const std::optional<Tensor> w_opt = weight.numel() ? std::optional<Tensor>(weight) : std::nullopt;
+    const std::optional<Tensor> w_opt =
+        weight.numel() ? std::optional<Tensor>(weight) : std::nullopt;
     Tensor dy = grads[0];
     if (at::GradMode::is_enabled()) {
       // create_graph=True: a differentiable backward, as torch.nn.BatchNorm gives
@@ -787,7 +788,8 @@ Tensor group_norm_module(const Tensor &x, int64_t groups, const std::optional<Te
 // (N, C, *spatial) x with 3 to max_dim dims, C == channels, at least min_numel elements and more
 // than one value per channel; contiguous with at least min_spatial positions, or
 // channels_last with at least min_numel_cl elements or at most few_channels_cl channels;
-// float32 CPU parameters and running statistics. With running statistics (training with
+// float32 CPU (C,) parameters and running statistics, running_var and num_batches_tracked
+// given with running_mean. With running statistics (training with
 // track_running_stats) it then counts the batch in num_batches_tracked and blends the batch
 // mean and unbiased variance in with momentum (None: the cumulative average), as the module
 // does. The tests compare both paths bit for bit.
@@ -808,11 +810,18 @@ Tensor batch_norm_module(const Tensor &x, const std::optional<Tensor> &weight,
   } else if (!channels_last(x) || (x.numel() < min_numel_cl && channels > few_channels_cl)) {
     return Tensor();
   }
+  // per-channel tensors as the kernels and the blend read them (the module's always are): a
+  // call that passes others is declined before anything runs or changes
   for (const auto *p : {&weight, &bias, &running_mean, &running_var})
     if (p->has_value() && (*p)->defined() &&
-        (!(*p)->device().is_cpu() || (*p)->scalar_type() != at::kFloat))
+        (!(*p)->device().is_cpu() || (*p)->scalar_type() != at::kFloat || (*p)->dim() != 1 ||
+         (*p)->size(0) != channels || !(*p)->is_contiguous()))
       return Tensor();
-  const bool update = running_mean.has_value() && running_mean->defined();
+  const auto given = [](const std::optional<Tensor> &t) { return t.has_value() && t->defined(); };
+  const bool update = given(running_mean);
+  if (update && !(given(running_var) && given(num_batches_tracked) &&
+                  num_batches_tracked->numel() == 1))
+    return Tensor();
   auto out = BatchNormFunction::apply(x, or_empty(weight, x), or_empty(bias, x), eps, relu,
                                       max_blocks);
   if (update) {
