@@ -247,3 +247,165 @@ def test_cuda_fused_zoo_equals_the_cpu(name, layout):
     for key, value in cpu.state_dict().items():
         torch.testing.assert_close(gpu.state_dict()[key].cpu(), value, **DEVICE_TOL, msg=key)
     assert getattr(_gpu, FUSED[name]).compiled_kinds() >= 1
+
+
+# -- the Triton kernels (normzoo.norms._triton) ----------------------------------------------
+#: module, its torch.nn equivalent, and the input shapes: one-pass and two-phase kernels,
+#: several chunks per set, channel blocks, odd sizes (masks), 1-d to 3-d spatial.
+TRITON_CASES = {
+    "bn": (lambda c: normzoo.create("bn", c), lambda c: nn.BatchNorm2d(c)),
+    "bn1d": (lambda c: normzoo.create("bn", c), lambda c: nn.BatchNorm1d(c)),
+    "gn": (lambda c: normzoo.create("gn", c, num_groups=4), lambda c: nn.GroupNorm(4, c)),
+    "ln": (lambda c: normzoo.create("ln", c), lambda c: nn.GroupNorm(1, c)),
+    "in": (
+        lambda c: normzoo.create("in", c, track_running_stats=True),
+        lambda c: nn.InstanceNorm2d(c, affine=True, track_running_stats=True),
+    ),
+    "ln_tokens": (
+        lambda c: normzoo.create("ln", c, channels_last=True),
+        lambda c: nn.LayerNorm(c),
+    ),
+}
+TRITON_SHAPES = {
+    "bn": [(8, 12, 30, 30), (64, 24, 9, 9), (2, 40, 130, 70)],
+    "bn1d": [(300, 36), (50, 24, 77)],
+    "gn": [(8, 12, 30, 30), (4, 32, 130, 70), (3, 20, 7, 9, 11)],
+    "ln": [(8, 12, 30, 30), (4, 32, 130, 70)],
+    "in": [(8, 12, 30, 30), (2, 8, 130, 70)],
+    "ln_tokens": [(4, 300, 36), (1000, 1030)],
+}
+
+
+@pytest.fixture
+def triton_everywhere(monkeypatch):
+    """Every input takes the Triton kernels (no size threshold); counts their calls."""
+    from normzoo.norms import _triton
+
+    if not _triton.available():
+        pytest.skip("triton is not installed")
+    monkeypatch.setattr(_triton, "MIN_NUMEL", 0)
+    calls = []
+    apply = _triton._TritonNorm.apply
+    monkeypatch.setattr(_triton._TritonNorm, "apply", lambda *a: calls.append(a[3]) or apply(*a))
+    return calls
+
+
+def _triton_params(ours: nn.Module, ref: nn.Module) -> None:
+    with torch.no_grad():
+        for p, q in zip(ours.parameters(), ref.parameters(), strict=True):
+            p.copy_(torch.rand_like(p) + 0.5)
+            q.copy_(p)
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=str)
+@pytest.mark.parametrize("case", list(TRITON_CASES))
+def test_cuda_triton_kernels_equal_torch_nn(case, layout, relu, triton_everywhere):
+    """Three training steps and one eval step: outputs, input and parameter gradients and
+    running statistics equal torch.nn's (followed by nn.ReLU where ours fuses it); the layout
+    is kept; the kernels ran."""
+    make, make_ref = TRITON_CASES[case]
+    for shape in TRITON_SHAPES[case]:
+        if layout == torch.channels_last and len(shape) not in (4,):
+            continue
+        c = shape[-1] if case == "ln_tokens" else shape[1]
+        ours, ref = make(c).cuda(), make_ref(c).cuda()
+        _triton_params(ours, ref)
+        if relu:
+            ours.fuse_activation("relu")
+            ref = nn.Sequential(ref, nn.ReLU())
+        triton_everywhere.clear()
+        for step in range(4):
+            if step == 3:
+                ours.eval(), ref.eval()
+            x = (torch.randn(shape, device="cuda") * 2 + step).to(memory_format=layout)
+            g = torch.randn_like(x)
+            for a, b in zip(_fwd_bwd(ours, x, g), _fwd_bwd(ref, x, g), strict=True):
+                torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+            assert ours(x).is_contiguous(memory_format=layout)
+        state = ours.state_dict()
+        for key, value in ref.state_dict().items():
+            key = key.removeprefix("0.")
+            if case == "in" and key == "num_batches_tracked":
+                continue  # torch's InstanceNorm never counts
+            torch.testing.assert_close(state[key], value, atol=1e-5, rtol=1e-5, msg=key)
+        assert len(triton_everywhere) >= (3 if case in ("bn", "bn1d", "in") else 4), shape
+
+
+@pytest.mark.parametrize("case", ["bn", "gn", "ln", "ln_tokens"])
+def test_cuda_triton_fused_relu_is_bit_equal_to_relu_after(case, triton_everywhere):
+    """The ReLU inside the kernels (forward and its mask in the backward) gives the same bits
+    as the same kernels followed by nn.ReLU."""
+    make, _ = TRITON_CASES[case]
+    shape = TRITON_SHAPES[case][-1]
+    c = shape[-1] if case == "ln_tokens" else shape[1]
+    fused = make(c).cuda()
+    _triton_params(fused, make(c).cuda())
+    plain = nn.Sequential(copy.deepcopy(fused), nn.ReLU())
+    fused.fuse_activation("relu")
+    x = torch.randn(shape, device="cuda")
+    g = torch.randn_like(x)
+    for a, b in zip(_fwd_bwd(fused, x, g), _fwd_bwd(plain, x, g), strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("case", list(TRITON_CASES))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_cuda_triton_half_inputs(case, dtype, triton_everywhere):
+    """Half inputs, float32 parameters: the output and input gradient keep the input's dtype
+    and equal the float32 computation to the half type's accuracy; parameter gradients are
+    float32."""
+    make, _ = TRITON_CASES[case]
+    shape = TRITON_SHAPES[case][0]
+    c = shape[-1] if case == "ln_tokens" else shape[1]
+    ours = make(c).cuda()
+    ref = copy.deepcopy(ours)
+    x = torch.randn(shape, device="cuda").to(dtype)
+    g = torch.randn_like(x)
+    half = _fwd_bwd(ours, x, g)
+    assert half[0].dtype == dtype and half[1].dtype == dtype
+    assert all(t.dtype == torch.float32 for t in half[2:])
+    full = _fwd_bwd(ref, x.float(), g.float())
+    for a, b in zip(half, full, strict=True):
+        scale = b.abs().max().item() + 1
+        torch.testing.assert_close(a.float(), b, atol=2e-2 * scale, rtol=2e-2)
+    assert triton_everywhere
+
+
+def test_cuda_triton_double_backward(triton_everywhere):
+    """create_graph=True: the backward is torch's functional form with a graph, so second
+    derivatives are torch's."""
+    for case in ("bn", "gn", "ln_tokens"):
+        make, make_ref = TRITON_CASES[case]
+        shape = TRITON_SHAPES[case][0]
+        c = shape[-1] if case == "ln_tokens" else shape[1]
+        ours, ref = make(c).cuda(), make_ref(c).cuda()
+        _triton_params(ours, ref)
+        grads = []
+        for m in (ours, ref):
+            x = torch.randn(shape, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+            x.requires_grad_()
+            (dx,) = torch.autograd.grad((m(x) ** 2).sum(), x, create_graph=True)
+            grads.append(torch.autograd.grad(dx.square().sum(), [x, *m.parameters()]))
+        for a, b in zip(*grads, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_cuda_triton_dispatch(monkeypatch):
+    """Large float32/half CUDA inputs take the kernels; float64, small inputs, other layouts,
+    NORMZOO_TRITON=0 and autocast keep torch's."""
+    from normzoo.norms import _triton
+
+    if not _triton.available():
+        pytest.skip("triton is not installed")
+    big = torch.empty(8, 64, 32, 32, device="cuda")
+    assert _triton.serves(big) and _triton.serves(big.half())
+    assert _triton.serves(big.to(memory_format=torch.channels_last))
+    assert not _triton.serves(big.double())
+    assert not _triton.serves(big[:1])  # below MIN_NUMEL
+    assert not _triton.serves(big.transpose(2, 3))
+    assert not _triton.serves(big, torch.ones(64))  # a CPU parameter
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert not _triton.serves(big)
+    monkeypatch.setenv("NORMZOO_TRITON", "0")
+    assert not _triton.serves(big)

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from normzoo import _native, functional
 from normzoo._native import kernels as _kernels
+from normzoo.norms import _triton
 from normzoo.norms.base import Norm, check_momentum
 
 #: Dispatch of the training forward and backward (measured with ``scripts/bench.py`` on a
@@ -291,6 +292,12 @@ class BatchNorm(Norm):
             if relu:
                 return self._native_forward(x, factor, relu=True), True
             return self._native_forward(x, factor), False
+        if self.impl == "fast" and batch_stats and _triton.serves(x, self.weight, self.bias):
+            # CUDA: the Triton kernels (normzoo.norms._triton)
+            y, mean, var = _triton.batch_norm(x, self.weight, self.bias, self.eps, relu)
+            if self.training and self.track_running_stats:
+                self._blend_running_stats(mean, var, factor, x.numel() // x.shape[1])
+            return y, relu
         if self.impl == "fast":
             y = F.batch_norm(
                 x,

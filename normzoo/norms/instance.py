@@ -8,6 +8,7 @@ from torch import Tensor
 
 from normzoo import functional
 from normzoo.functional._stats import stable_var_mean
+from normzoo.norms import _triton
 from normzoo.norms._row_map import row_map
 from normzoo.norms._rownorm import (
     GroupSpec,
@@ -125,6 +126,14 @@ class InstanceNorm(Norm):
                 x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
             return y, False
+        if _triton.serves(x, self.weight, self.bias):
+            # CUDA: the Triton group-norm kernels with one channel per group, ReLU fused
+            c, w, b = self.num_features, self.weight, self.bias
+            y, mean, var = _triton.group_norm(x, c, w, b, self.eps, relu)
+            if update:
+                n = x.shape[0]
+                self._update_running_stats(mean.view(n, c), var.view(n, c), x[0, 0].numel(), factor)
+            return y, relu
         if use_native_row_norm(x, self.weight):
             # The native group-norm kernel with one channel per group; its per (n, c)
             # statistics feed the running averages (no second pass over x).

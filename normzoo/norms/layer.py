@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normzoo import functional
+from normzoo.norms import _triton
 from normzoo.norms._rownorm import (
     fast_group_norm,
     native_group_norm,
@@ -83,6 +84,11 @@ class LayerNorm(Norm):
             y = functional.layer_norm(
                 x, self.weight, self.bias, eps=self.eps, channels_last=self.channels_last
             )
+        elif (self.channels_last or x.dim() > 2) and _triton.serves(x, self.weight, self.bias):
+            w, b = self.weight, self.bias  # CUDA: the Triton kernels, ReLU fused
+            if self.channels_last:
+                return _triton.layer_norm_tokens(x.contiguous(), w, b, self.eps, relu)
+            return _triton.group_norm(x, 1, w, b, self.eps, relu)[0]
         elif self.channels_last:
             weight, bias = params_like(x, self.weight, self.bias)
             y = F.layer_norm(x, (self.num_features,), weight, bias, self.eps)

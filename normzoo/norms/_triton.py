@@ -1,0 +1,423 @@
+"""BatchNorm, GroupNorm, LayerNorm and InstanceNorm on CUDA through Triton kernels.
+
+torch's CUDA kernels for these norms reached 0.15-0.6 of a ``copy_``'s bandwidth on an H200
+(``docs/data/bench_cuda_h200.json``, the eighth session): batch norm on contiguous input
+reads the tensor several times, group/layer/instance norm on channels_last copy it to NCHW
+first. The kernels here (``normzoo.norms._triton_kernels``) move what the math needs:
+
+* a group (or instance, or channels-first layer) norm whose (sample, group) block is
+  contiguous and at most ``ONE_PASS_MAX`` elements, and a layer norm over tokens, take **one
+  pass**: the block in registers, ``x`` read once and ``y`` written once; in the backward
+  ``x`` and ``dy`` read once, ``dx`` written once;
+* everything else (batch norm, large groups, channels_last) takes **two phases**: partial
+  statistics per chunk (merged with Chan's pairwise formula, stable in float32), a small
+  kernel merging each set's partials, then the map over the tensor, run last chunk first so
+  it starts on what is still in L2.
+
+Arithmetic is float32 for float32, bfloat16 and float16 inputs; ``y`` and ``dx`` have the
+input's dtype and layout (channels_last stays channels_last, no copy). float64 and small
+inputs keep torch's kernels. Dispatch: :func:`serves`. ``NORMZOO_TRITON=0`` turns the path off.
+
+The functions take CPU tensors too under Triton's interpreter (``TRITON_INTERPRET=1``), which
+is how the CPU tests check the kernels' arithmetic; the GPU tests (``tests/test_cuda.py``)
+check them compiled.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from normzoo.norms._rownorm import _autocast_on
+
+__all__ = ["available", "batch_norm", "group_norm", "layer_norm_tokens", "serves"]
+
+_ENV = "NORMZOO_TRITON"
+#: Inputs with fewer elements keep torch's kernels (a Triton launch has a larger fixed cost).
+MIN_NUMEL = 1 << 18
+#: The largest (sample, group) block that one program holds in registers.
+ONE_PASS_MAX = 8192
+#: Elements per tile of the two-phase kernels.
+TILE = 4096
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@functools.cache
+def _kernels() -> ModuleType | None:
+    try:
+        from normzoo.norms import _triton_kernels
+    except Exception:  # no triton, or one that cannot build here
+        return None
+    return _triton_kernels
+
+
+def available() -> bool:
+    """Whether the Triton kernels can be used: ``triton`` imports and ``NORMZOO_TRITON`` is not
+    ``0``."""
+    if os.environ.get(_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return _kernels() is not None
+
+
+def _layout(x: Tensor) -> str | None:
+    """``"contiguous"``, ``"channels_last"`` (4-d or 5-d) or ``None`` (another layout)."""
+    if x.is_contiguous():
+        return "contiguous"
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    if fmt is not None and x.is_contiguous(memory_format=fmt):
+        return "channels_last"
+    return None
+
+
+def serves(x: Tensor, *params: Tensor | None) -> bool:
+    """Whether the Triton kernels take ``x``: a CUDA tensor in float32, bfloat16 or float16
+    with at least ``MIN_NUMEL`` elements, contiguous or channels_last, outside
+    ``torch.compile`` and ``torch.jit.trace`` (which see torch's kernels), with floating
+    parameters on its device; and :func:`available`."""
+    if not (x.is_cuda and x.dtype in DTYPES and x.numel() >= MIN_NUMEL and x.dim() >= 2):
+        return False
+    if torch.compiler.is_compiling() or torch._C._is_tracing():
+        return False
+    if _autocast_on("cuda"):  # autocast runs these norms in float32: torch's kernels
+        return False
+    for p in params:
+        if p is not None and (p.device != x.device or p.dtype not in DTYPES):
+            return False
+    return _layout(x) is not None and available()
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.cache
+def _sm_count(device: int) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _target_programs(x: Tensor) -> int:
+    return 16 * (_sm_count(x.device.index or 0) if x.is_cuda else 8)
+
+
+class _Plan:
+    """Tiles and chunks of the two-phase kernels for ``x`` seen as ``(n, c, s)``."""
+
+    def __init__(self, x: Tensor, fold: bool) -> None:
+        n, c = x.shape[0], x.shape[1]
+        s = x.numel() // max(1, n * c)
+        if x.dim() == 2 or _layout(x) == "channels_last":
+            # rows of C channels; batch norm folds the samples into the positions
+            if fold:
+                n, s = 1, n * s
+            self.strides = (s * c, 1, c)
+            self.cb = min(_pow2(c), 256)
+            self.sb = min(max(1, TILE // self.cb), _pow2(s))
+        else:
+            self.strides = (c * s, s, 1)
+            self.sb = min(_pow2(s), TILE)
+            self.cb = max(1, min(_pow2(c), TILE // self.sb))
+        self.n, self.c, self.s = n, c, s
+        self.ncb = _cdiv(c, self.cb)
+        most = _cdiv(s, self.sb)
+        nk = min(max(1, _cdiv(_target_programs(x), self.ncb * n)), most)
+        self.spp = _cdiv(_cdiv(s, nk), self.sb) * self.sb
+        self.nk = _cdiv(s, self.spp)
+        self.grid = (self.nk, self.ncb, n)
+        self.warps = 8 if self.cb * self.sb >= 2048 else 4
+
+
+def _stats(x: Tensor, plan: _Plan, sets: tuple[int, int], eps: float) -> tuple[Tensor, ...]:
+    """``(mean, rstd, var)`` per set: ``sets = (SET_N, CPG)``, batch norm ``(0, 1)``."""
+    k = _kernels()
+    n, c, nk = plan.n, plan.c, plan.nk
+    set_n, cpg = sets
+    if set_n == 0:  # per channel: partial (c, n, kk)
+        pn, pc, per, count = nk, n * nk, n * nk, c
+    else:  # per (sample, group): partial (n, c, kk)
+        pn, pc, per, count = c * nk, nk, cpg * nk, n * set_n
+    part = torch.empty((3, n * c * nk), device=x.device, dtype=torch.float32)
+    k._partial_stats[plan.grid](
+        x, part[0], part[1], part[2], c, plan.s, *plan.strides, pn, pc, plan.spp,
+        CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
+    )  # fmt: skip
+    out = torch.empty((3, count), device=x.device, dtype=torch.float32)
+    k._finalize[(count,)](
+        part[0], part[1], part[2], out[0], out[1], out[2], per, eps,
+        KB=min(1024, _pow2(per)), num_warps=4,
+    )  # fmt: skip
+    return out[0], out[1], out[2]
+
+
+def _two_phase_forward(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    sets: tuple[int, int],
+    eps: float,
+    relu: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    plan = _Plan(x, fold=sets[0] == 0)
+    mean, rstd, var = _stats(x, plan, sets, eps)
+    y = torch.empty_like(x)
+    _kernels()._apply[plan.grid](
+        x, y, mean, rstd, weight, bias, plan.n, plan.c, plan.s, *plan.strides, *sets,
+        plan.spp, plan.nk, plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None,
+        RELU=relu, CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
+    )  # fmt: skip
+    return y, mean, rstd, var
+
+
+def _two_phase_backward(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean: Tensor,
+    rstd: Tensor,
+    sets: tuple[int, int],
+    relu: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    k = _kernels()
+    plan = _Plan(x, fold=sets[0] == 0)
+    n, c, nk = plan.n, plan.c, plan.nk
+    part = torch.empty((2, n, c, nk), device=x.device, dtype=torch.float32)
+    flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu)
+    k._partial_grad[plan.grid](
+        x, dy, mean, rstd, weight, bias, part[0], part[1], c, plan.s, *plan.strides, *sets,
+        plan.spp, nk, **flags, CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
+    )  # fmt: skip
+    sums = part.sum(3)  # (2, n, c): sum(dy), sum(dy * xhat) per sample and channel
+    dw_db = sums.sum(1)  # (2, c): the parameter gradients
+    set_n, cpg = sets
+    if set_n == 0:  # batch norm: one set per channel
+        coef = dw_db.flip(0) / (n * plan.s)
+    else:  # per (sample, group)
+        coef = sums.flip(0).view(2, n, set_n, cpg)
+        if weight is not None:
+            coef = coef * weight.float().view(set_n, cpg)
+        coef = coef.sum(3).view(2, n * set_n) / (cpg * plan.s)
+    if set_n == 0 and weight is not None:
+        coef = coef * weight.float()
+    dx = torch.empty_like(x)
+    k._apply_grad[plan.grid](
+        x, dy, dx, mean, rstd, weight, bias, coef[0], coef[1], n, c, plan.s, *plan.strides,
+        *sets, plan.spp, nk, plan.ncb, **flags, CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
+    )  # fmt: skip
+    return dx, dw_db[1], dw_db[0]
+
+
+def _one_pass(x: Tensor, groups: int) -> bool:
+    """A contiguous conv input whose (sample, group) blocks fit one program."""
+    if not x.is_contiguous() or x.dim() < 3:
+        return False
+    c = x.shape[1]
+    s = x.numel() // (x.shape[0] * c)
+    return _pow2(c // groups) * _pow2(s) <= ONE_PASS_MAX
+
+
+def _group_forward(
+    x: Tensor,
+    groups: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    relu: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    n, c = x.shape[0], x.shape[1]
+    if not _one_pass(x, groups):
+        return _two_phase_forward(x, weight, bias, (groups, c // groups), eps, relu)
+    s = x.numel() // (n * c)
+    cb, sb = _pow2(c // groups), _pow2(s)
+    stats = torch.empty((3, n * groups), device=x.device, dtype=torch.float32)
+    y = torch.empty_like(x)
+    _kernels()._group_fwd[(groups, n)](
+        x, y, weight, bias, stats[0], stats[1], stats[2], c, s, groups, c // groups, eps,
+        HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, CB=cb, SB=sb,
+        num_warps=_warps(cb * sb),
+    )  # fmt: skip
+    return y, stats[0], stats[1], stats[2]
+
+
+def _warps(elements: int) -> int:
+    return 16 if elements >= 8192 else 8 if elements >= 2048 else 4
+
+
+def _group_backward(
+    dy: Tensor,
+    x: Tensor,
+    groups: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean: Tensor,
+    rstd: Tensor,
+    relu: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    n, c = x.shape[0], x.shape[1]
+    if not _one_pass(x, groups):
+        sets = (groups, c // groups)
+        return _two_phase_backward(dy, x, weight, bias, mean, rstd, sets, relu)
+    s = x.numel() // (n * c)
+    cb, sb = _pow2(c // groups), _pow2(s)
+    npp = _cdiv(n, max(1, _target_programs(x) // groups))
+    np_ = _cdiv(n, npp)
+    part = torch.empty((2, np_, c), device=x.device, dtype=torch.float32)
+    dx = torch.empty_like(x)
+    _kernels()._group_bwd[(groups, np_)](
+        x, dy, dx, weight, bias, mean, rstd, part[0], part[1], n, c, s, groups, c // groups,
+        npp, HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, CB=cb, SB=sb,
+        num_warps=_warps(cb * sb),
+    )  # fmt: skip
+    dw_db = part.sum(1)
+    return dx, dw_db[0], dw_db[1]
+
+
+def _token_forward(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, relu: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    d = x.shape[-1]
+    r = x.numel() // d
+    db = _pow2(d)
+    rb = max(1, min(_pow2(r), 4096 // db))
+    stats = torch.empty((3, r), device=x.device, dtype=torch.float32)
+    y = torch.empty_like(x)
+    _kernels()._token_fwd[(_cdiv(r, rb),)](
+        x, y, weight, bias, stats[0], stats[1], r, d, eps, HAS_W=weight is not None,
+        HAS_B=bias is not None, RELU=relu, RB=rb, DB=db, num_warps=_warps(rb * db),
+    )  # fmt: skip
+    return y, stats[0], stats[1], stats[2]
+
+
+def _token_backward(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean: Tensor,
+    rstd: Tensor,
+    relu: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    d = x.shape[-1]
+    r = x.numel() // d
+    db = _pow2(d)
+    rb = max(1, min(_pow2(r), 4096 // db))
+    rpp = _cdiv(_cdiv(r, _target_programs(x)), rb) * rb
+    np_ = _cdiv(r, rpp)
+    part = torch.empty((2, np_, d), device=x.device, dtype=torch.float32)
+    dx = torch.empty_like(x)
+    _kernels()._token_bwd[(np_,)](
+        x, dy, dx, weight, bias, mean, rstd, part[0], part[1], r, d, rpp,
+        HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, RB=rb, DB=db,
+        num_warps=_warps(rb * db),
+    )  # fmt: skip
+    dw_db = part.sum(1)
+    return dx, dw_db[0], dw_db[1]
+
+
+class _TritonNorm(torch.autograd.Function):
+    """``(y, mean, var)`` of one of the norms (``kind``: ``"batch"``, ``"group"`` with
+    ``groups``, ``"token"``); ``mean`` and the biased ``var`` (per set) are not
+    differentiable. Saves ``x``, the parameters and the per-set mean and 1/std, as torch's
+    kernels do. Under ``create_graph=True`` the backward differentiates torch's functional
+    form with a graph, so double backward works."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        kind: str,
+        groups: int,
+        eps: float,
+        relu: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        if kind == "batch":
+            y, mean, rstd, var = _two_phase_forward(x, weight, bias, (0, 1), eps, relu)
+        elif kind == "group":
+            y, mean, rstd, var = _group_forward(x, groups, weight, bias, eps, relu)
+        else:
+            y, mean, rstd, var = _token_forward(x, weight, bias, eps, relu)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.kind, ctx.groups, ctx.eps, ctx.relu = kind, groups, eps, relu
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        kind, relu = ctx.kind, ctx.relu
+        needs = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph=True: torch's math, with a graph
+            inputs = [t for t, need in zip((x, weight, bias), needs, strict=True) if need]
+            y = reference(x, weight, bias, kind, ctx.groups, ctx.eps)
+            out = torch.relu(y) if relu else y
+            grads = iter(torch.autograd.grad(out, inputs, dy, create_graph=True))
+            return (*(next(grads) if need else None for need in needs), None, None, None, None)
+        layout = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        dy = dy.contiguous() if x.is_contiguous() else dy.contiguous(memory_format=layout)
+        if kind == "batch":
+            dx, dw, db = _two_phase_backward(dy, x, weight, bias, mean, rstd, (0, 1), relu)
+        elif kind == "group":
+            dx, dw, db = _group_backward(dy, x, ctx.groups, weight, bias, mean, rstd, relu)
+        else:
+            dx, dw, db = _token_backward(dy, x, weight, bias, mean, rstd, relu)
+        return (
+            dx if needs[0] else None,
+            dw.to(weight.dtype) if needs[1] else None,
+            db.to(bias.dtype) if needs[2] else None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def reference(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, kind: str, groups: int, eps: float
+) -> Tensor:
+    """torch's functional form of what the kernels compute (before the ReLU)."""
+    if kind == "batch":
+        return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
+    if kind == "group":
+        return F.group_norm(x, groups, weight, bias, eps)
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def batch_norm(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, relu: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Training-mode batch norm of ``x`` ``(N, C, *spatial)``:
+    ``y = w (x - E[x]) / sqrt(Var[x] + eps) + b`` per channel over ``N`` and the positions
+    (``relu``: then a ReLU). Returns ``(y, mean, var)``, ``var`` biased, both ``(C,)``."""
+    return _TritonNorm.apply(x, weight, bias, "batch", 0, eps, relu)
+
+
+def group_norm(
+    x: Tensor,
+    groups: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    relu: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Group norm of ``x`` ``(N, C, *spatial)`` with ``groups`` groups (1: channels-first
+    layer norm, ``C``: instance norm). Returns ``(y, mean, var)``, per (sample, group)
+    ``(N * groups,)``."""
+    return _TritonNorm.apply(x, weight, bias, "group", groups, eps, relu)
+
+
+def layer_norm_tokens(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, relu: bool = False
+) -> Tensor:
+    """Layer norm of a contiguous ``(..., C)`` tensor over its last dim (``F.layer_norm``)."""
+    return _TritonNorm.apply(x, weight, bias, "token", 1, eps, relu)[0]

@@ -1,0 +1,499 @@
+"""Triton kernels for the batch, group, layer and instance norms on CUDA (imported lazily by
+:mod:`normzoo.norms._triton`, only where ``triton`` is installed).
+
+An ``(N, C, *spatial)`` input is addressed as ``(n, c, s)`` with strides ``(sn, sc, ss)``, so
+one kernel serves contiguous (``sc = S``, ``ss = 1``) and channels_last (``sc = 1``,
+``ss = C``) tensors, and token tensors ``(R, C)`` (``S = 1``). Statistics are taken per *set*:
+per channel for batch norm (``set = c``), per (sample, group) for the row norms
+(``set = n * G + c // CPG``). Arithmetic is float32 whatever the input dtype.
+
+Two schemes:
+
+* one pass (``_group_*``, ``_token_*``): a whole set in one program's registers, so the
+  forward reads ``x`` once and writes ``y`` once, the backward reads ``x`` and ``dy`` once and
+  writes ``dx`` once: the minimal traffic. Used where a set has at most ``ONE_PASS_MAX``
+  elements and is contiguous (group and instance norm on contiguous conv inputs, layer norm
+  on tokens).
+* two phases (``_partial_*``, ``_finalize``, ``_apply*``): per (sample, channel block,
+  position chunk) partial statistics (count, mean, M2: Chan et al.'s pairwise merge), one
+  small kernel that merges each set's partials, and a map over the tensor. The map runs its
+  programs in reverse order, so it starts on the chunks the statistics pass read last, which
+  are still in L2.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _partial_stats(
+    X,
+    PCNT,
+    PMEAN,
+    PM2,
+    C,
+    S,
+    sn,
+    sc,
+    ss,
+    PN,
+    PC,
+    SPP,
+    CB: tl.constexpr,
+    SB: tl.constexpr,
+):
+    """Partial (count, mean, M2) of channels ``cb*CB ...`` of sample ``n`` over positions
+    ``[kk*SPP, (kk+1)*SPP)``, stored at ``n*PN + c*PC + kk``."""
+    kk = tl.program_id(0)
+    cb = tl.program_id(1)
+    n = tl.program_id(2).to(tl.int64)
+    cs = cb * CB + tl.arange(0, CB)
+    cmask = cs < C
+    base = X + n * sn + cs[:, None].to(tl.int64) * sc
+    s0 = kk * SPP
+    s_end = tl.minimum(s0 + SPP, S)
+    cnt = tl.zeros([CB], dtype=tl.float32)
+    mean = tl.zeros([CB], dtype=tl.float32)
+    m2 = tl.zeros([CB], dtype=tl.float32)
+    for s in range(s0, s_end, SB):
+        pos = s + tl.arange(0, SB)
+        m = cmask[:, None] & (pos < s_end)[None, :]
+        x = tl.load(base + pos[None, :].to(tl.int64) * ss, mask=m, other=0.0).to(tl.float32)
+        tc = tl.minimum(s_end - s, SB).to(tl.float32)
+        tmean = tl.sum(x, axis=1) / tc
+        d = tl.where(m, x - tmean[:, None], 0.0)
+        tm2 = tl.sum(d * d, axis=1)
+        tot = cnt + tc
+        delta = tmean - mean
+        mean += delta * (tc / tot)
+        m2 += tm2 + delta * delta * (cnt * tc / tot)
+        cnt = tot
+    idx = n * PN + cs.to(tl.int64) * PC + kk
+    tl.store(PCNT + idx, cnt, mask=cmask)
+    tl.store(PMEAN + idx, mean, mask=cmask)
+    tl.store(PM2 + idx, m2, mask=cmask)
+
+
+@triton.jit
+def _finalize(PCNT, PMEAN, PM2, MEAN, RSTD, VAR, K, eps, KB: tl.constexpr):
+    """Merge the ``K`` partials of set ``i`` (at ``i*K ...``): its mean, 1/std and biased
+    variance."""
+    i = tl.program_id(0).to(tl.int64)
+    base = i * K
+    acc_n = tl.zeros([KB], dtype=tl.float32)
+    acc_s = tl.zeros([KB], dtype=tl.float32)
+    for k0 in range(0, K, KB):
+        ks = k0 + tl.arange(0, KB)
+        m = ks < K
+        c = tl.load(PCNT + base + ks, mask=m, other=0.0)
+        mu = tl.load(PMEAN + base + ks, mask=m, other=0.0)
+        acc_n += c
+        acc_s += c * mu
+    total = tl.sum(acc_n, axis=0)
+    mean = tl.sum(acc_s, axis=0) / total
+    acc = tl.zeros([KB], dtype=tl.float32)
+    for k0 in range(0, K, KB):
+        ks = k0 + tl.arange(0, KB)
+        m = ks < K
+        c = tl.load(PCNT + base + ks, mask=m, other=0.0)
+        mu = tl.load(PMEAN + base + ks, mask=m, other=0.0)
+        q = tl.load(PM2 + base + ks, mask=m, other=0.0)
+        acc += q + c * (mu - mean) * (mu - mean)
+    var = tl.sum(acc, axis=0) / total
+    tl.store(MEAN + i, mean)
+    tl.store(RSTD + i, 1.0 / tl.sqrt(var + eps))
+    tl.store(VAR + i, var)
+
+
+@triton.jit
+def _apply(
+    X,
+    Y,
+    MEAN,
+    RSTD,
+    W,
+    B,
+    N,
+    C,
+    S,
+    sn,
+    sc,
+    ss,
+    SET_N,
+    CPG,
+    SPP,
+    NK,
+    NCB,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    RELU: tl.constexpr,
+    CB: tl.constexpr,
+    SB: tl.constexpr,
+):
+    """``y = (x - mean[set]) * rstd[set] * w[c] + b[c]`` (ReLU'd), over the same chunks as
+    :func:`_partial_stats`, the last chunk first."""
+    kk = NK - 1 - tl.program_id(0)
+    cb = NCB - 1 - tl.program_id(1)
+    n = N - 1 - tl.program_id(2)
+    cs = cb * CB + tl.arange(0, CB)
+    cmask = cs < C
+    sets = n * SET_N + cs // CPG
+    mean = tl.load(MEAN + sets, mask=cmask, other=0.0)
+    rstd = tl.load(RSTD + sets, mask=cmask, other=0.0)
+    scale = rstd
+    if HAS_W:
+        scale = rstd * tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
+    shift = -mean * scale
+    if HAS_B:
+        shift += tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)
+    off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
+    s0 = kk * SPP
+    s_end = tl.minimum(s0 + SPP, S)
+    for s in range(s0, s_end, SB):
+        pos = s + tl.arange(0, SB)
+        m = cmask[:, None] & (pos < s_end)[None, :]
+        o = off + pos[None, :].to(tl.int64) * ss
+        x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
+        y = x * scale[:, None] + shift[:, None]
+        if RELU:
+            y = tl.maximum(y, 0.0)
+        tl.store(Y + o, y.to(Y.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _partial_grad(
+    X,
+    DY,
+    MEAN,
+    RSTD,
+    W,
+    B,
+    PSY,
+    PSXY,
+    C,
+    S,
+    sn,
+    sc,
+    ss,
+    SET_N,
+    CPG,
+    SPP,
+    NK,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    RELU: tl.constexpr,
+    CB: tl.constexpr,
+    SB: tl.constexpr,
+):
+    """Per (sample, channel, chunk): ``sum(dy)`` and ``sum(dy * xhat)``, with ``dy`` masked by
+    the forward's ReLU where it had one; stored at ``(n*C + c)*NK + kk``."""
+    kk = tl.program_id(0)
+    cb = tl.program_id(1)
+    n = tl.program_id(2)
+    cs = cb * CB + tl.arange(0, CB)
+    cmask = cs < C
+    sets = n * SET_N + cs // CPG
+    mean = tl.load(MEAN + sets, mask=cmask, other=0.0)
+    rstd = tl.load(RSTD + sets, mask=cmask, other=0.0)
+    if RELU:
+        scale = rstd
+        if HAS_W:
+            scale = rstd * tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
+        shift = -mean * scale
+        if HAS_B:
+            shift += tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)
+    off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
+    s0 = kk * SPP
+    s_end = tl.minimum(s0 + SPP, S)
+    sy = tl.zeros([CB], dtype=tl.float32)
+    sxy = tl.zeros([CB], dtype=tl.float32)
+    for s in range(s0, s_end, SB):
+        pos = s + tl.arange(0, SB)
+        m = cmask[:, None] & (pos < s_end)[None, :]
+        o = off + pos[None, :].to(tl.int64) * ss
+        x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
+        dy = tl.load(DY + o, mask=m, other=0.0).to(tl.float32)
+        if RELU:
+            dy = tl.where(x * scale[:, None] + shift[:, None] > 0.0, dy, 0.0)
+        xhat = (x - mean[:, None]) * rstd[:, None]
+        sy += tl.sum(dy, axis=1)
+        sxy += tl.sum(dy * xhat, axis=1)
+    idx = (n.to(tl.int64) * C + cs) * NK + kk
+    tl.store(PSY + idx, sy, mask=cmask)
+    tl.store(PSXY + idx, sxy, mask=cmask)
+
+
+@triton.jit
+def _apply_grad(
+    X,
+    DY,
+    DX,
+    MEAN,
+    RSTD,
+    W,
+    B,
+    CA,
+    CB_,
+    N,
+    C,
+    S,
+    sn,
+    sc,
+    ss,
+    SET_N,
+    CPG,
+    SPP,
+    NK,
+    NCB,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    RELU: tl.constexpr,
+    CB: tl.constexpr,
+    SB: tl.constexpr,
+):
+    """``dx = rstd * (w * dy - xhat * a[set] - b[set])``, the last chunk first."""
+    kk = NK - 1 - tl.program_id(0)
+    cb = NCB - 1 - tl.program_id(1)
+    n = N - 1 - tl.program_id(2)
+    cs = cb * CB + tl.arange(0, CB)
+    cmask = cs < C
+    sets = n * SET_N + cs // CPG
+    mean = tl.load(MEAN + sets, mask=cmask, other=0.0)
+    rstd = tl.load(RSTD + sets, mask=cmask, other=0.0)
+    ca = tl.load(CA + sets, mask=cmask, other=0.0)
+    cb_ = tl.load(CB_ + sets, mask=cmask, other=0.0)
+    w = tl.full([CB], 1.0, tl.float32)
+    if HAS_W:
+        w = tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
+    scale = rstd * w
+    if RELU:  # the forward's y, computed as it was
+        shift = -mean * scale
+        if HAS_B:
+            shift += tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)
+    off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
+    s0 = kk * SPP
+    s_end = tl.minimum(s0 + SPP, S)
+    for s in range(s0, s_end, SB):
+        pos = s + tl.arange(0, SB)
+        m = cmask[:, None] & (pos < s_end)[None, :]
+        o = off + pos[None, :].to(tl.int64) * ss
+        x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
+        dy = tl.load(DY + o, mask=m, other=0.0).to(tl.float32)
+        if RELU:
+            dy = tl.where(x * scale[:, None] + shift[:, None] > 0.0, dy, 0.0)
+        xhat = (x - mean[:, None]) * rstd[:, None]
+        dx = rstd[:, None] * (w[:, None] * dy - xhat * ca[:, None] - cb_[:, None])
+        tl.store(DX + o, dx.to(DX.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _group_fwd(
+    X,
+    Y,
+    W,
+    B,
+    MEAN,
+    RSTD,
+    VAR,
+    C,
+    S,
+    G,
+    CPG,
+    eps,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    RELU: tl.constexpr,
+    CB: tl.constexpr,
+    SB: tl.constexpr,
+):
+    """One pass over set ``(n, g)`` of a contiguous input: its ``CPG x S`` block in registers."""
+    g = tl.program_id(0)
+    n = tl.program_id(1)
+    ci = tl.arange(0, CB)
+    pos = tl.arange(0, SB)
+    cmask = ci < CPG
+    m = cmask[:, None] & (pos < S)[None, :]
+    cs = g * CPG + ci
+    off = (cs[:, None].to(tl.int64) + n * C) * S + pos[None, :]
+    x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
+    count = CPG * S * 1.0
+    mean = tl.sum(tl.sum(x, axis=1), axis=0) / count
+    d = tl.where(m, x - mean, 0.0)
+    var = tl.sum(tl.sum(d * d, axis=1), axis=0) / count
+    rstd = 1.0 / tl.sqrt(var + eps)
+    scale = tl.full([CB], 1.0, tl.float32) * rstd
+    if HAS_W:
+        scale = rstd * tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
+    y = d * scale[:, None]
+    if HAS_B:
+        y += tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)[:, None]
+    if RELU:
+        y = tl.maximum(y, 0.0)
+    tl.store(Y + off, y.to(Y.dtype.element_ty), mask=m)
+    tl.store(MEAN + n * G + g, mean)
+    tl.store(RSTD + n * G + g, rstd)
+    tl.store(VAR + n * G + g, var)
+
+
+@triton.jit
+def _group_bwd(
+    X,
+    DY,
+    DX,
+    W,
+    B,
+    MEAN,
+    RSTD,
+    PDW,
+    PDB,
+    N,
+    C,
+    S,
+    G,
+    CPG,
+    NPP,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    RELU: tl.constexpr,
+    CB: tl.constexpr,
+    SB: tl.constexpr,
+):
+    """One pass per set ``(n, g)`` for samples ``p*NPP ...``: ``dx``, and this program's
+    per-channel ``sum(dy * xhat)`` and ``sum(dy)`` at ``PDW/PDB[p, c]``."""
+    g = tl.program_id(0)
+    p = tl.program_id(1)
+    ci = tl.arange(0, CB)
+    pos = tl.arange(0, SB)
+    cmask = ci < CPG
+    m = cmask[:, None] & (pos < S)[None, :]
+    cs = g * CPG + ci
+    w = tl.full([CB], 1.0, tl.float32)
+    if HAS_W:
+        w = tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
+    bias = tl.zeros([CB], dtype=tl.float32)
+    if HAS_B:
+        bias = tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)
+    count = CPG * S * 1.0
+    dw = tl.zeros([CB], dtype=tl.float32)
+    db = tl.zeros([CB], dtype=tl.float32)
+    n_end = tl.minimum(p * NPP + NPP, N)
+    for n in range(p * NPP, n_end):
+        off = (cs[:, None].to(tl.int64) + n * C) * S + pos[None, :]
+        mean = tl.load(MEAN + n * G + g)
+        rstd = tl.load(RSTD + n * G + g)
+        x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
+        dy = tl.load(DY + off, mask=m, other=0.0).to(tl.float32)
+        d = tl.where(m, x - mean, 0.0)
+        xhat = d * rstd
+        if RELU:  # the forward's y, computed as it was
+            dy = tl.where(d * (rstd * w)[:, None] + bias[:, None] > 0.0, dy, 0.0)
+        cdy = tl.sum(dy, axis=1)
+        cdyx = tl.sum(dy * xhat, axis=1)
+        dw += cdyx
+        db += cdy
+        a = tl.sum(cdyx * w, axis=0) / count
+        b = tl.sum(cdy * w, axis=0) / count
+        dx = rstd * (w[:, None] * dy - xhat * a - b)
+        tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=m)
+    tl.store(PDW + p * C + cs, dw, mask=cmask)
+    tl.store(PDB + p * C + cs, db, mask=cmask)
+
+
+@triton.jit
+def _token_fwd(
+    X,
+    Y,
+    W,
+    B,
+    MEAN,
+    RSTD,
+    R,
+    D,
+    eps,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    RELU: tl.constexpr,
+    RB: tl.constexpr,
+    DB: tl.constexpr,
+):
+    """Layer norm of ``RB`` rows of a contiguous ``(R, D)`` tensor, each in registers."""
+    rows = tl.program_id(0) * RB + tl.arange(0, RB)
+    cols = tl.arange(0, DB)
+    rmask = rows < R
+    cmask = cols < D
+    m = rmask[:, None] & cmask[None, :]
+    off = rows[:, None].to(tl.int64) * D + cols[None, :]
+    x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / D
+    d = tl.where(m, x - mean[:, None], 0.0)
+    var = tl.sum(d * d, axis=1) / D
+    rstd = 1.0 / tl.sqrt(var + eps)
+    y = d * rstd[:, None]
+    if HAS_W:
+        y *= tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    if HAS_B:
+        y += tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    if RELU:
+        y = tl.maximum(y, 0.0)
+    tl.store(Y + off, y.to(Y.dtype.element_ty), mask=m)
+    tl.store(MEAN + rows, mean, mask=rmask)
+    tl.store(RSTD + rows, rstd, mask=rmask)
+
+
+@triton.jit
+def _token_bwd(
+    X,
+    DY,
+    DX,
+    W,
+    B,
+    MEAN,
+    RSTD,
+    PDW,
+    PDB,
+    R,
+    D,
+    RPP,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    RELU: tl.constexpr,
+    RB: tl.constexpr,
+    DB: tl.constexpr,
+):
+    """``dx`` of rows ``p*RPP ...`` (``RB`` at a time), and this program's column sums of
+    ``dy * xhat`` and ``dy`` at ``PDW/PDB[p, :]``."""
+    p = tl.program_id(0)
+    cols = tl.arange(0, DB)
+    cmask = cols < D
+    w = tl.full([DB], 1.0, tl.float32)
+    if HAS_W:
+        w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    bias = tl.zeros([DB], dtype=tl.float32)
+    if HAS_B:
+        bias = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
+    dw = tl.zeros([DB], dtype=tl.float32)
+    db = tl.zeros([DB], dtype=tl.float32)
+    r_end = tl.minimum(p * RPP + RPP, R)
+    for r0 in range(p * RPP, r_end, RB):
+        rows = r0 + tl.arange(0, RB)
+        rmask = rows < r_end
+        m = rmask[:, None] & cmask[None, :]
+        off = rows[:, None].to(tl.int64) * D + cols[None, :]
+        mean = tl.load(MEAN + rows, mask=rmask, other=0.0)
+        rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
+        x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
+        dy = tl.load(DY + off, mask=m, other=0.0).to(tl.float32)
+        xhat = tl.where(m, (x - mean[:, None]) * rstd[:, None], 0.0)
+        if RELU:
+            dy = tl.where(xhat * w[None, :] + bias[None, :] > 0.0, dy, 0.0)
+        dw += tl.sum(dy * xhat, axis=0)
+        db += tl.sum(dy, axis=0)
+        wdy = dy * w[None, :]
+        a = tl.sum(wdy * xhat, axis=1) / D
+        b = tl.sum(wdy, axis=1) / D
+        dx = rstd[:, None] * (wdy - xhat * a[:, None] - b[:, None])
+        tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=m)
+    tl.store(PDW + p * D + cols, dw, mask=cmask)
+    tl.store(PDB + p * D + cols, db, mask=cmask)
