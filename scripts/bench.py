@@ -16,6 +16,13 @@ warm-up; the rows report per-contender medians. Contenders:
   5 for both, so ``copy_bound = copy_ms * sizes / 2`` and ``copy_fraction = copy_bound / ms``
   (1.0 = at memory speed). On CUDA the same fraction is the bandwidth fraction vs ``copy_``.
 
+CUDA timing (``--cuda-timing``): ``latency`` (default) synchronizes before each call and
+times it with CUDA events, so the host's work before the first kernel (Python, launches)
+counts, as in a program that waits for each result; ``gpu`` puts an L2-evicting memset and a
+~1 ms GPU sleep ahead of each call, so the host queues the call's launches while the GPU is
+busy and the events time the GPU's work, as in training, where the host runs ahead (the
+method of ``triton.testing.do_bench``): the bandwidth of the kernels themselves.
+
 ``--train`` adds a training step of a small ConvNet built with each normzoo norm and with its
 torch.nn equivalent (throughput, interleaved) and the memory of that step: on CUDA the peak of
 ``torch.cuda.max_memory_allocated``; on CPU, which has no allocator statistics, the bytes of
@@ -111,17 +118,32 @@ def torch_equivalent(name: str, ours: nn.Module, c: int, token: bool) -> nn.Modu
 
 
 # -- timing ----------------------------------------------------------------------------------
+#: ``--cuda-timing``: "latency" or "gpu" (see the module docstring).
+CUDA_TIMING = "latency"
+#: Bytes of the memset that evicts the L2 before a "gpu"-timed call (the H200's L2: 60 MB).
+FLUSH_BYTES = 256 << 20
+#: GPU cycles of the sleep ahead of a "gpu"-timed call (~1 ms at 2 GHz): time for the host.
+SLEEP_CYCLES = 2_000_000
+
+
 class Timer:
-    """Wall-clock timing of one call: perf_counter on CPU, CUDA events on a GPU."""
+    """Wall-clock timing of one call: perf_counter on CPU, CUDA events on a GPU (with
+    ``CUDA_TIMING == "gpu"``, the GPU's time, the host's launches queued ahead)."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
+        self.flush = None
+        if self.cuda and CUDA_TIMING == "gpu":
+            self.flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=device)
 
     def __call__(self, fn: Callable[[], Any], setup: Callable[[], Any] | None = None) -> float:
         arg = setup() if setup else None
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize()
+            if self.flush is not None:
+                self.flush.zero_()
+                torch.cuda._sleep(SLEEP_CYCLES)
             start.record()
             fn() if arg is None else fn(arg)
             end.record()
@@ -525,6 +547,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda if any")
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument(
+        "--cuda-timing",
+        choices=("latency", "gpu"),
+        default="latency",
+        help="latency: each call from an idle GPU, host work included; gpu: the GPU's time",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument(
@@ -569,6 +597,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    global CUDA_TIMING
+    CUDA_TIMING = args.cuda_timing
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.norms or normzoo.available()
@@ -580,6 +610,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     meta = machine()
     meta["title"] = args.title
+    meta["cuda_timing"] = args.cuda_timing
     meta["load_start"] = load()
     print(json.dumps(meta), flush=True)
     result: dict[str, Any] = {

@@ -26,6 +26,7 @@ check them compiled.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from types import ModuleType
 from typing import Any
@@ -109,13 +110,19 @@ def _target_programs(x: Tensor) -> int:
     return 16 * (_sm_count(x.device.index or 0) if x.is_cuda else 8)
 
 
+def _plan(x: Tensor, fold: bool) -> _Plan:
+    """The (cached) :class:`_Plan` of ``x``: its shape, layout and the device's size decide."""
+    rows = x.dim() == 2 or _layout(x) == "channels_last"
+    return _cached_plan(tuple(x.shape), rows, fold, _target_programs(x))
+
+
 class _Plan:
     """Tiles and chunks of the two-phase kernels for ``x`` seen as ``(n, c, s)``."""
 
-    def __init__(self, x: Tensor, fold: bool) -> None:
-        n, c = x.shape[0], x.shape[1]
-        s = x.numel() // max(1, n * c)
-        if x.dim() == 2 or _layout(x) == "channels_last":
+    def __init__(self, shape: tuple[int, ...], rows: bool, fold: bool, target: int) -> None:
+        n, c = shape[0], shape[1]
+        s = math.prod(shape) // max(1, n * c)
+        if rows:
             # rows of C channels; batch norm folds the samples into the positions
             if fold:
                 n, s = 1, n * s
@@ -129,15 +136,25 @@ class _Plan:
         self.n, self.c, self.s = n, c, s
         self.ncb = _cdiv(c, self.cb)
         most = _cdiv(s, self.sb)
-        nk = min(max(1, _cdiv(_target_programs(x), self.ncb * n)), most)
+        nk = min(max(1, _cdiv(target, self.ncb * n)), most)
         self.spp = _cdiv(_cdiv(s, nk), self.sb) * self.sb
         self.nk = _cdiv(s, self.spp)
         self.grid = (self.nk, self.ncb, n)
         self.warps = 8 if self.cb * self.sb >= 2048 else 4
 
 
-def _stats(x: Tensor, plan: _Plan, sets: tuple[int, int], eps: float) -> tuple[Tensor, ...]:
-    """``(mean, rstd, var)`` per set: ``sets = (SET_N, CPG)``, batch norm ``(0, 1)``."""
+_cached_plan = functools.lru_cache(maxsize=256)(_Plan)
+
+
+def _stats(
+    x: Tensor,
+    plan: _Plan,
+    sets: tuple[int, int],
+    eps: float,
+    running: tuple[Tensor, Tensor, float] | None = None,
+) -> tuple[Tensor, ...]:
+    """``(mean, rstd, var)`` per set: ``sets = (SET_N, CPG)``, batch norm ``(0, 1)``;
+    ``running = (running_mean, running_var, factor)`` blends them into those (per set)."""
     k = _kernels()
     n, c, nk = plan.n, plan.c, plan.nk
     set_n, cpg = sets
@@ -151,9 +168,12 @@ def _stats(x: Tensor, plan: _Plan, sets: tuple[int, int], eps: float) -> tuple[T
         CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
     )  # fmt: skip
     out = torch.empty((3, count), device=x.device, dtype=torch.float32)
+    rm, rv, factor = running if running is not None else (None, None, 0.0)
+    m = x.numel() // count  # values per set
     k._finalize[(count,)](
-        part[0], part[1], part[2], out[0], out[1], out[2], per, eps,
-        KB=min(1024, _pow2(per)), num_warps=4,
+        part[0], part[1], part[2], out[0], out[1], out[2], rm, rv, per, eps, factor,
+        m / max(m - 1, 1), HAS_RUNNING=running is not None, KB=min(1024, _pow2(per)),
+        num_warps=4,
     )  # fmt: skip
     return out[0], out[1], out[2]
 
@@ -165,9 +185,10 @@ def _two_phase_forward(
     sets: tuple[int, int],
     eps: float,
     relu: bool,
+    running: tuple[Tensor, Tensor, float] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    plan = _Plan(x, fold=sets[0] == 0)
-    mean, rstd, var = _stats(x, plan, sets, eps)
+    plan = _plan(x, fold=sets[0] == 0)
+    mean, rstd, var = _stats(x, plan, sets, eps, running)
     y = torch.empty_like(x)
     _kernels()._apply[plan.grid](
         x, y, mean, rstd, weight, bias, plan.n, plan.c, plan.s, *plan.strides, *sets,
@@ -188,7 +209,7 @@ def _two_phase_backward(
     relu: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     k = _kernels()
-    plan = _Plan(x, fold=sets[0] == 0)
+    plan = _plan(x, fold=sets[0] == 0)
     n, c, nk = plan.n, plan.c, plan.nk
     part = torch.empty((2, n, c, nk), device=x.device, dtype=torch.float32)
     flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu)
@@ -323,6 +344,24 @@ def _token_backward(
     return dx, dw_db[0], dw_db[1]
 
 
+def _forward(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    kind: str,
+    groups: int,
+    eps: float,
+    relu: bool,
+    running: tuple[Tensor, Tensor, float] | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(y, mean, rstd, var)`` of norm ``kind`` (per set)."""
+    if kind == "batch":
+        return _two_phase_forward(x, weight, bias, (0, 1), eps, relu, running)
+    if kind == "group":
+        return _group_forward(x, groups, weight, bias, eps, relu)
+    return _token_forward(x, weight, bias, eps, relu)
+
+
 class _TritonNorm(torch.autograd.Function):
     """``(y, mean, var)`` of one of the norms (``kind``: ``"batch"``, ``"group"`` with
     ``groups``, ``"token"``); ``mean`` and the biased ``var`` (per set) are not
@@ -340,13 +379,9 @@ class _TritonNorm(torch.autograd.Function):
         groups: int,
         eps: float,
         relu: bool,
+        running: tuple[Tensor, Tensor, float] | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        if kind == "batch":
-            y, mean, rstd, var = _two_phase_forward(x, weight, bias, (0, 1), eps, relu)
-        elif kind == "group":
-            y, mean, rstd, var = _group_forward(x, groups, weight, bias, eps, relu)
-        else:
-            y, mean, rstd, var = _token_forward(x, weight, bias, eps, relu)
+        y, mean, rstd, var = _forward(x, weight, bias, kind, groups, eps, relu, running)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         ctx.kind, ctx.groups, ctx.eps, ctx.relu = kind, groups, eps, relu
         ctx.mark_non_differentiable(mean, var)
@@ -357,12 +392,13 @@ class _TritonNorm(torch.autograd.Function):
         x, weight, bias, mean, rstd = ctx.saved_tensors
         kind, relu = ctx.kind, ctx.relu
         needs = ctx.needs_input_grad[:3]
+        nones = (None,) * 5
         if torch.is_grad_enabled():  # create_graph=True: torch's math, with a graph
             inputs = [t for t, need in zip((x, weight, bias), needs, strict=True) if need]
             y = reference(x, weight, bias, kind, ctx.groups, ctx.eps)
             out = torch.relu(y) if relu else y
             grads = iter(torch.autograd.grad(out, inputs, dy, create_graph=True))
-            return (*(next(grads) if need else None for need in needs), None, None, None, None)
+            return (*(next(grads) if need else None for need in needs), *nones)
         layout = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
         dy = dy.contiguous() if x.is_contiguous() else dy.contiguous(memory_format=layout)
         if kind == "batch":
@@ -375,11 +411,28 @@ class _TritonNorm(torch.autograd.Function):
             dx if needs[0] else None,
             dw.to(weight.dtype) if needs[1] else None,
             db.to(bias.dtype) if needs[2] else None,
-            None,
-            None,
-            None,
-            None,
+            *nones,
         )
+
+
+def _run(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    kind: str,
+    groups: int,
+    eps: float,
+    relu: bool,
+    running: tuple[Tensor, Tensor, float] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Through :class:`_TritonNorm` where autograd needs it, else the forward kernels alone
+    (the Function's fixed cost is tens of microseconds of a launch-bound call)."""
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias)
+    ):
+        return _TritonNorm.apply(x, weight, bias, kind, groups, eps, relu, running)
+    y, mean, _, var = _forward(x, weight, bias, kind, groups, eps, relu, running)
+    return y, mean, var
 
 
 def reference(
@@ -394,12 +447,21 @@ def reference(
 
 
 def batch_norm(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, relu: bool = False
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    relu: bool = False,
+    running: tuple[Tensor, Tensor, float] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""Training-mode batch norm of ``x`` ``(N, C, *spatial)``:
     ``y = w (x - E[x]) / sqrt(Var[x] + eps) + b`` per channel over ``N`` and the positions
-    (``relu``: then a ReLU). Returns ``(y, mean, var)``, ``var`` biased, both ``(C,)``."""
-    return _TritonNorm.apply(x, weight, bias, "batch", 0, eps, relu)
+    (``relu``: then a ReLU). Returns ``(y, mean, var)``, ``var`` biased, both ``(C,)``.
+    ``running = (running_mean, running_var, factor)``: blended in place as
+    ``Tensor.lerp_(batch, factor)`` with the unbiased variance, in the statistics kernel.
+
+    S. Ioffe, C. Szegedy, "Batch Normalization", ICML 2015."""
+    return _run(x, weight, bias, "batch", 0, eps, relu, running)
 
 
 def group_norm(
@@ -412,12 +474,16 @@ def group_norm(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Group norm of ``x`` ``(N, C, *spatial)`` with ``groups`` groups (1: channels-first
     layer norm, ``C``: instance norm). Returns ``(y, mean, var)``, per (sample, group)
-    ``(N * groups,)``."""
-    return _TritonNorm.apply(x, weight, bias, "group", groups, eps, relu)
+    ``(N * groups,)``.
+
+    Y. Wu, K. He, "Group Normalization", ECCV 2018."""
+    return _run(x, weight, bias, "group", groups, eps, relu)
 
 
 def layer_norm_tokens(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, relu: bool = False
 ) -> Tensor:
-    """Layer norm of a contiguous ``(..., C)`` tensor over its last dim (``F.layer_norm``)."""
-    return _TritonNorm.apply(x, weight, bias, "token", 1, eps, relu)[0]
+    """Layer norm of a contiguous ``(..., C)`` tensor over its last dim (``F.layer_norm``).
+
+    J. L. Ba, J. R. Kiros, G. E. Hinton, "Layer Normalization", arXiv:1607.06450."""
+    return _run(x, weight, bias, "token", 1, eps, relu)[0]

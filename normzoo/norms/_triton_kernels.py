@@ -77,9 +77,25 @@ def _partial_stats(
 
 
 @triton.jit
-def _finalize(PCNT, PMEAN, PM2, MEAN, RSTD, VAR, K, eps, KB: tl.constexpr):
+def _finalize(
+    PCNT,
+    PMEAN,
+    PM2,
+    MEAN,
+    RSTD,
+    VAR,
+    RMEAN,
+    RVAR,
+    K,
+    eps,
+    factor,
+    unbias,
+    HAS_RUNNING: tl.constexpr,
+    KB: tl.constexpr,
+):
     """Merge the ``K`` partials of set ``i`` (at ``i*K ...``): its mean, 1/std and biased
-    variance."""
+    variance; with ``HAS_RUNNING``, blend them into the running statistics as ``Tensor.lerp_``
+    does (``unbias``: ``count / (count - 1)``)."""
     i = tl.program_id(0).to(tl.int64)
     base = i * K
     acc_n = tl.zeros([KB], dtype=tl.float32)
@@ -105,6 +121,19 @@ def _finalize(PCNT, PMEAN, PM2, MEAN, RSTD, VAR, K, eps, KB: tl.constexpr):
     tl.store(MEAN + i, mean)
     tl.store(RSTD + i, 1.0 / tl.sqrt(var + eps))
     tl.store(VAR + i, var)
+    if HAS_RUNNING:
+        rm = tl.load(RMEAN + i).to(tl.float32)
+        rv = tl.load(RVAR + i).to(tl.float32)
+        uv = var * unbias
+        # lerp: start + w (end - start) below w = 0.5, end - (end - start)(1 - w) from it
+        if factor < 0.5:
+            rm = rm + factor * (mean - rm)
+            rv = rv + factor * (uv - rv)
+        else:
+            rm = mean - (mean - rm) * (1.0 - factor)
+            rv = uv - (uv - rv) * (1.0 - factor)
+        tl.store(RMEAN + i, rm.to(RMEAN.dtype.element_ty))
+        tl.store(RVAR + i, rv.to(RVAR.dtype.element_ty))
 
 
 @triton.jit

@@ -294,9 +294,11 @@ class BatchNorm(Norm):
             return self._native_forward(x, factor), False
         if self.impl == "fast" and batch_stats and _triton.serves(x, self.weight, self.bias):
             # CUDA: the Triton kernels (normzoo.norms._triton)
-            y, mean, var = _triton.batch_norm(x, self.weight, self.bias, self.eps, relu)
+            # (the running statistics blended in its statistics kernel)
+            running = None
             if self.training and self.track_running_stats:
-                self._blend_running_stats(mean, var, factor, x.numel() // x.shape[1])
+                running = (self.running_mean, self.running_var, factor)
+            y = _triton.batch_norm(x, self.weight, self.bias, self.eps, relu, running)[0]
             return y, relu
         if self.impl == "fast":
             y = F.batch_norm(
