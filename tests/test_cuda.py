@@ -283,12 +283,14 @@ TRITON_SHAPES = {
 
 @pytest.fixture
 def triton_everywhere(monkeypatch):
-    """Every input takes the Triton kernels (no size threshold); counts their calls."""
+    """Every input the Triton kernels support takes them (NORMZOO_TRITON=all, no size
+    threshold); counts their calls."""
     from normzoo.norms import _triton
 
     if not _triton.available():
         pytest.skip("triton is not installed")
-    monkeypatch.setattr(_triton, "MIN_NUMEL", 0)
+    monkeypatch.setenv("NORMZOO_TRITON", "all")
+    monkeypatch.setattr(_triton, "MIN_NUMEL_ALL", 0)
     calls = []
     forward = _triton._forward
     monkeypatch.setattr(_triton, "_forward", lambda *a: calls.append(a[3]) or forward(*a))
@@ -398,20 +400,30 @@ def test_cuda_triton_double_backward(triton_everywhere):
 
 
 def test_cuda_triton_dispatch(monkeypatch):
-    """Large float32/half CUDA inputs take the kernels; float64, small inputs, other layouts,
-    NORMZOO_TRITON=0 and autocast keep torch's."""
+    """The measured dispatch: from MIN_NUMEL elements, batch norm on contiguous input, group
+    and instance norm on contiguous input with one-pass groups, and group, layer and instance
+    norm on channels_last; float64, smaller inputs, other layouts, NORMZOO_TRITON=0 and
+    autocast keep torch's kernels."""
     from normzoo.norms import _triton
 
     if not _triton.available():
         pytest.skip("triton is not installed")
-    big = torch.empty(8, 64, 32, 32, device="cuda")
-    assert _triton.serves(big) and _triton.serves(big.half())
-    assert _triton.serves(big.to(memory_format=torch.channels_last))
-    assert not _triton.serves(big.double())
-    assert not _triton.serves(big[:1])  # below MIN_NUMEL
-    assert not _triton.serves(big.transpose(2, 3))
-    assert not _triton.serves(big, torch.ones(64))  # a CPU parameter
+    monkeypatch.setattr(_triton, "MIN_NUMEL", 1 << 20)  # the rule's shape, small tensors
+    big = torch.empty(16, 64, 32, 32, device="cuda")
+    cl = big.to(memory_format=torch.channels_last)
+    assert _triton.serves_batch(big) and _triton.serves_batch(big.half())
+    assert not _triton.serves_batch(cl) and not _triton.serves_batch(big.view(16, -1))
+    assert _triton.serves_group(big, 32) and _triton.serves_group(big, 64)  # GN, IN
+    assert not _triton.serves_group(big, 1)  # LN over (C, H, W): two-phase, slower
+    assert _triton.serves_group(cl, 1) and _triton.serves_group(cl, 32)
+    assert not _triton.serves_tokens(big.view(-1, 1024))
+    assert not _triton.serves_batch(big.double())
+    assert not _triton.serves_batch(big[:1])  # below MIN_NUMEL
+    assert not _triton.serves_batch(big.transpose(2, 3))
+    assert not _triton.serves_batch(big, torch.ones(64))  # a CPU parameter
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        assert not _triton.serves(big)
+        assert not _triton.serves_batch(big)
+    monkeypatch.setenv("NORMZOO_TRITON", "all")
+    assert _triton.serves_batch(cl) and _triton.serves_tokens(big.view(-1, 1024))
     monkeypatch.setenv("NORMZOO_TRITON", "0")
-    assert not _triton.serves(big)
+    assert not _triton.serves_batch(big) and not _triton.serves_group(cl, 1)

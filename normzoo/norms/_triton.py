@@ -15,8 +15,27 @@ first. The kernels here (``normzoo.norms._triton_kernels``) move what the math n
   it starts on what is still in L2.
 
 Arithmetic is float32 for float32, bfloat16 and float16 inputs; ``y`` and ``dx`` have the
-input's dtype and layout (channels_last stays channels_last, no copy). float64 and small
-inputs keep torch's kernels. Dispatch: :func:`serves`. ``NORMZOO_TRITON=0`` turns the path off.
+input's dtype and layout (channels_last stays channels_last, no copy).
+
+Measured on an H200 (tenth session, ``docs/data/bench_cuda_h200_triton_*.json``, fwd and bwd
+as fractions of a ``copy_`` of the same tensor, timed as the GPU's work): the one-pass kernels
+run at 0.82-0.97 of the copy ceiling on (256, 64, 64, 64) and (65536, 1024) (torch's: 0.2-0.6),
+the two-phase ones at 0.58-0.64 contiguous (two passes over a tensor larger than the L2 bound
+them near 2/3) and 0.41-0.53 channels_last. But each Triton launch from Python costs far more
+host time than a torch kernel call, so timed call by call (host included) they win only on
+large tensors; the dispatch (:func:`serves_batch`, :func:`serves_group`) takes them where that
+measured a win, at ``MIN_NUMEL`` elements and more:
+
+* batch norm on contiguous ``(N, C, *spatial)``: fwd+bwd 0.70x torch's at (256, 64, 64, 64)
+  (1.79x at (64, 64, 64, 64)); channels_last and ``(N, C)`` keep torch's (1.8-2.1x slower);
+* group and instance norm on contiguous input with one-pass groups: 0.93-0.99x (1.3-1.6x at
+  16M elements), and group, instance and layer norm on channels_last: 0.80-0.82x (torch's
+  kernels copy to NCHW there);
+* layer norm over (C, H, W) on contiguous input (two-phase: 1.35x) and over tokens (one-pass,
+  2x faster on the GPU but 1.28x host included) keep torch's.
+
+``NORMZOO_TRITON=0`` turns the kernels off; ``NORMZOO_TRITON=all`` serves every input they
+support from ``MIN_NUMEL_ALL`` elements (tests, and A/B runs on a GPU).
 
 The functions take CPU tensors too under Triton's interpreter (``TRITON_INTERPRET=1``), which
 is how the CPU tests check the kernels' arithmetic; the GPU tests (``tests/test_cuda.py``)
@@ -37,11 +56,24 @@ from torch.nn import functional as F
 
 from normzoo.norms._rownorm import _autocast_on
 
-__all__ = ["available", "batch_norm", "group_norm", "layer_norm_tokens", "serves"]
+__all__ = [
+    "available",
+    "batch_norm",
+    "group_norm",
+    "layer_norm_tokens",
+    "serves",
+    "serves_batch",
+    "serves_group",
+    "serves_tokens",
+    "takes",
+]
 
 _ENV = "NORMZOO_TRITON"
-#: Inputs with fewer elements keep torch's kernels (a Triton launch has a larger fixed cost).
-MIN_NUMEL = 1 << 18
+#: Inputs with fewer elements keep torch's kernels: the Triton launches' host time outweighs
+#: their faster kernels below (measured: 16M elements lost, 67M won; see above).
+MIN_NUMEL = 1 << 26
+#: The threshold under ``NORMZOO_TRITON=all``.
+MIN_NUMEL_ALL = 1 << 18
 #: The largest (sample, group) block that one program holds in registers.
 ONE_PASS_MAX = 8192
 #: Elements per tile of the two-phase kernels.
@@ -58,12 +90,18 @@ def _kernels() -> ModuleType | None:
     return _triton_kernels
 
 
+def _mode() -> str:
+    """``NORMZOO_TRITON``: ``"off"``, ``"all"`` or ``"measured"`` (the default)."""
+    value = os.environ.get(_ENV, "1").strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return "off"
+    return "all" if value == "all" else "measured"
+
+
 def available() -> bool:
     """Whether the Triton kernels can be used: ``triton`` imports and ``NORMZOO_TRITON`` is not
     ``0``."""
-    if os.environ.get(_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    return _kernels() is not None
+    return _mode() != "off" and _kernels() is not None
 
 
 def _layout(x: Tensor) -> str | None:
@@ -77,11 +115,14 @@ def _layout(x: Tensor) -> str | None:
 
 
 def serves(x: Tensor, *params: Tensor | None) -> bool:
-    """Whether the Triton kernels take ``x``: a CUDA tensor in float32, bfloat16 or float16
-    with at least ``MIN_NUMEL`` elements, contiguous or channels_last, outside
-    ``torch.compile`` and ``torch.jit.trace`` (which see torch's kernels), with floating
-    parameters on its device; and :func:`available`."""
-    if not (x.is_cuda and x.dtype in DTYPES and x.numel() >= MIN_NUMEL and x.dim() >= 2):
+    """Whether the Triton kernels can take ``x``: a CUDA tensor in float32, bfloat16 or
+    float16 with at least ``MIN_NUMEL`` elements (``MIN_NUMEL_ALL`` under
+    ``NORMZOO_TRITON=all``), contiguous or channels_last, outside ``torch.compile`` and
+    ``torch.jit.trace`` (which see torch's kernels) and autocast, with floating parameters on
+    its device; and :func:`available`. Each norm's own rule comes on top
+    (:func:`serves_batch`, :func:`serves_group`, :func:`serves_tokens`)."""
+    least = MIN_NUMEL_ALL if _mode() == "all" else MIN_NUMEL
+    if not (x.is_cuda and x.dtype in DTYPES and x.numel() >= least and x.dim() >= 2):
         return False
     if torch.compiler.is_compiling() or torch._C._is_tracing():
         return False
@@ -91,6 +132,38 @@ def serves(x: Tensor, *params: Tensor | None) -> bool:
         if p is not None and (p.device != x.device or p.dtype not in DTYPES):
             return False
     return _layout(x) is not None and available()
+
+
+def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) -> bool:
+    """The measured rule (module docstring) for an input of ``shape`` that :func:`serves`
+    accepts: ``kind`` ``"batch"``, ``"group"`` (``groups`` groups) or ``"token"``;
+    ``contiguous``: else channels_last. Under ``NORMZOO_TRITON=all``: every input the
+    kernels support."""
+    every = _mode() == "all"
+    if kind == "batch":
+        return every or (len(shape) >= 3 and contiguous)
+    if kind == "group":
+        if len(shape) < 3:
+            return False
+        return not contiguous or every or _one_pass_shape(shape, groups)
+    return every
+
+
+def serves_batch(x: Tensor, *params: Tensor | None) -> bool:
+    """Batch norm (training) of ``x`` through the kernels: :func:`serves` and :func:`takes`."""
+    return serves(x, *params) and takes("batch", tuple(x.shape), x.is_contiguous())
+
+
+def serves_group(x: Tensor, groups: int, *params: Tensor | None) -> bool:
+    """Group norm of ``x`` with ``groups`` groups (1: layer norm over (C, *spatial), C:
+    instance norm) through the kernels: :func:`serves` and :func:`takes`."""
+    return serves(x, *params) and takes("group", tuple(x.shape), x.is_contiguous(), groups)
+
+
+def serves_tokens(x: Tensor, *params: Tensor | None) -> bool:
+    """Layer norm of tokens ``(..., C)`` through the kernels: :func:`serves` and
+    :func:`takes` (only under ``NORMZOO_TRITON=all`` for now)."""
+    return x.is_contiguous() and serves(x, *params) and takes("token", tuple(x.shape), True)
 
 
 def _pow2(n: int) -> int:
@@ -237,13 +310,16 @@ def _two_phase_backward(
     return dx, dw_db[1], dw_db[0]
 
 
+def _one_pass_shape(shape: tuple[int, ...], groups: int) -> bool:
+    """(Contiguous) conv input of ``shape`` whose (sample, group) blocks fit one program."""
+    if len(shape) < 3:
+        return False
+    return _pow2(shape[1] // groups) * _pow2(math.prod(shape[2:])) <= ONE_PASS_MAX
+
+
 def _one_pass(x: Tensor, groups: int) -> bool:
     """A contiguous conv input whose (sample, group) blocks fit one program."""
-    if not x.is_contiguous() or x.dim() < 3:
-        return False
-    c = x.shape[1]
-    s = x.numel() // (x.shape[0] * c)
-    return _pow2(c // groups) * _pow2(s) <= ONE_PASS_MAX
+    return x.is_contiguous() and _one_pass_shape(tuple(x.shape), groups)
 
 
 def _group_forward(

@@ -292,7 +292,7 @@ class BatchNorm(Norm):
             if relu:
                 return self._native_forward(x, factor, relu=True), True
             return self._native_forward(x, factor), False
-        if self.impl == "fast" and batch_stats and _triton.serves(x, self.weight, self.bias):
+        if self.impl == "fast" and batch_stats and _triton.serves_batch(x, self.weight, self.bias):
             # CUDA: the Triton kernels (normzoo.norms._triton)
             # (the running statistics blended in its statistics kernel)
             running = None

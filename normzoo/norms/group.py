@@ -112,7 +112,7 @@ class GroupNorm(Norm):
     def _forward(self, x: Tensor, relu: bool = False) -> Tensor:
         if self.impl == "reference":
             y = functional.group_norm(x, self.num_groups, self.weight, self.bias, eps=self.eps)
-        elif x.dim() > 2 and _triton.serves(x, self.weight, self.bias):
+        elif _triton.serves_group(x, self.num_groups, self.weight, self.bias):
             g, w, b = self.num_groups, self.weight, self.bias  # CUDA: Triton, ReLU fused
             return _triton.group_norm(x, g, w, b, self.eps, relu)[0]
         elif use_token_kernels(x, self.weight):  # (N, C): the fused token kernels

@@ -84,10 +84,11 @@ class LayerNorm(Norm):
             y = functional.layer_norm(
                 x, self.weight, self.bias, eps=self.eps, channels_last=self.channels_last
             )
-        elif (self.channels_last or x.dim() > 2) and _triton.serves(x, self.weight, self.bias):
+        elif self.channels_last and _triton.serves_tokens(x, self.weight, self.bias):
             w, b = self.weight, self.bias  # CUDA: the Triton kernels, ReLU fused
-            if self.channels_last:
-                return _triton.layer_norm_tokens(x.contiguous(), w, b, self.eps, relu)
+            return _triton.layer_norm_tokens(x, w, b, self.eps, relu)
+        elif not self.channels_last and _triton.serves_group(x, 1, self.weight, self.bias):
+            w, b = self.weight, self.bias  # CUDA: the Triton kernels, ReLU fused
             return _triton.group_norm(x, 1, w, b, self.eps, relu)[0]
         elif self.channels_last:
             weight, bias = params_like(x, self.weight, self.bias)

@@ -1,0 +1,85 @@
+"""The Triton path (normzoo.norms._triton) where no GPU is: the import stays light, the
+dispatch rule, CPU tensors never served, and the kernels' arithmetic under Triton's
+interpreter where triton is installed (CI's CPU environment has no triton: the kernels are
+then checked on a GPU, by tests/test_cuda.py)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from normzoo.norms import _triton
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_import_normzoo_does_not_import_triton():
+    code = "import sys, normzoo; normzoo.create('bn', 4); print('triton' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("kind", "shape", "contiguous", "groups", "expected"),
+    [
+        ("batch", (256, 64, 64, 64), True, 1, True),
+        ("batch", (256, 64, 4096), True, 1, True),
+        ("batch", (256, 64, 64, 64), False, 1, False),  # torch's channels_last BN is faster
+        ("batch", (65536, 1024), True, 1, False),  # (N, C): the folded path lost
+        ("group", (256, 64, 64, 64), True, 32, True),  # one pass: 2 x 4096 per group
+        ("group", (256, 64, 64, 64), True, 64, True),  # instance norm
+        ("group", (256, 64, 64, 64), True, 1, False),  # layer norm over (C, H, W): two-phase
+        ("group", (256, 64, 64, 64), False, 1, True),  # channels_last: torch copies to NCHW
+        ("group", (65536, 1024), True, 32, False),
+        ("token", (65536, 1024), True, 1, False),
+    ],
+)
+def test_the_measured_rule(kind, shape, contiguous, groups, expected, monkeypatch):
+    monkeypatch.delenv("NORMZOO_TRITON", raising=False)
+    assert _triton.takes(kind, shape, contiguous, groups) is expected
+    monkeypatch.setenv("NORMZOO_TRITON", "all")  # every supported input
+    assert _triton.takes(kind, shape, contiguous, groups) is (len(shape) >= 3 or kind != "group")
+
+
+def test_cpu_tensors_and_small_inputs_are_never_served():
+    x = torch.randn(4, 8, 16, 16)
+    for check in (_triton.serves, _triton.serves_batch, _triton.serves_tokens):
+        assert not check(x)
+    assert not _triton.serves_group(x, 2)
+
+
+def test_the_threshold_is_where_the_measurement_won():
+    assert _triton.MIN_NUMEL == 256 * 64 * 64 * 64  # won there; lost at 64 * 64 * 64 * 64
+    assert _triton.MIN_NUMEL_ALL < _triton.MIN_NUMEL
+
+
+def _interpreter_usable() -> str | None:
+    """Why the interpreter check cannot run here, or None."""
+    try:
+        import numpy
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed (CI's CPU environment): tests/test_cuda.py checks it"
+    major, minor = (int(v) for v in numpy.__version__.split(".")[:2])
+    if (major, minor) >= (2, 4):  # triton 3.6's interpreter calls int() on 1-element arrays
+        return f"triton's interpreter needs numpy < 2.4, found {numpy.__version__}"
+    return None
+
+
+@pytest.mark.skipif(_interpreter_usable() is not None, reason=str(_interpreter_usable()))
+def test_kernels_under_the_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "triton_interpreter_check.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "fails 0" in out.stdout

@@ -1,0 +1,75 @@
+"""The Triton kernels' arithmetic under Triton's interpreter (``TRITON_INTERPRET=1``, CPU
+tensors), against torch's functional forms: outputs, input and parameter gradients, batch
+statistics, layouts; one-pass and two-phase kernels, odd sizes, 1-d to 3-d spatial, ReLU.
+
+Run by ``tests/test_triton.py`` in a subprocess (the variable must be set before ``triton``
+is imported); prints one line per failing case and ``cases N fails F``; exit status 1 on any
+failure.
+"""
+
+import sys
+
+import torch
+
+from normzoo.norms import _triton as T
+
+torch.manual_seed(0)
+T._target_programs = lambda x: 64  # several chunks per set on the small shapes below
+
+
+def main() -> int:
+    cases = []
+    for shape in [(4, 6, 5, 7), (3, 8, 33), (2, 4, 3, 4, 5), (16, 12), (2, 8, 70, 70)]:
+        for kind, groups in [("batch", 0), ("group", 2), ("group", 1), ("group", shape[1])]:
+            for cl in [False, True]:
+                if cl and len(shape) not in (4, 5):
+                    continue
+                for affine, relu in [(True, False), (False, False), (True, True)]:
+                    cases.append((shape, kind, groups, cl, affine, relu))
+    for d in [(16, 12), (5, 3, 40), (7, 1000)]:
+        for affine, relu in [(True, False), (False, True)]:
+            cases.append((d, "token", 1, False, affine, relu))
+    fails = 0
+    for shape, kind, groups, cl, affine, relu in cases:
+        c = shape[-1] if kind == "token" else shape[1]
+        x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).float()
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        if cl:
+            x = x.to(memory_format=fmt)
+        w = (torch.randn(c) * 0.5 + 1).requires_grad_() if affine else None
+        b = (torch.randn(c) * 0.5).requires_grad_() if affine else None
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        if kind == "batch":
+            y1, mean, var = T.batch_norm(x1, w, b, 1e-5, relu)
+        elif kind == "group":
+            y1, mean, var = T.group_norm(x1, groups, w, b, 1e-5, relu)
+        else:
+            y1 = T.layer_norm_tokens(x1, w, b, 1e-5, relu)
+        w2 = w.detach().clone().requires_grad_() if affine else None
+        b2 = b.detach().clone().requires_grad_() if affine else None
+        y2 = T.reference(x2, w2, b2, kind, groups, 1e-5)
+        y2 = torch.relu(y2) if relu else y2
+        g = torch.randn_like(y2)
+        y1.backward(g)
+        y2.backward(g)
+        # (x.grad sums of ~10k terms: float32 rounding of the sums reaches ~1e-4 there)
+        errs = [(y1 - y2).abs().max().item(), (x1.grad - x2.grad).abs().max().item()]
+        if affine:
+            scale = 1 + w2.grad.abs().max().item() + b2.grad.abs().max().item()
+            errs += [((w.grad - w2.grad).abs().max() / scale).item()]
+            errs += [((b.grad - b2.grad).abs().max() / scale).item()]
+        if kind == "batch":
+            v, m = torch.var_mean(x.double(), [0, *range(2, x.dim())], correction=0)
+            errs += [(mean.double() - m).abs().max().item()]
+            errs += [((var.double() - v).abs().max() / v.max()).item()]
+        kept = not cl or y1.is_contiguous(memory_format=fmt)
+        tol = 1e-2 if kind == "group" and groups == c and len(shape) == 2 else 1e-4
+        if max(errs) > tol or not kept:  # (groups == C on (N, C): one value per set)
+            fails += 1
+            print(f"FAIL {shape} {kind} groups={groups} cl={cl} affine={affine} relu={relu}", errs)
+    print(f"cases {len(cases)} fails {fails}")
+    return 1 if fails else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
