@@ -12,6 +12,9 @@
 #              to compare with the default paths, which were tuned on the CPU;
 #   fused      scripts/gpu_fused_ab.py: the zoo's fused CUDA path (torch.compile of the
 #              reference math) against its eager paths, compile times included;
+#   triton     scripts/bench.py for BatchNorm, GroupNorm, LayerNorm and InstanceNorm with every
+#              input they support on normzoo's Triton kernels (NORMZOO_TRITON=all), GPU-sized
+#              shapes, timed as the GPU's work and with the host (--cuda-timing gpu, latency);
 #   core       scripts/gpu_fused_ab.py for BatchNorm, GroupNorm and LayerNorm: their reference
 #              math compiled (a candidate, not dispatched) against torch's kernels, as
 #              fractions of the copy ceiling (the issue aims at 0.7; torch's read 0.2-0.5);
@@ -26,7 +29,7 @@ out=${OUT:-gpu_out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
-steps=" ${STEPS:-test fusedtest bench reference fused core train} "
+steps=" ${STEPS:-test fusedtest bench triton reference fused core train} "
 # timeout that interrupts (SIGINT) at the limit, and kills 15 s later if still running
 limit() { timeout -s INT -k 15 "$@"; }
 big="256,64,64,64 65536,1024"
@@ -57,6 +60,15 @@ if [[ $steps == *" bench "* ]]; then
         --warmup 3 --shapes 32,64,32,32 8,256,14,14 128,64,8,8 4,32,64,64 4096,1024 \
         2048,4096 $big --title "GPU: every norm" --json "$out/bench_cuda.json" \
         2>&1 | tee "$out/bench_cuda.log"
+fi
+if [[ $steps == *" triton "* ]]; then
+    for timing in gpu latency; do
+        NORMZOO_TRITON=all limit "${TRITON_LIMIT:-150}" "$py" scripts/bench.py --devices cuda \
+            --repeats 15 --warmup 3 --norms bn gn ln in --shapes 64,64,64,64 $big \
+            --dtypes float32 bfloat16 --no-train --cuda-timing $timing \
+            --title "GPU: core norms on the Triton kernels ($timing)" \
+            --json "$out/bench_triton_$timing.json" 2>&1 | tee "$out/bench_triton_$timing.log"
+    done
 fi
 if [[ $steps == *" reference "* ]]; then
     limit "${REFERENCE_LIMIT:-120}" "$py" scripts/bench.py --devices cuda --repeats 15 \
