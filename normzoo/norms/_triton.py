@@ -235,20 +235,19 @@ def _stats(
         pn, pc, per, count = nk, n * nk, n * nk, c
     else:  # per (sample, group): partial (n, c, kk)
         pn, pc, per, count = c * nk, nk, cpg * nk, n * set_n
-    part = torch.empty((3, n * c * nk), device=x.device, dtype=torch.float32)
+    part = torch.empty((3, n * c * nk), device=x.device, dtype=torch.float32).unbind(0)
     k._partial_stats[plan.grid](
-        x, part[0], part[1], part[2], c, plan.s, *plan.strides, pn, pc, plan.spp,
+        x, *part, c, plan.s, *plan.strides, pn, pc, plan.spp,
         CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
     )  # fmt: skip
-    out = torch.empty((3, count), device=x.device, dtype=torch.float32)
+    out = torch.empty((3, count), device=x.device, dtype=torch.float32).unbind(0)
     rm, rv, factor = running if running is not None else (None, None, 0.0)
     m = x.numel() // count  # values per set
     k._finalize[(count,)](
-        part[0], part[1], part[2], out[0], out[1], out[2], rm, rv, per, eps, factor,
-        m / max(m - 1, 1), HAS_RUNNING=running is not None, KB=min(1024, _pow2(per)),
-        num_warps=4,
+        *part, *out, rm, rv, per, eps, factor, m / max(m - 1, 1),
+        HAS_RUNNING=running is not None, KB=min(1024, _pow2(per)), num_warps=4,
     )  # fmt: skip
-    return out[0], out[1], out[2]
+    return out
 
 
 def _two_phase_forward(
@@ -287,27 +286,28 @@ def _two_phase_backward(
     part = torch.empty((2, n, c, nk), device=x.device, dtype=torch.float32)
     flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu)
     k._partial_grad[plan.grid](
-        x, dy, mean, rstd, weight, bias, part[0], part[1], c, plan.s, *plan.strides, *sets,
+        x, dy, mean, rstd, weight, bias, *part.unbind(0), c, plan.s, *plan.strides, *sets,
         plan.spp, nk, **flags, CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
     )  # fmt: skip
-    sums = part.sum(3)  # (2, n, c): sum(dy), sum(dy * xhat) per sample and channel
-    dw_db = sums.sum(1)  # (2, c): the parameter gradients
+    # per set: b = sum(w dy) / count and a = sum(w dy xhat) / count, as (b, a)
     set_n, cpg = sets
     if set_n == 0:  # batch norm: one set per channel
-        coef = dw_db.flip(0) / (n * plan.s)
+        db_dw = part.sum((1, 3))  # (2, c): sum(dy), sum(dy * xhat): the parameter gradients
+        coef = db_dw / (n * plan.s) if weight is None else db_dw * (weight.float() / (n * plan.s))
     else:  # per (sample, group)
-        coef = sums.flip(0).view(2, n, set_n, cpg)
+        sums = part.sum(3)  # (2, n, c)
+        db_dw = sums.sum(1)
         if weight is not None:
-            coef = coef * weight.float().view(set_n, cpg)
-        coef = coef.sum(3).view(2, n * set_n) / (cpg * plan.s)
-    if set_n == 0 and weight is not None:
-        coef = coef * weight.float()
+            sums = sums * weight.float()
+        coef = sums.view(2, n * set_n, cpg).sum(2) / (cpg * plan.s)
+    b, a = coef.unbind(0)
     dx = torch.empty_like(x)
     k._apply_grad[plan.grid](
-        x, dy, dx, mean, rstd, weight, bias, coef[0], coef[1], n, c, plan.s, *plan.strides,
-        *sets, plan.spp, nk, plan.ncb, **flags, CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
+        x, dy, dx, mean, rstd, weight, bias, a, b, n, c, plan.s, *plan.strides, *sets,
+        plan.spp, nk, plan.ncb, **flags, CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
     )  # fmt: skip
-    return dx, dw_db[1], dw_db[0]
+    db, dw = db_dw.unbind(0)
+    return dx, dw, db
 
 
 def _one_pass_shape(shape: tuple[int, ...], groups: int) -> bool:
