@@ -15,6 +15,8 @@
 #   triton     scripts/bench.py for BatchNorm, GroupNorm, LayerNorm and InstanceNorm with every
 #              input they support on normzoo's Triton kernels (NORMZOO_TRITON=all), GPU-sized
 #              shapes, timed as the GPU's work and with the host (--cuda-timing gpu, latency);
+#   tritonab   scripts/gpu_triton_ab.py: the Triton kernels' plan knobs (programs per SM, tile)
+#              A/B'd on the large shapes, and the host time per call against torch's;
 #   core       scripts/gpu_fused_ab.py for BatchNorm, GroupNorm and LayerNorm: their reference
 #              math compiled (a candidate, not dispatched) against torch's kernels, as
 #              fractions of the copy ceiling (the issue aims at 0.7; torch's read 0.2-0.5);
@@ -29,7 +31,7 @@ out=${OUT:-gpu_out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
-steps=" ${STEPS:-test fusedtest bench triton reference fused core train} "
+steps=" ${STEPS:-test fusedtest bench triton tritonab reference fused core train} "
 # timeout that interrupts (SIGINT) at the limit, and kills 15 s later if still running
 limit() { timeout -s INT -k 15 "$@"; }
 big="256,64,64,64 65536,1024"
@@ -69,6 +71,10 @@ if [[ $steps == *" triton "* ]]; then
             --title "GPU: core norms on the Triton kernels ($timing)" \
             --json "$out/bench_triton_$timing.json" 2>&1 | tee "$out/bench_triton_$timing.log"
     done
+fi
+if [[ $steps == *" tritonab "* ]]; then
+    limit "${TRITONAB_LIMIT:-200}" "$py" scripts/gpu_triton_ab.py --json "$out/gpu_triton_ab.json" \
+        2>&1 | tee "$out/gpu_triton_ab.log"
 fi
 if [[ $steps == *" reference "* ]]; then
     limit "${REFERENCE_LIMIT:-120}" "$py" scripts/bench.py --devices cuda --repeats 15 \

@@ -29,8 +29,11 @@ def main() -> int:
     for d in [(16, 12), (5, 3, 40), (7, 1000)]:
         for affine, relu in [(True, False), (False, True)]:
             cases.append((d, "token", 1, False, affine, relu))
+    # the large shape again with small tiles: many chunks per set, several tiles per program
+    cases += [(*c, 1024) for c in cases if c[0] == (2, 8, 70, 70) and c[4] and not c[5]]
     fails = 0
-    for shape, kind, groups, cl, affine, relu in cases:
+    for shape, kind, groups, cl, affine, relu, *tile in cases:
+        T.TILE = tile[0] if tile else 4096
         c = shape[-1] if kind == "token" else shape[1]
         x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).float()
         fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
@@ -66,7 +69,8 @@ def main() -> int:
         tol = 1e-2 if kind == "group" and groups == c and len(shape) == 2 else 1e-4
         if max(errs) > tol or not kept:  # (groups == C on (N, C): one value per set)
             fails += 1
-            print(f"FAIL {shape} {kind} groups={groups} cl={cl} affine={affine} relu={relu}", errs)
+            print(f"FAIL {shape} {kind} groups={groups} cl={cl} affine={affine} relu={relu}")
+            print("    tile", tile, "errors", errs)
     print(f"cases {len(cases)} fails {fails}")
     return 1 if fails else 0
 

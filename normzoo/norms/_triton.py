@@ -78,6 +78,8 @@ MIN_NUMEL_ALL = 1 << 18
 ONE_PASS_MAX = 8192
 #: Elements per tile of the two-phase kernels.
 TILE = 4096
+#: Programs per multiprocessor that the two-phase kernels aim for (chunks per set follow).
+PROGRAMS_PER_SM = 16
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -180,19 +182,21 @@ def _sm_count(device: int) -> int:
 
 
 def _target_programs(x: Tensor) -> int:
-    return 16 * (_sm_count(x.device.index or 0) if x.is_cuda else 8)
+    return PROGRAMS_PER_SM * (_sm_count(x.device.index or 0) if x.is_cuda else 8)
 
 
 def _plan(x: Tensor, fold: bool) -> _Plan:
     """The (cached) :class:`_Plan` of ``x``: its shape, layout and the device's size decide."""
     rows = x.dim() == 2 or _layout(x) == "channels_last"
-    return _cached_plan(tuple(x.shape), rows, fold, _target_programs(x))
+    return _cached_plan(tuple(x.shape), rows, fold, _target_programs(x), TILE)
 
 
 class _Plan:
     """Tiles and chunks of the two-phase kernels for ``x`` seen as ``(n, c, s)``."""
 
-    def __init__(self, shape: tuple[int, ...], rows: bool, fold: bool, target: int) -> None:
+    def __init__(
+        self, shape: tuple[int, ...], rows: bool, fold: bool, target: int, tile: int
+    ) -> None:
         n, c = shape[0], shape[1]
         s = math.prod(shape) // max(1, n * c)
         if rows:
@@ -201,11 +205,11 @@ class _Plan:
                 n, s = 1, n * s
             self.strides = (s * c, 1, c)
             self.cb = min(_pow2(c), 256)
-            self.sb = min(max(1, TILE // self.cb), _pow2(s))
+            self.sb = min(max(1, tile // self.cb), _pow2(s))
         else:
             self.strides = (c * s, s, 1)
-            self.sb = min(_pow2(s), TILE)
-            self.cb = max(1, min(_pow2(c), TILE // self.sb))
+            self.sb = min(_pow2(s), tile)
+            self.cb = max(1, min(_pow2(c), tile // self.sb))
         self.n, self.c, self.s = n, c, s
         self.ncb = _cdiv(c, self.cb)
         most = _cdiv(s, self.sb)
@@ -310,16 +314,19 @@ def _two_phase_backward(
     return dx, dw, db
 
 
+@functools.lru_cache(maxsize=256)
+def _group_tiles(shape: tuple[int, ...], groups: int) -> tuple[int, int] | None:
+    """The one-pass tile ``(channels, positions)`` of a contiguous conv input of ``shape``, or
+    ``None`` where its (sample, group) blocks do not fit one program."""
+    if len(shape) < 3:
+        return None
+    cb, sb = _pow2(shape[1] // groups), _pow2(math.prod(shape[2:]))
+    return (cb, sb) if cb * sb <= ONE_PASS_MAX else None
+
+
 def _one_pass_shape(shape: tuple[int, ...], groups: int) -> bool:
     """(Contiguous) conv input of ``shape`` whose (sample, group) blocks fit one program."""
-    if len(shape) < 3:
-        return False
-    return _pow2(shape[1] // groups) * _pow2(math.prod(shape[2:])) <= ONE_PASS_MAX
-
-
-def _one_pass(x: Tensor, groups: int) -> bool:
-    """A contiguous conv input whose (sample, group) blocks fit one program."""
-    return x.is_contiguous() and _one_pass_shape(tuple(x.shape), groups)
+    return _group_tiles(shape, groups) is not None
 
 
 def _group_forward(
@@ -331,18 +338,19 @@ def _group_forward(
     relu: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     n, c = x.shape[0], x.shape[1]
-    if not _one_pass(x, groups):
+    tiles = _group_tiles(tuple(x.shape), groups) if x.is_contiguous() else None
+    if tiles is None:
         return _two_phase_forward(x, weight, bias, (groups, c // groups), eps, relu)
     s = x.numel() // (n * c)
-    cb, sb = _pow2(c // groups), _pow2(s)
-    stats = torch.empty((3, n * groups), device=x.device, dtype=torch.float32)
+    cb, sb = tiles
+    stats = torch.empty((3, n * groups), device=x.device, dtype=torch.float32).unbind(0)
     y = torch.empty_like(x)
     _kernels()._group_fwd[(groups, n)](
-        x, y, weight, bias, stats[0], stats[1], stats[2], c, s, groups, c // groups, eps,
+        x, y, weight, bias, *stats, c, s, groups, c // groups, eps,
         HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, CB=cb, SB=sb,
         num_warps=_warps(cb * sb),
     )  # fmt: skip
-    return y, stats[0], stats[1], stats[2]
+    return (y, *stats)
 
 
 def _warps(elements: int) -> int:
@@ -360,22 +368,23 @@ def _group_backward(
     relu: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     n, c = x.shape[0], x.shape[1]
-    if not _one_pass(x, groups):
+    tiles = _group_tiles(tuple(x.shape), groups) if x.is_contiguous() else None
+    if tiles is None:
         sets = (groups, c // groups)
         return _two_phase_backward(dy, x, weight, bias, mean, rstd, sets, relu)
     s = x.numel() // (n * c)
-    cb, sb = _pow2(c // groups), _pow2(s)
+    cb, sb = tiles
     npp = _cdiv(n, max(1, _target_programs(x) // groups))
     np_ = _cdiv(n, npp)
     part = torch.empty((2, np_, c), device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x)
     _kernels()._group_bwd[(groups, np_)](
-        x, dy, dx, weight, bias, mean, rstd, part[0], part[1], n, c, s, groups, c // groups,
+        x, dy, dx, weight, bias, mean, rstd, *part.unbind(0), n, c, s, groups, c // groups,
         npp, HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, CB=cb, SB=sb,
         num_warps=_warps(cb * sb),
     )  # fmt: skip
-    dw_db = part.sum(1)
-    return dx, dw_db[0], dw_db[1]
+    dw, db = part.sum(1).unbind(0)
+    return dx, dw, db
 
 
 def _token_forward(
@@ -385,13 +394,13 @@ def _token_forward(
     r = x.numel() // d
     db = _pow2(d)
     rb = max(1, min(_pow2(r), 4096 // db))
-    stats = torch.empty((3, r), device=x.device, dtype=torch.float32)
+    mean, rstd, var = torch.empty((3, r), device=x.device, dtype=torch.float32).unbind(0)
     y = torch.empty_like(x)
     _kernels()._token_fwd[(_cdiv(r, rb),)](
-        x, y, weight, bias, stats[0], stats[1], r, d, eps, HAS_W=weight is not None,
+        x, y, weight, bias, mean, rstd, r, d, eps, HAS_W=weight is not None,
         HAS_B=bias is not None, RELU=relu, RB=rb, DB=db, num_warps=_warps(rb * db),
     )  # fmt: skip
-    return y, stats[0], stats[1], stats[2]
+    return y, mean, rstd, var
 
 
 def _token_backward(

@@ -1,0 +1,194 @@
+"""A/B of the core norms' Triton kernels on a GPU: their plan knobs, and the host's share.
+
+    python scripts/gpu_triton_ab.py --json gpu_out/gpu_triton_ab.json
+    python scripts/gpu_triton_ab.py --shapes 256,64,64,64 --dtypes float32   # fewer cases
+
+Two questions the tenth session's run left (``docs/performance.md``, the Triton sections):
+
+1. **The two-phase kernels' plan.** On channels_last they reached 0.41 (float32) and 0.26
+   (bfloat16) of the copy ceiling forward, below the ~2/3 that two passes allow, with each
+   program looping over 8 tiles of 64 positions: is it too few bytes in flight per program?
+   Each configuration of ``_triton.PROGRAMS_PER_SM`` (more programs, fewer tiles each) and
+   ``_triton.TILE`` (bigger tiles) is timed here on the same tensors, interleaved.
+2. **The host's time per call.** Timed from an idle GPU, the kernels lost to torch's below
+   ~67M elements although their GPU time was shorter: each Triton launch from Python costs
+   more host time. Here each path's host time per forward and per fwd+bwd is measured with the
+   GPU kept busy (so the host never waits), against torch's functional forms.
+
+GPU times are medians of CUDA events around each call, the call queued behind an L2-evicting
+memset and a GPU sleep (``bench.py --cuda-timing gpu``); fractions are of a ``copy_`` of the
+same tensor (forward: 2 tensor-sizes moved, backward 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from normzoo.norms import _triton
+
+SLEEP_CYCLES = 2_000_000
+FLUSH_BYTES = 256 << 20
+#: (PROGRAMS_PER_SM, TILE) pairs; the first is the shipped default.
+CONFIGS = [(16, 4096), (64, 4096), (16, 8192), (64, 8192), (256, 4096)]
+#: name -> (kind, groups, channels_last, token)
+CASES = {
+    "bn_contiguous": ("batch", 0, False, False),
+    "bn_channels_last": ("batch", 0, True, False),
+    "gn32_contiguous": ("group", 32, False, False),
+    "gn32_channels_last": ("group", 32, True, False),
+    "ln_contiguous": ("group", 1, False, False),
+    "ln_tokens": ("token", 1, False, True),
+    "bn_tokens": ("batch", 0, False, True),
+}
+
+
+def gpu_time(fn: Callable[[], Any], flush: torch.Tensor, repeats: int) -> float:
+    """Median ms of ``fn`` on the GPU, its launches queued while the GPU sleeps."""
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        flush.zero_()
+        torch.cuda._sleep(SLEEP_CYCLES)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def host_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Median us of host time per call of ``fn``, the GPU kept busy so the host never waits."""
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        torch.cuda._sleep(SLEEP_CYCLES * 4)
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e6)
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def make(case: str, shape: tuple[int, ...], dtype: torch.dtype) -> dict[str, Any]:
+    kind, groups, cl, _ = CASES[case]
+    x = torch.randn(shape, device="cuda").to(dtype)
+    if cl:
+        x = x.to(memory_format=torch.channels_last)
+    c = shape[-1] if kind == "token" else shape[1]
+    w = torch.rand(c, device="cuda", requires_grad=True)
+    b = torch.rand(c, device="cuda", requires_grad=True)
+    return {"x": x.requires_grad_(), "w": w, "b": b, "g": torch.randn_like(x), "kind": kind,
+            "groups": groups}  # fmt: skip
+
+
+def ours(t: dict[str, Any], grad: bool) -> Callable[[], Any]:
+    x, w, b, kind, groups = t["x"], t["w"], t["b"], t["kind"], t["groups"]
+
+    def fwd() -> torch.Tensor:
+        if kind == "batch":
+            return _triton.batch_norm(x, w, b, 1e-5)[0]
+        if kind == "group":
+            return _triton.group_norm(x, groups, w, b, 1e-5)[0]
+        return _triton.layer_norm_tokens(x, w, b, 1e-5)
+
+    if not grad:
+        return lambda: _no_grad(fwd)
+    return lambda: fwd().backward(t["g"])
+
+
+def theirs(t: dict[str, Any], grad: bool) -> Callable[[], Any]:
+    x, w, b, kind, groups = t["x"], t["w"], t["b"], t["kind"], t["groups"]
+    wc, bc = (w, b) if kind == "batch" else (w.to(x.dtype), b.to(x.dtype))
+
+    def fwd() -> torch.Tensor:
+        return _triton.reference(x, wc, bc, kind, groups, 1e-5)
+
+    if not grad:
+        return lambda: _no_grad(fwd)
+    return lambda: fwd().backward(t["g"])
+
+
+def _no_grad(fn: Callable[[], Any]) -> Any:
+    with torch.no_grad():
+        return fn()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", nargs="+", default=["256,64,64,64", "65536,1024"])
+    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    if not torch.cuda.is_available() or not _triton.available():
+        raise SystemExit("needs a CUDA GPU and triton")
+    flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    rows = []
+    for shape in (tuple(int(v) for v in s.split(",")) for s in args.shapes):
+        for dtype in (getattr(torch, d) for d in args.dtypes):
+            for case in args.cases:
+                token, cl = CASES[case][3], CASES[case][2]
+                if token != (len(shape) == 2) or (cl and len(shape) != 4):
+                    continue
+                t = make(case, shape, dtype)
+                src, out = t["x"].detach(), torch.empty_like(t["x"])
+                copy_ms = gpu_time(lambda s=src, o=out: o.copy_(s), flush, args.repeats)
+                row = {"case": case, "shape": list(shape), "dtype": str(dtype)[6:],
+                       "copy_ms": copy_ms, "configs": {}}  # fmt: skip
+                for per_sm, tile in CONFIGS:
+                    _triton.PROGRAMS_PER_SM, _triton.TILE = per_sm, tile
+                    f, fb = ours(t, False), ours(t, True)
+                    for fn in (f, fb):  # compile and warm
+                        fn()
+                    fwd_ms = gpu_time(f, flush, args.repeats)
+                    fb_ms = gpu_time(fb, flush, args.repeats)
+                    row["configs"][f"{per_sm}x{tile}"] = {
+                        "fwd_ms": fwd_ms,
+                        "fwd_fraction": copy_ms / fwd_ms,
+                        "fwdbwd_ms": fb_ms,
+                        "bwd_fraction": copy_ms * 1.5 / max(fb_ms - fwd_ms, 1e-9),
+                    }
+                _triton.PROGRAMS_PER_SM, _triton.TILE = CONFIGS[0]
+                f, fb, rf, rfb = ours(t, False), ours(t, True), theirs(t, False), theirs(t, True)
+                for fn in (rf, rfb):
+                    fn()
+                row["torch_fwd_ms"] = gpu_time(rf, flush, args.repeats)
+                row["torch_fwdbwd_ms"] = gpu_time(rfb, flush, args.repeats)
+                row["host_us"] = {
+                    "fwd": host_time(f, args.repeats),
+                    "fwdbwd": host_time(fb, args.repeats),
+                    "torch_fwd": host_time(rf, args.repeats),
+                    "torch_fwdbwd": host_time(rfb, args.repeats),
+                }
+                rows.append(row)
+                best = max(row["configs"].items(), key=lambda kv: kv[1]["fwd_fraction"])
+                print(
+                    f"{case:<19} {'x'.join(map(str, shape)):<14} {row['dtype']:<8} "
+                    + " ".join(
+                        f"{k}: {v['fwd_fraction']:.2f}/{v['bwd_fraction']:.2f}"
+                        for k, v in row["configs"].items()
+                    )
+                    + f"  best fwd {best[0]}  torch fwd {row['torch_fwd_ms']:.3f} ms"
+                    + "  host us fwd {fwd:.0f} (torch {torch_fwd:.0f}), fwd+bwd {fwdbwd:.0f} "
+                    "(torch {torch_fwdbwd:.0f})".format(**row["host_us"]),
+                    flush=True,
+                )
+    if args.json:
+        meta = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(),
+                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "configs": CONFIGS}  # fmt: skip
+        with open(args.json, "w") as fh:
+            json.dump({"meta": meta, "rows": rows}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
