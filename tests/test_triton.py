@@ -1,7 +1,8 @@
 """The Triton path (normzoo.norms._triton) where no GPU is: the import stays light, the
-dispatch rule, CPU tensors never served, and the kernels' arithmetic under Triton's
-interpreter where triton is installed (CI's CPU environment has no triton: the kernels are
-then checked on a GPU, by tests/test_cuda.py)."""
+dispatch rule, CPU tensors never served, the Python orchestration end to end with the
+kernels' contracts emulated in torch (tests/triton_emulation.py: runs everywhere, CI too),
+and the kernels' own arithmetic under Triton's interpreter where triton is installed (CI's CPU
+environment has none: the kernels are then checked on a GPU, by tests/test_cuda.py)."""
 
 import os
 import subprocess
@@ -56,6 +57,42 @@ def test_cpu_tensors_and_small_inputs_are_never_served():
 def test_the_threshold_is_where_the_measurement_won():
     assert _triton.MIN_NUMEL == 256 * 64 * 64 * 64  # won there; lost at 64 * 64 * 64 * 64
     assert _triton.MIN_NUMEL_ALL < _triton.MIN_NUMEL
+
+
+def test_orchestration_with_emulated_kernels(monkeypatch, capsys):
+    """Every case of tests/triton_interpreter_check.py through _triton's functions (plans,
+    partial layouts, merges, backward coefficients, running-statistics arguments, autograd)
+    with torch stand-ins for the kernels."""
+    import triton_emulation
+    import triton_interpreter_check
+
+    monkeypatch.setattr(_triton, "_kernels", triton_emulation.Kernels)
+    monkeypatch.setattr(_triton, "_target_programs", lambda x: 64)
+    monkeypatch.setattr(_triton, "TILE", _triton.TILE)
+    torch.manual_seed(0)
+    fails = triton_interpreter_check.check()
+    out = capsys.readouterr().out
+    assert fails == 0, out
+    assert "cases 110 fails 0" in out
+
+
+def test_batch_norm_running_statistics_through_the_kernel_arguments(monkeypatch):
+    """``running=(mean, var, factor)`` reaches the statistics kernel, which blends them as
+    Tensor.lerp_ with the unbiased variance (emulated): torch's batch_norm's update."""
+    import triton_emulation
+
+    monkeypatch.setattr(_triton, "_kernels", triton_emulation.Kernels)
+    x = torch.randn(6, 5, 7, 3) * 2 + 1
+    rm, rv = torch.rand(5), torch.rand(5) + 0.5
+    ref_m, ref_v = rm.clone(), rv.clone()
+    y, mean, var = _triton.batch_norm(x, None, None, 1e-5, running=(rm, rv, 0.3))
+    ref = torch.nn.functional.batch_norm(x, ref_m, ref_v, None, None, True, 0.3, 1e-5)
+    torch.testing.assert_close(y, ref)
+    var_ref, mean_ref = torch.var_mean(x, (0, 2, 3), correction=0)
+    torch.testing.assert_close(mean, mean_ref)
+    torch.testing.assert_close(var, var_ref)
+    torch.testing.assert_close(rm, ref_m)
+    torch.testing.assert_close(rv, ref_v)
 
 
 def _interpreter_usable() -> str | None:

@@ -1,10 +1,13 @@
-"""The Triton kernels' arithmetic under Triton's interpreter (``TRITON_INTERPRET=1``, CPU
-tensors), against torch's functional forms: outputs, input and parameter gradients, batch
-statistics, layouts; one-pass and two-phase kernels, odd sizes, 1-d to 3-d spatial, ReLU.
+"""The Triton kernels' arithmetic, run through ``normzoo.norms._triton``'s functions on CPU
+tensors, against torch's functional forms: outputs, input and parameter gradients, batch
+statistics, layouts; one-pass and two-phase kernels, odd sizes, 1-d to 3-d spatial, ReLU,
+small tiles (many chunks per set).
 
-Run by ``tests/test_triton.py`` in a subprocess (the variable must be set before ``triton``
-is imported); prints one line per failing case and ``cases N fails F``; exit status 1 on any
-failure.
+As a script (``tests/test_triton.py`` runs it in a subprocess with ``TRITON_INTERPRET=1``,
+which must be set before ``triton`` is imported) it checks the Triton code under Triton's
+interpreter; :func:`check` with ``tests/triton_emulation.py``'s kernels patched in checks the
+Python orchestration where triton is absent (CI). Prints one line per failing case and
+``cases N fails F``; the script's exit status is 1 on any failure.
 """
 
 import sys
@@ -13,11 +16,20 @@ import torch
 
 from normzoo.norms import _triton as T
 
-torch.manual_seed(0)
-T._target_programs = lambda x: 64  # several chunks per set on the small shapes below
-
 
 def main() -> int:
+    torch.manual_seed(0)
+    target = T._target_programs
+    T._target_programs = lambda x: 64  # several chunks per set on the small shapes below
+    try:
+        return 1 if check() else 0
+    finally:
+        T._target_programs = target
+        T.TILE = 4096
+
+
+def check() -> int:
+    """Run every case through ``T``'s functions; the number of failing cases."""
     cases = []
     for shape in [(4, 6, 5, 7), (3, 8, 33), (2, 4, 3, 4, 5), (16, 12), (2, 8, 70, 70)]:
         for kind, groups in [("batch", 0), ("group", 2), ("group", 1), ("group", shape[1])]:
@@ -72,7 +84,7 @@ def main() -> int:
             print(f"FAIL {shape} {kind} groups={groups} cl={cl} affine={affine} relu={relu}")
             print("    tile", tile, "errors", errs)
     print(f"cases {len(cases)} fails {fails}")
-    return 1 if fails else 0
+    return fails
 
 
 if __name__ == "__main__":

@@ -1,0 +1,192 @@
+"""The Triton kernels' contracts in plain torch, for CPU tests without triton.
+
+Each function takes a kernel's launch grid and arguments as ``normzoo.norms._triton`` passes
+them (pointers as CPU tensors or views, ints, floats, constexpr flags as keywords) and writes
+what the kernel writes, computed with torch ops: the chunk statistics at their partial
+indices, the merges, the maps, the per-program partial sums. Patched in for
+``_triton._kernels()``, they let CI (whose CPU environment has no triton) run the Python
+orchestration (plans, partial layouts, coefficient math, running statistics, autograd) end
+to end. The Triton code itself is checked by ``tests/triton_interpreter_check.py`` (where
+triton is installed) and on a GPU by ``tests/test_cuda.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class _Kernel:
+    def __init__(self, fn: Callable[..., None]) -> None:
+        self.fn = fn
+
+    def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., None]:
+        return lambda *args, **kwargs: self.fn(grid, *args, **kwargs)
+
+
+def _view(t: Tensor, n: int, c: int, s: int, sn: int, sc: int, ss: int) -> Tensor:
+    """``t``'s memory as ``(n, c, s)`` with those strides (``t`` holds the first element)."""
+    return torch.as_strided(t, (n, c, s), (sn, sc, ss), t.storage_offset())
+
+
+def _chunks(v: Tensor, spp: int, nk: int) -> Tensor:
+    """``(n, c, s)`` -> ``(n, c, nk, spp)`` in float32, padded with NaN."""
+    pad = nk * spp - v.shape[2]
+    v = v.float()
+    if pad:
+        v = torch.cat([v, v.new_full((*v.shape[:2], pad), float("nan"))], 2)
+    return v.view(*v.shape[:2], nk, spp)
+
+
+def _affine(w: Tensor | None, b: Tensor | None, c: int, **flags: Any) -> tuple[Tensor, Tensor]:
+    one, zero = torch.ones(c), torch.zeros(c)
+    w = w.float() if flags["HAS_W"] else one
+    b = b.float() if flags["HAS_B"] else zero
+    return w, b
+
+
+def _sets(n: int, c: int, set_n: int, cpg: int) -> Tensor:
+    return torch.arange(n)[:, None] * set_n + torch.arange(c)[None, :] // cpg
+
+
+def partial_stats(grid, X, PCNT, PMEAN, PM2, C, S, sn, sc, ss, PN, PC, SPP, **_):
+    nk, _, n = grid
+    x = _chunks(_view(X, n, C, S, sn, sc, ss), SPP, nk)
+    cnt = (~x.isnan()).sum(-1).float()
+    mean = x.nansum(-1) / cnt
+    m2 = ((x - mean[..., None]) ** 2).nansum(-1)
+    idx = (
+        torch.arange(n)[:, None, None] * PN
+        + torch.arange(C)[None, :, None] * PC
+        + torch.arange(nk)[None, None, :]
+    )
+    for dst, val in ((PCNT, cnt), (PMEAN, mean), (PM2, m2)):
+        dst[idx.flatten()] = val.flatten()
+
+
+def finalize(grid, PCNT, PMEAN, PM2, MEAN, RSTD, VAR, RMEAN, RVAR, K, eps, factor, unbias, **kw):
+    sets = grid[0]
+    cnt, mu, m2 = (t[: sets * K].view(sets, K) for t in (PCNT, PMEAN, PM2))
+    total = cnt.sum(1)
+    mean = (cnt * mu).sum(1) / total
+    var = (m2 + cnt * (mu - mean[:, None]) ** 2).sum(1) / total
+    MEAN.copy_(mean)
+    RSTD.copy_(1 / torch.sqrt(var + eps))
+    VAR.copy_(var)
+    if kw["HAS_RUNNING"]:
+        RMEAN.lerp_(mean.to(RMEAN.dtype), factor)
+        RVAR.lerp_((var * unbias).to(RVAR.dtype), factor)
+
+
+def apply(grid, X, Y, MEAN, RSTD, W, B, N, C, S, sn, sc, ss, SET_N, CPG, SPP, NK, NCB, **kw):
+    sets = _sets(N, C, SET_N, CPG)
+    w, b = _affine(W, B, C, **kw)
+    scale = RSTD[sets] * w
+    shift = -MEAN[sets] * scale + b
+    y = _view(X, N, C, S, sn, sc, ss).float() * scale[..., None] + shift[..., None]
+    y = y.clamp_min(0) if kw["RELU"] else y
+    _view(Y, N, C, S, sn, sc, ss).copy_(y)
+
+
+def _dy_xhat(X, DY, MEAN, RSTD, W, B, N, C, S, strides, SET_N, CPG, **kw):
+    sets = _sets(N, C, SET_N, CPG)
+    w, b = _affine(W, B, C, **kw)
+    x = _view(X, N, C, S, *strides).float()
+    dy = _view(DY, N, C, S, *strides).float()
+    mean, rstd = MEAN[sets][..., None], RSTD[sets][..., None]
+    if kw["RELU"]:
+        scale = (RSTD[sets] * w)[..., None]
+        dy = torch.where(x * scale + (-MEAN[sets][..., None] * scale + b[:, None]) > 0, dy, 0)
+    return dy, (x - mean) * rstd, w, sets
+
+
+def partial_grad(
+    grid, X, DY, MEAN, RSTD, W, B, PSY, PSXY, C, S, sn, sc, ss, SET_N, CPG, SPP, NK, **kw
+):
+    n = grid[2]
+    dy, xhat, _, _ = _dy_xhat(X, DY, MEAN, RSTD, W, B, n, C, S, (sn, sc, ss), SET_N, CPG, **kw)
+    PSY.view(n, C, NK).copy_(_chunks(dy, SPP, NK).nansum(-1))
+    PSXY.view(n, C, NK).copy_(_chunks(dy * xhat, SPP, NK).nansum(-1))
+
+
+def apply_grad(
+    grid, X, DY, DX, MEAN, RSTD, W, B, CA, CB_, N, C, S, sn, sc, ss, SET_N, CPG, SPP, NK, NCB, **kw
+):
+    strides = (sn, sc, ss)
+    dy, xhat, w, sets = _dy_xhat(X, DY, MEAN, RSTD, W, B, N, C, S, strides, SET_N, CPG, **kw)
+    rstd = RSTD[sets][..., None]
+    dx = rstd * (w[:, None] * dy - xhat * CA[sets][..., None] - CB_[sets][..., None])
+    _view(DX, N, C, S, *strides).copy_(dx)
+
+
+def group_fwd(grid, X, Y, W, B, MEAN, RSTD, VAR, C, S, G, CPG, eps, **kw):
+    n = grid[1]
+    x = X.reshape(n, G, CPG * S).float()
+    var, mean = torch.var_mean(x, 2, correction=0)
+    rstd = 1 / torch.sqrt(var + eps)
+    w, b = _affine(W, B, C, **kw)
+    y = ((x - mean[..., None]) * rstd[..., None]).view(n, C, S) * w[:, None] + b[:, None]
+    Y.copy_((y.clamp_min(0) if kw["RELU"] else y).view_as(Y))
+    MEAN.copy_(mean.flatten())
+    RSTD.copy_(rstd.flatten())
+    VAR.copy_(var.flatten())
+
+
+def group_bwd(grid, X, DY, DX, W, B, MEAN, RSTD, PDW, PDB, N, C, S, G, CPG, NPP, **kw):
+    strides = (C * S, S, 1)
+    dy, xhat, w, _ = _dy_xhat(X, DY, MEAN, RSTD, W, B, N, C, S, strides, G, CPG, **kw)
+    wdy = (dy * w[:, None]).view(N, G, CPG * S)
+    xg = xhat.reshape(N, G, CPG * S)
+    a = (wdy * xg).mean(2, keepdim=True)
+    b = wdy.mean(2, keepdim=True)
+    rstd = RSTD.view(N, G, 1)
+    DX.copy_((rstd * (wdy - xg * a - b)).view_as(DX))
+    np_ = grid[1]
+    for p in range(np_):
+        rows = slice(p * NPP, min(p * NPP + NPP, N))
+        PDW.view(-1, C)[p] = (dy * xhat)[rows].sum((0, 2))
+        PDB.view(-1, C)[p] = dy[rows].sum((0, 2))
+
+
+def token_fwd(grid, X, Y, W, B, MEAN, RSTD, R, D, eps, **kw):
+    x = X.reshape(R, D).float()
+    var, mean = torch.var_mean(x, 1, correction=0)
+    rstd = 1 / torch.sqrt(var + eps)
+    w, b = _affine(W, B, D, **kw)
+    y = (x - mean[:, None]) * rstd[:, None] * w + b
+    Y.copy_((y.clamp_min(0) if kw["RELU"] else y).view_as(Y))
+    MEAN.copy_(mean)
+    RSTD.copy_(rstd)
+
+
+def token_bwd(grid, X, DY, DX, W, B, MEAN, RSTD, PDW, PDB, R, D, RPP, **kw):
+    w, b = _affine(W, B, D, **kw)
+    x, dy = X.reshape(R, D).float(), DY.reshape(R, D).float()
+    xhat = (x - MEAN[:, None]) * RSTD[:, None]
+    if kw["RELU"]:
+        dy = torch.where(xhat * w + b > 0, dy, 0)
+    wdy = dy * w
+    a = (wdy * xhat).mean(1, keepdim=True)
+    bb = wdy.mean(1, keepdim=True)
+    DX.copy_((RSTD[:, None] * (wdy - xhat * a - bb)).view_as(DX))
+    for p in range(grid[0]):
+        rows = slice(p * RPP, min(p * RPP + RPP, R))
+        PDW.view(-1, D)[p] = (dy * xhat)[rows].sum(0)
+        PDB.view(-1, D)[p] = dy[rows].sum(0)
+
+
+class Kernels:
+    """A stand-in for ``normzoo.norms._triton_kernels``."""
+
+    _partial_stats = _Kernel(partial_stats)
+    _finalize = _Kernel(finalize)
+    _apply = _Kernel(apply)
+    _partial_grad = _Kernel(partial_grad)
+    _apply_grad = _Kernel(apply_grad)
+    _group_fwd = _Kernel(group_fwd)
+    _group_bwd = _Kernel(group_bwd)
+    _token_fwd = _Kernel(token_fwd)
+    _token_bwd = _Kernel(token_bwd)
