@@ -427,3 +427,15 @@ def test_cuda_triton_dispatch(monkeypatch):
     assert _triton.serves_batch(cl) and _triton.serves_tokens(big.view(-1, 1024))
     monkeypatch.setenv("NORMZOO_TRITON", "0")
     assert not _triton.serves_batch(big) and not _triton.serves_group(cl, 1)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_cuda_triton_kernels_run_on_the_input_device(triton_everywhere):
+    """Triton launches on the current device: an input on another GPU is served there."""
+    ours, ref = normzoo.create("bn", 12).to("cuda:1"), nn.BatchNorm2d(12).to("cuda:1")
+    assert torch.cuda.current_device() == 0
+    x = torch.randn(8, 12, 30, 30, device="cuda:1")
+    g = torch.randn_like(x)
+    for a, b in zip(_fwd_bwd(ours, x, g), _fwd_bwd(ref, x, g), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert triton_everywhere

@@ -44,6 +44,7 @@ check them compiled.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -429,6 +430,11 @@ def _token_backward(
     return dx, dw_db[0], dw_db[1]
 
 
+def _elsewhere(x: Tensor) -> bool:
+    """A CUDA tensor on another device than the current one."""
+    return x.is_cuda and x.device.index != torch.cuda.current_device()
+
+
 def _forward(
     x: Tensor,
     weight: Tensor | None,
@@ -440,6 +446,9 @@ def _forward(
     running: tuple[Tensor, Tensor, float] | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(y, mean, rstd, var)`` of norm ``kind`` (per set)."""
+    if _elsewhere(x):  # Triton launches on the current device: make it x's
+        with torch.cuda.device(x.device):
+            return _forward(x, weight, bias, kind, groups, eps, relu, running)
     if kind == "batch":
         return _two_phase_forward(x, weight, bias, (0, 1), eps, relu, running)
     if kind == "group":
@@ -486,12 +495,13 @@ class _TritonNorm(torch.autograd.Function):
             return (*(next(grads) if need else None for need in needs), *nones)
         layout = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
         dy = dy.contiguous() if x.is_contiguous() else dy.contiguous(memory_format=layout)
-        if kind == "batch":
-            dx, dw, db = _two_phase_backward(dy, x, weight, bias, mean, rstd, (0, 1), relu)
-        elif kind == "group":
-            dx, dw, db = _group_backward(dy, x, ctx.groups, weight, bias, mean, rstd, relu)
-        else:
-            dx, dw, db = _token_backward(dy, x, weight, bias, mean, rstd, relu)
+        with torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext():
+            if kind == "batch":
+                dx, dw, db = _two_phase_backward(dy, x, weight, bias, mean, rstd, (0, 1), relu)
+            elif kind == "group":
+                dx, dw, db = _group_backward(dy, x, ctx.groups, weight, bias, mean, rstd, relu)
+            else:
+                dx, dw, db = _token_backward(dy, x, weight, bias, mean, rstd, relu)
         return (
             dx if needs[0] else None,
             dw.to(weight.dtype) if needs[1] else None,
