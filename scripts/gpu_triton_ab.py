@@ -33,7 +33,7 @@ import torch
 
 from normzoo.norms import _triton
 
-SLEEP_CYCLES = 2_000_000
+SLEEP_CYCLES = 6_000_000  # ~3 ms at 2 GHz: the host queues a call's launches meanwhile
 FLUSH_BYTES = 256 << 20
 #: (PROGRAMS_PER_SM, TILE) pairs; the first is the shipped default.
 CONFIGS = [(16, 4096), (64, 4096), (16, 8192), (64, 8192), (256, 4096)]
@@ -70,7 +70,7 @@ def host_time(fn: Callable[[], Any], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         torch.cuda.synchronize()
-        torch.cuda._sleep(SLEEP_CYCLES * 4)
+        torch.cuda._sleep(SLEEP_CYCLES * 2)
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e6)
