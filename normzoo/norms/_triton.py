@@ -124,8 +124,10 @@ def serves(x: Tensor, *params: Tensor | None) -> bool:
     ``torch.jit.trace`` (which see torch's kernels) and autocast, with floating parameters on
     its device; and :func:`available`. Each norm's own rule comes on top
     (:func:`serves_batch`, :func:`serves_group`, :func:`serves_tokens`)."""
+    if not x.is_cuda:  # first: the CPU paths pay one attribute read
+        return False
     least = MIN_NUMEL_ALL if _mode() == "all" else MIN_NUMEL
-    if not (x.is_cuda and x.dtype in DTYPES and x.numel() >= least and x.dim() >= 2):
+    if not (x.dtype in DTYPES and x.numel() >= least and x.dim() >= 2):
         return False
     if torch.compiler.is_compiling() or torch._C._is_tracing():
         return False
