@@ -1,4 +1,4 @@
-"""BatchNorm, GroupNorm, LayerNorm and InstanceNorm on CUDA through Triton kernels.
+r"""BatchNorm, GroupNorm, LayerNorm and InstanceNorm on CUDA through Triton kernels.
 
 torch's CUDA kernels for these norms reached 0.15-0.6 of a ``copy_``'s bandwidth on an H200
 (``docs/data/bench_cuda_h200.json``, the eighth session): batch norm on contiguous input
@@ -13,6 +13,19 @@ first. The kernels here (``normzoo.norms._triton_kernels``) move what the math n
   statistics per chunk (merged with Chan's pairwise formula, stable in float32), a small
   kernel merging each set's partials, then the map over the tensor, run last chunk first so
   it starts on what is still in L2.
+
+Math, per set ``S`` (a channel for batch norm, a (sample, group) for the others), ``m = |S|``:
+
+.. math::
+    \hat x = (x - \mu_S)\, r_S,\quad r_S = (\sigma^2_S + \epsilon)^{-1/2},\quad
+    y = w_c \hat x + b_c, \qquad
+    \frac{\partial L}{\partial x} = r_S \Big(w_c\, dy - \frac{1}{m}\sum_S w\, dy
+        - \hat x\, \frac{1}{m}\sum_S w\, dy\, \hat x\Big)
+
+with ``sum(dy * x_hat)`` and ``sum(dy)`` per channel as the weight and bias gradients; chunk
+statistics merge as in T. F. Chan, G. H. Golub, R. J. LeVeque, "Updating formulae and a
+pairwise algorithm for computing sample variances" (1979):
+``M2 = M2_a + M2_b + d^2 n_a n_b / n`` with ``d = mean_b - mean_a``.
 
 Arithmetic is float32 for float32, bfloat16 and float16 inputs; ``y`` and ``dx`` have the
 input's dtype and layout (channels_last stays channels_last, no copy).
