@@ -56,8 +56,9 @@ def test_bench_main_records_failing_rows_and_writes_json(bench, tmp_path, monkey
     result = bench.main(
         ["--devices", "cpu", "--norms", "bn", "--shapes", "4,8,6,6", "--dtypes", "float32",
          "--formats", "contiguous", "--repeats", "1", "--warmup", "0", "--no-train",
-         "--json", str(out)]
+         "--cuda-timing", "gpu", "--json", str(out)]
     )  # fmt: skip
+    assert result["meta"]["cuda_timing"] == "gpu"
     assert result["errors"] and "kernel exploded" in result["errors"][0]["error"]
     assert json.loads(out.read_text())["errors"] == result["errors"]
 
@@ -74,6 +75,7 @@ def test_report_renders_cpu_and_cuda_sections(bench, tmp_path, monkeypatch):
         r["device"] = "cuda"
     gpu["meta"]["cuda"] = "Some GPU"
     gpu["meta"]["title"] = "GPU run"
+    gpu["meta"]["cuda_timing"] = "gpu"
     gpu["errors"] = [{"norm": "ln", "shape": [16, 8], "dtype": "bfloat16", "format": "contiguous",
                       "device": "cuda", "error": "RuntimeError: expected scalar type"}]  # fmt: skip
     (tmp_path / "gpu.json").write_text(json.dumps(gpu))
@@ -88,6 +90,7 @@ def test_report_renders_cpu_and_cuda_sections(bench, tmp_path, monkeypatch):
     text = page.read_text()
     assert "### CPU, float32, contiguous (fwd+bwd)" in text
     assert "## GPU run" in text and "### CUDA bandwidth" in text
+    assert "- CUDA timing: `gpu`" in text
     assert "### Rows that failed" in text and "expected scalar type" in text
     gn = next(r for r in result["rows"] if r["norm"] == "groupnorm" and len(r["shape"]) == 4)
     assert f"| groupnorm | 4x8x6x6 | {gn['fwdbwd_ms']:.3f} |" in text
