@@ -294,7 +294,8 @@ def triton_everywhere(monkeypatch):
     calls = []
     forward = _triton._forward
     monkeypatch.setattr(_triton, "_forward", lambda *a: calls.append(a[3]) or forward(*a))
-    return calls
+    yield calls
+    assert _triton._disabled is None, _triton._disabled  # no call fell back to torch's
 
 
 def _triton_params(ours: nn.Module, ref: nn.Module) -> None:

@@ -69,11 +69,13 @@ def test_orchestration_with_emulated_kernels(monkeypatch, capsys):
     monkeypatch.setattr(_triton, "_kernels", triton_emulation.Kernels)
     monkeypatch.setattr(_triton, "_target_programs", lambda x: 64)
     monkeypatch.setattr(_triton, "TILE", _triton.TILE)
+    monkeypatch.setattr(_triton, "_proven", set())
     torch.manual_seed(0)
     fails = triton_interpreter_check.check()
     out = capsys.readouterr().out
     assert fails == 0, out
     assert "cases 110 fails 0" in out
+    assert _triton._disabled is None  # no case fell back to torch's kernels
 
 
 def test_batch_norm_running_statistics_through_the_kernel_arguments(monkeypatch):
@@ -93,6 +95,73 @@ def test_batch_norm_running_statistics_through_the_kernel_arguments(monkeypatch)
     torch.testing.assert_close(var, var_ref)
     torch.testing.assert_close(rm, ref_m)
     torch.testing.assert_close(rv, ref_v)
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """The emulated kernels, a fresh first-call state, and the kernels' state restored."""
+    import triton_emulation
+
+    class Kernels(triton_emulation.Kernels):  # a copy each test may break
+        pass
+
+    monkeypatch.setattr(_triton, "_kernels", lambda: Kernels)
+    monkeypatch.setattr(_triton, "_proven", set())
+    monkeypatch.setattr(_triton, "_disabled", None)
+    return Kernels
+
+
+def _broken(*args, **kwargs):
+    raise RuntimeError("PTXAS error: this GPU is not supported")
+
+
+def test_a_failing_first_call_falls_back_to_torch_once(emulated, monkeypatch):
+    """The statistics merge cannot compile: one warning, the result from torch's kernels (the
+    running statistics blended once, as torch's batch norm does), the kernels off after."""
+    import triton_emulation
+
+    monkeypatch.setattr(emulated, "_finalize", triton_emulation._Kernel(_broken))
+    x = torch.randn(6, 5, 7, 3) * 2 + 1
+    rm, rv = torch.rand(5), torch.rand(5) + 0.5
+    ref_m, ref_v = rm.clone(), rv.clone()
+    with pytest.warns(RuntimeWarning, match="PTXAS error"):
+        y, mean, var = _triton.batch_norm(x, None, None, 1e-5, True, running=(rm, rv, 0.3))
+    ref = torch.nn.functional.batch_norm(x, ref_m, ref_v, None, None, True, 0.3, 1e-5)
+    torch.testing.assert_close(y, torch.relu(ref))
+    torch.testing.assert_close((rm, rv), (ref_m, ref_v))
+    torch.testing.assert_close((mean, var), (x.mean((0, 2, 3)), x.var((0, 2, 3), correction=0)))
+    assert not _triton.available() and "PTXAS error" in _triton._disabled
+
+
+def test_a_failing_first_backward_falls_back_to_torch(emulated, monkeypatch):
+    import triton_emulation
+
+    monkeypatch.setattr(emulated, "_group_bwd", triton_emulation._Kernel(_broken))
+    x = torch.randn(4, 6, 5, 7, requires_grad=True)
+    w = torch.rand(6, requires_grad=True)
+    b = torch.rand(6, requires_grad=True)
+    y = _triton.group_norm(x, 2, w, b, 1e-5)[0]
+    g = torch.randn_like(y)
+    with pytest.warns(RuntimeWarning, match="first call"):
+        y.backward(g)
+    x2, w2, b2 = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    torch.nn.functional.group_norm(x2, 2, w2, b2, 1e-5).backward(g)
+    torch.testing.assert_close((x.grad, w.grad, b.grad), (x2.grad, w2.grad, b2.grad))
+    assert not _triton.available()
+
+
+def test_a_later_failure_is_an_error(emulated, monkeypatch):
+    """Once a kind of call has run, its failures are real errors: they propagate."""
+    import triton_emulation
+
+    x = torch.randn(4, 6, 5, 7)
+    _triton.group_norm(x, 2, None, None, 1e-5)
+    monkeypatch.setattr(emulated, "_group_fwd", triton_emulation._Kernel(_broken))
+    with pytest.raises(RuntimeError, match="PTXAS"):
+        _triton.group_norm(x, 2, None, None, 1e-5)
+    assert _triton._disabled is None
+    with pytest.warns(RuntimeWarning):  # another kind of call: its first, so it falls back
+        _triton.group_norm(x[:2], 2, None, None, 1e-5)
 
 
 def _interpreter_usable() -> str | None:

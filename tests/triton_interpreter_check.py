@@ -83,6 +83,9 @@ def check() -> int:
             fails += 1
             print(f"FAIL {shape} {kind} groups={groups} cl={cl} affine={affine} relu={relu}")
             print("    tile", tile, "errors", errs)
+    if T._disabled is not None:  # a first call failed and fell back to torch's kernels
+        print("FELL BACK:", T._disabled)
+        fails += 1
     print(f"cases {len(cases)} fails {fails}")
     return fails
 

@@ -48,7 +48,10 @@ measured a win, at ``MIN_NUMEL`` elements and more:
   2x faster on the GPU but 1.28x host included) keep torch's.
 
 ``NORMZOO_TRITON=0`` turns the kernels off; ``NORMZOO_TRITON=all`` serves every input they
-support from ``MIN_NUMEL_ALL`` elements (tests, and A/B runs on a GPU).
+support from ``MIN_NUMEL_ALL`` elements (tests, and A/B runs on a GPU). GPUs older than compute
+capability 8.0 (Triton's supported range) keep torch's kernels; a kind of call whose first run
+fails (Triton cannot compile here) falls back to torch's with one warning and turns the
+kernels off for the process (:func:`_guarded`).
 
 The functions take CPU tensors too under Triton's interpreter (``TRITON_INTERPRET=1``), which
 is how the CPU tests check the kernels' arithmetic; the GPU tests (``tests/test_cuda.py``)
@@ -61,6 +64,7 @@ import contextlib
 import functools
 import math
 import os
+import warnings
 from types import ModuleType
 from typing import Any
 
@@ -114,10 +118,46 @@ def _mode() -> str:
     return "all" if value == "all" else "measured"
 
 
+#: Why the kernels were turned off for this process (a first call that failed), or None.
+_disabled: str | None = None
+#: Kinds of call that have run once (compiled): later failures of theirs are real errors.
+_proven: set[tuple[Any, ...]] = set()
+
+
 def available() -> bool:
-    """Whether the Triton kernels can be used: ``triton`` imports and ``NORMZOO_TRITON`` is not
-    ``0``."""
-    return _mode() != "off" and _kernels() is not None
+    """Whether the Triton kernels can be used: ``triton`` imports, ``NORMZOO_TRITON`` is not
+    ``0`` and no first call has failed in this process (see :func:`_guarded`)."""
+    return _mode() != "off" and _disabled is None and _kernels() is not None
+
+
+@functools.cache
+def _capable(device: int) -> bool:
+    """Triton's supported GPUs: NVIDIA compute capability 8.0 (Ampere) and newer."""
+    return torch.version.hip is None and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def _guarded(key: tuple[Any, ...], run: Any, fallback: Any) -> Any:
+    """``run()``; the first time a kind of call (``key``) runs, a failure (Triton cannot
+    compile here: an unsupported GPU or toolchain) turns the kernels off for the process with
+    one warning and returns ``fallback()`` (torch's kernels) instead. Nothing has been
+    written then but scratch buffers: the statistics kernel blends the running statistics
+    last, and the fallback blends them itself."""
+    global _disabled
+    if key in _proven:
+        return run()
+    try:
+        out = run()
+    except Exception as err:  # any failure of a first call: fall back
+        _disabled = f"{type(err).__name__}: {err}"
+        warnings.warn(
+            f"normzoo: the Triton kernels failed on their first call ({_disabled}); torch's "
+            "kernels run instead from now on (NORMZOO_TRITON=0 skips them)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return fallback()
+    _proven.add(key)
+    return out
 
 
 def _layout(x: Tensor) -> str | None:
@@ -138,6 +178,8 @@ def serves(x: Tensor, *params: Tensor | None) -> bool:
     its device; and :func:`available`. Each norm's own rule comes on top
     (:func:`serves_batch`, :func:`serves_group`, :func:`serves_tokens`)."""
     if not x.is_cuda:  # first: the CPU paths pay one attribute read
+        return False
+    if not _capable(x.device.index if x.device.index is not None else 0):
         return False
     least = MIN_NUMEL_ALL if _mode() == "all" else MIN_NUMEL
     if not (x.dtype in DTYPES and x.numel() >= least and x.dim() >= 2):
@@ -499,30 +541,61 @@ class _TritonNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dy: Tensor, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, weight, bias, mean, rstd = ctx.saved_tensors
-        kind, relu = ctx.kind, ctx.relu
         needs = ctx.needs_input_grad[:3]
         nones = (None,) * 5
         if torch.is_grad_enabled():  # create_graph=True: torch's math, with a graph
-            inputs = [t for t, need in zip((x, weight, bias), needs, strict=True) if need]
-            y = reference(x, weight, bias, kind, ctx.groups, ctx.eps)
-            out = torch.relu(y) if relu else y
-            grads = iter(torch.autograd.grad(out, inputs, dy, create_graph=True))
-            return (*(next(grads) if need else None for need in needs), *nones)
-        layout = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-        dy = dy.contiguous() if x.is_contiguous() else dy.contiguous(memory_format=layout)
-        with torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext():
-            if kind == "batch":
-                dx, dw, db = _two_phase_backward(dy, x, weight, bias, mean, rstd, (0, 1), relu)
-            elif kind == "group":
-                dx, dw, db = _group_backward(dy, x, ctx.groups, weight, bias, mean, rstd, relu)
-            else:
-                dx, dw, db = _token_backward(dy, x, weight, bias, mean, rstd, relu)
-        return (
-            dx if needs[0] else None,
-            dw.to(weight.dtype) if needs[1] else None,
-            db.to(bias.dtype) if needs[2] else None,
-            *nones,
+            return (*_torch_backward(ctx, dy, x, weight, bias, needs, True), *nones)
+        key = _key("bwd", x, weight, ctx.kind, ctx.groups, ctx.relu, needs)
+        grads = _guarded(
+            key,
+            lambda: _kernel_backward(ctx, dy, x, weight, bias, mean, rstd, needs),
+            lambda: _torch_backward(ctx, dy, x, weight, bias, needs, False),
         )
+        return (*grads, *nones)
+
+
+def _torch_backward(
+    ctx: Any,
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    needs: tuple[bool, ...],
+    create_graph: bool,
+) -> tuple[Tensor | None, ...]:
+    """The gradients by differentiating torch's functional form (double backward, fallback)."""
+    with torch.enable_grad():
+        inputs = [t for t, need in zip((x, weight, bias), needs, strict=True) if need]
+        y = reference(x, weight, bias, ctx.kind, ctx.groups, ctx.eps)
+        out = torch.relu(y) if ctx.relu else y
+        grads = iter(torch.autograd.grad(out, inputs, dy, create_graph=create_graph))
+        return tuple(next(grads) if need else None for need in needs)
+
+
+def _kernel_backward(
+    ctx: Any,
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean: Tensor,
+    rstd: Tensor,
+    needs: tuple[bool, ...],
+) -> tuple[Tensor | None, ...]:
+    kind, relu = ctx.kind, ctx.relu
+    dy = dy.contiguous() if x.is_contiguous() else dy.contiguous(memory_format=_cl(x))
+    with torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext():
+        if kind == "batch":
+            dx, dw, db = _two_phase_backward(dy, x, weight, bias, mean, rstd, (0, 1), relu)
+        elif kind == "group":
+            dx, dw, db = _group_backward(dy, x, ctx.groups, weight, bias, mean, rstd, relu)
+        else:
+            dx, dw, db = _token_backward(dy, x, weight, bias, mean, rstd, relu)
+    return (
+        dx if needs[0] else None,
+        dw.to(weight.dtype) if needs[1] else None,
+        db.to(bias.dtype) if needs[2] else None,
+    )
 
 
 def _run(
@@ -536,21 +609,76 @@ def _run(
     running: tuple[Tensor, Tensor, float] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Through :class:`_TritonNorm` where autograd needs it, else the forward kernels alone
-    (the Function's fixed cost is tens of microseconds of a launch-bound call)."""
-    if torch.is_grad_enabled() and any(
+    (the Function's fixed cost is tens of microseconds of a launch-bound call); torch's
+    kernels where this kind of call fails the first time (:func:`_guarded`)."""
+    grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias)
-    ):
-        return _TritonNorm.apply(x, weight, bias, kind, groups, eps, relu, running)
-    y, mean, _, var = _forward(x, weight, bias, kind, groups, eps, relu, running)
-    return y, mean, var
+    )
+    key = _key("fwd", x, weight, kind, groups, relu, running is not None)
+
+    def run() -> tuple[Tensor, Tensor, Tensor]:
+        if grad:
+            return _TritonNorm.apply(x, weight, bias, kind, groups, eps, relu, running)
+        y, mean, _, var = _forward(x, weight, bias, kind, groups, eps, relu, running)
+        return y, mean, var
+
+    return _guarded(
+        key, run, lambda: _torch_forward(x, weight, bias, kind, groups, eps, relu, running)
+    )
+
+
+def _key(step: str, x: Tensor, weight: Tensor | None, *rest: Any) -> tuple[Any, ...]:
+    """What selects the kernels and their compiled variants: the step, the input's shape,
+    strides and dtype, the parameters' dtype, and the call's options."""
+    w = None if weight is None else weight.dtype
+    return (step, tuple(x.shape), x.stride(), x.dtype, w, *rest)
+
+
+def _torch_forward(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    kind: str,
+    groups: int,
+    eps: float,
+    relu: bool,
+    running: tuple[Tensor, Tensor, float] | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """What :func:`_run` returns, on torch's kernels (differentiable): the fallback."""
+    with torch.no_grad():
+        xf = x.detach().float()
+        if kind == "batch":
+            var, mean = torch.var_mean(xf, [0, *range(2, x.dim())], correction=0)
+        elif kind == "group":
+            var, mean = torch.var_mean(xf.reshape(x.shape[0] * groups, -1), 1, correction=0)
+        else:
+            var, mean = torch.var_mean(xf.reshape(-1, x.shape[-1]), 1, correction=0)
+        if running is not None:
+            rm, rv, factor = running
+            m = x.numel() // mean.numel()
+            rm.lerp_(mean.to(rm.dtype), factor)
+            rv.lerp_((var * (m / max(m - 1, 1))).to(rv.dtype), factor)
+    y = reference(x, weight, bias, kind, groups, eps)
+    layout = _layout(x)
+    if layout == "channels_last" and not y.is_contiguous(memory_format=_cl(x)):
+        y = y.contiguous(memory_format=_cl(x))  # torch's CUDA group norm returns NCHW
+    return (torch.relu(y) if relu else y), mean, var
+
+
+def _cl(x: Tensor) -> torch.memory_format:
+    return torch.channels_last if x.dim() == 4 else torch.channels_last_3d
 
 
 def reference(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, kind: str, groups: int, eps: float
 ) -> Tensor:
-    """torch's functional form of what the kernels compute (before the ReLU)."""
+    """torch's functional form of what the kernels compute (before the ReLU); the parameters
+    cast to a half ``x``'s dtype for group and layer norm, whose CUDA kernels need one dtype
+    (their gradients reach the parameters through the cast)."""
     if kind == "batch":
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
+    weight = weight if weight is None or weight.dtype == x.dtype else weight.to(x.dtype)
+    bias = bias if bias is None or bias.dtype == x.dtype else bias.to(x.dtype)
     if kind == "group":
         return F.group_norm(x, groups, weight, bias, eps)
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
