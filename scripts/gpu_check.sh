@@ -43,7 +43,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
     | tee -a "$out/gpu.txt"
 
 if [[ $steps == *" test "* ]]; then
-    limit "${TEST_LIMIT:-120}" "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+    limit "${TEST_LIMIT:-200}" "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
         -k "not fused" 2>&1 | tee "$out/test_cuda.log"
 fi
 if [[ $steps == *" fusedtest "* ]]; then
