@@ -12,9 +12,10 @@
 #              to compare with the default paths, which were tuned on the CPU;
 #   fused      scripts/gpu_fused_ab.py: the zoo's fused CUDA path (torch.compile of the
 #              reference math) against its eager paths, compile times included;
-#   triton     scripts/bench.py for BatchNorm, GroupNorm, LayerNorm and InstanceNorm with every
-#              input they support on normzoo's Triton kernels (NORMZOO_TRITON=all), GPU-sized
-#              shapes, timed as the GPU's work and with the host (--cuda-timing gpu, latency);
+#   triton     scripts/bench.py for BatchNorm, GroupNorm, LayerNorm, InstanceNorm and RMSNorm
+#              (tokens) with every input they support on normzoo's Triton kernels
+#              (NORMZOO_TRITON=all), GPU-sized shapes, timed as the GPU's work and with the
+#              host (--cuda-timing gpu, latency);
 #   tritonab   scripts/gpu_triton_ab.py: the Triton kernels' plan knobs (programs per SM, tile)
 #              A/B'd on the large shapes, and the host time per call against torch's;
 #   core       scripts/gpu_fused_ab.py for BatchNorm, GroupNorm and LayerNorm: their reference
@@ -66,7 +67,7 @@ fi
 if [[ $steps == *" triton "* ]]; then
     for timing in gpu latency; do
         NORMZOO_TRITON=all limit "${TRITON_LIMIT:-150}" "$py" scripts/bench.py --devices cuda \
-            --repeats 15 --warmup 3 --norms bn gn ln in --shapes 64,64,64,64 $big \
+            --repeats 15 --warmup 3 --norms bn gn ln in rms --shapes 64,64,64,64 $big \
             --dtypes float32 bfloat16 --no-train --cuda-timing $timing \
             --title "GPU: core norms on the Triton kernels ($timing)" \
             --json "$out/bench_triton_$timing.json" 2>&1 | tee "$out/bench_triton_$timing.log"

@@ -45,6 +45,7 @@ CASES = {
     "gn32_channels_last": ("group", 32, True, False),
     "ln_contiguous": ("group", 1, False, False),
     "ln_tokens": ("token", 1, False, True),
+    "rms_tokens": ("rms_token", 1, False, True),
     "bn_tokens": ("batch", 0, False, True),
 }
 
@@ -79,11 +80,11 @@ def host_time(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def make(case: str, shape: tuple[int, ...], dtype: torch.dtype) -> dict[str, Any]:
-    kind, groups, cl, _ = CASES[case]
+    kind, groups, cl, token = CASES[case]
     x = torch.randn(shape, device="cuda").to(dtype)
     if cl:
         x = x.to(memory_format=torch.channels_last)
-    c = shape[-1] if kind == "token" else shape[1]
+    c = shape[-1] if token else shape[1]
     w = torch.rand(c, device="cuda", requires_grad=True)
     b = torch.rand(c, device="cuda", requires_grad=True)
     return {"x": x.requires_grad_(), "w": w, "b": b, "g": torch.randn_like(x), "kind": kind,
@@ -98,6 +99,8 @@ def ours(t: dict[str, Any], grad: bool) -> Callable[[], Any]:
             return _triton.batch_norm(x, w, b, 1e-5)[0]
         if kind == "group":
             return _triton.group_norm(x, groups, w, b, 1e-5)[0]
+        if kind == "rms_token":
+            return _triton.rms_norm_tokens(x, w, b, 1e-5)
         return _triton.layer_norm_tokens(x, w, b, 1e-5)
 
     if not grad:

@@ -269,6 +269,10 @@ TRITON_CASES = {
         lambda c: normzoo.create("ln", c, channels_last=True),
         lambda c: nn.LayerNorm(c),
     ),
+    "rms_tokens": (  # (torch.nn.RMSNorm has no bias: the reference math on the GPU)
+        lambda c: normzoo.create("rms", c, channels_last=True),
+        lambda c: normzoo.create("rms", c, channels_last=True, impl="reference"),
+    ),
 }
 TRITON_SHAPES = {
     "bn": [(8, 12, 30, 30), (64, 24, 9, 9), (2, 40, 130, 70)],
@@ -278,6 +282,7 @@ TRITON_SHAPES = {
     "ln": [(8, 12, 30, 30), (4, 32, 130, 70)],
     "in": [(8, 12, 30, 30), (2, 8, 130, 70)],
     "ln_tokens": [(4, 300, 36), (1000, 1030)],
+    "rms_tokens": [(4, 300, 36), (1000, 1030)],
 }
 
 
@@ -316,7 +321,7 @@ def test_cuda_triton_kernels_equal_torch_nn(case, layout, relu, triton_everywher
     for shape in TRITON_SHAPES[case]:
         if layout == torch.channels_last and len(shape) not in (4,):
             continue
-        c = shape[-1] if case == "ln_tokens" else shape[1]
+        c = shape[-1] if case.endswith("_tokens") else shape[1]
         ours, ref = make(c).cuda(), make_ref(c).cuda()
         _triton_params(ours, ref)
         if relu:
@@ -347,7 +352,7 @@ def test_cuda_triton_fused_relu_is_bit_equal_to_relu_after(case, triton_everywhe
     as the same kernels followed by nn.ReLU."""
     make, _ = TRITON_CASES[case]
     shape = TRITON_SHAPES[case][-1]
-    c = shape[-1] if case == "ln_tokens" else shape[1]
+    c = shape[-1] if case.endswith("_tokens") else shape[1]
     fused = make(c).cuda()
     _triton_params(fused, make(c).cuda())
     plain = nn.Sequential(copy.deepcopy(fused), nn.ReLU())
@@ -366,7 +371,7 @@ def test_cuda_triton_half_inputs(case, dtype, triton_everywhere):
     float32."""
     make, _ = TRITON_CASES[case]
     shape = TRITON_SHAPES[case][0]
-    c = shape[-1] if case == "ln_tokens" else shape[1]
+    c = shape[-1] if case.endswith("_tokens") else shape[1]
     ours = make(c).cuda()
     ref = copy.deepcopy(ours)
     x = torch.randn(shape, device="cuda").to(dtype)
@@ -387,7 +392,7 @@ def test_cuda_triton_double_backward(triton_everywhere):
     for case in ("bn", "gn", "ln_tokens"):
         make, make_ref = TRITON_CASES[case]
         shape = TRITON_SHAPES[case][0]
-        c = shape[-1] if case == "ln_tokens" else shape[1]
+        c = shape[-1] if case.endswith("_tokens") else shape[1]
         ours, ref = make(c).cuda(), make_ref(c).cuda()
         _triton_params(ours, ref)
         grads = []

@@ -153,7 +153,10 @@ def group_bwd(grid, X, DY, DX, W, B, MEAN, RSTD, PDW, PDB, N, C, S, G, CPG, NPP,
 
 def token_fwd(grid, X, Y, W, B, MEAN, RSTD, R, D, eps, **kw):
     x = X.reshape(R, D).float()
-    var, mean = torch.var_mean(x, 1, correction=0)
+    if kw.get("RMS"):
+        var, mean = x.square().mean(1), torch.zeros(R)
+    else:
+        var, mean = torch.var_mean(x, 1, correction=0)
     rstd = 1 / torch.sqrt(var + eps)
     w, b = _affine(W, B, D, **kw)
     y = (x - mean[:, None]) * rstd[:, None] * w + b
@@ -170,7 +173,7 @@ def token_bwd(grid, X, DY, DX, W, B, MEAN, RSTD, PDW, PDB, R, D, RPP, **kw):
         dy = torch.where(xhat * w + b > 0, dy, 0)
     wdy = dy * w
     a = (wdy * xhat).mean(1, keepdim=True)
-    bb = wdy.mean(1, keepdim=True)
+    bb = 0 if kw.get("RMS") else wdy.mean(1, keepdim=True)
     DX.copy_((RSTD[:, None] * (wdy - xhat * a - bb)).view_as(DX))
     for p in range(grid[0]):
         rows = slice(p * RPP, min(p * RPP + RPP, R))

@@ -41,12 +41,14 @@ def check() -> int:
     for d in [(16, 12), (5, 3, 40), (7, 1000)]:
         for affine, relu in [(True, False), (False, True)]:
             cases.append((d, "token", 1, False, affine, relu))
+        for affine in (True, False):
+            cases.append((d, "rms_token", 1, False, affine, False))
     # the large shape again with small tiles: many chunks per set, several tiles per program
     cases += [(*c, 1024) for c in cases if c[0] == (2, 8, 70, 70) and c[4] and not c[5]]
     fails = 0
     for shape, kind, groups, cl, affine, relu, *tile in cases:
         T.TILE = tile[0] if tile else 4096
-        c = shape[-1] if kind == "token" else shape[1]
+        c = shape[-1] if kind in ("token", "rms_token") else shape[1]
         x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).float()
         fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
         if cl:
@@ -58,8 +60,10 @@ def check() -> int:
             y1, mean, var = T.batch_norm(x1, w, b, 1e-5, relu)
         elif kind == "group":
             y1, mean, var = T.group_norm(x1, groups, w, b, 1e-5, relu)
-        else:
+        elif kind == "token":
             y1 = T.layer_norm_tokens(x1, w, b, 1e-5, relu)
+        else:
+            y1 = T.rms_norm_tokens(x1, w, b, 1e-5)
         w2 = w.detach().clone().requires_grad_() if affine else None
         b2 = b.detach().clone().requires_grad_() if affine else None
         y2 = T.reference(x2, w2, b2, kind, groups, 1e-5)

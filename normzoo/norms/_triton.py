@@ -72,6 +72,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from normzoo import functional
 from normzoo.norms._rownorm import _autocast_on
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "batch_norm",
     "group_norm",
     "layer_norm_tokens",
+    "rms_norm_tokens",
     "serves",
     "serves_batch",
     "serves_group",
@@ -446,19 +448,25 @@ def _group_backward(
 
 
 def _token_forward(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, relu: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    relu: bool,
+    rms: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, None]:
+    """``(y, mean, rstd, None)`` per row (``rms``: RMSNorm, the mean 0)."""
     d = x.shape[-1]
     r = x.numel() // d
     db = _pow2(d)
     rb = max(1, min(_pow2(r), 4096 // db))
-    mean, rstd, var = torch.empty((3, r), device=x.device, dtype=torch.float32).unbind(0)
+    mean, rstd = torch.empty((2, r), device=x.device, dtype=torch.float32).unbind(0)
     y = torch.empty_like(x)
     _kernels()._token_fwd[(_cdiv(r, rb),)](
         x, y, weight, bias, mean, rstd, r, d, eps, HAS_W=weight is not None,
-        HAS_B=bias is not None, RELU=relu, RB=rb, DB=db, num_warps=_warps(rb * db),
+        HAS_B=bias is not None, RELU=relu, RB=rb, DB=db, RMS=rms, num_warps=_warps(rb * db),
     )  # fmt: skip
-    return y, mean, rstd, var
+    return y, mean, rstd, None
 
 
 def _token_backward(
@@ -469,6 +477,7 @@ def _token_backward(
     mean: Tensor,
     rstd: Tensor,
     relu: bool,
+    rms: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     d = x.shape[-1]
     r = x.numel() // d
@@ -479,12 +488,12 @@ def _token_backward(
     part = torch.empty((2, np_, d), device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x)
     _kernels()._token_bwd[(np_,)](
-        x, dy, dx, weight, bias, mean, rstd, part[0], part[1], r, d, rpp,
-        HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, RB=rb, DB=db,
+        x, dy, dx, weight, bias, mean, rstd, *part.unbind(0), r, d, rpp,
+        HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, RB=rb, DB=db, RMS=rms,
         num_warps=_warps(rb * db),
     )  # fmt: skip
-    dw_db = part.sum(1)
-    return dx, dw_db[0], dw_db[1]
+    dw, db_ = part.sum(1).unbind(0)
+    return dx, dw, db_
 
 
 def _elsewhere(x: Tensor) -> bool:
@@ -510,15 +519,15 @@ def _forward(
         return _two_phase_forward(x, weight, bias, (0, 1), eps, relu, running)
     if kind == "group":
         return _group_forward(x, groups, weight, bias, eps, relu)
-    return _token_forward(x, weight, bias, eps, relu)
+    return _token_forward(x, weight, bias, eps, relu, rms=kind == "rms_token")
 
 
 class _TritonNorm(torch.autograd.Function):
     """``(y, mean, var)`` of one of the norms (``kind``: ``"batch"``, ``"group"`` with
-    ``groups``, ``"token"``); ``mean`` and the biased ``var`` (per set) are not
-    differentiable. Saves ``x``, the parameters and the per-set mean and 1/std, as torch's
-    kernels do. Under ``create_graph=True`` the backward differentiates torch's functional
-    form with a graph, so double backward works."""
+    ``groups``, ``"token"``, ``"rms_token"``); ``mean`` and the biased ``var`` (per set;
+    ``None`` for tokens) are not differentiable. Saves ``x``, the parameters and the per-set
+    mean and 1/std, as torch's kernels do. Under ``create_graph=True`` the backward
+    differentiates torch's functional form with a graph, so double backward works."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -535,7 +544,7 @@ class _TritonNorm(torch.autograd.Function):
         y, mean, rstd, var = _forward(x, weight, bias, kind, groups, eps, relu, running)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         ctx.kind, ctx.groups, ctx.eps, ctx.relu = kind, groups, eps, relu
-        ctx.mark_non_differentiable(mean, var)
+        ctx.mark_non_differentiable(*(t for t in (mean, var) if t is not None))
         return y, mean, var
 
     @staticmethod
@@ -590,7 +599,8 @@ def _kernel_backward(
         elif kind == "group":
             dx, dw, db = _group_backward(dy, x, ctx.groups, weight, bias, mean, rstd, relu)
         else:
-            dx, dw, db = _token_backward(dy, x, weight, bias, mean, rstd, relu)
+            rms = kind == "rms_token"
+            dx, dw, db = _token_backward(dy, x, weight, bias, mean, rstd, relu, rms)
     return (
         dx if needs[0] else None,
         dw.to(weight.dtype) if needs[1] else None,
@@ -651,6 +661,9 @@ def _torch_forward(
             var, mean = torch.var_mean(xf, [0, *range(2, x.dim())], correction=0)
         elif kind == "group":
             var, mean = torch.var_mean(xf.reshape(x.shape[0] * groups, -1), 1, correction=0)
+        elif kind == "rms_token":  # (the mean square in var's place, as the kernels keep)
+            var = xf.reshape(-1, x.shape[-1]).square().mean(1)
+            mean = torch.zeros_like(var)
         else:
             var, mean = torch.var_mean(xf.reshape(-1, x.shape[-1]), 1, correction=0)
         if running is not None:
@@ -681,6 +694,8 @@ def reference(
     bias = bias if bias is None or bias.dtype == x.dtype else bias.to(x.dtype)
     if kind == "group":
         return F.group_norm(x, groups, weight, bias, eps)
+    if kind == "rms_token":
+        return functional.rms_norm(x, weight, bias, eps=eps, channels_last=True)
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
@@ -725,3 +740,11 @@ def layer_norm_tokens(
 
     J. L. Ba, J. R. Kiros, G. E. Hinton, "Layer Normalization", arXiv:1607.06450."""
     return _run(x, weight, bias, "token", 1, eps, relu)[0]
+
+
+def rms_norm_tokens(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    """RMSNorm of a contiguous ``(..., C)`` tensor over its last dim, plus normzoo's bias:
+    ``y = x / sqrt(mean(x^2) + eps) * w + b`` (``normzoo.functional.rms_norm``).
+
+    B. Zhang, R. Sennrich, "Root Mean Square Layer Normalization", NeurIPS 2019."""
+    return _run(x, weight, bias, "rms_token", 1, eps, False)[0]

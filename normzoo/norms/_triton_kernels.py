@@ -446,8 +446,10 @@ def _token_fwd(
     RELU: tl.constexpr,
     RB: tl.constexpr,
     DB: tl.constexpr,
+    RMS: tl.constexpr = False,
 ):
-    """Layer norm of ``RB`` rows of a contiguous ``(R, D)`` tensor, each in registers."""
+    """Layer norm (``RMS``: RMSNorm, no centering: the mean stored is 0 and ``var`` is the
+    mean square) of ``RB`` rows of a contiguous ``(R, D)`` tensor, each in registers."""
     rows = tl.program_id(0) * RB + tl.arange(0, RB)
     cols = tl.arange(0, DB)
     rmask = rows < R
@@ -455,8 +457,12 @@ def _token_fwd(
     m = rmask[:, None] & cmask[None, :]
     off = rows[:, None].to(tl.int64) * D + cols[None, :]
     x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=1) / D
-    d = tl.where(m, x - mean[:, None], 0.0)
+    if RMS:
+        mean = tl.zeros([RB], dtype=tl.float32)
+        d = x
+    else:
+        mean = tl.sum(x, axis=1) / D
+        d = tl.where(m, x - mean[:, None], 0.0)
     var = tl.sum(d * d, axis=1) / D
     rstd = 1.0 / tl.sqrt(var + eps)
     y = d * rstd[:, None]
@@ -490,9 +496,11 @@ def _token_bwd(
     RELU: tl.constexpr,
     RB: tl.constexpr,
     DB: tl.constexpr,
+    RMS: tl.constexpr = False,
 ):
     """``dx`` of rows ``p*RPP ...`` (``RB`` at a time), and this program's column sums of
-    ``dy * xhat`` and ``dy`` at ``PDW/PDB[p, :]``."""
+    ``dy * xhat`` and ``dy`` at ``PDW/PDB[p, :]`` (``RMS``: no centering, so no ``mean(w dy)``
+    term in ``dx``)."""
     p = tl.program_id(0)
     cols = tl.arange(0, DB)
     cmask = cols < D
@@ -521,8 +529,11 @@ def _token_bwd(
         db += tl.sum(dy, axis=0)
         wdy = dy * w[None, :]
         a = tl.sum(wdy * xhat, axis=1) / D
-        b = tl.sum(wdy, axis=1) / D
-        dx = rstd[:, None] * (wdy - xhat * a[:, None] - b[:, None])
+        if RMS:
+            dx = rstd[:, None] * (wdy - xhat * a[:, None])
+        else:
+            b = tl.sum(wdy, axis=1) / D
+            dx = rstd[:, None] * (wdy - xhat * a[:, None] - b[:, None])
         tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=m)
     tl.store(PDW + p * D + cols, dw, mask=cmask)
     tl.store(PDB + p * D + cols, db, mask=cmask)

@@ -13,6 +13,7 @@ from normzoo._native import kernels as _kernels
 from normzoo._native import zoo_kernels
 from normzoo.functional._stats import affine as _affine
 from normzoo.functional._stats import compute_dtype
+from normzoo.norms import _triton
 from normzoo.norms._kernels import RowAffine, RowMeanSquare, restore_format, row_view
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
 from normzoo.norms._tokens import use_token_kernels
@@ -162,6 +163,8 @@ class RMSNorm(Norm):
                 return y.to(x.dtype)
             return self._rows_forward(xf).to(x.dtype)
         if self.channels_last:
+            if _triton.serves_tokens(x, self.weight, self.bias):  # CUDA, NORMZOO_TRITON=all
+                return _triton.rms_norm_tokens(x, self.weight, self.bias, self.eps)
             if use_token_kernels(x, self.weight, any_rank=True):
                 return rms_tokens(x, self.weight, self.bias, self.eps)
             y = F.rms_norm(xf, (self.num_features,), self.weight, self.eps)
