@@ -45,7 +45,8 @@ measured a win, at ``MIN_NUMEL`` elements and more:
   16M elements), and group, instance and layer norm on channels_last: 0.80-0.82x (torch's
   kernels copy to NCHW there);
 * layer norm over (C, H, W) on contiguous input (two-phase: 1.35x) and over tokens (one-pass,
-  2x faster on the GPU but 1.28x host included) keep torch's.
+  2x faster on the GPU but 1.28x host included) keep torch's; so does RMSNorm over tokens
+  (the token kernels without centering, added after the measurement: not measured yet).
 
 ``NORMZOO_TRITON=0`` turns the kernels off; ``NORMZOO_TRITON=all`` serves every input they
 support from ``MIN_NUMEL_ALL`` elements (tests, and A/B runs on a GPU). GPUs older than compute
