@@ -67,7 +67,7 @@ import math
 import os
 import warnings
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -502,20 +502,28 @@ def _elsewhere(x: Tensor) -> bool:
     return x.is_cuda and x.device.index != torch.cuda.current_device()
 
 
+class _Spec(NamedTuple):
+    """Which norm a call computes: ``kind`` (``"batch"``, ``"group"`` with ``groups``,
+    ``"token"``, ``"rms_token"``), its ``eps``, and whether a ReLU follows."""
+
+    kind: str
+    groups: int
+    eps: float
+    relu: bool
+
+
 def _forward(
     x: Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
-    kind: str,
-    groups: int,
-    eps: float,
-    relu: bool,
+    spec: _Spec,
     running: tuple[Tensor, Tensor, float] | None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(y, mean, rstd, var)`` of norm ``kind`` (per set)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(y, mean, rstd, var)`` of ``spec``'s norm (per set; ``var`` ``None`` for tokens)."""
     if _elsewhere(x):  # Triton launches on the current device: make it x's
         with torch.cuda.device(x.device):
-            return _forward(x, weight, bias, kind, groups, eps, relu, running)
+            return _forward(x, weight, bias, spec, running)
+    kind, groups, eps, relu = spec
     if kind == "batch":
         return _two_phase_forward(x, weight, bias, (0, 1), eps, relu, running)
     if kind == "group":
@@ -524,8 +532,7 @@ def _forward(
 
 
 class _TritonNorm(torch.autograd.Function):
-    """``(y, mean, var)`` of one of the norms (``kind``: ``"batch"``, ``"group"`` with
-    ``groups``, ``"token"``, ``"rms_token"``); ``mean`` and the biased ``var`` (per set;
+    """``(y, mean, var)`` of ``spec``'s norm; ``mean`` and the biased ``var`` (per set;
     ``None`` for tokens) are not differentiable. Saves ``x``, the parameters and the per-set
     mean and 1/std, as torch's kernels do. Under ``create_graph=True`` the backward
     differentiates torch's functional form with a graph, so double backward works."""
@@ -536,36 +543,31 @@ class _TritonNorm(torch.autograd.Function):
         x: Tensor,
         weight: Tensor | None,
         bias: Tensor | None,
-        kind: str,
-        groups: int,
-        eps: float,
-        relu: bool,
+        spec: _Spec,
         running: tuple[Tensor, Tensor, float] | None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        y, mean, rstd, var = _forward(x, weight, bias, kind, groups, eps, relu, running)
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        y, mean, rstd, var = _forward(x, weight, bias, spec, running)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
-        ctx.kind, ctx.groups, ctx.eps, ctx.relu = kind, groups, eps, relu
+        ctx.spec = spec
         ctx.mark_non_differentiable(*(t for t in (mean, var) if t is not None))
         return y, mean, var
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, weight, bias, mean, rstd = ctx.saved_tensors
-        needs = ctx.needs_input_grad[:3]
-        nones = (None,) * 5
+        spec, needs = ctx.spec, ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():  # create_graph=True: torch's math, with a graph
-            return (*_torch_backward(ctx, dy, x, weight, bias, needs, True), *nones)
-        key = _key("bwd", x, weight, ctx.kind, ctx.groups, ctx.relu, needs)
+            return (*_torch_backward(spec, dy, x, weight, bias, needs, True), None, None)
         grads = _guarded(
-            key,
-            lambda: _kernel_backward(ctx, dy, x, weight, bias, mean, rstd, needs),
-            lambda: _torch_backward(ctx, dy, x, weight, bias, needs, False),
+            _key("bwd", x, weight, spec, needs),
+            lambda: _kernel_backward(spec, dy, x, weight, bias, mean, rstd, needs),
+            lambda: _torch_backward(spec, dy, x, weight, bias, needs, False),
         )
-        return (*grads, *nones)
+        return (*grads, None, None)
 
 
 def _torch_backward(
-    ctx: Any,
+    spec: _Spec,
     dy: Tensor,
     x: Tensor,
     weight: Tensor | None,
@@ -576,14 +578,14 @@ def _torch_backward(
     """The gradients by differentiating torch's functional form (double backward, fallback)."""
     with torch.enable_grad():
         inputs = [t for t, need in zip((x, weight, bias), needs, strict=True) if need]
-        y = reference(x, weight, bias, ctx.kind, ctx.groups, ctx.eps)
-        out = torch.relu(y) if ctx.relu else y
+        y = reference(x, weight, bias, spec.kind, spec.groups, spec.eps)
+        out = torch.relu(y) if spec.relu else y
         grads = iter(torch.autograd.grad(out, inputs, dy, create_graph=create_graph))
         return tuple(next(grads) if need else None for need in needs)
 
 
 def _kernel_backward(
-    ctx: Any,
+    spec: _Spec,
     dy: Tensor,
     x: Tensor,
     weight: Tensor | None,
@@ -592,13 +594,13 @@ def _kernel_backward(
     rstd: Tensor,
     needs: tuple[bool, ...],
 ) -> tuple[Tensor | None, ...]:
-    kind, relu = ctx.kind, ctx.relu
+    kind, groups, _, relu = spec
     dy = dy.contiguous() if x.is_contiguous() else dy.contiguous(memory_format=_cl(x))
     with torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext():
         if kind == "batch":
             dx, dw, db = _two_phase_backward(dy, x, weight, bias, mean, rstd, (0, 1), relu)
         elif kind == "group":
-            dx, dw, db = _group_backward(dy, x, ctx.groups, weight, bias, mean, rstd, relu)
+            dx, dw, db = _group_backward(dy, x, groups, weight, bias, mean, rstd, relu)
         else:
             rms = kind == "rms_token"
             dx, dw, db = _token_backward(dy, x, weight, bias, mean, rstd, relu, rms)
@@ -613,49 +615,43 @@ def _run(
     x: Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
-    kind: str,
-    groups: int,
-    eps: float,
-    relu: bool,
+    spec: _Spec,
     running: tuple[Tensor, Tensor, float] | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """Through :class:`_TritonNorm` where autograd needs it, else the forward kernels alone
     (the Function's fixed cost is tens of microseconds of a launch-bound call); torch's
     kernels where this kind of call fails the first time (:func:`_guarded`)."""
     grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias)
     )
-    key = _key("fwd", x, weight, kind, groups, relu, running is not None)
 
-    def run() -> tuple[Tensor, Tensor, Tensor]:
+    def run() -> tuple[Tensor, Tensor, Tensor | None]:
         if grad:
-            return _TritonNorm.apply(x, weight, bias, kind, groups, eps, relu, running)
-        y, mean, _, var = _forward(x, weight, bias, kind, groups, eps, relu, running)
+            return _TritonNorm.apply(x, weight, bias, spec, running)
+        y, mean, _, var = _forward(x, weight, bias, spec, running)
         return y, mean, var
 
-    return _guarded(
-        key, run, lambda: _torch_forward(x, weight, bias, kind, groups, eps, relu, running)
-    )
+    key = _key("fwd", x, weight, spec, running is not None, grad)
+    return _guarded(key, run, lambda: _torch_forward(x, weight, bias, spec, running))
 
 
-def _key(step: str, x: Tensor, weight: Tensor | None, *rest: Any) -> tuple[Any, ...]:
+def _key(step: str, x: Tensor, weight: Tensor | None, spec: _Spec, *rest: Any) -> tuple[Any, ...]:
     """What selects the kernels and their compiled variants: the step, the input's shape,
-    strides and dtype, the parameters' dtype, and the call's options."""
+    strides and dtype, the parameters' dtype, the norm (not its ``eps``, a plain argument)
+    and the call's options."""
     w = None if weight is None else weight.dtype
-    return (step, tuple(x.shape), x.stride(), x.dtype, w, *rest)
+    return (step, tuple(x.shape), x.stride(), x.dtype, w, spec.kind, spec.groups, spec.relu, *rest)
 
 
 def _torch_forward(
     x: Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
-    kind: str,
-    groups: int,
-    eps: float,
-    relu: bool,
+    spec: _Spec,
     running: tuple[Tensor, Tensor, float] | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """What :func:`_run` returns, on torch's kernels (differentiable): the fallback."""
+    kind, groups, eps, relu = spec
     with torch.no_grad():
         xf = x.detach().float()
         if kind == "batch":
@@ -673,8 +669,7 @@ def _torch_forward(
             rm.lerp_(mean.to(rm.dtype), factor)
             rv.lerp_((var * (m / max(m - 1, 1))).to(rv.dtype), factor)
     y = reference(x, weight, bias, kind, groups, eps)
-    layout = _layout(x)
-    if layout == "channels_last" and not y.is_contiguous(memory_format=_cl(x)):
+    if _layout(x) == "channels_last" and not y.is_contiguous(memory_format=_cl(x)):
         y = y.contiguous(memory_format=_cl(x))  # torch's CUDA group norm returns NCHW
     return (torch.relu(y) if relu else y), mean, var
 
@@ -715,7 +710,7 @@ def batch_norm(
     ``Tensor.lerp_(batch, factor)`` with the unbiased variance, in the statistics kernel.
 
     S. Ioffe, C. Szegedy, "Batch Normalization", ICML 2015."""
-    return _run(x, weight, bias, "batch", 0, eps, relu, running)
+    return _run(x, weight, bias, _Spec("batch", 0, eps, relu), running)
 
 
 def group_norm(
@@ -731,7 +726,7 @@ def group_norm(
     ``(N * groups,)``.
 
     Y. Wu, K. He, "Group Normalization", ECCV 2018."""
-    return _run(x, weight, bias, "group", groups, eps, relu)
+    return _run(x, weight, bias, _Spec("group", groups, eps, relu))
 
 
 def layer_norm_tokens(
@@ -740,7 +735,7 @@ def layer_norm_tokens(
     """Layer norm of a contiguous ``(..., C)`` tensor over its last dim (``F.layer_norm``).
 
     J. L. Ba, J. R. Kiros, G. E. Hinton, "Layer Normalization", arXiv:1607.06450."""
-    return _run(x, weight, bias, "token", 1, eps, relu)[0]
+    return _run(x, weight, bias, _Spec("token", 1, eps, relu))[0]
 
 
 def rms_norm_tokens(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
@@ -748,4 +743,4 @@ def rms_norm_tokens(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: 
     ``y = x / sqrt(mean(x^2) + eps) * w + b`` (``normzoo.functional.rms_norm``).
 
     B. Zhang, R. Sennrich, "Root Mean Square Layer Normalization", NeurIPS 2019."""
-    return _run(x, weight, bias, "rms_token", 1, eps, False)[0]
+    return _run(x, weight, bias, _Spec("rms_token", 1, eps, False))[0]
