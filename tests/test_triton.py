@@ -47,6 +47,12 @@ def test_the_measured_rule(kind, shape, contiguous, groups, expected, monkeypatc
     assert _triton.takes(kind, shape, contiguous, groups) is (len(shape) >= 3 or kind != "group")
 
 
+def test_tokens_wider_than_one_program_keep_torch(monkeypatch):
+    monkeypatch.setenv("NORMZOO_TRITON", "all")
+    assert _triton.takes("token", (64, 8192), True)
+    assert not _triton.takes("token", (64, 8193), True)  # 16384 padded: too many registers
+
+
 def test_cpu_tensors_and_small_inputs_are_never_served():
     x = torch.randn(4, 8, 16, 16)
     for check in (_triton.serves, _triton.serves_batch, _triton.serves_tokens):

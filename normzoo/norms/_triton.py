@@ -159,6 +159,8 @@ def _guarded(key: tuple[Any, ...], run: Any, fallback: Any) -> Any:
             stacklevel=4,
         )
         return fallback()
+    if len(_proven) >= 4096:  # many shapes (dynamic ones): forget, at the cost of a try
+        _proven.clear()
     _proven.add(key)
     return out
 
@@ -199,7 +201,8 @@ def serves(x: Tensor, *params: Tensor | None) -> bool:
 
 def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) -> bool:
     """The measured rule (module docstring) for an input of ``shape`` that :func:`serves`
-    accepts: ``kind`` ``"batch"``, ``"group"`` (``groups`` groups) or ``"token"``;
+    accepts: ``kind`` ``"batch"``, ``"group"`` (``groups`` groups) or ``"token"`` (layer
+    norm or RMSNorm over tokens);
     ``contiguous``: else channels_last. Under ``NORMZOO_TRITON=all``: every input the
     kernels support."""
     every = _mode() == "all"
@@ -209,7 +212,7 @@ def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) 
         if len(shape) < 3:
             return False
         return not contiguous or every or _one_pass_shape(shape, groups)
-    return every
+    return every and _pow2(shape[-1]) <= ONE_PASS_MAX  # a token in one program's registers
 
 
 def serves_batch(x: Tensor, *params: Tensor | None) -> bool:
@@ -224,7 +227,7 @@ def serves_group(x: Tensor, groups: int, *params: Tensor | None) -> bool:
 
 
 def serves_tokens(x: Tensor, *params: Tensor | None) -> bool:
-    """Layer norm of tokens ``(..., C)`` through the kernels: :func:`serves` and
+    """Layer norm or RMSNorm of tokens ``(..., C)`` through the kernels: :func:`serves` and
     :func:`takes` (only under ``NORMZOO_TRITON=all`` for now)."""
     return x.is_contiguous() and serves(x, *params) and takes("token", tuple(x.shape), True)
 
