@@ -125,6 +125,25 @@ def _no_grad(fn: Callable[[], Any]) -> Any:
         return fn()
 
 
+def launch_costs(repeats: int) -> dict[str, float]:
+    """Host us of one launch: a Triton kernel through ``kernel[grid](...)`` (the one-pass
+    token kernel on a 4x64 tensor), a torch kernel (``add_``), and ``torch.empty_like``."""
+    x = torch.randn(4, 64, device="cuda")
+    y, (mean, rstd) = torch.empty_like(x), torch.empty(2, 4, device="cuda").unbind(0)
+    k = _triton._kernels()
+
+    def triton_launch() -> None:
+        k._token_fwd[(1,)](x, y, None, None, mean, rstd, 4, 64, 1e-5, HAS_W=False,
+                           HAS_B=False, RELU=False, RB=4, DB=64, num_warps=4)  # fmt: skip
+
+    triton_launch()  # compile
+    return {
+        "triton_launch": host_time(triton_launch, repeats * 4),
+        "torch_add_": host_time(lambda: x.add_(0.0), repeats * 4),
+        "empty_like": host_time(lambda: torch.empty_like(x), repeats * 4),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", nargs="+", default=["256,64,64,64", "65536,1024"])
@@ -136,6 +155,8 @@ def main() -> None:
     if not torch.cuda.is_available() or not _triton.available():
         raise SystemExit("needs a CUDA GPU and triton")
     flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    launches = launch_costs(args.repeats)
+    print("host us per launch: " + ", ".join(f"{k} {v:.1f}" for k, v in launches.items()))
     rows = []
     for shape in (tuple(int(v) for v in s.split(",")) for s in args.shapes):
         for dtype in (getattr(torch, d) for d in args.dtypes):
@@ -190,7 +211,7 @@ def main() -> None:
         meta = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(),
                 "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "configs": CONFIGS}  # fmt: skip
         with open(args.json, "w") as fh:
-            json.dump({"meta": meta, "rows": rows}, fh, indent=1)
+            json.dump({"meta": meta, "launch_us": launches, "rows": rows}, fh, indent=1)
 
 
 if __name__ == "__main__":
