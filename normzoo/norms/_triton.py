@@ -74,6 +74,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from normzoo import functional
+from normzoo.norms._kernels import channels_last_format
 from normzoo.norms._rownorm import _autocast_on
 
 __all__ = [
@@ -165,16 +166,6 @@ def _guarded(key: tuple[Any, ...], run: Any, fallback: Any) -> Any:
     return out
 
 
-def _layout(x: Tensor) -> str | None:
-    """``"contiguous"``, ``"channels_last"`` (4-d or 5-d) or ``None`` (another layout)."""
-    if x.is_contiguous():
-        return "contiguous"
-    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
-    if fmt is not None and x.is_contiguous(memory_format=fmt):
-        return "channels_last"
-    return None
-
-
 def serves(x: Tensor, *params: Tensor | None) -> bool:
     """Whether the Triton kernels can take ``x``: a CUDA tensor in float32, bfloat16 or
     float16 with at least ``MIN_NUMEL`` elements (``MIN_NUMEL_ALL`` under
@@ -196,7 +187,7 @@ def serves(x: Tensor, *params: Tensor | None) -> bool:
     for p in params:
         if p is not None and (p.device != x.device or p.dtype not in DTYPES):
             return False
-    return _layout(x) is not None and available()
+    return (x.is_contiguous() or channels_last_format(x) is not None) and available()
 
 
 def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) -> bool:
@@ -251,7 +242,7 @@ def _target_programs(x: Tensor) -> int:
 
 def _plan(x: Tensor, fold: bool) -> _Plan:
     """The (cached) :class:`_Plan` of ``x``: its shape, layout and the device's size decide."""
-    rows = x.dim() == 2 or _layout(x) == "channels_last"
+    rows = x.dim() == 2 or channels_last_format(x) is not None
     return _cached_plan(tuple(x.shape), rows, fold, _target_programs(x), TILE)
 
 
@@ -598,7 +589,8 @@ def _kernel_backward(
     needs: tuple[bool, ...],
 ) -> tuple[Tensor | None, ...]:
     kind, groups, _, relu = spec
-    dy = dy.contiguous() if x.is_contiguous() else dy.contiguous(memory_format=_cl(x))
+    fmt = channels_last_format(x)  # dy in x's layout, which the kernels address
+    dy = dy.contiguous() if fmt is None else dy.contiguous(memory_format=fmt)
     with torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext():
         if kind == "batch":
             dx, dw, db = _two_phase_backward(dy, x, weight, bias, mean, rstd, (0, 1), relu)
@@ -672,13 +664,10 @@ def _torch_forward(
             rm.lerp_(mean.to(rm.dtype), factor)
             rv.lerp_((var * (m / max(m - 1, 1))).to(rv.dtype), factor)
     y = reference(x, weight, bias, kind, groups, eps)
-    if _layout(x) == "channels_last" and not y.is_contiguous(memory_format=_cl(x)):
-        y = y.contiguous(memory_format=_cl(x))  # torch's CUDA group norm returns NCHW
+    fmt = channels_last_format(x)
+    if fmt is not None:
+        y = y.contiguous(memory_format=fmt)  # torch's CUDA group norm returns NCHW
     return (torch.relu(y) if relu else y), mean, var
-
-
-def _cl(x: Tensor) -> torch.memory_format:
-    return torch.channels_last if x.dim() == 4 else torch.channels_last_3d
 
 
 def reference(
