@@ -228,6 +228,19 @@ before the dispatch was set from them, the kernels served every input they suppo
 elements (what `NORMZOO_TRITON=all` does now), GroupNorm on `(N, C)` tokens excepted (torch's
 kernel: the ratios of 1.0 there).
 
+**The zoo on the same kernels (eleventh session, not measured: no GPU was lent).** FRN + TLU
+(one pass per sample and channel: the mean square, the affine map and `max(y, tau)`, tau's
+gradient from the same pass), EvoNorm-S0 (one pass per sample and group: `x sigmoid(v x)`
+over the group's standard deviation, v's gradient from the same pass) and channels-first
+RMSNorm (the group kernels without centering; two phases with a mean-square statistic where
+a sample does not fit a program, and on channels_last) run on the group kernels above, whose
+one-pass form read 0.82-0.97 of the copy ceiling. Their eager CUDA paths read 0.1-0.3 at
+the large shapes (the H200 table above; the compiled path, where it is used, measured 1.2-3.4x
+faster than those for FRN and 1.5-1.8x for EvoNorm-S0 up to 2M elements). They are
+served only under `NORMZOO_TRITON=all` until the `tritonab` step of `scripts/gpu_check.sh`
+times them against those paths; checked meanwhile under Triton's interpreter against the
+reference math (outputs, every gradient, ties of the TLU).
+
 **Read the numbers with care.** They were measured on a 2-core VM (load averages are
 recorded with each run, and per row in the JSON). On the CPU a large part of each call is the
 page faults of fresh output tensors (`y`, `dx`): glibc returns freed memory to the system and

@@ -1,9 +1,10 @@
-"""A/B of the core norms' Triton kernels on a GPU: their plan knobs, and the host's share.
+"""A/B of normzoo's Triton kernels on a GPU: their plan knobs, the host's share, and the zoo.
 
     python scripts/gpu_triton_ab.py --json gpu_out/gpu_triton_ab.json
     python scripts/gpu_triton_ab.py --shapes 256,64,64,64 --dtypes float32   # fewer cases
 
-Two questions the tenth session's run left (``docs/performance.md``, the Triton sections):
+Three questions the tenth and eleventh sessions left (``docs/performance.md``, the Triton
+sections):
 
 1. **The two-phase kernels' plan.** On channels_last they reached 0.41 (float32) and 0.26
    (bfloat16) of the copy ceiling forward, below the ~2/3 that two passes allow, with each
@@ -14,6 +15,13 @@ Two questions the tenth session's run left (``docs/performance.md``, the Triton 
    ~67M elements although their GPU time was shorter: each Triton launch from Python costs
    more host time. Here each path's host time per forward and per fwd+bwd is measured with the
    GPU kept busy (so the host never waits), against torch's functional forms.
+3. **The zoo's kernels** (eleventh session, not yet run on a GPU): FRN + TLU, EvoNorm-S0 and
+   channels-first RMSNorm on the group kernels (served only under ``NORMZOO_TRITON=all``
+   until measured). Each module (``--modules``) runs fwd+bwd with ``NORMZOO_TRITON=all``
+   (the kernels) and with the default (its current CUDA path: ``torch.compile`` of the
+   reference math for FRN and small EvoNorm-S0, eager kernels otherwise), interleaved, on
+   the same tensors; ``triton_ran`` records that the kernels served the first and not the
+   second. The default's first call may compile (seconds); it runs before the timing.
 
 GPU times are medians of CUDA events around each call, the call queued behind an L2-evicting
 memset and a GPU sleep (``bench.py --cuda-timing gpu``); fractions are of a ``copy_`` of the
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -47,7 +56,11 @@ CASES = {
     "ln_tokens": ("token", 1, False, True),
     "rms_tokens": ("rms_token", 1, False, True),
     "bn_tokens": ("batch", 0, False, True),
+    "rms_contiguous": ("rms", 1, False, False),
+    "rms_channels_last": ("rms", 1, True, False),
 }
+#: Modules of the zoo A/B'd with and without the kernels (question 3), with their options.
+MODULES = {"frn": {}, "evonorms0": {"num_groups": 32}, "rmsnorm": {}}
 
 
 def gpu_time(fn: Callable[[], Any], flush: torch.Tensor, repeats: int) -> float:
@@ -101,6 +114,8 @@ def ours(t: dict[str, Any], grad: bool) -> Callable[[], Any]:
             return _triton.group_norm(x, groups, w, b, 1e-5)[0]
         if kind == "rms_token":
             return _triton.rms_norm_tokens(x, w, b, 1e-5)
+        if kind == "rms":
+            return _triton.rms_norm(x, w, b, 1e-5)
         return _triton.layer_norm_tokens(x, w, b, 1e-5)
 
     if not grad:
@@ -144,11 +159,68 @@ def launch_costs(repeats: int) -> dict[str, float]:
     }
 
 
+def module_ab(
+    name: str, shape: tuple[int, ...], dtype: torch.dtype, flush: torch.Tensor, repeats: int
+) -> dict[str, Any]:
+    """One zoo module's fwd and fwd+bwd GPU and host times with the kernels
+    (``NORMZOO_TRITON=all``) and without (the default), interleaved per repeat."""
+    import normzoo
+
+    m = normzoo.create(name, shape[1], **MODULES[name]).cuda()
+    x = torch.randn(shape, device="cuda").to(dtype).requires_grad_()
+    g = torch.randn_like(x)
+    src, out = x.detach(), torch.empty_like(x)
+    row: dict[str, Any] = {"module": name, "shape": list(shape), "dtype": str(dtype)[6:]}
+    row["copy_ms"] = gpu_time(lambda: out.copy_(src), flush, repeats)
+    calls: list[Any] = []
+    forward = _triton._forward
+    _triton._forward = lambda *a: calls.append(1) or forward(*a)
+    fns = {
+        "fwd": lambda: _no_grad(lambda: m(x)),
+        "fwdbwd": lambda: torch.autograd.grad(m(x), [x, *m.parameters()], g),  # no .grad sums
+    }
+    modes = {"triton": "all", "default": "1"}
+    try:
+        times: dict[str, list[float]] = {f"{k}_{f}": [] for k in modes for f in fns}
+        ran = {}
+        for mode, env in modes.items():  # compile (the default's first call) and warm
+            os.environ["NORMZOO_TRITON"] = env
+            calls.clear()
+            t0 = time.perf_counter()
+            fns["fwdbwd"]()
+            torch.cuda.synchronize()
+            row[f"{mode}_first_call_s"] = time.perf_counter() - t0
+            ran[mode] = bool(calls)
+            fns["fwd"]()
+        for _ in range(repeats):  # interleaved: one of each per round
+            for mode, env in modes.items():
+                os.environ["NORMZOO_TRITON"] = env
+                for f, fn in fns.items():
+                    times[f"{mode}_{f}"].append(gpu_time(fn, flush, 1))
+        for mode, env in modes.items():
+            os.environ["NORMZOO_TRITON"] = env
+            row[f"{mode}_host_us_fwdbwd"] = host_time(fns["fwdbwd"], repeats)
+    finally:
+        _triton._forward = forward
+        os.environ.pop("NORMZOO_TRITON", None)
+    for key, values in times.items():
+        row[f"{key}_ms"] = statistics.median(values)
+    for mode in modes:
+        fwd, fb = row[f"{mode}_fwd_ms"], row[f"{mode}_fwdbwd_ms"]
+        row[f"{mode}_fwd_fraction"] = row["copy_ms"] / fwd
+        row[f"{mode}_bwd_fraction"] = row["copy_ms"] * 1.5 / max(fb - fwd, 1e-9)
+    row["triton_ran"] = ran  # expected: {"triton": True, "default": False}
+    row["speedup_fwdbwd"] = row["default_fwdbwd_ms"] / row["triton_fwdbwd_ms"]
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", nargs="+", default=["256,64,64,64", "65536,1024"])
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--modules", nargs="*", default=list(MODULES), choices=list(MODULES))
+    p.add_argument("--module-shapes", nargs="+", default=["256,64,64,64", "64,64,64,64"])
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -207,11 +279,27 @@ def main() -> None:
                     "(torch {torch_fwdbwd:.0f})".format(**row["host_us"]),
                     flush=True,
                 )
+    modules = []
+    for shape in (tuple(int(v) for v in s.split(",")) for s in args.module_shapes):
+        for dtype in (getattr(torch, d) for d in args.dtypes):
+            for name in args.modules:
+                r = module_ab(name, shape, dtype, flush, args.repeats)
+                modules.append(r)
+                print(
+                    f"{name:<10} {'x'.join(map(str, shape)):<14} {r['dtype']:<8} "
+                    f"triton {r['triton_fwd_fraction']:.2f}/{r['triton_bwd_fraction']:.2f} "
+                    f"default {r['default_fwd_fraction']:.2f}/{r['default_bwd_fraction']:.2f} "
+                    f"fwd+bwd x{r['speedup_fwdbwd']:.2f}  host us {r['triton_host_us_fwdbwd']:.0f}"
+                    f" vs {r['default_host_us_fwdbwd']:.0f}  ran {r['triton_ran']}  first call "
+                    f"{r['triton_first_call_s']:.1f}/{r['default_first_call_s']:.1f} s",
+                    flush=True,
+                )
     if args.json:
         meta = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(),
                 "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "configs": CONFIGS}  # fmt: skip
         with open(args.json, "w") as fh:
-            json.dump({"meta": meta, "launch_us": launches, "rows": rows}, fh, indent=1)
+            out = {"meta": meta, "launch_us": launches, "rows": rows, "modules": modules}
+            json.dump(out, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -273,7 +273,22 @@ TRITON_CASES = {
         lambda c: normzoo.create("rms", c, channels_last=True),
         lambda c: normzoo.create("rms", c, channels_last=True, impl="reference"),
     ),
+    # the zoo (no torch.nn equivalent: normzoo's reference math on torch's kernels)
+    "rms": (
+        lambda c: normzoo.create("rms", c),
+        lambda c: normzoo.create("rms", c, impl="reference"),
+    ),
+    "frn": (
+        lambda c: normzoo.create("frn", c),
+        lambda c: normzoo.create("frn", c, impl="reference"),
+    ),
+    "s0": (
+        lambda c: normzoo.create("evonorms0", c, num_groups=c // 4),
+        lambda c: normzoo.create("evonorms0", c, num_groups=c // 4, impl="reference"),
+    ),
 }
+#: Kinds that the kernels serve on contiguous input only (one pass per set).
+TRITON_CONTIGUOUS_ONLY = ("frn", "s0")
 TRITON_SHAPES = {
     "bn": [(8, 12, 30, 30), (64, 24, 9, 9), (2, 40, 130, 70)],
     "bn1d": [(300, 36), (50, 24, 77)],
@@ -283,6 +298,9 @@ TRITON_SHAPES = {
     "in": [(8, 12, 30, 30), (2, 8, 130, 70)],
     "ln_tokens": [(4, 300, 36), (1000, 1030)],
     "rms_tokens": [(4, 300, 36), (1000, 1030)],
+    "rms": [(4, 12, 20, 20), (4, 32, 130, 70), (3, 8, 7, 9, 11)],  # one pass, two phases
+    "frn": [(8, 12, 30, 30), (2, 8, 70, 70), (3, 20, 7, 9, 11)],
+    "s0": [(8, 12, 30, 30), (2, 8, 60, 30), (3, 20, 7, 9, 11)],  # groups of 4 channels
 }
 
 
@@ -298,7 +316,7 @@ def triton_everywhere(monkeypatch):
     monkeypatch.setattr(_triton, "MIN_NUMEL_ALL", 0)
     calls = []
     forward = _triton._forward
-    monkeypatch.setattr(_triton, "_forward", lambda *a: calls.append(a[3]) or forward(*a))
+    monkeypatch.setattr(_triton, "_forward", lambda *a: calls.append(a[4]) or forward(*a))
     yield calls
     assert _triton._disabled is None, _triton._disabled  # no call fell back to torch's
 
@@ -311,8 +329,16 @@ def _triton_params(ours: nn.Module, ref: nn.Module) -> None:
 
 
 @pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=str)
-@pytest.mark.parametrize("case", list(TRITON_CASES))
+@pytest.mark.parametrize(
+    ("case", "layout"),
+    [
+        (case, layout)
+        for case in TRITON_CASES
+        for layout in (torch.contiguous_format, torch.channels_last)
+        if case not in TRITON_CONTIGUOUS_ONLY or layout == torch.contiguous_format
+    ],
+    ids=str,
+)
 def test_cuda_triton_kernels_equal_torch_nn(case, layout, relu, triton_everywhere):
     """Three training steps and one eval step: outputs, input and parameter gradients and
     running statistics equal torch.nn's (followed by nn.ReLU where ours fuses it); the layout
@@ -389,7 +415,7 @@ def test_cuda_triton_half_inputs(case, dtype, triton_everywhere):
 def test_cuda_triton_double_backward(triton_everywhere):
     """create_graph=True: the backward is torch's functional form with a graph, so second
     derivatives are torch's."""
-    for case in ("bn", "gn", "ln_tokens"):
+    for case in ("bn", "gn", "ln_tokens", "rms", "frn", "s0"):
         make, make_ref = TRITON_CASES[case]
         shape = TRITON_SHAPES[case][0]
         c = shape[-1] if case.endswith("_tokens") else shape[1]
@@ -429,8 +455,13 @@ def test_cuda_triton_dispatch(monkeypatch):
     assert not _triton.serves_batch(big, torch.ones(64))  # a CPU parameter
     with torch.autocast("cuda", dtype=torch.bfloat16):
         assert not _triton.serves_batch(big)
+    for kind in ("rms", "frn", "s0"):  # the zoo's kinds: not measured yet, so "all" only
+        assert not _triton.serves_group(big, 16, kind=kind)
     monkeypatch.setenv("NORMZOO_TRITON", "all")
     assert _triton.serves_batch(cl) and _triton.serves_tokens(big.view(-1, 1024))
+    assert _triton.serves_group(big, 64, kind="frn") and _triton.serves_group(big, 32, kind="s0")
+    assert _triton.serves_group(big, 1, kind="rms") and _triton.serves_group(cl, 1, kind="rms")
+    assert not _triton.serves_group(cl, 64, kind="frn")  # one pass, contiguous only
     monkeypatch.setenv("NORMZOO_TRITON", "0")
     assert not _triton.serves_batch(big) and not _triton.serves_group(cl, 1)
 

@@ -80,7 +80,7 @@ def test_orchestration_with_emulated_kernels(monkeypatch, capsys):
     fails = triton_interpreter_check.check()
     out = capsys.readouterr().out
     assert fails == 0, out
-    assert "cases 116 fails 0" in out
+    assert "cases 146 fails 0" in out
     assert _triton._disabled is None  # no case fell back to torch's kernels
 
 
@@ -195,3 +195,84 @@ def test_kernels_under_the_interpreter():
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "fails 0" in out.stdout
+
+
+#: Modules and inputs that the kernels serve under NORMZOO_TRITON=all (the emulated kernels
+#: on CPU tensors here): each module's call of them, its arguments and its output.
+MODULE_CASES = [
+    ("bn", {}, (6, 8, 5, 7)),
+    ("gn", {"num_groups": 2}, (4, 8, 5, 7)),
+    ("ln", {}, (4, 8, 5, 7)),
+    ("in", {"track_running_stats": True}, (4, 8, 5, 7)),
+    ("ln", {"channels_last": True}, (4, 9, 16)),
+    ("rms", {"channels_last": True}, (4, 9, 16)),
+    ("rms", {}, (4, 8, 5, 7)),
+    ("frn", {}, (4, 8, 5, 7)),
+    ("evonorms0", {"num_groups": 4}, (4, 8, 5, 7)),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "shape", "channels_last"),
+    [(*case, cl) for case in MODULE_CASES for cl in (False, True) if not cl or len(case[2]) == 4],
+    ids=str,
+)
+def test_modules_reach_the_kernels(name, kwargs, shape, channels_last, emulated, monkeypatch):
+    """Each module's Triton call (arguments in the kernels' order, parameters, eps, running
+    statistics) gives its reference math's outputs, gradients and buffers; the kernels ran
+    (FRN and EvoNorm-S0 only on contiguous input: channels_last keeps their other paths)."""
+    import normzoo
+
+    monkeypatch.setenv("NORMZOO_TRITON", "all")
+    monkeypatch.setattr(_triton, "serves", lambda x, *params: True)  # CPU tensors, any size
+    calls = []
+    forward = _triton._forward
+    monkeypatch.setattr(_triton, "_forward", lambda *a: calls.append(a[4].kind) or forward(*a))
+    c = shape[-1] if kwargs.get("channels_last") else shape[1]
+    ours = normzoo.create(name, c, **kwargs)
+    ref = normzoo.create(name, c, impl="reference", **kwargs)
+    with torch.no_grad():
+        for p, q in zip(ours.parameters(), ref.parameters(), strict=True):
+            p.copy_(torch.rand_like(p) + 0.5)
+            q.copy_(p)
+    x = torch.randn(shape) * 2 + 1
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    g = torch.randn(shape)
+    outs = []
+    for m in (ours, ref):
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        y.backward(g)
+        outs.append((y, xi.grad, *(p.grad for p in m.parameters())))
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.state_dict(), ref.state_dict())
+    one_pass_only = name in ("frn", "evonorms0")
+    assert bool(calls) is not (channels_last and one_pass_only), calls
+    if calls and not channels_last:
+        assert outs[0][0].is_contiguous()
+    if calls and channels_last:
+        assert outs[0][0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_failing_first_zoo_call_falls_back_to_the_reference_math(emulated, monkeypatch):
+    """FRN's kernels cannot compile: one warning, then its reference math (forward, and the
+    gradients of x, the parameters and tau through the fallback)."""
+    import triton_emulation
+
+    from normzoo import functional
+
+    monkeypatch.setattr(emulated, "_group_fwd", triton_emulation._Kernel(_broken))
+    x = torch.randn(4, 6, 5, 7, requires_grad=True)
+    w, b, tau = (torch.rand(6, requires_grad=True) for _ in range(3))
+    with pytest.warns(RuntimeWarning, match="first call"):
+        y = _triton.filter_response_norm(x, w, b, tau, 1e-6)
+    g = torch.randn_like(y)
+    y.backward(g)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b, tau)]
+    functional.filter_response_norm(*leaves, eps=1e-6).backward(g)
+    torch.testing.assert_close(y, functional.filter_response_norm(x, w, b, tau, eps=1e-6))
+    for ours, ref in zip((x, w, b, tau), leaves, strict=True):
+        torch.testing.assert_close(ours.grad, ref.grad)
+    assert not _triton.available()

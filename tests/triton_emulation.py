@@ -73,6 +73,8 @@ def finalize(grid, PCNT, PMEAN, PM2, MEAN, RSTD, VAR, RMEAN, RVAR, K, eps, facto
     total = cnt.sum(1)
     mean = (cnt * mu).sum(1) / total
     var = (m2 + cnt * (mu - mean[:, None]) ** 2).sum(1) / total
+    if kw.get("RMS"):  # the mean square in var's place, the mean 0
+        var, mean = var + mean**2, torch.zeros_like(mean)
     MEAN.copy_(mean)
     RSTD.copy_(1 / torch.sqrt(var + eps))
     VAR.copy_(var)
@@ -122,33 +124,64 @@ def apply_grad(
     _view(DX, N, C, S, *strides).copy_(dx)
 
 
-def group_fwd(grid, X, Y, W, B, MEAN, RSTD, VAR, C, S, G, CPG, eps, **kw):
+def group_fwd(grid, X, Y, W, B, P, MEAN, RSTD, VAR, C, S, G, CPG, eps, **kw):
     n = grid[1]
     x = X.reshape(n, G, CPG * S).float()
-    var, mean = torch.var_mean(x, 2, correction=0)
+    if kw.get("RMS"):
+        var, mean = x.square().mean(2), torch.zeros(n, G)
+    else:
+        var, mean = torch.var_mean(x, 2, correction=0)
     rstd = 1 / torch.sqrt(var + eps)
     w, b = _affine(W, B, C, **kw)
-    y = ((x - mean[..., None]) * rstd[..., None]).view(n, C, S) * w[:, None] + b[:, None]
-    Y.copy_((y.clamp_min(0) if kw["RELU"] else y).view_as(Y))
+    num = x - mean[..., None]
+    if kw.get("SWISH"):
+        xc = x.view(n, C, S)
+        num = (xc * torch.sigmoid(P.float()[:, None] * xc)).view_as(x)
+    y = (num * rstd[..., None]).view(n, C, S) * w[:, None] + b[:, None]
+    y = y.clamp_min(0) if kw["RELU"] else y
+    if kw.get("TLU"):
+        y = torch.maximum(y, P.float()[:, None])
+    Y.copy_(y.view_as(Y))
     MEAN.copy_(mean.flatten())
     RSTD.copy_(rstd.flatten())
     VAR.copy_(var.flatten())
 
 
-def group_bwd(grid, X, DY, DX, W, B, MEAN, RSTD, PDW, PDB, N, C, S, G, CPG, NPP, **kw):
+def group_bwd(grid, X, DY, DX, W, B, P, MEAN, RSTD, PDW, PDB, PDP, N, C, S, G, CPG, NPP, **kw):
     strides = (C * S, S, 1)
-    dy, xhat, w, _ = _dy_xhat(X, DY, MEAN, RSTD, W, B, N, C, S, strides, G, CPG, **kw)
-    wdy = (dy * w[:, None]).view(N, G, CPG * S)
-    xg = xhat.reshape(N, G, CPG * S)
-    a = (wdy * xg).mean(2, keepdim=True)
-    b = wdy.mean(2, keepdim=True)
-    rstd = RSTD.view(N, G, 1)
-    DX.copy_((rstd * (wdy - xg * a - b)).view_as(DX))
-    np_ = grid[1]
-    for p in range(np_):
+    dy, xhat, w, sets = _dy_xhat(X, DY, MEAN, RSTD, W, B, N, C, S, strides, G, CPG, **kw)
+    x = _view(X, N, C, S, *strides).float()
+    rstd_c = RSTD[sets][..., None]
+    dp = None
+    if kw.get("TLU"):  # torch.maximum's split: all of dy above tau, half at a tie
+        _, b = _affine(W, B, C, **kw)
+        y = xhat * w[:, None] + b[:, None]
+        tau = P.float()[:, None]
+        h = torch.where(y > tau, dy, torch.where(y == tau, dy * 0.5, 0))
+        dp, dy = dy - h, h
+    if kw.get("SWISH"):
+        sg = torch.sigmoid(P.float()[:, None] * x)
+        fr = x * sg * rstd_c
+        dp = dy * fr * x * (1 - sg) * w[:, None]
+        a = (dy * w[:, None] * fr).view(N, G, CPG * S).mean(2)[:, :, None]
+        fp = sg + P.float()[:, None] * x * sg * (1 - sg)
+        xg = xhat.reshape(N, G, CPG * S)
+        dx = rstd_c * (w[:, None] * dy * fp) - (RSTD.view(N, G, 1) * xg * a).view(N, C, S)
+        prod = dy * fr
+    else:
+        wdy = (dy * w[:, None]).view(N, G, CPG * S)
+        xg = xhat.reshape(N, G, CPG * S)
+        a = (wdy * xg).mean(2, keepdim=True)
+        b = 0 if kw.get("RMS") else wdy.mean(2, keepdim=True)
+        dx = (RSTD.view(N, G, 1) * (wdy - xg * a - b)).view(N, C, S)
+        prod = dy * xhat
+    DX.copy_(dx.reshape(DX.shape))
+    for p in range(grid[1]):
         rows = slice(p * NPP, min(p * NPP + NPP, N))
-        PDW.view(-1, C)[p] = (dy * xhat)[rows].sum((0, 2))
+        PDW.view(-1, C)[p] = prod[rows].sum((0, 2))
         PDB.view(-1, C)[p] = dy[rows].sum((0, 2))
+        if dp is not None:
+            PDP.view(-1, C)[p] = dp[rows].sum((0, 2))
 
 
 def token_fwd(grid, X, Y, W, B, MEAN, RSTD, R, D, eps, **kw):

@@ -43,8 +43,24 @@ def check() -> int:
             cases.append((d, "token", 1, False, affine, relu))
         for affine in (True, False):
             cases.append((d, "rms_token", 1, False, affine, False))
+    # the zoo's group-structured kinds: channels-first RMSNorm (one pass, or two phases for
+    # the large shape and channels_last), FRN + TLU and EvoNorm-S0 (one pass, contiguous)
+    for shape, s0_groups in [((4, 6, 5, 7), 3), ((3, 8, 33), 4), ((2, 4, 3, 4, 5), 2)]:
+        for affine in (True, False):
+            cases.append((shape, "frn", shape[1], False, affine, False))
+            cases.append((shape, "s0", s0_groups, False, affine, False))
+    cases.append(((2, 8, 70, 70), "frn", 8, False, True, False))
+    cases.append(((2, 8, 70, 70), "s0", 8, False, True, False))
+    for shape in [(4, 6, 5, 7), (3, 8, 33), (2, 4, 3, 4, 5), (2, 8, 70, 70)]:
+        for cl in [False, True] if len(shape) in (4, 5) else [False]:
+            for affine in (True, False):
+                cases.append((shape, "rms", 1, cl, affine, False))
     # the large shape again with small tiles: many chunks per set, several tiles per program
-    cases += [(*c, 1024) for c in cases if c[0] == (2, 8, 70, 70) and c[4] and not c[5]]
+    cases += [
+        (*c, 1024)
+        for c in cases
+        if c[0] == (2, 8, 70, 70) and c[4] and not c[5] and c[1] not in ("frn", "s0")
+    ]
     fails = 0
     for shape, kind, groups, cl, affine, relu, *tile in cases:
         T.TILE = tile[0] if tile else 4096
@@ -55,18 +71,32 @@ def check() -> int:
             x = x.to(memory_format=fmt)
         w = (torch.randn(c) * 0.5 + 1).requires_grad_() if affine else None
         b = (torch.randn(c) * 0.5).requires_grad_() if affine else None
+        # FRN's tau, EvoNorm-S0's v
+        p = (torch.randn(c) * 0.5 + (1 if kind == "s0" else 0)).requires_grad_()
+        if kind == "frn":  # ties y == tau (x = 0, b = tau): torch.maximum halves the gradient
+            x.view(-1)[:: max(1, x.numel() // 64)] = 0.0
+            if affine:
+                b.data[: c // 2] = p.data[: c // 2]
         x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        p2 = p.detach().clone().requires_grad_()
         if kind == "batch":
             y1, mean, var = T.batch_norm(x1, w, b, 1e-5, relu)
         elif kind == "group":
             y1, mean, var = T.group_norm(x1, groups, w, b, 1e-5, relu)
         elif kind == "token":
             y1 = T.layer_norm_tokens(x1, w, b, 1e-5, relu)
+        elif kind == "rms":
+            y1 = T.rms_norm(x1, w, b, 1e-5)
+        elif kind == "frn":
+            y1 = T.filter_response_norm(x1, w, b, p, 1e-5)
+        elif kind == "s0":
+            y1 = T.evonorm_s0(x1, p, groups, w, b, 1e-5)
         else:
             y1 = T.rms_norm_tokens(x1, w, b, 1e-5)
         w2 = w.detach().clone().requires_grad_() if affine else None
         b2 = b.detach().clone().requires_grad_() if affine else None
-        y2 = T.reference(x2, w2, b2, kind, groups, 1e-5)
+        extra = p2 if kind in ("frn", "s0") else None
+        y2 = T.reference(x2, w2, b2, kind, groups, 1e-5, extra)
         y2 = torch.relu(y2) if relu else y2
         g = torch.randn_like(y2)
         y1.backward(g)
@@ -77,6 +107,8 @@ def check() -> int:
             scale = 1 + w2.grad.abs().max().item() + b2.grad.abs().max().item()
             errs += [((w.grad - w2.grad).abs().max() / scale).item()]
             errs += [((b.grad - b2.grad).abs().max() / scale).item()]
+        if extra is not None:
+            errs += [((p.grad - p2.grad).abs().max() / (1 + p2.grad.abs().max())).item()]
         if kind == "batch":
             v, m = torch.var_mean(x.double(), [0, *range(2, x.dim())], correction=0)
             errs += [(mean.double() - m).abs().max().item()]

@@ -1,4 +1,5 @@
-r"""BatchNorm, GroupNorm, LayerNorm and InstanceNorm on CUDA through Triton kernels.
+r"""BatchNorm, GroupNorm, LayerNorm and InstanceNorm (and RMSNorm, FRN, EvoNorm-S0) on CUDA
+through Triton kernels.
 
 torch's CUDA kernels for these norms reached 0.15-0.6 of a ``copy_``'s bandwidth on an H200
 (``docs/data/bench_cuda_h200.json``, the eighth session): batch norm on contiguous input
@@ -48,6 +49,16 @@ measured a win, at ``MIN_NUMEL`` elements and more:
   2x faster on the GPU but 1.28x host included) keep torch's; so does RMSNorm over tokens
   (the token kernels without centering, added after the measurement: not measured yet).
 
+The zoo on the group kernels (eleventh session, written without a GPU: checked under Triton's
+interpreter, ``tests/triton_interpreter_check.py``, not yet compiled or timed on a GPU):
+channels-first RMSNorm (``kind="rms"``: no centering; the two-phase statistics merge keeps the
+mean square), FRN + TLU (``"frn"``: one channel per group, no centering, ``max(y, tau)``, with
+``torch.maximum``'s split of the gradient at ties) and EvoNorm-S0 (``"s0"``:
+``x sigmoid(v x)`` over the group's std). The last two take one-pass contiguous shapes only;
+each gives its extra parameter's gradient (``tau``, ``v``) from the same backward pass. They
+are served only under ``NORMZOO_TRITON=all`` until measured against their current CUDA paths
+(``scripts/gpu_triton_ab.py``).
+
 ``NORMZOO_TRITON=0`` turns the kernels off; ``NORMZOO_TRITON=all`` serves every input they
 support from ``MIN_NUMEL_ALL`` elements (tests, and A/B runs on a GPU). GPUs older than compute
 capability 8.0 (Triton's supported range) keep torch's kernels; a kind of call whose first run
@@ -80,8 +91,11 @@ from normzoo.norms._rownorm import _autocast_on
 __all__ = [
     "available",
     "batch_norm",
+    "evonorm_s0",
+    "filter_response_norm",
     "group_norm",
     "layer_norm_tokens",
+    "rms_norm",
     "rms_norm_tokens",
     "serves",
     "serves_batch",
@@ -192,10 +206,11 @@ def serves(x: Tensor, *params: Tensor | None) -> bool:
 
 def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) -> bool:
     """The measured rule (module docstring) for an input of ``shape`` that :func:`serves`
-    accepts: ``kind`` ``"batch"``, ``"group"`` (``groups`` groups) or ``"token"`` (layer
-    norm or RMSNorm over tokens);
+    accepts: ``kind`` ``"batch"``, ``"group"`` (``groups`` groups), ``"token"`` (layer
+    norm or RMSNorm over tokens), or the zoo's ``"rms"`` (channels-first RMSNorm), ``"frn"``,
+    ``"s0"`` (EvoNorm-S0; these two on one-pass contiguous shapes only);
     ``contiguous``: else channels_last. Under ``NORMZOO_TRITON=all``: every input the
-    kernels support."""
+    kernels support. The zoo's kinds and tokens are not measured yet: ``all`` only."""
     every = _mode() == "all"
     if kind == "batch":
         return every or (len(shape) >= 3 and contiguous)
@@ -203,6 +218,10 @@ def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) 
         if len(shape) < 3:
             return False
         return not contiguous or every or _one_pass_shape(shape, groups)
+    if kind == "rms":
+        return every and len(shape) >= 3
+    if kind in ("frn", "s0"):
+        return every and contiguous and _one_pass_shape(shape, groups)
     return every and _pow2(shape[-1]) <= ONE_PASS_MAX  # a token in one program's registers
 
 
@@ -211,10 +230,11 @@ def serves_batch(x: Tensor, *params: Tensor | None) -> bool:
     return serves(x, *params) and takes("batch", tuple(x.shape), x.is_contiguous())
 
 
-def serves_group(x: Tensor, groups: int, *params: Tensor | None) -> bool:
+def serves_group(x: Tensor, groups: int, *params: Tensor | None, kind: str = "group") -> bool:
     """Group norm of ``x`` with ``groups`` groups (1: layer norm over (C, *spatial), C:
-    instance norm) through the kernels: :func:`serves` and :func:`takes`."""
-    return serves(x, *params) and takes("group", tuple(x.shape), x.is_contiguous(), groups)
+    instance norm), or another group-structured ``kind`` (``"rms"``, ``"frn"``, ``"s0"``:
+    see :func:`takes`), through the kernels: :func:`serves` and :func:`takes`."""
+    return serves(x, *params) and takes(kind, tuple(x.shape), x.is_contiguous(), groups)
 
 
 def serves_tokens(x: Tensor, *params: Tensor | None) -> bool:
@@ -284,9 +304,11 @@ def _stats(
     sets: tuple[int, int],
     eps: float,
     running: tuple[Tensor, Tensor, float] | None = None,
+    rms: bool = False,
 ) -> tuple[Tensor, ...]:
     """``(mean, rstd, var)`` per set: ``sets = (SET_N, CPG)``, batch norm ``(0, 1)``;
-    ``running = (running_mean, running_var, factor)`` blends them into those (per set)."""
+    ``running = (running_mean, running_var, factor)`` blends them into those (per set);
+    ``rms``: mean 0 and the mean square in ``var``'s place (RMSNorm)."""
     k = _kernels()
     n, c, nk = plan.n, plan.c, plan.nk
     set_n, cpg = sets
@@ -304,7 +326,7 @@ def _stats(
     m = x.numel() // count  # values per set
     k._finalize[(count,)](
         *part, *out, rm, rv, per, eps, factor, m / max(m - 1, 1),
-        HAS_RUNNING=running is not None, KB=min(1024, _pow2(per)), num_warps=4,
+        HAS_RUNNING=running is not None, KB=min(1024, _pow2(per)), RMS=rms, num_warps=4,
     )  # fmt: skip
     return out
 
@@ -317,9 +339,10 @@ def _two_phase_forward(
     eps: float,
     relu: bool,
     running: tuple[Tensor, Tensor, float] | None = None,
+    rms: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     plan = _plan(x, fold=sets[0] == 0)
-    mean, rstd, var = _stats(x, plan, sets, eps, running)
+    mean, rstd, var = _stats(x, plan, sets, eps, running, rms)
     y = torch.empty_like(x)
     _kernels()._apply[plan.grid](
         x, y, mean, rstd, weight, bias, plan.n, plan.c, plan.s, *plan.strides, *sets,
@@ -338,6 +361,7 @@ def _two_phase_backward(
     rstd: Tensor,
     sets: tuple[int, int],
     relu: bool,
+    rms: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     k = _kernels()
     plan = _plan(x, fold=sets[0] == 0)
@@ -359,6 +383,8 @@ def _two_phase_backward(
         if weight is not None:
             sums = sums * weight.float()
         coef = sums.view(2, n * set_n, cpg).sum(2) / (cpg * plan.s)
+    if rms:  # no centering: no mean(w dy) term
+        coef[0].zero_()
     b, a = coef.unbind(0)
     dx = torch.empty_like(x)
     k._apply_grad[plan.grid](
@@ -384,26 +410,44 @@ def _one_pass_shape(shape: tuple[int, ...], groups: int) -> bool:
     return _group_tiles(shape, groups) is not None
 
 
+#: The one-pass kernels' flags for each group-structured kind (:class:`_Spec`): group norm,
+#: channels-first RMSNorm (no centering), FRN + TLU (RMS over the positions, then
+#: ``max(y, tau)``) and EvoNorm-S0 (``x sigmoid(v x)`` over the group's std).
+_GROUP_FLAGS: dict[str, dict[str, bool]] = {
+    "group": {},
+    "rms": {"RMS": True},
+    "frn": {"RMS": True, "TLU": True},
+    "s0": {"SWISH": True},
+}
+#: The kinds that the two-phase kernels also serve (large sets, channels_last).
+_TWO_PHASE = ("group", "rms")
+
+
 def _group_forward(
     x: Tensor,
-    groups: int,
+    spec: _Spec,
     weight: Tensor | None,
     bias: Tensor | None,
-    eps: float,
-    relu: bool,
+    extra: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(y, mean, rstd, var)`` per (sample, group) of a group-structured ``spec``; ``extra``:
+    FRN's ``tau`` or EvoNorm-S0's ``v``."""
+    kind, groups, eps, relu = spec
     n, c = x.shape[0], x.shape[1]
     tiles = _group_tiles(tuple(x.shape), groups) if x.is_contiguous() else None
     if tiles is None:
-        return _two_phase_forward(x, weight, bias, (groups, c // groups), eps, relu)
+        if kind not in _TWO_PHASE:
+            raise ValueError(f"{kind}: only one-pass shapes are served, got {tuple(x.shape)}")
+        sets = (groups, c // groups)
+        return _two_phase_forward(x, weight, bias, sets, eps, relu, rms=kind == "rms")
     s = x.numel() // (n * c)
     cb, sb = tiles
     stats = torch.empty((3, n * groups), device=x.device, dtype=torch.float32).unbind(0)
     y = torch.empty_like(x)
     _kernels()._group_fwd[(groups, n)](
-        x, y, weight, bias, *stats, c, s, groups, c // groups, eps,
+        x, y, weight, bias, extra, *stats, c, s, groups, c // groups, eps,
         HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, CB=cb, SB=sb,
-        num_warps=_warps(cb * sb),
+        num_warps=_warps(cb * sb), **_GROUP_FLAGS[kind],
     )  # fmt: skip
     return (y, *stats)
 
@@ -415,31 +459,37 @@ def _warps(elements: int) -> int:
 def _group_backward(
     dy: Tensor,
     x: Tensor,
-    groups: int,
+    spec: _Spec,
     weight: Tensor | None,
     bias: Tensor | None,
+    extra: Tensor | None,
     mean: Tensor,
     rstd: Tensor,
-    relu: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(dx, dw, db, d_extra)`` (``d_extra`` ``None`` without ``extra``)."""
+    kind, groups, _, relu = spec
     n, c = x.shape[0], x.shape[1]
     tiles = _group_tiles(tuple(x.shape), groups) if x.is_contiguous() else None
     if tiles is None:
         sets = (groups, c // groups)
-        return _two_phase_backward(dy, x, weight, bias, mean, rstd, sets, relu)
+        rms = kind == "rms"
+        return (*_two_phase_backward(dy, x, weight, bias, mean, rstd, sets, relu, rms), None)
     s = x.numel() // (n * c)
     cb, sb = tiles
     npp = _cdiv(n, max(1, _target_programs(x) // groups))
     np_ = _cdiv(n, npp)
-    part = torch.empty((2, np_, c), device=x.device, dtype=torch.float32)
+    part = torch.empty(
+        (3 if extra is not None else 2, np_, c), device=x.device, dtype=torch.float32
+    )
+    pdp = part[2] if extra is not None else None
     dx = torch.empty_like(x)
     _kernels()._group_bwd[(groups, np_)](
-        x, dy, dx, weight, bias, mean, rstd, *part.unbind(0), n, c, s, groups, c // groups,
-        npp, HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, CB=cb, SB=sb,
-        num_warps=_warps(cb * sb),
+        x, dy, dx, weight, bias, extra, mean, rstd, part[0], part[1], pdp, n, c, s, groups,
+        c // groups, npp, HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, CB=cb,
+        SB=sb, num_warps=_warps(cb * sb), **_GROUP_FLAGS[kind],
     )  # fmt: skip
-    dw, db = part.sum(1).unbind(0)
-    return dx, dw, db
+    sums = part.sum(1)
+    return dx, sums[0], sums[1], (sums[2] if extra is not None else None)
 
 
 def _token_forward(
@@ -497,8 +547,10 @@ def _elsewhere(x: Tensor) -> bool:
 
 
 class _Spec(NamedTuple):
-    """Which norm a call computes: ``kind`` (``"batch"``, ``"group"`` with ``groups``,
-    ``"token"``, ``"rms_token"``), its ``eps``, and whether a ReLU follows."""
+    """Which norm a call computes: ``kind`` (``"batch"``; with ``groups``, ``"group"``,
+    ``"rms"`` (channels-first RMSNorm, one group), ``"frn"`` (FRN + TLU, one channel per
+    group), ``"s0"`` (EvoNorm-S0); ``"token"``, ``"rms_token"``), its ``eps``, and whether a
+    ReLU follows."""
 
     kind: str
     groups: int
@@ -510,26 +562,28 @@ def _forward(
     x: Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
+    extra: Tensor | None,
     spec: _Spec,
     running: tuple[Tensor, Tensor, float] | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """``(y, mean, rstd, var)`` of ``spec``'s norm (per set; ``var`` ``None`` for tokens)."""
     if _elsewhere(x):  # Triton launches on the current device: make it x's
         with torch.cuda.device(x.device):
-            return _forward(x, weight, bias, spec, running)
-    kind, groups, eps, relu = spec
+            return _forward(x, weight, bias, extra, spec, running)
+    kind, _, eps, relu = spec
     if kind == "batch":
         return _two_phase_forward(x, weight, bias, (0, 1), eps, relu, running)
-    if kind == "group":
-        return _group_forward(x, groups, weight, bias, eps, relu)
+    if kind in _GROUP_FLAGS:
+        return _group_forward(x, spec, weight, bias, extra)
     return _token_forward(x, weight, bias, eps, relu, rms=kind == "rms_token")
 
 
 class _TritonNorm(torch.autograd.Function):
     """``(y, mean, var)`` of ``spec``'s norm; ``mean`` and the biased ``var`` (per set;
-    ``None`` for tokens) are not differentiable. Saves ``x``, the parameters and the per-set
-    mean and 1/std, as torch's kernels do. Under ``create_graph=True`` the backward
-    differentiates torch's functional form with a graph, so double backward works."""
+    ``None`` for tokens) are not differentiable. Saves ``x``, the parameters (``extra``: FRN's
+    ``tau``, EvoNorm-S0's ``v``) and the per-set mean and 1/std, as torch's kernels do. Under
+    ``create_graph=True`` the backward differentiates torch's functional form with a graph,
+    so double backward works."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -537,42 +591,46 @@ class _TritonNorm(torch.autograd.Function):
         x: Tensor,
         weight: Tensor | None,
         bias: Tensor | None,
+        extra: Tensor | None,
         spec: _Spec,
         running: tuple[Tensor, Tensor, float] | None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        y, mean, rstd, var = _forward(x, weight, bias, spec, running)
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        y, mean, rstd, var = _forward(x, weight, bias, extra, spec, running)
+        ctx.save_for_backward(x, weight, bias, extra, mean, rstd)
         ctx.spec = spec
         ctx.mark_non_differentiable(*(t for t in (mean, var) if t is not None))
         return y, mean, var
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, weight, bias, mean, rstd = ctx.saved_tensors
-        spec, needs = ctx.spec, ctx.needs_input_grad[:3]
+        x, weight, bias, extra, mean, rstd = ctx.saved_tensors
+        params = (x, weight, bias, extra)
+        spec, needs = ctx.spec, ctx.needs_input_grad[:4]
         if torch.is_grad_enabled():  # create_graph=True: torch's math, with a graph
-            return (*_torch_backward(spec, dy, x, weight, bias, needs, True), None, None)
+            return (*_torch_backward(spec, dy, params, needs, True), None, None)
         grads = _guarded(
             _key("bwd", x, weight, spec, needs),
-            lambda: _kernel_backward(spec, dy, x, weight, bias, mean, rstd, needs),
-            lambda: _torch_backward(spec, dy, x, weight, bias, needs, False),
+            lambda: _kernel_backward(spec, dy, params, mean, rstd, needs),
+            lambda: _torch_backward(spec, dy, params, needs, False),
         )
         return (*grads, None, None)
+
+
+_Params = tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]
 
 
 def _torch_backward(
     spec: _Spec,
     dy: Tensor,
-    x: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
+    params: _Params,
     needs: tuple[bool, ...],
     create_graph: bool,
 ) -> tuple[Tensor | None, ...]:
-    """The gradients by differentiating torch's functional form (double backward, fallback)."""
+    """The gradients of ``params = (x, weight, bias, extra)`` by differentiating torch's
+    functional form (double backward, fallback)."""
     with torch.enable_grad():
-        inputs = [t for t, need in zip((x, weight, bias), needs, strict=True) if need]
-        y = reference(x, weight, bias, spec.kind, spec.groups, spec.eps)
+        inputs = [t for t, need in zip(params, needs, strict=True) if need]
+        y = reference(*params[:3], spec.kind, spec.groups, spec.eps, params[3])
         out = torch.relu(y) if spec.relu else y
         grads = iter(torch.autograd.grad(out, inputs, dy, create_graph=create_graph))
         return tuple(next(grads) if need else None for need in needs)
@@ -581,21 +639,21 @@ def _torch_backward(
 def _kernel_backward(
     spec: _Spec,
     dy: Tensor,
-    x: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
+    params: _Params,
     mean: Tensor,
     rstd: Tensor,
     needs: tuple[bool, ...],
 ) -> tuple[Tensor | None, ...]:
-    kind, groups, _, relu = spec
+    kind, _, _, relu = spec
+    x, weight, bias, extra = params
     fmt = channels_last_format(x)  # dy in x's layout, which the kernels address
     dy = dy.contiguous() if fmt is None else dy.contiguous(memory_format=fmt)
+    dp = None
     with torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext():
         if kind == "batch":
             dx, dw, db = _two_phase_backward(dy, x, weight, bias, mean, rstd, (0, 1), relu)
-        elif kind == "group":
-            dx, dw, db = _group_backward(dy, x, groups, weight, bias, mean, rstd, relu)
+        elif kind in _GROUP_FLAGS:
+            dx, dw, db, dp = _group_backward(dy, x, spec, weight, bias, extra, mean, rstd)
         else:
             rms = kind == "rms_token"
             dx, dw, db = _token_backward(dy, x, weight, bias, mean, rstd, relu, rms)
@@ -603,6 +661,7 @@ def _kernel_backward(
         dx if needs[0] else None,
         dw.to(weight.dtype) if needs[1] else None,
         db.to(bias.dtype) if needs[2] else None,
+        dp.to(extra.dtype) if needs[3] else None,
     )
 
 
@@ -612,22 +671,23 @@ def _run(
     bias: Tensor | None,
     spec: _Spec,
     running: tuple[Tensor, Tensor, float] | None = None,
+    extra: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Through :class:`_TritonNorm` where autograd needs it, else the forward kernels alone
     (the Function's fixed cost is tens of microseconds of a launch-bound call); torch's
     kernels where this kind of call fails the first time (:func:`_guarded`)."""
     grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias)
+        t is not None and t.requires_grad for t in (x, weight, bias, extra)
     )
 
     def run() -> tuple[Tensor, Tensor, Tensor | None]:
         if grad:
-            return _TritonNorm.apply(x, weight, bias, spec, running)
-        y, mean, _, var = _forward(x, weight, bias, spec, running)
+            return _TritonNorm.apply(x, weight, bias, extra, spec, running)
+        y, mean, _, var = _forward(x, weight, bias, extra, spec, running)
         return y, mean, var
 
     key = _key("fwd", x, weight, spec, running is not None, grad)
-    return _guarded(key, run, lambda: _torch_forward(x, weight, bias, spec, running))
+    return _guarded(key, run, lambda: _torch_forward(x, weight, bias, extra, spec, running))
 
 
 def _key(step: str, x: Tensor, weight: Tensor | None, spec: _Spec, *rest: Any) -> tuple[Any, ...]:
@@ -642,6 +702,7 @@ def _torch_forward(
     x: Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
+    extra: Tensor | None,
     spec: _Spec,
     running: tuple[Tensor, Tensor, float] | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -651,19 +712,20 @@ def _torch_forward(
         xf = x.detach().float()
         if kind == "batch":
             var, mean = torch.var_mean(xf, [0, *range(2, x.dim())], correction=0)
-        elif kind == "group":
-            var, mean = torch.var_mean(xf.reshape(x.shape[0] * groups, -1), 1, correction=0)
-        elif kind == "rms_token":  # (the mean square in var's place, as the kernels keep)
-            var = xf.reshape(-1, x.shape[-1]).square().mean(1)
-            mean = torch.zeros_like(var)
-        else:
-            var, mean = torch.var_mean(xf.reshape(-1, x.shape[-1]), 1, correction=0)
+        else:  # per token, or per (sample, group)
+            tokens = "token" in kind
+            rows = xf.reshape(-1, x.shape[-1]) if tokens else xf.reshape(x.shape[0] * groups, -1)
+            if kind in ("rms_token", "rms", "frn"):  # (the mean square in var's place)
+                var = rows.square().mean(1)
+                mean = torch.zeros_like(var)
+            else:
+                var, mean = torch.var_mean(rows, 1, correction=0)
         if running is not None:
             rm, rv, factor = running
             m = x.numel() // mean.numel()
             rm.lerp_(mean.to(rm.dtype), factor)
             rv.lerp_((var * (m / max(m - 1, 1))).to(rv.dtype), factor)
-    y = reference(x, weight, bias, kind, groups, eps)
+    y = reference(x, weight, bias, kind, groups, eps, extra)
     fmt = channels_last_format(x)
     if fmt is not None:
         y = y.contiguous(memory_format=fmt)  # torch's CUDA group norm returns NCHW
@@ -671,13 +733,26 @@ def _torch_forward(
 
 
 def reference(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, kind: str, groups: int, eps: float
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    kind: str,
+    groups: int,
+    eps: float,
+    extra: Tensor | None = None,
 ) -> Tensor:
-    """torch's functional form of what the kernels compute (before the ReLU); the parameters
-    cast to a half ``x``'s dtype for group and layer norm, whose CUDA kernels need one dtype
-    (their gradients reach the parameters through the cast)."""
+    """torch's functional form of what the kernels compute (before the ReLU; normzoo's
+    reference math for the zoo's kinds); the parameters cast to a half ``x``'s dtype for
+    group and layer norm, whose CUDA kernels need one dtype (their gradients reach the
+    parameters through the cast)."""
     if kind == "batch":
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
+    if kind == "rms":
+        return functional.rms_norm(x, weight, bias, eps=eps)
+    if kind == "frn":
+        return functional.filter_response_norm(x, weight, bias, extra, eps=eps)
+    if kind == "s0":
+        return functional.evonorm_s0(x, extra, groups, weight, bias, eps=eps)
     weight = weight if weight is None or weight.dtype == x.dtype else weight.to(x.dtype)
     bias = bias if bias is None or bias.dtype == x.dtype else bias.to(x.dtype)
     if kind == "group":
@@ -736,3 +811,39 @@ def rms_norm_tokens(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: 
 
     B. Zhang, R. Sennrich, "Root Mean Square Layer Normalization", NeurIPS 2019."""
     return _run(x, weight, bias, _Spec("rms_token", 1, eps, False))[0]
+
+
+def rms_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    """Channels-first RMSNorm of ``x`` ``(N, C, *spatial)`` over each sample's channels and
+    positions, per-channel ``w`` and ``b``: ``y = x / sqrt(mean(x^2) + eps) * w + b``
+    (``normzoo.functional.rms_norm``). One pass where a sample fits one program, else the
+    two-phase kernels with a mean-square statistic.
+
+    B. Zhang, R. Sennrich, "Root Mean Square Layer Normalization", NeurIPS 2019."""
+    return _run(x, weight, bias, _Spec("rms", 1, eps, False))[0]
+
+
+def filter_response_norm(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, tau: Tensor, eps: float
+) -> Tensor:
+    """FRN + TLU of a contiguous ``x`` ``(N, C, *spatial)``, one pass per (sample, channel):
+    ``z = max(w x / sqrt(mean_s(x^2) + eps) + b, tau)`` (``normzoo.functional``'s).
+
+    S. Singh, S. Krishnan, "Filter Response Normalization Layer", CVPR 2020."""
+    return _run(x, weight, bias, _Spec("frn", x.shape[1], eps, False), extra=tau)[0]
+
+
+def evonorm_s0(
+    x: Tensor,
+    v: Tensor,
+    groups: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> Tensor:
+    """EvoNorm-S0 of a contiguous ``x`` ``(N, C, *spatial)``, one pass per (sample, group):
+    ``y = x sigmoid(v x) / sqrt(Var_group(x) + eps) * w + b`` (``normzoo.functional``'s).
+
+    H. Liu, A. Brock, K. Simonyan, Q. V. Le, "Evolving Normalization-Activation Layers",
+    NeurIPS 2020."""
+    return _run(x, weight, bias, _Spec("s0", groups, eps, False), extra=v)[0]

@@ -1,4 +1,5 @@
-"""Triton kernels for the batch, group, layer and instance norms on CUDA (imported lazily by
+"""Triton kernels for the batch, group, layer and instance norms on CUDA, and through flags of
+the group kernels RMSNorm, FRN + TLU and EvoNorm-S0 (imported lazily by
 :mod:`normzoo.norms._triton`, only where ``triton`` is installed).
 
 An ``(N, C, *spatial)`` input is addressed as ``(n, c, s)`` with strides ``(sn, sc, ss)``, so
@@ -92,10 +93,12 @@ def _finalize(
     unbias,
     HAS_RUNNING: tl.constexpr,
     KB: tl.constexpr,
+    RMS: tl.constexpr = False,
 ):
     """Merge the ``K`` partials of set ``i`` (at ``i*K ...``): its mean, 1/std and biased
     variance; with ``HAS_RUNNING``, blend them into the running statistics as ``Tensor.lerp_``
-    does (``unbias``: ``count / (count - 1)``)."""
+    does (``unbias``: ``count / (count - 1)``). ``RMS`` (RMSNorm): the mean stored is 0 and
+    the variance's place holds the mean square ``var + mean^2``."""
     i = tl.program_id(0).to(tl.int64)
     base = i * K
     acc_n = tl.zeros([KB], dtype=tl.float32)
@@ -118,6 +121,9 @@ def _finalize(
         q = tl.load(PM2 + base + ks, mask=m, other=0.0)
         acc += q + c * (mu - mean) * (mu - mean)
     var = tl.sum(acc, axis=0) / total
+    if RMS:
+        var += mean * mean
+        mean = mean * 0.0
     tl.store(MEAN + i, mean)
     tl.store(RSTD + i, 1.0 / tl.sqrt(var + eps))
     tl.store(VAR + i, var)
@@ -323,6 +329,7 @@ def _group_fwd(
     Y,
     W,
     B,
+    P,
     MEAN,
     RSTD,
     VAR,
@@ -336,8 +343,15 @@ def _group_fwd(
     RELU: tl.constexpr,
     CB: tl.constexpr,
     SB: tl.constexpr,
+    RMS: tl.constexpr = False,
+    TLU: tl.constexpr = False,
+    SWISH: tl.constexpr = False,
 ):
-    """One pass over set ``(n, g)`` of a contiguous input: its ``CPG x S`` block in registers."""
+    """One pass over set ``(n, g)`` of a contiguous input: its ``CPG x S`` block in registers.
+
+    Group norm ``y = (x - mean) * rstd * w + b``; ``RMS``: no centering (the mean stored is
+    0, the variance's place holds the mean square); ``TLU``: then ``max(y, P[c])`` (FRN's
+    threshold); ``SWISH``: ``x * sigmoid(P[c] * x)`` in place of ``x - mean`` (EvoNorm-S0)."""
     g = tl.program_id(0)
     n = tl.program_id(1)
     ci = tl.arange(0, CB)
@@ -348,18 +362,28 @@ def _group_fwd(
     off = (cs[:, None].to(tl.int64) + n * C) * S + pos[None, :]
     x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
     count = CPG * S * 1.0
-    mean = tl.sum(tl.sum(x, axis=1), axis=0) / count
-    d = tl.where(m, x - mean, 0.0)
+    if RMS:
+        mean = tl.sum(tl.zeros([CB], dtype=tl.float32), axis=0)
+        d = x
+    else:
+        mean = tl.sum(tl.sum(x, axis=1), axis=0) / count
+        d = tl.where(m, x - mean, 0.0)
     var = tl.sum(tl.sum(d * d, axis=1), axis=0) / count
     rstd = 1.0 / tl.sqrt(var + eps)
     scale = tl.full([CB], 1.0, tl.float32) * rstd
     if HAS_W:
         scale = rstd * tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
-    y = d * scale[:, None]
+    if SWISH:
+        v = tl.load(P + cs, mask=cmask, other=0.0).to(tl.float32)
+        y = x * tl.sigmoid(v[:, None] * x) * scale[:, None]
+    else:
+        y = d * scale[:, None]
     if HAS_B:
         y += tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)[:, None]
     if RELU:
         y = tl.maximum(y, 0.0)
+    if TLU:
+        y = tl.maximum(y, tl.load(P + cs, mask=cmask, other=0.0).to(tl.float32)[:, None])
     tl.store(Y + off, y.to(Y.dtype.element_ty), mask=m)
     tl.store(MEAN + n * G + g, mean)
     tl.store(RSTD + n * G + g, rstd)
@@ -373,10 +397,12 @@ def _group_bwd(
     DX,
     W,
     B,
+    P,
     MEAN,
     RSTD,
     PDW,
     PDB,
+    PDP,
     N,
     C,
     S,
@@ -388,9 +414,17 @@ def _group_bwd(
     RELU: tl.constexpr,
     CB: tl.constexpr,
     SB: tl.constexpr,
+    RMS: tl.constexpr = False,
+    TLU: tl.constexpr = False,
+    SWISH: tl.constexpr = False,
 ):
     """One pass per set ``(n, g)`` for samples ``p*NPP ...``: ``dx``, and this program's
-    per-channel ``sum(dy * xhat)`` and ``sum(dy)`` at ``PDW/PDB[p, c]``."""
+    per-channel ``sum(dy * xhat)`` and ``sum(dy)`` at ``PDW/PDB[p, c]`` (with ``TLU`` or
+    ``SWISH``, ``P``'s gradient at ``PDP[p, c]``); the flags as in :func:`_group_fwd`.
+
+    ``TLU``: ``dy`` reaches ``y`` where ``y > tau``, half of it at a tie (``torch.maximum``),
+    the rest reaches ``tau``. ``SWISH`` (``f = x sigmoid(v x)``, ``y = w f rstd + b``):
+    ``dx = rstd (w dy f' - xhat mean(w dy f rstd))``, ``dv = w sum(dy rstd x^2 s (1 - s))``."""
     g = tl.program_id(0)
     p = tl.program_id(1)
     ci = tl.arange(0, CB)
@@ -404,9 +438,15 @@ def _group_bwd(
     bias = tl.zeros([CB], dtype=tl.float32)
     if HAS_B:
         bias = tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)
+    prm = tl.zeros([CB], dtype=tl.float32)
+    if TLU:
+        prm = tl.load(P + cs, mask=cmask, other=0.0).to(tl.float32)
+    if SWISH:
+        prm = tl.load(P + cs, mask=cmask, other=0.0).to(tl.float32)
     count = CPG * S * 1.0
     dw = tl.zeros([CB], dtype=tl.float32)
     db = tl.zeros([CB], dtype=tl.float32)
+    dp = tl.zeros([CB], dtype=tl.float32)
     n_end = tl.minimum(p * NPP + NPP, N)
     for n in range(p * NPP, n_end):
         off = (cs[:, None].to(tl.int64) + n * C) * S + pos[None, :]
@@ -414,20 +454,45 @@ def _group_bwd(
         rstd = tl.load(RSTD + n * G + g)
         x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
         dy = tl.load(DY + off, mask=m, other=0.0).to(tl.float32)
-        d = tl.where(m, x - mean, 0.0)
+        if RMS:  # noqa: SIM108 (a constexpr branch, as the forward's)
+            d = x
+        else:
+            d = tl.where(m, x - mean, 0.0)
         xhat = d * rstd
         if RELU:  # the forward's y, computed as it was
             dy = tl.where(d * (rstd * w)[:, None] + bias[:, None] > 0.0, dy, 0.0)
-        cdy = tl.sum(dy, axis=1)
-        cdyx = tl.sum(dy * xhat, axis=1)
+        if TLU:  # the forward's y, computed as it was
+            y = d * (rstd * w)[:, None] + bias[:, None]
+            h = tl.where(y > prm[:, None], dy, tl.where(y == prm[:, None], dy * 0.5, 0.0))
+            dp += tl.sum(dy - h, axis=1)
+            dy = h
+        if SWISH:
+            sg = tl.sigmoid(prm[:, None] * x)
+            fr = x * sg * rstd  # f rstd, 0 where masked
+            cdy = tl.sum(dy, axis=1)
+            cdyx = tl.sum(dy * fr, axis=1)
+            dp += w * tl.sum(dy * fr * x * (1.0 - sg), axis=1)
+            a = tl.sum(cdyx * w, axis=0) / count
+            fp = sg + prm[:, None] * x * sg * (1.0 - sg)
+            dx = rstd * (w[:, None] * dy * fp - xhat * a)
+        else:
+            cdy = tl.sum(dy, axis=1)
+            cdyx = tl.sum(dy * xhat, axis=1)
+            a = tl.sum(cdyx * w, axis=0) / count
+            if RMS:
+                dx = rstd * (w[:, None] * dy - xhat * a)
+            else:
+                b = tl.sum(cdy * w, axis=0) / count
+                dx = rstd * (w[:, None] * dy - xhat * a - b)
         dw += cdyx
         db += cdy
-        a = tl.sum(cdyx * w, axis=0) / count
-        b = tl.sum(cdy * w, axis=0) / count
-        dx = rstd * (w[:, None] * dy - xhat * a - b)
         tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=m)
     tl.store(PDW + p * C + cs, dw, mask=cmask)
     tl.store(PDB + p * C + cs, db, mask=cmask)
+    if TLU:
+        tl.store(PDP + p * C + cs, dp, mask=cmask)
+    if SWISH:
+        tl.store(PDP + p * C + cs, dp, mask=cmask)
 
 
 @triton.jit

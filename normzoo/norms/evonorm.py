@@ -12,7 +12,7 @@ from normzoo import functional
 from normzoo._native import zoo_kernels
 from normzoo._native.zoo_kernels import TOKENS_S0
 from normzoo.functional._stats import compute_dtype
-from normzoo.norms import _gpu
+from normzoo.norms import _gpu, _triton
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view, scale_shift
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map, use_zoo_op
 from normzoo.norms._tokens import b0_tokens, group_tokens, use_token_kernels
@@ -401,6 +401,11 @@ class EvoNormS0(Norm):
             nn.init.ones_(self.v)
 
     def _forward(self, x: Tensor) -> Tensor:
+        groups = self.num_groups
+        params = (self.v, self.weight, self.bias)
+        if self.impl == "fast" and _triton.serves_group(x, groups, *params, kind="s0"):
+            # CUDA, NORMZOO_TRITON=all: one pass per (sample, group)
+            return _triton.evonorm_s0(x, self.v, groups, self.weight, self.bias, self.eps)
         if self.impl == "fast" and _gpu.use_fused_math(x) and _s0_fused(x):
             return _gpu.evonorm_s0(x, self.v, self.num_groups, self.weight, self.bias, self.eps)
         if self.impl == "fast" and use_token_kernels(x, self.v, self.weight):

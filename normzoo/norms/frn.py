@@ -11,7 +11,7 @@ from normzoo import functional
 from normzoo._native import kernels as _kernels
 from normzoo._native import zoo_kernels
 from normzoo.functional._stats import compute_dtype
-from normzoo.norms import _gpu
+from normzoo.norms import _gpu, _triton
 from normzoo.norms._kernels import restore_format, row_view, scale_shift
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
 from normzoo.norms._tokens import use_token_kernels
@@ -226,6 +226,12 @@ class FilterResponseNorm(Norm):
         return self.eps + self.eps_learned.abs()
 
     def _forward(self, x: Tensor) -> Tensor:
+        if (
+            self.impl == "fast"
+            and self._use_function(x)
+            and _triton.serves_group(x, x.shape[1], self.weight, self.bias, self.tau, kind="frn")
+        ):  # CUDA, NORMZOO_TRITON=all: one pass per (sample, channel)
+            return _triton.filter_response_norm(x, self.weight, self.bias, self.tau, self.eps)
         if self.impl == "fast" and _gpu.use_fused_math(x):
             return _gpu.filter_response_norm(
                 x, self.weight, self.bias, self.tau, self.effective_eps()

@@ -158,6 +158,9 @@ class RMSNorm(Norm):
             )
         xf = x.to(compute_dtype(x))  # half inputs: statistics and affine in float32
         if not self.channels_last and x.dim() >= 3:
+            if _triton.serves_group(x, 1, self.weight, self.bias, kind="rms"):
+                # CUDA, NORMZOO_TRITON=all: one pass per sample, or two phases
+                return _triton.rms_norm(x, self.weight, self.bias, self.eps)
             if use_row_map(xf):  # native, any layout kept
                 y = row_map(xf, _RMSSpec(self.eps), self.weight, self.bias)
                 return y.to(x.dtype)
