@@ -16,7 +16,8 @@ sections):
    more host time. Here each path's host time per forward and per fwd+bwd is measured with the
    GPU kept busy (so the host never waits), against torch's functional forms.
 3. **The zoo's kernels** (eleventh session, not yet run on a GPU): FRN + TLU, EvoNorm-S0 and
-   channels-first RMSNorm on the group kernels (served only under ``NORMZOO_TRITON=all``
+   channels-first RMSNorm on the group kernels, Batch Renorm on the batch-norm kernels
+   (served only under ``NORMZOO_TRITON=all``
    until measured). Each module (``--modules``) runs fwd+bwd with ``NORMZOO_TRITON=all``
    (the kernels) and with the default (its current CUDA path: ``torch.compile`` of the
    reference math for FRN and small EvoNorm-S0, eager kernels otherwise), interleaved, on
@@ -60,7 +61,7 @@ CASES = {
     "rms_channels_last": ("rms", 1, True, False),
 }
 #: Modules of the zoo A/B'd with and without the kernels (question 3), with their options.
-MODULES = {"frn": {}, "evonorms0": {"num_groups": 32}, "rmsnorm": {}}
+MODULES = {"frn": {}, "evonorms0": {"num_groups": 32}, "rmsnorm": {}, "batchrenorm": {}}
 
 
 def gpu_time(fn: Callable[[], Any], flush: torch.Tensor, repeats: int) -> float:
@@ -173,8 +174,9 @@ def module_ab(
     row: dict[str, Any] = {"module": name, "shape": list(shape), "dtype": str(dtype)[6:]}
     row["copy_ms"] = gpu_time(lambda: out.copy_(src), flush, repeats)
     calls: list[Any] = []
-    forward = _triton._forward
+    forward, renorm = _triton._forward, _triton._renorm_forward
     _triton._forward = lambda *a: calls.append(1) or forward(*a)
+    _triton._renorm_forward = lambda *a: calls.append(1) or renorm(*a)
     fns = {
         "fwd": lambda: _no_grad(lambda: m(x)),
         "fwdbwd": lambda: torch.autograd.grad(m(x), [x, *m.parameters()], g),  # no .grad sums
@@ -201,7 +203,7 @@ def module_ab(
             os.environ["NORMZOO_TRITON"] = env
             row[f"{mode}_host_us_fwdbwd"] = host_time(fns["fwdbwd"], repeats)
     finally:
-        _triton._forward = forward
+        _triton._forward, _triton._renorm_forward = forward, renorm
         os.environ.pop("NORMZOO_TRITON", None)
     for key, values in times.items():
         row[f"{key}_ms"] = statistics.median(values)

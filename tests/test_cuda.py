@@ -250,6 +250,7 @@ def test_cuda_fused_zoo_equals_the_cpu(name, layout):
 
 
 # -- the Triton kernels (normzoo.norms._triton) ----------------------------------------------
+RENORM = {"r_max": 1.5, "d_max": 0.5, "warmup_steps": 0, "r_max_steps": 0, "d_max_steps": 0}
 #: module, its torch.nn equivalent, and the input shapes: one-pass and two-phase kernels,
 #: several chunks per set, channel blocks, odd sizes (masks), 1-d to 3-d spatial.
 TRITON_CASES = {
@@ -286,6 +287,10 @@ TRITON_CASES = {
         lambda c: normzoo.create("evonorms0", c, num_groups=c // 4),
         lambda c: normzoo.create("evonorms0", c, num_groups=c // 4, impl="reference"),
     ),
+    "renorm": (  # limits that clip r and d from the first step
+        lambda c: normzoo.create("batchrenorm", c, **RENORM),
+        lambda c: normzoo.create("batchrenorm", c, impl="reference", **RENORM),
+    ),
 }
 #: Kinds that the kernels serve on contiguous input only (one pass per set).
 TRITON_CONTIGUOUS_ONLY = ("frn", "s0")
@@ -301,6 +306,7 @@ TRITON_SHAPES = {
     "rms": [(4, 12, 20, 20), (4, 32, 130, 70), (3, 8, 7, 9, 11)],  # one pass, two phases
     "frn": [(8, 12, 30, 30), (2, 8, 70, 70), (3, 20, 7, 9, 11)],
     "s0": [(8, 12, 30, 30), (2, 8, 60, 30), (3, 20, 7, 9, 11)],  # groups of 4 channels
+    "renorm": [(8, 12, 30, 30), (2, 40, 130, 70), (300, 36)],
 }
 
 
@@ -317,6 +323,8 @@ def triton_everywhere(monkeypatch):
     calls = []
     forward = _triton._forward
     monkeypatch.setattr(_triton, "_forward", lambda *a: calls.append(a[4]) or forward(*a))
+    renorm = _triton._renorm_forward
+    monkeypatch.setattr(_triton, "_renorm_forward", lambda *a: calls.append(1) or renorm(*a))
     yield calls
     assert _triton._disabled is None, _triton._disabled  # no call fell back to torch's
 
@@ -415,7 +423,7 @@ def test_cuda_triton_half_inputs(case, dtype, triton_everywhere):
 def test_cuda_triton_double_backward(triton_everywhere):
     """create_graph=True: the backward is torch's functional form with a graph, so second
     derivatives are torch's."""
-    for case in ("bn", "gn", "ln_tokens", "rms", "frn", "s0"):
+    for case in ("bn", "gn", "ln_tokens", "rms", "frn", "s0", "renorm"):
         make, make_ref = TRITON_CASES[case]
         shape = TRITON_SHAPES[case][0]
         c = shape[-1] if case.endswith("_tokens") else shape[1]

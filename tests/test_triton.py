@@ -80,7 +80,7 @@ def test_orchestration_with_emulated_kernels(monkeypatch, capsys):
     fails = triton_interpreter_check.check()
     out = capsys.readouterr().out
     assert fails == 0, out
-    assert "cases 146 fails 0" in out
+    assert "cases 158 fails 0" in out
     assert _triton._disabled is None  # no case fell back to torch's kernels
 
 
@@ -209,6 +209,12 @@ MODULE_CASES = [
     ("rms", {}, (4, 8, 5, 7)),
     ("frn", {}, (4, 8, 5, 7)),
     ("evonorms0", {"num_groups": 4}, (4, 8, 5, 7)),
+    # limits that clip r and d from the first step (running statistics 0 and 1, x's ~1 and 2)
+    (
+        "batchrenorm",
+        {"r_max": 1.5, "d_max": 0.5, "warmup_steps": 0, "r_max_steps": 0, "d_max_steps": 0},
+        (6, 8, 5, 7),
+    ),
 ]
 
 
@@ -228,6 +234,8 @@ def test_modules_reach_the_kernels(name, kwargs, shape, channels_last, emulated,
     calls = []
     forward = _triton._forward
     monkeypatch.setattr(_triton, "_forward", lambda *a: calls.append(a[4].kind) or forward(*a))
+    renorm = _triton._renorm_forward
+    monkeypatch.setattr(_triton, "_renorm_forward", lambda *a: calls.append(1) or renorm(*a))
     c = shape[-1] if kwargs.get("channels_last") else shape[1]
     ours = normzoo.create(name, c, **kwargs)
     ref = normzoo.create(name, c, impl="reference", **kwargs)

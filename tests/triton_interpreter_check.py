@@ -119,11 +119,55 @@ def check() -> int:
             fails += 1
             print(f"FAIL {shape} {kind} groups={groups} cl={cl} affine={affine} relu={relu}")
             print("    tile", tile, "errors", errs)
+    renorm_cases, renorm_fails = check_renorm()
+    cases += renorm_cases
+    fails += renorm_fails
     if T._disabled is not None:  # a first call failed and fell back to torch's kernels
         print("FELL BACK:", T._disabled)
         fails += 1
     print(f"cases {len(cases)} fails {fails}")
     return fails
+
+
+def check_renorm() -> tuple[list, int]:
+    """Batch Renorm (``T.batch_renorm``) against ``normzoo.functional.batch_renorm``: output,
+    gradients, the running statistics after the step; limits that clip some channels."""
+    from normzoo import functional
+
+    cases, fails = [], 0
+    for shape in [(4, 6, 5, 7), (3, 8, 33), (16, 12), (2, 8, 70, 70)]:
+        for cl in [False, True] if len(shape) == 4 else [False]:
+            for affine in (True, False):
+                cases.append((shape, "renorm", 0, cl, affine, False))
+                c = shape[1]
+                x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).float()
+                if cl:
+                    x = x.to(memory_format=torch.channels_last)
+                rm, rv = torch.randn(c) * 2, torch.rand(c) * 12 + 0.5  # r, d clip in some
+                w = (torch.randn(c) * 0.5 + 1).requires_grad_() if affine else None
+                b = (torch.randn(c) * 0.5).requires_grad_() if affine else None
+                x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+                w2 = w.detach().clone().requires_grad_() if affine else None
+                b2 = b.detach().clone().requires_grad_() if affine else None
+                rm1, rv1 = rm.clone(), rv.clone()
+                y1 = T.batch_renorm(x1, w, b, (rm1, rv1, 0.3), (1.5, 0.5), 1e-5)
+                y2, rm2, rv2 = functional.batch_renorm(
+                    x2, rm, rv, w2, b2, training=True, r_max=1.5, d_max=0.5, momentum=0.3
+                )
+                g = torch.randn_like(y2)
+                y1.backward(g)
+                y2.backward(g)
+                errs = [(y1 - y2).abs().max().item(), (x1.grad - x2.grad).abs().max().item()]
+                errs += [(rm1 - rm2).abs().max().item(), ((rv1 - rv2).abs() / rv2).max().item()]
+                if affine:
+                    scale = 1 + w2.grad.abs().max().item() + b2.grad.abs().max().item()
+                    errs += [((w.grad - w2.grad).abs().max() / scale).item()]
+                    errs += [((b.grad - b2.grad).abs().max() / scale).item()]
+                kept = not cl or y1.is_contiguous(memory_format=torch.channels_last)
+                if max(errs) > 1e-4 or not kept:
+                    fails += 1
+                    print(f"FAIL {shape} renorm cl={cl} affine={affine}", "errors", errs)
+    return cases, fails
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-r"""BatchNorm, GroupNorm, LayerNorm and InstanceNorm (and RMSNorm, FRN, EvoNorm-S0) on CUDA
-through Triton kernels.
+r"""BatchNorm, GroupNorm, LayerNorm and InstanceNorm (and RMSNorm, FRN, EvoNorm-S0, Batch
+Renorm) on CUDA through Triton kernels.
 
 torch's CUDA kernels for these norms reached 0.15-0.6 of a ``copy_``'s bandwidth on an H200
 (``docs/data/bench_cuda_h200.json``, the eighth session): batch norm on contiguous input
@@ -55,7 +55,8 @@ channels-first RMSNorm (``kind="rms"``: no centering; the two-phase statistics m
 mean square), FRN + TLU (``"frn"``: one channel per group, no centering, ``max(y, tau)``, with
 ``torch.maximum``'s split of the gradient at ties) and EvoNorm-S0 (``"s0"``:
 ``x sigmoid(v x)`` over the group's std). The last two take one-pass contiguous shapes only;
-each gives its extra parameter's gradient (``tau``, ``v``) from the same backward pass. They
+each gives its extra parameter's gradient (``tau``, ``v``) from the same backward pass. Batch
+Renorm runs on the batch-norm kernels (:func:`batch_renorm`). They
 are served only under ``NORMZOO_TRITON=all`` until measured against their current CUDA paths
 (``scripts/gpu_triton_ab.py``).
 
@@ -91,6 +92,7 @@ from normzoo.norms._rownorm import _autocast_on
 __all__ = [
     "available",
     "batch_norm",
+    "batch_renorm",
     "evonorm_s0",
     "filter_response_norm",
     "group_norm",
@@ -208,7 +210,8 @@ def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) 
     """The measured rule (module docstring) for an input of ``shape`` that :func:`serves`
     accepts: ``kind`` ``"batch"``, ``"group"`` (``groups`` groups), ``"token"`` (layer
     norm or RMSNorm over tokens), or the zoo's ``"rms"`` (channels-first RMSNorm), ``"frn"``,
-    ``"s0"`` (EvoNorm-S0; these two on one-pass contiguous shapes only);
+    ``"s0"`` (EvoNorm-S0; these two on one-pass contiguous shapes only), ``"renorm"`` (Batch
+    Renorm);
     ``contiguous``: else channels_last. Under ``NORMZOO_TRITON=all``: every input the
     kernels support. The zoo's kinds and tokens are not measured yet: ``all`` only."""
     every = _mode() == "all"
@@ -220,14 +223,17 @@ def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) 
         return not contiguous or every or _one_pass_shape(shape, groups)
     if kind == "rms":
         return every and len(shape) >= 3
+    if kind == "renorm":  # Batch Renorm: any layout the batch-norm kernels take
+        return every
     if kind in ("frn", "s0"):
         return every and contiguous and _one_pass_shape(shape, groups)
     return every and _pow2(shape[-1]) <= ONE_PASS_MAX  # a token in one program's registers
 
 
-def serves_batch(x: Tensor, *params: Tensor | None) -> bool:
-    """Batch norm (training) of ``x`` through the kernels: :func:`serves` and :func:`takes`."""
-    return serves(x, *params) and takes("batch", tuple(x.shape), x.is_contiguous())
+def serves_batch(x: Tensor, *params: Tensor | None, kind: str = "batch") -> bool:
+    """Batch norm (training) of ``x`` through the kernels, or Batch Renorm
+    (``kind="renorm"``): :func:`serves` and :func:`takes`."""
+    return serves(x, *params) and takes(kind, tuple(x.shape), x.is_contiguous())
 
 
 def serves_group(x: Tensor, groups: int, *params: Tensor | None, kind: str = "group") -> bool:
@@ -847,3 +853,200 @@ def evonorm_s0(
     H. Liu, A. Brock, K. Simonyan, Q. V. Le, "Evolving Normalization-Activation Layers",
     NeurIPS 2020."""
     return _run(x, weight, bias, _Spec("s0", groups, eps, False), extra=v)[0]
+
+
+class _TritonRenorm(torch.autograd.Function):
+    """Training-mode Batch Renorm on the batch-norm kernels. ``y = w (r x_hat + d) + b`` is
+    batch norm with the weight ``w r`` and the bias ``w d + b``, ``r`` and ``d`` constants to
+    backprop: the statistics kernels give the batch mean and std, ``r`` and ``d`` follow from
+    them and the running statistics (a few ``(C,)`` ops), the map kernel writes ``y``, and
+    the running statistics are blended last (the unbiased variance, ``Tensor.lerp_``). The
+    backward is batch norm's with the weight ``w r``: ``dw = r sum(dy x_hat) + d sum(dy)``.
+    Saves ``x``, the mean and 1/std, ``r`` and ``d``."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running: tuple[Tensor, Tensor, float],
+        limits: tuple[float, float],
+        eps: float,
+    ) -> Tensor:
+        y, mean, rstd, r, d = _renorm_forward(x, weight, bias, running, limits, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd, r, d)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, weight, bias, mean, rstd, r, d = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph=True: torch's math, with a graph
+            grads = _torch_renorm_backward(dy, x, weight, bias, r, d, ctx.eps, needs, True)
+            return (*grads, None, None, None)
+        grads = _guarded(
+            _key("bwd", x, weight, _Spec("renorm", 0, ctx.eps, False), needs),
+            lambda: _renorm_backward(dy, x, weight, bias, mean, rstd, r, d, needs),
+            lambda: _torch_renorm_backward(dy, x, weight, bias, r, d, ctx.eps, needs, False),
+        )
+        return (*grads, None, None, None)
+
+
+def _renorm_coefficients(
+    mean: Tensor,
+    rstd: Tensor,
+    running: tuple[Tensor, Tensor, float],
+    limits: tuple[float, float],
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    """``r = clip(sigma_B / sigma, 1/r_max, r_max)``, ``d = clip((mu_B - mu) / sigma, +-d_max)``
+    with ``sigma = sqrt(running_var + eps)``, in float32."""
+    rm, rv, _ = running
+    r_max, d_max = limits
+    sigma = torch.sqrt(rv.float() + eps)
+    r = (rstd.reciprocal() / sigma).clamp_(1.0 / r_max, r_max)
+    d = ((mean - rm.float()) / sigma).clamp_(-d_max, d_max)
+    return r, d
+
+
+def _blend(running: tuple[Tensor, Tensor, float], mean: Tensor, var: Tensor, m: int) -> None:
+    """The running statistics blended as batch norm's: ``lerp_`` with the unbiased variance."""
+    rm, rv, factor = running
+    rm.lerp_(mean.to(rm.dtype), factor)
+    rv.lerp_((var * (m / max(m - 1, 1))).to(rv.dtype), factor)
+
+
+def _renorm_forward(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running: tuple[Tensor, Tensor, float],
+    limits: tuple[float, float],
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(y, mean, rstd, r, d)``; blends ``running`` after ``y`` is written (so a first call
+    that fails has not touched them)."""
+    if _elsewhere(x):  # Triton launches on the current device: make it x's
+        with torch.cuda.device(x.device):
+            return _renorm_forward(x, weight, bias, running, limits, eps)
+    plan = _plan(x, fold=True)
+    mean, rstd, var = _stats(x, plan, (0, 1), eps)
+    r, d = _renorm_coefficients(mean, rstd, running, limits, eps)
+    scale = r if weight is None else weight.float() * r
+    shift = d if weight is None else weight.float() * d
+    if bias is not None:
+        shift = shift + bias.float()
+    y = torch.empty_like(x)
+    _kernels()._apply[plan.grid](
+        x, y, mean, rstd, scale, shift, plan.n, plan.c, plan.s, *plan.strides, 0, 1,
+        plan.spp, plan.nk, plan.ncb, HAS_W=True, HAS_B=True, RELU=False, CB=plan.cb,
+        SB=plan.sb, num_warps=plan.warps,
+    )  # fmt: skip
+    _blend(running, mean, var, x.numel() // x.shape[1])
+    return y, mean, rstd, r, d
+
+
+def _renorm_backward(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean: Tensor,
+    rstd: Tensor,
+    r: Tensor,
+    d: Tensor,
+    needs: tuple[bool, ...],
+) -> tuple[Tensor | None, ...]:
+    fmt = channels_last_format(x)  # dy in x's layout, which the kernels address
+    dy = dy.contiguous() if fmt is None else dy.contiguous(memory_format=fmt)
+    scale = r if weight is None else weight.float() * r
+    with torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext():
+        dx, sum_dy_xhat, sum_dy = _two_phase_backward(dy, x, scale, None, mean, rstd, (0, 1), False)
+    return (
+        dx if needs[0] else None,
+        (r * sum_dy_xhat + d * sum_dy).to(weight.dtype) if needs[1] else None,
+        sum_dy.to(bias.dtype) if needs[2] else None,
+    )
+
+
+def _renorm_reference(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, r: Tensor, d: Tensor, eps: float
+) -> Tensor:
+    """``w (r x_hat + d) + b`` on torch's kernels, ``r`` and ``d`` constants (float32 math)."""
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    xhat = F.batch_norm(x.float(), None, None, None, None, True, 0.0, eps)
+    y = xhat * r.view(view) + d.view(view)
+    if weight is not None:
+        y = y * weight.float().view(view)
+    if bias is not None:
+        y = y + bias.float().view(view)
+    return y.to(x.dtype)
+
+
+def _torch_renorm_backward(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    r: Tensor,
+    d: Tensor,
+    eps: float,
+    needs: tuple[bool, ...],
+    create_graph: bool,
+) -> tuple[Tensor | None, ...]:
+    """The gradients by differentiating :func:`_renorm_reference` (double backward, fallback)."""
+    with torch.enable_grad():
+        params = (x, weight, bias)
+        inputs = [t for t, need in zip(params, needs, strict=True) if need]
+        y = _renorm_reference(x, weight, bias, r, d, eps)
+        grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=create_graph))
+        return tuple(next(grads) if need else None for need in needs)
+
+
+def _torch_renorm(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running: tuple[Tensor, Tensor, float],
+    limits: tuple[float, float],
+    eps: float,
+) -> Tensor:
+    """What :func:`batch_renorm` returns, on torch's kernels (differentiable): the fallback."""
+    with torch.no_grad():
+        var, mean = torch.var_mean(x.float(), [0, *range(2, x.dim())], correction=0)
+        r, d = _renorm_coefficients(mean, torch.rsqrt(var + eps), running, limits, eps)
+    y = _renorm_reference(x, weight, bias, r, d, eps)
+    with torch.no_grad():
+        _blend(running, mean, var, x.numel() // x.shape[1])
+    return y
+
+
+def batch_renorm(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running: tuple[Tensor, Tensor, float],
+    limits: tuple[float, float],
+    eps: float,
+) -> Tensor:
+    r"""Training-mode Batch Renorm of ``x`` ``(N, C, *spatial)`` on the batch-norm kernels:
+    ``y = w ((x - mu_B) / sigma_B * r + d) + b`` with ``r = clip(sigma_B / sigma, 1/r_max,
+    r_max)`` and ``d = clip((mu_B - mu) / sigma, -d_max, d_max)`` from the running statistics
+    ``running = (running_mean, running_var, factor)`` (``sigma = sqrt(running_var + eps)``),
+    which are then blended with the batch's as batch norm's; ``limits = (r_max, d_max)``.
+
+    S. Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence in
+    Batch-Normalized Models", NeurIPS 2017, Algorithm 1."""
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias)
+    )
+
+    def run() -> Tensor:
+        if grad:
+            return _TritonRenorm.apply(x, weight, bias, running, limits, eps)
+        return _renorm_forward(x, weight, bias, running, limits, eps)[0]
+
+    key = _key("fwd", x, weight, _Spec("renorm", 0, eps, False), grad)
+    return _guarded(key, run, lambda: _torch_renorm(x, weight, bias, running, limits, eps))
