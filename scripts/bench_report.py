@@ -236,13 +236,17 @@ RMSNorm (the group kernels without centering; two phases with a mean-square stat
 a sample does not fit a program, and on channels_last) run on the group kernels above, whose
 one-pass form read 0.82-0.97 of the copy ceiling. Batch Renorm runs on the batch-norm
 kernels (0.55-0.64 on contiguous input): it is batch norm with the weight `w r` and the bias
-`w d + b`, `r` and `d` computed from the kernels' statistics and the running ones. Their own
+`w d + b`, `r` and `d` computed from the kernels' statistics and the running ones.
+SwitchableNorm runs on the same two-phase kernels with one set per sample and channel: the
+statistics kernels give the IN statistics, their mixture with LN's and BN's is computed on
+`(N, C)` tensors, the map kernel writes `y`; its backward carries the kernels' per-set sums
+through the mixture's small graph and back into the map kernel's form. Their own
 CUDA paths read 0.1-0.3 at the large shapes (the H200 table above; the compiled path, where
 it is used, measured 1.2-3.4x faster than the eager one for FRN and 1.5-1.8x for EvoNorm-S0
 up to 2M elements). They are served only under `NORMZOO_TRITON=all` until the `tritonab`
 step of `scripts/gpu_check.sh` times them against those paths; checked meanwhile under
 Triton's interpreter against the reference math (outputs, every gradient, the running
-statistics, ties of the TLU, clipped `r` and `d`).
+statistics, ties of the TLU, clipped `r` and `d`, the mixture logits' gradients).
 
 **Read the numbers with care.** They were measured on a 2-core VM (load averages are
 recorded with each run, and per row in the JSON). On the CPU a large part of each call is the

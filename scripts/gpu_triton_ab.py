@@ -16,8 +16,8 @@ sections):
    more host time. Here each path's host time per forward and per fwd+bwd is measured with the
    GPU kept busy (so the host never waits), against torch's functional forms.
 3. **The zoo's kernels** (eleventh session, not yet run on a GPU): FRN + TLU, EvoNorm-S0 and
-   channels-first RMSNorm on the group kernels, Batch Renorm on the batch-norm kernels
-   (served only under ``NORMZOO_TRITON=all``
+   channels-first RMSNorm on the group kernels, Batch Renorm and SwitchableNorm on the
+   two-phase kernels (served only under ``NORMZOO_TRITON=all``
    until measured). Each module (``--modules``) runs fwd+bwd with ``NORMZOO_TRITON=all``
    (the kernels) and with the default (its current CUDA path: ``torch.compile`` of the
    reference math for FRN and small EvoNorm-S0, eager kernels otherwise), interleaved, on
@@ -61,7 +61,13 @@ CASES = {
     "rms_channels_last": ("rms", 1, True, False),
 }
 #: Modules of the zoo A/B'd with and without the kernels (question 3), with their options.
-MODULES = {"frn": {}, "evonorms0": {"num_groups": 32}, "rmsnorm": {}, "batchrenorm": {}}
+MODULES = {
+    "frn": {},
+    "evonorms0": {"num_groups": 32},
+    "rmsnorm": {},
+    "batchrenorm": {},
+    "switchablenorm": {},
+}
 
 
 def gpu_time(fn: Callable[[], Any], flush: torch.Tensor, repeats: int) -> float:
@@ -174,9 +180,10 @@ def module_ab(
     row: dict[str, Any] = {"module": name, "shape": list(shape), "dtype": str(dtype)[6:]}
     row["copy_ms"] = gpu_time(lambda: out.copy_(src), flush, repeats)
     calls: list[Any] = []
-    forward, renorm = _triton._forward, _triton._renorm_forward
-    _triton._forward = lambda *a: calls.append(1) or forward(*a)
-    _triton._renorm_forward = lambda *a: calls.append(1) or renorm(*a)
+    entries = ("_forward", "_renorm_forward", "_switch_forward")
+    originals = {name: getattr(_triton, name) for name in entries}
+    for name, entry in originals.items():
+        setattr(_triton, name, lambda *a, f=entry: calls.append(1) or f(*a))
     fns = {
         "fwd": lambda: _no_grad(lambda: m(x)),
         "fwdbwd": lambda: torch.autograd.grad(m(x), [x, *m.parameters()], g),  # no .grad sums
@@ -203,7 +210,8 @@ def module_ab(
             os.environ["NORMZOO_TRITON"] = env
             row[f"{mode}_host_us_fwdbwd"] = host_time(fns["fwdbwd"], repeats)
     finally:
-        _triton._forward, _triton._renorm_forward = forward, renorm
+        for name, entry in originals.items():
+            setattr(_triton, name, entry)
         os.environ.pop("NORMZOO_TRITON", None)
     for key, values in times.items():
         row[f"{key}_ms"] = statistics.median(values)

@@ -291,6 +291,10 @@ TRITON_CASES = {
         lambda c: normzoo.create("batchrenorm", c, **RENORM),
         lambda c: normzoo.create("batchrenorm", c, impl="reference", **RENORM),
     ),
+    "switchable": (
+        lambda c: normzoo.create("switchablenorm", c),
+        lambda c: normzoo.create("switchablenorm", c, impl="reference"),
+    ),
 }
 #: Kinds that the kernels serve on contiguous input only (one pass per set).
 TRITON_CONTIGUOUS_ONLY = ("frn", "s0")
@@ -307,6 +311,7 @@ TRITON_SHAPES = {
     "frn": [(8, 12, 30, 30), (2, 8, 70, 70), (3, 20, 7, 9, 11)],
     "s0": [(8, 12, 30, 30), (2, 8, 60, 30), (3, 20, 7, 9, 11)],  # groups of 4 channels
     "renorm": [(8, 12, 30, 30), (2, 40, 130, 70), (300, 36)],
+    "switchable": [(8, 12, 30, 30), (2, 40, 130, 70), (3, 20, 7, 9, 11)],
 }
 
 
@@ -323,8 +328,9 @@ def triton_everywhere(monkeypatch):
     calls = []
     forward = _triton._forward
     monkeypatch.setattr(_triton, "_forward", lambda *a: calls.append(a[4]) or forward(*a))
-    renorm = _triton._renorm_forward
-    monkeypatch.setattr(_triton, "_renorm_forward", lambda *a: calls.append(1) or renorm(*a))
+    for entry_name in ("_renorm_forward", "_switch_forward"):  # the zoo's own entry points
+        entry = getattr(_triton, entry_name)
+        monkeypatch.setattr(_triton, entry_name, lambda *a, f=entry: calls.append(1) or f(*a))
     yield calls
     assert _triton._disabled is None, _triton._disabled  # no call fell back to torch's
 
@@ -343,7 +349,8 @@ def _triton_params(ours: nn.Module, ref: nn.Module) -> None:
         (case, layout)
         for case in TRITON_CASES
         for layout in (torch.contiguous_format, torch.channels_last)
-        if case not in TRITON_CONTIGUOUS_ONLY or layout == torch.contiguous_format
+        if layout == torch.contiguous_format
+        or (case not in TRITON_CONTIGUOUS_ONLY and any(len(s) == 4 for s in TRITON_SHAPES[case]))
     ],
     ids=str,
 )
@@ -423,7 +430,7 @@ def test_cuda_triton_half_inputs(case, dtype, triton_everywhere):
 def test_cuda_triton_double_backward(triton_everywhere):
     """create_graph=True: the backward is torch's functional form with a graph, so second
     derivatives are torch's."""
-    for case in ("bn", "gn", "ln_tokens", "rms", "frn", "s0", "renorm"):
+    for case in ("bn", "gn", "ln_tokens", "rms", "frn", "s0", "renorm", "switchable"):
         make, make_ref = TRITON_CASES[case]
         shape = TRITON_SHAPES[case][0]
         c = shape[-1] if case.endswith("_tokens") else shape[1]

@@ -119,9 +119,10 @@ def check() -> int:
             fails += 1
             print(f"FAIL {shape} {kind} groups={groups} cl={cl} affine={affine} relu={relu}")
             print("    tile", tile, "errors", errs)
-    renorm_cases, renorm_fails = check_renorm()
-    cases += renorm_cases
-    fails += renorm_fails
+    for extra_check in (check_renorm, check_switchable):
+        more_cases, more_fails = extra_check()
+        cases += more_cases
+        fails += more_fails
     if T._disabled is not None:  # a first call failed and fell back to torch's kernels
         print("FELL BACK:", T._disabled)
         fails += 1
@@ -167,6 +168,52 @@ def check_renorm() -> tuple[list, int]:
                 if max(errs) > 1e-4 or not kept:
                     fails += 1
                     print(f"FAIL {shape} renorm cl={cl} affine={affine}", "errors", errs)
+    return cases, fails
+
+
+def check_switchable() -> tuple[list, int]:
+    """SwitchableNorm (``T.switchable_norm``) against ``normzoo.functional.switchable_norm``
+    in training (batch statistics, running statistics updated) and eval (the running ones):
+    output, gradients of x, the parameters and both logits, the running statistics."""
+    from normzoo import functional
+
+    cases, fails = [], 0
+    for shape in [(4, 6, 5, 7), (3, 8, 33), (2, 4, 3, 4, 5), (2, 8, 70, 70)]:
+        for cl in [False, True] if len(shape) == 4 else [False]:
+            for affine, training in [(True, True), (False, True), (True, False)]:
+                cases.append((shape, "switchable", 0, cl, affine, training))
+                c = shape[1]
+                x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).float()
+                x += torch.randn(shape[0], c, *[1] * (len(shape) - 2))  # IN != LN != BN
+                if cl:
+                    x = x.to(memory_format=torch.channels_last)
+                rm, rv = torch.randn(c), torch.rand(c) * 4 + 0.5
+                mw, vw = torch.randn(3), torch.randn(3)
+                w = torch.randn(c) * 0.5 + 1 if affine else None
+                b = torch.randn(c) * 0.5 if affine else None
+                leaves = [[t.clone().requires_grad_() if t is not None else None
+                           for t in (x, mw, vw, w, b)] for _ in range(2)]  # fmt: skip
+                rm1, rv1 = rm.clone(), rv.clone()
+                state = T._Switch(rm1, rv1, training, 0.3, 1e-5, training)
+                y1 = T.switchable_norm(*leaves[0], state)
+                x2, mw2, vw2, w2, b2 = leaves[1]
+                y2, rm2, rv2 = functional.switchable_norm(
+                    x2, mw2, vw2, rm, rv, w2, b2, training=training, momentum=0.3
+                )
+                g = torch.randn_like(y2)
+                y1.backward(g)
+                y2.backward(g)
+                errs = [(y1 - y2).abs().max().item(), (rm1 - rm2).abs().max().item()]
+                errs += [((rv1 - rv2).abs() / rv2).max().item()]
+                for t1, t2 in zip(*leaves, strict=True):
+                    if t1 is not None:
+                        scale = 1 + t2.grad.abs().max().item()
+                        errs += [((t1.grad - t2.grad).abs().max() / scale).item()]
+                kept = not cl or y1.is_contiguous(memory_format=torch.channels_last)
+                if max(errs) > 1e-4 or not kept:
+                    fails += 1
+                    print(f"FAIL {shape} switchable cl={cl} affine={affine} training={training}")
+                    print("    errors", errs)
     return cases, fails
 
 

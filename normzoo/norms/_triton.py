@@ -1,5 +1,5 @@
 r"""BatchNorm, GroupNorm, LayerNorm and InstanceNorm (and RMSNorm, FRN, EvoNorm-S0, Batch
-Renorm) on CUDA through Triton kernels.
+Renorm, SwitchableNorm) on CUDA through Triton kernels.
 
 torch's CUDA kernels for these norms reached 0.15-0.6 of a ``copy_``'s bandwidth on an H200
 (``docs/data/bench_cuda_h200.json``, the eighth session): batch norm on contiguous input
@@ -56,7 +56,8 @@ mean square), FRN + TLU (``"frn"``: one channel per group, no centering, ``max(y
 ``torch.maximum``'s split of the gradient at ties) and EvoNorm-S0 (``"s0"``:
 ``x sigmoid(v x)`` over the group's std). The last two take one-pass contiguous shapes only;
 each gives its extra parameter's gradient (``tau``, ``v``) from the same backward pass. Batch
-Renorm runs on the batch-norm kernels (:func:`batch_renorm`). They
+Renorm runs on the batch-norm kernels (:func:`batch_renorm`), SwitchableNorm on the two-phase
+kernels with one set per (sample, channel) (:func:`switchable_norm`). They
 are served only under ``NORMZOO_TRITON=all`` until measured against their current CUDA paths
 (``scripts/gpu_triton_ab.py``).
 
@@ -86,6 +87,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from normzoo import functional
+from normzoo.functional.switchable import switchable_statistics
 from normzoo.norms._kernels import channels_last_format
 from normzoo.norms._rownorm import _autocast_on
 
@@ -103,6 +105,7 @@ __all__ = [
     "serves_batch",
     "serves_group",
     "serves_tokens",
+    "switchable_norm",
     "takes",
 ]
 
@@ -211,7 +214,7 @@ def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) 
     accepts: ``kind`` ``"batch"``, ``"group"`` (``groups`` groups), ``"token"`` (layer
     norm or RMSNorm over tokens), or the zoo's ``"rms"`` (channels-first RMSNorm), ``"frn"``,
     ``"s0"`` (EvoNorm-S0; these two on one-pass contiguous shapes only), ``"renorm"`` (Batch
-    Renorm);
+    Renorm), ``"switchable"`` (SwitchableNorm);
     ``contiguous``: else channels_last. Under ``NORMZOO_TRITON=all``: every input the
     kernels support. The zoo's kinds and tokens are not measured yet: ``all`` only."""
     every = _mode() == "all"
@@ -225,6 +228,8 @@ def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) 
         return every and len(shape) >= 3
     if kind == "renorm":  # Batch Renorm: any layout the batch-norm kernels take
         return every
+    if kind == "switchable":  # SwitchableNorm: per (sample, channel) sets, spatial inputs
+        return every and len(shape) >= 3
     if kind in ("frn", "s0"):
         return every and contiguous and _one_pass_shape(shape, groups)
     return every and _pow2(shape[-1]) <= ONE_PASS_MAX  # a token in one program's registers
@@ -369,15 +374,9 @@ def _two_phase_backward(
     relu: bool,
     rms: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    k = _kernels()
     plan = _plan(x, fold=sets[0] == 0)
-    n, c, nk = plan.n, plan.c, plan.nk
-    part = torch.empty((2, n, c, nk), device=x.device, dtype=torch.float32)
-    flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu)
-    k._partial_grad[plan.grid](
-        x, dy, mean, rstd, weight, bias, *part.unbind(0), c, plan.s, *plan.strides, *sets,
-        plan.spp, nk, **flags, CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
-    )  # fmt: skip
+    n = plan.n
+    part = _grad_sums(dy, x, weight, bias, mean, rstd, sets, relu, plan)
     # per set: b = sum(w dy) / count and a = sum(w dy xhat) / count, as (b, a)
     set_n, cpg = sets
     if set_n == 0:  # batch norm: one set per channel
@@ -392,13 +391,54 @@ def _two_phase_backward(
     if rms:  # no centering: no mean(w dy) term
         coef[0].zero_()
     b, a = coef.unbind(0)
-    dx = torch.empty_like(x)
-    k._apply_grad[plan.grid](
-        x, dy, dx, mean, rstd, weight, bias, a, b, n, c, plan.s, *plan.strides, *sets,
-        plan.spp, nk, plan.ncb, **flags, CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
-    )  # fmt: skip
+    dx = _grad_map(dy, x, weight, bias, mean, rstd, a, b, sets, relu, plan)
     db, dw = db_dw.unbind(0)
     return dx, dw, db
+
+
+def _grad_sums(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean: Tensor,
+    rstd: Tensor,
+    sets: tuple[int, int],
+    relu: bool,
+    plan: _Plan,
+) -> Tensor:
+    """``(2, n, c, nk)``: per (sample, channel, chunk) ``sum(dy)`` and ``sum(dy * xhat)``."""
+    n, c, nk = plan.n, plan.c, plan.nk
+    part = torch.empty((2, n, c, nk), device=x.device, dtype=torch.float32)
+    _kernels()._partial_grad[plan.grid](
+        x, dy, mean, rstd, weight, bias, *part.unbind(0), c, plan.s, *plan.strides, *sets,
+        plan.spp, nk, HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, CB=plan.cb,
+        SB=plan.sb, num_warps=plan.warps,
+    )  # fmt: skip
+    return part
+
+
+def _grad_map(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean: Tensor,
+    rstd: Tensor,
+    a: Tensor,
+    b: Tensor,
+    sets: tuple[int, int],
+    relu: bool,
+    plan: _Plan,
+) -> Tensor:
+    """``dx = rstd (w dy - xhat a[set] - b[set])`` (``_apply_grad``)."""
+    dx = torch.empty_like(x)
+    _kernels()._apply_grad[plan.grid](
+        x, dy, dx, mean, rstd, weight, bias, a, b, plan.n, plan.c, plan.s, *plan.strides,
+        *sets, plan.spp, plan.nk, plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None,
+        RELU=relu, CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
+    )  # fmt: skip
+    return dx
 
 
 @functools.lru_cache(maxsize=256)
@@ -1050,3 +1090,224 @@ def batch_renorm(
 
     key = _key("fwd", x, weight, _Spec("renorm", 0, eps, False), grad)
     return _guarded(key, run, lambda: _torch_renorm(x, weight, bias, running, limits, eps))
+
+
+class _Switch(NamedTuple):
+    """A SwitchableNorm call's state: the BN running statistics (or ``None``), whether BN's
+    term takes the batch's statistics (``training``), the running-average ``factor``, ``eps``
+    and whether the running statistics are updated."""
+
+    running_mean: Tensor | None
+    running_var: Tensor | None
+    training: bool
+    factor: float
+    eps: float
+    update: bool
+
+
+def _switch_mix(
+    mean_in: Tensor, var_in: Tensor, mean_weight: Tensor, var_weight: Tensor, running: Any,
+    training: bool, factor: float, positions: int, n: int, c: int,
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """``functional.switchable_statistics`` of the per-(sample, channel) IN statistics."""
+    return switchable_statistics(
+        mean_in.view(n, c, 1), var_in.view(n, c, 1), mean_weight, var_weight, *running,
+        training=training, momentum=factor, positions=positions,
+    )  # fmt: skip
+
+
+class _TritonSwitchable(torch.autograd.Function):
+    r"""SwitchableNorm on the two-phase kernels with one set per (sample, channel).
+
+    Forward: the IN statistics (the statistics kernels), their mixture with LN's and BN's
+    (``functional.switchable_statistics`` on ``(N, C)`` tensors), the map kernel with the
+    mixed mean and 1/std. Backward: the kernels' per-(sample, channel) ``sum(dy)`` and
+    ``sum(dy x_hat)`` give ``dL/dmean = -w r sum(dy)`` and ``dL/dvar = -w r^2 sum(dy x_hat) / 2``;
+    the mixture's graph, recomputed on ``(N, C)`` tensors, carries them to the IN statistics
+    (``G_mu``, ``G_var``) and the logits; and since ``dmean_in/dx = 1/S``,
+    ``dvar_in/dx = 2 (x - mean_in) / S``, ``dx = r w dy + Q x + R`` with ``Q = 2 G_var / S``,
+    ``R = G_mu / S - Q mean_in``: the map kernel's form ``r (w dy - x_hat a - b)`` with
+    ``a = -Q / r^2``, ``b = -(Q mean + R) / r``."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        mean_weight: Tensor,
+        var_weight: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        state: _Switch,
+    ) -> Tensor:
+        y, saved = _switch_forward(x, mean_weight, var_weight, weight, bias, state)
+        ctx.save_for_backward(x, mean_weight, var_weight, weight, bias, *saved)
+        ctx.state = state
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, mw, vw, weight, bias, *saved = ctx.saved_tensors
+        st, needs = ctx.state, ctx.needs_input_grad[:5]
+        params = (x, mw, vw, weight, bias)
+        frozen = tuple(saved[4:]) if len(saved) > 4 else (None, None)
+        if torch.is_grad_enabled():  # create_graph=True: the reference math, with a graph
+            grads = _torch_switch_backward(dy, params, frozen, st, needs, True)
+            return (*grads, None)
+        grads = _guarded(
+            _key("bwd", x, weight, _Spec("switchable", 0, st.eps, False), needs, st.training),
+            lambda: _switch_backward(dy, params, saved[:4], frozen, st, needs),
+            lambda: _torch_switch_backward(dy, params, frozen, st, needs, False),
+        )
+        return (*grads, None)
+
+
+def _switch_forward(
+    x: Tensor,
+    mean_weight: Tensor,
+    var_weight: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    st: _Switch,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """``y`` and what the backward needs: the IN mean and variance, the mixed mean and 1/std
+    (flat, per (sample, channel)), and in eval the running statistics as used. Updates the
+    running statistics after ``y`` is written."""
+    if _elsewhere(x):  # Triton launches on the current device: make it x's
+        with torch.cuda.device(x.device):
+            return _switch_forward(x, mean_weight, var_weight, weight, bias, st)
+    plan = _plan(x, fold=False)
+    n, c, s = plan.n, plan.c, plan.s
+    sets = (c, 1)
+    mean_in, _, var_in = _stats(x, plan, sets, st.eps)
+    running = (st.running_mean, st.running_var)
+    with torch.no_grad():
+        mean, var, new_mean, new_var = _switch_mix(
+            mean_in, var_in, mean_weight, var_weight, running, st.training, st.factor, s, n, c
+        )
+    mean, rstd = mean.reshape(-1), torch.rsqrt(var + st.eps).reshape(-1)
+    y = torch.empty_like(x)
+    _kernels()._apply[plan.grid](
+        x, y, mean, rstd, weight, bias, n, c, s, *plan.strides, *sets, plan.spp, plan.nk,
+        plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None, RELU=False, CB=plan.cb,
+        SB=plan.sb, num_warps=plan.warps,
+    )  # fmt: skip
+    saved: tuple[Tensor, ...] = (mean_in, var_in, mean, rstd)
+    batch = st.training or st.running_mean is None or st.running_var is None
+    if not batch:  # eval: BN's term is the running statistics, kept as they were
+        saved += (st.running_mean.clone(), st.running_var.clone())  # type: ignore[union-attr]
+    if st.update:
+        st.running_mean.copy_(new_mean)  # type: ignore[union-attr]
+        st.running_var.copy_(new_var)  # type: ignore[union-attr]
+    return y, saved
+
+
+def _switch_backward(
+    dy: Tensor,
+    params: tuple[Tensor | None, ...],
+    saved: list[Tensor],
+    frozen: tuple[Tensor | None, Tensor | None],
+    st: _Switch,
+    needs: tuple[bool, ...],
+) -> tuple[Tensor | None, ...]:
+    x, mw, vw, weight, bias = params
+    mean_in, var_in, mean, rstd = saved
+    fmt = channels_last_format(x)  # dy in x's layout, which the kernels address
+    dy = dy.contiguous() if fmt is None else dy.contiguous(memory_format=fmt)
+    with torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext():
+        plan = _plan(x, fold=False)
+        n, c, s = plan.n, plan.c, plan.s
+        sets = (c, 1)
+        s_dy, s_dyx = _grad_sums(dy, x, weight, None, mean, rstd, sets, False, plan).sum(3)
+        r = rstd.view(n, c)
+        w = weight.float() if weight is not None else torch.ones_like(r[0])
+        d_mean = -(w * r) * s_dy
+        d_var = -0.5 * (w * r * r) * s_dyx
+        with torch.enable_grad():  # the mixture's graph, on (N, C) tensors
+            leaves = [t.detach().requires_grad_() for t in (mean_in, var_in, mw, vw)]
+            batch = frozen[0] is None
+            m, v = _switch_mix(*leaves, frozen, batch, 0.0, s, n, c)[:2]
+            g_mu, g_var, g_mw, g_vw = torch.autograd.grad(
+                (m, v), leaves, (d_mean.view(n, c, 1), d_var.view(n, c, 1))
+            )
+        q = (2.0 / s) * g_var.view(n, c)
+        rr = g_mu.view(n, c) / s - q * mean_in.view(n, c)
+        a = -q / (r * r)
+        b = -(q * mean.view(n, c) + rr) / r
+        dx = _grad_map(dy, x, weight, None, mean, rstd, a.reshape(-1), b.reshape(-1), sets,
+                       False, plan)  # fmt: skip
+    return (
+        dx if needs[0] else None,
+        g_mw.to(mw.dtype) if needs[1] else None,
+        g_vw.to(vw.dtype) if needs[2] else None,
+        s_dyx.sum(0).to(weight.dtype) if needs[3] else None,
+        s_dy.sum(0).to(bias.dtype) if needs[4] else None,
+    )
+
+
+def _torch_switch_backward(
+    dy: Tensor,
+    params: tuple[Tensor | None, ...],
+    frozen: tuple[Tensor | None, Tensor | None],
+    st: _Switch,
+    needs: tuple[bool, ...],
+    create_graph: bool,
+) -> tuple[Tensor | None, ...]:
+    """The gradients by differentiating ``functional.switchable_norm`` (double backward,
+    fallback); BN's term as in the forward (the batch's, or the running statistics then)."""
+    with torch.enable_grad():
+        inputs = [t for t, need in zip(params, needs, strict=True) if need]
+        x, mw, vw, weight, bias = params
+        batch = frozen[0] is None
+        y = functional.switchable_norm(
+            x, mw, vw, *frozen, weight, bias, training=batch, momentum=0.0, eps=st.eps
+        )[0]
+        grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=create_graph))
+        return tuple(next(grads) if need else None for need in needs)
+
+
+def _torch_switchable(
+    x: Tensor,
+    mean_weight: Tensor,
+    var_weight: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    st: _Switch,
+) -> Tensor:
+    """What :func:`switchable_norm` returns, on torch's kernels: the fallback."""
+    y, new_mean, new_var = functional.switchable_norm(
+        x, mean_weight, var_weight, st.running_mean, st.running_var, weight, bias,
+        training=st.training, momentum=st.factor, eps=st.eps,
+    )  # fmt: skip
+    if st.update:
+        with torch.no_grad():
+            st.running_mean.copy_(new_mean)  # type: ignore[union-attr]
+            st.running_var.copy_(new_var)  # type: ignore[union-attr]
+    return y
+
+
+def switchable_norm(
+    x: Tensor,
+    mean_weight: Tensor,
+    var_weight: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    state: _Switch,
+) -> Tensor:
+    r"""SwitchableNorm of ``x`` ``(N, C, *spatial)``: ``y = w (x - mean) / sqrt(var + eps) + b``
+    with ``mean``, ``var`` softmax mixtures of the IN, LN and BN statistics
+    (``normzoo.functional.switchable_norm``), on the two-phase kernels (see
+    :class:`_TritonSwitchable`). ``state``: :class:`_Switch`.
+
+    P. Luo, J. Ren, Z. Peng, R. Zhang, J. Li, "Differentiable Learning-to-Normalize via
+    Switchable Normalization", ICLR 2019."""
+    params = (x, mean_weight, var_weight, weight, bias)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
+
+    def run() -> Tensor:
+        if grad:
+            return _TritonSwitchable.apply(*params, state)
+        return _switch_forward(*params, state)[0]
+
+    spec = _Spec("switchable", 0, state.eps, False)
+    key = _key("fwd", x, weight, spec, grad, state.training, state.update)
+    return _guarded(key, run, lambda: _torch_switchable(*params, state))
