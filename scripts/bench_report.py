@@ -240,7 +240,9 @@ kernels (0.55-0.64 on contiguous input): it is batch norm with the weight `w r` 
 SwitchableNorm runs on the same two-phase kernels with one set per sample and channel: the
 statistics kernels give the IN statistics, their mixture with LN's and BN's is computed on
 `(N, C)` tensors, the map kernel writes `y`; its backward carries the kernels' per-set sums
-through the mixture's small graph and back into the map kernel's form. Their own
+through the mixture's small graph and back into the map kernel's form. EvoNorm-B0 takes the
+same statistics pass (its batch variance merged from the instance ones) and kernels of its
+own for the map `x / max(s_b, v x + s_i)` and its backward (one sums pass, one map). Their own
 CUDA paths read 0.1-0.3 at the large shapes (the H200 table above; the compiled path, where
 it is used, measured 1.2-3.4x faster than the eager one for FRN and 1.5-1.8x for EvoNorm-S0
 up to 2M elements). They are served only under `NORMZOO_TRITON=all` until the `tritonab`

@@ -13,12 +13,12 @@
 #   fused      scripts/gpu_fused_ab.py: the zoo's fused CUDA path (torch.compile of the
 #              reference math) against its eager paths, compile times included;
 #   triton     scripts/bench.py for BatchNorm, GroupNorm, LayerNorm, InstanceNorm, RMSNorm,
-#              FRN, EvoNorm-S0, Batch Renorm and SwitchableNorm with every input they
+#              FRN, EvoNorm-S0/B0, Batch Renorm and SwitchableNorm with every input they
 #              support on normzoo's Triton kernels (NORMZOO_TRITON=all), GPU-sized shapes,
 #              timed as the GPU's work and with the host (--cuda-timing gpu, latency);
 #   tritonab   scripts/gpu_triton_ab.py: the Triton kernels' plan knobs (programs per SM, tile)
 #              A/B'd on the large shapes, the host time per call against torch's, and the
-#              zoo's modules (FRN, EvoNorm-S0, RMSNorm, Batch Renorm, SwitchableNorm) on the
+#              zoo's modules (FRN, EvoNorm-S0/B0, RMSNorm, Batch Renorm, SwitchableNorm) on the
 #              kernels against their current CUDA paths, interleaved (decides their dispatch);
 #   core       scripts/gpu_fused_ab.py for BatchNorm, GroupNorm and LayerNorm: their reference
 #              math compiled (a candidate, not dispatched) against torch's kernels, as
@@ -69,7 +69,7 @@ fi
 if [[ $steps == *" triton "* ]]; then
     for timing in gpu latency; do
         NORMZOO_TRITON=all limit "${TRITON_LIMIT:-240}" "$py" scripts/bench.py --devices cuda \
-            --repeats 15 --warmup 3 --norms bn gn ln in rms frn evonorms0 batchrenorm switchablenorm --shapes 64,64,64,64 $big \
+            --repeats 15 --warmup 3 --norms bn gn ln in rms frn evonorms0 batchrenorm switchablenorm evonormb0 --shapes 64,64,64,64 $big \
             --dtypes float32 bfloat16 --no-train --cuda-timing $timing \
             --title "GPU: core norms on the Triton kernels ($timing)" \
             --json "$out/bench_triton_$timing.json" 2>&1 | tee "$out/bench_triton_$timing.log"

@@ -16,8 +16,8 @@ sections):
    more host time. Here each path's host time per forward and per fwd+bwd is measured with the
    GPU kept busy (so the host never waits), against torch's functional forms.
 3. **The zoo's kernels** (eleventh session, not yet run on a GPU): FRN + TLU, EvoNorm-S0 and
-   channels-first RMSNorm on the group kernels, Batch Renorm and SwitchableNorm on the
-   two-phase kernels (served only under ``NORMZOO_TRITON=all``
+   channels-first RMSNorm on the group kernels, Batch Renorm, SwitchableNorm and EvoNorm-B0
+   on the two-phase scheme (served only under ``NORMZOO_TRITON=all``
    until measured). Each module (``--modules``) runs fwd+bwd with ``NORMZOO_TRITON=all``
    (the kernels) and with the default (its current CUDA path: ``torch.compile`` of the
    reference math for FRN and small EvoNorm-S0, eager kernels otherwise), interleaved, on
@@ -67,6 +67,7 @@ MODULES = {
     "rmsnorm": {},
     "batchrenorm": {},
     "switchablenorm": {},
+    "evonormb0": {},
 }
 
 
@@ -180,7 +181,7 @@ def module_ab(
     row: dict[str, Any] = {"module": name, "shape": list(shape), "dtype": str(dtype)[6:]}
     row["copy_ms"] = gpu_time(lambda: out.copy_(src), flush, repeats)
     calls: list[Any] = []
-    entries = ("_forward", "_renorm_forward", "_switch_forward")
+    entries = ("_forward", "_renorm_forward", "_switch_forward", "_b0_forward")
     originals = {name: getattr(_triton, name) for name in entries}
     for name, entry in originals.items():
         setattr(_triton, name, lambda *a, f=entry: calls.append(1) or f(*a))

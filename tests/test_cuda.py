@@ -295,6 +295,10 @@ TRITON_CASES = {
         lambda c: normzoo.create("switchablenorm", c),
         lambda c: normzoo.create("switchablenorm", c, impl="reference"),
     ),
+    "b0": (
+        lambda c: normzoo.create("evonormb0", c),
+        lambda c: normzoo.create("evonormb0", c, impl="reference"),
+    ),
 }
 #: Kinds that the kernels serve on contiguous input only (one pass per set).
 TRITON_CONTIGUOUS_ONLY = ("frn", "s0")
@@ -312,6 +316,7 @@ TRITON_SHAPES = {
     "s0": [(8, 12, 30, 30), (2, 8, 60, 30), (3, 20, 7, 9, 11)],  # groups of 4 channels
     "renorm": [(8, 12, 30, 30), (2, 40, 130, 70), (300, 36)],
     "switchable": [(8, 12, 30, 30), (2, 40, 130, 70), (3, 20, 7, 9, 11)],
+    "b0": [(8, 12, 30, 30), (2, 40, 130, 70), (3, 20, 7, 9, 11)],
 }
 
 
@@ -328,7 +333,11 @@ def triton_everywhere(monkeypatch):
     calls = []
     forward = _triton._forward
     monkeypatch.setattr(_triton, "_forward", lambda *a: calls.append(a[4]) or forward(*a))
-    for entry_name in ("_renorm_forward", "_switch_forward"):  # the zoo's own entry points
+    for entry_name in (
+        "_renorm_forward",
+        "_switch_forward",
+        "_b0_forward",
+    ):  # the zoo's own entry points
         entry = getattr(_triton, entry_name)
         monkeypatch.setattr(_triton, entry_name, lambda *a, f=entry: calls.append(1) or f(*a))
     yield calls
@@ -430,7 +439,7 @@ def test_cuda_triton_half_inputs(case, dtype, triton_everywhere):
 def test_cuda_triton_double_backward(triton_everywhere):
     """create_graph=True: the backward is torch's functional form with a graph, so second
     derivatives are torch's."""
-    for case in ("bn", "gn", "ln_tokens", "rms", "frn", "s0", "renorm", "switchable"):
+    for case in ("bn", "gn", "ln_tokens", "rms", "frn", "s0", "renorm", "switchable", "b0"):
         make, make_ref = TRITON_CASES[case]
         shape = TRITON_SHAPES[case][0]
         c = shape[-1] if case.endswith("_tokens") else shape[1]

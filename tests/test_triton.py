@@ -80,7 +80,7 @@ def test_orchestration_with_emulated_kernels(monkeypatch, capsys):
     fails = triton_interpreter_check.check()
     out = capsys.readouterr().out
     assert fails == 0, out
-    assert "cases 176 fails 0" in out
+    assert "cases 194 fails 0" in out
     assert _triton._disabled is None  # no case fell back to torch's kernels
 
 
@@ -216,6 +216,7 @@ MODULE_CASES = [
         (6, 8, 5, 7),
     ),
     ("switchablenorm", {}, (4, 8, 5, 7)),
+    ("evonormb0", {}, (4, 8, 5, 7)),
 ]
 
 
@@ -235,7 +236,11 @@ def test_modules_reach_the_kernels(name, kwargs, shape, channels_last, emulated,
     calls = []
     forward = _triton._forward
     monkeypatch.setattr(_triton, "_forward", lambda *a: calls.append(a[4].kind) or forward(*a))
-    for entry_name in ("_renorm_forward", "_switch_forward"):  # the zoo's own entry points
+    for entry_name in (
+        "_renorm_forward",
+        "_switch_forward",
+        "_b0_forward",
+    ):  # the zoo's own entry points
         entry = getattr(_triton, entry_name)
         monkeypatch.setattr(_triton, entry_name, lambda *a, f=entry: calls.append(1) or f(*a))
     c = shape[-1] if kwargs.get("channels_last") else shape[1]

@@ -214,6 +214,44 @@ def token_bwd(grid, X, DY, DX, W, B, MEAN, RSTD, PDW, PDB, R, D, RPP, **kw):
         PDB.view(-1, D)[p] = dy[rows].sum(0)
 
 
+def _b0_terms(X, BSTD, ISTD, V, W, N, C, S, strides, **kw):
+    x = _view(X, N, C, S, *strides).float()
+    w = W.float() if kw["HAS_W"] else torch.ones(C)
+    bstd = BSTD.float()[None, :, None]
+    inst = V.float()[None, :, None] * x + ISTD.view(N, C)[..., None]
+    den = torch.maximum(bstd, inst)
+    a = torch.where(bstd > inst, 1.0, torch.where(bstd == inst, 0.5, 0.0))
+    return x, w[None, :, None], den, a
+
+
+def b0_apply(grid, X, Y, BSTD, ISTD, V, W, B, N, C, S, sn, sc, ss, SPP, NK, NCB, **kw):
+    x, w, den, _ = _b0_terms(X, BSTD, ISTD, V, W, N, C, S, (sn, sc, ss), **kw)
+    b = B.float()[None, :, None] if kw["HAS_B"] else 0.0
+    _view(Y, N, C, S, sn, sc, ss).copy_(x / den * w + b)
+
+
+def b0_partial_grad(grid, X, DY, BSTD, ISTD, V, W, P, C, S, sn, sc, ss, PSTRIDE, SPP, NK, **kw):
+    n = grid[2]
+    x, w, den, a = _b0_terms(X, BSTD, ISTD, V, W, n, C, S, (sn, sc, ss), **kw)
+    dy = _view(DY, n, C, S, sn, sc, ss).float()
+    q = w * dy * x / den**2
+    terms = (a * q, (1 - a) * q, dy * x / den, dy, (1 - a) * q * x)
+    for k, t in enumerate(terms):
+        P.view(-1)[k * PSTRIDE : (k + 1) * PSTRIDE].view(n, C, NK).copy_(
+            _chunks(t, SPP, NK).nansum(-1)
+        )
+
+
+def b0_apply_grad(
+    grid, X, DY, DX, BSTD, ISTD, V, W, K1, K0, N, C, S, sn, sc, ss, SPP, NK, NCB, **kw
+):
+    x, w, den, a = _b0_terms(X, BSTD, ISTD, V, W, N, C, S, (sn, sc, ss), **kw)
+    g = w * _view(DY, N, C, S, sn, sc, ss).float()
+    v = V.float()[None, :, None]
+    k1, k0 = K1.view(N, C, 1), K0.view(N, C, 1)
+    _view(DX, N, C, S, sn, sc, ss).copy_(g / den - v * (1 - a) * g * x / den**2 - x * k1 + k0)
+
+
 class Kernels:
     """A stand-in for ``normzoo.norms._triton_kernels``."""
 
@@ -226,3 +264,6 @@ class Kernels:
     _group_bwd = _Kernel(group_bwd)
     _token_fwd = _Kernel(token_fwd)
     _token_bwd = _Kernel(token_bwd)
+    _b0_apply = _Kernel(b0_apply)
+    _b0_partial_grad = _Kernel(b0_partial_grad)
+    _b0_apply_grad = _Kernel(b0_apply_grad)

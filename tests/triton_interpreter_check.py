@@ -119,7 +119,7 @@ def check() -> int:
             fails += 1
             print(f"FAIL {shape} {kind} groups={groups} cl={cl} affine={affine} relu={relu}")
             print("    tile", tile, "errors", errs)
-    for extra_check in (check_renorm, check_switchable):
+    for extra_check in (check_renorm, check_switchable, check_b0):
         more_cases, more_fails = extra_check()
         cases += more_cases
         fails += more_fails
@@ -213,6 +213,47 @@ def check_switchable() -> tuple[list, int]:
                 if max(errs) > 1e-4 or not kept:
                     fails += 1
                     print(f"FAIL {shape} switchable cl={cl} affine={affine} training={training}")
+                    print("    errors", errs)
+    return cases, fails
+
+
+def check_b0() -> tuple[list, int]:
+    """EvoNorm-B0 (``T.evonorm_b0``) against ``normzoo.functional.evonorm_b0`` in training
+    (batch variance, running variance updated) and eval (the running one): output, gradients
+    of x, v and the parameters, the running variance; both branches of the max taken."""
+    from normzoo import functional
+
+    cases, fails = [], 0
+    for shape in [(4, 6, 5, 7), (3, 8, 33), (2, 4, 3, 4, 5), (2, 8, 70, 70)]:
+        for cl in [False, True] if len(shape) == 4 else [False]:
+            for affine, training in [(True, True), (False, True), (True, False)]:
+                cases.append((shape, "b0", 0, cl, affine, training))
+                c = shape[1]
+                x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).float()
+                if cl:
+                    x = x.to(memory_format=torch.channels_last)
+                rv = torch.rand(c) * 8 + 0.5
+                v = torch.randn(c) * 0.5  # v x + s_i below and above s_b: both branches
+                w = torch.randn(c) * 0.5 + 1 if affine else None
+                b = torch.randn(c) * 0.5 if affine else None
+                leaves = [[t.clone().requires_grad_() if t is not None else None
+                           for t in (x, v, w, b)] for _ in range(2)]  # fmt: skip
+                rv1 = rv.clone()
+                y1 = T.evonorm_b0(*leaves[0], T._B0(rv1, training, 0.3, 1e-5, training))
+                x2, v2, w2, b2 = leaves[1]
+                y2, rv2 = functional.evonorm_b0(x2, v2, rv, w2, b2, training=training, momentum=0.3)
+                g = torch.randn_like(y2)
+                y1.backward(g)
+                y2.backward(g)
+                errs = [(y1 - y2).abs().max().item(), ((rv1 - rv2).abs() / rv2).max().item()]
+                for t1, t2 in zip(*leaves, strict=True):
+                    if t1 is not None:
+                        scale = 1 + t2.grad.abs().max().item()
+                        errs += [((t1.grad - t2.grad).abs().max() / scale).item()]
+                kept = not cl or y1.is_contiguous(memory_format=torch.channels_last)
+                if max(errs) > 1e-4 or not kept:
+                    fails += 1
+                    print(f"FAIL {shape} b0 cl={cl} affine={affine} training={training}")
                     print("    errors", errs)
     return cases, fails
 

@@ -1,4 +1,4 @@
-r"""BatchNorm, GroupNorm, LayerNorm and InstanceNorm (and RMSNorm, FRN, EvoNorm-S0, Batch
+r"""BatchNorm, GroupNorm, LayerNorm and InstanceNorm (and RMSNorm, FRN, EvoNorm-S0/B0, Batch
 Renorm, SwitchableNorm) on CUDA through Triton kernels.
 
 torch's CUDA kernels for these norms reached 0.15-0.6 of a ``copy_``'s bandwidth on an H200
@@ -57,7 +57,8 @@ mean square), FRN + TLU (``"frn"``: one channel per group, no centering, ``max(y
 ``x sigmoid(v x)`` over the group's std). The last two take one-pass contiguous shapes only;
 each gives its extra parameter's gradient (``tau``, ``v``) from the same backward pass. Batch
 Renorm runs on the batch-norm kernels (:func:`batch_renorm`), SwitchableNorm on the two-phase
-kernels with one set per (sample, channel) (:func:`switchable_norm`). They
+kernels with one set per (sample, channel) (:func:`switchable_norm`), EvoNorm-B0 on the same
+statistics and map kernels of its own (:func:`evonorm_b0`). They
 are served only under ``NORMZOO_TRITON=all`` until measured against their current CUDA paths
 (``scripts/gpu_triton_ab.py``).
 
@@ -95,6 +96,7 @@ __all__ = [
     "available",
     "batch_norm",
     "batch_renorm",
+    "evonorm_b0",
     "evonorm_s0",
     "filter_response_norm",
     "group_norm",
@@ -214,7 +216,7 @@ def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) 
     accepts: ``kind`` ``"batch"``, ``"group"`` (``groups`` groups), ``"token"`` (layer
     norm or RMSNorm over tokens), or the zoo's ``"rms"`` (channels-first RMSNorm), ``"frn"``,
     ``"s0"`` (EvoNorm-S0; these two on one-pass contiguous shapes only), ``"renorm"`` (Batch
-    Renorm), ``"switchable"`` (SwitchableNorm);
+    Renorm), ``"switchable"`` (SwitchableNorm), ``"b0"`` (EvoNorm-B0);
     ``contiguous``: else channels_last. Under ``NORMZOO_TRITON=all``: every input the
     kernels support. The zoo's kinds and tokens are not measured yet: ``all`` only."""
     every = _mode() == "all"
@@ -228,7 +230,7 @@ def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) 
         return every and len(shape) >= 3
     if kind == "renorm":  # Batch Renorm: any layout the batch-norm kernels take
         return every
-    if kind == "switchable":  # SwitchableNorm: per (sample, channel) sets, spatial inputs
+    if kind in ("switchable", "b0"):  # SwitchableNorm, EvoNorm-B0: spatial inputs
         return every and len(shape) >= 3
     if kind in ("frn", "s0"):
         return every and contiguous and _one_pass_shape(shape, groups)
@@ -1311,3 +1313,191 @@ def switchable_norm(
     spec = _Spec("switchable", 0, state.eps, False)
     key = _key("fwd", x, weight, spec, grad, state.training, state.update)
     return _guarded(key, run, lambda: _torch_switchable(*params, state))
+
+
+class _B0(NamedTuple):
+    """An EvoNorm-B0 call's state: the running variance (or ``None``), whether it is a
+    training call, the running-average ``factor``, ``eps`` and whether the running variance
+    is updated."""
+
+    running_var: Tensor | None
+    training: bool
+    factor: float
+    eps: float
+    update: bool
+
+
+class _TritonB0(torch.autograd.Function):
+    r"""EvoNorm-B0 on the two-phase scheme with one set per (sample, channel).
+
+    Forward: the instance statistics (the statistics kernels), the batch variance from them
+    (``mean_n var_i + mean_n (mu_i - mu_b)^2``, or the running variance in eval), then
+    ``_b0_apply``. Backward, with ``den = max(s_b, v x + s_i)``, ``g = w dy``, ``a`` the share
+    of ``den``'s gradient that goes to ``s_b``:
+
+    .. math::
+        dx = \frac{g}{den} - v (1 - a) \frac{g x}{den^2}
+             - \frac{x - \mu_b}{M s_b} \sum_{N,S} a \frac{g x}{den^2}
+             - \frac{x - \mu_i}{S s_i} \sum_{S} (1 - a) \frac{g x}{den^2}
+
+    (``M = N S``; no batch term in eval), ``dv = -sum (1 - a) g x^2 / den^2``,
+    ``dw = sum dy x / den``, ``db = sum dy``: one sums kernel, one map kernel."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        v: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        state: _B0,
+    ) -> Tensor:
+        y, saved = _b0_forward(x, v, weight, bias, state)
+        ctx.save_for_backward(x, v, weight, bias, *saved)
+        ctx.state = state
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, v, weight, bias, *saved = ctx.saved_tensors
+        st, needs = ctx.state, ctx.needs_input_grad[:4]
+        params = (x, v, weight, bias)
+        batch = st.training or st.running_var is None
+        running = None if batch else saved[3]  # (eval: the running variance as used)
+        if torch.is_grad_enabled():  # create_graph=True: the reference math, with a graph
+            return (*_torch_b0_backward(dy, params, running, st, needs, True), None)
+        grads = _guarded(
+            _key("bwd", x, weight, _Spec("b0", 0, st.eps, False), needs, batch),
+            lambda: _b0_backward(dy, params, saved, batch, needs),
+            lambda: _torch_b0_backward(dy, params, running, st, needs, False),
+        )
+        return (*grads, None)
+
+
+def _b0_forward(
+    x: Tensor, v: Tensor, weight: Tensor | None, bias: Tensor | None, st: _B0
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """``y`` and what the backward needs: the instance mean and std ``(N*C,)``, the batch std
+    ``(C,)``, and the batch mean in training or the running variance as used in eval.
+    Updates the running variance after ``y`` is written."""
+    if _elsewhere(x):  # Triton launches on the current device: make it x's
+        with torch.cuda.device(x.device):
+            return _b0_forward(x, v, weight, bias, st)
+    plan = _plan(x, fold=False)
+    n, c, s = plan.n, plan.c, plan.s
+    mean_i, _, var_i = _stats(x, plan, (c, 1), st.eps)
+    batch = st.training or st.running_var is None
+    if batch:  # the batch variance from the instance statistics (equal counts)
+        mi = mean_i.view(n, c)
+        mean_b = mi.mean(0)
+        var_b = var_i.view(n, c).mean(0) + (mi - mean_b).square().mean(0)
+    else:
+        var_b = st.running_var.float()  # type: ignore[union-attr]
+    bstd = torch.sqrt(var_b + st.eps)
+    istd = torch.sqrt(var_i + st.eps)
+    y = torch.empty_like(x)
+    _kernels()._b0_apply[plan.grid](
+        x, y, bstd, istd, v, weight, bias, n, c, s, *plan.strides, plan.spp, plan.nk,
+        plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None, CB=plan.cb, SB=plan.sb,
+        num_warps=plan.warps,
+    )  # fmt: skip
+    last = mean_b if batch else st.running_var.clone()  # type: ignore[union-attr]
+    if st.update:  # as functional.evonorm_b0: BN's update with the unbiased variance
+        m = n * s
+        rv = st.running_var
+        rv.copy_((1 - st.factor) * rv + st.factor * (var_b * (m / max(m - 1, 1))))  # type: ignore[union-attr]
+    return y, (mean_i, istd, bstd, last)
+
+
+def _b0_backward(
+    dy: Tensor,
+    params: tuple[Tensor | None, ...],
+    saved: list[Tensor],
+    batch: bool,
+    needs: tuple[bool, ...],
+) -> tuple[Tensor | None, ...]:
+    x, v, weight, bias = params
+    mean_i, istd, bstd, last = saved
+    fmt = channels_last_format(x)  # dy in x's layout, which the kernels address
+    dy = dy.contiguous() if fmt is None else dy.contiguous(memory_format=fmt)
+    with torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext():
+        plan = _plan(x, fold=False)
+        n, c, s, nk = plan.n, plan.c, plan.s, plan.nk
+        part = torch.empty((5, n, c, nk), device=x.device, dtype=torch.float32)
+        _kernels()._b0_partial_grad[plan.grid](
+            x, dy, bstd, istd, v, weight, part, c, s, *plan.strides, n * c * nk, plan.spp, nk,
+            HAS_W=weight is not None, CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
+        )  # fmt: skip
+        p_a, p_b, p_w, p_dy, p_v = part.sum(3)  # (n, c) each
+        coef = p_b / (s * istd.view(n, c))  # the instance variance's share
+        k1, k0 = coef, coef * mean_i.view(n, c)
+        if batch:  # the batch variance's share
+            coef_b = p_a.sum(0) / (n * s * bstd)
+            k1, k0 = k1 + coef_b, k0 + coef_b * last
+        dx = torch.empty_like(x)
+        _kernels()._b0_apply_grad[plan.grid](
+            x, dy, dx, bstd, istd, v, weight, k1.reshape(-1), k0.reshape(-1), n, c, s,
+            *plan.strides, plan.spp, nk, plan.ncb, HAS_W=weight is not None, CB=plan.cb,
+            SB=plan.sb, num_warps=plan.warps,
+        )  # fmt: skip
+    return (
+        dx if needs[0] else None,
+        (-p_v.sum(0)).to(v.dtype) if needs[1] else None,
+        p_w.sum(0).to(weight.dtype) if needs[2] else None,
+        p_dy.sum(0).to(bias.dtype) if needs[3] else None,
+    )
+
+
+def _torch_b0_backward(
+    dy: Tensor,
+    params: tuple[Tensor | None, ...],
+    running: Tensor | None,
+    st: _B0,
+    needs: tuple[bool, ...],
+    create_graph: bool,
+) -> tuple[Tensor | None, ...]:
+    """The gradients by differentiating ``functional.evonorm_b0`` (double backward,
+    fallback): the batch variance in training, the running one as used in eval."""
+    with torch.enable_grad():
+        inputs = [t for t, need in zip(params, needs, strict=True) if need]
+        x, v, weight, bias = params
+        y = functional.evonorm_b0(
+            x, v, running, weight, bias, training=running is None, momentum=0.0, eps=st.eps
+        )[0]
+        grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=create_graph))
+        return tuple(next(grads) if need else None for need in needs)
+
+
+def _torch_b0(x: Tensor, v: Tensor, weight: Tensor | None, bias: Tensor | None, st: _B0) -> Tensor:
+    """What :func:`evonorm_b0` returns, on torch's kernels: the fallback."""
+    y, new_var = functional.evonorm_b0(
+        x, v, st.running_var, weight, bias, training=st.training, momentum=st.factor, eps=st.eps
+    )
+    if st.update:
+        with torch.no_grad():
+            st.running_var.copy_(new_var)  # type: ignore[union-attr]
+    return y
+
+
+def evonorm_b0(
+    x: Tensor, v: Tensor, weight: Tensor | None, bias: Tensor | None, state: _B0
+) -> Tensor:
+    r"""EvoNorm-B0 of ``x`` ``(N, C, *spatial)``:
+    ``y = x / max(sqrt(Var_B(x) + eps), v x + sqrt(Var_I(x) + eps)) * w + b`` with the batch
+    variance per channel (the running one in eval) and the instance variance per (sample,
+    channel) (``normzoo.functional.evonorm_b0``), on the two-phase scheme (see
+    :class:`_TritonB0`). ``state``: :class:`_B0`.
+
+    H. Liu, A. Brock, K. Simonyan, Q. V. Le, "Evolving Normalization-Activation Layers",
+    NeurIPS 2020."""
+    params = (x, v, weight, bias)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
+
+    def run() -> Tensor:
+        if grad:
+            return _TritonB0.apply(*params, state)
+        return _b0_forward(*params, state)[0]
+
+    spec = _Spec("b0", 0, state.eps, False)
+    key = _key("fwd", x, weight, spec, grad, state.training, state.update)
+    return _guarded(key, run, lambda: _torch_b0(*params, state))

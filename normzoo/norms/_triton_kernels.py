@@ -1,6 +1,7 @@
-"""Triton kernels for the batch, group, layer and instance norms on CUDA, and through flags of
-the group kernels RMSNorm, FRN + TLU and EvoNorm-S0 (imported lazily by
-:mod:`normzoo.norms._triton`, only where ``triton`` is installed).
+"""Triton kernels for the batch, group, layer and instance norms on CUDA, through flags of the
+group kernels RMSNorm, FRN + TLU and EvoNorm-S0, and EvoNorm-B0's map and backward
+(``_b0_*``) (imported lazily by :mod:`normzoo.norms._triton`, only where ``triton`` is
+installed).
 
 An ``(N, C, *spatial)`` input is addressed as ``(n, c, s)`` with strides ``(sn, sc, ss)``, so
 one kernel serves contiguous (``sc = S``, ``ss = 1``) and channels_last (``sc = 1``,
@@ -602,3 +603,180 @@ def _token_bwd(
         tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=m)
     tl.store(PDW + p * D + cols, dw, mask=cmask)
     tl.store(PDB + p * D + cols, db, mask=cmask)
+
+
+@triton.jit
+def _b0_apply(
+    X,
+    Y,
+    BSTD,
+    ISTD,
+    V,
+    W,
+    B,
+    N,
+    C,
+    S,
+    sn,
+    sc,
+    ss,
+    SPP,
+    NK,
+    NCB,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    CB: tl.constexpr,
+    SB: tl.constexpr,
+):
+    """EvoNorm-B0's map ``y = x / max(bstd[c], v[c] x + istd[n, c]) * w[c] + b[c]`` over the
+    chunks of :func:`_partial_stats` (per (sample, channel) sets), the last chunk first."""
+    kk = NK - 1 - tl.program_id(0)
+    cb = NCB - 1 - tl.program_id(1)
+    n = N - 1 - tl.program_id(2)
+    cs = cb * CB + tl.arange(0, CB)
+    cmask = cs < C
+    bstd = tl.load(BSTD + cs, mask=cmask, other=1.0)
+    istd = tl.load(ISTD + n * C + cs, mask=cmask, other=1.0)
+    v = tl.load(V + cs, mask=cmask, other=0.0).to(tl.float32)
+    w = tl.full([CB], 1.0, tl.float32)
+    if HAS_W:
+        w = tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
+    b = tl.zeros([CB], dtype=tl.float32)
+    if HAS_B:
+        b = tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)
+    off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
+    s0 = kk * SPP
+    s_end = tl.minimum(s0 + SPP, S)
+    for s in range(s0, s_end, SB):
+        pos = s + tl.arange(0, SB)
+        m = cmask[:, None] & (pos < s_end)[None, :]
+        o = off + pos[None, :].to(tl.int64) * ss
+        x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
+        den = tl.maximum(bstd[:, None], v[:, None] * x + istd[:, None])
+        y = x / den * w[:, None] + b[:, None]
+        tl.store(Y + o, y.to(Y.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _b0_partial_grad(
+    X,
+    DY,
+    BSTD,
+    ISTD,
+    V,
+    W,
+    P,
+    C,
+    S,
+    sn,
+    sc,
+    ss,
+    PSTRIDE,
+    SPP,
+    NK,
+    HAS_W: tl.constexpr,
+    CB: tl.constexpr,
+    SB: tl.constexpr,
+):
+    """Per (sample, channel, chunk), with ``den = max(bstd, v x + istd)``, ``g = w dy``,
+    ``q = g x / den^2`` and ``a`` the share of ``den``'s gradient that goes to ``bstd`` (1
+    where it is the larger, 1/2 at a tie, as ``torch.maximum``): ``sum(a q)``,
+    ``sum((1 - a) q)``, ``sum(dy x / den)``, ``sum(dy)``, ``sum((1 - a) q x)``, stored at
+    ``P + k * PSTRIDE + (n*C + c)*NK + kk`` for ``k = 0..4``."""
+    kk = tl.program_id(0)
+    cb = tl.program_id(1)
+    n = tl.program_id(2)
+    cs = cb * CB + tl.arange(0, CB)
+    cmask = cs < C
+    bstd = tl.load(BSTD + cs, mask=cmask, other=1.0)
+    istd = tl.load(ISTD + n * C + cs, mask=cmask, other=1.0)
+    v = tl.load(V + cs, mask=cmask, other=0.0).to(tl.float32)
+    w = tl.full([CB], 1.0, tl.float32)
+    if HAS_W:
+        w = tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
+    off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
+    s0 = kk * SPP
+    s_end = tl.minimum(s0 + SPP, S)
+    p_a = tl.zeros([CB], dtype=tl.float32)
+    p_b = tl.zeros([CB], dtype=tl.float32)
+    p_w = tl.zeros([CB], dtype=tl.float32)
+    p_dy = tl.zeros([CB], dtype=tl.float32)
+    p_v = tl.zeros([CB], dtype=tl.float32)
+    for s in range(s0, s_end, SB):
+        pos = s + tl.arange(0, SB)
+        m = cmask[:, None] & (pos < s_end)[None, :]
+        o = off + pos[None, :].to(tl.int64) * ss
+        x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
+        dy = tl.load(DY + o, mask=m, other=0.0).to(tl.float32)
+        inst = v[:, None] * x + istd[:, None]
+        den = tl.maximum(bstd[:, None], inst)
+        a = tl.where(bstd[:, None] > inst, 1.0, tl.where(bstd[:, None] == inst, 0.5, 0.0))
+        q = w[:, None] * dy * x / (den * den)
+        p_a += tl.sum(a * q, axis=1)
+        p_b += tl.sum((1.0 - a) * q, axis=1)
+        p_w += tl.sum(dy * x / den, axis=1)
+        p_dy += tl.sum(dy, axis=1)
+        p_v += tl.sum((1.0 - a) * q * x, axis=1)
+    idx = (n.to(tl.int64) * C + cs) * NK + kk
+    tl.store(P + idx, p_a, mask=cmask)
+    tl.store(P + PSTRIDE + idx, p_b, mask=cmask)
+    tl.store(P + 2 * PSTRIDE + idx, p_w, mask=cmask)
+    tl.store(P + 3 * PSTRIDE + idx, p_dy, mask=cmask)
+    tl.store(P + 4 * PSTRIDE + idx, p_v, mask=cmask)
+
+
+@triton.jit
+def _b0_apply_grad(
+    X,
+    DY,
+    DX,
+    BSTD,
+    ISTD,
+    V,
+    W,
+    K1,
+    K0,
+    N,
+    C,
+    S,
+    sn,
+    sc,
+    ss,
+    SPP,
+    NK,
+    NCB,
+    HAS_W: tl.constexpr,
+    CB: tl.constexpr,
+    SB: tl.constexpr,
+):
+    """EvoNorm-B0's ``dx = g / den - v (1 - a) g x / den^2 - x k1[n, c] + k0[n, c]`` (names as
+    in :func:`_b0_partial_grad`; ``k1``, ``k0`` carry the statistics' share), the last chunk
+    first."""
+    kk = NK - 1 - tl.program_id(0)
+    cb = NCB - 1 - tl.program_id(1)
+    n = N - 1 - tl.program_id(2)
+    cs = cb * CB + tl.arange(0, CB)
+    cmask = cs < C
+    bstd = tl.load(BSTD + cs, mask=cmask, other=1.0)
+    istd = tl.load(ISTD + n * C + cs, mask=cmask, other=1.0)
+    v = tl.load(V + cs, mask=cmask, other=0.0).to(tl.float32)
+    w = tl.full([CB], 1.0, tl.float32)
+    if HAS_W:
+        w = tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
+    k1 = tl.load(K1 + n * C + cs, mask=cmask, other=0.0)
+    k0 = tl.load(K0 + n * C + cs, mask=cmask, other=0.0)
+    off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
+    s0 = kk * SPP
+    s_end = tl.minimum(s0 + SPP, S)
+    for s in range(s0, s_end, SB):
+        pos = s + tl.arange(0, SB)
+        m = cmask[:, None] & (pos < s_end)[None, :]
+        o = off + pos[None, :].to(tl.int64) * ss
+        x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
+        dy = tl.load(DY + o, mask=m, other=0.0).to(tl.float32)
+        inst = v[:, None] * x + istd[:, None]
+        den = tl.maximum(bstd[:, None], inst)
+        a = tl.where(bstd[:, None] > inst, 1.0, tl.where(bstd[:, None] == inst, 0.5, 0.0))
+        g = w[:, None] * dy
+        dx = g / den - v[:, None] * (1.0 - a) * g * x / (den * den) - x * k1[:, None] + k0[:, None]
+        tl.store(DX + o, dx.to(DX.dtype.element_ty), mask=m)

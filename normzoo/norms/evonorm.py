@@ -260,6 +260,11 @@ class EvoNormB0(BatchNorm):
     def _forward(self, x: Tensor) -> Tensor:
         update = self.training and self.track_running_stats
         factor = self._update_factor() if update else 0.0
+        params = (self.v, self.weight, self.bias)
+        if self.impl == "fast" and _triton.serves_batch(x, *params, kind="b0"):
+            # CUDA, NORMZOO_TRITON=all: the two-phase kernels, per (sample, channel)
+            state = _triton._B0(self.running_var, self.training, factor, self.eps, update)
+            return _triton.evonorm_b0(x, *params, state)
         if self.impl == "fast" and _gpu.use_fused_math(x):
             running = self.running_var.clone() if update else self.running_var
             y, var = _gpu.evonorm_b0(
