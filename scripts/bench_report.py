@@ -242,7 +242,10 @@ statistics kernels give the IN statistics, their mixture with LN's and BN's is c
 `(N, C)` tensors, the map kernel writes `y`; its backward carries the kernels' per-set sums
 through the mixture's small graph and back into the map kernel's form. EvoNorm-B0 takes the
 same statistics pass (its batch variance merged from the instance ones) and kernels of its
-own for the map `x / max(s_b, v x + s_i)` and its backward (one sums pass, one map). Their own
+own for the map `x / max(s_b, v x + s_i)` and its backward (one sums pass, one map). Ghost BN
+runs on the same per-(sample, channel) kernels, each virtual batch's statistics merged from
+the samples' (a smaller last one included). FrozenBatchNorm takes the map kernels alone (one
+pass each way, the ReLU fused). Their own
 CUDA paths read 0.1-0.3 at the large shapes (the H200 table above; the compiled path, where
 it is used, measured 1.2-3.4x faster than the eager one for FRN and 1.5-1.8x for EvoNorm-S0
 up to 2M elements). They are served only under `NORMZOO_TRITON=all` until the `tritonab`

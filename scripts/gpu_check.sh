@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The GPU checks, as one prepared script for a machine with one CUDA GPU and PyTorch installed:
-#   test       tests/test_cuda.py but the fused path's test: every norm on the GPU (CPU parity,
-#              torch.nn parity, layouts, bf16 inputs, float64 gradcheck);
+#   test       tests/test_cuda.py but the fused path's and the Triton kernels' tests: every
+#              norm on the GPU (CPU parity, torch.nn parity, layouts, bf16 inputs, float64
+#              gradcheck);
+#   tritontest tests/test_cuda.py's Triton tests: every kernel forced on every input it
+#              supports (outputs, gradients, running statistics, layouts, half inputs, double
+#              backward, dispatch), with a limit of its own (each kernel variant compiles);
 #   fusedtest  tests/test_cuda.py's fused-path test (compiles with Triton: 2-53 s per kind of
 #              call on a cold cache), one process per norm in parallel, case by case (-v),
 #              with a longer limit of its own;
@@ -13,13 +17,14 @@
 #   fused      scripts/gpu_fused_ab.py: the zoo's fused CUDA path (torch.compile of the
 #              reference math) against its eager paths, compile times included;
 #   triton     scripts/bench.py for BatchNorm, GroupNorm, LayerNorm, InstanceNorm, RMSNorm,
-#              FRN, EvoNorm-S0/B0, Batch Renorm and SwitchableNorm with every input they
-#              support on normzoo's Triton kernels (NORMZOO_TRITON=all), GPU-sized shapes,
+#              FRN, EvoNorm-S0/B0, Batch Renorm, SwitchableNorm, Ghost BN and FrozenBN with
+#              every input they support on normzoo's Triton kernels (NORMZOO_TRITON=all), GPU-sized shapes,
 #              timed as the GPU's work and with the host (--cuda-timing gpu, latency);
 #   tritonab   scripts/gpu_triton_ab.py: the Triton kernels' plan knobs (programs per SM, tile)
 #              A/B'd on the large shapes, the host time per call against torch's, and the
-#              zoo's modules (FRN, EvoNorm-S0/B0, RMSNorm, Batch Renorm, SwitchableNorm) on the
-#              kernels against their current CUDA paths, interleaved (decides their dispatch);
+#              zoo's modules (FRN, EvoNorm-S0/B0, RMSNorm, Batch Renorm, SwitchableNorm, Ghost
+#              BN, FrozenBN) on the kernels against their current CUDA paths, interleaved (decides their
+#              dispatch);
 #   core       scripts/gpu_fused_ab.py for BatchNorm, GroupNorm and LayerNorm: their reference
 #              math compiled (a candidate, not dispatched) against torch's kernels, as
 #              fractions of the copy ceiling (the issue aims at 0.7; torch's read 0.2-0.5);
@@ -34,7 +39,7 @@ out=${OUT:-gpu_out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
-steps=" ${STEPS:-test fusedtest bench triton tritonab reference fused core train} "
+steps=" ${STEPS:-test tritontest fusedtest bench triton tritonab reference fused core train} "
 # timeout that interrupts (SIGINT) at the limit, and kills 15 s later if still running
 limit() { timeout -s INT -k 15 "$@"; }
 big="256,64,64,64 65536,1024"
@@ -47,7 +52,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 
 if [[ $steps == *" test "* ]]; then
     limit "${TEST_LIMIT:-200}" "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
-        -k "not fused" 2>&1 | tee "$out/test_cuda.log"
+        -k "not fused and not triton" 2>&1 | tee "$out/test_cuda.log"
+fi
+if [[ $steps == *" tritontest "* ]]; then
+    limit "${TRITONTEST_LIMIT:-300}" "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+        -k "triton" 2>&1 | tee "$out/test_cuda_triton.log"
 fi
 if [[ $steps == *" fusedtest "* ]]; then
     # one process per norm, all at once: the cold Triton compiles (CPU-bound) overlap
@@ -69,14 +78,16 @@ fi
 if [[ $steps == *" triton "* ]]; then
     for timing in gpu latency; do
         NORMZOO_TRITON=all limit "${TRITON_LIMIT:-240}" "$py" scripts/bench.py --devices cuda \
-            --repeats 15 --warmup 3 --norms bn gn ln in rms frn evonorms0 batchrenorm switchablenorm evonormb0 --shapes 64,64,64,64 $big \
+            --repeats 15 --warmup 3 --norms bn gn ln in rms frn evonorms0 batchrenorm switchablenorm evonormb0 ghostbatchnorm frozenbn --shapes 64,64,64,64 $big \
             --dtypes float32 bfloat16 --no-train --cuda-timing $timing \
             --title "GPU: core norms on the Triton kernels ($timing)" \
             --json "$out/bench_triton_$timing.json" 2>&1 | tee "$out/bench_triton_$timing.log"
     done
 fi
 if [[ $steps == *" tritonab "* ]]; then
-    limit "${TRITONAB_LIMIT:-200}" "$py" scripts/gpu_triton_ab.py --json "$out/gpu_triton_ab.json" \
+    # TRITONAB_ARGS: e.g. "--only-modules" (the zoo's dispatch A/B alone)
+    limit "${TRITONAB_LIMIT:-200}" "$py" scripts/gpu_triton_ab.py ${TRITONAB_ARGS:-} \
+        --json "$out/gpu_triton_ab.json" \
         2>&1 | tee "$out/gpu_triton_ab.log"
 fi
 if [[ $steps == *" reference "* ]]; then

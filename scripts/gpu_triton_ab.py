@@ -16,8 +16,9 @@ sections):
    more host time. Here each path's host time per forward and per fwd+bwd is measured with the
    GPU kept busy (so the host never waits), against torch's functional forms.
 3. **The zoo's kernels** (eleventh session, not yet run on a GPU): FRN + TLU, EvoNorm-S0 and
-   channels-first RMSNorm on the group kernels, Batch Renorm, SwitchableNorm and EvoNorm-B0
-   on the two-phase scheme (served only under ``NORMZOO_TRITON=all``
+   channels-first RMSNorm on the group kernels, Batch Renorm, SwitchableNorm, EvoNorm-B0
+   and Ghost BN on the two-phase scheme, FrozenBatchNorm on the map kernels (served only
+   under ``NORMZOO_TRITON=all``
    until measured). Each module (``--modules``) runs fwd+bwd with ``NORMZOO_TRITON=all``
    (the kernels) and with the default (its current CUDA path: ``torch.compile`` of the
    reference math for FRN and small EvoNorm-S0, eager kernels otherwise), interleaved, on
@@ -68,6 +69,8 @@ MODULES = {
     "batchrenorm": {},
     "switchablenorm": {},
     "evonormb0": {},
+    "ghostbatchnorm": {"virtual_batch_size": 32},
+    "frozenbatchnorm": {},
 }
 
 
@@ -181,8 +184,7 @@ def module_ab(
     row: dict[str, Any] = {"module": name, "shape": list(shape), "dtype": str(dtype)[6:]}
     row["copy_ms"] = gpu_time(lambda: out.copy_(src), flush, repeats)
     calls: list[Any] = []
-    entries = ("_forward", "_renorm_forward", "_switch_forward", "_b0_forward")
-    originals = {name: getattr(_triton, name) for name in entries}
+    originals = {name: getattr(_triton, name) for name in _triton.ENTRY_POINTS}
     for name, entry in originals.items():
         setattr(_triton, name, lambda *a, f=entry: calls.append(1) or f(*a))
     fns = {
@@ -232,16 +234,21 @@ def main() -> None:
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--modules", nargs="*", default=list(MODULES), choices=list(MODULES))
     p.add_argument("--module-shapes", nargs="+", default=["256,64,64,64", "64,64,64,64"])
+    p.add_argument(
+        "--only-modules", action="store_true", help="skip questions 1 and 2: the zoo's A/B only"
+    )
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--json", default=None)
     args = p.parse_args()
     if not torch.cuda.is_available() or not _triton.available():
         raise SystemExit("needs a CUDA GPU and triton")
     flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
-    launches = launch_costs(args.repeats)
+    launches = {} if args.only_modules else launch_costs(args.repeats)
     print("host us per launch: " + ", ".join(f"{k} {v:.1f}" for k, v in launches.items()))
     rows = []
     for shape in (tuple(int(v) for v in s.split(",")) for s in args.shapes):
+        if args.only_modules:
+            break
         for dtype in (getattr(torch, d) for d in args.dtypes):
             for case in args.cases:
                 token, cl = CASES[case][3], CASES[case][2]
@@ -290,12 +297,18 @@ def main() -> None:
                     "(torch {torch_fwdbwd:.0f})".format(**row["host_us"]),
                     flush=True,
                 )
-    modules = []
+    modules: list[dict[str, Any]] = []
+
+    def dump() -> None:
+        write_json(args.json, launches, rows, modules)
+
+    dump()
     for shape in (tuple(int(v) for v in s.split(",")) for s in args.module_shapes):
         for dtype in (getattr(torch, d) for d in args.dtypes):
             for name in args.modules:
                 r = module_ab(name, shape, dtype, flush, args.repeats)
                 modules.append(r)
+                dump()
                 print(
                     f"{name:<10} {'x'.join(map(str, shape)):<14} {r['dtype']:<8} "
                     f"triton {r['triton_fwd_fraction']:.2f}/{r['triton_bwd_fraction']:.2f} "
@@ -305,10 +318,15 @@ def main() -> None:
                     f"{r['triton_first_call_s']:.1f}/{r['default_first_call_s']:.1f} s",
                     flush=True,
                 )
-    if args.json:
+    dump()
+
+
+def write_json(path: str | None, launches: dict, rows: list, modules: list) -> None:
+    """The results so far (written after each module row: a step cut short keeps them)."""
+    if path:
         meta = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(),
                 "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "configs": CONFIGS}  # fmt: skip
-        with open(args.json, "w") as fh:
+        with open(path, "w") as fh:
             out = {"meta": meta, "launch_us": launches, "rows": rows, "modules": modules}
             json.dump(out, fh, indent=1)
 

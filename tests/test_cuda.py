@@ -299,6 +299,14 @@ TRITON_CASES = {
         lambda c: normzoo.create("evonormb0", c),
         lambda c: normzoo.create("evonormb0", c, impl="reference"),
     ),
+    "ghost": (
+        lambda c: normzoo.create("ghostbatchnorm", c, virtual_batch_size=3),
+        lambda c: normzoo.create("ghostbatchnorm", c, virtual_batch_size=3, impl="reference"),
+    ),
+    "frozen": (
+        lambda c: normzoo.create("frozenbatchnorm", c),
+        lambda c: normzoo.create("frozenbatchnorm", c, impl="reference"),
+    ),
 }
 #: Kinds that the kernels serve on contiguous input only (one pass per set).
 TRITON_CONTIGUOUS_ONLY = ("frn", "s0")
@@ -317,6 +325,8 @@ TRITON_SHAPES = {
     "renorm": [(8, 12, 30, 30), (2, 40, 130, 70), (300, 36)],
     "switchable": [(8, 12, 30, 30), (2, 40, 130, 70), (3, 20, 7, 9, 11)],
     "b0": [(8, 12, 30, 30), (2, 40, 130, 70), (3, 20, 7, 9, 11)],
+    "ghost": [(8, 12, 30, 30), (7, 40, 65, 70), (6, 20, 7, 9, 11)],  # 8, 7: a smaller last one
+    "frozen": [(8, 12, 30, 30), (2, 40, 130, 70), (300, 36)],
 }
 
 
@@ -333,11 +343,7 @@ def triton_everywhere(monkeypatch):
     calls = []
     forward = _triton._forward
     monkeypatch.setattr(_triton, "_forward", lambda *a: calls.append(a[4]) or forward(*a))
-    for entry_name in (
-        "_renorm_forward",
-        "_switch_forward",
-        "_b0_forward",
-    ):  # the zoo's own entry points
+    for entry_name in _triton.ENTRY_POINTS[1:]:  # the zoo's own entry points
         entry = getattr(_triton, entry_name)
         monkeypatch.setattr(_triton, entry_name, lambda *a, f=entry: calls.append(1) or f(*a))
     yield calls
@@ -345,10 +351,16 @@ def triton_everywhere(monkeypatch):
 
 
 def _triton_params(ours: nn.Module, ref: nn.Module) -> None:
+    """The same random parameters and floating buffers (running statistics, FrozenBN's
+    affine) in both, positive (a valid running variance)."""
     with torch.no_grad():
         for p, q in zip(ours.parameters(), ref.parameters(), strict=True):
             p.copy_(torch.rand_like(p) + 0.5)
             q.copy_(p)
+        for p, q in zip(ours.buffers(), ref.buffers(), strict=True):
+            if p.is_floating_point():
+                p.copy_(torch.rand_like(p) + 0.5)
+                q.copy_(p)
 
 
 @pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
@@ -396,7 +408,7 @@ def test_cuda_triton_kernels_equal_torch_nn(case, layout, relu, triton_everywher
         assert len(triton_everywhere) >= 3, shape
 
 
-@pytest.mark.parametrize("case", ["bn", "gn", "ln", "ln_tokens"])
+@pytest.mark.parametrize("case", ["bn", "gn", "ln", "ln_tokens", "frozen"])
 def test_cuda_triton_fused_relu_is_bit_equal_to_relu_after(case, triton_everywhere):
     """The ReLU inside the kernels (forward and its mask in the backward) gives the same bits
     as the same kernels followed by nn.ReLU."""
@@ -439,7 +451,8 @@ def test_cuda_triton_half_inputs(case, dtype, triton_everywhere):
 def test_cuda_triton_double_backward(triton_everywhere):
     """create_graph=True: the backward is torch's functional form with a graph, so second
     derivatives are torch's."""
-    for case in ("bn", "gn", "ln_tokens", "rms", "frn", "s0", "renorm", "switchable", "b0"):
+    zoo = ("rms", "frn", "s0", "renorm", "switchable", "b0", "ghost", "frozen")
+    for case in ("bn", "gn", "ln_tokens", *zoo):
         make, make_ref = TRITON_CASES[case]
         shape = TRITON_SHAPES[case][0]
         c = shape[-1] if case.endswith("_tokens") else shape[1]

@@ -80,7 +80,7 @@ def test_orchestration_with_emulated_kernels(monkeypatch, capsys):
     fails = triton_interpreter_check.check()
     out = capsys.readouterr().out
     assert fails == 0, out
-    assert "cases 194 fails 0" in out
+    assert "cases 224 fails 0" in out
     assert _triton._disabled is None  # no case fell back to torch's kernels
 
 
@@ -217,6 +217,9 @@ MODULE_CASES = [
     ),
     ("switchablenorm", {}, (4, 8, 5, 7)),
     ("evonormb0", {}, (4, 8, 5, 7)),
+    ("ghostbatchnorm", {"virtual_batch_size": 3}, (7, 8, 5, 7)),  # a smaller last one
+    ("frozenbatchnorm", {}, (6, 8, 5, 7)),
+    ("frozenbatchnorm", {"activation": "relu"}, (6, 8, 5, 7)),
 ]
 
 
@@ -236,20 +239,18 @@ def test_modules_reach_the_kernels(name, kwargs, shape, channels_last, emulated,
     calls = []
     forward = _triton._forward
     monkeypatch.setattr(_triton, "_forward", lambda *a: calls.append(a[4].kind) or forward(*a))
-    for entry_name in (
-        "_renorm_forward",
-        "_switch_forward",
-        "_b0_forward",
-    ):  # the zoo's own entry points
+    for entry_name in _triton.ENTRY_POINTS[1:]:  # the zoo's own entry points
         entry = getattr(_triton, entry_name)
         monkeypatch.setattr(_triton, entry_name, lambda *a, f=entry: calls.append(1) or f(*a))
     c = shape[-1] if kwargs.get("channels_last") else shape[1]
     ours = normzoo.create(name, c, **kwargs)
     ref = normzoo.create(name, c, impl="reference", **kwargs)
-    with torch.no_grad():
-        for p, q in zip(ours.parameters(), ref.parameters(), strict=True):
-            p.copy_(torch.rand_like(p) + 0.5)
-            q.copy_(p)
+    with torch.no_grad():  # the same random parameters and (positive) floating buffers
+        tensors = [[*m.parameters(), *m.buffers()] for m in (ours, ref)]
+        for p, q in zip(*tensors, strict=True):
+            if p.is_floating_point():
+                p.copy_(torch.rand_like(p) + 0.5)
+                q.copy_(p)
     x = torch.randn(shape) * 2 + 1
     if channels_last:
         x = x.to(memory_format=torch.channels_last)

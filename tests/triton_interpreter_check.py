@@ -119,7 +119,7 @@ def check() -> int:
             fails += 1
             print(f"FAIL {shape} {kind} groups={groups} cl={cl} affine={affine} relu={relu}")
             print("    tile", tile, "errors", errs)
-    for extra_check in (check_renorm, check_switchable, check_b0):
+    for extra_check in (check_renorm, check_switchable, check_b0, check_ghost, check_frozen):
         more_cases, more_fails = extra_check()
         cases += more_cases
         fails += more_fails
@@ -255,6 +255,89 @@ def check_b0() -> tuple[list, int]:
                     fails += 1
                     print(f"FAIL {shape} b0 cl={cl} affine={affine} training={training}")
                     print("    errors", errs)
+    return cases, fails
+
+
+def check_ghost() -> tuple[list, int]:
+    """Ghost Batch Norm (``T.ghost_batch_norm``) against ``normzoo.functional``'s batch norm
+    per virtual batch: output, gradients, each virtual batch's mean and biased variance;
+    virtual batches that divide the batch and a smaller last one."""
+    from normzoo import functional
+
+    cases, fails = [], 0
+    for shape, size in [
+        ((8, 6, 5, 7), 2),
+        ((7, 8, 33), 3),
+        ((6, 4, 3, 4, 5), 4),
+        ((6, 8, 30, 30), 3),
+    ]:
+        for cl in [False, True] if len(shape) == 4 else [False]:
+            for affine in (True, False):
+                cases.append((shape, "ghost", size, cl, affine, False))
+                c = shape[1]
+                x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).float()
+                x += torch.randn(shape[0], 1, *[1] * (len(shape) - 2)) * 2  # batches differ
+                if cl:
+                    x = x.to(memory_format=torch.channels_last)
+                w = torch.randn(c) * 0.5 + 1 if affine else None
+                b = torch.randn(c) * 0.5 if affine else None
+                leaves = [[t.clone().requires_grad_() if t is not None else None
+                           for t in (x, w, b)] for _ in range(2)]  # fmt: skip
+                y1, means, variances = T.ghost_batch_norm(*leaves[0], size, 1e-5)
+                x2, w2, b2 = leaves[1]
+                y2 = functional.ghost_batch_norm(
+                    x2, None, None, w2, b2, virtual_batch_size=size, training=True
+                )[0]
+                g = torch.randn_like(y2)
+                y1.backward(g)
+                y2.backward(g)
+                errs = [(y1 - y2).abs().max().item()]
+                for t1, t2 in zip(*leaves, strict=True):
+                    if t1 is not None:
+                        scale = 1 + t2.grad.abs().max().item()
+                        errs += [((t1.grad - t2.grad).abs().max() / scale).item()]
+                dims = [0, *range(2, x.dim())]
+                for j, chunk in enumerate(x.double().split(size)):
+                    v, m = torch.var_mean(chunk, dims, correction=0)
+                    errs += [(means[j] - m).abs().max().item()]
+                    errs += [((variances[j] - v).abs() / v).max().item()]
+                kept = not cl or y1.is_contiguous(memory_format=torch.channels_last)
+                if max(errs) > 1e-4 or not kept:
+                    fails += 1
+                    print(f"FAIL {shape} ghost size={size} cl={cl} affine={affine}")
+                    print("    errors", errs)
+    return cases, fails
+
+
+def check_frozen() -> tuple[list, int]:
+    """FrozenBatchNorm (``T.frozen_batch_norm``) against
+    ``normzoo.functional.frozen_batch_norm`` (then a ReLU): output and input gradient."""
+    from normzoo import functional
+
+    cases, fails = [], 0
+    for shape in [(4, 6, 5, 7), (3, 8, 33), (16, 12), (2, 8, 70, 70)]:
+        for cl in [False, True] if len(shape) == 4 else [False]:
+            for affine, relu in [(True, False), (False, False), (True, True)]:
+                cases.append((shape, "frozen", 0, cl, affine, relu))
+                c = shape[1]
+                x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).float()
+                if cl:
+                    x = x.to(memory_format=torch.channels_last)
+                rm, rv = torch.randn(c), torch.rand(c) * 4 + 0.5
+                w = torch.randn(c) * 0.5 + 1 if affine else None
+                b = torch.randn(c) * 0.5 if affine else None
+                x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+                y1 = T.frozen_batch_norm(x1, rm, rv, w, b, 1e-5, relu)
+                y2 = functional.frozen_batch_norm(x2, rm, rv, w, b, eps=1e-5)
+                y2 = torch.relu(y2) if relu else y2
+                g = torch.randn_like(y2)
+                y1.backward(g)
+                y2.backward(g)
+                errs = [(y1 - y2).abs().max().item(), (x1.grad - x2.grad).abs().max().item()]
+                kept = not cl or y1.is_contiguous(memory_format=torch.channels_last)
+                if max(errs) > 1e-4 or not kept:
+                    fails += 1
+                    print(f"FAIL {shape} frozen cl={cl} affine={affine} relu={relu}", errs)
     return cases, fails
 
 

@@ -1,5 +1,5 @@
 r"""BatchNorm, GroupNorm, LayerNorm and InstanceNorm (and RMSNorm, FRN, EvoNorm-S0/B0, Batch
-Renorm, SwitchableNorm) on CUDA through Triton kernels.
+Renorm, SwitchableNorm, Ghost BN, FrozenBN) on CUDA through Triton kernels.
 
 torch's CUDA kernels for these norms reached 0.15-0.6 of a ``copy_``'s bandwidth on an H200
 (``docs/data/bench_cuda_h200.json``, the eighth session): batch norm on contiguous input
@@ -58,7 +58,9 @@ mean square), FRN + TLU (``"frn"``: one channel per group, no centering, ``max(y
 each gives its extra parameter's gradient (``tau``, ``v``) from the same backward pass. Batch
 Renorm runs on the batch-norm kernels (:func:`batch_renorm`), SwitchableNorm on the two-phase
 kernels with one set per (sample, channel) (:func:`switchable_norm`), EvoNorm-B0 on the same
-statistics and map kernels of its own (:func:`evonorm_b0`). They
+statistics and map kernels of its own (:func:`evonorm_b0`), Ghost BN on the per-(sample,
+channel) kernels too (:func:`ghost_batch_norm`), FrozenBatchNorm on the map kernels alone
+(:func:`frozen_batch_norm`). They
 are served only under ``NORMZOO_TRITON=all`` until measured against their current CUDA paths
 (``scripts/gpu_triton_ab.py``).
 
@@ -99,6 +101,8 @@ __all__ = [
     "evonorm_b0",
     "evonorm_s0",
     "filter_response_norm",
+    "frozen_batch_norm",
+    "ghost_batch_norm",
     "group_norm",
     "layer_norm_tokens",
     "rms_norm",
@@ -124,6 +128,16 @@ TILE = 4096
 #: Programs per multiprocessor that the two-phase kernels aim for (chunks per set follow).
 PROGRAMS_PER_SM = 16
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: The functions that launch every forward's kernels (the tests and the A/B script count the
+#: kernels' calls by wrapping them): the core norms' and the zoo's own.
+ENTRY_POINTS = (
+    "_forward",
+    "_renorm_forward",
+    "_switch_forward",
+    "_b0_forward",
+    "_ghost_forward",
+    "_frozen_forward",
+)
 
 
 @functools.cache
@@ -216,7 +230,8 @@ def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) 
     accepts: ``kind`` ``"batch"``, ``"group"`` (``groups`` groups), ``"token"`` (layer
     norm or RMSNorm over tokens), or the zoo's ``"rms"`` (channels-first RMSNorm), ``"frn"``,
     ``"s0"`` (EvoNorm-S0; these two on one-pass contiguous shapes only), ``"renorm"`` (Batch
-    Renorm), ``"switchable"`` (SwitchableNorm), ``"b0"`` (EvoNorm-B0);
+    Renorm), ``"switchable"`` (SwitchableNorm), ``"b0"`` (EvoNorm-B0), ``"ghost"`` (Ghost
+    BN), ``"frozen"`` (FrozenBatchNorm);
     ``contiguous``: else channels_last. Under ``NORMZOO_TRITON=all``: every input the
     kernels support. The zoo's kinds and tokens are not measured yet: ``all`` only."""
     every = _mode() == "all"
@@ -230,8 +245,10 @@ def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) 
         return every and len(shape) >= 3
     if kind == "renorm":  # Batch Renorm: any layout the batch-norm kernels take
         return every
-    if kind in ("switchable", "b0"):  # SwitchableNorm, EvoNorm-B0: spatial inputs
+    if kind in ("switchable", "b0", "ghost"):  # SwitchableNorm, EvoNorm-B0, Ghost BN
         return every and len(shape) >= 3
+    if kind == "frozen":  # FrozenBatchNorm: any layout the batch-norm kernels take
+        return every
     if kind in ("frn", "s0"):
         return every and contiguous and _one_pass_shape(shape, groups)
     return every and _pow2(shape[-1]) <= ONE_PASS_MAX  # a token in one program's registers
@@ -1501,3 +1518,299 @@ def evonorm_b0(
     spec = _Spec("b0", 0, state.eps, False)
     key = _key("fwd", x, weight, spec, grad, state.training, state.update)
     return _guarded(key, run, lambda: _torch_b0(*params, state))
+
+
+def _virtual_batches(n: int, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Each sample's virtual batch ``(n,)`` and each virtual batch's sample count ``(k,)``."""
+    index = torch.arange(n, device=device) // size
+    counts = torch.full(((n + size - 1) // size,), float(size), device=device)
+    counts[-1] = n - size * (counts.numel() - 1)
+    return index, counts
+
+
+def _segment_mean(values: Tensor, index: Tensor, counts: Tensor) -> Tensor:
+    """Per virtual batch, the mean of ``values`` ``(n, C)`` over its samples: ``(k, C)``."""
+    sums = values.new_zeros((counts.numel(), values.shape[1])).index_add_(0, index, values)
+    return sums / counts[:, None]
+
+
+class _TritonGhost(torch.autograd.Function):
+    r"""Ghost Batch Norm on the two-phase kernels with one set per (sample, channel): the
+    instance statistics, each virtual batch's mean and biased variance merged from them
+    (equal counts per sample: ``mean_k var_i + mean_k (mu_i - mu_B)^2``), the map kernel
+    with the sample's virtual-batch statistics. Backward: the kernels' per-(sample,
+    channel) ``sum(dy)``, ``sum(dy x_hat)`` summed per virtual batch give batch norm's
+    coefficients per (virtual batch, channel), and the map-gradient kernel. Returns ``y`` and
+    the virtual batches' ``(k, C)`` means and variances (not differentiable) for the
+    module's running-statistics update."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, size: int, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        y, mean, rstd, means, variances = _ghost_forward(x, weight, bias, size, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.size, ctx.eps = size, eps
+        ctx.mark_non_differentiable(means, variances)
+        return y, means, variances
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        needs, params = ctx.needs_input_grad[:3], (x, weight, bias)
+        if torch.is_grad_enabled():  # create_graph=True: torch's math, with a graph
+            grads = _torch_ghost_backward(dy, params, ctx.size, ctx.eps, needs, True)
+            return (*grads, None, None)
+        grads = _guarded(
+            _key("bwd", x, weight, _Spec("ghost", ctx.size, ctx.eps, False), needs),
+            lambda: _ghost_backward(dy, params, mean, rstd, ctx.size, needs),
+            lambda: _torch_ghost_backward(dy, params, ctx.size, ctx.eps, needs, False),
+        )
+        return (*grads, None, None)
+
+
+def _ghost_forward(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, size: int, eps: float
+) -> tuple[Tensor, ...]:
+    """``(y, mean, rstd, means, variances)``: the per-(sample, channel) mean and 1/std that the
+    map used (flat) and the virtual batches' ``(k, C)`` means and biased variances."""
+    if _elsewhere(x):  # Triton launches on the current device: make it x's
+        with torch.cuda.device(x.device):
+            return _ghost_forward(x, weight, bias, size, eps)
+    plan = _plan(x, fold=False)
+    n, c = plan.n, plan.c
+    mean_i, _, var_i = _stats(x, plan, (c, 1), eps)
+    index, counts = _virtual_batches(n, size, x.device)
+    mi = mean_i.view(n, c)
+    means = _segment_mean(mi, index, counts)
+    variances = _segment_mean(var_i.view(n, c) + (mi - means[index]).square(), index, counts)
+    mean = means[index].reshape(-1)
+    rstd = torch.rsqrt(variances + eps)[index].reshape(-1)
+    y = torch.empty_like(x)
+    _kernels()._apply[plan.grid](
+        x, y, mean, rstd, weight, bias, n, c, plan.s, *plan.strides, c, 1, plan.spp, plan.nk,
+        plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None, RELU=False, CB=plan.cb,
+        SB=plan.sb, num_warps=plan.warps,
+    )  # fmt: skip
+    return y, mean, rstd, means, variances
+
+
+def _ghost_backward(
+    dy: Tensor,
+    params: tuple[Tensor | None, ...],
+    mean: Tensor,
+    rstd: Tensor,
+    size: int,
+    needs: tuple[bool, ...],
+) -> tuple[Tensor | None, ...]:
+    x, weight, bias = params
+    fmt = channels_last_format(x)  # dy in x's layout, which the kernels address
+    dy = dy.contiguous() if fmt is None else dy.contiguous(memory_format=fmt)
+    with torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext():
+        plan = _plan(x, fold=False)
+        n, c, s = plan.n, plan.c, plan.s
+        sets = (c, 1)
+        s_dy, s_dyx = _grad_sums(dy, x, weight, None, mean, rstd, sets, False, plan).sum(3)
+        index, counts = _virtual_batches(n, size, x.device)
+        # batch norm's b = mean(w dy), a = mean(w dy x_hat) per (virtual batch, channel)
+        b = _segment_mean(s_dy, index, counts) / s
+        a = _segment_mean(s_dyx, index, counts) / s
+        if weight is not None:
+            a, b = a * weight.float(), b * weight.float()
+        dx = _grad_map(dy, x, weight, None, mean, rstd, a[index].reshape(-1),
+                       b[index].reshape(-1), sets, False, plan)  # fmt: skip
+    return (
+        dx if needs[0] else None,
+        s_dyx.sum(0).to(weight.dtype) if needs[1] else None,
+        s_dy.sum(0).to(bias.dtype) if needs[2] else None,
+    )
+
+
+def _torch_ghost(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, size: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """What :func:`ghost_batch_norm` returns, on torch's kernels (differentiable): batch norm
+    per virtual batch; the fallback, and double backward."""
+    chunks = x.split(size)
+    with torch.no_grad():
+        stats = [torch.var_mean(t.float(), [0, *range(2, x.dim())], correction=0) for t in chunks]
+    y = torch.cat([F.batch_norm(t, None, None, weight, bias, True, 0.0, eps) for t in chunks])
+    variances, means = (torch.stack(v) for v in zip(*stats, strict=True))
+    return y, means, variances
+
+
+def _torch_ghost_backward(
+    dy: Tensor,
+    params: tuple[Tensor | None, ...],
+    size: int,
+    eps: float,
+    needs: tuple[bool, ...],
+    create_graph: bool,
+) -> tuple[Tensor | None, ...]:
+    with torch.enable_grad():
+        inputs = [t for t, need in zip(params, needs, strict=True) if need]
+        y = _torch_ghost(*params, size, eps)[0]  # type: ignore[arg-type]
+        grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=create_graph))
+        return tuple(next(grads) if need else None for need in needs)
+
+
+def ghost_batch_norm(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, size: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Ghost Batch Norm of ``x`` ``(N, C, *spatial)`` in training: batch norm per virtual
+    batch of ``size`` samples, in order (the last one smaller where ``N`` is not a multiple).
+    Returns ``(y, means, variances)``, the virtual batches' ``(k, C)`` statistics (biased
+    variances), for the caller's running-statistics update (see :class:`_TritonGhost`).
+
+    E. Hoffer, I. Hubara, D. Soudry, "Train longer, generalize better: closing the
+    generalization gap in large batch training of neural networks", NeurIPS 2017."""
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias)
+    )
+
+    def run() -> tuple[Tensor, Tensor, Tensor]:
+        if grad:
+            return _TritonGhost.apply(x, weight, bias, size, eps)
+        y, _, _, means, variances = _ghost_forward(x, weight, bias, size, eps)
+        return y, means, variances
+
+    key = _key("fwd", x, weight, _Spec("ghost", size, eps, False), grad)
+    return _guarded(key, run, lambda: _torch_ghost(x, weight, bias, size, eps))
+
+
+class _TritonFrozen(torch.autograd.Function):
+    r"""FrozenBatchNorm (batch norm with fixed statistics and affine) on the map kernels:
+    ``y = (x - running_mean) / sqrt(running_var + eps) * w + b`` (``relu``: then a ReLU) in one
+    pass, ``dx = w dy / sqrt(running_var + eps)`` (masked by the ReLU, recomputed from ``x``)
+    in one; the statistics, ``w`` and ``b`` are buffers: no gradients of theirs."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, frozen: tuple[Tensor | None, ...], relu: bool
+    ) -> Tensor:
+        y, mean, rstd = _frozen_forward(x, frozen, relu)
+        ctx.save_for_backward(x, mean, rstd, *frozen[2:4])
+        ctx.relu = relu
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, mean, rstd, weight, bias = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the same map in torch ops
+            scale = (rstd if weight is None else rstd * weight.float()).view(_channel_view(x))
+            if ctx.relu:
+                y = _frozen_reference(x, mean, rstd, weight, bias, False)
+                dy = torch.where(y > 0, dy, 0)
+            return dy * scale.to(dy.dtype), None, None
+        spec = _Spec("frozen", 0, 0.0, ctx.relu)
+        dx = _guarded(
+            _key("bwd", x, weight, spec),
+            lambda: _frozen_backward(dy, x, mean, rstd, weight, bias, ctx.relu),
+            lambda: _frozen_torch_backward(dy, x, mean, rstd, weight, bias, ctx.relu),
+        )
+        return dx, None, None
+
+
+def _channel_view(x: Tensor) -> tuple[int, ...]:
+    return (1, -1) + (1,) * (x.dim() - 2)
+
+
+def _frozen_stats(frozen: tuple[Tensor | None, ...]) -> tuple[Tensor, Tensor]:
+    """``(mean, 1/std)`` in float32 from ``(running_mean, running_var, weight, bias, eps)``."""
+    running_mean, running_var, *_, eps = frozen
+    return running_mean.float(), torch.rsqrt(running_var.float() + eps)  # type: ignore[union-attr]
+
+
+def _frozen_forward(
+    x: Tensor, frozen: tuple[Any, ...], relu: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    if _elsewhere(x):  # Triton launches on the current device: make it x's
+        with torch.cuda.device(x.device):
+            return _frozen_forward(x, frozen, relu)
+    mean, rstd = _frozen_stats(frozen)
+    weight, bias = frozen[2], frozen[3]
+    plan = _plan(x, fold=True)
+    y = torch.empty_like(x)
+    _kernels()._apply[plan.grid](
+        x, y, mean, rstd, weight, bias, plan.n, plan.c, plan.s, *plan.strides, 0, 1, plan.spp,
+        plan.nk, plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu,
+        CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
+    )  # fmt: skip
+    return y, mean, rstd
+
+
+def _frozen_backward(
+    dy: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    relu: bool,
+) -> Tensor:
+    fmt = channels_last_format(x)  # dy in x's layout, which the kernels address
+    dy = dy.contiguous() if fmt is None else dy.contiguous(memory_format=fmt)
+    with torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext():
+        plan = _plan(x, fold=True)
+        zeros = torch.zeros_like(mean)  # no statistics term: dx = rstd w dy
+        return _grad_map(dy, x, weight, bias, mean, rstd, zeros, zeros, (0, 1), relu, plan)
+
+
+def _frozen_reference(
+    x: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    relu: bool,
+) -> Tensor:
+    """The map in torch ops, float32 math (the fallback, and the ReLU's mask there)."""
+    view = _channel_view(x)
+    scale = rstd if weight is None else rstd * weight.float()
+    shift = -mean * scale if bias is None else bias.float() - mean * scale
+    y = x.float() * scale.view(view) + shift.view(view)
+    return (torch.relu(y) if relu else y).to(x.dtype)
+
+
+def _frozen_torch_backward(
+    dy: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    relu: bool,
+) -> Tensor:
+    scale = (rstd if weight is None else rstd * weight.float()).view(_channel_view(x))
+    if relu:
+        dy = torch.where(_frozen_reference(x, mean, rstd, weight, bias, False) > 0, dy, 0)
+    return (dy * scale).to(x.dtype)
+
+
+def frozen_batch_norm(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    relu: bool = False,
+) -> Tensor:
+    r"""Batch norm of ``x`` ``(N, C, *spatial)`` with fixed statistics and affine (buffers):
+    ``y = (x - running_mean) / sqrt(running_var + eps) * w + b``, then a ReLU with ``relu``;
+    only ``x`` gets a gradient (see :class:`_TritonFrozen`).
+
+    S. Ioffe, C. Szegedy, "Batch Normalization", ICML 2015, Algorithm 2 (inference)."""
+    frozen = (running_mean, running_var, weight, bias, eps)
+    grad = torch.is_grad_enabled() and x.requires_grad
+
+    def run() -> Tensor:
+        if grad:
+            return _TritonFrozen.apply(x, frozen, relu)
+        return _frozen_forward(x, frozen, relu)[0]
+
+    def fallback() -> Tensor:
+        return _frozen_reference(x, *_frozen_stats(frozen), weight, bias, relu)
+
+    key = _key("fwd", x, weight, _Spec("frozen", 0, 0.0, relu), grad)
+    return _guarded(key, run, fallback)

@@ -13,6 +13,7 @@ from torch import Tensor
 from normzoo import _native, functional
 from normzoo._native import kernels as _kernels
 from normzoo.functional._stats import compute_dtype
+from normzoo.norms import _triton
 from normzoo.norms.batch import (
     NATIVE_MIN_NUMEL,
     BatchNorm,
@@ -236,6 +237,15 @@ class GhostBatchNorm(BatchNorm):
                 with torch.no_grad():
                     self.running_mean.copy_(mean)
                     self.running_var.copy_(var)
+            return y
+        if _triton.serves_batch(x, self.weight, self.bias, kind="ghost"):
+            # CUDA, NORMZOO_TRITON=all: the two-phase kernels, per (sample, channel)
+            size = self.virtual_batch_size
+            y, means, variances = _triton.ghost_batch_norm(
+                x, self.weight, self.bias, size, self.eps
+            )
+            if update:
+                self._blend_virtual_batches(x, means, variances, tracked)
             return y
         if self._vectorize(x):  # a GPU, many virtual batches
             return self._all_virtual_batches_at_once(x, update, tracked)
