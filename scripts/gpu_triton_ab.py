@@ -184,9 +184,9 @@ def module_ab(
     row: dict[str, Any] = {"module": name, "shape": list(shape), "dtype": str(dtype)[6:]}
     row["copy_ms"] = gpu_time(lambda: out.copy_(src), flush, repeats)
     calls: list[Any] = []
-    originals = {name: getattr(_triton, name) for name in _triton.ENTRY_POINTS}
-    for name, entry in originals.items():
-        setattr(_triton, name, lambda *a, f=entry: calls.append(1) or f(*a))
+    originals = {point: getattr(*point) for point in _triton.entry_points()}
+    for (module, entry_name), entry in originals.items():
+        setattr(module, entry_name, lambda *a, f=entry: calls.append(1) or f(*a))
     fns = {
         "fwd": lambda: _no_grad(lambda: m(x)),
         "fwdbwd": lambda: torch.autograd.grad(m(x), [x, *m.parameters()], g),  # no .grad sums
@@ -213,8 +213,8 @@ def module_ab(
             os.environ["NORMZOO_TRITON"] = env
             row[f"{mode}_host_us_fwdbwd"] = host_time(fns["fwdbwd"], repeats)
     finally:
-        for name, entry in originals.items():
-            setattr(_triton, name, entry)
+        for (module, entry_name), entry in originals.items():
+            setattr(module, entry_name, entry)
         os.environ.pop("NORMZOO_TRITON", None)
     for key, values in times.items():
         row[f"{key}_ms"] = statistics.median(values)

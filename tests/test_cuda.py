@@ -8,6 +8,7 @@ inputs take.
 """
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -250,7 +251,21 @@ def test_cuda_fused_zoo_equals_the_cpu(name, layout):
 
 
 # -- the Triton kernels (normzoo.norms._triton) ----------------------------------------------
+#: Batch Renorm's limits clipping r and d from the first step.
 RENORM = {"r_max": 1.5, "d_max": 0.5, "warmup_steps": 0, "r_max_steps": 0, "d_max_steps": 0}
+
+
+def _vs_reference(name: str, groups_of: int | None = None, **kwargs: Any) -> tuple[Any, Any]:
+    """Makers of ``name`` and of its ``impl="reference"`` twin (``groups_of``: groups of that
+    many channels)."""
+
+    def make(c: int, **more: Any) -> nn.Module:
+        groups = {} if groups_of is None else {"num_groups": c // groups_of}
+        return normzoo.create(name, c, **groups, **kwargs, **more)
+
+    return make, lambda c: make(c, impl="reference")
+
+
 #: module, its torch.nn equivalent, and the input shapes: one-pass and two-phase kernels,
 #: several chunks per set, channel blocks, odd sizes (masks), 1-d to 3-d spatial.
 TRITON_CASES = {
@@ -270,43 +285,16 @@ TRITON_CASES = {
         lambda c: normzoo.create("ln", c, channels_last=True),
         lambda c: nn.LayerNorm(c),
     ),
-    "rms_tokens": (  # (torch.nn.RMSNorm has no bias: the reference math on the GPU)
-        lambda c: normzoo.create("rms", c, channels_last=True),
-        lambda c: normzoo.create("rms", c, channels_last=True, impl="reference"),
-    ),
+    "rms_tokens": _vs_reference("rms", channels_last=True),  # torch.nn.RMSNorm has no bias
     # the zoo (no torch.nn equivalent: normzoo's reference math on torch's kernels)
-    "rms": (
-        lambda c: normzoo.create("rms", c),
-        lambda c: normzoo.create("rms", c, impl="reference"),
-    ),
-    "frn": (
-        lambda c: normzoo.create("frn", c),
-        lambda c: normzoo.create("frn", c, impl="reference"),
-    ),
-    "s0": (
-        lambda c: normzoo.create("evonorms0", c, num_groups=c // 4),
-        lambda c: normzoo.create("evonorms0", c, num_groups=c // 4, impl="reference"),
-    ),
-    "renorm": (  # limits that clip r and d from the first step
-        lambda c: normzoo.create("batchrenorm", c, **RENORM),
-        lambda c: normzoo.create("batchrenorm", c, impl="reference", **RENORM),
-    ),
-    "switchable": (
-        lambda c: normzoo.create("switchablenorm", c),
-        lambda c: normzoo.create("switchablenorm", c, impl="reference"),
-    ),
-    "b0": (
-        lambda c: normzoo.create("evonormb0", c),
-        lambda c: normzoo.create("evonormb0", c, impl="reference"),
-    ),
-    "ghost": (
-        lambda c: normzoo.create("ghostbatchnorm", c, virtual_batch_size=3),
-        lambda c: normzoo.create("ghostbatchnorm", c, virtual_batch_size=3, impl="reference"),
-    ),
-    "frozen": (
-        lambda c: normzoo.create("frozenbatchnorm", c),
-        lambda c: normzoo.create("frozenbatchnorm", c, impl="reference"),
-    ),
+    "rms": _vs_reference("rms"),
+    "frn": _vs_reference("frn"),
+    "s0": _vs_reference("evonorms0", groups_of=4),
+    "renorm": _vs_reference("batchrenorm", **RENORM),
+    "switchable": _vs_reference("switchablenorm"),
+    "b0": _vs_reference("evonormb0"),
+    "ghost": _vs_reference("ghostbatchnorm", virtual_batch_size=3),
+    "frozen": _vs_reference("frozenbatchnorm"),
 }
 #: Kinds that the kernels serve on contiguous input only (one pass per set).
 TRITON_CONTIGUOUS_ONLY = ("frn", "s0")
@@ -341,11 +329,9 @@ def triton_everywhere(monkeypatch):
     monkeypatch.setenv("NORMZOO_TRITON", "all")
     monkeypatch.setattr(_triton, "MIN_NUMEL_ALL", 0)
     calls = []
-    forward = _triton._forward
-    monkeypatch.setattr(_triton, "_forward", lambda *a: calls.append(a[4]) or forward(*a))
-    for entry_name in _triton.ENTRY_POINTS[1:]:  # the zoo's own entry points
-        entry = getattr(_triton, entry_name)
-        monkeypatch.setattr(_triton, entry_name, lambda *a, f=entry: calls.append(1) or f(*a))
+    for module, name in _triton.entry_points():  # every forward's kernels launch through them
+        entry = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, f=entry: calls.append(1) or f(*a))
     yield calls
     assert _triton._disabled is None, _triton._disabled  # no call fell back to torch's
 

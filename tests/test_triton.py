@@ -237,11 +237,9 @@ def test_modules_reach_the_kernels(name, kwargs, shape, channels_last, emulated,
     monkeypatch.setenv("NORMZOO_TRITON", "all")
     monkeypatch.setattr(_triton, "serves", lambda x, *params: True)  # CPU tensors, any size
     calls = []
-    forward = _triton._forward
-    monkeypatch.setattr(_triton, "_forward", lambda *a: calls.append(a[4].kind) or forward(*a))
-    for entry_name in _triton.ENTRY_POINTS[1:]:  # the zoo's own entry points
-        entry = getattr(_triton, entry_name)
-        monkeypatch.setattr(_triton, entry_name, lambda *a, f=entry: calls.append(1) or f(*a))
+    for module, entry_name in _triton.entry_points():  # every forward's kernels launch there
+        entry = getattr(module, entry_name)
+        monkeypatch.setattr(module, entry_name, lambda *a, f=entry: calls.append(1) or f(*a))
     c = shape[-1] if kwargs.get("channels_last") else shape[1]
     ours = normzoo.create(name, c, **kwargs)
     ref = normzoo.create(name, c, impl="reference", **kwargs)
@@ -291,4 +289,28 @@ def test_a_failing_first_zoo_call_falls_back_to_the_reference_math(emulated, mon
     torch.testing.assert_close(y, functional.filter_response_norm(x, w, b, tau, eps=1e-6))
     for ours, ref in zip((x, w, b, tau), leaves, strict=True):
         torch.testing.assert_close(ours.grad, ref.grad)
+    assert not _triton.available()
+
+
+def test_a_failing_first_zoo_forward_leaves_the_running_statistics_to_the_fallback(
+    emulated, monkeypatch
+):
+    """Batch Renorm's map kernel cannot compile: the statistics kernels have run, but the
+    running statistics are blended only after the map, so the fallback's result and its one
+    blend are the reference's (not blended twice)."""
+    import triton_emulation
+
+    from normzoo import functional
+    from normzoo.norms import _triton_zoo
+
+    monkeypatch.setattr(emulated, "_apply", triton_emulation._Kernel(_broken))
+    x = torch.randn(6, 5, 7, 3) * 2 + 1
+    w, b = torch.rand(5) + 0.5, torch.rand(5)
+    rm, rv = torch.randn(5), torch.rand(5) + 0.5
+    ref_y, ref_m, ref_v = functional.batch_renorm(
+        x, rm, rv, w, b, training=True, r_max=1.5, d_max=0.5, momentum=0.3
+    )
+    with pytest.warns(RuntimeWarning, match="first call"):
+        y = _triton_zoo.batch_renorm(x, w, b, (rm, rv, 0.3), (1.5, 0.5), 1e-5)
+    torch.testing.assert_close((y, rm, rv), (ref_y, ref_m, ref_v))
     assert not _triton.available()

@@ -15,6 +15,7 @@ import sys
 import torch
 
 from normzoo.norms import _triton as T
+from normzoo.norms import _triton_zoo as Z
 
 
 def main() -> int:
@@ -130,214 +131,183 @@ def check() -> int:
     return fails
 
 
+#: The zoo's shapes: odd sizes (masks), 1-d to 3-d spatial, and one with several chunks per set.
+ZOO_SHAPES = [(4, 6, 5, 7), (3, 8, 33), (2, 4, 3, 4, 5), (2, 8, 70, 70)]
+
+
+def _layouts(shape: tuple[int, ...]) -> list[bool]:
+    """channels_last too where the input is 4-d."""
+    return [False, True] if len(shape) == 4 else [False]
+
+
+def _input(shape: tuple[int, ...], cl: bool, spread: float = 0.0) -> torch.Tensor:
+    """``x`` ~ 3 N(0, 1) + 1 in float32, plus per-(sample, channel) offsets of scale
+    ``spread`` (so IN, LN, BN and virtual-batch statistics differ); channels_last with ``cl``."""
+    x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).float()
+    if spread:
+        x += torch.randn(*shape[:2], *[1] * (len(shape) - 2)) * spread
+    return x.to(memory_format=torch.channels_last) if cl else x
+
+
+def _affine(c: int, affine: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if not affine:
+        return None, None
+    return torch.randn(c) * 0.5 + 1, torch.randn(c) * 0.5
+
+
+def _twins(*tensors: torch.Tensor | None) -> list[list[torch.Tensor | None]]:
+    """Two independent leaf copies of ``tensors`` (``None`` kept): ours and the reference's."""
+    return [[t.clone().requires_grad_() if t is not None else None for t in tensors]
+            for _ in range(2)]  # fmt: skip
+
+
+def _compare(label: str, ys: tuple, leaves: list, errs: list[float], cl: bool) -> int:
+    """Backpropagates one random ``dy`` through both outputs ``ys``; fails (prints, 1) where
+    the outputs, any leaf's gradient (relative to its scale) or ``errs`` differ by more
+    than 1e-4, or a channels_last input lost its layout."""
+    y1, y2 = ys
+    g = torch.randn_like(y2)
+    y1.backward(g)
+    y2.backward(g)
+    errs = [(y1 - y2).abs().max().item(), *errs]
+    for t1, t2 in zip(*leaves, strict=True):
+        if t1 is not None:
+            scale = 1 + t2.grad.abs().max().item()
+            errs += [((t1.grad - t2.grad).abs().max() / scale).item()]
+    kept = not cl or y1.is_contiguous(memory_format=torch.channels_last)
+    if max(errs) <= 1e-4 and kept:
+        return 0
+    print(f"FAIL {label}", "errors", errs, "layout kept", kept)
+    return 1
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs() / b.abs()).max().item()
+
+
 def check_renorm() -> tuple[list, int]:
-    """Batch Renorm (``T.batch_renorm``) against ``normzoo.functional.batch_renorm``: output,
+    """Batch Renorm (``Z.batch_renorm``) against ``normzoo.functional.batch_renorm``: output,
     gradients, the running statistics after the step; limits that clip some channels."""
     from normzoo import functional
 
     cases, fails = [], 0
     for shape in [(4, 6, 5, 7), (3, 8, 33), (16, 12), (2, 8, 70, 70)]:
-        for cl in [False, True] if len(shape) == 4 else [False]:
+        for cl in _layouts(shape):
             for affine in (True, False):
                 cases.append((shape, "renorm", 0, cl, affine, False))
                 c = shape[1]
-                x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).float()
-                if cl:
-                    x = x.to(memory_format=torch.channels_last)
                 rm, rv = torch.randn(c) * 2, torch.rand(c) * 12 + 0.5  # r, d clip in some
-                w = (torch.randn(c) * 0.5 + 1).requires_grad_() if affine else None
-                b = (torch.randn(c) * 0.5).requires_grad_() if affine else None
-                x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-                w2 = w.detach().clone().requires_grad_() if affine else None
-                b2 = b.detach().clone().requires_grad_() if affine else None
+                leaves = _twins(_input(shape, cl), *_affine(c, affine))
                 rm1, rv1 = rm.clone(), rv.clone()
-                y1 = T.batch_renorm(x1, w, b, (rm1, rv1, 0.3), (1.5, 0.5), 1e-5)
+                y1 = Z.batch_renorm(*leaves[0], (rm1, rv1, 0.3), (1.5, 0.5), 1e-5)
                 y2, rm2, rv2 = functional.batch_renorm(
-                    x2, rm, rv, w2, b2, training=True, r_max=1.5, d_max=0.5, momentum=0.3
-                )
-                g = torch.randn_like(y2)
-                y1.backward(g)
-                y2.backward(g)
-                errs = [(y1 - y2).abs().max().item(), (x1.grad - x2.grad).abs().max().item()]
-                errs += [(rm1 - rm2).abs().max().item(), ((rv1 - rv2).abs() / rv2).max().item()]
-                if affine:
-                    scale = 1 + w2.grad.abs().max().item() + b2.grad.abs().max().item()
-                    errs += [((w.grad - w2.grad).abs().max() / scale).item()]
-                    errs += [((b.grad - b2.grad).abs().max() / scale).item()]
-                kept = not cl or y1.is_contiguous(memory_format=torch.channels_last)
-                if max(errs) > 1e-4 or not kept:
-                    fails += 1
-                    print(f"FAIL {shape} renorm cl={cl} affine={affine}", "errors", errs)
+                    *leaves[1][:1], rm, rv, *leaves[1][1:], training=True, r_max=1.5,
+                    d_max=0.5, momentum=0.3,
+                )  # fmt: skip
+                errs = [(rm1 - rm2).abs().max().item(), _rel(rv1, rv2)]
+                label = f"{shape} renorm cl={cl} affine={affine}"
+                fails += _compare(label, (y1, y2), leaves, errs, cl)
     return cases, fails
 
 
 def check_switchable() -> tuple[list, int]:
-    """SwitchableNorm (``T.switchable_norm``) against ``normzoo.functional.switchable_norm``
+    """SwitchableNorm (``Z.switchable_norm``) against ``normzoo.functional.switchable_norm``
     in training (batch statistics, running statistics updated) and eval (the running ones):
     output, gradients of x, the parameters and both logits, the running statistics."""
     from normzoo import functional
 
     cases, fails = [], 0
-    for shape in [(4, 6, 5, 7), (3, 8, 33), (2, 4, 3, 4, 5), (2, 8, 70, 70)]:
-        for cl in [False, True] if len(shape) == 4 else [False]:
+    for shape in ZOO_SHAPES:
+        for cl in _layouts(shape):
             for affine, training in [(True, True), (False, True), (True, False)]:
                 cases.append((shape, "switchable", 0, cl, affine, training))
                 c = shape[1]
-                x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).float()
-                x += torch.randn(shape[0], c, *[1] * (len(shape) - 2))  # IN != LN != BN
-                if cl:
-                    x = x.to(memory_format=torch.channels_last)
                 rm, rv = torch.randn(c), torch.rand(c) * 4 + 0.5
-                mw, vw = torch.randn(3), torch.randn(3)
-                w = torch.randn(c) * 0.5 + 1 if affine else None
-                b = torch.randn(c) * 0.5 if affine else None
-                leaves = [[t.clone().requires_grad_() if t is not None else None
-                           for t in (x, mw, vw, w, b)] for _ in range(2)]  # fmt: skip
+                x = _input(shape, cl, spread=1.0)
+                leaves = _twins(x, torch.randn(3), torch.randn(3), *_affine(c, affine))
                 rm1, rv1 = rm.clone(), rv.clone()
-                state = T._Switch(rm1, rv1, training, 0.3, 1e-5, training)
-                y1 = T.switchable_norm(*leaves[0], state)
+                state = Z.SwitchableState(rm1, rv1, training, 0.3, 1e-5, training)
+                y1 = Z.switchable_norm(*leaves[0], state)
                 x2, mw2, vw2, w2, b2 = leaves[1]
                 y2, rm2, rv2 = functional.switchable_norm(
                     x2, mw2, vw2, rm, rv, w2, b2, training=training, momentum=0.3
                 )
-                g = torch.randn_like(y2)
-                y1.backward(g)
-                y2.backward(g)
-                errs = [(y1 - y2).abs().max().item(), (rm1 - rm2).abs().max().item()]
-                errs += [((rv1 - rv2).abs() / rv2).max().item()]
-                for t1, t2 in zip(*leaves, strict=True):
-                    if t1 is not None:
-                        scale = 1 + t2.grad.abs().max().item()
-                        errs += [((t1.grad - t2.grad).abs().max() / scale).item()]
-                kept = not cl or y1.is_contiguous(memory_format=torch.channels_last)
-                if max(errs) > 1e-4 or not kept:
-                    fails += 1
-                    print(f"FAIL {shape} switchable cl={cl} affine={affine} training={training}")
-                    print("    errors", errs)
+                errs = [(rm1 - rm2).abs().max().item(), _rel(rv1, rv2)]
+                label = f"{shape} switchable cl={cl} affine={affine} training={training}"
+                fails += _compare(label, (y1, y2), leaves, errs, cl)
     return cases, fails
 
 
 def check_b0() -> tuple[list, int]:
-    """EvoNorm-B0 (``T.evonorm_b0``) against ``normzoo.functional.evonorm_b0`` in training
+    """EvoNorm-B0 (``Z.evonorm_b0``) against ``normzoo.functional.evonorm_b0`` in training
     (batch variance, running variance updated) and eval (the running one): output, gradients
     of x, v and the parameters, the running variance; both branches of the max taken."""
     from normzoo import functional
 
     cases, fails = [], 0
-    for shape in [(4, 6, 5, 7), (3, 8, 33), (2, 4, 3, 4, 5), (2, 8, 70, 70)]:
-        for cl in [False, True] if len(shape) == 4 else [False]:
+    for shape in ZOO_SHAPES:
+        for cl in _layouts(shape):
             for affine, training in [(True, True), (False, True), (True, False)]:
                 cases.append((shape, "b0", 0, cl, affine, training))
                 c = shape[1]
-                x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).float()
-                if cl:
-                    x = x.to(memory_format=torch.channels_last)
                 rv = torch.rand(c) * 8 + 0.5
                 v = torch.randn(c) * 0.5  # v x + s_i below and above s_b: both branches
-                w = torch.randn(c) * 0.5 + 1 if affine else None
-                b = torch.randn(c) * 0.5 if affine else None
-                leaves = [[t.clone().requires_grad_() if t is not None else None
-                           for t in (x, v, w, b)] for _ in range(2)]  # fmt: skip
+                leaves = _twins(_input(shape, cl), v, *_affine(c, affine))
                 rv1 = rv.clone()
-                y1 = T.evonorm_b0(*leaves[0], T._B0(rv1, training, 0.3, 1e-5, training))
+                y1 = Z.evonorm_b0(*leaves[0], Z.B0State(rv1, training, 0.3, 1e-5, training))
                 x2, v2, w2, b2 = leaves[1]
                 y2, rv2 = functional.evonorm_b0(x2, v2, rv, w2, b2, training=training, momentum=0.3)
-                g = torch.randn_like(y2)
-                y1.backward(g)
-                y2.backward(g)
-                errs = [(y1 - y2).abs().max().item(), ((rv1 - rv2).abs() / rv2).max().item()]
-                for t1, t2 in zip(*leaves, strict=True):
-                    if t1 is not None:
-                        scale = 1 + t2.grad.abs().max().item()
-                        errs += [((t1.grad - t2.grad).abs().max() / scale).item()]
-                kept = not cl or y1.is_contiguous(memory_format=torch.channels_last)
-                if max(errs) > 1e-4 or not kept:
-                    fails += 1
-                    print(f"FAIL {shape} b0 cl={cl} affine={affine} training={training}")
-                    print("    errors", errs)
+                label = f"{shape} b0 cl={cl} affine={affine} training={training}"
+                fails += _compare(label, (y1, y2), leaves, [_rel(rv1, rv2)], cl)
     return cases, fails
 
 
 def check_ghost() -> tuple[list, int]:
-    """Ghost Batch Norm (``T.ghost_batch_norm``) against ``normzoo.functional``'s batch norm
+    """Ghost Batch Norm (``Z.ghost_batch_norm``) against ``normzoo.functional``'s batch norm
     per virtual batch: output, gradients, each virtual batch's mean and biased variance;
     virtual batches that divide the batch and a smaller last one."""
     from normzoo import functional
 
     cases, fails = [], 0
-    for shape, size in [
-        ((8, 6, 5, 7), 2),
-        ((7, 8, 33), 3),
-        ((6, 4, 3, 4, 5), 4),
-        ((6, 8, 30, 30), 3),
-    ]:
-        for cl in [False, True] if len(shape) == 4 else [False]:
+    sizes = [((8, 6, 5, 7), 2), ((7, 8, 33), 3), ((6, 4, 3, 4, 5), 4), ((6, 8, 30, 30), 3)]
+    for shape, size in sizes:
+        for cl in _layouts(shape):
             for affine in (True, False):
                 cases.append((shape, "ghost", size, cl, affine, False))
-                c = shape[1]
-                x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).float()
-                x += torch.randn(shape[0], 1, *[1] * (len(shape) - 2)) * 2  # batches differ
-                if cl:
-                    x = x.to(memory_format=torch.channels_last)
-                w = torch.randn(c) * 0.5 + 1 if affine else None
-                b = torch.randn(c) * 0.5 if affine else None
-                leaves = [[t.clone().requires_grad_() if t is not None else None
-                           for t in (x, w, b)] for _ in range(2)]  # fmt: skip
-                y1, means, variances = T.ghost_batch_norm(*leaves[0], size, 1e-5)
+                x = _input(shape, cl, spread=2.0)
+                leaves = _twins(x, *_affine(shape[1], affine))
+                y1, means, variances = Z.ghost_batch_norm(*leaves[0], size, 1e-5)
                 x2, w2, b2 = leaves[1]
                 y2 = functional.ghost_batch_norm(
                     x2, None, None, w2, b2, virtual_batch_size=size, training=True
                 )[0]
-                g = torch.randn_like(y2)
-                y1.backward(g)
-                y2.backward(g)
-                errs = [(y1 - y2).abs().max().item()]
-                for t1, t2 in zip(*leaves, strict=True):
-                    if t1 is not None:
-                        scale = 1 + t2.grad.abs().max().item()
-                        errs += [((t1.grad - t2.grad).abs().max() / scale).item()]
-                dims = [0, *range(2, x.dim())]
+                errs = []
                 for j, chunk in enumerate(x.double().split(size)):
-                    v, m = torch.var_mean(chunk, dims, correction=0)
-                    errs += [(means[j] - m).abs().max().item()]
-                    errs += [((variances[j] - v).abs() / v).max().item()]
-                kept = not cl or y1.is_contiguous(memory_format=torch.channels_last)
-                if max(errs) > 1e-4 or not kept:
-                    fails += 1
-                    print(f"FAIL {shape} ghost size={size} cl={cl} affine={affine}")
-                    print("    errors", errs)
+                    v, m = torch.var_mean(chunk, [0, *range(2, x.dim())], correction=0)
+                    errs += [(means[j] - m).abs().max().item(), _rel(variances[j], v)]
+                label = f"{shape} ghost size={size} cl={cl} affine={affine}"
+                fails += _compare(label, (y1, y2), leaves, errs, cl)
     return cases, fails
 
 
 def check_frozen() -> tuple[list, int]:
-    """FrozenBatchNorm (``T.frozen_batch_norm``) against
+    """FrozenBatchNorm (``Z.frozen_batch_norm``) against
     ``normzoo.functional.frozen_batch_norm`` (then a ReLU): output and input gradient."""
     from normzoo import functional
 
     cases, fails = [], 0
     for shape in [(4, 6, 5, 7), (3, 8, 33), (16, 12), (2, 8, 70, 70)]:
-        for cl in [False, True] if len(shape) == 4 else [False]:
+        for cl in _layouts(shape):
             for affine, relu in [(True, False), (False, False), (True, True)]:
                 cases.append((shape, "frozen", 0, cl, affine, relu))
                 c = shape[1]
-                x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).float()
-                if cl:
-                    x = x.to(memory_format=torch.channels_last)
-                rm, rv = torch.randn(c), torch.rand(c) * 4 + 0.5
-                w = torch.randn(c) * 0.5 + 1 if affine else None
-                b = torch.randn(c) * 0.5 if affine else None
-                x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-                y1 = T.frozen_batch_norm(x1, rm, rv, w, b, 1e-5, relu)
-                y2 = functional.frozen_batch_norm(x2, rm, rv, w, b, eps=1e-5)
+                frozen = (torch.randn(c), torch.rand(c) * 4 + 0.5, *_affine(c, affine))
+                leaves = _twins(_input(shape, cl))
+                y1 = Z.frozen_batch_norm(*leaves[0], *frozen, 1e-5, relu)
+                y2 = functional.frozen_batch_norm(*leaves[1], *frozen, eps=1e-5)
                 y2 = torch.relu(y2) if relu else y2
-                g = torch.randn_like(y2)
-                y1.backward(g)
-                y2.backward(g)
-                errs = [(y1 - y2).abs().max().item(), (x1.grad - x2.grad).abs().max().item()]
-                kept = not cl or y1.is_contiguous(memory_format=torch.channels_last)
-                if max(errs) > 1e-4 or not kept:
-                    fails += 1
-                    print(f"FAIL {shape} frozen cl={cl} affine={affine} relu={relu}", errs)
+                label = f"{shape} frozen cl={cl} affine={affine} relu={relu}"
+                fails += _compare(label, (y1, y2), leaves, [], cl)
     return cases, fails
 
 

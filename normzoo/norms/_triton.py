@@ -56,12 +56,9 @@ mean square), FRN + TLU (``"frn"``: one channel per group, no centering, ``max(y
 ``torch.maximum``'s split of the gradient at ties) and EvoNorm-S0 (``"s0"``:
 ``x sigmoid(v x)`` over the group's std). The last two take one-pass contiguous shapes only;
 each gives its extra parameter's gradient (``tau``, ``v``) from the same backward pass. Batch
-Renorm runs on the batch-norm kernels (:func:`batch_renorm`), SwitchableNorm on the two-phase
-kernels with one set per (sample, channel) (:func:`switchable_norm`), EvoNorm-B0 on the same
-statistics and map kernels of its own (:func:`evonorm_b0`), Ghost BN on the per-(sample,
-channel) kernels too (:func:`ghost_batch_norm`), FrozenBatchNorm on the map kernels alone
-(:func:`frozen_batch_norm`). They
-are served only under ``NORMZOO_TRITON=all`` until measured against their current CUDA paths
+Renorm, SwitchableNorm, EvoNorm-B0, Ghost BN and FrozenBatchNorm run on these kernels from
+:mod:`normzoo.norms._triton_zoo`. The zoo's kernels are served only under
+``NORMZOO_TRITON=all`` until measured against their current CUDA paths
 (``scripts/gpu_triton_ab.py``).
 
 ``NORMZOO_TRITON=0`` turns the kernels off; ``NORMZOO_TRITON=all`` serves every input they
@@ -81,7 +78,9 @@ import contextlib
 import functools
 import math
 import os
+import sys
 import warnings
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -90,19 +89,15 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from normzoo import functional
-from normzoo.functional.switchable import switchable_statistics
 from normzoo.norms._kernels import channels_last_format
 from normzoo.norms._rownorm import _autocast_on
 
 __all__ = [
     "available",
     "batch_norm",
-    "batch_renorm",
-    "evonorm_b0",
+    "entry_points",
     "evonorm_s0",
     "filter_response_norm",
-    "frozen_batch_norm",
-    "ghost_batch_norm",
     "group_norm",
     "layer_norm_tokens",
     "rms_norm",
@@ -111,7 +106,6 @@ __all__ = [
     "serves_batch",
     "serves_group",
     "serves_tokens",
-    "switchable_norm",
     "takes",
 ]
 
@@ -128,16 +122,6 @@ TILE = 4096
 #: Programs per multiprocessor that the two-phase kernels aim for (chunks per set follow).
 PROGRAMS_PER_SM = 16
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-#: The functions that launch every forward's kernels (the tests and the A/B script count the
-#: kernels' calls by wrapping them): the core norms' and the zoo's own.
-ENTRY_POINTS = (
-    "_forward",
-    "_renorm_forward",
-    "_switch_forward",
-    "_b0_forward",
-    "_ghost_forward",
-    "_frozen_forward",
-)
 
 
 @functools.cache
@@ -611,6 +595,41 @@ def _elsewhere(x: Tensor) -> bool:
     return x.is_cuda and x.device.index != torch.cuda.current_device()
 
 
+def _device_of(x: Tensor) -> contextlib.AbstractContextManager[Any]:
+    """Launches on ``x``'s GPU (Triton launches on the current device)."""
+    return torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext()
+
+
+def _in_layout(dy: Tensor, x: Tensor) -> Tensor:
+    """``dy`` in ``x``'s layout (contiguous or channels_last), which the kernels address."""
+    fmt = channels_last_format(x)
+    return dy.contiguous() if fmt is None else dy.contiguous(memory_format=fmt)
+
+
+def _differentiate(
+    fn: Callable[[], Tensor],
+    params: tuple[Tensor | None, ...],
+    needs: tuple[bool, ...],
+    dy: Tensor,
+    create_graph: bool,
+) -> tuple[Tensor | None, ...]:
+    """The gradients of ``params`` that ``needs`` asks for, of ``fn()`` (torch's math, built
+    here with autograd on) against ``dy``: the double backward and the backward fallback."""
+    with torch.enable_grad():
+        inputs = [t for t, need in zip(params, needs, strict=True) if need]
+        grads = iter(torch.autograd.grad(fn(), inputs, dy, create_graph=create_graph))
+        return tuple(next(grads) if need else None for need in needs)
+
+
+def entry_points() -> list[tuple[ModuleType, str]]:
+    """``(module, name)`` of the functions through which every forward launches its kernels
+    (the core norms' and the zoo's, :mod:`normzoo.norms._triton_zoo`): the tests and the A/B
+    script count the kernels' calls by wrapping them."""
+    from normzoo.norms import _triton_zoo
+
+    return [(sys.modules[__name__], "_forward"), (_triton_zoo, "_zoo_forward")]
+
+
 class _Spec(NamedTuple):
     """Which norm a call computes: ``kind`` (``"batch"``; with ``groups``, ``"group"``,
     ``"rms"`` (channels-first RMSNorm, one group), ``"frn"`` (FRN + TLU, one channel per
@@ -632,15 +651,13 @@ def _forward(
     running: tuple[Tensor, Tensor, float] | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """``(y, mean, rstd, var)`` of ``spec``'s norm (per set; ``var`` ``None`` for tokens)."""
-    if _elsewhere(x):  # Triton launches on the current device: make it x's
-        with torch.cuda.device(x.device):
-            return _forward(x, weight, bias, extra, spec, running)
     kind, _, eps, relu = spec
-    if kind == "batch":
-        return _two_phase_forward(x, weight, bias, (0, 1), eps, relu, running)
-    if kind in _GROUP_FLAGS:
-        return _group_forward(x, spec, weight, bias, extra)
-    return _token_forward(x, weight, bias, eps, relu, rms=kind == "rms_token")
+    with _device_of(x):  # Triton launches on the current device: make it x's
+        if kind == "batch":
+            return _two_phase_forward(x, weight, bias, (0, 1), eps, relu, running)
+        if kind in _GROUP_FLAGS:
+            return _group_forward(x, spec, weight, bias, extra)
+        return _token_forward(x, weight, bias, eps, relu, rms=kind == "rms_token")
 
 
 class _TritonNorm(torch.autograd.Function):
@@ -674,7 +691,7 @@ class _TritonNorm(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: torch's math, with a graph
             return (*_torch_backward(spec, dy, params, needs, True), None, None)
         grads = _guarded(
-            _key("bwd", x, weight, spec, needs),
+            _key("bwd", (x, weight), spec, needs),
             lambda: _kernel_backward(spec, dy, params, mean, rstd, needs),
             lambda: _torch_backward(spec, dy, params, needs, False),
         )
@@ -693,12 +710,12 @@ def _torch_backward(
 ) -> tuple[Tensor | None, ...]:
     """The gradients of ``params = (x, weight, bias, extra)`` by differentiating torch's
     functional form (double backward, fallback)."""
-    with torch.enable_grad():
-        inputs = [t for t, need in zip(params, needs, strict=True) if need]
+
+    def out() -> Tensor:
         y = reference(*params[:3], spec.kind, spec.groups, spec.eps, params[3])
-        out = torch.relu(y) if spec.relu else y
-        grads = iter(torch.autograd.grad(out, inputs, dy, create_graph=create_graph))
-        return tuple(next(grads) if need else None for need in needs)
+        return torch.relu(y) if spec.relu else y
+
+    return _differentiate(out, params, needs, dy, create_graph)
 
 
 def _kernel_backward(
@@ -711,10 +728,9 @@ def _kernel_backward(
 ) -> tuple[Tensor | None, ...]:
     kind, _, _, relu = spec
     x, weight, bias, extra = params
-    fmt = channels_last_format(x)  # dy in x's layout, which the kernels address
-    dy = dy.contiguous() if fmt is None else dy.contiguous(memory_format=fmt)
+    dy = _in_layout(dy, x)
     dp = None
-    with torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext():
+    with _device_of(x):
         if kind == "batch":
             dx, dw, db = _two_phase_backward(dy, x, weight, bias, mean, rstd, (0, 1), relu)
         elif kind in _GROUP_FLAGS:
@@ -751,16 +767,17 @@ def _run(
         y, mean, _, var = _forward(x, weight, bias, extra, spec, running)
         return y, mean, var
 
-    key = _key("fwd", x, weight, spec, running is not None, grad)
+    key = _key("fwd", (x, weight), spec, running is not None, grad)
     return _guarded(key, run, lambda: _torch_forward(x, weight, bias, extra, spec, running))
 
 
-def _key(step: str, x: Tensor, weight: Tensor | None, spec: _Spec, *rest: Any) -> tuple[Any, ...]:
+def _key(step: str, params: tuple[Tensor | None, ...], spec: _Spec, *rest: Any) -> tuple[Any, ...]:
     """What selects the kernels and their compiled variants: the step, the input's shape,
-    strides and dtype, the parameters' dtype, the norm (not its ``eps``, a plain argument)
-    and the call's options."""
-    w = None if weight is None else weight.dtype
-    return (step, tuple(x.shape), x.stride(), x.dtype, w, spec.kind, spec.groups, spec.relu, *rest)
+    strides and dtype, the other ``params``' dtypes (``None`` where absent), the norm (not
+    its ``eps``, a plain argument) and the call's options."""
+    x = params[0]
+    dtypes = tuple(None if t is None else t.dtype for t in params)
+    return (step, tuple(x.shape), x.stride(), dtypes, spec.kind, spec.groups, spec.relu, *rest)
 
 
 def _torch_forward(
@@ -912,905 +929,3 @@ def evonorm_s0(
     H. Liu, A. Brock, K. Simonyan, Q. V. Le, "Evolving Normalization-Activation Layers",
     NeurIPS 2020."""
     return _run(x, weight, bias, _Spec("s0", groups, eps, False), extra=v)[0]
-
-
-class _TritonRenorm(torch.autograd.Function):
-    """Training-mode Batch Renorm on the batch-norm kernels. ``y = w (r x_hat + d) + b`` is
-    batch norm with the weight ``w r`` and the bias ``w d + b``, ``r`` and ``d`` constants to
-    backprop: the statistics kernels give the batch mean and std, ``r`` and ``d`` follow from
-    them and the running statistics (a few ``(C,)`` ops), the map kernel writes ``y``, and
-    the running statistics are blended last (the unbiased variance, ``Tensor.lerp_``). The
-    backward is batch norm's with the weight ``w r``: ``dw = r sum(dy x_hat) + d sum(dy)``.
-    Saves ``x``, the mean and 1/std, ``r`` and ``d``."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        x: Tensor,
-        weight: Tensor | None,
-        bias: Tensor | None,
-        running: tuple[Tensor, Tensor, float],
-        limits: tuple[float, float],
-        eps: float,
-    ) -> Tensor:
-        y, mean, rstd, r, d = _renorm_forward(x, weight, bias, running, limits, eps)
-        ctx.save_for_backward(x, weight, bias, mean, rstd, r, d)
-        ctx.eps = eps
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, weight, bias, mean, rstd, r, d = ctx.saved_tensors
-        needs = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():  # create_graph=True: torch's math, with a graph
-            grads = _torch_renorm_backward(dy, x, weight, bias, r, d, ctx.eps, needs, True)
-            return (*grads, None, None, None)
-        grads = _guarded(
-            _key("bwd", x, weight, _Spec("renorm", 0, ctx.eps, False), needs),
-            lambda: _renorm_backward(dy, x, weight, bias, mean, rstd, r, d, needs),
-            lambda: _torch_renorm_backward(dy, x, weight, bias, r, d, ctx.eps, needs, False),
-        )
-        return (*grads, None, None, None)
-
-
-def _renorm_coefficients(
-    mean: Tensor,
-    rstd: Tensor,
-    running: tuple[Tensor, Tensor, float],
-    limits: tuple[float, float],
-    eps: float,
-) -> tuple[Tensor, Tensor]:
-    """``r = clip(sigma_B / sigma, 1/r_max, r_max)``, ``d = clip((mu_B - mu) / sigma, +-d_max)``
-    with ``sigma = sqrt(running_var + eps)``, in float32."""
-    rm, rv, _ = running
-    r_max, d_max = limits
-    sigma = torch.sqrt(rv.float() + eps)
-    r = (rstd.reciprocal() / sigma).clamp_(1.0 / r_max, r_max)
-    d = ((mean - rm.float()) / sigma).clamp_(-d_max, d_max)
-    return r, d
-
-
-def _blend(running: tuple[Tensor, Tensor, float], mean: Tensor, var: Tensor, m: int) -> None:
-    """The running statistics blended as batch norm's: ``lerp_`` with the unbiased variance."""
-    rm, rv, factor = running
-    rm.lerp_(mean.to(rm.dtype), factor)
-    rv.lerp_((var * (m / max(m - 1, 1))).to(rv.dtype), factor)
-
-
-def _renorm_forward(
-    x: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    running: tuple[Tensor, Tensor, float],
-    limits: tuple[float, float],
-    eps: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(y, mean, rstd, r, d)``; blends ``running`` after ``y`` is written (so a first call
-    that fails has not touched them)."""
-    if _elsewhere(x):  # Triton launches on the current device: make it x's
-        with torch.cuda.device(x.device):
-            return _renorm_forward(x, weight, bias, running, limits, eps)
-    plan = _plan(x, fold=True)
-    mean, rstd, var = _stats(x, plan, (0, 1), eps)
-    r, d = _renorm_coefficients(mean, rstd, running, limits, eps)
-    scale = r if weight is None else weight.float() * r
-    shift = d if weight is None else weight.float() * d
-    if bias is not None:
-        shift = shift + bias.float()
-    y = torch.empty_like(x)
-    _kernels()._apply[plan.grid](
-        x, y, mean, rstd, scale, shift, plan.n, plan.c, plan.s, *plan.strides, 0, 1,
-        plan.spp, plan.nk, plan.ncb, HAS_W=True, HAS_B=True, RELU=False, CB=plan.cb,
-        SB=plan.sb, num_warps=plan.warps,
-    )  # fmt: skip
-    _blend(running, mean, var, x.numel() // x.shape[1])
-    return y, mean, rstd, r, d
-
-
-def _renorm_backward(
-    dy: Tensor,
-    x: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    mean: Tensor,
-    rstd: Tensor,
-    r: Tensor,
-    d: Tensor,
-    needs: tuple[bool, ...],
-) -> tuple[Tensor | None, ...]:
-    fmt = channels_last_format(x)  # dy in x's layout, which the kernels address
-    dy = dy.contiguous() if fmt is None else dy.contiguous(memory_format=fmt)
-    scale = r if weight is None else weight.float() * r
-    with torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext():
-        dx, sum_dy_xhat, sum_dy = _two_phase_backward(dy, x, scale, None, mean, rstd, (0, 1), False)
-    return (
-        dx if needs[0] else None,
-        (r * sum_dy_xhat + d * sum_dy).to(weight.dtype) if needs[1] else None,
-        sum_dy.to(bias.dtype) if needs[2] else None,
-    )
-
-
-def _renorm_reference(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, r: Tensor, d: Tensor, eps: float
-) -> Tensor:
-    """``w (r x_hat + d) + b`` on torch's kernels, ``r`` and ``d`` constants (float32 math)."""
-    view = (1, -1) + (1,) * (x.dim() - 2)
-    xhat = F.batch_norm(x.float(), None, None, None, None, True, 0.0, eps)
-    y = xhat * r.view(view) + d.view(view)
-    if weight is not None:
-        y = y * weight.float().view(view)
-    if bias is not None:
-        y = y + bias.float().view(view)
-    return y.to(x.dtype)
-
-
-def _torch_renorm_backward(
-    dy: Tensor,
-    x: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    r: Tensor,
-    d: Tensor,
-    eps: float,
-    needs: tuple[bool, ...],
-    create_graph: bool,
-) -> tuple[Tensor | None, ...]:
-    """The gradients by differentiating :func:`_renorm_reference` (double backward, fallback)."""
-    with torch.enable_grad():
-        params = (x, weight, bias)
-        inputs = [t for t, need in zip(params, needs, strict=True) if need]
-        y = _renorm_reference(x, weight, bias, r, d, eps)
-        grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=create_graph))
-        return tuple(next(grads) if need else None for need in needs)
-
-
-def _torch_renorm(
-    x: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    running: tuple[Tensor, Tensor, float],
-    limits: tuple[float, float],
-    eps: float,
-) -> Tensor:
-    """What :func:`batch_renorm` returns, on torch's kernels (differentiable): the fallback."""
-    with torch.no_grad():
-        var, mean = torch.var_mean(x.float(), [0, *range(2, x.dim())], correction=0)
-        r, d = _renorm_coefficients(mean, torch.rsqrt(var + eps), running, limits, eps)
-    y = _renorm_reference(x, weight, bias, r, d, eps)
-    with torch.no_grad():
-        _blend(running, mean, var, x.numel() // x.shape[1])
-    return y
-
-
-def batch_renorm(
-    x: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    running: tuple[Tensor, Tensor, float],
-    limits: tuple[float, float],
-    eps: float,
-) -> Tensor:
-    r"""Training-mode Batch Renorm of ``x`` ``(N, C, *spatial)`` on the batch-norm kernels:
-    ``y = w ((x - mu_B) / sigma_B * r + d) + b`` with ``r = clip(sigma_B / sigma, 1/r_max,
-    r_max)`` and ``d = clip((mu_B - mu) / sigma, -d_max, d_max)`` from the running statistics
-    ``running = (running_mean, running_var, factor)`` (``sigma = sqrt(running_var + eps)``),
-    which are then blended with the batch's as batch norm's; ``limits = (r_max, d_max)``.
-
-    S. Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence in
-    Batch-Normalized Models", NeurIPS 2017, Algorithm 1."""
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias)
-    )
-
-    def run() -> Tensor:
-        if grad:
-            return _TritonRenorm.apply(x, weight, bias, running, limits, eps)
-        return _renorm_forward(x, weight, bias, running, limits, eps)[0]
-
-    key = _key("fwd", x, weight, _Spec("renorm", 0, eps, False), grad)
-    return _guarded(key, run, lambda: _torch_renorm(x, weight, bias, running, limits, eps))
-
-
-class _Switch(NamedTuple):
-    """A SwitchableNorm call's state: the BN running statistics (or ``None``), whether BN's
-    term takes the batch's statistics (``training``), the running-average ``factor``, ``eps``
-    and whether the running statistics are updated."""
-
-    running_mean: Tensor | None
-    running_var: Tensor | None
-    training: bool
-    factor: float
-    eps: float
-    update: bool
-
-
-def _switch_mix(
-    mean_in: Tensor, var_in: Tensor, mean_weight: Tensor, var_weight: Tensor, running: Any,
-    training: bool, factor: float, positions: int, n: int, c: int,
-) -> tuple[Tensor, ...]:  # fmt: skip
-    """``functional.switchable_statistics`` of the per-(sample, channel) IN statistics."""
-    return switchable_statistics(
-        mean_in.view(n, c, 1), var_in.view(n, c, 1), mean_weight, var_weight, *running,
-        training=training, momentum=factor, positions=positions,
-    )  # fmt: skip
-
-
-class _TritonSwitchable(torch.autograd.Function):
-    r"""SwitchableNorm on the two-phase kernels with one set per (sample, channel).
-
-    Forward: the IN statistics (the statistics kernels), their mixture with LN's and BN's
-    (``functional.switchable_statistics`` on ``(N, C)`` tensors), the map kernel with the
-    mixed mean and 1/std. Backward: the kernels' per-(sample, channel) ``sum(dy)`` and
-    ``sum(dy x_hat)`` give ``dL/dmean = -w r sum(dy)`` and ``dL/dvar = -w r^2 sum(dy x_hat) / 2``;
-    the mixture's graph, recomputed on ``(N, C)`` tensors, carries them to the IN statistics
-    (``G_mu``, ``G_var``) and the logits; and since ``dmean_in/dx = 1/S``,
-    ``dvar_in/dx = 2 (x - mean_in) / S``, ``dx = r w dy + Q x + R`` with ``Q = 2 G_var / S``,
-    ``R = G_mu / S - Q mean_in``: the map kernel's form ``r (w dy - x_hat a - b)`` with
-    ``a = -Q / r^2``, ``b = -(Q mean + R) / r``."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        x: Tensor,
-        mean_weight: Tensor,
-        var_weight: Tensor,
-        weight: Tensor | None,
-        bias: Tensor | None,
-        state: _Switch,
-    ) -> Tensor:
-        y, saved = _switch_forward(x, mean_weight, var_weight, weight, bias, state)
-        ctx.save_for_backward(x, mean_weight, var_weight, weight, bias, *saved)
-        ctx.state = state
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, mw, vw, weight, bias, *saved = ctx.saved_tensors
-        st, needs = ctx.state, ctx.needs_input_grad[:5]
-        params = (x, mw, vw, weight, bias)
-        frozen = tuple(saved[4:]) if len(saved) > 4 else (None, None)
-        if torch.is_grad_enabled():  # create_graph=True: the reference math, with a graph
-            grads = _torch_switch_backward(dy, params, frozen, st, needs, True)
-            return (*grads, None)
-        grads = _guarded(
-            _key("bwd", x, weight, _Spec("switchable", 0, st.eps, False), needs, st.training),
-            lambda: _switch_backward(dy, params, saved[:4], frozen, st, needs),
-            lambda: _torch_switch_backward(dy, params, frozen, st, needs, False),
-        )
-        return (*grads, None)
-
-
-def _switch_forward(
-    x: Tensor,
-    mean_weight: Tensor,
-    var_weight: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    st: _Switch,
-) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """``y`` and what the backward needs: the IN mean and variance, the mixed mean and 1/std
-    (flat, per (sample, channel)), and in eval the running statistics as used. Updates the
-    running statistics after ``y`` is written."""
-    if _elsewhere(x):  # Triton launches on the current device: make it x's
-        with torch.cuda.device(x.device):
-            return _switch_forward(x, mean_weight, var_weight, weight, bias, st)
-    plan = _plan(x, fold=False)
-    n, c, s = plan.n, plan.c, plan.s
-    sets = (c, 1)
-    mean_in, _, var_in = _stats(x, plan, sets, st.eps)
-    running = (st.running_mean, st.running_var)
-    with torch.no_grad():
-        mean, var, new_mean, new_var = _switch_mix(
-            mean_in, var_in, mean_weight, var_weight, running, st.training, st.factor, s, n, c
-        )
-    mean, rstd = mean.reshape(-1), torch.rsqrt(var + st.eps).reshape(-1)
-    y = torch.empty_like(x)
-    _kernels()._apply[plan.grid](
-        x, y, mean, rstd, weight, bias, n, c, s, *plan.strides, *sets, plan.spp, plan.nk,
-        plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None, RELU=False, CB=plan.cb,
-        SB=plan.sb, num_warps=plan.warps,
-    )  # fmt: skip
-    saved: tuple[Tensor, ...] = (mean_in, var_in, mean, rstd)
-    batch = st.training or st.running_mean is None or st.running_var is None
-    if not batch:  # eval: BN's term is the running statistics, kept as they were
-        saved += (st.running_mean.clone(), st.running_var.clone())  # type: ignore[union-attr]
-    if st.update:
-        st.running_mean.copy_(new_mean)  # type: ignore[union-attr]
-        st.running_var.copy_(new_var)  # type: ignore[union-attr]
-    return y, saved
-
-
-def _switch_backward(
-    dy: Tensor,
-    params: tuple[Tensor | None, ...],
-    saved: list[Tensor],
-    frozen: tuple[Tensor | None, Tensor | None],
-    st: _Switch,
-    needs: tuple[bool, ...],
-) -> tuple[Tensor | None, ...]:
-    x, mw, vw, weight, bias = params
-    mean_in, var_in, mean, rstd = saved
-    fmt = channels_last_format(x)  # dy in x's layout, which the kernels address
-    dy = dy.contiguous() if fmt is None else dy.contiguous(memory_format=fmt)
-    with torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext():
-        plan = _plan(x, fold=False)
-        n, c, s = plan.n, plan.c, plan.s
-        sets = (c, 1)
-        s_dy, s_dyx = _grad_sums(dy, x, weight, None, mean, rstd, sets, False, plan).sum(3)
-        r = rstd.view(n, c)
-        w = weight.float() if weight is not None else torch.ones_like(r[0])
-        d_mean = -(w * r) * s_dy
-        d_var = -0.5 * (w * r * r) * s_dyx
-        with torch.enable_grad():  # the mixture's graph, on (N, C) tensors
-            leaves = [t.detach().requires_grad_() for t in (mean_in, var_in, mw, vw)]
-            batch = frozen[0] is None
-            m, v = _switch_mix(*leaves, frozen, batch, 0.0, s, n, c)[:2]
-            g_mu, g_var, g_mw, g_vw = torch.autograd.grad(
-                (m, v), leaves, (d_mean.view(n, c, 1), d_var.view(n, c, 1))
-            )
-        q = (2.0 / s) * g_var.view(n, c)
-        rr = g_mu.view(n, c) / s - q * mean_in.view(n, c)
-        a = -q / (r * r)
-        b = -(q * mean.view(n, c) + rr) / r
-        dx = _grad_map(dy, x, weight, None, mean, rstd, a.reshape(-1), b.reshape(-1), sets,
-                       False, plan)  # fmt: skip
-    return (
-        dx if needs[0] else None,
-        g_mw.to(mw.dtype) if needs[1] else None,
-        g_vw.to(vw.dtype) if needs[2] else None,
-        s_dyx.sum(0).to(weight.dtype) if needs[3] else None,
-        s_dy.sum(0).to(bias.dtype) if needs[4] else None,
-    )
-
-
-def _torch_switch_backward(
-    dy: Tensor,
-    params: tuple[Tensor | None, ...],
-    frozen: tuple[Tensor | None, Tensor | None],
-    st: _Switch,
-    needs: tuple[bool, ...],
-    create_graph: bool,
-) -> tuple[Tensor | None, ...]:
-    """The gradients by differentiating ``functional.switchable_norm`` (double backward,
-    fallback); BN's term as in the forward (the batch's, or the running statistics then)."""
-    with torch.enable_grad():
-        inputs = [t for t, need in zip(params, needs, strict=True) if need]
-        x, mw, vw, weight, bias = params
-        batch = frozen[0] is None
-        y = functional.switchable_norm(
-            x, mw, vw, *frozen, weight, bias, training=batch, momentum=0.0, eps=st.eps
-        )[0]
-        grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=create_graph))
-        return tuple(next(grads) if need else None for need in needs)
-
-
-def _torch_switchable(
-    x: Tensor,
-    mean_weight: Tensor,
-    var_weight: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    st: _Switch,
-) -> Tensor:
-    """What :func:`switchable_norm` returns, on torch's kernels: the fallback."""
-    y, new_mean, new_var = functional.switchable_norm(
-        x, mean_weight, var_weight, st.running_mean, st.running_var, weight, bias,
-        training=st.training, momentum=st.factor, eps=st.eps,
-    )  # fmt: skip
-    if st.update:
-        with torch.no_grad():
-            st.running_mean.copy_(new_mean)  # type: ignore[union-attr]
-            st.running_var.copy_(new_var)  # type: ignore[union-attr]
-    return y
-
-
-def switchable_norm(
-    x: Tensor,
-    mean_weight: Tensor,
-    var_weight: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    state: _Switch,
-) -> Tensor:
-    r"""SwitchableNorm of ``x`` ``(N, C, *spatial)``: ``y = w (x - mean) / sqrt(var + eps) + b``
-    with ``mean``, ``var`` softmax mixtures of the IN, LN and BN statistics
-    (``normzoo.functional.switchable_norm``), on the two-phase kernels (see
-    :class:`_TritonSwitchable`). ``state``: :class:`_Switch`.
-
-    P. Luo, J. Ren, Z. Peng, R. Zhang, J. Li, "Differentiable Learning-to-Normalize via
-    Switchable Normalization", ICLR 2019."""
-    params = (x, mean_weight, var_weight, weight, bias)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
-
-    def run() -> Tensor:
-        if grad:
-            return _TritonSwitchable.apply(*params, state)
-        return _switch_forward(*params, state)[0]
-
-    spec = _Spec("switchable", 0, state.eps, False)
-    key = _key("fwd", x, weight, spec, grad, state.training, state.update)
-    return _guarded(key, run, lambda: _torch_switchable(*params, state))
-
-
-class _B0(NamedTuple):
-    """An EvoNorm-B0 call's state: the running variance (or ``None``), whether it is a
-    training call, the running-average ``factor``, ``eps`` and whether the running variance
-    is updated."""
-
-    running_var: Tensor | None
-    training: bool
-    factor: float
-    eps: float
-    update: bool
-
-
-class _TritonB0(torch.autograd.Function):
-    r"""EvoNorm-B0 on the two-phase scheme with one set per (sample, channel).
-
-    Forward: the instance statistics (the statistics kernels), the batch variance from them
-    (``mean_n var_i + mean_n (mu_i - mu_b)^2``, or the running variance in eval), then
-    ``_b0_apply``. Backward, with ``den = max(s_b, v x + s_i)``, ``g = w dy``, ``a`` the share
-    of ``den``'s gradient that goes to ``s_b``:
-
-    .. math::
-        dx = \frac{g}{den} - v (1 - a) \frac{g x}{den^2}
-             - \frac{x - \mu_b}{M s_b} \sum_{N,S} a \frac{g x}{den^2}
-             - \frac{x - \mu_i}{S s_i} \sum_{S} (1 - a) \frac{g x}{den^2}
-
-    (``M = N S``; no batch term in eval), ``dv = -sum (1 - a) g x^2 / den^2``,
-    ``dw = sum dy x / den``, ``db = sum dy``: one sums kernel, one map kernel."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        x: Tensor,
-        v: Tensor,
-        weight: Tensor | None,
-        bias: Tensor | None,
-        state: _B0,
-    ) -> Tensor:
-        y, saved = _b0_forward(x, v, weight, bias, state)
-        ctx.save_for_backward(x, v, weight, bias, *saved)
-        ctx.state = state
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, v, weight, bias, *saved = ctx.saved_tensors
-        st, needs = ctx.state, ctx.needs_input_grad[:4]
-        params = (x, v, weight, bias)
-        batch = st.training or st.running_var is None
-        running = None if batch else saved[3]  # (eval: the running variance as used)
-        if torch.is_grad_enabled():  # create_graph=True: the reference math, with a graph
-            return (*_torch_b0_backward(dy, params, running, st, needs, True), None)
-        grads = _guarded(
-            _key("bwd", x, weight, _Spec("b0", 0, st.eps, False), needs, batch),
-            lambda: _b0_backward(dy, params, saved, batch, needs),
-            lambda: _torch_b0_backward(dy, params, running, st, needs, False),
-        )
-        return (*grads, None)
-
-
-def _b0_forward(
-    x: Tensor, v: Tensor, weight: Tensor | None, bias: Tensor | None, st: _B0
-) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """``y`` and what the backward needs: the instance mean and std ``(N*C,)``, the batch std
-    ``(C,)``, and the batch mean in training or the running variance as used in eval.
-    Updates the running variance after ``y`` is written."""
-    if _elsewhere(x):  # Triton launches on the current device: make it x's
-        with torch.cuda.device(x.device):
-            return _b0_forward(x, v, weight, bias, st)
-    plan = _plan(x, fold=False)
-    n, c, s = plan.n, plan.c, plan.s
-    mean_i, _, var_i = _stats(x, plan, (c, 1), st.eps)
-    batch = st.training or st.running_var is None
-    if batch:  # the batch variance from the instance statistics (equal counts)
-        mi = mean_i.view(n, c)
-        mean_b = mi.mean(0)
-        var_b = var_i.view(n, c).mean(0) + (mi - mean_b).square().mean(0)
-    else:
-        var_b = st.running_var.float()  # type: ignore[union-attr]
-    bstd = torch.sqrt(var_b + st.eps)
-    istd = torch.sqrt(var_i + st.eps)
-    y = torch.empty_like(x)
-    _kernels()._b0_apply[plan.grid](
-        x, y, bstd, istd, v, weight, bias, n, c, s, *plan.strides, plan.spp, plan.nk,
-        plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None, CB=plan.cb, SB=plan.sb,
-        num_warps=plan.warps,
-    )  # fmt: skip
-    last = mean_b if batch else st.running_var.clone()  # type: ignore[union-attr]
-    if st.update:  # as functional.evonorm_b0: BN's update with the unbiased variance
-        m = n * s
-        rv = st.running_var
-        rv.copy_((1 - st.factor) * rv + st.factor * (var_b * (m / max(m - 1, 1))))  # type: ignore[union-attr]
-    return y, (mean_i, istd, bstd, last)
-
-
-def _b0_backward(
-    dy: Tensor,
-    params: tuple[Tensor | None, ...],
-    saved: list[Tensor],
-    batch: bool,
-    needs: tuple[bool, ...],
-) -> tuple[Tensor | None, ...]:
-    x, v, weight, bias = params
-    mean_i, istd, bstd, last = saved
-    fmt = channels_last_format(x)  # dy in x's layout, which the kernels address
-    dy = dy.contiguous() if fmt is None else dy.contiguous(memory_format=fmt)
-    with torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext():
-        plan = _plan(x, fold=False)
-        n, c, s, nk = plan.n, plan.c, plan.s, plan.nk
-        part = torch.empty((5, n, c, nk), device=x.device, dtype=torch.float32)
-        _kernels()._b0_partial_grad[plan.grid](
-            x, dy, bstd, istd, v, weight, part, c, s, *plan.strides, n * c * nk, plan.spp, nk,
-            HAS_W=weight is not None, CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
-        )  # fmt: skip
-        p_a, p_b, p_w, p_dy, p_v = part.sum(3)  # (n, c) each
-        coef = p_b / (s * istd.view(n, c))  # the instance variance's share
-        k1, k0 = coef, coef * mean_i.view(n, c)
-        if batch:  # the batch variance's share
-            coef_b = p_a.sum(0) / (n * s * bstd)
-            k1, k0 = k1 + coef_b, k0 + coef_b * last
-        dx = torch.empty_like(x)
-        _kernels()._b0_apply_grad[plan.grid](
-            x, dy, dx, bstd, istd, v, weight, k1.reshape(-1), k0.reshape(-1), n, c, s,
-            *plan.strides, plan.spp, nk, plan.ncb, HAS_W=weight is not None, CB=plan.cb,
-            SB=plan.sb, num_warps=plan.warps,
-        )  # fmt: skip
-    return (
-        dx if needs[0] else None,
-        (-p_v.sum(0)).to(v.dtype) if needs[1] else None,
-        p_w.sum(0).to(weight.dtype) if needs[2] else None,
-        p_dy.sum(0).to(bias.dtype) if needs[3] else None,
-    )
-
-
-def _torch_b0_backward(
-    dy: Tensor,
-    params: tuple[Tensor | None, ...],
-    running: Tensor | None,
-    st: _B0,
-    needs: tuple[bool, ...],
-    create_graph: bool,
-) -> tuple[Tensor | None, ...]:
-    """The gradients by differentiating ``functional.evonorm_b0`` (double backward,
-    fallback): the batch variance in training, the running one as used in eval."""
-    with torch.enable_grad():
-        inputs = [t for t, need in zip(params, needs, strict=True) if need]
-        x, v, weight, bias = params
-        y = functional.evonorm_b0(
-            x, v, running, weight, bias, training=running is None, momentum=0.0, eps=st.eps
-        )[0]
-        grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=create_graph))
-        return tuple(next(grads) if need else None for need in needs)
-
-
-def _torch_b0(x: Tensor, v: Tensor, weight: Tensor | None, bias: Tensor | None, st: _B0) -> Tensor:
-    """What :func:`evonorm_b0` returns, on torch's kernels: the fallback."""
-    y, new_var = functional.evonorm_b0(
-        x, v, st.running_var, weight, bias, training=st.training, momentum=st.factor, eps=st.eps
-    )
-    if st.update:
-        with torch.no_grad():
-            st.running_var.copy_(new_var)  # type: ignore[union-attr]
-    return y
-
-
-def evonorm_b0(
-    x: Tensor, v: Tensor, weight: Tensor | None, bias: Tensor | None, state: _B0
-) -> Tensor:
-    r"""EvoNorm-B0 of ``x`` ``(N, C, *spatial)``:
-    ``y = x / max(sqrt(Var_B(x) + eps), v x + sqrt(Var_I(x) + eps)) * w + b`` with the batch
-    variance per channel (the running one in eval) and the instance variance per (sample,
-    channel) (``normzoo.functional.evonorm_b0``), on the two-phase scheme (see
-    :class:`_TritonB0`). ``state``: :class:`_B0`.
-
-    H. Liu, A. Brock, K. Simonyan, Q. V. Le, "Evolving Normalization-Activation Layers",
-    NeurIPS 2020."""
-    params = (x, v, weight, bias)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
-
-    def run() -> Tensor:
-        if grad:
-            return _TritonB0.apply(*params, state)
-        return _b0_forward(*params, state)[0]
-
-    spec = _Spec("b0", 0, state.eps, False)
-    key = _key("fwd", x, weight, spec, grad, state.training, state.update)
-    return _guarded(key, run, lambda: _torch_b0(*params, state))
-
-
-def _virtual_batches(n: int, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Each sample's virtual batch ``(n,)`` and each virtual batch's sample count ``(k,)``."""
-    index = torch.arange(n, device=device) // size
-    counts = torch.full(((n + size - 1) // size,), float(size), device=device)
-    counts[-1] = n - size * (counts.numel() - 1)
-    return index, counts
-
-
-def _segment_mean(values: Tensor, index: Tensor, counts: Tensor) -> Tensor:
-    """Per virtual batch, the mean of ``values`` ``(n, C)`` over its samples: ``(k, C)``."""
-    sums = values.new_zeros((counts.numel(), values.shape[1])).index_add_(0, index, values)
-    return sums / counts[:, None]
-
-
-class _TritonGhost(torch.autograd.Function):
-    r"""Ghost Batch Norm on the two-phase kernels with one set per (sample, channel): the
-    instance statistics, each virtual batch's mean and biased variance merged from them
-    (equal counts per sample: ``mean_k var_i + mean_k (mu_i - mu_B)^2``), the map kernel
-    with the sample's virtual-batch statistics. Backward: the kernels' per-(sample,
-    channel) ``sum(dy)``, ``sum(dy x_hat)`` summed per virtual batch give batch norm's
-    coefficients per (virtual batch, channel), and the map-gradient kernel. Returns ``y`` and
-    the virtual batches' ``(k, C)`` means and variances (not differentiable) for the
-    module's running-statistics update."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, size: int, eps: float
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        y, mean, rstd, means, variances = _ghost_forward(x, weight, bias, size, eps)
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
-        ctx.size, ctx.eps = size, eps
-        ctx.mark_non_differentiable(means, variances)
-        return y, means, variances
-
-    @staticmethod
-    def backward(ctx: Any, dy: Tensor, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, weight, bias, mean, rstd = ctx.saved_tensors
-        needs, params = ctx.needs_input_grad[:3], (x, weight, bias)
-        if torch.is_grad_enabled():  # create_graph=True: torch's math, with a graph
-            grads = _torch_ghost_backward(dy, params, ctx.size, ctx.eps, needs, True)
-            return (*grads, None, None)
-        grads = _guarded(
-            _key("bwd", x, weight, _Spec("ghost", ctx.size, ctx.eps, False), needs),
-            lambda: _ghost_backward(dy, params, mean, rstd, ctx.size, needs),
-            lambda: _torch_ghost_backward(dy, params, ctx.size, ctx.eps, needs, False),
-        )
-        return (*grads, None, None)
-
-
-def _ghost_forward(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, size: int, eps: float
-) -> tuple[Tensor, ...]:
-    """``(y, mean, rstd, means, variances)``: the per-(sample, channel) mean and 1/std that the
-    map used (flat) and the virtual batches' ``(k, C)`` means and biased variances."""
-    if _elsewhere(x):  # Triton launches on the current device: make it x's
-        with torch.cuda.device(x.device):
-            return _ghost_forward(x, weight, bias, size, eps)
-    plan = _plan(x, fold=False)
-    n, c = plan.n, plan.c
-    mean_i, _, var_i = _stats(x, plan, (c, 1), eps)
-    index, counts = _virtual_batches(n, size, x.device)
-    mi = mean_i.view(n, c)
-    means = _segment_mean(mi, index, counts)
-    variances = _segment_mean(var_i.view(n, c) + (mi - means[index]).square(), index, counts)
-    mean = means[index].reshape(-1)
-    rstd = torch.rsqrt(variances + eps)[index].reshape(-1)
-    y = torch.empty_like(x)
-    _kernels()._apply[plan.grid](
-        x, y, mean, rstd, weight, bias, n, c, plan.s, *plan.strides, c, 1, plan.spp, plan.nk,
-        plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None, RELU=False, CB=plan.cb,
-        SB=plan.sb, num_warps=plan.warps,
-    )  # fmt: skip
-    return y, mean, rstd, means, variances
-
-
-def _ghost_backward(
-    dy: Tensor,
-    params: tuple[Tensor | None, ...],
-    mean: Tensor,
-    rstd: Tensor,
-    size: int,
-    needs: tuple[bool, ...],
-) -> tuple[Tensor | None, ...]:
-    x, weight, bias = params
-    fmt = channels_last_format(x)  # dy in x's layout, which the kernels address
-    dy = dy.contiguous() if fmt is None else dy.contiguous(memory_format=fmt)
-    with torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext():
-        plan = _plan(x, fold=False)
-        n, c, s = plan.n, plan.c, plan.s
-        sets = (c, 1)
-        s_dy, s_dyx = _grad_sums(dy, x, weight, None, mean, rstd, sets, False, plan).sum(3)
-        index, counts = _virtual_batches(n, size, x.device)
-        # batch norm's b = mean(w dy), a = mean(w dy x_hat) per (virtual batch, channel)
-        b = _segment_mean(s_dy, index, counts) / s
-        a = _segment_mean(s_dyx, index, counts) / s
-        if weight is not None:
-            a, b = a * weight.float(), b * weight.float()
-        dx = _grad_map(dy, x, weight, None, mean, rstd, a[index].reshape(-1),
-                       b[index].reshape(-1), sets, False, plan)  # fmt: skip
-    return (
-        dx if needs[0] else None,
-        s_dyx.sum(0).to(weight.dtype) if needs[1] else None,
-        s_dy.sum(0).to(bias.dtype) if needs[2] else None,
-    )
-
-
-def _torch_ghost(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, size: int, eps: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """What :func:`ghost_batch_norm` returns, on torch's kernels (differentiable): batch norm
-    per virtual batch; the fallback, and double backward."""
-    chunks = x.split(size)
-    with torch.no_grad():
-        stats = [torch.var_mean(t.float(), [0, *range(2, x.dim())], correction=0) for t in chunks]
-    y = torch.cat([F.batch_norm(t, None, None, weight, bias, True, 0.0, eps) for t in chunks])
-    variances, means = (torch.stack(v) for v in zip(*stats, strict=True))
-    return y, means, variances
-
-
-def _torch_ghost_backward(
-    dy: Tensor,
-    params: tuple[Tensor | None, ...],
-    size: int,
-    eps: float,
-    needs: tuple[bool, ...],
-    create_graph: bool,
-) -> tuple[Tensor | None, ...]:
-    with torch.enable_grad():
-        inputs = [t for t, need in zip(params, needs, strict=True) if need]
-        y = _torch_ghost(*params, size, eps)[0]  # type: ignore[arg-type]
-        grads = iter(torch.autograd.grad(y, inputs, dy, create_graph=create_graph))
-        return tuple(next(grads) if need else None for need in needs)
-
-
-def ghost_batch_norm(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, size: int, eps: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    r"""Ghost Batch Norm of ``x`` ``(N, C, *spatial)`` in training: batch norm per virtual
-    batch of ``size`` samples, in order (the last one smaller where ``N`` is not a multiple).
-    Returns ``(y, means, variances)``, the virtual batches' ``(k, C)`` statistics (biased
-    variances), for the caller's running-statistics update (see :class:`_TritonGhost`).
-
-    E. Hoffer, I. Hubara, D. Soudry, "Train longer, generalize better: closing the
-    generalization gap in large batch training of neural networks", NeurIPS 2017."""
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias)
-    )
-
-    def run() -> tuple[Tensor, Tensor, Tensor]:
-        if grad:
-            return _TritonGhost.apply(x, weight, bias, size, eps)
-        y, _, _, means, variances = _ghost_forward(x, weight, bias, size, eps)
-        return y, means, variances
-
-    key = _key("fwd", x, weight, _Spec("ghost", size, eps, False), grad)
-    return _guarded(key, run, lambda: _torch_ghost(x, weight, bias, size, eps))
-
-
-class _TritonFrozen(torch.autograd.Function):
-    r"""FrozenBatchNorm (batch norm with fixed statistics and affine) on the map kernels:
-    ``y = (x - running_mean) / sqrt(running_var + eps) * w + b`` (``relu``: then a ReLU) in one
-    pass, ``dx = w dy / sqrt(running_var + eps)`` (masked by the ReLU, recomputed from ``x``)
-    in one; the statistics, ``w`` and ``b`` are buffers: no gradients of theirs."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, frozen: tuple[Tensor | None, ...], relu: bool
-    ) -> Tensor:
-        y, mean, rstd = _frozen_forward(x, frozen, relu)
-        ctx.save_for_backward(x, mean, rstd, *frozen[2:4])
-        ctx.relu = relu
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, mean, rstd, weight, bias = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: the same map in torch ops
-            scale = (rstd if weight is None else rstd * weight.float()).view(_channel_view(x))
-            if ctx.relu:
-                y = _frozen_reference(x, mean, rstd, weight, bias, False)
-                dy = torch.where(y > 0, dy, 0)
-            return dy * scale.to(dy.dtype), None, None
-        spec = _Spec("frozen", 0, 0.0, ctx.relu)
-        dx = _guarded(
-            _key("bwd", x, weight, spec),
-            lambda: _frozen_backward(dy, x, mean, rstd, weight, bias, ctx.relu),
-            lambda: _frozen_torch_backward(dy, x, mean, rstd, weight, bias, ctx.relu),
-        )
-        return dx, None, None
-
-
-def _channel_view(x: Tensor) -> tuple[int, ...]:
-    return (1, -1) + (1,) * (x.dim() - 2)
-
-
-def _frozen_stats(frozen: tuple[Tensor | None, ...]) -> tuple[Tensor, Tensor]:
-    """``(mean, 1/std)`` in float32 from ``(running_mean, running_var, weight, bias, eps)``."""
-    running_mean, running_var, *_, eps = frozen
-    return running_mean.float(), torch.rsqrt(running_var.float() + eps)  # type: ignore[union-attr]
-
-
-def _frozen_forward(
-    x: Tensor, frozen: tuple[Any, ...], relu: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    if _elsewhere(x):  # Triton launches on the current device: make it x's
-        with torch.cuda.device(x.device):
-            return _frozen_forward(x, frozen, relu)
-    mean, rstd = _frozen_stats(frozen)
-    weight, bias = frozen[2], frozen[3]
-    plan = _plan(x, fold=True)
-    y = torch.empty_like(x)
-    _kernels()._apply[plan.grid](
-        x, y, mean, rstd, weight, bias, plan.n, plan.c, plan.s, *plan.strides, 0, 1, plan.spp,
-        plan.nk, plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu,
-        CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
-    )  # fmt: skip
-    return y, mean, rstd
-
-
-def _frozen_backward(
-    dy: Tensor,
-    x: Tensor,
-    mean: Tensor,
-    rstd: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    relu: bool,
-) -> Tensor:
-    fmt = channels_last_format(x)  # dy in x's layout, which the kernels address
-    dy = dy.contiguous() if fmt is None else dy.contiguous(memory_format=fmt)
-    with torch.cuda.device(x.device) if _elsewhere(x) else contextlib.nullcontext():
-        plan = _plan(x, fold=True)
-        zeros = torch.zeros_like(mean)  # no statistics term: dx = rstd w dy
-        return _grad_map(dy, x, weight, bias, mean, rstd, zeros, zeros, (0, 1), relu, plan)
-
-
-def _frozen_reference(
-    x: Tensor,
-    mean: Tensor,
-    rstd: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    relu: bool,
-) -> Tensor:
-    """The map in torch ops, float32 math (the fallback, and the ReLU's mask there)."""
-    view = _channel_view(x)
-    scale = rstd if weight is None else rstd * weight.float()
-    shift = -mean * scale if bias is None else bias.float() - mean * scale
-    y = x.float() * scale.view(view) + shift.view(view)
-    return (torch.relu(y) if relu else y).to(x.dtype)
-
-
-def _frozen_torch_backward(
-    dy: Tensor,
-    x: Tensor,
-    mean: Tensor,
-    rstd: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    relu: bool,
-) -> Tensor:
-    scale = (rstd if weight is None else rstd * weight.float()).view(_channel_view(x))
-    if relu:
-        dy = torch.where(_frozen_reference(x, mean, rstd, weight, bias, False) > 0, dy, 0)
-    return (dy * scale).to(x.dtype)
-
-
-def frozen_batch_norm(
-    x: Tensor,
-    running_mean: Tensor,
-    running_var: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    eps: float,
-    relu: bool = False,
-) -> Tensor:
-    r"""Batch norm of ``x`` ``(N, C, *spatial)`` with fixed statistics and affine (buffers):
-    ``y = (x - running_mean) / sqrt(running_var + eps) * w + b``, then a ReLU with ``relu``;
-    only ``x`` gets a gradient (see :class:`_TritonFrozen`).
-
-    S. Ioffe, C. Szegedy, "Batch Normalization", ICML 2015, Algorithm 2 (inference)."""
-    frozen = (running_mean, running_var, weight, bias, eps)
-    grad = torch.is_grad_enabled() and x.requires_grad
-
-    def run() -> Tensor:
-        if grad:
-            return _TritonFrozen.apply(x, frozen, relu)
-        return _frozen_forward(x, frozen, relu)[0]
-
-    def fallback() -> Tensor:
-        return _frozen_reference(x, *_frozen_stats(frozen), weight, bias, relu)
-
-    key = _key("fwd", x, weight, _Spec("frozen", 0, 0.0, relu), grad)
-    return _guarded(key, run, fallback)

@@ -606,6 +606,39 @@ def _token_bwd(
 
 
 @triton.jit
+def _b0_chunk(kk, cb, n, C, S, sn, sc, SPP, CB: tl.constexpr):
+    """Channels ``cb*CB ...`` of sample ``n`` (mask, offsets) and positions
+    ``[kk*SPP, min((kk+1)*SPP, S))``: a program's chunk, as :func:`_partial_stats`'s."""
+    cs = cb * CB + tl.arange(0, CB)
+    cmask = cs < C
+    off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
+    s0 = kk * SPP
+    return cs, cmask, off, s0, tl.minimum(s0 + SPP, S)
+
+
+@triton.jit
+def _b0_params(BSTD, ISTD, V, W, n, C, cs, cmask, HAS_W: tl.constexpr, CB: tl.constexpr):
+    """EvoNorm-B0's per-channel batch std, the sample's instance std, ``v`` and ``w``."""
+    bstd = tl.load(BSTD + cs, mask=cmask, other=1.0)
+    istd = tl.load(ISTD + n * C + cs, mask=cmask, other=1.0)
+    v = tl.load(V + cs, mask=cmask, other=0.0).to(tl.float32)
+    w = tl.full([CB], 1.0, tl.float32)
+    if HAS_W:
+        w = tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
+    return bstd, istd, v, w
+
+
+@triton.jit
+def _b0_den(x, bstd, istd, v):
+    """``den = max(bstd, v x + istd)`` and ``a``, the share of ``den``'s gradient that goes to
+    ``bstd``: 1 where it is the larger, 1/2 at a tie (``torch.maximum``), else 0."""
+    inst = v[:, None] * x + istd[:, None]
+    den = tl.maximum(bstd[:, None], inst)
+    a = tl.where(bstd[:, None] > inst, 1.0, tl.where(bstd[:, None] == inst, 0.5, 0.0))
+    return den, a
+
+
+@triton.jit
 def _b0_apply(
     X,
     Y,
@@ -630,29 +663,20 @@ def _b0_apply(
 ):
     """EvoNorm-B0's map ``y = x / max(bstd[c], v[c] x + istd[n, c]) * w[c] + b[c]`` over the
     chunks of :func:`_partial_stats` (per (sample, channel) sets), the last chunk first."""
-    kk = NK - 1 - tl.program_id(0)
-    cb = NCB - 1 - tl.program_id(1)
     n = N - 1 - tl.program_id(2)
-    cs = cb * CB + tl.arange(0, CB)
-    cmask = cs < C
-    bstd = tl.load(BSTD + cs, mask=cmask, other=1.0)
-    istd = tl.load(ISTD + n * C + cs, mask=cmask, other=1.0)
-    v = tl.load(V + cs, mask=cmask, other=0.0).to(tl.float32)
-    w = tl.full([CB], 1.0, tl.float32)
-    if HAS_W:
-        w = tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
+    cs, cmask, off, s0, s_end = _b0_chunk(
+        NK - 1 - tl.program_id(0), NCB - 1 - tl.program_id(1), n, C, S, sn, sc, SPP, CB
+    )
+    bstd, istd, v, w = _b0_params(BSTD, ISTD, V, W, n, C, cs, cmask, HAS_W, CB)
     b = tl.zeros([CB], dtype=tl.float32)
     if HAS_B:
         b = tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)
-    off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
-    s0 = kk * SPP
-    s_end = tl.minimum(s0 + SPP, S)
     for s in range(s0, s_end, SB):
         pos = s + tl.arange(0, SB)
         m = cmask[:, None] & (pos < s_end)[None, :]
         o = off + pos[None, :].to(tl.int64) * ss
         x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
-        den = tl.maximum(bstd[:, None], v[:, None] * x + istd[:, None])
+        den, _ = _b0_den(x, bstd, istd, v)
         y = x / den * w[:, None] + b[:, None]
         tl.store(Y + o, y.to(Y.dtype.element_ty), mask=m)
 
@@ -678,25 +702,14 @@ def _b0_partial_grad(
     CB: tl.constexpr,
     SB: tl.constexpr,
 ):
-    """Per (sample, channel, chunk), with ``den = max(bstd, v x + istd)``, ``g = w dy``,
-    ``q = g x / den^2`` and ``a`` the share of ``den``'s gradient that goes to ``bstd`` (1
-    where it is the larger, 1/2 at a tie, as ``torch.maximum``): ``sum(a q)``,
-    ``sum((1 - a) q)``, ``sum(dy x / den)``, ``sum(dy)``, ``sum((1 - a) q x)``, stored at
+    """Per (sample, channel, chunk), with ``den`` and ``a`` as in :func:`_b0_den`,
+    ``g = w dy`` and ``q = g x / den^2``: ``sum(a q)``, ``sum((1 - a) q)``,
+    ``sum(dy x / den)``, ``sum(dy)``, ``sum((1 - a) q x)``, stored at
     ``P + k * PSTRIDE + (n*C + c)*NK + kk`` for ``k = 0..4``."""
     kk = tl.program_id(0)
-    cb = tl.program_id(1)
     n = tl.program_id(2)
-    cs = cb * CB + tl.arange(0, CB)
-    cmask = cs < C
-    bstd = tl.load(BSTD + cs, mask=cmask, other=1.0)
-    istd = tl.load(ISTD + n * C + cs, mask=cmask, other=1.0)
-    v = tl.load(V + cs, mask=cmask, other=0.0).to(tl.float32)
-    w = tl.full([CB], 1.0, tl.float32)
-    if HAS_W:
-        w = tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
-    off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
-    s0 = kk * SPP
-    s_end = tl.minimum(s0 + SPP, S)
+    cs, cmask, off, s0, s_end = _b0_chunk(kk, tl.program_id(1), n, C, S, sn, sc, SPP, CB)
+    bstd, istd, v, w = _b0_params(BSTD, ISTD, V, W, n, C, cs, cmask, HAS_W, CB)
     p_a = tl.zeros([CB], dtype=tl.float32)
     p_b = tl.zeros([CB], dtype=tl.float32)
     p_w = tl.zeros([CB], dtype=tl.float32)
@@ -708,9 +721,7 @@ def _b0_partial_grad(
         o = off + pos[None, :].to(tl.int64) * ss
         x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
         dy = tl.load(DY + o, mask=m, other=0.0).to(tl.float32)
-        inst = v[:, None] * x + istd[:, None]
-        den = tl.maximum(bstd[:, None], inst)
-        a = tl.where(bstd[:, None] > inst, 1.0, tl.where(bstd[:, None] == inst, 0.5, 0.0))
+        den, a = _b0_den(x, bstd, istd, v)
         q = w[:, None] * dy * x / (den * den)
         p_a += tl.sum(a * q, axis=1)
         p_b += tl.sum((1.0 - a) * q, axis=1)
@@ -752,31 +763,20 @@ def _b0_apply_grad(
     """EvoNorm-B0's ``dx = g / den - v (1 - a) g x / den^2 - x k1[n, c] + k0[n, c]`` (names as
     in :func:`_b0_partial_grad`; ``k1``, ``k0`` carry the statistics' share), the last chunk
     first."""
-    kk = NK - 1 - tl.program_id(0)
-    cb = NCB - 1 - tl.program_id(1)
     n = N - 1 - tl.program_id(2)
-    cs = cb * CB + tl.arange(0, CB)
-    cmask = cs < C
-    bstd = tl.load(BSTD + cs, mask=cmask, other=1.0)
-    istd = tl.load(ISTD + n * C + cs, mask=cmask, other=1.0)
-    v = tl.load(V + cs, mask=cmask, other=0.0).to(tl.float32)
-    w = tl.full([CB], 1.0, tl.float32)
-    if HAS_W:
-        w = tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
+    cs, cmask, off, s0, s_end = _b0_chunk(
+        NK - 1 - tl.program_id(0), NCB - 1 - tl.program_id(1), n, C, S, sn, sc, SPP, CB
+    )
+    bstd, istd, v, w = _b0_params(BSTD, ISTD, V, W, n, C, cs, cmask, HAS_W, CB)
     k1 = tl.load(K1 + n * C + cs, mask=cmask, other=0.0)
     k0 = tl.load(K0 + n * C + cs, mask=cmask, other=0.0)
-    off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
-    s0 = kk * SPP
-    s_end = tl.minimum(s0 + SPP, S)
     for s in range(s0, s_end, SB):
         pos = s + tl.arange(0, SB)
         m = cmask[:, None] & (pos < s_end)[None, :]
         o = off + pos[None, :].to(tl.int64) * ss
         x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
         dy = tl.load(DY + o, mask=m, other=0.0).to(tl.float32)
-        inst = v[:, None] * x + istd[:, None]
-        den = tl.maximum(bstd[:, None], inst)
-        a = tl.where(bstd[:, None] > inst, 1.0, tl.where(bstd[:, None] == inst, 0.5, 0.0))
+        den, a = _b0_den(x, bstd, istd, v)
         g = w[:, None] * dy
         dx = g / den - v[:, None] * (1.0 - a) * g * x / (den * den) - x * k1[:, None] + k0[:, None]
         tl.store(DX + o, dx.to(DX.dtype.element_ty), mask=m)

@@ -12,7 +12,7 @@ from normzoo import functional
 from normzoo._native import kernels as _kernels
 from normzoo._native import zoo_kernels
 from normzoo.functional._stats import compute_dtype
-from normzoo.norms import _triton
+from normzoo.norms import _triton, _triton_zoo
 from normzoo.norms._tokens import use_token_kernels
 from normzoo.norms.batch import BatchNorm, native_batch_norm_backward, use_native_batch_stats
 
@@ -235,7 +235,7 @@ class BatchRenorm(BatchNorm):
         under ``NORMZOO_TRITON=all``, the Triton batch-norm kernels."""
         if self.training and _triton.serves_batch(x, self.weight, self.bias, kind="renorm"):
             running = (self.running_mean, self.running_var, factor)
-            return _triton.batch_renorm(
+            return _triton_zoo.batch_renorm(
                 x, self.weight, self.bias, running, (r_max, d_max), self.eps
             )
         xf = x.to(compute_dtype(x))

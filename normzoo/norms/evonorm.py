@@ -12,7 +12,7 @@ from normzoo import functional
 from normzoo._native import zoo_kernels
 from normzoo._native.zoo_kernels import TOKENS_S0
 from normzoo.functional._stats import compute_dtype
-from normzoo.norms import _gpu, _triton
+from normzoo.norms import _gpu, _triton, _triton_zoo
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view, scale_shift
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map, use_zoo_op
 from normzoo.norms._tokens import b0_tokens, group_tokens, use_token_kernels
@@ -263,8 +263,8 @@ class EvoNormB0(BatchNorm):
         params = (self.v, self.weight, self.bias)
         if self.impl == "fast" and _triton.serves_batch(x, *params, kind="b0"):
             # CUDA, NORMZOO_TRITON=all: the two-phase kernels, per (sample, channel)
-            state = _triton._B0(self.running_var, self.training, factor, self.eps, update)
-            return _triton.evonorm_b0(x, *params, state)
+            state = _triton_zoo.B0State(self.running_var, self.training, factor, self.eps, update)
+            return _triton_zoo.evonorm_b0(x, *params, state)
         if self.impl == "fast" and _gpu.use_fused_math(x):
             running = self.running_var.clone() if update else self.running_var
             y, var = _gpu.evonorm_b0(

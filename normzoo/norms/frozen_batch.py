@@ -10,7 +10,7 @@ from torch import Tensor
 
 from normzoo import _native, functional
 from normzoo._native import zoo_kernels
-from normzoo.norms import _triton
+from normzoo.norms import _triton, _triton_zoo
 from normzoo.norms._row_map import rows
 from normzoo.norms.base import Norm
 
@@ -168,7 +168,7 @@ class FrozenBatchNorm(Norm):
             )
         elif _triton.serves_batch(x, *self._frozen_buffers(), kind="frozen"):
             # CUDA, NORMZOO_TRITON=all: one map kernel each way, the ReLU fused
-            return _triton.frozen_batch_norm(x, *self._frozen_buffers(), self.eps, relu)
+            return _triton_zoo.frozen_batch_norm(x, *self._frozen_buffers(), self.eps, relu)
         elif use_native_affine(x, self.running_mean, self.running_var, self.weight, self.bias):
             args = (self.running_mean, self.running_var, self.weight, self.bias, self.eps, relu)
             if _native.ops_available():  # a C++ autograd node: no Python in the backward

@@ -13,7 +13,7 @@ from torch import Tensor
 from normzoo import _native, functional
 from normzoo._native import kernels as _kernels
 from normzoo.functional._stats import compute_dtype
-from normzoo.norms import _triton
+from normzoo.norms import _triton, _triton_zoo
 from normzoo.norms.batch import (
     NATIVE_MIN_NUMEL,
     BatchNorm,
@@ -241,7 +241,7 @@ class GhostBatchNorm(BatchNorm):
         if _triton.serves_batch(x, self.weight, self.bias, kind="ghost"):
             # CUDA, NORMZOO_TRITON=all: the two-phase kernels, per (sample, channel)
             size = self.virtual_batch_size
-            y, means, variances = _triton.ghost_batch_norm(
+            y, means, variances = _triton_zoo.ghost_batch_norm(
                 x, self.weight, self.bias, size, self.eps
             )
             if update:

@@ -9,7 +9,7 @@ from normzoo import functional
 from normzoo._native import zoo_kernels
 from normzoo.functional._stats import compute_dtype
 from normzoo.functional.switchable import SWITCHABLE_STATISTICS, switchable_statistics
-from normzoo.norms import _gpu, _triton
+from normzoo.norms import _gpu, _triton, _triton_zoo
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map, use_zoo_op
 from normzoo.norms.batch import BatchNorm
@@ -159,10 +159,10 @@ class SwitchableNorm(BatchNorm):
         params = (self.mean_weight, self.var_weight, self.weight, self.bias)
         if self.impl == "fast" and _triton.serves_batch(x, *params, kind="switchable"):
             # CUDA, NORMZOO_TRITON=all: the two-phase kernels, per (sample, channel)
-            state = _triton._Switch(
+            state = _triton_zoo.SwitchableState(
                 self.running_mean, self.running_var, self.training, factor, self.eps, update
             )
-            return _triton.switchable_norm(x, *params, state)
+            return _triton_zoo.switchable_norm(x, *params, state)
         if self.impl == "fast" and _gpu.use_fused_math(x):
             running = (self.running_mean, self.running_var)
             if update:  # the compiled backward may save its inputs: no in-place on them

@@ -1,0 +1,669 @@
+r"""Batch Renorm, SwitchableNorm, EvoNorm-B0, Ghost BN and FrozenBatchNorm on CUDA through the
+Triton kernels of :mod:`normzoo.norms._triton` (FRN, EvoNorm-S0 and channels-first RMSNorm
+are flags of the group kernels there).
+
+Each norm here is a :class:`_Norm`: its forward on the kernels (the output and what the
+backward needs), its backward on the kernels, its reference math (which the backward
+differentiates under ``create_graph=True`` and where its first kernel call fails) and a
+forward fallback on torch's kernels; one autograd Function (:class:`_ZooFunction`) and one
+call path (:func:`_call`, with :func:`_triton._guarded`'s first-call fallback) serve them all.
+
+* **Batch Renorm** ``y = w (r x_hat + d) + b`` is batch norm with the weight ``w r`` and the
+  bias ``w d + b``, ``r`` and ``d`` constants to backprop: the batch-norm kernels, ``r`` and
+  ``d`` from their statistics and the running ones, ``dw = r sum(dy x_hat) + d sum(dy)``.
+* **SwitchableNorm**: per-(sample, channel) statistics (IN's), their mixture with LN's and BN's
+  on ``(N, C)`` tensors, the map kernel; backward through the mixture's small graph.
+* **EvoNorm-B0**: the same statistics (the batch variance merged from them), its own map and
+  backward kernels (``_b0_*``).
+* **Ghost BN**: the same statistics, each virtual batch's merged from its samples'.
+* **FrozenBatchNorm**: the map kernels alone, one pass each way, the ReLU fused.
+
+Written in the eleventh session, when no GPU was lent: checked under Triton's interpreter and
+with the kernels emulated in torch (``tests/triton_interpreter_check.py``, in CI through
+``tests/test_triton.py``); the GPU tests (``tests/test_cuda.py``) have not run yet. Served
+only under ``NORMZOO_TRITON=all`` until ``scripts/gpu_triton_ab.py`` measures them against
+their current CUDA paths.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from normzoo import functional
+from normzoo.functional.switchable import switchable_statistics
+from normzoo.norms import _triton as T
+
+__all__ = [
+    "B0State",
+    "SwitchableState",
+    "batch_renorm",
+    "evonorm_b0",
+    "frozen_batch_norm",
+    "ghost_batch_norm",
+    "switchable_norm",
+]
+
+_Params = tuple[Any, ...]  # (x, parameters...): Tensors or None
+_Saved = tuple[Any, ...]  # what a forward leaves its backward: Tensors or None
+
+
+class _Norm(NamedTuple):
+    """A zoo norm on the kernels: ``forward(params, state) -> (out, saved)``,
+    ``backward(dy, params, saved, state, needs) -> grads`` (``dy`` in ``x``'s layout, on its
+    device), ``reference(params, saved, state) -> y`` (differentiable), and
+    ``fallback(params, state) -> out`` on torch's kernels."""
+
+    kind: str
+    forward: Callable[[_Params, Any], tuple[Any, _Saved]]
+    backward: Callable[[Tensor, _Params, _Saved, Any, tuple[bool, ...]], tuple[Any, ...]]
+    reference: Callable[[_Params, _Saved, Any], Tensor]
+    fallback: Callable[[_Params, Any], Any]
+
+
+def _zoo_forward(norm: _Norm, params: _Params, state: Any) -> tuple[Any, _Saved]:
+    """``norm.forward`` on ``x``'s GPU: every forward here launches its kernels through this."""
+    with T._device_of(params[0]):
+        return norm.forward(params, state)
+
+
+def _state_key(state: Any) -> tuple[Any, ...]:
+    """The options of a state that select code (flags, sizes), not its floats (a cumulative
+    momentum changes every step) or tensors."""
+    return tuple(v for v in state if isinstance(v, bool | int))
+
+
+class _ZooFunction(torch.autograd.Function):
+    """``norm``'s output from the kernels; gradients of ``params`` (``x`` first) from its
+    backward kernels, or under ``create_graph=True`` by differentiating its reference math.
+    Outputs after the first (statistics) are not differentiable."""
+
+    @staticmethod
+    def forward(ctx: Any, norm: _Norm, state: Any, *params: Tensor | None) -> Any:  # type: ignore[override]
+        out, saved = _zoo_forward(norm, params, state)
+        ctx.save_for_backward(*params, *saved)
+        ctx.norm, ctx.state, ctx.count = norm, state, len(params)
+        if isinstance(out, tuple):
+            ctx.mark_non_differentiable(*out[1:])
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        tensors = ctx.saved_tensors
+        params, saved = tuple(tensors[: ctx.count]), tuple(tensors[ctx.count :])
+        norm, state, needs = ctx.norm, ctx.state, ctx.needs_input_grad[2:]
+
+        def reference(create_graph: bool) -> tuple[Tensor | None, ...]:
+            y = functools.partial(norm.reference, params, saved, state)
+            return T._differentiate(y, params, needs, dy, create_graph)
+
+        if torch.is_grad_enabled():  # create_graph=True: the reference math, with a graph
+            return (None, None, *reference(True))
+
+        def kernels() -> tuple[Tensor | None, ...]:
+            with T._device_of(params[0]):
+                return norm.backward(T._in_layout(dy, params[0]), params, saved, state, needs)
+
+        spec = T._Spec(norm.kind, 0, 0.0, False)
+        key = T._key("bwd", params, spec, needs, *_state_key(state))
+        return (None, None, *T._guarded(key, kernels, lambda: reference(False)))
+
+
+def _call(norm: _Norm, state: Any, *params: Tensor | None) -> Any:
+    """``norm`` of ``params`` through :class:`_ZooFunction` where autograd needs it, else its
+    forward alone; its fallback where this kind of call fails the first time."""
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
+
+    def run() -> Any:
+        if grad:
+            return _ZooFunction.apply(norm, state, *params)
+        return _zoo_forward(norm, params, state)[0]
+
+    spec = T._Spec(norm.kind, 0, 0.0, False)
+    key = T._key("fwd", params, spec, grad, *_state_key(state))
+    return T._guarded(key, run, lambda: norm.fallback(params, state))
+
+
+def _map(x: Tensor, plan: T._Plan, mean: Tensor, rstd: Tensor, *affine: Any, **kw: Any) -> Tensor:
+    """The map kernel ``y = (x - mean[set]) rstd[set] w[c] + b[c]``: ``affine = (w, b,
+    set_n)`` with ``set_n`` 0 per channel, ``C`` per (sample, channel); ``kw``: ``RELU``."""
+    weight, bias, set_n = affine
+    y = torch.empty_like(x)
+    T._kernels()._apply[plan.grid](
+        x, y, mean, rstd, weight, bias, plan.n, plan.c, plan.s, *plan.strides, set_n, 1,
+        plan.spp, plan.nk, plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None,
+        RELU=kw.get("RELU", False), CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
+    )  # fmt: skip
+    return y
+
+
+def _instance_stats(x: Tensor, eps: float) -> tuple[T._Plan, Tensor, Tensor]:
+    """The per-(sample, channel) plan, mean and biased variance ``(N, C)`` (the statistics
+    kernels with one set per sample and channel)."""
+    plan = T._plan(x, fold=False)
+    mean, _, var = T._stats(x, plan, (plan.c, 1), eps)
+    return plan, mean.view(plan.n, plan.c), var.view(plan.n, plan.c)
+
+
+def _channel_view(x: Tensor) -> tuple[int, ...]:
+    return (1, -1) + (1,) * (x.dim() - 2)
+
+
+def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """``y w + b`` per channel, in float32."""
+    view = _channel_view(y)
+    if weight is not None:
+        y = y * weight.float().view(view)
+    if bias is not None:
+        y = y + bias.float().view(view)
+    return y
+
+
+# -- Batch Renorm -------------------------------------------------------------------------------
+class _Renorm(NamedTuple):
+    running_mean: Tensor
+    running_var: Tensor
+    factor: float
+    r_max: float
+    d_max: float
+    eps: float
+
+
+def _renorm_coefficients(mean: Tensor, rstd: Tensor, st: _Renorm) -> tuple[Tensor, Tensor]:
+    """``r = clip(sigma_B / sigma, 1/r_max, r_max)``, ``d = clip((mu_B - mu) / sigma, +-d_max)``
+    with ``sigma = sqrt(running_var + eps)``, in float32."""
+    sigma = torch.sqrt(st.running_var.float() + st.eps)
+    r = (rstd.reciprocal() / sigma).clamp_(1.0 / st.r_max, st.r_max)
+    d = ((mean - st.running_mean.float()) / sigma).clamp_(-st.d_max, st.d_max)
+    return r, d
+
+
+def _blend(st: Any, mean: Tensor | None, var: Tensor, m: int) -> None:
+    """The running statistics blended as batch norm's: ``lerp_`` with the unbiased variance."""
+    if mean is not None:
+        st.running_mean.lerp_(mean.to(st.running_mean.dtype), st.factor)
+    st.running_var.lerp_((var * (m / max(m - 1, 1))).to(st.running_var.dtype), st.factor)
+
+
+def _renorm_forward(params: _Params, st: _Renorm) -> tuple[Tensor, _Saved]:
+    """The statistics, ``r`` and ``d``, the map with the weight ``w r`` and the bias
+    ``w d + b``; the running statistics blended after ``y`` is written (a first call that
+    fails has touched nothing)."""
+    x, weight, bias = params
+    plan = T._plan(x, fold=True)
+    mean, rstd, var = T._stats(x, plan, (0, 1), st.eps)
+    r, d = _renorm_coefficients(mean, rstd, st)
+    scale = r if weight is None else weight.float() * r
+    shift = d if weight is None else weight.float() * d
+    y = _map(x, plan, mean, rstd, scale, shift if bias is None else shift + bias.float(), 0)
+    _blend(st, mean, var, x.numel() // x.shape[1])
+    return y, (mean, rstd, r, d)
+
+
+def _renorm_backward(
+    dy: Tensor, params: _Params, saved: _Saved, st: _Renorm, needs: tuple[bool, ...]
+) -> tuple[Tensor | None, ...]:
+    """Batch norm's backward with the weight ``w r``; ``dw = r sum(dy x_hat) + d sum(dy)``."""
+    x, weight, bias = params
+    mean, rstd, r, d = saved
+    scale = r if weight is None else weight.float() * r
+    dx, sum_dy_xhat, sum_dy = T._two_phase_backward(dy, x, scale, None, mean, rstd, (0, 1), False)
+    return (
+        dx if needs[0] else None,
+        (r * sum_dy_xhat + d * sum_dy).to(weight.dtype) if needs[1] else None,
+        sum_dy.to(bias.dtype) if needs[2] else None,
+    )
+
+
+def _renorm_reference(params: _Params, saved: _Saved, st: _Renorm) -> Tensor:
+    """``w (r x_hat + d) + b`` on torch's kernels with the saved ``r`` and ``d`` (constants)."""
+    x, weight, bias = params
+    r, d = saved[2], saved[3]
+    view = _channel_view(x)
+    xhat = F.batch_norm(x.float(), None, None, None, None, True, 0.0, st.eps)
+    return _affine(xhat * r.view(view) + d.view(view), weight, bias).to(x.dtype)
+
+
+def _renorm_fallback(params: _Params, st: _Renorm) -> Tensor:
+    x = params[0]
+    with torch.no_grad():
+        var, mean = torch.var_mean(x.float(), [0, *range(2, x.dim())], correction=0)
+        saved = (mean, var, *_renorm_coefficients(mean, torch.rsqrt(var + st.eps), st))
+    y = _renorm_reference(params, saved, st)
+    with torch.no_grad():
+        _blend(st, mean, var, x.numel() // x.shape[1])
+    return y
+
+
+_RENORM = _Norm("renorm", _renorm_forward, _renorm_backward, _renorm_reference, _renorm_fallback)
+
+
+def batch_renorm(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running: tuple[Tensor, Tensor, float],
+    limits: tuple[float, float],
+    eps: float,
+) -> Tensor:
+    r"""Training-mode Batch Renorm of ``x`` ``(N, C, *spatial)`` on the batch-norm kernels:
+    ``y = w ((x - mu_B) / sigma_B * r + d) + b`` with ``r = clip(sigma_B / sigma, 1/r_max,
+    r_max)`` and ``d = clip((mu_B - mu) / sigma, -d_max, d_max)`` from the running statistics
+    ``running = (running_mean, running_var, factor)`` (``sigma = sqrt(running_var + eps)``),
+    which are then blended with the batch's as batch norm's; ``limits = (r_max, d_max)``.
+
+    S. Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence in
+    Batch-Normalized Models", NeurIPS 2017, Algorithm 1."""
+    return _call(_RENORM, _Renorm(*running, *limits, eps), x, weight, bias)
+
+
+# -- SwitchableNorm ----------------------------------------------------------------------------
+class SwitchableState(NamedTuple):
+    """A SwitchableNorm call's state: the BN running statistics (or ``None``), whether BN's
+    term takes the batch's statistics (``training``), the running-average ``factor``, ``eps``
+    and whether the running statistics are updated."""
+
+    running_mean: Tensor | None
+    running_var: Tensor | None
+    training: bool
+    factor: float
+    eps: float
+    update: bool
+
+
+def _switch_mix(
+    mean_in: Tensor, var_in: Tensor, logits: tuple[Tensor, Tensor], running: Any,
+    training: bool, factor: float, positions: int,
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """``functional.switchable_statistics`` of the IN statistics ``(N, C)``."""
+    n, c = mean_in.shape
+    return switchable_statistics(
+        mean_in.view(n, c, 1), var_in.view(n, c, 1), *logits, *running, training=training,
+        momentum=factor, positions=positions,
+    )  # fmt: skip
+
+
+def _switch_forward(params: _Params, st: SwitchableState) -> tuple[Tensor, _Saved]:
+    """The IN statistics, their mixture, the map with the mixed mean and 1/std; in eval the
+    running statistics as used are saved; the running statistics updated after ``y``."""
+    x, mean_weight, var_weight, weight, bias = params
+    plan, mean_in, var_in = _instance_stats(x, st.eps)
+    running = (st.running_mean, st.running_var)
+    with torch.no_grad():
+        mix = (mean_weight, var_weight)
+        mean, var, new_mean, new_var = _switch_mix(
+            mean_in, var_in, mix, running, st.training, st.factor, plan.s
+        )
+    mean, rstd = mean.reshape(-1), torch.rsqrt(var + st.eps).reshape(-1)
+    y = _map(x, plan, mean, rstd, weight, bias, plan.c)
+    batch = st.training or st.running_mean is None or st.running_var is None
+    frozen = (None, None) if batch else (st.running_mean.clone(), st.running_var.clone())  # type: ignore[union-attr]
+    if st.update:
+        st.running_mean.copy_(new_mean)  # type: ignore[union-attr]
+        st.running_var.copy_(new_var)  # type: ignore[union-attr]
+    return y, (mean_in, var_in, mean, rstd, *frozen)
+
+
+def _switch_backward(
+    dy: Tensor, params: _Params, saved: _Saved, st: SwitchableState, needs: tuple[bool, ...]
+) -> tuple[Tensor | None, ...]:
+    r"""The kernels' per-(sample, channel) ``sum(dy)``, ``sum(dy x_hat)`` give
+    ``dL/dmean = -w r sum(dy)``, ``dL/dvar = -w r^2 sum(dy x_hat) / 2``; the mixture's graph
+    (recomputed on ``(N, C)`` tensors) carries them to the IN statistics (``G_mu``,
+    ``G_var``) and the logits; with ``dmean_in/dx = 1/S``, ``dvar_in/dx = 2 (x - mean_in)/S``:
+    ``dx = r w dy + Q x + R``, ``Q = 2 G_var / S``, ``R = G_mu / S - Q mean_in``, the
+    map-gradient kernel's ``r (w dy - x_hat a - b)`` with ``a = -Q / r^2``,
+    ``b = -(Q mean + R) / r``."""
+    x, mw, vw, weight, bias = params
+    mean_in, var_in, mean, rstd, *frozen = saved
+    plan = T._plan(x, fold=False)
+    n, c, s = plan.n, plan.c, plan.s
+    sets = (c, 1)
+    s_dy, s_dyx = T._grad_sums(dy, x, weight, None, mean, rstd, sets, False, plan).sum(3)
+    r = rstd.view(n, c)
+    w = weight.float() if weight is not None else torch.ones_like(r[0])
+    with torch.enable_grad():  # the mixture's graph, on (N, C) tensors
+        leaves = [t.detach().requires_grad_() for t in (mean_in, var_in, mw, vw)]
+        m, v = _switch_mix(*leaves[:2], leaves[2:], frozen, frozen[0] is None, 0.0, s)[:2]
+        d_mean, d_var = -(w * r) * s_dy, -0.5 * (w * r * r) * s_dyx
+        g_mu, g_var, g_mw, g_vw = torch.autograd.grad(
+            (m, v), leaves, (d_mean.view(n, c, 1), d_var.view(n, c, 1))
+        )
+    q = (2.0 / s) * g_var.view(n, c)
+    rr = g_mu.view(n, c) / s - q * mean_in
+    a = (-q / (r * r)).reshape(-1)
+    b = (-(q * mean.view(n, c) + rr) / r).reshape(-1)
+    dx = T._grad_map(dy, x, weight, None, mean, rstd, a, b, sets, False, plan)
+    return (
+        dx if needs[0] else None,
+        g_mw.to(mw.dtype) if needs[1] else None,
+        g_vw.to(vw.dtype) if needs[2] else None,
+        s_dyx.sum(0).to(weight.dtype) if needs[3] else None,
+        s_dy.sum(0).to(bias.dtype) if needs[4] else None,
+    )
+
+
+def _switch_reference(params: _Params, saved: _Saved, st: SwitchableState) -> Tensor:
+    """``functional.switchable_norm`` with BN's term as in the forward (the batch's, or the
+    running statistics then)."""
+    x, mw, vw, weight, bias = params
+    running = saved[4:]
+    batch = running[0] is None
+    return functional.switchable_norm(
+        x, mw, vw, *running, weight, bias, training=batch, momentum=0.0, eps=st.eps
+    )[0]
+
+
+def _switch_fallback(params: _Params, st: SwitchableState) -> Tensor:
+    x, mw, vw, weight, bias = params
+    y, new_mean, new_var = functional.switchable_norm(
+        x, mw, vw, st.running_mean, st.running_var, weight, bias,
+        training=st.training, momentum=st.factor, eps=st.eps,
+    )  # fmt: skip
+    if st.update:
+        with torch.no_grad():
+            st.running_mean.copy_(new_mean)  # type: ignore[union-attr]
+            st.running_var.copy_(new_var)  # type: ignore[union-attr]
+    return y
+
+
+_SWITCH = _Norm(
+    "switchable", _switch_forward, _switch_backward, _switch_reference, _switch_fallback
+)
+
+
+def switchable_norm(
+    x: Tensor,
+    mean_weight: Tensor,
+    var_weight: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    state: SwitchableState,
+) -> Tensor:
+    r"""SwitchableNorm of ``x`` ``(N, C, *spatial)``: ``y = w (x - mean) / sqrt(var + eps) + b``
+    with ``mean``, ``var`` softmax mixtures of the IN, LN and BN statistics
+    (``normzoo.functional.switchable_norm``), on the two-phase kernels with one set per
+    (sample, channel).
+
+    P. Luo, J. Ren, Z. Peng, R. Zhang, J. Li, "Differentiable Learning-to-Normalize via
+    Switchable Normalization", ICLR 2019."""
+    return _call(_SWITCH, state, x, mean_weight, var_weight, weight, bias)
+
+
+# -- EvoNorm-B0 --------------------------------------------------------------------------------
+class B0State(NamedTuple):
+    """An EvoNorm-B0 call's state: the running variance (or ``None``), whether it is a
+    training call, the running-average ``factor``, ``eps`` and whether the running variance
+    is updated."""
+
+    running_var: Tensor | None
+    training: bool
+    factor: float
+    eps: float
+    update: bool
+
+
+def _b0_forward(params: _Params, st: B0State) -> tuple[Tensor, _Saved]:
+    """The instance statistics, the batch variance from them (equal counts:
+    ``mean_n var_i + mean_n (mu_i - mu_b)^2``; the running one in eval), ``_b0_apply``; the
+    running variance updated after ``y`` (as ``functional.evonorm_b0``)."""
+    x, v, weight, bias = params
+    plan, mean_i, var_i = _instance_stats(x, st.eps)
+    n, c, s = plan.n, plan.c, plan.s
+    batch = st.training or st.running_var is None
+    mean_b = frozen = None
+    if batch:
+        mean_b = mean_i.mean(0)
+        var_b = var_i.mean(0) + (mean_i - mean_b).square().mean(0)
+    else:
+        frozen = st.running_var.clone()  # type: ignore[union-attr]
+        var_b = frozen.float()
+    bstd, istd = torch.sqrt(var_b + st.eps), torch.sqrt(var_i + st.eps).reshape(-1)
+    y = torch.empty_like(x)
+    T._kernels()._b0_apply[plan.grid](
+        x, y, bstd, istd, v, weight, bias, n, c, s, *plan.strides, plan.spp, plan.nk,
+        plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None, CB=plan.cb, SB=plan.sb,
+        num_warps=plan.warps,
+    )  # fmt: skip
+    if st.update:
+        m, rv = n * s, st.running_var
+        rv.copy_((1 - st.factor) * rv + st.factor * (var_b * (m / max(m - 1, 1))))  # type: ignore[union-attr]
+    return y, (mean_i, istd, bstd, mean_b, frozen)
+
+
+def _b0_backward(
+    dy: Tensor, params: _Params, saved: _Saved, st: B0State, needs: tuple[bool, ...]
+) -> tuple[Tensor | None, ...]:
+    r"""With ``den = max(s_b, v x + s_i)``, ``g = w dy``, ``a`` the share of ``den``'s gradient
+    that goes to ``s_b`` (``torch.maximum``'s split at ties):
+
+    .. math::
+        dx = \frac{g}{den} - v (1 - a) \frac{g x}{den^2}
+             - \frac{x - \mu_b}{M s_b} \sum_{N,S} a \frac{g x}{den^2}
+             - \frac{x - \mu_i}{S s_i} \sum_{S} (1 - a) \frac{g x}{den^2}
+
+    (``M = N S``; no batch term in eval), ``dv = -sum (1 - a) g x^2 / den^2``,
+    ``dw = sum dy x / den``, ``db = sum dy``: one sums kernel, one map kernel."""
+    x, v, weight, bias = params
+    mean_i, istd, bstd, mean_b, _ = saved
+    plan = T._plan(x, fold=False)
+    n, c, s, nk = plan.n, plan.c, plan.s, plan.nk
+    part = torch.empty((5, n, c, nk), device=x.device, dtype=torch.float32)
+    T._kernels()._b0_partial_grad[plan.grid](
+        x, dy, bstd, istd, v, weight, part, c, s, *plan.strides, n * c * nk, plan.spp, nk,
+        HAS_W=weight is not None, CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
+    )  # fmt: skip
+    p_a, p_b, p_w, p_dy, p_v = part.sum(3)  # (n, c) each
+    k1 = p_b / (s * istd.view(n, c))  # the instance variance's share
+    k0 = k1 * mean_i
+    if mean_b is not None:  # training: the batch variance's share
+        coef = p_a.sum(0) / (n * s * bstd)
+        k1, k0 = k1 + coef, k0 + coef * mean_b
+    dx = torch.empty_like(x)
+    T._kernels()._b0_apply_grad[plan.grid](
+        x, dy, dx, bstd, istd, v, weight, k1.reshape(-1), k0.reshape(-1), n, c, s,
+        *plan.strides, plan.spp, nk, plan.ncb, HAS_W=weight is not None, CB=plan.cb,
+        SB=plan.sb, num_warps=plan.warps,
+    )  # fmt: skip
+    return (
+        dx if needs[0] else None,
+        (-p_v.sum(0)).to(v.dtype) if needs[1] else None,
+        p_w.sum(0).to(weight.dtype) if needs[2] else None,
+        p_dy.sum(0).to(bias.dtype) if needs[3] else None,
+    )
+
+
+def _b0_reference(params: _Params, saved: _Saved, st: B0State) -> Tensor:
+    """``functional.evonorm_b0``: the batch variance in training, the running one as used in
+    eval."""
+    x, v, weight, bias = params
+    frozen = saved[4]
+    return functional.evonorm_b0(
+        x, v, frozen, weight, bias, training=frozen is None, momentum=0.0, eps=st.eps
+    )[0]
+
+
+def _b0_fallback(params: _Params, st: B0State) -> Tensor:
+    x, v, weight, bias = params
+    y, new_var = functional.evonorm_b0(
+        x, v, st.running_var, weight, bias, training=st.training, momentum=st.factor, eps=st.eps
+    )
+    if st.update:
+        with torch.no_grad():
+            st.running_var.copy_(new_var)  # type: ignore[union-attr]
+    return y
+
+
+_B0 = _Norm("b0", _b0_forward, _b0_backward, _b0_reference, _b0_fallback)
+
+
+def evonorm_b0(
+    x: Tensor, v: Tensor, weight: Tensor | None, bias: Tensor | None, state: B0State
+) -> Tensor:
+    r"""EvoNorm-B0 of ``x`` ``(N, C, *spatial)``:
+    ``y = x / max(sqrt(Var_B(x) + eps), v x + sqrt(Var_I(x) + eps)) * w + b`` with the batch
+    variance per channel (the running one in eval) and the instance variance per (sample,
+    channel) (``normzoo.functional.evonorm_b0``).
+
+    H. Liu, A. Brock, K. Simonyan, Q. V. Le, "Evolving Normalization-Activation Layers",
+    NeurIPS 2020."""
+    return _call(_B0, state, x, v, weight, bias)
+
+
+# -- Ghost Batch Norm --------------------------------------------------------------------------
+class _Ghost(NamedTuple):
+    size: int
+    eps: float
+
+
+def _virtual_batches(n: int, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Each sample's virtual batch ``(n,)`` and each virtual batch's sample count ``(k,)``."""
+    index = torch.arange(n, device=device) // size
+    counts = torch.full(((n + size - 1) // size,), float(size), device=device)
+    counts[-1] = n - size * (counts.numel() - 1)
+    return index, counts
+
+
+def _segment_mean(values: Tensor, index: Tensor, counts: Tensor) -> Tensor:
+    """Per virtual batch, the mean of ``values`` ``(n, C)`` over its samples: ``(k, C)``."""
+    sums = values.new_zeros((counts.numel(), values.shape[1])).index_add_(0, index, values)
+    return sums / counts[:, None]
+
+
+def _ghost_forward(params: _Params, st: _Ghost) -> tuple[tuple[Tensor, ...], _Saved]:
+    """``(y, means, variances)`` with the virtual batches' ``(k, C)`` statistics (biased
+    variances, merged from the samples': ``mean_k var_i + mean_k (mu_i - mu_B)^2``) for the
+    module's running-statistics update; saves each sample's mean and 1/std (flat)."""
+    x, weight, bias = params
+    plan, mean_i, var_i = _instance_stats(x, st.eps)
+    index, counts = _virtual_batches(plan.n, st.size, x.device)
+    means = _segment_mean(mean_i, index, counts)
+    variances = _segment_mean(var_i + (mean_i - means[index]).square(), index, counts)
+    mean = means[index].reshape(-1)
+    rstd = torch.rsqrt(variances + st.eps)[index].reshape(-1)
+    return (_map(x, plan, mean, rstd, weight, bias, plan.c), means, variances), (mean, rstd)
+
+
+def _ghost_backward(
+    dy: Tensor, params: _Params, saved: _Saved, st: _Ghost, needs: tuple[bool, ...]
+) -> tuple[Tensor | None, ...]:
+    """The kernels' per-(sample, channel) sums, summed per virtual batch, give batch norm's
+    coefficients per (virtual batch, channel); then the map-gradient kernel."""
+    x, weight, bias = params
+    mean, rstd = saved
+    plan = T._plan(x, fold=False)
+    sets = (plan.c, 1)
+    s_dy, s_dyx = T._grad_sums(dy, x, weight, None, mean, rstd, sets, False, plan).sum(3)
+    index, counts = _virtual_batches(plan.n, st.size, x.device)
+    b = _segment_mean(s_dy, index, counts) / plan.s  # mean(dy), mean(dy x_hat) per batch
+    a = _segment_mean(s_dyx, index, counts) / plan.s
+    if weight is not None:
+        a, b = a * weight.float(), b * weight.float()
+    a, b = a[index].reshape(-1), b[index].reshape(-1)
+    dx = T._grad_map(dy, x, weight, None, mean, rstd, a, b, sets, False, plan)
+    return (
+        dx if needs[0] else None,
+        s_dyx.sum(0).to(weight.dtype) if needs[1] else None,
+        s_dy.sum(0).to(bias.dtype) if needs[2] else None,
+    )
+
+
+def _ghost_fallback(params: _Params, st: _Ghost) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch norm per virtual batch on torch's kernels (differentiable), and the statistics."""
+    x, weight, bias = params
+    chunks = x.split(st.size)
+    with torch.no_grad():
+        dims = [0, *range(2, x.dim())]
+        stats = [torch.var_mean(t.float(), dims, correction=0) for t in chunks]
+    y = torch.cat([F.batch_norm(t, None, None, weight, bias, True, 0.0, st.eps) for t in chunks])
+    variances, means = (torch.stack(v) for v in zip(*stats, strict=True))
+    return y, means, variances
+
+
+_GHOST = _Norm(
+    "ghost", _ghost_forward, _ghost_backward, lambda p, _, st: _ghost_fallback(p, st)[0],
+    _ghost_fallback,
+)  # fmt: skip
+
+
+def ghost_batch_norm(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, size: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Ghost Batch Norm of ``x`` ``(N, C, *spatial)`` in training: batch norm per virtual
+    batch of ``size`` samples, in order (the last one smaller where ``N`` is not a multiple).
+    Returns ``(y, means, variances)``, the virtual batches' ``(k, C)`` statistics (biased
+    variances), for the caller's running-statistics update.
+
+    E. Hoffer, I. Hubara, D. Soudry, "Train longer, generalize better: closing the
+    generalization gap in large batch training of neural networks", NeurIPS 2017."""
+    return _call(_GHOST, _Ghost(size, eps), x, weight, bias)
+
+
+# -- FrozenBatchNorm ---------------------------------------------------------------------------
+class _Frozen(NamedTuple):
+    running_mean: Tensor
+    running_var: Tensor
+    weight: Tensor | None
+    bias: Tensor | None
+    eps: float
+    relu: bool
+
+
+def _frozen_forward(params: _Params, st: _Frozen) -> tuple[Tensor, _Saved]:
+    """The map kernel with the fixed statistics; saves them (float32) and the affine."""
+    x = params[0]
+    mean = st.running_mean.float()
+    rstd = torch.rsqrt(st.running_var.float() + st.eps)
+    y = _map(x, T._plan(x, fold=True), mean, rstd, st.weight, st.bias, 0, RELU=st.relu)
+    return y, (mean, rstd, st.weight, st.bias)
+
+
+def _frozen_backward(
+    dy: Tensor, params: _Params, saved: _Saved, st: _Frozen, needs: tuple[bool, ...]
+) -> tuple[Tensor | None, ...]:
+    """``dx = w dy / sqrt(running_var + eps)`` (masked by the ReLU, recomputed from ``x``):
+    the map-gradient kernel with no statistics term."""
+    x = params[0]
+    mean, rstd, weight, bias = saved
+    zeros = torch.zeros_like(mean)
+    plan = T._plan(x, fold=True)
+    return (T._grad_map(dy, x, weight, bias, mean, rstd, zeros, zeros, (0, 1), st.relu, plan),)
+
+
+def _frozen_reference(params: _Params, saved: _Saved, st: _Frozen) -> Tensor:
+    """The map in torch ops (float32 math)."""
+    x = params[0]
+    mean, rstd, weight, bias = saved
+    view = _channel_view(x)
+    y = _affine((x.float() - mean.view(view)) * rstd.view(view), weight, bias)
+    return (torch.relu(y) if st.relu else y).to(x.dtype)
+
+
+def _frozen_fallback(params: _Params, st: _Frozen) -> Tensor:
+    saved = (st.running_mean.float(), torch.rsqrt(st.running_var.float() + st.eps))
+    return _frozen_reference(params, (*saved, st.weight, st.bias), st)
+
+
+_FROZEN = _Norm("frozen", _frozen_forward, _frozen_backward, _frozen_reference, _frozen_fallback)
+
+
+def frozen_batch_norm(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    relu: bool = False,
+) -> Tensor:
+    r"""Batch norm of ``x`` ``(N, C, *spatial)`` with fixed statistics and affine (buffers):
+    ``y = (x - running_mean) / sqrt(running_var + eps) * w + b``, then a ReLU with ``relu``;
+    only ``x`` gets a gradient. One map kernel each way.
+
+    S. Ioffe, C. Szegedy, "Batch Normalization", ICML 2015, Algorithm 2 (inference)."""
+    return _call(_FROZEN, _Frozen(running_mean, running_var, weight, bias, eps, relu), x)
