@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks, as one prepared script for a machine with one CUDA GPU and PyTorch installed:
-#   test       tests/test_cuda.py but the fused path's and the Triton kernels' tests: every
-#              norm on the GPU (CPU parity, torch.nn parity, layouts, bf16 inputs, float64
-#              gradcheck);
-#   tritontest tests/test_cuda.py's Triton tests: every kernel forced on every input it
+#   test       tests/test_cuda.py but the fused path's test: every norm on the GPU (CPU parity,
+#              torch.nn parity, layouts, bf16 inputs, float64 gradcheck);
+#   tritontest tests/test_triton_gpu.py: every Triton kernel forced on every input it
 #              supports (outputs, gradients, running statistics, layouts, half inputs, double
 #              backward, dispatch), with a limit of its own (each kernel variant compiles);
 #   fusedtest  tests/test_cuda.py's fused-path test (compiles with Triton: 2-53 s per kind of
@@ -52,11 +51,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 
 if [[ $steps == *" test "* ]]; then
     limit "${TEST_LIMIT:-200}" "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
-        -k "not fused and not triton" 2>&1 | tee "$out/test_cuda.log"
+        -k "not fused" 2>&1 | tee "$out/test_cuda.log"
 fi
 if [[ $steps == *" tritontest "* ]]; then
-    limit "${TRITONTEST_LIMIT:-300}" "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
-        -k "triton" 2>&1 | tee "$out/test_cuda_triton.log"
+    limit "${TRITONTEST_LIMIT:-300}" "$py" -m pytest -q -p no:cacheprovider \
+        tests/test_triton_gpu.py 2>&1 | tee "$out/test_triton_gpu.log"
 fi
 if [[ $steps == *" fusedtest "* ]]; then
     # one process per norm, all at once: the cold Triton compiles (CPU-bound) overlap

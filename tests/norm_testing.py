@@ -61,3 +61,13 @@ def assert_double_backward_close(ours, x_ours: torch.Tensor, ref, x_ref: torch.T
         out.append((g.detach(), gg))
     torch.testing.assert_close(out[0][0], out[1][0], **TOL)
     torch.testing.assert_close(out[0][1], out[1][1], atol=1e-3, rtol=1e-3)
+
+
+def fwd_bwd(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
+    """Output, input gradient and parameter gradients of ``m`` at ``x`` against ``g``, all on
+    the CPU."""
+    x = x.detach().clone().requires_grad_()
+    m.zero_grad(set_to_none=True)
+    y = m(x)
+    y.backward(g.to(y.device, y.dtype))
+    return [t.detach().cpu() for t in (y, x.grad, *(p.grad for p in m.parameters()))]

@@ -2,7 +2,7 @@
 dispatch rule, CPU tensors never served, the Python orchestration end to end with the
 kernels' contracts emulated in torch (tests/triton_emulation.py: runs everywhere, CI too),
 and the kernels' own arithmetic under Triton's interpreter where triton is installed (CI's CPU
-environment has none: the kernels are then checked on a GPU, by tests/test_cuda.py)."""
+environment has none: the kernels are then checked on a GPU, by tests/test_triton_gpu.py)."""
 
 import os
 import subprocess
@@ -176,7 +176,7 @@ def _interpreter_usable() -> str | None:
         import numpy
         import triton  # noqa: F401
     except ImportError:
-        return "triton is not installed (CI's CPU environment): tests/test_cuda.py checks it"
+        return "triton is not installed (CI's CPU environment): tests/test_triton_gpu.py does"
     major, minor = (int(v) for v in numpy.__version__.split(".")[:2])
     if (major, minor) >= (2, 4):  # triton 3.6's interpreter calls int() on 1-element arrays
         return f"triton's interpreter needs numpy < 2.4, found {numpy.__version__}"

@@ -68,7 +68,7 @@ fails (Triton cannot compile here) falls back to torch's with one warning and tu
 kernels off for the process (:func:`_guarded`).
 
 The functions take CPU tensors too under Triton's interpreter (``TRITON_INTERPRET=1``), which
-is how the CPU tests check the kernels' arithmetic; the GPU tests (``tests/test_cuda.py``)
+is how the CPU tests check the kernels' arithmetic; the GPU tests (``tests/test_triton_gpu.py``)
 check them compiled.
 """
 

@@ -20,7 +20,8 @@ call path (:func:`_call`, with :func:`_triton._guarded`'s first-call fallback) s
 
 Written in the eleventh session, when no GPU was lent: checked under Triton's interpreter and
 with the kernels emulated in torch (``tests/triton_interpreter_check.py``, in CI through
-``tests/test_triton.py``); the GPU tests (``tests/test_cuda.py``) have not run yet. Served
+``tests/test_triton.py``); the GPU tests (``tests/test_triton_gpu.py``) have not run on a GPU
+yet. Served
 only under ``NORMZOO_TRITON=all`` until ``scripts/gpu_triton_ab.py`` measures them against
 their current CUDA paths.
 """
@@ -521,18 +522,24 @@ class _Ghost(NamedTuple):
     eps: float
 
 
+@functools.lru_cache(maxsize=64)
 def _virtual_batches(n: int, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Each sample's virtual batch ``(n,)`` and each virtual batch's sample count ``(k,)``."""
+    """Each sample's virtual batch ``(n,)`` and each virtual batch's sample count ``(k,)``
+    (cached: built once per batch size, not with launches each call)."""
     index = torch.arange(n, device=device) // size
     counts = torch.full(((n + size - 1) // size,), float(size), device=device)
     counts[-1] = n - size * (counts.numel() - 1)
     return index, counts
 
 
-def _segment_mean(values: Tensor, index: Tensor, counts: Tensor) -> Tensor:
-    """Per virtual batch, the mean of ``values`` ``(n, C)`` over its samples: ``(k, C)``."""
-    sums = values.new_zeros((counts.numel(), values.shape[1])).index_add_(0, index, values)
-    return sums / counts[:, None]
+def _segment_mean(values: Tensor, size: int) -> Tensor:
+    """Per virtual batch of ``size`` samples (the last one smaller where ``n`` is not a
+    multiple), the mean of ``values`` ``(n, C)`` over its samples: ``(k, C)``."""
+    n, c = values.shape
+    if n % size == 0:  # equal virtual batches: one reduction
+        return values.view(n // size, size, c).mean(1)
+    index, counts = _virtual_batches(n, size, values.device)
+    return values.new_zeros((counts.numel(), c)).index_add_(0, index, values) / counts[:, None]
 
 
 def _ghost_forward(params: _Params, st: _Ghost) -> tuple[tuple[Tensor, ...], _Saved]:
@@ -541,9 +548,9 @@ def _ghost_forward(params: _Params, st: _Ghost) -> tuple[tuple[Tensor, ...], _Sa
     module's running-statistics update; saves each sample's mean and 1/std (flat)."""
     x, weight, bias = params
     plan, mean_i, var_i = _instance_stats(x, st.eps)
-    index, counts = _virtual_batches(plan.n, st.size, x.device)
-    means = _segment_mean(mean_i, index, counts)
-    variances = _segment_mean(var_i + (mean_i - means[index]).square(), index, counts)
+    index = _virtual_batches(plan.n, st.size, x.device)[0]
+    means = _segment_mean(mean_i, st.size)
+    variances = _segment_mean(var_i + (mean_i - means[index]).square(), st.size)
     mean = means[index].reshape(-1)
     rstd = torch.rsqrt(variances + st.eps)[index].reshape(-1)
     return (_map(x, plan, mean, rstd, weight, bias, plan.c), means, variances), (mean, rstd)
@@ -559,9 +566,9 @@ def _ghost_backward(
     plan = T._plan(x, fold=False)
     sets = (plan.c, 1)
     s_dy, s_dyx = T._grad_sums(dy, x, weight, None, mean, rstd, sets, False, plan).sum(3)
-    index, counts = _virtual_batches(plan.n, st.size, x.device)
-    b = _segment_mean(s_dy, index, counts) / plan.s  # mean(dy), mean(dy x_hat) per batch
-    a = _segment_mean(s_dyx, index, counts) / plan.s
+    index = _virtual_batches(plan.n, st.size, x.device)[0]
+    b = _segment_mean(s_dy, st.size) / plan.s  # mean(dy), mean(dy x_hat) per batch
+    a = _segment_mean(s_dyx, st.size) / plan.s
     if weight is not None:
         a, b = a * weight.float(), b * weight.float()
     a, b = a[index].reshape(-1), b[index].reshape(-1)
