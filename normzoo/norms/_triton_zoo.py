@@ -328,15 +328,10 @@ def _switch_backward(
     s_dy, s_dyx = T._grad_sums(dy, x, weight, None, mean, rstd, sets, False, plan).sum(3)
     r = rstd.view(n, c)
     w = weight.float() if weight is not None else torch.ones_like(r[0])
-    with torch.enable_grad():  # the mixture's graph, on (N, C) tensors
-        leaves = [t.detach().requires_grad_() for t in (mean_in, var_in, mw, vw)]
-        m, v = _switch_mix(*leaves[:2], leaves[2:], frozen, frozen[0] is None, 0.0, s)[:2]
-        d_mean, d_var = -(w * r) * s_dy, -0.5 * (w * r * r) * s_dyx
-        g_mu, g_var, g_mw, g_vw = torch.autograd.grad(
-            (m, v), leaves, (d_mean.view(n, c, 1), d_var.view(n, c, 1))
-        )
-    q = (2.0 / s) * g_var.view(n, c)
-    rr = g_mu.view(n, c) / s - q * mean_in
+    d_mean, d_var = -(w * r) * s_dy, -0.5 * (w * r * r) * s_dyx
+    g_mu, g_var, g_mw, g_vw = _switch_mix_backward(mean_in, var_in, mw, vw, frozen, d_mean, d_var)
+    q = (2.0 / s) * g_var
+    rr = g_mu / s - q * mean_in
     a = (-q / (r * r)).reshape(-1)
     b = (-(q * mean.view(n, c) + rr) / r).reshape(-1)
     dx = T._grad_map(dy, x, weight, None, mean, rstd, a, b, sets, False, plan)
@@ -347,6 +342,52 @@ def _switch_backward(
         s_dyx.sum(0).to(weight.dtype) if needs[3] else None,
         s_dy.sum(0).to(bias.dtype) if needs[4] else None,
     )
+
+
+def _switch_mix_backward(
+    mean_in: Tensor,
+    var_in: Tensor,
+    mean_weight: Tensor,
+    var_weight: Tensor,
+    frozen: list[Tensor | None],
+    d_mean: Tensor,
+    d_var: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""The mixture's backward in closed form (``(N, C)`` ops, no autograd graph): from
+    ``dL/dmean``, ``dL/dvar`` ``(N, C)`` to the IN statistics and the logits. With ``A``/``B``
+    the sums of ``dL/dmean``/``dL/dvar`` over channels (LN) or samples (BN):
+
+    .. math::
+        rac{dL}{d\mu_{in}} = w_0 rac{dL}{dmean} + w_1 rac{A_{ln}}{C} + w_2 rac{A_{bn}}{N}
+            + w'_1 B_{ln} rac{2 (\mu_{in} - \mu_{ln})}{C}
+            + w'_2 B_{bn} rac{2 (\mu_{in} - \mu_{bn})}{N},\quad
+        rac{dL}{d\sigma^2_{in}} = w'_0 rac{dL}{dvar} + w'_1 rac{B_{ln}}{C}
+            + w'_2 rac{B_{bn}}{N}
+
+    (``sigma^2_ln = mean_c(sigma^2_in + mu_in^2) - mu_ln^2``, likewise BN's); the logits'
+    through the softmax, ``w (g - w . g)`` with ``g_k = sum dL/dmean * mu_k``. In eval
+    (``frozen``: the running statistics) BN's terms are constants: no ``w_2``, ``w'_2``
+    terms in the IN statistics' gradients."""
+    n, c = mean_in.shape
+    wm, wv = torch.softmax(mean_weight.float(), 0), torch.softmax(var_weight.float(), 0)
+    mean_ln = mean_in.mean(1, keepdim=True)
+    second = var_in + mean_in * mean_in
+    var_ln = second.mean(1, keepdim=True) - mean_ln * mean_ln
+    a_ln, b_ln = d_mean.sum(1, keepdim=True), d_var.sum(1, keepdim=True)
+    a_bn, b_bn = d_mean.sum(0, keepdim=True), d_var.sum(0, keepdim=True)
+    g_mu = wm[0] * d_mean + wm[1] / c * a_ln + (2 * wv[1] / c) * b_ln * (mean_in - mean_ln)
+    g_var = wv[0] * d_var + wv[1] / c * b_ln
+    if frozen[0] is None:  # training: BN's statistics are the batch's
+        mean_bn = mean_in.mean(0, keepdim=True)
+        var_bn = second.mean(0, keepdim=True) - mean_bn * mean_bn
+        g_mu = g_mu + wm[2] / n * a_bn + (2 * wv[2] / n) * b_bn * (mean_in - mean_bn)
+        g_var = g_var + wv[2] / n * b_bn
+    else:
+        mean_bn, var_bn = frozen[0].float().view(1, c), frozen[1].float().view(1, c)  # type: ignore[union-attr]
+    g_m = torch.stack([(d_mean * mean_in).sum(), (a_ln * mean_ln).sum(), (a_bn * mean_bn).sum()])
+    g_v = torch.stack([(d_var * var_in).sum(), (b_ln * var_ln).sum(), (b_bn * var_bn).sum()])
+    g_mw, g_vw = wm * (g_m - (wm * g_m).sum()), wv * (g_v - (wv * g_v).sum())
+    return g_mu, g_var, g_mw, g_vw
 
 
 def _switch_reference(params: _Params, saved: _Saved, st: SwitchableState) -> Tensor:
