@@ -314,3 +314,17 @@ def test_a_failing_first_zoo_forward_leaves_the_running_statistics_to_the_fallba
         y = _triton_zoo.batch_renorm(x, w, b, (rm, rv, 0.3), (1.5, 0.5), 1e-5)
     torch.testing.assert_close((y, rm, rv), (ref_y, ref_m, ref_v))
     assert not _triton.available()
+
+
+def test_launch_counts_script():
+    """scripts/triton_launches.py counts each Triton path's launches on the CPU: a one-pass
+    norm's forward is one Triton launch and no torch op; batch norm's three launches and one
+    op (the module's running-average counter); every module listed."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "triton_launches.py")],
+        capture_output=True, text=True, check=True, cwd=ROOT, timeout=300,
+    ).stdout  # fmt: skip
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
+    assert rows["gn"][:3] == ["1", "+", "0"] and rows["frn"][:3] == ["1", "+", "0"]
+    assert rows["bn"][:3] == ["3", "+", "1"]
+    assert len(rows) == 12

@@ -1,0 +1,129 @@
+"""Kernel launches per module call on normzoo's Triton paths, counted on the CPU.
+
+    python scripts/triton_launches.py
+
+Each Triton launch costs host time on a GPU, and so does each torch op (a CUDA kernel launch
+each): the tenth session's H200 run found that host time, not the kernels, decides where the
+Triton paths win. This counts both for one forward (no autograd) and one forward + backward
+of each module on its Triton path (``NORMZOO_TRITON=all``), with the kernels emulated in torch
+(``tests/triton_emulation.py``: their launches are counted, their inner ops are not) and a
+``TorchDispatchMode`` counting every other op that launches work (views, shape queries and
+allocations excluded). Whole module calls: the modules' own ops (running-statistics updates)
+and the backward's seed are included. No GPU is needed; the counts are the GPU's launches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the kernels' torch emulation
+import triton_emulation  # noqa: E402
+
+import normzoo  # noqa: E402
+from normzoo.norms import _triton  # noqa: E402
+
+#: (name, options, input shape)
+CASES = [
+    ("bn", {}, (8, 16, 6, 6)),
+    ("gn", {"num_groups": 4}, (8, 16, 6, 6)),
+    ("in", {}, (8, 16, 6, 6)),
+    ("ln", {"channels_last": True}, (8, 6, 16)),
+    ("rms", {}, (8, 16, 6, 6)),
+    ("frn", {}, (8, 16, 6, 6)),
+    ("evonorms0", {"num_groups": 4}, (8, 16, 6, 6)),
+    ("frozenbatchnorm", {}, (8, 16, 6, 6)),
+    ("batchrenorm", {}, (8, 16, 6, 6)),
+    ("evonormb0", {}, (8, 16, 6, 6)),
+    ("ghostbatchnorm", {"virtual_batch_size": 4}, (8, 16, 6, 6)),
+    ("switchablenorm", {}, (8, 16, 6, 6)),
+]
+#: Ops that launch no kernel (views, metadata, allocation).
+FREE = (
+    "aten::detach", "aten::view", "aten::unbind", "aten::select", "aten::alias",
+    "aten::_unsafe_view", "aten::reshape", "aten::as_strided", "aten::slice", "aten::t",
+    "aten::expand", "aten::unsqueeze", "aten::squeeze", "aten::permute", "aten::empty",
+    "aten::empty_like", "aten::empty_strided", "aten::is_same_size", "aten::result_type",
+)  # fmt: skip
+
+
+class _Counter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = 0  # >0 while an emulated kernel runs
+        self.triton = 0
+        self.ops: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = func.overloadpacket._qualified_op_name
+        if not self.inside and not name.startswith(FREE):
+            self.ops[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _counting_kernels(counter: _Counter) -> type:
+    """The emulated kernels, each launch counted (and its inner ops not)."""
+
+    def wrap(kernel: Any) -> Any:
+        class Launch:
+            def __getitem__(self, grid: tuple[int, ...]) -> Any:
+                run = kernel[grid]
+
+                def call(*args: Any, **kwargs: Any) -> None:
+                    counter.triton += 1
+                    counter.inside += 1
+                    try:
+                        run(*args, **kwargs)
+                    finally:
+                        counter.inside -= 1
+
+                return call
+
+        return Launch()
+
+    names = [n for n in vars(triton_emulation.Kernels) if n.startswith("_") and n[1] != "_"]
+    return type("Counted", (), {n: wrap(getattr(triton_emulation.Kernels, n)) for n in names})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ops", action="store_true", help="list each call's torch ops")
+    args = p.parse_args()
+    os.environ["NORMZOO_TRITON"] = "all"
+    os.environ["NORMZOO_NATIVE"] = "0"  # (the CPU's own kernels come first)
+    counter = _Counter()
+    kernels = _counting_kernels(counter)
+    _triton._kernels = lambda: kernels  # type: ignore[assignment]
+    _triton.serves = lambda x, *params: True  # type: ignore[assignment]  # CPU tensors too
+    print(f"{'module':<16} {'fwd: Triton + torch':>20} {'fwd+bwd: Triton + torch':>24}")
+    for name, options, shape in CASES:
+        c = shape[-1] if options.get("channels_last") else shape[1]
+        m = normzoo.create(name, c, **options)
+        x = torch.randn(shape, requires_grad=True)
+        m(x)  # the first call of each kind runs once outside the count
+        counts = []
+        for grad in (False, True):
+            counter.triton, counter.ops = 0, collections.Counter()
+            with counter:
+                if grad:
+                    y = m(x)
+                    y.backward(torch.ones_like(y))
+                else:
+                    with torch.no_grad():
+                        m(x)
+            counts.append(f"{counter.triton} + {sum(counter.ops.values())}")
+        print(f"{name:<16} {counts[0]:>20} {counts[1]:>24}")
+        if args.ops:
+            print("   ", dict(counter.ops.most_common()))
+
+
+if __name__ == "__main__":
+    main()
