@@ -240,7 +240,8 @@ kernels (0.55-0.64 on contiguous input): it is batch norm with the weight `w r` 
 SwitchableNorm runs on the same two-phase kernels with one set per sample and channel: the
 statistics kernels give the IN statistics, their mixture with LN's and BN's is computed on
 `(N, C)` tensors, the map kernel writes `y`; its backward carries the kernels' per-set sums
-through the mixture's small graph and back into the map kernel's form. EvoNorm-B0 takes the
+through the mixture's gradient (closed form, on `(N, C)` tensors) into the map-gradient
+kernel. EvoNorm-B0 takes the
 same statistics pass (its batch variance merged from the instance ones) and kernels of its
 own for the map `x / max(s_b, v x + s_i)` and its backward (one sums pass, one map). Ghost BN
 runs on the same per-(sample, channel) kernels, each virtual batch's statistics merged from
