@@ -328,3 +328,21 @@ def test_launch_counts_script():
     assert rows["gn"][:3] == ["1", "+", "0"] and rows["frn"][:3] == ["1", "+", "0"]
     assert rows["bn"][:3] == ["3", "+", "1"]
     assert len(rows) == 12
+
+
+def test_a_failing_first_map_after_the_statistics_blend_falls_back_blending_once(
+    emulated, monkeypatch
+):
+    """Batch norm's statistics kernel blends the running statistics, then its map kernel
+    fails on the first call: they are restored, and the fallback (torch's batch norm) blends
+    them once."""
+    import triton_emulation
+
+    monkeypatch.setattr(emulated, "_apply", triton_emulation._Kernel(_broken))
+    x = torch.randn(6, 5, 7, 3) * 2 + 1
+    rm, rv = torch.rand(5), torch.rand(5) + 0.5
+    ref_m, ref_v = rm.clone(), rv.clone()
+    with pytest.warns(RuntimeWarning, match="first call"):
+        y = _triton.batch_norm(x, None, None, 1e-5, running=(rm, rv, 0.3))[0]
+    ref = torch.nn.functional.batch_norm(x, ref_m, ref_v, None, None, True, 0.3, 1e-5)
+    torch.testing.assert_close((y, rm, rv), (ref, ref_m, ref_v))

@@ -162,9 +162,11 @@ def _capable(device: int) -> bool:
 def _guarded(key: tuple[Any, ...], run: Any, fallback: Any) -> Any:
     """``run()``; the first time a kind of call (``key``) runs, a failure (Triton cannot
     compile here: an unsupported GPU or toolchain) turns the kernels off for the process with
-    one warning and returns ``fallback()`` (torch's kernels) instead. Nothing has been
-    written then but scratch buffers: the statistics kernel blends the running statistics
-    last, and the fallback blends them itself."""
+    one warning and returns ``fallback()`` (torch's kernels) instead. Nothing the caller sees
+    has been written then but the running statistics that batch norm's statistics kernel
+    blends before its map kernel runs: :func:`_run` restores them from a copy taken before a
+    first call, and the fallback blends them once (the zoo's paths blend theirs after their
+    last kernel)."""
     global _disabled
     if key in _proven:
         return run()
@@ -768,7 +770,17 @@ def _run(
         return y, mean, var
 
     key = _key("fwd", (x, weight), spec, running is not None, grad)
-    return _guarded(key, run, lambda: _torch_forward(x, weight, bias, extra, spec, running))
+    kept = None
+    if running is not None and key not in _proven:  # a first call: a later kernel may fail
+        kept = (running[0].clone(), running[1].clone())  # after the statistics kernel blended
+
+    def fallback() -> tuple[Tensor, Tensor, Tensor]:
+        if running is not None and kept is not None:  # as before the call: blended once below
+            running[0].copy_(kept[0])
+            running[1].copy_(kept[1])
+        return _torch_forward(x, weight, bias, extra, spec, running)
+
+    return _guarded(key, run, fallback)
 
 
 def _key(step: str, params: tuple[Tensor | None, ...], spec: _Spec, *rest: Any) -> tuple[Any, ...]:
