@@ -77,6 +77,15 @@ def check_momentum(momentum: Any) -> float | None:
     return float(momentum)
 
 
+def _version_key(t: Tensor) -> tuple[int, int] | None:
+    """``(storage address, in-place version)`` of ``t``: what changes when its value can have
+    changed (``None`` for inference tensors, which keep no version)."""
+    try:
+        return t.data_ptr(), t._version
+    except RuntimeError:
+        return None
+
+
 class Norm(nn.Module):
     """Base class of every normzoo norm.
 
@@ -194,10 +203,45 @@ class Norm(nn.Module):
         ``momentum=None`` gives the cumulative average ``1 / num_batches_tracked``.
         Call only after every input check has passed.
         """
-        self.num_batches_tracked.add_(1)
         if self.momentum is None:
-            return 1.0 / float(self.num_batches_tracked)
+            return 1.0 / self._count_batches(1, read=True)
+        self._count_batches(1)
         return self.momentum
+
+    def _known_batches(self) -> int | None:
+        """The host's copy of ``num_batches_tracked`` where it is still valid, else ``None``:
+        valid while the buffer is the tensor it was taken from, on the same storage, at the
+        same in-place version (``Tensor._version``, which ``add_``, ``copy_``, ``zero_``,
+        ``load_state_dict`` and normzoo's C++ operator bump)."""
+        t, seen = self.num_batches_tracked, self.__dict__.get("_tracked_seen")
+        if seen is None or seen[0] is not t:
+            return None
+        key = _version_key(t)
+        return seen[2] if key is not None and key == seen[1] else None
+
+    def _remember_batches(self, value: int) -> int:
+        self.__dict__["_tracked_seen"] = (
+            self.num_batches_tracked,
+            _version_key(self.num_batches_tracked),
+            value,
+        )
+        return value
+
+    def _batches_tracked(self) -> int:
+        """``int(num_batches_tracked)``, read from the device only when something other than
+        :meth:`_count_batches` changed it since the last read (:meth:`_known_batches`): on a
+        GPU each read waits for every queued kernel, a sync per training step in Batch
+        Renorm's schedule and Ghost BN's and ``momentum=None``'s cumulative factors."""
+        known = self._known_batches()
+        return self._remember_batches(int(self.num_batches_tracked)) if known is None else known
+
+    def _count_batches(self, k: int, read: bool = False) -> int:
+        """``num_batches_tracked += k``; returns the new count where the host knows it (then
+        keeps knowing it) or ``read`` asks to read it first, else ``0``, reading nothing
+        (momentum factors do not need the count)."""
+        known = self._batches_tracked() if read else self._known_batches()
+        self.num_batches_tracked.add_(k)
+        return 0 if known is None else self._remember_batches(known + k)
 
     def _blend_running_stats(
         self,

@@ -194,7 +194,7 @@ class BatchRenorm(BatchNorm):
 
     def current_limits(self) -> tuple[float, float]:
         """``(r_max, d_max)`` of the next training step under the warm-up schedule."""
-        step = int(self.num_batches_tracked)
+        step = self._batches_tracked()  # no device read per step (see there)
 
         def ramp(end: int) -> float:
             if step < self.warmup_steps:

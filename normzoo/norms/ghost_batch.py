@@ -218,8 +218,9 @@ class GhostBatchNorm(BatchNorm):
         update = self.training and self.track_running_stats
         tracked = 0
         if update:
-            tracked = int(self.num_batches_tracked)
-            self.num_batches_tracked.add_(math.ceil(x.shape[0] / self.virtual_batch_size))
+            # the count only for momentum=None's factors, known on the host after a first read
+            tracked = self._batches_tracked() if self.momentum is None else 0
+            self._count_batches(math.ceil(x.shape[0] / self.virtual_batch_size))
         if self.impl == "reference":
             y, mean, var = functional.ghost_batch_norm(
                 x,
