@@ -165,3 +165,28 @@ def test_batch_norm_cumulative_average_mixes_the_cpp_operator_and_python() -> No
         ref(t)
     for key, value in ref.state_dict().items():
         torch.testing.assert_close(m.state_dict()[key], value, msg=key)
+
+
+@pytest.mark.parametrize("vbs", [2, 3])
+def test_ghost_batch_norm_steps_copy_nothing_from_the_host(vbs: int) -> None:
+    """With a fixed momentum a Ghost BN training step reads no count and builds no tensor
+    from host values (each a host-to-device copy on a GPU, which waits for its queue): the
+    running-statistics weights are cached."""
+    m = normzoo.create("ghostbatchnorm", 4, virtual_batch_size=vbs)
+    x = torch.randn(8, 4, 32, 32)
+    assert m._use_native(x)  # the path that blends all virtual batches' statistics at once
+    m(x)
+
+    names: list[str] = []
+
+    class _Copies(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None):
+            name = func.overloadpacket._qualified_op_name
+            if name in ("aten::_local_scalar_dense", "aten::lift_fresh"):
+                names.append(name)
+            return func(*args, **(kwargs or {}))
+
+    with _Copies():
+        m(x)
+        m(x)
+    assert names == []

@@ -252,6 +252,74 @@ def b0_apply_grad(
     _view(DX, N, C, S, sn, sc, ss).copy_(g / den - v * (1 - a) * g * x / den**2 - x * k1 + k0)
 
 
+def _lerp(start: Tensor, end: Tensor, weight: float) -> Tensor:
+    return start.lerp(end, weight)
+
+
+def renorm_coef(grid, MEAN, RSTD, VAR, RMEAN, RVAR, W, B, SCALE, SHIFT, R, D, C, eps, r_min,
+                r_max, d_max, factor, unbias, **kw):  # fmt: skip
+    rm, rv = RMEAN.float(), RVAR.float()
+    sigma = torch.sqrt(rv + eps)
+    r = (1 / RSTD / sigma).clamp(r_min, r_max)
+    d = ((MEAN - rm) / sigma).clamp(-d_max, d_max)
+    w, b = _affine(W, B, C, **kw)
+    SCALE.copy_(w * r)
+    SHIFT.copy_(w * d + b)
+    R.copy_(r)
+    D.copy_(d)
+    RMEAN.copy_(_lerp(rm, MEAN, factor))
+    RVAR.copy_(_lerp(rv, VAR * unbias, factor))
+
+
+def _segments(n: int, size: int) -> list[slice]:
+    return [slice(k, min(k + size, n)) for k in range(0, n, size)]
+
+
+def ghost_coef(grid, MEAN_I, VAR_I, MEANS, VARS, MEAN, RSTD, N, C, size, eps, **_):
+    mean_i, var_i = MEAN_I.reshape(N, C), VAR_I.reshape(N, C)
+    mean, rstd = MEAN.view(N, C), RSTD.view(N, C)
+    for k, rows in enumerate(_segments(N, size)):
+        mu = mean_i[rows].mean(0)
+        var = (var_i[rows] + (mean_i[rows] - mu) ** 2).mean(0)
+        MEANS.view(-1, C)[k], VARS.view(-1, C)[k] = mu, var
+        mean[rows], rstd[rows] = mu, 1 / torch.sqrt(var + eps)
+
+
+def ghost_grad_coef(grid, SDY, SDYX, W, A, B, N, C, size, inv_s, **kw):
+    w = W.float() if kw["HAS_W"] else torch.ones(C)
+    for rows in _segments(N, size):
+        scale = w * inv_s / (rows.stop - rows.start)
+        B.view(N, C)[rows] = SDY.reshape(N, C)[rows].sum(0) * scale
+        A.view(N, C)[rows] = SDYX.reshape(N, C)[rows].sum(0) * scale
+
+
+def b0_coef(grid, MEAN_I, VAR_I, RVAR, BSTD, ISTD, MEAN_B, N, C, eps, keep, factor, unbias,
+            **kw):  # fmt: skip
+    mean_i, var_i = MEAN_I.reshape(N, C), VAR_I.reshape(N, C)
+    if kw["BATCH"]:
+        mu = mean_i.mean(0)
+        var_b = (var_i + (mean_i - mu) ** 2).mean(0)
+        MEAN_B.copy_(mu)
+    else:
+        var_b = RVAR.float()
+    BSTD.copy_(torch.sqrt(var_b + eps))
+    ISTD.copy_(torch.sqrt(var_i + eps).view(-1))
+    if kw["UPDATE"]:
+        RVAR.copy_(keep * RVAR.float() + factor * (var_b * unbias))
+
+
+def b0_grad_coef(grid, P, ISTD, BSTD, MEAN_I, MEAN_B, K1, K0, G, N, C, PSTRIDE, inv_s, **kw):
+    p_a, p_b, p_w, p_dy, p_v = P.reshape(5, N, C)
+    G.copy_(torch.stack([-p_v.sum(0), p_w.sum(0), p_dy.sum(0)]))
+    k1 = p_b * inv_s / ISTD.view(N, C)
+    k0 = k1 * MEAN_I.reshape(N, C)
+    if kw["BATCH"]:
+        q = p_a.sum(0) * inv_s / N / BSTD
+        k1, k0 = k1 + q, k0 + q * MEAN_B
+    K1.copy_(k1.view(-1))
+    K0.copy_(k0.view(-1))
+
+
 class Kernels:
     """A stand-in for ``normzoo.norms._triton_kernels``."""
 
@@ -267,3 +335,8 @@ class Kernels:
     _b0_apply = _Kernel(b0_apply)
     _b0_partial_grad = _Kernel(b0_partial_grad)
     _b0_apply_grad = _Kernel(b0_apply_grad)
+    _renorm_coef = _Kernel(renorm_coef)
+    _ghost_coef = _Kernel(ghost_coef)
+    _ghost_grad_coef = _Kernel(ghost_grad_coef)
+    _b0_coef = _Kernel(b0_coef)
+    _b0_grad_coef = _Kernel(b0_grad_coef)

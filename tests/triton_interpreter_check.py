@@ -10,7 +10,9 @@ Python orchestration where triton is absent (CI). Prints one line per failing ca
 ``cases N fails F``; the script's exit status is 1 on any failure.
 """
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 import torch
 
@@ -185,6 +187,19 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs() / b.abs()).max().item()
 
 
+@contextlib.contextmanager
+def _coef_tiles(default: bool) -> Iterator[None]:
+    """The zoo's coefficient kernels with their tiles (``default``) or with tiles of 2
+    channels and 2 samples (several loop trips over the samples and channel blocks)."""
+    sizes = Z.COEF_CB, Z.COEF_TILE
+    if not default:
+        Z.COEF_CB, Z.COEF_TILE = 2, 4
+    try:
+        yield
+    finally:
+        Z.COEF_CB, Z.COEF_TILE = sizes
+
+
 def check_renorm() -> tuple[list, int]:
     """Batch Renorm (``Z.batch_renorm``) against ``normzoo.functional.batch_renorm``: output,
     gradients, the running statistics after the step; limits that clip some channels."""
@@ -199,10 +214,12 @@ def check_renorm() -> tuple[list, int]:
                 rm, rv = torch.randn(c) * 2, torch.rand(c) * 12 + 0.5  # r, d clip in some
                 leaves = _twins(_input(shape, cl), *_affine(c, affine))
                 rm1, rv1 = rm.clone(), rv.clone()
-                y1 = Z.batch_renorm(*leaves[0], (rm1, rv1, 0.3), (1.5, 0.5), 1e-5)
+                factor = 0.3 if affine else 0.7  # both forms of lerp
+                with _coef_tiles(affine):
+                    y1 = Z.batch_renorm(*leaves[0], (rm1, rv1, factor), (1.5, 0.5), 1e-5)
                 y2, rm2, rv2 = functional.batch_renorm(
                     *leaves[1][:1], rm, rv, *leaves[1][1:], training=True, r_max=1.5,
-                    d_max=0.5, momentum=0.3,
+                    d_max=0.5, momentum=factor,
                 )  # fmt: skip
                 errs = [(rm1 - rm2).abs().max().item(), _rel(rv1, rv2)]
                 label = f"{shape} renorm cl={cl} affine={affine}"
@@ -247,18 +264,24 @@ def check_b0() -> tuple[list, int]:
     cases, fails = [], 0
     for shape in ZOO_SHAPES:
         for cl in _layouts(shape):
-            for affine, training in [(True, True), (False, True), (True, False)]:
-                cases.append((shape, "b0", 0, cl, affine, training))
+            # (affine, training, running variance): untracked in training too
+            for affine, training, tracked in [
+                (True, True, True), (False, True, True), (True, False, True), (True, True, False)
+            ]:  # fmt: skip
+                cases.append((shape, "b0", 0, cl, affine, (training, tracked)))
                 c = shape[1]
-                rv = torch.rand(c) * 8 + 0.5
+                rv = torch.rand(c) * 8 + 0.5 if tracked else None
                 v = torch.randn(c) * 0.5  # v x + s_i below and above s_b: both branches
                 leaves = _twins(_input(shape, cl), v, *_affine(c, affine))
-                rv1 = rv.clone()
-                y1 = Z.evonorm_b0(*leaves[0], Z.B0State(rv1, training, 0.3, 1e-5, training))
+                rv1 = rv.clone() if tracked else None
+                state = Z.B0State(rv1, training, 0.3, 1e-5, training and tracked)
+                with _coef_tiles(affine):
+                    y1 = Z.evonorm_b0(*leaves[0], state)
                 x2, v2, w2, b2 = leaves[1]
                 y2, rv2 = functional.evonorm_b0(x2, v2, rv, w2, b2, training=training, momentum=0.3)
-                label = f"{shape} b0 cl={cl} affine={affine} training={training}"
-                fails += _compare(label, (y1, y2), leaves, [_rel(rv1, rv2)], cl)
+                errs = [_rel(rv1, rv2)] if tracked else []
+                label = f"{shape} b0 cl={cl} affine={affine} training={training} tracked={tracked}"
+                fails += _compare(label, (y1, y2), leaves, errs, cl)
     return cases, fails
 
 
@@ -276,7 +299,8 @@ def check_ghost() -> tuple[list, int]:
                 cases.append((shape, "ghost", size, cl, affine, False))
                 x = _input(shape, cl, spread=2.0)
                 leaves = _twins(x, *_affine(shape[1], affine))
-                y1, means, variances = Z.ghost_batch_norm(*leaves[0], size, 1e-5)
+                with _coef_tiles(affine):
+                    y1, means, variances = Z.ghost_batch_norm(*leaves[0], size, 1e-5)
                 x2, w2, b2 = leaves[1]
                 y2 = functional.ghost_batch_norm(
                     x2, None, None, w2, b2, virtual_batch_size=size, training=True

@@ -1,7 +1,7 @@
 """Triton kernels for the batch, group, layer and instance norms on CUDA, through flags of the
-group kernels RMSNorm, FRN + TLU and EvoNorm-S0, and EvoNorm-B0's map and backward
-(``_b0_*``) (imported lazily by :mod:`normzoo.norms._triton`, only where ``triton`` is
-installed).
+group kernels RMSNorm, FRN + TLU and EvoNorm-S0, EvoNorm-B0's map and backward (``_b0_*``),
+and the zoo's per-channel coefficient kernels (``*_coef``) (imported lazily by
+:mod:`normzoo.norms._triton`, only where ``triton`` is installed).
 
 An ``(N, C, *spatial)`` input is addressed as ``(n, c, s)`` with strides ``(sn, sc, ss)``, so
 one kernel serves contiguous (``sc = S``, ``ss = 1``) and channels_last (``sc = 1``,
@@ -780,3 +780,274 @@ def _b0_apply_grad(
         g = w[:, None] * dy
         dx = g / den - v[:, None] * (1.0 - a) * g * x / (den * den) - x * k1[:, None] + k0[:, None]
         tl.store(DX + o, dx.to(DX.dtype.element_ty), mask=m)
+
+
+# -- the zoo's small kernels: per-channel coefficients on (N, C) statistics -----------------
+# One launch each in place of the tens of small torch ops (a CUDA launch each) that the
+# two-phase zoo norms spent between their tensor-sized kernels; tiles of (NB samples, CB
+# channels), so a program's loop over the samples is a few wide loads.
+
+
+@triton.jit
+def _lerp(start, end, weight):
+    """``Tensor.lerp_``: ``start + w (end - start)`` below ``w = 0.5``, else
+    ``end - (end - start)(1 - w)``."""
+    low = start + weight * (end - start)
+    high = end - (end - start) * (1.0 - weight)
+    return tl.where(weight < 0.5, low, high)
+
+
+@triton.jit
+def _renorm_coef(
+    MEAN,
+    RSTD,
+    VAR,
+    RMEAN,
+    RVAR,
+    W,
+    B,
+    SCALE,
+    SHIFT,
+    R,
+    D,
+    C,
+    eps,
+    r_min,
+    r_max,
+    d_max,
+    factor,
+    unbias,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    CB: tl.constexpr,
+):
+    """Batch Renorm's per-channel ``r = clip(sigma_B / sigma, r_min, r_max)``,
+    ``d = clip((mu_B - mu) / sigma, -d_max, d_max)`` (``sigma = sqrt(running_var + eps)``),
+    the map's weight ``w r`` and bias ``w d + b``; then the running statistics blended with
+    the batch's (``Tensor.lerp_``, the variance unbiased)."""
+    cs = tl.program_id(0) * CB + tl.arange(0, CB)
+    m = cs < C
+    mean = tl.load(MEAN + cs, mask=m, other=0.0)
+    rstd = tl.load(RSTD + cs, mask=m, other=1.0)
+    var = tl.load(VAR + cs, mask=m, other=1.0)
+    rm = tl.load(RMEAN + cs, mask=m, other=0.0).to(tl.float32)
+    rv = tl.load(RVAR + cs, mask=m, other=1.0).to(tl.float32)
+    sigma = tl.sqrt(rv + eps)
+    r = tl.minimum(tl.maximum(1.0 / rstd / sigma, r_min), r_max)
+    d = tl.minimum(tl.maximum((mean - rm) / sigma, -d_max), d_max)
+    w = tl.full([CB], 1.0, tl.float32)
+    if HAS_W:
+        w = tl.load(W + cs, mask=m, other=0.0).to(tl.float32)
+    shift = w * d
+    if HAS_B:
+        shift += tl.load(B + cs, mask=m, other=0.0).to(tl.float32)
+    tl.store(SCALE + cs, w * r, mask=m)
+    tl.store(SHIFT + cs, shift, mask=m)
+    tl.store(R + cs, r, mask=m)
+    tl.store(D + cs, d, mask=m)
+    tl.store(RMEAN + cs, _lerp(rm, mean, factor).to(RMEAN.dtype.element_ty), mask=m)
+    tl.store(RVAR + cs, _lerp(rv, var * unbias, factor).to(RVAR.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _tile(n, n_end, cs, cmask, C, NB: tl.constexpr):
+    """Offsets and mask of the ``(NB, CB)`` tile of an ``(N, C)`` array at samples
+    ``n ... min(n + NB, n_end)`` and channels ``cs``."""
+    ns = n + tl.arange(0, NB)
+    m = (ns < n_end)[:, None] & cmask[None, :]
+    return ns[:, None].to(tl.int64) * C + cs[None, :], m
+
+
+@triton.jit
+def _ghost_coef(
+    MEAN_I,
+    VAR_I,
+    MEANS,
+    VARS,
+    MEAN,
+    RSTD,
+    N,
+    C,
+    size,
+    eps,
+    CB: tl.constexpr,
+    NB: tl.constexpr,
+):
+    """Ghost BN's statistics of virtual batch ``k = program_id(1)`` (samples
+    ``k*size ... min((k+1)*size, N)``), merged from its samples' ``(N, C)`` means and biased
+    variances: ``mu_k = mean(mu_i)``, ``var_k = mean(var_i + (mu_i - mu_k)^2)`` (equal
+    counts), stored at ``MEANS``/``VARS`` ``(K, C)``, and each of its samples' ``MEAN`` and
+    ``RSTD = 1/sqrt(var_k + eps)`` ``(N, C)`` for the map."""
+    cs = tl.program_id(0) * CB + tl.arange(0, CB)
+    cmask = cs < C
+    k = tl.program_id(1)
+    n0 = k * size
+    n1 = tl.minimum(n0 + size, N)
+    count = (n1 - n0).to(tl.float32)
+    acc = tl.zeros([NB, CB], dtype=tl.float32)
+    for n in range(n0, n1, NB):
+        off, m = _tile(n, n1, cs, cmask, C, NB)
+        acc += tl.load(MEAN_I + off, mask=m, other=0.0)
+    mu = tl.sum(acc, axis=0) / count
+    acc = tl.zeros([NB, CB], dtype=tl.float32)
+    for n in range(n0, n1, NB):
+        off, m = _tile(n, n1, cs, cmask, C, NB)
+        mi = tl.load(MEAN_I + off, mask=m, other=0.0)
+        vi = tl.load(VAR_I + off, mask=m, other=0.0)
+        acc += tl.where(m, vi + (mi - mu[None, :]) * (mi - mu[None, :]), 0.0)
+    var = tl.sum(acc, axis=0) / count
+    tl.store(MEANS + k * C + cs, mu, mask=cmask)
+    tl.store(VARS + k * C + cs, var, mask=cmask)
+    rstd = 1.0 / tl.sqrt(var + eps)
+    for n in range(n0, n1, NB):
+        off, m = _tile(n, n1, cs, cmask, C, NB)
+        tl.store(MEAN + off, tl.zeros([NB, CB], dtype=tl.float32) + mu[None, :], mask=m)
+        tl.store(RSTD + off, tl.zeros([NB, CB], dtype=tl.float32) + rstd[None, :], mask=m)
+
+
+@triton.jit
+def _ghost_grad_coef(
+    SDY,
+    SDYX,
+    W,
+    A,
+    B,
+    N,
+    C,
+    size,
+    inv_s,
+    HAS_W: tl.constexpr,
+    CB: tl.constexpr,
+    NB: tl.constexpr,
+):
+    """Batch norm's backward coefficients of virtual batch ``k = program_id(1)`` from its
+    samples' ``sum(dy)``, ``sum(dy x_hat)`` ``(N, C)``: ``b = w mean_k(dy)``,
+    ``a = w mean_k(dy x_hat)`` (``inv_s = 1/S``), stored for each of its samples ``(N, C)``
+    for the map-gradient kernel."""
+    cs = tl.program_id(0) * CB + tl.arange(0, CB)
+    cmask = cs < C
+    k = tl.program_id(1)
+    n0 = k * size
+    n1 = tl.minimum(n0 + size, N)
+    acc_dy = tl.zeros([NB, CB], dtype=tl.float32)
+    acc_dyx = tl.zeros([NB, CB], dtype=tl.float32)
+    for n in range(n0, n1, NB):
+        off, m = _tile(n, n1, cs, cmask, C, NB)
+        acc_dy += tl.load(SDY + off, mask=m, other=0.0)
+        acc_dyx += tl.load(SDYX + off, mask=m, other=0.0)
+    scale = inv_s / (n1 - n0).to(tl.float32) + tl.zeros([CB], dtype=tl.float32)
+    if HAS_W:
+        scale *= tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
+    b = tl.sum(acc_dy, axis=0) * scale
+    a = tl.sum(acc_dyx, axis=0) * scale
+    for n in range(n0, n1, NB):
+        off, m = _tile(n, n1, cs, cmask, C, NB)
+        tl.store(A + off, tl.zeros([NB, CB], dtype=tl.float32) + a[None, :], mask=m)
+        tl.store(B + off, tl.zeros([NB, CB], dtype=tl.float32) + b[None, :], mask=m)
+
+
+@triton.jit
+def _b0_coef(
+    MEAN_I,
+    VAR_I,
+    RVAR,
+    BSTD,
+    ISTD,
+    MEAN_B,
+    N,
+    C,
+    eps,
+    keep,
+    factor,
+    unbias,
+    BATCH: tl.constexpr,
+    UPDATE: tl.constexpr,
+    CB: tl.constexpr,
+    NB: tl.constexpr,
+):
+    """EvoNorm-B0's stds from the instance statistics ``(N, C)``: ``ISTD = sqrt(var_i + eps)``
+    ``(N, C)``; ``BSTD = sqrt(var_B + eps)`` ``(C,)`` with, under ``BATCH``, the batch
+    variance merged from the samples' (equal counts: ``mean_n var_i + mean_n (mu_i -
+    mu_B)^2``; ``mu_B`` stored at ``MEAN_B``), else the running one; ``UPDATE``: the running
+    variance becomes ``keep * rv + factor * var_B * unbias`` (``functional.evonorm_b0``'s)."""
+    cs = tl.program_id(0) * CB + tl.arange(0, CB)
+    cmask = cs < C
+    if BATCH:
+        acc = tl.zeros([NB, CB], dtype=tl.float32)
+        for n in range(0, N, NB):
+            off, m = _tile(n, N, cs, cmask, C, NB)
+            acc += tl.load(MEAN_I + off, mask=m, other=0.0)
+        mu = tl.sum(acc, axis=0) / N
+        acc = tl.zeros([NB, CB], dtype=tl.float32)
+        for n in range(0, N, NB):
+            off, m = _tile(n, N, cs, cmask, C, NB)
+            mi = tl.load(MEAN_I + off, mask=m, other=0.0)
+            vi = tl.load(VAR_I + off, mask=m, other=0.0)
+            acc += tl.where(m, vi + (mi - mu[None, :]) * (mi - mu[None, :]), 0.0)
+        var_b = tl.sum(acc, axis=0) / N
+        tl.store(MEAN_B + cs, mu, mask=cmask)
+    else:
+        var_b = tl.load(RVAR + cs, mask=cmask, other=1.0).to(tl.float32)
+    tl.store(BSTD + cs, tl.sqrt(var_b + eps), mask=cmask)
+    for n in range(0, N, NB):
+        off, m = _tile(n, N, cs, cmask, C, NB)
+        vi = tl.load(VAR_I + off, mask=m, other=0.0)
+        tl.store(ISTD + off, tl.sqrt(vi + eps), mask=m)
+    if UPDATE:
+        rv = tl.load(RVAR + cs, mask=cmask, other=1.0).to(tl.float32)
+        new = keep * rv + factor * (var_b * unbias)
+        tl.store(RVAR + cs, new.to(RVAR.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def _b0_grad_coef(
+    P,
+    ISTD,
+    BSTD,
+    MEAN_I,
+    MEAN_B,
+    K1,
+    K0,
+    G,
+    N,
+    C,
+    PSTRIDE,
+    inv_s,
+    BATCH: tl.constexpr,
+    CB: tl.constexpr,
+    NB: tl.constexpr,
+):
+    """EvoNorm-B0's backward coefficients from :func:`_b0_partial_grad`'s sums per (sample,
+    channel) (``P + k * PSTRIDE + n*C + c``, ``k = 0..4``: ``p_a, p_b, p_w, p_dy, p_v``):
+    ``k1 = p_b / (S s_i)``, ``k0 = k1 mu_i``, under ``BATCH`` plus ``q = sum_n p_a / (N S s_b)``
+    and ``q mu_B``, stored ``(N, C)``; the parameter gradients ``dv = -sum_n p_v``,
+    ``dw = sum_n p_w``, ``db = sum_n p_dy`` at ``G + {0, 1, 2} * C + c``."""
+    cs = tl.program_id(0) * CB + tl.arange(0, CB)
+    cmask = cs < C
+    acc_a = tl.zeros([NB, CB], dtype=tl.float32)
+    acc_w = tl.zeros([NB, CB], dtype=tl.float32)
+    acc_dy = tl.zeros([NB, CB], dtype=tl.float32)
+    acc_v = tl.zeros([NB, CB], dtype=tl.float32)
+    for n in range(0, N, NB):
+        off, m = _tile(n, N, cs, cmask, C, NB)
+        acc_a += tl.load(P + off, mask=m, other=0.0)
+        acc_w += tl.load(P + 2 * PSTRIDE + off, mask=m, other=0.0)
+        acc_dy += tl.load(P + 3 * PSTRIDE + off, mask=m, other=0.0)
+        acc_v += tl.load(P + 4 * PSTRIDE + off, mask=m, other=0.0)
+    tl.store(G + cs, -tl.sum(acc_v, axis=0), mask=cmask)
+    tl.store(G + C + cs, tl.sum(acc_w, axis=0), mask=cmask)
+    tl.store(G + 2 * C + cs, tl.sum(acc_dy, axis=0), mask=cmask)
+    q = tl.zeros([CB], dtype=tl.float32)
+    q0 = tl.zeros([CB], dtype=tl.float32)
+    if BATCH:
+        bstd = tl.load(BSTD + cs, mask=cmask, other=1.0)
+        q = tl.sum(acc_a, axis=0) * inv_s / N / bstd
+        q0 = q * tl.load(MEAN_B + cs, mask=cmask, other=0.0)
+    for n in range(0, N, NB):
+        off, m = _tile(n, N, cs, cmask, C, NB)
+        p_b = tl.load(P + PSTRIDE + off, mask=m, other=0.0)
+        istd = tl.load(ISTD + off, mask=m, other=1.0)
+        mi = tl.load(MEAN_I + off, mask=m, other=0.0)
+        k1 = p_b * inv_s / istd
+        tl.store(K1 + off, k1 + q[None, :], mask=m)
+        tl.store(K0 + off, k1 * mi + q0[None, :], mask=m)

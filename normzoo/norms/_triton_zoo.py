@@ -9,21 +9,25 @@ forward fallback on torch's kernels; one autograd Function (:class:`_ZooFunction
 call path (:func:`_call`, with :func:`_triton._guarded`'s first-call fallback) serve them all.
 
 * **Batch Renorm** ``y = w (r x_hat + d) + b`` is batch norm with the weight ``w r`` and the
-  bias ``w d + b``, ``r`` and ``d`` constants to backprop: the batch-norm kernels, ``r`` and
-  ``d`` from their statistics and the running ones, ``dw = r sum(dy x_hat) + d sum(dy)``.
+  bias ``w d + b``, ``r`` and ``d`` constants to backprop: the batch-norm kernels, ``r``,
+  ``d`` and the running statistics' blend in one small kernel (``_renorm_coef``),
+  ``dw = r sum(dy x_hat) + d sum(dy)``.
 * **SwitchableNorm**: per-(sample, channel) statistics (IN's), their mixture with LN's and BN's
-  on ``(N, C)`` tensors, the map kernel; backward through the mixture's small graph.
-* **EvoNorm-B0**: the same statistics (the batch variance merged from them), its own map and
-  backward kernels (``_b0_*``).
-* **Ghost BN**: the same statistics, each virtual batch's merged from its samples'.
+  on ``(N, C)`` tensors, the map kernel; backward through the mixture in closed form.
+* **EvoNorm-B0**: the same statistics (the batch variance merged from them by ``_b0_coef``),
+  its own map and backward kernels (``_b0_*``, the backward's coefficients by
+  ``_b0_grad_coef``).
+* **Ghost BN**: the same statistics, each virtual batch's merged from its samples'
+  (``_ghost_coef``; backward ``_ghost_grad_coef``).
 * **FrozenBatchNorm**: the map kernels alone, one pass each way, the ReLU fused.
 
 Written in the eleventh session, when no GPU was lent: checked under Triton's interpreter and
 with the kernels emulated in torch (``tests/triton_interpreter_check.py``, in CI through
 ``tests/test_triton.py``); the GPU tests (``tests/test_triton_gpu.py``) have not run on a GPU
-yet. Served
-only under ``NORMZOO_TRITON=all`` until ``scripts/gpu_triton_ab.py`` measures them against
-their current CUDA paths.
+yet. The coefficient kernels (twelfth session, likewise checked) replace the tens of small
+torch ops per call that these paths spent on ``(N, C)`` and ``(C,)`` tensors, each a CUDA
+launch (counted by ``scripts/triton_launches.py``). Served only under ``NORMZOO_TRITON=all``
+until ``scripts/gpu_triton_ab.py`` measures them against their current CUDA paths.
 """
 
 from __future__ import annotations
@@ -57,14 +61,17 @@ _Saved = tuple[Any, ...]  # what a forward leaves its backward: Tensors or None
 class _Norm(NamedTuple):
     """A zoo norm on the kernels: ``forward(params, state) -> (out, saved)``,
     ``backward(dy, params, saved, state, needs) -> grads`` (``dy`` in ``x``'s layout, on its
-    device), ``reference(params, saved, state) -> y`` (differentiable), and
-    ``fallback(params, state) -> out`` on torch's kernels."""
+    device), ``reference(params, saved, state) -> y`` (differentiable),
+    ``fallback(params, state) -> out`` on torch's kernels, and ``running(state)``: the
+    running statistics that the forward's kernels update (restored before the fallback
+    where a later kernel of a first call fails)."""
 
     kind: str
     forward: Callable[[_Params, Any], tuple[Any, _Saved]]
     backward: Callable[[Tensor, _Params, _Saved, Any, tuple[bool, ...]], tuple[Any, ...]]
     reference: Callable[[_Params, _Saved, Any], Tensor]
     fallback: Callable[[_Params, Any], Any]
+    running: Callable[[Any], tuple[Tensor, ...]] = lambda state: ()
 
 
 def _zoo_forward(norm: _Norm, params: _Params, state: Any) -> tuple[Any, _Saved]:
@@ -127,7 +134,27 @@ def _call(norm: _Norm, state: Any, *params: Tensor | None) -> Any:
 
     spec = T._Spec(norm.kind, 0, 0.0, False)
     key = T._key("fwd", params, spec, grad, *_state_key(state))
-    return T._guarded(key, run, lambda: norm.fallback(params, state))
+    # a first call: the running statistics as they were, for a fallback after a kernel that
+    # updated them (its coefficients kernel) when a later one failed
+    kept = [] if key in T._proven else [(t, t.clone()) for t in norm.running(state)]
+
+    def fallback() -> Any:
+        for t, copy in kept:
+            t.copy_(copy)
+        return norm.fallback(params, state)
+
+    return T._guarded(key, run, fallback)
+
+
+#: The coefficient kernels' tiles: at most ``COEF_CB`` channels and ``COEF_TILE`` values.
+COEF_CB, COEF_TILE = 128, 2048
+
+
+def _coef_tiles(c: int, rows: int) -> tuple[int, int]:
+    """``(CB, NB)``: the channels and samples (of ``rows``) of the coefficient kernels'
+    tiles."""
+    cb = min(T._pow2(c), COEF_CB)
+    return cb, max(1, min(T._pow2(rows), COEF_TILE // cb))
 
 
 def _map(x: Tensor, plan: T._Plan, mean: Tensor, rstd: Tensor, *affine: Any, **kw: Any) -> Tensor:
@@ -192,18 +219,21 @@ def _blend(st: Any, mean: Tensor | None, var: Tensor, m: int) -> None:
 
 
 def _renorm_forward(params: _Params, st: _Renorm) -> tuple[Tensor, _Saved]:
-    """The statistics, ``r`` and ``d``, the map with the weight ``w r`` and the bias
-    ``w d + b``; the running statistics blended after ``y`` is written (a first call that
-    fails has touched nothing)."""
+    """The statistics; ``r``, ``d``, the map's weight ``w r`` and bias ``w d + b`` and the
+    running statistics' blend in one small kernel (``_renorm_coef``); the map."""
     x, weight, bias = params
     plan = T._plan(x, fold=True)
     mean, rstd, var = T._stats(x, plan, (0, 1), st.eps)
-    r, d = _renorm_coefficients(mean, rstd, st)
-    scale = r if weight is None else weight.float() * r
-    shift = d if weight is None else weight.float() * d
-    y = _map(x, plan, mean, rstd, scale, shift if bias is None else shift + bias.float(), 0)
-    _blend(st, mean, var, x.numel() // x.shape[1])
-    return y, (mean, rstd, r, d)
+    c, m = plan.c, x.numel() // plan.c
+    scale, shift, r, d = torch.empty((4, c), device=x.device, dtype=torch.float32).unbind(0)
+    cb = _coef_tiles(c, 1)[0]
+    T._kernels()._renorm_coef[(T._cdiv(c, cb),)](
+        mean, rstd, var, st.running_mean, st.running_var, weight, bias, scale, shift, r, d, c,
+        st.eps, 1.0 / st.r_max, st.r_max, st.d_max, st.factor, m / max(m - 1, 1),
+        HAS_W=weight is not None, HAS_B=bias is not None, CB=cb, num_warps=4,
+    )  # fmt: skip
+    y = _map(x, plan, mean, rstd, scale, shift, 0)
+    return y, (mean, rstd, r, d, scale)
 
 
 def _renorm_backward(
@@ -211,8 +241,7 @@ def _renorm_backward(
 ) -> tuple[Tensor | None, ...]:
     """Batch norm's backward with the weight ``w r``; ``dw = r sum(dy x_hat) + d sum(dy)``."""
     x, weight, bias = params
-    mean, rstd, r, d = saved
-    scale = r if weight is None else weight.float() * r
+    mean, rstd, r, d, scale = saved
     dx, sum_dy_xhat, sum_dy = T._two_phase_backward(dy, x, scale, None, mean, rstd, (0, 1), False)
     return (
         dx if needs[0] else None,
@@ -241,7 +270,10 @@ def _renorm_fallback(params: _Params, st: _Renorm) -> Tensor:
     return y
 
 
-_RENORM = _Norm("renorm", _renorm_forward, _renorm_backward, _renorm_reference, _renorm_fallback)
+_RENORM = _Norm(
+    "renorm", _renorm_forward, _renorm_backward, _renorm_reference, _renorm_fallback,
+    lambda st: (st.running_mean, st.running_var),
+)  # fmt: skip
 
 
 def batch_renorm(
@@ -451,31 +483,30 @@ class B0State(NamedTuple):
 
 
 def _b0_forward(params: _Params, st: B0State) -> tuple[Tensor, _Saved]:
-    """The instance statistics, the batch variance from them (equal counts:
-    ``mean_n var_i + mean_n (mu_i - mu_b)^2``; the running one in eval), ``_b0_apply``; the
-    running variance updated after ``y`` (as ``functional.evonorm_b0``)."""
+    """The instance statistics; the stds and the running variance's update in one small
+    kernel (``_b0_coef``: the batch variance merged from the samples', or the running one in
+    eval); ``_b0_apply``."""
     x, v, weight, bias = params
     plan, mean_i, var_i = _instance_stats(x, st.eps)
     n, c, s = plan.n, plan.c, plan.s
     batch = st.training or st.running_var is None
-    mean_b = frozen = None
-    if batch:
-        mean_b = mean_i.mean(0)
-        var_b = var_i.mean(0) + (mean_i - mean_b).square().mean(0)
-    else:
-        frozen = st.running_var.clone()  # type: ignore[union-attr]
-        var_b = frozen.float()
-    bstd, istd = torch.sqrt(var_b + st.eps), torch.sqrt(var_i + st.eps).reshape(-1)
+    frozen = None if batch else st.running_var.clone()  # type: ignore[union-attr]
+    bstd, mean_b = torch.empty((2, c), device=x.device, dtype=torch.float32).unbind(0)
+    istd = torch.empty(n * c, device=x.device, dtype=torch.float32)
+    m = n * s
+    cb, nb = _coef_tiles(c, n)
+    T._kernels()._b0_coef[(T._cdiv(c, cb),)](
+        mean_i, var_i, st.running_var, bstd, istd, mean_b, n, c, st.eps, 1.0 - st.factor,
+        st.factor, m / max(m - 1, 1), BATCH=batch, UPDATE=st.update, CB=cb, NB=nb,
+        num_warps=4,
+    )  # fmt: skip
     y = torch.empty_like(x)
     T._kernels()._b0_apply[plan.grid](
         x, y, bstd, istd, v, weight, bias, n, c, s, *plan.strides, plan.spp, plan.nk,
         plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None, CB=plan.cb, SB=plan.sb,
         num_warps=plan.warps,
     )  # fmt: skip
-    if st.update:
-        m, rv = n * s, st.running_var
-        rv.copy_((1 - st.factor) * rv + st.factor * (var_b * (m / max(m - 1, 1))))  # type: ignore[union-attr]
-    return y, (mean_i, istd, bstd, mean_b, frozen)
+    return y, (mean_i, istd, bstd, mean_b if batch else None, frozen)
 
 
 def _b0_backward(
@@ -490,7 +521,8 @@ def _b0_backward(
              - \frac{x - \mu_i}{S s_i} \sum_{S} (1 - a) \frac{g x}{den^2}
 
     (``M = N S``; no batch term in eval), ``dv = -sum (1 - a) g x^2 / den^2``,
-    ``dw = sum dy x / den``, ``db = sum dy``: one sums kernel, one map kernel."""
+    ``dw = sum dy x / den``, ``db = sum dy``: one sums kernel, one coefficients kernel
+    (``_b0_grad_coef``), one map kernel."""
     x, v, weight, bias = params
     mean_i, istd, bstd, mean_b, _ = saved
     plan = T._plan(x, fold=False)
@@ -500,23 +532,25 @@ def _b0_backward(
         x, dy, bstd, istd, v, weight, part, c, s, *plan.strides, n * c * nk, plan.spp, nk,
         HAS_W=weight is not None, CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
     )  # fmt: skip
-    p_a, p_b, p_w, p_dy, p_v = part.sum(3)  # (n, c) each
-    k1 = p_b / (s * istd.view(n, c))  # the instance variance's share
-    k0 = k1 * mean_i
-    if mean_b is not None:  # training: the batch variance's share
-        coef = p_a.sum(0) / (n * s * bstd)
-        k1, k0 = k1 + coef, k0 + coef * mean_b
+    sums = part.sum(3)  # (5, n, c): p_a, p_b, p_w, p_dy, p_v
+    k1, k0 = torch.empty((2, n * c), device=x.device, dtype=torch.float32).unbind(0)
+    grads = torch.empty((3, c), device=x.device, dtype=torch.float32)  # dv, dw, db
+    cb, nb = _coef_tiles(c, n)
+    T._kernels()._b0_grad_coef[(T._cdiv(c, cb),)](
+        sums, istd, bstd, mean_i, mean_b, k1, k0, grads, n, c, n * c, 1.0 / s,
+        BATCH=mean_b is not None, CB=cb, NB=nb, num_warps=4,
+    )  # fmt: skip
     dx = torch.empty_like(x)
     T._kernels()._b0_apply_grad[plan.grid](
-        x, dy, dx, bstd, istd, v, weight, k1.reshape(-1), k0.reshape(-1), n, c, s,
-        *plan.strides, plan.spp, nk, plan.ncb, HAS_W=weight is not None, CB=plan.cb,
-        SB=plan.sb, num_warps=plan.warps,
+        x, dy, dx, bstd, istd, v, weight, k1, k0, n, c, s, *plan.strides, plan.spp, nk,
+        plan.ncb, HAS_W=weight is not None, CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
     )  # fmt: skip
+    dv, dw, db = grads
     return (
         dx if needs[0] else None,
-        (-p_v.sum(0)).to(v.dtype) if needs[1] else None,
-        p_w.sum(0).to(weight.dtype) if needs[2] else None,
-        p_dy.sum(0).to(bias.dtype) if needs[3] else None,
+        dv.to(v.dtype) if needs[1] else None,
+        dw.to(weight.dtype) if needs[2] else None,
+        db.to(bias.dtype) if needs[3] else None,
     )
 
 
@@ -541,7 +575,10 @@ def _b0_fallback(params: _Params, st: B0State) -> Tensor:
     return y
 
 
-_B0 = _Norm("b0", _b0_forward, _b0_backward, _b0_reference, _b0_fallback)
+_B0 = _Norm(
+    "b0", _b0_forward, _b0_backward, _b0_reference, _b0_fallback,
+    lambda st: (st.running_var,) if st.update else (),
+)  # fmt: skip
 
 
 def evonorm_b0(
@@ -563,61 +600,48 @@ class _Ghost(NamedTuple):
     eps: float
 
 
-@functools.lru_cache(maxsize=64)
-def _virtual_batches(n: int, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Each sample's virtual batch ``(n,)`` and each virtual batch's sample count ``(k,)``
-    (cached: built once per batch size, not with launches each call)."""
-    index = torch.arange(n, device=device) // size
-    counts = torch.full(((n + size - 1) // size,), float(size), device=device)
-    counts[-1] = n - size * (counts.numel() - 1)
-    return index, counts
-
-
-def _segment_mean(values: Tensor, size: int) -> Tensor:
-    """Per virtual batch of ``size`` samples (the last one smaller where ``n`` is not a
-    multiple), the mean of ``values`` ``(n, C)`` over its samples: ``(k, C)``."""
-    n, c = values.shape
-    if n % size == 0:  # equal virtual batches: one reduction
-        return values.view(n // size, size, c).mean(1)
-    index, counts = _virtual_batches(n, size, values.device)
-    return values.new_zeros((counts.numel(), c)).index_add_(0, index, values) / counts[:, None]
-
-
 def _ghost_forward(params: _Params, st: _Ghost) -> tuple[tuple[Tensor, ...], _Saved]:
     """``(y, means, variances)`` with the virtual batches' ``(k, C)`` statistics (biased
-    variances, merged from the samples': ``mean_k var_i + mean_k (mu_i - mu_B)^2``) for the
-    module's running-statistics update; saves each sample's mean and 1/std (flat)."""
+    variances, merged from the samples' by ``_ghost_coef``: ``mean_k var_i +
+    mean_k (mu_i - mu_B)^2``) for the module's running-statistics update; saves each
+    sample's mean and 1/std ``(N * C,)``."""
     x, weight, bias = params
     plan, mean_i, var_i = _instance_stats(x, st.eps)
-    index = _virtual_batches(plan.n, st.size, x.device)[0]
-    means = _segment_mean(mean_i, st.size)
-    variances = _segment_mean(var_i + (mean_i - means[index]).square(), st.size)
-    mean = means[index].reshape(-1)
-    rstd = torch.rsqrt(variances + st.eps)[index].reshape(-1)
+    n, c = plan.n, plan.c
+    k = T._cdiv(n, st.size)
+    means, variances = torch.empty((2, k, c), device=x.device, dtype=torch.float32).unbind(0)
+    mean, rstd = torch.empty((2, n * c), device=x.device, dtype=torch.float32).unbind(0)
+    cb, nb = _coef_tiles(c, min(n, st.size))
+    T._kernels()._ghost_coef[(T._cdiv(c, cb), k)](
+        mean_i, var_i, means, variances, mean, rstd, n, c, st.size, st.eps, CB=cb, NB=nb,
+        num_warps=4,
+    )  # fmt: skip
     return (_map(x, plan, mean, rstd, weight, bias, plan.c), means, variances), (mean, rstd)
 
 
 def _ghost_backward(
     dy: Tensor, params: _Params, saved: _Saved, st: _Ghost, needs: tuple[bool, ...]
 ) -> tuple[Tensor | None, ...]:
-    """The kernels' per-(sample, channel) sums, summed per virtual batch, give batch norm's
-    coefficients per (virtual batch, channel); then the map-gradient kernel."""
+    """The kernels' per-(sample, channel) sums, merged per virtual batch into batch norm's
+    coefficients (``_ghost_grad_coef``); then the map-gradient kernel."""
     x, weight, bias = params
     mean, rstd = saved
     plan = T._plan(x, fold=False)
-    sets = (plan.c, 1)
-    s_dy, s_dyx = T._grad_sums(dy, x, weight, None, mean, rstd, sets, False, plan).sum(3)
-    index = _virtual_batches(plan.n, st.size, x.device)[0]
-    b = _segment_mean(s_dy, st.size) / plan.s  # mean(dy), mean(dy x_hat) per batch
-    a = _segment_mean(s_dyx, st.size) / plan.s
-    if weight is not None:
-        a, b = a * weight.float(), b * weight.float()
-    a, b = a[index].reshape(-1), b[index].reshape(-1)
+    n, c = plan.n, plan.c
+    sets = (c, 1)
+    sums = T._grad_sums(dy, x, weight, None, mean, rstd, sets, False, plan).sum(3)  # (2, n, c)
+    a, b = torch.empty((2, n * c), device=x.device, dtype=torch.float32).unbind(0)
+    cb, nb = _coef_tiles(c, min(n, st.size))
+    T._kernels()._ghost_grad_coef[(T._cdiv(c, cb), T._cdiv(n, st.size))](
+        sums[0], sums[1], weight, a, b, n, c, st.size, 1.0 / plan.s,
+        HAS_W=weight is not None, CB=cb, NB=nb, num_warps=4,
+    )  # fmt: skip
     dx = T._grad_map(dy, x, weight, None, mean, rstd, a, b, sets, False, plan)
+    db, dw = sums.sum(1) if needs[1] or needs[2] else (None, None)
     return (
         dx if needs[0] else None,
-        s_dyx.sum(0).to(weight.dtype) if needs[1] else None,
-        s_dy.sum(0).to(bias.dtype) if needs[2] else None,
+        dw.to(weight.dtype) if needs[1] else None,
+        db.to(bias.dtype) if needs[2] else None,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any
@@ -114,6 +115,14 @@ def _sequential_blend(factors: list[float]) -> tuple[float, list[float]]:
         coeffs[j] = factors[j] * keep
         keep *= 1.0 - factors[j]
     return keep, coeffs
+
+
+@functools.lru_cache(maxsize=64)
+def _blend_weights(weights: tuple[tuple[float, ...], ...], device: torch.device) -> Tensor:
+    """``weights`` as a float64 tensor on ``device``, cached: with a fixed momentum they are
+    the same every step, and building them each time is a host-to-device copy, which waits
+    for the GPU's queue (a sync per training step)."""
+    return torch.tensor(weights, dtype=torch.float64, device=device)
 
 
 def _sum_in_order(tensors: list[Tensor]) -> Tensor:
@@ -345,11 +354,11 @@ class GhostBatchNorm(BatchNorm):
         counts = [min(vbs, x.shape[0] - n) * spatial for n in starts]
         unbias = [c * m / max(m - 1, 1) for c, m in zip(coeffs, counts, strict=True)]
         with torch.no_grad():  # the weighted sums in float64: (G,) @ (G, C)
-            for buf, weights, batch in (
-                (self.running_mean, coeffs, means),
-                (self.running_var, unbias, variances),
+            both = _blend_weights((tuple(coeffs), tuple(unbias)), means.device)
+            for buf, w, batch in (
+                (self.running_mean, both[0], means),
+                (self.running_var, both[1], variances),
             ):
-                w = torch.tensor(weights, dtype=torch.float64, device=batch.device)
                 buf.mul_(keep).add_((w @ batch.double()).to(buf.dtype))
 
     def _repr_structure(self) -> list[str]:
