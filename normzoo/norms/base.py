@@ -239,6 +239,9 @@ class Norm(nn.Module):
         """``num_batches_tracked += k``; returns the new count where the host knows it (then
         keeps knowing it) or ``read`` asks to read it first, else ``0``, reading nothing
         (momentum factors do not need the count)."""
+        if not read and "_tracked_seen" not in self.__dict__:  # never read: nothing to keep
+            self.num_batches_tracked.add_(k)
+            return 0
         known = self._batches_tracked() if read else self._known_batches()
         self.num_batches_tracked.add_(k)
         return 0 if known is None else self._remember_batches(known + k)
