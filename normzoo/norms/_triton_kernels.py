@@ -859,6 +859,25 @@ def _tile(n, n_end, cs, cmask, C, NB: tl.constexpr):
 
 
 @triton.jit
+def _virtual_batch(N, C, size, CB: tl.constexpr):
+    """A Ghost BN coefficient program's channels (``program_id(0)``'s block: ``cs``, mask)
+    and virtual batch ``k = program_id(1)``: its samples ``n0 ... n1``."""
+    cs = tl.program_id(0) * CB + tl.arange(0, CB)
+    n0 = tl.program_id(1) * size
+    return cs, cs < C, n0, tl.minimum(n0 + size, N)
+
+
+@triton.jit
+def _store_per_sample(P, Q, p, q, n0, n1, cs, cmask, C, CB: tl.constexpr, NB: tl.constexpr):
+    """The channels' values ``p`` and ``q`` ``(CB,)`` stored for each sample ``n0 ... n1`` of
+    ``P`` and ``Q`` ``(N, C)``."""
+    for n in range(n0, n1, NB):
+        off, m = _tile(n, n1, cs, cmask, C, NB)
+        tl.store(P + off, tl.zeros([NB, CB], dtype=tl.float32) + p[None, :], mask=m)
+        tl.store(Q + off, tl.zeros([NB, CB], dtype=tl.float32) + q[None, :], mask=m)
+
+
+@triton.jit
 def _ghost_coef(
     MEAN_I,
     VAR_I,
@@ -878,11 +897,8 @@ def _ghost_coef(
     variances: ``mu_k = mean(mu_i)``, ``var_k = mean(var_i + (mu_i - mu_k)^2)`` (equal
     counts), stored at ``MEANS``/``VARS`` ``(K, C)``, and each of its samples' ``MEAN`` and
     ``RSTD = 1/sqrt(var_k + eps)`` ``(N, C)`` for the map."""
-    cs = tl.program_id(0) * CB + tl.arange(0, CB)
-    cmask = cs < C
+    cs, cmask, n0, n1 = _virtual_batch(N, C, size, CB)
     k = tl.program_id(1)
-    n0 = k * size
-    n1 = tl.minimum(n0 + size, N)
     count = (n1 - n0).to(tl.float32)
     acc = tl.zeros([NB, CB], dtype=tl.float32)
     for n in range(n0, n1, NB):
@@ -899,10 +915,7 @@ def _ghost_coef(
     tl.store(MEANS + k * C + cs, mu, mask=cmask)
     tl.store(VARS + k * C + cs, var, mask=cmask)
     rstd = 1.0 / tl.sqrt(var + eps)
-    for n in range(n0, n1, NB):
-        off, m = _tile(n, n1, cs, cmask, C, NB)
-        tl.store(MEAN + off, tl.zeros([NB, CB], dtype=tl.float32) + mu[None, :], mask=m)
-        tl.store(RSTD + off, tl.zeros([NB, CB], dtype=tl.float32) + rstd[None, :], mask=m)
+    _store_per_sample(MEAN, RSTD, mu, rstd, n0, n1, cs, cmask, C, CB, NB)
 
 
 @triton.jit
@@ -924,11 +937,7 @@ def _ghost_grad_coef(
     samples' ``sum(dy)``, ``sum(dy x_hat)`` ``(N, C)``: ``b = w mean_k(dy)``,
     ``a = w mean_k(dy x_hat)`` (``inv_s = 1/S``), stored for each of its samples ``(N, C)``
     for the map-gradient kernel."""
-    cs = tl.program_id(0) * CB + tl.arange(0, CB)
-    cmask = cs < C
-    k = tl.program_id(1)
-    n0 = k * size
-    n1 = tl.minimum(n0 + size, N)
+    cs, cmask, n0, n1 = _virtual_batch(N, C, size, CB)
     acc_dy = tl.zeros([NB, CB], dtype=tl.float32)
     acc_dyx = tl.zeros([NB, CB], dtype=tl.float32)
     for n in range(n0, n1, NB):
@@ -940,10 +949,7 @@ def _ghost_grad_coef(
         scale *= tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
     b = tl.sum(acc_dy, axis=0) * scale
     a = tl.sum(acc_dyx, axis=0) * scale
-    for n in range(n0, n1, NB):
-        off, m = _tile(n, n1, cs, cmask, C, NB)
-        tl.store(A + off, tl.zeros([NB, CB], dtype=tl.float32) + a[None, :], mask=m)
-        tl.store(B + off, tl.zeros([NB, CB], dtype=tl.float32) + b[None, :], mask=m)
+    _store_per_sample(A, B, a, b, n0, n1, cs, cmask, C, CB, NB)
 
 
 @triton.jit
