@@ -255,13 +255,13 @@ Triton's interpreter against the reference math (outputs, every gradient, the ru
 statistics, ties of the TLU, clipped `r` and `d`, the mixture logits' gradients). The
 host's work per call, which decided the core norms' dispatch on the H200, is counted on the
 CPU by `python scripts/triton_launches.py` (Triton launches + other CUDA launches, module
-call, fwd / fwd+bwd): after the twelfth session's per-channel coefficient kernels (`r` and
-`d`, the B0 stds, the virtual batches' statistics, each with their backward's coefficients,
-one launch each in place of tens of small torch ops) Batch Renorm takes 4 + 1 / 6 + 8
-(was 3 + 16 / 5 + 24), EvoNorm-B0 4 + 1 / 7 + 3 (was 3 + 16 / 5 + 31), Ghost BN 4 + 11 /
-7 + 16 (was 3 + 24 / 5 + 38, the rest its module's running-statistics update), against
-batch norm's 3 + 1 / 5 + 7; SwitchableNorm's mixture still runs as torch ops (3 + 34 /
-5 + 120).
+call, fwd / fwd+bwd): after the twelfth session's coefficient kernels (`r` and `d`, the B0
+stds, the virtual batches' statistics, SwitchableNorm's BN and LN statistics and mixture,
+each with their backward's coefficients, one launch each in place of tens of small torch
+ops) Batch Renorm takes 4 + 1 / 6 + 8 (was 3 + 16 / 5 + 24), EvoNorm-B0 4 + 1 / 7 + 3 (was
+3 + 16 / 5 + 31), Ghost BN 4 + 11 / 7 + 16 (was 3 + 24 / 5 + 38, the rest its module's
+running-statistics update), SwitchableNorm 5 + 1 / 10 + 3 (was 3 + 34 / 5 + 120), against
+batch norm's 3 + 1 / 5 + 7.
 
 **Read the numbers with care.** They were measured on a 2-core VM (load averages are
 recorded with each run, and per row in the JSON). On the CPU a large part of each call is the

@@ -320,6 +320,78 @@ def b0_grad_coef(grid, P, ISTD, BSTD, MEAN_I, MEAN_B, K1, K0, G, N, C, PSTRIDE, 
     K0.copy_(k0.view(-1))
 
 
+def switch_bn(grid, MEAN_I, VAR_I, RMEAN, RVAR, MEAN_BN, VAR_BN, N, C, keep, factor, unbias,
+              **kw):  # fmt: skip
+    mi, vi = MEAN_I.reshape(N, C), VAR_I.reshape(N, C)
+    if kw["BATCH"]:
+        mean = mi.mean(0)
+        var = (vi + mi * mi).mean(0) - mean * mean
+        if kw["UPDATE"]:
+            RMEAN.copy_(keep * RMEAN.float() + factor * mean)
+            RVAR.copy_(keep * RVAR.float() + factor * (var * unbias))
+    else:
+        mean, var = RMEAN.float(), RVAR.float()
+    MEAN_BN.copy_(mean)
+    VAR_BN.copy_(var)
+
+
+def switch_mix(grid, MEAN_I, VAR_I, MEAN_BN, VAR_BN, MW, VW, MEAN, RSTD, MEAN_LN, VAR_LN, N, C,
+               eps, **_):  # fmt: skip
+    mi, vi = MEAN_I.reshape(N, C), VAR_I.reshape(N, C)
+    mean_ln = mi.mean(1)
+    var_ln = (vi + mi * mi).mean(1) - mean_ln * mean_ln
+    MEAN_LN.copy_(mean_ln)
+    VAR_LN.copy_(var_ln)
+    wm, wv = torch.softmax(MW.float(), 0), torch.softmax(VW.float(), 0)
+    mean = wm[0] * mi + wm[1] * mean_ln[:, None] + wm[2] * MEAN_BN
+    var = wv[0] * vi + wv[1] * var_ln[:, None] + wv[2] * VAR_BN
+    MEAN.copy_(mean.view(-1))
+    RSTD.copy_((1 / torch.sqrt(var + eps)).view(-1))
+
+
+def _switch_d(SDY, SDYX, RSTD, W, N, C, **kw):
+    """``dL/dmean``, ``dL/dvar`` per (sample, channel)."""
+    w = W.float() if kw["HAS_W"] else torch.ones(C)
+    r = RSTD.view(N, C)
+    return -(w * r) * SDY.reshape(N, C), -0.5 * (w * r * r) * SDYX.reshape(N, C)
+
+
+def switch_grad_bn(grid, SDY, SDYX, RSTD, W, MEAN_I, VAR_I, MEAN_BN, VAR_BN, SUMS, N, C, **kw):
+    d_mean, d_var = _switch_d(SDY, SDYX, RSTD, W, N, C, **kw)
+    a, b = d_mean.sum(0), d_var.sum(0)
+    rows = [a, b, SDYX.reshape(N, C).sum(0), SDY.reshape(N, C).sum(0)]
+    rows += [(d_mean * MEAN_I.reshape(N, C)).sum(0), (d_var * VAR_I.reshape(N, C)).sum(0)]
+    SUMS.copy_(torch.stack([*rows, a * MEAN_BN, b * VAR_BN]))
+
+
+def switch_grad_ln(grid, SDY, SDYX, RSTD, W, MEAN_I, MEAN, MEAN_LN, VAR_LN, MEAN_BN, SUMS, MW,
+                   VW, A, B, LN_TERMS, N, C, S, **kw):  # fmt: skip
+    d_mean, d_var = _switch_d(SDY, SDYX, RSTD, W, N, C, **kw)
+    a_ln, b_ln = d_mean.sum(1, keepdim=True), d_var.sum(1, keepdim=True)
+    LN_TERMS.copy_(torch.stack([a_ln[:, 0] * MEAN_LN, b_ln[:, 0] * VAR_LN]))
+    wm, wv = torch.softmax(MW.float(), 0), torch.softmax(VW.float(), 0)
+    mi = MEAN_I.reshape(N, C)
+    g_mu = wm[0] * d_mean + wm[1] / C * a_ln + 2 * wv[1] / C * b_ln * (mi - MEAN_LN[:, None])
+    g_var = wv[0] * d_var + wv[1] / C * b_ln
+    if kw["BATCH"]:
+        a_bn, b_bn = SUMS[0], SUMS[1]
+        g_mu = g_mu + wm[2] / N * a_bn + 2 * wv[2] / N * b_bn * (mi - MEAN_BN)
+        g_var = g_var + wv[2] / N * b_bn
+    q = 2.0 / S * g_var
+    r = RSTD.view(N, C)
+    A.copy_((-q / (r * r)).view(-1))
+    B.copy_((-(q * MEAN.view(N, C) + g_mu / S - q * mi) / r).view(-1))
+
+
+def switch_grad_logits(grid, SUMS, LN_TERMS, MW, VW, G, N, C, **_):
+    per_c, per_n = SUMS[4:].sum(1), LN_TERMS.sum(1)
+    g_m = torch.stack([per_c[0], per_n[0], per_c[2]])
+    g_v = torch.stack([per_c[1], per_n[1], per_c[3]])
+    wm, wv = torch.softmax(MW.float(), 0), torch.softmax(VW.float(), 0)
+    G[:3] = wm * (g_m - (wm * g_m).sum())
+    G[3:] = wv * (g_v - (wv * g_v).sum())
+
+
 class Kernels:
     """A stand-in for ``normzoo.norms._triton_kernels``."""
 
@@ -340,3 +412,8 @@ class Kernels:
     _ghost_grad_coef = _Kernel(ghost_grad_coef)
     _b0_coef = _Kernel(b0_coef)
     _b0_grad_coef = _Kernel(b0_grad_coef)
+    _switch_bn = _Kernel(switch_bn)
+    _switch_mix = _Kernel(switch_mix)
+    _switch_grad_bn = _Kernel(switch_grad_bn)
+    _switch_grad_ln = _Kernel(switch_grad_ln)
+    _switch_grad_logits = _Kernel(switch_grad_logits)

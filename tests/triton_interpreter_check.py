@@ -244,7 +244,8 @@ def check_switchable() -> tuple[list, int]:
                 leaves = _twins(x, torch.randn(3), torch.randn(3), *_affine(c, affine))
                 rm1, rv1 = rm.clone(), rv.clone()
                 state = Z.SwitchableState(rm1, rv1, training, 0.3, 1e-5, training)
-                y1 = Z.switchable_norm(*leaves[0], state)
+                with _coef_tiles(affine):
+                    y1 = Z.switchable_norm(*leaves[0], state)
                 x2, mw2, vw2, w2, b2 = leaves[1]
                 y2, rm2, rv2 = functional.switchable_norm(
                     x2, mw2, vw2, rm, rv, w2, b2, training=training, momentum=0.3

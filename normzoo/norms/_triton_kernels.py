@@ -1057,3 +1057,294 @@ def _b0_grad_coef(
         k1 = p_b * inv_s / istd
         tl.store(K1 + off, k1 + q[None, :], mask=m)
         tl.store(K0 + off, k1 * mi + q0[None, :], mask=m)
+
+
+@triton.jit
+def _softmax3(P):
+    """The softmax of the three logits at ``P`` (SwitchableNorm's IN, LN, BN weights)."""
+    a0 = tl.load(P).to(tl.float32)
+    a1 = tl.load(P + 1).to(tl.float32)
+    a2 = tl.load(P + 2).to(tl.float32)
+    top = tl.maximum(tl.maximum(a0, a1), a2)
+    e0, e1, e2 = tl.exp(a0 - top), tl.exp(a1 - top), tl.exp(a2 - top)
+    total = e0 + e1 + e2
+    return e0 / total, e1 / total, e2 / total
+
+
+@triton.jit
+def _switch_bn(
+    MEAN_I,
+    VAR_I,
+    RMEAN,
+    RVAR,
+    MEAN_BN,
+    VAR_BN,
+    N,
+    C,
+    keep,
+    factor,
+    unbias,
+    BATCH: tl.constexpr,
+    UPDATE: tl.constexpr,
+    CB: tl.constexpr,
+    NB: tl.constexpr,
+):
+    """SwitchableNorm's BN statistics per channel from the IN ones ``(N, C)``: under
+    ``BATCH`` ``mu_bn = mean_n mu_i``, ``var_bn = mean_n (var_i + mu_i^2) - mu_bn^2`` (with
+    ``UPDATE`` the running ones become ``keep * running + factor * batch``, the variance
+    unbiased), else the running ones; stored at ``MEAN_BN``, ``VAR_BN`` ``(C,)``."""
+    cs = tl.program_id(0) * CB + tl.arange(0, CB)
+    cmask = cs < C
+    if BATCH:
+        acc_m = tl.zeros([NB, CB], dtype=tl.float32)
+        acc_s = tl.zeros([NB, CB], dtype=tl.float32)
+        for n in range(0, N, NB):
+            off, m = _tile(n, N, cs, cmask, C, NB)
+            mi = tl.load(MEAN_I + off, mask=m, other=0.0)
+            acc_m += mi
+            acc_s += tl.load(VAR_I + off, mask=m, other=0.0) + mi * mi
+        mean = tl.sum(acc_m, axis=0) / N
+        var = tl.sum(acc_s, axis=0) / N - mean * mean
+        if UPDATE:
+            rm = tl.load(RMEAN + cs, mask=cmask, other=0.0).to(tl.float32)
+            rv = tl.load(RVAR + cs, mask=cmask, other=1.0).to(tl.float32)
+            tl.store(RMEAN + cs, (keep * rm + factor * mean).to(RMEAN.dtype.element_ty), mask=cmask)
+            new_var = keep * rv + factor * (var * unbias)
+            tl.store(RVAR + cs, new_var.to(RVAR.dtype.element_ty), mask=cmask)
+    else:
+        mean = tl.load(RMEAN + cs, mask=cmask, other=0.0).to(tl.float32)
+        var = tl.load(RVAR + cs, mask=cmask, other=1.0).to(tl.float32)
+    tl.store(MEAN_BN + cs, mean, mask=cmask)
+    tl.store(VAR_BN + cs, var, mask=cmask)
+
+
+@triton.jit
+def _sample_tile(c, n0, N, C, RB: tl.constexpr, CB: tl.constexpr):
+    """Offsets and masks of the ``(RB, CB)`` tile of an ``(N, C)`` array at samples
+    ``n0 ...`` and channels ``c ...``; the channels and their mask."""
+    ns = n0 + tl.arange(0, RB)
+    cs = c + tl.arange(0, CB)
+    m = (ns < N)[:, None] & (cs < C)[None, :]
+    return ns[:, None].to(tl.int64) * C + cs[None, :], m, cs, cs < C
+
+
+@triton.jit
+def _switch_mix(
+    MEAN_I,
+    VAR_I,
+    MEAN_BN,
+    VAR_BN,
+    MW,
+    VW,
+    MEAN,
+    RSTD,
+    MEAN_LN,
+    VAR_LN,
+    N,
+    C,
+    eps,
+    RB: tl.constexpr,
+    CB: tl.constexpr,
+):
+    """SwitchableNorm's mixture for samples ``program_id(0) * RB ...``: the LN statistics
+    (``mu_ln = mean_c mu_i``, ``var_ln = mean_c (var_i + mu_i^2) - mu_ln^2``, stored at
+    ``MEAN_LN``, ``VAR_LN`` ``(N,)``), then per (sample, channel) ``mean = sum_k wm_k mu_k``,
+    ``var = sum_k wv_k var_k`` (softmax weights of the logits ``MW``, ``VW``) and
+    ``RSTD = 1/sqrt(var + eps)``, stored ``(N, C)``."""
+    n0 = tl.program_id(0) * RB
+    ns = n0 + tl.arange(0, RB)
+    acc_m = tl.zeros([RB, CB], dtype=tl.float32)
+    acc_s = tl.zeros([RB, CB], dtype=tl.float32)
+    for c in range(0, C, CB):
+        off, m, _, _ = _sample_tile(c, n0, N, C, RB, CB)
+        mi = tl.load(MEAN_I + off, mask=m, other=0.0)
+        acc_m += mi
+        acc_s += tl.load(VAR_I + off, mask=m, other=0.0) + mi * mi
+    mean_ln = tl.sum(acc_m, axis=1) / C
+    var_ln = tl.sum(acc_s, axis=1) / C - mean_ln * mean_ln
+    tl.store(MEAN_LN + ns, mean_ln, mask=ns < N)
+    tl.store(VAR_LN + ns, var_ln, mask=ns < N)
+    wm0, wm1, wm2 = _softmax3(MW)
+    wv0, wv1, wv2 = _softmax3(VW)
+    for c in range(0, C, CB):
+        off, m, cs, cmask = _sample_tile(c, n0, N, C, RB, CB)
+        mi = tl.load(MEAN_I + off, mask=m, other=0.0)
+        vi = tl.load(VAR_I + off, mask=m, other=0.0)
+        mean_bn = tl.load(MEAN_BN + cs, mask=cmask, other=0.0)
+        var_bn = tl.load(VAR_BN + cs, mask=cmask, other=0.0)
+        mean = wm0 * mi + wm1 * mean_ln[:, None] + wm2 * mean_bn[None, :]
+        var = wv0 * vi + wv1 * var_ln[:, None] + wv2 * var_bn[None, :]
+        tl.store(MEAN + off, mean, mask=m)
+        tl.store(RSTD + off, 1.0 / tl.sqrt(var + eps), mask=m)
+
+
+@triton.jit
+def _switch_grad_bn(
+    SDY,
+    SDYX,
+    RSTD,
+    W,
+    MEAN_I,
+    VAR_I,
+    MEAN_BN,
+    VAR_BN,
+    SUMS,
+    N,
+    C,
+    HAS_W: tl.constexpr,
+    CB: tl.constexpr,
+    NB: tl.constexpr,
+):
+    """SwitchableNorm's backward, per channel: with ``dL/dmean = -w r sum(dy)`` and
+    ``dL/dvar = -w r^2 sum(dy x_hat) / 2`` per (sample, channel) (``r`` the 1/std), their
+    sums over the samples ``A_bn``, ``B_bn``, the parameter gradients ``dw = sum(dy x_hat)``,
+    ``db = sum(dy)`` and the logits' per-channel terms ``sum_n dL/dmean mu_i``,
+    ``sum_n dL/dvar var_i``, ``A_bn mu_bn``, ``B_bn var_bn``: rows 0-7 of ``SUMS`` ``(8, C)``."""
+    cs = tl.program_id(0) * CB + tl.arange(0, CB)
+    cmask = cs < C
+    w = tl.full([CB], 1.0, tl.float32)
+    if HAS_W:
+        w = tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
+    a_bn = tl.zeros([NB, CB], dtype=tl.float32)
+    b_bn = tl.zeros([NB, CB], dtype=tl.float32)
+    dw = tl.zeros([NB, CB], dtype=tl.float32)
+    db = tl.zeros([NB, CB], dtype=tl.float32)
+    g_m = tl.zeros([NB, CB], dtype=tl.float32)
+    g_v = tl.zeros([NB, CB], dtype=tl.float32)
+    for n in range(0, N, NB):
+        off, m = _tile(n, N, cs, cmask, C, NB)
+        s_dy = tl.load(SDY + off, mask=m, other=0.0)
+        s_dyx = tl.load(SDYX + off, mask=m, other=0.0)
+        r = tl.load(RSTD + off, mask=m, other=0.0)
+        d_mean = -(w[None, :] * r) * s_dy
+        d_var = -0.5 * (w[None, :] * r * r) * s_dyx
+        a_bn += d_mean
+        b_bn += d_var
+        dw += s_dyx
+        db += s_dy
+        g_m += d_mean * tl.load(MEAN_I + off, mask=m, other=0.0)
+        g_v += d_var * tl.load(VAR_I + off, mask=m, other=0.0)
+    a = tl.sum(a_bn, axis=0)
+    b = tl.sum(b_bn, axis=0)
+    tl.store(SUMS + cs, a, mask=cmask)
+    tl.store(SUMS + C + cs, b, mask=cmask)
+    tl.store(SUMS + 2 * C + cs, tl.sum(dw, axis=0), mask=cmask)
+    tl.store(SUMS + 3 * C + cs, tl.sum(db, axis=0), mask=cmask)
+    tl.store(SUMS + 4 * C + cs, tl.sum(g_m, axis=0), mask=cmask)
+    tl.store(SUMS + 5 * C + cs, tl.sum(g_v, axis=0), mask=cmask)
+    tl.store(SUMS + 6 * C + cs, a * tl.load(MEAN_BN + cs, mask=cmask, other=0.0), mask=cmask)
+    tl.store(SUMS + 7 * C + cs, b * tl.load(VAR_BN + cs, mask=cmask, other=0.0), mask=cmask)
+
+
+@triton.jit
+def _switch_grad_ln(
+    SDY,
+    SDYX,
+    RSTD,
+    W,
+    MEAN_I,
+    MEAN,
+    MEAN_LN,
+    VAR_LN,
+    MEAN_BN,
+    SUMS,
+    MW,
+    VW,
+    A,
+    B,
+    LN_TERMS,
+    N,
+    C,
+    S,
+    BATCH: tl.constexpr,
+    HAS_W: tl.constexpr,
+    RB: tl.constexpr,
+    CB: tl.constexpr,
+):
+    r"""SwitchableNorm's backward for samples ``program_id(0) * RB ...``: ``A_ln``, ``B_ln``
+    (the sums of ``dL/dmean``, ``dL/dvar`` over the channels; the logits' terms
+    ``A_ln mu_ln``, ``B_ln var_ln`` at ``LN_TERMS`` ``(2, N)``), then the IN statistics'
+    gradients ``G_mu``, ``G_var`` (``_switch_mix_backward``'s closed form; the BN terms,
+    from ``SUMS``, under ``BATCH``) and the map-gradient kernel's coefficients per (sample,
+    channel): ``q = 2 G_var / S``, ``a = -q / r^2``, ``b = -(q mean + G_mu / S - q mu_i) / r``
+    at ``A``, ``B``."""
+    n0 = tl.program_id(0) * RB
+    ns = n0 + tl.arange(0, RB)
+    a_ln = tl.zeros([RB, CB], dtype=tl.float32)
+    b_ln = tl.zeros([RB, CB], dtype=tl.float32)
+    for c in range(0, C, CB):
+        off, m, cs, cmask = _sample_tile(c, n0, N, C, RB, CB)
+        w = tl.full([CB], 1.0, tl.float32)
+        if HAS_W:
+            w = tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
+        r = tl.load(RSTD + off, mask=m, other=0.0)
+        a_ln += -(w[None, :] * r) * tl.load(SDY + off, mask=m, other=0.0)
+        b_ln += -0.5 * (w[None, :] * r * r) * tl.load(SDYX + off, mask=m, other=0.0)
+    a_n = tl.sum(a_ln, axis=1)
+    b_n = tl.sum(b_ln, axis=1)
+    mean_ln = tl.load(MEAN_LN + ns, mask=ns < N, other=0.0)
+    var_ln = tl.load(VAR_LN + ns, mask=ns < N, other=0.0)
+    tl.store(LN_TERMS + ns, a_n * mean_ln, mask=ns < N)
+    tl.store(LN_TERMS + N + ns, b_n * var_ln, mask=ns < N)
+    wm0, wm1, wm2 = _softmax3(MW)
+    wv0, wv1, wv2 = _softmax3(VW)
+    for c in range(0, C, CB):
+        off, m, cs, cmask = _sample_tile(c, n0, N, C, RB, CB)
+        w = tl.full([CB], 1.0, tl.float32)
+        if HAS_W:
+            w = tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
+        r = tl.load(RSTD + off, mask=m, other=1.0)
+        mi = tl.load(MEAN_I + off, mask=m, other=0.0)
+        d_mean = -(w[None, :] * r) * tl.load(SDY + off, mask=m, other=0.0)
+        d_var = -0.5 * (w[None, :] * r * r) * tl.load(SDYX + off, mask=m, other=0.0)
+        g_mu = wm0 * d_mean + (wm1 / C) * a_n[:, None]
+        g_mu += (2.0 * wv1 / C) * b_n[:, None] * (mi - mean_ln[:, None])
+        g_var = wv0 * d_var + (wv1 / C) * b_n[:, None]
+        if BATCH:
+            a_bn = tl.load(SUMS + cs, mask=cmask, other=0.0)
+            b_bn = tl.load(SUMS + C + cs, mask=cmask, other=0.0)
+            mean_bn = tl.load(MEAN_BN + cs, mask=cmask, other=0.0)
+            g_mu += (wm2 / N) * a_bn[None, :]
+            g_mu += (2.0 * wv2 / N) * b_bn[None, :] * (mi - mean_bn[None, :])
+            g_var += (wv2 / N) * b_bn[None, :]
+        q = (2.0 / S) * g_var
+        mean = tl.load(MEAN + off, mask=m, other=0.0)
+        tl.store(A + off, -q / (r * r), mask=m)
+        tl.store(B + off, -(q * mean + g_mu / S - q * mi) / r, mask=m)
+
+
+@triton.jit
+def _switch_grad_logits(SUMS, LN_TERMS, MW, VW, G, N, C, BLOCK: tl.constexpr):
+    """SwitchableNorm's logits' gradients (one program): ``g_k`` the sums of the per-channel
+    (``SUMS`` rows 4-7) and per-sample (``LN_TERMS``) terms, then the softmax's Jacobian
+    ``w_k (g_k - sum_j w_j g_j)``; stored at ``G`` (mean's three, then variance's three)."""
+    acc = tl.zeros([4, BLOCK], dtype=tl.float32)
+    rows = tl.arange(0, 4)
+    for c in range(0, C, BLOCK):
+        cs = c + tl.arange(0, BLOCK)
+        m = (cs < C)[None, :] & (rows < 4)[:, None]
+        acc += tl.load(SUMS + (4 + rows[:, None]) * C + cs[None, :], mask=m, other=0.0)
+    per_c = tl.sum(acc, axis=1)  # sum dmean mu_i, sum dvar var_i, A_bn mu_bn, B_bn var_bn
+    acc = tl.zeros([2, BLOCK], dtype=tl.float32)
+    rows2 = tl.arange(0, 2)
+    for n in range(0, N, BLOCK):
+        ns = n + tl.arange(0, BLOCK)
+        m = (ns < N)[None, :] & (rows2 < 2)[:, None]
+        acc += tl.load(LN_TERMS + rows2[:, None] * N + ns[None, :], mask=m, other=0.0)
+    per_n = tl.sum(acc, axis=1)  # A_ln mu_ln, B_ln var_ln
+    gm0 = tl.sum(tl.where(rows == 0, per_c, 0.0), axis=0)
+    gv0 = tl.sum(tl.where(rows == 1, per_c, 0.0), axis=0)
+    gm2 = tl.sum(tl.where(rows == 2, per_c, 0.0), axis=0)
+    gv2 = tl.sum(tl.where(rows == 3, per_c, 0.0), axis=0)
+    gm1 = tl.sum(tl.where(rows2 == 0, per_n, 0.0), axis=0)
+    gv1 = tl.sum(tl.where(rows2 == 1, per_n, 0.0), axis=0)
+    wm0, wm1, wm2 = _softmax3(MW)
+    wv0, wv1, wv2 = _softmax3(VW)
+    dot_m = wm0 * gm0 + wm1 * gm1 + wm2 * gm2
+    dot_v = wv0 * gv0 + wv1 * gv1 + wv2 * gv2
+    tl.store(G, wm0 * (gm0 - dot_m))
+    tl.store(G + 1, wm1 * (gm1 - dot_m))
+    tl.store(G + 2, wm2 * (gm2 - dot_m))
+    tl.store(G + 3, wv0 * (gv0 - dot_v))
+    tl.store(G + 4, wv1 * (gv1 - dot_v))
+    tl.store(G + 5, wv2 * (gv2 - dot_v))

@@ -13,7 +13,9 @@ call path (:func:`_call`, with :func:`_triton._guarded`'s first-call fallback) s
   ``d`` and the running statistics' blend in one small kernel (``_renorm_coef``),
   ``dw = r sum(dy x_hat) + d sum(dy)``.
 * **SwitchableNorm**: per-(sample, channel) statistics (IN's), their mixture with LN's and BN's
-  on ``(N, C)`` tensors, the map kernel; backward through the mixture in closed form.
+  (``_switch_bn`` per channel, ``_switch_mix`` per sample), the map kernel; backward through
+  the mixture in closed form (``_switch_grad_bn``, ``_switch_grad_ln``,
+  ``_switch_grad_logits``).
 * **EvoNorm-B0**: the same statistics (the batch variance merged from them by ``_b0_coef``),
   its own map and backward kernels (``_b0_*``, the backward's coefficients by
   ``_b0_grad_coef``).
@@ -41,7 +43,6 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from normzoo import functional
-from normzoo.functional.switchable import switchable_statistics
 from normzoo.norms import _triton as T
 
 __all__ = [
@@ -309,124 +310,102 @@ class SwitchableState(NamedTuple):
     update: bool
 
 
-def _switch_mix(
-    mean_in: Tensor, var_in: Tensor, logits: tuple[Tensor, Tensor], running: Any,
-    training: bool, factor: float, positions: int,
-) -> tuple[Tensor, ...]:  # fmt: skip
-    """``functional.switchable_statistics`` of the IN statistics ``(N, C)``."""
-    n, c = mean_in.shape
-    return switchable_statistics(
-        mean_in.view(n, c, 1), var_in.view(n, c, 1), *logits, *running, training=training,
-        momentum=factor, positions=positions,
-    )  # fmt: skip
-
-
 def _switch_forward(params: _Params, st: SwitchableState) -> tuple[Tensor, _Saved]:
-    """The IN statistics, their mixture, the map with the mixed mean and 1/std; in eval the
-    running statistics as used are saved; the running statistics updated after ``y``."""
+    """The IN statistics; the BN ones per channel (``_switch_bn``: the batch's, the running
+    ones updated, or the running ones in eval), the LN ones per sample and the mixture's mean
+    and 1/std per (sample, channel) (``_switch_mix``); the map."""
     x, mean_weight, var_weight, weight, bias = params
     plan, mean_in, var_in = _instance_stats(x, st.eps)
-    running = (st.running_mean, st.running_var)
-    with torch.no_grad():
-        mix = (mean_weight, var_weight)
-        mean, var, new_mean, new_var = _switch_mix(
-            mean_in, var_in, mix, running, st.training, st.factor, plan.s
-        )
-    mean, rstd = mean.reshape(-1), torch.rsqrt(var + st.eps).reshape(-1)
-    y = _map(x, plan, mean, rstd, weight, bias, plan.c)
+    n, c = plan.n, plan.c
     batch = st.training or st.running_mean is None or st.running_var is None
-    frozen = (None, None) if batch else (st.running_mean.clone(), st.running_var.clone())  # type: ignore[union-attr]
-    if st.update:
-        st.running_mean.copy_(new_mean)  # type: ignore[union-attr]
-        st.running_var.copy_(new_var)  # type: ignore[union-attr]
-    return y, (mean_in, var_in, mean, rstd, *frozen)
+    mean_bn, var_bn = torch.empty((2, c), device=x.device, dtype=torch.float32).unbind(0)
+    mean_ln, var_ln = torch.empty((2, n), device=x.device, dtype=torch.float32).unbind(0)
+    mean, rstd = torch.empty((2, n * c), device=x.device, dtype=torch.float32).unbind(0)
+    m = n * plan.s
+    cb, nb = _coef_tiles(c, n)
+    T._kernels()._switch_bn[(T._cdiv(c, cb),)](
+        mean_in, var_in, st.running_mean, st.running_var, mean_bn, var_bn, n, c,
+        1.0 - st.factor, st.factor, m / max(m - 1, 1), BATCH=batch, UPDATE=st.update, CB=cb,
+        NB=nb, num_warps=4,
+    )  # fmt: skip
+    rb, cb = _sample_tiles(n, c)
+    T._kernels()._switch_mix[(T._cdiv(n, rb),)](
+        mean_in, var_in, mean_bn, var_bn, mean_weight, var_weight, mean, rstd, mean_ln, var_ln,
+        n, c, st.eps, RB=rb, CB=cb, num_warps=4,
+    )  # fmt: skip
+    y = _map(x, plan, mean, rstd, weight, bias, plan.c)
+    frozen = (None, None) if batch else (mean_bn, var_bn)  # the running statistics as used
+    return y, (mean_in, var_in, mean, rstd, *frozen, mean_bn, var_bn, mean_ln, var_ln)
+
+
+def _sample_tiles(n: int, c: int) -> tuple[int, int]:
+    """``(RB, CB)``: the samples and channels of the per-sample coefficient kernels' tiles."""
+    cb = min(T._pow2(c), COEF_CB)
+    return max(1, min(T._pow2(n), COEF_TILE // cb, 16)), cb
 
 
 def _switch_backward(
     dy: Tensor, params: _Params, saved: _Saved, st: SwitchableState, needs: tuple[bool, ...]
 ) -> tuple[Tensor | None, ...]:
     r"""The kernels' per-(sample, channel) ``sum(dy)``, ``sum(dy x_hat)`` give
-    ``dL/dmean = -w r sum(dy)``, ``dL/dvar = -w r^2 sum(dy x_hat) / 2``; the mixture's graph
-    (recomputed on ``(N, C)`` tensors) carries them to the IN statistics (``G_mu``,
-    ``G_var``) and the logits; with ``dmean_in/dx = 1/S``, ``dvar_in/dx = 2 (x - mean_in)/S``:
-    ``dx = r w dy + Q x + R``, ``Q = 2 G_var / S``, ``R = G_mu / S - Q mean_in``, the
-    map-gradient kernel's ``r (w dy - x_hat a - b)`` with ``a = -Q / r^2``,
-    ``b = -(Q mean + R) / r``."""
+    ``dL/dmean = -w r sum(dy)``, ``dL/dvar = -w r^2 sum(dy x_hat) / 2``; the mixture carries
+    them to the IN statistics (``G_mu``, ``G_var``) and the logits in closed form (with ``A``,
+    ``B`` the sums of ``dL/dmean``, ``dL/dvar`` over channels (LN) or samples (BN)):
+
+    .. math::
+        G_\mu = w_0 \frac{dL}{dmean} + w_1 \frac{A_{ln}}{C} + w_2 \frac{A_{bn}}{N}
+            + w'_1 B_{ln} \frac{2 (\mu_{in} - \mu_{ln})}{C}
+            + w'_2 B_{bn} \frac{2 (\mu_{in} - \mu_{bn})}{N},\quad
+        G_{\sigma^2} = w'_0 \frac{dL}{dvar} + w'_1 \frac{B_{ln}}{C} + w'_2 \frac{B_{bn}}{N}
+
+    (``sigma^2_ln = mean_c(sigma^2_in + mu_in^2) - mu_ln^2``, likewise BN's; in eval BN's
+    statistics are the running ones, constants: no ``w_2``, ``w'_2`` terms), the logits'
+    through the softmax, ``w (g - w . g)`` with ``g_k = sum dL/dmean * mu_k``; with
+    ``dmean_in/dx = 1/S``, ``dvar_in/dx = 2 (x - mean_in)/S``: ``dx = r w dy + Q x + R``,
+    ``Q = 2 G_var / S``, ``R = G_mu / S - Q mean_in``, the map-gradient kernel's
+    ``r (w dy - x_hat a - b)`` with ``a = -Q / r^2``, ``b = -(Q mean + R) / r``. Kernels:
+    the sums, ``_switch_grad_bn`` (per channel), ``_switch_grad_ln`` (per sample: ``a``,
+    ``b``), ``_switch_grad_logits``, the map gradient."""
     x, mw, vw, weight, bias = params
-    mean_in, var_in, mean, rstd, *frozen = saved
+    mean_in, var_in, mean, rstd, frozen_mean, _, mean_bn, var_bn, mean_ln, var_ln = saved
     plan = T._plan(x, fold=False)
-    n, c, s = plan.n, plan.c, plan.s
+    n, c = plan.n, plan.c
     sets = (c, 1)
     s_dy, s_dyx = T._grad_sums(dy, x, weight, None, mean, rstd, sets, False, plan).sum(3)
-    r = rstd.view(n, c)
-    w = weight.float() if weight is not None else torch.ones_like(r[0])
-    d_mean, d_var = -(w * r) * s_dy, -0.5 * (w * r * r) * s_dyx
-    g_mu, g_var, g_mw, g_vw = _switch_mix_backward(mean_in, var_in, mw, vw, frozen, d_mean, d_var)
-    q = (2.0 / s) * g_var
-    rr = g_mu / s - q * mean_in
-    a = (-q / (r * r)).reshape(-1)
-    b = (-(q * mean.view(n, c) + rr) / r).reshape(-1)
+    k = T._kernels()
+    sums = torch.empty((8, c), device=x.device, dtype=torch.float32)
+    cb, nb = _coef_tiles(c, n)
+    k._switch_grad_bn[(T._cdiv(c, cb),)](
+        s_dy, s_dyx, rstd, weight, mean_in, var_in, mean_bn, var_bn, sums, n, c,
+        HAS_W=weight is not None, CB=cb, NB=nb, num_warps=4,
+    )  # fmt: skip
+    a, b = torch.empty((2, n * c), device=x.device, dtype=torch.float32).unbind(0)
+    ln_terms = torch.empty((2, n), device=x.device, dtype=torch.float32)
+    rb, cb = _sample_tiles(n, c)
+    k._switch_grad_ln[(T._cdiv(n, rb),)](
+        s_dy, s_dyx, rstd, weight, mean_in, mean, mean_ln, var_ln, mean_bn, sums, mw, vw, a, b,
+        ln_terms, n, c, plan.s, BATCH=frozen_mean is None, HAS_W=weight is not None, RB=rb,
+        CB=cb, num_warps=4,
+    )  # fmt: skip
+    logits = torch.empty(6, device=x.device, dtype=torch.float32)
+    k._switch_grad_logits[(1,)](
+        sums, ln_terms, mw, vw, logits, n, c, BLOCK=min(T._pow2(max(n, c)), 1024), num_warps=4
+    )
     dx = T._grad_map(dy, x, weight, None, mean, rstd, a, b, sets, False, plan)
     return (
         dx if needs[0] else None,
-        g_mw.to(mw.dtype) if needs[1] else None,
-        g_vw.to(vw.dtype) if needs[2] else None,
-        s_dyx.sum(0).to(weight.dtype) if needs[3] else None,
-        s_dy.sum(0).to(bias.dtype) if needs[4] else None,
+        logits[:3].to(mw.dtype) if needs[1] else None,
+        logits[3:].to(vw.dtype) if needs[2] else None,
+        sums[2].to(weight.dtype) if needs[3] else None,
+        sums[3].to(bias.dtype) if needs[4] else None,
     )
-
-
-def _switch_mix_backward(
-    mean_in: Tensor,
-    var_in: Tensor,
-    mean_weight: Tensor,
-    var_weight: Tensor,
-    frozen: list[Tensor | None],
-    d_mean: Tensor,
-    d_var: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    r"""The mixture's backward in closed form (``(N, C)`` ops, no autograd graph): from
-    ``dL/dmean``, ``dL/dvar`` ``(N, C)`` to the IN statistics and the logits. With ``A``/``B``
-    the sums of ``dL/dmean``/``dL/dvar`` over channels (LN) or samples (BN):
-
-    .. math::
-        rac{dL}{d\mu_{in}} = w_0 rac{dL}{dmean} + w_1 rac{A_{ln}}{C} + w_2 rac{A_{bn}}{N}
-            + w'_1 B_{ln} rac{2 (\mu_{in} - \mu_{ln})}{C}
-            + w'_2 B_{bn} rac{2 (\mu_{in} - \mu_{bn})}{N},\quad
-        rac{dL}{d\sigma^2_{in}} = w'_0 rac{dL}{dvar} + w'_1 rac{B_{ln}}{C}
-            + w'_2 rac{B_{bn}}{N}
-
-    (``sigma^2_ln = mean_c(sigma^2_in + mu_in^2) - mu_ln^2``, likewise BN's); the logits'
-    through the softmax, ``w (g - w . g)`` with ``g_k = sum dL/dmean * mu_k``. In eval
-    (``frozen``: the running statistics) BN's terms are constants: no ``w_2``, ``w'_2``
-    terms in the IN statistics' gradients."""
-    n, c = mean_in.shape
-    wm, wv = torch.softmax(mean_weight.float(), 0), torch.softmax(var_weight.float(), 0)
-    mean_ln = mean_in.mean(1, keepdim=True)
-    second = var_in + mean_in * mean_in
-    var_ln = second.mean(1, keepdim=True) - mean_ln * mean_ln
-    a_ln, b_ln = d_mean.sum(1, keepdim=True), d_var.sum(1, keepdim=True)
-    a_bn, b_bn = d_mean.sum(0, keepdim=True), d_var.sum(0, keepdim=True)
-    g_mu = wm[0] * d_mean + wm[1] / c * a_ln + (2 * wv[1] / c) * b_ln * (mean_in - mean_ln)
-    g_var = wv[0] * d_var + wv[1] / c * b_ln
-    if frozen[0] is None:  # training: BN's statistics are the batch's
-        mean_bn = mean_in.mean(0, keepdim=True)
-        var_bn = second.mean(0, keepdim=True) - mean_bn * mean_bn
-        g_mu = g_mu + wm[2] / n * a_bn + (2 * wv[2] / n) * b_bn * (mean_in - mean_bn)
-        g_var = g_var + wv[2] / n * b_bn
-    else:
-        mean_bn, var_bn = frozen[0].float().view(1, c), frozen[1].float().view(1, c)  # type: ignore[union-attr]
-    g_m = torch.stack([(d_mean * mean_in).sum(), (a_ln * mean_ln).sum(), (a_bn * mean_bn).sum()])
-    g_v = torch.stack([(d_var * var_in).sum(), (b_ln * var_ln).sum(), (b_bn * var_bn).sum()])
-    g_mw, g_vw = wm * (g_m - (wm * g_m).sum()), wv * (g_v - (wv * g_v).sum())
-    return g_mu, g_var, g_mw, g_vw
 
 
 def _switch_reference(params: _Params, saved: _Saved, st: SwitchableState) -> Tensor:
     """``functional.switchable_norm`` with BN's term as in the forward (the batch's, or the
     running statistics then)."""
     x, mw, vw, weight, bias = params
-    running = saved[4:]
+    running = saved[4:6]
     batch = running[0] is None
     return functional.switchable_norm(
         x, mw, vw, *running, weight, bias, training=batch, momentum=0.0, eps=st.eps
