@@ -292,27 +292,47 @@ def test_a_failing_first_zoo_call_falls_back_to_the_reference_math(emulated, mon
     assert not _triton.available()
 
 
+@pytest.mark.parametrize("norm", ["renorm", "switchable", "b0"])
 def test_a_failing_first_zoo_forward_leaves_the_running_statistics_to_the_fallback(
-    emulated, monkeypatch
+    norm, emulated, monkeypatch
 ):
-    """Batch Renorm's map kernel cannot compile: the statistics kernels have run, but the
-    running statistics are blended only after the map, so the fallback's result and its one
-    blend are the reference's (not blended twice)."""
+    """The map kernel cannot compile: the statistics kernels and the coefficient kernel
+    (which updates the running statistics) have run; ``_call`` restores the running
+    statistics from its first call's copy, so the fallback's result and its one update are
+    the reference's (not updated twice)."""
     import triton_emulation
 
     from normzoo import functional
     from normzoo.norms import _triton_zoo
 
-    monkeypatch.setattr(emulated, "_apply", triton_emulation._Kernel(_broken))
+    broken = "_b0_apply" if norm == "b0" else "_apply"
+    monkeypatch.setattr(emulated, broken, triton_emulation._Kernel(_broken))
     x = torch.randn(6, 5, 7, 3) * 2 + 1
     w, b = torch.rand(5) + 0.5, torch.rand(5)
     rm, rv = torch.randn(5), torch.rand(5) + 0.5
-    ref_y, ref_m, ref_v = functional.batch_renorm(
-        x, rm, rv, w, b, training=True, r_max=1.5, d_max=0.5, momentum=0.3
-    )
+    with torch.no_grad():
+        if norm == "renorm":
+            ref = functional.batch_renorm(
+                x, rm, rv, w, b, training=True, r_max=1.5, d_max=0.5, momentum=0.3
+            )
+        elif norm == "switchable":
+            mw, vw = torch.randn(3), torch.randn(3)
+            ref = functional.switchable_norm(
+                x, mw, vw, rm, rv, w, b, training=True, momentum=0.3, eps=1e-5
+            )
+        else:
+            v = torch.randn(5) * 0.5
+            ref = functional.evonorm_b0(x, v, rv, w, b, training=True, momentum=0.3)
     with pytest.warns(RuntimeWarning, match="first call"):
-        y = _triton_zoo.batch_renorm(x, w, b, (rm, rv, 0.3), (1.5, 0.5), 1e-5)
-    torch.testing.assert_close((y, rm, rv), (ref_y, ref_m, ref_v))
+        if norm == "renorm":
+            y = _triton_zoo.batch_renorm(x, w, b, (rm, rv, 0.3), (1.5, 0.5), 1e-5)
+        elif norm == "switchable":
+            state = _triton_zoo.SwitchableState(rm, rv, True, 0.3, 1e-5, True)
+            y = _triton_zoo.switchable_norm(x, mw, vw, w, b, state)
+        else:
+            y = _triton_zoo.evonorm_b0(x, v, w, b, _triton_zoo.B0State(rv, True, 0.3, 1e-5, True))
+    got = (y, rv) if norm == "b0" else (y, rm, rv)
+    torch.testing.assert_close(got, tuple(ref))
     assert not _triton.available()
 
 

@@ -164,9 +164,9 @@ def _guarded(key: tuple[Any, ...], run: Any, fallback: Any) -> Any:
     compile here: an unsupported GPU or toolchain) turns the kernels off for the process with
     one warning and returns ``fallback()`` (torch's kernels) instead. Nothing the caller sees
     has been written then but the running statistics that batch norm's statistics kernel
-    (and Batch Renorm's and EvoNorm-B0's coefficient kernels) update before the map kernel
-    runs: :func:`_run` (and ``_triton_zoo._call``) restore them from a copy taken before a
-    first call, and the fallback updates them once."""
+    (and the coefficient kernels of Batch Renorm, EvoNorm-B0 and SwitchableNorm) update
+    before the map kernel runs: :func:`_run` (and ``_triton_zoo._call``) restore them from
+    a copy taken before a first call, and the fallback updates them once."""
     global _disabled
     if key in _proven:
         return run()

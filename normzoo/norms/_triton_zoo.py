@@ -426,8 +426,9 @@ def _switch_fallback(params: _Params, st: SwitchableState) -> Tensor:
 
 
 _SWITCH = _Norm(
-    "switchable", _switch_forward, _switch_backward, _switch_reference, _switch_fallback
-)
+    "switchable", _switch_forward, _switch_backward, _switch_reference, _switch_fallback,
+    lambda st: (st.running_mean, st.running_var) if st.update else (),
+)  # fmt: skip
 
 
 def switchable_norm(
