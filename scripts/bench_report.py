@@ -259,9 +259,9 @@ call, fwd / fwd+bwd): after the twelfth session's coefficient kernels (`r` and `
 stds, the virtual batches' statistics, SwitchableNorm's BN and LN statistics and mixture,
 each with their backward's coefficients, one launch each in place of tens of small torch
 ops) Batch Renorm takes 4 + 1 / 6 + 8 (was 3 + 16 / 5 + 24), EvoNorm-B0 4 + 1 / 7 + 3 (was
-3 + 16 / 5 + 31), Ghost BN 4 + 11 / 7 + 16 (was 3 + 24 / 5 + 38, the rest its module's
-running-statistics update), SwitchableNorm 5 + 1 / 10 + 3 (was 3 + 34 / 5 + 120), against
-batch norm's 3 + 1 / 5 + 7.
+3 + 16 / 5 + 31), Ghost BN 5 + 1 / 8 + 6 (was 3 + 24 / 5 + 38; its running statistics,
+one update per virtual batch, in a kernel too), SwitchableNorm 5 + 1 / 10 + 3 (was 3 + 34 /
+5 + 120), against batch norm's 3 + 1 / 5 + 7.
 
 **Read the numbers with care.** They were measured on a 2-core VM (load averages are
 recorded with each run, and per row in the JSON). On the CPU a large part of each call is the

@@ -292,7 +292,7 @@ def test_a_failing_first_zoo_call_falls_back_to_the_reference_math(emulated, mon
     assert not _triton.available()
 
 
-@pytest.mark.parametrize("norm", ["renorm", "switchable", "b0"])
+@pytest.mark.parametrize("norm", ["renorm", "switchable", "b0", "ghost"])
 def test_a_failing_first_zoo_forward_leaves_the_running_statistics_to_the_fallback(
     norm, emulated, monkeypatch
 ):
@@ -320,17 +320,24 @@ def test_a_failing_first_zoo_forward_leaves_the_running_statistics_to_the_fallba
             ref = functional.switchable_norm(
                 x, mw, vw, rm, rv, w, b, training=True, momentum=0.3, eps=1e-5
             )
-        else:
+        elif norm == "b0":
             v = torch.randn(5) * 0.5
             ref = functional.evonorm_b0(x, v, rv, w, b, training=True, momentum=0.3)
+        else:
+            ref = functional.ghost_batch_norm(
+                x, rm, rv, w, b, virtual_batch_size=4, training=True, momentum=None,
+                num_batches_tracked=3,
+            )  # fmt: skip
     with pytest.warns(RuntimeWarning, match="first call"):
         if norm == "renorm":
             y = _triton_zoo.batch_renorm(x, w, b, (rm, rv, 0.3), (1.5, 0.5), 1e-5)
         elif norm == "switchable":
             state = _triton_zoo.SwitchableState(rm, rv, True, 0.3, 1e-5, True)
             y = _triton_zoo.switchable_norm(x, mw, vw, w, b, state)
-        else:
+        elif norm == "b0":
             y = _triton_zoo.evonorm_b0(x, v, w, b, _triton_zoo.B0State(rv, True, 0.3, 1e-5, True))
+        else:
+            y = _triton_zoo.ghost_batch_norm(x, w, b, 4, 1e-5, (rm, rv, None, 3))[0]
     got = (y, rv) if norm == "b0" else (y, rm, rv)
     torch.testing.assert_close(got, tuple(ref))
     assert not _triton.available()

@@ -392,6 +392,17 @@ def switch_grad_logits(grid, SUMS, LN_TERMS, MW, VW, G, N, C, **_):
     G[3:] = wv * (g_v - (wv * g_v).sum())
 
 
+def ghost_blend(grid, MEANS, VARS, RMEAN, RVAR, N, C, K, size, S, factor, tracked, **kw):
+    rm, rv = RMEAN.float(), RVAR.float()
+    for k in range(K):
+        count = min(size, N - k * size) * S
+        f = 1.0 / (tracked + k + 1) if kw["CUMULATIVE"] else factor
+        rm = f * MEANS.view(-1, C)[k] + (1 - f) * rm
+        rv = f * (VARS.view(-1, C)[k] * (count / max(count - 1, 1))) + (1 - f) * rv
+    RMEAN.copy_(rm)
+    RVAR.copy_(rv)
+
+
 class Kernels:
     """A stand-in for ``normzoo.norms._triton_kernels``."""
 
@@ -413,6 +424,7 @@ class Kernels:
     _b0_coef = _Kernel(b0_coef)
     _b0_grad_coef = _Kernel(b0_grad_coef)
     _switch_bn = _Kernel(switch_bn)
+    _ghost_blend = _Kernel(ghost_blend)
     _switch_mix = _Kernel(switch_mix)
     _switch_grad_bn = _Kernel(switch_grad_bn)
     _switch_grad_ln = _Kernel(switch_grad_ln)

@@ -300,13 +300,20 @@ def check_ghost() -> tuple[list, int]:
                 cases.append((shape, "ghost", size, cl, affine, False))
                 x = _input(shape, cl, spread=2.0)
                 leaves = _twins(x, *_affine(shape[1], affine))
+                # the running statistics: a momentum, or momentum=None after 4 batches
+                momentum, tracked = (0.3, 0) if affine else (None, 4)
+                rm, rv = torch.randn(shape[1]), torch.rand(shape[1]) + 0.5
+                rm1, rv1 = rm.clone(), rv.clone()
                 with _coef_tiles(affine):
-                    y1, means, variances = Z.ghost_batch_norm(*leaves[0], size, 1e-5)
+                    y1, means, variances = Z.ghost_batch_norm(
+                        *leaves[0], size, 1e-5, (rm1, rv1, momentum, tracked)
+                    )
                 x2, w2, b2 = leaves[1]
-                y2 = functional.ghost_batch_norm(
-                    x2, None, None, w2, b2, virtual_batch_size=size, training=True
-                )[0]
-                errs = []
+                y2, rm2, rv2 = functional.ghost_batch_norm(
+                    x2, rm, rv, w2, b2, virtual_batch_size=size, training=True,
+                    momentum=momentum, num_batches_tracked=tracked,
+                )  # fmt: skip
+                errs = [(rm1 - rm2).abs().max().item(), _rel(rv1, rv2)]
                 for j, chunk in enumerate(x.double().split(size)):
                     v, m = torch.var_mean(chunk, [0, *range(2, x.dim())], correction=0)
                     errs += [(means[j] - m).abs().max().item(), _rel(variances[j], v)]

@@ -1348,3 +1348,40 @@ def _switch_grad_logits(SUMS, LN_TERMS, MW, VW, G, N, C, BLOCK: tl.constexpr):
     tl.store(G + 3, wv0 * (gv0 - dot_v))
     tl.store(G + 4, wv1 * (gv1 - dot_v))
     tl.store(G + 5, wv2 * (gv2 - dot_v))
+
+
+@triton.jit
+def _ghost_blend(
+    MEANS,
+    VARS,
+    RMEAN,
+    RVAR,
+    N,
+    C,
+    K,
+    size,
+    S,
+    factor,
+    tracked,
+    CUMULATIVE: tl.constexpr,
+    CB: tl.constexpr,
+):
+    """Ghost BN's running statistics after one batch-norm update per virtual batch, in order
+    (as torch's ``F.batch_norm`` per virtual batch): ``running = f mu_k + (1 - f) running``,
+    the variance unbiased over the ``min(size, N - k size) S`` values of virtual batch ``k``;
+    ``f`` is ``factor``, or under ``CUMULATIVE`` ``1 / (tracked + k + 1)`` (``momentum=None``)."""
+    cs = tl.program_id(0) * CB + tl.arange(0, CB)
+    cmask = cs < C
+    rm = tl.load(RMEAN + cs, mask=cmask, other=0.0).to(tl.float32)
+    rv = tl.load(RVAR + cs, mask=cmask, other=1.0).to(tl.float32)
+    for k in range(0, K):
+        mean = tl.load(MEANS + k * C + cs, mask=cmask, other=0.0)
+        var = tl.load(VARS + k * C + cs, mask=cmask, other=0.0)
+        count = (tl.minimum(size, N - k * size) * S).to(tl.float32)
+        f = factor
+        if CUMULATIVE:
+            f = 1.0 / (tracked + k + 1).to(tl.float32)
+        rm = f * mean + (1.0 - f) * rm
+        rv = f * (var * (count / tl.maximum(count - 1.0, 1.0))) + (1.0 - f) * rv
+    tl.store(RMEAN + cs, rm.to(RMEAN.dtype.element_ty), mask=cmask)
+    tl.store(RVAR + cs, rv.to(RVAR.dtype.element_ty), mask=cmask)

@@ -578,6 +578,9 @@ def evonorm_b0(
 class _Ghost(NamedTuple):
     size: int
     eps: float
+    cumulative: bool  # momentum=None: the factors 1 / (tracked + k + 1)
+    #: ``(running_mean, running_var, momentum, tracked)`` to update, or None
+    running: tuple[Tensor, Tensor, float | None, int] | None
 
 
 def _ghost_forward(params: _Params, st: _Ghost) -> tuple[tuple[Tensor, ...], _Saved]:
@@ -596,6 +599,12 @@ def _ghost_forward(params: _Params, st: _Ghost) -> tuple[tuple[Tensor, ...], _Sa
         mean_i, var_i, means, variances, mean, rstd, n, c, st.size, st.eps, CB=cb, NB=nb,
         num_warps=4,
     )  # fmt: skip
+    if st.running is not None:
+        rm, rv, momentum, tracked = st.running
+        T._kernels()._ghost_blend[(T._cdiv(c, cb),)](
+            means, variances, rm, rv, n, c, k, st.size, plan.s, momentum or 0.0, tracked,
+            CUMULATIVE=st.cumulative, CB=cb, num_warps=4,
+        )  # fmt: skip
     return (_map(x, plan, mean, rstd, weight, bias, plan.c), means, variances), (mean, rstd)
 
 
@@ -625,35 +634,54 @@ def _ghost_backward(
     )
 
 
-def _ghost_fallback(params: _Params, st: _Ghost) -> tuple[Tensor, Tensor, Tensor]:
-    """Batch norm per virtual batch on torch's kernels (differentiable), and the statistics."""
+def _ghost_fallback(
+    params: _Params, st: _Ghost, update: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch norm per virtual batch on torch's kernels (differentiable), the running
+    statistics updated once per virtual batch where ``update`` and ``st.running`` ask; and
+    the statistics."""
     x, weight, bias = params
     chunks = x.split(st.size)
     with torch.no_grad():
         dims = [0, *range(2, x.dim())]
         stats = [torch.var_mean(t.float(), dims, correction=0) for t in chunks]
-    y = torch.cat([F.batch_norm(t, None, None, weight, bias, True, 0.0, st.eps) for t in chunks])
+    rm = rv = None
+    if update and st.running is not None:
+        rm, rv, momentum, tracked = st.running
+    outputs = []
+    for j, t in enumerate(chunks):
+        factor = (1.0 / (tracked + j + 1) if st.cumulative else momentum) if rm is not None else 0.0
+        outputs.append(F.batch_norm(t, rm, rv, weight, bias, True, factor, st.eps))
     variances, means = (torch.stack(v) for v in zip(*stats, strict=True))
-    return y, means, variances
+    return torch.cat(outputs), means, variances
 
 
 _GHOST = _Norm(
-    "ghost", _ghost_forward, _ghost_backward, lambda p, _, st: _ghost_fallback(p, st)[0],
-    _ghost_fallback,
+    "ghost", _ghost_forward, _ghost_backward,
+    lambda p, _, st: _ghost_fallback(p, st, update=False)[0], _ghost_fallback,
+    lambda st: st.running[:2] if st.running is not None else (),
 )  # fmt: skip
 
 
 def ghost_batch_norm(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, size: int, eps: float
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    size: int,
+    eps: float,
+    running: tuple[Tensor, Tensor, float | None, int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""Ghost Batch Norm of ``x`` ``(N, C, *spatial)`` in training: batch norm per virtual
     batch of ``size`` samples, in order (the last one smaller where ``N`` is not a multiple).
     Returns ``(y, means, variances)``, the virtual batches' ``(k, C)`` statistics (biased
-    variances), for the caller's running-statistics update.
+    variances). ``running = (running_mean, running_var, momentum, tracked)``: updated in
+    place as by one ``F.batch_norm`` per virtual batch, in order (``momentum=None``: the
+    cumulative factors ``1 / (tracked + k + 1)``), by one small kernel (``_ghost_blend``).
 
     E. Hoffer, I. Hubara, D. Soudry, "Train longer, generalize better: closing the
     generalization gap in large batch training of neural networks", NeurIPS 2017."""
-    return _call(_GHOST, _Ghost(size, eps), x, weight, bias)
+    cumulative = running is not None and running[2] is None
+    return _call(_GHOST, _Ghost(size, eps, cumulative, running), x, weight, bias)
 
 
 # -- FrozenBatchNorm ---------------------------------------------------------------------------

@@ -250,13 +250,12 @@ class GhostBatchNorm(BatchNorm):
             return y
         if _triton.serves_batch(x, self.weight, self.bias, kind="ghost"):
             # CUDA, NORMZOO_TRITON=all: the two-phase kernels, per (sample, channel)
-            size = self.virtual_batch_size
-            y, means, variances = _triton_zoo.ghost_batch_norm(
-                x, self.weight, self.bias, size, self.eps
-            )
-            if update:
-                self._blend_virtual_batches(x, means, variances, tracked)
-            return y
+            # (the running statistics updated by a kernel: one launch, no host values)
+            running = (self.running_mean, self.running_var, self.momentum, tracked)
+            return _triton_zoo.ghost_batch_norm(
+                x, self.weight, self.bias, self.virtual_batch_size, self.eps,
+                running if update else None,
+            )[0]  # fmt: skip
         if self._vectorize(x):  # a GPU, many virtual batches
             return self._all_virtual_batches_at_once(x, update, tracked)
         if self._use_native(x):  # the CPU's native kernels
