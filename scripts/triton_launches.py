@@ -10,6 +10,10 @@ of each module on its Triton path (``NORMZOO_TRITON=all``), with the kernels emu
 ``TorchDispatchMode`` counting every other op that launches work (views, shape queries and
 allocations excluded). Whole module calls: the modules' own ops (running-statistics updates)
 and the backward's seed are included. No GPU is needed; the counts are the GPU's launches.
+
+``--time`` also times each call's host work on this CPU with the kernels as no-ops: the
+Python and the torch ops on a tiny tensor (medians of ``--repeats`` rounds of 200 calls, one
+thread), a proxy for what a GPU's host spends besides Triton's own launch cost.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +99,40 @@ def _counting_kernels(counter: _Counter) -> type:
     return type("Counted", (), {n: wrap(getattr(triton_emulation.Kernels, n)) for n in names})
 
 
+def _host_us(m: torch.nn.Module, x: torch.Tensor, grad: bool, repeats: int) -> float:
+    """Median microseconds per call of ``m(x)`` (``grad``: and its backward)."""
+    seed = torch.ones(x.shape)
+
+    def call() -> None:
+        if grad:
+            m(x).backward(seed)
+        else:
+            with torch.no_grad():
+                m(x)
+
+    for _ in range(50):
+        call()
+    rounds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(200):
+            call()
+        rounds.append((time.perf_counter() - start) / 200 * 1e6)
+    return statistics.median(rounds)
+
+
+class _Noop:
+    """A kernel that launches nothing."""
+
+    def __getitem__(self, grid: tuple[int, ...]) -> Any:
+        return lambda *args, **kwargs: None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ops", action="store_true", help="list each call's torch ops")
+    p.add_argument("--time", action="store_true", help="time each call's host work too")
+    p.add_argument("--repeats", type=int, default=7, help="rounds of --time (default 7)")
     args = p.parse_args()
     os.environ["NORMZOO_TRITON"] = "all"
     os.environ["NORMZOO_NATIVE"] = "0"  # (the CPU's own kernels come first)
@@ -103,7 +140,12 @@ def main() -> None:
     kernels = _counting_kernels(counter)
     _triton._kernels = lambda: kernels  # type: ignore[assignment]
     _triton.serves = lambda x, *params: True  # type: ignore[assignment]  # CPU tensors too
-    print(f"{'module':<16} {'fwd: Triton + torch':>20} {'fwd+bwd: Triton + torch':>24}")
+    names = [n for n in vars(kernels) if n.startswith("_") and n[1] != "_"]
+    noop = type("Noop", (), {n: _Noop() for n in names})
+    head = f"{'module':<16} {'fwd: Triton + torch':>20} {'fwd+bwd: Triton + torch':>24}"
+    print(head + (f" {'host us fwd':>12} {'fwd+bwd':>8}" if args.time else ""))
+    if args.time:
+        torch.set_num_threads(1)
     for name, options, shape in CASES:
         c = shape[-1] if options.get("channels_last") else shape[1]
         m = normzoo.create(name, c, **options)
@@ -124,7 +166,13 @@ def main() -> None:
                     with torch.no_grad():
                         m(x)
             counts.append(f"{counter.triton} + {sum(counter.ops.values())}")
-        print(f"{name:<16} {counts[0]:>20} {counts[1]:>24}")
+        times = ""
+        if args.time:
+            _triton._kernels = lambda: noop  # type: ignore[assignment]
+            host = [_host_us(m, x, grad, args.repeats) for grad in (False, True)]
+            _triton._kernels = lambda: kernels  # type: ignore[assignment]
+            times = f" {host[0]:>12.1f} {host[1]:>8.1f}"
+        print(f"{name:<16} {counts[0]:>20} {counts[1]:>24}{times}")
         if args.ops:
             print("   ", dict(counter.ops.most_common()))
 

@@ -347,14 +347,19 @@ def test_launch_counts_script():
     """scripts/triton_launches.py counts each Triton path's launches on the CPU: a one-pass
     norm's forward is one Triton launch and no torch op; batch norm's three launches and one
     op (the module's running-average counter); every module listed."""
+    script = str(ROOT / "scripts" / "triton_launches.py")
     out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "triton_launches.py")],
+        [sys.executable, script, "--time", "--repeats", "1"],
         capture_output=True, text=True, check=True, cwd=ROOT, timeout=300,
     ).stdout  # fmt: skip
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
     assert rows["gn"][:3] == ["1", "+", "0"] and rows["frn"][:3] == ["1", "+", "0"]
     assert rows["bn"][:3] == ["3", "+", "1"]
+    # the zoo's two-phase paths: their small ops in coefficient kernels (few torch ops)
+    zoo = ("batchrenorm", "evonormb0", "ghostbatchnorm", "switchablenorm")
+    assert all(int(rows[name][2]) <= 1 for name in zoo)
     assert len(rows) == 12
+    assert all(len(row) == 8 and float(row[6]) > 0 and float(row[7]) > 0 for row in rows.values())
 
 
 def test_a_failing_first_map_after_the_statistics_blend_falls_back_blending_once(
