@@ -230,13 +230,15 @@ kernel: the ratios of 1.0 there).
 
 **The zoo on the same kernels (eleventh session, not measured: no GPU was lent).** FRN + TLU
 (one pass per sample and channel: the mean square, the affine map and `max(y, tau)`, tau's
-gradient from the same pass), EvoNorm-S0 (one pass per sample and group: `x sigmoid(v x)`
-over the group's standard deviation, v's gradient from the same pass) and channels-first
-RMSNorm (the group kernels without centering; two phases with a mean-square statistic where
-a sample does not fit a program, and on channels_last) run on the group kernels above, whose
-one-pass form read 0.82-0.97 of the copy ceiling. Batch Renorm runs on the batch-norm
-kernels (0.55-0.64 on contiguous input): it is batch norm with the weight `w r` and the bias
-`w d + b`, `r` and `d` computed from the kernels' statistics and the running ones.
+gradient from the same pass; since the twelfth session two phases on channels_last and where
+a channel's positions do not fit a program), EvoNorm-S0 (one pass per sample and group:
+`x sigmoid(v x)` over the group's standard deviation, v's gradient from the same pass) and
+channels-first RMSNorm (the group kernels without centering; two phases with a mean-square
+statistic where a sample does not fit a program, and on channels_last) run on the group
+kernels above, whose one-pass form read 0.82-0.97 of the copy ceiling. Batch Renorm runs on
+the batch-norm kernels (0.55-0.64 on contiguous input): it is batch norm with the weight
+`w r` and the bias `w d + b`, `r` and `d` computed from the kernels' statistics and the
+running ones.
 SwitchableNorm runs on the same two-phase kernels with one set per sample and channel: the
 statistics kernels give the IN statistics, their mixture with LN's and BN's is computed on
 `(N, C)` tensors, the map kernel writes `y`; its backward carries the kernels' per-set sums

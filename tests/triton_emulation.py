@@ -83,42 +83,60 @@ def finalize(grid, PCNT, PMEAN, PM2, MEAN, RSTD, VAR, RMEAN, RVAR, K, eps, facto
         RVAR.lerp_((var * unbias).to(RVAR.dtype), factor)
 
 
-def apply(grid, X, Y, MEAN, RSTD, W, B, N, C, S, sn, sc, ss, SET_N, CPG, SPP, NK, NCB, **kw):
+def apply(grid, X, Y, MEAN, RSTD, W, B, TAU, N, C, S, sn, sc, ss, SET_N, CPG, SPP, NK, NCB, **kw):
     sets = _sets(N, C, SET_N, CPG)
     w, b = _affine(W, B, C, **kw)
     scale = RSTD[sets] * w
     shift = -MEAN[sets] * scale + b
     y = _view(X, N, C, S, sn, sc, ss).float() * scale[..., None] + shift[..., None]
     y = y.clamp_min(0) if kw["RELU"] else y
+    if kw.get("TLU"):
+        y = torch.maximum(y, TAU.float()[:, None])
     _view(Y, N, C, S, sn, sc, ss).copy_(y)
 
 
-def _dy_xhat(X, DY, MEAN, RSTD, W, B, N, C, S, strides, SET_N, CPG, **kw):
+def _dy_xhat(X, DY, MEAN, RSTD, W, B, TAU, N, C, S, strides, SET_N, CPG, **kw):
+    """``dy`` through the ReLU or TLU, ``x_hat``, ``w``, the sets; and TLU's share of ``dy``."""
     sets = _sets(N, C, SET_N, CPG)
     w, b = _affine(W, B, C, **kw)
     x = _view(X, N, C, S, *strides).float()
     dy = _view(DY, N, C, S, *strides).float()
     mean, rstd = MEAN[sets][..., None], RSTD[sets][..., None]
+    scale = (RSTD[sets] * w)[..., None]
+    y = x * scale + (-MEAN[sets][..., None] * scale + b[:, None])
     if kw["RELU"]:
-        scale = (RSTD[sets] * w)[..., None]
-        dy = torch.where(x * scale + (-MEAN[sets][..., None] * scale + b[:, None]) > 0, dy, 0)
-    return dy, (x - mean) * rstd, w, sets
+        dy = torch.where(y > 0, dy, 0)
+    rest = None
+    if kw.get("TLU"):
+        tau = TAU.float()[:, None]
+        masked = torch.where(y > tau, dy, torch.where(y == tau, 0.5 * dy, 0))
+        dy, rest = masked, dy - masked
+    return dy, (x - mean) * rstd, w, sets, rest
 
 
 def partial_grad(
-    grid, X, DY, MEAN, RSTD, W, B, PSY, PSXY, C, S, sn, sc, ss, SET_N, CPG, SPP, NK, **kw
-):
+    grid, X, DY, MEAN, RSTD, W, B, TAU, PSY, PSXY, PST, C, S, sn, sc, ss, SET_N, CPG, SPP, NK,
+    **kw,
+):  # fmt: skip
     n = grid[2]
-    dy, xhat, _, _ = _dy_xhat(X, DY, MEAN, RSTD, W, B, n, C, S, (sn, sc, ss), SET_N, CPG, **kw)
+    strides = (sn, sc, ss)
+    dy, xhat, _, _, rest = _dy_xhat(
+        X, DY, MEAN, RSTD, W, B, TAU, n, C, S, strides, SET_N, CPG, **kw
+    )
     PSY.view(n, C, NK).copy_(_chunks(dy, SPP, NK).nansum(-1))
     PSXY.view(n, C, NK).copy_(_chunks(dy * xhat, SPP, NK).nansum(-1))
+    if rest is not None:
+        PST.view(n, C, NK).copy_(_chunks(rest, SPP, NK).nansum(-1))
 
 
 def apply_grad(
-    grid, X, DY, DX, MEAN, RSTD, W, B, CA, CB_, N, C, S, sn, sc, ss, SET_N, CPG, SPP, NK, NCB, **kw
-):
+    grid, X, DY, DX, MEAN, RSTD, W, B, TAU, CA, CB_, N, C, S, sn, sc, ss, SET_N, CPG, SPP, NK,
+    NCB, **kw,
+):  # fmt: skip
     strides = (sn, sc, ss)
-    dy, xhat, w, sets = _dy_xhat(X, DY, MEAN, RSTD, W, B, N, C, S, strides, SET_N, CPG, **kw)
+    dy, xhat, w, sets, _ = _dy_xhat(
+        X, DY, MEAN, RSTD, W, B, TAU, N, C, S, strides, SET_N, CPG, **kw
+    )
     rstd = RSTD[sets][..., None]
     dx = rstd * (w[:, None] * dy - xhat * CA[sets][..., None] - CB_[sets][..., None])
     _view(DX, N, C, S, *strides).copy_(dx)
@@ -149,7 +167,10 @@ def group_fwd(grid, X, Y, W, B, P, MEAN, RSTD, VAR, C, S, G, CPG, eps, **kw):
 
 def group_bwd(grid, X, DY, DX, W, B, P, MEAN, RSTD, PDW, PDB, PDP, N, C, S, G, CPG, NPP, **kw):
     strides = (C * S, S, 1)
-    dy, xhat, w, sets = _dy_xhat(X, DY, MEAN, RSTD, W, B, N, C, S, strides, G, CPG, **kw)
+    plain = {**kw, "TLU": False}  # (the TLU below, as the one-pass kernel computes its y)
+    dy, xhat, w, sets, _ = _dy_xhat(
+        X, DY, MEAN, RSTD, W, B, None, N, C, S, strides, G, CPG, **plain
+    )
     x = _view(X, N, C, S, *strides).float()
     rstd_c = RSTD[sets][..., None]
     dp = None

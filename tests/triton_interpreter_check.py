@@ -54,6 +54,12 @@ def check() -> int:
             cases.append((shape, "s0", s0_groups, False, affine, False))
     cases.append(((2, 8, 70, 70), "frn", 8, False, True, False))
     cases.append(((2, 8, 70, 70), "s0", 8, False, True, False))
+    # FRN on the two-phase kernels (the TLU flag): channels_last, and positions past one pass
+    for shape in [(4, 6, 5, 7), (2, 4, 3, 4, 5), (2, 8, 70, 70)]:
+        for affine in (True, False):
+            cases.append((shape, "frn", shape[1], True, affine, False))
+    cases.append(((2, 3, 100, 100), "frn", 3, False, True, False))
+    cases.append(((2, 8, 70, 70), "frn", 8, True, True, False, 1024))
     for shape in [(4, 6, 5, 7), (3, 8, 33), (2, 4, 3, 4, 5), (2, 8, 70, 70)]:
         for cl in [False, True] if len(shape) in (4, 5) else [False]:
             for affine in (True, False):
@@ -69,6 +75,8 @@ def check() -> int:
         T.TILE = tile[0] if tile else 4096
         c = shape[-1] if kind in ("token", "rms_token") else shape[1]
         x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).float()
+        if kind == "frn":  # ties y == tau (x = 0, b = tau): torch.maximum halves the gradient
+            x.view(-1)[:: max(1, x.numel() // 64)] = 0.0
         fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
         if cl:
             x = x.to(memory_format=fmt)
@@ -76,10 +84,8 @@ def check() -> int:
         b = (torch.randn(c) * 0.5).requires_grad_() if affine else None
         # FRN's tau, EvoNorm-S0's v
         p = (torch.randn(c) * 0.5 + (1 if kind == "s0" else 0)).requires_grad_()
-        if kind == "frn":  # ties y == tau (x = 0, b = tau): torch.maximum halves the gradient
-            x.view(-1)[:: max(1, x.numel() // 64)] = 0.0
-            if affine:
-                b.data[: c // 2] = p.data[: c // 2]
+        if kind == "frn" and affine:  # (the zeros above meet b = tau in half the channels)
+            b.data[: c // 2] = p.data[: c // 2]
         x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
         p2 = p.detach().clone().requires_grad_()
         if kind == "batch":

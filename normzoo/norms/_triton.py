@@ -54,8 +54,10 @@ interpreter, ``tests/triton_interpreter_check.py``, not yet compiled or timed on
 channels-first RMSNorm (``kind="rms"``: no centering; the two-phase statistics merge keeps the
 mean square), FRN + TLU (``"frn"``: one channel per group, no centering, ``max(y, tau)``, with
 ``torch.maximum``'s split of the gradient at ties) and EvoNorm-S0 (``"s0"``:
-``x sigmoid(v x)`` over the group's std). The last two take one-pass contiguous shapes only;
-each gives its extra parameter's gradient (``tau``, ``v``) from the same backward pass. Batch
+``x sigmoid(v x)`` over the group's std). EvoNorm-S0 takes one-pass contiguous shapes only;
+FRN takes the two-phase kernels elsewhere (channels_last, more positions than one program
+holds: the mean square, and their ``TLU`` flag, twelfth session); each gives its extra
+parameter's gradient (``tau``, ``v``) from the same backward pass. Batch
 Renorm, SwitchableNorm, EvoNorm-B0, Ghost BN and FrozenBatchNorm run on these kernels from
 :mod:`normzoo.norms._triton_zoo`. The zoo's kernels are served only under
 ``NORMZOO_TRITON=all`` until measured against their current CUDA paths
@@ -215,7 +217,7 @@ def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) 
     """The measured rule (module docstring) for an input of ``shape`` that :func:`serves`
     accepts: ``kind`` ``"batch"``, ``"group"`` (``groups`` groups), ``"token"`` (layer
     norm or RMSNorm over tokens), or the zoo's ``"rms"`` (channels-first RMSNorm), ``"frn"``,
-    ``"s0"`` (EvoNorm-S0; these two on one-pass contiguous shapes only), ``"renorm"`` (Batch
+    ``"s0"`` (EvoNorm-S0, on one-pass contiguous shapes only), ``"renorm"`` (Batch
     Renorm), ``"switchable"`` (SwitchableNorm), ``"b0"`` (EvoNorm-B0), ``"ghost"`` (Ghost
     BN), ``"frozen"`` (FrozenBatchNorm);
     ``contiguous``: else channels_last. Under ``NORMZOO_TRITON=all``: every input the
@@ -235,7 +237,9 @@ def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) 
         return every and len(shape) >= 3
     if kind == "frozen":  # FrozenBatchNorm: any layout the batch-norm kernels take
         return every
-    if kind in ("frn", "s0"):
+    if kind == "frn":  # one pass on contiguous one-pass shapes, else two phases
+        return every and len(shape) >= 3
+    if kind == "s0":
         return every and contiguous and _one_pass_shape(shape, groups)
     return every and _pow2(shape[-1]) <= ONE_PASS_MAX  # a token in one program's registers
 
@@ -356,16 +360,24 @@ def _two_phase_forward(
     relu: bool,
     running: tuple[Tensor, Tensor, float] | None = None,
     rms: bool = False,
+    tau: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(y, mean, rstd, var)``; ``tau``: FRN's ``max(y, tau)`` after the map."""
     plan = _plan(x, fold=sets[0] == 0)
     mean, rstd, var = _stats(x, plan, sets, eps, running, rms)
     y = torch.empty_like(x)
     _kernels()._apply[plan.grid](
-        x, y, mean, rstd, weight, bias, plan.n, plan.c, plan.s, *plan.strides, *sets,
+        x, y, mean, rstd, weight, bias, tau, plan.n, plan.c, plan.s, *plan.strides, *sets,
         plan.spp, plan.nk, plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None,
-        RELU=relu, CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
+        RELU=relu, CB=plan.cb, SB=plan.sb, num_warps=plan.warps, **_tlu(tau),
     )  # fmt: skip
     return y, mean, rstd, var
+
+
+def _tlu(tau: Tensor | None) -> dict[str, bool]:
+    """The two-phase kernels' ``TLU`` flag where FRN's ``tau`` is given (absent otherwise: the
+    GPU-verified kernels' launches unchanged)."""
+    return {} if tau is None else {"TLU": True}
 
 
 def _two_phase_backward(
@@ -378,10 +390,14 @@ def _two_phase_backward(
     sets: tuple[int, int],
     relu: bool,
     rms: bool = False,
-) -> tuple[Tensor, Tensor, Tensor]:
+    tau: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(dx, dw, db, dtau)`` (``dtau`` ``None`` without FRN's ``tau``)."""
     plan = _plan(x, fold=sets[0] == 0)
     n = plan.n
-    part = _grad_sums(dy, x, weight, bias, mean, rstd, sets, relu, plan)
+    part = _grad_sums(dy, x, weight, bias, mean, rstd, sets, relu, plan, tau)
+    dtau = part[2].sum((0, 2)) if tau is not None else None
+    part = part[:2]
     # per set: b = sum(w dy) / count and a = sum(w dy xhat) / count, as (b, a)
     set_n, cpg = sets
     if set_n == 0:  # batch norm: one set per channel
@@ -396,9 +412,9 @@ def _two_phase_backward(
     if rms:  # no centering: no mean(w dy) term
         coef[0].zero_()
     b, a = coef.unbind(0)
-    dx = _grad_map(dy, x, weight, bias, mean, rstd, a, b, sets, relu, plan)
+    dx = _grad_map(dy, x, weight, bias, mean, rstd, a, b, sets, relu, plan, tau)
     db, dw = db_dw.unbind(0)
-    return dx, dw, db
+    return dx, dw, db, dtau
 
 
 def _grad_sums(
@@ -411,14 +427,17 @@ def _grad_sums(
     sets: tuple[int, int],
     relu: bool,
     plan: _Plan,
+    tau: Tensor | None = None,
 ) -> Tensor:
-    """``(2, n, c, nk)``: per (sample, channel, chunk) ``sum(dy)`` and ``sum(dy * xhat)``."""
+    """``(2, n, c, nk)``: per (sample, channel, chunk) ``sum(dy)`` and ``sum(dy * xhat)``;
+    with FRN's ``tau`` ``(3, n, c, nk)``, tau's share of ``dy`` third."""
     n, c, nk = plan.n, plan.c, plan.nk
-    part = torch.empty((2, n, c, nk), device=x.device, dtype=torch.float32)
+    part = torch.empty((2 if tau is None else 3, n, c, nk), device=x.device, dtype=torch.float32)
+    pst = part[2] if tau is not None else None
     _kernels()._partial_grad[plan.grid](
-        x, dy, mean, rstd, weight, bias, *part.unbind(0), c, plan.s, *plan.strides, *sets,
-        plan.spp, nk, HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, CB=plan.cb,
-        SB=plan.sb, num_warps=plan.warps,
+        x, dy, mean, rstd, weight, bias, tau, part[0], part[1], pst, c, plan.s, *plan.strides,
+        *sets, plan.spp, nk, HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu,
+        CB=plan.cb, SB=plan.sb, num_warps=plan.warps, **_tlu(tau),
     )  # fmt: skip
     return part
 
@@ -435,13 +454,14 @@ def _grad_map(
     sets: tuple[int, int],
     relu: bool,
     plan: _Plan,
+    tau: Tensor | None = None,
 ) -> Tensor:
     """``dx = rstd (w dy - xhat a[set] - b[set])`` (``_apply_grad``)."""
     dx = torch.empty_like(x)
     _kernels()._apply_grad[plan.grid](
-        x, dy, dx, mean, rstd, weight, bias, a, b, plan.n, plan.c, plan.s, *plan.strides,
+        x, dy, dx, mean, rstd, weight, bias, tau, a, b, plan.n, plan.c, plan.s, *plan.strides,
         *sets, plan.spp, plan.nk, plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None,
-        RELU=relu, CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
+        RELU=relu, CB=plan.cb, SB=plan.sb, num_warps=plan.warps, **_tlu(tau),
     )  # fmt: skip
     return dx
 
@@ -470,8 +490,9 @@ _GROUP_FLAGS: dict[str, dict[str, bool]] = {
     "frn": {"RMS": True, "TLU": True},
     "s0": {"SWISH": True},
 }
-#: The kinds that the two-phase kernels also serve (large sets, channels_last).
-_TWO_PHASE = ("group", "rms")
+#: The kinds that the two-phase kernels also serve (large sets, channels_last): FRN with the
+#: mean square (RMS) and the ``TLU`` flag.
+_TWO_PHASE = ("group", "rms", "frn")
 
 
 def _group_forward(
@@ -490,7 +511,9 @@ def _group_forward(
         if kind not in _TWO_PHASE:
             raise ValueError(f"{kind}: only one-pass shapes are served, got {tuple(x.shape)}")
         sets = (groups, c // groups)
-        return _two_phase_forward(x, weight, bias, sets, eps, relu, rms=kind == "rms")
+        tau = extra if kind == "frn" else None
+        rms = kind in ("rms", "frn")
+        return _two_phase_forward(x, weight, bias, sets, eps, relu, rms=rms, tau=tau)
     s = x.numel() // (n * c)
     cb, sb = tiles
     stats = torch.empty((3, n * groups), device=x.device, dtype=torch.float32).unbind(0)
@@ -523,8 +546,8 @@ def _group_backward(
     tiles = _group_tiles(tuple(x.shape), groups) if x.is_contiguous() else None
     if tiles is None:
         sets = (groups, c // groups)
-        rms = kind == "rms"
-        return (*_two_phase_backward(dy, x, weight, bias, mean, rstd, sets, relu, rms), None)
+        rms, tau = kind in ("rms", "frn"), extra if kind == "frn" else None
+        return _two_phase_backward(dy, x, weight, bias, mean, rstd, sets, relu, rms, tau)
     s = x.numel() // (n * c)
     cb, sb = tiles
     npp = _cdiv(n, max(1, _target_programs(x) // groups))
@@ -734,7 +757,7 @@ def _kernel_backward(
     dp = None
     with _device_of(x):
         if kind == "batch":
-            dx, dw, db = _two_phase_backward(dy, x, weight, bias, mean, rstd, (0, 1), relu)
+            dx, dw, db, _ = _two_phase_backward(dy, x, weight, bias, mean, rstd, (0, 1), relu)
         elif kind in _GROUP_FLAGS:
             dx, dw, db, dp = _group_backward(dy, x, spec, weight, bias, extra, mean, rstd)
         else:

@@ -144,6 +144,13 @@ def _finalize(
 
 
 @triton.jit
+def _tlu_mask(y, tau, dy):
+    """``dy`` through FRN's ``max(y, tau[c])`` to ``y``: all of it where ``y`` is the larger,
+    half at a tie (``torch.maximum``), none where ``tau`` is."""
+    return tl.where(y > tau[:, None], dy, tl.where(y == tau[:, None], 0.5 * dy, 0.0))
+
+
+@triton.jit
 def _apply(
     X,
     Y,
@@ -151,6 +158,7 @@ def _apply(
     RSTD,
     W,
     B,
+    TAU,
     N,
     C,
     S,
@@ -167,9 +175,10 @@ def _apply(
     RELU: tl.constexpr,
     CB: tl.constexpr,
     SB: tl.constexpr,
+    TLU: tl.constexpr = False,
 ):
-    """``y = (x - mean[set]) * rstd[set] * w[c] + b[c]`` (ReLU'd), over the same chunks as
-    :func:`_partial_stats`, the last chunk first."""
+    """``y = (x - mean[set]) * rstd[set] * w[c] + b[c]`` (ReLU'd; ``TLU``: ``max(y, tau[c])``,
+    FRN's), over the same chunks as :func:`_partial_stats`, the last chunk first."""
     kk = NK - 1 - tl.program_id(0)
     cb = NCB - 1 - tl.program_id(1)
     n = N - 1 - tl.program_id(2)
@@ -184,6 +193,8 @@ def _apply(
     shift = -mean * scale
     if HAS_B:
         shift += tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)
+    if TLU:
+        tau = tl.load(TAU + cs, mask=cmask, other=0.0).to(tl.float32)
     off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
     s0 = kk * SPP
     s_end = tl.minimum(s0 + SPP, S)
@@ -195,6 +206,8 @@ def _apply(
         y = x * scale[:, None] + shift[:, None]
         if RELU:
             y = tl.maximum(y, 0.0)
+        if TLU:
+            y = tl.maximum(y, tau[:, None])
         tl.store(Y + o, y.to(Y.dtype.element_ty), mask=m)
 
 
@@ -206,8 +219,10 @@ def _partial_grad(
     RSTD,
     W,
     B,
+    TAU,
     PSY,
     PSXY,
+    PST,
     C,
     S,
     sn,
@@ -222,9 +237,12 @@ def _partial_grad(
     RELU: tl.constexpr,
     CB: tl.constexpr,
     SB: tl.constexpr,
+    TLU: tl.constexpr = False,
 ):
     """Per (sample, channel, chunk): ``sum(dy)`` and ``sum(dy * xhat)``, with ``dy`` masked by
-    the forward's ReLU where it had one; stored at ``(n*C + c)*NK + kk``."""
+    the forward's ReLU where it had one (``TLU``: by FRN's ``max(y, tau)``, half at ties as
+    ``torch.maximum``, and tau's share ``sum(dy - masked)`` at ``PST``); stored at
+    ``(n*C + c)*NK + kk``."""
     kk = tl.program_id(0)
     cb = tl.program_id(1)
     n = tl.program_id(2)
@@ -233,13 +251,16 @@ def _partial_grad(
     sets = n * SET_N + cs // CPG
     mean = tl.load(MEAN + sets, mask=cmask, other=0.0)
     rstd = tl.load(RSTD + sets, mask=cmask, other=0.0)
-    if RELU:
+    if RELU or TLU:
         scale = rstd
         if HAS_W:
             scale = rstd * tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
         shift = -mean * scale
         if HAS_B:
             shift += tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)
+    if TLU:
+        tau = tl.load(TAU + cs, mask=cmask, other=0.0).to(tl.float32)
+        st = tl.zeros([CB], dtype=tl.float32)
     off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
     s0 = kk * SPP
     s_end = tl.minimum(s0 + SPP, S)
@@ -253,12 +274,18 @@ def _partial_grad(
         dy = tl.load(DY + o, mask=m, other=0.0).to(tl.float32)
         if RELU:
             dy = tl.where(x * scale[:, None] + shift[:, None] > 0.0, dy, 0.0)
+        if TLU:
+            masked = _tlu_mask(x * scale[:, None] + shift[:, None], tau, dy)
+            st += tl.sum(dy - masked, axis=1)
+            dy = masked
         xhat = (x - mean[:, None]) * rstd[:, None]
         sy += tl.sum(dy, axis=1)
         sxy += tl.sum(dy * xhat, axis=1)
     idx = (n.to(tl.int64) * C + cs) * NK + kk
     tl.store(PSY + idx, sy, mask=cmask)
     tl.store(PSXY + idx, sxy, mask=cmask)
+    if TLU:
+        tl.store(PST + idx, st, mask=cmask)
 
 
 @triton.jit
@@ -270,6 +297,7 @@ def _apply_grad(
     RSTD,
     W,
     B,
+    TAU,
     CA,
     CB_,
     N,
@@ -288,8 +316,10 @@ def _apply_grad(
     RELU: tl.constexpr,
     CB: tl.constexpr,
     SB: tl.constexpr,
+    TLU: tl.constexpr = False,
 ):
-    """``dx = rstd * (w * dy - xhat * a[set] - b[set])``, the last chunk first."""
+    """``dx = rstd * (w * dy - xhat * a[set] - b[set])`` (``dy`` masked as in
+    :func:`_partial_grad`), the last chunk first."""
     kk = NK - 1 - tl.program_id(0)
     cb = NCB - 1 - tl.program_id(1)
     n = N - 1 - tl.program_id(2)
@@ -304,10 +334,12 @@ def _apply_grad(
     if HAS_W:
         w = tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
     scale = rstd * w
-    if RELU:  # the forward's y, computed as it was
+    if RELU or TLU:  # the forward's y, computed as it was
         shift = -mean * scale
         if HAS_B:
             shift += tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)
+    if TLU:
+        tau = tl.load(TAU + cs, mask=cmask, other=0.0).to(tl.float32)
     off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
     s0 = kk * SPP
     s_end = tl.minimum(s0 + SPP, S)
@@ -319,6 +351,8 @@ def _apply_grad(
         dy = tl.load(DY + o, mask=m, other=0.0).to(tl.float32)
         if RELU:
             dy = tl.where(x * scale[:, None] + shift[:, None] > 0.0, dy, 0.0)
+        if TLU:
+            dy = _tlu_mask(x * scale[:, None] + shift[:, None], tau, dy)
         xhat = (x - mean[:, None]) * rstd[:, None]
         dx = rstd[:, None] * (w[:, None] * dy - xhat * ca[:, None] - cb_[:, None])
         tl.store(DX + o, dx.to(DX.dtype.element_ty), mask=m)
@@ -464,7 +498,7 @@ def _group_bwd(
             dy = tl.where(d * (rstd * w)[:, None] + bias[:, None] > 0.0, dy, 0.0)
         if TLU:  # the forward's y, computed as it was
             y = d * (rstd * w)[:, None] + bias[:, None]
-            h = tl.where(y > prm[:, None], dy, tl.where(y == prm[:, None], dy * 0.5, 0.0))
+            h = _tlu_mask(y, prm, dy)
             dp += tl.sum(dy - h, axis=1)
             dy = h
         if SWISH:

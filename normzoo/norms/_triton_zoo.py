@@ -164,7 +164,7 @@ def _map(x: Tensor, plan: T._Plan, mean: Tensor, rstd: Tensor, *affine: Any, **k
     weight, bias, set_n = affine
     y = torch.empty_like(x)
     T._kernels()._apply[plan.grid](
-        x, y, mean, rstd, weight, bias, plan.n, plan.c, plan.s, *plan.strides, set_n, 1,
+        x, y, mean, rstd, weight, bias, None, plan.n, plan.c, plan.s, *plan.strides, set_n, 1,
         plan.spp, plan.nk, plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None,
         RELU=kw.get("RELU", False), CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
     )  # fmt: skip
@@ -243,7 +243,9 @@ def _renorm_backward(
     """Batch norm's backward with the weight ``w r``; ``dw = r sum(dy x_hat) + d sum(dy)``."""
     x, weight, bias = params
     mean, rstd, r, d, scale = saved
-    dx, sum_dy_xhat, sum_dy = T._two_phase_backward(dy, x, scale, None, mean, rstd, (0, 1), False)
+    dx, sum_dy_xhat, sum_dy, _ = T._two_phase_backward(
+        dy, x, scale, None, mean, rstd, (0, 1), False
+    )
     return (
         dx if needs[0] else None,
         (r * sum_dy_xhat + d * sum_dy).to(weight.dtype) if needs[1] else None,
