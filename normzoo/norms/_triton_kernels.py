@@ -893,6 +893,26 @@ def _tile(n, n_end, cs, cmask, C, NB: tl.constexpr):
 
 
 @triton.jit
+def _merge_samples(MEAN_I, VAR_I, n0, n1, C, cs, cmask, CB: tl.constexpr, NB: tl.constexpr):
+    """The mean and biased variance per channel ``cs`` of samples ``n0 ... n1`` (equal counts)
+    from their ``(N, C)`` means and biased variances: ``mu = mean(mu_i)``,
+    ``var = mean(var_i + (mu_i - mu)^2)`` (Chan et al.'s merge, stable in float32)."""
+    count = (n1 - n0).to(tl.float32)
+    acc = tl.zeros([NB, CB], dtype=tl.float32)
+    for n in range(n0, n1, NB):
+        off, m = _tile(n, n1, cs, cmask, C, NB)
+        acc += tl.load(MEAN_I + off, mask=m, other=0.0)
+    mu = tl.sum(acc, axis=0) / count
+    acc = tl.zeros([NB, CB], dtype=tl.float32)
+    for n in range(n0, n1, NB):
+        off, m = _tile(n, n1, cs, cmask, C, NB)
+        mi = tl.load(MEAN_I + off, mask=m, other=0.0)
+        vi = tl.load(VAR_I + off, mask=m, other=0.0)
+        acc += tl.where(m, vi + (mi - mu[None, :]) * (mi - mu[None, :]), 0.0)
+    return mu, tl.sum(acc, axis=0) / count
+
+
+@triton.jit
 def _virtual_batch(N, C, size, CB: tl.constexpr):
     """A Ghost BN coefficient program's channels (``program_id(0)``'s block: ``cs``, mask)
     and virtual batch ``k = program_id(1)``: its samples ``n0 ... n1``."""
@@ -933,19 +953,7 @@ def _ghost_coef(
     ``RSTD = 1/sqrt(var_k + eps)`` ``(N, C)`` for the map."""
     cs, cmask, n0, n1 = _virtual_batch(N, C, size, CB)
     k = tl.program_id(1)
-    count = (n1 - n0).to(tl.float32)
-    acc = tl.zeros([NB, CB], dtype=tl.float32)
-    for n in range(n0, n1, NB):
-        off, m = _tile(n, n1, cs, cmask, C, NB)
-        acc += tl.load(MEAN_I + off, mask=m, other=0.0)
-    mu = tl.sum(acc, axis=0) / count
-    acc = tl.zeros([NB, CB], dtype=tl.float32)
-    for n in range(n0, n1, NB):
-        off, m = _tile(n, n1, cs, cmask, C, NB)
-        mi = tl.load(MEAN_I + off, mask=m, other=0.0)
-        vi = tl.load(VAR_I + off, mask=m, other=0.0)
-        acc += tl.where(m, vi + (mi - mu[None, :]) * (mi - mu[None, :]), 0.0)
-    var = tl.sum(acc, axis=0) / count
+    mu, var = _merge_samples(MEAN_I, VAR_I, n0, n1, C, cs, cmask, CB, NB)
     tl.store(MEANS + k * C + cs, mu, mask=cmask)
     tl.store(VARS + k * C + cs, var, mask=cmask)
     rstd = 1.0 / tl.sqrt(var + eps)
@@ -1013,18 +1021,7 @@ def _b0_coef(
     cs = tl.program_id(0) * CB + tl.arange(0, CB)
     cmask = cs < C
     if BATCH:
-        acc = tl.zeros([NB, CB], dtype=tl.float32)
-        for n in range(0, N, NB):
-            off, m = _tile(n, N, cs, cmask, C, NB)
-            acc += tl.load(MEAN_I + off, mask=m, other=0.0)
-        mu = tl.sum(acc, axis=0) / N
-        acc = tl.zeros([NB, CB], dtype=tl.float32)
-        for n in range(0, N, NB):
-            off, m = _tile(n, N, cs, cmask, C, NB)
-            mi = tl.load(MEAN_I + off, mask=m, other=0.0)
-            vi = tl.load(VAR_I + off, mask=m, other=0.0)
-            acc += tl.where(m, vi + (mi - mu[None, :]) * (mi - mu[None, :]), 0.0)
-        var_b = tl.sum(acc, axis=0) / N
+        mu, var_b = _merge_samples(MEAN_I, VAR_I, 0, N, C, cs, cmask, CB, NB)
         tl.store(MEAN_B + cs, mu, mask=cmask)
     else:
         var_b = tl.load(RVAR + cs, mask=cmask, other=1.0).to(tl.float32)
@@ -1124,21 +1121,13 @@ def _switch_bn(
     NB: tl.constexpr,
 ):
     """SwitchableNorm's BN statistics per channel from the IN ones ``(N, C)``: under
-    ``BATCH`` ``mu_bn = mean_n mu_i``, ``var_bn = mean_n (var_i + mu_i^2) - mu_bn^2`` (with
+    ``BATCH`` ``mu_bn = mean_n mu_i``, ``var_bn = mean_n (var_i + (mu_i - mu_bn)^2)`` (with
     ``UPDATE`` the running ones become ``keep * running + factor * batch``, the variance
     unbiased), else the running ones; stored at ``MEAN_BN``, ``VAR_BN`` ``(C,)``."""
     cs = tl.program_id(0) * CB + tl.arange(0, CB)
     cmask = cs < C
     if BATCH:
-        acc_m = tl.zeros([NB, CB], dtype=tl.float32)
-        acc_s = tl.zeros([NB, CB], dtype=tl.float32)
-        for n in range(0, N, NB):
-            off, m = _tile(n, N, cs, cmask, C, NB)
-            mi = tl.load(MEAN_I + off, mask=m, other=0.0)
-            acc_m += mi
-            acc_s += tl.load(VAR_I + off, mask=m, other=0.0) + mi * mi
-        mean = tl.sum(acc_m, axis=0) / N
-        var = tl.sum(acc_s, axis=0) / N - mean * mean
+        mean, var = _merge_samples(MEAN_I, VAR_I, 0, N, C, cs, cmask, CB, NB)
         if UPDATE:
             rm = tl.load(RMEAN + cs, mask=cmask, other=0.0).to(tl.float32)
             rv = tl.load(RVAR + cs, mask=cmask, other=1.0).to(tl.float32)
