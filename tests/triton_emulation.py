@@ -346,7 +346,7 @@ def switch_bn(grid, MEAN_I, VAR_I, RMEAN, RVAR, MEAN_BN, VAR_BN, N, C, keep, fac
     mi, vi = MEAN_I.reshape(N, C), VAR_I.reshape(N, C)
     if kw["BATCH"]:
         mean = mi.mean(0)
-        var = (vi + mi * mi).mean(0) - mean * mean
+        var = (vi + (mi - mean) ** 2).mean(0)
         if kw["UPDATE"]:
             RMEAN.copy_(keep * RMEAN.float() + factor * mean)
             RVAR.copy_(keep * RVAR.float() + factor * (var * unbias))
@@ -360,7 +360,7 @@ def switch_mix(grid, MEAN_I, VAR_I, MEAN_BN, VAR_BN, MW, VW, MEAN, RSTD, MEAN_LN
                eps, **_):  # fmt: skip
     mi, vi = MEAN_I.reshape(N, C), VAR_I.reshape(N, C)
     mean_ln = mi.mean(1)
-    var_ln = (vi + mi * mi).mean(1) - mean_ln * mean_ln
+    var_ln = (vi + (mi - mean_ln[:, None]) ** 2).mean(1)
     MEAN_LN.copy_(mean_ln)
     VAR_LN.copy_(var_ln)
     wm, wv = torch.softmax(MW.float(), 0), torch.softmax(VW.float(), 0)

@@ -1170,21 +1170,23 @@ def _switch_mix(
     CB: tl.constexpr,
 ):
     """SwitchableNorm's mixture for samples ``program_id(0) * RB ...``: the LN statistics
-    (``mu_ln = mean_c mu_i``, ``var_ln = mean_c (var_i + mu_i^2) - mu_ln^2``, stored at
+    (``mu_ln = mean_c mu_i``, ``var_ln = mean_c (var_i + (mu_i - mu_ln)^2)``, stored at
     ``MEAN_LN``, ``VAR_LN`` ``(N,)``), then per (sample, channel) ``mean = sum_k wm_k mu_k``,
     ``var = sum_k wv_k var_k`` (softmax weights of the logits ``MW``, ``VW``) and
     ``RSTD = 1/sqrt(var + eps)``, stored ``(N, C)``."""
     n0 = tl.program_id(0) * RB
     ns = n0 + tl.arange(0, RB)
-    acc_m = tl.zeros([RB, CB], dtype=tl.float32)
-    acc_s = tl.zeros([RB, CB], dtype=tl.float32)
+    acc = tl.zeros([RB, CB], dtype=tl.float32)
     for c in range(0, C, CB):
         off, m, _, _ = _sample_tile(c, n0, N, C, RB, CB)
-        mi = tl.load(MEAN_I + off, mask=m, other=0.0)
-        acc_m += mi
-        acc_s += tl.load(VAR_I + off, mask=m, other=0.0) + mi * mi
-    mean_ln = tl.sum(acc_m, axis=1) / C
-    var_ln = tl.sum(acc_s, axis=1) / C - mean_ln * mean_ln
+        acc += tl.load(MEAN_I + off, mask=m, other=0.0)
+    mean_ln = tl.sum(acc, axis=1) / C
+    acc = tl.zeros([RB, CB], dtype=tl.float32)
+    for c in range(0, C, CB):  # the merge's stable form, as _merge_samples's
+        off, m, _, _ = _sample_tile(c, n0, N, C, RB, CB)
+        d = tl.load(MEAN_I + off, mask=m, other=0.0) - mean_ln[:, None]
+        acc += tl.where(m, tl.load(VAR_I + off, mask=m, other=0.0) + d * d, 0.0)
+    var_ln = tl.sum(acc, axis=1) / C
     tl.store(MEAN_LN + ns, mean_ln, mask=ns < N)
     tl.store(VAR_LN + ns, var_ln, mask=ns < N)
     wm0, wm1, wm2 = _softmax3(MW)
