@@ -232,7 +232,8 @@ kernel: the ratios of 1.0 there).
 (one pass per sample and channel: the mean square, the affine map and `max(y, tau)`, tau's
 gradient from the same pass; since the twelfth session two phases on channels_last and where
 a channel's positions do not fit a program), EvoNorm-S0 (one pass per sample and group:
-`x sigmoid(v x)` over the group's standard deviation, v's gradient from the same pass) and
+`x sigmoid(v x)` over the group's standard deviation, v's gradient from the same pass; two
+phases likewise since the twelfth session) and
 channels-first RMSNorm (the group kernels without centering; two phases with a mean-square
 statistic where a sample does not fit a program, and on channels_last) run on the group
 kernels above, whose one-pass form read 0.82-0.97 of the copy ceiling. Batch Renorm runs on

@@ -88,7 +88,10 @@ def apply(grid, X, Y, MEAN, RSTD, W, B, TAU, N, C, S, sn, sc, ss, SET_N, CPG, SP
     w, b = _affine(W, B, C, **kw)
     scale = RSTD[sets] * w
     shift = -MEAN[sets] * scale + b
-    y = _view(X, N, C, S, sn, sc, ss).float() * scale[..., None] + shift[..., None]
+    x = _view(X, N, C, S, sn, sc, ss).float()
+    if kw.get("SWISH"):  # the numerator x sigmoid(v x), not centered
+        x, shift = x * torch.sigmoid(TAU.float()[:, None] * x), b.expand_as(shift)
+    y = x * scale[..., None] + shift[..., None]
     y = y.clamp_min(0) if kw["RELU"] else y
     if kw.get("TLU"):
         y = torch.maximum(y, TAU.float()[:, None])
@@ -96,7 +99,9 @@ def apply(grid, X, Y, MEAN, RSTD, W, B, TAU, N, C, S, sn, sc, ss, SET_N, CPG, SP
 
 
 def _dy_xhat(X, DY, MEAN, RSTD, W, B, TAU, N, C, S, strides, SET_N, CPG, **kw):
-    """``dy`` through the ReLU or TLU, ``x_hat``, ``w``, the sets; and TLU's share of ``dy``."""
+    """``dy`` through the ReLU or TLU, ``x_hat`` (``SWISH``: the swish over the std), ``w``, the
+    sets, the extra parameter's share of ``dy``; and for the map gradient ``dy`` through the
+    swish's derivative and the centered ``x_hat``."""
     sets = _sets(N, C, SET_N, CPG)
     w, b = _affine(W, B, C, **kw)
     x = _view(X, N, C, S, *strides).float()
@@ -107,11 +112,17 @@ def _dy_xhat(X, DY, MEAN, RSTD, W, B, TAU, N, C, S, strides, SET_N, CPG, **kw):
     if kw["RELU"]:
         dy = torch.where(y > 0, dy, 0)
     rest = None
+    xhat = (x - mean) * rstd
     if kw.get("TLU"):
         tau = TAU.float()[:, None]
         masked = torch.where(y > tau, dy, torch.where(y == tau, 0.5 * dy, 0))
         dy, rest = masked, dy - masked
-    return dy, (x - mean) * rstd, w, sets, rest
+    if kw.get("SWISH"):  # f = x sigmoid(v x) rstd in x_hat's place; v's share (times w later)
+        sg = torch.sigmoid(TAU.float()[:, None] * x)
+        f = x * sg * rstd
+        rest = dy * f * x * (1 - sg)
+        return dy, f, w, sets, rest, dy * (sg + TAU.float()[:, None] * x * sg * (1 - sg)), xhat
+    return dy, xhat, w, sets, rest, dy, xhat
 
 
 def partial_grad(
@@ -120,7 +131,7 @@ def partial_grad(
 ):  # fmt: skip
     n = grid[2]
     strides = (sn, sc, ss)
-    dy, xhat, _, _, rest = _dy_xhat(
+    dy, xhat, _, _, rest, _, _ = _dy_xhat(
         X, DY, MEAN, RSTD, W, B, TAU, n, C, S, strides, SET_N, CPG, **kw
     )
     PSY.view(n, C, NK).copy_(_chunks(dy, SPP, NK).nansum(-1))
@@ -134,7 +145,7 @@ def apply_grad(
     NCB, **kw,
 ):  # fmt: skip
     strides = (sn, sc, ss)
-    dy, xhat, w, sets, _ = _dy_xhat(
+    _, _, w, sets, _, dy, xhat = _dy_xhat(
         X, DY, MEAN, RSTD, W, B, TAU, N, C, S, strides, SET_N, CPG, **kw
     )
     rstd = RSTD[sets][..., None]
@@ -167,8 +178,8 @@ def group_fwd(grid, X, Y, W, B, P, MEAN, RSTD, VAR, C, S, G, CPG, eps, **kw):
 
 def group_bwd(grid, X, DY, DX, W, B, P, MEAN, RSTD, PDW, PDB, PDP, N, C, S, G, CPG, NPP, **kw):
     strides = (C * S, S, 1)
-    plain = {**kw, "TLU": False}  # (the TLU below, as the one-pass kernel computes its y)
-    dy, xhat, w, sets, _ = _dy_xhat(
+    plain = {**kw, "TLU": False, "SWISH": False}  # (both below, as the one-pass kernel does)
+    dy, xhat, w, sets, _, _, _ = _dy_xhat(
         X, DY, MEAN, RSTD, W, B, None, N, C, S, strides, G, CPG, **plain
     )
     x = _view(X, N, C, S, *strides).float()

@@ -60,6 +60,12 @@ def check() -> int:
             cases.append((shape, "frn", shape[1], True, affine, False))
     cases.append(((2, 3, 100, 100), "frn", 3, False, True, False))
     cases.append(((2, 8, 70, 70), "frn", 8, True, True, False, 1024))
+    # EvoNorm-S0 on them too (the SWISH flag): channels_last, and groups past one pass
+    for shape, s0_groups in [((4, 6, 5, 7), 3), ((2, 4, 3, 4, 5), 2), ((2, 8, 70, 70), 4)]:
+        for affine in (True, False):
+            cases.append((shape, "s0", s0_groups, True, affine, False))
+    cases.append(((2, 8, 70, 70), "s0", 2, False, True, False))
+    cases.append(((2, 8, 70, 70), "s0", 4, True, True, False, 1024))
     for shape in [(4, 6, 5, 7), (3, 8, 33), (2, 4, 3, 4, 5), (2, 8, 70, 70)]:
         for cl in [False, True] if len(shape) in (4, 5) else [False]:
             for affine in (True, False):

@@ -54,10 +54,11 @@ interpreter, ``tests/triton_interpreter_check.py``, not yet compiled or timed on
 channels-first RMSNorm (``kind="rms"``: no centering; the two-phase statistics merge keeps the
 mean square), FRN + TLU (``"frn"``: one channel per group, no centering, ``max(y, tau)``, with
 ``torch.maximum``'s split of the gradient at ties) and EvoNorm-S0 (``"s0"``:
-``x sigmoid(v x)`` over the group's std). EvoNorm-S0 takes one-pass contiguous shapes only;
-FRN takes the two-phase kernels elsewhere (channels_last, more positions than one program
-holds: the mean square, and their ``TLU`` flag, twelfth session); each gives its extra
-parameter's gradient (``tau``, ``v``) from the same backward pass. Batch
+``x sigmoid(v x)`` over the group's std). Both take the two-phase kernels where the one-pass
+ones cannot (channels_last, more positions than one program holds; twelfth session): FRN
+with the mean square and the map and gradient kernels' ``TLU`` flag, EvoNorm-S0 with their
+``SWISH`` flag; each gives its extra parameter's gradient (``tau``, ``v``) from the same
+backward pass. Batch
 Renorm, SwitchableNorm, EvoNorm-B0, Ghost BN and FrozenBatchNorm run on these kernels from
 :mod:`normzoo.norms._triton_zoo`. The zoo's kernels are served only under
 ``NORMZOO_TRITON=all`` until measured against their current CUDA paths
@@ -217,7 +218,7 @@ def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) 
     """The measured rule (module docstring) for an input of ``shape`` that :func:`serves`
     accepts: ``kind`` ``"batch"``, ``"group"`` (``groups`` groups), ``"token"`` (layer
     norm or RMSNorm over tokens), or the zoo's ``"rms"`` (channels-first RMSNorm), ``"frn"``,
-    ``"s0"`` (EvoNorm-S0, on one-pass contiguous shapes only), ``"renorm"`` (Batch
+    ``"s0"`` (EvoNorm-S0), ``"renorm"`` (Batch
     Renorm), ``"switchable"`` (SwitchableNorm), ``"b0"`` (EvoNorm-B0), ``"ghost"`` (Ghost
     BN), ``"frozen"`` (FrozenBatchNorm);
     ``contiguous``: else channels_last. Under ``NORMZOO_TRITON=all``: every input the
@@ -237,10 +238,8 @@ def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) 
         return every and len(shape) >= 3
     if kind == "frozen":  # FrozenBatchNorm: any layout the batch-norm kernels take
         return every
-    if kind == "frn":  # one pass on contiguous one-pass shapes, else two phases
+    if kind in ("frn", "s0"):  # one pass on contiguous one-pass shapes, else two phases
         return every and len(shape) >= 3
-    if kind == "s0":
-        return every and contiguous and _one_pass_shape(shape, groups)
     return every and _pow2(shape[-1]) <= ONE_PASS_MAX  # a token in one program's registers
 
 
@@ -360,24 +359,29 @@ def _two_phase_forward(
     relu: bool,
     running: tuple[Tensor, Tensor, float] | None = None,
     rms: bool = False,
-    tau: Tensor | None = None,
+    extra: Tensor | None = None,
+    swish: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(y, mean, rstd, var)``; ``tau``: FRN's ``max(y, tau)`` after the map."""
+    """``(y, mean, rstd, var)``; ``extra``: FRN's ``tau`` (``max(y, tau)`` after the map), or
+    with ``swish`` EvoNorm-S0's ``v`` (the numerator ``x sigmoid(v x)``)."""
     plan = _plan(x, fold=sets[0] == 0)
     mean, rstd, var = _stats(x, plan, sets, eps, running, rms)
     y = torch.empty_like(x)
     _kernels()._apply[plan.grid](
-        x, y, mean, rstd, weight, bias, tau, plan.n, plan.c, plan.s, *plan.strides, *sets,
+        x, y, mean, rstd, weight, bias, extra, plan.n, plan.c, plan.s, *plan.strides, *sets,
         plan.spp, plan.nk, plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None,
-        RELU=relu, CB=plan.cb, SB=plan.sb, num_warps=plan.warps, **_tlu(tau),
+        RELU=relu, CB=plan.cb, SB=plan.sb, num_warps=plan.warps, **_extra_flag(extra, swish),
     )  # fmt: skip
     return y, mean, rstd, var
 
 
-def _tlu(tau: Tensor | None) -> dict[str, bool]:
-    """The two-phase kernels' ``TLU`` flag where FRN's ``tau`` is given (absent otherwise: the
-    GPU-verified kernels' launches unchanged)."""
-    return {} if tau is None else {"TLU": True}
+def _extra_flag(extra: Tensor | None, swish: bool) -> dict[str, bool]:
+    """The two-phase kernels' flag for an ``extra`` parameter: ``TLU`` (FRN's ``tau``) or
+    ``SWISH`` (EvoNorm-S0's ``v``); none without one (the GPU-verified kernels' launches
+    unchanged)."""
+    if extra is None:
+        return {}
+    return {"SWISH": True} if swish else {"TLU": True}
 
 
 def _two_phase_backward(
@@ -390,13 +394,17 @@ def _two_phase_backward(
     sets: tuple[int, int],
     relu: bool,
     rms: bool = False,
-    tau: Tensor | None = None,
+    extra: Tensor | None = None,
+    swish: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """``(dx, dw, db, dtau)`` (``dtau`` ``None`` without FRN's ``tau``)."""
+    """``(dx, dw, db, d_extra)`` (``d_extra`` ``None`` without FRN's ``tau`` or, with
+    ``swish``, EvoNorm-S0's ``v``)."""
     plan = _plan(x, fold=sets[0] == 0)
     n = plan.n
-    part = _grad_sums(dy, x, weight, bias, mean, rstd, sets, relu, plan, tau)
-    dtau = part[2].sum((0, 2)) if tau is not None else None
+    part = _grad_sums(dy, x, weight, bias, mean, rstd, sets, relu, plan, extra, swish)
+    d_extra = part[2].sum((0, 2)) if extra is not None else None
+    if swish and weight is not None:
+        d_extra = d_extra * weight.float()
     part = part[:2]
     # per set: b = sum(w dy) / count and a = sum(w dy xhat) / count, as (b, a)
     set_n, cpg = sets
@@ -409,12 +417,12 @@ def _two_phase_backward(
         if weight is not None:
             sums = sums * weight.float()
         coef = sums.view(2, n * set_n, cpg).sum(2) / (cpg * plan.s)
-    if rms:  # no centering: no mean(w dy) term
+    if rms or swish:  # no centering (of the numerator): no mean(w dy) term
         coef[0].zero_()
     b, a = coef.unbind(0)
-    dx = _grad_map(dy, x, weight, bias, mean, rstd, a, b, sets, relu, plan, tau)
+    dx = _grad_map(dy, x, weight, bias, mean, rstd, a, b, sets, relu, plan, extra, swish)
     db, dw = db_dw.unbind(0)
-    return dx, dw, db, dtau
+    return dx, dw, db, d_extra
 
 
 def _grad_sums(
@@ -427,17 +435,20 @@ def _grad_sums(
     sets: tuple[int, int],
     relu: bool,
     plan: _Plan,
-    tau: Tensor | None = None,
+    extra: Tensor | None = None,
+    swish: bool = False,
 ) -> Tensor:
     """``(2, n, c, nk)``: per (sample, channel, chunk) ``sum(dy)`` and ``sum(dy * xhat)``;
-    with FRN's ``tau`` ``(3, n, c, nk)``, tau's share of ``dy`` third."""
+    with an ``extra`` parameter (FRN's ``tau``; ``swish``: EvoNorm-S0's ``v``, the swish's
+    ``f`` in ``xhat``'s place) ``(3, n, c, nk)``, its gradient's sums third."""
     n, c, nk = plan.n, plan.c, plan.nk
-    part = torch.empty((2 if tau is None else 3, n, c, nk), device=x.device, dtype=torch.float32)
-    pst = part[2] if tau is not None else None
+    rows = 2 if extra is None else 3
+    part = torch.empty((rows, n, c, nk), device=x.device, dtype=torch.float32)
+    pst = part[2] if extra is not None else None
     _kernels()._partial_grad[plan.grid](
-        x, dy, mean, rstd, weight, bias, tau, part[0], part[1], pst, c, plan.s, *plan.strides,
-        *sets, plan.spp, nk, HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu,
-        CB=plan.cb, SB=plan.sb, num_warps=plan.warps, **_tlu(tau),
+        x, dy, mean, rstd, weight, bias, extra, part[0], part[1], pst, c, plan.s,
+        *plan.strides, *sets, plan.spp, nk, HAS_W=weight is not None, HAS_B=bias is not None,
+        RELU=relu, CB=plan.cb, SB=plan.sb, num_warps=plan.warps, **_extra_flag(extra, swish),
     )  # fmt: skip
     return part
 
@@ -454,14 +465,17 @@ def _grad_map(
     sets: tuple[int, int],
     relu: bool,
     plan: _Plan,
-    tau: Tensor | None = None,
+    extra: Tensor | None = None,
+    swish: bool = False,
 ) -> Tensor:
-    """``dx = rstd (w dy - xhat a[set] - b[set])`` (``_apply_grad``)."""
+    """``dx = rstd (w dy - xhat a[set] - b[set])`` (``_apply_grad``; ``extra`` and ``swish``
+    as in :func:`_grad_sums`)."""
     dx = torch.empty_like(x)
     _kernels()._apply_grad[plan.grid](
-        x, dy, dx, mean, rstd, weight, bias, tau, a, b, plan.n, plan.c, plan.s, *plan.strides,
-        *sets, plan.spp, plan.nk, plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None,
-        RELU=relu, CB=plan.cb, SB=plan.sb, num_warps=plan.warps, **_tlu(tau),
+        x, dy, dx, mean, rstd, weight, bias, extra, a, b, plan.n, plan.c, plan.s,
+        *plan.strides, *sets, plan.spp, plan.nk, plan.ncb, HAS_W=weight is not None,
+        HAS_B=bias is not None, RELU=relu, CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
+        **_extra_flag(extra, swish),
     )  # fmt: skip
     return dx
 
@@ -490,9 +504,6 @@ _GROUP_FLAGS: dict[str, dict[str, bool]] = {
     "frn": {"RMS": True, "TLU": True},
     "s0": {"SWISH": True},
 }
-#: The kinds that the two-phase kernels also serve (large sets, channels_last): FRN with the
-#: mean square (RMS) and the ``TLU`` flag.
-_TWO_PHASE = ("group", "rms", "frn")
 
 
 def _group_forward(
@@ -508,12 +519,11 @@ def _group_forward(
     n, c = x.shape[0], x.shape[1]
     tiles = _group_tiles(tuple(x.shape), groups) if x.is_contiguous() else None
     if tiles is None:
-        if kind not in _TWO_PHASE:
-            raise ValueError(f"{kind}: only one-pass shapes are served, got {tuple(x.shape)}")
+        # two phases (large sets, channels_last): RMSNorm and FRN with the mean square, FRN's
+        # max(y, tau) and EvoNorm-S0's swish as flags of the map and gradient kernels
         sets = (groups, c // groups)
-        tau = extra if kind == "frn" else None
-        rms = kind in ("rms", "frn")
-        return _two_phase_forward(x, weight, bias, sets, eps, relu, rms=rms, tau=tau)
+        rms, swish = kind in ("rms", "frn"), kind == "s0"
+        return _two_phase_forward(x, weight, bias, sets, eps, relu, None, rms, extra, swish)
     s = x.numel() // (n * c)
     cb, sb = tiles
     stats = torch.empty((3, n * groups), device=x.device, dtype=torch.float32).unbind(0)
@@ -546,8 +556,8 @@ def _group_backward(
     tiles = _group_tiles(tuple(x.shape), groups) if x.is_contiguous() else None
     if tiles is None:
         sets = (groups, c // groups)
-        rms, tau = kind in ("rms", "frn"), extra if kind == "frn" else None
-        return _two_phase_backward(dy, x, weight, bias, mean, rstd, sets, relu, rms, tau)
+        rms, swish = kind in ("rms", "frn"), kind == "s0"
+        return _two_phase_backward(dy, x, weight, bias, mean, rstd, sets, relu, rms, extra, swish)
     s = x.numel() // (n * c)
     cb, sb = tiles
     npp = _cdiv(n, max(1, _target_programs(x) // groups))
@@ -943,7 +953,8 @@ def rms_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) 
 def filter_response_norm(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, tau: Tensor, eps: float
 ) -> Tensor:
-    """FRN + TLU of a contiguous ``x`` ``(N, C, *spatial)``, one pass per (sample, channel):
+    """FRN + TLU of ``x`` ``(N, C, *spatial)``, one pass per (sample, channel) where it fits a
+    program on contiguous input, else two phases:
     ``z = max(w x / sqrt(mean_s(x^2) + eps) + b, tau)`` (``normzoo.functional``'s).
 
     S. Singh, S. Krishnan, "Filter Response Normalization Layer", CVPR 2020."""
@@ -958,7 +969,8 @@ def evonorm_s0(
     bias: Tensor | None,
     eps: float,
 ) -> Tensor:
-    """EvoNorm-S0 of a contiguous ``x`` ``(N, C, *spatial)``, one pass per (sample, group):
+    """EvoNorm-S0 of ``x`` ``(N, C, *spatial)``, one pass per (sample, group) where it fits a
+    program on contiguous input, else two phases:
     ``y = x sigmoid(v x) / sqrt(Var_group(x) + eps) * w + b`` (``normzoo.functional``'s).
 
     H. Liu, A. Brock, K. Simonyan, Q. V. Le, "Evolving Normalization-Activation Layers",

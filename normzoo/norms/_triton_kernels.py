@@ -176,9 +176,12 @@ def _apply(
     CB: tl.constexpr,
     SB: tl.constexpr,
     TLU: tl.constexpr = False,
+    SWISH: tl.constexpr = False,
 ):
     """``y = (x - mean[set]) * rstd[set] * w[c] + b[c]`` (ReLU'd; ``TLU``: ``max(y, tau[c])``,
-    FRN's), over the same chunks as :func:`_partial_stats`, the last chunk first."""
+    FRN's, ``tau`` at ``TAU``; ``SWISH``: EvoNorm-S0's ``y = x sigmoid(v[c] x) rstd w + b``,
+    ``v`` at ``TAU``), over the same chunks as :func:`_partial_stats`, the last chunk
+    first."""
     kk = NK - 1 - tl.program_id(0)
     cb = NCB - 1 - tl.program_id(1)
     n = N - 1 - tl.program_id(2)
@@ -191,9 +194,11 @@ def _apply(
     if HAS_W:
         scale = rstd * tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
     shift = -mean * scale
+    if SWISH:  # the numerator is not centered
+        shift = tl.zeros([CB], dtype=tl.float32)
     if HAS_B:
         shift += tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)
-    if TLU:
+    if TLU or SWISH:
         tau = tl.load(TAU + cs, mask=cmask, other=0.0).to(tl.float32)
     off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
     s0 = kk * SPP
@@ -203,6 +208,8 @@ def _apply(
         m = cmask[:, None] & (pos < s_end)[None, :]
         o = off + pos[None, :].to(tl.int64) * ss
         x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
+        if SWISH:
+            x = x * tl.sigmoid(tau[:, None] * x)
         y = x * scale[:, None] + shift[:, None]
         if RELU:
             y = tl.maximum(y, 0.0)
@@ -238,10 +245,13 @@ def _partial_grad(
     CB: tl.constexpr,
     SB: tl.constexpr,
     TLU: tl.constexpr = False,
+    SWISH: tl.constexpr = False,
 ):
     """Per (sample, channel, chunk): ``sum(dy)`` and ``sum(dy * xhat)``, with ``dy`` masked by
     the forward's ReLU where it had one (``TLU``: by FRN's ``max(y, tau)``, half at ties as
-    ``torch.maximum``, and tau's share ``sum(dy - masked)`` at ``PST``); stored at
+    ``torch.maximum``, and tau's share ``sum(dy - masked)`` at ``PST``; ``SWISH``: with
+    ``s = sigmoid(v x)`` and ``f = x s rstd`` in ``x_hat``'s place, ``sum(dy f)``, and at
+    ``PST`` v's ``sum(dy f x (1 - s))``, to be scaled by ``w``); stored at
     ``(n*C + c)*NK + kk``."""
     kk = tl.program_id(0)
     cb = tl.program_id(1)
@@ -258,7 +268,7 @@ def _partial_grad(
         shift = -mean * scale
         if HAS_B:
             shift += tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)
-    if TLU:
+    if TLU or SWISH:
         tau = tl.load(TAU + cs, mask=cmask, other=0.0).to(tl.float32)
         st = tl.zeros([CB], dtype=tl.float32)
     off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
@@ -278,13 +288,18 @@ def _partial_grad(
             masked = _tlu_mask(x * scale[:, None] + shift[:, None], tau, dy)
             st += tl.sum(dy - masked, axis=1)
             dy = masked
-        xhat = (x - mean[:, None]) * rstd[:, None]
+        if SWISH:
+            sg = tl.sigmoid(tau[:, None] * x)
+            xhat = x * sg * rstd[:, None]  # f = x sigmoid(v x) rstd in x_hat's place
+            st += tl.sum(dy * xhat * x * (1.0 - sg), axis=1)
+        else:
+            xhat = (x - mean[:, None]) * rstd[:, None]
         sy += tl.sum(dy, axis=1)
         sxy += tl.sum(dy * xhat, axis=1)
     idx = (n.to(tl.int64) * C + cs) * NK + kk
     tl.store(PSY + idx, sy, mask=cmask)
     tl.store(PSXY + idx, sxy, mask=cmask)
-    if TLU:
+    if TLU or SWISH:
         tl.store(PST + idx, st, mask=cmask)
 
 
@@ -317,9 +332,11 @@ def _apply_grad(
     CB: tl.constexpr,
     SB: tl.constexpr,
     TLU: tl.constexpr = False,
+    SWISH: tl.constexpr = False,
 ):
     """``dx = rstd * (w * dy - xhat * a[set] - b[set])`` (``dy`` masked as in
-    :func:`_partial_grad`), the last chunk first."""
+    :func:`_partial_grad`; ``SWISH``: ``dy`` times the swish's derivative
+    ``s + v x s (1 - s)``), the last chunk first."""
     kk = NK - 1 - tl.program_id(0)
     cb = NCB - 1 - tl.program_id(1)
     n = N - 1 - tl.program_id(2)
@@ -338,7 +355,7 @@ def _apply_grad(
         shift = -mean * scale
         if HAS_B:
             shift += tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)
-    if TLU:
+    if TLU or SWISH:
         tau = tl.load(TAU + cs, mask=cmask, other=0.0).to(tl.float32)
     off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
     s0 = kk * SPP
@@ -353,6 +370,9 @@ def _apply_grad(
             dy = tl.where(x * scale[:, None] + shift[:, None] > 0.0, dy, 0.0)
         if TLU:
             dy = _tlu_mask(x * scale[:, None] + shift[:, None], tau, dy)
+        if SWISH:
+            sg = tl.sigmoid(tau[:, None] * x)
+            dy = dy * (sg + tau[:, None] * x * sg * (1.0 - sg))
         xhat = (x - mean[:, None]) * rstd[:, None]
         dx = rstd[:, None] * (w[:, None] * dy - xhat * ca[:, None] - cb_[:, None])
         tl.store(DX + o, dx.to(DX.dtype.element_ty), mask=m)
