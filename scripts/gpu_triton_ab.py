@@ -171,17 +171,27 @@ def launch_costs(repeats: int) -> dict[str, float]:
 
 
 def module_ab(
-    name: str, shape: tuple[int, ...], dtype: torch.dtype, flush: torch.Tensor, repeats: int
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    flush: torch.Tensor,
+    repeats: int,
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     """One zoo module's fwd and fwd+bwd GPU and host times with the kernels
-    (``NORMZOO_TRITON=all``) and without (the default), interleaved per repeat."""
+    (``NORMZOO_TRITON=all``) and without (the default), interleaved per repeat, on a
+    contiguous or channels_last input."""
     import normzoo
 
     m = normzoo.create(name, shape[1], **MODULES[name]).cuda()
-    x = torch.randn(shape, device="cuda").to(dtype).requires_grad_()
+    x = torch.randn(shape, device="cuda").to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
     g = torch.randn_like(x)
     src, out = x.detach(), torch.empty_like(x)
     row: dict[str, Any] = {"module": name, "shape": list(shape), "dtype": str(dtype)[6:]}
+    row["format"] = "channels_last" if channels_last else "contiguous"
     row["copy_ms"] = gpu_time(lambda: out.copy_(src), flush, repeats)
     calls: list[Any] = []
     originals = {point: getattr(*point) for point in _triton.entry_points()}
@@ -234,6 +244,10 @@ def main() -> None:
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--modules", nargs="*", default=list(MODULES), choices=list(MODULES))
     p.add_argument("--module-shapes", nargs="+", default=["256,64,64,64", "64,64,64,64"])
+    p.add_argument(
+        "--module-formats", nargs="+", default=["contiguous"],
+        choices=["contiguous", "channels_last"], help="the modules' input layouts",
+    )  # fmt: skip
     p.add_argument(
         "--only-modules", action="store_true", help="skip questions 1 and 2: the zoo's A/B only"
     )
@@ -303,21 +317,26 @@ def main() -> None:
         write_json(args.json, launches, rows, modules)
 
     dump()
-    for shape in (tuple(int(v) for v in s.split(",")) for s in args.module_shapes):
-        for dtype in (getattr(torch, d) for d in args.dtypes):
-            for name in args.modules:
-                r = module_ab(name, shape, dtype, flush, args.repeats)
-                modules.append(r)
-                dump()
-                print(
-                    f"{name:<10} {'x'.join(map(str, shape)):<14} {r['dtype']:<8} "
-                    f"triton {r['triton_fwd_fraction']:.2f}/{r['triton_bwd_fraction']:.2f} "
-                    f"default {r['default_fwd_fraction']:.2f}/{r['default_bwd_fraction']:.2f} "
-                    f"fwd+bwd x{r['speedup_fwdbwd']:.2f}  host us {r['triton_host_us_fwdbwd']:.0f}"
-                    f" vs {r['default_host_us_fwdbwd']:.0f}  ran {r['triton_ran']}  first call "
-                    f"{r['triton_first_call_s']:.1f}/{r['default_first_call_s']:.1f} s",
-                    flush=True,
-                )
+    combos = [
+        (tuple(int(v) for v in s.split(",")), getattr(torch, d), fmt == "channels_last")
+        for s in args.module_shapes
+        for d in args.dtypes
+        for fmt in args.module_formats
+    ]
+    for shape, dtype, channels_last in combos:
+        for name in args.modules:
+            r = module_ab(name, shape, dtype, flush, args.repeats, channels_last)
+            modules.append(r)
+            dump()
+            print(
+                f"{name:<10} {'x'.join(map(str, shape)):<14} {r['dtype']:<8} {r['format']:<13} "
+                f"triton {r['triton_fwd_fraction']:.2f}/{r['triton_bwd_fraction']:.2f} "
+                f"default {r['default_fwd_fraction']:.2f}/{r['default_bwd_fraction']:.2f} "
+                f"fwd+bwd x{r['speedup_fwdbwd']:.2f}  host us {r['triton_host_us_fwdbwd']:.0f}"
+                f" vs {r['default_host_us_fwdbwd']:.0f}  ran {r['triton_ran']}  first call "
+                f"{r['triton_first_call_s']:.1f}/{r['default_first_call_s']:.1f} s",
+                flush=True,
+            )
     dump()
 
 
