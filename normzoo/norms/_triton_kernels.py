@@ -30,6 +30,25 @@ import triton.language as tl
 
 
 @triton.jit
+def _chunk(kk, cb, n, C, S, sn, sc, SPP, CB: tl.constexpr):
+    """A two-phase program's chunk: channels ``cb*CB ...`` of sample ``n`` (the channels, their
+    mask, their offsets) and positions ``[kk*SPP, min((kk+1)*SPP, S))`` (start, end)."""
+    cs = cb * CB + tl.arange(0, CB)
+    cmask = cs < C
+    off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
+    s0 = kk * SPP
+    return cs, cmask, off, s0, tl.minimum(s0 + SPP, S)
+
+
+@triton.jit
+def _positions(off, s, s_end, ss, cmask, SB: tl.constexpr):
+    """Offsets and mask of the chunk's tile at positions ``s ... min(s + SB, s_end)``."""
+    pos = s + tl.arange(0, SB)
+    m = cmask[:, None] & (pos < s_end)[None, :]
+    return off + pos[None, :].to(tl.int64) * ss, m
+
+
+@triton.jit
 def _partial_stats(
     X,
     PCNT,
@@ -49,20 +68,14 @@ def _partial_stats(
     """Partial (count, mean, M2) of channels ``cb*CB ...`` of sample ``n`` over positions
     ``[kk*SPP, (kk+1)*SPP)``, stored at ``n*PN + c*PC + kk``."""
     kk = tl.program_id(0)
-    cb = tl.program_id(1)
     n = tl.program_id(2).to(tl.int64)
-    cs = cb * CB + tl.arange(0, CB)
-    cmask = cs < C
-    base = X + n * sn + cs[:, None].to(tl.int64) * sc
-    s0 = kk * SPP
-    s_end = tl.minimum(s0 + SPP, S)
+    cs, cmask, off, s0, s_end = _chunk(kk, tl.program_id(1), n, C, S, sn, sc, SPP, CB)
     cnt = tl.zeros([CB], dtype=tl.float32)
     mean = tl.zeros([CB], dtype=tl.float32)
     m2 = tl.zeros([CB], dtype=tl.float32)
     for s in range(s0, s_end, SB):
-        pos = s + tl.arange(0, SB)
-        m = cmask[:, None] & (pos < s_end)[None, :]
-        x = tl.load(base + pos[None, :].to(tl.int64) * ss, mask=m, other=0.0).to(tl.float32)
+        o, m = _positions(off, s, s_end, ss, cmask, SB)
+        x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
         tc = tl.minimum(s_end - s, SB).to(tl.float32)
         tmean = tl.sum(x, axis=1) / tc
         d = tl.where(m, x - tmean[:, None], 0.0)
@@ -185,8 +198,7 @@ def _apply(
     kk = NK - 1 - tl.program_id(0)
     cb = NCB - 1 - tl.program_id(1)
     n = N - 1 - tl.program_id(2)
-    cs = cb * CB + tl.arange(0, CB)
-    cmask = cs < C
+    cs, cmask, off, s0, s_end = _chunk(kk, cb, n, C, S, sn, sc, SPP, CB)
     sets = n * SET_N + cs // CPG
     mean = tl.load(MEAN + sets, mask=cmask, other=0.0)
     rstd = tl.load(RSTD + sets, mask=cmask, other=0.0)
@@ -200,13 +212,8 @@ def _apply(
         shift += tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)
     if TLU or SWISH:
         tau = tl.load(TAU + cs, mask=cmask, other=0.0).to(tl.float32)
-    off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
-    s0 = kk * SPP
-    s_end = tl.minimum(s0 + SPP, S)
     for s in range(s0, s_end, SB):
-        pos = s + tl.arange(0, SB)
-        m = cmask[:, None] & (pos < s_end)[None, :]
-        o = off + pos[None, :].to(tl.int64) * ss
+        o, m = _positions(off, s, s_end, ss, cmask, SB)
         x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
         if SWISH:
             x = x * tl.sigmoid(tau[:, None] * x)
@@ -256,8 +263,7 @@ def _partial_grad(
     kk = tl.program_id(0)
     cb = tl.program_id(1)
     n = tl.program_id(2)
-    cs = cb * CB + tl.arange(0, CB)
-    cmask = cs < C
+    cs, cmask, off, s0, s_end = _chunk(kk, cb, n, C, S, sn, sc, SPP, CB)
     sets = n * SET_N + cs // CPG
     mean = tl.load(MEAN + sets, mask=cmask, other=0.0)
     rstd = tl.load(RSTD + sets, mask=cmask, other=0.0)
@@ -271,15 +277,10 @@ def _partial_grad(
     if TLU or SWISH:
         tau = tl.load(TAU + cs, mask=cmask, other=0.0).to(tl.float32)
         st = tl.zeros([CB], dtype=tl.float32)
-    off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
-    s0 = kk * SPP
-    s_end = tl.minimum(s0 + SPP, S)
     sy = tl.zeros([CB], dtype=tl.float32)
     sxy = tl.zeros([CB], dtype=tl.float32)
     for s in range(s0, s_end, SB):
-        pos = s + tl.arange(0, SB)
-        m = cmask[:, None] & (pos < s_end)[None, :]
-        o = off + pos[None, :].to(tl.int64) * ss
+        o, m = _positions(off, s, s_end, ss, cmask, SB)
         x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
         dy = tl.load(DY + o, mask=m, other=0.0).to(tl.float32)
         if RELU:
@@ -340,8 +341,7 @@ def _apply_grad(
     kk = NK - 1 - tl.program_id(0)
     cb = NCB - 1 - tl.program_id(1)
     n = N - 1 - tl.program_id(2)
-    cs = cb * CB + tl.arange(0, CB)
-    cmask = cs < C
+    cs, cmask, off, s0, s_end = _chunk(kk, cb, n, C, S, sn, sc, SPP, CB)
     sets = n * SET_N + cs // CPG
     mean = tl.load(MEAN + sets, mask=cmask, other=0.0)
     rstd = tl.load(RSTD + sets, mask=cmask, other=0.0)
@@ -357,13 +357,8 @@ def _apply_grad(
             shift += tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)
     if TLU or SWISH:
         tau = tl.load(TAU + cs, mask=cmask, other=0.0).to(tl.float32)
-    off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
-    s0 = kk * SPP
-    s_end = tl.minimum(s0 + SPP, S)
     for s in range(s0, s_end, SB):
-        pos = s + tl.arange(0, SB)
-        m = cmask[:, None] & (pos < s_end)[None, :]
-        o = off + pos[None, :].to(tl.int64) * ss
+        o, m = _positions(off, s, s_end, ss, cmask, SB)
         x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
         dy = tl.load(DY + o, mask=m, other=0.0).to(tl.float32)
         if RELU:
@@ -660,17 +655,6 @@ def _token_bwd(
 
 
 @triton.jit
-def _b0_chunk(kk, cb, n, C, S, sn, sc, SPP, CB: tl.constexpr):
-    """Channels ``cb*CB ...`` of sample ``n`` (mask, offsets) and positions
-    ``[kk*SPP, min((kk+1)*SPP, S))``: a program's chunk, as :func:`_partial_stats`'s."""
-    cs = cb * CB + tl.arange(0, CB)
-    cmask = cs < C
-    off = n.to(tl.int64) * sn + cs[:, None].to(tl.int64) * sc
-    s0 = kk * SPP
-    return cs, cmask, off, s0, tl.minimum(s0 + SPP, S)
-
-
-@triton.jit
 def _b0_params(BSTD, ISTD, V, W, n, C, cs, cmask, HAS_W: tl.constexpr, CB: tl.constexpr):
     """EvoNorm-B0's per-channel batch std, the sample's instance std, ``v`` and ``w``."""
     bstd = tl.load(BSTD + cs, mask=cmask, other=1.0)
@@ -718,7 +702,7 @@ def _b0_apply(
     """EvoNorm-B0's map ``y = x / max(bstd[c], v[c] x + istd[n, c]) * w[c] + b[c]`` over the
     chunks of :func:`_partial_stats` (per (sample, channel) sets), the last chunk first."""
     n = N - 1 - tl.program_id(2)
-    cs, cmask, off, s0, s_end = _b0_chunk(
+    cs, cmask, off, s0, s_end = _chunk(
         NK - 1 - tl.program_id(0), NCB - 1 - tl.program_id(1), n, C, S, sn, sc, SPP, CB
     )
     bstd, istd, v, w = _b0_params(BSTD, ISTD, V, W, n, C, cs, cmask, HAS_W, CB)
@@ -726,9 +710,7 @@ def _b0_apply(
     if HAS_B:
         b = tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)
     for s in range(s0, s_end, SB):
-        pos = s + tl.arange(0, SB)
-        m = cmask[:, None] & (pos < s_end)[None, :]
-        o = off + pos[None, :].to(tl.int64) * ss
+        o, m = _positions(off, s, s_end, ss, cmask, SB)
         x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
         den, _ = _b0_den(x, bstd, istd, v)
         y = x / den * w[:, None] + b[:, None]
@@ -762,7 +744,7 @@ def _b0_partial_grad(
     ``P + k * PSTRIDE + (n*C + c)*NK + kk`` for ``k = 0..4``."""
     kk = tl.program_id(0)
     n = tl.program_id(2)
-    cs, cmask, off, s0, s_end = _b0_chunk(kk, tl.program_id(1), n, C, S, sn, sc, SPP, CB)
+    cs, cmask, off, s0, s_end = _chunk(kk, tl.program_id(1), n, C, S, sn, sc, SPP, CB)
     bstd, istd, v, w = _b0_params(BSTD, ISTD, V, W, n, C, cs, cmask, HAS_W, CB)
     p_a = tl.zeros([CB], dtype=tl.float32)
     p_b = tl.zeros([CB], dtype=tl.float32)
@@ -770,9 +752,7 @@ def _b0_partial_grad(
     p_dy = tl.zeros([CB], dtype=tl.float32)
     p_v = tl.zeros([CB], dtype=tl.float32)
     for s in range(s0, s_end, SB):
-        pos = s + tl.arange(0, SB)
-        m = cmask[:, None] & (pos < s_end)[None, :]
-        o = off + pos[None, :].to(tl.int64) * ss
+        o, m = _positions(off, s, s_end, ss, cmask, SB)
         x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
         dy = tl.load(DY + o, mask=m, other=0.0).to(tl.float32)
         den, a = _b0_den(x, bstd, istd, v)
@@ -818,16 +798,14 @@ def _b0_apply_grad(
     in :func:`_b0_partial_grad`; ``k1``, ``k0`` carry the statistics' share), the last chunk
     first."""
     n = N - 1 - tl.program_id(2)
-    cs, cmask, off, s0, s_end = _b0_chunk(
+    cs, cmask, off, s0, s_end = _chunk(
         NK - 1 - tl.program_id(0), NCB - 1 - tl.program_id(1), n, C, S, sn, sc, SPP, CB
     )
     bstd, istd, v, w = _b0_params(BSTD, ISTD, V, W, n, C, cs, cmask, HAS_W, CB)
     k1 = tl.load(K1 + n * C + cs, mask=cmask, other=0.0)
     k0 = tl.load(K0 + n * C + cs, mask=cmask, other=0.0)
     for s in range(s0, s_end, SB):
-        pos = s + tl.arange(0, SB)
-        m = cmask[:, None] & (pos < s_end)[None, :]
-        o = off + pos[None, :].to(tl.int64) * ss
+        o, m = _positions(off, s, s_end, ss, cmask, SB)
         x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
         dy = tl.load(DY + o, mask=m, other=0.0).to(tl.float32)
         den, a = _b0_den(x, bstd, istd, v)
