@@ -613,16 +613,17 @@ Tensor switchable_reference(const Tensor &x, const Tensor &mean_weight, const Te
   const Tensor flat = x.reshape({n, c, -1});
   const Tensor mean_in = flat.mean({2});
   const Tensor var_in = biased_var(flat, {2}).squeeze(2);
-  const Tensor second = var_in + mean_in * mean_in;
+  // a set's variance from its parts': mean (var_i + (mean_i - mean)^2), which the paper's
+  // mean (var_i + mean_i^2) - mean^2 equals without its cancellation far from zero
   const Tensor mean_ln = mean_in.mean({1}, /*keepdim=*/true);
-  const Tensor var_ln = second.mean({1}, /*keepdim=*/true) - mean_ln * mean_ln;
+  const Tensor var_ln = (var_in + (mean_in - mean_ln).square()).mean({1}, /*keepdim=*/true);
   Tensor mean_bn, var_bn;
   if (running_mean.numel()) {
     mean_bn = running_mean.view({1, c});
     var_bn = running_var.view({1, c});
   } else {
     mean_bn = mean_in.mean({0}, /*keepdim=*/true);
-    var_bn = second.mean({0}, /*keepdim=*/true) - mean_bn * mean_bn;
+    var_bn = (var_in + (mean_in - mean_bn).square()).mean({0}, /*keepdim=*/true);
   }
   const Tensor wm = at::softmax(mean_weight, 0), wv = at::softmax(var_weight, 0);
   const Tensor mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn;

@@ -583,15 +583,17 @@ void nz_s0_backward(const float *dy, const float *x, const float *params, const 
 static void switchable_mix(const float *mean, const float *var, const float *running_mean,
                            const float *running_var, double *mean_ln, double *var_ln,
                            double *mean_bn, double *var_bn, int64_t N, int64_t C) {
+  /* a set's variance from its parts': mean (var_i + (mean_i - mean)^2), which the paper's
+   * mean (var_i + mean_i^2) - mean^2 equals without its cancellation far from zero */
   for (int64_t n = 0; n < N; ++n) {
     double s = 0.0, q = 0.0;
-    for (int64_t c = 0; c < C; ++c) {
-      const double m = mean[n * C + c];
-      s += m;
-      q += var[n * C + c] + m * m;
-    }
+    for (int64_t c = 0; c < C; ++c) s += mean[n * C + c];
     mean_ln[n] = s / (double)C;
-    var_ln[n] = q / (double)C - mean_ln[n] * mean_ln[n];
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = mean[n * C + c] - mean_ln[n];
+      q += var[n * C + c] + d * d;
+    }
+    var_ln[n] = q / (double)C;
   }
   for (int64_t c = 0; c < C; ++c) {
     if (running_mean) {
@@ -600,13 +602,13 @@ static void switchable_mix(const float *mean, const float *var, const float *run
       continue;
     }
     double s = 0.0, q = 0.0;
-    for (int64_t n = 0; n < N; ++n) {
-      const double m = mean[n * C + c];
-      s += m;
-      q += var[n * C + c] + m * m;
-    }
+    for (int64_t n = 0; n < N; ++n) s += mean[n * C + c];
     mean_bn[c] = s / (double)N;
-    var_bn[c] = q / (double)N - mean_bn[c] * mean_bn[c];
+    for (int64_t n = 0; n < N; ++n) {
+      const double d = mean[n * C + c] - mean_bn[c];
+      q += var[n * C + c] + d * d;
+    }
+    var_bn[c] = q / (double)N;
   }
 }
 
@@ -692,7 +694,7 @@ void nz_switchable_backward(const float *dy, const float *x, const float *params
       if (dvw) dvw[i] = (float)(wv[i] * (gwv[i] - sv));
     }
   }
-  /* mean_ln = mean_c mean_in, var_ln = mean_c (var_in + mean_in^2) - mean_ln^2; BN alike */
+  /* mean_ln = mean_c mean_in, var_ln = mean_c (var_in + (mean_in - mean_ln)^2); BN alike */
   for (int64_t n = 0; n < N; ++n)
     for (int64_t c = 0; c < C; ++c) {
       const int64_t r = n * C + c;

@@ -8,7 +8,11 @@ from torch import Tensor, nn
 from normzoo import functional
 from normzoo._native import zoo_kernels
 from normzoo.functional._stats import compute_dtype
-from normzoo.functional.switchable import SWITCHABLE_STATISTICS, switchable_statistics
+from normzoo.functional.switchable import (
+    SWITCHABLE_STATISTICS,
+    merge_statistics,
+    switchable_statistics,
+)
 from normzoo.norms import _gpu, _triton, _triton_zoo
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map, use_zoo_op
@@ -43,12 +47,9 @@ class _SwitchableSpec(RowNormSpec):
         running_var: Tensor | None,
     ) -> Tensor:
         c = mean_in.shape[1]
-        second = var_in + mean_in * mean_in
-        mean_ln = mean_in.mean(1, keepdim=True)
-        var_ln = second.mean(1, keepdim=True) - mean_ln * mean_ln
+        mean_ln, var_ln = merge_statistics(mean_in, var_in, 1)
         if self.batch:
-            mean_bn = mean_in.mean(0, keepdim=True)
-            var_bn = second.mean(0, keepdim=True) - mean_bn * mean_bn
+            mean_bn, var_bn = merge_statistics(mean_in, var_in, 0)
         else:
             assert running_mean is not None and running_var is not None
             mean_bn = running_mean.to(mean_in.dtype).view(1, c)
