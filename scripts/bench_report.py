@@ -226,7 +226,11 @@ input (0.93-0.99x) and GroupNorm, LayerNorm and InstanceNorm on channels_last (0
 torch copies those to NCHW), and keeps torch's kernels elsewhere. In those two runs, made
 before the dispatch was set from them, the kernels served every input they support from 256K
 elements (what `NORMZOO_TRITON=all` does now), GroupNorm on `(N, C)` tokens excepted (torch's
-kernel: the ratios of 1.0 there).
+kernel: the ratios of 1.0 there, at 0.09-0.26 of the copy ceiling, where layer norm's token
+kernel read 0.91-0.97). Since the thirteenth session that case has one-pass kernels of its
+own (each row's groups as a (groups, channels) tile in one program, the token kernels'
+scheme), checked under Triton's interpreter and served under `NORMZOO_TRITON=all` until
+`scripts/gpu_triton_ab.py` (case `gn32_tokens`) times them on a GPU.
 
 **The zoo on the same kernels (eleventh session, not measured: no GPU was lent).** FRN + TLU
 (one pass per sample and channel: the mean square, the affine map and `max(y, tau)`, tau's

@@ -58,6 +58,7 @@ CASES = {
     "ln_tokens": ("token", 1, False, True),
     "rms_tokens": ("rms_token", 1, False, True),
     "bn_tokens": ("batch", 0, False, True),
+    "gn32_tokens": ("group", 32, False, True),  # the token-group kernels (thirteenth session)
     "rms_contiguous": ("rms", 1, False, False),
     "rms_channels_last": ("rms", 1, True, False),
 }

@@ -36,7 +36,7 @@ def test_import_normzoo_does_not_import_triton():
         ("group", (256, 64, 64, 64), True, 64, True),  # instance norm
         ("group", (256, 64, 64, 64), True, 1, False),  # layer norm over (C, H, W): two-phase
         ("group", (256, 64, 64, 64), False, 1, True),  # channels_last: torch copies to NCHW
-        ("group", (65536, 1024), True, 32, False),
+        ("group", (65536, 1024), True, 32, False),  # (N, C) tokens: not measured yet
         ("token", (65536, 1024), True, 1, False),
     ],
 )
@@ -44,13 +44,17 @@ def test_the_measured_rule(kind, shape, contiguous, groups, expected, monkeypatc
     monkeypatch.delenv("NORMZOO_TRITON", raising=False)
     assert _triton.takes(kind, shape, contiguous, groups) is expected
     monkeypatch.setenv("NORMZOO_TRITON", "all")  # every supported input
-    assert _triton.takes(kind, shape, contiguous, groups) is (len(shape) >= 3 or kind != "group")
+    assert _triton.takes(kind, shape, contiguous, groups) is True
 
 
 def test_tokens_wider_than_one_program_keep_torch(monkeypatch):
     monkeypatch.setenv("NORMZOO_TRITON", "all")
     assert _triton.takes("token", (64, 8192), True)
     assert not _triton.takes("token", (64, 8193), True)  # 16384 padded: too many registers
+    # group norm of (N, C): each row's groups padded to powers of two, in one program
+    assert _triton.takes("group", (64, 8192), True, 32)
+    assert _triton.takes("group", (64, 6144), True, 3)  # padded to 4 groups of 2048
+    assert not _triton.takes("group", (64, 6147), True, 3)  # 4 x 4096 padded: too many
 
 
 def test_cpu_tensors_and_small_inputs_are_never_served():
@@ -80,7 +84,7 @@ def test_orchestration_with_emulated_kernels(monkeypatch, capsys):
     fails = triton_interpreter_check.check()
     out = capsys.readouterr().out
     assert fails == 0, out
-    assert "cases 247 fails 0" in out
+    assert "cases 260 fails 0" in out
     assert _triton._disabled is None  # no case fell back to torch's kernels
 
 
@@ -202,6 +206,7 @@ def test_kernels_under_the_interpreter():
 MODULE_CASES = [
     ("bn", {}, (6, 8, 5, 7)),
     ("gn", {"num_groups": 2}, (4, 8, 5, 7)),
+    ("gn", {"num_groups": 4}, (9, 12)),  # (N, C) tokens
     ("ln", {}, (4, 8, 5, 7)),
     ("in", {"track_running_stats": True}, (4, 8, 5, 7)),
     ("ln", {"channels_last": True}, (4, 9, 16)),

@@ -70,6 +70,7 @@ TRITON_CASES = {
         lambda c: normzoo.create("in", c, track_running_stats=True),
         lambda c: nn.InstanceNorm2d(c, affine=True, track_running_stats=True),
     ),
+    "gn_tokens": (lambda c: normzoo.create("gn", c, num_groups=4), lambda c: nn.GroupNorm(4, c)),
     "ln_tokens": (
         lambda c: normzoo.create("ln", c, channels_last=True),
         lambda c: nn.LayerNorm(c),
@@ -94,6 +95,7 @@ TRITON_SHAPES = {
     "gn": [(8, 12, 30, 30), (4, 32, 130, 70), (3, 20, 7, 9, 11)],
     "ln": [(8, 12, 30, 30), (4, 32, 130, 70)],
     "in": [(8, 12, 30, 30), (2, 8, 130, 70)],
+    "gn_tokens": [(300, 36), (1000, 1032)],  # groups of 9 and 258 channels (padded)
     "ln_tokens": [(4, 300, 36), (1000, 1030)],
     "rms_tokens": [(4, 300, 36), (1000, 1030)],
     "rms": [(4, 12, 20, 20), (4, 32, 130, 70), (3, 8, 7, 9, 11)],  # one pass, two phases
@@ -213,7 +215,7 @@ def test_triton_kernels_equal_torch_nn(case, layout, relu, triton_everywhere):
         assert len(triton_everywhere) >= 3, shape
 
 
-@pytest.mark.parametrize("case", ["bn", "gn", "ln", "ln_tokens", "frozen"])
+@pytest.mark.parametrize("case", ["bn", "gn", "gn_tokens", "ln", "ln_tokens", "frozen"])
 def test_triton_fused_relu_is_bit_equal_to_relu_after(case, triton_everywhere):
     """The ReLU inside the kernels (forward and its mask in the backward) gives the same bits
     as the same kernels followed by nn.ReLU."""

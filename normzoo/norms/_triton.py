@@ -7,7 +7,8 @@ reads the tensor several times, group/layer/instance norm on channels_last copy 
 first. The kernels here (``normzoo.norms._triton_kernels``) move what the math needs:
 
 * a group (or instance, or channels-first layer) norm whose (sample, group) block is
-  contiguous and at most ``ONE_PASS_MAX`` elements, and a layer norm over tokens, take **one
+  contiguous and at most ``ONE_PASS_MAX`` elements, a layer norm over tokens, and a group
+  norm of ``(N, C)`` tokens (each row's groups as a (groups, channels) tile) take **one
   pass**: the block in registers, ``x`` read once and ``y`` written once; in the backward
   ``x`` and ``dy`` read once, ``dx`` written once;
 * everything else (batch norm, large groups, channels_last) takes **two phases**: partial
@@ -46,8 +47,11 @@ measured a win, at ``MIN_NUMEL`` elements and more:
   16M elements), and group, instance and layer norm on channels_last: 0.80-0.82x (torch's
   kernels copy to NCHW there);
 * layer norm over (C, H, W) on contiguous input (two-phase: 1.35x) and over tokens (one-pass,
-  2x faster on the GPU but 1.28x host included) keep torch's; so does RMSNorm over tokens
-  (the token kernels without centering, added after the measurement: not measured yet).
+  2x faster on the GPU but 1.28x host included) keep torch's; so do RMSNorm over tokens
+  (the token kernels without centering, added after the measurement: not measured yet) and
+  group norm of ``(N, C)`` tokens (the token-group kernels, thirteenth session, written
+  without a GPU: torch's kernel read 0.09-0.26 of the copy ceiling there, layer norm's
+  token kernel 0.91-0.97; not measured yet).
 
 The zoo on the group kernels (eleventh session, written without a GPU: checked under Triton's
 interpreter, ``tests/triton_interpreter_check.py``, not yet compiled or timed on a GPU):
@@ -227,8 +231,9 @@ def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) 
     if kind == "batch":
         return every or (len(shape) >= 3 and contiguous)
     if kind == "group":
-        if len(shape) < 3:
-            return False
+        if len(shape) < 3:  # (N, C) tokens: a row in one program (not measured yet)
+            c = shape[1]
+            return every and contiguous and _pow2(groups) * _pow2(c // groups) <= ONE_PASS_MAX
         return not contiguous or every or _one_pass_shape(shape, groups)
     if kind == "rms":
         return every and len(shape) >= 3
@@ -516,6 +521,8 @@ def _group_forward(
     """``(y, mean, rstd, var)`` per (sample, group) of a group-structured ``spec``; ``extra``:
     FRN's ``tau`` or EvoNorm-S0's ``v``."""
     kind, groups, eps, relu = spec
+    if x.dim() == 2:  # group norm of (N, C) tokens (:func:`takes`)
+        return _token_group_forward(x, groups, weight, bias, eps, relu)
     n, c = x.shape[0], x.shape[1]
     tiles = _group_tiles(tuple(x.shape), groups) if x.is_contiguous() else None
     if tiles is None:
@@ -552,6 +559,8 @@ def _group_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """``(dx, dw, db, d_extra)`` (``d_extra`` ``None`` without ``extra``)."""
     kind, groups, _, relu = spec
+    if x.dim() == 2:  # group norm of (N, C) tokens
+        return (*_token_group_backward(dy, x, groups, weight, bias, mean, rstd, relu), None)
     n, c = x.shape[0], x.shape[1]
     tiles = _group_tiles(tuple(x.shape), groups) if x.is_contiguous() else None
     if tiles is None:
@@ -623,6 +632,54 @@ def _token_backward(
     )  # fmt: skip
     dw, db_ = part.sum(1).unbind(0)
     return dx, dw, db_
+
+
+def _token_group_tiles(r: int, d: int, groups: int) -> tuple[int, int, int]:
+    """The ``(rows, groups, channels)`` tile of :func:`_token_group_forward`: each row's
+    groups padded to powers of two, about 4096 elements a program."""
+    gb, kb = _pow2(groups), _pow2(d // groups)
+    return max(1, min(_pow2(r), 4096 // (gb * kb))), gb, kb
+
+
+def _token_group_forward(
+    x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None, eps: float, relu: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(y, mean, rstd, var)`` per (row, group) of group norm over a contiguous ``(N, C)``
+    input, one pass: rows in registers, as the token kernels."""
+    r, d = x.shape
+    rb, gb, kb = _token_group_tiles(r, d, groups)
+    stats = torch.empty((3, r * groups), device=x.device, dtype=torch.float32).unbind(0)
+    y = torch.empty_like(x)
+    _kernels()._token_group_fwd[(_cdiv(r, rb),)](
+        x, y, weight, bias, *stats, r, d, groups, d // groups, eps, HAS_W=weight is not None,
+        HAS_B=bias is not None, RELU=relu, RB=rb, GB=gb, KB=kb, num_warps=_warps(rb * gb * kb),
+    )  # fmt: skip
+    return (y, *stats)
+
+
+def _token_group_backward(
+    dy: Tensor,
+    x: Tensor,
+    groups: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean: Tensor,
+    rstd: Tensor,
+    relu: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r, d = x.shape
+    rb, gb, kb = _token_group_tiles(r, d, groups)
+    rpp = _cdiv(_cdiv(r, _target_programs(x)), rb) * rb
+    np_ = _cdiv(r, rpp)
+    part = torch.empty((2, np_, d), device=x.device, dtype=torch.float32)
+    dx = torch.empty_like(x)
+    _kernels()._token_group_bwd[(np_,)](
+        x, dy, dx, weight, bias, mean, rstd, *part.unbind(0), r, d, groups, d // groups, rpp,
+        HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, RB=rb, GB=gb, KB=kb,
+        num_warps=_warps(rb * gb * kb),
+    )  # fmt: skip
+    dw, db = part.sum(1).unbind(0)
+    return dx, dw, db
 
 
 def _elsewhere(x: Tensor) -> bool:
@@ -916,8 +973,8 @@ def group_norm(
     relu: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Group norm of ``x`` ``(N, C, *spatial)`` with ``groups`` groups (1: channels-first
-    layer norm, ``C``: instance norm). Returns ``(y, mean, var)``, per (sample, group)
-    ``(N * groups,)``.
+    layer norm, ``C``: instance norm), or of ``(N, C)`` tokens (each row's groups in one
+    program). Returns ``(y, mean, var)``, per (sample, group) ``(N * groups,)``.
 
     Y. Wu, K. He, "Group Normalization", ECCV 2018."""
     return _run(x, weight, bias, _Spec("group", groups, eps, relu))

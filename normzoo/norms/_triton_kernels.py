@@ -655,6 +655,127 @@ def _token_bwd(
 
 
 @triton.jit
+def _group_cells(G, K, GB: tl.constexpr, KB: tl.constexpr):
+    """A row's ``G`` groups of ``K`` consecutive channels as a ``(GB, KB)`` tile: the groups'
+    indices and mask, the channels' indices and mask."""
+    gs = tl.arange(0, GB)
+    ks = tl.arange(0, KB)
+    cs = gs[:, None] * K + ks[None, :]
+    return gs, gs < G, cs, (gs < G)[:, None] & (ks < K)[None, :]
+
+
+@triton.jit
+def _token_group_fwd(
+    X,
+    Y,
+    W,
+    B,
+    MEAN,
+    RSTD,
+    VAR,
+    R,
+    D,
+    G,
+    K,
+    eps,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    RELU: tl.constexpr,
+    RB: tl.constexpr,
+    GB: tl.constexpr,
+    KB: tl.constexpr,
+):
+    """Group norm of ``RB`` rows of a contiguous ``(R, D)`` tensor, each row's ``G`` groups of
+    ``K = D / G`` consecutive channels in registers as an ``(RB, GB, KB)`` tile; the
+    statistics of (row ``r``, group ``g``) at ``MEAN/RSTD/VAR[r * G + g]``."""
+    rows = tl.program_id(0) * RB + tl.arange(0, RB)
+    gs, gmask, cs, cmask = _group_cells(G, K, GB, KB)
+    rmask = rows < R
+    m = rmask[:, None, None] & cmask[None, :, :]
+    off = rows[:, None, None].to(tl.int64) * D + cs[None, :, :]
+    x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=2) / K
+    d = tl.where(m, x - mean[:, :, None], 0.0)
+    var = tl.sum(d * d, axis=2) / K
+    rstd = 1.0 / tl.sqrt(var + eps)
+    y = d * rstd[:, :, None]
+    if HAS_W:
+        y *= tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)[None, :, :]
+    if HAS_B:
+        y += tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)[None, :, :]
+    if RELU:
+        y = tl.maximum(y, 0.0)
+    tl.store(Y + off, y.to(Y.dtype.element_ty), mask=m)
+    sets = rows[:, None] * G + gs[None, :]
+    smask = rmask[:, None] & gmask[None, :]
+    tl.store(MEAN + sets, mean, mask=smask)
+    tl.store(RSTD + sets, rstd, mask=smask)
+    tl.store(VAR + sets, var, mask=smask)
+
+
+@triton.jit
+def _token_group_bwd(
+    X,
+    DY,
+    DX,
+    W,
+    B,
+    MEAN,
+    RSTD,
+    PDW,
+    PDB,
+    R,
+    D,
+    G,
+    K,
+    RPP,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    RELU: tl.constexpr,
+    RB: tl.constexpr,
+    GB: tl.constexpr,
+    KB: tl.constexpr,
+):
+    """``dx`` of rows ``p*RPP ...`` (``RB`` at a time) of :func:`_token_group_fwd`, and this
+    program's per-channel sums of ``dy * xhat`` and ``dy`` at ``PDW/PDB[p, :]``:
+    ``dx = rstd (w dy - mean_g(w dy) - xhat mean_g(w dy xhat))`` per (row, group)."""
+    p = tl.program_id(0)
+    gs, gmask, cs, cmask = _group_cells(G, K, GB, KB)
+    w = tl.full([GB, KB], 1.0, tl.float32)
+    if HAS_W:
+        w = tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)
+    bias = tl.zeros([GB, KB], dtype=tl.float32)
+    if HAS_B:
+        bias = tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)
+    dw = tl.zeros([GB, KB], dtype=tl.float32)
+    db = tl.zeros([GB, KB], dtype=tl.float32)
+    r_end = tl.minimum(p * RPP + RPP, R)
+    for r0 in range(p * RPP, r_end, RB):
+        rows = r0 + tl.arange(0, RB)
+        rmask = rows < r_end
+        m = rmask[:, None, None] & cmask[None, :, :]
+        off = rows[:, None, None].to(tl.int64) * D + cs[None, :, :]
+        sets = rows[:, None] * G + gs[None, :]
+        smask = rmask[:, None] & gmask[None, :]
+        mean = tl.load(MEAN + sets, mask=smask, other=0.0)
+        rstd = tl.load(RSTD + sets, mask=smask, other=0.0)
+        x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
+        dy = tl.load(DY + off, mask=m, other=0.0).to(tl.float32)
+        xhat = tl.where(m, (x - mean[:, :, None]) * rstd[:, :, None], 0.0)
+        if RELU:  # the forward's y, computed as it was
+            dy = tl.where(xhat * w[None, :, :] + bias[None, :, :] > 0.0, dy, 0.0)
+        dw += tl.sum(dy * xhat, axis=0)
+        db += tl.sum(dy, axis=0)
+        wdy = dy * w[None, :, :]
+        a = tl.sum(wdy * xhat, axis=2) / K
+        b = tl.sum(wdy, axis=2) / K
+        dx = rstd[:, :, None] * (wdy - xhat * a[:, :, None] - b[:, :, None])
+        tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=m)
+    tl.store(PDW + p * D + cs, dw, mask=cmask)
+    tl.store(PDB + p * D + cs, db, mask=cmask)
+
+
+@triton.jit
 def _b0_params(BSTD, ISTD, V, W, n, C, cs, cmask, HAS_W: tl.constexpr, CB: tl.constexpr):
     """EvoNorm-B0's per-channel batch std, the sample's instance std, ``v`` and ``w``."""
     bstd = tl.load(BSTD + cs, mask=cmask, other=1.0)
