@@ -46,8 +46,17 @@ from normzoo.norms import _triton
 
 SLEEP_CYCLES = 6_000_000  # ~3 ms at 2 GHz: the host queues a call's launches meanwhile
 FLUSH_BYTES = 256 << 20
-#: (PROGRAMS_PER_SM, TILE) pairs; the first is the shipped default.
-CONFIGS = [(16, 4096), (64, 4096), (16, 8192), (64, 8192), (256, 4096)]
+#: (PROGRAMS_PER_SM, TILE, TOKEN_MIN_ROWS); the first is the shipped default. The token
+#: cases' forward depends on none of them, their backward on the first and the last.
+CONFIGS = [
+    (16, 4096, 8),
+    (64, 4096, 8),
+    (16, 8192, 8),
+    (64, 8192, 8),
+    (256, 4096, 8),
+    (16, 4096, 1),  # the tenth session's token backward: one row a program where it can
+    (16, 4096, 32),
+]
 #: name -> (kind, groups, channels_last, token)
 CASES = {
     "bn_contiguous": ("batch", 0, False, False),
@@ -274,20 +283,26 @@ def main() -> None:
                 copy_ms = gpu_time(lambda s=src, o=out: o.copy_(s), flush, args.repeats)
                 row = {"case": case, "shape": list(shape), "dtype": str(dtype)[6:],
                        "copy_ms": copy_ms, "configs": {}}  # fmt: skip
-                for per_sm, tile in CONFIGS:
-                    _triton.PROGRAMS_PER_SM, _triton.TILE = per_sm, tile
+                for per_sm, tile, rows in CONFIGS:
+                    if rows != CONFIGS[0][2] and (not token or CASES[case][0] == "batch"):
+                        continue  # (only the token kernels read TOKEN_MIN_ROWS)
+                    _triton.PROGRAMS_PER_SM, _triton.TILE, _triton.TOKEN_MIN_ROWS = (
+                        per_sm,
+                        tile,
+                        rows,
+                    )
                     f, fb = ours(t, False), ours(t, True)
                     for fn in (f, fb):  # compile and warm
                         fn()
                     fwd_ms = gpu_time(f, flush, args.repeats)
                     fb_ms = gpu_time(fb, flush, args.repeats)
-                    row["configs"][f"{per_sm}x{tile}"] = {
+                    row["configs"][f"{per_sm}x{tile}x{rows}"] = {
                         "fwd_ms": fwd_ms,
                         "fwd_fraction": copy_ms / fwd_ms,
                         "fwdbwd_ms": fb_ms,
                         "bwd_fraction": copy_ms * 1.5 / max(fb_ms - fwd_ms, 1e-9),
                     }
-                _triton.PROGRAMS_PER_SM, _triton.TILE = CONFIGS[0]
+                _triton.PROGRAMS_PER_SM, _triton.TILE, _triton.TOKEN_MIN_ROWS = CONFIGS[0]
                 f, fb, rf, rfb = ours(t, False), ours(t, True), theirs(t, False), theirs(t, True)
                 for fn in (rf, rfb):
                     fn()

@@ -503,3 +503,55 @@ def test_ghostbatchnorm_all_virtual_batches_at_once(shape, momentum, monkeypatch
     before = len(calls)
     fast(torch.randn(30, *shape[1:]))  # 30 = 7 x 4 + 2: unequal virtual batches, the loop
     assert len(calls) == before
+
+
+# -- every norm far from zero ------------------------------------------------------------------
+#: options that make every registered norm take these shapes (groups of 4 channels: groups of
+#: one value are degenerate, and torch's own group norm rounds them to ~1e-2 at mean 1000)
+_FAR_KWARGS = {
+    "ghostbatchnorm": {"virtual_batch_size": 4},
+    "groupnorm": {"num_groups": 4},
+    "evonorms0": {"num_groups": 4},
+}
+
+
+_NO_TOKENS = ("instancenorm", "switchablenorm")  # (positions needed)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [
+        (name, shape)
+        for name in sorted(normzoo.available())
+        for shape in [(8, 16, 6, 5), (32, 16)]
+        if len(shape) > 2 or name not in _NO_TOKENS
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_every_norm_keeps_precision_far_from_zero(name, shape, impl):
+    """Data of mean 1000 and std 1 in float32 (resolution ~6e-5 there): each norm's default
+    path and its reference math in float32, outputs, input gradients and buffers, against
+    the reference math in float64. A statistic formed as ``E[x^2] - E[x]^2`` in float32
+    cancels here (SwitchableNorm's LN and BN variances did, off by up to 1)."""
+    torch.manual_seed(12)
+    kwargs = _FAR_KWARGS.get(name, {})
+    ours = normzoo.create(name, 16, impl=impl, **kwargs)
+    exact = normzoo.create(name, 16, impl="reference", **kwargs).double()
+    with torch.no_grad():  # non-trivial parameters (0.5 to 1.5)
+        for p in ours.parameters():
+            p.uniform_(0.5, 1.5)
+    exact.load_state_dict(ours.state_dict())
+    x = torch.randn(shape) + 1000
+    dy = torch.randn(shape)
+    outs = []
+    for m, dtype in ((ours, torch.float32), (exact, torch.float64)):
+        xx = x.to(dtype).requires_grad_()
+        y = m(xx)
+        (g,) = torch.autograd.grad(y, xx, dy.to(dtype))
+        outs.append((y.detach(), g))
+    for got, want in zip(*outs, strict=True):
+        torch.testing.assert_close(got.double(), want, atol=1e-3 * (1 + want.abs().max()), rtol=0)
+    for key, value in exact.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(ours.state_dict()[key].double(), value, atol=1e-3, rtol=1e-5)

@@ -128,6 +128,12 @@ ONE_PASS_MAX = 8192
 TILE = 4096
 #: Programs per multiprocessor that the two-phase kernels aim for (chunks per set follow).
 PROGRAMS_PER_SM = 16
+#: Fewest rows per program of the token kernels' backward, float32 (twice that for half
+#: types): each program writes its column sums of ``dy * xhat`` and ``dy`` (two float32
+#: rows) and a torch sum reads them back, so one row a program (the H200 run's plan for
+#: (2048, 4096): 2048 programs) moved 4/3 of the minimal bytes on top (backward at 0.36 of
+#: the copy ceiling); 8 rows bound that at 1/6. Not measured yet (``gpu_triton_ab.py``).
+TOKEN_MIN_ROWS = 8
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -621,7 +627,7 @@ def _token_backward(
     r = x.numel() // d
     db = _pow2(d)
     rb = max(1, min(_pow2(r), 4096 // db))
-    rpp = _cdiv(_cdiv(r, _target_programs(x)), rb) * rb
+    rpp = _token_rows(x, r, rb)
     np_ = _cdiv(r, rpp)
     part = torch.empty((2, np_, d), device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x)
@@ -632,6 +638,14 @@ def _token_backward(
     )  # fmt: skip
     dw, db_ = part.sum(1).unbind(0)
     return dx, dw, db_
+
+
+def _token_rows(x: Tensor, r: int, rb: int) -> int:
+    """Rows per program of the token kernels' backward (a multiple of the tile's ``rb``): the
+    device's programs spread over ``r`` rows, at least ``TOKEN_MIN_ROWS`` (scaled to keep the
+    column sums' share of the bytes for half types)."""
+    least = TOKEN_MIN_ROWS * max(1, 4 // x.element_size())
+    return _cdiv(max(_cdiv(r, _target_programs(x)), least), rb) * rb
 
 
 def _token_group_tiles(r: int, d: int, groups: int) -> tuple[int, int, int]:
@@ -669,7 +683,7 @@ def _token_group_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     r, d = x.shape
     rb, gb, kb = _token_group_tiles(r, d, groups)
-    rpp = _cdiv(_cdiv(r, _target_programs(x)), rb) * rb
+    rpp = _token_rows(x, r, rb)
     np_ = _cdiv(r, rpp)
     part = torch.empty((2, np_, d), device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x)
