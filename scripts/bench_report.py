@@ -230,7 +230,12 @@ kernel: the ratios of 1.0 there, at 0.09-0.26 of the copy ceiling, where layer n
 kernel read 0.91-0.97). Since the thirteenth session that case has one-pass kernels of its
 own (each row's groups as a (groups, channels) tile in one program, the token kernels'
 scheme), checked under Triton's interpreter and served under `NORMZOO_TRITON=all` until
-`scripts/gpu_triton_ab.py` (case `gn32_tokens`) times them on a GPU.
+`scripts/gpu_triton_ab.py` (case `gn32_tokens`) times them on a GPU. The token kernels'
+backward ran at 0.36-0.49 of the copy ceiling on the issue's token shapes because each of
+its programs (one per row or four, there) writes two float32 rows of column sums that a torch
+sum reads back: at (2048, 4096) that moved 4/3 of the minimal bytes on top. Since the
+thirteenth session a program takes at least 8 rows (`TOKEN_MIN_ROWS`; 16 for half types),
+which bounds it at 1/6; not measured yet (the A/B times 1, 8 and 32 rows).
 
 **The zoo on the same kernels (eleventh session, not measured: no GPU was lent).** FRN + TLU
 (one pass per sample and channel: the mean square, the affine map and `max(y, tau)`, tau's
