@@ -528,7 +528,7 @@ def _group_forward(
     FRN's ``tau`` or EvoNorm-S0's ``v``."""
     kind, groups, eps, relu = spec
     if x.dim() == 2:  # group norm of (N, C) tokens (:func:`takes`)
-        return _token_group_forward(x, groups, weight, bias, eps, relu)
+        return _token_forward(x, weight, bias, eps, relu, groups=groups)
     n, c = x.shape[0], x.shape[1]
     tiles = _group_tiles(tuple(x.shape), groups) if x.is_contiguous() else None
     if tiles is None:
@@ -566,7 +566,7 @@ def _group_backward(
     """``(dx, dw, db, d_extra)`` (``d_extra`` ``None`` without ``extra``)."""
     kind, groups, _, relu = spec
     if x.dim() == 2:  # group norm of (N, C) tokens
-        return (*_token_group_backward(dy, x, groups, weight, bias, mean, rstd, relu), None)
+        return (*_token_backward(dy, x, weight, bias, mean, rstd, relu, groups=groups), None)
     n, c = x.shape[0], x.shape[1]
     tiles = _group_tiles(tuple(x.shape), groups) if x.is_contiguous() else None
     if tiles is None:
@@ -591,6 +591,30 @@ def _group_backward(
     return dx, sums[0], sums[1], (sums[2] if extra is not None else None)
 
 
+def _token_plan(r: int, d: int, groups: int, rms: bool) -> tuple[int, int, dict[str, Any]]:
+    """``(rows, elements, tile)`` of a token kernel's program over ``r`` rows of ``d``: rows
+    of ``d`` padded to a power of two (layer norm, RMSNorm), or with ``groups`` each row's
+    groups as a ``(groups, channels)`` tile, both padded (group norm); about 4096 elements
+    a program. ``tile``: the kernel's block sizes."""
+    if groups:
+        gb, kb = _pow2(groups), _pow2(d // groups)
+        tile: dict[str, Any] = {"GB": gb, "KB": kb}
+        row = gb * kb
+    else:
+        row = _pow2(d)
+        tile = {"DB": row, "RMS": rms}
+    rb = max(1, min(_pow2(r), 4096 // row))
+    return rb, rb * row, tile
+
+
+def _token_rows(x: Tensor, r: int, rb: int) -> int:
+    """Rows per program of the token kernels' backward (a multiple of the tile's ``rb``): the
+    device's programs spread over ``r`` rows, at least ``TOKEN_MIN_ROWS`` (scaled to keep the
+    column sums' share of the bytes for half types)."""
+    least = TOKEN_MIN_ROWS * max(1, 4 // x.element_size())
+    return _cdiv(max(_cdiv(r, _target_programs(x)), least), rb) * rb
+
+
 def _token_forward(
     x: Tensor,
     weight: Tensor | None,
@@ -598,19 +622,27 @@ def _token_forward(
     eps: float,
     relu: bool,
     rms: bool = False,
-) -> tuple[Tensor, Tensor, Tensor, None]:
-    """``(y, mean, rstd, None)`` per row (``rms``: RMSNorm, the mean 0)."""
+    groups: int = 0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(y, mean, rstd, None)`` per row of a contiguous ``(..., d)`` input (``rms``: RMSNorm,
+    the mean 0), one pass; with ``groups``, group norm of ``(N, C)`` tokens:
+    ``(y, mean, rstd, var)`` per (row, group)."""
     d = x.shape[-1]
     r = x.numel() // d
-    db = _pow2(d)
-    rb = max(1, min(_pow2(r), 4096 // db))
-    mean, rstd = torch.empty((2, r), device=x.device, dtype=torch.float32).unbind(0)
+    rb, elements, tile = _token_plan(r, d, groups, rms)
+    stats = torch.empty(
+        (3 if groups else 2, r * max(1, groups)), device=x.device, dtype=torch.float32
+    ).unbind(0)
     y = torch.empty_like(x)
-    _kernels()._token_fwd[(_cdiv(r, rb),)](
-        x, y, weight, bias, mean, rstd, r, d, eps, HAS_W=weight is not None,
-        HAS_B=bias is not None, RELU=relu, RB=rb, DB=db, RMS=rms, num_warps=_warps(rb * db),
+    k = _kernels()
+    kernel, sizes = (
+        (k._token_group_fwd, (r, d, groups, d // groups)) if groups else (k._token_fwd, (r, d))
+    )
+    kernel[(_cdiv(r, rb),)](
+        x, y, weight, bias, *stats, *sizes, eps, HAS_W=weight is not None,
+        HAS_B=bias is not None, RELU=relu, RB=rb, num_warps=_warps(elements), **tile,
     )  # fmt: skip
-    return y, mean, rstd, None
+    return (y, *stats) if groups else (y, *stats, None)
 
 
 def _token_backward(
@@ -622,75 +654,24 @@ def _token_backward(
     rstd: Tensor,
     relu: bool,
     rms: bool = False,
+    groups: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dx, dw, db)`` of :func:`_token_forward`'s norm."""
     d = x.shape[-1]
     r = x.numel() // d
-    db = _pow2(d)
-    rb = max(1, min(_pow2(r), 4096 // db))
+    rb, elements, tile = _token_plan(r, d, groups, rms)
     rpp = _token_rows(x, r, rb)
     np_ = _cdiv(r, rpp)
     part = torch.empty((2, np_, d), device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x)
-    _kernels()._token_bwd[(np_,)](
-        x, dy, dx, weight, bias, mean, rstd, *part.unbind(0), r, d, rpp,
-        HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, RB=rb, DB=db, RMS=rms,
-        num_warps=_warps(rb * db),
-    )  # fmt: skip
-    dw, db_ = part.sum(1).unbind(0)
-    return dx, dw, db_
-
-
-def _token_rows(x: Tensor, r: int, rb: int) -> int:
-    """Rows per program of the token kernels' backward (a multiple of the tile's ``rb``): the
-    device's programs spread over ``r`` rows, at least ``TOKEN_MIN_ROWS`` (scaled to keep the
-    column sums' share of the bytes for half types)."""
-    least = TOKEN_MIN_ROWS * max(1, 4 // x.element_size())
-    return _cdiv(max(_cdiv(r, _target_programs(x)), least), rb) * rb
-
-
-def _token_group_tiles(r: int, d: int, groups: int) -> tuple[int, int, int]:
-    """The ``(rows, groups, channels)`` tile of :func:`_token_group_forward`: each row's
-    groups padded to powers of two, about 4096 elements a program."""
-    gb, kb = _pow2(groups), _pow2(d // groups)
-    return max(1, min(_pow2(r), 4096 // (gb * kb))), gb, kb
-
-
-def _token_group_forward(
-    x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None, eps: float, relu: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(y, mean, rstd, var)`` per (row, group) of group norm over a contiguous ``(N, C)``
-    input, one pass: rows in registers, as the token kernels."""
-    r, d = x.shape
-    rb, gb, kb = _token_group_tiles(r, d, groups)
-    stats = torch.empty((3, r * groups), device=x.device, dtype=torch.float32).unbind(0)
-    y = torch.empty_like(x)
-    _kernels()._token_group_fwd[(_cdiv(r, rb),)](
-        x, y, weight, bias, *stats, r, d, groups, d // groups, eps, HAS_W=weight is not None,
-        HAS_B=bias is not None, RELU=relu, RB=rb, GB=gb, KB=kb, num_warps=_warps(rb * gb * kb),
-    )  # fmt: skip
-    return (y, *stats)
-
-
-def _token_group_backward(
-    dy: Tensor,
-    x: Tensor,
-    groups: int,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    mean: Tensor,
-    rstd: Tensor,
-    relu: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    r, d = x.shape
-    rb, gb, kb = _token_group_tiles(r, d, groups)
-    rpp = _token_rows(x, r, rb)
-    np_ = _cdiv(r, rpp)
-    part = torch.empty((2, np_, d), device=x.device, dtype=torch.float32)
-    dx = torch.empty_like(x)
-    _kernels()._token_group_bwd[(np_,)](
-        x, dy, dx, weight, bias, mean, rstd, *part.unbind(0), r, d, groups, d // groups, rpp,
-        HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, RB=rb, GB=gb, KB=kb,
-        num_warps=_warps(rb * gb * kb),
+    k = _kernels()
+    kernel, sizes = (
+        (k._token_group_bwd, (r, d, groups, d // groups)) if groups else (k._token_bwd, (r, d))
+    )
+    kernel[(np_,)](
+        x, dy, dx, weight, bias, mean, rstd, *part.unbind(0), *sizes, rpp,
+        HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, RB=rb,
+        num_warps=_warps(elements), **tile,
     )  # fmt: skip
     dw, db = part.sum(1).unbind(0)
     return dx, dw, db
