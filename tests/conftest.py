@@ -20,6 +20,10 @@ def pytest_configure(config):
     # fd 2 goes to the capture's file, which a run that exits never prints.
     global _stderr_fd
     _stderr_fd = os.dup(2)
+    if os.environ.get("TRITON_INTERPRET") == "1":  # tests/test_triton_gpu.py on the CPU
+        from triton_interpreter_check import scalar_index_for_numpy_2_4
+
+        scalar_index_for_numpy_2_4()
 
 
 @pytest.hookimpl(hookwrapper=True)

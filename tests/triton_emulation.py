@@ -4,10 +4,10 @@ Each function takes a kernel's launch grid and arguments as ``normzoo.norms._tri
 them (pointers as CPU tensors or views, ints, floats, constexpr flags as keywords) and writes
 what the kernel writes, computed with torch ops: the chunk statistics at their partial
 indices, the merges, the maps, the per-program partial sums. Patched in for
-``_triton._kernels()``, they let CI (whose CPU environment has no triton) run the Python
+``_triton._kernels()``, they let any CPU environment (with triton or without) run the Python
 orchestration (plans, partial layouts, coefficient math, running statistics, autograd) end
-to end. The Triton code itself is checked by ``tests/triton_interpreter_check.py`` (where
-triton is installed) and on a GPU by ``tests/test_cuda.py``.
+to end in seconds. The Triton code itself is checked by ``tests/triton_interpreter_check.py``
+(where triton is installed: CI too) and on a GPU by ``tests/test_triton_gpu.py``.
 """
 
 from __future__ import annotations

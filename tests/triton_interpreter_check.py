@@ -6,7 +6,7 @@ small tiles (many chunks per set).
 As a script (``tests/test_triton.py`` runs it in a subprocess with ``TRITON_INTERPRET=1``,
 which must be set before ``triton`` is imported) it checks the Triton code under Triton's
 interpreter; :func:`check` with ``tests/triton_emulation.py``'s kernels patched in checks the
-Python orchestration where triton is absent (CI). Prints one line per failing case and
+Python orchestration everywhere, triton installed or not. Prints one line per failing case and
 ``cases N fails F``; the script's exit status is 1 on any failure.
 """
 
@@ -20,7 +20,27 @@ from normzoo.norms import _triton as T
 from normzoo.norms import _triton_zoo as Z
 
 
+def scalar_index_for_numpy_2_4() -> None:
+    """Triton's interpreter (3.6) turns a scalar into a Python int with ``int(array)`` on a
+    one-element array, which numpy 2.4 refuses (a loop bound such as ``range(s0, s_end)``
+    then fails): read the element instead. Interpreter only; the compiled kernels never see
+    it."""
+    from triton.runtime import interpreter
+
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch is None or getattr(patch, "normzoo_shim", False):
+        return
+
+    def patched(tensor: object, scope: object) -> None:
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched.normzoo_shim = True  # type: ignore[attr-defined]
+    interpreter._patch_lang_tensor = patched
+
+
 def main() -> int:
+    scalar_index_for_numpy_2_4()
     torch.manual_seed(0)
     target = T._target_programs
     T._target_programs = lambda x: 64  # several chunks per set on the small shapes below
