@@ -74,7 +74,8 @@ def _cmd_summarize(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="normzoo", description=__doc__.splitlines()[0])
+    summary = " ".join(__doc__.split("\n\n")[0].split())  # the first paragraph, one line
+    parser = argparse.ArgumentParser(prog="normzoo", description=summary.replace("``", "`"))
     parser.add_argument("--version", action="version", version=f"normzoo {normzoo.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="print the registry of norms as a table")

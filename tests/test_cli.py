@@ -22,3 +22,11 @@ def test_console_script_runs():
         [sys.executable, "-m", "normzoo.cli", "list"], capture_output=True, text=True, check=True
     )
     assert "batchnorm" in out.stdout
+
+
+def test_help_describes_the_command_in_whole_sentences():
+    from normzoo.cli import build_parser
+
+    description = build_parser().description
+    assert description.endswith(".") and "subcommands other modules add" in description
+    assert "``" not in description  # reStructuredText quotes shown as Markdown's
