@@ -706,7 +706,7 @@ def _token_group_fwd(
     if RELU:
         y = tl.maximum(y, 0.0)
     tl.store(Y + off, y.to(Y.dtype.element_ty), mask=m)
-    sets = rows[:, None] * G + gs[None, :]
+    sets = rows[:, None].to(tl.int64) * G + gs[None, :]
     smask = rmask[:, None] & gmask[None, :]
     tl.store(MEAN + sets, mean, mask=smask)
     tl.store(RSTD + sets, rstd, mask=smask)
@@ -755,7 +755,7 @@ def _token_group_bwd(
         rmask = rows < r_end
         m = rmask[:, None, None] & cmask[None, :, :]
         off = rows[:, None, None].to(tl.int64) * D + cs[None, :, :]
-        sets = rows[:, None] * G + gs[None, :]
+        sets = rows[:, None].to(tl.int64) * G + gs[None, :]
         smask = rmask[:, None] & gmask[None, :]
         mean = tl.load(MEAN + sets, mask=smask, other=0.0)
         rstd = tl.load(RSTD + sets, mask=smask, other=0.0)
