@@ -41,6 +41,17 @@ def stable_var_mean(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
     return var, mean
 
 
+def merge_statistics(mean: Tensor, var: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """The mean and biased variance of the union of equal-sized sets, from each set's mean
+    and biased variance along ``dim`` (kept): ``mu = mean_i mu_i`` and
+    ``sigma^2 = mean_i sigma_i^2 + mean_i (mu_i - mu)^2`` (the law of total variance; Chan,
+    Golub and LeVeque's pairwise update, all sets at once). The second-moment form
+    ``mean_i (sigma_i^2 + mu_i^2) - mu^2`` is the same number in exact arithmetic but cancels:
+    in float32 it is off by ~0.1 on data of mean 1000 and variance 1."""
+    mu = mean.mean(dim, keepdim=True)
+    return mu, var.mean(dim, keepdim=True) + (mean - mu).square().mean(dim, keepdim=True)
+
+
 def affine(x_hat: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
     """``weight * x_hat + bias`` with per-channel parameters broadcast along dim 1."""
     shape = (1, -1) + (1,) * (x_hat.dim() - 2)

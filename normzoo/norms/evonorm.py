@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from normzoo import functional
 from normzoo._native import zoo_kernels
 from normzoo._native.zoo_kernels import TOKENS_S0
-from normzoo.functional._stats import compute_dtype
+from normzoo.functional._stats import compute_dtype, merge_statistics
 from normzoo.norms import _gpu, _triton, _triton_zoo
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view, scale_shift
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map, use_zoo_op
@@ -117,8 +117,7 @@ class _B0Spec(RowNormSpec):
         bias: Tensor | None,
     ) -> Tensor:
         if self.batch:
-            mean_b = mean_i.mean(0, keepdim=True)
-            var_b = var_i.mean(0) + (mean_i - mean_b).square().mean(0)
+            var_b = merge_statistics(mean_i, var_i, 0)[1].view(-1)
         else:
             assert running_var is not None
             var_b = running_var.to(mean_i.dtype)
@@ -167,10 +166,9 @@ class _S0Spec(RowNormSpec):
         self, mean_c: Tensor, var_c: Tensor, v: Tensor, weight: Tensor | None, bias: Tensor | None
     ) -> Tensor:
         n, c = mean_c.shape
-        m = mean_c.view(n, self.groups, -1)
-        mean_g = m.mean(2, keepdim=True)
-        var_g = var_c.view(n, self.groups, -1).mean(2, keepdim=True)
-        var_g = var_g + (m - mean_g).square().mean(2, keepdim=True)
+        _, var_g = merge_statistics(
+            mean_c.view(n, self.groups, -1), var_c.view(n, self.groups, -1), 2
+        )
         r = torch.rsqrt(var_g + self.eps)  # (N, G, 1)
         a = r.expand(n, self.groups, c // self.groups).reshape(n, c)
         a = a * weight.to(a.dtype).view(1, c) if weight is not None else a
@@ -330,8 +328,7 @@ class EvoNormB0(BatchNorm):
         n, c, length = flat.shape
         mean_i, var_i = RowStats.apply(flat)  # (N, C)
         if self.training or self.running_var is None:
-            mean_b = mean_i.mean(0, keepdim=True)
-            var_b = var_i.mean(0) + (mean_i - mean_b).square().mean(0)
+            var_b = merge_statistics(mean_i, var_i, 0)[1].view(-1)
             if update:
                 self._blend_running_stats(None, var_b, factor, n * length)
         else:

@@ -7,12 +7,8 @@ from torch import Tensor, nn
 
 from normzoo import functional
 from normzoo._native import zoo_kernels
-from normzoo.functional._stats import compute_dtype
-from normzoo.functional.switchable import (
-    SWITCHABLE_STATISTICS,
-    merge_statistics,
-    switchable_statistics,
-)
+from normzoo.functional._stats import compute_dtype, merge_statistics
+from normzoo.functional.switchable import SWITCHABLE_STATISTICS, switchable_statistics
 from normzoo.norms import _gpu, _triton, _triton_zoo
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map, use_zoo_op
