@@ -379,3 +379,98 @@ def test_a_failing_first_map_after_the_statistics_blend_falls_back_blending_once
         y = _triton.batch_norm(x, None, None, 1e-5, running=(rm, rv, 0.3))[0]
     ref = torch.nn.functional.batch_norm(x, ref_m, ref_v, None, None, True, 0.3, 1e-5)
     torch.testing.assert_close((y, rm, rv), (ref, ref_m, ref_v))
+
+
+def _compiler_usable() -> str | None:
+    """Why the kernels cannot be compiled for a GPU here (no GPU needed), or None."""
+    reason = _interpreter_usable()
+    if reason is None and not (sys.platform == "linux" and os.uname().machine == "x86_64"):
+        return "ptxas ships in triton's Linux x86-64 wheels only"
+    return reason
+
+
+def _launched_kernels() -> set[str]:
+    """The kernels of ``_triton_kernels`` that ``_triton`` and ``_triton_zoo`` launch (the
+    ``@triton.jit`` functions they name; the others are helpers the kernels call)."""
+    import re
+
+    norms = ROOT / "normzoo" / "norms"
+    jit = re.findall(r"@triton.jit\ndef (_\w+)", (norms / "_triton_kernels.py").read_text())
+    text = (norms / "_triton.py").read_text() + (norms / "_triton_zoo.py").read_text()
+    return {name for name in jit if re.search(rf"\.{name}\b", text)}
+
+
+def _compile_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return {**env, "PYTHONPATH": str(ROOT)}
+
+
+@pytest.mark.skipif(_compiler_usable() is not None, reason=str(_compiler_usable()))
+def test_every_kernel_compiles_for_a_gpu(tmp_path):
+    """scripts/triton_compile_check.py --quick: every variant that the modules (and the
+    interpreter check's calls) launch compiles for sm_90 with Triton's compiler and ptxas, no
+    GPU needed; each launched kernel among them; registers and spills reported."""
+    out_json = tmp_path / "variants.json"
+    script = str(ROOT / "scripts" / "triton_compile_check.py")
+    out = subprocess.run(
+        [sys.executable, script, "--quick", "--json", str(out_json)],
+        capture_output=True, text=True, env=_compile_env(), cwd=ROOT, timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "failures 0" in out.stdout
+    import json
+
+    found = json.loads(out_json.read_text())
+    compiled = {v["kernel"] for v in found["variants"]}
+    assert compiled == _launched_kernels(), compiled ^ _launched_kernels()
+    assert all(v["arch"] == 90 and 0 < v["registers"] <= 255 for v in found["variants"])
+
+
+BAD_KERNEL = """
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def bad(X, N: tl.constexpr, B: tl.constexpr):
+    acc = 0  # an int, then a tensor: Python (the interpreter) takes it, the compiler not
+    for i in range(0, N, B):
+        acc = tl.load(X + i + tl.arange(0, B))
+    tl.store(X + tl.arange(0, B), acc)
+"""
+
+RUN_BAD = """
+import sys, torch
+sys.path[:0] = [{tmp!r}, {scripts!r}]
+import bad_kernel, triton_compile_check as C
+rec = C.Record()
+try:
+    with C.compile_only(90, rec):
+        bad_kernel.bad[(1,)](torch.zeros(8), 8, B=4)
+except Exception:
+    pass
+print(rec.failures[0]["kernel"] if rec.failures else "none", len(rec.variants))
+"""
+
+
+@pytest.mark.skipif(_compiler_usable() is not None, reason=str(_compiler_usable()))
+def test_the_compile_check_catches_what_the_interpreter_lets_through(tmp_path):
+    """A kernel whose loop changes a value's type runs under the interpreter and fails to
+    compile: the compile check records the failure."""
+    (tmp_path / "bad_kernel.py").write_text(BAD_KERNEL)
+    code = RUN_BAD.format(tmp=str(tmp_path), scripts=str(ROOT / "scripts"))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_compile_env(),
+        timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["bad", "0"]
+    interp = "import sys, torch; sys.path.insert(0, {tmp!r}); import bad_kernel; x = torch.ones(8)"
+    interp += "; bad_kernel.bad[(1,)](x, 8, B=4); print(x.tolist())"
+    out = subprocess.run(
+        [sys.executable, "-c", interp.format(tmp=str(tmp_path))],
+        capture_output=True, text=True, env={**_compile_env(), "TRITON_INTERPRET": "1"},
+        timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == str([1.0] * 8)

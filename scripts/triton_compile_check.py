@@ -1,0 +1,369 @@
+"""Compile every Triton kernel variant that normzoo's modules launch, for a GPU, without one.
+
+    python scripts/triton_compile_check.py                      # sm_90 (H100/H200), the full set
+    python scripts/triton_compile_check.py --arch 80 --arch 90 --json out.json
+    python scripts/triton_compile_check.py --quick              # fewer shapes and dtypes
+
+Triton's interpreter (``tests/triton_interpreter_check.py``) checks the kernels' arithmetic
+on the CPU, but it runs Python: it accepts code that the compiler rejects (a loop-carried
+value that changes type, a block size that is not a power of two) and says nothing of the
+registers a tile needs. Kernels written in a session without a GPU (the zoo's, the
+token-group ones) used to meet the compiler first on a lent GPU, where a failure costs part of
+15 minutes and silently falls back to torch's kernels (``_triton._guarded``).
+
+This runs each module of the zoo on its Triton path (``NORMZOO_TRITON=all``) over the
+benchmark's shapes (and the GPU tests' odd ones), every dtype, both layouts, fused ReLU,
+training and eval, forward and backward, on CPU tensors, with Triton's driver replaced by one
+that names the GPU (``--arch``) and each launch turned into a compile: Triton's own binder
+picks the variant (constexprs, integer and pointer specializations) exactly as a launch
+would, and ``ptxas`` (shipped with triton) builds the cubin. The kernels run nowhere, so the
+tensors hold garbage; only the variants matter. The plans follow a GPU's size
+(``--sms``, 132 for an H100/H200).
+
+Per variant it reports the registers per thread, the bytes spilled to local memory and the
+shared memory, from ``ptxas -v`` (each variant compiles afresh, in an empty cache); it exits 1
+if any variant fails to compile, or (``--no-spills``) spills. Needs triton (its x86-64 Linux
+wheels bring ptxas); no GPU, no CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+if os.environ.get("TRITON_INTERPRET"):
+    sys.exit("triton_compile_check.py compiles the kernels: unset TRITON_INTERPRET")
+
+import torch
+
+import normzoo
+from normzoo.norms import _triton
+from normzoo.norms._kernels import channels_last_format
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _groups(c: int) -> dict[str, int]:
+    """32 groups where they divide ``c`` (the GPU runs'), else 4."""
+    return {"num_groups": 32 if c % 32 == 0 else 4}
+
+
+#: module name -> (options of the channel count, token input (channels last in the shape),
+#: fuses a ReLU, takes (N, C))
+MODULES: dict[str, tuple[Callable[[int], dict[str, Any]], bool, bool, bool]] = {
+    "bn": (lambda c: {}, False, True, True),
+    "gn": (_groups, False, True, True),
+    "in": (lambda c: {"track_running_stats": True}, False, True, False),
+    "ln": (lambda c: {}, False, True, True),
+    "ln_tokens": (lambda c: {"channels_last": True}, True, True, True),
+    "rms_tokens": (lambda c: {"channels_last": True}, True, False, True),
+    "gn_tokens": (_groups, True, True, True),
+    "rms": (lambda c: {}, False, False, True),
+    "frn": (lambda c: {}, False, False, False),
+    "evonorms0": (_groups, False, False, False),
+    "batchrenorm": (lambda c: {}, False, False, True),
+    "switchablenorm": (lambda c: {}, False, False, False),
+    "evonormb0": (lambda c: {}, False, False, False),
+    "ghostbatchnorm": (lambda c: {"virtual_batch_size": 3}, False, False, True),
+    "frozenbatchnorm": (lambda c: {}, False, True, True),
+}
+#: The benchmark's conv shapes (issue 6) and the GPU runs' large one; 2-d and 5-d odd ones.
+CONV_SHAPES = [
+    (32, 64, 32, 32),
+    (8, 256, 14, 14),
+    (128, 64, 8, 8),
+    (4, 32, 64, 64),
+    (256, 64, 64, 64),
+    (3, 40, 7, 9, 11),
+    (300, 40),
+]
+#: Token shapes ``(rows, channels)``: the benchmark's, the GPU runs' large one, odd widths.
+TOKEN_SHAPES = [(4096, 1024), (2048, 4096), (65536, 1024), (1000, 1032), (300, 36)]
+QUICK_CONV = [(32, 64, 32, 32), (8, 256, 14, 14), (3, 40, 7, 9, 11), (300, 40)]
+QUICK_TOKENS = [(2048, 4096), (300, 36)]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class _Target:
+    """A Triton driver that names a GPU and launches nothing (compilation needs only the
+    target)."""
+
+    def __init__(self, arch: int) -> None:
+        from triton.backends.compiler import GPUTarget
+
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def is_active(self) -> bool:
+        return True
+
+    def get_current_target(self) -> Any:
+        return self.target
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int | None = None) -> int:
+        return 0
+
+
+class Record:
+    """The variants compiled (by hash) and the failures, with where they came from."""
+
+    def __init__(self) -> None:
+        self.variants: dict[str, dict[str, Any]] = {}
+        self.failures: list[dict[str, Any]] = []
+        self.case = ""
+
+    def compiled(self, name: str, kernel: Any, log: str, seconds: float) -> None:
+        meta = kernel.metadata
+        self.variants[meta.hash] = {
+            "kernel": name,
+            "arch": meta.target.arch,
+            "num_warps": meta.num_warps,
+            "constexprs": _constexprs(kernel.src),
+            "case": self.case,
+            "compile_s": round(seconds, 3),
+            "shared": meta.shared,  # bytes, Triton's (dynamic) shared memory
+            **_resources(log),
+        }
+
+    def failed(self, name: str, kwargs: dict[str, Any], err: BaseException) -> None:
+        text = f"{type(err).__name__}: {err}"
+        flags = {k: v for k, v in kwargs.items() if isinstance(v, (bool, int))}
+        self.failures.append({"kernel": name, "case": self.case, "flags": flags, "error": text})
+
+
+def _constexprs(src: Any) -> dict[str, Any]:
+    """The variant's constexpr values by parameter name (``None`` ones left out)."""
+    names = src.fn.arg_names
+    out = {}
+    for path, value in src.constants.items():
+        index = path[0] if isinstance(path, tuple) else path
+        name = names[index] if isinstance(index, int) else str(index)
+        if value is not None and not callable(value):
+            out[name] = value
+    return out
+
+
+_USED = re.compile(r"Used (\d+) registers")
+_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def _resources(log: str) -> dict[str, int]:
+    """Registers per thread, stack frame and spill bytes per thread: from ``ptxas -v``'s log
+    (the ``ptxas info`` lines)."""
+    used, frame = _USED.search(log), _FRAME.search(log)
+    if used is None or frame is None:
+        raise RuntimeError(f"no ptxas resource usage in its log:\n{log}")
+    stack, stores, loads = map(int, frame.groups())
+    return {
+        "registers": int(used.group(1)),
+        "stack": stack,
+        "spill_stores": stores,
+        "spill_loads": loads,
+    }
+
+
+def _forget_targets() -> None:
+    """Drop the kernels' compiled variants and the target their binders hold (the next launch
+    asks the driver again)."""
+    from triton.runtime.jit import JITFunction
+
+    kernels = _triton._kernels()
+    for obj in vars(kernels).values():
+        if isinstance(obj, JITFunction):
+            obj.device_caches.clear()
+
+
+@contextlib.contextmanager
+def compile_only(arch: int, record: Record) -> Iterator[None]:
+    """Within: each Triton launch compiles its variant for ``sm_<arch>`` and runs nothing;
+    failures are recorded and raised."""
+    from triton import knobs
+    from triton.runtime.driver import driver
+    from triton.runtime.jit import JITFunction
+
+    launch, active = JITFunction.run, driver._active  # (no default driver without a GPU)
+
+    def run(self: Any, *args: Any, grid: Any, warmup: bool, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        log = io.StringIO()  # (Triton prints ptxas's log where it compiles)
+        try:
+            with contextlib.redirect_stdout(log):
+                kernel = launch(self, *args, grid=grid, warmup=True, **kwargs)
+        except Exception as err:
+            record.failed(self.__name__, kwargs, err)
+            raise
+        if kernel.metadata.hash not in record.variants:
+            record.compiled(self.__name__, kernel, log.getvalue(), time.perf_counter() - start)
+        return kernel
+
+    # an empty cache: every variant compiles here, so ptxas's log (registers, spills) is seen
+    with tempfile.TemporaryDirectory() as cache, knobs.cache.scope(), knobs.nvidia.scope():
+        knobs.cache.dir = cache
+        knobs.nvidia.dump_ptxas_log = True
+        driver.set_active(_Target(arch))
+        JITFunction.run = run
+        _forget_targets()
+        try:
+            yield
+        finally:
+            JITFunction.run = launch
+            driver._active = active
+            _forget_targets()
+
+
+@contextlib.contextmanager
+def triton_paths(sms: int) -> Iterator[None]:
+    """Every input the kernels support takes them (CPU tensors as a GPU's), no fallback to
+    torch's kernels on a failure, plans for a GPU of ``sms`` multiprocessors."""
+    saved = {n: getattr(_triton, n) for n in ("serves", "_guarded", "_target_programs")}
+    env = {k: os.environ.get(k) for k in ("NORMZOO_TRITON", "NORMZOO_NATIVE")}
+
+    def serves(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
+        layout = x.is_contiguous() or channels_last_format(x) is not None
+        return x.dtype in _triton.DTYPES and x.dim() >= 2 and layout
+
+    _triton.serves = serves
+    _triton._guarded = lambda key, run, fallback: run()
+    _triton._target_programs = lambda x: _triton.PROGRAMS_PER_SM * sms
+    _triton._cached_plan.cache_clear()
+    os.environ["NORMZOO_TRITON"] = "all"
+    os.environ["NORMZOO_NATIVE"] = "0"  # (the CPU's own kernels come first)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(_triton, name, value)
+        _triton._cached_plan.cache_clear()
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def cases(quick: bool) -> Iterator[tuple[str, tuple[int, ...], str, bool, bool]]:
+    """``(module, shape, dtype, channels_last, relu)`` of every run (``quick``: fewer shapes,
+    the half types on the first only)."""
+    conv, tokens = (QUICK_CONV, QUICK_TOKENS) if quick else (CONV_SHAPES, TOKEN_SHAPES)
+    for name, (_, token, fuses, rows) in MODULES.items():
+        shapes = tokens if token else conv
+        for shape in shapes:
+            if len(shape) == 2 and not (token or rows):
+                continue
+            half = ["bfloat16"] if quick else ["bfloat16", "float16"]
+            for dtype in ["float32", *half] if shape == shapes[0] else ["float32"]:
+                for cl in (False, True) if len(shape) in (4, 5) else (False,):
+                    for relu in (False, True) if fuses else (False,):
+                        yield name, shape, dtype, cl, relu
+
+
+def interpreter_cases() -> None:
+    """The interpreter check's calls (``tests/triton_interpreter_check.py``: no-affine, small
+    tiles, several chunks per set, the zoo's coefficient kernels without updates), its
+    comparisons (of garbage here) silenced."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import triton_interpreter_check
+
+    target = _triton._target_programs
+    _triton._target_programs = lambda x: 64  # as its main() does
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            triton_interpreter_check.check()
+    finally:
+        _triton._target_programs = target
+        _triton.TILE = 4096
+
+
+def run_case(name: str, shape: tuple[int, ...], dtype: str, cl: bool, relu: bool) -> None:
+    """Two training steps (the second with running statistics in place) and an eval step of
+    the module, forward and backward."""
+    options, token, _, _ = MODULES[name]
+    c = shape[-1] if token else shape[1]
+    m = normzoo.create(name.removesuffix("_tokens"), c, **options(c))
+    if relu:
+        m.fuse_activation("relu")
+    x = torch.empty(shape, dtype=DTYPES[dtype])
+    if cl:
+        x = x.to(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
+    x.requires_grad_()
+    for step in range(3):
+        if step == 2:
+            m.eval()
+        y = m(x)
+        y.backward(torch.empty_like(y))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", type=int, action="append", help="compute capability x10 (90)")
+    p.add_argument("--sms", type=int, default=132, help="multiprocessors the plans fill")
+    p.add_argument("--quick", action="store_true", help="fewer shapes and dtypes")
+    p.add_argument("--only", nargs="*", help="modules to run (default: all)")
+    p.add_argument(
+        "--no-interpreter-cases", action="store_true", help="skip the interpreter check's calls"
+    )
+    p.add_argument("--json", help="write every variant and failure here")
+    p.add_argument("--no-spills", action="store_true", help="exit 1 on spills too")
+    args = p.parse_args(argv)
+    if _triton._kernels() is None:
+        sys.exit("triton is not installed")
+    record = Record()
+    start = time.perf_counter()
+    todo = [c for c in cases(args.quick) if not args.only or c[0] in args.only]
+    with triton_paths(args.sms):
+        for arch in args.arch or [90]:
+            with compile_only(arch, record):
+                runs = [(" ".join(map(str, c)), lambda c=c: run_case(*c)) for c in todo]
+                if not args.no_interpreter_cases:
+                    runs.append(("the interpreter check's calls", interpreter_cases))
+                for label, call in runs:
+                    record.case = f"sm_{arch} {label}"
+                    try:
+                        call()
+                    except Exception as err:  # recorded where a kernel failed; others too
+                        if not record.failures or record.failures[-1]["case"] != record.case:
+                            record.failures.append({"case": record.case, "error": repr(err)})
+    report(record, time.perf_counter() - start, len(todo))
+    if args.json:
+        found = {"variants": list(record.variants.values()), "failures": record.failures}
+        Path(args.json).write_text(json.dumps(found, indent=1))
+    spilled = [v for v in record.variants.values() if v["spill_stores"]]
+    return 1 if record.failures or (args.no_spills and spilled) else 0
+
+
+def report(record: Record, seconds: float, runs: int) -> None:
+    """Per kernel: variants, the most registers, spill-store and shared bytes; failures."""
+    by_kernel: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for v in record.variants.values():
+        by_kernel[v["kernel"]].append(v)
+    print(f"{'kernel':<22} {'variants':>8} {'max regs':>8} {'max spills':>10} {'max shared':>10}")
+    for name, vs in sorted(by_kernel.items()):
+        most = {k: max(v[k] for v in vs) for k in ("registers", "spill_stores", "shared")}
+        regs, spills, shared = most["registers"], most["spill_stores"], most["shared"]
+        print(f"{name:<22} {len(vs):>8} {regs:>8} {spills:>10} {shared:>10}")
+    for v in record.variants.values():
+        if v["spill_stores"]:
+            print(f"spills: {v['kernel']} warps {v['num_warps']} {v['constexprs']}: "
+                  f"{v['spill_stores']} B stored, {v['spill_loads']} B loaded, "
+                  f"{v['registers']} registers ({v['case']})")  # fmt: skip
+    for f in record.failures:
+        print(f"FAILED {f.get('kernel', '')} {f['case']}: {f['error'][:2000]}")
+    print(f"runs {runs} variants {len(record.variants)} failures {len(record.failures)} "
+          f"({seconds:.0f} s)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
