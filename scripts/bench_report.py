@@ -275,6 +275,27 @@ ops) Batch Renorm takes 4 + 1 / 6 + 8 (was 3 + 16 / 5 + 24), EvoNorm-B0 4 + 1 / 
 one update per virtual batch, in a kernel too), SwitchableNorm 5 + 1 / 10 + 3 (was 3 + 34 /
 5 + 120), against batch norm's 3 + 1 / 5 + 7.
 
+**Compiled for a GPU without one (fourteenth session).** Triton's interpreter checks the
+kernels' arithmetic but runs Python: it lets through code that the compiler rejects and says
+nothing of registers. `python scripts/triton_compile_check.py --arch 80 --arch 90` runs every
+module on its Triton path (`NORMZOO_TRITON=all`) over the benchmark's shapes, both layouts,
+the half types on one shape, fused ReLU, training and eval, forward and backward, plus the
+interpreter check's calls, with Triton's driver replaced by one that names the GPU: each
+launch compiles its variant (Triton's own binder picks it, as a launch would) through ptxas
+and runs nothing. On the 2-core VM: 2536 variants (1268 each for sm_80 and sm_90) of all 25
+kernels, the zoo's and the token-group ones that no GPU has run yet among them, **0
+failures** (425 s); CI runs `--quick` (sm_90, 977 variants, about 130 s). Registers per
+thread on sm_90 (ptxas): the one-pass group kernels 22-164, the token kernels 21-146 forward
+and 32-255 backward, the two-phase statistics, map and gradient kernels 23-232. The outliers,
+each on shapes the measured dispatch does not serve: the two-phase kernels on positions
+that are not a multiple of 16 (196 at (8, 256, 14, 14)), where Triton cannot prove rows
+16-byte aligned and keeps the loads scalar (the statistics and gradient kernels take 172-232
+registers there against 59-69 at 144 or 256 positions: one 8-warp program per
+multiprocessor); the token backward with 64-wide rows
+(64 rows a program: 193-224); the token-group backward with groups of two channels, which
+spills 36 bytes at 255 registers. A few variants spill 4-8 bytes at 48-64 registers (a call
+frame: float division's slow path).
+
 **Read the numbers with care.** They were measured on a 2-core VM (load averages are
 recorded with each run, and per row in the JSON). On the CPU a large part of each call is the
 page faults of fresh output tensors (`y`, `dx`): glibc returns freed memory to the system and
