@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -320,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if _triton._kernels() is None:
         sys.exit("triton is not installed")
+    if importlib.util.find_spec("triton.knobs") is None:  # (ptxas's log and the cache dir)
+        sys.exit("the compile check needs triton 3.4 or newer (triton.knobs)")
     record = Record()
     start = time.perf_counter()
     todo = [c for c in cases(args.quick) if not args.only or c[0] in args.only]

@@ -5,6 +5,7 @@ and the kernels' own arithmetic under Triton's interpreter where triton is insta
 extra installs it on Linux x86-64, CI included; compiled, on a GPU, tests/test_triton_gpu.py
 checks them)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -386,6 +387,8 @@ def _compiler_usable() -> str | None:
     reason = _interpreter_usable()
     if reason is None and not (sys.platform == "linux" and os.uname().machine == "x86_64"):
         return "ptxas ships in triton's Linux x86-64 wheels only"
+    if reason is None and importlib.util.find_spec("triton.knobs") is None:
+        return "the compile check needs triton 3.4 or newer (triton.knobs)"
     return reason
 
 
