@@ -273,7 +273,14 @@ each with their backward's coefficients, one launch each in place of tens of sma
 ops) Batch Renorm takes 4 + 1 / 6 + 8 (was 3 + 16 / 5 + 24), EvoNorm-B0 4 + 1 / 7 + 3 (was
 3 + 16 / 5 + 31), Ghost BN 5 + 1 / 8 + 6 (was 3 + 24 / 5 + 38; its running statistics,
 one update per virtual batch, in a kernel too), SwitchableNorm 5 + 1 / 10 + 3 (was 3 + 34 /
-5 + 120), against batch norm's 3 + 1 / 5 + 7.
+5 + 120), against batch norm's 3 + 1 / 5 + 7. With `--time --jit` (fourteenth session) the
+same calls go through Triton's own launch path, the kernels compiled for sm_90 and each launch
+stopped before the driver: its binder, cache key and lookup cost 12-26 us per launch on the
+2-core VM on top of the host time with no-op kernels (bn's forward 75 us against 43 us),
+what a direct launch of the compiled kernel would save. On the H200 batch norm's forward at
+(32, 64, 32, 32) took 449 us a call timed with the host (`bench_cuda_h200_triton_latency.json`)
+against torch's 180 us, so most of the Triton path's host cost there lies past the binder
+(the launcher and the driver, which `scripts/gpu_triton_ab.py` times per launch).
 
 **Compiled for a GPU without one (fourteenth session).** Triton's interpreter checks the
 kernels' arithmetic but runs Python: it lets through code that the compiler rejects and says

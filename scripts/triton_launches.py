@@ -13,7 +13,12 @@ and the backward's seed are included. No GPU is needed; the counts are the GPU's
 
 ``--time`` also times each call's host work on this CPU with the kernels as no-ops: the
 Python and the torch ops on a tiny tensor (medians of ``--repeats`` rounds of 200 calls, one
-thread), a proxy for what a GPU's host spends besides Triton's own launch cost.
+thread), a proxy for what a GPU's host spends besides Triton's own launch cost. ``--jit``
+(triton 3.4+) times the same calls through Triton's own launch path, the kernels compiled for
+an sm_90 GPU (``scripts/triton_compile_check.py``'s driver) and each launch stopped before the
+driver: its binder, cache key and lookup per launch, which a direct launch of the compiled
+kernel would skip; the last column is that cost per Triton launch (the extra time of fwd
+and fwd+bwd over their launches).
 """
 
 from __future__ import annotations
@@ -121,6 +126,27 @@ def _host_us(m: torch.nn.Module, x: torch.Tensor, grad: bool, repeats: int) -> f
     return statistics.median(rounds)
 
 
+def _jit_host_us(m: torch.nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float]:
+    """:func:`_host_us` of fwd and fwd+bwd with each kernel launched through Triton's
+    ``JITFunction.run`` (compiled for sm_90 first), stopped before the driver."""
+    from triton.runtime.jit import JITFunction
+    from triton_compile_check import Record, compile_only
+
+    launch = JITFunction.run
+    with compile_only(90, Record()):
+        m(x).sum().backward()  # compiles the variants (and records their resources)
+        with torch.no_grad():
+            m(x)
+        compiling = JITFunction.run
+        JITFunction.run = lambda self, *a, grid, warmup, **kw: launch(  # type: ignore[method-assign]
+            self, *a, grid=grid, warmup=True, **kw
+        )
+        try:
+            return _host_us(m, x, False, repeats), _host_us(m, x, True, repeats)
+        finally:
+            JITFunction.run = compiling  # type: ignore[method-assign]
+
+
 class _Noop:
     """A kernel that launches nothing."""
 
@@ -133,7 +159,9 @@ def main() -> None:
     p.add_argument("--ops", action="store_true", help="list each call's torch ops")
     p.add_argument("--time", action="store_true", help="time each call's host work too")
     p.add_argument("--repeats", type=int, default=7, help="rounds of --time (default 7)")
+    p.add_argument("--jit", action="store_true", help="with --time: Triton's launch path too")
     args = p.parse_args()
+    real = _triton._kernels
     os.environ["NORMZOO_TRITON"] = "all"
     os.environ["NORMZOO_NATIVE"] = "0"  # (the CPU's own kernels come first)
     counter = _Counter()
@@ -143,7 +171,8 @@ def main() -> None:
     names = [n for n in vars(kernels) if n.startswith("_") and n[1] != "_"]
     noop = type("Noop", (), {n: _Noop() for n in names})
     head = f"{'module':<16} {'fwd: Triton + torch':>20} {'fwd+bwd: Triton + torch':>24}"
-    print(head + (f" {'host us fwd':>12} {'fwd+bwd':>8}" if args.time else ""))
+    head += f" {'host us fwd':>12} {'fwd+bwd':>8}" if args.time else ""
+    print(head + (f" {'jit fwd':>8} {'fwd+bwd':>8} {'per launch':>10}" if args.jit else ""))
     if args.time:
         torch.set_num_threads(1)
     for name, options, shape in CASES:
@@ -172,6 +201,13 @@ def main() -> None:
             host = [_host_us(m, x, grad, args.repeats) for grad in (False, True)]
             _triton._kernels = lambda: kernels  # type: ignore[assignment]
             times = f" {host[0]:>12.1f} {host[1]:>8.1f}"
+        if args.time and args.jit:
+            _triton._kernels = real  # type: ignore[assignment]
+            jit = _jit_host_us(m, x, args.repeats)
+            _triton._kernels = lambda: kernels  # type: ignore[assignment]
+            launches = int(counts[0].split()[0]) + int(counts[1].split()[0])
+            each = (jit[0] - host[0] + jit[1] - host[1]) / launches
+            times += f" {jit[0]:>8.1f} {jit[1]:>8.1f} {each:>10.1f}"
         print(f"{name:<16} {counts[0]:>20} {counts[1]:>24}{times}")
         if args.ops:
             print("   ", dict(counter.ops.most_common()))
