@@ -223,7 +223,10 @@ from Python costs more than a torch kernel call on that machine, so the kernels 
 about 67M elements: the dispatch (`normzoo.norms._triton`) takes them there for BatchNorm on
 contiguous input (0.70x torch.nn's fwd+bwd time), GroupNorm and InstanceNorm on contiguous
 input (0.93-0.99x) and GroupNorm, LayerNorm and InstanceNorm on channels_last (0.80-0.82x,
-torch copies those to NCHW), and keeps torch's kernels elsewhere. In those two runs, made
+torch copies those to NCHW), and keeps torch's kernels elsewhere, also (since the fourteenth
+session) where the positions of a contiguous input or the channels of a channels_last one are
+not a multiple of 16 (every measured shape's were; at 14 x 14 = 196 positions the kernels
+compile to scalar loads with 2-3x the registers, below). In those two runs, made
 before the dispatch was set from them, the kernels served every input they support from 256K
 elements (what `NORMZOO_TRITON=all` does now), GroupNorm on `(N, C)` tokens excepted (torch's
 kernel: the ratios of 1.0 there, at 0.09-0.26 of the copy ceiling, where layer norm's token

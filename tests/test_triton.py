@@ -39,6 +39,15 @@ def test_import_normzoo_does_not_import_triton():
         ("group", (256, 64, 64, 64), True, 1, False),  # layer norm over (C, H, W): two-phase
         ("group", (256, 64, 64, 64), False, 1, True),  # channels_last: torch copies to NCHW
         ("group", (65536, 1024), True, 32, False),  # (N, C) tokens: not measured yet
+        # 196 positions (contiguous) or 40 channels (channels_last), not multiples of 16:
+        # compiled with scalar loads and 2-3x the registers, not measured
+        ("batch", (1024, 512, 14, 14), True, 1, False),
+        ("batch", (512, 512, 28, 28), True, 1, True),  # 784 = 49 x 16
+        ("batch", (256, 64, 4100), True, 1, False),
+        ("group", (2048, 256, 14, 14), True, 32, False),
+        ("group", (2048, 256, 14, 14), False, 32, True),  # channels_last: 256 channels
+        ("group", (256, 40, 64, 64), False, 8, False),
+        ("group", (256, 48, 64, 64), False, 8, True),
         ("token", (65536, 1024), True, 1, False),
     ],
 )

@@ -279,8 +279,8 @@ def test_triton_double_backward(triton_everywhere):
 def test_triton_dispatch(monkeypatch):
     """The measured dispatch: from MIN_NUMEL elements, batch norm on contiguous input, group
     and instance norm on contiguous input with one-pass groups, and group, layer and instance
-    norm on channels_last; float64, smaller inputs, other layouts, NORMZOO_TRITON=0 and
-    autocast keep torch's kernels."""
+    norm on channels_last; float64, smaller inputs, other layouts, positions (contiguous)
+    not a multiple of 16, NORMZOO_TRITON=0 and autocast keep torch's kernels."""
     if not _triton.available():
         pytest.skip("triton is not installed")
     monkeypatch.setattr(_triton, "MIN_NUMEL", 1 << 20)  # the rule's shape, small tensors
@@ -296,6 +296,8 @@ def test_triton_dispatch(monkeypatch):
     assert not _triton.serves_batch(big[:1])  # below MIN_NUMEL
     assert not _triton.serves_batch(big.transpose(2, 3))
     assert not _triton.serves_batch(big, torch.ones(64))  # a CPU parameter
+    odd = torch.empty(128, 64, 14, 14, device="cuda")  # 196 positions: scalar loads
+    assert not _triton.serves_batch(odd) and not _triton.serves_group(odd, 32)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         assert not _triton.serves_batch(big)
     for kind in ("rms", "frn", "s0"):  # the zoo's kinds: not measured yet, so "all" only

@@ -46,6 +46,10 @@ measured a win, at ``MIN_NUMEL`` elements and more:
 * group and instance norm on contiguous input with one-pass groups: 0.93-0.99x (1.3-1.6x at
   16M elements), and group, instance and layer norm on channels_last: 0.80-0.82x (torch's
   kernels copy to NCHW there);
+* each of these only where the positions (contiguous) or the channels (channels_last) are a
+  multiple of 16, as in every measured shape: elsewhere (14 x 14 = 196 positions) Triton
+  cannot prove the rows aligned and compiles scalar loads with 2-3x the registers
+  (``scripts/triton_compile_check.py``, fourteenth session), a variant not measured;
 * layer norm over (C, H, W) on contiguous input (two-phase: 1.35x) and over tokens (one-pass,
   2x faster on the GPU but 1.28x host included) keep torch's; so do RMSNorm over tokens
   (the token kernels without centering, added after the measurement: not measured yet) and
@@ -232,15 +236,20 @@ def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) 
     Renorm), ``"switchable"`` (SwitchableNorm), ``"b0"`` (EvoNorm-B0), ``"ghost"`` (Ghost
     BN), ``"frozen"`` (FrozenBatchNorm);
     ``contiguous``: else channels_last. Under ``NORMZOO_TRITON=all``: every input the
-    kernels support. The zoo's kinds and tokens are not measured yet: ``all`` only."""
+    kernels support. The zoo's kinds and tokens are not measured yet: ``all`` only; the
+    measured kinds only where the compiled kernels are the measured ones
+    (:func:`_vectorized`)."""
     every = _mode() == "all"
     if kind == "batch":
-        return every or (len(shape) >= 3 and contiguous)
+        return every or (len(shape) >= 3 and contiguous and _vectorized(shape, contiguous))
     if kind == "group":
         if len(shape) < 3:  # (N, C) tokens: a row in one program (not measured yet)
             c = shape[1]
             return every and contiguous and _pow2(groups) * _pow2(c // groups) <= ONE_PASS_MAX
-        return not contiguous or every or _one_pass_shape(shape, groups)
+        if every:
+            return True
+        one_pass = not contiguous or _one_pass_shape(shape, groups)
+        return one_pass and _vectorized(shape, contiguous)
     if kind == "rms":
         return every and len(shape) >= 3
     if kind == "renorm":  # Batch Renorm: any layout the batch-norm kernels take
@@ -252,6 +261,17 @@ def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) 
     if kind in ("frn", "s0"):  # one pass on contiguous one-pass shapes, else two phases
         return every and len(shape) >= 3
     return every and _pow2(shape[-1]) <= ONE_PASS_MAX  # a token in one program's registers
+
+
+def _vectorized(shape: tuple[int, ...], contiguous: bool) -> bool:
+    """Whether the kernels compile for ``shape`` as they did for the measured shapes, moving
+    the tensor in 16-byte vectors: Triton marks an integer argument divisible by 16 and
+    only then can prove a channel's positions (contiguous; a position's channels,
+    channels_last) aligned. At 196 positions (14 x 14) the loads stay scalar and the
+    statistics and gradient kernels take 2-3x the registers (``scripts/
+    triton_compile_check.py``): not measured, so torch's kernels there."""
+    inner = math.prod(shape[2:]) if contiguous else shape[1]
+    return inner % 16 == 0
 
 
 def serves_batch(x: Tensor, *params: Tensor | None, kind: str = "batch") -> bool:
