@@ -194,6 +194,7 @@ def _interpreter_usable() -> str | None:
     return None
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.skipif(_interpreter_usable() is not None, reason=str(_interpreter_usable()))
 def test_kernels_under_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
@@ -423,6 +424,7 @@ def _compile_env() -> dict[str, str]:
     return {**env, "PYTHONPATH": str(ROOT)}
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.skipif(_compiler_usable() is not None, reason=str(_compiler_usable()))
 def test_every_kernel_compiles_for_a_gpu(tmp_path):
     """scripts/triton_compile_check.py --quick: every variant that the modules (and the
