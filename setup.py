@@ -1,7 +1,8 @@
 """Packaging details that pyproject.toml cannot express: the configs in ``conf/`` (at the
 repository root, where the design keeps them) ship inside the package as ``normzoo.conf``, each
-config group folder as a (namespace) subpackage of it, so setuptools lists them itself; the
-native kernels' C sources ship with ``normzoo._native`` (compiled on first use, not here)."""
+config group folder (``conf/norm``, ...) listed as a subpackage of it, as setuptools asks of
+every importable folder; the native kernels' C sources ship with ``normzoo._native`` (compiled
+on first use, not here)."""
 
 from setuptools import find_namespace_packages, find_packages, setup
 
