@@ -20,10 +20,11 @@ would, and ``ptxas`` (shipped with triton) builds the cubin. The kernels run now
 tensors hold garbage; only the variants matter. The plans follow a GPU's size
 (``--sms``, 132 for an H100/H200).
 
-Per variant it reports the registers per thread, the bytes spilled to local memory and the
-shared memory, from ``ptxas -v`` (each variant compiles afresh, in an empty cache); it exits 1
-if any variant fails to compile, or (``--no-spills``) spills. Needs triton (its x86-64 Linux
-wheels bring ptxas); no GPU, no CUDA.
+Per variant it reports the registers per thread and the bytes spilled to local memory (from
+``ptxas -v``; each variant compiles afresh, in an empty cache), the shared memory, and its
+global loads, vector or scalar (from the PTX); it exits 1 if any variant fails to compile, or
+(``--no-spills``) spills. Needs triton (its x86-64 Linux wheels bring ptxas); no GPU, no
+CUDA.
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ class Record:
             "compile_s": round(seconds, 3),
             "shared": meta.shared,  # bytes, Triton's (dynamic) shared memory
             **_resources(log),
+            **_loads(kernel.asm["ptx"]),
         }
 
     def failed(self, name: str, kwargs: dict[str, Any], err: BaseException) -> None:
@@ -174,6 +176,17 @@ def _resources(log: str) -> dict[str, int]:
         "spill_stores": stores,
         "spill_loads": loads,
     }
+
+
+_LOAD = re.compile(r"\bld\.global(?:\.[a-z0-9]+)*")
+
+
+def _loads(ptx: str) -> dict[str, int]:
+    """The PTX's global loads: ``vector_loads`` (``ld.global.v2``/``.v4``: 8 or 16 bytes a
+    thread) and ``scalar_loads`` (one element each)."""
+    found = _LOAD.findall(ptx)
+    vector = sum(1 for op in found if ".v2" in op or ".v4" in op)
+    return {"vector_loads": vector, "scalar_loads": len(found) - vector}
 
 
 def _forget_targets() -> None:

@@ -494,3 +494,44 @@ def test_the_compile_check_catches_what_the_interpreter_lets_through(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == str([1.0] * 8)
+
+
+VECTOR_CHECK = """
+import sys
+sys.path.insert(0, {scripts!r})
+import triton_compile_check as C
+from normzoo.norms import _triton as T
+for name, shape, cl in {cases!r}:
+    rec = C.Record()
+    with C.triton_paths(132), C.compile_only(90, rec):
+        C.run_case(name, shape, "float32", cl, False)
+    loads = {{v["kernel"]: v["vector_loads"] for v in rec.variants.values()}}
+    stats = loads.get("_partial_stats", loads.get("_group_fwd"))
+    print(name, stats > 0, T._vectorized(shape, not cl))
+"""
+
+
+@pytest.mark.skipif(_compiler_usable() is not None, reason=str(_compiler_usable()))
+def test_the_dispatch_serves_the_compiled_variants_that_were_measured():
+    """The premise of ``_triton._vectorized`` (the measured rule), checked against Triton's
+    compiler: the statistics kernel reads the tensor in vectors exactly where the positions
+    (contiguous) or channels (channels_last) are a multiple of 16, as in the measured
+    shapes; at 14 x 14 positions or 40 channels it compiles to scalar loads."""
+    cases = [
+        ("bn", (8, 64, 14, 14), False),
+        ("bn", (8, 64, 16, 16), False),
+        ("gn", (8, 64, 14, 14), False),  # one pass
+        ("gn", (8, 64, 12, 12), False),  # 144 = 9 x 16
+        ("gn", (8, 40, 16, 16), True),  # channels_last: two phases over rows of C
+        ("gn", (8, 48, 16, 16), True),
+    ]
+    code = VECTOR_CHECK.format(scripts=str(ROOT / "scripts"), cases=cases)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_compile_env(),
+        timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line.split() for line in out.stdout.splitlines()]
+    assert len(rows) == len(cases)
+    assert all(vector == rule for _, vector, rule in rows), out.stdout
+    assert [rule for *_, rule in rows] == ["False", "True"] * 3
