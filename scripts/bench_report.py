@@ -295,7 +295,8 @@ launch compiles its variant (Triton's own binder picks it, as a launch would) th
 and runs nothing. On the 2-core VM: 2536 variants (1268 each for sm_80 and sm_90) of all 25
 kernels, the zoo's and the token-group ones that no GPU has run yet among them, **0
 failures** (425 s); the `--quick` set compiles for sm_89, sm_100 and sm_120 as well (2931
-variants, 0 failures, 415 s); CI runs `--quick` (sm_90, 977 variants, about 130 s). Registers per
+variants, 0 failures, 415 s); CI runs `--quick --jobs 2` (sm_90, 977 variants, about 70 s on
+the 2 cores). Registers per
 thread on sm_90 (ptxas): the one-pass group kernels 22-164, the token kernels 21-146 forward
 and 32-255 backward, the two-phase statistics, map and gradient kernels 23-232. The outliers,
 each on shapes the measured dispatch does not serve: the two-phase kernels on positions

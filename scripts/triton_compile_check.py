@@ -37,6 +37,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -131,6 +132,7 @@ class Record:
         meta = kernel.metadata
         self.variants[meta.hash] = {
             "kernel": name,
+            "hash": meta.hash,
             "arch": meta.target.arch,
             "num_warps": meta.num_warps,
             "constexprs": _constexprs(kernel.src),
@@ -329,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-interpreter-cases", action="store_true", help="skip the interpreter check's calls"
     )
+    p.add_argument("--jobs", type=int, default=1, help="processes that compile (default 1)")
+    p.add_argument("--part", type=int, help=argparse.SUPPRESS)  # one process of --jobs
     p.add_argument("--json", help="write every variant and failure here")
     p.add_argument("--no-spills", action="store_true", help="exit 1 on spills too")
     args = p.parse_args(argv)
@@ -336,28 +340,65 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("triton is not installed")
     if importlib.util.find_spec("triton.knobs") is None:  # (ptxas's log and the cache dir)
         sys.exit("the compile check needs triton 3.4 or newer (triton.knobs)")
-    record = Record()
     start = time.perf_counter()
     todo = [c for c in cases(args.quick) if not args.only or c[0] in args.only]
-    with triton_paths(args.sms):
-        for arch in args.arch or [90]:
-            with compile_only(arch, record):
-                runs = [(" ".join(map(str, c)), lambda c=c: run_case(*c)) for c in todo]
-                if not args.no_interpreter_cases:
-                    runs.append(("the interpreter check's calls", interpreter_cases))
-                for label, call in runs:
-                    record.case = f"sm_{arch} {label}"
-                    try:
-                        call()
-                    except Exception as err:  # recorded where a kernel failed; others too
-                        if not record.failures or record.failures[-1]["case"] != record.case:
-                            record.failures.append({"case": record.case, "error": repr(err)})
-    report(record, time.perf_counter() - start, len(todo))
+    if args.jobs > 1 and args.part is None:
+        record = _in_processes(sys.argv[1:] if argv is None else argv, args.jobs)
+    else:
+        record = Record()
+        runs = [(" ".join(map(str, c)), lambda c=c: run_case(*c)) for c in todo]
+        if not args.no_interpreter_cases:
+            runs.insert(0, ("the interpreter check's calls", interpreter_cases))
+        if args.part is not None:
+            runs = [run for i, run in enumerate(runs) if _part_of(i, args.jobs) == args.part]
+        with triton_paths(args.sms):
+            for arch in args.arch or [90]:
+                with compile_only(arch, record):
+                    for label, call in runs:
+                        record.case = f"sm_{arch} {label}"
+                        try:
+                            call()
+                        except Exception as err:  # recorded where a kernel failed; others too
+                            if not record.failures or record.failures[-1]["case"] != record.case:
+                                record.failures.append({"case": record.case, "error": repr(err)})
+    if args.part is None:
+        report(record, time.perf_counter() - start, len(todo))
     if args.json:
         found = {"variants": list(record.variants.values()), "failures": record.failures}
         Path(args.json).write_text(json.dumps(found, indent=1))
     spilled = [v for v in record.variants.values() if v["spill_stores"]]
     return 1 if record.failures or (args.no_spills and spilled) else 0
+
+
+def _part_of(index: int, jobs: int) -> int:
+    """The process of ``jobs`` that takes run ``index``: the first run (the interpreter
+    check's calls, about 60% of the quick set's variants) alone in process 0, the modules'
+    runs spread over the others."""
+    if jobs == 1:
+        return 0
+    return 0 if index == 0 else 1 + (index - 1) % (jobs - 1)
+
+
+def _in_processes(argv: list[str], jobs: int) -> Record:
+    """Run this script as ``jobs`` processes, each on its share of the runs (``--part``), and
+    merge what they found (a variant compiled by several processes counts once)."""
+    record = Record()
+    with tempfile.TemporaryDirectory() as out:
+        procs = []
+        for part in range(jobs):
+            found = Path(out) / f"part{part}.json"
+            cmd = [sys.executable, __file__, *argv, "--part", str(part), "--json", str(found)]
+            procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL), found, part))
+        for proc, found, part in procs:
+            proc.wait()
+            if not found.exists():
+                error = f"process {part} of {jobs} ended ({proc.returncode}) with no results"
+                record.failures.append({"case": f"part {part}", "error": error})
+                continue
+            data = json.loads(found.read_text())
+            record.variants.update((v["hash"], v) for v in data["variants"])
+            record.failures += data["failures"]
+    return record
 
 
 def report(record: Record, seconds: float, runs: int) -> None:

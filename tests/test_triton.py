@@ -427,13 +427,14 @@ def _compile_env() -> dict[str, str]:
 @pytest.mark.timeout(900)
 @pytest.mark.skipif(_compiler_usable() is not None, reason=str(_compiler_usable()))
 def test_every_kernel_compiles_for_a_gpu(tmp_path):
-    """scripts/triton_compile_check.py --quick: every variant that the modules (and the
-    interpreter check's calls) launch compiles for sm_90 with Triton's compiler and ptxas, no
-    GPU needed; each launched kernel among them; registers and spills reported."""
+    """scripts/triton_compile_check.py --quick, in two processes: every variant that the
+    modules (and the interpreter check's calls) launch compiles for sm_90 with Triton's
+    compiler and ptxas, no GPU needed; each launched kernel among them; registers and spills
+    reported."""
     out_json = tmp_path / "variants.json"
     script = str(ROOT / "scripts" / "triton_compile_check.py")
     out = subprocess.run(
-        [sys.executable, script, "--quick", "--json", str(out_json)],
+        [sys.executable, script, "--quick", "--jobs", "2", "--json", str(out_json)],
         capture_output=True, text=True, env=_compile_env(), cwd=ROOT, timeout=900,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
