@@ -2,7 +2,7 @@
 
     python scripts/triton_compile_check.py                      # sm_90 (H100/H200), the full set
     python scripts/triton_compile_check.py --arch 80 --arch 90 --json out.json
-    python scripts/triton_compile_check.py --quick              # fewer shapes and dtypes
+    python scripts/triton_compile_check.py --quick --jobs 2     # fewer shapes, two processes
 
 Triton's interpreter (``tests/triton_interpreter_check.py``) checks the kernels' arithmetic
 on the CPU, but it runs Python: it accepts code that the compiler rejects (a loop-carried
@@ -12,8 +12,9 @@ token-group ones) used to meet the compiler first on a lent GPU, where a failure
 15 minutes and silently falls back to torch's kernels (``_triton._guarded``).
 
 This runs each module of the zoo on its Triton path (``NORMZOO_TRITON=all``) over the
-benchmark's shapes (and the GPU tests' odd ones), every dtype, both layouts, fused ReLU,
-training and eval, forward and backward, on CPU tensors, with Triton's driver replaced by one
+benchmark's shapes (and the GPU tests' odd ones; the half types on each family's first
+shape), both layouts, fused ReLU, training and eval, forward and backward, and the
+interpreter check's calls, on CPU tensors, with Triton's driver replaced by one
 that names the GPU (``--arch``) and each launch turned into a compile: Triton's own binder
 picks the variant (constexprs, integer and pointer specializations) exactly as a launch
 would, and ``ptxas`` (shipped with triton) builds the cubin. The kernels run nowhere, so the
