@@ -21,7 +21,11 @@ times it with CUDA events, so the host's work before the first kernel (Python, l
 counts, as in a program that waits for each result; ``gpu`` puts an L2-evicting memset and a
 ~3 ms GPU sleep ahead of each call, so the host queues the call's launches while the GPU is
 busy and the events time the GPU's work, as in training, where the host runs ahead (the
-method of ``triton.testing.do_bench``): the bandwidth of the kernels themselves.
+method of ``triton.testing.do_bench``): the bandwidth of the kernels themselves. A call whose
+host work outlasts the sleep (its last launch queued after the GPU woke: the start event had
+completed when the host finished) makes the GPU wait, and its GPU time counts host time: each
+row's ``gpu_time_late`` gives, per timed case, how many of its calls did (said on the console
+too); empty where none did.
 
 ``--train`` adds a training step of a small ConvNet built with each normzoo norm and with its
 torch.nn equivalent (throughput, interleaved) and the memory of that step: on CUDA the peak of
@@ -32,6 +36,7 @@ the distinct tensors autograd saves for backward (the activation memory that set
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import inspect
 import json
@@ -137,6 +142,11 @@ class Timer:
         self.flush = None
         if self.cuda and CUDA_TIMING == "gpu":
             self.flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+        #: The case being timed (set by :func:`run_rounds`), and per case the "gpu"-timed calls
+        #: whose launches were not all queued when the GPU left its sleep: their GPU time
+        #: includes the host's (the GPU waited for launches).
+        self.key = ""
+        self.late: collections.Counter[str] = collections.Counter()
 
     def __call__(self, fn: Callable[[], Any], setup: Callable[[], Any] | None = None) -> float:
         arg = setup() if setup else None
@@ -148,6 +158,8 @@ class Timer:
                 torch.cuda._sleep(SLEEP_CYCLES)
             start.record()
             fn() if arg is None else fn(arg)
+            if self.flush is not None and start.query():  # the sleep ended before the host did
+                self.late[self.key] += 1
             end.record()
             torch.cuda.synchronize()
             return start.elapsed_time(end) / 1e3
@@ -157,6 +169,17 @@ class Timer:
 
 
 Case = tuple[Callable[..., Any], Callable[[], Any] | None]
+
+
+def _late(timer: Timer, what: str, repeats: int) -> dict[str, int]:
+    """Per case, how many of its ``repeats`` "gpu"-timed calls had launches queued after the
+    GPU's sleep ended (their GPU time includes host time); said on the console where any."""
+    late = {k: v for k, v in sorted(timer.late.items()) if v}
+    if late:
+        cases = ", ".join(f"{k} {v}/{repeats}" for k, v in late.items())
+        print(f"gpu timing of {what}: launches still queuing after the GPU's sleep ({cases}): "
+              "those GPU times include host time", flush=True)  # fmt: skip
+    return late
 
 
 def run_rounds(
@@ -174,6 +197,7 @@ def run_rounds(
         order.shuffle(keys)
         for key in keys:
             fn, setup = cases[key]
+            timer.key = key
             times[key].append(timer(fn, setup))
     return times
 
@@ -272,7 +296,8 @@ def bench_row(
     for who, module in modules.items():
         for mode, case in norm_cases(module, x, g).items():
             cases[f"{who}_{mode}"] = case
-    times = warm_and_run(cases, Timer(device), repeats, warmup)
+    timer = Timer(device)
+    times = warm_and_run(cases, timer, repeats, warmup)
     med = {k: statistics.median(v) for k, v in times.items()}
     row: dict[str, Any] = {
         "norm": normzoo.info(name).name,
@@ -288,6 +313,7 @@ def bench_row(
         "torch_mode": None if ref_norm is None else ("train" if ref_norm.training else "eval"),
         "copy_ms": med["copy"] * 1e3,
         "channels_last_kept": layout_kept,
+        "gpu_time_late": _late(timer, f"{name} {tuple(shape)}", repeats),
     }
     for mode in MODES:
         ms = med[f"normzoo_{mode}"] * 1e3
@@ -463,7 +489,9 @@ def train_row(
             opt.step()
 
         cases[who] = (step, None)
-    times = warm_and_run(cases, Timer(device), repeats, warmup)
+    timer = Timer(device)
+    times = warm_and_run(cases, timer, repeats, warmup)
+    late = _late(timer, "training step", repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
     # Each round runs every model's step back to back: the ratio within a round cancels what
     # drifts between rounds (the machine's load), so its median is a second, steadier estimate.
@@ -503,6 +531,7 @@ def train_row(
         "normzoo_mem_mb": memory["normzoo"] / 2**20,
         "torch_mem_mb": memory["torch"] / 2**20,
         "mem_ratio": memory["normzoo"] / memory["torch"],
+        "gpu_time_late": late,
     }
 
 

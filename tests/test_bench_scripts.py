@@ -78,6 +78,7 @@ def test_report_renders_cpu_and_cuda_sections(bench, tmp_path, monkeypatch):
     gpu["meta"]["cuda_timing"] = "gpu"
     gpu["errors"] = [{"norm": "ln", "shape": [16, 8], "dtype": "bfloat16", "format": "contiguous",
                       "device": "cuda", "error": "RuntimeError: expected scalar type"}]  # fmt: skip
+    gpu["rows"][0]["gpu_time_late"] = {"normzoo_fwdbwd": 2}  # its GPU time counts host time
     (tmp_path / "gpu.json").write_text(json.dumps(gpu))
     page = tmp_path / "performance.md"
     monkeypatch.setattr(
@@ -94,7 +95,54 @@ def test_report_renders_cpu_and_cuda_sections(bench, tmp_path, monkeypatch):
     assert "### Rows that failed" in text and "expected scalar type" in text
     gn = next(r for r in result["rows"] if r["norm"] == "groupnorm" and len(r["shape"]) == 4)
     assert f"| groupnorm | 4x8x6x6 | {gn['fwdbwd_ms']:.3f} |" in text
+    assert all(r["gpu_time_late"] == {} for r in result["rows"])  # (CPU rows: never late)
+    first = gpu["rows"][0]
+    assert f"| {_shape(first)} | {first['fwdbwd_ms']:.3f} ‡ |" in text
+    assert text.count(" ‡ |") == 1 and "‡ GPU time that includes host time" in text
     assert (tmp_path / "cpu.png").exists() and (tmp_path / "cuda.png").exists()
+
+
+def _shape(row: dict) -> str:
+    return "x".join(map(str, row["shape"]))
+
+
+class _FakeEvent:
+    """A CUDA event whose ``query()`` says whether the GPU had reached it: ``done``."""
+
+    done = False
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        pass
+
+    def record(self) -> None:
+        pass
+
+    def query(self) -> bool:
+        return _FakeEvent.done
+
+    def elapsed_time(self, other: _FakeEvent) -> float:
+        return 1.0
+
+
+def test_gpu_timing_counts_calls_whose_launches_outlast_the_sleep(bench, monkeypatch):
+    """With --cuda-timing gpu, a call whose host work ends after the GPU left its sleep (the
+    start event already reached) is counted per case: its GPU time includes host time."""
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: None)
+    timer = bench.Timer(torch.device("cpu"))
+    timer.cuda, timer.flush = True, torch.zeros(1)  # a "gpu"-timing CUDA timer, on the CPU
+
+    def slow() -> None:
+        _FakeEvent.done = True  # the host still launching when the GPU woke
+
+    def quick() -> None:
+        _FakeEvent.done = False
+
+    cases = {"normzoo_fwdbwd": (slow, None), "torch_fwdbwd": (quick, None)}
+    times = bench.run_rounds(cases, timer, 3)
+    assert times == {"normzoo_fwdbwd": [1e-3] * 3, "torch_fwdbwd": [1e-3] * 3}
+    assert bench._late(timer, "a row", 3) == {"normzoo_fwdbwd": 3}
 
 
 def test_rounds_shuffle_the_order_so_no_case_keeps_its_predecessor(bench):
