@@ -6,7 +6,9 @@ extra installs it on Linux x86-64, CI included; compiled, on a GPU, tests/test_t
 checks them)."""
 
 import importlib.util
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -411,8 +413,6 @@ def _compiler_usable() -> str | None:
 def _launched_kernels() -> set[str]:
     """The kernels of ``_triton_kernels`` that ``_triton`` and ``_triton_zoo`` launch (the
     ``@triton.jit`` functions they name; the others are helpers the kernels call)."""
-    import re
-
     norms = ROOT / "normzoo" / "norms"
     jit = re.findall(r"@triton.jit\ndef (_\w+)", (norms / "_triton_kernels.py").read_text())
     text = (norms / "_triton.py").read_text() + (norms / "_triton_zoo.py").read_text()
@@ -439,8 +439,6 @@ def test_every_kernel_compiles_for_a_gpu(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "failures 0" in out.stdout
-    import json
-
     found = json.loads(out_json.read_text())
     compiled = {v["kernel"] for v in found["variants"]}
     assert compiled == _launched_kernels(), compiled ^ _launched_kernels()
