@@ -86,6 +86,50 @@ def _version_key(t: Tensor) -> tuple[int, int] | None:
         return None
 
 
+def _lerp_weight(factor: float | Tensor, running: Tensor) -> float | Tensor:
+    """``factor`` as ``Tensor.lerp_`` takes it for ``running``: a tensor factor (see
+    :meth:`Norm._update_factor`) in ``running``'s dtype."""
+    return factor.to(running.dtype) if isinstance(factor, Tensor) else factor
+
+
+def capturing() -> bool:
+    """Whether ``torch.compile`` or ``torch.export`` is tracing this call (dynamo reads it as
+    a constant). The norms then compute through torch operators with no host reads of
+    device values: the zoo's norms through their reference math (``normzoo.functional``,
+    which inductor fuses), the core norms through torch's kernels, and ``momentum=None``'s
+    cumulative factors as device tensors."""
+    return torch.compiler.is_compiling()
+
+
+def _define_snapshot() -> Any:
+    library = getattr(torch, "library", None)
+    if not hasattr(library, "custom_op"):  # torch < 2.4
+        return None
+
+    @torch.library.custom_op("normzoo_graph::snapshot", mutates_args=())
+    def snapshot(t: Tensor) -> Tensor:
+        return t.clone()
+
+    @snapshot.register_fake
+    def _(t: Tensor) -> Tensor:
+        return torch.empty_like(t)
+
+    return snapshot
+
+
+_snapshot_op = _define_snapshot()
+
+
+def snapshot(t: Tensor) -> Tensor:
+    """A copy of a buffer that a captured training step reads *and* updates, for the math
+    the backward needs (Batch Renorm's ``r`` and ``d`` come from the running statistics and
+    the step count). AOTAutograd's partitioner would recompute that math in the backward
+    from the buffer itself, after the step's in-place update: silently wrong gradients
+    (pytorch/pytorch#197039). A custom operator is never recomputed (it is not on the
+    partitioner's allowlist), so its output is saved."""
+    return t.clone() if _snapshot_op is None else _snapshot_op(t)
+
+
 class Norm(nn.Module):
     """Base class of every normzoo norm.
 
@@ -197,12 +241,20 @@ class Norm(nn.Module):
             nn.init.ones_(self.weight)
             nn.init.zeros_(self.bias)
 
-    def _update_factor(self) -> float:
+    def _update_factor(self) -> float | Tensor:
         """Count one more tracked batch and return this step's running-average factor.
 
-        ``momentum=None`` gives the cumulative average ``1 / num_batches_tracked``.
+        ``momentum=None`` gives the cumulative average ``1 / num_batches_tracked``: a float
+        from the host's count, or, inside a graph capture (:func:`capturing`), a float64
+        0-d tensor computed on the device (a host read would break the graph, or make
+        ``torch.compile`` specialize on the count and recompile every step).
         Call only after every input check has passed.
         """
+        if capturing():
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                return torch.reciprocal(self.num_batches_tracked.to(torch.float64))
+            return self.momentum
         if self.momentum is None:
             return 1.0 / self._count_batches(1, read=True)
         self._count_batches(1)
@@ -250,7 +302,7 @@ class Norm(nn.Module):
         self,
         mean: Tensor | None,
         var: Tensor | None,
-        factor: float,
+        factor: float | Tensor,
         count: int,
     ) -> None:
         """``running = (1 - factor) running + factor batch``, in place as torch's norms do, for
@@ -258,10 +310,11 @@ class Norm(nn.Module):
         unbiased over ``count`` values first. Call after every input check has passed."""
         with torch.no_grad():
             if mean is not None:
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
+                weight = _lerp_weight(factor, self.running_mean)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), weight)
             if var is not None:
                 unbiased = var.detach().to(self.running_var.dtype) * (count / max(count - 1, 1))
-                self.running_var.lerp_(unbiased, factor)
+                self.running_var.lerp_(unbiased, _lerp_weight(factor, self.running_var))
 
     def _load_from_state_dict(
         self,
@@ -344,11 +397,35 @@ class Norm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
+        if x.numel() == 0:
+            return self._empty_forward(x)
         if self.activation is None:
             return self._forward(x)
         if self.fuses_activation:  # such a norm's _forward takes relu=True and applies it
             return self._forward(x, relu=True)  # type: ignore[call-arg]
         return apply_activation(self._forward(x), self.activation)
+
+    def _empty_forward(self, x: Tensor) -> Tensor:
+        """An input with no elements (an empty batch, as a detection model's zero instances
+        or a data-parallel rank's share of a short last batch give), after ``check_input``
+        passed: an empty output shaped and laid out as ``x``, on which every parameter's
+        gradient is zero, as ``torch.nn``'s norms give. Nothing is normalized, so the running
+        statistics stay as they are; in training a tracked batch is still counted
+        (:meth:`_empty_batches`), as ``torch.nn.BatchNorm`` counts it."""
+        if self.training and self.track_running_stats:
+            batches = self._empty_batches(x)
+            if capturing():
+                self.num_batches_tracked.add_(batches)
+            else:
+                self._count_batches(batches)
+        y = x.clone()
+        for p in self.parameters():  # each gradient a zero tensor, none left as None
+            y = y + p.sum().to(x.dtype) * 0
+        return y
+
+    def _empty_batches(self, x: Tensor) -> int:
+        """How many batches an empty input counts in ``num_batches_tracked`` (one)."""
+        return 1
 
     def _forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         """The norm's output. A subclass with ``fuses_activation`` takes ``relu: bool = False``

@@ -300,7 +300,7 @@ class BatchNorm(Norm):
                 running = (self.running_mean, self.running_var, factor)
             y = _triton.batch_norm(x, self.weight, self.bias, self.eps, relu, running)[0]
             return y, relu
-        if self.impl == "fast":
+        if self.impl == "fast" and not isinstance(factor, Tensor):
             y = F.batch_norm(
                 x,
                 self.running_mean,
@@ -312,6 +312,8 @@ class BatchNorm(Norm):
                 self.eps,
             )
             return y, False
+        # the reference math: impl="reference", or momentum=None inside a graph capture
+        # (F.batch_norm takes a float momentum; the factor is a device tensor there)
         y, mean, var = functional.batch_norm(
             x,
             self.running_mean,

@@ -14,6 +14,7 @@ from normzoo._native import zoo_kernels
 from normzoo.functional._stats import compute_dtype
 from normzoo.norms import _triton, _triton_zoo
 from normzoo.norms._tokens import use_token_kernels
+from normzoo.norms.base import capturing, snapshot
 from normzoo.norms.batch import BatchNorm, native_batch_norm_backward, use_native_batch_stats
 
 
@@ -194,6 +195,8 @@ class BatchRenorm(BatchNorm):
 
     def current_limits(self) -> tuple[float, float]:
         """``(r_max, d_max)`` of the next training step under the warm-up schedule."""
+        if capturing():  # as float64 0-d tensors computed on the device
+            return self._captured_limits()  # type: ignore[return-value]
         step = self._batches_tracked()  # no device read per step (see there)
 
         def ramp(end: int) -> float:
@@ -207,15 +210,33 @@ class BatchRenorm(BatchNorm):
             self.d_max_steps
         )
 
+    def _captured_limits(self) -> tuple[Tensor, Tensor]:
+        """``current_limits()`` inside a graph capture: the same schedule as device
+        tensors, so that ``torch.compile`` neither reads the step count on the host nor
+        specializes on it (a recompile every step)."""
+        step = snapshot(self.num_batches_tracked).to(torch.float64)  # updated below
+        start = self.warmup_steps
+
+        def ramp(end: int) -> Tensor:
+            if end == start:
+                return (step >= start).to(torch.float64)
+            return ((step - start) / (end - start)).clamp(0.0, 1.0)
+
+        return 1.0 + (self.r_max - 1.0) * ramp(self.r_max_steps), self.d_max * ramp(
+            self.d_max_steps
+        )
+
     def _forward(self, x: Tensor) -> Tensor:
         r_max, d_max = self.current_limits()
         factor = self._update_factor() if self.training else 0.0
-        if self.impl == "fast":
+        if self.impl == "fast" and not capturing():  # captured: the reference math
             return self._fast_forward(x, r_max, d_max, factor)
+        running = (self.running_mean, self.running_var)
+        if self.training and capturing():  # r and d read what the step updates
+            running = (snapshot(self.running_mean), snapshot(self.running_var))
         y, mean, var = functional.batch_renorm(
             x,
-            self.running_mean,
-            self.running_var,
+            *running,
             self.weight,
             self.bias,
             training=self.training,

@@ -16,7 +16,7 @@ from normzoo.norms import _gpu, _triton, _triton_zoo
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view, scale_shift
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map, use_zoo_op
 from normzoo.norms._tokens import b0_tokens, group_tokens, use_token_kernels
-from normzoo.norms.base import Norm
+from normzoo.norms.base import Norm, capturing
 from normzoo.norms.batch import BatchNorm
 from normzoo.norms.group import resolve_groups
 
@@ -258,12 +258,13 @@ class EvoNormB0(BatchNorm):
     def _forward(self, x: Tensor) -> Tensor:
         update = self.training and self.track_running_stats
         factor = self._update_factor() if update else 0.0
+        fast = self.impl == "fast" and not capturing()  # captured: the reference math
         params = (self.v, self.weight, self.bias)
-        if self.impl == "fast" and _triton.serves_batch(x, *params, kind="b0"):
+        if fast and _triton.serves_batch(x, *params, kind="b0"):
             # CUDA, NORMZOO_TRITON=all: the two-phase kernels, per (sample, channel)
             state = _triton_zoo.B0State(self.running_var, self.training, factor, self.eps, update)
             return _triton_zoo.evonorm_b0(x, *params, state)
-        if self.impl == "fast" and _gpu.use_fused_math(x):
+        if fast and _gpu.use_fused_math(x):
             running = self.running_var.clone() if update else self.running_var
             y, var = _gpu.evonorm_b0(
                 x, self.v, running, self.weight, self.bias, self.training, factor, self.eps
@@ -272,14 +273,14 @@ class EvoNormB0(BatchNorm):
                 with torch.no_grad():
                     self.running_var.copy_(var)
             return y
-        if self.impl == "fast" and use_token_kernels(x, self.v, self.weight):
+        if fast and use_token_kernels(x, self.v, self.weight):
             batch = self.training or self.running_var is None
             running = None if batch else self.running_var
             y, var_b = b0_tokens(x, self.v, self.weight, self.bias, running, self.eps)
             if update:
                 self._blend_running_stats(None, var_b, factor, x.shape[0])
             return y
-        if self.impl == "fast" and not _one_per_row(x):
+        if fast and not _one_per_row(x):
             return self._fast_forward(x, update, factor)
         y, var = functional.evonorm_b0(
             x,
@@ -404,17 +405,18 @@ class EvoNormS0(Norm):
 
     def _forward(self, x: Tensor) -> Tensor:
         groups = self.num_groups
+        fast = self.impl == "fast" and not capturing()  # captured: the reference math
         params = (self.v, self.weight, self.bias)
-        if self.impl == "fast" and _triton.serves_group(x, groups, *params, kind="s0"):
+        if fast and _triton.serves_group(x, groups, *params, kind="s0"):
             # CUDA, NORMZOO_TRITON=all: one pass per (sample, group)
             return _triton.evonorm_s0(x, self.v, groups, self.weight, self.bias, self.eps)
-        if self.impl == "fast" and _gpu.use_fused_math(x) and _s0_fused(x):
+        if fast and _gpu.use_fused_math(x) and _s0_fused(x):
             return _gpu.evonorm_s0(x, self.v, self.num_groups, self.weight, self.bias, self.eps)
-        if self.impl == "fast" and use_token_kernels(x, self.v, self.weight):
+        if fast and use_token_kernels(x, self.v, self.weight):
             return group_tokens(
                 TOKENS_S0, x, self.v, self.weight, self.bias, self.num_groups, self.eps
             )
-        if self.impl == "fast" and not _one_per_row(x):
+        if fast and not _one_per_row(x):
             return self._fast_forward(x)
         return functional.evonorm_s0(
             x, self.v, self.num_groups, self.weight, self.bias, eps=self.eps

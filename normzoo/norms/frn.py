@@ -15,7 +15,7 @@ from normzoo.norms import _gpu, _triton
 from normzoo.norms._kernels import restore_format, row_view, scale_shift
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
 from normzoo.norms._tokens import use_token_kernels
-from normzoo.norms.base import Norm
+from normzoo.norms.base import Norm, capturing
 
 
 class _FRNFunction(torch.autograd.Function):
@@ -226,19 +226,20 @@ class FilterResponseNorm(Norm):
         return self.eps + self.eps_learned.abs()
 
     def _forward(self, x: Tensor) -> Tensor:
+        fast = self.impl == "fast" and not capturing()  # captured: the reference math
         if (
-            self.impl == "fast"
+            fast
             and self._use_function(x)
             and _triton.serves_group(x, x.shape[1], self.weight, self.bias, self.tau, kind="frn")
         ):  # CUDA, NORMZOO_TRITON=all: one pass per (sample, channel)
             return _triton.filter_response_norm(x, self.weight, self.bias, self.tau, self.eps)
-        if self.impl == "fast" and _gpu.use_fused_math(x):
+        if fast and _gpu.use_fused_math(x):
             return _gpu.filter_response_norm(
                 x, self.weight, self.bias, self.tau, self.effective_eps()
             )
-        if self.impl == "fast" and self._use_token_kernel(x):
+        if fast and self._use_token_kernel(x):
             return frn_tokens(x, self.weight, self.bias, self.tau, self.eps)
-        if self.impl == "fast" and self._use_function(x):
+        if fast and self._use_function(x):
             xf = x.to(compute_dtype(x))
             if use_row_map(xf):  # native, any layout kept
                 spec = _FRNSpec(self.eps)

@@ -15,6 +15,7 @@ from normzoo import _native, functional
 from normzoo._native import kernels as _kernels
 from normzoo.functional._stats import compute_dtype
 from normzoo.norms import _triton, _triton_zoo
+from normzoo.norms.base import capturing
 from normzoo.norms.batch import (
     NATIVE_MIN_NUMEL,
     BatchNorm,
@@ -221,16 +222,24 @@ class GhostBatchNorm(BatchNorm):
                 f"(input shape {tuple(x.shape)}); choose a virtual_batch_size that divides N"
             )
 
+    def _empty_batches(self, x: Tensor) -> int:
+        """An empty input counts its virtual batches: none for a batch of 0 samples."""
+        return math.ceil(x.shape[0] / self.virtual_batch_size)
+
     def _forward(self, x: Tensor) -> Tensor:
         if not self._uses_batch_statistics():
             return super()._forward(x)
         update = self.training and self.track_running_stats
-        tracked = 0
-        if update:
+        captured = capturing()  # torch.compile, torch.export: the reference math
+        tracked: int | Tensor = 0
+        if update and captured:  # momentum=None's factors from the count on the device
+            tracked = self.num_batches_tracked.to(torch.float64)
+            self.num_batches_tracked.add_(math.ceil(x.shape[0] / self.virtual_batch_size))
+        elif update:
             # the count only for momentum=None's factors, known on the host after a first read
             tracked = self._batches_tracked() if self.momentum is None else 0
             self._count_batches(math.ceil(x.shape[0] / self.virtual_batch_size))
-        if self.impl == "reference":
+        if self.impl == "reference" or captured:
             y, mean, var = functional.ghost_batch_norm(
                 x,
                 self.running_mean if update else None,

@@ -86,7 +86,7 @@ class InstanceNorm(Norm):
 
     def check_input(self, x: Tensor) -> None:
         super().check_input(x)
-        if self._uses_input_stats() and x[0, 0].numel() <= 1 and x.numel() > 0:
+        if self._uses_input_stats() and x.shape[2:].numel() <= 1 and x.numel() > 0:
             raise ValueError(
                 f"{type(self).__name__} needs more than 1 spatial position per channel, got "
                 f"input of shape {tuple(x.shape)}"
@@ -105,7 +105,7 @@ class InstanceNorm(Norm):
         use_input_stats = self._uses_input_stats()
         update = self.training and self.track_running_stats
         factor = self._update_factor() if update else 0.0
-        if self.impl == "reference":
+        if self.impl == "reference" or isinstance(factor, Tensor):  # momentum=None, captured
             y, mean, var = functional.instance_norm(
                 x,
                 self.running_mean,

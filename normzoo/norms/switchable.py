@@ -12,6 +12,7 @@ from normzoo.functional.switchable import SWITCHABLE_STATISTICS, switchable_stat
 from normzoo.norms import _gpu, _triton, _triton_zoo
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map, use_zoo_op
+from normzoo.norms.base import capturing
 from normzoo.norms.batch import BatchNorm
 
 
@@ -153,14 +154,15 @@ class SwitchableNorm(BatchNorm):
     def _forward(self, x: Tensor) -> Tensor:
         update = self.training and self.track_running_stats
         factor = self._update_factor() if update else 0.0
+        fast = self.impl == "fast" and not capturing()  # captured: the reference math
         params = (self.mean_weight, self.var_weight, self.weight, self.bias)
-        if self.impl == "fast" and _triton.serves_batch(x, *params, kind="switchable"):
+        if fast and _triton.serves_batch(x, *params, kind="switchable"):
             # CUDA, NORMZOO_TRITON=all: the two-phase kernels, per (sample, channel)
             state = _triton_zoo.SwitchableState(
                 self.running_mean, self.running_var, self.training, factor, self.eps, update
             )
             return _triton_zoo.switchable_norm(x, *params, state)
-        if self.impl == "fast" and _gpu.use_fused_math(x):
+        if fast and _gpu.use_fused_math(x):
             running = (self.running_mean, self.running_var)
             if update:  # the compiled backward may save its inputs: no in-place on them
                 running = (self.running_mean.clone(), self.running_var.clone())
@@ -175,7 +177,7 @@ class SwitchableNorm(BatchNorm):
                 factor,
                 self.eps,
             )
-        elif self.impl == "fast":
+        elif fast:
             return self._fast_forward(x, update, factor)
         else:
             y, mean, var = functional.switchable_norm(

@@ -149,11 +149,15 @@ class SyncBatchNorm(BatchNorm):
         else:
             super().check_input(x)
 
+    def _empty_forward(self, x: Tensor) -> Tensor:
+        # synchronized, a rank with no samples still joins the statistics' collectives
+        return self._forward(x) if self._synchronized() else super()._empty_forward(x)
+
     def _forward(self, x: Tensor) -> Tensor:
         if not self._synchronized():
             return super()._forward(x)
         factor = self._update_factor() if self.track_running_stats else 0.0
-        if self.impl == "reference":
+        if self.impl == "reference" or isinstance(factor, Tensor):  # momentum=None, captured
             y, mean, var = functional.sync_batch_norm(
                 x,
                 self.running_mean,
