@@ -1,7 +1,9 @@
 """Training steps under ``torch.compile``: each norm's default model compiled whole
-(``fullgraph=True``) against the same model eager, the torch.nn equivalent's model compiled,
-and ``nn.BatchNorm2d``'s model compiled (torch.nn's without ``fullgraph``: BatchNorm2d breaks
-the graph at ``momentum=None``); interleaved rounds in one process, medians.
+(``fullgraph=True``) against the same model eager, the torch.nn equivalent's model compiled
+and ``nn.BatchNorm2d``'s model compiled; interleaved rounds in one process, medians. A
+torch.nn model that does not compile whole (``BatchNorm2d(momentum=None)``) is recorded in
+``graph_breaks`` and left out of the rounds: partly eager, it slowed every other model of
+the process.
 
     python scripts/bench_compile.py                       # every norm, CPU (CUDA if present)
     python scripts/bench_compile.py --norms bn brn --json out.json
@@ -19,7 +21,9 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -76,22 +80,37 @@ def compile_row(
     builders: dict[str, Callable[[int], nn.Module]] = {"eager": ours, "compiled": ours}
     factory = _torch_factory(name)
     if factory is not None:
-        builders["torch_compiled"] = factory
-    builders["bn2d_compiled"] = lambda c: nn.BatchNorm2d(c, **kwargs)
+
+        def torch_nn(c: int, factory: Callable[[int], nn.Module] = factory) -> nn.Module:
+            module = factory(c)
+            for key, value in kwargs.items():  # momentum=None: torch.nn reads the attribute
+                setattr(module, key, value)
+            return module
+
+        builders["torch_compiled"] = torch_nn
+    builders["bn2d_compiled"] = nn.BatchNorm2d  # the issue's common reference, as it is
     x = torch.randn(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     cases: dict[str, Any] = {}
     first_s: dict[str, float] = {}
     graphs: dict[str, int] = {}
+    breaks: dict[str, str] = {}
     for who, build in builders.items():
         model = default_model(build).to(device).train()
         if who != "eager":  # (no torch._dynamo.reset() here: it drops the others' code)
-            # torch.nn's models may break the graph (BatchNorm2d at momentum=None does)
-            model = torch.compile(model, fullgraph=who == "compiled", backend=backend)
+            model = torch.compile(model, fullgraph=True, backend=backend)
         step = _step_fn(model, x, y)
         before = _graphs()
         t0 = time.perf_counter()
-        step()
+        try:
+            step()
+        except Exception as err:  # torch.nn's may break the graph (BatchNorm2d, momentum=None)
+            if who == "compiled":
+                raise
+            # left out of the rounds: a model that runs partly eager slowed the others of the
+            # process (this row's compiled model 50 -> 64 ms a step with one in the rounds)
+            breaks[who] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            continue
         if device.type == "cuda":
             torch.cuda.synchronize()
         first_s[who] = time.perf_counter() - t0
@@ -112,11 +131,12 @@ def compile_row(
         "first_step_s": first_s,
         "graphs_first_step": graphs,
         "graphs_after_first_step": recompiled,
+        "graph_breaks": breaks,
         "compiled_vs_eager": med["eager"] / med["compiled"],
         "compiled_vs_bn2d_compiled": med["compiled"] / med["bn2d_compiled"],
         "load": load(),
     }
-    if "torch_compiled" in med:
+    if "torch_compiled" in med:  # else none, or it breaks the graph (graph_breaks)
         row["compiled_vs_torch_compiled"] = med["torch_compiled"] / med["compiled"]
     return row
 
@@ -135,6 +155,23 @@ def format_row(row: dict[str, Any]) -> str:
     )
 
 
+def _isolated_row(name: str, momentum: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`compile_row` in a fresh Python process (``--row``)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--row", name, str(momentum)]
+    cmd += ["--device", args.device, "--batch", str(args.batch), "--backend", args.backend]
+    cmd += ["--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode or not lines:
+        raise RuntimeError(f"row process exited {done.returncode}: {done.stderr[-1000:]}")
+    out = json.loads(lines[-1])
+    if "error" in out:
+        raise RuntimeError(out["error"])
+    return out["row"]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--norms", nargs="+", help="default: every registered norm")
@@ -149,8 +186,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="also each norm with running statistics at momentum=None (cumulative average)",
     )
+    p.add_argument(
+        "--isolate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="each row in a fresh process (default): one process compiling model after model "
+        "slowed down, the same compiled model 52 ms a step in the first row, 71 ms in the 17th",
+    )
     p.add_argument("--json", help="write meta and rows here")
+    p.add_argument("--row", nargs=2, metavar=("NORM", "MOMENTUM"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.row:  # one row, from a parent run with --isolate: its JSON on stdout's last line
+        name, momentum = args.row[0], None if args.row[1] == "None" else args.row[1]
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        timing = (args.batch, args.repeats, args.warmup)
+        try:
+            out = {
+                "row": compile_row(name, torch.device(args.device), *timing, momentum, args.backend)
+            }
+        except Exception as err:
+            out = {"error": f"{type(err).__name__}: {err}"}
+        print("\n" + json.dumps(out), flush=True)
+        return out
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [n for n in (args.norms or normzoo.available()) if normzoo.info(n).name != "identity"]
@@ -166,8 +224,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         variants += [(n, None) for n in names if _has_momentum(n)]
     for name, momentum in variants:
         try:
-            timing = (args.batch, args.repeats, args.warmup)
-            row = compile_row(name, device, *timing, momentum, args.backend)
+            if args.isolate:
+                row = _isolated_row(name, momentum, args)
+            else:
+                timing = (args.batch, args.repeats, args.warmup)
+                row = compile_row(name, device, *timing, momentum, args.backend)
         except Exception as err:  # a norm that does not compile whole: recorded, go on
             error = {"norm": name, "momentum": momentum, "error": f"{type(err).__name__}: {err}"}
             result["errors"].append(error)

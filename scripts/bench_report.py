@@ -487,6 +487,54 @@ outputs, gradients and running statistics against the reference.
 """
 
 
+def compile_table(rows: list[dict[str, Any]]) -> str:
+    """``scripts/bench_compile.py`` rows: training steps of the compiled default models."""
+    out = [
+        "| norm | momentum | eager ms | compiled ms | torch.nn compiled ms | BN2d compiled ms "
+        "| eager / compiled | torch.nn compiled / ours | ours / BN2d compiled "
+        "| first step s (ours, torch.nn) | graphs (first step, after) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        ms, first = r["ms"], r["first_step_s"]
+        torch_first = _fmt(first.get("torch_compiled"), ".1f")
+        torch_ms = _fmt(ms.get("torch_compiled"), ".1f")
+        if "torch_compiled" in r.get("graph_breaks", {}):
+            torch_ms = "graph break"
+        graphs = r["graphs_first_step"]
+        out.append(
+            f"| {r['norm']} | {r['momentum']} | {ms['eager']:.1f} | {ms['compiled']:.1f} | "
+            f"{torch_ms} | {ms['bn2d_compiled']:.1f} | "
+            f"{r['compiled_vs_eager']:.2f} | {_fmt(r.get('compiled_vs_torch_compiled'), '.2f')} "
+            f"| {r['compiled_vs_bn2d_compiled']:.2f} | {first['compiled']:.1f}, {torch_first} | "
+            f"{graphs['compiled']}, {r['graphs_after_first_step']} |"
+        )
+    return "\n".join(out)
+
+
+COMPILE_INTRO = """\
+Each norm's default model (`ConvNet2d` on 3x32x32, batch 64, each norm followed by `nn.ReLU`)
+trained with `torch.compile(model, fullgraph=True)` (inductor), against the same model eager,
+the torch.nn equivalent's model compiled (with the row's `momentum`) and `nn.BatchNorm2d`'s
+model compiled (default momentum, the same reference in every row), interleaved in one
+process (a fresh one per row), medians of the SGD training step. torch's
+`BatchNorm2d(momentum=None)` does not compile whole (`graph break`): it is left out of the
+rounds, since a partly eager model slowed every other model of its process (a compiled
+InstanceNorm model from 50 to 64 ms a step). Under capture the norms compute through torch
+operators with no host reads (`normzoo.norms.base.capturing`): the core norms through
+torch's kernels, the wider zoo through its reference math, `momentum=None`'s factor and Batch
+Renorm's schedule as device tensors. Every norm compiles one graph and no more as
+`num_batches_tracked` moves (`graphs`): before, Batch Renorm, both EvoNorms and
+SwitchableNorm did not compile whole, and BatchNorm, Ghost BN, EvoNorm-B0 and SwitchableNorm
+at `momentum=None` compiled a graph every step. `first step s` includes the compile (inductor
+keeps a cache on disk, so a later run's first steps are shorter). The core norms run at
+torch.nn's speed compiled; the zoo's reference math compiled by inductor's C++ backend is
+slower here than its eager native kernels for EvoNorm-B0/-S0, Ghost BN and SwitchableNorm
+(`eager / compiled` below 1), faster for Batch Renorm, FRN and RMSNorm. One run on the 2-core
+VM; rows are not interleaved with each other, so compare within a row.
+"""
+
+
 def largest_shapes(rows: list[dict[str, Any]]) -> list[list[int]]:
     """The largest conv (4-d) and token (2-d) shape among ``rows``."""
     out = []
@@ -681,6 +729,10 @@ def main() -> None:
         "--fused-ab",
         help="output of scripts/gpu_fused_ab.py --json: a section after the runs",
     )
+    p.add_argument(
+        "--compile-bench",
+        help="output of scripts/bench_compile.py --json: a section after the runs",
+    )
     args = p.parse_args()
     runs = []
     for path in args.json:
@@ -721,6 +773,24 @@ def main() -> None:
             + f"- data: [`{args.fused_ab}`]({rel})\n\n"
             + fused_ab_table(ab_rows)
             + "\n"
+        )
+    if args.compile_bench:
+        with open(args.compile_bench) as f:
+            compiled = json.load(f)
+        rel = os.path.relpath(args.compile_bench, "docs")
+        meta = compiled["meta"]
+        parts.append(
+            "## torch.compile: training steps of each norm's model (CPU)\n\n"
+            + COMPILE_INTRO
+            + f"\n- command: `{meta['command']}`\n"
+            + f"- machine: {meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}; "
+            + f"load {meta['load_start']} at the start, {meta.get('load_end')} at the end\n"
+            + f"- data: [`{args.compile_bench}`]({rel})\n\n"
+            + compile_table(compiled["rows"])
+            + "\n"
+            + "".join(
+                f"- {e['norm']} ({e['momentum']}): `{e['error']}`\n" for e in compiled["errors"]
+            )
         )
     with open(args.out, "w") as f:
         f.write("\n".join(parts))

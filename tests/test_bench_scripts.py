@@ -313,24 +313,28 @@ def test_gpu_fused_ab_runs_and_writes_rows(tmp_path):
 
 def test_compile_bench_rows_compile_each_model_once(bench, tmp_path):
     """``scripts/bench_compile.py`` (backend ``aot_eager`` here: inductor's code generation
-    is not what is tested): Batch Renorm at momentum=None, whose model compiled a graph per
-    step before, compiles one per model and no more over the warm-up and timed steps; the
-    row has the fields the note and docs read, written to the JSON."""
+    is not what is tested): BatchNorm at momentum=None, whose model compiled a graph per step
+    before, compiles one per model and no more over the warm-up and timed steps; torch's
+    ``BatchNorm2d(momentum=None)`` breaks the graph and is recorded, not timed; the rows have
+    the fields the docs read, written to the JSON."""
     compile_bench = _script("bench_compile")
     out = tmp_path / "compile.json"
-    args = ["--norms", "brn", "--device", "cpu", "--batch", "4", "--backend", "aot_eager"]
+    args = ["--norms", "bn", "--device", "cpu", "--batch", "4", "--backend", "aot_eager"]
     result = compile_bench.main(
         [*args, "--momentum-none", "--repeats", "2", "--warmup", "1", "--json", str(out)]
     )
     assert result["errors"] == []
-    assert [(r["norm"], r["momentum"]) for r in result["rows"]] == [
-        ("batchrenorm", "default"),
-        ("batchrenorm", None),
-    ]
+    default, cumulative = result["rows"]
+    assert (default["momentum"], cumulative["momentum"]) == ("default", None)
+    assert set(default["ms"]) == {"eager", "compiled", "torch_compiled", "bn2d_compiled"}
+    assert default["graph_breaks"] == {}
+    assert set(cumulative["ms"]) == {"eager", "compiled", "bn2d_compiled"}
+    assert set(cumulative["graph_breaks"]) == {"torch_compiled"}
     for row in result["rows"]:
-        assert set(row["ms"]) == {"eager", "compiled", "bn2d_compiled"}  # no torch.nn one
         assert row["graphs_first_step"]["compiled"] == 1
         assert row["graphs_first_step"]["eager"] == 0
         assert row["graphs_after_first_step"] == 0
         assert row["compiled_vs_eager"] == pytest.approx(row["ms"]["eager"] / row["ms"]["compiled"])
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+    table = _script("bench_report").compile_table(result["rows"])
+    assert "| batchnorm | None |" in table and "graph break" in table

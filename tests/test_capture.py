@@ -35,6 +35,16 @@ SCHEDULE = {"warmup_steps": 2, "d_max_steps": 4, "r_max_steps": 6}
 CASES = [pytest.param(n, {}, id=n) for n in NAMES] + [
     pytest.param(n, {**kw, "momentum": None}, id=f"{n}-momentum_None") for n, kw in TRACKING.items()
 ]
+#: Ghost BN's captured path folds equal virtual batches into one reduction (the tests' batch
+#: of 4 in virtual batches of 2); batches of 3 and 1 take the reference's loop.
+CASES += [
+    pytest.param("ghostbatchnorm", {"virtual_batch_size": 3}, id="ghostbatchnorm-uneven"),
+    pytest.param(
+        "ghostbatchnorm",
+        {"virtual_batch_size": 3, "momentum": None},
+        id="ghostbatchnorm-uneven-momentum_None",
+    ),
+]
 
 
 def _build(name: str, kwargs: dict, channels: int = 6) -> nn.Module:

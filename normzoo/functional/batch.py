@@ -16,7 +16,7 @@ def batch_norm(
     bias: Tensor | None = None,
     *,
     training: bool,
-    momentum: float = 0.1,
+    momentum: float | Tensor = 0.1,
     eps: float = 1e-5,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     r"""Batch Normalization, written as the paper writes it.
@@ -40,7 +40,8 @@ def batch_norm(
         running_mean, running_var: ``(C,)`` running statistics, or ``None``. Never modified.
         weight, bias: ``(C,)`` affine parameters gamma and beta, or ``None``.
         training: use (and update) batch statistics.
-        momentum: the update factor of the running statistics.
+        momentum: the update factor of the running statistics: a float, or a 0-d tensor
+            (the modules pass one for momentum=None inside torch.compile).
         eps: added to the variance for numerical stability.
 
     Returns:

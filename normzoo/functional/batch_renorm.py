@@ -16,9 +16,9 @@ def batch_renorm(
     bias: Tensor | None = None,
     *,
     training: bool,
-    r_max: float = 3.0,
-    d_max: float = 5.0,
-    momentum: float = 0.1,
+    r_max: float | Tensor = 3.0,
+    d_max: float | Tensor = 5.0,
+    momentum: float | Tensor = 0.1,
     eps: float = 1e-5,
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""Batch Renormalization: batch statistics corrected towards the running ones.
@@ -45,8 +45,9 @@ def batch_renorm(
         running_mean, running_var: ``(C,)``; never modified.
         weight, bias: ``(C,)`` or ``None``.
         training: renormalize with batch statistics and update the running ones.
-        r_max, d_max: the clipping limits of this step (the module runs the paper's schedule).
-        momentum: update factor of the running statistics.
+        r_max, d_max: the clipping limits of this step (the module runs the paper's schedule):
+            floats, or 0-d tensors (inside torch.compile).
+        momentum: update factor of the running statistics (a float or a 0-d tensor).
         eps: added to the variances.
 
     Returns:

@@ -20,7 +20,7 @@ def evonorm_b0(
     bias: Tensor | None = None,
     *,
     training: bool,
-    momentum: float = 0.1,
+    momentum: float | Tensor = 0.1,
     eps: float = 1e-5,
 ) -> tuple[Tensor, Tensor | None]:
     r"""EvoNorm-B0: a batch-dependent normalization-activation layer.

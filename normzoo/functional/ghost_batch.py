@@ -18,7 +18,7 @@ def ghost_batch_norm(
     virtual_batch_size: int,
     training: bool,
     momentum: float | None = 0.1,
-    num_batches_tracked: int = 0,
+    num_batches_tracked: int | Tensor = 0,
     eps: float = 1e-5,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     r"""Ghost Batch Normalization: BN statistics per virtual ("ghost") batch.

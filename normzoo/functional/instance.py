@@ -16,7 +16,7 @@ def instance_norm(
     bias: Tensor | None = None,
     *,
     use_input_stats: bool = True,
-    momentum: float = 0.1,
+    momentum: float | Tensor = 0.1,
     eps: float = 1e-5,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     r"""Instance Normalization: statistics per sample and channel, over the spatial positions.

@@ -21,7 +21,7 @@ def switchable_norm(
     bias: Tensor | None = None,
     *,
     training: bool,
-    momentum: float = 0.1,
+    momentum: float | Tensor = 0.1,
     eps: float = 1e-5,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     r"""Switchable Normalization: a learned mixture of IN, LN and BN statistics.
@@ -80,7 +80,7 @@ def switchable_statistics(
     running_var: Tensor | None,
     *,
     training: bool,
-    momentum: float,
+    momentum: float | Tensor,
     positions: int,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """The mixed mean and variance ``(N, C, 1)`` of ``switchable_norm`` from the IN ones

@@ -27,7 +27,7 @@ def sync_batch_norm(
     bias: Tensor | None = None,
     *,
     training: bool,
-    momentum: float = 0.1,
+    momentum: float | Tensor = 0.1,
     eps: float = 1e-5,
     process_group: Any = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:

@@ -233,12 +233,16 @@ class GhostBatchNorm(BatchNorm):
         captured = capturing()  # torch.compile, torch.export: the reference math
         tracked: int | Tensor = 0
         if update and captured:  # momentum=None's factors from the count on the device
-            tracked = self.num_batches_tracked.to(torch.float64)
+            if self.momentum is None:
+                tracked = self.num_batches_tracked.to(torch.float64)
             self.num_batches_tracked.add_(math.ceil(x.shape[0] / self.virtual_batch_size))
         elif update:
             # the count only for momentum=None's factors, known on the host after a first read
             tracked = self._batches_tracked() if self.momentum is None else 0
             self._count_batches(math.ceil(x.shape[0] / self.virtual_batch_size))
+        if captured and self.impl == "fast" and x.shape[0] % self.virtual_batch_size == 0:
+            # equal virtual batches: one reduction for all (the loop below: a kernel set each)
+            return self._all_virtual_batches_at_once(x, update, tracked)
         if self.impl == "reference" or captured:
             y, mean, var = functional.ghost_batch_norm(
                 x,
@@ -286,7 +290,9 @@ class GhostBatchNorm(BatchNorm):
         least = VECTOR_MIN_BATCHES.get(x.device.type)
         return least is not None and n % vbs == 0 and n // vbs >= max(least, 2)
 
-    def _all_virtual_batches_at_once(self, x: Tensor, update: bool, tracked: int) -> Tensor:
+    def _all_virtual_batches_at_once(
+        self, x: Tensor, update: bool, tracked: int | Tensor
+    ) -> Tensor:
         r"""Every virtual batch at once: ``x`` viewed as ``(k, |B_S|, C, L)``, the statistics
         of each ``(virtual batch, channel)`` over ``(|B_S|, L)`` in one reduction, one affine
         map, and autograd through them; the ``k`` running-average updates folded into one
@@ -346,14 +352,19 @@ class GhostBatchNorm(BatchNorm):
         return y
 
     def _blend_virtual_batches(
-        self, x: Tensor, means: Tensor, variances: Tensor, tracked: int
+        self, x: Tensor, means: Tensor, variances: Tensor, tracked: int | Tensor
     ) -> None:
         """The running statistics after one BN update per virtual batch of ``x``, in order,
         folded into one step (``_sequential_blend``) from the virtual batches' ``(G, C)``
-        means and biased variances."""
+        means and biased variances. Inside a graph capture ``tracked`` (``momentum=None``)
+        is the count as a device tensor, and the cumulative average's fold is closed-form:
+        ``(t + G) r_G = t r_0 + sum_j b_j``."""
         vbs = self.virtual_batch_size
         spatial = x.numel() // (x.shape[0] * x.shape[1])
         starts = range(0, x.shape[0], vbs)
+        if capturing():
+            self._blend_captured(x, means, variances, tracked, spatial)
+            return
         factors = [
             1.0 / (tracked + j + 1) if self.momentum is None else self.momentum
             for j in range(len(starts))
@@ -368,6 +379,30 @@ class GhostBatchNorm(BatchNorm):
                 (self.running_var, both[1], variances),
             ):
                 buf.mul_(keep).add_((w @ batch.double()).to(buf.dtype))
+
+    def _blend_captured(
+        self, x: Tensor, means: Tensor, variances: Tensor, tracked: int | Tensor, spatial: int
+    ) -> None:
+        """:meth:`_blend_virtual_batches` with no host values beyond the shapes: equal
+        virtual batches (the only ones this path serves), weights built in the graph."""
+        groups = means.shape[0]
+        m = self.virtual_batch_size * spatial
+        unbias = m / max(m - 1, 1)
+        if isinstance(tracked, Tensor):  # momentum=None: the count on the device
+            total = tracked.to(torch.float64) + groups
+            keep: float | Tensor = tracked.to(torch.float64) / total
+            weights = torch.reciprocal(total).expand(groups)
+        else:
+            factors = [float(self.momentum)] * groups  # type: ignore[arg-type]
+            keep, coeffs = _sequential_blend(factors)
+            weights = torch.tensor(coeffs, dtype=torch.float64, device=means.device)
+        with torch.no_grad():
+            for buf, batch, scale in (
+                (self.running_mean, means, 1.0),
+                (self.running_var, variances, unbias),
+            ):
+                update = (weights * scale) @ batch.double()
+                buf.copy_((buf.double() * keep + update).to(buf.dtype))
 
     def _repr_structure(self) -> list[str]:
         return [f"virtual_batch_size={self.virtual_batch_size}"]

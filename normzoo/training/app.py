@@ -110,6 +110,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         num_classes=datamodule.num_classes,
     )
     check_batch_size(net, datamodule.batch_size)
+    if cfg.get("compile"):  # in place: the state dict keeps its keys (no "_orig_mod.")
+        net.compile(backend=cfg.get("compile_backend") or "inductor")
     module = build(cfg.module, "module", net=net, num_classes=datamodule.num_classes)
     timer = FitTimer()
     callbacks = [*build_named(cfg.get("callbacks"), "callbacks"), timer]
@@ -158,6 +160,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "device": device_name(trainer),
         "world_size": trainer.world_size,
         "precision": str(trainer.precision),
+        "compiled": cfg.get("compile_backend") if cfg.get("compile") else None,
         "num_params": sum(p.numel() for p in net.parameters()),
         "resumed_from": cfg.get("ckpt_path"),
         "output_dir": str(output_dir.resolve()),

@@ -113,6 +113,28 @@ def test_same_seed_same_metrics_and_another_seed_differs(tmp_path):
     assert a["test_loss"] != c["test_loss"]
 
 
+def test_compiled_run(tmp_path):
+    """``compile=true`` (backend ``aot_eager`` here: dynamo's capture and AOTAutograd, not
+    inductor's code generation) with Batch Renorm at ``momentum=None``, its schedule short
+    enough to clip within the run: it trains as the eager run of the same seed on the same
+    math (the reference, what a captured norm computes; the fast path's rounding differs and
+    18 steps amplify it to about 1% of the loss), and its checkpoint has the eager one's keys
+    (the model compiled in place, no ``_orig_mod.``)."""
+    args = ("norm=brn", "norm.momentum=null", "norm.warmup_steps=2", "norm.r_max_steps=4")
+    args += ("norm.d_max_steps=4", "trainer.max_epochs=2")
+    eager = train(tmp_path / "eager", *args, "norm.impl=reference")
+    compiled = train(tmp_path / "compiled", *args, "compile=true", "compile_backend=aot_eager")
+    assert (eager["compiled"], compiled["compiled"]) == (None, "aot_eager")
+    assert compiled["steps"] == eager["steps"] > 4
+    assert compiled["test_loss"] == pytest.approx(eager["test_loss"], rel=1e-4)
+    assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-4)
+    keys = [
+        set(torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"])
+        for d in (tmp_path / "eager", tmp_path / "compiled")
+    ]
+    assert keys[0] == keys[1] and any(k.endswith("num_batches_tracked") for k in keys[0])
+
+
 def test_resume_an_interrupted_run_from_its_checkpoint(tmp_path):
     """A 3-epoch run stopped after 2 epochs, resumed from last.ckpt, ends as planned."""
     stop = ("+callbacks.stop._target_=train_helpers.StopAfterEpochs", "+callbacks.stop.epochs=2")
