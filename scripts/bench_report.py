@@ -525,13 +525,19 @@ operators with no host reads (`normzoo.norms.base.capturing`): the core norms th
 torch's kernels, the wider zoo through its reference math, `momentum=None`'s factor and Batch
 Renorm's schedule as device tensors. Every norm compiles one graph and no more as
 `num_batches_tracked` moves (`graphs`): before, Batch Renorm, both EvoNorms and
-SwitchableNorm did not compile whole, and BatchNorm, Ghost BN, EvoNorm-B0 and SwitchableNorm
-at `momentum=None` compiled a graph every step. `first step s` includes the compile (inductor
-keeps a cache on disk, so a later run's first steps are shorter). The core norms run at
-torch.nn's speed compiled; the zoo's reference math compiled by inductor's C++ backend is
-slower here than its eager native kernels for EvoNorm-B0/-S0, Ghost BN and SwitchableNorm
-(`eager / compiled` below 1), faster for Batch Renorm, FRN and RMSNorm. One run on the 2-core
-VM; rows are not interleaved with each other, so compare within a row.
+SwitchableNorm did not compile whole, and Batch Renorm (at any momentum) and BatchNorm, Ghost
+BN, EvoNorm-B0 and SwitchableNorm at `momentum=None` compiled a graph every step. `first step
+s` includes the compile (inductor keeps a cache on disk: this run's 3-4 s followed earlier
+runs, whose first steps took 5-15 s). Compiled, the core norms
+run at torch.nn's compiled speed (BatchNorm, GroupNorm, LayerNorm 0.97-1.0x, InstanceNorm
+1.1x faster; FrozenBatchNorm 0.85x, not explained yet: its compiled path is torch's own
+eval `F.batch_norm`, with its statistics and affine as buffers), and BatchNorm at `momentum=None`
+runs as fast as at 0.1 (its batch statistics blended from a `var_mean` that inductor folds
+into the normalization's reduction). The zoo's reference math compiled by inductor's C++
+backend beats its eager native kernels for FRN, RMSNorm and Ghost BN (equal virtual batches
+in one reduction under capture), ties for Batch Renorm and EvoNorm-B0, and loses for
+EvoNorm-S0 (0.73x) and SwitchableNorm (0.9x). One run on the 2-core VM; rows are not
+interleaved with each other, so compare within a row.
 """
 
 
@@ -782,7 +788,8 @@ def main() -> None:
         parts.append(
             "## torch.compile: training steps of each norm's model (CPU)\n\n"
             + COMPILE_INTRO
-            + f"\n- command: `{meta['command']}`\n"
+            + f"\n- command: `{meta['command']}`, then `python scripts/bench_report.py "
+            + f"<this page's runs> --compile-bench {args.compile_bench}`\n"
             + f"- machine: {meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}; "
             + f"load {meta['load_start']} at the start, {meta.get('load_end')} at the end\n"
             + f"- data: [`{args.compile_bench}`]({rel})\n\n"

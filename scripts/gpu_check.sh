@@ -27,7 +27,10 @@
 #   core       scripts/gpu_fused_ab.py for BatchNorm, GroupNorm and LayerNorm: their reference
 #              math compiled (a candidate, not dispatched) against torch's kernels, as
 #              fractions of the copy ceiling (the issue aims at 0.7; torch's read 0.2-0.5);
-#   train      the training system's GPU runs (trainer=gpu: the default job and MNIST-1D).
+#   train      the training system's GPU runs (trainer=gpu: the default job and MNIST-1D);
+#   compile    tests/test_capture.py on the GPU (every norm compiled whole against eager,
+#              exported, empty inputs), then scripts/bench_compile.py: each norm's model
+#              compiled against eager and torch.nn's compiled (not in the default steps).
 # Usage: OUT=some/dir bash scripts/gpu_check.sh   (logs and JSONs go to $OUT)
 #        STEPS="test bench" ... runs only those steps.
 # Each step has its own time limit, so one slow step cannot starve the others. A step that
@@ -102,6 +105,12 @@ fi
 if [[ $steps == *" core "* ]]; then
     limit "${CORE_LIMIT:-240}" "$py" scripts/gpu_fused_ab.py --norms batchnorm groupnorm layernorm \
         --json "$out/gpu_core_compiled.json" 2>&1 | tee "$out/gpu_core_compiled.log"
+fi
+if [[ $steps == *" compile "* ]]; then
+    limit "${COMPILE_TEST_LIMIT:-240}" "$py" -m pytest -q -p no:cacheprovider -k cuda \
+        tests/test_capture.py 2>&1 | tee "$out/capture_cuda.log"
+    limit "${COMPILE_LIMIT:-300}" "$py" scripts/bench_compile.py --device cuda \
+        ${COMPILE_ARGS:-} --json "$out/bench_compile_cuda.json" 2>&1 | tee "$out/bench_compile_cuda.log"
 fi
 if [[ $steps == *" train "* ]]; then
     limit "${TRAIN_LIMIT:-150}" "$py" -m pytest -q -p no:cacheprovider -s \

@@ -65,8 +65,17 @@ def _assert_same_state(got: nn.Module, want: nn.Module, step: int) -> None:
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"{key} after step {step}")
 
 
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+    ),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("name", "kwargs"), CASES)
-def test_compiles_whole_and_once(name, kwargs):
+def test_compiles_whole_and_once(name, kwargs, device):
     """``torch.compile(norm, fullgraph=True)`` over 8 training steps (Batch Renorm's schedule
     crossed, ``num_batches_tracked`` moving) compiles one graph, with no recompile, and
     computes what the eager module computes: outputs, input and parameter gradients and every
@@ -74,12 +83,12 @@ def test_compiles_whole_and_once(name, kwargs):
     ``aot_eager``: inductor's code generation is not what is tested here)."""
     torch.manual_seed(0)
     torch._dynamo.reset()
-    eager = _build(name, kwargs)
+    eager = _build(name, kwargs).to(device)
     norm = copy.deepcopy(eager)
     compiled = torch.compile(norm, fullgraph=True, backend="aot_eager")
     with torch._dynamo.config.patch(error_on_recompile=True):
         for step in range(8):
-            x = torch.randn(4, 6, 5, 5) * 2 + 1
+            x = torch.randn(4, 6, 5, 5, device=device) * 2 + 1
             xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
             ye, yc = eager(xe), compiled(xc)
             torch.testing.assert_close(yc, ye, atol=1e-5, rtol=1e-5, msg=f"y at step {step}")
@@ -92,7 +101,7 @@ def test_compiles_whole_and_once(name, kwargs):
             _assert_same_state(norm, eager, step)
     eager.eval()
     norm.eval()
-    x = torch.randn(4, 6, 5, 5)
+    x = torch.randn(4, 6, 5, 5, device=device)
     torch.testing.assert_close(compiled(x), eager(x), atol=1e-5, rtol=1e-5)
     if name == "batchrenorm":  # the schedule was crossed: the limits reached their ends
         assert eager.current_limits() == (eager.r_max, eager.d_max)

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from normzoo import _native, functional
 from normzoo._native import kernels as _kernels
+from normzoo.functional._stats import compute_dtype
 from normzoo.norms import _triton
 from normzoo.norms.base import Norm, check_momentum
 
@@ -312,8 +313,17 @@ class BatchNorm(Norm):
                 self.eps,
             )
             return y, False
-        # the reference math: impl="reference", or momentum=None inside a graph capture
-        # (F.batch_norm takes a float momentum; the factor is a device tensor there)
+        if self.impl == "fast" and batch_stats:
+            # momentum=None inside a graph capture: F.batch_norm takes a float momentum and
+            # the factor is a device tensor there, so the batch statistics blend below
+            # (inductor computes them in the normalization's reduction)
+            y = F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+            with torch.no_grad():
+                dims = [0, *range(2, x.dim())]
+                xf = x.detach().to(compute_dtype(x))
+                var, mean = torch.var_mean(xf, dim=dims, correction=0)
+            self._blend_running_stats(mean, var, factor, x.numel() // x.shape[1])
+            return y, False
         y, mean, var = functional.batch_norm(
             x,
             self.running_mean,
