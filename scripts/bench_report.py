@@ -530,8 +530,10 @@ BN, EvoNorm-B0 and SwitchableNorm at `momentum=None` compiled a graph every step
 s` includes the compile (inductor keeps a cache on disk: this run's 3-4 s followed earlier
 runs, whose first steps took 5-15 s). Compiled, the core norms
 run at torch.nn's compiled speed (BatchNorm, GroupNorm, LayerNorm 0.97-1.0x, InstanceNorm
-1.1x faster; FrozenBatchNorm 0.85x, not explained yet: its compiled path is torch's own
-eval `F.batch_norm`, with its statistics and affine as buffers), and BatchNorm at `momentum=None`
+1.1x faster; FrozenBatchNorm 0.85x: its compiled path is torch's own eval `F.batch_norm`,
+and the torch.nn model it is compared with trains its affine, which inductor compiles to a
+faster step than the same model with the affine frozen, as buffers or as parameters without
+gradients, in a separate check), and BatchNorm at `momentum=None`
 runs as fast as at 0.1 (its batch statistics blended from a `var_mean` that inductor folds
 into the normalization's reduction). The zoo's reference math compiled by inductor's C++
 backend beats its eager native kernels for FRN, RMSNorm and Ghost BN (equal virtual batches
