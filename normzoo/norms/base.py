@@ -92,13 +92,21 @@ def _lerp_weight(factor: float | Tensor, running: Tensor) -> float | Tensor:
     return factor.to(running.dtype) if isinstance(factor, Tensor) else factor
 
 
+#: Whether a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``, ...) is running.
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
 def capturing() -> bool:
     """Whether ``torch.compile`` or ``torch.export`` is tracing this call (dynamo reads it as
-    a constant). The norms then compute through torch operators with no host reads of
-    device values: the zoo's norms through their reference math (``normzoo.functional``,
-    which inductor fuses), the core norms through torch's kernels, and ``momentum=None``'s
-    cumulative factors as device tensors."""
-    return torch.compiler.is_compiling()
+    a constant), or a ``torch.func`` transform is running it. The norms then compute through
+    torch operators with no host reads of device values: the zoo's norms through their
+    reference math (``normzoo.functional``, which inductor fuses and whose operators every
+    transform knows; normzoo's own kernels have no batching rules, and their autograd
+    functions none of the transforms' hooks), the core norms through torch's kernels, and
+    ``momentum=None``'s cumulative factors as device tensors."""
+    if torch.compiler.is_compiling():
+        return True
+    return _transforms_active is not None and bool(_transforms_active())
 
 
 def _define_snapshot() -> Any:

@@ -214,7 +214,10 @@ class BatchRenorm(BatchNorm):
         """``current_limits()`` inside a graph capture: the same schedule as device
         tensors, so that ``torch.compile`` neither reads the step count on the host nor
         specializes on it (a recompile every step)."""
-        step = snapshot(self.num_batches_tracked).to(torch.float64)  # updated below
+        step = self.num_batches_tracked
+        if torch.compiler.is_compiling():  # updated below: see snapshot
+            step = snapshot(step)
+        step = step.to(torch.float64)
         start = self.warmup_steps
 
         def ramp(end: int) -> Tensor:
@@ -232,7 +235,7 @@ class BatchRenorm(BatchNorm):
         if self.impl == "fast" and not capturing():  # captured: the reference math
             return self._fast_forward(x, r_max, d_max, factor)
         running = (self.running_mean, self.running_var)
-        if self.training and capturing():  # r and d read what the step updates
+        if self.training and torch.compiler.is_compiling():  # r, d read what the step updates
             running = (snapshot(self.running_mean), snapshot(self.running_var))
         y, mean, var = functional.batch_renorm(
             x,
