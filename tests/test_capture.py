@@ -263,3 +263,24 @@ def test_torch_func_per_sample_gradients_in_eval(name):
         ref(x).square().mean().backward()
         for key, p in ref.named_parameters():
             torch.testing.assert_close(per_sample[key][i], p.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_mode_ad(name, training):
+    """Forward-mode AD (``torch.autograd.forward_ad``): the tangent of every norm's output
+    equals the Jacobian-vector product from reverse mode (``torch.autograd.functional.jvp``,
+    the double-backward trick) on a copy, and the module's running statistics update as in
+    a plain call. Before, the zoo's fast paths failed there (autograd functions without
+    ``jvp``)."""
+    torch.manual_seed(0)
+    norm = _build(name, {}).train(training)
+    ref = copy.deepcopy(norm)
+    x, t = torch.randn(4, 6, 5, 5) * 2 + 1, torch.randn(4, 6, 5, 5)
+    want = torch.autograd.functional.jvp(lambda v: copy.deepcopy(norm)(v), x, t)[1]
+    with torch.autograd.forward_ad.dual_level():
+        dual = norm(torch.autograd.forward_ad.make_dual(x, t))
+        tangent = torch.autograd.forward_ad.unpack_dual(dual).tangent
+    torch.testing.assert_close(tangent, want, atol=1e-4, rtol=1e-4)
+    ref(x)
+    _assert_same_state(norm, ref, 0)

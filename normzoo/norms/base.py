@@ -13,6 +13,7 @@ import numbers
 from typing import Any, ClassVar
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor, nn
 
 #: Names of the axes of an ``(N, C, *spatial)`` input, used by ``statistics_per`` and
@@ -98,15 +99,18 @@ _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 
 def capturing() -> bool:
     """Whether ``torch.compile`` or ``torch.export`` is tracing this call (dynamo reads it as
-    a constant), or a ``torch.func`` transform is running it. The norms then compute through
-    torch operators with no host reads of device values: the zoo's norms through their
-    reference math (``normzoo.functional``, which inductor fuses and whose operators every
-    transform knows; normzoo's own kernels have no batching rules, and their autograd
-    functions none of the transforms' hooks), the core norms through torch's kernels, and
+    a constant), a ``torch.func`` transform is running it, or forward-mode AD is on (a
+    ``torch.autograd.forward_ad.dual_level``). The norms then compute through torch
+    operators with no host reads of device values: the zoo's norms through their reference
+    math (``normzoo.functional``, which inductor fuses and whose operators every transform
+    and forward AD know; normzoo's own kernels have no batching rules, and their autograd
+    functions no ``jvp`` or transform hooks), the core norms through torch's kernels, and
     ``momentum=None``'s cumulative factors as device tensors."""
     if torch.compiler.is_compiling():
         return True
-    return _transforms_active is not None and bool(_transforms_active())
+    if _transforms_active is not None and _transforms_active():
+        return True
+    return _forward_ad._current_level >= 0
 
 
 def _define_snapshot() -> Any:
