@@ -1,4 +1,5 @@
-"""Every norm inside graph capture (``torch.compile``, ``torch.export``) and on empty inputs.
+"""Every norm inside graph capture (``torch.compile``, ``torch.export``), under ``torch.func``
+transforms and forward-mode AD, and on empty inputs.
 
 Under capture the norms compute through torch operators with no host reads: the zoo's norms
 through their reference math, ``momentum=None``'s cumulative factors and Batch Renorm's

@@ -230,7 +230,7 @@ class GhostBatchNorm(BatchNorm):
         if not self._uses_batch_statistics():
             return super()._forward(x)
         update = self.training and self.track_running_stats
-        captured = capturing()  # torch.compile, torch.export: the reference math
+        captured = capturing()  # compile, export, torch.func, forward AD: torch ops only
         tracked: int | Tensor = 0
         if update and captured:  # momentum=None's factors from the count on the device
             if self.momentum is None:
