@@ -87,19 +87,24 @@ def test_compiles_whole_and_once(name, kwargs, device):
     eager = _build(name, kwargs).to(device)
     norm = copy.deepcopy(eager)
     compiled = torch.compile(norm, fullgraph=True, backend="aot_eager")
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        for step in range(8):
-            x = torch.randn(4, 6, 5, 5, device=device) * 2 + 1
-            xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
-            ye, yc = eager(xe), compiled(xc)
-            torch.testing.assert_close(yc, ye, atol=1e-5, rtol=1e-5, msg=f"y at step {step}")
-            g = torch.randn_like(ye)
-            ye.backward(g)
+    # only the compiled module's calls may not recompile: the eager one's CUDA paths compile
+    # functions of their own (normzoo.norms._gpu), which recompile by design
+    no_recompile = torch._dynamo.config.patch(error_on_recompile=True)
+    for step in range(8):
+        x = torch.randn(4, 6, 5, 5, device=device) * 2 + 1
+        xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ye = eager(xe)
+        with no_recompile:
+            yc = compiled(xc)
+        torch.testing.assert_close(yc, ye, atol=1e-5, rtol=1e-5, msg=f"y at step {step}")
+        g = torch.randn_like(ye)
+        ye.backward(g)
+        with no_recompile:
             yc.backward(g)
-            torch.testing.assert_close(xc.grad, xe.grad, atol=1e-5, rtol=1e-5)
-            for (key, p), q in zip(norm.named_parameters(), eager.parameters(), strict=True):
-                torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=key)
-            _assert_same_state(norm, eager, step)
+        torch.testing.assert_close(xc.grad, xe.grad, atol=1e-5, rtol=1e-5)
+        for (key, p), q in zip(norm.named_parameters(), eager.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=key)
+        _assert_same_state(norm, eager, step)
     eager.eval()
     norm.eval()
     x = torch.randn(4, 6, 5, 5, device=device)
