@@ -113,6 +113,32 @@ def test_compiles_whole_and_once(name, kwargs, device):
         assert eager.current_limits() == (eager.r_max, eager.d_max)
 
 
+@pytest.mark.parametrize(("name", "kwargs"), [c for c in CASES if "uneven" not in c.id])
+def test_one_graph_for_every_batch_size_with_dynamic_shapes(name, kwargs):
+    """``torch.compile(dynamic=True)``: training steps on batches of 4, 6, 8 and 12 compile
+    one graph (the batch size symbolic) and compute what eager computes, buffers included.
+    Ghost BN's virtual-batch count specialized on the batch size before (``math.ceil`` of a
+    division; with a fixed momentum, Python float arithmetic on it also tripped a dynamo
+    guard bug). Uneven virtual batches take the reference's loop over them, unrolled: one
+    graph per number of virtual batches, by design."""
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    eager = _build(name, kwargs)
+    norm = copy.deepcopy(eager)
+    compiled = torch.compile(norm, fullgraph=True, dynamic=True, backend="aot_eager")
+    for i, n in enumerate((4, 6, 8, 12)):
+        x = torch.randn(n, 6, 5, 5) * 2 + 1
+        xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ye = eager(xe)
+        with torch._dynamo.config.patch(error_on_recompile=i > 0):
+            yc = compiled(xc)
+        torch.testing.assert_close(yc, ye, atol=1e-5, rtol=1e-5, msg=f"batch {n}")
+        ye.sum().backward()
+        yc.sum().backward()
+        torch.testing.assert_close(xc.grad, xe.grad, atol=1e-5, rtol=1e-5)
+        _assert_same_state(norm, eager, i)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["batchrenorm", "evonormb0", "evonorms0", "switchablenorm"])
 def test_inductor_compiles_the_zoo_inside_a_model(name):

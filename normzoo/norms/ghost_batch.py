@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import numbers
 from typing import Any
 
@@ -222,9 +221,15 @@ class GhostBatchNorm(BatchNorm):
                 f"(input shape {tuple(x.shape)}); choose a virtual_batch_size that divides N"
             )
 
+    def _virtual_batches(self, x: Tensor) -> int:
+        """The number of virtual batches of ``x``, in integer arithmetic (a symbolic batch size
+        stays symbolic under ``torch.compile(dynamic=True)``; ``math.ceil`` of a division
+        specialized it: one graph per batch size)."""
+        return (x.shape[0] + self.virtual_batch_size - 1) // self.virtual_batch_size
+
     def _empty_batches(self, x: Tensor) -> int:
         """An empty input counts its virtual batches: none for a batch of 0 samples."""
-        return math.ceil(x.shape[0] / self.virtual_batch_size)
+        return self._virtual_batches(x)
 
     def _forward(self, x: Tensor) -> Tensor:
         if not self._uses_batch_statistics():
@@ -235,11 +240,11 @@ class GhostBatchNorm(BatchNorm):
         if update and captured:  # momentum=None's factors from the count on the device
             if self.momentum is None:
                 tracked = self.num_batches_tracked.to(torch.float64)
-            self.num_batches_tracked.add_(math.ceil(x.shape[0] / self.virtual_batch_size))
+            self.num_batches_tracked.add_(self._virtual_batches(x))
         elif update:
             # the count only for momentum=None's factors, known on the host after a first read
             tracked = self._batches_tracked() if self.momentum is None else 0
-            self._count_batches(math.ceil(x.shape[0] / self.virtual_batch_size))
+            self._count_batches(self._virtual_batches(x))
         if captured and self.impl == "fast" and x.shape[0] % self.virtual_batch_size == 0:
             # equal virtual batches: one reduction for all (the loop below: a kernel set each)
             return self._all_virtual_batches_at_once(x, update, tracked)
@@ -361,10 +366,10 @@ class GhostBatchNorm(BatchNorm):
         ``(t + G) r_G = t r_0 + sum_j b_j``."""
         vbs = self.virtual_batch_size
         spatial = x.numel() // (x.shape[0] * x.shape[1])
-        starts = range(0, x.shape[0], vbs)
         if capturing():
             self._blend_captured(x, means, variances, tracked, spatial)
             return
+        starts = range(0, x.shape[0], vbs)
         factors = [
             1.0 / (tracked + j + 1) if self.momentum is None else self.momentum
             for j in range(len(starts))
@@ -392,10 +397,12 @@ class GhostBatchNorm(BatchNorm):
             total = tracked.to(torch.float64) + groups
             keep: float | Tensor = tracked.to(torch.float64) / total
             weights = torch.reciprocal(total).expand(groups)
-        else:
-            factors = [float(self.momentum)] * groups  # type: ignore[arg-type]
-            keep, coeffs = _sequential_blend(factors)
-            weights = torch.tensor(coeffs, dtype=torch.float64, device=means.device)
+        else:  # _sequential_blend's fold for a fixed momentum m, as tensor operations
+            # (Python float arithmetic on m fails dynamo's guards with dynamic=True)
+            m_ = self.momentum
+            powers = torch.arange(groups - 1, -1, -1, dtype=torch.float64, device=means.device)
+            weights = m_ * torch.pow(1.0 - m_, powers)  # m (1 - m)^(G - 1 - j)
+            keep = torch.pow(1.0 - m_, torch.full_like(powers[:1], groups)).squeeze(0)
         with torch.no_grad():
             for buf, batch, scale in (
                 (self.running_mean, means, 1.0),
