@@ -10,7 +10,7 @@ from torch import Tensor
 
 from normzoo import _native, functional
 from normzoo._native import kernels as _kernels
-from normzoo.functional._stats import compute_dtype
+from normzoo.functional._stats import compute_dtype, reduce_dims
 from normzoo.norms import _triton
 from normzoo.norms.base import Norm, check_momentum
 
@@ -319,8 +319,8 @@ class BatchNorm(Norm):
             # (inductor computes them in the normalization's reduction)
             y = F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
             with torch.no_grad():
-                dims = [0, *range(2, x.dim())]
                 xf = x.detach().to(compute_dtype(x))
+                dims = reduce_dims(xf, batch=True, channel=False)
                 var, mean = torch.var_mean(xf, dim=dims, correction=0)
             self._blend_running_stats(mean, var, factor, x.numel() // x.shape[1])
             return y, False

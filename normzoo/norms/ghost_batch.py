@@ -393,9 +393,9 @@ class GhostBatchNorm(BatchNorm):
         groups = means.shape[0]
         m = self.virtual_batch_size * spatial
         unbias = m / max(m - 1, 1)
-        if isinstance(tracked, Tensor):  # momentum=None: the count on the device
-            total = tracked.to(torch.float64) + groups
-            keep: float | Tensor = tracked.to(torch.float64) / total
+        if isinstance(tracked, Tensor):  # momentum=None: the count on the device, float64
+            total = tracked + groups
+            keep: float | Tensor = tracked / total
             weights = torch.reciprocal(total).expand(groups)
         else:  # _sequential_blend's fold for a fixed momentum m, as tensor operations
             # (Python float arithmetic on m fails dynamo's guards with dynamic=True)
