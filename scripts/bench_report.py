@@ -52,10 +52,15 @@ whole samples (an `(H W, C)` block each, in its cache), sums every channel in ve
 over runs of positions, combines the channels of a group (law of total variance; one group: the
 sample's moments in one pass), then writes `y = a x + b` with per-channel coefficients; the
 backward is the same two passes. Positions are summed in fixed-size blocks added in order, so
-results do not depend on the thread count. Without the operator library, InstanceNorm on
-channels_last falls back to the wider zoo's per-row kernels (below) and GroupNorm/LayerNorm to
-torch's channels-last kernel. Everything else (half precision, other layouts, small inputs,
-CUDA) uses torch's kernels, as does any machine where the kernels cannot be built (one warning).
+results do not depend on the thread count. The operator serves channels_last at every size
+(since the sixteenth session): torch's channels-last group-norm kernel on the CPU takes the
+variance as `E[x^2] - E[x]^2`, which cancels once the mean is large against the spread (outputs
+off by 0.1-1 relative at mean 1000 and std 1, input gradients by 1e6 with one channel per
+group), so normzoo never calls it: without the operator library, InstanceNorm on channels_last
+falls back to the wider zoo's per-row kernels (below) and GroupNorm/LayerNorm (and half
+precision) to torch's contiguous kernel on a copy, the output copied back to channels_last.
+Everything else (half precision, other layouts, small contiguous inputs, CUDA) uses torch's
+kernels, as does any machine where the kernels cannot be built (one warning).
 `NORMZOO_NATIVE=0` turns them off. BatchNorm also has kernels for float32 channels_last inputs
 (from 64K elements through the one-call operator, since the ninth session; from 256K through the
 Python `autograd.Function`, which Batch Renorm and Ghost BN use; or 32K with at most 8

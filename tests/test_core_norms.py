@@ -250,3 +250,44 @@ def test_token_layernorm_off_the_cpu_casts_parameters(monkeypatch):
     assert seen == [(torch.bfloat16, torch.bfloat16)]
     LayerNorm(8, channels_last=True)(torch.randn(5, 8, dtype=torch.bfloat16))  # CPU: as is
     assert seen[-1] == (torch.float32, torch.float32)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "no-native"])
+@pytest.mark.parametrize(
+    "shape", [(4, 8, 6, 6), (2, 8, 4, 6, 3), (8, 32, 12, 12)], ids=["small", "3d", "36k"]
+)
+@pytest.mark.parametrize(
+    ("name", "kwargs"), [("gn", {"num_groups": 4}), ("gn", {}), ("ln", {}), ("in", {})]
+)
+def test_channels_last_cpu_stays_accurate_at_large_mean(name, kwargs, shape, native, monkeypatch):
+    """torch's channels_last CPU group-norm kernel takes the variance as E[x^2] - E[x]^2:
+    at mean 1000 and std 1 its outputs were off by 0.1-1 relative and, with one channel per
+    group, its input gradients by 1e6 (torch 2.13; its contiguous kernel: 2e-5). Every path
+    of GroupNorm, LayerNorm and InstanceNorm on such input (the native operator at every
+    size; without native kernels, torch's contiguous kernel on a copy) stays within
+    float32's reach of the float64 math, double backward included, and keeps the layout."""
+    if not native:
+        monkeypatch.setenv("NORMZOO_NATIVE", "0")
+    torch.manual_seed(0)
+    fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    layer = normzoo.create(name, shape[1], **kwargs)
+    randomize_affine(layer, channels=shape[1])
+    exact = normzoo.create(name, shape[1], impl="reference", **kwargs).double()
+    exact.load_state_dict(layer.state_dict())
+    x = (1000 + torch.randn(shape)).contiguous(memory_format=fmt).requires_grad_(True)
+    x64 = x.detach().double().requires_grad_(True)
+    y, y64 = layer(x), exact(x64)
+    assert y.is_contiguous(memory_format=fmt)
+    dy = torch.randn(shape, dtype=torch.float64)
+    (dx,) = torch.autograd.grad(y, x, dy.float(), create_graph=True)
+    (dx64,) = torch.autograd.grad(y64, x64, dy, create_graph=True)
+    (ddx,) = torch.autograd.grad(dx, x, dy.float())  # double backward
+    (ddx64,) = torch.autograd.grad(dx64, x64, dy)
+
+    def close(a, b, scale=1e-3):
+        err = (a.double() - b).abs().max() / b.abs().max()
+        assert err < scale, f"relative error {err:.1e}"
+
+    close(y, y64)
+    close(dx, dx64)
+    close(ddx, ddx64, 1e-2)  # second derivatives: x - mean rounds once more

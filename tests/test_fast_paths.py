@@ -18,6 +18,7 @@ from norm_testing import (
     assert_double_backward_close,
     assert_same_state,
     check_fwd_bwd,
+    randomize_affine,
     small_batch_kwargs,
 )
 from torch import nn
@@ -457,9 +458,9 @@ def test_row_dispatch_with_groups(shape, groups, ops, native, channels_last, mon
         pytest.skip("the C++ operator library could not be built here")
     monkeypatch.setattr(rownorm_mod._native, "ops_available", lambda: ops)
     x = torch.empty(shape)
-    if channels_last:  # the operator's channels_last kernels, from the same sizes
+    if channels_last:  # the operator's channels_last kernels, at every size
         x = x.to(memory_format=torch.channels_last)
-        native = ops and x.numel() >= rownorm_mod.NATIVE_MIN_NUMEL
+        native = ops
     assert rownorm_mod.use_native_row_norm(x, None, groups) is native
     name, kw = ("ln", {}) if groups == 1 else ("gn", {"num_groups": groups})
     calls = []
@@ -705,6 +706,27 @@ def test_one_call_operator_declines_what_the_checked_path_must_serve():
     assert call(x, relu=True, max_row=4 * 30) is not None  # rows of 4 channels x 30 values
     # channels_last has no row limit (it masks blocks of positions)
     assert call(x.to(memory_format=torch.channels_last), relu=True, max_row=1) is not None
+
+
+@pytest.mark.parametrize("name", ["gn", "ln"])
+def test_one_call_path_serves_channels_last_at_every_size(name, one_call_spy):
+    """Below ``NATIVE_MIN_NUMEL`` a contiguous input keeps torch's kernel, a channels_last one
+    takes the operator (torch's channels_last kernel cancels; see ``torch_group_norm``), with
+    the checked path's values and the layout kept."""
+    _needs_ops()
+    layer = normzoo.create(name, 8)
+    randomize_affine(layer, channels=8)
+    x = torch.randn(2, 8, 3, 3) + 5
+    assert x.numel() < rownorm_mod.NATIVE_MIN_NUMEL
+    y = layer(x)
+    assert one_call_spy["served"] == 0
+    xc = x.to(memory_format=torch.channels_last)
+    y_cl = layer(xc)
+    assert one_call_spy["served"] == 1
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y_cl, y, rtol=1e-5, atol=1e-5)
+    one_call_spy["off"]()
+    torch.testing.assert_close(layer(xc), y_cl, rtol=0, atol=0)  # the checked path's kernels
 
 
 @pytest.mark.usefixtures("native_everywhere")

@@ -211,6 +211,8 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
     if (at::GradMode::is_enabled()) {
       // create_graph=True: differentiate torch's group norm with a graph instead, so double
       // backward works as with torch.nn.GroupNorm. Without the ReLU the bias only shifts y.
+      // On a contiguous copy: torch's channels_last CPU kernel cancels catastrophically
+      // (E[x^2] - E[x]^2) where the mean is large against the spread.
       variable_list inputs;
       if (need_x) inputs.push_back(x);
       if (need_w) inputs.push_back(weight);
@@ -218,7 +220,7 @@ struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
       variable_list g;
       if (!inputs.empty()) {
         const double eps = ctx->saved_data["eps"].toDouble();
-        Tensor y = at::group_norm(x, groups, weight.numel() ? weight : none,
+        Tensor y = at::group_norm(x.contiguous(), groups, weight.numel() ? weight : none,
                                   relu && bias.numel() ? bias : none, eps);
         if (relu) y = at::relu(y);
         g = torch::autograd::grad({y}, inputs, {dy}, /*retain_graph=*/true,

@@ -47,7 +47,11 @@ __all__ = [
 #: torch's kernel there. With it (no Python in the autograd path) GroupNorm measured 0.92-1.02x
 #: and LayerNorm 0.97-1.04x torch on the mid-sized shapes (both at minimal memory traffic in
 #: L3), 0.85x and 0.93x on (32, 64, 32, 32), so the operator serves them from
-#: ``NATIVE_MIN_NUMEL``.
+#: ``NATIVE_MIN_NUMEL``. channels_last inputs take the operator at every size: torch's
+#: channels_last kernel is numerically unstable (see :func:`torch_group_norm`), and below
+#: ``NATIVE_MIN_NUMEL`` the operator measured 0.9-1.2x the time of torch's unstable kernel for
+#: GroupNorm and LayerNorm, 0.5-0.6x for InstanceNorm, and 0.55-0.9x the stable fallback's
+#: (fwd+bwd, 2 threads, (2, 64, 8, 8) to (16, 32, 8, 8)).
 NATIVE_MIN_NUMEL = 1 << 15
 NATIVE_MIN_NUMEL_GROUPED = 1 << 20
 
@@ -59,16 +63,17 @@ FUSED_RELU_MAX_ROW = 1 << 20
 
 def use_native_row_norm(x: Tensor, weight: Tensor | None = None, groups: int | None = None) -> bool:
     """Whether :func:`native_group_norm` serves ``x`` with ``groups`` groups (default: one
-    channel per group): float32 ``(N, C, *)`` on the CPU, at least ``NATIVE_MIN_NUMEL``
-    elements, outside ``torch.compile``; contiguous, or channels_last where the C++ operator
-    library is available (its kernels read that layout in place). Without the operator
-    library, several channels per group need ``NATIVE_MIN_NUMEL_GROUPED`` elements."""
+    channel per group): float32 ``(N, C, *)`` on the CPU, outside ``torch.compile``;
+    contiguous with at least ``NATIVE_MIN_NUMEL`` elements, or channels_last of any size
+    where the C++ operator library is available (its kernels read that layout in place).
+    Without the operator library, several channels per group need
+    ``NATIVE_MIN_NUMEL_GROUPED`` elements."""
     if not (
         x.is_cpu
         and x.dtype == torch.float32
         and (weight is None or weight.dtype == torch.float32)
         and x.dim() >= 3
-        and x.numel() >= max(NATIVE_MIN_NUMEL, 1)
+        and x.numel() >= (max(NATIVE_MIN_NUMEL, 1) if x.is_contiguous() else 1)
         and not _native.capturing()
         and _native.available("row_norm")
     ):
@@ -114,17 +119,29 @@ def torch_group_norm(
     returns NCHW for a channels_last ``x`` (it copies ``x`` to NCHW first). So there the
     parameters are cast for the call (their gradients reach the float32 parameters through
     the cast; not under autocast, which runs group norm in float32) and the output is given
-    ``x``'s layout back: a channels_last model stays channels_last, as on the CPU, at the cost
-    of one copy (torch's own copy of ``x`` cannot be avoided with its kernel).
+    ``x``'s layout back: a channels_last model stays channels_last, at the cost of one copy
+    (torch's own copy of ``x`` cannot be avoided with its kernel).
+
+    On the CPU, torch's channels_last kernel is not used: it takes the variance as
+    ``E[x^2] - E[x]^2`` and cancels catastrophically once the mean is large against the spread
+    (relative errors of 0.1-1 in ``y`` at mean 1000 and std 1, and 1e6 in ``dx`` with one
+    channel per group; its contiguous kernel: 2e-5, torch 2.13). A channels_last ``x`` runs
+    the contiguous kernel on a contiguous copy, with the output copied back to channels_last:
+    measured 0.9-1.4x the channels_last kernel's fwd+bwd time in float32 and 0.5-0.7x in
+    bfloat16 (2 threads, ``(8, 16, 12, 12)`` to ``(32, 64, 32, 32)``). Float32 channels_last
+    inputs take the native kernels instead where the C++ operator library is built (any
+    size; they read that layout in place, and are stable), so this serves half precision
+    and machines without the library.
     """
-    if x.is_cpu:  # mixed dtypes and channels_last are native here
-        return torch.group_norm(x, groups, weight, bias, eps, False)
+    fmt = channels_last_format(x)
+    if x.is_cpu:  # mixed dtypes are native here
+        if fmt is None:
+            return torch.group_norm(x, groups, weight, bias, eps, False)
+        y = torch.group_norm(x.contiguous(), groups, weight, bias, eps, False)
+        return y.contiguous(memory_format=fmt)
     weight, bias = params_like(x, weight, bias)
     y = torch.group_norm(x, groups, weight, bias, eps, False)
-    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
-    if fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt):
-        y = y.contiguous(memory_format=fmt)
-    return y
+    return y if fmt is None else y.contiguous(memory_format=fmt)
 
 
 class _NativeGroupNorm(torch.autograd.Function):
@@ -223,8 +240,8 @@ def fast_group_norm(norm: Norm, x: Tensor, groups: int) -> Tensor | None:
 
     The operator (``normzoo::group_norm_module``, ``ops.cpp``) checks in C++ that the input is
     one the checked forward sends to the same kernels with the same call (float32 CPU
-    ``(N, C, *spatial)`` with ``C = norm.num_features``, at least ``NATIVE_MIN_NUMEL``
-    elements, contiguous or channels_last; float32 parameters) and serves it, or returns
+    ``(N, C, *spatial)`` with ``C = norm.num_features``, contiguous with at least
+    ``NATIVE_MIN_NUMEL`` elements or channels_last; float32 parameters) and serves it, or returns
     ``None``; the values are the same either way. ``torch.compile`` and ``torch.jit.trace``
     are checked here (the tracer runs an operator with tracing off). Why: a module
     call's Python runs right after kernels whose traffic has pushed the interpreter out of the
@@ -233,7 +250,10 @@ def fast_group_norm(norm: Norm, x: Tensor, groups: int) -> Tensor | None:
     (5-10% of a LayerNorm fwd+bwd), which decided the comparison with ``torch.nn.GroupNorm``.
     """
     global _module_op
-    if not _native.one_call_ready(x, NATIVE_MIN_NUMEL):
+    if not _native.one_call_ready(x, 1):
+        return None
+    least = NATIVE_MIN_NUMEL if x.is_contiguous() else 1  # channels_last: every size
+    if x.numel() < least:
         return None
     if _module_op is None:  # resolved once: four attribute lookups less per call
         _module_op = torch.ops.normzoo.group_norm_module.default
@@ -246,7 +266,7 @@ def fast_group_norm(norm: Norm, x: Tensor, groups: int) -> Tensor | None:
         norm.activation is not None,  # "relu", the one activation (check_activation)
         norm.num_features,
         2 + norm.max_spatial_dims,
-        NATIVE_MIN_NUMEL,
+        least,
         FUSED_RELU_MAX_ROW,
     )
 
@@ -273,7 +293,8 @@ class GroupSpec(RowNormSpec):
     no torch ops between the passes). Against torch, which reshapes InstanceNorm into a batch
     norm, this path measured 0.3-0.9x torch's time; for GroupNorm and LayerNorm it measured
     1.1-2.6x slower than torch's channels-last group-norm kernel (the small graph's torch ops
-    between the native passes), so they keep torch's kernel then.
+    between the native passes), so they take torch's contiguous kernel on a copy then
+    (:func:`torch_group_norm`; torch's channels_last kernel is not stable).
 
     The group statistics combine the channels' ones without cancellation (the law of total
     variance): :math:`\mu_g = \overline{\mu_c}`,
