@@ -72,6 +72,28 @@ def test_a_tampered_table_is_detected():
         pytest.skip("no experiment has recorded results yet")
 
 
+def test_internals_guide_maps_every_fast_path_file_and_switch():
+    """docs/guides/internals.md names every private module of the fast paths, every native
+    source, every ``NORMZOO_*`` variable the package reads and every threshold it cites (as a
+    constant that exists): a new file or switch fails here until the map has it."""
+    guide = (DOCS / "guides" / "internals.md").read_text()
+    package = ROOT / "normzoo"
+    files = [*sorted((package / "norms").glob("_*.py")), *sorted((package / "_native").iterdir())]
+    for path in files:
+        if (path.name == "__init__.py" and path.parent.name == "norms") or path.suffix == ".pyc":
+            continue
+        if path.is_file():
+            assert path.name in guide, f"docs/guides/internals.md does not name {path.name}"
+    source = "\n".join(p.read_text() for p in package.rglob("*.py"))
+    switches = set(re.findall(r"NORMZOO_[A-Z_]+", source))
+    assert {"NORMZOO_NATIVE", "NORMZOO_TRITON", "NORMZOO_COMPILE"} <= switches
+    for name in switches:
+        assert f"`{name}" in guide, f"docs/guides/internals.md does not list {name}"
+    for constant in set(re.findall(r"`([A-Z][A-Z0-9_]+_NUMEL)`", guide)):
+        assert re.search(rf"^{constant} = ", source, re.M), f"{constant} is not a constant"
+    assert "internals.md" in (ROOT / "mkdocs.yml").read_text()
+
+
 def test_every_registered_norm_has_a_page_in_the_nav():
     nav = (ROOT / "mkdocs.yml").read_text()
     for name in normzoo.available():
