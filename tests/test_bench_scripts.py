@@ -338,3 +338,40 @@ def test_compile_bench_rows_compile_each_model_once(bench, tmp_path):
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
     table = _script("bench_report").compile_table(result["rows"])
     assert "| batchnorm | None |" in table and "graph break" in table
+
+
+def test_accuracy_rows_against_float64_and_the_docs_page(bench, tmp_path):
+    """``scripts/accuracy.py``: each path's relative error against the float64 reference math
+    (which for the core norms is torch's float64 kernels), rows written to JSON and rendered;
+    the docs' page is the rendering of its committed data."""
+    import torch.nn.functional as F
+
+    accuracy = _script("accuracy")
+    row = accuracy.accuracy_row("gn", (4, 8, 6, 6), "channels_last", 1000.0)
+    assert row["norm"] == "groupnorm" and row["torch_module"] == "GroupNorm"
+    for path in ("fast", "reference"):  # torch's own channels_last kernel is not asserted on
+        assert 0 < row[f"{path}_y"] < 1e-3 and 0 < row[f"{path}_dx"] < 1e-3
+    assert accuracy.accuracy_row("instancenorm", (16, 8), "contiguous", 0.0) is None  # no tokens
+    frozen = accuracy.accuracy_row("frozenbn", (4, 8, 6, 6), "contiguous", 100.0)
+    assert frozen["torch_y"] < 1e-6  # its torch equivalent holds the same running statistics
+    rms = accuracy.accuracy_row("rms", (16, 8), "contiguous", 0.0)
+    assert rms["torch_module"] == "RMSNorm" and rms["torch_y"] < 1e-5  # bias zeroed for torch
+
+    x = 1000 + torch.randn(4, 8, 6, 6, dtype=torch.float64)  # the "exact" math is torch's
+    exact = normzoo.create("gn", 8, num_groups=2, impl="reference").double()
+    torch.testing.assert_close(exact(x), F.group_norm(x, 2), rtol=1e-12, atol=1e-12)
+    exact = normzoo.create("bn", 8, impl="reference").double()
+    torch.testing.assert_close(exact(x), F.batch_norm(x, None, None, training=True))
+
+    out, page = tmp_path / "accuracy.json", tmp_path / "numerics.md"
+    result = accuracy.main(
+        ["--norms", "bn", "frn", "--shapes", "4,8,6,6", "16,8", "--means", "0", "1000",
+         "--json", str(out), "--out", str(page)]
+    )  # fmt: skip
+    assert json.loads(out.read_text()) == result
+    assert len(result["rows"]) == 2 * 2 * 3  # norms x means x (two layouts, tokens)
+    text = page.read_text()
+    assert "## 4x8x6x6, channels_last" in text and "## 16x8, tokens" in text
+    assert "| batchnorm | `BatchNorm2d` |" in text and "| frn | - |" in text
+    committed = json.loads((ROOT / "docs" / "data" / "accuracy.json").read_text())
+    assert accuracy.render(committed) == (ROOT / "docs" / "numerics.md").read_text()
