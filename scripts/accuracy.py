@@ -188,11 +188,12 @@ What the tables show (torch 2.13, CPU):
   and Ghost BN, which call the kernels through Python, 256K) runs torch's channels_last
   batch-norm kernel, which folds the mean into an affine map: 4-10x the reference math's
   error (up to 2e-3 at mean 10000), as torch.nn.
-* **EvoNorm-B0 and EvoNorm-S0** do not subtract the mean in their output, so the reference
-  math keeps about 1e-6 at every mean; their native kernels' closed-form backward takes the
-  variance's gradient against the per-row mean rounded to float32, which costs about 1e-5 to
-  1e-4 at mean 1000 and 1e-4 to 4e-4 at mean 10000 in the input gradient (outputs stay at 1e-6).
-  Carrying the mean's rounding remainder into the backward would close that gap (future work).
+* **EvoNorm-B0 and EvoNorm-S0** do not subtract the mean in their output, so float32 can
+  give them to about 1e-6 at every mean, and normzoo's kernels do. (Until the sixteenth
+  session their native backward took the variance's gradient `2 (x - mean) / L` against a
+  float32 mean that float partial sums had left up to 5e-4 off at mean 10000: input gradients
+  4e-4 off. The mean now comes from shifted sums and the gradient is taken against the exact
+  mean.)
 * **Degenerate statistics**: FRN and EvoNorm-B0 on tokens take a statistic of one value per
   (sample, channel). Their exact input gradient is then nearly zero (FRN:
   `eps / (x^2 + eps)^(3/2)`), so rounding shows as a large relative error: for FRN most in

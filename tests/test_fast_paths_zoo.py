@@ -333,6 +333,43 @@ def test_large_mean_rows_keep_precision() -> None:
     _compare(fast, ref, torch.randn(6, 8))  # one value per group: no spread
 
 
+@pytest.mark.parametrize("operators", [True, False], ids=["operators", "python"])
+@pytest.mark.parametrize(
+    ("name", "shape", "fmt"),
+    [
+        ("evonorms0", (8, 16, 8, 8), torch.contiguous_format),
+        ("evonorms0", (8, 80, 6, 6), torch.channels_last),
+        ("evonormb0", (8, 16, 8, 8), torch.contiguous_format),
+        ("evonormb0", (8, 80, 6, 6), torch.channels_last),
+        ("evonorms0", (256, 256), torch.contiguous_format),  # the token kernel
+    ],
+    ids=str,
+)
+def test_evonorm_input_gradient_at_large_mean(name, shape, fmt, operators, monkeypatch) -> None:
+    """EvoNorm does not subtract the mean in its output, so float32 can give its input
+    gradient to ~1e-6 at any mean; the variance's share of it, ``2 (x - mean) / L``, must be
+    taken against the exact mean: the float32 mean of values around 1e4 is off by up to 5e-4,
+    which shifted every gradient of a row by that much (4e-4 relative, against the reference
+    math's 1e-6), and float partial sums of such values made the mean itself that inexact."""
+    if not operators:
+        monkeypatch.setattr(_native, "ops_available", lambda: False)
+    torch.manual_seed(7)
+    fast = normzoo.create(name, shape[1])
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    exact = normzoo.create(name, shape[1], impl="reference").double()
+    exact.load_state_dict(fast.state_dict())
+    x = (1e4 + torch.randn(shape)).contiguous(memory_format=fmt)
+    dy = torch.randn(shape, dtype=torch.float64)
+    xa = x.clone().requires_grad_()
+    (dx,) = torch.autograd.grad(fast(xa), xa, dy.float())
+    x64 = x.double().requires_grad_()
+    (dx64,) = torch.autograd.grad(exact(x64), x64, dy)
+    err = float((dx.double() - dx64).abs().max() / dx64.abs().max())
+    assert err < 1e-5, f"relative error {err:.1e}"
+
+
 @pytest.mark.parametrize("path", ["operators", "python", "eager", "reference"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_switchablenorm_far_from_zero_keeps_precision(path, training, monkeypatch) -> None:

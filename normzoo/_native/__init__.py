@@ -135,10 +135,10 @@ SIGNATURES: dict[str, dict[str, list]] = {
         # op, dy, x, params, mean, k1, k0, dx, N, C, L, channels_last, threads
         "nz_map_dx": [INT, P, P, P, P, P, P, P, I64, I64, I64, INT, INT],
         # the norms' forward and backward (see zoo.c); each ends with N, C, L, cl, threads
-        "nz_b0_forward": [P, P, P, P, P, F64, P, P, P, P, P, I64, I64, I64, INT, INT],
-        "nz_b0_backward": [P, P, P, P, INT, P, P, P, P, P, P, I64, I64, I64, INT, INT],
-        "nz_s0_forward": [P, P, P, P, I64, F64, P, P, P, P, I64, I64, I64, INT, INT],
-        "nz_s0_backward": [P, P, P, P, P, P, I64, F64, P, P, P, P, P, P, I64, I64, I64, INT, INT],
+        "nz_b0_forward": [P, P, P, P, P, F64, P, P, P, P, P, P, I64, I64, I64, INT, INT],
+        "nz_b0_backward": [P, P, P, P, P, INT, P, P, P, P, P, P, I64, I64, I64, INT, INT],
+        "nz_s0_forward": [P, P, P, P, I64, F64, P, P, P, P, P, I64, I64, I64, INT, INT],
+        "nz_s0_backward": [*[P] * 7, I64, F64, *[P] * 6, I64, I64, I64, INT, INT],
         "nz_switchable_forward": [*[P] * 7, F64, *[P] * 6, I64, I64, I64, INT, INT],
         "nz_switchable_backward": [*[P] * 10, F64, *[P] * 8, I64, I64, I64, INT, INT],
         "nz_frn_forward": [P, P, P, P, F64, P, P, P, P, I64, I64, I64, INT, INT],

@@ -93,19 +93,20 @@ int nz_frozen_backward(const float *dy, const float *y, const float *var, const 
                        double eps, float *dx, int64_t N, int64_t C, int64_t L, int cl, int relu,
                        int threads);
 void nz_s0_forward(const float *x, const float *v, const float *w, const float *b, int64_t G,
-                   double eps, float *y, float *mean, float *var, float *params, int64_t N,
-                   int64_t C, int64_t L, int cl, int threads);
+                   double eps, float *y, float *mean, float *var, float *lo, float *params,
+                   int64_t N, int64_t C, int64_t L, int cl, int threads);
 void nz_s0_backward(const float *dy, const float *x, const float *params, const float *mean,
-                    const float *var, const float *w, int64_t G, double eps, float *sums,
-                    float *k, float *dx, float *dv, float *dw, float *db, int64_t N, int64_t C,
-                    int64_t L, int cl, int threads);
+                    const float *var, const float *lo, const float *w, int64_t G, double eps,
+                    float *sums, float *k, float *dx, float *dv, float *dw, float *db, int64_t N,
+                    int64_t C, int64_t L, int cl, int threads);
 void nz_b0_forward(const float *x, const float *v, const float *w, const float *b,
                    const float *running_var, double eps, float *y, float *mean, float *var,
-                   float *var_b, float *params, int64_t N, int64_t C, int64_t L, int cl,
-                   int threads);
+                   float *lo, float *var_b, float *params, int64_t N, int64_t C, int64_t L,
+                   int cl, int threads);
 void nz_b0_backward(const float *dy, const float *x, const float *params, const float *mean,
-                    int batch, float *sums, float *k, float *dx, float *dv, float *dw,
-                    float *db, int64_t N, int64_t C, int64_t L, int cl, int threads);
+                    const float *lo, int batch, float *sums, float *k, float *dx, float *dv,
+                    float *dw, float *db, int64_t N, int64_t C, int64_t L, int cl,
+                    int threads);
 void nz_switchable_forward(const float *x, const float *mean_weight, const float *var_weight,
                            const float *w, const float *b, const float *running_mean,
                            const float *running_var, double eps, float *y, float *mean,
@@ -484,18 +485,18 @@ struct FrozenBatchNormFunction : public torch::autograd::Function<FrozenBatchNor
 };
 
 struct EvoNormS0Function : public torch::autograd::Function<EvoNormS0Function> {
-  // Saves x, the parameters, the per-channel row statistics (2, N, C) and the per-row
-  // parameters of the map (N, C, 3).
+  // Saves x, the parameters, the per-channel row statistics (3, N, C: the mean, the variance
+  // and the mean's rounding remainder) and the per-row parameters of the map (N, C, 3).
   static Tensor forward(AutogradContext *ctx, const Tensor &x, const Tensor &v,
                         const Tensor &weight, const Tensor &bias, int64_t groups, double eps) {
     const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
     Tensor y = at::empty_like(x);  // keeps a channels_last layout
-    Tensor stats = at::empty({2, n, c}, x.options());
+    Tensor stats = at::empty({3, n, c}, x.options());
     Tensor params = at::empty({n, c, 3}, x.options());
     float *s = stats.data_ptr<float>();
     nz_s0_forward(x.data_ptr<float>(), v.data_ptr<float>(), in_ptr(weight), in_ptr(bias), groups,
-                  eps, y.data_ptr<float>(), s, s + n * c, params.data_ptr<float>(), n, c, length,
-                  channels_last(x), at::get_num_threads());
+                  eps, y.data_ptr<float>(), s, s + n * c, s + 2 * n * c, params.data_ptr<float>(),
+                  n, c, length, channels_last(x), at::get_num_threads());
     ctx->save_for_backward({x, v, weight, bias, stats, params});
     ctx->saved_data["groups"] = groups;
     ctx->saved_data["eps"] = eps;
@@ -524,7 +525,7 @@ struct EvoNormS0Function : public torch::autograd::Function<EvoNormS0Function> {
     Tensor k = at::empty({2, n, c}, x.options());
     const float *s = stats.data_ptr<float>();
     nz_s0_backward(dy.data_ptr<float>(), x.data_ptr<float>(), params.data_ptr<float>(), s,
-                   s + n * c, in_ptr(weight), groups, eps, sums.data_ptr<float>(),
+                   s + n * c, s + 2 * n * c, in_ptr(weight), groups, eps, sums.data_ptr<float>(),
                    k.data_ptr<float>(), out_ptr(g[0]), out_ptr(g[1]), out_ptr(g[2]),
                    out_ptr(g[3]), n, c, length, cl, at::get_num_threads());
     g.resize(6);  // groups, eps
@@ -557,13 +558,13 @@ struct EvoNormB0Function : public torch::autograd::Function<EvoNormB0Function> {
     const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
     const bool batch = running_var.numel() == 0;
     Tensor y = at::empty_like(x);
-    Tensor stats = at::empty({2, n, c}, x.options());
+    Tensor stats = at::empty({3, n, c}, x.options());  // mean, variance, mean's remainder
     Tensor var_b = at::empty({batch ? c : 0}, x.options());
     Tensor params = at::empty({n, c, 5}, x.options());
     float *s = stats.data_ptr<float>();
     nz_b0_forward(x.data_ptr<float>(), v.data_ptr<float>(), in_ptr(weight), in_ptr(bias),
-                  in_ptr(running_var), eps, y.data_ptr<float>(), s, s + n * c, out_ptr(var_b),
-                  params.data_ptr<float>(), n, c, length, channels_last(x),
+                  in_ptr(running_var), eps, y.data_ptr<float>(), s, s + n * c, s + 2 * n * c,
+                  out_ptr(var_b), params.data_ptr<float>(), n, c, length, channels_last(x),
                   at::get_num_threads());
     ctx->save_for_backward({x, v, weight, bias, running_var, stats, params});
     ctx->saved_data["eps"] = eps;
@@ -592,8 +593,9 @@ struct EvoNormB0Function : public torch::autograd::Function<EvoNormB0Function> {
     variable_list g = zoo_grads(x, need, {c, c, c});  // dx, dv, dweight, dbias
     Tensor sums = at::empty({n, c, 5}, x.options());
     Tensor k = at::empty({2, n, c}, x.options());
-    nz_b0_backward(dy.data_ptr<float>(), x.data_ptr<float>(), params.data_ptr<float>(),
-                   stats.data_ptr<float>(), running_var.numel() == 0, sums.data_ptr<float>(),
+    const float *s = stats.data_ptr<float>();
+    nz_b0_backward(dy.data_ptr<float>(), x.data_ptr<float>(), params.data_ptr<float>(), s,
+                   s + 2 * n * c, running_var.numel() == 0, sums.data_ptr<float>(),
                    k.data_ptr<float>(), out_ptr(g[0]), out_ptr(g[1]), out_ptr(g[2]),
                    out_ptr(g[3]), n, c, length, cl, at::get_num_threads());
     g.resize(6);  // running_var, eps

@@ -66,21 +66,30 @@ NZ_INLINE float nz_sigmoid(float z) { return 1.0f / (1.0f + nz_exp(-z)); }
 
 /* ---------------------------------------------------------------- statistics ---------- */
 
-void nz_row_stats(const float *x, float *mean, float *var, int64_t N, int64_t C, int64_t L,
-                  int cl, int threads) {
+/* The mean and biased variance of each row: the mean from sums shifted by a value of the row
+ * (float partial sums of values near 1e4 would keep few of their bits), then the variance
+ * around the float mean in a second sweep.
+ * lo (may be NULL): each mean's rounding remainder, exact mean - float mean (the exact mean's
+ * double sum), so that gradients can be taken against the exact mean: in float32 the mean of
+ * values around 1e4 is off by up to 5e-4, which would shift every element of the variance's
+ * gradient 2 (x - mean) / L by that much. */
+static void row_stats(const float *x, float *mean, float *var, float *lo, int64_t N, int64_t C,
+                      int64_t L, int cl, int threads) {
   if (!cl) {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t r = 0; r < N * C; ++r) {
-      const float *p = x + r * L;
+      const float *p = x + r * L, k = p[0];
       double s = 0.0;
       for (int64_t i0 = 0; i0 < L; i0 += NZ_CHUNK) {
         const int64_t i1 = i0 + NZ_CHUNK < L ? i0 + NZ_CHUNK : L;
         float f = 0.f;
 #pragma omp simd reduction(+ : f)
-        for (int64_t i = i0; i < i1; ++i) f += p[i];
+        for (int64_t i = i0; i < i1; ++i) f += p[i] - k;
         s += f;
       }
-      const float m = (float)(s / (double)L);
+      const double mu = (double)k + s / (double)L;
+      const float m = (float)mu;
+      if (lo) lo[r] = (float)(mu - (double)m);
       double q = 0.0;
       for (int64_t i0 = 0; i0 < L; i0 += NZ_CHUNK) {
         const int64_t i1 = i0 + NZ_CHUNK < L ? i0 + NZ_CHUNK : L;
@@ -101,21 +110,23 @@ void nz_row_stats(const float *x, float *mean, float *var, int64_t N, int64_t C,
   for (int64_t t = 0; t < N * nb; ++t) {
     const int64_t n = t / nb, c0 = (t % nb) * NZ_CB, k = C - c0 < NZ_CB ? C - c0 : NZ_CB;
     const float *base = x + n * L * C + c0;
-    float m[NZ_CB], f[NZ_CB];
+    float m[NZ_CB], f[NZ_CB], shift[NZ_CB];
     double s[NZ_CB];
-    for (int64_t j = 0; j < k; ++j) s[j] = 0.0;
+    for (int64_t j = 0; j < k; ++j) s[j] = 0.0, shift[j] = base[j];
     for (int64_t l0 = 0; l0 < L; l0 += NZ_CL_CHUNK) {
       const int64_t l1 = l0 + NZ_CL_CHUNK < L ? l0 + NZ_CL_CHUNK : L;
       for (int64_t j = 0; j < k; ++j) f[j] = 0.f;
       for (int64_t l = l0; l < l1; ++l) {
         const float *p = base + l * C;
 #pragma omp simd
-        for (int64_t j = 0; j < k; ++j) f[j] += p[j];
+        for (int64_t j = 0; j < k; ++j) f[j] += p[j] - shift[j];
       }
       for (int64_t j = 0; j < k; ++j) s[j] += f[j];
     }
     for (int64_t j = 0; j < k; ++j) {
-      m[j] = (float)(s[j] / (double)L);
+      const double mu = (double)shift[j] + s[j] / (double)L;
+      m[j] = (float)mu;
+      if (lo) lo[n * C + c0 + j] = (float)(mu - (double)m[j]);
       s[j] = 0.0;
     }
     for (int64_t l0 = 0; l0 < L; l0 += NZ_CL_CHUNK) {
@@ -133,6 +144,16 @@ void nz_row_stats(const float *x, float *mean, float *var, int64_t N, int64_t C,
       var[n * C + c0 + j] = (float)(s[j] / (double)L);
     }
   }
+}
+
+void nz_row_stats(const float *x, float *mean, float *var, int64_t N, int64_t C, int64_t L,
+                  int cl, int threads) {
+  row_stats(x, mean, var, NULL, N, C, L, cl, threads);
+}
+
+/* Row i's mean with its rounding remainder (lo may be NULL), in double. */
+static inline double exact_mean(const float *mean, const float *lo, int64_t i) {
+  return lo ? (double)mean[i] + (double)lo[i] : (double)mean[i];
 }
 
 /* ---------------------------------------------------------------- the maps ------------ */
@@ -435,28 +456,29 @@ void nz_map_dx(int op, const float *dy, const float *x, const float *params, con
  * optional pointer (w, b, running statistics, gradients) may be NULL.
  */
 
-static inline double mean_over_n(const float *a, int64_t N, int64_t C, int64_t c) {
+static inline double mean_over_n(const float *a, const float *lo, int64_t N, int64_t C,
+                                 int64_t c) {
   double s = 0.0;
-  for (int64_t n = 0; n < N; ++n) s += a[n * C + c];
+  for (int64_t n = 0; n < N; ++n) s += exact_mean(a, lo, n * C + c);
   return s / (double)N;
 }
 
 /* EvoNorm-B0. params (N C 5): v, s_i, s_b, w, b. var_b (C): the batch variance (out) or, with
- * running_var, that. */
+ * running_var, that. lo (N C, out): the means' rounding remainders (row_stats). */
 void nz_b0_forward(const float *x, const float *v, const float *w, const float *b,
                    const float *running_var, double eps, float *y, float *mean, float *var,
-                   float *var_b, float *params, int64_t N, int64_t C, int64_t L, int cl,
-                   int threads) {
-  nz_row_stats(x, mean, var, N, C, L, cl, threads);
+                   float *lo, float *var_b, float *params, int64_t N, int64_t C, int64_t L,
+                   int cl, int threads) {
+  row_stats(x, mean, var, lo, N, C, L, cl, threads);
   for (int64_t c = 0; c < C; ++c) {
     double vb;
     if (running_var) {
       vb = running_var[c];
     } else {
-      const double mb = mean_over_n(mean, N, C, c);
+      const double mb = mean_over_n(mean, lo, N, C, c);
       double s = 0.0;
       for (int64_t n = 0; n < N; ++n) {
-        const double d = mean[n * C + c] - mb;
+        const double d = exact_mean(mean, lo, n * C + c) - mb;
         s += var[n * C + c] + d * d;
       }
       vb = s / (double)N;
@@ -476,10 +498,11 @@ void nz_b0_forward(const float *x, const float *v, const float *w, const float *
 }
 
 /* sums (N C 5) and k (N C 2) are scratch. batch: s_b came from the batch (its gradient flows
- * to the statistics). */
+ * to the statistics). lo (may be NULL): the forward's rounding remainders of the means. */
 void nz_b0_backward(const float *dy, const float *x, const float *params, const float *mean,
-                    int batch, float *sums, float *k, float *dx, float *dv, float *dw,
-                    float *db, int64_t N, int64_t C, int64_t L, int cl, int threads) {
+                    const float *lo, int batch, float *sums, float *k, float *dx, float *dv,
+                    float *dw, float *db, int64_t N, int64_t C, int64_t L, int cl,
+                    int threads) {
   /* dx holds (df/dx) dy from the sums' sweep until the last sweep adds the statistics' share */
   map_sums_direct(NZ_B0, dy, x, params, sums, dx, N, C, L, cl, threads);
   float *k1 = k, *k0 = k + N * C;
@@ -494,13 +517,16 @@ void nz_b0_backward(const float *dy, const float *x, const float *params, const 
     if (db) db[c] = (float)sbias;
     /* s = sqrt(u): du = ds / (2 s); var_b = mean_n var_i + mean_n (mean_i - mean_b)^2 */
     const double dvar_b = batch ? ssb * 0.5 / params[c * 5 + 2] : 0.0;
-    const double mb = batch ? mean_over_n(mean, N, C, c) : 0.0;
+    const double mb = batch ? mean_over_n(mean, lo, N, C, c) : 0.0;
     for (int64_t n = 0; n < N; ++n) {
       const int64_t r = n * C + c;
       const double dvar = sums[r * 5 + 1] * 0.5 / params[r * 5 + 1] + dvar_b / (double)N;
-      const double dmean = batch ? (mean[r] - mb) * dvar_b * 2.0 / (double)N : 0.0;
-      k1[r] = (float)(2.0 * dvar / (double)L);
-      k0[r] = (float)(dmean / (double)L);
+      const double dmean =
+          batch ? (exact_mean(mean, lo, r) - mb) * dvar_b * 2.0 / (double)N : 0.0;
+      /* map_dx adds k1 (x - mean) + k0 with the float mean: k0 takes back k1 lo */
+      const double a = 2.0 * dvar / (double)L;
+      k1[r] = (float)a;
+      k0[r] = (float)(dmean / (double)L - (lo ? a * lo[r] : 0.0));
     }
   }
   if (dx) map_dx_direct(NZ_B0, dy, x, params, mean, k1, k0, dx, dx, N, C, L, cl, threads);
@@ -508,30 +534,31 @@ void nz_b0_backward(const float *dy, const float *x, const float *params, const 
 
 /* The mean and the variance of group g of sample n, combined from its channels' (equal
  * counts: exact). */
-static inline void group_stats(const float *mean, const float *var, int64_t n, int64_t C,
-                               int64_t c0, int64_t size, double *mg, double *vg) {
+static inline void group_stats(const float *mean, const float *lo, const float *var, int64_t n,
+                               int64_t C, int64_t c0, int64_t size, double *mg, double *vg) {
   double s = 0.0, q = 0.0;
-  for (int64_t c = c0; c < c0 + size; ++c) s += mean[n * C + c];
+  for (int64_t c = c0; c < c0 + size; ++c) s += exact_mean(mean, lo, n * C + c);
   *mg = s / (double)size;
   s = 0.0;
   for (int64_t c = c0; c < c0 + size; ++c) {
-    const double d = mean[n * C + c] - *mg;
+    const double d = exact_mean(mean, lo, n * C + c) - *mg;
     s += var[n * C + c];
     q += d * d;
   }
   *vg = (s + q) / (double)size;
 }
 
-/* EvoNorm-S0. params (N C 3): v, a = w / sqrt(var_g + eps), b. */
+/* EvoNorm-S0. params (N C 3): v, a = w / sqrt(var_g + eps), b. lo (N C, out): the means'
+ * rounding remainders (row_stats). */
 void nz_s0_forward(const float *x, const float *v, const float *w, const float *b, int64_t G,
-                   double eps, float *y, float *mean, float *var, float *params, int64_t N,
-                   int64_t C, int64_t L, int cl, int threads) {
-  nz_row_stats(x, mean, var, N, C, L, cl, threads);
+                   double eps, float *y, float *mean, float *var, float *lo, float *params,
+                   int64_t N, int64_t C, int64_t L, int cl, int threads) {
+  row_stats(x, mean, var, lo, N, C, L, cl, threads);
   const int64_t size = C / G;
   for (int64_t n = 0; n < N; ++n)
     for (int64_t g = 0; g < G; ++g) {
       double mg, vg;
-      group_stats(mean, var, n, C, g * size, size, &mg, &vg);
+      group_stats(mean, lo, var, n, C, g * size, size, &mg, &vg);
       const double r = 1.0 / sqrt(vg + eps);
       for (int64_t c = g * size; c < (g + 1) * size; ++c) {
         float *p = params + (n * C + c) * 3;
@@ -543,10 +570,11 @@ void nz_s0_forward(const float *x, const float *v, const float *w, const float *
   nz_map_forward(NZ_S0, x, params, y, N, C, L, cl, threads);
 }
 
+/* lo (may be NULL): the forward's rounding remainders of the means. */
 void nz_s0_backward(const float *dy, const float *x, const float *params, const float *mean,
-                    const float *var, const float *w, int64_t G, double eps, float *sums,
-                    float *k, float *dx, float *dv, float *dw, float *db, int64_t N, int64_t C,
-                    int64_t L, int cl, int threads) {
+                    const float *var, const float *lo, const float *w, int64_t G, double eps,
+                    float *sums, float *k, float *dx, float *dv, float *dw, float *db, int64_t N,
+                    int64_t C, int64_t L, int cl, int threads) {
   map_sums_direct(NZ_S0, dy, x, params, sums, dx, N, C, L, cl, threads); /* as B0's */
   float *k1 = k, *k0 = k + N * C;
   const int64_t size = C / G;
@@ -558,7 +586,7 @@ void nz_s0_backward(const float *dy, const float *x, const float *params, const 
   for (int64_t n = 0; n < N; ++n)
     for (int64_t g = 0; g < G; ++g) {
       double mg, vg, gr = 0.0;
-      group_stats(mean, var, n, C, g * size, size, &mg, &vg);
+      group_stats(mean, lo, var, n, C, g * size, size, &mg, &vg);
       const double r = 1.0 / sqrt(vg + eps);
       for (int64_t c = g * size; c < (g + 1) * size; ++c) {
         const float *s = sums + (n * C + c) * 3;
@@ -569,6 +597,8 @@ void nz_s0_backward(const float *dy, const float *x, const float *params, const 
       }
       /* r = (var_g + eps)^(-1/2), var_g = mean var_c + mean (mean_c - mean_g)^2 */
       const double dvar_g = gr * -0.5 * r * r * r;
+      /* map_dx adds k1 (x - mean_c) + k0 with the float channel mean: k0 = k1 (mean_c - mg),
+       * mg the exact group mean */
       for (int64_t c = g * size; c < (g + 1) * size; ++c) {
         k1[n * C + c] = (float)(2.0 * dvar_g / (double)size / (double)L);
         k0[n * C + c] = (float)((mean[n * C + c] - mg) * dvar_g * 2.0 / (double)size / (double)L);
@@ -947,43 +977,47 @@ void nz_group_tokens_backward(int op, const float *dy, const float *x, const flo
              * NZ_CHUNK values (recomputed for larger ones) */
             float dd[NZ_CHUNK];
             const int keep = K <= NZ_CHUNK;
-            float s1 = 0.f; /* sum h x s */
+            /* sum h x s; sum (x - m), whose mean is the float mean's rounding error: the
+             * variance's gradient is taken against the exact mean */
+            float s1 = 0.f, sd = 0.f;
 #define NZ_S0_TERMS                                                                          \
   const float s = nz_sigmoid(vc[i] * p[i]), hs = gy[i] * wc[i] * s;                          \
   const float e = hs * rs * (1.f - s) * p[i]; /* h rstd s (1 - s) x */                       \
   const float di = hs * rs + vc[i] * e
             if (keep) {
-#pragma omp simd reduction(+ : s1)
+#pragma omp simd reduction(+ : s1, sd)
               for (int64_t i = 0; i < K; ++i) {
                 NZ_S0_TERMS;
                 dd[i] = di;
                 s1 += hs * p[i];
+                sd += p[i] - m;
                 qw[i] += gy[i] * p[i] * s * rs;
                 qb[i] += gy[i];
                 qv[i] += e * p[i];
               }
             } else {
-#pragma omp simd reduction(+ : s1)
+#pragma omp simd reduction(+ : s1, sd)
               for (int64_t i = 0; i < K; ++i) {
                 NZ_S0_TERMS;
                 (void)di;
                 s1 += hs * p[i];
+                sd += p[i] - m;
                 qw[i] += gy[i] * p[i] * s * rs;
                 qb[i] += gy[i];
                 qv[i] += e * p[i];
               }
             }
             if (!o) continue;
-            const float k1 = rs * rs * rs * s1 / (float)K;
+            const float k1 = rs * rs * rs * s1 / (float)K, d = sd / (float)K;
             if (keep) {
 #pragma omp simd
-              for (int64_t i = 0; i < K; ++i) o[i] = dd[i] - (p[i] - m) * k1;
+              for (int64_t i = 0; i < K; ++i) o[i] = dd[i] - ((p[i] - m) - d) * k1;
             } else {
 #pragma omp simd
               for (int64_t i = 0; i < K; ++i) {
                 NZ_S0_TERMS;
                 (void)e;
-                o[i] = di - (p[i] - m) * k1;
+                o[i] = di - ((p[i] - m) - d) * k1;
               }
             }
 #undef NZ_S0_TERMS

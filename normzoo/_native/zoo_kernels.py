@@ -196,28 +196,30 @@ def b0_forward(
     running_var: Tensor | None,
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """EvoNorm-B0: ``(y, mean, var, var_b, params)``; ``var_b`` the batch variance (unset
-    where ``running_var`` is given)."""
+    """EvoNorm-B0: ``(y, stats, var_b, params)``; ``stats`` ``(3, N, C)`` the rows' mean,
+    variance and the mean's rounding remainder (for the backward), ``var_b`` the batch
+    variance (unset where ``running_var`` is given)."""
     cl = _check(x)
     n, c, length = x.shape
     v, weight, bias, running_var = _small(v, weight, bias, running_var)
     y = torch.empty_like(x)
-    stats, var_b, params = x.new_empty(2, n, c), x.new_empty(c), x.new_empty(n, c, 5)
-    _lib().nz_b0_forward(*_args(x, v, weight, bias, running_var, float(eps), y, stats[0], stats[1],
-                                var_b, params, n, c, length, cl, threads()))  # fmt: skip
-    return y, stats[0], stats[1], var_b, params
+    stats, var_b, params = x.new_empty(3, n, c), x.new_empty(c), x.new_empty(n, c, 5)
+    _lib().nz_b0_forward(*_args(x, v, weight, bias, running_var, float(eps), y, *stats, var_b,
+                                params, n, c, length, cl, threads()))  # fmt: skip
+    return y, stats, var_b, params
 
 
 def b0_backward(
-    dy: Tensor, x: Tensor, params: Tensor, mean: Tensor, batch: bool, needs: tuple[bool, ...]
+    dy: Tensor, x: Tensor, params: Tensor, stats: Tensor, batch: bool, needs: tuple[bool, ...]
 ) -> list[Tensor | None]:
-    """``[dx, dv, dweight, dbias]`` of EvoNorm-B0 (``None`` where ``needs`` is false)."""
-    cl = _check(x, params, mean)
+    """``[dx, dv, dweight, dbias]`` of EvoNorm-B0 (``None`` where ``needs`` is false);
+    ``stats`` the forward's."""
+    cl = _check(x, params, stats)
     dy = _like(x, dy)
     n, c, length = x.shape
     out = _grads(x, needs, c, c, c)
     sums, k = x.new_empty(n, c, 5), x.new_empty(2, n, c)
-    _lib().nz_b0_backward(*_args(dy, x, params, mean, int(batch), sums, k, *out,
+    _lib().nz_b0_backward(*_args(dy, x, params, stats[0], stats[2], int(batch), sums, k, *out,
                                  n, c, length, cl, threads()))  # fmt: skip
     return out
 
@@ -225,36 +227,37 @@ def b0_backward(
 def s0_forward(
     x: Tensor, v: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """EvoNorm-S0: ``(y, mean, var, params)``."""
+    """EvoNorm-S0: ``(y, stats, params)``; ``stats`` ``(3, N, C)`` the rows' mean, variance
+    and the mean's rounding remainder (for the backward)."""
     cl = _check(x)
     n, c, length = x.shape
     v, weight, bias = _small(v, weight, bias)
     y = torch.empty_like(x)
-    stats, params = x.new_empty(2, n, c), x.new_empty(n, c, 3)
-    _lib().nz_s0_forward(*_args(x, v, weight, bias, groups, float(eps), y, stats[0], stats[1],
-                                params, n, c, length, cl, threads()))  # fmt: skip
-    return y, stats[0], stats[1], params
+    stats, params = x.new_empty(3, n, c), x.new_empty(n, c, 3)
+    _lib().nz_s0_forward(*_args(x, v, weight, bias, groups, float(eps), y, *stats, params,
+                                n, c, length, cl, threads()))  # fmt: skip
+    return y, stats, params
 
 
 def s0_backward(
     dy: Tensor,
     x: Tensor,
     params: Tensor,
-    mean: Tensor,
-    var: Tensor,
+    stats: Tensor,
     weight: Tensor | None,
     groups: int,
     eps: float,
     needs: tuple[bool, ...],
 ) -> list[Tensor | None]:
-    """``[dx, dv, dweight, dbias]`` of EvoNorm-S0 (``None`` where ``needs`` is false)."""
-    cl = _check(x, params, mean, var)
+    """``[dx, dv, dweight, dbias]`` of EvoNorm-S0 (``None`` where ``needs`` is false);
+    ``stats`` the forward's."""
+    cl = _check(x, params, stats)
     dy = _like(x, dy)
     n, c, length = x.shape
     (weight,) = _small(weight)
     out = _grads(x, needs, c, c, c)
     sums, k = x.new_empty(n, c, 3), x.new_empty(2, n, c)
-    _lib().nz_s0_backward(*_args(dy, x, params, mean, var, weight, groups, float(eps), sums, k,
+    _lib().nz_s0_backward(*_args(dy, x, params, *stats, weight, groups, float(eps), sums, k,
                                  *out, n, c, length, cl, threads()))  # fmt: skip
     return out
 

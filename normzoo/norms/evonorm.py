@@ -139,7 +139,7 @@ class _B0Spec(RowNormSpec):
         bias: Tensor | None,
     ) -> Tensor:
         running = None if self.batch else running_var
-        y, self.mean, _, self.var_b, self.p = zoo_kernels.b0_forward(
+        y, self.stats, self.var_b, self.p = zoo_kernels.b0_forward(
             x, v, weight, bias, running, self.eps
         )
         return y
@@ -148,7 +148,7 @@ class _B0Spec(RowNormSpec):
         self, dy: Tensor, x: Tensor, inputs: tuple[Tensor | None, ...], needs: tuple[bool, ...]
     ) -> list[Tensor | None]:
         want = (needs[0], needs[1], needs[3], needs[4])
-        dx, dv, dw, db = zoo_kernels.b0_backward(dy, x, self.p, self.mean, self.batch, want)
+        dx, dv, dw, db = zoo_kernels.b0_backward(dy, x, self.p, self.stats, self.batch, want)
         return [dx, dv, None, dw, db]
 
 
@@ -178,9 +178,7 @@ class _S0Spec(RowNormSpec):
     def forward(  # type: ignore[override]
         self, x: Tensor, v: Tensor, weight: Tensor | None, bias: Tensor | None
     ) -> Tensor:
-        y, self.mean, self.var, self.p = zoo_kernels.s0_forward(
-            x, v, weight, bias, self.groups, self.eps
-        )
+        y, self.stats, self.p = zoo_kernels.s0_forward(x, v, weight, bias, self.groups, self.eps)
         return y
 
     def backward(
@@ -188,7 +186,7 @@ class _S0Spec(RowNormSpec):
     ) -> list[Tensor | None]:
         weight = inputs[1]
         return zoo_kernels.s0_backward(
-            dy, x, self.p, self.mean, self.var, weight, self.groups, self.eps, needs
+            dy, x, self.p, self.stats, weight, self.groups, self.eps, needs
         )
 
 
