@@ -14,8 +14,10 @@ against normzoo's reference math in float64 on the same float32 input and parame
 page reports the larger of the two errors per cell.
 
     python scripts/accuracy.py                                    # print the table
-    python scripts/accuracy.py --json docs/data/accuracy.json --out docs/numerics.md
-    python scripts/accuracy.py --render docs/data/accuracy.json --out docs/numerics.md
+    python scripts/accuracy.py --json docs/data/accuracy.json --out docs/numerics.md \
+        --plot docs/img/accuracy.png
+    python scripts/accuracy.py --render docs/data/accuracy.json --out docs/numerics.md \
+        --plot docs/img/accuracy.png
 """
 
 from __future__ import annotations
@@ -208,6 +210,7 @@ def render(result: dict[str, Any]) -> str:
     lines.append(f"- command: `{meta['command']}`")
     lines.append(f"- machine: {meta['machine']}, {meta['threads']} threads, torch {meta['torch']}")
     lines.append("- data: [`docs/data/accuracy.json`](data/accuracy.json)\n")
+    lines.append("![Error against the input's mean](img/accuracy.png)\n")
     groups: dict[tuple[tuple[int, ...], str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((tuple(r["shape"]), r["layout"]), []).append(r)
@@ -237,6 +240,52 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: The figure: (norm, path, label, style) on the mid-sized channels_last input.
+PLOT_LINES = (
+    ("groupnorm", "torch", "nn.GroupNorm", "C3-o"),
+    ("groupnorm", "fast", "normzoo groupnorm", "C0-o"),
+    ("layernorm", "fast", "normzoo layernorm", "C0--s"),
+    ("batchnorm", "torch", "nn.BatchNorm2d", "C1-^"),
+    ("batchnorm", "fast", "normzoo batchnorm", "C2-^"),
+    ("evonorms0", "fast", "normzoo evonorms0", "C4-d"),
+)
+
+
+def plot(result: dict[str, Any], path: Path, shape: tuple[int, ...] = SHAPES[1]) -> None:
+    """Error against the input's mean, channels_last ``shape``: torch.nn's channels_last
+    GroupNorm next to normzoo's norms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [
+        r
+        for r in result["rows"]
+        if tuple(r["shape"]) == tuple(shape) and r["layout"] == "channels_last"
+    ]
+    means = sorted({r["mean"] for r in rows})
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, path_, label, style in PLOT_LINES:
+        by_mean = {r["mean"]: r for r in rows if r["norm"] == name}
+        ys = [
+            _worst(by_mean[m][f"{path_}_y"], by_mean[m][f"{path_}_dx"]) if m in by_mean else None
+            for m in means
+        ]
+        if all(y is not None for y in ys):
+            ax.plot(range(len(means)), ys, style, label=label)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(means)), [f"{m:g}" for m in means])
+    ax.set_xlabel("input mean (std 1)")
+    ax.set_ylabel("relative error vs float64 (max of y, dx)")
+    ax.set_title(f"{'x'.join(map(str, shape))}, channels_last, float32, CPU")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _worst(a: float, b: float) -> float:
     if a != a or b != b:
         return a if b != b else b
@@ -252,6 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--render", type=Path, help="render this JSON instead of measuring")
     parser.add_argument("--out", type=Path, help="write the markdown page here")
+    parser.add_argument("--plot", type=Path, help="write the figure here (PNG)")
     args = parser.parse_args(argv)
     if args.render:
         result = json.loads(args.render.read_text())
@@ -270,6 +320,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.json:
             args.json.write_text(json.dumps(result, indent=1) + "\n")
     page = render(result)
+    if args.plot:
+        plot(result, args.plot)
     if args.out:
         args.out.write_text(page)
     else:

@@ -363,11 +363,13 @@ def test_accuracy_rows_against_float64_and_the_docs_page(bench, tmp_path):
     exact = normzoo.create("bn", 8, impl="reference").double()
     torch.testing.assert_close(exact(x), F.batch_norm(x, None, None, training=True))
 
-    out, page = tmp_path / "accuracy.json", tmp_path / "numerics.md"
+    out, page, figure = tmp_path / "accuracy.json", tmp_path / "numerics.md", tmp_path / "a.png"
     result = accuracy.main(
         ["--norms", "bn", "frn", "--shapes", "4,8,6,6", "16,8", "--means", "0", "1000",
          "--json", str(out), "--out", str(page)]
     )  # fmt: skip
+    accuracy.plot(result, figure, shape=(4, 8, 6, 6))
+    assert figure.stat().st_size > 0
     assert json.loads(out.read_text()) == result
     assert len(result["rows"]) == 2 * 2 * 3  # norms x means x (two layouts, tokens)
     text = page.read_text()
