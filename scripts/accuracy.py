@@ -69,9 +69,15 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def accuracy_row(
-    name: str, shape: tuple[int, ...], layout: str, mean: float, seed: int = 0
+    name: str,
+    shape: tuple[int, ...],
+    layout: str,
+    mean: float,
+    seed: int = 0,
+    device: str = "cpu",
 ) -> dict[str, Any] | None:
-    """The errors of one case (``None`` where the norm takes no such input)."""
+    """The errors of one case (``None`` where the norm takes no such input) on ``device``
+    (the float64 math on the same device)."""
     name = normzoo.info(name).name
     token = len(shape) == 2
     if token and layout != "contiguous":
@@ -104,10 +110,13 @@ def accuracy_row(
     state = fast.state_dict()
     for model in (models["reference"], exact):
         model.load_state_dict(state)
-    x = mean + torch.randn(shape)
+    for model in (*models.values(), exact):
+        if model is not None:
+            model.to(device)
+    x = (mean + torch.randn(shape)).to(device)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
-    dy = torch.randn(shape, dtype=torch.float64)
+    dy = torch.randn(shape, dtype=torch.float64).to(device)
     x64 = x.double().requires_grad_(True)
     y64 = exact(x64)
     (dx64,) = torch.autograd.grad(y64, x64, dy)
@@ -130,6 +139,7 @@ def run(
     shapes: tuple[tuple[int, ...], ...],
     means: tuple[float, ...],
     command: str = "python scripts/accuracy.py",
+    device: str = "cpu",
 ) -> dict[str, Any]:
     rows = []
     with warnings.catch_warnings():
@@ -138,12 +148,17 @@ def run(
             for layout in LAYOUTS:
                 for name in norms:
                     for mean in means:
-                        row = accuracy_row(name, shape, layout, mean)
+                        row = accuracy_row(name, shape, layout, mean, device=device)
                         if row is not None:
                             rows.append(row)
     meta = {
         "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
+        "machine": (
+            torch.cuda.get_device_name(device)
+            if device.startswith("cuda")
+            else platform.processor() or platform.machine()
+        ),
+        "device": device,
         "threads": torch.get_num_threads(),
         "command": command,
     }
@@ -298,6 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--shapes", nargs="*", default=None, help="e.g. 8,16,8,8 512,64")
     parser.add_argument("--means", nargs="*", type=float, default=list(MEANS))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--render", type=Path, help="render this JSON instead of measuring")
     parser.add_argument("--out", type=Path, help="write the markdown page here")
@@ -316,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         given = sys.argv[1:] if argv is None else argv
         command = " ".join(["python scripts/accuracy.py", *given])
-        result = run(norms, shapes, tuple(args.means), command)
+        result = run(norms, shapes, tuple(args.means), command, args.device)
         if args.json:
             args.json.write_text(json.dumps(result, indent=1) + "\n")
     page = render(result)

@@ -30,7 +30,10 @@
 #   train      the training system's GPU runs (trainer=gpu: the default job and MNIST-1D);
 #   compile    tests/test_capture.py on the GPU (every norm compiled whole against eager,
 #              exported, empty inputs), then scripts/bench_compile.py: each norm's model
-#              compiled against eager and torch.nn's compiled (not in the default steps).
+#              compiled against eager and torch.nn's compiled (not in the default steps);
+#   accuracy   scripts/accuracy.py on the GPU: every norm's error against float64 at large
+#              input means, torch.nn's beside it, on torch's and (NORMZOO_TRITON=all, from
+#              2M elements) on the Triton kernels (not in the default steps).
 # Usage: OUT=some/dir bash scripts/gpu_check.sh   (logs and JSONs go to $OUT)
 #        STEPS="test bench" ... runs only those steps.
 # Each step has its own time limit, so one slow step cannot starve the others. A step that
@@ -111,6 +114,13 @@ if [[ $steps == *" compile "* ]]; then
         tests/test_capture.py 2>&1 | tee "$out/capture_cuda.log"
     limit "${COMPILE_LIMIT:-300}" "$py" scripts/bench_compile.py --device cuda \
         ${COMPILE_ARGS:-} --json "$out/bench_compile_cuda.json" 2>&1 | tee "$out/bench_compile_cuda.log"
+fi
+if [[ $steps == *" accuracy "* ]]; then
+    limit "${ACCURACY_LIMIT:-150}" "$py" scripts/accuracy.py --device cuda \
+        --json "$out/accuracy_cuda.json" --out "$out/accuracy_cuda.md" 2>&1 | tail -3
+    NORMZOO_TRITON=all limit "${ACCURACY_LIMIT:-150}" "$py" scripts/accuracy.py --device cuda \
+        --shapes 32,64,32,32 4096,512 --json "$out/accuracy_cuda_triton.json" \
+        --out "$out/accuracy_cuda_triton.md" 2>&1 | tail -3
 fi
 if [[ $steps == *" train "* ]]; then
     limit "${TRAIN_LIMIT:-150}" "$py" -m pytest -q -p no:cacheprovider -s \
