@@ -198,9 +198,10 @@ What the tables show (torch 2.13, CPU):
   at mean 1000 and 2e-4 at mean 10000, the limit set by `x - mean` in float32.
 * **torch.nn's channels_last GroupNorm on the CPU** (and the channels-first LayerNorm it
   computes) takes the one-pass variance: 1e-3 to 6e-3 at mean 100, 0.1 to 1e6 at mean 1000.
-  normzoo never calls that kernel: its native operator reads channels_last in place with a
-  stable variance, and half precision or a machine without the operator library runs
-  torch's contiguous kernel on a copy.
+  normzoo does not call that kernel in float32: its native operator reads channels_last in
+  place with a stable variance, and a machine without the operator library runs torch's
+  contiguous kernel on a copy (half-precision LayerNorm keeps torch's kernel, 2-4.5x faster
+  there; half precision cannot hold the means that break it).
 * **BatchNorm on channels_last below the native kernels' sizes** (64K elements; Batch Renorm
   and Ghost BN, which call the kernels through Python, 256K) runs torch's channels_last
   batch-norm kernel, which folds the mean into an affine map: 4-10x the reference math's

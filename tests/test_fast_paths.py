@@ -1051,6 +1051,23 @@ def test_channels_last_has_no_hidden_copy(name, shape):
     assert mode.seen == ["aten.clone"]
 
 
+@pytest.mark.parametrize(("name", "copies"), [("ln", 0), ("gn", 3)])
+def test_half_precision_channels_last_group_norm_kernel_choice(name, copies):
+    """bfloat16 on channels_last, where no native kernel serves: LayerNorm keeps torch's
+    channels_last kernel (2-4.5x faster than a copy; half precision cannot hold the means
+    that break it), GroupNorm with several channels per group runs torch's contiguous kernel
+    on a copy (faster there, and stable): the input and the output, and the output's
+    gradient in the backward."""
+    norm = normzoo.create(name, 8)
+    x = torch.randn(4, 8, 6, 5, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    with _CopyCounter(x.numel()) as mode:
+        y = norm(x)
+        torch.autograd.grad(y, x, torch.ones_like(y))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert mode.seen == ["aten.clone"] * copies
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(4, 8, 5, 6), (2, 8, 3, 4, 5)], ids=str)
 def test_instancenorm_channels_last_equals_torch(shape, dtype):

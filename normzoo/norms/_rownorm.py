@@ -122,20 +122,23 @@ def torch_group_norm(
     ``x``'s layout back: a channels_last model stays channels_last, at the cost of one copy
     (torch's own copy of ``x`` cannot be avoided with its kernel).
 
-    On the CPU, torch's channels_last kernel is not used: it takes the variance as
-    ``E[x^2] - E[x]^2`` and cancels catastrophically once the mean is large against the spread
-    (relative errors of 0.1-1 in ``y`` at mean 1000 and std 1, and 1e6 in ``dx`` with one
-    channel per group; its contiguous kernel: 2e-5, torch 2.13). A channels_last ``x`` runs
-    the contiguous kernel on a contiguous copy, with the output copied back to channels_last:
-    measured 0.9-1.4x the channels_last kernel's fwd+bwd time in float32 and 0.5-0.7x in
-    bfloat16 (2 threads, ``(8, 16, 12, 12)`` to ``(32, 64, 32, 32)``). Float32 channels_last
-    inputs take the native kernels instead where the C++ operator library is built (any
-    size; they read that layout in place, and are stable), so this serves half precision
-    and machines without the library.
+    On the CPU, torch's channels_last kernel takes the variance as ``E[x^2] - E[x]^2`` and
+    cancels catastrophically once the mean is large against the spread (relative errors of
+    0.1-1 in ``y`` at mean 1000 and std 1, and 1e6 in ``dx`` with one channel per group; its
+    contiguous kernel: 2e-5, torch 2.13). A channels_last ``x`` runs the contiguous kernel on
+    a contiguous copy instead, with the output copied back to channels_last: measured
+    0.9-1.4x the channels_last kernel's fwd+bwd time in float32, and 0.2-0.6x in bfloat16
+    with several channels per group (2 threads, ``(8, 16, 12, 12)`` to ``(32, 64, 32, 32)``).
+    One group (channels-first LayerNorm) in half precision keeps torch's channels_last
+    kernel: there it is 2-4.5x faster than the copy, and half precision cannot hold the means
+    that break it (bfloat16: its error equals the contiguous kernel's up to mean/std 30,
+    2e-2 against 3e-3 at 100). Float32 channels_last inputs take the native kernels instead
+    where the C++ operator library is built (any size; they read that layout in place, and
+    are stable), so the copy serves machines without the library and half precision.
     """
     fmt = channels_last_format(x)
     if x.is_cpu:  # mixed dtypes are native here
-        if fmt is None:
+        if fmt is None or (groups == 1 and x.dtype in (torch.float16, torch.bfloat16)):
             return torch.group_norm(x, groups, weight, bias, eps, False)
         y = torch.group_norm(x.contiguous(), groups, weight, bias, eps, False)
         return y.contiguous(memory_format=fmt)
