@@ -7,7 +7,8 @@ As a script (``tests/test_triton.py`` runs it in a subprocess with ``TRITON_INTE
 which must be set before ``triton`` is imported) it checks the Triton code under Triton's
 interpreter; :func:`check` with ``tests/triton_emulation.py``'s kernels patched in checks the
 Python orchestration everywhere, triton installed or not. Prints one line per failing case and
-``cases N fails F``; the script's exit status is 1 on any failure.
+``cases N fails F``; the script's exit status is 1 on any failure. ``--shard I/N`` runs every
+N-th case from the I-th (the test runs two shards at once, one per core).
 """
 
 import contextlib
@@ -39,20 +40,33 @@ def scalar_index_for_numpy_2_4() -> None:
     interpreter._patch_lang_tensor = patched
 
 
+def _shard(argv: list[str]) -> tuple[int, int]:
+    """``--shard I/N`` from the arguments, else ``(0, 1)`` (every case)."""
+    if "--shard" not in argv:
+        return 0, 1
+    index, count = (int(v) for v in argv[argv.index("--shard") + 1].split("/"))
+    if not 0 <= index < count:
+        raise SystemExit(f"--shard I/N needs 0 <= I < N, got {index}/{count}")
+    return index, count
+
+
 def main() -> int:
+    shard = _shard(sys.argv[1:])
     scalar_index_for_numpy_2_4()
     torch.manual_seed(0)
     target = T._target_programs
     T._target_programs = lambda x: 64  # several chunks per set on the small shapes below
     try:
-        return 1 if check() else 0
+        return 1 if check(shard) else 0
     finally:
         T._target_programs = target
         T.TILE = 4096
 
 
-def check() -> int:
-    """Run every case through ``T``'s functions; the number of failing cases."""
+def check(shard: tuple[int, int] = (0, 1)) -> int:
+    """Run every case (``shard`` ``(I, N)``: every N-th from the I-th) through ``T``'s
+    functions; the number of failing cases."""
+    index, count = shard
     cases = []
     for shape in [(4, 6, 5, 7), (3, 8, 33), (2, 4, 3, 4, 5), (16, 12), (2, 8, 70, 70)]:
         for kind, groups in [("batch", 0), ("group", 2), ("group", 1), ("group", shape[1])]:
@@ -103,7 +117,10 @@ def check() -> int:
         if c[0] == (2, 8, 70, 70) and c[4] and not c[5] and c[1] not in ("frn", "s0")
     ]
     fails = 0
-    for shape, kind, groups, cl, affine, relu, *tile in cases:
+    numbered = list(enumerate(cases))[index::count]
+    cases = [case for _, case in numbered]
+    for number, (shape, kind, groups, cl, affine, relu, *tile) in numbered:
+        torch.manual_seed(number)  # each case its own data, however the cases are sharded
         T.TILE = tile[0] if tile else 4096
         c = shape[-1] if kind in ("token", "rms_token") else shape[1]
         x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).float()
@@ -166,7 +183,8 @@ def check() -> int:
             print(f"FAIL {shape} {kind} groups={groups} cl={cl} affine={affine} relu={relu}")
             print("    tile", tile, "errors", errs)
     checks = (check_renorm, check_switchable, check_switchable_offset, check_b0, check_ghost)
-    for extra_check in (*checks, check_frozen):
+    for number, extra_check in list(enumerate((*checks, check_frozen)))[index::count]:
+        torch.manual_seed(10_000 + number)
         more_cases, more_fails = extra_check()
         cases += more_cases
         fails += more_fails
