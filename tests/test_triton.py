@@ -97,7 +97,7 @@ def test_orchestration_with_emulated_kernels(monkeypatch, capsys):
     fails = triton_interpreter_check.check()
     out = capsys.readouterr().out
     assert fails == 0, out
-    assert "cases 260 fails 0" in out
+    assert "cases 284 fails 0" in out
     assert _triton._disabled is None  # no case fell back to torch's kernels
 
 

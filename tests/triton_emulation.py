@@ -126,8 +126,8 @@ def _dy_xhat(X, DY, MEAN, RSTD, W, B, TAU, N, C, S, strides, SET_N, CPG, **kw):
 
 
 def partial_grad(
-    grid, X, DY, MEAN, RSTD, W, B, TAU, PSY, PSXY, PST, C, S, sn, sc, ss, SET_N, CPG, SPP, NK,
-    **kw,
+    grid, X, DY, MEAN, RSTD, W, B, TAU, PSY, PSXY, PST, PSD, C, S, sn, sc, ss, SET_N, CPG, SPP,
+    NK, **kw,
 ):  # fmt: skip
     n = grid[2]
     strides = (sn, sc, ss)
@@ -138,6 +138,10 @@ def partial_grad(
     PSXY.view(n, C, NK).copy_(_chunks(dy * xhat, SPP, NK).nansum(-1))
     if rest is not None:
         PST.view(n, C, NK).copy_(_chunks(rest, SPP, NK).nansum(-1))
+    if kw.get("SWISH"):  # sum(x - mean): the float32 mean's error
+        x = _view(X, n, C, S, *strides).float()
+        deviation = x - MEAN[_sets(n, C, SET_N, CPG)][..., None]
+        PSD.view(n, C, NK).copy_(_chunks(deviation, SPP, NK).nansum(-1))
 
 
 def apply_grad(
@@ -198,6 +202,7 @@ def group_bwd(grid, X, DY, DX, W, B, P, MEAN, RSTD, PDW, PDB, PDP, N, C, S, G, C
         a = (dy * w[:, None] * fr).view(N, G, CPG * S).mean(2)[:, :, None]
         fp = sg + P.float()[:, None] * x * sg * (1 - sg)
         xg = xhat.reshape(N, G, CPG * S)
+        xg = xg - xg.mean(2, keepdim=True)  # against the exact mean, as the kernel
         dx = rstd_c * (w[:, None] * dy * fp) - (RSTD.view(N, G, 1) * xg * a).view(N, C, S)
         prod = dy * fr
     else:

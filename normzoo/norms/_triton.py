@@ -436,6 +436,7 @@ def _two_phase_backward(
     d_extra = part[2].sum((0, 2)) if extra is not None else None
     if swish and weight is not None:
         d_extra = d_extra * weight.float()
+    deviation = part[3].sum(2) if swish else None  # (n, c): sum(x - mean)
     part = part[:2]
     # per set: b = sum(w dy) / count and a = sum(w dy xhat) / count, as (b, a)
     set_n, cpg = sets
@@ -450,6 +451,13 @@ def _two_phase_backward(
         coef = sums.view(2, n * set_n, cpg).sum(2) / (cpg * plan.s)
     if rms or swish:  # no centering (of the numerator): no mean(w dy) term
         coef[0].zero_()
+    if deviation is not None:
+        # EvoNorm-S0's output does not subtract the mean, so float32 can give its gradient
+        # to ~1e-6; the variance's share, xhat a, must then use the exact mean: mean + delta,
+        # delta the set's mean of x - mean (the float32 mean is ~5e-4 off at mean 1e4).
+        set_n, cpg = sets
+        delta = deviation.view(n * set_n, cpg).sum(1) / (cpg * plan.s)
+        coef[0] = -delta * rstd.view(-1) * coef[1]
     b, a = coef.unbind(0)
     dx = _grad_map(dy, x, weight, bias, mean, rstd, a, b, sets, relu, plan, extra, swish)
     db, dw = db_dw.unbind(0)
@@ -471,13 +479,15 @@ def _grad_sums(
 ) -> Tensor:
     """``(2, n, c, nk)``: per (sample, channel, chunk) ``sum(dy)`` and ``sum(dy * xhat)``;
     with an ``extra`` parameter (FRN's ``tau``; ``swish``: EvoNorm-S0's ``v``, the swish's
-    ``f`` in ``xhat``'s place) ``(3, n, c, nk)``, its gradient's sums third."""
+    ``f`` in ``xhat``'s place) ``(3, n, c, nk)``, its gradient's sums third; with ``swish``
+    ``(4, n, c, nk)``, ``sum(x - mean)`` fourth."""
     n, c, nk = plan.n, plan.c, plan.nk
-    rows = 2 if extra is None else 3
+    rows = 2 if extra is None else (4 if swish else 3)
     part = torch.empty((rows, n, c, nk), device=x.device, dtype=torch.float32)
     pst = part[2] if extra is not None else None
+    psd = part[3] if swish else None
     _kernels()._partial_grad[plan.grid](
-        x, dy, mean, rstd, weight, bias, extra, part[0], part[1], pst, c, plan.s,
+        x, dy, mean, rstd, weight, bias, extra, part[0], part[1], pst, psd, c, plan.s,
         *plan.strides, *sets, plan.spp, nk, HAS_W=weight is not None, HAS_B=bias is not None,
         RELU=relu, CB=plan.cb, SB=plan.sb, num_warps=plan.warps, **_extra_flag(extra, swish),
     )  # fmt: skip

@@ -237,6 +237,7 @@ def _partial_grad(
     PSY,
     PSXY,
     PST,
+    PSD,
     C,
     S,
     sn,
@@ -257,9 +258,10 @@ def _partial_grad(
     """Per (sample, channel, chunk): ``sum(dy)`` and ``sum(dy * xhat)``, with ``dy`` masked by
     the forward's ReLU where it had one (``TLU``: by FRN's ``max(y, tau)``, half at ties as
     ``torch.maximum``, and tau's share ``sum(dy - masked)`` at ``PST``; ``SWISH``: with
-    ``s = sigmoid(v x)`` and ``f = x s rstd`` in ``x_hat``'s place, ``sum(dy f)``, and at
-    ``PST`` v's ``sum(dy f x (1 - s))``, to be scaled by ``w``); stored at
-    ``(n*C + c)*NK + kk``."""
+    ``s = sigmoid(v x)`` and ``f = x s rstd`` in ``x_hat``'s place, ``sum(dy f)``, at
+    ``PST`` v's ``sum(dy f x (1 - s))``, to be scaled by ``w``, and at ``PSD`` ``sum(x -
+    mean)``: the float32 mean's error, against which the variance's gradient is corrected);
+    stored at ``(n*C + c)*NK + kk``."""
     kk = tl.program_id(0)
     cb = tl.program_id(1)
     n = tl.program_id(2)
@@ -277,6 +279,8 @@ def _partial_grad(
     if TLU or SWISH:
         tau = tl.load(TAU + cs, mask=cmask, other=0.0).to(tl.float32)
         st = tl.zeros([CB], dtype=tl.float32)
+    if SWISH:
+        sd = tl.zeros([CB], dtype=tl.float32)
     sy = tl.zeros([CB], dtype=tl.float32)
     sxy = tl.zeros([CB], dtype=tl.float32)
     for s in range(s0, s_end, SB):
@@ -293,6 +297,7 @@ def _partial_grad(
             sg = tl.sigmoid(tau[:, None] * x)
             xhat = x * sg * rstd[:, None]  # f = x sigmoid(v x) rstd in x_hat's place
             st += tl.sum(dy * xhat * x * (1.0 - sg), axis=1)
+            sd += tl.sum(tl.where(m, x - mean[:, None], 0.0), axis=1)
         else:
             xhat = (x - mean[:, None]) * rstd[:, None]
         sy += tl.sum(dy, axis=1)
@@ -302,6 +307,8 @@ def _partial_grad(
     tl.store(PSXY + idx, sxy, mask=cmask)
     if TLU or SWISH:
         tl.store(PST + idx, st, mask=cmask)
+    if SWISH:
+        tl.store(PSD + idx, sd, mask=cmask)
 
 
 @triton.jit
@@ -524,7 +531,10 @@ def _group_bwd(
             dp += w * tl.sum(dy * fr * x * (1.0 - sg), axis=1)
             a = tl.sum(cdyx * w, axis=0) / count
             fp = sg + prm[:, None] * x * sg * (1.0 - sg)
-            dx = rstd * (w[:, None] * dy * fp - xhat * a)
+            # the variance's share against the exact mean: the output does not subtract the
+            # mean, so its float32 error (~5e-4 at mean 1e4) would be all of dx's error
+            dm = tl.sum(tl.sum(d, axis=1), axis=0) / count
+            dx = rstd * (w[:, None] * dy * fp - (xhat - dm * rstd) * a)
         else:
             cdy = tl.sum(dy, axis=1)
             cdyx = tl.sum(dy * xhat, axis=1)
