@@ -49,9 +49,9 @@ __all__ = [
 #: L3), 0.85x and 0.93x on (32, 64, 32, 32), so the operator serves them from
 #: ``NATIVE_MIN_NUMEL``. channels_last inputs take the operator at every size: torch's
 #: channels_last kernel is numerically unstable (see :func:`torch_group_norm`), and below
-#: ``NATIVE_MIN_NUMEL`` the operator measured 0.9-1.2x the time of torch's unstable kernel for
-#: GroupNorm and LayerNorm, 0.5-0.6x for InstanceNorm, and 0.55-0.9x the stable fallback's
-#: (fwd+bwd, 2 threads, (2, 64, 8, 8) to (16, 32, 8, 8)).
+#: ``NATIVE_MIN_NUMEL`` the operator measured 0.75-1.2x the time of torch's unstable kernel
+#: for GroupNorm and LayerNorm, 0.35-0.65x for InstanceNorm, and 0.55-0.9x the stable
+#: fallback's (fwd+bwd, 2 threads, (2, 64, 8, 8) to (16, 32, 8, 8)).
 NATIVE_MIN_NUMEL = 1 << 15
 NATIVE_MIN_NUMEL_GROUPED = 1 << 20
 
