@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import platform
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from bench import torch_equivalent
+from bench import machine, torch_equivalent
 from torch import nn
 
 import normzoo
@@ -154,9 +153,7 @@ def run(
     meta = {
         "torch": torch.__version__,
         "machine": (
-            torch.cuda.get_device_name(device)
-            if device.startswith("cuda")
-            else platform.processor() or platform.machine()
+            torch.cuda.get_device_name(device) if device.startswith("cuda") else machine()["cpu"]
         ),
         "device": device,
         "threads": torch.get_num_threads(),
