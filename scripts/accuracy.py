@@ -23,7 +23,6 @@ page reports the larger of the two errors per cell.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 import warnings
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench import machine, torch_equivalent
+from bench import machine, norm_kwargs, torch_equivalent
 from torch import nn
 
 import normzoo
@@ -47,18 +46,14 @@ PATHS = ("fast", "reference", "torch")
 
 
 def _build(name: str, c: int, n: int, token: bool, impl: str) -> nn.Module | None:
-    """The norm for ``c`` channels (its token form for ``(N, C)`` where it has one: LayerNorm
-    and RMSNorm over the channels), or ``None`` where it takes no such input."""
-    cls = normzoo.get(name)
-    kwargs: dict[str, Any] = {"impl": impl}
-    if name == "ghostbatchnorm":
+    """The norm for ``c`` channels as the benchmark builds it (:func:`bench.norm_kwargs`: the
+    token form for ``(N, C)``), Ghost BN with two virtual batches of the ``n`` samples;
+    ``None`` where it takes no such input. Unlike the benchmark's, errors are raised."""
+    kwargs = norm_kwargs(name, token, impl)
+    if kwargs is None:
+        return None
+    if normzoo.info(name).name == "ghostbatchnorm":
         kwargs["virtual_batch_size"] = max(1, n // 2)
-    if token:
-        takes = "channels_last" in inspect.signature(cls).parameters
-        if takes and "batch" not in cls.reduces_over:
-            kwargs["channels_last"] = True
-        elif cls.min_spatial_dims > 0:
-            return None
     return normzoo.create(name, c, **kwargs)
 
 
@@ -95,10 +90,9 @@ def accuracy_row(
         "torch": torch_equivalent(name, fast, c, token),
     }
     exact = _build(name, c, n, token, "reference").double()
-    reference_torch = models["torch"]
-    if reference_torch is not None:
-        reference_torch.eps = fast.eps  # (torch's RMSNorm defaults to float32's epsilon)
-        theirs = reference_torch.state_dict()
+    if models["torch"] is not None:
+        models["torch"].eps = fast.eps  # (torch's RMSNorm defaults to float32's epsilon)
+        theirs = models["torch"].state_dict()
         if "bias" not in theirs and getattr(fast, "bias", None) is not None:
             with torch.no_grad():  # torch's RMSNorm has no bias: compare with ours at zero
                 fast.bias.zero_()
@@ -239,8 +233,8 @@ def render(result: dict[str, Any]) -> str:
         for r in group:
             by_norm.setdefault(r["norm"], {})[r["mean"]] = r
         for name, cells in by_norm.items():
-            module = next((c.get("torch_module") for c in cells.values()), None) or "-"
-            out = [name, f"`{module}`" if module != "-" else "-"]
+            module = next((c.get("torch_module") for c in cells.values()), None)
+            out = [name, f"`{module}`" if module else "-"]
             for m in means:
                 r = cells.get(m)
                 for path in PATHS:

@@ -98,10 +98,10 @@ def _accepts(cls: type, kwarg: str) -> bool:
         return False
 
 
-def make_norm(name: str, c: int, token: bool, impl: str | None = None) -> nn.Module | None:
-    """``normzoo.create(name, c)`` for a conv input, or its token form (``channels_last``);
-    ``None`` when the norm has no token form or cannot be built standalone. ``impl`` is
-    passed on where the norm takes one."""
+def norm_kwargs(name: str, token: bool, impl: str | None = None) -> dict[str, Any] | None:
+    """The keyword arguments that build norm ``name`` for a conv input, or for tokens
+    ``(N, C)`` its token form (``channels_last`` for the per-token norms, LayerNorm and
+    RMSNorm); ``None`` when it takes no tokens. ``impl`` where the norm takes one."""
     cls = normzoo.get(name)
     kwargs: dict[str, Any] = {}
     if impl is not None and _accepts(cls, "impl"):
@@ -111,6 +111,15 @@ def make_norm(name: str, c: int, token: bool, impl: str | None = None) -> nn.Mod
             kwargs["channels_last"] = True
         elif cls.min_spatial_dims > 0:
             return None
+    return kwargs
+
+
+def make_norm(name: str, c: int, token: bool, impl: str | None = None) -> nn.Module | None:
+    """``normzoo.create(name, c)`` for a conv input, or its token form (:func:`norm_kwargs`);
+    ``None`` when the norm has no token form or cannot be built standalone."""
+    kwargs = norm_kwargs(name, token, impl)
+    if kwargs is None:
+        return None
     try:
         return normzoo.create(name, c, **kwargs)
     except Exception:

@@ -1,4 +1,10 @@
-"""Helpers shared by the norm tests: tolerances, comparisons of two layers, small-batch kwargs."""
+"""Helpers shared by the norm tests: tolerances, comparisons of two layers, small-batch kwargs,
+and the scripts (``scripts/*.py``) as modules."""
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -71,3 +77,14 @@ def fwd_bwd(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor
     y = m(x)
     y.backward(g.to(y.device, y.dtype))
     return [t.detach().cpu() for t in (y, x.grad, *(p.grad for p in m.parameters()))]
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` executed afresh as module ``name`` (registered in ``sys.modules``,
+    where the scripts import each other from, e.g. ``from bench import ...``)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -4,30 +4,22 @@ page rendered from them, CPU and CUDA sections, failing rows listed."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from norm_testing import load_script
 
 import normzoo
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench():
-    return _script("bench")
+    return load_script("bench")
 
 
 def test_bench_rows_compare_with_torch_and_batchnorm(bench):
@@ -64,7 +56,7 @@ def test_bench_main_records_failing_rows_and_writes_json(bench, tmp_path, monkey
 
 
 def test_report_renders_cpu_and_cuda_sections(bench, tmp_path, monkeypatch):
-    report = _script("bench_report")
+    report = load_script("bench_report")
     result = bench.main(
         ["--devices", "cpu", "--norms", "bn", "gn", "--shapes", "4,8,6,6", "16,8",
          "--dtypes", "float32", "--formats", "contiguous", "--repeats", "2", "--warmup", "0",
@@ -169,7 +161,7 @@ def test_frozen_batchnorm_is_compared_with_an_eval_mode_batchnorm(bench):
         "frozenbatchnorm", (4, 8, 6, 6), torch.float32, "contiguous", torch.device("cpu"), 2, 1
     )
     assert row["torch_mode"] == "eval"
-    report = _script("bench_report")
+    report = load_script("bench_report")
     old = dict(row, torch_mode=None)  # runs from before the fix: no valid torch comparison
     assert report._valid_torch(old)["fwdbwd_ratio_torch"] is None
     assert report._valid_torch(row)["fwdbwd_ratio_torch"] == row["fwdbwd_ratio_torch"]
@@ -194,7 +186,7 @@ def test_training_rows_pair_the_rounds(bench, monkeypatch):
     rounds["torch"] = [3.0, 4.0, 8.0]  # ratios 3, 2, 2: the medians' ratio is 2 too
     row = bench.train_row("gn", torch.device("cpu"), 4, 3, 0)
     assert row["throughput_paired"] == 2.0 and row["throughput_min"] == 3.0
-    table = _script("bench_report").train_table([row])
+    table = load_script("bench_report").train_table([row])
     assert "| paired ratio (quartiles) |" in table
     assert f"| 2.00 ({row['throughput_paired_iqr'][0]:.2f}-" in table
     assert "| A/A: torch.nn vs torch.nn (paired) |" in table
@@ -229,7 +221,7 @@ def test_training_rows_with_the_relu_fused(bench, monkeypatch):
         if not fuse:
             assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == 4, who
             assert not any(getattr(m, "activation", None) for m in model.modules()), who
-    table = _script("bench_report").train_table(rows)
+    table = load_script("bench_report").train_table(rows)
     assert table.count("(ReLU fused)") == 2 and "| groupnorm (ReLU fused) |" in table
     rows = bench.main(["--norms", "gn", "--no-rows", "--no-fused-train", "--repeats", "1",
                        "--warmup", "0", "--train-batch", "2"])["train"]  # fmt: skip
@@ -245,7 +237,7 @@ def test_bench_rows_with_an_activation(bench):
     frozen = bench.bench_row("frozenbn", (4, 8, 6, 6), torch.float32, "contiguous", cpu, 2, 0,
                              None, "relu")  # fmt: skip
     assert frozen["torch_mode"] == "eval"  # the norm inside nn.Sequential(norm, nn.ReLU())
-    report = _script("bench_report")
+    report = load_script("bench_report")
     data = report.label_activations({"rows": [row, bench.bench_row(
         "gn", (4, 8, 6, 6), torch.float32, "contiguous", cpu, 2, 0)]})  # fmt: skip
     assert [r["norm"] for r in data["rows"]] == ["groupnorm + relu", "groupnorm"]
@@ -255,7 +247,7 @@ def test_bench_rows_with_an_activation(bench):
 def test_row_kernel_bench_times_both_layouts_against_torch():
     """scripts/bench_row_kernels.py: every case timed, ours against torch's operators; and the
     kernels it times compute torch's group norm (checked on one rotating buffer here)."""
-    script = _script("bench_row_kernels")
+    script = load_script("bench_row_kernels")
     rows = script.main(["--shapes", "3,16,4,4", "--groups", "1", "4", "--rounds", "2",
                         "--calls", "1", "--buffers", "2"])  # fmt: skip
     assert [(r["groups"], r["layout"]) for r in rows] == [
@@ -278,7 +270,7 @@ def test_gpu_fused_ab_times_the_core_norms_compiled_reference(tmp_path):
     """--core adds BatchNorm, GroupNorm and LayerNorm, whose ``fused`` column is their
     reference math through ``_fused.fuse`` (eager on the CPU): the same function as the
     module's path, batch statistics for BatchNorm, its running statistics untouched."""
-    ab = _script("gpu_fused_ab")
+    ab = load_script("gpu_fused_ab")
     args = ["--device", "cpu", "--norms", "frn", "--core", "--shapes", "4,8,6,6"]
     rows = ab.main([*args, "--repeats", "2", "--warmup", "1"])
     assert [r["norm"] for r in rows] == ["frn", "batchnorm", "groupnorm", "layernorm"]
@@ -297,7 +289,7 @@ def test_gpu_fused_ab_times_the_core_norms_compiled_reference(tmp_path):
 def test_gpu_fused_ab_runs_and_writes_rows(tmp_path):
     """The fused-path A/B (a CUDA script) on the CPU, where both columns are the eager path:
     rows with the fields the docs read, the two paths' outputs identical."""
-    ab = _script("gpu_fused_ab")
+    ab = load_script("gpu_fused_ab")
     out = tmp_path / "ab.json"
     args = ["--device", "cpu", "--norms", "frn", "evonorms0", "--shapes", "4,8,6,6"]
     rows = ab.main([*args, "--repeats", "2", "--warmup", "1", "--json", str(out)])
@@ -307,7 +299,7 @@ def test_gpu_fused_ab_runs_and_writes_rows(tmp_path):
         assert row["eval_err"] == 0 and row["fallback"] == [] and row["layout_kept"]
         assert row["speedup"] == pytest.approx(row["eager_ms"] / row["fused_ms"])
         assert row["fused_copy_fraction"] > 0 and row["bn_ms"] > 0
-    table = _script("bench_report").fused_ab_table(rows)
+    table = load_script("bench_report").fused_ab_table(rows)
     assert f"| frn | 4x8x6x6 | contiguous | float32 | {rows[0]['fused_ms']:.3f} |" in table
 
 
@@ -317,7 +309,7 @@ def test_compile_bench_rows_compile_each_model_once(bench, tmp_path):
     before, compiles one per model and no more over the warm-up and timed steps; torch's
     ``BatchNorm2d(momentum=None)`` breaks the graph and is recorded, not timed; the rows have
     the fields the docs read, written to the JSON."""
-    compile_bench = _script("bench_compile")
+    compile_bench = load_script("bench_compile")
     out = tmp_path / "compile.json"
     args = ["--norms", "bn", "--device", "cpu", "--batch", "4", "--backend", "aot_eager"]
     result = compile_bench.main(
@@ -336,7 +328,7 @@ def test_compile_bench_rows_compile_each_model_once(bench, tmp_path):
         assert row["graphs_after_first_step"] == 0
         assert row["compiled_vs_eager"] == pytest.approx(row["ms"]["eager"] / row["ms"]["compiled"])
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
-    table = _script("bench_report").compile_table(result["rows"])
+    table = load_script("bench_report").compile_table(result["rows"])
     assert "| batchnorm | None |" in table and "graph break" in table
 
 
@@ -346,7 +338,7 @@ def test_accuracy_rows_against_float64_and_the_docs_page(bench, tmp_path):
     the docs' page is the rendering of its committed data."""
     import torch.nn.functional as F
 
-    accuracy = _script("accuracy")
+    accuracy = load_script("accuracy")
     row = accuracy.accuracy_row("gn", (4, 8, 6, 6), "channels_last", 1000.0)
     assert row["norm"] == "groupnorm" and row["torch_module"] == "GroupNorm"
     for path in ("fast", "reference"):  # torch's own channels_last kernel is not asserted on

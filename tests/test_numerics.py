@@ -8,29 +8,13 @@ Measured with ``scripts/accuracy.py``, whose page (docs/numerics.md) shows the n
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from norm_testing import load_script
 
 import normzoo
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_load("bench")
-accuracy = _load("accuracy")
+load_script("bench")  # (accuracy imports from it)
+accuracy = load_script("accuracy")
 
 #: One value per statistic on tokens: the exact input gradient is ~0, so rounding dominates
 #: the relative error in every path (see the numerics page); their outputs are still checked.

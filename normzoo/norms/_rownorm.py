@@ -73,13 +73,15 @@ def use_native_row_norm(x: Tensor, weight: Tensor | None = None, groups: int | N
         and x.dtype == torch.float32
         and (weight is None or weight.dtype == torch.float32)
         and x.dim() >= 3
-        and x.numel() >= (max(NATIVE_MIN_NUMEL, 1) if x.is_contiguous() else 1)
+        and x.numel() > 0
         and not _native.capturing()
         and _native.available("row_norm")
     ):
         return False
-    if not x.is_contiguous():
+    if not x.is_contiguous():  # channels_last: every size (the operator's kernels)
         return channels_last_format(x) is not None and _native.ops_available()
+    if x.numel() < NATIVE_MIN_NUMEL:
+        return False
     grouped = groups is not None and groups < x.shape[1]
     # Below NATIVE_MIN_NUMEL_GROUPED, GroupNorm/LayerNorm gain only without Python in the
     # autograd path: with the C++ operator library.
