@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -264,6 +265,33 @@ def test_row_kernel_bench_times_both_layouts_against_torch():
                                    1e-5, 2)  # fmt: skip
     assert status == 0
     torch.testing.assert_close(y, torch.group_norm(x, 4, w, b, 1e-5), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="native kernels: Linux only")
+def test_kernel_ab_times_two_builds_on_the_same_tensors(tmp_path):
+    """scripts/bench_kernel_ab.py: a revision against itself gives the same bits for every
+    case, and the kernels it times compute torch's batch and group norms."""
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    script = load_script("bench_kernel_ab")
+    out = tmp_path / "ab.json"
+    rows = script.main(["--base", "HEAD", "--new", "HEAD", "--shapes", "3,32,20,20",
+                        "--rounds", "2", "--json", str(out)])  # fmt: skip
+    assert [r["case"] for r in rows] == list(script.CASES)
+    assert all(r["identical"] for r in rows)
+    assert all(r[k] > 0 for r in rows for k in ("base_fwd_us", "new_bwd_us", "fwd_ratio"))
+    assert json.loads(out.read_text())["rows"] == rows
+    for name, groups in (("batch_norm", None), ("row_norm", 8)):
+        lib = script.build(script.source(None, name), name, tmp_path)
+        buf = script.Buffers((3, 32, 20, 20), groups, 2)
+        y = script.kernels(lib, buf)[2]()[0]
+        x = buf.x.view(3, 32, 20, 20)
+        want = (
+            torch.nn.functional.batch_norm(x, None, None, buf.w, buf.b, training=True)
+            if groups is None
+            else torch.group_norm(x, groups, buf.w, buf.b, 1e-5)
+        )
+        torch.testing.assert_close(y.view_as(x), want, atol=1e-5, rtol=1e-5)
 
 
 def test_gpu_fused_ab_times_the_core_norms_compiled_reference(tmp_path):

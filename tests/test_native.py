@@ -155,6 +155,55 @@ def test_results_do_not_depend_on_the_thread_count(threads):
     )
 
 
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_contiguous_kernels_match_float64_for_any_thread_count(threads, relu):
+    """Several blocks of channels (batch norm) and rows (group norm) per thread, a short last
+    block; rows of 55,500 values, which the group-norm forward pipelines (the next row summed
+    as this one is mapped, in chunks of 1024 values that straddle the channels' edges), and
+    rows of 1500, which it takes one at a time."""
+    from normzoo._native import kernels
+
+    g = torch.Generator().manual_seed(0)
+    # batch norm: 24 KB per channel, blocks of 10 channels (7 with 3 threads), the last short
+    x = torch.randn(4, 37, 1500, generator=g) * 3 + 1
+    dy = torch.randn(x.shape, generator=g)
+    w, b = torch.rand(37, generator=g) + 0.5, torch.randn(37, generator=g)
+    act = torch.relu if relu else (lambda t: t)
+
+    def bn() -> list[torch.Tensor]:
+        y, stats, _ = kernels.batch_norm_forward_unchecked(x, w, b, 1e-5, False, relu=relu)
+        grads = kernels.batch_norm_backward_unchecked(
+            dy, x, w, stats, (True, True, True), relu=relu, bias=b
+        )
+        return [y, stats, *grads]
+
+    def rows(groups: int) -> list[torch.Tensor]:
+        y, stats, _ = kernels.row_norm_forward_unchecked(x, groups, w, b, 1e-5, False, relu=relu)
+        return [y, stats]
+
+    for run in (bn, lambda: rows(1), lambda: rows(37)):
+        assert_same_bits_for_any_thread_count(run, threads)
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = bn()
+        got_rows = {groups: rows(groups) for groups in (1, 37)}
+    finally:
+        torch.set_num_threads(old)
+    x64, dy64, w64, b64 = (t.double().requires_grad_() for t in (x, dy, w, b))
+    y64 = act(torch.nn.functional.batch_norm(x64, None, None, w64, b64, training=True))
+    want = [y64, *torch.autograd.grad(y64, (x64, w64, b64), dy64)]
+    for mine, ref in zip([got[0], *got[2:]], want, strict=True):
+        torch.testing.assert_close(mine.double(), ref, rtol=1e-5, atol=1e-5)
+    for groups, (y, stats) in got_rows.items():
+        ref = act(torch.nn.functional.group_norm(x64, groups, w64, b64)).detach()
+        torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+        rows64 = x64.detach().reshape(4, groups, -1)
+        torch.testing.assert_close(stats[0].double(), rows64.mean(-1), rtol=1e-6, atol=1e-6)
+
+
 def test_channels_last_wrappers_refuse_other_layouts():
     from normzoo._native import kernels
 

@@ -1,0 +1,220 @@
+"""A/B of a native kernel change: the C kernels of a git revision against the working tree's
+(or another revision's), both loaded in one process and timed interleaved (a shuffled order
+each round).
+
+A change to ``normzoo/_native/batch_norm.c`` or ``row_norm.c`` worth a few percent of a
+kernel's time is a fraction of that at the module level (allocation, autograd, Python), where
+a shared 2-core VM moves a fwd+bwd by 10-15% between runs: comparing module timings of two
+checkouts, each in its own process, cannot resolve it. Here both versions of the library are
+compiled with the flags normzoo uses, loaded side by side (``ctypes`` keeps their symbols
+apart) and called on the same tensors (inputs, and a rotation of output buffers, as fresh
+outputs would be: with separate tensors, the placement of their memory alone moved one
+version's time by up to 8% against an identical copy's), each round in a fresh random order.
+The outputs of the two versions are compared too: ``identical`` means bit for bit. Timing a
+revision against itself (``--base HEAD --new HEAD``) shows the noise: within 2-3% on
+(32, 64, 32, 32), up to 10% on the smaller shapes, on the 2-core VM.
+
+    python scripts/bench_kernel_ab.py --base HEAD~1
+    python scripts/bench_kernel_ab.py --base main --cases bn ln --shapes 32,64,32,32
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from normzoo import _native
+
+ROOT = Path(__file__).resolve().parents[1]
+#: case -> (library, groups per sample: None for batch norm, 0 for one per channel)
+CASES: dict[str, tuple[str, int | None]] = {
+    "bn": ("batch_norm", None),
+    "in": ("row_norm", 0),
+    "gn32": ("row_norm", 32),
+    "ln": ("row_norm", 1),
+}
+SHAPES = ["32,64,32,32", "8,256,14,14", "128,64,8,8", "4,32,64,64"]
+
+
+def build(source: str, name: str, out_dir: Path) -> ctypes.CDLL:
+    """Compile ``source`` (the text of ``<name>.c``) as normzoo does and load it."""
+    cc = _native._compiler()
+    if cc is None:
+        raise SystemExit("no C compiler found (install gcc, or set CC)")
+    src = out_dir / f"{name}.c"
+    src.write_text(source)
+    lib_path = out_dir / f"{name}.so"
+    cmd = [cc, *_native._FLAGS, str(src), "-o", str(lib_path), "-lm"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
+    lib = ctypes.CDLL(str(lib_path))  # RTLD_LOCAL: the two versions' symbols stay apart
+    for fn, argtypes in _native.SIGNATURES[name].items():
+        getattr(lib, fn).argtypes = argtypes
+        getattr(lib, fn).restype = _native.RESTYPES.get(fn)
+    return lib
+
+
+def source(rev: str | None, name: str) -> str:
+    """The text of ``normzoo/_native/<name>.c`` at git revision ``rev`` (None: the working
+    tree's)."""
+    rel = f"normzoo/_native/{name}.c"
+    if rev is None:
+        return (ROOT / rel).read_text()
+    done = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"git show {rev}:{rel} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+class Buffers:
+    """Inputs of one case, the output buffers and the statistics: shared by both versions, so
+    that neither gets better-placed memory than the other."""
+
+    def __init__(self, shape: tuple[int, ...], groups: int | None, buffers: int) -> None:
+        n, c = shape[0], shape[1]
+        length = 1
+        for s in shape[2:]:
+            length *= s
+        gen = torch.Generator().manual_seed(0)
+        self.sizes = (n, c, length)
+        self.x = torch.randn(n, c, length, generator=gen) * 2 + 0.5
+        self.dy = torch.randn(n, c, length, generator=gen)
+        self.w = torch.rand(c, generator=gen) + 0.5
+        self.b = torch.randn(c, generator=gen)
+        self.ys = [torch.empty_like(self.x) for _ in range(buffers)]
+        self.dxs = [torch.empty_like(self.x) for _ in range(buffers)]
+        self.dw, self.db = torch.empty(c), torch.empty(c)
+        self.groups = None if groups is None else groups or c
+        self.stats = torch.empty(3, c) if groups is None else torch.empty(3, n, self.groups)
+        self.partial = torch.empty(2, n, c)
+
+
+def kernels(
+    lib: ctypes.CDLL, buf: Buffers
+) -> tuple[Callable[[int], None], Callable[[int], None], Callable[[], list[torch.Tensor]]]:
+    """(forward(i), backward(i), outputs()) of one library on ``buf``: call i writes into
+    output buffer i mod the number of buffers."""
+    n, c, length = buf.sizes
+    x, dy, w, b, dw, db = (t.data_ptr() for t in (buf.x, buf.dy, buf.w, buf.b, buf.dw, buf.db))
+    ys, dxs, k = buf.ys, buf.dxs, len(buf.ys)
+    m, s, v = (t.data_ptr() for t in buf.stats)
+    threads = torch.get_num_threads()
+    if buf.groups is None:
+
+        def forward(i: int) -> None:
+            lib.nz_bn_forward(x, w, b, ys[i % k].data_ptr(), m, s, v, n, c, length, 1e-5, threads)
+
+        def backward(i: int) -> None:
+            lib.nz_bn_backward(dy, x, w, m, s, dxs[i % k].data_ptr(), dw, db, n, c, length, threads)
+
+    else:
+        g, partial = buf.groups, buf.partial.data_ptr()
+
+        def forward(i: int) -> None:
+            lib.nz_row_forward(
+                x, w, b, ys[i % k].data_ptr(), m, s, v, n, g, c // g, length, 1e-5, threads
+            )
+
+        def backward(i: int) -> None:
+            lib.nz_row_backward(
+                dy, x, w, m, s, dxs[i % k].data_ptr(), dw, db, partial, n, g, c // g, length,
+                threads,
+            )  # fmt: skip
+
+    def outputs() -> list[torch.Tensor]:
+        forward(0)
+        backward(0)
+        return [t.clone() for t in (ys[0], buf.stats, dxs[0], buf.dw, buf.db)]
+
+    return forward, backward, outputs
+
+
+def run_case(
+    libs: dict[str, ctypes.CDLL], case: str, shape: tuple[int, ...], rounds: int, buffers: int
+) -> dict[str, Any]:
+    lib_name, groups = CASES[case]
+    buf = Buffers(shape, groups, buffers)
+    runs = {v: kernels(libs[v][lib_name], buf) for v in ("base", "new")}
+    same = [torch.equal(a, b) for a, b in zip(runs["base"][2](), runs["new"][2](), strict=True)]
+    times: dict[tuple[str, str], list[float]] = {
+        (v, p): [] for v in ("base", "new") for p in ("fwd", "bwd")
+    }
+    rng = random.Random(0)
+    for r in range(rounds + 3):
+        order = ["base", "new"]
+        rng.shuffle(order)
+        for v in order:
+            fwd, bwd, _ = runs[v]
+            t0 = time.perf_counter()
+            fwd(r)
+            t1 = time.perf_counter()
+            bwd(r)
+            t2 = time.perf_counter()
+            if r >= 3:  # warm-up rounds dropped
+                times[(v, "fwd")].append((t1 - t0) * 1e6)
+                times[(v, "bwd")].append((t2 - t1) * 1e6)
+    row: dict[str, Any] = {"case": case, "shape": list(shape), "identical": all(same)}
+    for p in ("fwd", "bwd"):
+        base, new = statistics.median(times[("base", p)]), statistics.median(times[("new", p)])
+        row[f"base_{p}_us"], row[f"new_{p}_us"] = round(base, 1), round(new, 1)
+        row[f"{p}_ratio"] = round(new / base, 3)
+    return row
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--base", default="HEAD", help="git revision to compare against")
+    p.add_argument("--new", default=None, help="git revision to time (default: the working tree)")
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--shapes", nargs="+", default=SHAPES)
+    p.add_argument("--rounds", type=int, default=41)
+    p.add_argument("--buffers", type=int, default=4, help="output buffers to rotate through")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    if not sys.platform.startswith("linux"):
+        raise SystemExit("the native kernels are built on Linux only")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = sorted({CASES[c][0] for c in args.cases})
+    libs: dict[str, dict[str, ctypes.CDLL]] = {"base": {}, "new": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            for version, rev in (("base", args.base), ("new", args.new)):
+                text = source(rev, name)
+                out = Path(tmp) / version
+                out.mkdir(exist_ok=True)
+                libs[version][name] = build(text, name, out)
+        shapes = [tuple(int(s) for s in spec.split(",")) for spec in args.shapes]
+        rows = [run_case(libs, c, s, args.rounds, args.buffers) for s in shapes for c in args.cases]
+    print(f"base {args.base} against {args.new or 'the working tree'}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; medians of {args.rounds} rounds, in us")  # fmt: skip
+    print("| case | shape | base fwd | new fwd | ratio | base bwd | new bwd | ratio | outputs |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for r in rows:
+        print(
+            f"| {r['case']} | {'x'.join(map(str, r['shape']))} | {r['base_fwd_us']} | "
+            f"{r['new_fwd_us']} | {r['fwd_ratio']:.2f} | {r['base_bwd_us']} | "
+            f"{r['new_bwd_us']} | {r['bwd_ratio']:.2f} | "
+            f"{'identical' if r['identical'] else 'differ'} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"base": args.base, "rows": rows}, indent=1) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
