@@ -83,7 +83,9 @@ class Buffers:
     """Inputs of one case, the output buffers and the statistics: shared by both versions, so
     that neither gets better-placed memory than the other."""
 
-    def __init__(self, shape: tuple[int, ...], groups: int | None, buffers: int) -> None:
+    def __init__(
+        self, shape: tuple[int, ...], groups: int | None, buffers: int, relu: bool = False
+    ) -> None:
         n, c = shape[0], shape[1]
         length = 1
         for s in shape[2:]:
@@ -100,6 +102,10 @@ class Buffers:
         self.groups = None if groups is None else groups or c
         self.stats = torch.empty(3, c) if groups is None else torch.empty(3, n, self.groups)
         self.partial = torch.empty(2, n, c)
+        self.relu = relu
+        # the fused ReLU's scratch (row kernels): a row of masked dy per thread
+        rows = 1 if groups is None else n * self.groups
+        self.mask = torch.empty(torch.get_num_threads(), n * c * length // rows)
 
 
 def kernels(
@@ -112,27 +118,42 @@ def kernels(
     ys, dxs, k = buf.ys, buf.dxs, len(buf.ys)
     m, s, v = (t.data_ptr() for t in buf.stats)
     threads = torch.get_num_threads()
+    # the fused ReLU's variants take the forward's bias (and the row kernels a scratch) too
+    relu, mask = buf.relu, buf.mask.data_ptr()
     if buf.groups is None:
+        fwd = lib.nz_bn_relu_forward if relu else lib.nz_bn_forward
 
         def forward(i: int) -> None:
-            lib.nz_bn_forward(x, w, b, ys[i % k].data_ptr(), m, s, v, n, c, length, 1e-5, threads)
+            fwd(x, w, b, ys[i % k].data_ptr(), m, s, v, n, c, length, 1e-5, threads)
 
         def backward(i: int) -> None:
-            lib.nz_bn_backward(dy, x, w, m, s, dxs[i % k].data_ptr(), dw, db, n, c, length, threads)
+            if relu:
+                lib.nz_bn_relu_backward(
+                    dy, x, w, b, m, s, dxs[i % k].data_ptr(), dw, db, n, c, length, threads
+                )
+            else:
+                lib.nz_bn_backward(
+                    dy, x, w, m, s, dxs[i % k].data_ptr(), dw, db, n, c, length, threads
+                )
 
     else:
         g, partial = buf.groups, buf.partial.data_ptr()
+        fwd = lib.nz_row_relu_forward if relu else lib.nz_row_forward
 
         def forward(i: int) -> None:
-            lib.nz_row_forward(
-                x, w, b, ys[i % k].data_ptr(), m, s, v, n, g, c // g, length, 1e-5, threads
-            )
+            fwd(x, w, b, ys[i % k].data_ptr(), m, s, v, n, g, c // g, length, 1e-5, threads)
 
         def backward(i: int) -> None:
-            lib.nz_row_backward(
-                dy, x, w, m, s, dxs[i % k].data_ptr(), dw, db, partial, n, g, c // g, length,
-                threads,
-            )  # fmt: skip
+            if relu:
+                lib.nz_row_relu_backward(
+                    dy, x, w, b, m, s, dxs[i % k].data_ptr(), dw, db, partial, mask, n, g,
+                    c // g, length, threads,
+                )  # fmt: skip
+            else:
+                lib.nz_row_backward(
+                    dy, x, w, m, s, dxs[i % k].data_ptr(), dw, db, partial, n, g, c // g,
+                    length, threads,
+                )  # fmt: skip
 
     def outputs() -> list[torch.Tensor]:
         forward(0)
@@ -143,10 +164,15 @@ def kernels(
 
 
 def run_case(
-    libs: dict[str, ctypes.CDLL], case: str, shape: tuple[int, ...], rounds: int, buffers: int
+    libs: dict[str, dict[str, ctypes.CDLL]],
+    case: str,
+    shape: tuple[int, ...],
+    rounds: int,
+    buffers: int,
+    relu: bool = False,
 ) -> dict[str, Any]:
     lib_name, groups = CASES[case]
-    buf = Buffers(shape, groups, buffers)
+    buf = Buffers(shape, groups, buffers, relu)
     runs = {v: kernels(libs[v][lib_name], buf) for v in ("base", "new")}
     same = [torch.equal(a, b) for a, b in zip(runs["base"][2](), runs["new"][2](), strict=True)]
     times: dict[tuple[str, str], list[float]] = {
@@ -166,7 +192,11 @@ def run_case(
             if r >= 3:  # warm-up rounds dropped
                 times[(v, "fwd")].append((t1 - t0) * 1e6)
                 times[(v, "bwd")].append((t2 - t1) * 1e6)
-    row: dict[str, Any] = {"case": case, "shape": list(shape), "identical": all(same)}
+    row: dict[str, Any] = {
+        "case": case + ("+relu" if relu else ""),
+        "shape": list(shape),
+        "identical": all(same),
+    }
     for p in ("fwd", "bwd"):
         base, new = statistics.median(times[("base", p)]), statistics.median(times[("new", p)])
         row[f"base_{p}_us"], row[f"new_{p}_us"] = round(base, 1), round(new, 1)
@@ -183,6 +213,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--rounds", type=int, default=41)
     p.add_argument("--buffers", type=int, default=4, help="output buffers to rotate through")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--relu", action="store_true", help="the kernels with the ReLU fused")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if not sys.platform.startswith("linux"):
@@ -199,7 +230,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 out.mkdir(exist_ok=True)
                 libs[version][name] = build(text, name, out)
         shapes = [tuple(int(s) for s in spec.split(",")) for spec in args.shapes]
-        rows = [run_case(libs, c, s, args.rounds, args.buffers) for s in shapes for c in args.cases]
+        rows = [
+            run_case(libs, c, s, args.rounds, args.buffers, args.relu)
+            for s in shapes
+            for c in args.cases
+        ]
     print(f"base {args.base} against {args.new or 'the working tree'}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; medians of {args.rounds} rounds, in us")  # fmt: skip
     print("| case | shape | base fwd | new fwd | ratio | base bwd | new bwd | ratio | outputs |")

@@ -270,7 +270,7 @@ def test_row_kernel_bench_times_both_layouts_against_torch():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="native kernels: Linux only")
 def test_kernel_ab_times_two_builds_on_the_same_tensors(tmp_path):
     """scripts/bench_kernel_ab.py: a revision against itself gives the same bits for every
-    case, and the kernels it times compute torch's batch and group norms."""
+    case, and the kernels it times compute torch's batch and group norms (and their ReLU)."""
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:
         pytest.skip("not a git checkout")
     script = load_script("bench_kernel_ab")
@@ -283,15 +283,17 @@ def test_kernel_ab_times_two_builds_on_the_same_tensors(tmp_path):
     assert json.loads(out.read_text())["rows"] == rows
     for name, groups in (("batch_norm", None), ("row_norm", 8)):
         lib = script.build(script.source(None, name), name, tmp_path)
-        buf = script.Buffers((3, 32, 20, 20), groups, 2)
-        y = script.kernels(lib, buf)[2]()[0]
-        x = buf.x.view(3, 32, 20, 20)
-        want = (
-            torch.nn.functional.batch_norm(x, None, None, buf.w, buf.b, training=True)
-            if groups is None
-            else torch.group_norm(x, groups, buf.w, buf.b, 1e-5)
-        )
-        torch.testing.assert_close(y.view_as(x), want, atol=1e-5, rtol=1e-5)
+        for relu in (False, True):
+            buf = script.Buffers((3, 32, 20, 20), groups, 2, relu)
+            y = script.kernels(lib, buf)[2]()[0]
+            x = buf.x.view(3, 32, 20, 20)
+            want = (
+                torch.nn.functional.batch_norm(x, None, None, buf.w, buf.b, training=True)
+                if groups is None
+                else torch.group_norm(x, groups, buf.w, buf.b, 1e-5)
+            )
+            want = torch.relu(want) if relu else want
+            torch.testing.assert_close(y.view_as(x), want, atol=1e-5, rtol=1e-5)
 
 
 def test_gpu_fused_ab_times_the_core_norms_compiled_reference(tmp_path):

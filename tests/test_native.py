@@ -161,7 +161,9 @@ def test_contiguous_kernels_match_float64_for_any_thread_count(threads, relu):
     """Several blocks of channels (batch norm) and rows (group norm) per thread, a short last
     block; rows of 55,500 values, which the group-norm forward pipelines (the next row summed
     as this one is mapped, in chunks of 1024 values that straddle the channels' edges), and
-    rows of 1500, which it takes one at a time."""
+    rows of 1500, which it takes one at a time; channels of 1500 values, whose outputs start
+    anywhere in a cache line (written one value at a time up to the first line boundary,
+    then in whole lines)."""
     from normzoo._native import kernels
 
     g = torch.Generator().manual_seed(0)
@@ -180,7 +182,9 @@ def test_contiguous_kernels_match_float64_for_any_thread_count(threads, relu):
 
     def rows(groups: int) -> list[torch.Tensor]:
         y, stats, _ = kernels.row_norm_forward_unchecked(x, groups, w, b, 1e-5, False, relu=relu)
-        return [y, stats]
+        # the plain backward (the fused ReLU's masks dy, then runs the same dx loop)
+        grads = kernels.row_norm_backward_unchecked(dy, x, groups, w, stats, (True, True, True))
+        return [y, stats, *grads]
 
     for run in (bn, lambda: rows(1), lambda: rows(37)):
         assert_same_bits_for_any_thread_count(run, threads)
@@ -197,11 +201,14 @@ def test_contiguous_kernels_match_float64_for_any_thread_count(threads, relu):
     want = [y64, *torch.autograd.grad(y64, (x64, w64, b64), dy64)]
     for mine, ref in zip([got[0], *got[2:]], want, strict=True):
         torch.testing.assert_close(mine.double(), ref, rtol=1e-5, atol=1e-5)
-    for groups, (y, stats) in got_rows.items():
-        ref = act(torch.nn.functional.group_norm(x64, groups, w64, b64)).detach()
-        torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+    for groups, (y, stats, *grads) in got_rows.items():
+        y64 = torch.nn.functional.group_norm(x64, groups, w64, b64)
+        torch.testing.assert_close(y.double(), act(y64).detach(), rtol=1e-5, atol=1e-5)
         rows64 = x64.detach().reshape(4, groups, -1)
         torch.testing.assert_close(stats[0].double(), rows64.mean(-1), rtol=1e-6, atol=1e-6)
+        want = torch.autograd.grad(y64, (x64, w64, b64), dy64)
+        for mine, ref in zip(grads, want, strict=True):
+            torch.testing.assert_close(mine.double(), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_channels_last_wrappers_refuse_other_layouts():

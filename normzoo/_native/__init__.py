@@ -124,6 +124,8 @@ SIGNATURES: dict[str, dict[str, list]] = {
         "nz_row_relu_forward": [P, P, P, P, P, P, P, I64, I64, I64, I64, F64, INT],
         # dy, x, weight, mean, rstd, dx, dweight, dbias, partial, N, G, Cg, L, threads
         "nz_row_backward": [P, P, P, P, P, P, P, P, P, I64, I64, I64, I64, INT],
+        # the fused ReLU's: the bias after the weight, the mask scratch after partial
+        "nz_row_relu_backward": [P, P, P, P, P, P, P, P, P, P, P, I64, I64, I64, I64, INT],
     },
     "zoo": {
         # x, mean, var, N, C, L, channels_last, threads
