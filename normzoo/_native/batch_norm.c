@@ -11,7 +11,8 @@
  *   forward:  y = (x - mean) * invstd * w + b,  invstd = 1 / sqrt(var + eps), var biased
  *   backward: dx = w invstd (dy - mean(dy) - xhat mean(dy xhat)),
  *             dw = sum(dy xhat), db = sum(dy),  xhat = (x - mean) invstd
- * Any of w, b, var (forward) and dx, dw, db (backward) may be NULL.
+ * Any of w, b, var (forward) and dx, dw, db (backward) may be NULL; y too, for the statistics
+ * alone (Batch Renorm's, whose affine map depends on them).
  *
  * The _relu variants fuse a ReLU after the affine map (Norm.fuse_activation): the forward
  * writes max(y, 0); the backward uses dy [pre > 0], pre = x scale + shift recomputed from the
@@ -161,6 +162,7 @@ static void bn_forward(const float *x, const float *w, const float *b, float *y,
       invstd_out[c] = inv;
       if (var_out) var_out[c] = (float)var;
     }
+    if (!y) continue;
     for (int64_t n = 0; n < N; ++n)
       for (int64_t j = 0; j < k; ++j) {
         const float *p = x + (n * C + c0 + j) * L;

@@ -302,6 +302,20 @@ def batch_norm_forward_cl_unchecked(
     return y, stats, var
 
 
+def batch_stats_unchecked(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``(stats, var)`` of a contiguous ``x``: the forward's statistics without ``y`` (one pass
+    over ``x``)."""
+    n, c, length = _sizes(x)
+    stats = x.new_empty(2, c)
+    var = x.new_empty(c)
+    p = stats.data_ptr()
+    _fn("batch_norm", "nz_bn_forward")(
+        x.data_ptr(), None, None, None, p, p + c * _F32, var.data_ptr(), n, c, length, eps,
+        threads(),
+    )  # fmt: skip
+    return stats, var
+
+
 def batch_stats_cl_unchecked(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """``(stats, var)`` of a channels_last ``x``: the forward's statistics without ``y``."""
     c = x.shape[1]

@@ -27,7 +27,7 @@ class _BatchRenormTrain(torch.autograd.Function):
     the backward is torch's BN backward with the weight ``w r``, whose weight and bias
     gradients give ``dw = r dw' + d db'`` and ``db = db'``. Saves ``x``, the mean and the
     inverse std, as BN does. Where BatchNorm would use its native kernels they replace torch's
-    training kernel and backward; on channels_last input the kernel gives the statistics only
+    training kernel and backward: the kernel gives the statistics only (one pass over ``x``)
     and one ``addcmul`` maps ``x`` itself (scale ``w r invstd``), no ``x_hat`` tensor. Float32
     tokens ``(N, C)`` take the same two passes, their statistics from ``zoo.c``'s column
     kernel.
@@ -48,10 +48,10 @@ class _BatchRenormTrain(torch.autograd.Function):
         c = x.shape[1]
         ctx.native = use_native_batch_stats(x)
         x_hat = None
-        if ctx.native:
-            if x.is_contiguous():  # normzoo's BN kernel: x_hat and the statistics, fewer passes
-                x_hat, stats, var = _kernels.batch_norm_forward_unchecked(x, None, None, eps, True)
-            else:  # channels_last: the statistics only, y comes from x in one pass below
+        if ctx.native:  # the statistics only (one pass); y comes from x in one pass below
+            if x.is_contiguous():
+                stats, var = _kernels.batch_stats_unchecked(x, eps)
+            else:
                 stats, var = _kernels.batch_stats_cl_unchecked(x, eps)
             mean, invstd = stats[0], stats[1]
             m = x.numel() // c
