@@ -150,7 +150,7 @@ static inline void map_span(const float *p, float *o, const float *w, const floa
 /* Rows of at least NZ_PIPE_MIN values, longer than an L1 cache: a thread maps its rows one
  * after the other, summing the next row's chunks as it maps this one's, so the next row's
  * reads from memory overlap the map's reads of this one from the L2 cache (LayerNorm on
- * (32, 64, 32, 32), 2 threads: the forward kernel 12-15% faster; scripts/bench_kernel_ab.py).
+ * (32, 64, 32, 32), 2 threads: the forward kernel 12-22% faster; scripts/bench_kernel_ab.py).
  * The sums per row are those of shifted_moments, chunk by chunk in order: the same result as
  * one row at a time. Shorter rows, one at a time: the map reads the row from L1, and
  * interleaving measured up to 10% slower there. */
