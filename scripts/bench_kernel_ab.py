@@ -104,8 +104,8 @@ class Buffers:
         self.partial = torch.empty(2, n, c)
         self.relu = relu
         # the fused ReLU's scratch (row kernels): a row of masked dy per thread
-        rows = 1 if groups is None else n * self.groups
-        self.mask = torch.empty(torch.get_num_threads(), n * c * length // rows)
+        row = 0 if self.groups is None or not relu else c // self.groups * length
+        self.mask = torch.empty(torch.get_num_threads(), row)
 
 
 def kernels(
