@@ -48,11 +48,18 @@ CASES: dict[str, tuple[str, int | None]] = {
 SHAPES = ["32,64,32,32", "8,256,14,14", "128,64,8,8", "4,32,64,64"]
 
 
-def build(source: str, name: str, out_dir: Path) -> ctypes.CDLL:
-    """Compile ``source`` (the text of ``<name>.c``) as normzoo does and load it."""
+def build(
+    source: str, name: str, out_dir: Path, headers: dict[str, str] | None = None
+) -> ctypes.CDLL:
+    """Compile ``source`` (the text of ``<name>.c``) as normzoo does, next to ``headers``
+    (file name -> text, the ones it includes; default: the working tree's), and load it."""
     cc = _native._compiler()
     if cc is None:
         raise SystemExit("no C compiler found (install gcc, or set CC)")
+    if headers is None:
+        headers = {p.name: p.read_text() for p in (ROOT / "normzoo" / "_native").glob("*.h")}
+    for header, text in headers.items():
+        (out_dir / header).write_text(text)
     src = out_dir / f"{name}.c"
     src.write_text(source)
     lib_path = out_dir / f"{name}.so"
@@ -68,15 +75,27 @@ def build(source: str, name: str, out_dir: Path) -> ctypes.CDLL:
 
 
 def source(rev: str | None, name: str) -> str:
-    """The text of ``normzoo/_native/<name>.c`` at git revision ``rev`` (None: the working
-    tree's)."""
-    rel = f"normzoo/_native/{name}.c"
+    """The text of ``normzoo/_native/<name>`` (a ``.c`` file when ``name`` has no suffix) at
+    git revision ``rev`` (None: the working tree's)."""
+    rel = f"normzoo/_native/{name if '.' in name else name + '.c'}"
     if rev is None:
         return (ROOT / rel).read_text()
     done = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"git show {rev}:{rel} failed: {done.stderr.strip()}")
     return done.stdout
+
+
+def headers(rev: str | None) -> dict[str, str]:
+    """The kernel headers (``normzoo/_native/*.h``) at ``rev``: none before they existed."""
+    if rev is None:
+        return {p.name: p.read_text() for p in (ROOT / "normzoo" / "_native").glob("*.h")}
+    done = subprocess.run(
+        ["git", "ls-tree", "--name-only", rev, "normzoo/_native/"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    names = [Path(n).name for n in done.stdout.split() if n.endswith(".h")]
+    return {n: source(rev, n) for n in names}
 
 
 class Buffers:
@@ -225,16 +244,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             for version, rev in (("base", args.base), ("new", args.new)):
-                text = source(rev, name)
                 out = Path(tmp) / version
                 out.mkdir(exist_ok=True)
-                libs[version][name] = build(text, name, out)
+                libs[version][name] = build(source(rev, name), name, out, headers(rev))
         shapes = [tuple(int(s) for s in spec.split(",")) for spec in args.shapes]
-        rows = [
-            run_case(libs, c, s, args.rounds, args.buffers, args.relu)
-            for s in shapes
-            for c in args.cases
-        ]
+        # a group count must divide the channels (GroupNorm's 32 groups: not on 16 channels)
+        runs = [(c, s) for s in shapes for c in args.cases if s[1] % max(CASES[c][1] or 1, 1) == 0]
+        rows = [run_case(libs, c, s, args.rounds, args.buffers, args.relu) for c, s in runs]
     print(f"base {args.base} against {args.new or 'the working tree'}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; medians of {args.rounds} rounds, in us")  # fmt: skip
     print("| case | shape | base fwd | new fwd | ratio | base bwd | new bwd | ratio | outputs |")

@@ -288,6 +288,21 @@ def fresh_ops(monkeypatch, tmp_path):
     return tmp_path / "cache"
 
 
+def test_cache_keys_cover_the_shared_header(monkeypatch):
+    """A change to nz_simd.h (included by batch_norm.c and row_norm.c) rebuilds the C
+    libraries and the operator library: the header is part of every cache key."""
+    cc, cxx = _native._compiler(), _native._cxx_compiler()
+    if cc is None or cxx is None:
+        pytest.skip("no C/C++ compiler")
+    assert b"nz_map_lines" in _native._headers()
+    before = [_native._library_path(n, cc) for n in ("batch_norm", "row_norm", "zoo")]
+    before.append(_native._ops_library_path(cc, cxx))
+    monkeypatch.setattr(_native, "_headers", lambda: b"/* changed */")
+    after = [_native._library_path(n, cc) for n in ("batch_norm", "row_norm", "zoo")]
+    after.append(_native._ops_library_path(cc, cxx))
+    assert all(a != b for a, b in zip(after, before, strict=True))
+
+
 def test_ops_library_is_built_cached_and_reused():
     """Loaded once per process from the cache (built there the first time), and a second
     process loads the cached file without building it again."""

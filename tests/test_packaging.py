@@ -25,6 +25,7 @@ def test_the_wheel_ships_every_config_and_kernel_source(tmp_path):
     assert len(configs) > 20 and "normzoo/conf/train.yaml" in configs
     assert configs <= names, sorted(configs - names)
     native = ROOT / "normzoo" / "_native"
-    sources = {f"normzoo/_native/{p.name}" for p in [*native.glob("*.c"), *native.glob("*.cpp")]}
+    sources = {f"normzoo/_native/{p.name}" for p in native.glob("*.[ch]*")}
+    assert "normzoo/_native/nz_simd.h" in sources
     assert sources and sources <= names, sorted(sources - names)
     assert not any(n.startswith(("tests/", "scripts/", "conf/")) for n in names)

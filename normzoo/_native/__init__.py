@@ -249,8 +249,13 @@ def _cpu_id() -> str:
         return platform.processor()
 
 
+def _headers() -> bytes:
+    """The kernel files' shared headers (``nz_simd.h``), part of every library's cache key."""
+    return b"".join(p.read_bytes() for p in sorted(_SRC.glob("*.h")))
+
+
 def _library_path(name: str, cc: str) -> Path:
-    source = (_SRC / f"{name}.c").read_bytes()
+    source = (_SRC / f"{name}.c").read_bytes() + _headers()
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     except OSError:
@@ -360,6 +365,7 @@ def _ops_library_path(cc: str, cxx: str) -> Path:
     key = hashlib.sha256()
     for name in (f"{OPS}.cpp", *OPS_C_SOURCES):
         key.update((_SRC / name).read_bytes())
+    key.update(_headers())
     torch_id = f"{torch.__version__} {torch.version.git_version} {torch._C._GLIBCXX_USE_CXX11_ABI}"
     for part in (" ".join(_FLAGS + _CXX_FLAGS), _version(cc), _version(cxx), _cpu_id(), torch_id):
         key.update(part.encode())

@@ -24,6 +24,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "nz_simd.h"
+
 #define NZ_MAX_BLOCK 256
 #define NZ_BLOCK_BYTES (256 * 1024)
 
@@ -42,71 +44,20 @@ static int64_t block_channels(int64_t N, int64_t C, int64_t L, int threads) {
   return bc < 1 ? 1 : bc;
 }
 
-/* GCC/Clang vector extensions: one nz_vf is an AVX-512 register (two AVX2 ones, four SSE/NEON
- * ones where the target has no wider). These helpers are row_norm.c's too: each kernel file is
- * built on its own. */
-typedef float nz_vf __attribute__((vector_size(64)));
-typedef int32_t nz_vi __attribute__((vector_size(64)));
-#define NZ_VL 16 /* floats per nz_vf */
-
-static inline nz_vf nz_load(const float *p) {
-  nz_vf v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-static inline void nz_store(float *p, nz_vf v) { __builtin_memcpy(p, &v, sizeof v); }
-
-/* max(r, 0) lane by lane, a NaN kept (as torch.relu keeps it): r < 0 ? 0 : r. */
-static inline nz_vf nz_relu(nz_vf r) {
-  const nz_vi neg = r < (nz_vf){0};
-  nz_vi bits;
-  __builtin_memcpy(&bits, &r, sizeof r);
-  bits &= ~neg;
-  __builtin_memcpy(&r, &bits, sizeof r);
-  return r;
-}
-
-/* How many of the n floats from o to write one at a time before o reaches a 64-byte boundary,
- * from where the maps store whole cache lines, one nz_vf each (see row_norm.c: the compiler's
- * loops store half lines; a core that sees a line written whole need not read it first). */
-static inline int64_t nz_head(const float *o, int64_t n) {
-  const int64_t h = (int64_t)((64u - ((uintptr_t)o & 63u)) & 63u) / (int64_t)sizeof(float);
-  return h < n ? h : n;
-}
-
-/* Rows of at least this many values are written in whole lines (measured on (32, 64, 32, 32),
- * 2 threads: the forward and backward kernels 5-7% faster; no gain measured on shorter rows). */
-#define NZ_LINE_MIN 256
-
-/* o = p sc + sh (then max(., 0) with relu) over n values, in whole-line stores from the first
- * 64-byte boundary where n >= NZ_LINE_MIN. */
+/* o = p sc + sh (then max(., 0) with relu) over a row of n values: whole cache lines from
+ * NZ_LINE_MIN values (nz_simd.h), shorter rows as compiled (no gain measured there). */
 static inline void map_line(const float *p, float *o, int64_t n, float sc, float sh, int relu) {
-  if (n < NZ_LINE_MIN) {
-    if (relu) {
+  if (n >= NZ_LINE_MIN) {
+    nz_map_lines(p, o, n, sc, sh, relu);
+  } else if (relu) {
 #pragma omp simd
-      for (int64_t i = 0; i < n; ++i) {
-        const float v = p[i] * sc + sh;
-        o[i] = v < 0.f ? 0.f : v; /* a NaN kept, as torch.relu keeps it */
-      }
-    } else {
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) o[i] = p[i] * sc + sh;
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = p[i] * sc + sh;
+      o[i] = v < 0.f ? 0.f : v; /* a NaN kept, as torch.relu keeps it */
     }
-    return;
-  }
-  const int64_t h = nz_head(o, n);
-  int64_t i = 0;
-  for (; i < h; ++i) {
-    const float v = p[i] * sc + sh;
-    o[i] = relu && v < 0.f ? 0.f : v;
-  }
-  if (relu)
-    for (; i + NZ_VL <= n; i += NZ_VL) nz_store(o + i, nz_relu(nz_load(p + i) * sc + sh));
-  else
-    for (; i + NZ_VL <= n; i += NZ_VL) nz_store(o + i, nz_load(p + i) * sc + sh);
-  for (; i < n; ++i) {
-    const float v = p[i] * sc + sh;
-    o[i] = relu && v < 0.f ? 0.f : v;
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) o[i] = p[i] * sc + sh;
   }
 }
 

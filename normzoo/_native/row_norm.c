@@ -27,49 +27,16 @@
 #include <omp.h>
 #include <stdlib.h>
 
+#include "nz_simd.h"
+
 #define NZ_CHUNK 1024
 
-/* GCC/Clang vector extensions: one nz_vf is an AVX-512 register (two AVX2 ones, four SSE/NEON
- * ones where the target has no wider). */
-typedef float nz_vf __attribute__((vector_size(64)));
-#define NZ_VL 16 /* floats per nz_vf */
+/* nz_vf and its helpers: nz_simd.h */
 #define NZ_NV 4  /* nz_vf per tile */
 #define NZ_TILE (NZ_VL * NZ_NV)
 
 typedef float nz_vh __attribute__((vector_size(32)));
 typedef double nz_vd __attribute__((vector_size(64)));
-
-static inline nz_vf nz_load(const float *p) {
-  nz_vf v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-static inline void nz_store(float *p, nz_vf v) { __builtin_memcpy(p, &v, sizeof v); }
-
-typedef int32_t nz_vi __attribute__((vector_size(64)));
-
-/* max(r, 0) lane by lane, a NaN kept (as torch.relu keeps it): r < 0 ? 0 : r. */
-static inline nz_vf nz_relu(nz_vf r) {
-  const nz_vi neg = r < (nz_vf){0};
-  nz_vi bits;
-  __builtin_memcpy(&bits, &r, sizeof r);
-  bits &= ~neg;
-  __builtin_memcpy(&r, &bits, sizeof r);
-  return r;
-}
-
-/* How many of the n floats from o to write one at a time before o reaches a 64-byte boundary,
- * from where the maps store whole cache lines, one nz_vf each. The compiler's vectorized loops
- * store half lines (it prefers 32-byte vectors on these CPUs); whole-line stores measured 5-15%
- * faster for the forward's map (scripts/bench_kernel_ab.py, 2 threads, a Xeon with AVX-512),
- * where a core that sees a line written whole need not read it first. The backward's dx
- * takes them for channels of at least NZ_LINE_MIN values (5% faster at 1024 and 4096; up to
- * 8% slower for InstanceNorm at 64 and 196). */
-#define NZ_LINE_MIN 256
-static inline int64_t nz_head(const float *o, int64_t n) {
-  const int64_t h = (int64_t)((64u - ((uintptr_t)o & 63u)) & 63u) / (int64_t)sizeof(float);
-  return h < n ? h : n;
-}
 
 /* sum(p - k) and sum((p - k)^2) over p[0..n), n <= NZ_CHUNK, in float lanes, added (in
  * double) to *t1 and *t2: a row's moments are its chunks', added in order. */
@@ -121,29 +88,14 @@ static inline float row_shift(const float *b, int64_t c, float m, float sc) {
   return (b ? b[c] : 0.f) - m * sc;
 }
 
-/* The map of values [s, e) of row p (channels c0 + s / L, ...): o = p sc + sh per channel. */
+/* The map of values [s, e) of row p (channels c0 + s / L, ...): o = p sc + sh per channel, in
+ * whole cache lines at every length (measured faster for short channels too). */
 static inline void map_span(const float *p, float *o, const float *w, const float *b, int64_t c0,
                             int64_t L, int64_t s, int64_t e, float m, float rstd, int relu) {
   for (int64_t j = s / L; j * L < e; ++j) {
     const float sc = row_scale(w, c0 + j, rstd), sh = row_shift(b, c0 + j, m, sc);
     const int64_t i0 = j * L > s ? j * L : s, i1 = (j + 1) * L < e ? (j + 1) * L : e;
-    const float *pj = p + i0;
-    float *oj = o + i0;
-    const int64_t n = i1 - i0, h = nz_head(oj, n);
-    int64_t i = 0;
-    /* v < 0 ? 0 : v keeps a NaN, as torch.relu does */
-    for (; i < h; ++i) {
-      const float v = pj[i] * sc + sh;
-      oj[i] = relu && v < 0.f ? 0.f : v;
-    }
-    if (relu)
-      for (; i + NZ_VL <= n; i += NZ_VL) nz_store(oj + i, nz_relu(nz_load(pj + i) * sc + sh));
-    else
-      for (; i + NZ_VL <= n; i += NZ_VL) nz_store(oj + i, nz_load(pj + i) * sc + sh);
-    for (; i < n; ++i) {
-      const float v = pj[i] * sc + sh;
-      oj[i] = relu && v < 0.f ? 0.f : v;
-    }
+    nz_map_lines(p + i0, o + i0, i1 - i0, sc, sh, relu); /* whole lines (nz_simd.h) */
   }
 }
 
