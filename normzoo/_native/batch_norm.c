@@ -68,23 +68,7 @@ static inline void map_line(const float *p, float *o, int64_t n, float sc, float
  * compiled. */
 static inline void row_moments(const float *p, int64_t L, float k, double *s1, double *s2) {
   float r1 = 0.f, r2 = 0.f;
-  int64_t i = 0;
-  if (L >= NZ_LINE_MIN) {
-    nz_vf a1 = {0}, a2 = {0}, b1 = {0}, b2 = {0};
-    for (; i + 2 * NZ_VL <= L; i += 2 * NZ_VL) {
-      const nz_vf d = nz_load(p + i) - k, e = nz_load(p + i + NZ_VL) - k;
-      a1 += d;
-      a2 += d * d;
-      b1 += e;
-      b2 += e * e;
-    }
-    a1 += b1;
-    a2 += b2;
-    for (int v = 0; v < NZ_VL; ++v) {
-      r1 += a1[v];
-      r2 += a2[v];
-    }
-  }
+  const int64_t i = L >= NZ_LINE_MIN ? nz_shifted_sums(p, L, k, &r1, &r2) : 0;
 #pragma omp simd reduction(+ : r1, r2)
   for (int64_t j = i; j < L; ++j) {
     const float d = p[j] - k;

@@ -29,6 +29,32 @@ static inline nz_vf nz_relu(nz_vf r) {
   return r;
 }
 
+/* sum(p - k) and sum((p - k)^2) over p[0..m), m the largest multiple of 2 NZ_VL not above n,
+ * into *r1 and *r2 (the lanes added in order); returns m, where the caller's tail starts. Two
+ * vectors per sum: consecutive adds do not wait on each other (one chain of adds would wait
+ * on each add's latency). */
+static inline int64_t nz_shifted_sums(const float *p, int64_t n, float k, float *r1, float *r2) {
+  nz_vf a1 = {0}, a2 = {0}, b1 = {0}, b2 = {0};
+  int64_t i = 0;
+  for (; i + 2 * NZ_VL <= n; i += 2 * NZ_VL) {
+    const nz_vf d = nz_load(p + i) - k, e = nz_load(p + i + NZ_VL) - k;
+    a1 += d;
+    a2 += d * d;
+    b1 += e;
+    b2 += e * e;
+  }
+  a1 += b1;
+  a2 += b2;
+  float t1 = 0.f, t2 = 0.f;
+  for (int v = 0; v < NZ_VL; ++v) {
+    t1 += a1[v];
+    t2 += a2[v];
+  }
+  *r1 = t1;
+  *r2 = t2;
+  return i;
+}
+
 /* Whole cache lines. The compiler's vectorized loops store half lines (GCC prefers 32-byte
  * vectors on these CPUs); a core that sees a 64-byte line written whole need not read it from
  * memory first (no read for ownership), a third of a map's traffic. Measured with

@@ -41,23 +41,8 @@ typedef double nz_vd __attribute__((vector_size(64)));
 /* sum(p - k) and sum((p - k)^2) over p[0..n), n <= NZ_CHUNK, in float lanes, added (in
  * double) to *t1 and *t2: a row's moments are its chunks', added in order. */
 static inline void moments_chunk(const float *p, int64_t n, float k, double *t1, double *t2) {
-  /* two vectors of lanes per sum: independent adds, not one chain waiting on the last */
-  nz_vf a1 = {0}, a2 = {0}, b1 = {0}, b2 = {0};
-  int64_t i = 0;
-  for (; i + 2 * NZ_VL <= n; i += 2 * NZ_VL) {
-    const nz_vf d = nz_load(p + i) - k, f = nz_load(p + i + NZ_VL) - k;
-    a1 += d;
-    a2 += d * d;
-    b1 += f;
-    b2 += f * f;
-  }
-  a1 += b1;
-  a2 += b2;
-  float r1 = 0.f, r2 = 0.f;
-  for (int v = 0; v < NZ_VL; ++v) {
-    r1 += a1[v];
-    r2 += a2[v];
-  }
+  float r1, r2;
+  int64_t i = nz_shifted_sums(p, n, k, &r1, &r2);
   for (; i < n; ++i) {
     const float d = p[i] - k;
     r1 += d;
