@@ -128,7 +128,7 @@ to 1.7-2.1 against 2.6 to 1.3-1.6 (the sections' runs and this session's shorter
 issue's CPU targets hold on the new host in the sections below: BatchNorm, GroupNorm and
 LayerNorm at most 0.96 of torch.nn on every conv shape contiguous, and at most 1.00 on
 channels_last (LayerNorm on (128, 64, 8, 8): 0.995, the tightest row, 0.99 in the full matrix);
-BatchNorm 1.56x faster on (32, 64, 32, 32) and never slower on the small shapes (0.69-0.72);
+BatchNorm 1.56x faster on (32, 64, 32, 32) and never slower on the small shapes (0.64-0.72);
 InstanceNorm 2.5x faster on (32, 64, 32, 32); every norm of the wider zoo within 1.39x of
 BatchNorm2d on conv shapes (Ghost BN on channels_last (128, 64, 8, 8); Batch Renorm 1.40x in
 the full matrix, 1.47x before its contiguous path dropped `x_hat`, this session) and 1.19x on
