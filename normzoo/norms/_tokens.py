@@ -33,18 +33,29 @@ TOKEN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 def use_token_kernels(x: Tensor, *params: Tensor | None, any_rank: bool = False) -> bool:
     """Contiguous CPU ``(N, C)`` input (``any_rank``: ``(..., C)``, RMSNorm's tokens) of a
-    ``TOKEN_DTYPES`` dtype and at least ``TOKEN_MIN_NUMEL`` elements, float32 parameters,
-    outside ``torch.compile``, with the native kernels available."""
+    ``TOKEN_DTYPES`` dtype and at least ``TOKEN_MIN_NUMEL`` elements, parameters in float32 or
+    in ``x``'s dtype (a model cast with ``.to(torch.bfloat16)``: the kernels take them in
+    float32, see :func:`float32_params`), outside ``torch.compile``, with the native kernels
+    available."""
     return (
         (x.dim() >= 1 if any_rank else x.dim() == 2)
         and x.is_cpu
         and x.dtype in TOKEN_DTYPES
         and x.numel() >= TOKEN_MIN_NUMEL
         and x.is_contiguous()
-        and all(p is None or p.dtype == torch.float32 for p in params)
+        and all(p is None or p.dtype in (torch.float32, x.dtype) for p in params)
         and not _native.capturing()
         and _native.available("zoo")
     )
+
+
+def float32_params(*params: Tensor | None) -> tuple[Tensor | None, ...]:
+    """``params`` in float32, for the kernels of a half-precision call (``None`` kept; float32
+    ones returned as they are). A differentiable cast: their gradients come back cast to the
+    parameters' own dtype. Without it a model cast to bfloat16 ran the reference math in
+    bfloat16, eager: fwd+bwd on (2048, 4096) tokens, 2 threads, FRN 286 ms against 44 ms here,
+    EvoNorm-S0 241 against 38, RMSNorm 131 against 52 (as with float32 parameters)."""
+    return tuple(None if p is None else p.float() for p in params)
 
 
 def _graph_grads(ctx: Any, out: Tensor, leaves: tuple[Tensor | None, ...], dy: Tensor) -> list:
@@ -122,6 +133,7 @@ def group_tokens(
         y_{S0} = \frac{x \, \sigma(v x)}{\sqrt{\sigma^2_g + \epsilon}} \gamma + \beta
     """
     if x.dtype != torch.float32:  # half precision: computed in float32
+        v, weight, bias = float32_params(v, weight, bias)
         return group_tokens(op, x.float(), v, weight, bias, groups, eps).to(x.dtype)
     if torch.is_grad_enabled() and _kernels.needs_grad(x, v, weight, bias):
         return _GroupTokens.apply(x, v, weight, bias, op, groups, eps)
@@ -200,6 +212,7 @@ def b0_tokens(
               \gamma + \beta
     """
     if x.dtype != torch.float32:  # half precision: computed in float32
+        v, weight, bias = float32_params(v, weight, bias)
         y, var_b = b0_tokens(x.float(), v, weight, bias, running_var, eps)
         return y.to(x.dtype), var_b
     if torch.is_grad_enabled() and _kernels.needs_grad(x, v, weight, bias):

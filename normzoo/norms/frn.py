@@ -14,7 +14,7 @@ from normzoo.functional._stats import compute_dtype
 from normzoo.norms import _gpu, _triton
 from normzoo.norms._kernels import restore_format, row_view, scale_shift
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
-from normzoo.norms._tokens import use_token_kernels
+from normzoo.norms._tokens import float32_params, use_token_kernels
 from normzoo.norms.base import Norm, capturing
 
 
@@ -110,6 +110,7 @@ def frn_tokens(x: Tensor, weight: Tensor, bias: Tensor, tau: Tensor, eps: float)
     .. math:: z = \max\left(\gamma \frac{x}{\sqrt{x^2 + \epsilon}} + \beta, \tau\right)
     """
     if x.dtype != torch.float32:  # half precision: computed in float32
+        weight, bias, tau = float32_params(weight, bias, tau)
         return frn_tokens(x.float(), weight, bias, tau, eps).to(x.dtype)
     if torch.is_grad_enabled() and _kernels.needs_grad(x, weight, bias, tau):
         return _FRNTokens.apply(x, weight, bias, tau, eps)

@@ -16,7 +16,7 @@ from normzoo.functional._stats import compute_dtype
 from normzoo.norms import _triton
 from normzoo.norms._kernels import RowAffine, RowMeanSquare, restore_format, row_view
 from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
-from normzoo.norms._tokens import use_token_kernels
+from normzoo.norms._tokens import float32_params, use_token_kernels
 from normzoo.norms.base import Norm, capturing
 
 
@@ -92,6 +92,7 @@ def rms_tokens(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     .. math:: y = \frac{x}{\sqrt{\mathrm{mean}_c\, x^2 + \epsilon}} \, w + b
     """
     if x.dtype != torch.float32:  # half precision: computed in float32
+        weight, bias = float32_params(weight, bias)
         return rms_tokens(x.float(), weight, bias, eps).to(x.dtype)
     if torch.is_grad_enabled() and _kernels.needs_grad(x, weight, bias):
         return _RMSTokens.apply(x, weight, bias, eps)
