@@ -56,9 +56,7 @@ def build(
     cc = _native._compiler()
     if cc is None:
         raise SystemExit("no C compiler found (install gcc, or set CC)")
-    if headers is None:
-        headers = {p.name: p.read_text() for p in (ROOT / "normzoo" / "_native").glob("*.h")}
-    for header, text in headers.items():
+    for header, text in (headers_at(None) if headers is None else headers).items():
         (out_dir / header).write_text(text)
     src = out_dir / f"{name}.c"
     src.write_text(source)
@@ -67,11 +65,8 @@ def build(
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
-    lib = ctypes.CDLL(str(lib_path))  # RTLD_LOCAL: the two versions' symbols stay apart
-    for fn, argtypes in _native.SIGNATURES[name].items():
-        getattr(lib, fn).argtypes = argtypes
-        getattr(lib, fn).restype = _native.RESTYPES.get(fn)
-    return lib
+    # RTLD_LOCAL (ctypes' default): the two versions' symbols stay apart
+    return _native.bind(ctypes.CDLL(str(lib_path)), name)
 
 
 def source(rev: str | None, name: str) -> str:
@@ -86,7 +81,7 @@ def source(rev: str | None, name: str) -> str:
     return done.stdout
 
 
-def headers(rev: str | None) -> dict[str, str]:
+def headers_at(rev: str | None) -> dict[str, str]:
     """The kernel headers (``normzoo/_native/*.h``) at ``rev``: none before they existed."""
     if rev is None:
         return {p.name: p.read_text() for p in (ROOT / "normzoo" / "_native").glob("*.h")}
@@ -246,7 +241,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             for version, rev in (("base", args.base), ("new", args.new)):
                 out = Path(tmp) / version
                 out.mkdir(exist_ok=True)
-                libs[version][name] = build(source(rev, name), name, out, headers(rev))
+                libs[version][name] = build(source(rev, name), name, out, headers_at(rev))
         shapes = [tuple(int(s) for s in spec.split(",")) for spec in args.shapes]
         # a group count must divide the channels (GroupNorm's 32 groups: not on 16 channels)
         runs = [(c, s) for s in shapes for c in args.cases if s[1] % max(CASES[c][1] or 1, 1) == 0]

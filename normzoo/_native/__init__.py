@@ -53,6 +53,7 @@ import torch
 
 __all__ = [
     "available",
+    "bind",
     "build_times",
     "cache_dir",
     "capturing",
@@ -297,7 +298,11 @@ def _build(name: str) -> ctypes.CDLL:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    lib = ctypes.CDLL(str(path))
+    return bind(ctypes.CDLL(str(path)), name)
+
+
+def bind(lib: ctypes.CDLL, name: str) -> ctypes.CDLL:
+    """``lib``, a build of library ``name``, with the C signatures of its functions set."""
     for fn, argtypes in SIGNATURES[name].items():
         getattr(lib, fn).argtypes = argtypes
         getattr(lib, fn).restype = RESTYPES.get(fn)

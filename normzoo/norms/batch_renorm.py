@@ -49,10 +49,7 @@ class _BatchRenormTrain(torch.autograd.Function):
         ctx.native = use_native_batch_stats(x)
         x_hat = None
         if ctx.native:  # the statistics only (one pass); y comes from x in one pass below
-            if x.is_contiguous():
-                stats, var = _kernels.batch_stats_unchecked(x, eps)
-            else:
-                stats, var = _kernels.batch_stats_cl_unchecked(x, eps)
+            stats, var = _kernels.batch_stats_unchecked(x, eps)
             mean, invstd = stats[0], stats[1]
             m = x.numel() // c
             batch_mean, batch_var = mean.clone(), var * (m / max(m - 1, 1))
