@@ -623,8 +623,13 @@ def test_native_b0_ties_split_like_torch_maximum():
 
 def test_zoo_kernels_refuse_what_the_c_code_does_not_handle():
     p = torch.ones(2, 3, 2)
-    with pytest.raises(ValueError, match="float32 CPU"):
+    with pytest.raises(ValueError, match="float32 or bfloat16 CPU"):
         zoo_kernels.row_stats(torch.randn(2, 3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="float32 or bfloat16 CPU"):
+        zoo_kernels.row_stats(torch.randn(2, 3, 4, dtype=torch.float16))
+    with pytest.raises(ValueError, match="take float32 CPU"):  # FrozenBN: float32 only
+        x = torch.randn(2, 3, 4, dtype=torch.bfloat16)
+        zoo_kernels.frozen_forward(x, torch.zeros(3), torch.ones(3), None, None, 1e-5)
     with pytest.raises(ValueError, match="channels_last"):
         zoo_kernels.map_forward(zoo_kernels.AFFINE, torch.randn(2, 3, 8)[..., ::2], p)
     with pytest.raises(ValueError, match="together"):
@@ -794,3 +799,157 @@ def test_batch_renorm_tokens_take_the_column_kernel(monkeypatch):
         _compare(fast, ref, torch.randn(4096, 8) * scale + step, {"atol": 2e-4, "rtol": 1e-5})
         fast.zero_grad(set_to_none=True), ref.zero_grad(set_to_none=True)
     assert calls == [(4096, 8)] * 3
+
+
+# -- bfloat16 on the per-row kernels (zoo_rows.h built for bfloat16) ------------------------
+BF16 = torch.bfloat16
+
+
+def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bfloat16 tensors, NaN where NaN (whatever its payload), the same bits elsewhere."""
+    nan = a.isnan()
+    if not torch.equal(nan, b.isnan()):
+        return False
+    return torch.equal(
+        a.masked_fill(nan, 0).view(torch.int16), b.masked_fill(nan, 0).view(torch.int16)
+    )
+
+
+def test_bfloat16_rows_round_once_to_nearest_even():
+    """The bfloat16 kernels widen each value, compute in float32 and round the result once
+    to the nearest bfloat16, ties to even, NaN to NaN, overflow to infinity: known answers
+    at the halfway points, and the bits of torch's own conversion of the float32 kernel's
+    output."""
+    one = 1.0
+    big = torch.finfo(BF16).max  # (2 - 2^-7) 2^127
+    x = torch.tensor([one, one + 2**-7, -one, 3.0, float("nan"), float("inf"), big, 0.0])
+    x = x.to(BF16).view(1, 1, -1).expand(1, 5, -1).contiguous()
+    a = torch.tensor([1.0, 1.0, 1.0, 1.0 + 2**-8, 1.0])
+    b = torch.tensor([2**-8, 3 * 2**-8, 2**-8 + 2**-16, 0.0, -(2**-9)])
+    p = torch.stack([a, b], dim=1).view(1, 5, 2).contiguous()
+    y = zoo_kernels.map_forward(zoo_kernels.AFFINE, x, p)
+    assert y.dtype == BF16
+    # 1 + 2^-8 is halfway between 1 and 1 + 2^-7: to the even 1; 1 + 3 2^-8 is halfway
+    # between 1 + 2^-7 and 1 + 2^-6: to the even 1 + 2^-6; just above halfway goes up
+    assert y[0, 0, 0].item() == 1.0
+    assert y[0, 1, 0].item() == 1.0 + 2**-6
+    assert y[0, 2, 0].item() == 1.0 + 2**-7
+    assert y[0, 0, 2].item() == -1.0 + 2**-8  # exact in bfloat16 (-0.99609375)
+    assert y[0, 3, 6].item() == float("inf")  # (2 - 2^-15) 2^127: past halfway to 2^128
+    assert y[0, 4, 7].item() == -(2**-9)
+    assert y[..., 4].isnan().all() and (y[..., 5] == float("inf")).all()
+    reference = zoo_kernels.map_forward(zoo_kernels.AFFINE, x.float(), p).to(BF16)
+    assert _bits_equal(y, reference)
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize(
+    "op", [zoo_kernels.AFFINE, zoo_kernels.B0, zoo_kernels.S0, zoo_kernels.TLU]
+)
+def test_bfloat16_row_kernels_equal_the_float32_ones(op, cl):
+    """Every per-row kernel takes bfloat16 ``x`` and ``dy`` as they are: the elementwise
+    passes (forward map, ``dx``) give the bits of the float32 kernels on the widened values,
+    rounded once; the statistics and row sums (float32 outputs) agree with them to float32
+    rounding (their sums may add in another order)."""
+    torch.manual_seed(0)
+    n, c, h, w = 3, 70, 6, 7
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    x = (torch.randn(n, c, h, w) * 2 + 1).to(BF16).contiguous(memory_format=fmt)
+    dy = torch.randn(n, c, h, w).to(BF16).contiguous(memory_format=fmt)
+    x[0, 0, 0, :3] = 0  # ties of the TLU and B0 maxima
+    rows, drows = x.view(n, c, -1), dy.view(n, c, -1)
+    size = zoo_kernels.NPARAMS[op]
+    p = (torch.rand(n, c, size) + 0.5).contiguous()
+    if op in (zoo_kernels.TLU, zoo_kernels.B0):
+        p[..., 2] = torch.randn(n, c) * 0.3
+    mean, k1, k0 = (torch.randn(n, c) for _ in range(3))
+    mean_b, var_b = zoo_kernels.row_stats(rows)
+    mean_f, var_f = zoo_kernels.row_stats(rows.float())
+    torch.testing.assert_close(mean_b, mean_f, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(var_b, var_f, rtol=1e-5, atol=1e-6)
+    y = zoo_kernels.map_forward(op, rows, p)
+    assert y.dtype == BF16 and y.stride() == rows.stride()
+    assert _bits_equal(y, zoo_kernels.map_forward(op, rows.float(), p).to(BF16))
+    dx = zoo_kernels.map_dx(op, drows, rows, p, mean, k1, k0)
+    assert dx.dtype == BF16 and dx.stride() == rows.stride()
+    assert _bits_equal(
+        dx, zoo_kernels.map_dx(op, drows.float(), rows.float(), p, mean, k1, k0).to(BF16)
+    )
+    sums = zoo_kernels.map_sums(op, drows, rows, p)
+    assert sums.dtype == torch.float32
+    torch.testing.assert_close(
+        sums, zoo_kernels.map_sums(op, drows.float(), rows.float(), p), rtol=1e-4, atol=1e-3
+    )
+
+
+# (name, kwargs, layouts): the norms whose conv path runs on the per-row kernels
+BF16_ROW_NORMS = [
+    ("frn", {}, ("contiguous", "channels_last")),
+    ("rmsnorm", {}, ("contiguous", "channels_last")),
+    ("evonorms0", {}, ("contiguous", "channels_last")),
+    ("evonormb0", {}, ("contiguous", "channels_last")),
+    ("switchablenorm", {}, ("contiguous", "channels_last")),
+    ("instancenorm", {"affine": True, "track_running_stats": True}, ("channels_last",)),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "layout"),
+    [(n, k, fmt) for n, k, fmts in BF16_ROW_NORMS for fmt in fmts],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_bfloat16_conv_input_runs_the_bfloat16_row_kernels(name, kwargs, layout, monkeypatch):
+    """A bfloat16 conv input reaches the per-row kernels as it is (it took float32 copies of
+    ``x``, ``y``, ``dy`` and ``dx`` before: 2.5-3.5x slower): the kernels that run are the
+    bfloat16 ones; output, ``dx``, parameter gradients and running statistics agree with the
+    same module on the float32 values to bfloat16 rounding (one rounding of each output);
+    layout and dtype are kept."""
+    ran = []
+    real = zoo_kernels._fn
+    monkeypatch.setattr(
+        zoo_kernels, "_fn", lambda x, fn: ran.append(real(x, fn).__name__) or real(x, fn)
+    )
+    torch.manual_seed(0)
+    half = normzoo.create(name, 16, **kwargs)
+    with torch.no_grad():
+        for p in half.parameters():
+            p.uniform_(0.5, 1.5)
+    full = normzoo.create(name, 16, **kwargs)
+    full.load_state_dict(half.state_dict())
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = (torch.randn(4, 16, 9, 11) * 2 + 1).to(BF16).contiguous(memory_format=fmt)
+    dy = torch.randn(4, 16, 9, 11).to(BF16).contiguous(memory_format=fmt)
+    out = []
+    for m, xx, g in ((half, x, dy), (full, x.float(), dy.float())):
+        ran.clear()
+        xx = xx.clone().requires_grad_()
+        y = m(xx)
+        grads = torch.autograd.grad(y, [xx, *m.parameters()], g)
+        out.append((y, grads, list(ran)))
+    (yb, gb, ran_b), (yf, gf, _) = out
+    assert ran_b and all(fn.endswith("_bf16") for fn in ran_b), ran_b
+    assert yb.dtype == gb[0].dtype == BF16
+    assert yb.is_contiguous(memory_format=fmt) and gb[0].is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(yb.float(), yf, rtol=2**-8, atol=1e-5)
+    torch.testing.assert_close(gb[0].float(), gf[0], rtol=2**-7, atol=2e-3)
+    for a, b in zip(gb[1:], gf[1:], strict=True):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+    for key, value in full.state_dict().items():
+        torch.testing.assert_close(half.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_bfloat16_row_kernels_double_backward():
+    """``create_graph=True`` on a bfloat16 input differentiates the float32 math of the
+    kernels: second derivatives agree with the float32 module's."""
+    torch.manual_seed(0)
+    values = (torch.randn(2, 8, 5, 6) * 2).to(BF16)
+    out = []
+    for dtype in (BF16, torch.float32):
+        m = normzoo.create("frn", 8)
+        x = values.to(dtype).requires_grad_()
+        (g,) = torch.autograd.grad(m(x).square().sum(), x, create_graph=True)
+        out.append(torch.autograd.grad(g.float().pow(2).sum(), [x, m.weight]))
+    assert out[0][0].dtype == BF16
+    torch.testing.assert_close(out[0][0].float(), out[1][0], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=2e-2, atol=2e-2)

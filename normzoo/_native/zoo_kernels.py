@@ -1,10 +1,12 @@
 """Python entry points of the zoo's native per-row kernels (``zoo.c``): layout checks, outputs
 allocated with torch, pointers handed to C.
 
-Every function takes an ``(N, C, L)`` float32 CPU tensor in one of two layouts: contiguous
-(rows of ``L``), or channels_last, strides ``(L C, 1, C)`` (the ``(N, C, L)`` view of a
-channels_last ``(N, C, H, W)`` or channels_last_3d tensor). Per-row tensors (statistics,
-parameters) are contiguous ``(N, C)`` or ``(N, C, P)``. Outputs take the input's layout.
+Every per-row function takes an ``(N, C, L)`` float32 or bfloat16 CPU tensor in one of two
+layouts: contiguous (rows of ``L``), or channels_last, strides ``(L C, 1, C)`` (the
+``(N, C, L)`` view of a channels_last ``(N, C, H, W)`` or channels_last_3d tensor). Per-row
+tensors (statistics, parameters) are contiguous float32 ``(N, C)`` or ``(N, C, P)`` whatever
+the input's dtype. Outputs take the input's layout and dtype; bfloat16 values are computed in
+float32 and rounded once (the same bits as the float32 kernels followed by ``.to(bfloat16)``).
 """
 
 from __future__ import annotations
@@ -51,10 +53,15 @@ def _lib():
     return lib
 
 
-def _check(x: Tensor, *small: Tensor | None) -> int:
-    if x.device.type != "cpu" or x.dtype != torch.float32 or layout(x) is None:
+#: dtypes of the full-size tensors that the per-row kernels take.
+ROW_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _check(x: Tensor, *small: Tensor | None, dtypes: tuple[torch.dtype, ...] = ROW_DTYPES) -> int:
+    if x.device.type != "cpu" or x.dtype not in dtypes or layout(x) is None:
+        names = " or ".join(str(d).removeprefix("torch.") for d in dtypes)
         raise ValueError(
-            "native zoo kernels take float32 CPU (N, C, L) tensors, contiguous or "
+            f"native zoo kernels take {names} CPU (N, C, L) tensors, contiguous or "
             f"channels_last, got {x.dtype} on {x.device} with shape {tuple(x.shape)} and "
             f"strides {x.stride()}"
         )
@@ -65,17 +72,29 @@ def _check(x: Tensor, *small: Tensor | None) -> int:
 
 
 def _like(x: Tensor, t: Tensor) -> Tensor:
-    """``t`` with ``x``'s strides (a copy only where they differ)."""
-    return t if t.stride() == x.stride() else torch.empty_like(x).copy_(t)
+    """``t`` with ``x``'s strides and dtype (a copy only where they differ)."""
+    if t.stride() == x.stride() and t.dtype == x.dtype:
+        return t
+    return torch.empty_like(x).copy_(t)
+
+
+def _fn(x: Tensor, name: str):
+    """Kernel ``name`` of the zoo library for ``x``'s dtype (``name_bf16`` for bfloat16)."""
+    return getattr(_lib(), name if x.dtype == torch.float32 else f"{name}_bf16")
+
+
+def _f32(*size: int) -> Tensor:
+    """A float32 CPU tensor for per-row values (statistics, parameters, their gradients)."""
+    return torch.empty(size, dtype=torch.float32)
 
 
 def row_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and biased variance of every ``(n, c)`` row: two ``(N, C)`` tensors."""
     cl = _check(x)
     n, c, length = x.shape
-    stats = x.new_empty(2, n, c)
-    _lib().nz_row_stats(x.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr(), n, c, length, cl,
-                        threads())  # fmt: skip
+    stats = _f32(2, n, c)
+    _fn(x, "nz_row_stats")(x.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr(), n, c,
+                           length, cl, threads())  # fmt: skip
     return stats[0], stats[1]
 
 
@@ -84,8 +103,8 @@ def map_forward(op: int, x: Tensor, params: Tensor) -> Tensor:
     cl = _check(x, params)
     n, c, length = x.shape
     y = torch.empty_like(x)
-    _lib().nz_map_forward(op, x.data_ptr(), params.data_ptr(), y.data_ptr(), n, c, length, cl,
-                          threads())  # fmt: skip
+    _fn(x, "nz_map_forward")(op, x.data_ptr(), params.data_ptr(), y.data_ptr(), n, c,
+                             length, cl, threads())  # fmt: skip
     return y
 
 
@@ -94,9 +113,9 @@ def map_sums(op: int, dy: Tensor, x: Tensor, params: Tensor) -> Tensor:
     cl = _check(x, params)
     dy = _like(x, dy)
     n, c, length = x.shape
-    grads = x.new_empty(n, c, NPARAMS[op])
-    _lib().nz_map_sums(op, dy.data_ptr(), x.data_ptr(), params.data_ptr(), grads.data_ptr(),
-                       n, c, length, cl, threads())  # fmt: skip
+    grads = _f32(n, c, NPARAMS[op])
+    _fn(x, "nz_map_sums")(op, dy.data_ptr(), x.data_ptr(), params.data_ptr(),
+                          grads.data_ptr(), n, c, length, cl, threads())  # fmt: skip
     return grads
 
 
@@ -118,8 +137,8 @@ def map_dx(
     n, c, length = x.shape
     dx = torch.empty_like(x)
     ptr = [None if t is None else t.data_ptr() for t in (mean, k1, k0)]
-    _lib().nz_map_dx(op, dy.data_ptr(), x.data_ptr(), params.data_ptr(), *ptr, dx.data_ptr(),
-                     n, c, length, cl, threads())  # fmt: skip
+    _fn(x, "nz_map_dx")(op, dy.data_ptr(), x.data_ptr(), params.data_ptr(), *ptr,
+                        dx.data_ptr(), n, c, length, cl, threads())  # fmt: skip
     return dx
 
 
@@ -141,7 +160,7 @@ def frozen_forward(
 ) -> Tensor:
     """FrozenBatchNorm, ``y = a_c x + b_c`` with ``a = weight / sqrt(var + eps)`` and
     ``b = bias - mean a`` (``relu``: ``max(a_c x + b_c, 0)``, NaN kept), in ``x``'s layout."""
-    cl = _check(x, mean, var, weight, bias)
+    cl = _check(x, mean, var, weight, bias, dtypes=(torch.float32,))
     n, c, length = x.shape
     y = torch.empty_like(x)
     _frozen_status(_lib().nz_frozen_forward(*_args(x, mean, var, weight, bias), eps,
@@ -155,7 +174,7 @@ def frozen_backward(
 ) -> Tensor:
     """``dx = a_c dy`` for :func:`frozen_forward`'s output ``y``; ``relu``: 0 where
     ``y <= 0`` (the ReLU's mask from its output, as torch's relu backward takes it)."""
-    cl = _check(y, var, weight)
+    cl = _check(y, var, weight, dtypes=(torch.float32,))
     dy = _like(y, dy)
     n, c, length = y.shape
     dx = torch.empty_like(y)
@@ -184,7 +203,7 @@ def _grads(x: Tensor, needs: tuple[bool, ...], *sizes: int) -> list[Tensor | Non
     """``dx`` (like ``x``) and the small gradients, each ``None`` where not needed."""
     out: list[Tensor | None] = [torch.empty_like(x) if needs[0] else None]
     for need, size in zip(needs[1:], sizes, strict=True):
-        out.append(x.new_empty(size) if need else None)
+        out.append(_f32(size) if need else None)
     return out
 
 
@@ -203,9 +222,9 @@ def b0_forward(
     n, c, length = x.shape
     v, weight, bias, running_var = _small(v, weight, bias, running_var)
     y = torch.empty_like(x)
-    stats, var_b, params = x.new_empty(3, n, c), x.new_empty(c), x.new_empty(n, c, 5)
-    _lib().nz_b0_forward(*_args(x, v, weight, bias, running_var, float(eps), y, *stats, var_b,
-                                params, n, c, length, cl, threads()))  # fmt: skip
+    stats, var_b, params = _f32(3, n, c), _f32(c), _f32(n, c, 5)
+    _fn(x, "nz_b0_forward")(*_args(x, v, weight, bias, running_var, float(eps), y,
+                            *stats, var_b, params, n, c, length, cl, threads()))  # fmt: skip
     return y, stats, var_b, params
 
 
@@ -218,9 +237,9 @@ def b0_backward(
     dy = _like(x, dy)
     n, c, length = x.shape
     out = _grads(x, needs, c, c, c)
-    sums, k = x.new_empty(n, c, 5), x.new_empty(2, n, c)
-    _lib().nz_b0_backward(*_args(dy, x, params, stats[0], stats[2], int(batch), sums, k, *out,
-                                 n, c, length, cl, threads()))  # fmt: skip
+    sums, k = _f32(n, c, 5), _f32(2, n, c)
+    _fn(x, "nz_b0_backward")(*_args(dy, x, params, stats[0], stats[2], int(batch), sums,
+                             k, *out, n, c, length, cl, threads()))  # fmt: skip
     return out
 
 
@@ -233,9 +252,9 @@ def s0_forward(
     n, c, length = x.shape
     v, weight, bias = _small(v, weight, bias)
     y = torch.empty_like(x)
-    stats, params = x.new_empty(3, n, c), x.new_empty(n, c, 3)
-    _lib().nz_s0_forward(*_args(x, v, weight, bias, groups, float(eps), y, *stats, params,
-                                n, c, length, cl, threads()))  # fmt: skip
+    stats, params = _f32(3, n, c), _f32(n, c, 3)
+    _fn(x, "nz_s0_forward")(*_args(x, v, weight, bias, groups, float(eps), y, *stats,
+                            params, n, c, length, cl, threads()))  # fmt: skip
     return y, stats, params
 
 
@@ -256,9 +275,9 @@ def s0_backward(
     n, c, length = x.shape
     (weight,) = _small(weight)
     out = _grads(x, needs, c, c, c)
-    sums, k = x.new_empty(n, c, 3), x.new_empty(2, n, c)
-    _lib().nz_s0_backward(*_args(dy, x, params, *stats, weight, groups, float(eps), sums, k,
-                                 *out, n, c, length, cl, threads()))  # fmt: skip
+    sums, k = _f32(n, c, 3), _f32(2, n, c)
+    _fn(x, "nz_s0_backward")(*_args(dy, x, params, *stats, weight, groups, float(eps),
+                             sums, k, *out, n, c, length, cl, threads()))  # fmt: skip
     return out
 
 
@@ -278,10 +297,11 @@ def switchable_forward(
     n, c, length = x.shape
     small = _small(mean_weight, var_weight, weight, bias, running_mean, running_var)
     y = torch.empty_like(x)
-    stats, stats_bn, params = x.new_empty(2, n, c), x.new_empty(2, c), x.new_empty(n, c, 2)
+    stats, stats_bn, params = _f32(2, n, c), _f32(2, c), _f32(n, c, 2)
     scratch = torch.empty(2 * (n + c), dtype=torch.float64)
-    _lib().nz_switchable_forward(*_args(x, *small, float(eps), y, stats[0], stats[1], stats_bn,
-                                        params, scratch, n, c, length, cl, threads()))  # fmt: skip
+    _fn(x, "nz_switchable_forward")(*_args(x, *small, float(eps), y, stats[0], stats[1],
+                                    stats_bn, params, scratch, n, c, length, cl,
+                                    threads()))  # fmt: skip
     return y, stats[0], stats[1], stats_bn, params
 
 
@@ -306,10 +326,11 @@ def switchable_backward(
     n, c, length = x.shape
     small = _small(mean_weight, var_weight, weight, running_mean, running_var)
     out = _grads(x, needs, 3, 3, c, c)
-    sums, k = x.new_empty(n, c, 2), x.new_empty(2, n, c)
+    sums, k = _f32(n, c, 2), _f32(2, n, c)
     scratch = torch.empty(4 * (n + c), dtype=torch.float64)
-    _lib().nz_switchable_backward(*_args(dy, x, params, mean, var, *small, float(eps), sums, k,
-                                         scratch, *out, n, c, length, cl, threads()))  # fmt: skip
+    _fn(x, "nz_switchable_backward")(*_args(dy, x, params, mean, var, *small,
+                                     float(eps), sums, k, scratch, *out, n, c, length,
+                                     cl, threads()))  # fmt: skip
     return out
 
 
@@ -321,9 +342,9 @@ def frn_forward(
     n, c, length = x.shape
     weight, bias, tau = _small(weight, bias, tau)
     y = torch.empty_like(x)
-    stats, params = x.new_empty(2, n, c), x.new_empty(n, c, 3)
-    _lib().nz_frn_forward(*_args(x, weight, bias, tau, float(eps), y, stats[0], stats[1], params,
-                                 n, c, length, cl, threads()))  # fmt: skip
+    stats, params = _f32(2, n, c), _f32(n, c, 3)
+    _fn(x, "nz_frn_forward")(*_args(x, weight, bias, tau, float(eps), y, stats[0],
+                             stats[1], params, n, c, length, cl, threads()))  # fmt: skip
     return y, stats[0], stats[1], params
 
 
@@ -343,9 +364,9 @@ def frn_backward(
     n, c, length = x.shape
     (weight,) = _small(weight)
     out = _grads(x, needs, c, c, c)
-    sums, k = x.new_empty(n, c, 3), x.new_empty(2, n, c)
-    _lib().nz_frn_backward(*_args(dy, x, params, mean, var, weight, float(eps), sums, k, *out,
-                                  n, c, length, cl, threads()))  # fmt: skip
+    sums, k = _f32(n, c, 3), _f32(2, n, c)
+    _fn(x, "nz_frn_backward")(*_args(dy, x, params, mean, var, weight, float(eps), sums,
+                              k, *out, n, c, length, cl, threads()))  # fmt: skip
     return out
 
 
@@ -357,9 +378,9 @@ def rms_forward(
     n, c, length = x.shape
     weight, bias = _small(weight, bias)
     y = torch.empty_like(x)
-    stats, params = x.new_empty(2, n, c), x.new_empty(n, c, 2)
-    _lib().nz_rms_forward(*_args(x, weight, bias, float(eps), y, stats[0], stats[1], params,
-                                 n, c, length, cl, threads()))  # fmt: skip
+    stats, params = _f32(2, n, c), _f32(n, c, 2)
+    _fn(x, "nz_rms_forward")(*_args(x, weight, bias, float(eps), y, stats[0], stats[1],
+                             params, n, c, length, cl, threads()))  # fmt: skip
     return y, stats[0], stats[1], params
 
 
@@ -379,9 +400,9 @@ def rms_backward(
     n, c, length = x.shape
     (weight,) = _small(weight)
     out = _grads(x, needs, c, c)
-    sums, k = x.new_empty(n, c, 2), x.new_empty(2, n, c)
-    _lib().nz_rms_backward(*_args(dy, x, params, mean, var, weight, float(eps), sums, k, *out,
-                                  n, c, length, cl, threads()))  # fmt: skip
+    sums, k = _f32(n, c, 2), _f32(2, n, c)
+    _fn(x, "nz_rms_backward")(*_args(dy, x, params, mean, var, weight, float(eps), sums,
+                              k, *out, n, c, length, cl, threads()))  # fmt: skip
     return out
 
 

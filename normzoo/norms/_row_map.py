@@ -29,9 +29,10 @@ from torch import Tensor
 
 from normzoo import _native
 from normzoo._native import zoo_kernels
+from normzoo.functional._stats import compute_dtype
 from normzoo.norms._kernels import channels_last_format
 
-__all__ = ["RowNormSpec", "row_map", "use_row_map", "use_zoo_op"]
+__all__ = ["RowNormSpec", "row_input", "row_map", "use_row_map", "use_zoo_op"]
 
 
 class RowNormSpec:
@@ -63,17 +64,28 @@ class RowNormSpec:
 
 
 def use_row_map(x: Tensor) -> bool:
-    """Whether :func:`row_map` runs natively on ``x`` ``(N, C, *spatial)``: float32 on CPU,
-    contiguous or channels_last, native kernels available, not under ``torch.compile``."""
+    """Whether :func:`row_map` runs natively on ``x`` ``(N, C, *spatial)``: float32 or
+    bfloat16 on CPU, contiguous or channels_last, native kernels available, not under
+    ``torch.compile``."""
     return (
         x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and x.dtype in zoo_kernels.ROW_DTYPES
         and x.dim() >= 2
         and x.numel() > 0
         and zoo_kernels.layout(rows(x)) is not None
         and not _native.capturing()
         and _native.available("zoo")
     )
+
+
+def row_input(x: Tensor) -> Tensor:
+    """What a per-row norm computes on: ``x`` itself where :func:`row_map` takes it as it is
+    (float32, and bfloat16, which the kernels read and write in place of float32 copies of
+    ``x``, ``y``, ``dy`` and ``dx``: 2.5-3.5x faster fwd+bwd, measured on (32, 64, 32, 32),
+    2-core Xeon), else ``x`` in its compute dtype (float32 for half types)."""
+    if x.dtype == torch.bfloat16 and use_row_map(x):
+        return x
+    return x.to(compute_dtype(x))
 
 
 def use_zoo_op(x: Tensor, *params: Tensor | None) -> bool:
@@ -143,8 +155,10 @@ class _RowMap(torch.autograd.Function):
         inputs: list[Tensor | None],
         needs: tuple[bool, ...],
     ) -> list[Tensor | None]:
-        var, mean = torch.var_mean(x, dim=2, unbiased=False)
-        y = torch_map(spec.op, x, spec.params(mean, var, *inputs))
+        xc = x.to(compute_dtype(x))  # bfloat16: the kernels' float32 math
+        var, mean = torch.var_mean(xc, dim=2, unbiased=False)
+        y = torch_map(spec.op, xc, spec.params(mean, var, *inputs))
+        dy = dy.to(y.dtype)
         leaves = [x, *inputs]
         wanted = [i for i, need in enumerate(needs) if need]
         grads = torch.autograd.grad(

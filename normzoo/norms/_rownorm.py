@@ -281,9 +281,9 @@ _module_op: Any = None
 
 # -- channels_last inputs: zoo.c's per-(sample, channel) statistics and map, read in place ----
 def channels_last_rows(x: Tensor) -> bool:
-    """A float32 channels_last (or channels_last_3d) input that :class:`GroupSpec` serves
-    through ``normzoo.norms._row_map.row_map`` without a copy."""
-    if x.dtype != torch.float32 or x.is_contiguous():
+    """A float32 or bfloat16 channels_last (or channels_last_3d) input that
+    :class:`GroupSpec` serves through ``normzoo.norms._row_map.row_map`` without a copy."""
+    if x.dtype not in zoo_kernels.ROW_DTYPES or x.is_contiguous():
         return False
     fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
     return fmt is not None and x.is_contiguous(memory_format=fmt) and use_row_map(x)

@@ -11,10 +11,10 @@ from torch import Tensor, nn
 from normzoo import functional
 from normzoo._native import zoo_kernels
 from normzoo._native.zoo_kernels import TOKENS_S0
-from normzoo.functional._stats import compute_dtype, merge_statistics
+from normzoo.functional._stats import merge_statistics
 from normzoo.norms import _gpu, _triton, _triton_zoo
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view, scale_shift
-from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map, use_zoo_op
+from normzoo.norms._row_map import RowNormSpec, row_input, row_map, use_row_map, use_zoo_op
 from normzoo.norms._tokens import b0_tokens, group_tokens, use_token_kernels
 from normzoo.norms.base import Norm, capturing
 from normzoo.norms.batch import BatchNorm
@@ -296,7 +296,7 @@ class EvoNormB0(BatchNorm):
         return y
 
     def _fast_forward(self, x: Tensor, update: bool, factor: float) -> Tensor:
-        xf = x.to(compute_dtype(x))
+        xf = row_input(x)  # bfloat16 read and written natively (row_map)
         if use_zoo_op(xf, self.v, self.weight, self.bias, self.running_var):
             # the kernels below with a C++ autograd node; running_var blended in place there
             batch = self.training or self.running_var is None
@@ -421,7 +421,7 @@ class EvoNormS0(Norm):
         )
 
     def _fast_forward(self, x: Tensor) -> Tensor:
-        xf = x.to(compute_dtype(x))
+        xf = row_input(x)  # bfloat16 read and written natively (row_map)
         if use_zoo_op(xf, self.v, self.weight, self.bias):  # the kernels below, C++ autograd
             y = torch.ops.normzoo.evonorm_s0(
                 xf, self.v, self.weight, self.bias, self.num_groups, self.eps

@@ -15,7 +15,7 @@ from normzoo.functional._stats import affine as _affine
 from normzoo.functional._stats import compute_dtype
 from normzoo.norms import _triton
 from normzoo.norms._kernels import RowAffine, RowMeanSquare, restore_format, row_view
-from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map
+from normzoo.norms._row_map import RowNormSpec, row_input, row_map, use_row_map
 from normzoo.norms._tokens import float32_params, use_token_kernels
 from normzoo.norms.base import Norm, capturing
 
@@ -157,15 +157,16 @@ class RMSNorm(Norm):
             return functional.rms_norm(
                 x, self.weight, self.bias, eps=self.eps, channels_last=self.channels_last
             )
-        xf = x.to(compute_dtype(x))  # half inputs: statistics and affine in float32
         if not self.channels_last and x.dim() >= 3:
             if _triton.serves_group(x, 1, self.weight, self.bias, kind="rms"):
                 # CUDA, NORMZOO_TRITON=all: one pass per sample, or two phases
                 return _triton.rms_norm(x, self.weight, self.bias, self.eps)
+            xf = row_input(x)  # bfloat16 read and written natively, other halves in float32
             if use_row_map(xf):  # native, any layout kept
                 y = row_map(xf, _RMSSpec(self.eps), self.weight, self.bias)
                 return y.to(x.dtype)
             return self._rows_forward(xf).to(x.dtype)
+        xf = x.to(compute_dtype(x))  # half inputs: statistics and affine in float32
         if self.channels_last:
             if _triton.serves_tokens(x, self.weight, self.bias):  # CUDA, NORMZOO_TRITON=all
                 return _triton.rms_norm_tokens(x, self.weight, self.bias, self.eps)

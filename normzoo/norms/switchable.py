@@ -7,11 +7,11 @@ from torch import Tensor, nn
 
 from normzoo import functional
 from normzoo._native import zoo_kernels
-from normzoo.functional._stats import compute_dtype, merge_statistics
+from normzoo.functional._stats import merge_statistics
 from normzoo.functional.switchable import SWITCHABLE_STATISTICS, switchable_statistics
 from normzoo.norms import _gpu, _triton, _triton_zoo
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view
-from normzoo.norms._row_map import RowNormSpec, row_map, use_row_map, use_zoo_op
+from normzoo.norms._row_map import RowNormSpec, row_input, row_map, use_row_map, use_zoo_op
 from normzoo.norms.base import capturing
 from normzoo.norms.batch import BatchNorm
 
@@ -199,7 +199,7 @@ class SwitchableNorm(BatchNorm):
         return y
 
     def _fast_forward(self, x: Tensor, update: bool, factor: float) -> Tensor:
-        xf = x.to(compute_dtype(x))
+        xf = row_input(x)  # bfloat16 read and written natively (row_map)
         running = (self.running_mean, self.running_var)
         if use_zoo_op(xf, self.mean_weight, self.var_weight, self.weight, self.bias, *running):
             # the kernels below with a C++ autograd node; running statistics blended there

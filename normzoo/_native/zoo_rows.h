@@ -1,0 +1,639 @@
+/* The zoo's per-row kernels and norms (see zoo.c), written once for an element type:
+ * zoo.c includes this file twice (no include guard), with
+ *   NZ_T          the element type of the full-size tensors x, y, dy, dx (float, or uint16_t
+ *                 holding bfloat16 bits); statistics, parameters and gradients of parameters
+ *                 are float32 either way;
+ *   NZ_LD(v)      an NZ_T value as a float;   NZ_ST(f)  a float as an NZ_T (rounded once);
+ *   NZ_FN(name)   the exported name for this type (name, or name_bf16);
+ *   NZ_DIRECT(p)  the float buffer in which B0 and S0 keep (df/dx) dy between their backward
+ *                 sweeps (dx itself for float32; NULL, recomputing it, for bfloat16).
+ */
+
+/* ---------------------------------------------------------------- statistics ---------- */
+
+/* The mean and biased variance of each row: the mean from sums shifted by a value of the row
+ * (float partial sums of values near 1e4 would keep few of their bits), then the variance
+ * around the float mean in a second sweep.
+ * lo (may be NULL): each mean's rounding remainder, exact mean - float mean (the exact mean's
+ * double sum), so that gradients can be taken against the exact mean: in float32 the mean of
+ * values around 1e4 is off by up to 5e-4, which would shift every element of the variance's
+ * gradient 2 (x - mean) / L by that much. */
+static void NZ_FN(row_stats)(const NZ_T *x, float *mean, float *var, float *lo, int64_t N,
+                             int64_t C, int64_t L, int cl, int threads) {
+  if (!cl) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < N * C; ++r) {
+      const NZ_T *p = x + r * L;
+      const float k = NZ_LD(p[0]);
+      double s = 0.0;
+      for (int64_t i0 = 0; i0 < L; i0 += NZ_CHUNK) {
+        const int64_t i1 = i0 + NZ_CHUNK < L ? i0 + NZ_CHUNK : L;
+        float f = 0.f;
+#pragma omp simd reduction(+ : f)
+        for (int64_t i = i0; i < i1; ++i) f += NZ_LD(p[i]) - k;
+        s += f;
+      }
+      const double mu = (double)k + s / (double)L;
+      const float m = (float)mu;
+      if (lo) lo[r] = (float)(mu - (double)m);
+      double q = 0.0;
+      for (int64_t i0 = 0; i0 < L; i0 += NZ_CHUNK) {
+        const int64_t i1 = i0 + NZ_CHUNK < L ? i0 + NZ_CHUNK : L;
+        float f = 0.f;
+#pragma omp simd reduction(+ : f)
+        for (int64_t i = i0; i < i1; ++i) {
+          const float d = NZ_LD(p[i]) - m;
+          f += d * d;
+        }
+        q += f;
+      }
+      mean[r] = m;
+      var[r] = (float)(q / (double)L);
+    }
+    return;
+  }
+  /* channels_last: a task is (sample, block of channels), L NZ_CB-wide runs: small enough
+   * (L NZ_CB floats) to read the variance's second sweep from cache. */
+  const int64_t nb = (C + NZ_CB - 1) / NZ_CB;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t t = 0; t < N * nb; ++t) {
+    const int64_t n = t / nb, c0 = (t % nb) * NZ_CB, k = C - c0 < NZ_CB ? C - c0 : NZ_CB;
+    const NZ_T *base = x + n * L * C + c0;
+    float m[NZ_CB], f[NZ_CB], shift[NZ_CB];
+    double s[NZ_CB];
+    for (int64_t j = 0; j < k; ++j) s[j] = 0.0, shift[j] = NZ_LD(base[j]);
+    for (int64_t l0 = 0; l0 < L; l0 += NZ_CL_CHUNK) {
+      const int64_t l1 = l0 + NZ_CL_CHUNK < L ? l0 + NZ_CL_CHUNK : L;
+      for (int64_t j = 0; j < k; ++j) f[j] = 0.f;
+      for (int64_t l = l0; l < l1; ++l) {
+        const NZ_T *p = base + l * C;
+#pragma omp simd
+        for (int64_t j = 0; j < k; ++j) f[j] += NZ_LD(p[j]) - shift[j];
+      }
+      for (int64_t j = 0; j < k; ++j) s[j] += f[j];
+    }
+    for (int64_t j = 0; j < k; ++j) {
+      const double mu = (double)shift[j] + s[j] / (double)L;
+      m[j] = (float)mu;
+      if (lo) lo[n * C + c0 + j] = (float)(mu - (double)m[j]);
+      s[j] = 0.0;
+    }
+    for (int64_t l0 = 0; l0 < L; l0 += NZ_CL_CHUNK) {
+      const int64_t l1 = l0 + NZ_CL_CHUNK < L ? l0 + NZ_CL_CHUNK : L;
+      for (int64_t j = 0; j < k; ++j) f[j] = 0.f;
+      for (int64_t l = l0; l < l1; ++l) {
+        const NZ_T *p = base + l * C;
+#pragma omp simd
+        for (int64_t j = 0; j < k; ++j) {
+          const float d = NZ_LD(p[j]) - m[j];
+          f[j] += d * d;
+        }
+      }
+      for (int64_t j = 0; j < k; ++j) s[j] += f[j];
+    }
+    for (int64_t j = 0; j < k; ++j) {
+      mean[n * C + c0 + j] = m[j];
+      var[n * C + c0 + j] = (float)(s[j] / (double)L);
+    }
+  }
+}
+
+void NZ_FN(nz_row_stats)(const NZ_T *x, float *mean, float *var, int64_t N, int64_t C, int64_t L,
+                         int cl, int threads) {
+  NZ_FN(row_stats)(x, mean, var, NULL, N, C, L, cl, threads);
+}
+
+
+NZ_INLINE void NZ_FN(map_forward)(const int op, const NZ_T *x, const float *params, NZ_T *y,
+                                  int64_t N, int64_t C, int64_t L, int cl, int threads) {
+  const int P = NZ_NPARAMS[op];
+  if (!cl) {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < N * C; ++r) {
+      float p[NZ_MAXP];
+      load_params(params, P, r, p);
+      const NZ_T *xr = x + r * L;
+      NZ_T *yr = y + r * L;
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i)
+        yr[i] = NZ_ST(nz_fwd(op, NZ_LD(xr[i]), p[0], p[1], p[2], p[3], p[4]));
+    }
+    return;
+  }
+  const int64_t nb = (C + NZ_CB - 1) / NZ_CB;
+#pragma omp for schedule(static)
+  for (int64_t t = 0; t < N * nb; ++t) {
+    const int64_t n = t / nb, c0 = (t % nb) * NZ_CB, k = C - c0 < NZ_CB ? C - c0 : NZ_CB;
+    float p[NZ_MAXP][NZ_CB];
+    load_block(params, P, n * C + c0, k, p);
+    for (int64_t l = 0; l < L; ++l) {
+      const NZ_T *xr = x + (n * L + l) * C + c0;
+      NZ_T *yr = y + (n * L + l) * C + c0;
+#pragma omp simd
+      for (int64_t j = 0; j < k; ++j)
+        yr[j] = NZ_ST(nz_fwd(op, NZ_LD(xr[j]), p[0][j], p[1][j], p[2][j], p[3][j], p[4][j]));
+    }
+  }
+}
+
+/* direct (B0 and S0 only, may be NULL): (df/dx) dy of every element, laid out as x (the
+ * costly part of dx, computed here with the sums instead of again by map_dx). */
+NZ_INLINE void NZ_FN(map_sums)(const int op, const NZ_T *dy, const NZ_T *x, const float *params,
+                               float *grads, float *direct, int64_t N, int64_t C, int64_t L, int cl,
+                               int threads) {
+  const int keep = direct && (op == NZ_B0 || op == NZ_S0);
+  const int P = NZ_NPARAMS[op];
+  if (!cl) {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < N * C; ++r) {
+      float p[NZ_MAXP];
+      load_params(params, P, r, p);
+      const NZ_T *xr = x + r * L, *gr = dy + r * L;
+      double acc[NZ_MAXP] = {0.0, 0.0, 0.0, 0.0, 0.0};
+      for (int64_t i0 = 0; i0 < L; i0 += NZ_CHUNK) {
+        const int64_t i1 = i0 + NZ_CHUNK < L ? i0 + NZ_CHUNK : L;
+        float g0 = 0.f, g1 = 0.f, g2 = 0.f, g3 = 0.f, g4 = 0.f;
+        if (keep) {
+          float *o = direct + r * L;
+#pragma omp simd reduction(+ : g0, g1, g2, g3, g4)
+          for (int64_t i = i0; i < i1; ++i) {
+            const float dyv = NZ_LD(gr[i]), xv = NZ_LD(xr[i]);
+            float dd = 0.f;
+            NZ_SUMS_BODY(op, g, dd, dyv, xv, p[0], p[1], p[2], p[3]);
+            o[i] = dd;
+          }
+        } else {
+#pragma omp simd reduction(+ : g0, g1, g2, g3, g4)
+          for (int64_t i = i0; i < i1; ++i) {
+            const float dyv = NZ_LD(gr[i]), xv = NZ_LD(xr[i]);
+            float dd = 0.f;
+            NZ_SUMS_BODY(op, g, dd, dyv, xv, p[0], p[1], p[2], p[3]);
+            (void)dd;
+          }
+        }
+        acc[0] += g0, acc[1] += g1, acc[2] += g2, acc[3] += g3, acc[4] += g4;
+      }
+      for (int i = 0; i < P; ++i) grads[r * P + i] = (float)acc[i];
+    }
+    return;
+  }
+  const int64_t nb = (C + NZ_CB - 1) / NZ_CB;
+#pragma omp for schedule(static)
+  for (int64_t t = 0; t < N * nb; ++t) {
+    const int64_t n = t / nb, c0 = (t % nb) * NZ_CB, k = C - c0 < NZ_CB ? C - c0 : NZ_CB;
+    float p[NZ_MAXP][NZ_CB];
+    load_block(params, P, n * C + c0, k, p);
+    double acc[NZ_MAXP][NZ_CB];
+    float f[NZ_MAXP][NZ_CB];
+    for (int i = 0; i < NZ_MAXP; ++i)
+      for (int64_t j = 0; j < k; ++j) acc[i][j] = 0.0;
+    for (int64_t l0 = 0; l0 < L; l0 += NZ_CL_CHUNK) {
+      const int64_t l1 = l0 + NZ_CL_CHUNK < L ? l0 + NZ_CL_CHUNK : L;
+      for (int i = 0; i < P; ++i)
+        for (int64_t j = 0; j < k; ++j) f[i][j] = 0.f;
+      for (int64_t l = l0; l < l1; ++l) {
+        const NZ_T *xr = x + (n * L + l) * C + c0, *gr = dy + (n * L + l) * C + c0;
+        float *o = keep ? direct + (n * L + l) * C + c0 : NULL;
+/* P is a constant here (op is): no dead updates */
+#define NZ_CL_SUMS                                                                           \
+  const float dyv = NZ_LD(gr[j]), xv = NZ_LD(xr[j]);                                         \
+  float g0 = 0.f, g1 = 0.f, g2 = 0.f, g3 = 0.f, g4 = 0.f, dd = 0.f;                          \
+  NZ_SUMS_BODY(op, g, dd, dyv, xv, p[0][j], p[1][j], p[2][j], p[3][j]);                      \
+  f[0][j] += g0, f[1][j] += g1;                                                              \
+  if (P > 2) f[2][j] += g2;                                                                  \
+  if (P > 3) f[3][j] += g3;                                                                  \
+  if (P > 4) f[4][j] += g4
+        if (o) {
+#pragma omp simd
+          for (int64_t j = 0; j < k; ++j) {
+            NZ_CL_SUMS;
+            o[j] = dd;
+          }
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < k; ++j) {
+            NZ_CL_SUMS;
+            (void)dd;
+          }
+        }
+#undef NZ_CL_SUMS
+      }
+      for (int i = 0; i < P; ++i)
+        for (int64_t j = 0; j < k; ++j) acc[i][j] += f[i][j];
+    }
+    for (int i = 0; i < P; ++i)
+      for (int64_t j = 0; j < k; ++j) grads[(n * C + c0 + j) * P + i] = (float)acc[i][j];
+  }
+}
+
+/* direct (may be NULL, may be dx): map_sums' (df/dx) dy, used instead of recomputing it. */
+NZ_INLINE void NZ_FN(map_dx)(const int op, const NZ_T *dy, const NZ_T *x, const float *params,
+                             const float *mean, const float *k1, const float *k0,
+                             const float *direct, NZ_T *dx, int64_t N, int64_t C, int64_t L, int cl,
+                             int threads) {
+  const int P = NZ_NPARAMS[op];
+  if (!cl) {
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < N * C; ++r) {
+      float p[NZ_MAXP];
+      load_params(params, P, r, p);
+      const NZ_T *xr = x + r * L, *gr = dy + r * L;
+      NZ_T *o = dx + r * L;
+      const float m = k1 ? mean[r] : 0.f, a = k1 ? k1[r] : 0.f, b = k1 ? k0[r] : 0.f;
+      if (direct) {
+        const float *d = direct + r * L;
+#pragma omp simd
+        for (int64_t i = 0; i < L; ++i) o[i] = NZ_ST(d[i] + a * (NZ_LD(xr[i]) - m) + b);
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < L; ++i)
+          o[i] = NZ_ST(nz_dx(op, NZ_LD(gr[i]), NZ_LD(xr[i]), p[0], p[1], p[2], p[3]) +
+                       a * (NZ_LD(xr[i]) - m) + b);
+      }
+    }
+    return;
+  }
+  const int64_t nb = (C + NZ_CB - 1) / NZ_CB;
+#pragma omp for schedule(static)
+  for (int64_t t = 0; t < N * nb; ++t) {
+    const int64_t n = t / nb, c0 = (t % nb) * NZ_CB, k = C - c0 < NZ_CB ? C - c0 : NZ_CB;
+    float p[NZ_MAXP][NZ_CB], m[NZ_CB], a[NZ_CB], b[NZ_CB];
+    load_block(params, P, n * C + c0, k, p);
+    for (int64_t j = 0; j < k; ++j) {
+      m[j] = k1 ? mean[n * C + c0 + j] : 0.f;
+      a[j] = k1 ? k1[n * C + c0 + j] : 0.f;
+      b[j] = k1 ? k0[n * C + c0 + j] : 0.f;
+    }
+    for (int64_t l = 0; l < L; ++l) {
+      const NZ_T *xr = x + (n * L + l) * C + c0, *gr = dy + (n * L + l) * C + c0;
+      NZ_T *o = dx + (n * L + l) * C + c0;
+      if (direct) {
+        const float *d = direct + (n * L + l) * C + c0;
+#pragma omp simd
+        for (int64_t j = 0; j < k; ++j) o[j] = NZ_ST(d[j] + a[j] * (NZ_LD(xr[j]) - m[j]) + b[j]);
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < k; ++j)
+          o[j] = NZ_ST(nz_dx(op, NZ_LD(gr[j]), NZ_LD(xr[j]), p[0][j], p[1][j], p[2][j], p[3][j]) +
+                       a[j] * (NZ_LD(xr[j]) - m[j]) + b[j]);
+      }
+    }
+  }
+}
+
+void NZ_FN(nz_map_forward)(int op, const NZ_T *x, const float *params, NZ_T *y, int64_t N,
+                           int64_t C, int64_t L, int cl, int threads) {
+  NZ_DISPATCH(NZ_FN(map_forward), op, threads, x, params, y, N, C, L, cl, threads);
+}
+
+static void NZ_FN(map_sums_direct)(int op, const NZ_T *dy, const NZ_T *x, const float *params,
+                                   float *grads, float *direct, int64_t N, int64_t C, int64_t L,
+                                   int cl, int threads) {
+  NZ_DISPATCH(NZ_FN(map_sums), op, threads, dy, x, params, grads, direct, N, C, L, cl, threads);
+}
+
+static void NZ_FN(map_dx_direct)(int op, const NZ_T *dy, const NZ_T *x, const float *params,
+                                 const float *mean, const float *k1, const float *k0,
+                                 const float *direct, NZ_T *dx, int64_t N, int64_t C, int64_t L,
+                                 int cl, int threads) {
+  NZ_DISPATCH(NZ_FN(map_dx), op, threads, dy, x, params, mean, k1, k0, direct, dx, N, C, L, cl,
+              threads);
+}
+
+void NZ_FN(nz_map_sums)(int op, const NZ_T *dy, const NZ_T *x, const float *params, float *grads,
+                        int64_t N, int64_t C, int64_t L, int cl, int threads) {
+  NZ_FN(map_sums_direct)(op, dy, x, params, grads, NULL, N, C, L, cl, threads);
+}
+
+void NZ_FN(nz_map_dx)(int op, const NZ_T *dy, const NZ_T *x, const float *params, const float *mean,
+                      const float *k1, const float *k0, NZ_T *dx, int64_t N, int64_t C, int64_t L,
+                      int cl, int threads) {
+  NZ_FN(map_dx_direct)(op, dy, x, params, mean, k1, k0, NULL, dx, N, C, L, cl, threads);
+}
+
+/* ---------------------------------------------------------------- the norms ----------- *
+ * One call per forward and one per backward for each norm: the statistics, the small graph
+ * (serial loops over the N C rows, in double), the full-size passes above. The backward
+ * recomputes the small quantities from the statistics (cheaper than storing them). Every
+ * optional pointer (w, b, running statistics, gradients) may be NULL.
+ */
+/* EvoNorm-B0. params (N C 5): v, s_i, s_b, w, b. var_b (C): the batch variance (out) or, with
+ * running_var, that. lo (N C, out): the means' rounding remainders (row_stats). */
+void NZ_FN(nz_b0_forward)(const NZ_T *x, const float *v, const float *w, const float *b,
+                          const float *running_var, double eps, NZ_T *y, float *mean, float *var,
+                          float *lo, float *var_b, float *params, int64_t N, int64_t C, int64_t L,
+                          int cl, int threads) {
+  NZ_FN(row_stats)(x, mean, var, lo, N, C, L, cl, threads);
+  for (int64_t c = 0; c < C; ++c) {
+    double vb;
+    if (running_var) {
+      vb = running_var[c];
+    } else {
+      const double mb = mean_over_n(mean, lo, N, C, c);
+      double s = 0.0;
+      for (int64_t n = 0; n < N; ++n) {
+        const double d = exact_mean(mean, lo, n * C + c) - mb;
+        s += var[n * C + c] + d * d;
+      }
+      vb = s / (double)N;
+      var_b[c] = (float)vb;
+    }
+    const float sb = (float)sqrt(vb + eps);
+    for (int64_t n = 0; n < N; ++n) {
+      float *p = params + (n * C + c) * 5;
+      p[0] = v[c];
+      p[1] = (float)sqrt((double)var[n * C + c] + eps);
+      p[2] = sb;
+      p[3] = w ? w[c] : 1.f;
+      p[4] = b ? b[c] : 0.f;
+    }
+  }
+  NZ_FN(nz_map_forward)(NZ_B0, x, params, y, N, C, L, cl, threads);
+}
+
+/* sums (N C 5) and k (N C 2) are scratch. batch: s_b came from the batch (its gradient flows
+ * to the statistics). lo (may be NULL): the forward's rounding remainders of the means. */
+void NZ_FN(nz_b0_backward)(const NZ_T *dy, const NZ_T *x, const float *params, const float *mean,
+                           const float *lo, int batch, float *sums, float *k, NZ_T *dx, float *dv,
+                           float *dw, float *db, int64_t N, int64_t C, int64_t L, int cl,
+                           int threads) {
+  /* dx holds (df/dx) dy from the sums' sweep until the last sweep adds the statistics' share */
+  NZ_FN(map_sums_direct)(NZ_B0, dy, x, params, sums, NZ_DIRECT(dx), N, C, L, cl, threads);
+  float *k1 = k, *k0 = k + N * C;
+  for (int64_t c = 0; c < C; ++c) {
+    double sv = 0.0, ssb = 0.0, sw = 0.0, sbias = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const float *s = sums + (n * C + c) * 5;
+      sv += s[0], ssb += s[2], sw += s[3], sbias += s[4];
+    }
+    if (dv) dv[c] = (float)sv;
+    if (dw) dw[c] = (float)sw;
+    if (db) db[c] = (float)sbias;
+    /* s = sqrt(u): du = ds / (2 s); var_b = mean_n var_i + mean_n (mean_i - mean_b)^2 */
+    const double dvar_b = batch ? ssb * 0.5 / params[c * 5 + 2] : 0.0;
+    const double mb = batch ? mean_over_n(mean, lo, N, C, c) : 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t r = n * C + c;
+      const double dvar = sums[r * 5 + 1] * 0.5 / params[r * 5 + 1] + dvar_b / (double)N;
+      const double dmean =
+          batch ? (exact_mean(mean, lo, r) - mb) * dvar_b * 2.0 / (double)N : 0.0;
+      /* map_dx adds k1 (x - mean) + k0 with the float mean: k0 takes back k1 lo */
+      const double a = 2.0 * dvar / (double)L;
+      k1[r] = (float)a;
+      k0[r] = (float)(dmean / (double)L - (lo ? a * lo[r] : 0.0));
+    }
+  }
+  if (dx)
+    NZ_FN(map_dx_direct)(NZ_B0, dy, x, params, mean, k1, k0, NZ_DIRECT(dx), dx, N, C, L, cl,
+                         threads);
+}
+
+/* EvoNorm-S0. params (N C 3): v, a = w / sqrt(var_g + eps), b. lo (N C, out): the means'
+ * rounding remainders (row_stats). */
+void NZ_FN(nz_s0_forward)(const NZ_T *x, const float *v, const float *w, const float *b, int64_t G,
+                          double eps, NZ_T *y, float *mean, float *var, float *lo, float *params,
+                          int64_t N, int64_t C, int64_t L, int cl, int threads) {
+  NZ_FN(row_stats)(x, mean, var, lo, N, C, L, cl, threads);
+  const int64_t size = C / G;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < G; ++g) {
+      double mg, vg;
+      group_stats(mean, lo, var, n, C, g * size, size, &mg, &vg);
+      const double r = 1.0 / sqrt(vg + eps);
+      for (int64_t c = g * size; c < (g + 1) * size; ++c) {
+        float *p = params + (n * C + c) * 3;
+        p[0] = v[c];
+        p[1] = (float)(w ? r * w[c] : r);
+        p[2] = b ? b[c] : 0.f;
+      }
+    }
+  NZ_FN(nz_map_forward)(NZ_S0, x, params, y, N, C, L, cl, threads);
+}
+
+/* lo (may be NULL): the forward's rounding remainders of the means. */
+void NZ_FN(nz_s0_backward)(const NZ_T *dy, const NZ_T *x, const float *params, const float *mean,
+                           const float *var, const float *lo, const float *w, int64_t G, double eps,
+                           float *sums, float *k, NZ_T *dx, float *dv, float *dw, float *db,
+                           int64_t N, int64_t C, int64_t L, int cl, int threads) {
+  /* as B0's */
+  NZ_FN(map_sums_direct)(NZ_S0, dy, x, params, sums, NZ_DIRECT(dx), N, C, L, cl, threads);
+  float *k1 = k, *k0 = k + N * C;
+  const int64_t size = C / G;
+  for (int64_t c = 0; c < C; ++c) {
+    if (dv) dv[c] = 0.f;
+    if (dw) dw[c] = 0.f;
+    if (db) db[c] = 0.f;
+  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < G; ++g) {
+      double mg, vg, gr = 0.0;
+      group_stats(mean, lo, var, n, C, g * size, size, &mg, &vg);
+      const double r = 1.0 / sqrt(vg + eps);
+      for (int64_t c = g * size; c < (g + 1) * size; ++c) {
+        const float *s = sums + (n * C + c) * 3;
+        if (dv) dv[c] += s[0];
+        if (dw) dw[c] += (float)(s[1] * r);
+        if (db) db[c] += s[2];
+        gr += w ? (double)s[1] * w[c] : (double)s[1];
+      }
+      /* r = (var_g + eps)^(-1/2), var_g = mean var_c + mean (mean_c - mean_g)^2 */
+      const double dvar_g = gr * -0.5 * r * r * r;
+      /* map_dx adds k1 (x - mean_c) + k0 with the float channel mean: k0 = k1 (mean_c - mg),
+       * mg the exact group mean */
+      for (int64_t c = g * size; c < (g + 1) * size; ++c) {
+        k1[n * C + c] = (float)(2.0 * dvar_g / (double)size / (double)L);
+        k0[n * C + c] = (float)((mean[n * C + c] - mg) * dvar_g * 2.0 / (double)size / (double)L);
+      }
+    }
+  if (dx)
+    NZ_FN(map_dx_direct)(NZ_S0, dy, x, params, mean, k1, k0, NZ_DIRECT(dx), dx, N, C, L, cl,
+                         threads);
+}
+
+/* SwitchableNorm: y = a x + b, params (N C 2). scratch: N + C doubles... (4 (N + C)).
+ * stats_bn (2 C): BN's batch mean and biased variance (out, with no running statistics). */
+void NZ_FN(nz_switchable_forward)(const NZ_T *x, const float *mean_weight, const float *var_weight,
+                                  const float *w, const float *b, const float *running_mean,
+                                  const float *running_var, double eps, NZ_T *y, float *mean,
+                                  float *var, float *stats_bn, float *params, double *scratch,
+                                  int64_t N, int64_t C, int64_t L, int cl, int threads) {
+  NZ_FN(nz_row_stats)(x, mean, var, N, C, L, cl, threads);
+  double *mean_ln = scratch, *var_ln = scratch + N, *mean_bn = scratch + 2 * N,
+         *var_bn = scratch + 2 * N + C, wm[3], wv[3];
+  switchable_mix(mean, var, running_mean, running_var, mean_ln, var_ln, mean_bn, var_bn, N, C);
+  softmax3(mean_weight, wm);
+  softmax3(var_weight, wv);
+  for (int64_t c = 0; c < C; ++c)
+    if (!running_mean) stats_bn[c] = (float)mean_bn[c], stats_bn[C + c] = (float)var_bn[c];
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t r = n * C + c;
+      const double m = wm[0] * mean[r] + wm[1] * mean_ln[n] + wm[2] * mean_bn[c];
+      const double s2 = wv[0] * var[r] + wv[1] * var_ln[n] + wv[2] * var_bn[c];
+      const double a = (w ? w[c] : 1.0) / sqrt(s2 + eps);
+      params[r * 2] = (float)a;
+      params[r * 2 + 1] = (float)((b ? b[c] : 0.0) - m * a);
+    }
+  NZ_FN(nz_map_forward)(NZ_AFFINE, x, params, y, N, C, L, cl, threads);
+}
+
+/* sums (N C 2), k (N C 2) scratch; scratch: 4 (N + C) doubles + 2 N C floats via gm/gv. */
+void NZ_FN(nz_switchable_backward)(const NZ_T *dy, const NZ_T *x, const float *params,
+                                   const float *mean, const float *var, const float *mean_weight,
+                                   const float *var_weight, const float *w,
+                                   const float *running_mean, const float *running_var, double eps,
+                                   float *sums, float *k, double *scratch, NZ_T *dx, float *dmw,
+                                   float *dvw, float *dw, float *db, int64_t N, int64_t C,
+                                   int64_t L, int cl, int threads) {
+  NZ_FN(nz_map_sums)(NZ_AFFINE, dy, x, params, sums, N, C, L, cl, threads);
+  double *mean_ln = scratch, *var_ln = scratch + N, *mean_bn = scratch + 2 * N,
+         *var_bn = scratch + 2 * N + C, *gl = scratch + 2 * N + 2 * C,
+         *hl = scratch + 3 * N + 2 * C, *gb = scratch + 4 * N + 2 * C,
+         *hb = scratch + 4 * N + 3 * C, wm[3], wv[3], gwm[3] = {0, 0, 0}, gwv[3] = {0, 0, 0};
+  const int batch = !running_mean;
+  switchable_mix(mean, var, running_mean, running_var, mean_ln, var_ln, mean_bn, var_bn, N, C);
+  softmax3(mean_weight, wm);
+  softmax3(var_weight, wv);
+  float *k1 = k, *k0 = k + N * C; /* first the gradients of the mixed mean and variance */
+  for (int64_t n = 0; n < N; ++n) gl[n] = hl[n] = 0.0;
+  for (int64_t c = 0; c < C; ++c) {
+    gb[c] = hb[c] = 0.0;
+    if (dw) dw[c] = 0.f;
+    if (db) db[c] = 0.f;
+  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t r = n * C + c;
+      const double m = wm[0] * mean[r] + wm[1] * mean_ln[n] + wm[2] * mean_bn[c];
+      const double s2 = wv[0] * var[r] + wv[1] * var_ln[n] + wv[2] * var_bn[c];
+      const double a0 = 1.0 / sqrt(s2 + eps), a = params[r * 2];
+      const double ga = sums[r * 2], gbias = sums[r * 2 + 1];
+      const double g_mean = -gbias * a, g_a = ga - gbias * m; /* b = bias - mean a */
+      const double g_var = g_a * (w ? w[c] : 1.0) * -0.5 * a0 * a0 * a0;
+      if (dw) dw[c] += (float)(g_a * a0);
+      if (db) db[c] += (float)gbias;
+      gwm[0] += g_mean * mean[r], gwm[1] += g_mean * mean_ln[n], gwm[2] += g_mean * mean_bn[c];
+      gwv[0] += g_var * var[r], gwv[1] += g_var * var_ln[n], gwv[2] += g_var * var_bn[c];
+      gl[n] += g_mean, hl[n] += g_var, gb[c] += g_mean, hb[c] += g_var;
+      k1[r] = (float)g_var, k0[r] = (float)g_mean;
+    }
+  if (dmw || dvw) { /* softmax: dl = w (g - sum w g) */
+    const double sm = wm[0] * gwm[0] + wm[1] * gwm[1] + wm[2] * gwm[2];
+    const double sv = wv[0] * gwv[0] + wv[1] * gwv[1] + wv[2] * gwv[2];
+    for (int i = 0; i < 3; ++i) {
+      if (dmw) dmw[i] = (float)(wm[i] * (gwm[i] - sm));
+      if (dvw) dvw[i] = (float)(wv[i] * (gwv[i] - sv));
+    }
+  }
+  /* mean_ln = mean_c mean_in, var_ln = mean_c (var_in + (mean_in - mean_ln)^2); BN alike */
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t r = n * C + c;
+      double dmean = wm[0] * k0[r] + wm[1] * gl[n] / (double)C +
+                     wv[1] * hl[n] * 2.0 / (double)C * (mean[r] - mean_ln[n]);
+      double dvar = wv[0] * k1[r] + wv[1] * hl[n] / (double)C;
+      if (batch) {
+        dmean += wm[2] * gb[c] / (double)N + wv[2] * hb[c] * 2.0 / (double)N * (mean[r] - mean_bn[c]);
+        dvar += wv[2] * hb[c] / (double)N;
+      }
+      k1[r] = (float)(2.0 * dvar / (double)L);
+      k0[r] = (float)(dmean / (double)L);
+    }
+  if (dx) NZ_FN(nz_map_dx)(NZ_AFFINE, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
+}
+
+/* FRN + TLU: params (N C 3): a = w / sqrt(nu2 + eps), b, tau; nu2 = var + mean^2, the mean
+ * square of the row. */
+void NZ_FN(nz_frn_forward)(const NZ_T *x, const float *w, const float *b, const float *tau,
+                           double eps, NZ_T *y, float *mean, float *var, float *params, int64_t N,
+                           int64_t C, int64_t L, int cl, int threads) {
+  NZ_FN(nz_row_stats)(x, mean, var, N, C, L, cl, threads);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t r = n * C + c;
+      const double m = mean[r], q = 1.0 / sqrt(var[r] + m * m + eps);
+      params[r * 3] = (float)(w[c] * q);
+      params[r * 3 + 1] = b[c];
+      params[r * 3 + 2] = tau[c];
+    }
+  NZ_FN(nz_map_forward)(NZ_TLU, x, params, y, N, C, L, cl, threads);
+}
+
+void NZ_FN(nz_frn_backward)(const NZ_T *dy, const NZ_T *x, const float *params, const float *mean,
+                            const float *var, const float *w, double eps, float *sums, float *k,
+                            NZ_T *dx, float *dw, float *db, float *dtau, int64_t N, int64_t C,
+                            int64_t L, int cl, int threads) {
+  NZ_FN(nz_map_sums)(NZ_TLU, dy, x, params, sums, N, C, L, cl, threads);
+  float *k1 = k, *k0 = k + N * C;
+  for (int64_t c = 0; c < C; ++c) {
+    double sw = 0.0, sb = 0.0, st = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t r = n * C + c;
+      const double m = mean[r], q = 1.0 / sqrt(var[r] + m * m + eps);
+      const float *g = sums + r * 3; /* sum h x, sum h, sum dy */
+      sw += g[0] * q, sb += g[1], st += g[2] - g[1];
+      /* q = (nu2 + eps)^(-1/2), nu2 = var + mean^2 */
+      const double dnu2 = g[0] * w[c] * -0.5 * q * q * q;
+      k1[r] = (float)(2.0 * dnu2 / (double)L);
+      k0[r] = (float)(2.0 * m * dnu2 / (double)L);
+    }
+    if (dw) dw[c] = (float)sw;
+    if (db) db[c] = (float)sb;
+    if (dtau) dtau[c] = (float)st;
+  }
+  if (dx) NZ_FN(nz_map_dx)(NZ_TLU, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
+}
+
+/* RMSNorm over each sample's channels and positions: params (N C 2): a = w / rms_n, b;
+ * rms_n^2 = mean_c (var + mean^2). */
+void NZ_FN(nz_rms_forward)(const NZ_T *x, const float *w, const float *b, double eps, NZ_T *y,
+                           float *mean, float *var, float *params, int64_t N, int64_t C, int64_t L,
+                           int cl, int threads) {
+  NZ_FN(nz_row_stats)(x, mean, var, N, C, L, cl, threads);
+  for (int64_t n = 0; n < N; ++n) {
+    double ms = 0.0;
+    for (int64_t c = 0; c < C; ++c) {
+      const double m = mean[n * C + c];
+      ms += var[n * C + c] + m * m;
+    }
+    const double r = 1.0 / sqrt(ms / (double)C + eps);
+    for (int64_t c = 0; c < C; ++c) {
+      params[(n * C + c) * 2] = (float)(w ? w[c] * r : r);
+      params[(n * C + c) * 2 + 1] = b ? b[c] : 0.f;
+    }
+  }
+  NZ_FN(nz_map_forward)(NZ_AFFINE, x, params, y, N, C, L, cl, threads);
+}
+
+void NZ_FN(nz_rms_backward)(const NZ_T *dy, const NZ_T *x, const float *params, const float *mean,
+                            const float *var, const float *w, double eps, float *sums, float *k,
+                            NZ_T *dx, float *dw, float *db, int64_t N, int64_t C, int64_t L, int cl,
+                            int threads) {
+  NZ_FN(nz_map_sums)(NZ_AFFINE, dy, x, params, sums, N, C, L, cl, threads);
+  float *k1 = k, *k0 = k + N * C;
+  for (int64_t c = 0; c < C; ++c) {
+    if (dw) dw[c] = 0.f;
+    if (db) db[c] = 0.f;
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    double ms = 0.0, gr = 0.0;
+    for (int64_t c = 0; c < C; ++c) {
+      const double m = mean[n * C + c];
+      ms += var[n * C + c] + m * m;
+    }
+    const double r = 1.0 / sqrt(ms / (double)C + eps);
+    for (int64_t c = 0; c < C; ++c) {
+      const float *g = sums + (n * C + c) * 2; /* sum dy x, sum dy */
+      if (dw) dw[c] += (float)(g[0] * r);
+      if (db) db[c] += g[1];
+      gr += w ? (double)g[0] * w[c] : (double)g[0];
+    }
+    /* r = (ms + eps)^(-1/2), ms = mean_c (var + mean^2) */
+    const double dms = gr * -0.5 * r * r * r / (double)C;
+    for (int64_t c = 0; c < C; ++c) {
+      k1[n * C + c] = (float)(2.0 * dms / (double)L);
+      k0[n * C + c] = (float)(2.0 * mean[n * C + c] * dms / (double)L);
+    }
+  }
+  if (dx) NZ_FN(nz_map_dx)(NZ_AFFINE, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
+}
