@@ -953,3 +953,48 @@ def test_bfloat16_row_kernels_double_backward():
     assert out[0][0].dtype == BF16
     torch.testing.assert_close(out[0][0].float(), out[1][0], rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(out[0][1], out[1][1], rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"]
+)
+def test_half_batch_renorm_runs_torchs_half_kernels(dtype, fmt, monkeypatch):
+    """Half-precision CPU input trains on torch's half kernels (statistics in float32 from
+    ``batch_norm_update_stats``, no float32 copy of ``x``): over three steps with ``r`` and
+    ``d`` active, output, ``dx``, parameter gradients and running statistics agree with the
+    same module on the float32 values to half-precision rounding; dtype and layout kept."""
+    calls = []
+    real = torch.batch_norm_update_stats
+    monkeypatch.setattr(
+        torch, "batch_norm_update_stats", lambda *a: calls.append(a[0].dtype) or real(*a)
+    )
+    kwargs = {"warmup_steps": 0, "r_max_steps": 0, "d_max_steps": 0, "r_max": 1.5, "d_max": 0.5}
+    torch.manual_seed(0)
+    half, full = (normzoo.create("batchrenorm", 8, **kwargs) for _ in range(2))
+    with torch.no_grad():
+        half.weight.uniform_(0.5, 1.5)
+        half.bias.uniform_(-0.5, 0.5)
+    full.load_state_dict(half.state_dict())
+    eps = 2**-8 if dtype == torch.bfloat16 else 2**-11
+    for step in range(3):
+        x = (torch.randn(6, 8, 5, 7) * (step + 1) + step).to(dtype).contiguous(memory_format=fmt)
+        dy = torch.randn(6, 8, 5, 7).to(dtype).contiguous(memory_format=fmt)
+        out = []
+        for m, xx, g in ((half, x, dy), (full, x.float(), dy.float())):
+            xx = xx.clone().requires_grad_()
+            y = m(xx)
+            out.append((y, torch.autograd.grad(y, [xx, m.weight, m.bias], g)))
+        (yh, gh), (yf, gf) = out
+        assert yh.dtype == gh[0].dtype == dtype and yh.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(yh.float(), yf, rtol=eps, atol=1e-4)
+        torch.testing.assert_close(gh[0].float(), gf[0], rtol=2 * eps, atol=1e-3)
+        for a, b in zip(gh[1:], gf[1:], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+        for key, value in full.state_dict().items():
+            torch.testing.assert_close(half.state_dict()[key], value, rtol=1e-5, atol=1e-5)
+    assert calls == [dtype] * 3
+    half.eval()
+    full.eval()
+    x = torch.randn(6, 8, 5, 7).to(dtype).contiguous(memory_format=fmt)
+    torch.testing.assert_close(half(x).float(), full(x.float()), rtol=eps, atol=1e-4)

@@ -30,7 +30,9 @@ class _BatchRenormTrain(torch.autograd.Function):
     training kernel and backward: the kernel gives the statistics only (one pass over ``x``)
     and one ``addcmul`` maps ``x`` itself (scale ``w r invstd``), no ``x_hat`` tensor. Float32
     tokens ``(N, C)`` take the same two passes, their statistics from ``zoo.c``'s column
-    kernel.
+    kernel. Half-precision CPU input as well, on torch's kernels for it
+    (``batch_norm_update_stats``, then BN's inference kernel with the float32 statistics):
+    no float32 copy of ``x``, ``y``, ``dy`` or ``dx``.
     """
 
     @staticmethod
@@ -46,9 +48,19 @@ class _BatchRenormTrain(torch.autograd.Function):
         eps: float,
     ) -> tuple[Tensor, Tensor, Tensor]:
         c = x.shape[1]
+        dt = compute_dtype(x)  # of the per-channel values: float32 for half inputs
         ctx.native = use_native_batch_stats(x)
+        half = x.dtype != dt
         x_hat = None
-        if ctx.native:  # the statistics only (one pass); y comes from x in one pass below
+        if half:  # CPU half precision (see _fast_forward): torch's statistics-only kernel
+            # (float32 sums, one pass over x), then y from x in one pass below
+            mean, var = torch.batch_norm_update_stats(
+                x, torch.zeros(c, dtype=dt), torch.ones(c, dtype=dt), 0.0
+            )
+            invstd = torch.rsqrt(var + eps)
+            m = x.numel() // c
+            batch_mean, batch_var = mean.clone(), var * (m / max(m - 1, 1))
+        elif ctx.native:  # the statistics only (one pass); y comes from x in one pass below
             stats, var = _kernels.batch_stats_unchecked(x, eps)
             mean, invstd = stats[0], stats[1]
             m = x.numel() // c
@@ -66,14 +78,16 @@ class _BatchRenormTrain(torch.autograd.Function):
             x_hat, mean, invstd = torch.native_batch_norm(
                 x, None, None, batch_mean, batch_var, True, 1.0, eps
             )
-        sigma = torch.sqrt(running_var.to(x.dtype) + eps)
+        sigma = torch.sqrt(running_var.to(dt) + eps)
         r = (1.0 / invstd / sigma).clamp(1.0 / r_max, r_max)
-        d = ((mean - running_mean.to(x.dtype)) / sigma).clamp(-d_max, d_max)
-        w = r if weight is None else weight.to(x.dtype) * r
-        shift = d if weight is None else weight.to(x.dtype) * d
+        d = ((mean - running_mean.to(dt)) / sigma).clamp(-d_max, d_max)
+        w = r if weight is None else weight.to(dt) * r
+        shift = d if weight is None else weight.to(dt) * d
         if bias is not None:
-            shift = shift + bias.to(x.dtype)
-        if x_hat is None:  # y = x (w invstd) + (shift - mean w invstd), laid out as x
+            shift = shift + bias.to(dt)
+        if half:  # torch's inference kernel: (x - mean) / sqrt(var + eps) w + shift, rounded once
+            y = torch.native_batch_norm(x, w, shift, mean, var, False, 0.0, eps)[0]
+        elif x_hat is None:  # y = x (w invstd) + (shift - mean w invstd), laid out as x
             scale = w * invstd
             view = (1, c) + (1,) * (x.dim() - 2)
             y = torch.empty_like(x)
@@ -259,7 +273,9 @@ class BatchRenorm(BatchNorm):
             return _triton_zoo.batch_renorm(
                 x, self.weight, self.bias, running, (r_max, d_max), self.eps
             )
-        xf = x.to(compute_dtype(x))
+        # half precision on the CPU: torch's kernels take it with float32 statistics and
+        # parameters (a float32 copy of x, y, dy and dx measured 3x BatchNorm2d's fwd+bwd)
+        xf = x if x.device.type == "cpu" else x.to(compute_dtype(x))
         if not self.training:
             y = torch.nn.functional.batch_norm(
                 xf,
