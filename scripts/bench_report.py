@@ -96,8 +96,9 @@ cached row, where torch's GroupNorm and the per-row kernels pay a fixed cost per
 EvoNorm-B0 on `(N, C)` (per-column batch moments in one sweep, then one elementwise sweep; the
 backward's column sums, then `dx`); Ghost BN on `(N, C)` (every virtual batch in one call,
 `batch_norm.c`, instead of one BN call per virtual batch). The parameters' column sums go per
-block of rows, added in block order (the same result for any thread count). Half-precision
-token input is converted to float32 for these kernels and back (as the conv paths do).
+block of rows, added in block order (the same result for any thread count). bfloat16 token
+input goes to these kernels as it is (since the eighteenth session: **bfloat16** below), float16
+is converted to float32 for them and back.
 
 **Whole cache lines and a pipeline (seventeenth session).** The contiguous kernels' maps
 store whole 64-byte lines from each row's first line boundary (the row kernels' `y`, and
@@ -205,6 +206,30 @@ outside a process group is BatchNorm. Building the C libraries on a cold cache t
 31-32 s (`ops.cpp`, with `row_norm.c` and `zoo.c` linked in; 45 s since `batch_norm.c` joined it
 in the ninth session), once per machine (per torch version for `ops.cpp`). The first-call times
 below were taken with a warm cache (a cold build shows as `native_build_s` in the JSON).
+
+**bfloat16 on the zoo's kernels (eighteenth session).** `zoo.c`'s per-row kernels and token
+kernels are written once for an element type (`zoo_rows.h`, `zoo_tokens.h`) and built twice, for
+float32 and for bfloat16 (`name_bf16`). The bfloat16 build widens each value as it loads it,
+computes in float32 as the float32 build does (double for the sums), and rounds each output
+value once to the nearest bfloat16 (ties to even, NaN kept, overflow to infinity): what the
+float32 kernels followed by `.to(torch.bfloat16)` give, to the bit in the elementwise passes
+(the sums may add in another order; `tests/test_fast_paths_zoo.py`). FRN+TLU, RMSNorm,
+EvoNorm-B0/S0 and SwitchableNorm (InstanceNorm too on channels_last) take a bfloat16 conv input
+as it is, and the token kernels bfloat16 tokens; before, each made float32 copies of `x`, `y`,
+`dy` and `dx` around the float32 kernels (and kept the float32 `x` for the backward), 2-7x the
+time of the same norm in float32 on these 2 cores, where torch's own bfloat16 BatchNorm runs at
+about half its float32 time. Batch Renorm on half-precision CPU input runs torch's half kernels
+with float32 statistics (`batch_norm_update_stats`, then BatchNorm's inference kernel with the
+batch's statistics, and its backward). fwd+bwd, bfloat16, 2 threads, `scripts/bench.py` on the
+previous revision and then this one: (32, 64, 32, 32) contiguous FRN 4.99 -> 1.64 ms, RMSNorm
+4.68 -> 1.38, EvoNorm-S0 4.79 -> 2.97, EvoNorm-B0 4.88 -> 2.21, SwitchableNorm 7.61 -> 1.51,
+Batch Renorm 8.16 -> 1.79; channels_last InstanceNorm 5.69 -> 2.14; tokens (2048, 4096) FRN
+41.4 -> 6.0, RMSNorm 42.0 -> 11.5, EvoNorm-S0 46.2 -> 9.5, EvoNorm-B0 47.4 -> 10.5, GroupNorm
+42.3 -> 6.7. EvoNorm-S0 and -B0 stay near 2x BatchNorm2d in bfloat16: their maps are
+compute-bound (a sigmoid or a division per element), and their bfloat16 backward computes it
+twice (the float32 build keeps `(df/dx) dy` in `dx` between its two sweeps; in bfloat16 that
+would round it; a float32 scratch of the tensor's size measured no faster). float16 keeps the
+float32 copies (a third build would serve it).
 
 **GPU.** `scripts/gpu_check.sh` is the GPU check as one script: `tests/test_cuda.py` (every
 norm on CUDA against the CPU and torch.nn, layouts, bfloat16 inputs, float64 gradients), this

@@ -943,16 +943,12 @@ def test_bfloat16_row_kernels_double_backward():
     """``create_graph=True`` on a bfloat16 input differentiates the float32 math of the
     kernels: second derivatives agree with the float32 module's."""
     torch.manual_seed(0)
-    values = (torch.randn(2, 8, 5, 6) * 2).to(BF16)
-    out = []
-    for dtype in (BF16, torch.float32):
-        m = normzoo.create("frn", 8)
-        x = values.to(dtype).requires_grad_()
-        (g,) = torch.autograd.grad(m(x).square().sum(), x, create_graph=True)
-        out.append(torch.autograd.grad(g.float().pow(2).sum(), [x, m.weight]))
-    assert out[0][0].dtype == BF16
-    torch.testing.assert_close(out[0][0].float(), out[1][0], rtol=2e-2, atol=2e-2)
-    torch.testing.assert_close(out[0][1], out[1][1], rtol=2e-2, atol=2e-2)
+    x = (torch.randn(2, 8, 5, 6) * 2).to(BF16)
+    m = normzoo.create("frn", 8)
+    half, full = _second_derivatives(m, x), _second_derivatives(m, x.float())
+    assert half[0].dtype == BF16
+    for a, b in zip(half, full, strict=True):
+        torch.testing.assert_close(a.float(), b, rtol=2**-7, atol=1e-4 * b.abs().max().item())
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -998,3 +994,118 @@ def test_half_batch_renorm_runs_torchs_half_kernels(dtype, fmt, monkeypatch):
     full.eval()
     x = torch.randn(6, 8, 5, 7).to(dtype).contiguous(memory_format=fmt)
     torch.testing.assert_close(half(x).float(), full(x.float()), rtol=eps, atol=1e-4)
+
+
+def _token_kernel_cases(x, dy):
+    """Every token kernel on ``x`` ``(R, C)`` and ``dy``: name -> (outputs computed
+    elementwise, outputs with sums)."""
+    c = x.shape[1]
+    g = torch.Generator().manual_seed(1)
+    v, w, b = (
+        torch.randn(c, generator=g),
+        torch.rand(c, generator=g) + 0.5,
+        torch.randn(c, generator=g),
+    )
+    tau = torch.randn(c, generator=g) * 0.2
+    out = {}
+    for op, name in ((zoo_kernels.TOKENS_GN, "gn"), (zoo_kernels.TOKENS_S0, "s0")):
+        y, mean, rstd = zoo_kernels.group_tokens_forward(op, x, v, w, b, 8, 1e-5)
+        grads = zoo_kernels.group_tokens_backward(op, dy, x, v, w, mean, rstd, (True,) * 4)
+        out[name] = ([], [y, mean, rstd, *grads])
+    mean, var = zoo_kernels.column_stats(x)
+    s_b = torch.sqrt(var + 1e-5)
+    y = zoo_kernels.b0_tokens_forward(x, v, s_b, w, b, 1e-5)
+    fused = zoo_kernels.b0_tokens_backward(dy, x, v, s_b, w, None, 1e-5, (True,) * 4)
+    batch = zoo_kernels.b0_tokens_backward(dy, x, v, s_b, w, mean, 1e-5, (True,) * 4)
+    out["b0"] = ([y, fused[0]], [mean, var, *fused[1:], *batch])
+    y, rrms = zoo_kernels.rms_tokens_forward(x, w, b, 1e-6)
+    out["rms"] = ([], [y, rrms, *zoo_kernels.rms_tokens_backward(dy, x, w, rrms, (True,) * 3)])
+    z = zoo_kernels.frn_tokens_forward(x, w, b, tau, 1e-6)
+    dx, *sums = zoo_kernels.frn_tokens_backward(dy, x, w, b, tau, 1e-6, True)
+    out["frn"] = ([z, dx], sums)
+    return out
+
+
+def test_bfloat16_token_kernels_equal_the_float32_ones():
+    """The token kernels take bfloat16 ``x`` and ``dy`` as they are (built from the same
+    source as the float32 ones): what they compute elementwise (FRN's ``z`` and ``dx``,
+    EvoNorm-B0's ``y`` and its one-sweep ``dx``) is the float32 kernels' output on the widened
+    values rounded once, to the bit; the rest (row or column statistics and sums, and what
+    depends on them) agrees to float32 rounding (their sums may add in another order), up to
+    one bfloat16 rounding for bfloat16 outputs."""
+    torch.manual_seed(0)
+    x = (torch.randn(130, 96) * 2 + 0.5).to(BF16)
+    dy = torch.randn(130, 96).to(BF16)
+    x[0, :4] = 0  # ties of the TLU and of B0's maximum
+    half, full = _token_kernel_cases(x, dy), _token_kernel_cases(x.float(), dy.float())
+    for name, (exact_h, rest_h) in half.items():
+        exact_f, rest_f = full[name]
+        for a, b in zip(exact_h, exact_f, strict=True):
+            assert a.dtype == BF16 and _bits_equal(a, b.to(BF16)), name
+        for a, b in zip(rest_h, rest_f, strict=True):
+            if a.dtype == BF16:
+                torch.testing.assert_close(a.float(), b, rtol=2**-7, atol=1e-2, msg=name)
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("frn", {}),
+        ("rmsnorm", {"channels_last": True}),
+        ("groupnorm", {"num_groups": 32}),
+        ("evonorms0", {}),
+        ("evonormb0", {}),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_bfloat16_tokens_run_the_bfloat16_token_kernels(name, kwargs, monkeypatch):
+    """bfloat16 token input ``(N, C)`` reaches the token kernels as it is (float32 copies of
+    ``x``, ``y``, ``dy`` and ``dx`` before: 4-7x slower on (2048, 4096)); output, ``dx`` and
+    the parameters' gradients agree with the float32 module's to bfloat16 rounding, and a
+    double backward differentiates the float32 math."""
+    ran = []
+    real = zoo_kernels._fn
+    monkeypatch.setattr(
+        zoo_kernels, "_fn", lambda x, fn: ran.append(real(x, fn).__name__) or real(x, fn)
+    )
+    torch.manual_seed(0)
+    half = normzoo.create(name, 512, **kwargs)
+    with torch.no_grad():
+        for p in half.parameters():
+            p.uniform_(0.5, 1.5)
+    full = normzoo.create(name, 512, **kwargs)
+    full.load_state_dict(half.state_dict())
+    x = (torch.randn(64, 512) * 2).to(BF16)  # 32K elements: TOKEN_MIN_NUMEL
+    dy = torch.randn(64, 512).to(BF16)
+    out = []
+    for m, xx, g in ((half, x, dy), (full, x.float(), dy.float())):
+        ran.clear()
+        xx = xx.clone().requires_grad_()
+        y = m(xx)
+        out.append((y, torch.autograd.grad(y, [xx, *m.parameters()], g), list(ran)))
+    (yb, gb, ran_b), (yf, gf, _) = out
+    assert ran_b and all(fn.endswith("_bf16") for fn in ran_b), ran_b
+    assert yb.dtype == gb[0].dtype == BF16
+    torch.testing.assert_close(yb.float(), yf, rtol=2**-8, atol=1e-5)
+    torch.testing.assert_close(gb[0].float(), gf[0], rtol=2**-7, atol=2e-3)
+    for a, b in zip(gb[1:], gf[1:], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+    assert _second_derivatives(half, x)[0].dtype == BF16
+    for a, b in zip(
+        _second_derivatives(half, x), _second_derivatives(full, x.float()), strict=True
+    ):
+        torch.testing.assert_close(a.float(), b, rtol=2**-7, atol=1e-4 * b.abs().max().item())
+
+
+def _second_derivatives(m: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``u2 . d(u1 . y)/dx`` differentiated again (``create_graph=True``) with respect to
+    ``x`` and the weight, for fixed bfloat16-exact ``u1``, ``u2``: the same numbers from a
+    bfloat16 ``x`` as from its float32 values, up to the rounding of each result (a loss like
+    ``sum(y^2)`` would feed the rounded ``y`` back in)."""
+    g = torch.Generator().manual_seed(3)
+    u1, u2 = (torch.randn(x.shape, generator=g).to(BF16).float() for _ in range(2))
+    xx = x.clone().requires_grad_()
+    (g1,) = torch.autograd.grad((m(xx).float() * u1).sum(), xx, create_graph=True)
+    return torch.autograd.grad((g1.float() * u2).sum(), [xx, m.weight])

@@ -178,8 +178,9 @@ SIGNATURES: dict[str, dict[str, list]] = {
 
 #: Exported functions that return something: an int status (0, or -1 where their scratch
 #: could not be allocated, having written nothing).
-#: The zoo's per-row kernels and norms, also built for bfloat16 tensors under ``name_bf16``
-#: (``zoo_rows.h``): the same signatures, ``x``, ``y``, ``dy`` and ``dx`` pointing to bfloat16.
+#: The zoo's per-row and token kernels, also built for bfloat16 tensors under ``name_bf16``
+#: (``zoo_rows.h``, ``zoo_tokens.h``): the same signatures, ``x``, ``y``, ``dy`` and ``dx``
+#: pointing to bfloat16.
 ZOO_BF16 = (
     "nz_row_stats",
     "nz_map_forward",
@@ -195,6 +196,15 @@ ZOO_BF16 = (
     "nz_frn_backward",
     "nz_rms_forward",
     "nz_rms_backward",
+    "nz_group_tokens_forward",
+    "nz_group_tokens_backward",
+    "nz_column_stats",
+    "nz_b0_tokens_forward",
+    "nz_b0_tokens_backward",
+    "nz_rms_tokens_forward",
+    "nz_rms_tokens_backward",
+    "nz_frn_tokens_forward",
+    "nz_frn_tokens_backward",
 )
 SIGNATURES["zoo"].update({f"{fn}_bf16": SIGNATURES["zoo"][fn] for fn in ZOO_BF16})
 RESTYPES: dict[str, type] = {"nz_frozen_forward": INT, "nz_frozen_backward": INT}

@@ -247,35 +247,6 @@ NZ_INLINE uint16_t nz_bf16_store(float f) {
   const uint32_t r = (u.i + 0x7FFFu + ((u.i >> 16) & 1u)) >> 16;
   return f != f ? (uint16_t)0x7FC0u : (uint16_t)r;
 }
-
-/* The row kernels and norms (zoo_rows.h), once per element type: float32 under their own names,
- * bfloat16 under the same names with _bf16 appended. NZ_DIRECT: B0's and S0's backward keep
- * (df/dx) dy in dx between their two sweeps in float32; in bfloat16 that would round it, so
- * the second sweep recomputes it instead. */
-#define NZ_T float
-#define NZ_LD(v) (v)
-#define NZ_ST(v) (v)
-#define NZ_FN(name) name
-#define NZ_DIRECT(p) (p)
-#include "zoo_rows.h"
-#undef NZ_T
-#undef NZ_LD
-#undef NZ_ST
-#undef NZ_FN
-#undef NZ_DIRECT
-
-#define NZ_T uint16_t
-#define NZ_LD(v) nz_bf16_load(v)
-#define NZ_ST(v) nz_bf16_store(v)
-#define NZ_FN(name) name##_bf16
-#define NZ_DIRECT(p) ((float *)NULL)
-#include "zoo_rows.h"
-#undef NZ_T
-#undef NZ_LD
-#undef NZ_ST
-#undef NZ_FN
-#undef NZ_DIRECT
-
 /* ---------------------------------------------------------------- tokens --------------- *
  * R rows of C channels with no spatial positions ((N, C) input, contiguous): kernels that
  * read a row from memory once and work on it in cache, the column sums of the parameter
@@ -308,58 +279,6 @@ NZ_INLINE float *tok_block(float *partial, int64_t blk, int S, int64_t C, int64_
   return slot;
 }
 
-/* Mean and biased variance of p[0..n) in one sweep of shifted sums (shift p[0], see
- * nz_column_stats), float lanes, double per NZ_CHUNK values. */
-NZ_INLINE void tok_moments(const float *p, int64_t n, float *mean, float *var) {
-  const float k = p[0];
-  double t1 = 0.0, t2 = 0.0;
-  for (int64_t s = 0; s < n; s += NZ_CHUNK) {
-    const int64_t e = s + NZ_CHUNK < n ? s + NZ_CHUNK : n;
-    float r1 = 0.f, r2 = 0.f;
-#pragma omp simd reduction(+ : r1, r2)
-    for (int64_t i = s; i < e; ++i) {
-      r1 += p[i] - k;
-      r2 += (p[i] - k) * (p[i] - k);
-    }
-    t1 += r1;
-    t2 += r2;
-  }
-  const double dm = t1 / (double)n, v = t2 / (double)n - dm * dm;
-  *mean = (float)(k + dm);
-  *var = (float)(v > 0.0 ? v : 0.0);
-}
-
-/* mean and rstd: (R, G) each. */
-void nz_group_tokens_forward(int op, const float *x, const float *v, const float *w,
-                             const float *b, float *y, float *mean, float *rstd, int64_t R,
-                             int64_t C, int64_t G, double eps, int threads) {
-  const int64_t K = C / G;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t r = 0; r < R; ++r) {
-    for (int64_t g = 0; g < G; ++g) {
-      const int64_t c0 = g * K;
-      const float *p = x + r * C + c0;
-      float *o = y + r * C + c0;
-      float m, var;
-      tok_moments(p, K, &m, &var);
-      const float rs = 1.f / sqrtf(var + (float)eps);
-      mean[r * G + g] = m;
-      rstd[r * G + g] = rs;
-      const float *wc = w + c0, *bc = b + c0;
-      if (op == NZ_TOK_GN) {
-#pragma omp simd
-        for (int64_t i = 0; i < K; ++i)
-          o[i] = (p[i] - m) * rs * wc[i] + bc[i];
-      } else {
-        const float *vc = v + c0;
-#pragma omp simd
-        for (int64_t i = 0; i < K; ++i)
-          o[i] = p[i] * nz_sigmoid(vc[i] * p[i]) * rs * wc[i] + bc[i];
-      }
-    }
-  }
-}
-
 /* The block sums of `partial` (S slots of C floats per block) added in block order into
  * out[0..S) (entries may be NULL); an orphaned `omp for` inside the caller's parallel region. */
 static void tok_column_totals(const float *partial, int64_t nb, int64_t C, int S,
@@ -375,383 +294,37 @@ static void tok_column_totals(const float *partial, int64_t nb, int64_t C, int S
   }
 }
 
-/* partial: 3 C ceil(R / NZ_TOK_ROWS) floats (slots dw, db, dv). dx, dv, dw, db may be NULL. */
-void nz_group_tokens_backward(int op, const float *dy, const float *x, const float *v,
-                              const float *w, const float *mean, const float *rstd, float *dx,
-                              float *dv, float *dw, float *db, float *partial, int64_t R,
-                              int64_t C, int64_t G, int threads) {
-  const int64_t K = C / G, nb = (R + NZ_TOK_ROWS - 1) / NZ_TOK_ROWS;
-#pragma omp parallel num_threads(threads)
-  {
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < nb; ++blk) {
-      int64_t r1;
-      float *pw = tok_block(partial, blk, 3, C, R, &r1), *pb = pw + C, *pv = pw + 2 * C;
-      for (int64_t r = blk * NZ_TOK_ROWS; r < r1; ++r) {
-        for (int64_t g = 0; g < G; ++g) {
-          const int64_t c0 = g * K;
-          const float *p = x + r * C + c0, *gy = dy + r * C + c0;
-          const float *wc = w + c0;
-          float *qw = pw + c0, *qb = pb + c0, *qv = pv + c0;
-          float *o = dx ? dx + r * C + c0 : NULL;
-          const float m = mean[r * G + g], rs = rstd[r * G + g];
-          if (op == NZ_TOK_GN) {
-            float s1 = 0.f, s2 = 0.f; /* sum h, sum h (x - m) */
-#pragma omp simd reduction(+ : s1, s2)
-            for (int64_t i = 0; i < K; ++i) {
-              const float h = gy[i] * wc[i];
-              s1 += h;
-              s2 += h * (p[i] - m);
-              qw[i] += gy[i] * (p[i] - m) * rs;
-              qb[i] += gy[i];
-            }
-            if (!o) continue;
-            const float k0 = s1 / (float)K, k1 = s2 / (float)K * rs * rs;
-#pragma omp simd
-            for (int64_t i = 0; i < K; ++i)
-              o[i] = rs * (gy[i] * wc[i] - k0 - (p[i] - m) * k1);
-          } else {
-            const float *vc = v + c0;
-            /* dd = h rstd s (1 + v x (1 - s)), dx's first term, kept for groups of up to
-             * NZ_CHUNK values (recomputed for larger ones) */
-            float dd[NZ_CHUNK];
-            const int keep = K <= NZ_CHUNK;
-            /* sum h x s; sum (x - m), whose mean is the float mean's rounding error: the
-             * variance's gradient is taken against the exact mean */
-            float s1 = 0.f, sd = 0.f;
-#define NZ_S0_TERMS                                                                          \
-  const float s = nz_sigmoid(vc[i] * p[i]), hs = gy[i] * wc[i] * s;                          \
-  const float e = hs * rs * (1.f - s) * p[i]; /* h rstd s (1 - s) x */                       \
-  const float di = hs * rs + vc[i] * e
-            if (keep) {
-#pragma omp simd reduction(+ : s1, sd)
-              for (int64_t i = 0; i < K; ++i) {
-                NZ_S0_TERMS;
-                dd[i] = di;
-                s1 += hs * p[i];
-                sd += p[i] - m;
-                qw[i] += gy[i] * p[i] * s * rs;
-                qb[i] += gy[i];
-                qv[i] += e * p[i];
-              }
-            } else {
-#pragma omp simd reduction(+ : s1, sd)
-              for (int64_t i = 0; i < K; ++i) {
-                NZ_S0_TERMS;
-                (void)di;
-                s1 += hs * p[i];
-                sd += p[i] - m;
-                qw[i] += gy[i] * p[i] * s * rs;
-                qb[i] += gy[i];
-                qv[i] += e * p[i];
-              }
-            }
-            if (!o) continue;
-            const float k1 = rs * rs * rs * s1 / (float)K, d = sd / (float)K;
-            if (keep) {
-#pragma omp simd
-              for (int64_t i = 0; i < K; ++i) o[i] = dd[i] - ((p[i] - m) - d) * k1;
-            } else {
-#pragma omp simd
-              for (int64_t i = 0; i < K; ++i) {
-                NZ_S0_TERMS;
-                (void)e;
-                o[i] = di - ((p[i] - m) - d) * k1;
-              }
-            }
-#undef NZ_S0_TERMS
-          }
-        }
-      }
-    }
-    float *const out[3] = {dw, db, dv};
-    if (dw || db || dv) tok_column_totals(partial, nb, C, 3, out);
-  }
-}
 
-/* Mean and biased variance of each column of x (R, C) in one sweep: shifted sums (shift
- * k_c = x[0, c]: a value of the column, so the one-pass variance loses nothing to
- * cancellation) per block of NZ_TOK_ROWS rows in float, the blocks added in order in double.
- * partial: 2 C ceil(R / NZ_TOK_ROWS) floats. */
-void nz_column_stats(const float *x, float *mean, float *var, float *partial, int64_t R,
-                     int64_t C, int threads) {
-  const int64_t nb = (R + NZ_TOK_ROWS - 1) / NZ_TOK_ROWS;
-#pragma omp parallel num_threads(threads)
-  {
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < nb; ++blk) {
-      int64_t r1;
-      float *s1 = tok_block(partial, blk, 2, C, R, &r1), *s2 = s1 + C;
-      for (int64_t r = blk * NZ_TOK_ROWS; r < r1; ++r) {
-        const float *p = x + r * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          const float d = p[c] - x[c];
-          s1[c] += d;
-          s2[c] += d * d;
-        }
-      }
-    }
-#pragma omp for schedule(static)
-    for (int64_t c = 0; c < C; ++c) {
-      double t1 = 0.0, t2 = 0.0;
-      for (int64_t blk = 0; blk < nb; ++blk) {
-        t1 += partial[blk * 2 * C + c];
-        t2 += partial[blk * 2 * C + C + c];
-      }
-      const double dm = t1 / (double)R, v = t2 / (double)R - dm * dm;
-      mean[c] = (float)(x[c] + dm);
-      var[c] = (float)(v > 0.0 ? v : 0.0);
-    }
-  }
-}
+/* The row kernels and norms (zoo_rows.h) and the token kernels (zoo_tokens.h), once per element
+ * type: float32 under their own names, bfloat16 under the same names with _bf16 appended.
+ * NZ_DIRECT: B0's and S0's backward keep (df/dx) dy in dx between their two sweeps in float32;
+ * in bfloat16 that would round it, so the second sweep recomputes it instead. */
+#define NZ_T float
+#define NZ_LD(v) (v)
+#define NZ_ST(v) (v)
+#define NZ_FN(name) name
+#define NZ_DIRECT(p) (p)
+#include "zoo_rows.h"
+#include "zoo_tokens.h"
+#undef NZ_T
+#undef NZ_LD
+#undef NZ_ST
+#undef NZ_FN
+#undef NZ_DIRECT
 
-/* EvoNorm-B0 on tokens: one position per (row, channel), so the instance variance is 0 and
- * s_i = sqrt(eps) (the reference's value); s_b[c] = sqrt(var_b + eps) from the batch variance
- * of column c (or the running one), computed by the caller.
- *   forward:  y = q w_c + b_c,   q = x / D,   D = max(s_b, d),   d = v_c x + s_i
- *   backward: r = w dy / D,  t = r x / D,  u = t (1 + sign(d - s_b))  (ties split equally),
- *             dx = r - v u / 2 + k_c (x - mean_c),   k_c = ds_b / (s_b R) with batch
- *             statistics (var_b = mean_r (x - mean_c)^2), else 0;
- *             dv_c = -sum_r u x / 2,  ds_b = -sum_r (t - u / 2),  dw_c = sum_r dy q,
- *             db_c = sum_r dy.
- * The backward takes two sweeps with batch statistics (the column sums, then dx), one
- * without. w and b are required. partial: 4 C ceil(R / NZ_TOK_ROWS) floats; k: C floats of scratch. */
-void nz_b0_tokens_forward(const float *x, const float *v, const float *s_b, const float *w,
-                          const float *b, float *y, int64_t R, int64_t C, double s_i,
-                          int threads) {
-  const float si = (float)s_i;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t r = 0; r < R; ++r) {
-    const float *p = x + r * C;
-    float *o = y + r * C;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) {
-      const float d = v[c] * p[c] + si, den = d > s_b[c] ? d : s_b[c];
-      o[c] = p[c] / den * w[c] + b[c];
-    }
-  }
-}
+#define NZ_T uint16_t
+#define NZ_LD(v) nz_bf16_load(v)
+#define NZ_ST(v) nz_bf16_store(v)
+#define NZ_FN(name) name##_bf16
+#define NZ_DIRECT(p) ((float *)NULL)
+#include "zoo_rows.h"
+#include "zoo_tokens.h"
+#undef NZ_T
+#undef NZ_LD
+#undef NZ_ST
+#undef NZ_FN
+#undef NZ_DIRECT
 
-void nz_b0_tokens_backward(const float *dy, const float *x, const float *v, const float *s_b,
-                           const float *w, const float *mean, float *dx, float *dv, float *dw,
-                           float *db, float *partial, float *k, int64_t R, int64_t C,
-                           double s_i, int batch, int threads) {
-  const int64_t nb = (R + NZ_TOK_ROWS - 1) / NZ_TOK_ROWS;
-  const float si = (float)s_i;
-  const int fused = !batch; /* dx in the sums' sweep */
-#pragma omp parallel num_threads(threads)
-  {
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < nb; ++blk) {
-      int64_t r1;
-      float *pv = tok_block(partial, blk, 4, C, R, &r1), *pw = pv + C, *pb = pv + 2 * C;
-      float *ps = pv + 3 * C;
-      for (int64_t r = blk * NZ_TOK_ROWS; r < r1; ++r) {
-        const float *p = x + r * C, *g = dy + r * C;
-        float *o = fused && dx ? dx + r * C : NULL;
-/* r_, t, u of element c, then the column sums; the two loops differ only in writing dx */
-#define NZ_B0_TERMS                                                                          \
-  const float d = v[c] * p[c] + si, den = d > s_b[c] ? d : s_b[c];                           \
-  const float r_ = g[c] * w[c] / den, t = r_ * p[c] / den;                       \
-  const float u = t * (1.f + (float)(d > s_b[c]) - (float)(d < s_b[c]));                     \
-  pv[c] -= 0.5f * u * p[c];                                                                  \
-  pw[c] += g[c] * p[c] / den;                                                                \
-  pb[c] += g[c];                                                                             \
-  ps[c] -= t - 0.5f * u
-        if (o) {
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            NZ_B0_TERMS;
-            o[c] = r_ - 0.5f * v[c] * u;
-          }
-        } else {
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            NZ_B0_TERMS;
-          }
-        }
-#undef NZ_B0_TERMS
-      }
-    }
-    float *const out[4] = {dv, dw, db, batch ? k : NULL};
-    tok_column_totals(partial, nb, C, 4, out); /* ends with a barrier */
-    if (batch && dx) {
-#pragma omp for schedule(static)
-      for (int64_t c = 0; c < C; ++c) k[c] = k[c] / (s_b[c] * (float)R);
-      /* implicit barrier: k complete */
-#pragma omp for schedule(static)
-      for (int64_t r = 0; r < R; ++r) {
-        const float *p = x + r * C, *g = dy + r * C;
-        float *o = dx + r * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          const float d = v[c] * p[c] + si, den = d > s_b[c] ? d : s_b[c];
-          const float r_ = g[c] * w[c] / den, t = r_ * p[c] / den;
-          const float u = t * (1.f + (float)(d > s_b[c]) - (float)(d < s_b[c]));
-          o[c] = r_ - 0.5f * v[c] * u + k[c] * (p[c] - mean[c]);
-        }
-      }
-    }
-  }
-}
-
-/* ---------------------------------------------------------------- RMSNorm on tokens --- *
- * R rows (tokens) of C contiguous channels, normalized over the channels (Zhang and Sennrich,
- * "Root Mean Square Layer Normalization", 2019), fused (torch's CPU rms_norm is a chain of
- * elementwise kernels):
- *   forward:  y = x rrms w_c + b_c,   rrms = 1 / sqrt(mean_c x^2 + eps)
- *   backward: dx = rrms (w dy - x rrms^2 mean_c(w dy x)),
- *             dw_c = sum_r dy x rrms,   db_c = sum_r dy
- * A row is read once for its sum (float lanes, double totals) and again from cache for y or
- * dx. dw and db: rows go in blocks of NZ_TOK_ROWS, each block's column sums in its own slot of
- * `partial` (2 C floats per block), added in block order: the same bits for any thread count.
- * w, b, dx, dw, db may be NULL. */
-NZ_INLINE double tok_dot(const float *a, const float *b, const float *w, int64_t n) {
-  double t = 0.0;
-  for (int64_t s = 0; s < n; s += NZ_CHUNK) {
-    const int64_t e = s + NZ_CHUNK < n ? s + NZ_CHUNK : n;
-    float r = 0.f;
-    if (w) {
-#pragma omp simd reduction(+ : r)
-      for (int64_t i = s; i < e; ++i) r += w[i] * a[i] * b[i];
-    } else {
-#pragma omp simd reduction(+ : r)
-      for (int64_t i = s; i < e; ++i) r += a[i] * b[i];
-    }
-    t += r;
-  }
-  return t;
-}
-
-void nz_rms_tokens_forward(const float *x, const float *w, const float *b, float *y,
-                           float *rrms, int64_t R, int64_t C, double eps, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t r = 0; r < R; ++r) {
-    const float *p = x + r * C;
-    float *o = y + r * C;
-    const float inv = (float)(1.0 / sqrt(tok_dot(p, p, NULL, C) / (double)C + eps));
-    rrms[r] = inv;
-    if (w && b) {
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) o[c] = p[c] * inv * w[c] + b[c];
-    } else if (w) {
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) o[c] = p[c] * inv * w[c];
-    } else {
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) o[c] = p[c] * inv + (b ? b[c] : 0.f);
-    }
-  }
-}
-
-/* partial: 2 C ceil(R / NZ_TOK_ROWS) floats of scratch (used when dw or db is wanted). */
-void nz_rms_tokens_backward(const float *dy, const float *x, const float *w, const float *rrms,
-                            float *dx, float *dw, float *db, float *partial, int64_t R,
-                            int64_t C, int threads) {
-  const int64_t nb = (R + NZ_TOK_ROWS - 1) / NZ_TOK_ROWS;
-  const int sums = dw || db;
-#pragma omp parallel num_threads(threads)
-  {
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < nb; ++blk) {
-      float *pdw = partial + blk * 2 * C, *pdb = pdw + C;
-      if (sums)
-        for (int64_t c = 0; c < C; ++c) pdw[c] = pdb[c] = 0.f;
-      const int64_t r1 = nz_min64((blk + 1) * NZ_TOK_ROWS, R);
-      for (int64_t r = blk * NZ_TOK_ROWS; r < r1; ++r) {
-        const float *p = x + r * C, *g = dy + r * C;
-        const float inv = rrms[r];
-        if (dx) {
-          const float k = inv * inv * inv * (float)(tok_dot(g, p, w, C) / (double)C);
-          float *o = dx + r * C;
-          if (w) {
-#pragma omp simd
-            for (int64_t c = 0; c < C; ++c) o[c] = inv * w[c] * g[c] - p[c] * k;
-          } else {
-#pragma omp simd
-            for (int64_t c = 0; c < C; ++c) o[c] = inv * g[c] - p[c] * k;
-          }
-        }
-        if (sums) {
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            pdw[c] += g[c] * p[c] * inv;
-            pdb[c] += g[c];
-          }
-        }
-      }
-    }
-    float *const out[2] = {dw, db};
-    if (sums) tok_column_totals(partial, nb, C, 2, out);
-  }
-}
-
-/* ---------------------------------------------------------------- FRN on tokens -------- *
- * Filter Response Normalization + TLU (Singh and Krishnan, CVPR 2020) on R rows of C channels
- * with no spatial positions: the mean square of each (row, channel) is x^2 itself, so
- *   forward:  z = max(w_c x q + b_c, tau_c),   q = 1 / sqrt(x^2 + eps)
- *   backward: hh = dz where y > tau, dz / 2 at a tie (torch.maximum's split), else 0;
- *             dx = w q hh (1 - q^2 x^2) = w hh eps q^3,
- *             dw_c = sum_r q hh x,   db_c = sum_r hh,   dtau_c = sum_r (dz - hh).
- * Elementwise in both directions; the column sums go per block of NZ_TOK_ROWS rows into
- * `partial` (3 C floats per block), added in block order (the same bits for any thread count). */
-void nz_frn_tokens_forward(const float *x, const float *w, const float *b, const float *tau,
-                           float *z, int64_t R, int64_t C, double eps, int threads) {
-  const float e = (float)eps;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t r = 0; r < R; ++r) {
-    const float *p = x + r * C;
-    float *o = z + r * C;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) {
-      const float y = w[c] * p[c] / sqrtf(p[c] * p[c] + e) + b[c];
-      o[c] = y > tau[c] ? y : tau[c];
-    }
-  }
-}
-
-/* partial: 3 C ceil(R / NZ_TOK_ROWS) floats of scratch. dx may be NULL. */
-void nz_frn_tokens_backward(const float *dz, const float *x, const float *w, const float *b,
-                            const float *tau, float *dx, float *dw, float *db, float *dtau,
-                            float *partial, int64_t R, int64_t C, double eps, int threads) {
-  const int64_t nb = (R + NZ_TOK_ROWS - 1) / NZ_TOK_ROWS;
-  const float e = (float)eps;
-#pragma omp parallel num_threads(threads)
-  {
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < nb; ++blk) {
-      int64_t r1;
-      float *pw = tok_block(partial, blk, 3, C, R, &r1), *pb = pw + C, *pz = pw + 2 * C;
-      for (int64_t r = blk * NZ_TOK_ROWS; r < r1; ++r) {
-        const float *p = x + r * C, *g = dz + r * C;
-        float *o = dx ? dx + r * C : NULL;
-/* hh and q of element c, then the column sums; the two loops differ only in writing dx */
-#define NZ_FRN_TERMS                                                                         \
-  const float q = 1.f / sqrtf(p[c] * p[c] + e), y = w[c] * p[c] * q + b[c];                 \
-  const float hh = g[c] * 0.5f * (1.f + (float)(y > tau[c]) - (float)(y < tau[c]));         \
-  pw[c] += q * hh * p[c];                                                                    \
-  pb[c] += hh;                                                                               \
-  pz[c] += g[c] - hh
-        if (o) {
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            NZ_FRN_TERMS;
-            o[c] = w[c] * hh * e * q * q * q;
-          }
-        } else {
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            NZ_FRN_TERMS;
-          }
-        }
-#undef NZ_FRN_TERMS
-      }
-    }
-    float *const out[3] = {dw, db, dtau};
-    tok_column_totals(partial, nb, C, 3, out);
-  }
-}
 
 /* ---------------------------------------------------------------- frozen affine ------- *
  * FrozenBatchNorm: y = a x + b per channel, a = w / sqrt(running_var + eps) and b = bias -

@@ -224,7 +224,7 @@ def b0_forward(
     y = torch.empty_like(x)
     stats, var_b, params = _f32(3, n, c), _f32(c), _f32(n, c, 5)
     _fn(x, "nz_b0_forward")(*_args(x, v, weight, bias, running_var, float(eps), y,
-                            *stats, var_b, params, n, c, length, cl, threads()))  # fmt: skip
+                                  *stats, var_b, params, n, c, length, cl, threads()))  # fmt: skip
     return y, stats, var_b, params
 
 
@@ -239,7 +239,7 @@ def b0_backward(
     out = _grads(x, needs, c, c, c)
     sums, k = _f32(n, c, 5), _f32(2, n, c)
     _fn(x, "nz_b0_backward")(*_args(dy, x, params, stats[0], stats[2], int(batch), sums,
-                             k, *out, n, c, length, cl, threads()))  # fmt: skip
+                                   k, *out, n, c, length, cl, threads()))  # fmt: skip
     return out
 
 
@@ -254,7 +254,7 @@ def s0_forward(
     y = torch.empty_like(x)
     stats, params = _f32(3, n, c), _f32(n, c, 3)
     _fn(x, "nz_s0_forward")(*_args(x, v, weight, bias, groups, float(eps), y, *stats,
-                            params, n, c, length, cl, threads()))  # fmt: skip
+                                  params, n, c, length, cl, threads()))  # fmt: skip
     return y, stats, params
 
 
@@ -277,7 +277,7 @@ def s0_backward(
     out = _grads(x, needs, c, c, c)
     sums, k = _f32(n, c, 3), _f32(2, n, c)
     _fn(x, "nz_s0_backward")(*_args(dy, x, params, *stats, weight, groups, float(eps),
-                             sums, k, *out, n, c, length, cl, threads()))  # fmt: skip
+                                   sums, k, *out, n, c, length, cl, threads()))  # fmt: skip
     return out
 
 
@@ -300,8 +300,8 @@ def switchable_forward(
     stats, stats_bn, params = _f32(2, n, c), _f32(2, c), _f32(n, c, 2)
     scratch = torch.empty(2 * (n + c), dtype=torch.float64)
     _fn(x, "nz_switchable_forward")(*_args(x, *small, float(eps), y, stats[0], stats[1],
-                                    stats_bn, params, scratch, n, c, length, cl,
-                                    threads()))  # fmt: skip
+                                          stats_bn, params, scratch, n, c, length, cl,
+                                          threads()))  # fmt: skip
     return y, stats[0], stats[1], stats_bn, params
 
 
@@ -329,8 +329,8 @@ def switchable_backward(
     sums, k = _f32(n, c, 2), _f32(2, n, c)
     scratch = torch.empty(4 * (n + c), dtype=torch.float64)
     _fn(x, "nz_switchable_backward")(*_args(dy, x, params, mean, var, *small,
-                                     float(eps), sums, k, scratch, *out, n, c, length,
-                                     cl, threads()))  # fmt: skip
+                                           float(eps), sums, k, scratch, *out, n, c,
+                                           length, cl, threads()))  # fmt: skip
     return out
 
 
@@ -344,7 +344,7 @@ def frn_forward(
     y = torch.empty_like(x)
     stats, params = _f32(2, n, c), _f32(n, c, 3)
     _fn(x, "nz_frn_forward")(*_args(x, weight, bias, tau, float(eps), y, stats[0],
-                             stats[1], params, n, c, length, cl, threads()))  # fmt: skip
+                                   stats[1], params, n, c, length, cl, threads()))  # fmt: skip
     return y, stats[0], stats[1], params
 
 
@@ -366,7 +366,7 @@ def frn_backward(
     out = _grads(x, needs, c, c, c)
     sums, k = _f32(n, c, 3), _f32(2, n, c)
     _fn(x, "nz_frn_backward")(*_args(dy, x, params, mean, var, weight, float(eps), sums,
-                              k, *out, n, c, length, cl, threads()))  # fmt: skip
+                                    k, *out, n, c, length, cl, threads()))  # fmt: skip
     return out
 
 
@@ -380,7 +380,7 @@ def rms_forward(
     y = torch.empty_like(x)
     stats, params = _f32(2, n, c), _f32(n, c, 2)
     _fn(x, "nz_rms_forward")(*_args(x, weight, bias, float(eps), y, stats[0], stats[1],
-                             params, n, c, length, cl, threads()))  # fmt: skip
+                                   params, n, c, length, cl, threads()))  # fmt: skip
     return y, stats[0], stats[1], params
 
 
@@ -402,7 +402,7 @@ def rms_backward(
     out = _grads(x, needs, c, c)
     sums, k = _f32(n, c, 2), _f32(2, n, c)
     _fn(x, "nz_rms_backward")(*_args(dy, x, params, mean, var, weight, float(eps), sums,
-                              k, *out, n, c, length, cl, threads()))  # fmt: skip
+                                    k, *out, n, c, length, cl, threads()))  # fmt: skip
     return out
 
 
@@ -413,12 +413,21 @@ TOKENS_GN, TOKENS_S0 = 0, 1
 TOKEN_ROWS = 64
 
 
-def _check_tokens(x: Tensor, *small: Tensor | None) -> tuple[int, int]:
-    """``x`` a contiguous float32 CPU ``(R, C)`` tensor; returns ``(R, C)``."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2 or not x.is_contiguous():
+def _check_tokens(x: Tensor, *small: Tensor | None, like: Tensor | None = None) -> tuple[int, int]:
+    """``x`` a contiguous float32 or bfloat16 CPU ``(R, C)`` tensor, ``like`` (the output's
+    gradient) contiguous in ``x``'s dtype and shape, ``small`` contiguous float32; returns
+    ``(R, C)``."""
+    if x.device.type != "cpu" or x.dtype not in ROW_DTYPES or x.dim() != 2 or not x.is_contiguous():
         raise ValueError(
-            "native token kernels take contiguous float32 CPU (R, C) tensors, got "
+            "native token kernels take contiguous float32 or bfloat16 CPU (R, C) tensors, got "
             f"{x.dtype} on {x.device} with shape {tuple(x.shape)} and strides {x.stride()}"
+        )
+    if like is not None and (
+        like.dtype != x.dtype or like.numel() != x.numel() or not like.is_contiguous()
+    ):
+        raise ValueError(
+            f"native token kernels take a gradient like the input ({x.dtype}, contiguous, "
+            f"{x.numel()} values), got {like.dtype} with shape {tuple(like.shape)}"
         )
     for t in small:
         if t is not None and (t.dtype != torch.float32 or not t.is_contiguous()):
@@ -444,9 +453,10 @@ def group_tokens_forward(
         )
     v, weight, bias = _small(v, _filled(weight, x, 1.0), _filled(bias, x, 0.0))
     y = torch.empty_like(x)
-    stats = x.new_empty(2, r, groups)
-    _lib().nz_group_tokens_forward(*_args(op, x, v, weight, bias, y, stats[0], stats[1], r, c,
-                                          groups, float(eps), threads()))  # fmt: skip
+    stats = _f32(2, r, groups)
+    _fn(x, "nz_group_tokens_forward")(*_args(op, x, v, weight, bias, y, stats[0],
+                                            stats[1], r, c, groups, float(eps),
+                                            threads()))  # fmt: skip
     return y, stats[0], stats[1]
 
 
@@ -463,28 +473,28 @@ def group_tokens_backward(
     """``[dx, dv, dweight, dbias]`` of :func:`group_tokens_forward` (``None`` where ``needs``
     is false; ``dv`` only for S0)."""
     dy = dy.contiguous()
-    r, c = _check_tokens(x, dy, mean, rstd)
+    r, c = _check_tokens(x, mean, rstd, like=dy)
     groups = mean.shape[1]
     v, weight = _small(v, _filled(weight, x, 1.0))
     out = _grads(x, needs, c, c, c)
-    partial = x.new_empty(3 * c * -(-r // TOKEN_ROWS))
-    _lib().nz_group_tokens_backward(*_args(op, dy, x, v, weight, mean, rstd, *out, partial, r, c,
-                                           groups, threads()))  # fmt: skip
+    partial = _f32(3 * c * -(-r // TOKEN_ROWS))
+    _fn(x, "nz_group_tokens_backward")(*_args(op, dy, x, v, weight, mean, rstd, *out,
+                                             partial, r, c, groups, threads()))  # fmt: skip
     return out
 
 
 def _filled(t: Tensor | None, x: Tensor, value: float) -> Tensor:
     """``t``, or ``(C,)`` filled with ``value`` where ``None`` (kernels that take the affine
     parameters as required: no branch in their vector loops)."""
-    return x.new_full((x.shape[-1],), value) if t is None else t
+    return torch.full((x.shape[-1],), value) if t is None else t
 
 
 def column_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and biased variance of each column of ``x`` ``(R, C)``: two ``(C,)`` tensors."""
     r, c = _check_tokens(x)
-    stats = x.new_empty(2, c)
-    partial = x.new_empty(2 * c * -(-r // TOKEN_ROWS))
-    _lib().nz_column_stats(*_args(x, stats[0], stats[1], partial, r, c, threads()))
+    stats = _f32(2, c)
+    partial = _f32(2 * c * -(-r // TOKEN_ROWS))
+    _fn(x, "nz_column_stats")(*_args(x, stats[0], stats[1], partial, r, c, threads()))
     return stats[0], stats[1]
 
 
@@ -496,8 +506,8 @@ def b0_tokens_forward(
     r, c = _check_tokens(x, s_b)
     v, weight, bias = _small(v, _filled(weight, x, 1.0), _filled(bias, x, 0.0))
     y = torch.empty_like(x)
-    _lib().nz_b0_tokens_forward(*_args(x, v, s_b, weight, bias, y, r, c, float(eps) ** 0.5,
-                                       threads()))  # fmt: skip
+    _fn(x, "nz_b0_tokens_forward")(*_args(x, v, s_b, weight, bias, y, r, c,
+                                         float(eps) ** 0.5, threads()))  # fmt: skip
     return y
 
 
@@ -514,13 +524,13 @@ def b0_tokens_backward(
     """``[dx, dv, dweight, dbias]`` of :func:`b0_tokens_forward`; with the batch's column
     ``mean`` (``s_b`` from the batch variance) ``dx`` includes the variance's share."""
     dy = dy.contiguous()
-    r, c = _check_tokens(x, dy, s_b, mean)
+    r, c = _check_tokens(x, s_b, mean, like=dy)
     v, weight = _small(v, _filled(weight, x, 1.0))
     out = _grads(x, needs, c, c, c)
-    partial, k = x.new_empty(4 * c * -(-r // TOKEN_ROWS)), x.new_empty(c)
-    _lib().nz_b0_tokens_backward(*_args(dy, x, v, s_b, weight, mean, *out, partial, k, r, c,
-                                        float(eps) ** 0.5, int(mean is not None),
-                                        threads()))  # fmt: skip
+    partial, k = _f32(4 * c * -(-r // TOKEN_ROWS)), _f32(c)
+    _fn(x, "nz_b0_tokens_backward")(*_args(dy, x, v, s_b, weight, mean, *out, partial,
+                                          k, r, c, float(eps) ** 0.5,
+                                          int(mean is not None), threads()))  # fmt: skip
     return out
 
 
@@ -538,8 +548,8 @@ def rms_tokens_forward(
     c = x.shape[-1]
     r, _ = _check_tokens(_token_rows(x), weight, bias)
     y = torch.empty_like(x)
-    rrms = x.new_empty(r)
-    _lib().nz_rms_tokens_forward(*_args(x, weight, bias, y, rrms, r, c, float(eps), threads()))
+    rrms = _f32(r)
+    _fn(x, "nz_rms_tokens_forward")(*_args(x, weight, bias, y, rrms, r, c, float(eps), threads()))
     return y, rrms
 
 
@@ -550,11 +560,11 @@ def rms_tokens_backward(
     needed)."""
     c = x.shape[-1]
     dy = dy.contiguous()
-    r, _ = _check_tokens(_token_rows(x), dy, weight, rrms)
+    r, _ = _check_tokens(_token_rows(x), weight, rrms, like=dy)
     dx, dw, db = _grads(x, needs, c, c)
-    partial = x.new_empty(2 * c * -(-r // TOKEN_ROWS)) if needs[1] or needs[2] else None
-    _lib().nz_rms_tokens_backward(*_args(dy, x, weight, rrms, dx, dw, db, partial, r, c,
-                                         threads()))  # fmt: skip
+    partial = _f32(2 * c * -(-r // TOKEN_ROWS)) if needs[1] or needs[2] else None
+    _fn(x, "nz_rms_tokens_backward")(*_args(dy, x, weight, rrms, dx, dw, db, partial, r,
+                                           c, threads()))  # fmt: skip
     return dx, dw, db
 
 
@@ -563,7 +573,7 @@ def frn_tokens_forward(x: Tensor, weight: Tensor, bias: Tensor, tau: Tensor, eps
     tau)``."""
     r, c = _check_tokens(x, weight, bias, tau)
     z = torch.empty_like(x)
-    _lib().nz_frn_tokens_forward(*_args(x, weight, bias, tau, z, r, c, float(eps), threads()))
+    _fn(x, "nz_frn_tokens_forward")(*_args(x, weight, bias, tau, z, r, c, float(eps), threads()))
     return z
 
 
@@ -573,10 +583,10 @@ def frn_tokens_backward(
     """``(dx, dweight, dbias, dtau)`` of :func:`frn_tokens_forward` (``dx`` ``None`` unless
     ``need_x``)."""
     dz = dz.contiguous()
-    r, c = _check_tokens(x, dz, weight, bias, tau)
+    r, c = _check_tokens(x, weight, bias, tau, like=dz)
     dx = torch.empty_like(x) if need_x else None
-    dw, db, dtau = (x.new_empty(c) for _ in range(3))
-    partial = x.new_empty(3 * c * -(-r // TOKEN_ROWS))
-    _lib().nz_frn_tokens_backward(*_args(dz, x, weight, bias, tau, dx, dw, db, dtau, partial, r,
-                                         c, float(eps), threads()))  # fmt: skip
+    dw, db, dtau = (_f32(c) for _ in range(3))
+    partial = _f32(3 * c * -(-r // TOKEN_ROWS))
+    _fn(x, "nz_frn_tokens_backward")(*_args(dz, x, weight, bias, tau, dx, dw, db, dtau,
+                                           partial, r, c, float(eps), threads()))  # fmt: skip
     return dx, dw, db, dtau

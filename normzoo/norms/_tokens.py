@@ -19,6 +19,7 @@ from torch import Tensor
 from normzoo import _native, functional
 from normzoo._native import kernels as _kernels
 from normzoo._native import zoo_kernels as zk
+from normzoo.functional._stats import compute_dtype
 
 __all__ = ["TOKEN_DTYPES", "TOKEN_MIN_NUMEL", "b0_tokens", "group_tokens", "use_token_kernels"]
 
@@ -26,8 +27,9 @@ __all__ = ["TOKEN_DTYPES", "TOKEN_MIN_NUMEL", "b0_tokens", "group_tokens", "use_
 #: kernels, or the reference math, measured 3-15x BatchNorm1d's fwd+bwd at (4096, 1024) and
 #: (2048, 4096) on a 2-core Xeon: RMSNorm, FRN, GroupNorm, EvoNorm).
 TOKEN_MIN_NUMEL = 1 << 15
-#: Input dtypes the token kernels take: float32, and half precision computed in float32 (the
-#: input converted once, the output converted back), as the conv paths compute it.
+#: Input dtypes the token kernels take: float32, and half precision computed in float32
+#: (bfloat16 read and written by the kernels; float16 converted once, the output converted
+#: back), as the conv paths compute it.
 TOKEN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -63,6 +65,7 @@ def _graph_grads(ctx: Any, out: Tensor, leaves: tuple[Tensor | None, ...], dy: T
     ``ctx.needs_input_grad`` asks for, with a graph (double backward); ``None`` elsewhere."""
     needs = ctx.needs_input_grad[: len(leaves)]
     wanted = [t for t, need in zip(leaves, needs, strict=True) if need]
+    dy = dy.to(out.dtype)  # bfloat16 input: out is the float32 math
     grads = iter(torch.autograd.grad(out, wanted, dy, create_graph=True, allow_unused=True))
     result = []
     for t, need in zip(leaves, needs, strict=True):
@@ -74,6 +77,7 @@ def _graph_grads(ctx: Any, out: Tensor, leaves: tuple[Tensor | None, ...], dy: T
 def _reference_group(
     op: int, x: Tensor, v: Tensor | None, w: Tensor | None, b: Tensor | None, g: int, eps: float
 ) -> Tensor:
+    x = x.to(compute_dtype(x))  # bfloat16: the kernels' float32 math
     if op == zk.TOKENS_GN:
         return F.group_norm(x.unsqueeze(-1), g, w, b, eps).squeeze(-1)
     assert v is not None
@@ -134,7 +138,8 @@ def group_tokens(
     """
     if x.dtype != torch.float32:  # half precision: computed in float32
         v, weight, bias = float32_params(v, weight, bias)
-        return group_tokens(op, x.float(), v, weight, bias, groups, eps).to(x.dtype)
+        if x.dtype not in zk.ROW_DTYPES:  # float16: on a float32 copy
+            return group_tokens(op, x.float(), v, weight, bias, groups, eps).to(x.dtype)
     if torch.is_grad_enabled() and _kernels.needs_grad(x, v, weight, bias):
         return _GroupTokens.apply(x, v, weight, bias, op, groups, eps)
     return zk.group_tokens_forward(op, x, v, weight, bias, groups, eps)[0]
@@ -169,7 +174,13 @@ class _B0Tokens(torch.autograd.Function):
             leaves = (x, v, weight, bias)
             with torch.enable_grad():
                 y, _ = functional.evonorm_b0(
-                    x, v, running_var, weight, bias, training=running_var is None, eps=ctx.eps
+                    x.to(compute_dtype(x)),  # bfloat16: the kernels' float32 math
+                    v,
+                    running_var,
+                    weight,
+                    bias,
+                    training=running_var is None,
+                    eps=ctx.eps,
                 )
             return (*_graph_grads(ctx, y, leaves, dy), None, None)
         needs = tuple(ctx.needs_input_grad[:4])
@@ -213,8 +224,9 @@ def b0_tokens(
     """
     if x.dtype != torch.float32:  # half precision: computed in float32
         v, weight, bias = float32_params(v, weight, bias)
-        y, var_b = b0_tokens(x.float(), v, weight, bias, running_var, eps)
-        return y.to(x.dtype), var_b
+        if x.dtype not in zk.ROW_DTYPES:  # float16: on a float32 copy
+            y, var_b = b0_tokens(x.float(), v, weight, bias, running_var, eps)
+            return y.to(x.dtype), var_b
     if torch.is_grad_enabled() and _kernels.needs_grad(x, v, weight, bias):
         return _B0Tokens.apply(x, v, weight, bias, running_var, eps)
     y, _, _, var_b = _b0_tokens_forward(x, v, weight, bias, running_var, eps)

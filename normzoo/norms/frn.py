@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from normzoo import functional
 from normzoo._native import kernels as _kernels
 from normzoo._native import zoo_kernels
+from normzoo.functional._stats import compute_dtype
 from normzoo.norms import _gpu, _triton
 from normzoo.norms._kernels import restore_format, row_view, scale_shift
 from normzoo.norms._row_map import RowNormSpec, row_input, row_map, use_row_map
@@ -94,8 +95,9 @@ class _FRNTokens(torch.autograd.Function):
             leaves = [x, weight, bias, tau]
             wanted = [t for t, need in zip(leaves, ctx.needs_input_grad[:4], strict=True) if need]
             with torch.enable_grad():
-                z = functional.filter_response_norm(x, weight, bias, tau, eps=ctx.eps)
-            grads = iter(torch.autograd.grad(z, wanted, dz, create_graph=True))
+                xc = x.to(compute_dtype(x))  # bfloat16: the kernels' float32 math
+                z = functional.filter_response_norm(xc, weight, bias, tau, eps=ctx.eps)
+            grads = iter(torch.autograd.grad(z, wanted, dz.to(z.dtype), create_graph=True))
             return (*(next(grads) if need else None for need in ctx.needs_input_grad[:4]), None)
         dx, dw, db, dtau = zoo_kernels.frn_tokens_backward(
             dz, x, weight, bias, tau, ctx.eps, ctx.needs_input_grad[0]
@@ -110,7 +112,8 @@ def frn_tokens(x: Tensor, weight: Tensor, bias: Tensor, tau: Tensor, eps: float)
     """
     if x.dtype != torch.float32:  # half precision: computed in float32
         weight, bias, tau = float32_params(weight, bias, tau)
-        return frn_tokens(x.float(), weight, bias, tau, eps).to(x.dtype)
+        if x.dtype not in zoo_kernels.ROW_DTYPES:  # float16: on a float32 copy
+            return frn_tokens(x.float(), weight, bias, tau, eps).to(x.dtype)
     if torch.is_grad_enabled() and _kernels.needs_grad(x, weight, bias, tau):
         return _FRNTokens.apply(x, weight, bias, tau, eps)
     return zoo_kernels.frn_tokens_forward(x, weight, bias, tau, eps)

@@ -74,8 +74,8 @@ class _RMSTokens(torch.autograd.Function):
             leaves = [t for t, need in zip((x, weight), needs[:2], strict=True) if need]
             grads = iter(())
             if leaves:
-                y = F.rms_norm(x, (x.shape[-1],), weight, ctx.eps)
-                grads = iter(torch.autograd.grad(y, leaves, dy, create_graph=True))
+                y = F.rms_norm(x.to(compute_dtype(x)), (x.shape[-1],), weight, ctx.eps)
+                grads = iter(torch.autograd.grad(y, leaves, dy.to(y.dtype), create_graph=True))
             dx = next(grads) if needs[0] else None
             dw = next(grads) if needs[1] else None
             db = dy.reshape(-1, x.shape[-1]).sum(0) if needs[2] else None
@@ -87,13 +87,14 @@ class _RMSTokens(torch.autograd.Function):
 def rms_tokens(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
     r"""``F.rms_norm(x, (C,), weight, eps) + bias`` for contiguous CPU ``x`` ``(..., C)`` on
     the fused native kernels (see :func:`use_token_kernels`; half precision computed in
-    float32).
+    float32: bfloat16 read and written by the kernels, float16 on a float32 copy).
 
     .. math:: y = \frac{x}{\sqrt{\mathrm{mean}_c\, x^2 + \epsilon}} \, w + b
     """
     if x.dtype != torch.float32:  # half precision: computed in float32
         weight, bias = float32_params(weight, bias)
-        return rms_tokens(x.float(), weight, bias, eps).to(x.dtype)
+        if x.dtype not in zoo_kernels.ROW_DTYPES:  # float16: on a float32 copy
+            return rms_tokens(x.float(), weight, bias, eps).to(x.dtype)
     if torch.is_grad_enabled() and _kernels.needs_grad(x, weight, bias):
         return _RMSTokens.apply(x, weight, bias, eps)
     return zoo_kernels.rms_tokens_forward(x, weight, bias, eps)[0]
