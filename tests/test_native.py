@@ -38,6 +38,7 @@ def fresh_loader(monkeypatch, tmp_path):
     """An empty cache folder and no library loaded yet (restored afterwards)."""
     monkeypatch.setenv("NORMZOO_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(_native, "_libs", {})
+    monkeypatch.setattr(_native, "_warned_no_compiler", False)
     return tmp_path / "cache"
 
 
@@ -90,7 +91,9 @@ def test_build_failure_warns_once_and_falls_back_to_torch(fresh_loader, monkeypa
     monkeypatch.setattr(_native, "_ops_state", False)
     monkeypatch.setenv("CC", cc)
     monkeypatch.setattr(batch_mod, "NATIVE_MIN_NUMEL", 0)
-    with pytest.warns(RuntimeWarning, match="native kernels 'batch_norm' unavailable"):
+    # no compiler at all: one warning for every library; a compiler that fails: per library
+    match = "native kernels unavailable" if cc.startswith("/") else "'batch_norm' unavailable"
+    with pytest.warns(RuntimeWarning, match=match):
         assert _native.load("batch_norm") is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning
@@ -99,6 +102,27 @@ def test_build_failure_warns_once_and_falls_back_to_torch(fresh_loader, monkeypa
         x = torch.randn(4, 6, 8, 8)
         torch.testing.assert_close(ours(x), ref(x), **TOL)
         torch.testing.assert_close(ours.running_var, ref.running_var, **TOL)
+    assert not list(fresh_loader.glob("*.so"))
+
+
+def test_no_c_compiler_is_one_warning_for_every_library(fresh_loader, monkeypatch):
+    """Without a C compiler no library builds, the operator library neither: one warning
+    says so (there were four, the first claiming the C kernels would run through Python),
+    and every norm runs on torch's kernels."""
+    monkeypatch.setattr(_native, "_ops_state", None)
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not _native.load_ops()
+        assert [_native.load(n) for n in ("batch_norm", "row_norm", "zoo")] == [None] * 3
+        for name in ("bn", "gn", "ln", "in", "frn", "evonorms0"):
+            m = normzoo.create(name, 16)
+            m(torch.randn(8, 16, 32, 32, requires_grad=True)).sum().backward()
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert messages == [
+        "normzoo: native kernels unavailable (C compiler '/nonexistent/cc' (from CC) not "
+        "found); using torch's kernels (set NORMZOO_NATIVE=0 to skip building them)"
+    ]
     assert not list(fresh_loader.glob("*.so"))
 
 

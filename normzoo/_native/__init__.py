@@ -300,17 +300,45 @@ class _Unsupported(RuntimeError):
     """This platform has no native kernels (not a failure: no warning)."""
 
 
-def _build(name: str) -> ctypes.CDLL:
-    if not sys.platform.startswith("linux"):
-        raise _Unsupported(f"native kernels are built on Linux only (this is {sys.platform})")
+class _NoCompiler(RuntimeError):
+    """No C compiler: no native library (C or C++ operators) can be built, one warning says so
+    for all of them."""
+
+
+#: Whether this process has warned that there is no C compiler (once for every library).
+_warned_no_compiler = False
+
+
+def _c_compiler() -> str:
+    """The C compiler, or :class:`_NoCompiler` saying what was looked for."""
     cc = _compiler()
     if cc is None:
         chosen = os.environ.get("CC")
-        raise RuntimeError(
+        raise _NoCompiler(
             f"C compiler {chosen!r} (from CC) not found"
             if chosen
             else "no C compiler found (install gcc, or set CC)"
         )
+    return cc
+
+
+def _warn_no_compiler(err: _NoCompiler) -> None:
+    """One warning per process for every library that the missing C compiler rules out."""
+    global _warned_no_compiler
+    if not _warned_no_compiler:
+        _warned_no_compiler = True
+        warnings.warn(
+            f"normzoo: native kernels unavailable ({err}); using torch's kernels (set "
+            f"{_ENV}=0 to skip building them)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _build(name: str) -> ctypes.CDLL:
+    if not sys.platform.startswith("linux"):
+        raise _Unsupported(f"native kernels are built on Linux only (this is {sys.platform})")
+    cc = _c_compiler()
     path = _library_path(name, cc)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -353,7 +381,10 @@ def load(name: str) -> ctypes.CDLL | None:
                 _load_seconds[name] = time.perf_counter() - start
             except _Unsupported:  # macOS, Windows: torch's kernels, silently
                 _libs[name] = None
-            except Exception as err:  # no compiler, compile error, unwritable cache, ...
+            except _NoCompiler as err:  # one warning for every library
+                _libs[name] = None
+                _warn_no_compiler(err)
+            except Exception as err:  # compile error, unwritable cache, ...
                 _libs[name] = None
                 first = str(err).splitlines()[0] if str(err) else type(err).__name__
                 warnings.warn(
@@ -415,10 +446,14 @@ def _run(cmd: list[str]) -> None:
 def _build_ops() -> Path:
     if not sys.platform.startswith("linux"):
         raise _Unsupported(f"native kernels are built on Linux only (this is {sys.platform})")
-    cc, cxx = _compiler(), _cxx_compiler()
-    if cc is None or cxx is None:
-        missing = "C" if cc is None else "C++"
-        raise RuntimeError(f"no {missing} compiler found (install gcc/g++, or set CC/CXX)")
+    cc, cxx = _c_compiler(), _cxx_compiler()
+    if cxx is None:  # the C kernels still build: the norms call them through Python
+        chosen = os.environ.get("CXX")
+        raise RuntimeError(
+            f"C++ compiler {chosen!r} (from CXX) not found"
+            if chosen
+            else "no C++ compiler found (install g++, or set CXX)"
+        )
     path = _ops_library_path(cc, cxx)
     if path.exists():
         return path
@@ -472,6 +507,9 @@ def load_ops() -> bool:
                 _load_seconds[OPS] = time.perf_counter() - start
             except _Unsupported:
                 _ops_state = False
+            except _NoCompiler as err:  # no native kernels at all: one warning for all
+                _ops_state = False
+                _warn_no_compiler(err)
             except Exception as err:  # no C++ compiler, no torch headers, a compile error
                 _ops_state = False
                 first = str(err).splitlines()[0] if str(err) else type(err).__name__
