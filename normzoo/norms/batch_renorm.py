@@ -85,7 +85,11 @@ class _BatchRenormTrain(torch.autograd.Function):
         shift = d if weight is None else weight.to(dt) * d
         if bias is not None:
             shift = shift + bias.to(dt)
-        if half:  # torch's inference kernel: (x - mean) / sqrt(var + eps) w + shift, rounded once
+        if x_hat is None and (half or (x.dim() > 2 and x.is_contiguous())):
+            # torch's inference kernel: (x - mean) / sqrt(var + eps) w + shift in one pass
+            # (half precision: rounded once). On contiguous (N, C, H, W) a broadcast addcmul
+            # took 2-3.5x its time (2 threads: (8, 256, 14, 14) 108 against 34 us,
+            # (32, 64, 32, 32) 626 against 339); on channels_last and tokens it is as fast.
             y = torch.native_batch_norm(x, w, shift, mean, var, False, 0.0, eps)[0]
         elif x_hat is None:  # y = x (w invstd) + (shift - mean w invstd), laid out as x
             scale = w * invstd
