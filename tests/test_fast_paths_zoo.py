@@ -893,17 +893,21 @@ BF16_ROW_NORMS = [
 ]
 
 
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize(
     ("name", "kwargs", "layout"),
     [(n, k, fmt) for n, k, fmts in BF16_ROW_NORMS for fmt in fmts],
     ids=lambda v: v if isinstance(v, str) else "",
 )
-def test_bfloat16_conv_input_runs_the_bfloat16_row_kernels(name, kwargs, layout, monkeypatch):
+def test_bfloat16_conv_input_runs_the_bfloat16_row_kernels(
+    name, kwargs, layout, train, monkeypatch
+):
     """A bfloat16 conv input reaches the per-row kernels as it is (it took float32 copies of
     ``x``, ``y``, ``dy`` and ``dx`` before: 2.5-3.5x slower): the kernels that run are the
     bfloat16 ones; output, ``dx``, parameter gradients and running statistics agree with the
-    same module on the float32 values to bfloat16 rounding (one rounding of each output);
-    layout and dtype are kept."""
+    same module on the float32 values to bfloat16 rounding (one rounding of each output), in
+    training and in eval (the running statistics from two earlier steps); layout and dtype
+    are kept."""
     ran = []
     real = zoo_kernels._fn
     monkeypatch.setattr(
@@ -914,8 +918,12 @@ def test_bfloat16_conv_input_runs_the_bfloat16_row_kernels(name, kwargs, layout,
     with torch.no_grad():
         for p in half.parameters():
             p.uniform_(0.5, 1.5)
+        for _ in range(2):  # running statistics away from their initial values
+            half(torch.randn(4, 16, 9, 11) * 2 + 1)
     full = normzoo.create(name, 16, **kwargs)
     full.load_state_dict(half.state_dict())
+    half.train(train)
+    full.train(train)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = (torch.randn(4, 16, 9, 11) * 2 + 1).to(BF16).contiguous(memory_format=fmt)
     dy = torch.randn(4, 16, 9, 11).to(BF16).contiguous(memory_format=fmt)
@@ -927,7 +935,10 @@ def test_bfloat16_conv_input_runs_the_bfloat16_row_kernels(name, kwargs, layout,
         grads = torch.autograd.grad(y, [xx, *m.parameters()], g)
         out.append((y, grads, list(ran)))
     (yb, gb, ran_b), (yf, gf, _) = out
-    assert ran_b and all(fn.endswith("_bf16") for fn in ran_b), ran_b
+    if name == "instancenorm" and not train:  # the running statistics: torch's inference BN
+        assert not ran_b
+    else:
+        assert ran_b and all(fn.endswith("_bf16") for fn in ran_b), ran_b
     assert yb.dtype == gb[0].dtype == BF16
     assert yb.is_contiguous(memory_format=fmt) and gb[0].is_contiguous(memory_format=fmt)
     torch.testing.assert_close(yb.float(), yf, rtol=2**-8, atol=1e-5)
