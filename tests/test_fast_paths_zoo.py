@@ -882,6 +882,35 @@ def test_bfloat16_row_kernels_equal_the_float32_ones(op, cl):
     )
 
 
+@pytest.fixture
+def zoo_kernel_names(monkeypatch) -> list[str]:
+    """The names of the zoo library's C functions called, in order (``name_bf16`` for the
+    bfloat16 build)."""
+    ran: list[str] = []
+    real = zoo_kernels._fn
+    monkeypatch.setattr(
+        zoo_kernels, "_fn", lambda x, fn: ran.append(real(x, fn).__name__) or real(x, fn)
+    )
+    return ran
+
+
+def _twins(
+    name: str, c: int, kwargs: dict, warm: tuple[int, ...] | None = None
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Two equal modules (float32 parameters in [0.5, 1.5]; ``warm``: two training steps on
+    inputs of that shape first, for running statistics away from their initial values)."""
+    torch.manual_seed(0)
+    first = normzoo.create(name, c, **kwargs)
+    with torch.no_grad():
+        for p in first.parameters():
+            p.uniform_(0.5, 1.5)
+        for _ in range(2 if warm else 0):
+            first(torch.randn(warm) * 2 + 1)
+    second = normzoo.create(name, c, **kwargs)
+    second.load_state_dict(first.state_dict())
+    return first, second
+
+
 # (name, kwargs, layouts): the norms whose conv path runs on the per-row kernels
 BF16_ROW_NORMS = [
     ("frn", {}, ("contiguous", "channels_last")),
@@ -900,7 +929,7 @@ BF16_ROW_NORMS = [
     ids=lambda v: v if isinstance(v, str) else "",
 )
 def test_bfloat16_conv_input_runs_the_bfloat16_row_kernels(
-    name, kwargs, layout, train, monkeypatch
+    name, kwargs, layout, train, zoo_kernel_names
 ):
     """A bfloat16 conv input reaches the per-row kernels as it is (it took float32 copies of
     ``x``, ``y``, ``dy`` and ``dx`` before: 2.5-3.5x slower): the kernels that run are the
@@ -908,20 +937,8 @@ def test_bfloat16_conv_input_runs_the_bfloat16_row_kernels(
     same module on the float32 values to bfloat16 rounding (one rounding of each output), in
     training and in eval (the running statistics from two earlier steps); layout and dtype
     are kept."""
-    ran = []
-    real = zoo_kernels._fn
-    monkeypatch.setattr(
-        zoo_kernels, "_fn", lambda x, fn: ran.append(real(x, fn).__name__) or real(x, fn)
-    )
-    torch.manual_seed(0)
-    half = normzoo.create(name, 16, **kwargs)
-    with torch.no_grad():
-        for p in half.parameters():
-            p.uniform_(0.5, 1.5)
-        for _ in range(2):  # running statistics away from their initial values
-            half(torch.randn(4, 16, 9, 11) * 2 + 1)
-    full = normzoo.create(name, 16, **kwargs)
-    full.load_state_dict(half.state_dict())
+    ran = zoo_kernel_names
+    half, full = _twins(name, 16, kwargs, warm=(4, 16, 9, 11))
     half.train(train)
     full.train(train)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
@@ -1071,23 +1088,13 @@ def test_bfloat16_token_kernels_equal_the_float32_ones():
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
-def test_bfloat16_tokens_run_the_bfloat16_token_kernels(name, kwargs, monkeypatch):
+def test_bfloat16_tokens_run_the_bfloat16_token_kernels(name, kwargs, zoo_kernel_names):
     """bfloat16 token input ``(N, C)`` reaches the token kernels as it is (float32 copies of
     ``x``, ``y``, ``dy`` and ``dx`` before: 4-7x slower on (2048, 4096)); output, ``dx`` and
     the parameters' gradients agree with the float32 module's to bfloat16 rounding, and a
     double backward differentiates the float32 math."""
-    ran = []
-    real = zoo_kernels._fn
-    monkeypatch.setattr(
-        zoo_kernels, "_fn", lambda x, fn: ran.append(real(x, fn).__name__) or real(x, fn)
-    )
-    torch.manual_seed(0)
-    half = normzoo.create(name, 512, **kwargs)
-    with torch.no_grad():
-        for p in half.parameters():
-            p.uniform_(0.5, 1.5)
-    full = normzoo.create(name, 512, **kwargs)
-    full.load_state_dict(half.state_dict())
+    ran = zoo_kernel_names
+    half, full = _twins(name, 512, kwargs)
     x = (torch.randn(64, 512) * 2).to(BF16)  # 32K elements: TOKEN_MIN_NUMEL
     dy = torch.randn(64, 512).to(BF16)
     out = []
