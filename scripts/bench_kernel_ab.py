@@ -66,7 +66,7 @@ def build(
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
     # RTLD_LOCAL (ctypes' default): the two versions' symbols stay apart
-    return _native.bind(ctypes.CDLL(str(lib_path)), name)
+    return _native.bind(ctypes.CDLL(str(lib_path)), name, missing_ok=True)
 
 
 def source(rev: str | None, name: str) -> str:

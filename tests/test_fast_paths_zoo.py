@@ -176,9 +176,9 @@ def test_batchnorm_family_channels_last_on_native_bn_kernels(
     name, kwargs, shape, fmt, chunks, native_bn_calls
 ):
     """Batch Renorm and Ghost BN on channels_last input run BatchNorm's channels_last kernels
-    on the tensor as it is (Batch Renorm: the statistics, then torch's affine map; Ghost BN:
-    one call per virtual batch): the reference's outputs, gradients and running statistics
-    over 3 steps, output and input gradient channels_last."""
+    on the tensor as it is (Batch Renorm: BatchNorm's forward with r and d per channel, one
+    call; Ghost BN: one call per virtual batch): the reference's outputs, gradients and
+    running statistics over 3 steps, output and input gradient channels_last."""
     torch.manual_seed(7)
     fast, ref = _pair(name, kwargs)
     for step in range(3):
@@ -196,7 +196,7 @@ def test_batchnorm_family_channels_last_on_native_bn_kernels(
             torch.testing.assert_close(pa.grad, pb.grad, **TOL, msg=key)
         for key, value in ref.state_dict().items():
             torch.testing.assert_close(fast.state_dict()[key], value, **TOL, msg=key)
-    per_step = ["nz_bn_forward_cl", "nz_bn_backward_cl"]
+    per_step = ["nz_renorm_forward_cl", "nz_bn_backward_cl"]  # Batch Renorm: one call each
     if name == "ghostbatchnorm":
         per_step = ["nz_bn_forward_cl"] * chunks + ["nz_bn_backward_cl"] * chunks
     assert native_bn_calls == per_step * 3
@@ -1127,3 +1127,41 @@ def _second_derivatives(m: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tens
     xx = x.clone().requires_grad_()
     (g1,) = torch.autograd.grad((m(xx).float() * u1).sum(), xx, create_graph=True)
     return torch.autograd.grad((g1.float() * u2).sum(), [xx, m.weight])
+
+
+@pytest.mark.parametrize(
+    "fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"]
+)
+def test_batch_renorm_kernel_clips_r_and_d_per_channel(fmt):
+    """``kernels.renorm_forward_unchecked``: BatchNorm's forward with each channel's ``r`` and
+    ``d`` from its own moments and the running statistics, clipped at both ends (running
+    statistics far above, far below and near each channel's batch statistics): ``r``, ``d``,
+    the map's weight and bias, the unbiased variance and ``y`` as the float64 formulas."""
+    from normzoo._native import kernels
+
+    torch.manual_seed(0)
+    c = 6
+    x = (torch.randn(5, c, 7, 9) * 2 + 1).contiguous(memory_format=fmt)
+    xd = x.double()
+    mean = xd.mean((0, 2, 3))
+    var = xd.var((0, 2, 3), unbiased=False)
+    # sigma_B / sigma: 1/9, 1/4, about 1, 4, 9, 1: r clipped at 1/3, inside, at 3
+    running_var = var * torch.tensor([81.0, 16.0, 1.1, 1 / 16, 1 / 81, 0.9], dtype=torch.float64)
+    running_mean = mean + torch.tensor([50.0, -50.0, 0.1, 0.0, 30.0, -0.2], dtype=torch.float64)
+    w, b = torch.rand(c) + 0.5, torch.randn(c)
+    rm, rv = running_mean.float(), running_var.float()
+    y, stats, out = kernels.renorm_forward_unchecked(x, w, b, rm, rv, 3.0, 2.0, 1e-5)
+    sigma = (running_var + 1e-5).sqrt()
+    r = ((var + 1e-5).sqrt() / sigma).clamp(1 / 3, 3.0)
+    d = ((mean - running_mean) / sigma).clamp(-2.0, 2.0)
+    assert (r == 1 / 3).any() and (r == 3.0).any() and (d.abs() == 2.0).sum() >= 2
+    m = x[:, 0].numel()
+    for got, want in zip(out, [r, d, w * r, w * d + b, var * m / (m - 1)], strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    view = (1, c, 1, 1)
+    want_y = (xd - mean.view(view)) / (var.view(view) + 1e-5).sqrt() * (w * r).view(view) + (
+        w * d + b
+    ).view(view)
+    assert y.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(y.double(), want_y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stats[0].double(), mean, rtol=1e-6, atol=1e-6)

@@ -113,6 +113,11 @@ SIGNATURES: dict[str, dict[str, list]] = {
         "nz_bn_backward_cl": [P, P, P, P, P, P, P, P, P, I64, I64, I64, INT],
         "nz_bn_relu_forward_cl": [P, P, P, P, P, P, P, P, I64, I64, I64, F64, INT],
         "nz_bn_relu_backward_cl": [P, P, P, P, P, P, P, P, P, P, I64, I64, I64, INT],
+        # Batch Renorm: x, weight, bias, running_mean, running_var, r_max, d_max, y, mean,
+        # invstd, out (5 C: r, d, w r, w d + b, unbiased var), N, C, L, eps, threads
+        "nz_renorm_forward": [P, P, P, P, P, F64, F64, P, P, P, P, I64, I64, I64, F64, INT],
+        # channels_last: ... out, work, max_blocks, R, C, eps, threads
+        "nz_renorm_forward_cl": [P, P, P, P, P, F64, F64, P, P, P, P, P, I64, I64, I64, F64, INT],
         # ghost BN over rows: x, weight, bias, y, stats, var, R, C, rows per virtual batch,
         # eps, threads
         "nz_ghost_forward_rows": [P, P, P, P, P, P, I64, I64, I64, F64, INT],
@@ -358,9 +363,13 @@ def _build(name: str) -> ctypes.CDLL:
     return bind(ctypes.CDLL(str(path)), name)
 
 
-def bind(lib: ctypes.CDLL, name: str) -> ctypes.CDLL:
-    """``lib``, a build of library ``name``, with the C signatures of its functions set."""
+def bind(lib: ctypes.CDLL, name: str, missing_ok: bool = False) -> ctypes.CDLL:
+    """``lib``, a build of library ``name``, with the C signatures of its functions set
+    (``missing_ok``: skipping functions it lacks, as a build of an older revision may, for
+    ``scripts/bench_kernel_ab.py``)."""
     for fn, argtypes in SIGNATURES[name].items():
+        if missing_ok and not hasattr(lib, fn):
+            continue
         getattr(lib, fn).argtypes = argtypes
         getattr(lib, fn).restype = RESTYPES.get(fn)
     return lib

@@ -85,9 +85,40 @@ static inline float bn_shift(const float *b, int64_t c, float m, float sc) {
   return (b ? b[c] : 0.f) - m * sc;
 }
 
+/* Batch Renorm (Ioffe, "Batch Renormalization", NeurIPS 2017) inside BatchNorm's forward:
+ * y = w (r xhat + d) + b is BatchNorm with the weight w r and the bias w d + b, where
+ * r = clip(sigma_B / sigma, 1 / r_max, r_max) and d = clip((mean_B - mean) / sigma, -d_max,
+ * d_max), sigma = sqrt(running_var + eps), from the running statistics before this step. Both
+ * depend on the channel's own batch statistics only, so each channel's map follows from its
+ * moments where BatchNorm's would (one pass over x for the moments, one for y, as BatchNorm).
+ * out (5 C): r, d, the map's weight w r and bias w d + b, the unbiased batch variance. The
+ * float32 expressions are those of normzoo.norms.batch_renorm's torch ops. */
+typedef struct {
+  const float *running_mean, *running_var;
+  float r_lo, r_hi, d_max;
+  float *out;
+} nz_renorm;
+
+static inline float nz_clip(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+static inline void renorm_channel(const nz_renorm *rn, const float *w, const float *b, int64_t c,
+                                  int64_t C, float mean, float inv, double var, double M,
+                                  double eps) {
+  const float sigma = sqrtf(rn->running_var[c] + (float)eps);
+  const float r = nz_clip(1.f / inv / sigma, rn->r_lo, rn->r_hi);
+  const float d = nz_clip((mean - rn->running_mean[c]) / sigma, -rn->d_max, rn->d_max);
+  rn->out[c] = r;
+  rn->out[C + c] = d;
+  rn->out[2 * C + c] = w ? w[c] * r : r;
+  rn->out[3 * C + c] = (w ? w[c] * d : d) + (b ? b[c] : 0.f);
+  rn->out[4 * C + c] = (float)(var * (M / (M > 1.0 ? M - 1.0 : 1.0)));
+}
+
 static void bn_forward(const float *x, const float *w, const float *b, float *y,
                        float *mean_out, float *invstd_out, float *var_out, int64_t N, int64_t C,
-                       int64_t L, double eps, int relu, int threads) {
+                       int64_t L, double eps, int relu, const nz_renorm *rn, int threads) {
+  /* the map's weight and bias: Batch Renorm's w r and w d + b, written per channel below */
+  const float *wm = rn ? rn->out + 2 * C : w, *bm = rn ? rn->out + 3 * C : b;
   const int64_t bc = block_channels(N, C, L, threads);
   const int64_t blocks = (C + bc - 1) / bc;
   const double M = (double)N * (double)L;
@@ -112,8 +143,9 @@ static void bn_forward(const float *x, const float *w, const float *b, float *y,
       if (var < 0.0) var = 0.0;
       m[j] = (float)(shift0[j] + dm);
       const float inv = (float)(1.0 / sqrt(var + eps));
-      scale[j] = bn_scale(w, c, inv);
-      shift[j] = bn_shift(b, c, m[j], scale[j]);
+      if (rn) renorm_channel(rn, w, b, c, C, m[j], inv, var, M, eps);
+      scale[j] = bn_scale(wm, c, inv);
+      shift[j] = bn_shift(bm, c, m[j], scale[j]);
       mean_out[c] = m[j];
       invstd_out[c] = inv;
       if (var_out) var_out[c] = (float)var;
@@ -131,13 +163,22 @@ static void bn_forward(const float *x, const float *w, const float *b, float *y,
 void nz_bn_forward(const float *x, const float *w, const float *b, float *y, float *mean_out,
                    float *invstd_out, float *var_out, int64_t N, int64_t C, int64_t L,
                    double eps, int threads) {
-  bn_forward(x, w, b, y, mean_out, invstd_out, var_out, N, C, L, eps, 0, threads);
+  bn_forward(x, w, b, y, mean_out, invstd_out, var_out, N, C, L, eps, 0, NULL, threads);
+}
+
+void nz_renorm_forward(const float *x, const float *w, const float *b, const float *running_mean,
+                       const float *running_var, double r_max, double d_max, float *y,
+                       float *mean_out, float *invstd_out, float *out, int64_t N, int64_t C,
+                       int64_t L, double eps, int threads) {
+  const nz_renorm rn = {running_mean, running_var, (float)(1.0 / r_max), (float)r_max,
+                        (float)d_max, out};
+  bn_forward(x, w, b, y, mean_out, invstd_out, NULL, N, C, L, eps, 0, &rn, threads);
 }
 
 void nz_bn_relu_forward(const float *x, const float *w, const float *b, float *y,
                         float *mean_out, float *invstd_out, float *var_out, int64_t N, int64_t C,
                         int64_t L, double eps, int threads) {
-  bn_forward(x, w, b, y, mean_out, invstd_out, var_out, N, C, L, eps, 1, threads);
+  bn_forward(x, w, b, y, mean_out, invstd_out, var_out, N, C, L, eps, 1, NULL, threads);
 }
 
 static void bn_backward(const float *dy, const float *x, const float *w, const float *b,
@@ -320,7 +361,8 @@ static int64_t cl_block_rows(int64_t R, int64_t max_blocks) {
 static void bn_forward_cl(const float *x, const float *w, const float *b, float *y,
                           float *mean_out, float *invstd_out, float *var_out, double *work,
                           int64_t max_blocks, int64_t R, int64_t C, double eps, int relu,
-                          int threads) {
+                          const nz_renorm *rn, int threads) {
+  const float *wm = rn ? rn->out + 2 * C : w, *bm = rn ? rn->out + 3 * C : b; /* see bn_forward */
   const int64_t rb = cl_block_rows(R, max_blocks);
   const int64_t blocks = (R + rb - 1) / rb;
   const double M = (double)R;
@@ -369,6 +411,7 @@ static void bn_forward_cl(const float *x, const float *w, const float *b, float 
         mean_out[c] = (float)((R > 0 ? x[c] : 0.f) + dm);
         invstd_out[c] = (float)(1.0 / sqrt(var + eps));
         if (var_out) var_out[c] = (float)var;
+        if (rn) renorm_channel(rn, w, b, c, C, mean_out[c], invstd_out[c], var, M, eps);
       }
     }
     /* 3. y = x scale + shift (no y: statistics only) */
@@ -381,8 +424,8 @@ static void bn_forward_cl(const float *x, const float *w, const float *b, float 
           float scale[NZ_CL_CB], shift[NZ_CL_CB];
           for (int64_t j = 0; j < k; ++j) {
             const int64_t c = c0 + j;
-            scale[j] = bn_scale(w, c, invstd_out[c]);
-            shift[j] = bn_shift(b, c, mean_out[c], scale[j]);
+            scale[j] = bn_scale(wm, c, invstd_out[c]);
+            shift[j] = bn_shift(bm, c, mean_out[c], scale[j]);
           }
           for (int64_t r = r0; r < r1; ++r) {
             const float *p = x + r * C + c0;
@@ -408,6 +451,17 @@ void nz_bn_forward_cl(const float *x, const float *w, const float *b, float *y, 
                       float *invstd_out, float *var_out, double *work, int64_t max_blocks,
                       int64_t R, int64_t C, double eps, int threads) {
   bn_forward_cl(x, w, b, y, mean_out, invstd_out, var_out, work, max_blocks, R, C, eps, 0,
+                NULL, threads);
+}
+
+void nz_renorm_forward_cl(const float *x, const float *w, const float *b,
+                          const float *running_mean, const float *running_var, double r_max,
+                          double d_max, float *y, float *mean_out, float *invstd_out, float *out,
+                          double *work, int64_t max_blocks, int64_t R, int64_t C, double eps,
+                          int threads) {
+  const nz_renorm rn = {running_mean, running_var, (float)(1.0 / r_max), (float)r_max,
+                        (float)d_max, out};
+  bn_forward_cl(x, w, b, y, mean_out, invstd_out, NULL, work, max_blocks, R, C, eps, 0, &rn,
                 threads);
 }
 
@@ -415,7 +469,7 @@ void nz_bn_relu_forward_cl(const float *x, const float *w, const float *b, float
                            float *mean_out, float *invstd_out, float *var_out, double *work,
                            int64_t max_blocks, int64_t R, int64_t C, double eps, int threads) {
   bn_forward_cl(x, w, b, y, mean_out, invstd_out, var_out, work, max_blocks, R, C, eps, 1,
-                threads);
+                NULL, threads);
 }
 
 /* Sums of one run of rows, tiles of 32, then 8 channels, then the rest (relu a constant). */

@@ -27,8 +27,10 @@ class _BatchRenormTrain(torch.autograd.Function):
     the backward is torch's BN backward with the weight ``w r``, whose weight and bias
     gradients give ``dw = r dw' + d db'`` and ``db = db'``. Saves ``x``, the mean and the
     inverse std, as BN does. Where BatchNorm would use its native kernels they replace torch's
-    training kernel and backward: the kernel gives the statistics only (one pass over ``x``)
-    and one ``addcmul`` maps ``x`` itself (scale ``w r invstd``), no ``x_hat`` tensor. Float32
+    training kernel and backward: one call of ``batch_norm.c`` runs BatchNorm's forward with
+    ``r`` and ``d`` computed per channel from its moments (``kernels.renorm_forward_unchecked``:
+    one pass over ``x`` for the moments, one for ``y``, as BatchNorm; the ~15 small torch ops
+    on ``(C,)`` values it replaces cost about as much as the kernels on (8, 256, 14, 14)). Float32
     tokens ``(N, C)`` take the same two passes, their statistics from ``zoo.c``'s column
     kernel. Half-precision CPU input as well, on torch's kernels for it
     (``batch_norm_update_stats``, then BN's inference kernel with the float32 statistics):
@@ -50,7 +52,20 @@ class _BatchRenormTrain(torch.autograd.Function):
         c = x.shape[1]
         dt = compute_dtype(x)  # of the per-channel values: float32 for half inputs
         ctx.native = use_native_batch_stats(x)
+        ctx.eps = eps
         half = x.dtype != dt
+        if ctx.native and not half:  # one native call: BatchNorm's passes with r, d per channel
+            rm, rv, w32, b32 = (
+                None if t is None else t.detach().to(torch.float32).contiguous()
+                for t in (running_mean, running_var, weight, bias)
+            )
+            y, stats, out = _kernels.renorm_forward_unchecked(
+                x, w32, b32, rm, rv, r_max, d_max, eps
+            )
+            ctx.save_for_backward(x, stats, out)
+            batch_mean, batch_var = stats[0].clone(), out[4].clone()
+            ctx.mark_non_differentiable(batch_mean, batch_var)
+            return y, batch_mean, batch_var
         x_hat = None
         if half:  # CPU half precision (see _fast_forward): torch's statistics-only kernel
             # (float32 sums, one pass over x), then y from x in one pass below
@@ -58,11 +73,6 @@ class _BatchRenormTrain(torch.autograd.Function):
                 x, torch.zeros(c, dtype=dt), torch.ones(c, dtype=dt), 0.0
             )
             invstd = torch.rsqrt(var + eps)
-            m = x.numel() // c
-            batch_mean, batch_var = mean.clone(), var * (m / max(m - 1, 1))
-        elif ctx.native:  # the statistics only (one pass); y comes from x in one pass below
-            stats, var = _kernels.batch_stats_unchecked(x, eps)
-            mean, invstd = stats[0], stats[1]
             m = x.numel() // c
             batch_mean, batch_var = mean.clone(), var * (m / max(m - 1, 1))
         elif x.dtype == torch.float32 and use_token_kernels(x, weight):
@@ -100,7 +110,6 @@ class _BatchRenormTrain(torch.autograd.Function):
             zeros, ones = torch.zeros_like(r), torch.ones_like(r)
             y = torch.native_batch_norm(x_hat, w, shift, zeros, ones, False, 0.0, 0.0)[0]
         ctx.save_for_backward(x, w, mean, invstd, r, d)
-        ctx.eps = eps
         ctx.mark_non_differentiable(batch_mean, batch_var)
         return y, batch_mean, batch_var
 
@@ -108,12 +117,15 @@ class _BatchRenormTrain(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, dy: Tensor, _dmean: Tensor, _dvar: Tensor
     ) -> tuple[Tensor | None, ...]:
-        x, w, mean, invstd, r, d = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         mask = (need_x, need_w, need_b or need_w)
+        if ctx.native:  # the native forward's (x, stats, out)
+            x, stats, out = ctx.saved_tensors
+            mean, invstd, r, d, w = stats[0], stats[1], out[0], out[1], out[2]
+        else:
+            x, w, mean, invstd, r, d = ctx.saved_tensors
         if ctx.native and not torch.is_grad_enabled():
-            stats = torch.stack([mean, invstd])
-            dx, dw, db = native_batch_norm_backward(dy, x, w.contiguous(), stats, mask)
+            dx, dw, db = native_batch_norm_backward(dy, x, w, stats, mask)
         else:
             dx, dw, db = torch.ops.aten.native_batch_norm_backward(
                 dy, x, w, None, None, mean, invstd, True, ctx.eps, list(mask)
