@@ -209,17 +209,21 @@ nodes (`torch.ops.normzoo.evonorm_b0`, `evonorm_s0`, `switchable_norm`: `zoo.c` 
 the operator library), which also blend the running statistics; behind the Python
 `autograd.Function` each fwd+bwd had cost about 0.3 ms more (measured on (8, 256, 14, 14)
 channels_last, where the whole was 1.5 ms). Batch Renorm is BN with the weight `w r` and bias `w
-d + b` on BatchNorm's native kernels (on channels_last: the statistics kernel, then one affine
-map); Ghost BN runs BatchNorm's native kernels per virtual batch, each writing its slice of one
-output (tokens: one call for all of them, above; on a GPU, from 16 virtual batches, all of them
-at once in a few kernels); FrozenBatchNorm runs torch's inference kernel, and SyncBatchNorm
-outside a process group is BatchNorm. Building the C libraries on a cold cache took 0.4 s
-(`batch_norm.c`), 0.2 s (`row_norm.c`) and 4 s (`zoo.c`) on the earlier host (on the current
-one: 2.3 s, 1.2 s and 7.1 s, `zoo.c` 3.2 s before its bfloat16 build joined in the eighteenth
-session), and the C++ operator library
-31-32 s (`ops.cpp`, with `row_norm.c` and `zoo.c` linked in; 45 s since `batch_norm.c` joined it
-in the ninth session), once per machine (per torch version for `ops.cpp`). The first-call times
-below were taken with a warm cache (a cold build shows as `native_build_s` in the JSON).
+d + b` on BatchNorm's native kernels: since the eighteenth session one call of BatchNorm's
+forward (`nz_renorm_forward`, `_cl`) computes each channel's `r` and `d` from its moments and
+the running statistics before mapping `x` with them, where a statistics call, ~15 small torch
+ops on `(C,)` values and a separate map had taken about twice the kernels' time on (8, 256, 14,
+14) (fwd+bwd 0.81 -> 0.64 ms there, 15-25% less on the small shapes); Ghost BN runs BatchNorm's
+native kernels per virtual batch, each writing its slice of one output (tokens: one call for all
+of them, above; on a GPU, from 16 virtual batches, all of them at once in a few kernels);
+FrozenBatchNorm runs `zoo.c`'s per-channel map (from the eighth session; "Norm + ReLU" above),
+and SyncBatchNorm outside a process group is BatchNorm. Building the C libraries on a cold cache
+took 0.4 s (`batch_norm.c`), 0.2 s (`row_norm.c`) and 4 s (`zoo.c`) on the earlier host (on the
+current one: 2.3 s, 1.2 s and 7.1 s, `zoo.c` 3.2 s before its bfloat16 build joined in the
+eighteenth session), and the C++ operator library 31-32 s (`ops.cpp`, with `row_norm.c` and
+`zoo.c` linked in; 45 s since `batch_norm.c` joined it in the ninth session), once per machine
+(per torch version for `ops.cpp`). The first-call times below were taken with a warm cache (a
+cold build shows as `native_build_s` in the JSON).
 
 **bfloat16 on the zoo's kernels (eighteenth session).** `zoo.c`'s per-row kernels and token
 kernels are written once for an element type (`zoo_rows.h`, `zoo_tokens.h`) and built twice, for
