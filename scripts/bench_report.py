@@ -58,9 +58,11 @@ variance as `E[x^2] - E[x]^2`, which cancels once the mean is large against the 
 off by 0.1-1 relative at mean 1000 and std 1, input gradients by 1e6 with one channel per
 group), so normzoo does not call it in float32: without the operator library, InstanceNorm on
 channels_last falls back to the wider zoo's per-row kernels (below) and GroupNorm/LayerNorm to
-torch's contiguous kernel on a copy, the output copied back to channels_last; half-precision
-GroupNorm takes that copy too (faster there), half-precision LayerNorm keeps torch's kernel
-(2-4.5x faster than the copy; half precision cannot hold the means that break it).
+torch's contiguous kernel on a copy, the output copied back to channels_last; float16
+GroupNorm takes that copy too (faster there), bfloat16 GroupNorm the wider zoo's bfloat16 row
+kernels (below; eighteenth session: 0.9-2.9x faster than the copy), half-precision LayerNorm
+keeps torch's kernel (2-4.5x faster than the copy; half precision cannot hold the means that
+break it).
 Everything else (half precision, other layouts, small contiguous inputs, CUDA) uses torch's
 kernels, as does any machine where the kernels cannot be built (one warning).
 `NORMZOO_NATIVE=0` turns them off. BatchNorm also has kernels for float32 channels_last inputs

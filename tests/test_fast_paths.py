@@ -1051,13 +1051,18 @@ def test_channels_last_has_no_hidden_copy(name, shape):
     assert mode.seen == ["aten.clone"]
 
 
-@pytest.mark.parametrize(("name", "copies"), [("ln", 0), ("gn", 3)])
-def test_half_precision_channels_last_group_norm_kernel_choice(name, copies):
-    """bfloat16 on channels_last, where no native kernel serves: LayerNorm keeps torch's
-    channels_last kernel (2-4.5x faster than a copy; half precision cannot hold the means
-    that break it), GroupNorm with several channels per group runs torch's contiguous kernel
-    on a copy (faster there, and stable): the input and the output, and the output's
-    gradient in the backward."""
+@pytest.mark.parametrize(
+    ("name", "native", "copies"), [("ln", True, 0), ("gn", True, 0), ("gn", False, 3)]
+)
+def test_half_precision_channels_last_group_norm_kernel_choice(name, native, copies, monkeypatch):
+    """bfloat16 on channels_last: LayerNorm keeps torch's channels_last kernel (2-4.5x faster
+    than a copy; half precision cannot hold the means that break it); GroupNorm with several
+    channels per group runs zoo.c's bfloat16 row kernels on the tensor as it is, and without
+    native kernels torch's contiguous kernel on a copy (faster than its channels_last one
+    there, and stable): the input and the output, and the output's gradient in the
+    backward."""
+    if not native:
+        monkeypatch.setenv("NORMZOO_NATIVE", "0")
     norm = normzoo.create(name, 8)
     x = torch.randn(4, 8, 6, 5, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
     x.requires_grad_()

@@ -919,6 +919,7 @@ BF16_ROW_NORMS = [
     ("evonormb0", {}, ("contiguous", "channels_last")),
     ("switchablenorm", {}, ("contiguous", "channels_last")),
     ("instancenorm", {"affine": True, "track_running_stats": True}, ("channels_last",)),
+    ("groupnorm", {"num_groups": 4}, ("channels_last",)),
 ]
 
 

@@ -136,8 +136,9 @@ def torch_group_norm(
     that break it (bfloat16: its error equals the contiguous kernel's up to mean/std 30,
     2e-2 against 3e-3 at 100). Float32 channels_last inputs take the native kernels instead
     where the C++ operator library is built (any size; they read that layout in place, and
-    are stable), so the copy serves machines without the library and half precision.
-    """
+    are stable), and bfloat16 ones with several channels per group ``zoo.c``'s bfloat16 row
+    kernels (``GroupSpec``, from ``GroupNorm``), so the copy serves machines without native
+    kernels, float16, and float32 without the operator library."""
     fmt = channels_last_format(x)
     if x.is_cpu:  # mixed dtypes are native here
         if fmt is None or (groups == 1 and x.dtype in (torch.float16, torch.bfloat16)):
