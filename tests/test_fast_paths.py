@@ -1104,9 +1104,9 @@ def test_instancenorm_channels_last_native_path(monkeypatch, affine, track, ops)
     monkeypatch.setattr(rownorm_mod._native, "ops_available", lambda: ops)
     monkeypatch.setattr(rownorm_mod, "NATIVE_MIN_NUMEL", 1)
     calls = []
-    original = zoo_kernels.map_forward
+    original = zoo_kernels.gn_forward
     monkeypatch.setattr(
-        zoo_kernels, "map_forward", lambda *a: calls.append(a[1].stride()) or original(*a)
+        zoo_kernels, "gn_forward", lambda *a: calls.append(a[0].stride()) or original(*a)
     )
     op_calls = []
     original_op = instance_mod.native_group_norm

@@ -153,6 +153,11 @@ SIGNATURES: dict[str, dict[str, list]] = {
         "nz_frn_backward": [P, P, P, P, P, P, F64, P, P, P, P, P, P, I64, I64, I64, INT, INT],
         "nz_rms_forward": [P, P, P, F64, P, P, P, P, I64, I64, I64, INT, INT],
         "nz_rms_backward": [P, P, P, P, P, P, F64, P, P, P, P, P, I64, I64, I64, INT, INT],
+        # group norm on the rows: x, w, b, G, eps, y, mean, var, gstats, params, N, C, L, cl,
+        # threads; backward: dy, x, params, mean, gstats, w, G, sums, k, dx, dw, db, N, C, L,
+        # cl, threads
+        "nz_gn_forward": [P, P, P, I64, F64, P, P, P, P, P, I64, I64, I64, INT, INT],
+        "nz_gn_backward": [P, P, P, P, P, P, I64, P, P, P, P, P, I64, I64, I64, INT, INT],
         # RMSNorm on tokens: x, weight, bias, y, rrms, R, C, eps, threads
         "nz_rms_tokens_forward": [P, P, P, P, P, I64, I64, F64, INT],
         # dy, x, weight, rrms, dx, dweight, dbias, partial, R, C, threads
@@ -201,6 +206,8 @@ ZOO_BF16 = (
     "nz_frn_backward",
     "nz_rms_forward",
     "nz_rms_backward",
+    "nz_gn_forward",
+    "nz_gn_backward",
     "nz_group_tokens_forward",
     "nz_group_tokens_backward",
     "nz_column_stats",

@@ -406,6 +406,43 @@ def rms_backward(
     return out
 
 
+def gn_forward(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """GroupNorm of ``x`` ``(N, C, L)`` over ``groups`` groups of channels:
+    ``(y, mean, var, gstats, params)``, ``gstats`` ``(2, N, G)`` each group's mean and
+    ``1 / sqrt(var_g + eps)``."""
+    cl = _check(x)
+    n, c, length = x.shape
+    weight, bias = _small(weight, bias)
+    y = torch.empty_like(x)
+    stats, gstats, params = _f32(2, n, c), _f32(2, n, groups), _f32(n, c, 2)
+    _fn(x, "nz_gn_forward")(*_args(x, weight, bias, groups, float(eps), y, stats[0], stats[1],
+                                   gstats, params, n, c, length, cl, threads()))  # fmt: skip
+    return y, stats[0], stats[1], gstats, params
+
+
+def gn_backward(
+    dy: Tensor,
+    x: Tensor,
+    params: Tensor,
+    mean: Tensor,
+    gstats: Tensor,
+    weight: Tensor | None,
+    needs: tuple[bool, ...],
+) -> list[Tensor | None]:
+    """``[dx, dweight, dbias]`` of :func:`gn_forward` (``None`` where ``needs`` is false)."""
+    cl = _check(x, params, mean, gstats)
+    dy = _like(x, dy)
+    n, c, length = x.shape
+    (weight,) = _small(weight)
+    out = _grads(x, needs, c, c)
+    sums, k = _f32(n, c, 2), _f32(2, n, c)
+    _fn(x, "nz_gn_backward")(*_args(dy, x, params, mean, gstats, weight, gstats.shape[2], sums,
+                                    k, *out, n, c, length, cl, threads()))  # fmt: skip
+    return out
+
+
 # -- tokens: R rows of C channels, no spatial positions ---------------------------------------
 #: The grouped-token maps of ``zoo.c`` (``op`` of ``group_tokens_*``).
 TOKENS_GN, TOKENS_S0 = 0, 1

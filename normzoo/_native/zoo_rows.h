@@ -637,3 +637,67 @@ void NZ_FN(nz_rms_backward)(const NZ_T *dy, const NZ_T *x, const float *params, 
   }
   if (dx) NZ_FN(nz_map_dx)(NZ_AFFINE, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
 }
+
+/* GroupNorm over G groups of C / G channels of each sample (InstanceNorm: G = C), on the rows:
+ * the group's mean and biased variance combined from its channels' (law of total variance:
+ * mean_g = mean_c mean, var_g = mean_c var + mean_c (mean - mean_g)^2, in double), then
+ * y = a x + b with a = w rstd_g, b = bias - mean_g a (params (N C 2)); gstats (2 N G): each
+ * group's mean and rstd = 1 / sqrt(var_g + eps). For channels_last input where no row_norm.c
+ * kernel serves it (bfloat16; float32 without the operator library). */
+void NZ_FN(nz_gn_forward)(const NZ_T *x, const float *w, const float *b, int64_t G, double eps,
+                          NZ_T *y, float *mean, float *var, float *gstats, float *params,
+                          int64_t N, int64_t C, int64_t L, int cl, int threads) {
+  NZ_FN(nz_row_stats)(x, mean, var, N, C, L, cl, threads);
+  const int64_t size = C / G;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < G; ++g) {
+      double mg, vg;
+      group_stats(mean, NULL, var, n, C, g * size, size, &mg, &vg);
+      const double rs = 1.0 / sqrt(vg + eps);
+      gstats[n * G + g] = (float)mg;
+      gstats[N * G + n * G + g] = (float)rs;
+      for (int64_t c = g * size; c < (g + 1) * size; ++c) {
+        const double a = w ? w[c] * rs : rs;
+        params[(n * C + c) * 2] = (float)a;
+        params[(n * C + c) * 2 + 1] = (float)((b ? b[c] : 0.0) - mg * a);
+      }
+    }
+  NZ_FN(nz_map_forward)(NZ_AFFINE, x, params, y, N, C, L, cl, threads);
+}
+
+/* dx = rstd (w dy - mean_g(w dy) - xhat mean_g(w dy xhat)) as a dy + k1 (x - mean_c) + k0
+ * (map_dx), dw_c = sum_n rstd sum dy (x - mean_g), db_c = sum dy. sums (N C 2), k (2 N C)
+ * scratch. */
+void NZ_FN(nz_gn_backward)(const NZ_T *dy, const NZ_T *x, const float *params,
+                           const float *mean, const float *gstats, const float *w, int64_t G,
+                           float *sums, float *k, NZ_T *dx, float *dw, float *db, int64_t N,
+                           int64_t C, int64_t L, int cl, int threads) {
+  NZ_FN(nz_map_sums)(NZ_AFFINE, dy, x, params, sums, N, C, L, cl, threads);
+  float *k1 = k, *k0 = k + N * C;
+  const int64_t size = C / G;
+  const double m = (double)size * (double)L; /* values per group */
+  for (int64_t c = 0; c < C; ++c) {
+    if (dw) dw[c] = 0.f;
+    if (db) db[c] = 0.f;
+  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < G; ++g) {
+      const double mg = gstats[n * G + g], rs = gstats[N * G + n * G + g];
+      double s_wdy = 0.0, s_wdyx = 0.0;
+      for (int64_t c = g * size; c < (g + 1) * size; ++c) {
+        const float *s = sums + (n * C + c) * 2; /* sum dy x, sum dy */
+        const double s_dy = s[1], s_dyxc = s[0] - mg * s[1]; /* sum dy (x - mean_g) */
+        const double wc = w ? w[c] : 1.0;
+        s_wdy += wc * s_dy;
+        s_wdyx += wc * s_dyxc;
+        if (dw) dw[c] += (float)(s_dyxc * rs);
+        if (db) db[c] += s[1];
+      }
+      const double kk1 = -rs * rs * rs * s_wdyx / m;
+      for (int64_t c = g * size; c < (g + 1) * size; ++c) {
+        k1[n * C + c] = (float)kk1;
+        k0[n * C + c] = (float)(-rs * s_wdy / m + kk1 * ((double)mean[n * C + c] - mg));
+      }
+    }
+  if (dx) NZ_FN(nz_map_dx)(NZ_AFFINE, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
+}
