@@ -54,7 +54,7 @@ class _BatchRenormTrain(torch.autograd.Function):
         ctx.native = use_native_batch_stats(x)
         ctx.eps = eps
         half = x.dtype != dt
-        if ctx.native and not half:  # one native call: BatchNorm's passes with r, d per channel
+        if ctx.native:  # float32: one native call, BatchNorm's passes with r and d per channel
             rm, rv, w32, b32 = (
                 None if t is None else t.detach().to(torch.float32).contiguous()
                 for t in (running_mean, running_var, weight, bias)
@@ -95,13 +95,9 @@ class _BatchRenormTrain(torch.autograd.Function):
         shift = d if weight is None else weight.to(dt) * d
         if bias is not None:
             shift = shift + bias.to(dt)
-        if x_hat is None and (half or (x.dim() > 2 and x.is_contiguous())):
-            # torch's inference kernel: (x - mean) / sqrt(var + eps) w + shift in one pass
-            # (half precision: rounded once). On contiguous (N, C, H, W) a broadcast addcmul
-            # took 2-3.5x its time (2 threads: (8, 256, 14, 14) 108 against 34 us,
-            # (32, 64, 32, 32) 626 against 339); on channels_last and tokens it is as fast.
+        if half:  # torch's inference kernel: (x - mean) / sqrt(var + eps) w + shift, rounded once
             y = torch.native_batch_norm(x, w, shift, mean, var, False, 0.0, eps)[0]
-        elif x_hat is None:  # y = x (w invstd) + (shift - mean w invstd), laid out as x
+        elif x_hat is None:  # tokens: y = x (w invstd) + (shift - mean w invstd)
             scale = w * invstd
             view = (1, c) + (1,) * (x.dim() - 2)
             y = torch.empty_like(x)
