@@ -12,7 +12,8 @@
  *   backward: dx = w invstd (dy - mean(dy) - xhat mean(dy xhat)),
  *             dw = sum(dy xhat), db = sum(dy),  xhat = (x - mean) invstd
  * Any of w, b, var (forward) and dx, dw, db (backward) may be NULL; y too, for the statistics
- * alone (Batch Renorm's, whose affine map depends on them).
+ * alone. Batch Renorm runs the same forward with its r and d folded into each channel's map
+ * (nz_renorm_forward, below bn_forward).
  *
  * The _relu variants fuse a ReLU after the affine map (Norm.fuse_activation): the forward
  * writes max(y, 0); the backward uses dy [pre > 0], pre = x scale + shift recomputed from the

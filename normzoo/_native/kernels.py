@@ -302,28 +302,6 @@ def batch_norm_forward_cl_unchecked(
     return y, stats, var
 
 
-def batch_stats_unchecked(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """``(stats, var)`` of a contiguous or channels_last ``x``: the forward's statistics
-    without ``y`` (one pass over ``x``)."""
-    c = x.shape[1]
-    stats = x.new_empty(2, c)
-    var = x.new_empty(c)
-    p = stats.data_ptr()
-    if x.is_contiguous():
-        n, _, length = _sizes(x)
-        _fn("batch_norm", "nz_bn_forward")(
-            x.data_ptr(), None, None, None, p, p + c * _F32, var.data_ptr(), n, c, length, eps,
-            threads(),
-        )  # fmt: skip
-    else:
-        work = _cl_work(c)
-        _fn("batch_norm", "nz_bn_forward_cl")(
-            x.data_ptr(), None, None, None, p, p + c * _F32, var.data_ptr(), work.data_ptr(),
-            CL_MAX_BLOCKS, x.numel() // max(c, 1), c, eps, threads(),
-        )  # fmt: skip
-    return stats, var
-
-
 def renorm_forward_unchecked(
     x: Tensor,
     weight: Tensor | None,
