@@ -2,7 +2,7 @@
 (or another revision's), both loaded in one process and timed interleaved (a shuffled order
 each round).
 
-A change to ``normzoo/_native/batch_norm.c`` or ``row_norm.c`` worth a few percent of a
+A change to ``normzoo/_native/batch_norm.c``, ``row_norm.c`` or ``zoo.c`` worth a few percent of a
 kernel's time is a fraction of that at the module level (allocation, autograd, Python), where
 a shared 2-core VM moves a fwd+bwd by 10-15% between runs: comparing module timings of two
 checkouts, each in its own process, cannot resolve it. Here both versions of the library are
@@ -14,8 +14,14 @@ The outputs of the two versions are compared too: ``identical`` means bit for bi
 revision against itself (``--base HEAD --new HEAD``) shows the noise: within 2-3% on
 (32, 64, 32, 32), up to 10% on the smaller shapes, on the 2-core VM.
 
+The wider zoo's cases (``frn``, ``rms``, ``s0``, ``b0``, ``switchable`` on the rows; ``*_tok``
+on tokens, the shape's positions as rows of C channels) run through ``zoo_kernels``' wrappers
+on each version's library (their outputs allocated per call), in float32 or, with
+``--dtype bfloat16``, on the bfloat16 builds.
+
     python scripts/bench_kernel_ab.py --base HEAD~1
     python scripts/bench_kernel_ab.py --base main --cases bn ln --shapes 32,64,32,32
+    python scripts/bench_kernel_ab.py --base HEAD~1 --cases frn s0 b0_tok --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ CASES: dict[str, tuple[str, int | None]] = {
     "gn32": ("row_norm", 32),
     "ln": ("row_norm", 1),
 }
+#: the wider zoo's cases: zoo.c through zoo_kernels' wrappers (see zoo_kernel_calls)
+ZOO_CASES = ("frn", "rms", "s0", "b0", "switchable", "frn_tok", "rms_tok", "gn_tok", "s0_tok",
+             "b0_tok")  # fmt: skip
 SHAPES = ["32,64,32,32", "8,256,14,14", "128,64,8,8", "4,32,64,64"]
 
 
@@ -177,6 +186,93 @@ def kernels(
     return forward, backward, outputs
 
 
+def zoo_kernel_calls(
+    lib: ctypes.CDLL,
+    case: str,
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+) -> tuple[Callable[[int], None], Callable[[int], None], Callable[[], list[torch.Tensor]]]:
+    """(forward(i), backward(i), outputs()) of a wider-zoo case on ``lib``: ``x`` and ``dy``
+    ``(N, C, L)`` for the row cases, ``(R, C)`` for the ``*_tok`` ones."""
+    from normzoo._native import zoo_kernels as zk
+
+    c = x.shape[1]
+    v, tau = torch.linspace(-1.0, 1.0, c), torch.linspace(-0.2, 0.2, c)
+    mw, vw = torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.3, 0.1, 0.2])
+    groups = 4 if c % 4 == 0 else 1
+    every = (True, True, True, True, True)
+    saved: dict[str, Any] = {}
+
+    def call(fn: Callable[[], Any]) -> Any:
+        """``fn()`` with the wrappers calling this version's functions (restored after)."""
+        real = zk._lib
+        zk._lib = lambda: lib
+        try:
+            return fn()
+        finally:
+            zk._lib = real
+
+    def fwd_call() -> Any:
+        if case == "frn":
+            return zk.frn_forward(x, w, b, tau, 1e-6)
+        if case == "rms":
+            return zk.rms_forward(x, w, b, 1e-6)
+        if case == "s0":
+            return zk.s0_forward(x, v, w, b, groups, 1e-5)
+        if case == "b0":
+            return zk.b0_forward(x, v, w, b, None, 1e-5)
+        if case == "switchable":
+            return zk.switchable_forward(x, mw, vw, w, b, None, None, 1e-5)
+        if case == "frn_tok":
+            return zk.frn_tokens_forward(x, w, b, tau, 1e-6)
+        if case == "rms_tok":
+            return zk.rms_tokens_forward(x, w, b, 1e-6)
+        if case in ("gn_tok", "s0_tok"):
+            op = zk.TOKENS_GN if case == "gn_tok" else zk.TOKENS_S0
+            return zk.group_tokens_forward(op, x, v, w, b, groups, 1e-5)
+        mean, var = zk.column_stats(x)  # b0_tok
+        s_b = torch.sqrt(var + 1e-5)
+        return zk.b0_tokens_forward(x, v, s_b, w, b, 1e-5), mean, s_b
+
+    def bwd_call(f: Any) -> Any:
+        if case == "frn":
+            return zk.frn_backward(dy, x, f[3], f[1], f[2], w, 1e-6, every[:4])
+        if case == "rms":
+            return zk.rms_backward(dy, x, f[3], f[1], f[2], w, 1e-6, every[:3])
+        if case == "s0":
+            return zk.s0_backward(dy, x, f[2], f[1], w, groups, 1e-5, every[:4])
+        if case == "b0":
+            return zk.b0_backward(dy, x, f[3], f[1], True, every[:4])
+        if case == "switchable":
+            return zk.switchable_backward(dy, x, f[4], f[1], f[2], mw, vw, w, None, None, 1e-5,
+                                          every)  # fmt: skip
+        if case == "frn_tok":
+            return zk.frn_tokens_backward(dy, x, w, b, tau, 1e-6, True)
+        if case == "rms_tok":
+            return zk.rms_tokens_backward(dy, x, w, f[1], every[:3])
+        if case in ("gn_tok", "s0_tok"):
+            op = zk.TOKENS_GN if case == "gn_tok" else zk.TOKENS_S0
+            return zk.group_tokens_backward(op, dy, x, v, w, f[1], f[2], every[:4])
+        return zk.b0_tokens_backward(dy, x, v, f[2], w, f[1], 1e-5, every[:4])  # b0_tok
+
+    def forward(i: int) -> None:
+        saved["f"] = call(fwd_call)
+
+    def backward(i: int) -> None:
+        saved["b"] = call(lambda: bwd_call(saved["f"]))
+
+    def outputs() -> list[torch.Tensor]:
+        forward(0)
+        backward(0)
+        flat = [saved["f"]] if isinstance(saved["f"], torch.Tensor) else list(saved["f"])
+        flat += list(saved["b"])
+        return [t.clone() for t in flat if isinstance(t, torch.Tensor)]
+
+    return forward, backward, outputs
+
+
 def run_case(
     libs: dict[str, dict[str, ctypes.CDLL]],
     case: str,
@@ -184,11 +280,22 @@ def run_case(
     rounds: int,
     buffers: int,
     relu: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
-    lib_name, groups = CASES[case]
-    buf = Buffers(shape, groups, buffers, relu)
-    runs = {v: kernels(libs[v][lib_name], buf) for v in ("base", "new")}
-    same = [torch.equal(a, b) for a, b in zip(runs["base"][2](), runs["new"][2](), strict=True)]
+    if case in ZOO_CASES:
+        buf = Buffers(shape, 0, 1)
+        x, dy = buf.x, buf.dy
+        if case.endswith("_tok"):  # the positions as rows of C channels
+            x, dy = (t.transpose(1, 2).reshape(-1, t.shape[1]).contiguous() for t in (x, dy))
+        x, dy = x.to(dtype), dy.to(dtype)
+        runs = {v: zoo_kernel_calls(libs[v]["zoo"], case, x, dy, buf.w, buf.b)
+                for v in ("base", "new")}  # fmt: skip
+    else:
+        lib_name, groups = CASES[case]
+        buf = Buffers(shape, groups, buffers, relu)
+        runs = {v: kernels(libs[v][lib_name], buf) for v in ("base", "new")}
+    pairs = zip(runs["base"][2](), runs["new"][2](), strict=True)
+    same = [torch.equal(a, b) for a, b in pairs]
     times: dict[tuple[str, str], list[float]] = {
         (v, p): [] for v in ("base", "new") for p in ("fwd", "bwd")
     }
@@ -222,7 +329,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--base", default="HEAD", help="git revision to compare against")
     p.add_argument("--new", default=None, help="git revision to time (default: the working tree)")
-    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=[*CASES, *ZOO_CASES])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="of x and dy in the wider zoo's cases")  # fmt: skip
     p.add_argument("--shapes", nargs="+", default=SHAPES)
     p.add_argument("--rounds", type=int, default=41)
     p.add_argument("--buffers", type=int, default=4, help="output buffers to rotate through")
@@ -234,7 +343,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise SystemExit("the native kernels are built on Linux only")
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = sorted({CASES[c][0] for c in args.cases})
+    names = sorted({"zoo" if c in ZOO_CASES else CASES[c][0] for c in args.cases})
+    dtype = getattr(torch, args.dtype)
     libs: dict[str, dict[str, ctypes.CDLL]] = {"base": {}, "new": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
@@ -244,8 +354,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 libs[version][name] = build(source(rev, name), name, out, headers_at(rev))
         shapes = [tuple(int(s) for s in spec.split(",")) for spec in args.shapes]
         # a group count must divide the channels (GroupNorm's 32 groups: not on 16 channels)
-        runs = [(c, s) for s in shapes for c in args.cases if s[1] % max(CASES[c][1] or 1, 1) == 0]
-        rows = [run_case(libs, c, s, args.rounds, args.buffers, args.relu) for c, s in runs]
+        runs = [
+            (c, s)
+            for s in shapes
+            for c in args.cases
+            if c in ZOO_CASES or s[1] % max(CASES[c][1] or 1, 1) == 0
+        ]
+        rows = [run_case(libs, c, s, args.rounds, args.buffers, args.relu, dtype) for c, s in runs]
     print(f"base {args.base} against {args.new or 'the working tree'}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; medians of {args.rounds} rounds, in us")  # fmt: skip
     print("| case | shape | base fwd | new fwd | ratio | base bwd | new bwd | ratio | outputs |")

@@ -296,6 +296,33 @@ def test_kernel_ab_times_two_builds_on_the_same_tensors(tmp_path):
             torch.testing.assert_close(y.view_as(x), want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="native kernels: Linux only")
+def test_kernel_ab_covers_the_wider_zoo(tmp_path):
+    """The wider zoo's cases (rows and tokens): a revision against itself gives the same bits
+    (on the bfloat16 builds), and a case computes what ``zoo_kernels`` does on the library
+    normzoo loads (float32)."""
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    script = load_script("bench_kernel_ab")
+    cases = ["frn", "switchable", "b0_tok", "gn_tok"]
+    rows = script.main(["--base", "HEAD", "--new", "HEAD", "--shapes", "3,32,5,4", "--rounds",
+                        "2", "--cases", *cases, "--dtype", "bfloat16"])  # fmt: skip
+    assert [r["case"] for r in rows] == cases and all(r["identical"] for r in rows)
+    from normzoo._native import zoo_kernels
+
+    real = zoo_kernels._lib
+    lib = script.build(script.source(None, "zoo"), "zoo", tmp_path)
+    x = torch.randn(3, 32, 20)
+    dy, w, b = torch.randn(3, 32, 20).to(x.dtype), torch.rand(32) + 0.5, torch.randn(32)
+    got = script.zoo_kernel_calls(lib, "frn", x, dy, w, b)[2]()
+    assert zoo_kernels._lib is real  # restored: what follows runs on the library normzoo loads
+    tau = torch.linspace(-0.2, 0.2, 32)
+    y, mean, var, params = zoo_kernels.frn_forward(x, w, b, tau, 1e-6)
+    want = [y, mean, var, params, *zoo_kernels.frn_backward(dy, x, params, mean, var, w, 1e-6,
+                                                           (True,) * 4)]  # fmt: skip
+    assert all(torch.equal(a, c) for a, c in zip(got, want, strict=True))
+
+
 def test_gpu_fused_ab_times_the_core_norms_compiled_reference(tmp_path):
     """--core adds BatchNorm, GroupNorm and LayerNorm, whose ``fused`` column is their
     reference math through ``_fused.fuse`` (eager on the CPU): the same function as the
