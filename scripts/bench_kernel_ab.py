@@ -17,7 +17,8 @@ revision against itself (``--base HEAD --new HEAD``) shows the noise: within 2-3
 The wider zoo's cases (``frn``, ``rms``, ``s0``, ``b0``, ``switchable`` on the rows; ``*_tok``
 on tokens, the shape's positions as rows of C channels) run through ``zoo_kernels``' wrappers
 on each version's library (their outputs allocated per call), in float32 or, with
-``--dtype bfloat16``, on the bfloat16 builds.
+``--dtype bfloat16``, on the bfloat16 builds; so does Ghost BN on such rows (``ghost_tok``,
+``batch_norm.c``'s ghost rows through ``kernels``' wrappers).
 
     python scripts/bench_kernel_ab.py --base HEAD~1
     python scripts/bench_kernel_ab.py --base main --cases bn ln --shapes 32,64,32,32
@@ -50,6 +51,7 @@ CASES: dict[str, tuple[str, int | None]] = {
     "in": ("row_norm", 0),
     "gn32": ("row_norm", 32),
     "ln": ("row_norm", 1),
+    "ghost_tok": ("batch_norm", None),  # ghost rows: the positions as rows, 32 per batch
 }
 #: the wider zoo's cases: zoo.c through zoo_kernels' wrappers (see zoo_kernel_calls)
 ZOO_CASES = ("frn", "rms", "s0", "b0", "switchable", "frn_tok", "rms_tok", "gn_tok", "s0_tok",
@@ -273,6 +275,38 @@ def zoo_kernel_calls(
     return forward, backward, outputs
 
 
+def ghost_kernel_calls(
+    lib: ctypes.CDLL, x: torch.Tensor, dy: torch.Tensor, w: torch.Tensor, b: torch.Tensor
+) -> tuple[Callable[[int], None], Callable[[int], None], Callable[[], list[torch.Tensor]]]:
+    """(forward(i), backward(i), outputs()) of Ghost BN on token rows ``x`` ``(R, C)`` in
+    virtual batches of 32 rows, through ``kernels``' wrappers on ``lib``."""
+    from normzoo._native import kernels as k
+
+    saved: dict[str, Any] = {}
+
+    def call(fn: Callable[[], Any]) -> Any:
+        real = k._fn
+        k._fn = lambda _lib_name, name: getattr(lib, name)
+        try:
+            return fn()
+        finally:
+            k._fn = real
+
+    def forward(i: int) -> None:
+        saved["f"] = call(lambda: k.ghost_rows_forward(x, w, b, 1e-5, 32, True))
+
+    def backward(i: int) -> None:
+        stats = saved["f"][1]
+        saved["b"] = call(lambda: k.ghost_rows_backward(dy, x, w, stats, 32, (True,) * 3))
+
+    def outputs() -> list[torch.Tensor]:
+        forward(0)
+        backward(0)
+        return [t.clone() for t in (*saved["f"], *saved["b"])]
+
+    return forward, backward, outputs
+
+
 def run_case(
     libs: dict[str, dict[str, ctypes.CDLL]],
     case: str,
@@ -282,7 +316,13 @@ def run_case(
     relu: bool = False,
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
-    if case in ZOO_CASES:
+    if case == "ghost_tok":
+        buf = Buffers(shape, 0, 1)
+        x, dy = (t.transpose(1, 2).reshape(-1, t.shape[1]).contiguous().to(dtype)
+                 for t in (buf.x, buf.dy))  # fmt: skip
+        runs = {v: ghost_kernel_calls(libs[v]["batch_norm"], x, dy, buf.w, buf.b)
+                for v in ("base", "new")}  # fmt: skip
+    elif case in ZOO_CASES:
         buf = Buffers(shape, 0, 1)
         x, dy = buf.x, buf.dy
         if case.endswith("_tok"):  # the positions as rows of C channels
@@ -331,7 +371,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--new", default=None, help="git revision to time (default: the working tree)")
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=[*CASES, *ZOO_CASES])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="of x and dy in the wider zoo's cases")  # fmt: skip
+                   help="of x and dy in the wider zoo's cases and ghost_tok")  # fmt: skip
     p.add_argument("--shapes", nargs="+", default=SHAPES)
     p.add_argument("--rounds", type=int, default=41)
     p.add_argument("--buffers", type=int, default=4, help="output buffers to rotate through")

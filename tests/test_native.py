@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import subprocess
@@ -912,6 +913,67 @@ def test_ghost_tokens_double_backward_and_partial_gradients():
     torch.testing.assert_close(ours.bias.grad, ref.bias.grad, atol=1e-3, rtol=1e-4)
     with pytest.raises(ValueError, match=r"\(N, C\) tokens"):
         normzoo._native.kernels.ghost_rows_forward(torch.randn(4, 8, 2), None, None, 1e-5, 2, False)
+
+
+@pytest.mark.parametrize(("n", "vbs"), [(1024, 32), (1000, 48)], ids=str)
+def test_ghost_tokens_bfloat16_are_the_float32_kernels_rounded(n, vbs):
+    """bfloat16 tokens on the ghost rows' bfloat16 build (``ghost_rows.h``): the float32
+    kernel's math on the widened values, in the same order, so ``y`` and ``dx`` are the float32
+    path's results rounded once (to the bit), and the statistics, the parameters' gradients
+    and the running statistics are the float32 path's exactly."""
+    torch.manual_seed(0)
+    half = normzoo.create("ghostbatchnorm", 96, virtual_batch_size=vbs)
+    with torch.no_grad():
+        half.weight.uniform_(0.5, 1.5)
+        half.bias.uniform_(-0.5, 0.5)
+    full = normzoo.create("ghostbatchnorm", 96, virtual_batch_size=vbs)
+    full.load_state_dict(half.state_dict())
+    for step in range(2):
+        x = (torch.randn(n, 96) * 3 + 2 + step).to(torch.bfloat16)
+        g = torch.randn(n, 96).to(torch.bfloat16)
+        xb, xf = x.clone().requires_grad_(), x.float().requires_grad_()
+        yb, yf = half(xb), full(xf)
+        assert yb.dtype == torch.bfloat16
+        assert type(yb.grad_fn).__name__ == "_NativeGhostBatchNormBackward"
+        assert torch.equal(yb, yf.to(torch.bfloat16))
+        got = torch.autograd.grad(yb, [xb, half.weight, half.bias], g)
+        want = torch.autograd.grad(yf, [xf, full.weight, full.bias], g.float())
+        assert got[0].dtype == torch.bfloat16 and torch.equal(got[0], want[0].to(torch.bfloat16))
+        assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+    for mine, theirs in zip(half.buffers(), full.buffers(), strict=True):
+        assert torch.equal(mine, theirs)
+
+
+def test_ghost_tokens_bfloat16_model_and_double_backward():
+    """A Ghost BN cast to bfloat16 (its parameters too) keeps the token kernel, with its
+    parameters widened for the call: the output is the float32-parameter module's; double
+    backward (``create_graph``) goes through torch's batch-norm backward per virtual batch."""
+    torch.manual_seed(0)
+    full = normzoo.create("ghostbatchnorm", 64, virtual_batch_size=64)
+    with torch.no_grad():
+        full.weight.uniform_(0.5, 1.5)
+    half = copy.deepcopy(full).to(torch.bfloat16)
+    full.load_state_dict(half.state_dict())  # the bfloat16 values, float32 parameters
+    x = (torch.randn(1024, 64) * 2 + 1).to(torch.bfloat16)
+    xa = x.clone().requires_grad_()
+    ya = half(xa)
+    assert type(ya.grad_fn).__name__ == "_NativeGhostBatchNormBackward"
+    assert torch.equal(ya, full(x))
+    dy = torch.randn(1024, 64).to(torch.bfloat16)
+    (dx,) = torch.autograd.grad(ya, xa, dy, create_graph=True)
+    ref = normzoo.create("ghostbatchnorm", 64, virtual_batch_size=64, impl="reference")
+    ref.load_state_dict(full.state_dict())
+    xr = x.float().requires_grad_()
+    (dxr,) = torch.autograd.grad(ref(xr), xr, dy.float(), create_graph=True)
+    g = torch.randn(1024, 64)
+    (ddx,) = torch.autograd.grad(dx.float(), xa, g)
+    (ddxr,) = torch.autograd.grad(dxr, xr, g)
+    assert ddx.dtype == torch.bfloat16
+    torch.testing.assert_close(ddx.float(), ddxr, atol=0.05 * float(ddxr.abs().max()), rtol=0.05)
+    with pytest.raises(ValueError, match="output gradient must match x"):
+        normzoo._native.kernels.ghost_rows_backward(
+            torch.randn(1024, 64), x, None, torch.zeros(16, 2, 64), 64, (True, False, False)
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

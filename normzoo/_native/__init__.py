@@ -219,6 +219,10 @@ ZOO_BF16 = (
     "nz_frn_tokens_backward",
 )
 SIGNATURES["zoo"].update({f"{fn}_bf16": SIGNATURES["zoo"][fn] for fn in ZOO_BF16})
+#: BatchNorm's ghost rows, also built for bfloat16 tokens (``ghost_rows.h``): ``x``, ``y``,
+#: ``dy`` and ``dx`` bfloat16, the rest float32.
+GHOST_BF16 = ("nz_ghost_forward_rows", "nz_ghost_backward_rows")
+SIGNATURES["batch_norm"].update({f"{fn}_bf16": SIGNATURES["batch_norm"][fn] for fn in GHOST_BF16})
 RESTYPES: dict[str, type] = {"nz_frozen_forward": INT, "nz_frozen_backward": INT}
 
 

@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "nz_bf16.h"
 #include "nz_simd.h"
 
 #define NZ_MAX_BLOCK 256
@@ -602,114 +603,35 @@ void nz_bn_relu_backward_cl(const float *dy, const float *x, const float *w, con
 }
 
 /* ---------------------------------------------------------------- ghost batch norm ----- *
- * Ghost batch norm over R rows of C channels ((N, C) tokens): virtual batch j is the rows
- * [j B, min((j + 1) B, R)), normalized with its own per-channel mean and biased variance (the
- * formulas above). A task is (virtual batch, tile
- * of NZ_CL_TILE channels): its sums in float registers over runs of NZ_CL_CHUNK rows, flushed
- * to double, then the map over the same rows (from cache for short virtual batches). Every
- * task's result depends on its own values only: the same bits for any thread count.
- *   stats: (V, 2, C), each virtual batch's mean and invstd; var: (V, C) biased, or NULL.
- *   backward: part (V, 2, C) scratch, each virtual batch's sums of dy xhat and of dy, added
- *   over the virtual batches in order (double) for dw and db. dx, dw, db may be NULL. */
+ * Ghost batch norm over (N, C) tokens, every virtual batch in one call: ghost_rows.h, built
+ * for float32 (nz_ghost_*_rows) and bfloat16 (nz_ghost_*_rows_bf16). A task is (virtual
+ * batch j, block of NZ_GHOST_BLOCK channels from c0): its W channels of the n rows from r0. */
+#define NZ_GHOST_BLOCK 256 /* channels per task: NZ_GHOST_BLOCK / NZ_CL_TILE tiles */
 NZ_INLINE void ghost_task(int64_t t, int64_t nt, int64_t R, int64_t C, int64_t B, int64_t *j,
                           int64_t *c0, int64_t *W, int64_t *r0, int64_t *n) {
   *j = t / nt;
-  *c0 = (t % nt) * NZ_CL_TILE;
-  *W = C - *c0 < NZ_CL_TILE ? C - *c0 : NZ_CL_TILE;
+  *c0 = (t % nt) * NZ_GHOST_BLOCK;
+  *W = C - *c0 < NZ_GHOST_BLOCK ? C - *c0 : NZ_GHOST_BLOCK;
   *r0 = *j * B;
   *n = R - *r0 < B ? R - *r0 : B;
 }
 
-void nz_ghost_forward_rows(const float *x, const float *w, const float *b, float *y,
-                           float *stats, float *var, int64_t R, int64_t C, int64_t B, double eps,
-                           int threads) {
-  const int64_t V = (R + B - 1) / B, nt = (C + NZ_CL_TILE - 1) / NZ_CL_TILE;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t t = 0; t < V * nt; ++t) {
-    int64_t j, c0, W, r0, n;
-    ghost_task(t, nt, R, C, B, &j, &c0, &W, &r0, &n);
-    const float *p = x + r0 * C + c0;
-    double s1[NZ_CL_TILE], s2[NZ_CL_TILE];
-    float k[NZ_CL_TILE], a[NZ_CL_TILE], sh[NZ_CL_TILE];
-    for (int64_t q = 0; q < W; ++q) {
-      s1[q] = s2[q] = 0.0;
-      k[q] = p[q];
-    }
-    for (int64_t i0 = 0; i0 < n; i0 += NZ_CL_CHUNK) {
-      const int64_t m = n - i0 < NZ_CL_CHUNK ? n - i0 : NZ_CL_CHUNK;
-      if (W == NZ_CL_TILE)
-        cl_tile_moments(p + i0 * C, C, m, k, NZ_CL_TILE, s1, s2);
-      else
-        cl_tile_moments(p + i0 * C, C, m, k, W, s1, s2);
-    }
-    for (int64_t q = 0; q < W; ++q) {
-      const double dm = s1[q] / (double)n, v0 = s2[q] / (double)n - dm * dm;
-      const double v = v0 > 0.0 ? v0 : 0.0;
-      const float mean = (float)(k[q] + dm), inv = (float)(1.0 / sqrt(v + eps));
-      stats[j * 2 * C + c0 + q] = mean;
-      stats[(j * 2 + 1) * C + c0 + q] = inv;
-      if (var) var[j * C + c0 + q] = (float)v;
-      a[q] = w ? w[c0 + q] * inv : inv;
-      sh[q] = (b ? b[c0 + q] : 0.f) - mean * a[q];
-    }
-    float *o = y + r0 * C + c0;
-    for (int64_t i = 0; i < n; ++i) {
-#pragma omp simd
-      for (int64_t q = 0; q < W; ++q) o[i * C + q] = p[i * C + q] * a[q] + sh[q];
-    }
-  }
-}
+#define NZ_T float
+#define NZ_LD(v) (v)
+#define NZ_ST(v) (v)
+#define NZ_FN(name) name
+#include "ghost_rows.h"
+#undef NZ_T
+#undef NZ_LD
+#undef NZ_ST
+#undef NZ_FN
 
-void nz_ghost_backward_rows(const float *dy, const float *x, const float *w, const float *stats,
-                            float *dx, float *dw, float *db, float *part, int64_t R, int64_t C,
-                            int64_t B, int threads) {
-  const int64_t V = (R + B - 1) / B, nt = (C + NZ_CL_TILE - 1) / NZ_CL_TILE;
-#pragma omp parallel num_threads(threads)
-  {
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < V * nt; ++t) {
-      int64_t j, c0, W, r0, n;
-      ghost_task(t, nt, R, C, B, &j, &c0, &W, &r0, &n);
-      const float *p = x + r0 * C + c0, *g = dy + r0 * C + c0;
-      const float *mean = stats + j * 2 * C + c0, *inv = mean + C;
-      double s1[NZ_CL_TILE], s2[NZ_CL_TILE];
-      for (int64_t q = 0; q < W; ++q) s1[q] = s2[q] = 0.0;
-      for (int64_t i0 = 0; i0 < n; i0 += NZ_CL_CHUNK) {
-        const int64_t m = n - i0 < NZ_CL_CHUNK ? n - i0 : NZ_CL_CHUNK;
-        if (W == NZ_CL_TILE)
-          cl_tile_grad_sums(g + i0 * C, p + i0 * C, C, m, mean, NZ_CL_TILE, s1, s2, NULL, NULL,
-                            0);
-        else
-          cl_tile_grad_sums(g + i0 * C, p + i0 * C, C, m, mean, W, s1, s2, NULL, NULL, 0);
-      }
-      float a[NZ_CL_TILE], k0[NZ_CL_TILE], k1[NZ_CL_TILE], mm[NZ_CL_TILE];
-      for (int64_t q = 0; q < W; ++q) {
-        part[j * 2 * C + c0 + q] = (float)(s2[q] * inv[q]);
-        part[(j * 2 + 1) * C + c0 + q] = (float)s1[q];
-        a[q] = w ? w[c0 + q] * inv[q] : inv[q];
-        k0[q] = (float)(s1[q] / (double)n);
-        k1[q] = (float)(s2[q] / (double)n) * inv[q] * inv[q];
-        mm[q] = mean[q];
-      }
-      if (!dx) continue;
-      float *o = dx + r0 * C + c0;
-      for (int64_t i = 0; i < n; ++i) {
-#pragma omp simd
-        for (int64_t q = 0; q < W; ++q)
-          o[i * C + q] = a[q] * (g[i * C + q] - k0[q] - (p[i * C + q] - mm[q]) * k1[q]);
-      }
-    }
-    if (dw || db) {
-#pragma omp for schedule(static)
-      for (int64_t c = 0; c < C; ++c) {
-        double tw = 0.0, tb = 0.0;
-        for (int64_t j = 0; j < V; ++j) {
-          tw += part[j * 2 * C + c];
-          tb += part[(j * 2 + 1) * C + c];
-        }
-        if (dw) dw[c] = (float)tw;
-        if (db) db[c] = (float)tb;
-      }
-    }
-  }
-}
+#define NZ_T uint16_t
+#define NZ_LD(v) nz_bf16_load(v)
+#define NZ_ST(v) nz_bf16_store(v)
+#define NZ_FN(name) name##_bf16
+#include "ghost_rows.h"
+#undef NZ_T
+#undef NZ_LD
+#undef NZ_ST
+#undef NZ_FN

@@ -30,6 +30,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "nz_bf16.h"
+
 #define NZ_AFFINE 0
 #define NZ_B0 1
 #define NZ_S0 2
@@ -225,28 +227,7 @@ static void softmax3(const float *logits, double *out) {
 }
 
 
-/* ---------------------------------------------------------------- bfloat16 ------------ *
- * bfloat16 tensors are read and written as their uint16_t bits (a float's upper half): every
- * value widens to float as it is loaded, all arithmetic is float (double for the sums, as for
- * float32 input), and each output value is rounded once to the nearest bfloat16, ties to even,
- * a NaN to a quiet NaN: what the float32 kernels followed by torch's .to(torch.bfloat16)
- * give, without the float32 copies of x, y, dy and dx. */
-NZ_INLINE float nz_bf16_load(uint16_t h) {
-  union {
-    uint32_t i;
-    float f;
-  } u = {.i = (uint32_t)h << 16};
-  return u.f;
-}
-
-NZ_INLINE uint16_t nz_bf16_store(float f) {
-  union {
-    float f;
-    uint32_t i;
-  } u = {.f = f};
-  const uint32_t r = (u.i + 0x7FFFu + ((u.i >> 16) & 1u)) >> 16;
-  return f != f ? (uint16_t)0x7FC0u : (uint16_t)r;
-}
+/* bfloat16: nz_bf16_load, nz_bf16_store (nz_bf16.h). */
 /* ---------------------------------------------------------------- tokens --------------- *
  * R rows of C channels with no spatial positions ((N, C) input, contiguous): kernels that
  * read a row from memory once and work on it in cache, the column sums of the parameter

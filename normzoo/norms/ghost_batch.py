@@ -331,12 +331,13 @@ class GhostBatchNorm(BatchNorm):
     def _use_rows_kernel(self, x: Tensor) -> bool:
         """Token input ``(N, C)``: the native kernel that normalizes every virtual batch in one
         call (``kernels.ghost_rows_forward``; torch's BN per virtual batch measured up to
-        3.5x BatchNorm1d's fwd+bwd at ``(4096, 1024)`` on a 2-core Xeon: 128 calls)."""
+        3.5x BatchNorm1d's fwd+bwd at ``(4096, 1024)`` on a 2-core Xeon: 128 calls), float32
+        or bfloat16 (read and written as it is, float32 math)."""
         return (
             x.dim() == 2
             and x.is_cpu
-            and x.dtype == torch.float32
-            and (self.weight is None or self.weight.dtype == torch.float32)
+            and x.dtype in _kernels.GHOST_ROW_DTYPES
+            and (self.weight is None or self.weight.dtype in (torch.float32, x.dtype))
             and x.numel() >= NATIVE_MIN_NUMEL
             and x.is_contiguous()
             and not _native.capturing()
@@ -345,12 +346,15 @@ class GhostBatchNorm(BatchNorm):
 
     def _native_forward(self, x: Tensor, update: bool, tracked: int) -> Tensor:
         vbs = self.virtual_batch_size
-        if torch.is_grad_enabled() and _kernels.needs_grad(x, self.weight, self.bias):
-            y, stats, var = _NativeGhostBatchNorm.apply(
-                x, self.weight, self.bias, self.eps, vbs, update
-            )
+        # the token kernels take float32 parameters (a bfloat16 model's: cast, autograd
+        # casting their gradients back)
+        weight, bias = (
+            p.float() if p is not None and x.dim() == 2 else p for p in (self.weight, self.bias)
+        )
+        if torch.is_grad_enabled() and _kernels.needs_grad(x, weight, bias):
+            y, stats, var = _NativeGhostBatchNorm.apply(x, weight, bias, self.eps, vbs, update)
         else:  # nothing to differentiate: skip autograd.Function's fixed cost
-            y, stats, var = _ghost_forward(x, self.weight, self.bias, self.eps, vbs, update)
+            y, stats, var = _ghost_forward(x, weight, bias, self.eps, vbs, update)
         if update:
             assert var is not None
             self._blend_virtual_batches(x, stats[:, 0], var, tracked)
