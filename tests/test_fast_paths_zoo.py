@@ -4,6 +4,7 @@ dispatch branch; hand-written backwards pass a float64 gradcheck."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -256,9 +257,75 @@ def test_ghostbatchnorm_dispatch_follows_batchnorm_on_the_whole_batch(shape, fmt
     real = kernels._fn
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(kernels, "_fn", lambda lib, name: calls.append(name) or real(lib, name))
+        mp.setattr(torch, "get_num_threads", lambda: 2)  # (the rows kernel: a task a thread)
         y = ghost(x)
     assert y.is_contiguous(memory_format=fmt)
-    assert len(calls) == (shape[0] // 32 if native else 0)
+    if native and fmt == torch.channels_last:  # 4 virtual batches: one call of the rows kernel
+        assert calls == ["nz_ghost_forward_rows"]
+    else:
+        assert len(calls) == (shape[0] // 32 if native else 0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "vbs"),
+    [((10, 8, 24, 24), 4), ((6, 8, 8, 8, 12), 2), ((9, 300, 4, 4), 3)],  # uneven; 5-d; 2 blocks
+    ids=str,
+)
+def test_ghostbatchnorm_channels_last_on_the_rows_kernel(shape, vbs, monkeypatch):
+    """channels_last input with a virtual batch (and 256 channels) per thread runs the rows
+    kernel on its ``(N * positions, C)`` rows, one call each way: equal to nn.BatchNorm per
+    virtual batch (outputs, gradients, running statistics), the output and ``dx``
+    channels_last views of the kernel's rows; bfloat16: the float32 results rounded."""
+    from normzoo._native import kernels
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    calls = []
+    real = kernels._fn
+    monkeypatch.setattr(kernels, "_fn", lambda lib, name: calls.append(name) or real(lib, name))
+    fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    c = shape[1]
+    ghost = normzoo.create("ghostbatchnorm", c, virtual_batch_size=vbs)
+    bn = (torch.nn.BatchNorm2d if len(shape) == 4 else torch.nn.BatchNorm3d)(c)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    ghost.load_state_dict(bn.state_dict())
+    half, twin = copy.deepcopy(ghost), copy.deepcopy(ghost)
+    for step in range(2):
+        x = (torch.randn(shape, dtype=torch.float64) * 2 + step).contiguous(memory_format=fmt)
+        g = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=fmt)
+        calls.clear()
+        xa = x.float().requires_grad_()
+        ya = ghost(xa)
+        ya.backward(g.float())
+        assert calls == ["nz_ghost_forward_rows", "nz_ghost_backward_rows"]
+        assert ya.is_contiguous(memory_format=fmt) and xa.grad.is_contiguous(memory_format=fmt)
+        bn.double()
+        xb = x.clone().requires_grad_()
+        yb = torch.cat([bn(chunk) for chunk in xb.split(vbs)])
+        yb.backward(g)
+        bn.float()
+        torch.testing.assert_close(ya, yb.float(), **TOL)
+        torch.testing.assert_close(xa.grad, xb.grad.float(), atol=1e-4, rtol=1e-4)
+        for mine, theirs in ((ghost.weight.grad, bn.weight.grad), (ghost.bias.grad, bn.bias.grad)):
+            torch.testing.assert_close(mine, theirs, atol=1e-3, rtol=1e-4)
+        bn.zero_grad()
+        ghost.zero_grad()
+        assert_same_state_as(ghost, bn)
+        # bfloat16: the same kernel's bfloat16 build, the float32 path's results rounded
+        xh = x.to(torch.bfloat16).requires_grad_()
+        xf = xh.detach().float().requires_grad_()
+        yh, yf = half(xh), twin(xf)
+        assert yh.dtype == torch.bfloat16 and yh.is_contiguous(memory_format=fmt)
+        assert torch.equal(yh, yf.to(torch.bfloat16))
+        gh = g.to(torch.bfloat16)
+        got = torch.autograd.grad(yh, [xh, half.weight, half.bias], gh)
+        want = torch.autograd.grad(yf, [xf, twin.weight, twin.bias], gh.float())
+        assert got[0].is_contiguous(memory_format=fmt)
+        assert torch.equal(got[0], want[0].to(torch.bfloat16))
+        assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+        for mine, theirs in zip(half.buffers(), twin.buffers(), strict=True):
+            assert torch.equal(mine, theirs)
 
 
 def assert_same_state_as(ours: torch.nn.Module, ref: torch.nn.Module) -> None:
