@@ -1,5 +1,5 @@
-"""The ``normzoo`` command line: ``normzoo list``, ``normzoo summarize`` (and the subcommands
-other modules add).
+"""The ``normzoo`` command line: ``normzoo list``, ``normzoo summarize``, ``normzoo bench``
+(and the subcommands other modules add).
 
 Each subcommand imports what it needs when it runs, so ``normzoo list`` stays as light as
 ``import normzoo``.
@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="where to write the CSV (default: <folder>/summary.csv)")
     p.add_argument("--columns", help="comma-separated metrics.json fields to show")
     p.set_defaults(func=_cmd_summarize)
+    from normzoo import bench  # (torch and normzoo only: as light as this module)
+
+    bench.add_parser(sub)
     return parser
 
 

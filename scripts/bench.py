@@ -36,13 +36,10 @@ the distinct tensors autograd saves for backward (the activation memory that set
 from __future__ import annotations
 
 import argparse
-import collections
 import datetime
-import inspect
 import json
 import os
 import platform
-import random
 import shlex
 import statistics
 import sys
@@ -55,305 +52,34 @@ from torch import nn
 
 import normzoo
 
-CONV_SHAPES = [(32, 64, 32, 32), (8, 256, 14, 14), (128, 64, 8, 8), (4, 32, 64, 64)]
-TOKEN_SHAPES = [(4096, 1024), (2048, 4096)]
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-FORMATS = ("contiguous", "channels_last")
-MODES = ("fwd", "bwd", "fwdbwd")
-#: Minimal tensor-sizes moved per mode (see the module docstring).
-SIZES_MOVED = {"fwd": 2, "bwd": 3, "fwdbwd": 5}
+# The harness's core (contenders, interleaved timing, one row) is normzoo.bench, which
+# ``normzoo bench`` runs too; this script runs it over the docs' shape set and adds the
+# training steps, the first-call times and the JSON.
+from normzoo.bench import (  # noqa: F401  (re-exported for the other scripts and the tests)
+    CONV_SHAPES,
+    DTYPES,
+    FORMATS,
+    MODES,
+    SIZES_MOVED,
+    TOKEN_SHAPES,
+    TORCH_EQUIVALENT,
+    Case,
+    EvalBatchNorm2d,
+    Timer,
+    _late,
+    bench_row,
+    format_row,
+    make_norm,
+    norm_cases,
+    norm_kwargs,
+    run_rounds,
+    time_interleaved,
+    torch_equivalent,
+    warm_and_run,
+)
 
-# -- the torch.nn equivalent of each norm ---------------------------------------------------
-# A builder gets (our module, C, token input?) and returns the torch.nn layer computing the
-# same function, or None. Norms not listed here are compared with nn.BatchNorm2d only.
-TorchBuilder = Callable[[nn.Module, int, bool], nn.Module | None]
-
-
-def _groups(ours: nn.Module) -> int:
-    return int(getattr(ours, "num_groups", 1))
-
-
-class EvalBatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` that stays in eval mode (``train()`` included): FrozenBatchNorm's
-    torch equivalent, normalizing with the running statistics while gradients flow."""
-
-    def train(self, mode: bool = True) -> EvalBatchNorm2d:
-        return super().train(False)
-
-
-TORCH_EQUIVALENT: dict[str, TorchBuilder] = {
-    "batchnorm": lambda ours, c, tok: nn.BatchNorm1d(c) if tok else nn.BatchNorm2d(c),
-    "layernorm": lambda ours, c, tok: nn.LayerNorm(c) if tok else nn.GroupNorm(1, c),
-    "instancenorm": lambda ours, c, tok: None if tok else nn.InstanceNorm2d(c, affine=True),
-    "groupnorm": lambda ours, c, tok: nn.GroupNorm(_groups(ours), c),
-    "rmsnorm": lambda ours, c, tok: nn.RMSNorm(c) if tok and hasattr(nn, "RMSNorm") else None,
-    "frozenbatchnorm": lambda ours, c, tok: None if tok else EvalBatchNorm2d(c),
-}
-
-
-def _accepts(cls: type, kwarg: str) -> bool:
-    try:
-        return kwarg in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def norm_kwargs(name: str, token: bool, impl: str | None = None) -> dict[str, Any] | None:
-    """The keyword arguments that build norm ``name`` for a conv input, or for tokens
-    ``(N, C)`` its token form (``channels_last`` for the per-token norms, LayerNorm and
-    RMSNorm); ``None`` when it takes no tokens. ``impl`` where the norm takes one."""
-    cls = normzoo.get(name)
-    kwargs: dict[str, Any] = {}
-    if impl is not None and _accepts(cls, "impl"):
-        kwargs["impl"] = impl
-    if token:  # per-token norms (LN, RMSNorm) take (..., C); others (N, C) if they can
-        if _accepts(cls, "channels_last") and "batch" not in cls.reduces_over:
-            kwargs["channels_last"] = True
-        elif cls.min_spatial_dims > 0:
-            return None
-    return kwargs
-
-
-def make_norm(name: str, c: int, token: bool, impl: str | None = None) -> nn.Module | None:
-    """``normzoo.create(name, c)`` for a conv input, or its token form (:func:`norm_kwargs`);
-    ``None`` when the norm has no token form or cannot be built standalone."""
-    kwargs = norm_kwargs(name, token, impl)
-    if kwargs is None:
-        return None
-    try:
-        return normzoo.create(name, c, **kwargs)
-    except Exception:
-        return None
-
-
-def torch_equivalent(name: str, ours: nn.Module, c: int, token: bool) -> nn.Module | None:
-    builder = TORCH_EQUIVALENT.get(normzoo.info(name).name)
-    return builder(ours, c, token) if builder else None
-
-
-# -- timing ----------------------------------------------------------------------------------
-#: ``--cuda-timing``: "latency" or "gpu" (see the module docstring).
+#: ``--cuda-timing``: "latency" or "gpu" (see normzoo.bench).
 CUDA_TIMING = "latency"
-#: Bytes of the memset that evicts the L2 before a "gpu"-timed call (the H200's L2: 60 MB).
-FLUSH_BYTES = 256 << 20
-#: GPU cycles of the sleep ahead of a "gpu"-timed call (~3 ms at 2 GHz): time for the host to
-#: queue the call's launches (the Triton path's fwd+bwd took ~1.3 ms of host time on the H200
-#: machine of the tenth session, more than the 1 ms first used).
-SLEEP_CYCLES = 6_000_000
-
-
-class Timer:
-    """Wall-clock timing of one call: perf_counter on CPU, CUDA events on a GPU (with
-    ``CUDA_TIMING == "gpu"``, the GPU's time, the host's launches queued ahead)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.flush = None
-        if self.cuda and CUDA_TIMING == "gpu":
-            self.flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=device)
-        #: The case being timed (set by :func:`run_rounds`), and per case the "gpu"-timed calls
-        #: whose launches were not all queued when the GPU left its sleep: their GPU time
-        #: includes the host's (the GPU waited for launches).
-        self.key = ""
-        self.late: collections.Counter[str] = collections.Counter()
-
-    def __call__(self, fn: Callable[[], Any], setup: Callable[[], Any] | None = None) -> float:
-        arg = setup() if setup else None
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            if self.flush is not None:
-                self.flush.zero_()
-                torch.cuda._sleep(SLEEP_CYCLES)
-            start.record()
-            fn() if arg is None else fn(arg)
-            if self.flush is not None and start.query():  # the sleep ended before the host did
-                self.late[self.key] += 1
-            end.record()
-            torch.cuda.synchronize()
-            return start.elapsed_time(end) / 1e3
-        t0 = time.perf_counter()
-        fn() if arg is None else fn(arg)
-        return time.perf_counter() - t0
-
-
-Case = tuple[Callable[..., Any], Callable[[], Any] | None]
-
-
-def _late(timer: Timer, what: str, repeats: int) -> dict[str, int]:
-    """Per case, how many of its ``repeats`` "gpu"-timed calls had launches queued after the
-    GPU's sleep ended (their GPU time includes host time); said on the console where any."""
-    late = {k: v for k, v in sorted(timer.late.items()) if v}
-    if late:
-        cases = ", ".join(f"{k} {v}/{repeats}" for k, v in late.items())
-        print(f"gpu timing of {what}: launches still queuing after the GPU's sleep ({cases}): "
-              "those GPU times include host time", flush=True)  # fmt: skip
-    return late
-
-
-def run_rounds(
-    cases: dict[str, Case], timer: Timer, repeats: int, seed: int = 0
-) -> dict[str, list[float]]:
-    """Seconds of every case in each round, the cases in a fresh random order each round
-    (seeded: the same orders every run). A case's time depends on what ran just before it
-    (the caches it left, the memory it freed for this case's outputs to reuse or fault in
-    again), so no case may keep the same predecessor: rotating one fixed order, as this harness
-    did before the ninth session, keeps every neighbour but one in place."""
-    keys = list(cases)
-    order = random.Random(seed)
-    times: dict[str, list[float]] = {k: [] for k in keys}
-    for _ in range(repeats):
-        order.shuffle(keys)
-        for key in keys:
-            fn, setup = cases[key]
-            timer.key = key
-            times[key].append(timer(fn, setup))
-    return times
-
-
-def warm_and_run(
-    cases: dict[str, Case], timer: Timer, repeats: int, warmup: int
-) -> dict[str, list[float]]:
-    """``warmup`` untimed calls of each case (compiles and caches outside the timed rounds),
-    then :func:`run_rounds`."""
-    for fn, setup in cases.values():
-        for _ in range(warmup):
-            arg = setup() if setup else None
-            fn() if arg is None else fn(arg)
-    return run_rounds(cases, timer, repeats)
-
-
-def time_interleaved(
-    cases: dict[str, Case], timer: Timer, repeats: int, warmup: int, stat: str = "median"
-) -> dict[str, float]:
-    """Median (or ``stat="min"``) seconds of each case; each round runs every case once."""
-    times = warm_and_run(cases, timer, repeats, warmup)
-    reduce = min if stat == "min" else statistics.median
-    return {k: reduce(v) for k, v in times.items()}
-
-
-def norm_cases(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> dict[str, Case]:
-    """fwd, bwd (forward untimed in setup) and fwd+bwd of a module in training mode."""
-    module.train()
-
-    def fwd() -> None:
-        with torch.no_grad():
-            module(x)
-
-    def setup_bwd() -> torch.Tensor:
-        x.grad = None
-        module.zero_grad(set_to_none=True)
-        return module(x)
-
-    def fwdbwd() -> None:
-        x.grad = None
-        module.zero_grad(set_to_none=True)
-        module(x).backward(g)
-
-    bwd = lambda y: y.backward(g)
-    return {"fwd": (fwd, None), "bwd": (bwd, setup_bwd), "fwdbwd": (fwdbwd, None)}
-
-
-def bench_row(
-    name: str,
-    shape: tuple[int, ...],
-    dtype: torch.dtype,
-    fmt: str,
-    device: torch.device,
-    repeats: int,
-    warmup: int,
-    impl: str | None = None,
-    activation: str | None = None,
-) -> dict[str, Any] | None:
-    """One row: norm ``name`` against its torch.nn equivalent and ``nn.BatchNorm2d`` on the
-    same tensor. ``activation`` (``"relu"``): ours applies it itself (``fuse_activation``),
-    the two torch.nn modules are followed by ``nn.ReLU``."""
-    token = len(shape) == 2
-    c = shape[-1] if token else shape[1]
-    ours = make_norm(name, c, token, impl)
-    if ours is None:
-        return None
-    ref = ref_norm = torch_equivalent(name, ours, c, token)
-    bn: nn.Module = nn.BatchNorm1d(c) if token else nn.BatchNorm2d(c)
-    if activation is not None:
-        ours.fuse_activation(activation)
-        ref = ref and nn.Sequential(ref, nn.ReLU())
-        bn = nn.Sequential(bn, nn.ReLU())
-    modules = {"normzoo": ours, "torch": ref, "bn": bn}
-    modules = {k: m.to(device) for k, m in modules.items() if m is not None}
-    memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
-    x = torch.randn(shape, device=device).to(dtype=dtype, memory_format=memory_format)
-    x.requires_grad_(True)
-    g = torch.randn(shape, device=device).to(dtype=dtype, memory_format=memory_format)
-    out = torch.empty_like(x)
-    try:
-        with torch.no_grad():
-            y = ours(x)
-    except Exception as err:  # e.g. a norm that needs a process group: skip, say why
-        print(f"skip {name} {tuple(shape)}: {type(err).__name__}: {err}", flush=True)
-        return None
-    torch_params_dtype = None
-    if "torch" in modules:
-        try:
-            with torch.no_grad():
-                modules["torch"](x)
-        except RuntimeError:  # torch's CUDA GN/LN refuse float32 parameters with bf16 input
-            modules["torch"] = modules["torch"].to(dtype)
-            torch_params_dtype = str(dtype).removeprefix("torch.")
-    layout_kept = fmt != "channels_last" or y.is_contiguous(memory_format=torch.channels_last)
-    cases: dict[str, Case] = {"copy": (lambda: out.copy_(x.detach()), None)}
-    for who, module in modules.items():
-        for mode, case in norm_cases(module, x, g).items():
-            cases[f"{who}_{mode}"] = case
-    timer = Timer(device)
-    times = warm_and_run(cases, timer, repeats, warmup)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    row: dict[str, Any] = {
-        "norm": normzoo.info(name).name,
-        "shape": list(shape),
-        "dtype": str(dtype).removeprefix("torch."),
-        "format": fmt,
-        "device": device.type,
-        "impl": getattr(ours, "impl", None),
-        "activation": activation,
-        # the torch.nn module's parameters were cast to the input's dtype (it refused mixed)
-        "torch_params_dtype": torch_params_dtype,
-        # the mode the torch.nn module ran in (FrozenBatchNorm's equivalent: eval)
-        "torch_mode": None if ref_norm is None else ("train" if ref_norm.training else "eval"),
-        "copy_ms": med["copy"] * 1e3,
-        "channels_last_kept": layout_kept,
-        "gpu_time_late": _late(timer, f"{name} {tuple(shape)}", repeats),
-    }
-    for mode in MODES:
-        ms = med[f"normzoo_{mode}"] * 1e3
-        bound = row["copy_ms"] * SIZES_MOVED[mode] / 2
-        row[f"{mode}_ms"] = ms
-        row[f"{mode}_copy_fraction"] = bound / ms
-        row[f"torch_{mode}_ms"] = med[f"torch_{mode}"] * 1e3 if "torch" in modules else None
-        row[f"bn_{mode}_ms"] = med[f"bn_{mode}"] * 1e3
-        row[f"{mode}_ratio_torch"] = (
-            ms / row[f"torch_{mode}_ms"] if row[f"torch_{mode}_ms"] else None
-        )
-        row[f"{mode}_ratio_bn"] = ms / row[f"bn_{mode}_ms"]
-    # The fastest round of each, a load-robust second opinion on a shared machine.
-    row["fwdbwd_min_ms"] = min(times["normzoo_fwdbwd"]) * 1e3
-    row["torch_fwdbwd_min_ms"] = min(times["torch_fwdbwd"]) * 1e3 if "torch" in modules else None
-    return row
-
-
-def format_row(r: dict[str, Any]) -> str:
-    def f(v: float | None, spec: str) -> str:
-        return format(v, spec) if v is not None else "-".rjust(len(format(0.0, spec)))
-
-    return (
-        f"{r['norm']:<16} {'x'.join(map(str, r['shape'])):<14} {r['dtype']:<8} "
-        f"{r['format'][:6]:<6} {r['device']:<4} "
-        f"fwd+bwd {r['fwdbwd_ms']:8.3f} ms  torch {f(r['torch_fwdbwd_ms'], '8.3f')} ms  "
-        f"ratio {f(r['fwdbwd_ratio_torch'], '5.2f')}  vs bn {r['fwdbwd_ratio_bn']:5.2f}  "
-        f"copy-bound {r['fwdbwd_copy_fraction']:5.2f}  "
-        f"(fwd {r['fwd_ms']:.3f} / bwd {r['bwd_ms']:.3f})"
-        + ("" if r["channels_last_kept"] else "  LAYOUT LOST")
-    )
 
 
 # -- compile time ----------------------------------------------------------------------------
@@ -498,7 +224,7 @@ def train_row(
             opt.step()
 
         cases[who] = (step, None)
-    timer = Timer(device)
+    timer = Timer(device, CUDA_TIMING)
     times = warm_and_run(cases, timer, repeats, warmup)
     late = _late(timer, "training step", repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -672,7 +398,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         spec = (name, shape, DTYPES[dtype_name], fmt, dev)
                         timing = (args.repeats, args.warmup)
                         try:
-                            row = bench_row(*spec, *timing, args.impl, args.activation)
+                            row = bench_row(*spec, *timing, args.impl, args.activation,
+                                            CUDA_TIMING)  # fmt: skip
                         except Exception as err:  # a bug: recorded, and the run goes on
                             error = {
                                 "norm": name,
@@ -688,7 +415,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         ratio = row and row["fwdbwd_ratio_torch"]
                         if ratio and ratio > 1.0 and args.recheck:  # suspicious: measure again
                             print("  recheck: " + format_row(row), flush=True)
-                            again = bench_row(*spec, *timing, args.impl, args.activation)
+                            again = bench_row(*spec, *timing, args.impl, args.activation,
+                                              CUDA_TIMING)  # fmt: skip
                             if again is not None:
                                 again["first_fwdbwd_ratio_torch"] = ratio
                                 row = again

@@ -30,3 +30,45 @@ def test_help_describes_the_command_in_whole_sentences():
     description = build_parser().description
     assert description.endswith(".") and "subcommands other modules add" in description
     assert "``" not in description  # reStructuredText quotes shown as Markdown's
+
+
+def test_bench_times_the_norms_on_one_input_fastest_first(capsys, tmp_path):
+    """``normzoo bench``: each named norm (aliases too) timed against torch.nn and BatchNorm
+    on one input; a table sorted by fwd+bwd time, the rows in the JSON; a norm with no form
+    for the input (InstanceNorm on tokens) is named, not timed."""
+    import json
+
+    out_json = tmp_path / "rows.json"
+    args = ["bench", "gn", "ln", "bn", "--shape", "8,16,6,6", "--channels-last",
+            "--repeats", "2", "--warmup", "1", "--json", str(out_json)]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "shape (8, 16, 6, 6) float32 channels_last; medians of 2 rounds" in out
+    rows = json.loads(out_json.read_text())
+    assert sorted(r["norm"] for r in rows) == ["batchnorm", "groupnorm", "layernorm"]
+    assert all(r["format"] == "channels_last" and r["channels_last_kept"] for r in rows)
+    order = [r["norm"] for r in sorted(rows, key=lambda r: r["fwdbwd_ms"])]
+    lines = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")]
+    assert lines[0] == "norm" and lines[2:] == order  # (header, rule, then fastest first)
+    gn = next(r for r in rows if r["norm"] == "groupnorm")
+    assert f"| {gn['fwdbwd_ms']:.3f} " in out and gn["torch_fwdbwd_ms"] > 0
+    assert main(["bench", "in", "rmsnorm", "--shape", "8,16", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "rmsnorm" in out and "(not timed: instancenorm: no form for this input)" in out
+
+
+def test_bench_refuses_bad_arguments_before_timing(capsys):
+    assert main(["bench", "grupnorm"]) == 2
+    assert "did you mean 'groupnorm'" in capsys.readouterr().err
+    assert main(["bench", "gn", "--shape", "8,16", "--channels-last"]) == 2
+    assert "--channels-last takes a 4-d shape" in capsys.readouterr().err
+    assert main(["bench", "gn", "--repeats", "0"]) == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err
+    for bad in ("8", "8,x", "8,0,4"):
+        try:
+            main(["bench", "gn", "--shape", bad])
+        except SystemExit as exit_:
+            assert exit_.code == 2
+        else:
+            raise AssertionError(f"--shape {bad} accepted")
+        assert "a shape is N,C or N,C,H,W" in capsys.readouterr().err
