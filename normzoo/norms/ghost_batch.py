@@ -195,9 +195,10 @@ class GhostBatchNorm(BatchNorm):
         num_features: the channel count ``C``.
         virtual_batch_size: samples per virtual batch, ``> 0``. Default ``32``.
         eps, momentum, affine, track_running_stats: as ``BatchNorm``.
-        impl: ``"fast"`` (BatchNorm's native kernels per virtual batch where BatchNorm would
-            use them, one native call for every virtual batch of float32 tokens ``(N, C)``,
-            else torch's BN kernel per virtual batch) or ``"reference"``.
+        impl: ``"fast"`` (on the CPU, one native call for every virtual batch of float32 or
+            bfloat16 tokens ``(N, C)``, and of channels_last input with a virtual batch per
+            thread; BatchNorm's native kernels per virtual batch where BatchNorm would use
+            them; else torch's BN kernel per virtual batch) or ``"reference"``.
 
     Reference: E. Hoffer, I. Hubara, D. Soudry, "Train longer, generalize better: closing the
     generalization gap in large batch training of neural networks", NeurIPS 2017.
