@@ -915,6 +915,39 @@ def test_ghost_tokens_double_backward_and_partial_gradients():
         normzoo._native.kernels.ghost_rows_forward(torch.randn(4, 8, 2), None, None, 1e-5, 2, False)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(("shape", "vbs"), [((8, 12, 5, 7), 2), ((7, 40, 33), 3)], ids=str)
+def test_ghost_contiguous_is_batch_norm_per_virtual_batch_to_the_bit(shape, vbs, threads):
+    """``nz_ghost_forward``/``_backward``: every virtual batch of a contiguous tensor in one
+    call, each normalized by BatchNorm's own block code: ``y``, the statistics and ``dx`` are
+    ``nz_bn_forward``/``_backward``'s on that virtual batch to the bit (a smaller last one
+    too, any thread count); the parameters' gradients their sums over the virtual batches."""
+    from normzoo._native import kernels
+
+    torch.manual_seed(0)
+    c = shape[1]
+    x, dy = torch.randn(shape) * 3 + 1, torch.randn(shape)
+    w, b = torch.rand(c) + 0.5, torch.randn(c)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y, stats, var = kernels.ghost_forward(x, w, b, 1e-5, vbs, True)
+        dx, dw, db = kernels.ghost_backward(dy, x, w, stats, vbs, (True, True, True))
+        parts = []
+        for j, (xs, gs) in enumerate(zip(x.split(vbs), dy.split(vbs), strict=True)):
+            ys, st, vs = kernels.batch_norm_forward_unchecked(xs.contiguous(), w, b, 1e-5, True)
+            assert torch.equal(y[j * vbs : (j + 1) * vbs], ys)
+            assert torch.equal(stats[j], st) and torch.equal(var[j], vs)
+            g = kernels.batch_norm_backward(gs.contiguous(), xs.contiguous(), w, st[0], st[1],
+                                            (True, True, True))  # fmt: skip
+            assert torch.equal(dx[j * vbs : (j + 1) * vbs], g[0])
+            parts.append(g)
+    finally:
+        torch.set_num_threads(old)
+    torch.testing.assert_close(dw, sum(p[1].double() for p in parts).float(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(db, sum(p[2].double() for p in parts).float(), rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize(("n", "vbs"), [(1024, 32), (1000, 48)], ids=str)
 def test_ghost_tokens_bfloat16_are_the_float32_kernels_rounded(n, vbs):
     """bfloat16 tokens on the ghost rows' bfloat16 build (``ghost_rows.h``): the float32

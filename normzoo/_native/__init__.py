@@ -123,6 +123,11 @@ SIGNATURES: dict[str, dict[str, list]] = {
         "nz_ghost_forward_rows": [P, P, P, P, P, P, I64, I64, I64, F64, INT],
         # dy, x, weight, stats, dx, dweight, dbias, part, R, C, rows per virtual batch, threads
         "nz_ghost_backward_rows": [P, P, P, P, P, P, P, P, I64, I64, I64, INT],
+        # ghost BN of a contiguous (N, C, L) tensor: x, weight, bias, y, stats, var, N, C, L,
+        # samples per virtual batch, eps, threads
+        "nz_ghost_forward": [P, P, P, P, P, P, I64, I64, I64, I64, F64, INT],
+        # dy, x, weight, stats, dx, dweight, dbias, part, N, C, L, samples per batch, threads
+        "nz_ghost_backward": [P, P, P, P, P, P, P, P, I64, I64, I64, I64, INT],
     },
     "row_norm": {
         # x, weight, bias, y, mean, rstd, var, N, G, Cg, L, eps, threads

@@ -28,6 +28,7 @@
 #include "nz_bf16.h"
 #include "nz_simd.h"
 
+#define NZ_INLINE static inline __attribute__((always_inline))
 #define NZ_MAX_BLOCK 256
 #define NZ_BLOCK_BYTES (256 * 1024)
 
@@ -116,49 +117,58 @@ static inline void renorm_channel(const nz_renorm *rn, const float *w, const flo
   rn->out[4 * C + c] = (float)(var * (M / (M > 1.0 ? M - 1.0 : 1.0)));
 }
 
+/* One block of k channels from c0 of an (N, C, L) tensor: their moments, then y. */
+NZ_INLINE void bn_forward_block(const float *x, const float *w, const float *b, float *y,
+                                float *mean_out, float *invstd_out, float *var_out, int64_t N,
+                                int64_t C, int64_t L, int64_t c0, int64_t k, double eps,
+                                int relu, const nz_renorm *rn) {
+  /* the map's weight and bias: Batch Renorm's w r and w d + b, written per channel below */
+  const float *wm = rn ? rn->out + 2 * C : w, *bm = rn ? rn->out + 3 * C : b;
+  const double M = (double)N * (double)L;
+  /* shifted one-pass moments, shift = the channel's first value: no cancellation (Chan,
+   * Golub and LeVeque, "Algorithms for computing the sample variance", 1983) */
+  double s1[NZ_MAX_BLOCK], s2[NZ_MAX_BLOCK];
+  float shift0[NZ_MAX_BLOCK], m[NZ_MAX_BLOCK], scale[NZ_MAX_BLOCK], shift[NZ_MAX_BLOCK];
+  for (int64_t j = 0; j < k; ++j) {
+    s1[j] = s2[j] = 0.0;
+    shift0[j] = N > 0 && L > 0 ? x[(c0 + j) * L] : 0.f;
+  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < k; ++j)
+      row_moments(x + (n * C + c0 + j) * L, L, shift0[j], &s1[j], &s2[j]);
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t c = c0 + j;
+    const double dm = s1[j] / M;
+    double var = s2[j] / M - dm * dm;
+    if (var < 0.0) var = 0.0;
+    m[j] = (float)(shift0[j] + dm);
+    const float inv = (float)(1.0 / sqrt(var + eps));
+    if (rn) renorm_channel(rn, w, b, c, C, m[j], inv, var, M, eps);
+    scale[j] = bn_scale(wm, c, inv);
+    shift[j] = bn_shift(bm, c, m[j], scale[j]);
+    mean_out[c] = m[j];
+    invstd_out[c] = inv;
+    if (var_out) var_out[c] = (float)var;
+  }
+  if (!y) return;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < k; ++j) {
+      const float *p = x + (n * C + c0 + j) * L;
+      float *o = y + (n * C + c0 + j) * L;
+      map_line(p, o, L, scale[j], shift[j], relu);
+    }
+}
+
 static void bn_forward(const float *x, const float *w, const float *b, float *y,
                        float *mean_out, float *invstd_out, float *var_out, int64_t N, int64_t C,
                        int64_t L, double eps, int relu, const nz_renorm *rn, int threads) {
-  /* the map's weight and bias: Batch Renorm's w r and w d + b, written per channel below */
-  const float *wm = rn ? rn->out + 2 * C : w, *bm = rn ? rn->out + 3 * C : b;
   const int64_t bc = block_channels(N, C, L, threads);
   const int64_t blocks = (C + bc - 1) / bc;
-  const double M = (double)N * (double)L;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t c0 = blk * bc, c1 = c0 + bc < C ? c0 + bc : C, k = c1 - c0;
-    /* shifted one-pass moments, shift = the channel's first value: no cancellation (Chan,
-     * Golub and LeVeque, "Algorithms for computing the sample variance", 1983) */
-    double s1[NZ_MAX_BLOCK], s2[NZ_MAX_BLOCK];
-    float shift0[NZ_MAX_BLOCK], m[NZ_MAX_BLOCK], scale[NZ_MAX_BLOCK], shift[NZ_MAX_BLOCK];
-    for (int64_t j = 0; j < k; ++j) {
-      s1[j] = s2[j] = 0.0;
-      shift0[j] = N > 0 && L > 0 ? x[(c0 + j) * L] : 0.f;
-    }
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t j = 0; j < k; ++j)
-        row_moments(x + (n * C + c0 + j) * L, L, shift0[j], &s1[j], &s2[j]);
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t c = c0 + j;
-      const double dm = s1[j] / M;
-      double var = s2[j] / M - dm * dm;
-      if (var < 0.0) var = 0.0;
-      m[j] = (float)(shift0[j] + dm);
-      const float inv = (float)(1.0 / sqrt(var + eps));
-      if (rn) renorm_channel(rn, w, b, c, C, m[j], inv, var, M, eps);
-      scale[j] = bn_scale(wm, c, inv);
-      shift[j] = bn_shift(bm, c, m[j], scale[j]);
-      mean_out[c] = m[j];
-      invstd_out[c] = inv;
-      if (var_out) var_out[c] = (float)var;
-    }
-    if (!y) continue;
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t j = 0; j < k; ++j) {
-        const float *p = x + (n * C + c0 + j) * L;
-        float *o = y + (n * C + c0 + j) * L;
-        map_line(p, o, L, scale[j], shift[j], relu);
-      }
+    const int64_t c0 = blk * bc, c1 = c0 + bc < C ? c0 + bc : C;
+    bn_forward_block(x, w, b, y, mean_out, invstd_out, var_out, N, C, L, c0, c1 - c0, eps, relu,
+                     rn);
   }
 }
 
@@ -183,81 +193,90 @@ void nz_bn_relu_forward(const float *x, const float *w, const float *b, float *y
   bn_forward(x, w, b, y, mean_out, invstd_out, var_out, N, C, L, eps, 1, NULL, threads);
 }
 
+/* One block of k channels from c0: the sums of dy and dy (x - mean), dw and db from them
+ * (where not NULL), then dx. */
+NZ_INLINE void bn_backward_block(const float *dy, const float *x, const float *w,
+                                 const float *b, const float *mean, const float *invstd,
+                                 float *dx, float *dw, float *db, int64_t N, int64_t C,
+                                 int64_t L, int64_t c0, int64_t k, int relu) {
+  const double M = (double)N * (double)L;
+  double s_dy[NZ_MAX_BLOCK], s_dyx[NZ_MAX_BLOCK];
+  for (int64_t j = 0; j < k; ++j) s_dy[j] = s_dyx[j] = 0.0;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < k; ++j) {
+      const float *g = dy + (n * C + c0 + j) * L;
+      const float *p = x + (n * C + c0 + j) * L;
+      const float m = mean[c0 + j];
+      float r1 = 0.f, r2 = 0.f;
+      if (relu) {
+        const float sc = bn_scale(w, c0 + j, invstd[c0 + j]), sh = bn_shift(b, c0 + j, m, sc);
+#pragma omp simd reduction(+ : r1, r2)
+        for (int64_t i = 0; i < L; ++i) {
+          const float gi = p[i] * sc + sh <= 0.f ? 0.f : g[i];
+          r1 += gi;
+          r2 += gi * (p[i] - m);
+        }
+      } else {
+#pragma omp simd reduction(+ : r1, r2)
+        for (int64_t i = 0; i < L; ++i) {
+          r1 += g[i];
+          r2 += g[i] * (p[i] - m);
+        }
+      }
+      s_dy[j] += r1;
+      s_dyx[j] += r2;
+    }
+  for (int64_t j = 0; j < k; ++j) {
+    if (dw) dw[c0 + j] = (float)(s_dyx[j] * invstd[c0 + j]);
+    if (db) db[c0 + j] = (float)s_dy[j];
+  }
+  if (!dx) return;
+  float kk[NZ_MAX_BLOCK], mean_dy[NZ_MAX_BLOCK], proj[NZ_MAX_BLOCK];
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t c = c0 + j;
+    const float inv = invstd[c];
+    kk[j] = (w ? w[c] : 1.f) * inv;
+    mean_dy[j] = (float)(s_dy[j] / M);
+    proj[j] = (float)(s_dyx[j] / M) * inv * inv;
+  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < k; ++j) {
+      const float *g = dy + (n * C + c0 + j) * L;
+      const float *p = x + (n * C + c0 + j) * L;
+      float *o = dx + (n * C + c0 + j) * L;
+      const float m = mean[c0 + j], a = kk[j], md = mean_dy[j], pr = proj[j];
+      if (relu) {
+        const float sc = bn_scale(w, c0 + j, invstd[c0 + j]), sh = bn_shift(b, c0 + j, m, sc);
+#pragma omp simd
+        for (int64_t i = 0; i < L; ++i) {
+          const float gi = p[i] * sc + sh <= 0.f ? 0.f : g[i];
+          o[i] = a * (gi - md - (p[i] - m) * pr);
+        }
+      } else {
+        if (L < NZ_LINE_MIN) { /* as map_line */
+#pragma omp simd
+          for (int64_t i = 0; i < L; ++i) o[i] = a * (g[i] - md - (p[i] - m) * pr);
+          continue;
+        }
+        const int64_t h = nz_head(o, L);
+        int64_t i = 0;
+        for (; i < h; ++i) o[i] = a * (g[i] - md - (p[i] - m) * pr);
+        for (; i + NZ_VL <= L; i += NZ_VL)
+          nz_store(o + i, a * (nz_load(g + i) - md - (nz_load(p + i) - m) * pr));
+        for (; i < L; ++i) o[i] = a * (g[i] - md - (p[i] - m) * pr);
+      }
+    }
+}
+
 static void bn_backward(const float *dy, const float *x, const float *w, const float *b,
                         const float *mean, const float *invstd, float *dx, float *dw, float *db,
                         int64_t N, int64_t C, int64_t L, int relu, int threads) {
   const int64_t bc = block_channels(N, C, L, threads);
   const int64_t blocks = (C + bc - 1) / bc;
-  const double M = (double)N * (double)L;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t c0 = blk * bc, c1 = c0 + bc < C ? c0 + bc : C, k = c1 - c0;
-    double s_dy[NZ_MAX_BLOCK], s_dyx[NZ_MAX_BLOCK];
-    for (int64_t j = 0; j < k; ++j) s_dy[j] = s_dyx[j] = 0.0;
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t j = 0; j < k; ++j) {
-        const float *g = dy + (n * C + c0 + j) * L;
-        const float *p = x + (n * C + c0 + j) * L;
-        const float m = mean[c0 + j];
-        float r1 = 0.f, r2 = 0.f;
-        if (relu) {
-          const float sc = bn_scale(w, c0 + j, invstd[c0 + j]), sh = bn_shift(b, c0 + j, m, sc);
-#pragma omp simd reduction(+ : r1, r2)
-          for (int64_t i = 0; i < L; ++i) {
-            const float gi = p[i] * sc + sh <= 0.f ? 0.f : g[i];
-            r1 += gi;
-            r2 += gi * (p[i] - m);
-          }
-        } else {
-#pragma omp simd reduction(+ : r1, r2)
-          for (int64_t i = 0; i < L; ++i) {
-            r1 += g[i];
-            r2 += g[i] * (p[i] - m);
-          }
-        }
-        s_dy[j] += r1;
-        s_dyx[j] += r2;
-      }
-    for (int64_t j = 0; j < k; ++j) {
-      if (dw) dw[c0 + j] = (float)(s_dyx[j] * invstd[c0 + j]);
-      if (db) db[c0 + j] = (float)s_dy[j];
-    }
-    if (!dx) continue;
-    float kk[NZ_MAX_BLOCK], mean_dy[NZ_MAX_BLOCK], proj[NZ_MAX_BLOCK];
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t c = c0 + j;
-      const float inv = invstd[c];
-      kk[j] = (w ? w[c] : 1.f) * inv;
-      mean_dy[j] = (float)(s_dy[j] / M);
-      proj[j] = (float)(s_dyx[j] / M) * inv * inv;
-    }
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t j = 0; j < k; ++j) {
-        const float *g = dy + (n * C + c0 + j) * L;
-        const float *p = x + (n * C + c0 + j) * L;
-        float *o = dx + (n * C + c0 + j) * L;
-        const float m = mean[c0 + j], a = kk[j], md = mean_dy[j], pr = proj[j];
-        if (relu) {
-          const float sc = bn_scale(w, c0 + j, invstd[c0 + j]), sh = bn_shift(b, c0 + j, m, sc);
-#pragma omp simd
-          for (int64_t i = 0; i < L; ++i) {
-            const float gi = p[i] * sc + sh <= 0.f ? 0.f : g[i];
-            o[i] = a * (gi - md - (p[i] - m) * pr);
-          }
-        } else {
-          if (L < NZ_LINE_MIN) { /* as map_line */
-#pragma omp simd
-            for (int64_t i = 0; i < L; ++i) o[i] = a * (g[i] - md - (p[i] - m) * pr);
-            continue;
-          }
-          const int64_t h = nz_head(o, L);
-          int64_t i = 0;
-          for (; i < h; ++i) o[i] = a * (g[i] - md - (p[i] - m) * pr);
-          for (; i + NZ_VL <= L; i += NZ_VL)
-            nz_store(o + i, a * (nz_load(g + i) - md - (nz_load(p + i) - m) * pr));
-          for (; i < L; ++i) o[i] = a * (g[i] - md - (p[i] - m) * pr);
-        }
-      }
+    const int64_t c0 = blk * bc, c1 = c0 + bc < C ? c0 + bc : C;
+    bn_backward_block(dy, x, w, b, mean, invstd, dx, dw, db, N, C, L, c0, c1 - c0, relu);
   }
 }
 
@@ -295,7 +314,6 @@ void nz_bn_relu_backward(const float *dy, const float *x, const float *w, const 
 #define NZ_CL_CHUNK 32    /* rows summed in float lanes before the double flush */
 #define NZ_CL_MIN_ROWS 128 /* rows per block, at least */
 #define NZ_CL_TILE 32     /* channels whose float sums stay in registers */
-#define NZ_INLINE static inline __attribute__((always_inline))
 
 /* Forward sums of W <= NZ_CL_TILE channels over n <= NZ_CL_CHUNK rows (row i at p + i C):
  * s1 += sum(x - k), s2 += sum((x - k)^2). Inlined with a constant W, the float sums are
@@ -635,3 +653,53 @@ NZ_INLINE void ghost_task(int64_t t, int64_t nt, int64_t R, int64_t C, int64_t B
 #undef NZ_LD
 #undef NZ_ST
 #undef NZ_FN
+
+/* Ghost batch norm of a contiguous (N, C, L) tensor, every virtual batch in one call: virtual
+ * batch j is the samples [j B, min((j + 1) B, N)), a contiguous (n, C, L) tensor of its own,
+ * normalized as nz_bn_forward normalizes it (the same blocks of channels, the same bits). A
+ * task is (virtual batch, block of channels). stats: (V, 2, C), each virtual batch's mean and
+ * invstd; var: (V, C) biased, or NULL. The backward's part (V, 2, C) holds each virtual batch's
+ * dw and db, added over the virtual batches in order (double). dx, dw, db may be NULL. */
+void nz_ghost_forward(const float *x, const float *w, const float *b, float *y, float *stats,
+                      float *var, int64_t N, int64_t C, int64_t L, int64_t B, double eps,
+                      int threads) {
+  const int64_t V = (N + B - 1) / B, bc = block_channels(B, C, L, threads);
+  const int64_t blocks = (C + bc - 1) / bc;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t t = 0; t < V * blocks; ++t) {
+    const int64_t j = t / blocks, c0 = (t % blocks) * bc, c1 = c0 + bc < C ? c0 + bc : C;
+    const int64_t n = N - j * B < B ? N - j * B : B, off = j * B * C * L;
+    bn_forward_block(x + off, w, b, y + off, stats + j * 2 * C, stats + (j * 2 + 1) * C,
+                     var ? var + j * C : NULL, n, C, L, c0, c1 - c0, eps, 0, NULL);
+  }
+}
+
+void nz_ghost_backward(const float *dy, const float *x, const float *w, const float *stats,
+                       float *dx, float *dw, float *db, float *part, int64_t N, int64_t C,
+                       int64_t L, int64_t B, int threads) {
+  const int64_t V = (N + B - 1) / B, bc = block_channels(B, C, L, threads);
+  const int64_t blocks = (C + bc - 1) / bc;
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < V * blocks; ++t) {
+      const int64_t j = t / blocks, c0 = (t % blocks) * bc, c1 = c0 + bc < C ? c0 + bc : C;
+      const int64_t n = N - j * B < B ? N - j * B : B, off = j * B * C * L;
+      bn_backward_block(dy + off, x + off, w, NULL, stats + j * 2 * C, stats + (j * 2 + 1) * C,
+                        dx ? dx + off : NULL, part + j * 2 * C, part + (j * 2 + 1) * C, n, C, L,
+                        c0, c1 - c0, 0);
+    }
+    if (dw || db) {
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < C; ++c) {
+        double tw = 0.0, tb = 0.0;
+        for (int64_t j = 0; j < V; ++j) {
+          tw += part[j * 2 * C + c];
+          tb += part[(j * 2 + 1) * C + c];
+        }
+        if (dw) dw[c] = (float)tw;
+        if (db) db[c] = (float)tb;
+      }
+    }
+  }
+}

@@ -377,6 +377,56 @@ def batch_norm_backward_cl_unchecked(
     return dx, dw, db
 
 
+# -- ghost batch norm of a contiguous (N, C, *) tensor: every virtual batch in one call --------
+def ghost_forward(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    virtual_batch_size: int,
+    want_var: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Ghost batch norm of contiguous float32 ``x`` ``(N, C, *)`` in virtual batches of
+    ``virtual_batch_size`` samples (the last one smaller where ``N`` is not a multiple), each
+    normalized as :func:`batch_norm_forward` normalizes it, to the bit: ``(y, stats, var)``,
+    ``stats`` ``(V, 2, C)`` each virtual batch's mean and invstd, ``var`` ``(V, C)`` their
+    biased variances (``None`` unless ``want_var``)."""
+    _check(x, weight, bias)
+    n, c, length = _sizes(x)
+    batches = -(-n // virtual_batch_size)
+    y = torch.empty_like(x)
+    stats = x.new_empty(batches, 2, c)
+    var = x.new_empty(batches, c) if want_var else None
+    _fn("batch_norm", "nz_ghost_forward")(
+        x.data_ptr(), _ptr(weight), _ptr(bias), y.data_ptr(), stats.data_ptr(), _ptr(var), n, c,
+        length, virtual_batch_size, eps, threads(),
+    )  # fmt: skip
+    return y, stats, var
+
+
+def ghost_backward(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    stats: Tensor,
+    virtual_batch_size: int,
+    needs: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients ``(dx, dweight, dbias)`` of :func:`ghost_forward` (``None`` where not
+    needed): each virtual batch's as :func:`batch_norm_backward`'s, the parameters' summed
+    over the virtual batches in order."""
+    dy = dy.contiguous()
+    _check(x, dy, weight, stats)
+    n, c, length = _sizes(x)
+    dx, dw, db = _grads(x, c, needs, None)
+    part = x.new_empty(stats.shape[0], 2, c)
+    _fn("batch_norm", "nz_ghost_backward")(
+        dy.data_ptr(), x.data_ptr(), _ptr(weight), stats.data_ptr(), _ptr(dx), _ptr(dw),
+        _ptr(db), part.data_ptr(), n, c, length, virtual_batch_size, threads(),
+    )  # fmt: skip
+    return dx, dw, db
+
+
 # -- ghost batch norm on tokens: (N, C), N rows of C channels -----------------------------------
 #: Element types of the token rows: x, y, dy and dx (``nz_ghost_*_rows`` for float32,
 #: ``nz_ghost_*_rows_bf16`` for bfloat16, ``ghost_rows.h``); every other tensor is float32.

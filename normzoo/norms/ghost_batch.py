@@ -25,11 +25,13 @@ from normzoo.norms.batch import (
 
 
 class _NativeGhostBatchNorm(torch.autograd.Function):
-    """Ghost BN through BatchNorm's native kernels: one call per virtual batch, each writing its
-    slice of one output laid out as ``x`` (no ``torch.cat``: a virtual batch of a contiguous or
-    channels_last tensor is itself contiguous or channels_last). With ``rows`` (token input
-    ``(N, C)``, or channels_last input seen as its ``(N * positions, C)`` rows) one call
-    normalizes every virtual batch instead (``kernels.ghost_rows_forward``).
+    """Ghost BN through BatchNorm's native kernels, every virtual batch in one call: with
+    ``rows`` (token input ``(N, C)``, or channels_last input seen as its ``(N * positions,
+    C)`` rows) ``kernels.ghost_rows_forward``; contiguous ``(N, C, *)`` input
+    ``kernels.ghost_forward`` (BatchNorm's kernels on each virtual batch, to the bit). Other
+    channels_last input takes one call of BatchNorm's channels_last kernels per virtual batch,
+    each writing its slice of one output (a virtual batch of a channels_last tensor is itself
+    channels_last: no ``torch.cat``).
 
     Returns ``(y, stats, var)``: ``stats`` ``(G, 2, C)`` holds each of the ``G`` virtual
     batches' mean and inverse std, ``var`` ``(G, C)`` their biased variances when ``want_var``
@@ -79,9 +81,11 @@ class _NativeGhostBatchNorm(torch.autograd.Function):
                 _as_rows(dy), _as_rows(x), weight, stats, vbs * _positions(x), needs
             )
             return None if dxr is None else _from_rows(dxr, x), dw, db, None, None, None, None
+        elif _kernels.channels_last_format(x) is None:  # contiguous: one call
+            dx, dw, db = _kernels.ghost_backward(dy, x, weight, stats, vbs, needs)
+            return dx, dw, db, None, None, None, None
         else:
-            fmt = _kernels.channels_last_format(x) or torch.contiguous_format
-            dy = dy.contiguous(memory_format=fmt)
+            dy = dy.contiguous(memory_format=_kernels.channels_last_format(x))
             dx = torch.empty_like(x) if needs[0] else None
             slices = dx.split(vbs) if dx is not None else [None] * len(stats)
             parts = [
@@ -131,6 +135,8 @@ def _ghost_forward(
             _as_rows(x), weight, bias, eps, virtual_batch_size * _positions(x), want_var
         )
         return _from_rows(y, x), stats, var
+    if _kernels.channels_last_format(x) is None:  # contiguous (N, C, *): one call as well
+        return _kernels.ghost_forward(x, weight, bias, eps, virtual_batch_size, want_var)
     y = torch.empty_like(x)
     parts = [
         native_batch_norm_forward(xs, weight, bias, eps, want_var, out=ys)[1:]
