@@ -64,8 +64,8 @@ INTRO_BODY = """## Where the speed comes from
 - **The wider zoo** (`zoo.c`): FRN + TLU, RMSNorm, EvoNorm-B0/S0 and SwitchableNorm are one
   native call forward (statistics, the small per-row graph, the map) and one backward, on
   conv input in both layouts and on `(N, C)` tokens; Batch Renorm is one call of BatchNorm's
-  forward with its `r` and `d`; Ghost BN normalizes every virtual batch in one call on tokens
-  and on channels_last input (its rows), else runs BatchNorm's kernels per virtual batch;
+  forward with its `r` and `d`; Ghost BN normalizes every virtual batch in one call (tokens
+  and channels_last input as rows, contiguous input on BatchNorm's blocks);
   FrozenBatchNorm a one-pass per-channel map. bfloat16 input is read and written as it is
   (float32 math, one rounding per output); float16 goes through float32 copies.
 - **Norm + ReLU in one layer** (`activation="relu"`; the models' default

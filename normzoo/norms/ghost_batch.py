@@ -201,10 +201,11 @@ class GhostBatchNorm(BatchNorm):
         num_features: the channel count ``C``.
         virtual_batch_size: samples per virtual batch, ``> 0``. Default ``32``.
         eps, momentum, affine, track_running_stats: as ``BatchNorm``.
-        impl: ``"fast"`` (on the CPU, one native call for every virtual batch of float32 or
-            bfloat16 tokens ``(N, C)``, and of channels_last input with a virtual batch per
-            thread; BatchNorm's native kernels per virtual batch where BatchNorm would use
-            them; else torch's BN kernel per virtual batch) or ``"reference"``.
+        impl: ``"fast"`` (on the CPU, one native call for every virtual batch: float32 or
+            bfloat16 tokens ``(N, C)`` and channels_last input with a virtual batch per thread,
+            as rows; float32 contiguous input where BatchNorm would use its native kernels,
+            on their blocks; other channels_last input on BatchNorm's kernels per virtual
+            batch; else torch's BN kernel per virtual batch) or ``"reference"``.
 
     Reference: E. Hoffer, I. Hubara, D. Soudry, "Train longer, generalize better: closing the
     generalization gap in large batch training of neural networks", NeurIPS 2017.
