@@ -315,59 +315,13 @@ void nz_bn_relu_backward(const float *dy, const float *x, const float *w, const 
 #define NZ_CL_MIN_ROWS 128 /* rows per block, at least */
 #define NZ_CL_TILE 32     /* channels whose float sums stay in registers */
 
-/* Forward sums of W <= NZ_CL_TILE channels over n <= NZ_CL_CHUNK rows (row i at p + i C):
- * s1 += sum(x - k), s2 += sum((x - k)^2). Inlined with a constant W, the float sums are
- * registers (a run-time W, or sums in memory across rows, is several times slower). */
-NZ_INLINE void cl_tile_moments(const float *p, int64_t C, int64_t n, const float *k, int64_t W,
-                               double *s1, double *s2) {
-  float f1[NZ_CL_TILE], f2[NZ_CL_TILE], kk[NZ_CL_TILE];
-  for (int64_t j = 0; j < W; ++j) {
-    f1[j] = f2[j] = 0.f;
-    kk[j] = k[j];
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    const float *row = p + i * C;
-#pragma omp simd
-    for (int64_t j = 0; j < W; ++j) {
-      const float d = row[j] - kk[j];
-      f1[j] += d;
-      f2[j] += d * d;
-    }
-  }
-  for (int64_t j = 0; j < W; ++j) {
-    s1[j] += f1[j];
-    s2[j] += f2[j];
-  }
-}
-
-/* Backward sums, as cl_tile_moments: s1 += sum(dy), s2 += sum(dy (x - m)); with relu (a
- * constant where inlined), dy masked by x sc + sh > 0 (the fused ReLU's gradient). */
-NZ_INLINE void cl_tile_grad_sums(const float *g, const float *p, int64_t C, int64_t n,
-                                 const float *m, int64_t W, double *s1, double *s2,
-                                 const float *sc, const float *sh, int relu) {
-  float f1[NZ_CL_TILE], f2[NZ_CL_TILE], mm[NZ_CL_TILE], a[NZ_CL_TILE], k[NZ_CL_TILE];
-  for (int64_t j = 0; j < W; ++j) {
-    f1[j] = f2[j] = 0.f;
-    mm[j] = m[j];
-    if (relu) {
-      a[j] = sc[j];
-      k[j] = sh[j];
-    }
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    const float *gr = g + i * C, *row = p + i * C;
-#pragma omp simd
-    for (int64_t j = 0; j < W; ++j) {
-      const float gv = relu && row[j] * a[j] + k[j] <= 0.f ? 0.f : gr[j];
-      f1[j] += gv;
-      f2[j] += gv * (row[j] - mm[j]);
-    }
-  }
-  for (int64_t j = 0; j < W; ++j) {
-    s1[j] += f1[j];
-    s2[j] += f2[j];
-  }
-}
+#define NZ_T float
+#define NZ_LD(v) (v)
+#define NZ_FN(name) name
+#include "cl_tiles.h" /* cl_tile_moments, cl_tile_grad_sums */
+#undef NZ_T
+#undef NZ_LD
+#undef NZ_FN
 
 /* Rows per block: at most max_blocks blocks of at least NZ_CL_MIN_ROWS rows, evenly filled. */
 static int64_t cl_block_rows(int64_t R, int64_t max_blocks) {
@@ -634,6 +588,22 @@ NZ_INLINE void ghost_task(int64_t t, int64_t nt, int64_t R, int64_t C, int64_t B
   *n = R - *r0 < B ? R - *r0 : B;
 }
 
+/* dw and db (either may be NULL) from the virtual batches' (V, 2, C) parts, added in order in
+ * double: a worksharing loop for the threads of the enclosing parallel region. */
+NZ_INLINE void ghost_sum_parts(const float *part, int64_t V, int64_t C, float *dw, float *db) {
+  if (!dw && !db) return;
+#pragma omp for schedule(static)
+  for (int64_t c = 0; c < C; ++c) {
+    double tw = 0.0, tb = 0.0;
+    for (int64_t j = 0; j < V; ++j) {
+      tw += part[j * 2 * C + c];
+      tb += part[(j * 2 + 1) * C + c];
+    }
+    if (dw) dw[c] = (float)tw;
+    if (db) db[c] = (float)tb;
+  }
+}
+
 #define NZ_T float
 #define NZ_LD(v) (v)
 #define NZ_ST(v) (v)
@@ -648,6 +618,7 @@ NZ_INLINE void ghost_task(int64_t t, int64_t nt, int64_t R, int64_t C, int64_t B
 #define NZ_LD(v) nz_bf16_load(v)
 #define NZ_ST(v) nz_bf16_store(v)
 #define NZ_FN(name) name##_bf16
+#include "cl_tiles.h"
 #include "ghost_rows.h"
 #undef NZ_T
 #undef NZ_LD
@@ -689,17 +660,6 @@ void nz_ghost_backward(const float *dy, const float *x, const float *w, const fl
                         dx ? dx + off : NULL, part + j * 2 * C, part + (j * 2 + 1) * C, n, C, L,
                         c0, c1 - c0, 0);
     }
-    if (dw || db) {
-#pragma omp for schedule(static)
-      for (int64_t c = 0; c < C; ++c) {
-        double tw = 0.0, tb = 0.0;
-        for (int64_t j = 0; j < V; ++j) {
-          tw += part[j * 2 * C + c];
-          tb += part[(j * 2 + 1) * C + c];
-        }
-        if (dw) dw[c] = (float)tw;
-        if (db) db[c] = (float)tb;
-      }
-    }
+    ghost_sum_parts(part, V, C, dw, db);
   }
 }

@@ -16,52 +16,7 @@
  *   backward: part (V, 2, C) scratch, each virtual batch's sums of dy xhat and of dy, added
  *   over the virtual batches in order (double) for dw and db. dx, dw, db may be NULL. */
 
-/* Forward sums of W <= NZ_CL_TILE channels over n <= NZ_CL_CHUNK rows (row i at p + i C),
- * shifted by k: s1 += sum(x - k), s2 += sum((x - k)^2), float lanes added into double. */
-NZ_INLINE void NZ_FN(ghost_tile_moments)(const NZ_T *p, int64_t C, int64_t n, const float *k,
-                                         int64_t W, double *s1, double *s2) {
-  float f1[NZ_CL_TILE], f2[NZ_CL_TILE], kk[NZ_CL_TILE];
-  for (int64_t j = 0; j < W; ++j) {
-    f1[j] = f2[j] = 0.f;
-    kk[j] = k[j];
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    const NZ_T *row = p + i * C;
-#pragma omp simd
-    for (int64_t j = 0; j < W; ++j) {
-      const float d = NZ_LD(row[j]) - kk[j];
-      f1[j] += d;
-      f2[j] += d * d;
-    }
-  }
-  for (int64_t j = 0; j < W; ++j) {
-    s1[j] += f1[j];
-    s2[j] += f2[j];
-  }
-}
-
-/* Backward sums, as above: s1 += sum(dy), s2 += sum(dy (x - m)). */
-NZ_INLINE void NZ_FN(ghost_tile_grad_sums)(const NZ_T *g, const NZ_T *p, int64_t C, int64_t n,
-                                           const float *m, int64_t W, double *s1, double *s2) {
-  float f1[NZ_CL_TILE], f2[NZ_CL_TILE], mm[NZ_CL_TILE];
-  for (int64_t j = 0; j < W; ++j) {
-    f1[j] = f2[j] = 0.f;
-    mm[j] = m[j];
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    const NZ_T *gr = g + i * C, *row = p + i * C;
-#pragma omp simd
-    for (int64_t j = 0; j < W; ++j) {
-      const float gv = NZ_LD(gr[j]);
-      f1[j] += gv;
-      f2[j] += gv * (NZ_LD(row[j]) - mm[j]);
-    }
-  }
-  for (int64_t j = 0; j < W; ++j) {
-    s1[j] += f1[j];
-    s2[j] += f2[j];
-  }
-}
+/* The tile sums: NZ_FN(cl_tile_moments), NZ_FN(cl_tile_grad_sums) (cl_tiles.h). */
 
 void NZ_FN(nz_ghost_forward_rows)(const NZ_T *x, const float *w, const float *b, NZ_T *y,
                                   float *stats, float *var, int64_t R, int64_t C, int64_t B,
@@ -82,9 +37,9 @@ void NZ_FN(nz_ghost_forward_rows)(const NZ_T *x, const float *w, const float *b,
       const int64_t m = n - i0 < NZ_CL_CHUNK ? n - i0 : NZ_CL_CHUNK;
       int64_t q0 = 0;
       for (; q0 + NZ_CL_TILE <= W; q0 += NZ_CL_TILE)
-        NZ_FN(ghost_tile_moments)(p + i0 * C + q0, C, m, k + q0, NZ_CL_TILE, s1 + q0, s2 + q0);
+        NZ_FN(cl_tile_moments)(p + i0 * C + q0, C, m, k + q0, NZ_CL_TILE, s1 + q0, s2 + q0);
       if (q0 < W)
-        NZ_FN(ghost_tile_moments)(p + i0 * C + q0, C, m, k + q0, W - q0, s1 + q0, s2 + q0);
+        NZ_FN(cl_tile_moments)(p + i0 * C + q0, C, m, k + q0, W - q0, s1 + q0, s2 + q0);
     }
     for (int64_t q = 0; q < W; ++q) {
       const double dm = s1[q] / (double)n, v0 = s2[q] / (double)n - dm * dm;
@@ -123,11 +78,11 @@ void NZ_FN(nz_ghost_backward_rows)(const NZ_T *dy, const NZ_T *x, const float *w
         const NZ_T *gi = g + i0 * C, *pi = p + i0 * C;
         int64_t q0 = 0;
         for (; q0 + NZ_CL_TILE <= W; q0 += NZ_CL_TILE)
-          NZ_FN(ghost_tile_grad_sums)(gi + q0, pi + q0, C, m, mean + q0, NZ_CL_TILE, s1 + q0,
-                                      s2 + q0);
+          NZ_FN(cl_tile_grad_sums)(gi + q0, pi + q0, C, m, mean + q0, NZ_CL_TILE, s1 + q0,
+                                   s2 + q0, NULL, NULL, 0);
         if (q0 < W)
-          NZ_FN(ghost_tile_grad_sums)(gi + q0, pi + q0, C, m, mean + q0, W - q0, s1 + q0,
-                                      s2 + q0);
+          NZ_FN(cl_tile_grad_sums)(gi + q0, pi + q0, C, m, mean + q0, W - q0, s1 + q0,
+                                   s2 + q0, NULL, NULL, 0);
       }
       float a[NZ_GHOST_BLOCK], k0[NZ_GHOST_BLOCK], k1[NZ_GHOST_BLOCK], mm[NZ_GHOST_BLOCK];
       for (int64_t q = 0; q < W; ++q) {
@@ -147,17 +102,6 @@ void NZ_FN(nz_ghost_backward_rows)(const NZ_T *dy, const NZ_T *x, const float *w
               a[q] * (NZ_LD(g[i * C + q]) - k0[q] - (NZ_LD(p[i * C + q]) - mm[q]) * k1[q]));
       }
     }
-    if (dw || db) {
-#pragma omp for schedule(static)
-      for (int64_t c = 0; c < C; ++c) {
-        double tw = 0.0, tb = 0.0;
-        for (int64_t j = 0; j < V; ++j) {
-          tw += part[j * 2 * C + c];
-          tb += part[(j * 2 + 1) * C + c];
-        }
-        if (dw) dw[c] = (float)tw;
-        if (db) db[c] = (float)tb;
-      }
-    }
+    ghost_sum_parts(part, V, C, dw, db);
   }
 }
