@@ -18,7 +18,8 @@ The wider zoo's cases (``frn``, ``rms``, ``s0``, ``b0``, ``switchable`` on the r
 on tokens, the shape's positions as rows of C channels) run through ``zoo_kernels``' wrappers
 on each version's library (their outputs allocated per call), in float32 or, with
 ``--dtype bfloat16``, on the bfloat16 builds; so does Ghost BN on such rows (``ghost_tok``,
-``batch_norm.c``'s ghost rows through ``kernels``' wrappers).
+``batch_norm.c``'s ghost rows through ``kernels``' wrappers). ``bn_cl`` runs BatchNorm's
+channels_last kernels (with ``--relu``, their fused-ReLU variants).
 
     python scripts/bench_kernel_ab.py --base HEAD~1
     python scripts/bench_kernel_ab.py --base main --cases bn ln --shapes 32,64,32,32
@@ -51,6 +52,7 @@ CASES: dict[str, tuple[str, int | None]] = {
     "in": ("row_norm", 0),
     "gn32": ("row_norm", 32),
     "ln": ("row_norm", 1),
+    "bn_cl": ("batch_norm", None),  # channels_last: the positions as rows of C channels
     "ghost_tok": ("batch_norm", None),  # ghost rows: the positions as rows, 32 per batch
 }
 #: the wider zoo's cases: zoo.c through zoo_kernels' wrappers (see zoo_kernel_calls)
@@ -275,6 +277,49 @@ def zoo_kernel_calls(
     return forward, backward, outputs
 
 
+def _on(lib: ctypes.CDLL, fn: Callable[[], Any]) -> Any:
+    """``fn()`` with ``kernels``' wrappers calling ``lib``'s functions (restored after)."""
+    from normzoo._native import kernels as k
+
+    real = k._fn
+    k._fn = lambda _lib_name, name: getattr(lib, name)
+    try:
+        return fn()
+    finally:
+        k._fn = real
+
+
+def bn_cl_kernel_calls(
+    lib: ctypes.CDLL,
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    relu: bool,
+) -> tuple[Callable[[int], None], Callable[[int], None], Callable[[], list[torch.Tensor]]]:
+    """(forward(i), backward(i), outputs()) of BatchNorm's channels_last kernels on ``lib``
+    (``x`` and ``dy`` channels_last), with the ReLU fused where ``relu``."""
+    from normzoo._native import kernels as k
+
+    saved: dict[str, Any] = {}
+
+    def forward(i: int) -> None:
+        saved["f"] = _on(lib, lambda: k.batch_norm_forward_cl_unchecked(x, w, b, 1e-5, True,
+                                                                        relu=relu))  # fmt: skip
+
+    def backward(i: int) -> None:
+        stats = saved["f"][1]
+        saved["b"] = _on(lib, lambda: k.batch_norm_backward_cl_unchecked(
+            dy, x, w, stats, (True,) * 3, relu=relu, bias=b))  # fmt: skip
+
+    def outputs() -> list[torch.Tensor]:
+        forward(0)
+        backward(0)
+        return [t.clone() for t in (*saved["f"], *saved["b"]) if t is not None]
+
+    return forward, backward, outputs
+
+
 def ghost_kernel_calls(
     lib: ctypes.CDLL, x: torch.Tensor, dy: torch.Tensor, w: torch.Tensor, b: torch.Tensor
 ) -> tuple[Callable[[int], None], Callable[[int], None], Callable[[], list[torch.Tensor]]]:
@@ -284,20 +329,12 @@ def ghost_kernel_calls(
 
     saved: dict[str, Any] = {}
 
-    def call(fn: Callable[[], Any]) -> Any:
-        real = k._fn
-        k._fn = lambda _lib_name, name: getattr(lib, name)
-        try:
-            return fn()
-        finally:
-            k._fn = real
-
     def forward(i: int) -> None:
-        saved["f"] = call(lambda: k.ghost_rows_forward(x, w, b, 1e-5, 32, True))
+        saved["f"] = _on(lib, lambda: k.ghost_rows_forward(x, w, b, 1e-5, 32, True))
 
     def backward(i: int) -> None:
         stats = saved["f"][1]
-        saved["b"] = call(lambda: k.ghost_rows_backward(dy, x, w, stats, 32, (True,) * 3))
+        saved["b"] = _on(lib, lambda: k.ghost_rows_backward(dy, x, w, stats, 32, (True,) * 3))
 
     def outputs() -> list[torch.Tensor]:
         forward(0)
@@ -316,7 +353,14 @@ def run_case(
     relu: bool = False,
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
-    if case == "ghost_tok":
+    if case == "bn_cl":
+        buf = Buffers(shape, 0, 1)
+        # (N, C, L) -> channels_last (N, C, L, 1): memory (N, L, C)
+        x, dy = (t.unsqueeze(-1).contiguous(memory_format=torch.channels_last)
+                 for t in (buf.x, buf.dy))  # fmt: skip
+        runs = {v: bn_cl_kernel_calls(libs[v]["batch_norm"], x, dy, buf.w, buf.b, relu)
+                for v in ("base", "new")}  # fmt: skip
+    elif case == "ghost_tok":
         buf = Buffers(shape, 0, 1)
         x, dy = (t.transpose(1, 2).reshape(-1, t.shape[1]).contiguous().to(dtype)
                  for t in (buf.x, buf.dy))  # fmt: skip

@@ -296,6 +296,18 @@ def test_kernel_ab_times_two_builds_on_the_same_tensors(tmp_path):
             )
             want = torch.relu(want) if relu else want
             torch.testing.assert_close(y.view_as(x), want, atol=1e-5, rtol=1e-5)
+    lib = script.build(script.source(None, "batch_norm"), "batch_norm", tmp_path)
+    x = torch.randn(3, 32, 20, 1).contiguous(memory_format=torch.channels_last)
+    w, b = torch.rand(32) + 0.5, torch.randn(32)
+    for relu in (False, True):  # bn_cl: BatchNorm's channels_last kernels (and their ReLU)
+        y = script.bn_cl_kernel_calls(lib, x, torch.randn_like(x), w, b, relu)[2]()[0]
+        want = torch.nn.functional.batch_norm(x, None, None, w, b, training=True)
+        torch.testing.assert_close(y, torch.relu(want) if relu else want, atol=1e-5, rtol=1e-5)
+    rows = torch.randn(70, 32)  # ghost_tok: virtual batches of 32 rows (and a last of 6)
+    y = script.ghost_kernel_calls(lib, rows, torch.randn_like(rows), w, b)[2]()[0]
+    want = torch.cat([torch.nn.functional.batch_norm(r, None, None, w, b, training=True)
+                      for r in rows.split(32)])  # fmt: skip
+    torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="native kernels: Linux only")
