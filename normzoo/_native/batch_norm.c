@@ -15,6 +15,10 @@
  * alone. Batch Renorm runs the same forward with its r and d folded into each channel's map
  * (nz_renorm_forward, below bn_forward).
  *
+ * Ghost BN, every virtual batch in one call, is at the end of the file: contiguous input on
+ * these blocks per virtual batch (nz_ghost_forward, nz_ghost_backward), (N, C) rows (tokens,
+ * channels_last input) in ghost_rows.h.
+ *
  * The _relu variants fuse a ReLU after the affine map (Norm.fuse_activation): the forward
  * writes max(y, 0); the backward uses dy [pre > 0], pre = x scale + shift recomputed from the
  * saved mean and invstd, w and b by the forward's own expressions (bn_scale, bn_shift), so
