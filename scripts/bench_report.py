@@ -93,10 +93,11 @@ INTRO_BODY = """## Where the speed comes from
   read BatchNorm at 0.50, 0.61 and 0.68 of torch.nn on (32, 64, 32, 32) (the 1.5x target
   met in two of three), InstanceNorm at 0.40, 0.54 and 0.59 (2x met in one of three) and
   LayerNorm on (4, 32, 64, 64) at 0.90, 0.99 and 1.04; torch.nn's instance norm alone took
-  2.5-4.0 ms from run to run there. The table above judges only the runs on the page. In
-  the nineteenth session's full matrix (11 rounds), BatchNorm on (32, 64, 32, 32), its first
-  row, read 0.84 of torch.nn (median 2.11 ms, fastest round 1.52 ms, torch.nn's 2.50 and
-  2.28), InstanceNorm 0.51 and LayerNorm on (8, 256, 14, 14) 1.05; a 41-round run of the core
+  2.5-4.0 ms from run to run there. The table above judges only the runs on the page. An
+  earlier full-matrix run of the nineteenth session (11 rounds; replaced on this page by the
+  run after Ghost BN's last change) read BatchNorm on (32, 64, 32, 32), its first row, at
+  0.84 of torch.nn (median 2.11 ms, fastest round 1.52 ms, torch.nn's 2.50 and 2.28),
+  InstanceNorm at 0.51 and LayerNorm on (8, 256, 14, 14) at 1.05; a 41-round run of the core
   section's command minutes later (not on this page) read them at 0.57, 0.42 and 0.92, and
   every core row at most 0.98.
 - On a GPU the issue's shapes are a few microseconds of memory traffic, so their times are
