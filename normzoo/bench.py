@@ -251,6 +251,13 @@ def norm_cases(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> dict[str,
     return {"fwd": (fwd, None), "bwd": (bwd, setup_bwd), "fwdbwd": (fwdbwd, None)}
 
 
+def _skip(why: str, skipped: list[str] | None) -> None:
+    if skipped is None:
+        print(f"skip {why}", flush=True)
+    else:
+        skipped.append(why)
+
+
 def bench_row(
     name: str,
     shape: tuple[int, ...],
@@ -262,17 +269,20 @@ def bench_row(
     impl: str | None = None,
     activation: str | None = None,
     cuda_timing: str = "latency",
+    skipped: list[str] | None = None,
 ) -> dict[str, Any] | None:
     """One row: norm ``name`` against its torch.nn equivalent and ``nn.BatchNorm2d`` on the
     same tensor, every contender's medians over ``repeats`` interleaved rounds (after
     ``warmup`` calls each), and a ``copy_`` of the tensor for the memory bound; ``None`` where
     the norm cannot take this input (no token form; a norm that needs a process group).
     ``activation`` (``"relu"``): ours applies it itself (``fuse_activation``), the two
-    torch.nn modules are followed by ``nn.ReLU``."""
+    torch.nn modules are followed by ``nn.ReLU``. Why a norm was skipped is appended to
+    ``skipped`` where given, else printed."""
     token = len(shape) == 2
     c = shape[-1] if token else shape[1]
     ours = make_norm(name, c, token, impl)
     if ours is None:
+        _skip(f"{name}: no {'token' if token else 'standalone'} form", skipped)
         return None
     ref = ref_norm = torch_equivalent(name, ours, c, token)
     bn: nn.Module = nn.BatchNorm1d(c) if token else nn.BatchNorm2d(c)
@@ -291,7 +301,7 @@ def bench_row(
         with torch.no_grad():
             y = ours(x)
     except Exception as err:  # e.g. a norm that needs a process group: skip, say why
-        print(f"skip {name} {tuple(shape)}: {type(err).__name__}: {err}", flush=True)
+        _skip(f"{name} {tuple(shape)}: {type(err).__name__}: {err}", skipped)
         return None
     torch_params_dtype = None
     if "torch" in modules:
@@ -426,11 +436,12 @@ def run_cli(args: argparse.Namespace) -> int:
     rows, skipped = [], []
     for name in names:
         row = bench_row(name, args.shape, dtype, fmt, device, args.repeats, args.warmup,
-                        cuda_timing=args.cuda_timing)  # fmt: skip
-        (rows if row is not None else skipped).append(row or name)
+                        cuda_timing=args.cuda_timing, skipped=skipped)  # fmt: skip
+        if row is not None:
+            rows.append(row)
     print(format_table(rows))
     if skipped:
-        print(f"\n(not timed: {', '.join(skipped)}: no form for this input)")
+        print("\nnot timed:\n" + "\n".join(f"- {why}" for why in skipped))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -35,7 +35,8 @@ def test_help_describes_the_command_in_whole_sentences():
 def test_bench_times_the_norms_on_one_input_fastest_first(capsys, tmp_path):
     """``normzoo bench``: each named norm (aliases too) timed against torch.nn and BatchNorm
     on one input; a table sorted by fwd+bwd time, the rows in the JSON; a norm with no form
-    for the input (InstanceNorm on tokens) is named, not timed."""
+    for the input (InstanceNorm on tokens) or that refuses it (Ghost BN's virtual batch larger
+    than the batch) is listed with the reason, not timed."""
     import json
 
     out_json = tmp_path / "rows.json"
@@ -52,9 +53,11 @@ def test_bench_times_the_norms_on_one_input_fastest_first(capsys, tmp_path):
     assert lines[0] == "norm" and lines[2:] == order  # (header, rule, then fastest first)
     gn = next(r for r in rows if r["norm"] == "groupnorm")
     assert f"| {gn['fwdbwd_ms']:.3f} " in out and gn["torch_fwdbwd_ms"] > 0
-    assert main(["bench", "in", "rmsnorm", "--shape", "8,16", "--repeats", "1"]) == 0
+    assert main(["bench", "in", "gbn", "rmsnorm", "--shape", "8,16", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
-    assert "rmsnorm" in out and "(not timed: instancenorm: no form for this input)" in out
+    assert "| rmsnorm " in out and "\nnot timed:\n- instancenorm: no token form\n" in out
+    assert "- ghostbatchnorm (8, 16): ValueError: GhostBatchNorm: virtual_batch_size=32" in out
+    assert "skip " not in out  # (said once, in the list)
 
 
 def test_bench_refuses_bad_arguments_before_timing(capsys):
