@@ -479,8 +479,8 @@ def test_targets_table_judges_every_run_and_names_the_worst_row():
     judged = {t["target"].split(":")[0]: t for t in report.judge(runs)}
     assert len(judged["BatchNorm, LayerNorm, GroupNorm"]["met"]) == 1
     assert len(judged["InstanceNorm"]["met"]) == 1 and len(judged["Wider zoo"]["met"]) == 1
-    assert len(judged["channels_last input gives channels_last output (1 = kept), every norm and "
-                      "dtype"]["met"]) == 0  # fmt: skip
+    layout = judged["channels_last input gives channels_last output, every norm and dtype"]
+    assert len(layout["met"]) == 0 and layout["failing_rows"] == 1
     # the default model is the fused row (its plain row's 0.97 does not count), memory all rows
     assert judged["Training step of the default model"]["runs"][0][0] == 1.05
     assert judged["Training step"]["runs"][0][0] == 1.0
@@ -490,6 +490,8 @@ def test_targets_table_judges_every_run_and_names_the_worst_row():
     assert "| 2 of 2 runs | batchnorm 32x64x32x32 contiguous: 0.60" in text
     assert "frn 8x256x14x14 contiguous: 1.60" in text
     assert "| GPU: each norm's copy fraction on the largest shapes | >= 0.70 | 0 | - | not " in text
+    lost = "| every row | 1 (1) | lost in 1 of them | 0 of 1 runs | rmsnorm 4x8x6x6 channels_last"
+    assert lost in text
 
 
 def test_targets_table_gpu_aim_per_norm_from_its_best_timed_run():
