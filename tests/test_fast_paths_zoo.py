@@ -332,6 +332,49 @@ def test_ghostbatchnorm_channels_last_on_the_rows_kernel(shape, vbs, monkeypatch
             assert torch.equal(mine, theirs)
 
 
+@pytest.mark.parametrize(("shape", "vbs"), [((10, 8, 24, 24), 4), ((6, 24, 5, 7, 9), 4)], ids=str)
+def test_ghostbatchnorm_bfloat16_contiguous_in_one_call(shape, vbs, monkeypatch):
+    """bfloat16 contiguous input: every virtual batch in one call each way of the contiguous
+    kernels' bfloat16 build (where torch's bfloat16 BN ran per virtual batch, then a
+    ``torch.cat``); ``y`` and ``dx`` within a bfloat16 step of the float32 kernels' results on
+    the same values, the statistics (running ones too) and the parameters' gradients close
+    to theirs; a bfloat16 model's parameters get bfloat16 gradients."""
+    from normzoo._native import kernels
+
+    calls = []
+    real = kernels._fn
+    monkeypatch.setattr(kernels, "_fn", lambda lib, name: calls.append(name) or real(lib, name))
+    c = shape[1]
+    half = normzoo.create("ghostbatchnorm", c, virtual_batch_size=vbs)
+    with torch.no_grad():
+        half.weight.uniform_(0.5, 1.5)
+        half.bias.uniform_(-0.5, 0.5)
+    full = copy.deepcopy(half)
+    for step in range(2):
+        x = (torch.randn(shape) * 2 + 1 + step).to(torch.bfloat16)
+        g = torch.randn(shape).to(torch.bfloat16)
+        xh, xf = x.clone().requires_grad_(), x.float().requires_grad_()
+        calls.clear()
+        yh = half(xh)
+        yh.backward(g)
+        assert calls == ["nz_ghost_forward_bf16", "nz_ghost_backward_bf16"]
+        yf = full(xf)
+        yf.backward(g.float())
+        assert yh.dtype == xh.grad.dtype == torch.bfloat16
+        step_of = lambda t: 2.0 ** (torch.floor(torch.log2(t.abs().clamp_min(1e-6))) - 7)
+        assert ((yh.float() - yf).abs() <= step_of(yf) + 1e-6).all()
+        assert ((xh.grad.float() - xf.grad).abs() <= step_of(xf.grad) + 1e-4).all()
+        for a, b in ((half.weight.grad, full.weight.grad), (half.bias.grad, full.bias.grad)):
+            torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-4)
+        half.zero_grad(), full.zero_grad()
+    for mine, theirs in zip(half.buffers(), full.buffers(), strict=True):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+    model = copy.deepcopy(half).to(torch.bfloat16)  # parameters in bfloat16 too
+    xm = torch.randn(shape).to(torch.bfloat16).requires_grad_()
+    model(xm).float().sum().backward()
+    assert model.weight.grad.dtype == torch.bfloat16 and xm.grad.dtype == torch.bfloat16
+
+
 def assert_same_state_as(ours: torch.nn.Module, ref: torch.nn.Module) -> None:
     for key, value in ref.state_dict().items():
         torch.testing.assert_close(ours.state_dict()[key], value, **TOL, msg=key)

@@ -224,9 +224,15 @@ ZOO_BF16 = (
     "nz_frn_tokens_backward",
 )
 SIGNATURES["zoo"].update({f"{fn}_bf16": SIGNATURES["zoo"][fn] for fn in ZOO_BF16})
-#: BatchNorm's ghost rows, also built for bfloat16 tokens (``ghost_rows.h``): ``x``, ``y``,
-#: ``dy`` and ``dx`` bfloat16, the rest float32.
-GHOST_BF16 = ("nz_ghost_forward_rows", "nz_ghost_backward_rows")
+#: Ghost BN's kernels, also built for bfloat16 (the rows: ``ghost_rows.h``; contiguous input:
+#: ``nz_ghost_*_bf16`` in ``batch_norm.c``): ``x``, ``y``, ``dy`` and ``dx`` bfloat16, the rest
+#: float32.
+GHOST_BF16 = (
+    "nz_ghost_forward_rows",
+    "nz_ghost_backward_rows",
+    "nz_ghost_forward",
+    "nz_ghost_backward",
+)
 SIGNATURES["batch_norm"].update({f"{fn}_bf16": SIGNATURES["batch_norm"][fn] for fn in GHOST_BF16})
 RESTYPES: dict[str, type] = {"nz_frozen_forward": INT, "nz_frozen_backward": INT}
 

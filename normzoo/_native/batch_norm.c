@@ -667,3 +667,114 @@ void nz_ghost_backward(const float *dy, const float *x, const float *w, const fl
     ghost_sum_parts(part, V, C, dw, db);
   }
 }
+
+/* The same ghost batch norm of a contiguous bfloat16 (N, C, L) tensor (x, y, dy, dx as their
+ * uint16_t bits, nz_bf16.h; w, b, stats, var, dw, db float32): each value widened as it is
+ * loaded, BatchNorm's formulas in float (double for the sums: one row of L values in float
+ * lanes, shifted by the channel's first value), each output rounded once. */
+NZ_INLINE void ghost_block_forward_bf16(const uint16_t *x, const float *w, const float *b,
+                                        uint16_t *y, float *mean_out, float *invstd_out,
+                                        float *var_out, int64_t N, int64_t C, int64_t L,
+                                        int64_t c0, int64_t k, double eps) {
+  const double M = (double)N * (double)L;
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t c = c0 + j;
+    const float shift0 = nz_bf16_load(x[c * L]);
+    double s1 = 0.0, s2 = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const uint16_t *p = x + (n * C + c) * L;
+      float r1 = 0.f, r2 = 0.f;
+#pragma omp simd reduction(+ : r1, r2)
+      for (int64_t i = 0; i < L; ++i) {
+        const float d = nz_bf16_load(p[i]) - shift0;
+        r1 += d;
+        r2 += d * d;
+      }
+      s1 += r1;
+      s2 += r2;
+    }
+    const double dm = s1 / M;
+    double var = s2 / M - dm * dm;
+    if (var < 0.0) var = 0.0;
+    const float m = (float)(shift0 + dm), inv = (float)(1.0 / sqrt(var + eps));
+    const float sc = bn_scale(w, c, inv), sh = bn_shift(b, c, m, sc);
+    mean_out[c] = m;
+    invstd_out[c] = inv;
+    if (var_out) var_out[c] = (float)var;
+    for (int64_t n = 0; n < N; ++n) {
+      const uint16_t *p = x + (n * C + c) * L;
+      uint16_t *o = y + (n * C + c) * L;
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) o[i] = nz_bf16_store(nz_bf16_load(p[i]) * sc + sh);
+    }
+  }
+}
+
+NZ_INLINE void ghost_block_backward_bf16(const uint16_t *dy, const uint16_t *x, const float *w,
+                                         const float *mean, const float *invstd, uint16_t *dx,
+                                         float *dw, float *db, int64_t N, int64_t C, int64_t L,
+                                         int64_t c0, int64_t k) {
+  const double M = (double)N * (double)L;
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t c = c0 + j;
+    const float m = mean[c], inv = invstd[c];
+    double s_dy = 0.0, s_dyx = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const uint16_t *g = dy + (n * C + c) * L, *p = x + (n * C + c) * L;
+      float r1 = 0.f, r2 = 0.f;
+#pragma omp simd reduction(+ : r1, r2)
+      for (int64_t i = 0; i < L; ++i) {
+        const float gi = nz_bf16_load(g[i]);
+        r1 += gi;
+        r2 += gi * (nz_bf16_load(p[i]) - m);
+      }
+      s_dy += r1;
+      s_dyx += r2;
+    }
+    if (dw) dw[c] = (float)(s_dyx * inv);
+    if (db) db[c] = (float)s_dy;
+    if (!dx) continue;
+    const float a = (w ? w[c] : 1.f) * inv, md = (float)(s_dy / M);
+    const float pr = (float)(s_dyx / M) * inv * inv;
+    for (int64_t n = 0; n < N; ++n) {
+      const uint16_t *g = dy + (n * C + c) * L, *p = x + (n * C + c) * L;
+      uint16_t *o = dx + (n * C + c) * L;
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i)
+        o[i] = nz_bf16_store(a * (nz_bf16_load(g[i]) - md - (nz_bf16_load(p[i]) - m) * pr));
+    }
+  }
+}
+
+void nz_ghost_forward_bf16(const uint16_t *x, const float *w, const float *b, uint16_t *y,
+                           float *stats, float *var, int64_t N, int64_t C, int64_t L, int64_t B,
+                           double eps, int threads) {
+  const int64_t V = (N + B - 1) / B, bc = block_channels(B, C, L, threads);
+  const int64_t blocks = (C + bc - 1) / bc;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t t = 0; t < V * blocks; ++t) {
+    const int64_t j = t / blocks, c0 = (t % blocks) * bc, c1 = c0 + bc < C ? c0 + bc : C;
+    const int64_t n = N - j * B < B ? N - j * B : B, off = j * B * C * L;
+    ghost_block_forward_bf16(x + off, w, b, y + off, stats + j * 2 * C, stats + (j * 2 + 1) * C,
+                             var ? var + j * C : NULL, n, C, L, c0, c1 - c0, eps);
+  }
+}
+
+void nz_ghost_backward_bf16(const uint16_t *dy, const uint16_t *x, const float *w,
+                            const float *stats, uint16_t *dx, float *dw, float *db, float *part,
+                            int64_t N, int64_t C, int64_t L, int64_t B, int threads) {
+  const int64_t V = (N + B - 1) / B, bc = block_channels(B, C, L, threads);
+  const int64_t blocks = (C + bc - 1) / bc;
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < V * blocks; ++t) {
+      const int64_t j = t / blocks, c0 = (t % blocks) * bc, c1 = c0 + bc < C ? c0 + bc : C;
+      const int64_t n = N - j * B < B ? N - j * B : B, off = j * B * C * L;
+      ghost_block_backward_bf16(dy + off, x + off, w, stats + j * 2 * C,
+                                stats + (j * 2 + 1) * C, dx ? dx + off : NULL, part + j * 2 * C,
+                                part + (j * 2 + 1) * C, n, C, L, c0, c1 - c0);
+    }
+    ghost_sum_parts(part, V, C, dw, db);
+  }
+}

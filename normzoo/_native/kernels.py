@@ -378,6 +378,33 @@ def batch_norm_backward_cl_unchecked(
 
 
 # -- ghost batch norm of a contiguous (N, C, *) tensor: every virtual batch in one call --------
+#: Element types of Ghost BN's x, y, dy and dx (float32; bfloat16 on the ``_bf16`` builds), on
+#: the contiguous kernels and the rows (``ghost_rows.h``); every other tensor is float32.
+GHOST_ROW_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _check_blocks(x: Tensor, *small: Tensor | None, like: Tensor | None = None) -> str:
+    """Check contiguous ``x`` ``(N, C, *)`` (and ``like``, of ``x``'s dtype and shape) and the
+    float32 ``small`` tensors; the kernels' name suffix for ``x``'s dtype."""
+    _check(*small)
+    for t in (x, like):
+        if t is None:
+            continue
+        if t.device.type != "cpu" or t.dtype not in GHOST_ROW_DTYPES or not t.is_contiguous():
+            raise ValueError(
+                f"native ghost batch norm takes contiguous float32 or bfloat16 CPU tensors, got "
+                f"{t.dtype} on {t.device}{'' if t.is_contiguous() else ' (not contiguous)'}"
+            )
+        if t.dtype != x.dtype or t.shape != x.shape:
+            raise ValueError(
+                f"native ghost batch norm: the output gradient must match x ({x.dtype}, "
+                f"{tuple(x.shape)}), got {t.dtype}, {tuple(t.shape)}"
+            )
+    if x.dim() < 2:
+        raise ValueError(f"native ghost batch norm takes (N, C, *) input, got {tuple(x.shape)}")
+    return "" if x.dtype == torch.float32 else "_bf16"
+
+
 def ghost_forward(
     x: Tensor,
     weight: Tensor | None,
@@ -386,18 +413,19 @@ def ghost_forward(
     virtual_batch_size: int,
     want_var: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Ghost batch norm of contiguous float32 ``x`` ``(N, C, *)`` in virtual batches of
-    ``virtual_batch_size`` samples (the last one smaller where ``N`` is not a multiple), each
-    normalized as :func:`batch_norm_forward` normalizes it, to the bit: ``(y, stats, var)``,
-    ``stats`` ``(V, 2, C)`` each virtual batch's mean and invstd, ``var`` ``(V, C)`` their
-    biased variances (``None`` unless ``want_var``)."""
-    _check(x, weight, bias)
+    """Ghost batch norm of contiguous float32 or bfloat16 ``x`` ``(N, C, *)`` in virtual
+    batches of ``virtual_batch_size`` samples (the last one smaller where ``N`` is not a
+    multiple): ``(y, stats, var)``, ``stats`` ``(V, 2, C)`` each virtual batch's mean and
+    invstd, ``var`` ``(V, C)`` their biased variances (``None`` unless ``want_var``), float32.
+    In float32 each virtual batch is normalized as :func:`batch_norm_forward` normalizes it,
+    to the bit; bfloat16 ``x`` is read and ``y`` written as bfloat16, the math in float32."""
+    suffix = _check_blocks(x, weight, bias)
     n, c, length = _sizes(x)
     batches = -(-n // virtual_batch_size)
     y = torch.empty_like(x)
-    stats = x.new_empty(batches, 2, c)
-    var = x.new_empty(batches, c) if want_var else None
-    _fn("batch_norm", "nz_ghost_forward")(
+    stats = torch.empty(batches, 2, c)
+    var = torch.empty(batches, c) if want_var else None
+    _fn("batch_norm", "nz_ghost_forward" + suffix)(
         x.data_ptr(), _ptr(weight), _ptr(bias), y.data_ptr(), stats.data_ptr(), _ptr(var), n, c,
         length, virtual_batch_size, eps, threads(),
     )  # fmt: skip
@@ -416,11 +444,12 @@ def ghost_backward(
     needed): each virtual batch's as :func:`batch_norm_backward`'s, the parameters' summed
     over the virtual batches in order."""
     dy = dy.contiguous()
-    _check(x, dy, weight, stats)
+    suffix = _check_blocks(x, weight, stats, like=dy)
     n, c, length = _sizes(x)
-    dx, dw, db = _grads(x, c, needs, None)
-    part = x.new_empty(stats.shape[0], 2, c)
-    _fn("batch_norm", "nz_ghost_backward")(
+    dx = torch.empty_like(x) if needs[0] else None
+    dw, db = (torch.empty(c) if need else None for need in needs[1:])  # float32, as weight
+    part = torch.empty(stats.shape[0], 2, c)
+    _fn("batch_norm", "nz_ghost_backward" + suffix)(
         dy.data_ptr(), x.data_ptr(), _ptr(weight), stats.data_ptr(), _ptr(dx), _ptr(dw),
         _ptr(db), part.data_ptr(), n, c, length, virtual_batch_size, threads(),
     )  # fmt: skip
@@ -428,11 +457,6 @@ def ghost_backward(
 
 
 # -- ghost batch norm on tokens: (N, C), N rows of C channels -----------------------------------
-#: Element types of the token rows: x, y, dy and dx (``nz_ghost_*_rows`` for float32,
-#: ``nz_ghost_*_rows_bf16`` for bfloat16, ``ghost_rows.h``); every other tensor is float32.
-GHOST_ROW_DTYPES = (torch.float32, torch.bfloat16)
-
-
 def _check_rows(x: Tensor, *small: Tensor | None, like: Tensor | None = None) -> str:
     """Check the token rows ``x`` (and ``like``, of ``x``'s dtype) and the float32 ``small``
     tensors; the kernels' name suffix for ``x``'s dtype."""

@@ -28,7 +28,8 @@ class _NativeGhostBatchNorm(torch.autograd.Function):
     """Ghost BN through BatchNorm's native kernels, every virtual batch in one call: with
     ``rows`` (token input ``(N, C)``, or channels_last input seen as its ``(N * positions,
     C)`` rows) ``kernels.ghost_rows_forward``; contiguous ``(N, C, *)`` input
-    ``kernels.ghost_forward`` (BatchNorm's kernels on each virtual batch, to the bit). Other
+    ``kernels.ghost_forward`` (float32: BatchNorm's kernels on each virtual batch, to the bit;
+    bfloat16: the same formulas on widened values). Other
     channels_last input takes one call of BatchNorm's channels_last kernels per virtual batch,
     each writing its slice of one output (a virtual batch of a channels_last tensor is itself
     channels_last: no ``torch.cat``).
@@ -203,9 +204,9 @@ class GhostBatchNorm(BatchNorm):
         eps, momentum, affine, track_running_stats: as ``BatchNorm``.
         impl: ``"fast"`` (on the CPU, one native call for every virtual batch: float32 or
             bfloat16 tokens ``(N, C)`` and channels_last input with a virtual batch per thread,
-            as rows; float32 contiguous input where BatchNorm would use its native kernels,
-            on their blocks; other channels_last input on BatchNorm's kernels per virtual
-            batch; else torch's BN kernel per virtual batch) or ``"reference"``.
+            as rows; contiguous input, float32 where BatchNorm would use its native kernels
+            (on their blocks) and bfloat16; other channels_last input on BatchNorm's kernels
+            per virtual batch; else torch's BN kernel per virtual batch) or ``"reference"``.
 
     Reference: E. Hoffer, I. Hubara, D. Soudry, "Train longer, generalize better: closing the
     generalization gap in large batch training of neural networks", NeurIPS 2017.
@@ -369,7 +370,27 @@ class GhostBatchNorm(BatchNorm):
         """BatchNorm's native kernels where BatchNorm would take them for the whole batch (its
         size, not a virtual batch's, sets the threshold: torch's path per virtual batch also
         pays for a ``torch.cat``, 1.25-1.7x BN's time before these kernels)."""
-        return use_native_batch_stats(x, self.weight) or self._use_rows_kernel(x)
+        return (
+            use_native_batch_stats(x, self.weight)
+            or self._use_rows_kernel(x)
+            or self._use_bf16_blocks(x)
+        )
+
+    def _use_bf16_blocks(self, x: Tensor) -> bool:
+        """bfloat16 contiguous ``(N, C, *)`` input: every virtual batch in one call of the
+        contiguous kernels' bfloat16 build (``kernels.ghost_forward``), where torch's
+        bfloat16 BN per virtual batch and a ``torch.cat`` took 1.5-1.7x BatchNorm2d's fwd+bwd
+        on (128, 64, 8, 8), 2 threads."""
+        return (
+            x.is_cpu
+            and x.dtype == torch.bfloat16
+            and x.dim() >= 3
+            and x.is_contiguous()
+            and (self.weight is None or self.weight.dtype in (torch.float32, x.dtype))
+            and x.numel() >= NATIVE_MIN_NUMEL
+            and not _native.capturing()
+            and _native.available("batch_norm")
+        )
 
     def _use_rows_kernel(self, x: Tensor) -> bool:
         """The native kernel that normalizes every virtual batch in one call
@@ -400,10 +421,11 @@ class GhostBatchNorm(BatchNorm):
     def _native_forward(self, x: Tensor, update: bool, tracked: int) -> Tensor:
         vbs = self.virtual_batch_size
         rows = self._use_rows_kernel(x)
-        # the rows kernel takes float32 parameters (a bfloat16 model's: cast, autograd casting
-        # their gradients back)
+        # the rows and the bfloat16 kernels take float32 parameters (a bfloat16 model's: cast,
+        # autograd casting their gradients back)
+        cast = rows or x.dtype != torch.float32
         weight, bias = (
-            p.float() if p is not None and rows else p for p in (self.weight, self.bias)
+            p.float() if p is not None and cast else p for p in (self.weight, self.bias)
         )
         if torch.is_grad_enabled() and _kernels.needs_grad(x, weight, bias):
             y, stats, var = _NativeGhostBatchNorm.apply(
