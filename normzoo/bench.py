@@ -3,6 +3,7 @@
     normzoo bench                                  # every norm, (32, 64, 32, 32), float32, CPU
     normzoo bench gn ln bn --shape 8,256,14,14 --channels-last
     normzoo bench rmsnorm --shape 4096,1024 --dtype bfloat16 --device cuda
+    normzoo bench gn ghostbatchnorm --set num_groups=8 --set virtual_batch_size=8
 
 For each norm, every contender runs once per round, in a fresh random order each round
 (interleaved in one process, so drift and other processes' load hit all alike), after
@@ -32,6 +33,7 @@ JSON feeds the performance page.
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import inspect
 import json
@@ -46,6 +48,7 @@ import torch
 from torch import nn
 
 import normzoo
+from normzoo.registry import accepted_kwargs
 
 CUDA_TIMINGS = ("latency", "gpu")
 
@@ -108,15 +111,28 @@ def norm_kwargs(name: str, token: bool, impl: str | None = None) -> dict[str, An
     return kwargs
 
 
-def make_norm(name: str, c: int, token: bool, impl: str | None = None) -> nn.Module | None:
-    """``normzoo.create(name, c)`` for a conv input, or its token form (:func:`norm_kwargs`);
-    ``None`` when the norm has no token form or cannot be built standalone."""
+def make_norm(
+    name: str,
+    c: int,
+    token: bool,
+    impl: str | None = None,
+    options: dict[str, Any] | None = None,
+    strict: bool = False,
+) -> nn.Module | None:
+    """``normzoo.create(name, c)`` for a conv input, or its token form (:func:`norm_kwargs`),
+    with the ``options`` the norm accepts (others ignored); ``None`` when the norm has no
+    token form or cannot be built standalone (with ``strict``, ``create``'s error is raised
+    instead: a bad option says what is wrong)."""
     kwargs = norm_kwargs(name, token, impl)
     if kwargs is None:
         return None
+    accepted = accepted_kwargs(normzoo.get(name))
+    kwargs.update({k: v for k, v in (options or {}).items() if k in accepted})
     try:
         return normzoo.create(name, c, **kwargs)
     except Exception:
+        if strict:
+            raise
         return None
 
 
@@ -270,20 +286,27 @@ def bench_row(
     activation: str | None = None,
     cuda_timing: str = "latency",
     skipped: list[str] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """One row: norm ``name`` against its torch.nn equivalent and ``nn.BatchNorm2d`` on the
     same tensor, every contender's medians over ``repeats`` interleaved rounds (after
     ``warmup`` calls each), and a ``copy_`` of the tensor for the memory bound; ``None`` where
     the norm cannot take this input (no token form; a norm that needs a process group).
     ``activation`` (``"relu"``): ours applies it itself (``fuse_activation``), the two
-    torch.nn modules are followed by ``nn.ReLU``. Why a norm was skipped is appended to
+    torch.nn modules are followed by ``nn.ReLU``. ``options``: keyword arguments for the
+    norms that accept them (``num_groups=8``). Why a norm was skipped is appended to
     ``skipped`` where given, else printed."""
     token = len(shape) == 2
     c = shape[-1] if token else shape[1]
-    ours = make_norm(name, c, token, impl)
+    try:
+        ours = make_norm(name, c, token, impl, options, strict=bool(options))
+    except Exception as err:  # an option the norm refuses, in its own words
+        _skip(f"{name}: {type(err).__name__}: {err}", skipped)
+        return None
     if ours is None:
         _skip(f"{name}: no {'token' if token else 'standalone'} form", skipped)
         return None
+    taken = {k: v for k, v in (options or {}).items() if k in accepted_kwargs(type(ours))}
     ref = ref_norm = torch_equivalent(name, ours, c, token)
     bn: nn.Module = nn.BatchNorm1d(c) if token else nn.BatchNorm2d(c)
     if activation is not None:
@@ -331,6 +354,7 @@ def bench_row(
         "torch_params_dtype": torch_params_dtype,
         # the mode the torch.nn module ran in (FrozenBatchNorm's equivalent: eval)
         "torch_mode": None if ref_norm is None else ("train" if ref_norm.training else "eval"),
+        "options": taken,  # the options (--set) this norm took
         "copy_ms": med["copy"] * 1e3,
         "channels_last_kept": layout_kept,
         "gpu_time_late": _late(timer, f"{name} {tuple(shape)}", repeats),
@@ -404,6 +428,15 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--repeats", type=int, default=21, help="timed rounds (default 21)")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
     p.add_argument("--cuda-timing", choices=CUDA_TIMINGS, default="latency")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="options",
+        help="a keyword argument for the norms that take it, e.g. num_groups=8 or "
+        "virtual_batch_size=8 (repeatable)",
+    )
     p.add_argument("--json", help="also write the rows here")
     p.set_defaults(func=run_cli)  # fmt: skip
 
@@ -426,17 +459,24 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.warmup < 0:
         print("normzoo bench: --repeats must be >= 1 and --warmup >= 0", file=sys.stderr)
         return 2
+    try:
+        options = parse_options(args.options, names)
+    except ValueError as err:
+        print(f"normzoo bench: {err}", file=sys.stderr)
+        return 2
     fmt = "channels_last" if args.channels_last else "contiguous"
     dtype = getattr(torch, args.dtype)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; shape "
-        f"{tuple(args.shape)} {args.dtype} {fmt}; medians of {args.repeats} rounds",
+        f"{tuple(args.shape)} {args.dtype} {fmt}; medians of {args.repeats} rounds"
+        + "".join(f"; {k}={v!r} ({', '.join(takers)})" for k, (v, takers) in options.items()),
         flush=True,
     )
     rows, skipped = [], []
     for name in names:
         row = bench_row(name, args.shape, dtype, fmt, device, args.repeats, args.warmup,
-                        cuda_timing=args.cuda_timing, skipped=skipped)  # fmt: skip
+                        cuda_timing=args.cuda_timing, skipped=skipped,
+                        options={k: v for k, (v, _) in options.items()})  # fmt: skip
         if row is not None:
             rows.append(row)
     print(format_table(rows))
@@ -446,6 +486,27 @@ def run_cli(args: argparse.Namespace) -> int:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
     return 0
+
+
+def parse_options(items: Sequence[str], names: Sequence[str]) -> dict[str, tuple[Any, list[str]]]:
+    """``["num_groups=8"]`` -> ``{"num_groups": (8, [norms that take it])}``: each value a
+    Python literal where it parses as one (``8``, ``1e-3``, ``None``, ``True``), else the
+    string. ValueError for an item without ``=`` or a key none of ``names`` takes."""
+    out: dict[str, tuple[Any, list[str]]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE (e.g. num_groups=8), got {item!r}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        takers = [n for n in names if key in accepted_kwargs(normzoo.get(n))]
+        if not takers:
+            raise ValueError(f"--set {key}: none of {', '.join(names)} takes {key!r}")
+        out[key] = (value, takers)
+    return out
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:

@@ -75,3 +75,34 @@ def test_bench_refuses_bad_arguments_before_timing(capsys):
         else:
             raise AssertionError(f"--shape {bad} accepted")
         assert "a shape is N,C or N,C,H,W" in capsys.readouterr().err
+
+
+def test_bench_set_passes_options_to_the_norms_that_take_them(capsys, tmp_path):
+    """``--set KEY=VALUE`` goes to every named norm that accepts it (a Python literal where it
+    parses as one): GroupNorm's groups reach its torch.nn equivalent too, Ghost BN's virtual
+    batch size lets it take a batch of 16; a value the norm refuses is reported in its own
+    words; a key no named norm takes, or an item without ``=``, exits 2 before timing."""
+    import json
+
+    out_json = tmp_path / "rows.json"
+    args = ["bench", "gn", "gbn", "bn", "--shape", "16,32,4,4", "--set", "num_groups=8",
+            "--set", "virtual_batch_size=8", "--repeats", "1", "--json", str(out_json)]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "; num_groups=8 (groupnorm); virtual_batch_size=8 (ghostbatchnorm)" in out
+    rows = {r["norm"]: r for r in json.loads(out_json.read_text())}
+    assert sorted(rows) == ["batchnorm", "ghostbatchnorm", "groupnorm"]  # gbn: 16 = 2 x 8
+    assert rows["groupnorm"]["options"] == {"num_groups": 8} and rows["batchnorm"]["options"] == {}
+    from normzoo.bench import make_norm, torch_equivalent
+
+    gn = make_norm("gn", 32, False, options={"num_groups": 8, "virtual_batch_size": 8})
+    assert gn.num_groups == 8 and torch_equivalent("gn", gn, 32, False).num_groups == 8
+    assert main(["bench", "gn", "--shape", "16,32,4,4", "--set", "num_groups=7",
+                 "--repeats", "1"]) == 0  # fmt: skip
+    assert "- groupnorm: ValueError: num_groups=7 must be a positive divisor" in (
+        capsys.readouterr().out
+    )
+    assert main(["bench", "bn", "--set", "num_groups=8"]) == 2
+    assert "none of batchnorm takes 'num_groups'" in capsys.readouterr().err
+    assert main(["bench", "gn", "--set", "8"]) == 2
+    assert "--set takes KEY=VALUE" in capsys.readouterr().err
