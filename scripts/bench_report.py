@@ -93,13 +93,15 @@ INTRO_BODY = """## Where the speed comes from
   read BatchNorm at 0.50, 0.61 and 0.68 of torch.nn on (32, 64, 32, 32) (the 1.5x target
   met in two of three), InstanceNorm at 0.40, 0.54 and 0.59 (2x met in one of three) and
   LayerNorm on (4, 32, 64, 64) at 0.90, 0.99 and 1.04; torch.nn's instance norm alone took
-  2.5-4.0 ms from run to run there. The table above judges only the runs on the page. An
-  earlier full-matrix run of the nineteenth session (11 rounds; replaced on this page by the
-  run after Ghost BN's last change) read BatchNorm on (32, 64, 32, 32), its first row, at
-  0.84 of torch.nn (median 2.11 ms, fastest round 1.52 ms, torch.nn's 2.50 and 2.28),
-  InstanceNorm at 0.51 and LayerNorm on (8, 256, 14, 14) at 1.05; a 41-round run of the core
-  section's command minutes later (not on this page) read them at 0.57, 0.42 and 0.92, and
-  every core row at most 0.98.
+  2.5-4.0 ms from run to run there. The table above judges only the runs on the page. The
+  nineteenth session ran the full matrix (11 rounds) three times, each after a change to
+  Ghost BN, the last on this page: InstanceNorm on (32, 64, 32, 32) read 0.51, 0.37 and 0.51
+  of torch.nn (on the page: median 1.95 ms against 3.80, fastest rounds 1.30 against 2.47),
+  BatchNorm there 0.84 (its first row: median 2.11 ms, fastest round 1.52 against torch.nn's
+  2.28), 0.62 and 0.45, LayerNorm on (8, 256, 14, 14) 1.05, 0.96 and 0.95, GroupNorm there
+  0.97, 0.95 and 1.002 (0.291 against 0.290 ms). A 41-round run of the core section's command
+  after the first (not on this page) read BatchNorm 0.57, InstanceNorm 0.42 and every
+  LayerNorm and GroupNorm row at most 0.98.
 - On a GPU the issue's shapes are a few microseconds of memory traffic, so their times are
   kernel launches and Python; the GPU-sized shapes, (256, 64, 64, 64) and (65536, 1024),
   measure bandwidth. `bench.py --cuda-timing gpu` times the GPU's work alone (the host's
