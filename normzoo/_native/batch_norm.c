@@ -635,6 +635,18 @@ NZ_INLINE void ghost_sum_parts(const float *part, int64_t V, int64_t C, float *d
  * task is (virtual batch, block of channels). stats: (V, 2, C), each virtual batch's mean and
  * invstd; var: (V, C) biased, or NULL. The backward's part (V, 2, C) holds each virtual batch's
  * dw and db, added over the virtual batches in order (double). dx, dw, db may be NULL. */
+/* Task t of (virtual batch j, block of bc channels from c0): its k channels, the virtual
+ * batch's n samples (the last may be fewer than B), its offset into the tensor. */
+NZ_INLINE void ghost_block_task(int64_t t, int64_t blocks, int64_t bc, int64_t N, int64_t C,
+                                int64_t L, int64_t B, int64_t *j, int64_t *c0, int64_t *k,
+                                int64_t *n, int64_t *off) {
+  *j = t / blocks;
+  *c0 = (t % blocks) * bc;
+  *k = C - *c0 < bc ? C - *c0 : bc;
+  *n = N - *j * B < B ? N - *j * B : B;
+  *off = *j * B * C * L;
+}
+
 void nz_ghost_forward(const float *x, const float *w, const float *b, float *y, float *stats,
                       float *var, int64_t N, int64_t C, int64_t L, int64_t B, double eps,
                       int threads) {
@@ -642,10 +654,10 @@ void nz_ghost_forward(const float *x, const float *w, const float *b, float *y, 
   const int64_t blocks = (C + bc - 1) / bc;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t t = 0; t < V * blocks; ++t) {
-    const int64_t j = t / blocks, c0 = (t % blocks) * bc, c1 = c0 + bc < C ? c0 + bc : C;
-    const int64_t n = N - j * B < B ? N - j * B : B, off = j * B * C * L;
+    int64_t j, c0, k, n, off;
+    ghost_block_task(t, blocks, bc, N, C, L, B, &j, &c0, &k, &n, &off);
     bn_forward_block(x + off, w, b, y + off, stats + j * 2 * C, stats + (j * 2 + 1) * C,
-                     var ? var + j * C : NULL, n, C, L, c0, c1 - c0, eps, 0, NULL);
+                     var ? var + j * C : NULL, n, C, L, c0, k, eps, 0, NULL);
   }
 }
 
@@ -658,11 +670,11 @@ void nz_ghost_backward(const float *dy, const float *x, const float *w, const fl
   {
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < V * blocks; ++t) {
-      const int64_t j = t / blocks, c0 = (t % blocks) * bc, c1 = c0 + bc < C ? c0 + bc : C;
-      const int64_t n = N - j * B < B ? N - j * B : B, off = j * B * C * L;
+      int64_t j, c0, k, n, off;
+      ghost_block_task(t, blocks, bc, N, C, L, B, &j, &c0, &k, &n, &off);
       bn_backward_block(dy + off, x + off, w, NULL, stats + j * 2 * C, stats + (j * 2 + 1) * C,
                         dx ? dx + off : NULL, part + j * 2 * C, part + (j * 2 + 1) * C, n, C, L,
-                        c0, c1 - c0, 0);
+                        c0, k, 0);
     }
     ghost_sum_parts(part, V, C, dw, db);
   }
@@ -753,10 +765,10 @@ void nz_ghost_forward_bf16(const uint16_t *x, const float *w, const float *b, ui
   const int64_t blocks = (C + bc - 1) / bc;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t t = 0; t < V * blocks; ++t) {
-    const int64_t j = t / blocks, c0 = (t % blocks) * bc, c1 = c0 + bc < C ? c0 + bc : C;
-    const int64_t n = N - j * B < B ? N - j * B : B, off = j * B * C * L;
+    int64_t j, c0, k, n, off;
+    ghost_block_task(t, blocks, bc, N, C, L, B, &j, &c0, &k, &n, &off);
     ghost_block_forward_bf16(x + off, w, b, y + off, stats + j * 2 * C, stats + (j * 2 + 1) * C,
-                             var ? var + j * C : NULL, n, C, L, c0, c1 - c0, eps);
+                             var ? var + j * C : NULL, n, C, L, c0, k, eps);
   }
 }
 
@@ -769,11 +781,11 @@ void nz_ghost_backward_bf16(const uint16_t *dy, const uint16_t *x, const float *
   {
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < V * blocks; ++t) {
-      const int64_t j = t / blocks, c0 = (t % blocks) * bc, c1 = c0 + bc < C ? c0 + bc : C;
-      const int64_t n = N - j * B < B ? N - j * B : B, off = j * B * C * L;
+      int64_t j, c0, k, n, off;
+      ghost_block_task(t, blocks, bc, N, C, L, B, &j, &c0, &k, &n, &off);
       ghost_block_backward_bf16(dy + off, x + off, w, stats + j * 2 * C,
                                 stats + (j * 2 + 1) * C, dx ? dx + off : NULL, part + j * 2 * C,
-                                part + (j * 2 + 1) * C, n, C, L, c0, c1 - c0);
+                                part + (j * 2 + 1) * C, n, C, L, c0, k);
     }
     ghost_sum_parts(part, V, C, dw, db);
   }

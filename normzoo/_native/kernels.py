@@ -383,8 +383,11 @@ def batch_norm_backward_cl_unchecked(
 GHOST_ROW_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def _check_blocks(x: Tensor, *small: Tensor | None, like: Tensor | None = None) -> str:
-    """Check contiguous ``x`` ``(N, C, *)`` (and ``like``, of ``x``'s dtype and shape) and the
+def _check_ghost(
+    x: Tensor, *small: Tensor | None, like: Tensor | None = None, rows: bool = False
+) -> str:
+    """Check Ghost BN's contiguous ``x`` (token rows ``(N, C)`` where ``rows``, else
+    ``(N, C, *)``) and ``like`` (of ``x``'s dtype and shape: the output gradient), and the
     float32 ``small`` tensors; the kernels' name suffix for ``x``'s dtype."""
     _check(*small)
     for t in (x, like):
@@ -400,6 +403,8 @@ def _check_blocks(x: Tensor, *small: Tensor | None, like: Tensor | None = None) 
                 f"native ghost batch norm: the output gradient must match x ({x.dtype}, "
                 f"{tuple(x.shape)}), got {t.dtype}, {tuple(t.shape)}"
             )
+    if rows and x.dim() != 2:
+        raise ValueError(f"native ghost batch norm takes (N, C) tokens, got shape {tuple(x.shape)}")
     if x.dim() < 2:
         raise ValueError(f"native ghost batch norm takes (N, C, *) input, got {tuple(x.shape)}")
     return "" if x.dtype == torch.float32 else "_bf16"
@@ -419,7 +424,7 @@ def ghost_forward(
     invstd, ``var`` ``(V, C)`` their biased variances (``None`` unless ``want_var``), float32.
     In float32 each virtual batch is normalized as :func:`batch_norm_forward` normalizes it,
     to the bit; bfloat16 ``x`` is read and ``y`` written as bfloat16, the math in float32."""
-    suffix = _check_blocks(x, weight, bias)
+    suffix = _check_ghost(x, weight, bias)
     n, c, length = _sizes(x)
     batches = -(-n // virtual_batch_size)
     y = torch.empty_like(x)
@@ -444,7 +449,7 @@ def ghost_backward(
     needed): each virtual batch's as :func:`batch_norm_backward`'s, the parameters' summed
     over the virtual batches in order."""
     dy = dy.contiguous()
-    suffix = _check_blocks(x, weight, stats, like=dy)
+    suffix = _check_ghost(x, weight, stats, like=dy)
     n, c, length = _sizes(x)
     dx = torch.empty_like(x) if needs[0] else None
     dw, db = (torch.empty(c) if need else None for need in needs[1:])  # float32, as weight
@@ -457,28 +462,6 @@ def ghost_backward(
 
 
 # -- ghost batch norm on tokens: (N, C), N rows of C channels -----------------------------------
-def _check_rows(x: Tensor, *small: Tensor | None, like: Tensor | None = None) -> str:
-    """Check the token rows ``x`` (and ``like``, of ``x``'s dtype) and the float32 ``small``
-    tensors; the kernels' name suffix for ``x``'s dtype."""
-    _check(*small)
-    for t in (x, like):
-        if t is None:
-            continue
-        if t.device.type != "cpu" or t.dtype not in GHOST_ROW_DTYPES or not t.is_contiguous():
-            raise ValueError(
-                f"native ghost batch norm takes contiguous float32 or bfloat16 CPU rows, got "
-                f"{t.dtype} on {t.device}{'' if t.is_contiguous() else ' (not contiguous)'}"
-            )
-        if t.dtype != x.dtype or t.shape != x.shape:
-            raise ValueError(
-                f"native ghost batch norm: the output gradient must match x ({x.dtype}, "
-                f"{tuple(x.shape)}), got {t.dtype}, {tuple(t.shape)}"
-            )
-    if x.dim() != 2:
-        raise ValueError(f"native ghost batch norm takes (N, C) tokens, got shape {tuple(x.shape)}")
-    return "" if x.dtype == torch.float32 else "_bf16"
-
-
 def ghost_rows_forward(
     x: Tensor,
     weight: Tensor | None,
@@ -491,7 +474,7 @@ def ghost_rows_forward(
     ``virtual_batch_size`` rows (the last one smaller where ``N`` is not a multiple):
     ``(y, stats, var)``, ``stats`` ``(V, 2, C)`` each virtual batch's
     mean and invstd, ``var`` ``(V, C)`` their biased variances (``None`` unless ``want_var``)."""
-    suffix = _check_rows(x, weight, bias)
+    suffix = _check_ghost(x, weight, bias, rows=True)
     n, c = x.shape
     batches = -(-n // virtual_batch_size)
     y = torch.empty_like(x)
@@ -515,7 +498,7 @@ def ghost_rows_backward(
     """Gradients ``(dx, dweight, dbias)`` of :func:`ghost_rows_forward` (``None`` where not
     needed), the parameters' sums added over the virtual batches in order."""
     dy = dy.contiguous()
-    suffix = _check_rows(x, weight, stats, like=dy)
+    suffix = _check_ghost(x, weight, stats, like=dy, rows=True)
     n, c = x.shape
     dx = torch.empty_like(x) if needs[0] else None
     dw, db = (torch.empty(c) if need else None for need in needs[1:])  # float32, as weight
