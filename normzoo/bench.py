@@ -438,17 +438,22 @@ def add_parser(sub: Any) -> None:
         "virtual_batch_size=8 (repeatable)",
     )
     p.add_argument("--json", help="also write the rows here")
-    p.set_defaults(func=run_cli)  # fmt: skip
+    p.set_defaults(func=run_cli)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Time each norm on one input; print a table, fastest first."""
-    try:
-        names = [normzoo.info(n).name for n in args.norms] or normzoo.available()
+    try:  # (each norm once, however it was named)
+        names = list(dict.fromkeys(normzoo.info(n).name for n in args.norms))
     except KeyError as err:  # the registry's message names close matches
         print(f"normzoo bench: {err.args[0]}", file=sys.stderr)
         return 2
-    device = torch.device(args.device)
+    names = names or normzoo.available()
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError) as err:
+        print(f"normzoo bench: --device {args.device!r}: {err}", file=sys.stderr)
+        return 2
     if device.type == "cuda" and not torch.cuda.is_available():
         print("normzoo bench: --device cuda, but torch sees no CUDA GPU", file=sys.stderr)
         return 2

@@ -33,14 +33,14 @@ def test_help_describes_the_command_in_whole_sentences():
 
 
 def test_bench_times_the_norms_on_one_input_fastest_first(capsys, tmp_path):
-    """``normzoo bench``: each named norm (aliases too) timed against torch.nn and BatchNorm
-    on one input; a table sorted by fwd+bwd time, the rows in the JSON; a norm with no form
-    for the input (InstanceNorm on tokens) or that refuses it (Ghost BN's virtual batch larger
-    than the batch) is listed with the reason, not timed."""
+    """``normzoo bench``: each named norm (aliases too, each norm once) timed against torch.nn
+    and BatchNorm on one input; a table sorted by fwd+bwd time, the rows in the JSON; a norm
+    with no form for the input (InstanceNorm on tokens) or that refuses it (Ghost BN's virtual
+    batch larger than the batch) is listed with the reason, not timed."""
     import json
 
     out_json = tmp_path / "rows.json"
-    args = ["bench", "gn", "ln", "bn", "--shape", "8,16,6,6", "--channels-last",
+    args = ["bench", "gn", "ln", "groupnorm", "bn", "--shape", "8,16,6,6", "--channels-last",
             "--repeats", "2", "--warmup", "1", "--json", str(out_json)]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -63,6 +63,8 @@ def test_bench_times_the_norms_on_one_input_fastest_first(capsys, tmp_path):
 def test_bench_refuses_bad_arguments_before_timing(capsys):
     assert main(["bench", "grupnorm"]) == 2
     assert "did you mean 'groupnorm'" in capsys.readouterr().err
+    assert main(["bench", "gn", "--device", "gpu"]) == 2
+    assert "--device 'gpu'" in capsys.readouterr().err
     assert main(["bench", "gn", "--shape", "8,16", "--channels-last"]) == 2
     assert "--channels-last takes a 4-d shape" in capsys.readouterr().err
     assert main(["bench", "gn", "--repeats", "0"]) == 2
