@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import ast
 import collections
-import inspect
 import json
 import random
 import statistics
@@ -88,23 +87,16 @@ TORCH_EQUIVALENT: dict[str, TorchBuilder] = {
 }
 
 
-def _accepts(cls: type, kwarg: str) -> bool:
-    try:
-        return kwarg in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def norm_kwargs(name: str, token: bool, impl: str | None = None) -> dict[str, Any] | None:
     """The keyword arguments that build norm ``name`` for a conv input, or for tokens
     ``(N, C)`` its token form (``channels_last`` for the per-token norms, LayerNorm and
     RMSNorm); ``None`` when it takes no tokens. ``impl`` where the norm takes one."""
     cls = normzoo.get(name)
     kwargs: dict[str, Any] = {}
-    if impl is not None and _accepts(cls, "impl"):
+    if impl is not None and "impl" in accepted_kwargs(cls):
         kwargs["impl"] = impl
     if token:  # per-token norms (LN, RMSNorm) take (..., C); others (N, C) if they can
-        if _accepts(cls, "channels_last") and "batch" not in cls.reduces_over:
+        if "channels_last" in accepted_kwargs(cls) and "batch" not in cls.reduces_over:
             kwargs["channels_last"] = True
         elif cls.min_spatial_dims > 0:
             return None
