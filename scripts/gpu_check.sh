@@ -60,7 +60,8 @@ if [[ $steps == *" test "* ]]; then
         -k "not fused" 2>&1 | tee "$out/test_cuda.log"
 fi
 if [[ $steps == *" tritontest "* ]]; then
-    limit "${TRITONTEST_LIMIT:-300}" "$py" -m pytest -q -p no:cacheprovider \
+    # TRITONTEST_ARGS: e.g. "-n 8" (pytest-xdist: the kernels' cold compiles overlap)
+    limit "${TRITONTEST_LIMIT:-300}" "$py" -m pytest -q -p no:cacheprovider ${TRITONTEST_ARGS:-} \
         tests/test_triton_gpu.py 2>&1 | tee "$out/test_triton_gpu.log"
 fi
 if [[ $steps == *" fusedtest "* ]]; then
@@ -81,9 +82,12 @@ if [[ $steps == *" bench "* ]]; then
         2>&1 | tee "$out/bench_cuda.log"
 fi
 if [[ $steps == *" triton "* ]]; then
-    for timing in gpu latency; do
+    # TRITON_TIMINGS, TRITON_SHAPES, TRITON_REPEATS: fewer timings, shapes or repeats
+    for timing in ${TRITON_TIMINGS:-gpu latency}; do
         NORMZOO_TRITON=all limit "${TRITON_LIMIT:-240}" "$py" scripts/bench.py --devices cuda \
-            --repeats 15 --warmup 3 --norms bn gn ln in rms frn evonorms0 batchrenorm switchablenorm evonormb0 ghostbatchnorm frozenbn --shapes 64,64,64,64 $big \
+            --repeats "${TRITON_REPEATS:-15}" --warmup 3 --norms bn gn ln in rms frn evonorms0 \
+            batchrenorm switchablenorm evonormb0 ghostbatchnorm frozenbn \
+            --shapes ${TRITON_SHAPES:-64,64,64,64 $big} \
             --dtypes float32 bfloat16 --no-train --cuda-timing $timing \
             --title "GPU: core norms on the Triton kernels ($timing)" \
             --json "$out/bench_triton_$timing.json" 2>&1 | tee "$out/bench_triton_$timing.log"

@@ -334,6 +334,7 @@ def main() -> None:
                     "torch_fwdbwd": host_time(rfb, args.repeats),
                 }
                 rows.append(row)
+                write_json(args.json, launches, rows, [])  # a step cut short keeps them
                 best = max(row["configs"].items(), key=lambda kv: kv[1]["fwd_fraction"])
                 print(
                     f"{case:<19} {'x'.join(map(str, shape)):<14} {row['dtype']:<8} "
