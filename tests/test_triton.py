@@ -51,6 +51,18 @@ def test_import_normzoo_does_not_import_triton():
         ("group", (256, 40, 64, 64), False, 8, False),
         ("group", (256, 48, 64, 64), False, 8, True),
         ("token", (65536, 1024), True, 1, False),
+        # the zoo: contiguous input measured (twentieth session), channels_last not yet
+        ("frn", (256, 64, 64, 64), True, 64, True),
+        ("frn", (256, 64, 64, 64), False, 64, False),
+        ("s0", (256, 64, 64, 64), True, 32, True),
+        ("rms", (256, 64, 64, 64), True, 1, True),
+        ("renorm", (256, 64, 64, 64), True, 1, True),
+        ("renorm", (256, 64, 64, 64), False, 1, False),
+        ("switchable", (256, 64, 64, 64), True, 1, True),
+        ("b0", (256, 64, 64, 64), True, 1, True),
+        ("ghost", (256, 64, 64, 64), True, 1, True),
+        ("ghost", (1024, 512, 14, 14), True, 1, False),  # 196 positions: scalar loads
+        ("frozen", (256, 64, 64, 64), True, 1, False),  # its eager path's host time won
     ],
 )
 def test_the_measured_rule(kind, shape, contiguous, groups, expected, monkeypatch):

@@ -300,13 +300,19 @@ def test_triton_dispatch(monkeypatch):
     assert not _triton.serves_batch(odd) and not _triton.serves_group(odd, 32)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         assert not _triton.serves_batch(big)
-    for kind in ("rms", "frn", "s0"):  # the zoo's kinds: not measured yet, so "all" only
-        assert not _triton.serves_group(big, 16, kind=kind)
+    for kind in ("rms", "frn", "s0"):  # the zoo's measured kinds: contiguous input
+        assert _triton.serves_group(big, 16, kind=kind)
+        assert not _triton.serves_group(cl, 16, kind=kind)
+        assert not _triton.serves_group(odd, 16, kind=kind)
+    for kind in ("renorm", "switchable", "b0", "ghost"):
+        assert _triton.serves_batch(big, kind=kind) and not _triton.serves_batch(cl, kind=kind)
+    assert not _triton.serves_batch(big, kind="frozen")  # its eager path's host time won
     monkeypatch.setenv("NORMZOO_TRITON", "all")
     assert _triton.serves_batch(cl) and _triton.serves_tokens(big.view(-1, 1024))
     assert _triton.serves_group(big, 64, kind="frn") and _triton.serves_group(big, 32, kind="s0")
     assert _triton.serves_group(big, 1, kind="rms") and _triton.serves_group(cl, 1, kind="rms")
-    assert not _triton.serves_group(cl, 64, kind="frn")  # one pass, contiguous only
+    assert _triton.serves_group(cl, 64, kind="frn")  # two phases on channels_last
+    assert _triton.serves_batch(cl, kind="frozen") and _triton.serves_batch(cl, kind="ghost")
     monkeypatch.setenv("NORMZOO_TRITON", "0")
     assert not _triton.serves_batch(big) and not _triton.serves_group(cl, 1)
 

@@ -128,6 +128,19 @@ MIN_NUMEL = 1 << 26
 MIN_NUMEL_ALL = 1 << 18
 #: The largest (sample, group) block that one program holds in registers.
 ONE_PASS_MAX = 8192
+#: The zoo's kinds (see :func:`takes`).
+ZOO_KINDS = frozenset({"rms", "frn", "s0", "renorm", "switchable", "b0", "ghost"})
+#: Those served by default, as ``(kind, contiguous) -> dtypes``, from ``MIN_NUMEL`` elements
+#: with positions (contiguous) or channels (channels_last) a multiple of 16: on an H200
+#: (twentieth session, ``docs/data/gpu_triton_ab_h200.json``, (256, 64, 64, 64) float32,
+#: fwd+bwd timed as the GPU's work, interleaved with each module's path without the kernels)
+#: the kernels were 1.97x (RMSNorm) to 6.2x (EvoNorm-S0) faster, and their host time per
+#: call no longer (1.1-1.8 ms against 1.2-9.1 ms). FrozenBatchNorm's kernels were 1.19x
+#: faster on the GPU but took 1.07 ms of host time against its eager path's 0.59 ms, which
+#: then sets the time: it keeps the eager path.
+ZOO_MEASURED: dict[tuple[str, bool], frozenset[torch.dtype]] = {
+    (kind, True): frozenset({torch.float32}) for kind in ZOO_KINDS
+}
 #: Elements per tile of the two-phase kernels.
 TILE = 4096
 #: Programs per multiprocessor that the two-phase kernels aim for (chunks per set follow).
@@ -228,7 +241,13 @@ def serves(x: Tensor, *params: Tensor | None) -> bool:
     return (x.is_contiguous() or channels_last_format(x) is not None) and available()
 
 
-def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) -> bool:
+def takes(
+    kind: str,
+    shape: tuple[int, ...],
+    contiguous: bool,
+    groups: int = 1,
+    dtype: torch.dtype = torch.float32,
+) -> bool:
     """The measured rule (module docstring) for an input of ``shape`` that :func:`serves`
     accepts: ``kind`` ``"batch"``, ``"group"`` (``groups`` groups), ``"token"`` (layer
     norm or RMSNorm over tokens), or the zoo's ``"rms"`` (channels-first RMSNorm), ``"frn"``,
@@ -250,16 +269,15 @@ def takes(kind: str, shape: tuple[int, ...], contiguous: bool, groups: int = 1) 
             return True
         one_pass = not contiguous or _one_pass_shape(shape, groups)
         return one_pass and _vectorized(shape, contiguous)
-    if kind == "rms":
-        return every and len(shape) >= 3
-    if kind == "renorm":  # Batch Renorm: any layout the batch-norm kernels take
-        return every
-    if kind in ("switchable", "b0", "ghost"):  # SwitchableNorm, EvoNorm-B0, Ghost BN
-        return every and len(shape) >= 3
     if kind == "frozen":  # FrozenBatchNorm: any layout the batch-norm kernels take
-        return every
-    if kind in ("frn", "s0"):  # one pass on contiguous one-pass shapes, else two phases
-        return every and len(shape) >= 3
+        return every  # measured: its eager path's host time is shorter (see ZOO_MEASURED)
+    if kind == "renorm" and every:  # Batch Renorm: any layout the batch-norm kernels take
+        return True
+    if kind in ZOO_KINDS:  # (N, C, *spatial) only
+        if every:
+            return len(shape) >= 3
+        measured = dtype in ZOO_MEASURED.get((kind, contiguous), ())
+        return measured and len(shape) >= 3 and _vectorized(shape, contiguous)
     return every and _pow2(shape[-1]) <= ONE_PASS_MAX  # a token in one program's registers
 
 
@@ -277,14 +295,15 @@ def _vectorized(shape: tuple[int, ...], contiguous: bool) -> bool:
 def serves_batch(x: Tensor, *params: Tensor | None, kind: str = "batch") -> bool:
     """Batch norm (training) of ``x`` through the kernels, or Batch Renorm
     (``kind="renorm"``): :func:`serves` and :func:`takes`."""
-    return serves(x, *params) and takes(kind, tuple(x.shape), x.is_contiguous())
+    return serves(x, *params) and takes(kind, tuple(x.shape), x.is_contiguous(), dtype=x.dtype)
 
 
 def serves_group(x: Tensor, groups: int, *params: Tensor | None, kind: str = "group") -> bool:
     """Group norm of ``x`` with ``groups`` groups (1: layer norm over (C, *spatial), C:
     instance norm), or another group-structured ``kind`` (``"rms"``, ``"frn"``, ``"s0"``:
     see :func:`takes`), through the kernels: :func:`serves` and :func:`takes`."""
-    return serves(x, *params) and takes(kind, tuple(x.shape), x.is_contiguous(), groups)
+    shape, contiguous = tuple(x.shape), x.is_contiguous()
+    return serves(x, *params) and takes(kind, shape, contiguous, groups, x.dtype)
 
 
 def serves_tokens(x: Tensor, *params: Tensor | None) -> bool:
