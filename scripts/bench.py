@@ -290,6 +290,7 @@ def machine() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "normzoo_compile": os.environ.get("NORMZOO_COMPILE", "1"),
         "normzoo_native": os.environ.get("NORMZOO_NATIVE", "1"),
+        "normzoo_triton": os.environ.get("NORMZOO_TRITON", "1"),
         # the allocator's settings change CPU timings (page faults of fresh outputs)
         "allocator_env": {
             k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "THP_", "LD_PRELOAD"))

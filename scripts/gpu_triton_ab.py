@@ -15,15 +15,15 @@ sections):
    ~67M elements although their GPU time was shorter: each Triton launch from Python costs
    more host time. Here each path's host time per forward and per fwd+bwd is measured with the
    GPU kept busy (so the host never waits), against torch's functional forms.
-3. **The zoo's kernels** (eleventh session, not yet run on a GPU): FRN + TLU, EvoNorm-S0 and
-   channels-first RMSNorm on the group kernels, Batch Renorm, SwitchableNorm, EvoNorm-B0
-   and Ghost BN on the two-phase scheme, FrozenBatchNorm on the map kernels (served only
-   under ``NORMZOO_TRITON=all``
-   until measured). Each module (``--modules``) runs fwd+bwd with ``NORMZOO_TRITON=all``
-   (the kernels) and with the default (its current CUDA path: ``torch.compile`` of the
-   reference math for FRN and small EvoNorm-S0, eager kernels otherwise), interleaved, on
-   the same tensors; ``triton_ran`` records that the kernels served the first and not the
-   second. The default's first call may compile (seconds); it runs before the timing.
+3. **The zoo's kernels**: FRN + TLU, EvoNorm-S0 and channels-first RMSNorm on the group
+   kernels, Batch Renorm, SwitchableNorm, EvoNorm-B0 and Ghost BN on the two-phase scheme,
+   FrozenBatchNorm on the map kernels. Each module (``--modules``) runs fwd+bwd with
+   ``NORMZOO_TRITON=all`` (the kernels) and with ``NORMZOO_TRITON=0`` (its CUDA path without
+   them: ``torch.compile`` of the reference math for FRN and small EvoNorm-S0, eager kernels
+   otherwise; "default" in the JSON), interleaved, on the same tensors; ``triton_ran``
+   records that the kernels served the first and not the second. The default's first call
+   may compile (seconds); it runs before the timing. The twentieth session's rows
+   (``docs/data/gpu_triton_ab_h200.json``) set ``_triton.ZOO_MEASURED``.
 
 GPU times are medians of CUDA events around each call, the call queued behind an L2-evicting
 memset and a GPU sleep (``bench.py --cuda-timing gpu``); fractions are of a ``copy_`` of the
@@ -208,7 +208,7 @@ def module_ab(
     channels_last: bool = False,
 ) -> dict[str, Any]:
     """One zoo module's fwd and fwd+bwd GPU and host times with the kernels
-    (``NORMZOO_TRITON=all``) and without (the default), interleaved per repeat, on a
+    (``NORMZOO_TRITON=all``) and without (``NORMZOO_TRITON=0``), interleaved per repeat, on a
     contiguous or channels_last input."""
     import normzoo
 
@@ -304,20 +304,20 @@ def main() -> None:
                 copy_ms = gpu_time(lambda s=src, o=out: o.copy_(s), flush, args.repeats)
                 row = {"case": case, "shape": list(shape), "dtype": str(dtype)[6:],
                        "copy_ms": copy_ms, "configs": {}}  # fmt: skip
-                for per_sm, tile, rows in CONFIGS:
-                    if rows != CONFIGS[0][2] and (not token or CASES[case][0] == "batch"):
+                for per_sm, tile, min_rows in CONFIGS:
+                    if min_rows != CONFIGS[0][2] and (not token or CASES[case][0] == "batch"):
                         continue  # (only the token kernels read TOKEN_MIN_ROWS)
                     _triton.PROGRAMS_PER_SM, _triton.TILE, _triton.TOKEN_MIN_ROWS = (
                         per_sm,
                         tile,
-                        rows,
+                        min_rows,
                     )
                     f, fb = ours(t, False), ours(t, True)
                     for fn in (f, fb):  # compile and warm
                         fn()
                     fwd_ms = gpu_time(f, flush, args.repeats)
                     fb_ms = gpu_time(fb, flush, args.repeats)
-                    row["configs"][f"{per_sm}x{tile}x{rows}"] = {
+                    row["configs"][f"{per_sm}x{tile}x{min_rows}"] = {
                         "fwd_ms": fwd_ms,
                         "fwd_fraction": copy_ms / fwd_ms,
                         "fwdbwd_ms": fb_ms,

@@ -514,3 +514,50 @@ def test_targets_table_gpu_aim_per_norm_from_its_best_timed_run():
     assert sorted(n["norm"] for n in gpu["met"]) == ["frn", "groupnorm"]
     text = report.targets_table([("g.json", gpu_timed), ("n.json", newer)])
     assert "| 2 of 3 norms | layernorm 256x64x64x64 contiguous float32: 0.50 (`g.json`) |" in text
+
+
+def _triton_ab_row(module, fmt, dtype, speedup, host, host_without, gpu_ms, gpu_ms_without):
+    return {
+        "module": module, "shape": [256, 64, 64, 64], "format": fmt, "dtype": dtype,
+        "triton_fwd_fraction": 0.9, "triton_bwd_fraction": 0.8,
+        "default_fwd_fraction": 0.3, "default_bwd_fraction": 0.2, "speedup_fwdbwd": speedup,
+        "triton_host_us_fwdbwd": host, "default_host_us_fwdbwd": host_without,
+        "triton_fwdbwd_ms": gpu_ms, "default_fwdbwd_ms": gpu_ms_without,
+    }  # fmt: skip
+
+
+def test_triton_ab_rows_are_served_where_both_the_gpu_and_the_call_win():
+    report = load_script("bench_report")
+    gpu_and_call = _triton_ab_row("frn", "contiguous", "float32", 2.0, 1000, 1500, 0.5, 1.0)
+    host_bound = _triton_ab_row("frozenbatchnorm", "contiguous", "float32", 1.2, 1000, 600, 0.3,
+                                0.36)  # fmt: skip
+    slower_gpu = _triton_ab_row("rmsnorm", "contiguous", "float32", 0.9, 100, 100, 2.0, 1.8)
+    assert report.triton_ab_wins(gpu_and_call)
+    assert not report.triton_ab_wins(host_bound)  # 1000 us a call against 600
+    assert not report.triton_ab_wins(slower_gpu)
+    table = report.triton_ab_table([gpu_and_call, host_bound])
+    lines = table.splitlines()
+    assert lines[2].endswith("| 2.00x | 1000 / 1500 | 0.67 | yes |")
+    assert lines[3].endswith("| 1000 / 600 | 1.67 | no |")
+
+
+def test_the_zoos_triton_dispatch_follows_the_gpu_ab_data():
+    """``_triton.ZOO_MEASURED`` serves exactly the (kind, layout, dtype) whose A/B rows on the
+    docs page won (``bench_report.triton_ab_wins``); every pair it serves has such a row."""
+    from normzoo.norms import _triton
+
+    report = load_script("bench_report")
+    data = json.loads((ROOT / "docs/data/gpu_triton_ab_h200.json").read_text())
+    measured: dict[tuple[str, bool, torch.dtype], list[bool]] = {}
+    for r in data["modules"]:
+        key = (report.TRITON_KINDS[r["module"]], r["format"] == "contiguous",
+               getattr(torch, r["dtype"]))  # fmt: skip
+        measured.setdefault(key, []).append(report.triton_ab_wins(r))
+    served = {
+        (kind, contiguous, dtype)
+        for (kind, contiguous), dtypes in _triton.ZOO_MEASURED.items()
+        for dtype in dtypes
+    }
+    assert served <= set(measured), served - set(measured)  # nothing served unmeasured
+    for key, wins in measured.items():
+        assert (key in served) == all(wins), key

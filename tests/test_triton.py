@@ -51,17 +51,23 @@ def test_import_normzoo_does_not_import_triton():
         ("group", (256, 40, 64, 64), False, 8, False),
         ("group", (256, 48, 64, 64), False, 8, True),
         ("token", (65536, 1024), True, 1, False),
-        # the zoo: contiguous input measured (twentieth session), channels_last not yet
+        # the zoo (twentieth session's A/B, float32): contiguous, some on channels_last
         ("frn", (256, 64, 64, 64), True, 64, True),
-        ("frn", (256, 64, 64, 64), False, 64, False),
+        ("frn", (256, 64, 64, 64), False, 64, True),
         ("s0", (256, 64, 64, 64), True, 32, True),
+        ("s0", (256, 64, 64, 64), False, 32, False),  # not measured
         ("rms", (256, 64, 64, 64), True, 1, True),
+        ("rms", (256, 64, 64, 64), False, 1, True),
         ("renorm", (256, 64, 64, 64), True, 1, True),
-        ("renorm", (256, 64, 64, 64), False, 1, False),
+        ("renorm", (256, 64, 64, 64), False, 1, False),  # its host time outweighed the kernels
         ("switchable", (256, 64, 64, 64), True, 1, True),
+        ("switchable", (256, 64, 64, 64), False, 1, False),  # not measured
         ("b0", (256, 64, 64, 64), True, 1, True),
+        ("b0", (256, 64, 64, 64), False, 1, True),
         ("ghost", (256, 64, 64, 64), True, 1, True),
+        ("ghost", (256, 64, 64, 64), False, 1, True),
         ("ghost", (1024, 512, 14, 14), True, 1, False),  # 196 positions: scalar loads
+        ("ghost", (256, 40, 64, 64), False, 1, False),  # 40 channels, channels_last
         ("frozen", (256, 64, 64, 64), True, 1, False),  # its eager path's host time won
     ],
 )
@@ -70,6 +76,24 @@ def test_the_measured_rule(kind, shape, contiguous, groups, expected, monkeypatc
     assert _triton.takes(kind, shape, contiguous, groups) is expected
     monkeypatch.setenv("NORMZOO_TRITON", "all")  # every supported input
     assert _triton.takes(kind, shape, contiguous, groups) is True
+
+
+@pytest.mark.parametrize(
+    ("kind", "contiguous", "dtype", "expected"),
+    [
+        ("frn", True, torch.bfloat16, True),
+        ("ghost", True, torch.bfloat16, True),
+        ("switchable", True, torch.bfloat16, False),  # not measured in bfloat16
+        ("rms", False, torch.bfloat16, False),  # channels_last bfloat16: not measured
+        ("b0", True, torch.float16, False),  # float16: not measured
+        ("rms", True, torch.float64, False),
+    ],
+)
+def test_the_zoo_rule_reads_the_dtype(kind, contiguous, dtype, expected, monkeypatch):
+    monkeypatch.delenv("NORMZOO_TRITON", raising=False)
+    shape = (256, 64, 64, 64)
+    assert _triton.takes(kind, shape, contiguous, dtype=dtype) is expected
+    assert _triton.takes(kind, shape, contiguous, dtype=torch.float32)  # measured in float32
 
 
 def test_tokens_wider_than_one_program_keep_torch(monkeypatch):

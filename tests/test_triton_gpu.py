@@ -300,12 +300,20 @@ def test_triton_dispatch(monkeypatch):
     assert not _triton.serves_batch(odd) and not _triton.serves_group(odd, 32)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         assert not _triton.serves_batch(big)
-    for kind in ("rms", "frn", "s0"):  # the zoo's measured kinds: contiguous input
+    # the zoo's measured pairs (_triton.ZOO_MEASURED): contiguous, some on channels_last
+    for kind in ("rms", "frn", "s0"):
         assert _triton.serves_group(big, 16, kind=kind)
-        assert not _triton.serves_group(cl, 16, kind=kind)
-        assert not _triton.serves_group(odd, 16, kind=kind)
+        assert not _triton.serves_group(odd, 16, kind=kind)  # 196 positions
+        assert _triton.serves_group(big.bfloat16(), 16, kind=kind)
+        assert not _triton.serves_group(big.half(), 16, kind=kind)  # float16: not measured
+    assert _triton.serves_group(cl, 16, kind="rms") and _triton.serves_group(cl, 64, kind="frn")
+    assert not _triton.serves_group(cl, 16, kind="s0")
+    assert not _triton.serves_group(cl.bfloat16(), 16, kind="rms")
     for kind in ("renorm", "switchable", "b0", "ghost"):
-        assert _triton.serves_batch(big, kind=kind) and not _triton.serves_batch(cl, kind=kind)
+        assert _triton.serves_batch(big, kind=kind)
+    assert _triton.serves_batch(cl, kind="b0") and _triton.serves_batch(cl, kind="ghost")
+    assert not _triton.serves_batch(cl, kind="renorm")  # its host time outweighed the kernels
+    assert not _triton.serves_batch(big.bfloat16(), kind="switchable")  # not measured
     assert not _triton.serves_batch(big, kind="frozen")  # its eager path's host time won
     monkeypatch.setenv("NORMZOO_TRITON", "all")
     assert _triton.serves_batch(cl) and _triton.serves_tokens(big.view(-1, 1024))

@@ -57,8 +57,9 @@ measured a win, at ``MIN_NUMEL`` elements and more:
   without a GPU: torch's kernel read 0.09-0.26 of the copy ceiling there, layer norm's
   token kernel 0.91-0.97; not measured yet).
 
-The zoo on the group kernels (eleventh session, written without a GPU: checked under Triton's
-interpreter, ``tests/triton_interpreter_check.py``, not yet compiled or timed on a GPU):
+The zoo on the group kernels (eleventh session, written without a GPU and checked under
+Triton's interpreter, ``tests/triton_interpreter_check.py``; compiled and tested on an H200 in
+the twentieth session):
 channels-first RMSNorm (``kind="rms"``: no centering; the two-phase statistics merge keeps the
 mean square), FRN + TLU (``"frn"``: one channel per group, no centering, ``max(y, tau)``, with
 ``torch.maximum``'s split of the gradient at ties) and EvoNorm-S0 (``"s0"``:
@@ -68,9 +69,9 @@ with the mean square and the map and gradient kernels' ``TLU`` flag, EvoNorm-S0 
 ``SWISH`` flag; each gives its extra parameter's gradient (``tau``, ``v``) from the same
 backward pass. Batch
 Renorm, SwitchableNorm, EvoNorm-B0, Ghost BN and FrozenBatchNorm run on these kernels from
-:mod:`normzoo.norms._triton_zoo`. The zoo's kernels are served only under
-``NORMZOO_TRITON=all`` until measured against their current CUDA paths
-(``scripts/gpu_triton_ab.py``).
+:mod:`normzoo.norms._triton_zoo`. The zoo's kernels are served where an A/B on an H200
+(``scripts/gpu_triton_ab.py``, twentieth session) measured them faster per call than the
+norm's CUDA path without them: :data:`ZOO_MEASURED`, from ``MIN_NUMEL`` elements.
 
 ``NORMZOO_TRITON=0`` turns the kernels off; ``NORMZOO_TRITON=all`` serves every input they
 support from ``MIN_NUMEL_ALL`` elements (tests, and A/B runs on a GPU). GPUs older than compute
@@ -131,15 +132,31 @@ ONE_PASS_MAX = 8192
 #: The zoo's kinds (see :func:`takes`).
 ZOO_KINDS = frozenset({"rms", "frn", "s0", "renorm", "switchable", "b0", "ghost"})
 #: Those served by default, as ``(kind, contiguous) -> dtypes``, from ``MIN_NUMEL`` elements
-#: with positions (contiguous) or channels (channels_last) a multiple of 16: on an H200
-#: (twentieth session, ``docs/data/gpu_triton_ab_h200.json``, (256, 64, 64, 64) float32,
-#: fwd+bwd timed as the GPU's work, interleaved with each module's path without the kernels)
-#: the kernels were 1.97x (RMSNorm) to 6.2x (EvoNorm-S0) faster, and their host time per
-#: call no longer (1.1-1.8 ms against 1.2-9.1 ms). FrozenBatchNorm's kernels were 1.19x
-#: faster on the GPU but took 1.07 ms of host time against its eager path's 0.59 ms, which
-#: then sets the time: it keeps the eager path.
+#: with positions (contiguous) or channels (channels_last) a multiple of 16. Measured on an
+#: H200 (twentieth session, ``docs/data/gpu_triton_ab_h200.json``: each module's fwd+bwd on
+#: (256, 64, 64, 64) with the kernels and with its CUDA path without them, interleaved, timed
+#: as the GPU's work, and the host time per call with the GPU kept busy). A pair is here where
+#: the kernels were faster on the GPU and ``max(host time, GPU time)`` (what a call costs
+#: whichever bounds it) was lower too: contiguous 1.97-12.4x faster on the GPU, that estimate
+#: 0.11-0.81 of the path without them; channels_last float32 1.47-3.46x, 0.57-0.98.
+#: Left out: Batch Renorm on channels_last (1.40x on the GPU, but 1.54 ms of host time against
+#: 1.29: estimate 1.19), FrozenBatchNorm everywhere (2.0x on the GPU in bfloat16, but its
+#: eager path's host time, 0.58 ms against 1.02-1.07, sets the time: estimate 1.75-1.82),
+#: and the pairs not measured (float16; channels_last bfloat16; SwitchableNorm in bfloat16 or
+#: channels_last; EvoNorm-S0 on channels_last).
+_F32, _BF16 = torch.float32, torch.bfloat16
 ZOO_MEASURED: dict[tuple[str, bool], frozenset[torch.dtype]] = {
-    (kind, True): frozenset({torch.float32}) for kind in ZOO_KINDS
+    ("rms", True): frozenset({_F32, _BF16}),
+    ("frn", True): frozenset({_F32, _BF16}),
+    ("s0", True): frozenset({_F32, _BF16}),
+    ("renorm", True): frozenset({_F32, _BF16}),
+    ("switchable", True): frozenset({_F32}),
+    ("b0", True): frozenset({_F32, _BF16}),
+    ("ghost", True): frozenset({_F32, _BF16}),
+    ("rms", False): frozenset({_F32}),
+    ("frn", False): frozenset({_F32}),
+    ("b0", False): frozenset({_F32}),
+    ("ghost", False): frozenset({_F32}),
 }
 #: Elements per tile of the two-phase kernels.
 TILE = 4096

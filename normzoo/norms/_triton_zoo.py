@@ -25,11 +25,13 @@ call path (:func:`_call`, with :func:`_triton._guarded`'s first-call fallback) s
 
 Written in the eleventh session, when no GPU was lent: checked under Triton's interpreter and
 with the kernels emulated in torch (``tests/triton_interpreter_check.py``, in CI through
-``tests/test_triton.py``); the GPU tests (``tests/test_triton_gpu.py``) have not run on a GPU
-yet. The coefficient kernels (twelfth session, likewise checked) replace the tens of small
-torch ops per call that these paths spent on ``(N, C)`` and ``(C,)`` tensors, each a CUDA
-launch (counted by ``scripts/triton_launches.py``). Served only under ``NORMZOO_TRITON=all``
-until ``scripts/gpu_triton_ab.py`` measures them against their current CUDA paths.
+``tests/test_triton.py``). The coefficient kernels (twelfth session, likewise checked) replace
+the tens of small torch ops per call that these paths spent on ``(N, C)`` and ``(C,)``
+tensors, each a CUDA launch (counted by ``scripts/triton_launches.py``). The twentieth session
+ran the GPU tests (``tests/test_triton_gpu.py``) on an H200, every kernel here forced on every
+input it supports: all passed. Served where ``scripts/gpu_triton_ab.py`` measured them faster
+per call than each norm's CUDA path without them (``_triton.ZOO_MEASURED``): FrozenBatchNorm's
+eager path, whose host time per call was shorter, keeps its place.
 """
 
 from __future__ import annotations

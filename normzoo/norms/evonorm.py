@@ -259,7 +259,7 @@ class EvoNormB0(BatchNorm):
         fast = self.impl == "fast" and not capturing()  # captured: the reference math
         params = (self.v, self.weight, self.bias)
         if fast and _triton.serves_batch(x, *params, kind="b0"):
-            # CUDA, NORMZOO_TRITON=all: the two-phase kernels, per (sample, channel)
+            # CUDA, measured (_triton.ZOO_MEASURED): the two-phase kernels, per (sample, channel)
             state = _triton_zoo.B0State(self.running_var, self.training, factor, self.eps, update)
             return _triton_zoo.evonorm_b0(x, *params, state)
         if fast and _gpu.use_fused_math(x):
@@ -406,7 +406,7 @@ class EvoNormS0(Norm):
         fast = self.impl == "fast" and not capturing()  # captured: the reference math
         params = (self.v, self.weight, self.bias)
         if fast and _triton.serves_group(x, groups, *params, kind="s0"):
-            # CUDA, NORMZOO_TRITON=all: one pass per (sample, group)
+            # CUDA, measured (_triton.ZOO_MEASURED): one pass per (sample, group)
             return _triton.evonorm_s0(x, self.v, groups, self.weight, self.bias, self.eps)
         if fast and _gpu.use_fused_math(x) and _s0_fused(x):
             return _gpu.evonorm_s0(x, self.v, self.num_groups, self.weight, self.bias, self.eps)

@@ -234,7 +234,7 @@ class FilterResponseNorm(Norm):
             fast
             and self._use_function(x)
             and _triton.serves_group(x, x.shape[1], self.weight, self.bias, self.tau, kind="frn")
-        ):  # CUDA, NORMZOO_TRITON=all: one pass per (sample, channel)
+        ):  # CUDA, measured (_triton.ZOO_MEASURED): one pass per (sample, channel)
             return _triton.filter_response_norm(x, self.weight, self.bias, self.tau, self.eps)
         if fast and _gpu.use_fused_math(x):
             return _gpu.filter_response_norm(

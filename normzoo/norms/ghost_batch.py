@@ -311,7 +311,7 @@ class GhostBatchNorm(BatchNorm):
                     self.running_var.copy_(var)
             return y
         if _triton.serves_batch(x, self.weight, self.bias, kind="ghost"):
-            # CUDA, NORMZOO_TRITON=all: the two-phase kernels, per (sample, channel)
+            # CUDA, measured (_triton.ZOO_MEASURED): the two-phase kernels, per (sample, channel)
             # (the running statistics updated by a kernel: one launch, no host values)
             running = (self.running_mean, self.running_var, self.momentum, tracked)
             return _triton_zoo.ghost_batch_norm(

@@ -160,7 +160,7 @@ class RMSNorm(Norm):
             )
         if not self.channels_last and x.dim() >= 3:
             if _triton.serves_group(x, 1, self.weight, self.bias, kind="rms"):
-                # CUDA, NORMZOO_TRITON=all: one pass per sample, or two phases
+                # CUDA, measured (_triton.ZOO_MEASURED): one pass per sample, or two phases
                 return _triton.rms_norm(x, self.weight, self.bias, self.eps)
             xf = row_input(x)  # bfloat16 read and written natively, other halves in float32
             if use_row_map(xf):  # native, any layout kept

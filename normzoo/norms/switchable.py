@@ -157,7 +157,7 @@ class SwitchableNorm(BatchNorm):
         fast = self.impl == "fast" and not capturing()  # captured: the reference math
         params = (self.mean_weight, self.var_weight, self.weight, self.bias)
         if fast and _triton.serves_batch(x, *params, kind="switchable"):
-            # CUDA, NORMZOO_TRITON=all: the two-phase kernels, per (sample, channel)
+            # CUDA, measured (_triton.ZOO_MEASURED): the two-phase kernels, per (sample, channel)
             state = _triton_zoo.SwitchableState(
                 self.running_mean, self.running_var, self.training, factor, self.eps, update
             )
