@@ -87,11 +87,22 @@ MODULES = {
 #: Timed calls whose launches were still queuing when the GPU left its sleep (their GPU time
 #: includes host time), of all timed calls: in the JSON's meta.
 LATE = {"late": 0, "calls": 0}
+#: Where the tensors live: ``--device cpu`` runs every step on the CPU under Triton's
+#: interpreter (``TRITON_INTERPRET=1``), wall-clock timed: a smoke test of this script (its
+#: numbers mean nothing), so that a GPU's minutes are not spent finding its bugs.
+DEVICE = "cuda"
+
+
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 def gpu_time(fn: Callable[[], Any], flush: torch.Tensor, repeats: int) -> float:
     """Median ms of ``fn`` on the GPU, its launches queued while the GPU sleeps (a call whose
-    host work outlasts the sleep is counted in :data:`LATE`)."""
+    host work outlasts the sleep is counted in :data:`LATE`). On the CPU: wall-clock."""
+    if DEVICE == "cpu":
+        return host_time(fn, repeats) / 1000
     times = []
     for _ in range(repeats):
         torch.cuda.synchronize()
@@ -112,23 +123,24 @@ def host_time(fn: Callable[[], Any], repeats: int) -> float:
     """Median us of host time per call of ``fn``, the GPU kept busy so the host never waits."""
     times = []
     for _ in range(repeats):
-        torch.cuda.synchronize()
-        torch.cuda._sleep(SLEEP_CYCLES * 2)
+        _sync()
+        if DEVICE == "cuda":
+            torch.cuda._sleep(SLEEP_CYCLES * 2)
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e6)
-    torch.cuda.synchronize()
+    _sync()
     return statistics.median(times)
 
 
 def make(case: str, shape: tuple[int, ...], dtype: torch.dtype) -> dict[str, Any]:
     kind, groups, cl, token = CASES[case]
-    x = torch.randn(shape, device="cuda").to(dtype)
+    x = torch.randn(shape, device=DEVICE).to(dtype)
     if cl:
         x = x.to(memory_format=torch.channels_last)
     c = shape[-1] if token else shape[1]
-    w = torch.rand(c, device="cuda", requires_grad=True)
-    b = torch.rand(c, device="cuda", requires_grad=True)
+    w = torch.rand(c, device=DEVICE, requires_grad=True)
+    b = torch.rand(c, device=DEVICE, requires_grad=True)
     return {"x": x.requires_grad_(), "w": w, "b": b, "g": torch.randn_like(x), "kind": kind,
             "groups": groups}  # fmt: skip
 
@@ -175,8 +187,8 @@ def launch_costs(repeats: int) -> dict[str, Any]:
     (``CompiledKernel[grid](*args)``: no argument binding, specialization or cache key, what
     a launcher of normzoo's own would cost; its error instead where this Triton's internals
     differ), a torch kernel (``add_``), and ``torch.empty_like``."""
-    x = torch.randn(4, 64, device="cuda")
-    y, (mean, rstd) = torch.empty_like(x), torch.empty(2, 4, device="cuda").unbind(0)
+    x = torch.randn(4, 64, device=DEVICE)
+    y, (mean, rstd) = torch.empty_like(x), torch.empty(2, 4, device=DEVICE).unbind(0)
     k = _triton._kernels()
 
     def triton_launch() -> Any:
@@ -212,8 +224,8 @@ def module_ab(
     contiguous or channels_last input."""
     import normzoo
 
-    m = normzoo.create(name, shape[1], **MODULES[name]).cuda()
-    x = torch.randn(shape, device="cuda").to(dtype)
+    m = normzoo.create(name, shape[1], **MODULES[name]).to(DEVICE)
+    x = torch.randn(shape, device=DEVICE).to(dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     x.requires_grad_()
@@ -241,7 +253,7 @@ def module_ab(
             calls.clear()
             t0 = time.perf_counter()
             fns["fwdbwd"]()
-            torch.cuda.synchronize()
+            _sync()
             row[f"{mode}_first_call_s"] = time.perf_counter() - t0
             ran[mode] = bool(calls)
             fns["fwd"]()
@@ -268,8 +280,13 @@ def module_ab(
     return row
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    global DEVICE
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--device", default="cuda", choices=["cuda", "cpu"],
+        help="cpu: a smoke test under Triton's interpreter (TRITON_INTERPRET=1)",
+    )  # fmt: skip
     p.add_argument("--shapes", nargs="+", default=["256,64,64,64", "65536,1024"])
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
@@ -284,10 +301,18 @@ def main() -> None:
     )
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--json", default=None)
-    args = p.parse_args()
-    if not torch.cuda.is_available() or not _triton.available():
-        raise SystemExit("needs a CUDA GPU and triton")
-    flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    args = p.parse_args(argv)
+    DEVICE = args.device
+    if DEVICE == "cpu":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            raise SystemExit("--device cpu runs under Triton's interpreter: TRITON_INTERPRET=1")
+        _interpreter_shim()
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("needs a CUDA GPU (or --device cpu with TRITON_INTERPRET=1)")
+    if not _triton.available():
+        raise SystemExit("needs triton")
+    flush = torch.empty(FLUSH_BYTES // 4 if DEVICE == "cuda" else 1, dtype=torch.int32,
+                        device=DEVICE)  # fmt: skip
     launches = {} if args.only_modules else launch_costs(args.repeats)
     print("host us per launch: " + ", ".join(f"{k} {v}" for k, v in launches.items()))
     rows = []
@@ -376,10 +401,25 @@ def main() -> None:
                 flush=True,
             )
     dump()
+    if _triton._disabled:  # a first call fell back to torch's kernels: the rows are not theirs
+        raise SystemExit(f"the Triton kernels fell back to torch's: {_triton._disabled}")
     if LATE["late"]:
         late, calls = LATE["late"], LATE["calls"]
         print(f"gpu timing: {late} of {calls} timed calls were still queuing launches when "
               "the GPU left its sleep (their GPU times include host time)")  # fmt: skip
+
+
+def _interpreter_shim() -> None:
+    """The tests' fix for Triton's interpreter under numpy 2.4
+    (``tests/triton_interpreter_check.py``)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "tests", "triton_interpreter_check.py")
+    spec = importlib.util.spec_from_file_location("triton_interpreter_check", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.scalar_index_for_numpy_2_4()
 
 
 def write_json(path: str | None, launches: dict, rows: list, modules: list) -> None:
@@ -388,7 +428,7 @@ def write_json(path: str | None, launches: dict, rows: list, modules: list) -> N
         import triton
 
         meta = {"torch": torch.__version__, "triton": triton.__version__,
-                "gpu": torch.cuda.get_device_name(),
+                "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
                 "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "configs": CONFIGS,
                 "gpu_time_late": LATE}  # fmt: skip
         with open(path, "w") as fh:

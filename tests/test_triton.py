@@ -583,3 +583,31 @@ def test_the_dispatch_serves_the_compiled_variants_that_were_measured():
     assert len(rows) == len(cases)
     assert all(vector == rule for _, vector, rule in rows), out.stdout
     assert [rule for *_, rule in rows] == ["False", "True"] * 3
+
+
+@pytest.mark.skipif(_interpreter_usable() is not None, reason=str(_interpreter_usable()))
+def test_gpu_triton_ab_runs_on_the_cpu_under_the_interpreter(tmp_path):
+    """``scripts/gpu_triton_ab.py --device cpu``: every step of the GPU A/B (the launch costs,
+    each plan configuration of a two-phase and a token case, a zoo module's A/B) on tiny
+    tensors under the interpreter, the kernels run and not fallen back, rows written. Its
+    first GPU run stopped at a bug of its plan loop that this would have caught."""
+    out = tmp_path / "ab.json"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    args = ["--device", "cpu", "--shapes", "2,32,4,4", "16,64", "--dtypes", "float32"]
+    args += ["--cases", "bn_contiguous", "ln_tokens", "--modules", "frn"]
+    args += ["--module-shapes", "2,8,4,4", "--repeats", "1", "--json", str(out)]
+    script = str(ROOT / "scripts" / "gpu_triton_ab.py")
+    run = subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["meta"]["gpu"] == "cpu" and data["launch_us"]["triton_launch"] > 0
+    rows = {r["case"]: r for r in data["rows"]}
+    assert set(rows) == {"bn_contiguous", "ln_tokens"}
+    # the token case times every configuration, batch norm those its kernels read
+    assert len(rows["ln_tokens"]["configs"]) == 7 and len(rows["bn_contiguous"]["configs"]) == 5
+    for row in rows.values():
+        assert row["torch_fwd_ms"] > 0 and row["host_us"]["fwdbwd"] > 0
+    (module,) = data["modules"]
+    assert module["module"] == "frn" and module["triton_fwdbwd_ms"] > 0
