@@ -801,6 +801,12 @@ def label_activations(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _section_data(path: str) -> tuple[Any, str]:
+    """A section's JSON and its path relative to ``docs/`` (for the page's link)."""
+    with open(path) as f:
+        return json.load(f), os.path.relpath(path, "docs")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("json", nargs="+", help="outputs of scripts/bench.py --json (one section each)")
@@ -853,9 +859,7 @@ def main() -> None:
         rel = plot_rel if i == 0 else cuda_rel if i == cuda_run else None
         parts.append(page(data, path, rel, level=3))
     if args.fused_ab:
-        with open(args.fused_ab) as f:
-            ab_rows = json.load(f)
-        rel = os.path.relpath(args.fused_ab, "docs")
+        ab_rows, rel = _section_data(args.fused_ab)
         parts.append(
             "## GPU: the fused CUDA path of the wider zoo\n\n"
             + FUSED_AB_INTRO
@@ -865,9 +869,7 @@ def main() -> None:
             + "\n"
         )
     if args.triton_ab:
-        with open(args.triton_ab) as f:
-            tab = json.load(f)
-        rel = os.path.relpath(args.triton_ab, "docs")
+        tab, rel = _section_data(args.triton_ab)
         meta = tab["meta"]
         parts.append(
             "## GPU: the wider zoo on the Triton kernels\n\n"
@@ -883,9 +885,7 @@ def main() -> None:
             + "\n"
         )
     if args.compile_bench:
-        with open(args.compile_bench) as f:
-            compiled = json.load(f)
-        rel = os.path.relpath(args.compile_bench, "docs")
+        compiled, rel = _section_data(args.compile_bench)
         meta = compiled["meta"]
         parts.append(
             "## torch.compile: training steps of each norm's model (CPU)\n\n"
