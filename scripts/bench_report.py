@@ -124,7 +124,22 @@ kernels, LayerNorm's backward, and the zoo's CUDA paths: its Triton kernels take
 only). Those rows set each norm's minimum: the
 two-phase plan (programs per SM, tile; `scripts/gpu_triton_ab.py`'s first question, which
 this session's run did not reach: a bug in the script, since fixed) and the bfloat16 token
-kernels are the next GPU work. The same session ran every Triton kernel's GPU test, the zoo's
+kernels are the next GPU work.
+
+How far the two-phase kernels can go: a norm whose statistics span the batch or a virtual
+batch (BatchNorm, Batch Renorm, SwitchableNorm, EvoNorm-B0, Ghost BN) or a set larger than a
+program (LayerNorm and RMSNorm over (C, H, W)) reads its input twice in the forward and `x`
+and `dy` twice in the backward, and a tensor of `S` = 256 MB (128 MB in bfloat16) does not
+stay on the chip between the passes (the H200's L2 holds 60 MB, which the map pass reuses by
+running last chunk first). Against a `copy_` (2 tensor-sizes forward, 3 backward) that bounds
+them at `2S / (3S - L2)` forward and `3S / (5S - L2)` backward: 0.72 and 0.63 for float32
+(256, 64, 64, 64), 0.79 and 0.66 in bfloat16. The contiguous float32 rows read 0.57-0.64
+forward and 0.48-0.59 backward: 79-89% and 76-94% of those bounds. So the 0.7 aim is out of
+reach for these norms' backward at this size whatever the tuning (a one-pass batch norm
+would need the tensor held on the chip); on channels_last (0.38-0.41 forward, 0.27-0.54
+backward in float32) the plan is the gap.
+
+The same session ran every Triton kernel's GPU test, the zoo's
 for the first time (all passed but a stale assertion), and timed the zoo's kernels against
 their paths without them, which set their dispatch (the last GPU section).
 `scripts/gpu_check.sh` is the whole GPU check as one script (tests, this harness, the Triton
