@@ -56,6 +56,9 @@ def test_import_normzoo_does_not_import_triton():
         ("frn", (256, 64, 64, 64), False, 64, True),
         ("s0", (256, 64, 64, 64), True, 32, True),
         ("s0", (256, 64, 64, 64), False, 32, False),  # not measured
+        # contiguous FRN and EvoNorm-S0 were measured on one-pass groups: two phases not
+        ("frn", (16, 64, 128, 128), True, 64, False),  # 16384 positions a channel
+        ("s0", (256, 64, 64, 64), True, 2, False),  # 131072 values a group
         ("rms", (256, 64, 64, 64), True, 1, True),
         ("rms", (256, 64, 64, 64), False, 1, True),
         ("renorm", (256, 64, 64, 64), True, 1, True),
@@ -91,9 +94,9 @@ def test_the_measured_rule(kind, shape, contiguous, groups, expected, monkeypatc
 )
 def test_the_zoo_rule_reads_the_dtype(kind, contiguous, dtype, expected, monkeypatch):
     monkeypatch.delenv("NORMZOO_TRITON", raising=False)
-    shape = (256, 64, 64, 64)
-    assert _triton.takes(kind, shape, contiguous, dtype=dtype) is expected
-    assert _triton.takes(kind, shape, contiguous, dtype=torch.float32)  # measured in float32
+    shape, groups = (256, 64, 64, 64), 64  # (FRN: a group per channel)
+    assert _triton.takes(kind, shape, contiguous, groups, dtype) is expected
+    assert _triton.takes(kind, shape, contiguous, groups, torch.float32)  # measured in float32
 
 
 def test_tokens_wider_than_one_program_keep_torch(monkeypatch):

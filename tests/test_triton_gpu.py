@@ -308,6 +308,8 @@ def test_triton_dispatch(monkeypatch):
         assert not _triton.serves_group(big.half(), 16, kind=kind)  # float16: not measured
     assert _triton.serves_group(cl, 16, kind="rms") and _triton.serves_group(cl, 64, kind="frn")
     assert not _triton.serves_group(cl, 16, kind="s0")
+    wide = torch.empty(2, 64, 128, 128, device="cuda")  # FRN's two phases on contiguous input
+    assert not _triton.serves_group(wide, 64, kind="frn")
     assert not _triton.serves_group(cl.bfloat16(), 16, kind="rms")
     for kind in ("renorm", "switchable", "b0", "ghost"):
         assert _triton.serves_batch(big, kind=kind)

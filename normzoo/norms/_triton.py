@@ -139,11 +139,12 @@ ZOO_KINDS = frozenset({"rms", "frn", "s0", "renorm", "switchable", "b0", "ghost"
 #: the kernels were faster on the GPU and ``max(host time, GPU time)`` (what a call costs
 #: whichever bounds it) was lower too: contiguous 1.97-12.4x faster on the GPU, that estimate
 #: 0.11-0.81 of the path without them; channels_last float32 1.47-3.46x, 0.57-0.98.
-#: Left out: Batch Renorm on channels_last (1.40x on the GPU, but 1.54 ms of host time against
-#: 1.29: estimate 1.19), FrozenBatchNorm everywhere (2.0x on the GPU in bfloat16, but its
-#: eager path's host time, 0.58 ms against 1.02-1.07, sets the time: estimate 1.75-1.82),
-#: and the pairs not measured (float16; channels_last bfloat16; SwitchableNorm in bfloat16 or
-#: channels_last; EvoNorm-S0 on channels_last).
+#: FRN and EvoNorm-S0 on contiguous input were measured on one-pass groups, so only those
+#: take the kernels there. Left out: Batch Renorm on channels_last (1.40x on the GPU, but
+#: 1.54 ms of host time against 1.29: estimate 1.19), FrozenBatchNorm everywhere (2.0x on the
+#: GPU in bfloat16, but its eager path's host time, 0.58 ms against 1.02-1.07, sets the time:
+#: estimate 1.75-1.82), and the pairs not measured (float16; channels_last bfloat16;
+#: SwitchableNorm in bfloat16 or channels_last; EvoNorm-S0 on channels_last).
 _F32, _BF16 = torch.float32, torch.bfloat16
 ZOO_MEASURED: dict[tuple[str, bool], frozenset[torch.dtype]] = {
     ("rms", True): frozenset({_F32, _BF16}),
@@ -294,6 +295,9 @@ def takes(
         if every:
             return len(shape) >= 3
         measured = dtype in ZOO_MEASURED.get((kind, contiguous), ())
+        if kind in ("frn", "s0") and contiguous and len(shape) >= 3:
+            # measured on one-pass groups: their two phases only on channels_last (FRN)
+            measured = measured and _one_pass_shape(shape, groups)
         return measured and len(shape) >= 3 and _vectorized(shape, contiguous)
     return every and _pow2(shape[-1]) <= ONE_PASS_MAX  # a token in one program's registers
 
