@@ -52,10 +52,11 @@ measured a win, at ``MIN_NUMEL`` elements and more:
   (``scripts/triton_compile_check.py``, fourteenth session), a variant not measured;
 * layer norm over (C, H, W) on contiguous input (two-phase: 1.35x) and over tokens (one-pass,
   2x faster on the GPU but 1.28x host included) keep torch's; so do RMSNorm over tokens
-  (the token kernels without centering, added after the measurement: not measured yet) and
-  group norm of ``(N, C)`` tokens (the token-group kernels, thirteenth session, written
-  without a GPU: torch's kernel read 0.09-0.26 of the copy ceiling there, layer norm's
-  token kernel 0.91-0.97; not measured yet).
+  (the token kernels without centering, added after the measurement) and group norm of
+  ``(N, C)`` tokens (the token-group kernels, thirteenth session, written without a GPU:
+  torch's kernel read 0.09-0.26 of the copy ceiling there). Both were timed on the kernels
+  in the twentieth session (float32 (65536, 1024): 0.96 / 0.87 and 0.91 / 0.73 of the copy
+  ceiling forward / backward, GPU time) but not yet with the host's time included.
 
 The zoo on the group kernels (eleventh session, written without a GPU and checked under
 Triton's interpreter, ``tests/triton_interpreter_check.py``; compiled and tested on an H200 in
@@ -273,8 +274,9 @@ def takes(
     Renorm), ``"switchable"`` (SwitchableNorm), ``"b0"`` (EvoNorm-B0), ``"ghost"`` (Ghost
     BN), ``"frozen"`` (FrozenBatchNorm);
     ``contiguous``: else channels_last. Under ``NORMZOO_TRITON=all``: every input the
-    kernels support. The zoo's kinds and tokens are not measured yet: ``all`` only; the
-    measured kinds only where the compiled kernels are the measured ones
+    kernels support. Otherwise the measured rule: tokens and FrozenBatchNorm under ``all``
+    only; the zoo's other kinds where :data:`ZOO_MEASURED` holds their layout and ``dtype``;
+    every measured kind only where the compiled kernels are the measured ones
     (:func:`_vectorized`)."""
     every = _mode() == "all"
     if kind == "batch":
