@@ -11,6 +11,10 @@
 #   bench      scripts/bench.py on the GPU: every norm, the shapes plus two GPU-sized
 #              ones (the shapes are launch-bound on a large GPU), float32 and bfloat16,
 #              both layouts, bandwidth as a fraction of a measured copy_, training step;
+#   large      scripts/bench.py on the GPU-sized shapes alone, every norm on its default
+#              dispatch (torch's kernels, the Triton kernels or the compiled zoo, as measured),
+#              float32 and bfloat16, both layouts, timed as the GPU's work: the GPU
+#              report (each norm's copy fraction, normzoo against torch eager) in one short run;
 #   reference  the wider zoo with impl="reference" (the reference math on torch's kernels),
 #              to compare with the default paths, which were tuned on the CPU;
 #   fused      scripts/gpu_fused_ab.py: the zoo's fused CUDA path (torch.compile of the
@@ -44,7 +48,7 @@ out=${OUT:-gpu_out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
-steps=" ${STEPS:-test tritontest fusedtest bench triton tritonab reference fused core train} "
+steps=" ${STEPS:-test tritontest fusedtest bench large triton tritonab reference fused core train} "
 # timeout that interrupts (SIGINT) at the limit, and kills 15 s later if still running
 limit() { timeout -s INT -k 15 "$@"; }
 big="256,64,64,64 65536,1024"
@@ -83,6 +87,12 @@ if [[ $steps == *" bench "* ]]; then
         --warmup 3 --shapes 32,64,32,32 8,256,14,14 128,64,8,8 4,32,64,64 4096,1024 \
         2048,4096 $big --title "GPU: every norm" --json "$out/bench_cuda.json" \
         2>&1 | tee "$out/bench_cuda.log"
+fi
+if [[ $steps == *" large "* ]]; then
+    limit "${LARGE_LIMIT:-240}" "$py" scripts/bench.py --devices cuda --repeats 11 --warmup 3 \
+        --shapes $big --dtypes float32 bfloat16 --no-train --cuda-timing gpu \
+        --title "GPU: every norm on the large shapes, default dispatch, GPU time" \
+        --json "$out/bench_cuda_large.json" 2>&1 | tee "$out/bench_cuda_large.log"
 fi
 if [[ $steps == *" triton "* ]]; then
     # TRITON_TIMINGS, TRITON_SHAPES, TRITON_REPEATS: fewer timings, shapes or repeats
