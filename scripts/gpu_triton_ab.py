@@ -46,17 +46,27 @@ from normzoo.norms import _triton
 
 SLEEP_CYCLES = 6_000_000  # ~3 ms at 2 GHz: the host queues a call's launches meanwhile
 FLUSH_BYTES = 256 << 20
-#: (PROGRAMS_PER_SM, TILE, TOKEN_MIN_ROWS); the first is the shipped default. The token
-#: cases' forward depends on none of them, their backward on the first and the last.
+#: (PROGRAMS_PER_SM, TILE, TOKEN_MIN_ROWS, TOKEN_ACC_ROWS); the first is the shipped default.
+#: The token cases' forward depends on none of them, their backward on the first and the
+#: last two.
 CONFIGS = [
-    (16, 4096, 8),
-    (64, 4096, 8),
-    (16, 8192, 8),
-    (64, 8192, 8),
-    (256, 4096, 8),
-    (16, 4096, 1),  # the tenth session's token backward: one row a program where it can
-    (16, 4096, 32),
+    (16, 4096, 8, True),
+    (64, 4096, 8, True),
+    (16, 8192, 8, True),
+    (64, 8192, 8, True),
+    (256, 4096, 8, True),
+    (16, 4096, 1, True),  # the tenth session's token backward: one row a program where it can
+    (16, 4096, 32, True),
+    (16, 4096, 8, False),  # the token backward summing its tile's rows in every iteration
 ]
+KNOBS = ("PROGRAMS_PER_SM", "TILE", "TOKEN_MIN_ROWS", "TOKEN_ACC_ROWS")
+
+
+def _set_knobs(config: tuple[int, int, int, bool]) -> None:
+    for name, value in zip(KNOBS, config, strict=True):
+        setattr(_triton, name, value)
+
+
 #: name -> (kind, groups, channels_last, token)
 CASES = {
     "bn_contiguous": ("batch", 0, False, False),
@@ -329,26 +339,22 @@ def main(argv: list[str] | None = None) -> None:
                 copy_ms = gpu_time(lambda s=src, o=out: o.copy_(s), flush, args.repeats)
                 row = {"case": case, "shape": list(shape), "dtype": str(dtype)[6:],
                        "copy_ms": copy_ms, "configs": {}}  # fmt: skip
-                for per_sm, tile, min_rows in CONFIGS:
-                    if min_rows != CONFIGS[0][2] and (not token or CASES[case][0] == "batch"):
-                        continue  # (only the token kernels read TOKEN_MIN_ROWS)
-                    _triton.PROGRAMS_PER_SM, _triton.TILE, _triton.TOKEN_MIN_ROWS = (
-                        per_sm,
-                        tile,
-                        min_rows,
-                    )
+                for config in CONFIGS:
+                    if config[2:] != CONFIGS[0][2:] and (not token or CASES[case][0] == "batch"):
+                        continue  # (only the token kernels read TOKEN_MIN_ROWS, TOKEN_ACC_ROWS)
+                    _set_knobs(config)
                     f, fb = ours(t, False), ours(t, True)
                     for fn in (f, fb):  # compile and warm
                         fn()
                     fwd_ms = gpu_time(f, flush, args.repeats)
                     fb_ms = gpu_time(fb, flush, args.repeats)
-                    row["configs"][f"{per_sm}x{tile}x{min_rows}"] = {
+                    row["configs"]["x".join(str(int(v)) for v in config)] = {
                         "fwd_ms": fwd_ms,
                         "fwd_fraction": copy_ms / fwd_ms,
                         "fwdbwd_ms": fb_ms,
                         "bwd_fraction": copy_ms * 1.5 / max(fb_ms - fwd_ms, 1e-9),
                     }
-                _triton.PROGRAMS_PER_SM, _triton.TILE, _triton.TOKEN_MIN_ROWS = CONFIGS[0]
+                _set_knobs(CONFIGS[0])
                 f, fb, rf, rfb = ours(t, False), ours(t, True), theirs(t, False), theirs(t, True)
                 for fn in (rf, rfb):
                     fn()

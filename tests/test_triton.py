@@ -609,7 +609,7 @@ def test_gpu_triton_ab_runs_on_the_cpu_under_the_interpreter(tmp_path):
     rows = {r["case"]: r for r in data["rows"]}
     assert set(rows) == {"bn_contiguous", "ln_tokens"}
     # the token case times every configuration, batch norm those its kernels read
-    assert len(rows["ln_tokens"]["configs"]) == 7 and len(rows["bn_contiguous"]["configs"]) == 5
+    assert len(rows["ln_tokens"]["configs"]) == 8 and len(rows["bn_contiguous"]["configs"]) == 5
     for row in rows.values():
         assert row["torch_fwd_ms"] > 0 and row["host_us"]["fwdbwd"] > 0
     (module,) = data["modules"]

@@ -170,6 +170,15 @@ PROGRAMS_PER_SM = 16
 #: (2048, 4096): 2048 programs) moved 4/3 of the minimal bytes on top (backward at 0.36 of
 #: the copy ceiling); 8 rows bound that at 1/6. Not measured yet (``gpu_triton_ab.py``).
 TOKEN_MIN_ROWS = 8
+#: The token kernels' backward keeps its column sums per row of the tile and sums them once
+#: after the loop (``ACC_ROWS``), where it summed the tile's rows in every iteration. In
+#: bfloat16 the tile's rows span two warps (Triton's layout for 8 values a thread), so that
+#: per-iteration sum went through shared memory (8 KB, the compile check's ``shared``): the
+#: H200 run (twentieth session) read LayerNorm's bfloat16 token backward at 0.24 of the copy
+#: ceiling against 0.86 in float32 (1.8x the float32 time for half the bytes). Not timed on
+#: a GPU yet; ``gpu_triton_ab.py``'s configurations A/B it (served only under
+#: ``NORMZOO_TRITON=all`` either way).
+TOKEN_ACC_ROWS = True
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -743,7 +752,7 @@ def _token_backward(
     kernel[(np_,)](
         x, dy, dx, weight, bias, mean, rstd, *part.unbind(0), *sizes, rpp,
         HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, RB=rb,
-        num_warps=_warps(elements), **tile,
+        ACC_ROWS=TOKEN_ACC_ROWS, num_warps=_warps(elements), **tile,
     )  # fmt: skip
     dw, db = part.sum(1).unbind(0)
     return dx, dw, db

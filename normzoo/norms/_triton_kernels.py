@@ -622,10 +622,13 @@ def _token_bwd(
     RB: tl.constexpr,
     DB: tl.constexpr,
     RMS: tl.constexpr = False,
+    ACC_ROWS: tl.constexpr = True,
 ):
     """``dx`` of rows ``p*RPP ...`` (``RB`` at a time), and this program's column sums of
     ``dy * xhat`` and ``dy`` at ``PDW/PDB[p, :]`` (``RMS``: no centering, so no ``mean(w dy)``
-    term in ``dx``)."""
+    term in ``dx``). ``ACC_ROWS``: the column sums kept per row of the tile and summed over
+    its rows once, after the loop, where the tile's rows span warps (bfloat16 tiles: a
+    cross-warp reduction through shared memory in every iteration otherwise)."""
     p = tl.program_id(0)
     cols = tl.arange(0, DB)
     cmask = cols < D
@@ -637,6 +640,8 @@ def _token_bwd(
         bias = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
     dw = tl.zeros([DB], dtype=tl.float32)
     db = tl.zeros([DB], dtype=tl.float32)
+    dw_rows = tl.zeros([RB, DB], dtype=tl.float32)
+    db_rows = tl.zeros([RB, DB], dtype=tl.float32)
     r_end = tl.minimum(p * RPP + RPP, R)
     for r0 in range(p * RPP, r_end, RB):
         rows = r0 + tl.arange(0, RB)
@@ -650,8 +655,12 @@ def _token_bwd(
         xhat = tl.where(m, (x - mean[:, None]) * rstd[:, None], 0.0)
         if RELU:
             dy = tl.where(xhat * w[None, :] + bias[None, :] > 0.0, dy, 0.0)
-        dw += tl.sum(dy * xhat, axis=0)
-        db += tl.sum(dy, axis=0)
+        if ACC_ROWS:
+            dw_rows += dy * xhat
+            db_rows += dy
+        else:
+            dw += tl.sum(dy * xhat, axis=0)
+            db += tl.sum(dy, axis=0)
         wdy = dy * w[None, :]
         a = tl.sum(wdy * xhat, axis=1) / D
         if RMS:
@@ -660,6 +669,9 @@ def _token_bwd(
             b = tl.sum(wdy, axis=1) / D
             dx = rstd[:, None] * (wdy - xhat * a[:, None] - b[:, None])
         tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=m)
+    if ACC_ROWS:
+        dw = tl.sum(dw_rows, axis=0)
+        db = tl.sum(db_rows, axis=0)
     tl.store(PDW + p * D + cols, dw, mask=cmask)
     tl.store(PDB + p * D + cols, db, mask=cmask)
 
@@ -745,10 +757,12 @@ def _token_group_bwd(
     RB: tl.constexpr,
     GB: tl.constexpr,
     KB: tl.constexpr,
+    ACC_ROWS: tl.constexpr = True,
 ):
     """``dx`` of rows ``p*RPP ...`` (``RB`` at a time) of :func:`_token_group_fwd`, and this
     program's per-channel sums of ``dy * xhat`` and ``dy`` at ``PDW/PDB[p, :]``:
-    ``dx = rstd (w dy - mean_g(w dy) - xhat mean_g(w dy xhat))`` per (row, group)."""
+    ``dx = rstd (w dy - mean_g(w dy) - xhat mean_g(w dy xhat))`` per (row, group).
+    ``ACC_ROWS``: as :func:`_token_bwd`'s."""
     p = tl.program_id(0)
     gs, gmask, cs, cmask = _group_cells(G, K, GB, KB)
     w = tl.full([GB, KB], 1.0, tl.float32)
@@ -759,6 +773,8 @@ def _token_group_bwd(
         bias = tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)
     dw = tl.zeros([GB, KB], dtype=tl.float32)
     db = tl.zeros([GB, KB], dtype=tl.float32)
+    dw_rows = tl.zeros([RB, GB, KB], dtype=tl.float32)
+    db_rows = tl.zeros([RB, GB, KB], dtype=tl.float32)
     r_end = tl.minimum(p * RPP + RPP, R)
     for r0 in range(p * RPP, r_end, RB):
         rows = r0 + tl.arange(0, RB)
@@ -774,13 +790,20 @@ def _token_group_bwd(
         xhat = tl.where(m, (x - mean[:, :, None]) * rstd[:, :, None], 0.0)
         if RELU:  # the forward's y, computed as it was
             dy = tl.where(xhat * w[None, :, :] + bias[None, :, :] > 0.0, dy, 0.0)
-        dw += tl.sum(dy * xhat, axis=0)
-        db += tl.sum(dy, axis=0)
+        if ACC_ROWS:
+            dw_rows += dy * xhat
+            db_rows += dy
+        else:
+            dw += tl.sum(dy * xhat, axis=0)
+            db += tl.sum(dy, axis=0)
         wdy = dy * w[None, :, :]
         a = tl.sum(wdy * xhat, axis=2) / K
         b = tl.sum(wdy, axis=2) / K
         dx = rstd[:, :, None] * (wdy - xhat * a[:, :, None] - b[:, :, None])
         tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=m)
+    if ACC_ROWS:
+        dw = tl.sum(dw_rows, axis=0)
+        db = tl.sum(db_rows, axis=0)
     tl.store(PDW + p * D + cs, dw, mask=cmask)
     tl.store(PDB + p * D + cs, db, mask=cmask)
 
