@@ -8,9 +8,12 @@ sections):
 
 1. **The two-phase kernels' plan.** On channels_last they reached 0.41 (float32) and 0.26
    (bfloat16) of the copy ceiling forward, below the ~2/3 that two passes allow, with each
-   program looping over 8 tiles of 64 positions: is it too few bytes in flight per program?
-   Each configuration of ``_triton.PROGRAMS_PER_SM`` (more programs, fewer tiles each) and
-   ``_triton.TILE`` (bigger tiles) is timed here on the same tensors, interleaved.
+   program looping over 8 tiles of 64 positions: is it too few bytes in flight per program,
+   or the reduction of every tile across its 8 warps (twentieth session's reading of the
+   compiled code)? Each configuration of ``_triton.PROGRAMS_PER_SM`` (more programs, fewer
+   tiles each), ``_triton.TILE`` (bigger tiles) and ``_triton.TWO_PHASE_LANE_ACC`` (per-lane
+   partials merged once after the loop) is timed here on the same tensors, interleaved; so
+   are the token backward's ``TOKEN_MIN_ROWS`` and ``TOKEN_ACC_ROWS``.
 2. **The host's time per call.** Timed from an idle GPU, the kernels lost to torch's below
    ~67M elements although their GPU time was shorter: each Triton launch from Python costs
    more host time. Here each path's host time per forward and per fwd+bwd is measured with the
@@ -46,23 +49,31 @@ from normzoo.norms import _triton
 
 SLEEP_CYCLES = 6_000_000  # ~3 ms at 2 GHz: the host queues a call's launches meanwhile
 FLUSH_BYTES = 256 << 20
-#: (PROGRAMS_PER_SM, TILE, TOKEN_MIN_ROWS, TOKEN_ACC_ROWS); the first is the shipped default.
-#: The token cases' forward depends on none of them, their backward on the first and the
-#: last two.
+#: (PROGRAMS_PER_SM, TILE, TOKEN_MIN_ROWS, TOKEN_ACC_ROWS, TWO_PHASE_LANE_ACC); the first is
+#: the shipped default. The token kernels read the first and the third and fourth (their
+#: backward), the two-phase kernels the first, second and last.
 CONFIGS = [
-    (16, 4096, 8, True),
-    (64, 4096, 8, True),
-    (16, 8192, 8, True),
-    (64, 8192, 8, True),
-    (256, 4096, 8, True),
-    (16, 4096, 1, True),  # the tenth session's token backward: one row a program where it can
-    (16, 4096, 32, True),
-    (16, 4096, 8, False),  # the token backward summing its tile's rows in every iteration
+    (16, 4096, 8, True, False),
+    (64, 4096, 8, True, False),
+    (16, 8192, 8, True, False),
+    (64, 8192, 8, True, False),
+    (256, 4096, 8, True, False),
+    (16, 4096, 1, True, False),  # the tenth session's token backward: one row a program
+    (16, 4096, 32, True, False),
+    (16, 4096, 8, False, False),  # the token backward summing its tile's rows each iteration
+    (16, 4096, 8, True, True),  # the two-phase partials kept per lane, merged once
+    (64, 4096, 8, True, True),
 ]
-KNOBS = ("PROGRAMS_PER_SM", "TILE", "TOKEN_MIN_ROWS", "TOKEN_ACC_ROWS")
+KNOBS = ("PROGRAMS_PER_SM", "TILE", "TOKEN_MIN_ROWS", "TOKEN_ACC_ROWS", "TWO_PHASE_LANE_ACC")
 
 
-def _set_knobs(config: tuple[int, int, int, bool]) -> None:
+def _reads(case: str) -> set[int]:
+    """The knobs (indices into a configuration) that ``case``'s kernels read."""
+    kind, _, _, token = CASES[case]
+    return {0, 2, 3} if token and kind != "batch" else {0, 1, 4}
+
+
+def _set_knobs(config: tuple[int, int, int, bool, bool]) -> None:
     for name, value in zip(KNOBS, config, strict=True):
         setattr(_triton, name, value)
 
@@ -340,8 +351,9 @@ def main(argv: list[str] | None = None) -> None:
                 row = {"case": case, "shape": list(shape), "dtype": str(dtype)[6:],
                        "copy_ms": copy_ms, "configs": {}}  # fmt: skip
                 for config in CONFIGS:
-                    if config[2:] != CONFIGS[0][2:] and (not token or CASES[case][0] == "batch"):
-                        continue  # (only the token kernels read TOKEN_MIN_ROWS, TOKEN_ACC_ROWS)
+                    unread = (i for i in range(len(KNOBS)) if i not in _reads(case))
+                    if any(config[i] != CONFIGS[0][i] for i in unread):
+                        continue  # (the same kernels as another configuration's)
                     _set_knobs(config)
                     f, fb = ours(t, False), ours(t, True)
                     for fn in (f, fb):  # compile and warm

@@ -54,18 +54,23 @@ def main() -> int:
     shard = _shard(sys.argv[1:])
     scalar_index_for_numpy_2_4()
     torch.manual_seed(0)
-    target = T._target_programs
+    target, lane_acc = T._target_programs, T.TWO_PHASE_LANE_ACC
     T._target_programs = lambda x: 64  # several chunks per set on the small shapes below
+    # --lane-acc: the two-phase kernels' per-lane variant (_triton.TWO_PHASE_LANE_ACC)
+    T.TWO_PHASE_LANE_ACC = "--lane-acc" in sys.argv[1:] or lane_acc
+    print(f"lane_acc {T.TWO_PHASE_LANE_ACC}")
     try:
-        return 1 if check(shard) else 0
+        return 1 if check(shard, quick="--quick" in sys.argv[1:]) else 0
     finally:
-        T._target_programs = target
+        T._target_programs, T.TWO_PHASE_LANE_ACC = target, lane_acc
         T.TILE = 4096
 
 
-def check(shard: tuple[int, int] = (0, 1)) -> int:
+def check(shard: tuple[int, int] = (0, 1), quick: bool = False) -> int:
     """Run every case (``shard`` ``(I, N)``: every N-th from the I-th) through ``T``'s
-    functions; the number of failing cases."""
+    functions; the number of failing cases. ``quick``: the two-phase kernels' cases on the
+    small shapes (batch norm, and channels_last input), with parameters, and the large-mean
+    check: what ``--lane-acc`` changes, in a minute or two."""
     index, count = shard
     cases = []
     for shape in [(4, 6, 5, 7), (3, 8, 33), (2, 4, 3, 4, 5), (16, 12), (2, 8, 70, 70)]:
@@ -116,6 +121,9 @@ def check(shard: tuple[int, int] = (0, 1)) -> int:
         for c in cases
         if c[0] == (2, 8, 70, 70) and c[4] and not c[5] and c[1] not in ("frn", "s0")
     ]
+    if quick:
+        small = {(4, 6, 5, 7), (3, 8, 33), (2, 4, 3, 4, 5)}
+        cases = [c for c in cases if c[0] in small and (c[1] == "batch" or c[3]) and c[4]]
     fails = 0
     numbered = list(enumerate(cases))[index::count]
     cases = [case for _, case in numbered]
@@ -184,6 +192,8 @@ def check(shard: tuple[int, int] = (0, 1)) -> int:
             print("    tile", tile, "errors", errs)
     checks = (check_renorm, check_switchable, check_switchable_offset, check_b0, check_ghost)
     checks = (*checks, check_frozen, check_large_mean)
+    if quick:
+        checks = (check_large_mean,)
     for number, extra_check in list(enumerate(checks))[index::count]:
         torch.manual_seed(10_000 + number)
         more_cases, more_fails = extra_check()

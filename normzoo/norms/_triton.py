@@ -179,6 +179,15 @@ TOKEN_MIN_ROWS = 8
 #: a GPU yet; ``gpu_triton_ab.py``'s configurations A/B it (served only under
 #: ``NORMZOO_TRITON=all`` either way).
 TOKEN_ACC_ROWS = True
+#: The two-phase statistics and gradient-sum kernels keep per-lane partials of each tile (a
+#: Welford mean and M2, or sums) and merge them once after the loop (``LANE_ACC``), where
+#: they reduce every tile over its positions. On channels_last a (64, 64) tile's positions
+#: span its 8 warps, so that per-tile reduction goes through 2 KB of shared memory and two
+#: barriers in every iteration (the contiguous tile's, one value a channel, 32 bytes); the H200
+#: run read these kernels' channels_last paths at 0.38-0.41 of the copy ceiling forward
+#: against 0.57-0.64 contiguous. A candidate, not timed: off (the measured kernels) until
+#: ``gpu_triton_ab.py``'s A/B says otherwise.
+TWO_PHASE_LANE_ACC = False
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -420,7 +429,7 @@ def _stats(
     part = torch.empty((3, n * c * nk), device=x.device, dtype=torch.float32).unbind(0)
     k._partial_stats[plan.grid](
         x, *part, c, plan.s, *plan.strides, pn, pc, plan.spp,
-        CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
+        CB=plan.cb, SB=plan.sb, LANE_ACC=TWO_PHASE_LANE_ACC, num_warps=plan.warps,
     )  # fmt: skip
     out = torch.empty((3, count), device=x.device, dtype=torch.float32).unbind(0)
     rm, rv, factor = running if running is not None else (None, None, 0.0)
@@ -540,7 +549,8 @@ def _grad_sums(
     _kernels()._partial_grad[plan.grid](
         x, dy, mean, rstd, weight, bias, extra, part[0], part[1], pst, psd, c, plan.s,
         *plan.strides, *sets, plan.spp, nk, HAS_W=weight is not None, HAS_B=bias is not None,
-        RELU=relu, CB=plan.cb, SB=plan.sb, num_warps=plan.warps, **_extra_flag(extra, swish),
+        RELU=relu, CB=plan.cb, SB=plan.sb, LANE_ACC=TWO_PHASE_LANE_ACC, num_warps=plan.warps,
+        **_extra_flag(extra, swish),
     )  # fmt: skip
     return part
 

@@ -49,6 +49,15 @@ def _positions(off, s, s_end, ss, cmask, SB: tl.constexpr):
 
 
 @triton.jit
+def _chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    """Chan et al.'s merge of two (count, mean, M2) (either count may be 0)."""
+    n = n_a + n_b
+    share = tl.where(n > 0.0, n_b / tl.maximum(n, 1.0), 0.0)
+    delta = mean_b - mean_a
+    return n, mean_a + delta * share, m2_a + m2_b + delta * delta * n_a * share
+
+
+@triton.jit
 def _partial_stats(
     X,
     PCNT,
@@ -64,27 +73,51 @@ def _partial_stats(
     SPP,
     CB: tl.constexpr,
     SB: tl.constexpr,
+    LANE_ACC: tl.constexpr = False,
 ):
     """Partial (count, mean, M2) of channels ``cb*CB ...`` of sample ``n`` over positions
-    ``[kk*SPP, (kk+1)*SPP)``, stored at ``n*PN + c*PC + kk``."""
+    ``[kk*SPP, (kk+1)*SPP)``, stored at ``n*PN + c*PC + kk``. Each tile's statistics merge
+    into the chunk's in every iteration; ``LANE_ACC``: each lane of the tile keeps its own
+    (Welford: every lane past the channel mask sees the same count until the last, partial
+    tile), merged once after the loop (:func:`_chan_merge` as the reduction), so the loop
+    holds no reduction across the tile's warps. The lanes see ``x`` shifted by the chunk's
+    first value of each channel (exact, and close to the mean): a lane's mean of a few values
+    near 1e4, rounded to float32, would carry 5e-4 into every merge's ``delta^2`` term."""
     kk = tl.program_id(0)
     n = tl.program_id(2).to(tl.int64)
     cs, cmask, off, s0, s_end = _chunk(kk, tl.program_id(1), n, C, S, sn, sc, SPP, CB)
     cnt = tl.zeros([CB], dtype=tl.float32)
     mean = tl.zeros([CB], dtype=tl.float32)
     m2 = tl.zeros([CB], dtype=tl.float32)
+    lane_n = tl.zeros([CB, SB], dtype=tl.float32)
+    lane_mean = tl.zeros([CB, SB], dtype=tl.float32)
+    lane_m2 = tl.zeros([CB, SB], dtype=tl.float32)
+    if LANE_ACC:
+        first = n * sn + cs.to(tl.int64) * sc + s0.to(tl.int64) * ss
+        shift = tl.load(X + first, mask=cmask & (s0 < s_end), other=0.0).to(tl.float32)
     for s in range(s0, s_end, SB):
         o, m = _positions(off, s, s_end, ss, cmask, SB)
         x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
-        tc = tl.minimum(s_end - s, SB).to(tl.float32)
-        tmean = tl.sum(x, axis=1) / tc
-        d = tl.where(m, x - tmean[:, None], 0.0)
-        tm2 = tl.sum(d * d, axis=1)
-        tot = cnt + tc
-        delta = tmean - mean
-        mean += delta * (tc / tot)
-        m2 += tm2 + delta * delta * (cnt * tc / tot)
-        cnt = tot
+        if LANE_ACC:
+            x = x - shift[:, None]
+            inv = 1.0 / ((s - s0) // SB + 1).to(tl.float32)  # 1 / this tile's number
+            d = x - lane_mean
+            lane_mean = tl.where(m, lane_mean + d * inv, lane_mean)
+            lane_m2 = tl.where(m, lane_m2 + d * (x - lane_mean), lane_m2)
+            lane_n += tl.where(m, 1.0, 0.0)
+        else:
+            tc = tl.minimum(s_end - s, SB).to(tl.float32)
+            tmean = tl.sum(x, axis=1) / tc
+            d = tl.where(m, x - tmean[:, None], 0.0)
+            tm2 = tl.sum(d * d, axis=1)
+            tot = cnt + tc
+            delta = tmean - mean
+            mean += delta * (tc / tot)
+            m2 += tm2 + delta * delta * (cnt * tc / tot)
+            cnt = tot
+    if LANE_ACC:
+        cnt, mean, m2 = tl.reduce((lane_n, lane_mean, lane_m2), 1, _chan_merge)
+        mean += tl.where(cnt > 0.0, shift, 0.0)
     idx = n * PN + cs.to(tl.int64) * PC + kk
     tl.store(PCNT + idx, cnt, mask=cmask)
     tl.store(PMEAN + idx, mean, mask=cmask)
@@ -254,6 +287,7 @@ def _partial_grad(
     SB: tl.constexpr,
     TLU: tl.constexpr = False,
     SWISH: tl.constexpr = False,
+    LANE_ACC: tl.constexpr = False,
 ):
     """Per (sample, channel, chunk): ``sum(dy)`` and ``sum(dy * xhat)``, with ``dy`` masked by
     the forward's ReLU where it had one (``TLU``: by FRN's ``max(y, tau)``, half at ties as
@@ -261,7 +295,8 @@ def _partial_grad(
     ``s = sigmoid(v x)`` and ``f = x s rstd`` in ``x_hat``'s place, ``sum(dy f)``, at
     ``PST`` v's ``sum(dy f x (1 - s))``, to be scaled by ``w``, and at ``PSD`` ``sum(x -
     mean)``: the float32 mean's error, against which the variance's gradient is corrected);
-    stored at ``(n*C + c)*NK + kk``."""
+    stored at ``(n*C + c)*NK + kk``. ``LANE_ACC``: the sums kept per lane of the tile and
+    summed once after the loop (no reduction across the tile's warps in the loop)."""
     kk = tl.program_id(0)
     cb = tl.program_id(1)
     n = tl.program_id(2)
@@ -279,10 +314,14 @@ def _partial_grad(
     if TLU or SWISH:
         tau = tl.load(TAU + cs, mask=cmask, other=0.0).to(tl.float32)
         st = tl.zeros([CB], dtype=tl.float32)
+        lane_st = tl.zeros([CB, SB], dtype=tl.float32)
     if SWISH:
         sd = tl.zeros([CB], dtype=tl.float32)
+        lane_sd = tl.zeros([CB, SB], dtype=tl.float32)
     sy = tl.zeros([CB], dtype=tl.float32)
     sxy = tl.zeros([CB], dtype=tl.float32)
+    lane_sy = tl.zeros([CB, SB], dtype=tl.float32)
+    lane_sxy = tl.zeros([CB, SB], dtype=tl.float32)
     for s in range(s0, s_end, SB):
         o, m = _positions(off, s, s_end, ss, cmask, SB)
         x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
@@ -291,17 +330,35 @@ def _partial_grad(
             dy = tl.where(x * scale[:, None] + shift[:, None] > 0.0, dy, 0.0)
         if TLU:
             masked = _tlu_mask(x * scale[:, None] + shift[:, None], tau, dy)
-            st += tl.sum(dy - masked, axis=1)
+            if LANE_ACC:
+                lane_st += dy - masked
+            else:
+                st += tl.sum(dy - masked, axis=1)
             dy = masked
         if SWISH:
             sg = tl.sigmoid(tau[:, None] * x)
             xhat = x * sg * rstd[:, None]  # f = x sigmoid(v x) rstd in x_hat's place
-            st += tl.sum(dy * xhat * x * (1.0 - sg), axis=1)
-            sd += tl.sum(tl.where(m, x - mean[:, None], 0.0), axis=1)
+            if LANE_ACC:
+                lane_st += dy * xhat * x * (1.0 - sg)
+                lane_sd += tl.where(m, x - mean[:, None], 0.0)
+            else:
+                st += tl.sum(dy * xhat * x * (1.0 - sg), axis=1)
+                sd += tl.sum(tl.where(m, x - mean[:, None], 0.0), axis=1)
         else:
             xhat = (x - mean[:, None]) * rstd[:, None]
-        sy += tl.sum(dy, axis=1)
-        sxy += tl.sum(dy * xhat, axis=1)
+        if LANE_ACC:
+            lane_sy += dy
+            lane_sxy += dy * xhat
+        else:
+            sy += tl.sum(dy, axis=1)
+            sxy += tl.sum(dy * xhat, axis=1)
+    if LANE_ACC:
+        sy = tl.sum(lane_sy, axis=1)
+        sxy = tl.sum(lane_sxy, axis=1)
+        if TLU or SWISH:
+            st = tl.sum(lane_st, axis=1)
+        if SWISH:
+            sd = tl.sum(lane_sd, axis=1)
     idx = (n.to(tl.int64) * C + cs) * NK + kk
     tl.store(PSY + idx, sy, mask=cmask)
     tl.store(PSXY + idx, sxy, mask=cmask)
