@@ -240,11 +240,17 @@ def _interpreter_usable() -> str | None:
 def test_kernels_under_the_interpreter():
     """tests/triton_interpreter_check.py in two processes at once (the interpreter runs on
     one core): every case once, none failing."""
+    assert _interpreter_check_in_two_shards() > 200  # both shards ran their share
+
+
+def _interpreter_check_in_two_shards(*args: str, expect: str = "") -> int:
+    """tests/triton_interpreter_check.py with ``args``, as two shards at once: the cases run,
+    after asserting that each shard passed every one (and printed ``expect``)."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     script = str(ROOT / "tests" / "triton_interpreter_check.py")
     shards = [
         subprocess.Popen(
-            [sys.executable, script, "--shard", f"{i}/2"],
+            [sys.executable, script, *args, "--shard", f"{i}/2"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -257,9 +263,9 @@ def test_kernels_under_the_interpreter():
         stdout, stderr = shard.communicate(timeout=600)
         assert shard.returncode == 0, stdout[-3000:] + stderr[-3000:]
         found = re.search(r"cases (\d+) fails 0", stdout)
-        assert found, stdout[-3000:]
+        assert found and expect in stdout, stdout[-3000:]
         total += int(found.group(1))
-    assert total > 200  # both shards ran their share
+    return total
 
 
 #: Modules and inputs that the kernels serve under NORMZOO_TRITON=all (the emulated kernels
@@ -595,25 +601,7 @@ def test_two_phase_lane_partials_under_the_interpreter():
     for the GPU's A/B, off by default): batch norm and channels_last cases on the small shapes
     against torch, and inputs near 1e4 against float64 (the shifted lanes keep the variance
     within 20x torch's error), in two processes."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    script = str(ROOT / "tests" / "triton_interpreter_check.py")
-    shards = [
-        subprocess.Popen(
-            [sys.executable, script, "--lane-acc", "--quick", "--shard", f"{i}/2"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for i in range(2)
-    ]
-    total = 0
-    for shard in shards:
-        stdout, stderr = shard.communicate(timeout=500)
-        assert shard.returncode == 0, stdout[-3000:] + stderr[-3000:]
-        found = re.search(r"cases (\d+) fails 0", stdout)
-        assert found and "lane_acc True" in stdout, stdout[-3000:]
-        total += int(found.group(1))
+    total = _interpreter_check_in_two_shards("--lane-acc", "--quick", expect="lane_acc True")
     assert total >= 40  # both shards ran their share
 
 
