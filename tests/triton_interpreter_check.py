@@ -12,6 +12,7 @@ N-th case from the I-th (the test runs two shards at once, one per core).
 """
 
 import contextlib
+import functools
 import sys
 from collections.abc import Iterator
 
@@ -122,7 +123,7 @@ def check(shard: tuple[int, int] = (0, 1), quick: bool = False) -> int:
         if c[0] == (2, 8, 70, 70) and c[4] and not c[5] and c[1] not in ("frn", "s0")
     ]
     if quick:
-        small = {(4, 6, 5, 7), (3, 8, 33), (2, 4, 3, 4, 5)}
+        small = {(4, 6, 5, 7), (3, 8, 33)}
         cases = [c for c in cases if c[0] in small and (c[1] == "batch" or c[3]) and c[4]]
     fails = 0
     numbered = list(enumerate(cases))[index::count]
@@ -192,8 +193,8 @@ def check(shard: tuple[int, int] = (0, 1), quick: bool = False) -> int:
             print("    tile", tile, "errors", errs)
     checks = (check_renorm, check_switchable, check_switchable_offset, check_b0, check_ghost)
     checks = (*checks, check_frozen, check_large_mean)
-    if quick:
-        checks = (check_large_mean,)
+    if quick:  # inputs near 1e4 through the statistics of batch and group norm
+        checks = (functools.partial(check_large_mean, [("batch", 0), ("group", 2)]),)
     for number, extra_check in list(enumerate(checks))[index::count]:
         torch.manual_seed(10_000 + number)
         more_cases, more_fails = extra_check()
@@ -368,7 +369,7 @@ def _large_mean_ref(x: torch.Tensor, kind: str, groups: int, w, b, p) -> torch.T
     return T.reference(x, w.to(d), b.to(d), kind, groups, 1e-5, p.to(d))
 
 
-def check_large_mean() -> tuple[list, int]:
+def check_large_mean(kinds: list[tuple[str, int]] | None = None) -> tuple[list, int]:
     """Inputs far from 0 (mean 10000, std 1), one-pass and two-phase plans, both layouts: the
     kernels' output and input gradient against float64 stay within 20x the error of torch's
     contiguous float32 kernels (the reference math for EvoNorm-S0 and FRN), as
@@ -379,7 +380,8 @@ def check_large_mean() -> tuple[list, int]:
     1e-6 for the reference math); centering by a value of each set before the partial sums
     would close that (future work: those kernels serve BatchNorm and GroupNorm on a GPU)."""
     cases, fails = [], 0
-    kinds = [("batch", 0), ("group", 2), ("group", 1), ("group", -1), ("s0", 2), ("frn", -1)]
+    every = [("batch", 0), ("group", 2), ("group", 1), ("group", -1), ("s0", 2), ("frn", -1)]
+    kinds = kinds or every
     for shape in [(16, 6, 5, 7), (2, 8, 40, 40)]:  # many sets: some means round far
         c = shape[1]
         for kind, groups in kinds:
