@@ -24,6 +24,7 @@ channels_last kernels (with ``--relu``, their fused-ReLU variants).
     python scripts/bench_kernel_ab.py --base HEAD~1
     python scripts/bench_kernel_ab.py --base main --cases bn ln --shapes 32,64,32,32
     python scripts/bench_kernel_ab.py --base HEAD~1 --cases frn s0 b0_tok --dtype bfloat16
+    python scripts/bench_kernel_ab.py --new HEAD --new-flags=-mprefer-vector-width=512
 """
 
 from __future__ import annotations
@@ -62,10 +63,15 @@ SHAPES = ["32,64,32,32", "8,256,14,14", "128,64,8,8", "4,32,64,64"]
 
 
 def build(
-    source: str, name: str, out_dir: Path, headers: dict[str, str] | None = None
+    source: str,
+    name: str,
+    out_dir: Path,
+    headers: dict[str, str] | None = None,
+    extra_flags: list[str] | None = None,
 ) -> ctypes.CDLL:
-    """Compile ``source`` (the text of ``<name>.c``) as normzoo does, next to ``headers``
-    (file name -> text, the ones it includes; default: the working tree's), and load it."""
+    """Compile ``source`` (the text of ``<name>.c``) as normzoo does (with ``extra_flags``
+    after normzoo's), next to ``headers`` (file name -> text, the ones it includes; default:
+    the working tree's), and load it."""
     cc = _native._compiler()
     if cc is None:
         raise SystemExit("no C compiler found (install gcc, or set CC)")
@@ -74,7 +80,7 @@ def build(
     src = out_dir / f"{name}.c"
     src.write_text(source)
     lib_path = out_dir / f"{name}.so"
-    cmd = [cc, *_native._FLAGS, str(src), "-o", str(lib_path), "-lm"]
+    cmd = [cc, *_native._FLAGS, *(extra_flags or []), str(src), "-o", str(lib_path), "-lm"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
@@ -421,6 +427,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--buffers", type=int, default=4, help="output buffers to rotate through")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--relu", action="store_true", help="the kernels with the ReLU fused")
+    p.add_argument("--new-flags", nargs="+", default=[], metavar="FLAG",
+                   help="compiler flags added to the new build's (an A/B of a flag: "
+                   "--base HEAD --new HEAD --new-flags=-mprefer-vector-width=512)")  # fmt: skip
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if not sys.platform.startswith("linux"):
@@ -435,7 +444,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             for version, rev in (("base", args.base), ("new", args.new)):
                 out = Path(tmp) / version
                 out.mkdir(exist_ok=True)
-                libs[version][name] = build(source(rev, name), name, out, headers_at(rev))
+                flags = args.new_flags if version == "new" else []
+                libs[version][name] = build(source(rev, name), name, out, headers_at(rev), flags)
         shapes = [tuple(int(s) for s in spec.split(",")) for spec in args.shapes]
         # a group count must divide the channels (GroupNorm's 32 groups: not on 16 channels)
         runs = [
@@ -445,7 +455,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             if c in ZOO_CASES or s[1] % max(CASES[c][1] or 1, 1) == 0
         ]
         rows = [run_case(libs, c, s, args.rounds, args.buffers, args.relu, dtype) for c, s in runs]
-    print(f"base {args.base} against {args.new or 'the working tree'}; torch {torch.__version__}, "
+    new = (args.new or "the working tree") + "".join(f" {f}" for f in args.new_flags)
+    print(f"base {args.base} against {new}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; medians of {args.rounds} rounds, in us")  # fmt: skip
     print("| case | shape | base fwd | new fwd | ratio | base bwd | new bwd | ratio | outputs |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
@@ -457,7 +468,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             f"{'identical' if r['identical'] else 'differ'} |"
         )
     if args.json:
-        args.json.write_text(json.dumps({"base": args.base, "rows": rows}, indent=1) + "\n")
+        args.json.write_text(
+            json.dumps({"base": args.base, "new_flags": args.new_flags, "rows": rows}, indent=1)
+            + "\n"
+        )
     return rows
 
 

@@ -996,6 +996,57 @@ def test_bfloat16_row_kernels_equal_the_float32_ones(op, cl):
     )
 
 
+def _fused_norm(name: str, x: torch.Tensor, dy: torch.Tensor) -> list[torch.Tensor]:
+    """Forward and backward of zoo.c's EvoNorm-S0 (8 groups), FRN or RMSNorm on ``x``: ``y``,
+    the statistics, the parameters, ``dx`` and the parameter gradients."""
+    gen = torch.Generator().manual_seed(1)
+    c = x.shape[1]
+    w, b, extra = (torch.rand(c, generator=gen) + 0.5 for _ in range(3))
+    if name == "s0":
+        y, stats, params = zoo_kernels.s0_forward(x, extra, w, b, 8, 1e-5)
+        grads = zoo_kernels.s0_backward(dy, x, params, stats, w, 8, 1e-5, (True,) * 4)
+        return [y, stats, params, *grads]
+    if name == "rms":
+        y, mean, var, params = zoo_kernels.rms_forward(x, w, b, 1e-6)
+        grads = zoo_kernels.rms_backward(dy, x, params, mean, var, w, 1e-6, (True,) * 3)
+        return [y, mean, var, params, *grads]
+    y, mean, var, params = zoo_kernels.frn_forward(x, w, b, extra - 1, 1e-6)
+    grads = zoo_kernels.frn_backward(dy, x, params, mean, var, w, 1e-6, (True,) * 4)
+    return [y, mean, var, params, *grads]
+
+
+@pytest.mark.parametrize("shape", [(5, 16, 35), (8, 64, 1024)], ids=str)
+@pytest.mark.parametrize("name", ["s0", "frn", "rms"])
+def test_fused_groups_give_the_two_pass_bits(name, shape, monkeypatch):
+    """Contiguous EvoNorm-S0, FRN and RMSNorm finish runs of whole groups (of a sample's
+    channels, one channel, a sample) in cache where there are four runs or more per thread
+    (zoo.c, "fused groups"; here on one thread), and otherwise take two passes over memory
+    (here: on 64 threads). Every output of both paths has the same bits, but bfloat16 S0's
+    dx (which tells the paths apart): the fused path keeps (df/dx) dy from the sums' sweep in a
+    float buffer (the float32 path's expression), where the two-pass path recomputes it in
+    another order (a bfloat16 step apart at most: a float32 rounding apart before the
+    bfloat16 one, which moves about one value in 2^16, some of the 2^19 here); both agree
+    with the float32 kernels on the widened values to bfloat16 rounding."""
+    torch.manual_seed(0)
+    x = (torch.randn(shape) * 2 + 1).to(BF16)
+    dy = torch.randn(shape).to(BF16)
+    out = {}
+    for threads in (1, 64):
+        monkeypatch.setattr(zoo_kernels, "threads", lambda t=threads: t)
+        out[threads] = [_fused_norm(name, x.float(), dy.float()), _fused_norm(name, x, dy)]
+    (fused, fused_bf16), (two_pass, two_pass_bf16) = out[1], out[64]
+    dx = 3 if name == "s0" else 4
+    for i, (a, b) in enumerate(zip(fused + fused_bf16, two_pass + two_pass_bf16, strict=True)):
+        if i == len(fused) + dx and name == "s0":  # bfloat16 S0's dx
+            assert a.dtype == BF16 and _bits_equal(a, b) == (a.numel() < 2**19)
+            torch.testing.assert_close(a.float(), b.float(), rtol=2**-7, atol=1e-6)
+        else:
+            assert torch.equal(a, b), i
+    for a, b in zip(fused_bf16, fused, strict=True):
+        tol = {"rtol": 2**-7, "atol": 1e-5} if a.dtype == BF16 else {"rtol": 1e-4, "atol": 1e-4}
+        torch.testing.assert_close(a.float(), b, **tol)
+
+
 @pytest.fixture
 def zoo_kernel_names(monkeypatch) -> list[str]:
     """The names of the zoo library's C functions called, in order (``name_bf16`` for the

@@ -227,6 +227,132 @@ static void softmax3(const float *logits, double *out) {
 }
 
 
+/* ---------------------------------------------------------------- fused groups -------- *
+ * EvoNorm-S0 (per group of a sample), FRN (per row: groups of one) and RMSNorm (per sample)
+ * on contiguous input finish each group while its rows are in the core's cache: a task
+ * takes a run of whole groups (up to NZ_FUSE_ROWS rows, NZ_FUSE_BYTES of x, or one group of
+ * at most NZ_FUSE_GROUP_BYTES) and, in the forward, their row
+ * statistics, their parameters and their map (x read from memory once); in the backward,
+ * their sums, their statistics' share (k1, k0) and dx (x and dy read once; S0's (df/dx) dy
+ * kept from the sums for dx, in dx itself for float32 and in a float buffer per thread for
+ * bfloat16, where the two-pass path recomputes it). A run of rows rather than one group:
+ * each row's statistics end in a chain of dependent steps (lane sums, the mean, the second
+ * sweep, a square root and a division) that the next rows' overlap. The same expressions in
+ * the same order as the two-pass path (the results are its bits; bfloat16 S0's dx the
+ * float32 kernels' rounded); taken where the tasks give every thread NZ_GROUP_TASKS or more. */
+#define NZ_GROUP_TASKS 4
+#define NZ_FUSE_ROWS 8
+#define NZ_FUSE_BYTES (64 * 1024)
+#define NZ_FUSE_GROUP_BYTES (1024 * 1024)
+
+typedef struct {
+  const float *v, *w, *b, *tau; /* v: S0 only, tau: FRN only; w, b may be NULL (not FRN) */
+  double eps;
+  int64_t C;
+} nz_fuse;
+
+/* Groups of `size` rows of L elements of `elem` bytes per task. */
+static int64_t fuse_groups(int64_t size, int64_t L, int64_t elem) {
+  int64_t rows = L > 0 ? NZ_FUSE_BYTES / (L * elem) : NZ_FUSE_ROWS;
+  rows = rows < NZ_FUSE_ROWS ? rows : NZ_FUSE_ROWS;
+  const int64_t per = rows / size;
+  return per > 1 ? per : 1;
+}
+
+/* EvoNorm-S0's parameters of group (n, c0 .. c0 + size): v, a = w / sqrt(var_g + eps), b. */
+static void s0_group_params(const float *v, const float *w, const float *b, double eps,
+                            const float *mean, const float *lo, const float *var, float *params,
+                            int64_t n, int64_t C, int64_t c0, int64_t size) {
+  double mg, vg;
+  group_stats(mean, lo, var, n, C, c0, size, &mg, &vg);
+  const double r = 1.0 / sqrt(vg + eps);
+  for (int64_t c = c0; c < c0 + size; ++c) {
+    float *p = params + (n * C + c) * 3;
+    p[0] = v[c];
+    p[1] = (float)(w ? r * w[c] : r);
+    p[2] = b ? b[c] : 0.f;
+  }
+}
+
+/* EvoNorm-S0's backward through the statistics of group (n, c0 .. c0 + size): k1 and k0 of
+ * its rows (map_dx adds k1 (x - mean_c) + k0), from the rows' sums (N C 3). */
+static void s0_group_k(const float *sums, const float *mean, const float *lo, const float *var,
+                       const float *w, double eps, float *k1, float *k0, int64_t n, int64_t C,
+                       int64_t c0, int64_t size, int64_t L) {
+  double mg, vg, gr = 0.0;
+  group_stats(mean, lo, var, n, C, c0, size, &mg, &vg);
+  const double r = 1.0 / sqrt(vg + eps);
+  for (int64_t c = c0; c < c0 + size; ++c) {
+    const float *s = sums + (n * C + c) * 3;
+    gr += w ? (double)s[1] * w[c] : (double)s[1];
+  }
+  /* r = (var_g + eps)^(-1/2), var_g = mean var_c + mean (mean_c - mean_g)^2 */
+  const double dvar_g = gr * -0.5 * r * r * r;
+  /* map_dx adds k1 (x - mean_c) + k0 with the float channel mean: k0 = k1 (mean_c - mg), mg
+   * the exact group mean */
+  for (int64_t c = c0; c < c0 + size; ++c) {
+    k1[n * C + c] = (float)(2.0 * dvar_g / (double)size / (double)L);
+    k0[n * C + c] = (float)((mean[n * C + c] - mg) * dvar_g * 2.0 / (double)size / (double)L);
+  }
+}
+
+/* FRN's parameters of row r (channel c): a = w / sqrt(nu2 + eps), b, tau. */
+static void frn_row_params(const float *w, const float *b, const float *tau, double eps,
+                           const float *mean, const float *var, float *params, int64_t r,
+                           int64_t c) {
+  const double m = mean[r], q = 1.0 / sqrt(var[r] + m * m + eps);
+  params[r * 3] = (float)(w[c] * q);
+  params[r * 3 + 1] = b[c];
+  params[r * 3 + 2] = tau[c];
+}
+
+/* FRN's backward through nu2 of row r (channel c): its k1 and k0, from its sums. */
+static void frn_row_k(const float *sums, const float *mean, const float *var, const float *w,
+                      double eps, float *k1, float *k0, int64_t r, int64_t c, int64_t L) {
+  const double m = mean[r], q = 1.0 / sqrt(var[r] + m * m + eps);
+  /* q = (nu2 + eps)^(-1/2), nu2 = var + mean^2 */
+  const double dnu2 = sums[r * 3] * w[c] * -0.5 * q * q * q;
+  k1[r] = (float)(2.0 * dnu2 / (double)L);
+  k0[r] = (float)(2.0 * m * dnu2 / (double)L);
+}
+
+/* RMSNorm's 1 / rms of sample n: (mean_c (var + mean^2) + eps)^(-1/2). */
+static double rms_inverse(const float *mean, const float *var, double eps, int64_t n, int64_t C) {
+  double ms = 0.0;
+  for (int64_t c = 0; c < C; ++c) {
+    const double m = mean[n * C + c];
+    ms += var[n * C + c] + m * m;
+  }
+  return 1.0 / sqrt(ms / (double)C + eps);
+}
+
+/* RMSNorm's parameters of sample n (params (N C 2)): a = w / rms, b. */
+static void rms_sample_params(const float *w, const float *b, double eps, const float *mean,
+                              const float *var, float *params, int64_t n, int64_t C) {
+  const double r = rms_inverse(mean, var, eps, n, C);
+  for (int64_t c = 0; c < C; ++c) {
+    params[(n * C + c) * 2] = (float)(w ? w[c] * r : r);
+    params[(n * C + c) * 2 + 1] = b ? b[c] : 0.f;
+  }
+}
+
+/* RMSNorm's backward through the rms of sample n: k1, k0 of its rows, from their sums. */
+static void rms_sample_k(const float *sums, const float *mean, const float *var, const float *w,
+                         double eps, float *k1, float *k0, int64_t n, int64_t C, int64_t L) {
+  const double r = rms_inverse(mean, var, eps, n, C);
+  double gr = 0.0;
+  for (int64_t c = 0; c < C; ++c) {
+    const float *g = sums + (n * C + c) * 2; /* sum dy x, sum dy */
+    gr += w ? (double)g[0] * w[c] : (double)g[0];
+  }
+  /* r = (ms + eps)^(-1/2), ms = mean_c (var + mean^2) */
+  const double dms = gr * -0.5 * r * r * r / (double)C;
+  for (int64_t c = 0; c < C; ++c) {
+    k1[n * C + c] = (float)(2.0 * dms / (double)L);
+    k0[n * C + c] = (float)(2.0 * mean[n * C + c] * dms / (double)L);
+  }
+}
+
 /* bfloat16: nz_bf16_load, nz_bf16_store (nz_bf16.h). */
 /* ---------------------------------------------------------------- tokens --------------- *
  * R rows of C channels with no spatial positions ((N, C) input, contiguous): kernels that

@@ -11,6 +11,36 @@
 
 /* ---------------------------------------------------------------- statistics ---------- */
 
+/* One contiguous row of L values: its mean (*mean, with its rounding remainder in *lo where
+ * not NULL) and biased variance (see row_stats). */
+NZ_INLINE void NZ_FN(row_stat)(const NZ_T *p, int64_t L, float *mean, float *var, float *lo) {
+  const float k = NZ_LD(p[0]);
+  double s = 0.0;
+  for (int64_t i0 = 0; i0 < L; i0 += NZ_CHUNK) {
+    const int64_t i1 = i0 + NZ_CHUNK < L ? i0 + NZ_CHUNK : L;
+    float f = 0.f;
+#pragma omp simd reduction(+ : f)
+    for (int64_t i = i0; i < i1; ++i) f += NZ_LD(p[i]) - k;
+    s += f;
+  }
+  const double mu = (double)k + s / (double)L;
+  const float m = (float)mu;
+  if (lo) *lo = (float)(mu - (double)m);
+  double q = 0.0;
+  for (int64_t i0 = 0; i0 < L; i0 += NZ_CHUNK) {
+    const int64_t i1 = i0 + NZ_CHUNK < L ? i0 + NZ_CHUNK : L;
+    float f = 0.f;
+#pragma omp simd reduction(+ : f)
+    for (int64_t i = i0; i < i1; ++i) {
+      const float d = NZ_LD(p[i]) - m;
+      f += d * d;
+    }
+    q += f;
+  }
+  *mean = m;
+  *var = (float)(q / (double)L);
+}
+
 /* The mean and biased variance of each row: the mean from sums shifted by a value of the row
  * (float partial sums of values near 1e4 would keep few of their bits), then the variance
  * around the float mean in a second sweep.
@@ -22,34 +52,7 @@ static void NZ_FN(row_stats)(const NZ_T *x, float *mean, float *var, float *lo, 
                              int64_t C, int64_t L, int cl, int threads) {
   if (!cl) {
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < N * C; ++r) {
-      const NZ_T *p = x + r * L;
-      const float k = NZ_LD(p[0]);
-      double s = 0.0;
-      for (int64_t i0 = 0; i0 < L; i0 += NZ_CHUNK) {
-        const int64_t i1 = i0 + NZ_CHUNK < L ? i0 + NZ_CHUNK : L;
-        float f = 0.f;
-#pragma omp simd reduction(+ : f)
-        for (int64_t i = i0; i < i1; ++i) f += NZ_LD(p[i]) - k;
-        s += f;
-      }
-      const double mu = (double)k + s / (double)L;
-      const float m = (float)mu;
-      if (lo) lo[r] = (float)(mu - (double)m);
-      double q = 0.0;
-      for (int64_t i0 = 0; i0 < L; i0 += NZ_CHUNK) {
-        const int64_t i1 = i0 + NZ_CHUNK < L ? i0 + NZ_CHUNK : L;
-        float f = 0.f;
-#pragma omp simd reduction(+ : f)
-        for (int64_t i = i0; i < i1; ++i) {
-          const float d = NZ_LD(p[i]) - m;
-          f += d * d;
-        }
-        q += f;
-      }
-      mean[r] = m;
-      var[r] = (float)(q / (double)L);
-    }
+    for (int64_t r = 0; r < N * C; ++r) NZ_FN(row_stat)(x + r * L, L, mean + r, var + r, lo ? lo + r : NULL);
     return;
   }
   /* channels_last: a task is (sample, block of channels), L NZ_CB-wide runs: small enough
@@ -104,20 +107,80 @@ void NZ_FN(nz_row_stats)(const NZ_T *x, float *mean, float *var, int64_t N, int6
 }
 
 
+
+/* The maps on one contiguous row r of L values (the contiguous loops below, and the fused
+ * group kernels after them). */
+NZ_INLINE void NZ_FN(map_row_forward)(const int op, const NZ_T *x, const float *params, NZ_T *y,
+                                      int64_t r, int64_t L) {
+  float p[NZ_MAXP];
+  load_params(params, NZ_NPARAMS[op], r, p);
+  const NZ_T *xr = x + r * L;
+  NZ_T *yr = y + r * L;
+#pragma omp simd
+  for (int64_t i = 0; i < L; ++i)
+    yr[i] = NZ_ST(nz_fwd(op, NZ_LD(xr[i]), p[0], p[1], p[2], p[3], p[4]));
+}
+
+/* Row r's sums dL/dp into grads[r P ..]; o (may be NULL): the row's (df/dx) dy (B0, S0). */
+NZ_INLINE void NZ_FN(map_row_sums)(const int op, const NZ_T *dy, const NZ_T *x,
+                                   const float *params, float *grads, float *o, int64_t r,
+                                   int64_t L) {
+  const int P = NZ_NPARAMS[op];
+  float p[NZ_MAXP];
+  load_params(params, P, r, p);
+  const NZ_T *xr = x + r * L, *gr = dy + r * L;
+  double acc[NZ_MAXP] = {0.0, 0.0, 0.0, 0.0, 0.0};
+  for (int64_t i0 = 0; i0 < L; i0 += NZ_CHUNK) {
+    const int64_t i1 = i0 + NZ_CHUNK < L ? i0 + NZ_CHUNK : L;
+    float g0 = 0.f, g1 = 0.f, g2 = 0.f, g3 = 0.f, g4 = 0.f;
+    if (o) {
+#pragma omp simd reduction(+ : g0, g1, g2, g3, g4)
+      for (int64_t i = i0; i < i1; ++i) {
+        const float dyv = NZ_LD(gr[i]), xv = NZ_LD(xr[i]);
+        float dd = 0.f;
+        NZ_SUMS_BODY(op, g, dd, dyv, xv, p[0], p[1], p[2], p[3]);
+        o[i] = dd;
+      }
+    } else {
+#pragma omp simd reduction(+ : g0, g1, g2, g3, g4)
+      for (int64_t i = i0; i < i1; ++i) {
+        const float dyv = NZ_LD(gr[i]), xv = NZ_LD(xr[i]);
+        float dd = 0.f;
+        NZ_SUMS_BODY(op, g, dd, dyv, xv, p[0], p[1], p[2], p[3]);
+        (void)dd;
+      }
+    }
+    acc[0] += g0, acc[1] += g1, acc[2] += g2, acc[3] += g3, acc[4] += g4;
+  }
+  for (int i = 0; i < P; ++i) grads[r * P + i] = (float)acc[i];
+}
+
+/* Row r's dx = (df/dx) dy + a (x - m) + b; d (may be NULL): the row's (df/dx) dy, from
+ * map_row_sums, instead of recomputing it. */
+NZ_INLINE void NZ_FN(map_row_dx)(const int op, const NZ_T *dy, const NZ_T *x, const float *params,
+                                 const float *d, float m, float a, float b, NZ_T *dx, int64_t r,
+                                 int64_t L) {
+  const NZ_T *xr = x + r * L, *gr = dy + r * L;
+  NZ_T *o = dx + r * L;
+  if (d) {
+#pragma omp simd
+    for (int64_t i = 0; i < L; ++i) o[i] = NZ_ST(d[i] + a * (NZ_LD(xr[i]) - m) + b);
+    return;
+  }
+  float p[NZ_MAXP];
+  load_params(params, NZ_NPARAMS[op], r, p);
+#pragma omp simd
+  for (int64_t i = 0; i < L; ++i)
+    o[i] = NZ_ST(nz_dx(op, NZ_LD(gr[i]), NZ_LD(xr[i]), p[0], p[1], p[2], p[3]) +
+                 a * (NZ_LD(xr[i]) - m) + b);
+}
+
 NZ_INLINE void NZ_FN(map_forward)(const int op, const NZ_T *x, const float *params, NZ_T *y,
                                   int64_t N, int64_t C, int64_t L, int cl, int threads) {
   const int P = NZ_NPARAMS[op];
   if (!cl) {
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < N * C; ++r) {
-      float p[NZ_MAXP];
-      load_params(params, P, r, p);
-      const NZ_T *xr = x + r * L;
-      NZ_T *yr = y + r * L;
-#pragma omp simd
-      for (int64_t i = 0; i < L; ++i)
-        yr[i] = NZ_ST(nz_fwd(op, NZ_LD(xr[i]), p[0], p[1], p[2], p[3], p[4]));
-    }
+    for (int64_t r = 0; r < N * C; ++r) NZ_FN(map_row_forward)(op, x, params, y, r, L);
     return;
   }
   const int64_t nb = (C + NZ_CB - 1) / NZ_CB;
@@ -145,36 +208,8 @@ NZ_INLINE void NZ_FN(map_sums)(const int op, const NZ_T *dy, const NZ_T *x, cons
   const int P = NZ_NPARAMS[op];
   if (!cl) {
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < N * C; ++r) {
-      float p[NZ_MAXP];
-      load_params(params, P, r, p);
-      const NZ_T *xr = x + r * L, *gr = dy + r * L;
-      double acc[NZ_MAXP] = {0.0, 0.0, 0.0, 0.0, 0.0};
-      for (int64_t i0 = 0; i0 < L; i0 += NZ_CHUNK) {
-        const int64_t i1 = i0 + NZ_CHUNK < L ? i0 + NZ_CHUNK : L;
-        float g0 = 0.f, g1 = 0.f, g2 = 0.f, g3 = 0.f, g4 = 0.f;
-        if (keep) {
-          float *o = direct + r * L;
-#pragma omp simd reduction(+ : g0, g1, g2, g3, g4)
-          for (int64_t i = i0; i < i1; ++i) {
-            const float dyv = NZ_LD(gr[i]), xv = NZ_LD(xr[i]);
-            float dd = 0.f;
-            NZ_SUMS_BODY(op, g, dd, dyv, xv, p[0], p[1], p[2], p[3]);
-            o[i] = dd;
-          }
-        } else {
-#pragma omp simd reduction(+ : g0, g1, g2, g3, g4)
-          for (int64_t i = i0; i < i1; ++i) {
-            const float dyv = NZ_LD(gr[i]), xv = NZ_LD(xr[i]);
-            float dd = 0.f;
-            NZ_SUMS_BODY(op, g, dd, dyv, xv, p[0], p[1], p[2], p[3]);
-            (void)dd;
-          }
-        }
-        acc[0] += g0, acc[1] += g1, acc[2] += g2, acc[3] += g3, acc[4] += g4;
-      }
-      for (int i = 0; i < P; ++i) grads[r * P + i] = (float)acc[i];
-    }
+    for (int64_t r = 0; r < N * C; ++r)
+      NZ_FN(map_row_sums)(op, dy, x, params, grads, keep ? direct + r * L : NULL, r, L);
     return;
   }
   const int64_t nb = (C + NZ_CB - 1) / NZ_CB;
@@ -234,23 +269,9 @@ NZ_INLINE void NZ_FN(map_dx)(const int op, const NZ_T *dy, const NZ_T *x, const 
   const int P = NZ_NPARAMS[op];
   if (!cl) {
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < N * C; ++r) {
-      float p[NZ_MAXP];
-      load_params(params, P, r, p);
-      const NZ_T *xr = x + r * L, *gr = dy + r * L;
-      NZ_T *o = dx + r * L;
-      const float m = k1 ? mean[r] : 0.f, a = k1 ? k1[r] : 0.f, b = k1 ? k0[r] : 0.f;
-      if (direct) {
-        const float *d = direct + r * L;
-#pragma omp simd
-        for (int64_t i = 0; i < L; ++i) o[i] = NZ_ST(d[i] + a * (NZ_LD(xr[i]) - m) + b);
-      } else {
-#pragma omp simd
-        for (int64_t i = 0; i < L; ++i)
-          o[i] = NZ_ST(nz_dx(op, NZ_LD(gr[i]), NZ_LD(xr[i]), p[0], p[1], p[2], p[3]) +
-                       a * (NZ_LD(xr[i]) - m) + b);
-      }
-    }
+    for (int64_t r = 0; r < N * C; ++r)
+      NZ_FN(map_row_dx)(op, dy, x, params, direct ? direct + r * L : NULL, k1 ? mean[r] : 0.f,
+                        k1 ? k1[r] : 0.f, k1 ? k0[r] : 0.f, dx, r, L);
     return;
   }
   const int64_t nb = (C + NZ_CB - 1) / NZ_CB;
@@ -309,6 +330,85 @@ void NZ_FN(nz_map_dx)(int op, const NZ_T *dy, const NZ_T *x, const float *params
                       const float *k1, const float *k0, NZ_T *dx, int64_t N, int64_t C, int64_t L,
                       int cl, int threads) {
   NZ_FN(map_dx_direct)(op, dy, x, params, mean, k1, k0, NULL, dx, N, C, L, cl, threads);
+}
+
+/* The fused contiguous path (zoo.c, "fused groups"): op NZ_S0 (groups of `size` rows of a
+ * sample), NZ_TLU (FRN, size 1) or NZ_AFFINE (RMSNorm, size C). fused_forward and fused_backward are the bodies of a
+ * parallel region that the caller opens with a constant op (as NZ_DISPATCH: a region opened
+ * in here would take op as a variable, and its maps' loops would not vectorize). */
+NZ_INLINE void NZ_FN(fused_params)(const int op, const nz_fuse *f, const float *mean,
+                                   const float *lo, const float *var, float *params, int64_t r0,
+                                   int64_t size) {
+  if (op == NZ_S0)
+    s0_group_params(f->v, f->w, f->b, f->eps, mean, lo, var, params, r0 / f->C, f->C, r0 % f->C,
+                    size);
+  else if (op == NZ_TLU)
+    frn_row_params(f->w, f->b, f->tau, f->eps, mean, var, params, r0, r0 % f->C);
+  else
+    rms_sample_params(f->w, f->b, f->eps, mean, var, params, r0 / f->C, f->C);
+}
+
+NZ_INLINE void NZ_FN(fused_forward)(const int op, const nz_fuse *f, const NZ_T *x, NZ_T *y,
+                                    float *mean, float *var, float *lo, float *params,
+                                    int64_t groups, int64_t size, int64_t L) {
+  const int64_t per = fuse_groups(size, L, (int64_t)sizeof(NZ_T));
+  const int64_t tasks = (groups + per - 1) / per;
+#pragma omp for schedule(static)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t q0 = t * per, q1 = q0 + per < groups ? q0 + per : groups;
+    for (int64_t r = q0 * size; r < q1 * size; ++r)
+      NZ_FN(row_stat)(x + r * L, L, mean + r, var + r, lo ? lo + r : NULL);
+    for (int64_t q = q0; q < q1; ++q)
+      NZ_FN(fused_params)(op, f, mean, lo, var, params, q * size, size);
+    for (int64_t r = q0 * size; r < q1 * size; ++r) NZ_FN(map_row_forward)(op, x, params, y, r, L);
+  }
+}
+
+/* sums (rows P), k1 and k0 (rows) as the two-pass path's; dx may be NULL. */
+NZ_INLINE void NZ_FN(fused_backward)(const int op, const nz_fuse *f, const NZ_T *dy,
+                                     const NZ_T *x, const float *params, const float *mean,
+                                     const float *lo, const float *var, float *sums, float *k1,
+                                     float *k0, NZ_T *dx, int64_t groups, int64_t size,
+                                     int64_t L) {
+  const int64_t per = fuse_groups(size, L, (int64_t)sizeof(NZ_T));
+  const int64_t tasks = (groups + per - 1) / per;
+  {
+    float *direct = op == NZ_S0 ? NZ_DIRECT(dx) : NULL, *rows = NULL;
+    if (op == NZ_S0 && dx && !direct) /* bfloat16; NULL where it fails: recomputed */
+      rows = malloc((size_t)(per * size * L) * sizeof(float));
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t q0 = t * per, q1 = q0 + per < groups ? q0 + per : groups;
+      const int64_t r0 = q0 * size, r1 = q1 * size;
+      for (int64_t r = r0; r < r1; ++r) {
+        float *o = direct ? direct + r * L : rows ? rows + (r - r0) * L : NULL;
+        NZ_FN(map_row_sums)(op, dy, x, params, sums, o, r, L);
+      }
+      for (int64_t q = q0; q < q1; ++q) {
+        if (op == NZ_S0)
+          s0_group_k(sums, mean, lo, var, f->w, f->eps, k1, k0, q * size / f->C, f->C,
+                     q * size % f->C, size, L);
+        else if (op == NZ_TLU)
+          frn_row_k(sums, mean, var, f->w, f->eps, k1, k0, q, q % f->C, L);
+        else
+          rms_sample_k(sums, mean, var, f->w, f->eps, k1, k0, q, f->C, L);
+      }
+      if (!dx) continue;
+      for (int64_t r = r0; r < r1; ++r) {
+        const float *d = direct ? direct + r * L : rows ? rows + (r - r0) * L : NULL;
+        NZ_FN(map_row_dx)(op, dy, x, params, d, mean[r], k1[r], k0[r], dx, r, L);
+      }
+    }
+    free(rows);
+  }
+}
+
+/* Whether the fused path takes `groups` groups of `size` rows of L elements. */
+static inline int NZ_FN(fused_takes)(int cl, int64_t groups, int64_t size, int64_t L,
+                                     int threads) {
+  const int64_t per = fuse_groups(size, L, (int64_t)sizeof(NZ_T));
+  return !cl && size * L * (int64_t)sizeof(NZ_T) <= NZ_FUSE_GROUP_BYTES &&
+         (groups + per - 1) / per >= NZ_GROUP_TASKS * (int64_t)threads;
 }
 
 /* ---------------------------------------------------------------- the norms ----------- *
@@ -393,20 +493,17 @@ void NZ_FN(nz_b0_backward)(const NZ_T *dy, const NZ_T *x, const float *params, c
 void NZ_FN(nz_s0_forward)(const NZ_T *x, const float *v, const float *w, const float *b, int64_t G,
                           double eps, NZ_T *y, float *mean, float *var, float *lo, float *params,
                           int64_t N, int64_t C, int64_t L, int cl, int threads) {
-  NZ_FN(row_stats)(x, mean, var, lo, N, C, L, cl, threads);
   const int64_t size = C / G;
+  if (NZ_FN(fused_takes)(cl, N * G, size, L, threads)) {
+    const nz_fuse f = {v, w, b, NULL, eps, C};
+#pragma omp parallel num_threads(threads)
+    NZ_FN(fused_forward)(NZ_S0, &f, x, y, mean, var, lo, params, N * G, size, L);
+    return;
+  }
+  NZ_FN(row_stats)(x, mean, var, lo, N, C, L, cl, threads);
   for (int64_t n = 0; n < N; ++n)
-    for (int64_t g = 0; g < G; ++g) {
-      double mg, vg;
-      group_stats(mean, lo, var, n, C, g * size, size, &mg, &vg);
-      const double r = 1.0 / sqrt(vg + eps);
-      for (int64_t c = g * size; c < (g + 1) * size; ++c) {
-        float *p = params + (n * C + c) * 3;
-        p[0] = v[c];
-        p[1] = (float)(w ? r * w[c] : r);
-        p[2] = b ? b[c] : 0.f;
-      }
-    }
+    for (int64_t g = 0; g < G; ++g)
+      s0_group_params(v, w, b, eps, mean, lo, var, params, n, C, g * size, size);
   NZ_FN(nz_map_forward)(NZ_S0, x, params, y, N, C, L, cl, threads);
 }
 
@@ -415,10 +512,20 @@ void NZ_FN(nz_s0_backward)(const NZ_T *dy, const NZ_T *x, const float *params, c
                            const float *var, const float *lo, const float *w, int64_t G, double eps,
                            float *sums, float *k, NZ_T *dx, float *dv, float *dw, float *db,
                            int64_t N, int64_t C, int64_t L, int cl, int threads) {
-  /* as B0's */
-  NZ_FN(map_sums_direct)(NZ_S0, dy, x, params, sums, NZ_DIRECT(dx), N, C, L, cl, threads);
   float *k1 = k, *k0 = k + N * C;
   const int64_t size = C / G;
+  const int fused = NZ_FN(fused_takes)(cl, N * G, size, L, threads);
+  if (fused) {
+    const nz_fuse f = {NULL, w, NULL, NULL, eps, C};
+#pragma omp parallel num_threads(threads)
+    NZ_FN(fused_backward)(NZ_S0, &f, dy, x, params, mean, lo, var, sums, k1, k0, dx, N * G, size,
+                          L);
+  } else { /* as B0's */
+    NZ_FN(map_sums_direct)(NZ_S0, dy, x, params, sums, NZ_DIRECT(dx), N, C, L, cl, threads);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t g = 0; g < G; ++g)
+        s0_group_k(sums, mean, lo, var, w, eps, k1, k0, n, C, g * size, size, L);
+  }
   for (int64_t c = 0; c < C; ++c) {
     if (dv) dv[c] = 0.f;
     if (dw) dw[c] = 0.f;
@@ -426,7 +533,7 @@ void NZ_FN(nz_s0_backward)(const NZ_T *dy, const NZ_T *x, const float *params, c
   }
   for (int64_t n = 0; n < N; ++n)
     for (int64_t g = 0; g < G; ++g) {
-      double mg, vg, gr = 0.0;
+      double mg, vg;
       group_stats(mean, lo, var, n, C, g * size, size, &mg, &vg);
       const double r = 1.0 / sqrt(vg + eps);
       for (int64_t c = g * size; c < (g + 1) * size; ++c) {
@@ -434,18 +541,9 @@ void NZ_FN(nz_s0_backward)(const NZ_T *dy, const NZ_T *x, const float *params, c
         if (dv) dv[c] += s[0];
         if (dw) dw[c] += (float)(s[1] * r);
         if (db) db[c] += s[2];
-        gr += w ? (double)s[1] * w[c] : (double)s[1];
-      }
-      /* r = (var_g + eps)^(-1/2), var_g = mean var_c + mean (mean_c - mean_g)^2 */
-      const double dvar_g = gr * -0.5 * r * r * r;
-      /* map_dx adds k1 (x - mean_c) + k0 with the float channel mean: k0 = k1 (mean_c - mg),
-       * mg the exact group mean */
-      for (int64_t c = g * size; c < (g + 1) * size; ++c) {
-        k1[n * C + c] = (float)(2.0 * dvar_g / (double)size / (double)L);
-        k0[n * C + c] = (float)((mean[n * C + c] - mg) * dvar_g * 2.0 / (double)size / (double)L);
       }
     }
-  if (dx)
+  if (dx && !fused)
     NZ_FN(map_dx_direct)(NZ_S0, dy, x, params, mean, k1, k0, NZ_DIRECT(dx), dx, N, C, L, cl,
                          threads);
 }
@@ -547,15 +645,14 @@ void NZ_FN(nz_switchable_backward)(const NZ_T *dy, const NZ_T *x, const float *p
 void NZ_FN(nz_frn_forward)(const NZ_T *x, const float *w, const float *b, const float *tau,
                            double eps, NZ_T *y, float *mean, float *var, float *params, int64_t N,
                            int64_t C, int64_t L, int cl, int threads) {
+  if (NZ_FN(fused_takes)(cl, N * C, 1, L, threads)) {
+    const nz_fuse f = {NULL, w, b, tau, eps, C};
+#pragma omp parallel num_threads(threads)
+    NZ_FN(fused_forward)(NZ_TLU, &f, x, y, mean, var, NULL, params, N * C, 1, L);
+    return;
+  }
   NZ_FN(nz_row_stats)(x, mean, var, N, C, L, cl, threads);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t r = n * C + c;
-      const double m = mean[r], q = 1.0 / sqrt(var[r] + m * m + eps);
-      params[r * 3] = (float)(w[c] * q);
-      params[r * 3 + 1] = b[c];
-      params[r * 3 + 2] = tau[c];
-    }
+  for (int64_t r = 0; r < N * C; ++r) frn_row_params(w, b, tau, eps, mean, var, params, r, r % C);
   NZ_FN(nz_map_forward)(NZ_TLU, x, params, y, N, C, L, cl, threads);
 }
 
@@ -563,8 +660,17 @@ void NZ_FN(nz_frn_backward)(const NZ_T *dy, const NZ_T *x, const float *params, 
                             const float *var, const float *w, double eps, float *sums, float *k,
                             NZ_T *dx, float *dw, float *db, float *dtau, int64_t N, int64_t C,
                             int64_t L, int cl, int threads) {
-  NZ_FN(nz_map_sums)(NZ_TLU, dy, x, params, sums, N, C, L, cl, threads);
   float *k1 = k, *k0 = k + N * C;
+  const int fused = NZ_FN(fused_takes)(cl, N * C, 1, L, threads);
+  if (fused) {
+    const nz_fuse f = {NULL, w, NULL, NULL, eps, C};
+#pragma omp parallel num_threads(threads)
+    NZ_FN(fused_backward)(NZ_TLU, &f, dy, x, params, mean, NULL, var, sums, k1, k0, dx, N * C, 1,
+                          L);
+  } else {
+    NZ_FN(nz_map_sums)(NZ_TLU, dy, x, params, sums, N, C, L, cl, threads);
+    for (int64_t r = 0; r < N * C; ++r) frn_row_k(sums, mean, var, w, eps, k1, k0, r, r % C, L);
+  }
   for (int64_t c = 0; c < C; ++c) {
     double sw = 0.0, sb = 0.0, st = 0.0;
     for (int64_t n = 0; n < N; ++n) {
@@ -572,16 +678,12 @@ void NZ_FN(nz_frn_backward)(const NZ_T *dy, const NZ_T *x, const float *params, 
       const double m = mean[r], q = 1.0 / sqrt(var[r] + m * m + eps);
       const float *g = sums + r * 3; /* sum h x, sum h, sum dy */
       sw += g[0] * q, sb += g[1], st += g[2] - g[1];
-      /* q = (nu2 + eps)^(-1/2), nu2 = var + mean^2 */
-      const double dnu2 = g[0] * w[c] * -0.5 * q * q * q;
-      k1[r] = (float)(2.0 * dnu2 / (double)L);
-      k0[r] = (float)(2.0 * m * dnu2 / (double)L);
     }
     if (dw) dw[c] = (float)sw;
     if (db) db[c] = (float)sb;
     if (dtau) dtau[c] = (float)st;
   }
-  if (dx) NZ_FN(nz_map_dx)(NZ_TLU, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
+  if (dx && !fused) NZ_FN(nz_map_dx)(NZ_TLU, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
 }
 
 /* RMSNorm over each sample's channels and positions: params (N C 2): a = w / rms_n, b;
@@ -589,19 +691,14 @@ void NZ_FN(nz_frn_backward)(const NZ_T *dy, const NZ_T *x, const float *params, 
 void NZ_FN(nz_rms_forward)(const NZ_T *x, const float *w, const float *b, double eps, NZ_T *y,
                            float *mean, float *var, float *params, int64_t N, int64_t C, int64_t L,
                            int cl, int threads) {
-  NZ_FN(nz_row_stats)(x, mean, var, N, C, L, cl, threads);
-  for (int64_t n = 0; n < N; ++n) {
-    double ms = 0.0;
-    for (int64_t c = 0; c < C; ++c) {
-      const double m = mean[n * C + c];
-      ms += var[n * C + c] + m * m;
-    }
-    const double r = 1.0 / sqrt(ms / (double)C + eps);
-    for (int64_t c = 0; c < C; ++c) {
-      params[(n * C + c) * 2] = (float)(w ? w[c] * r : r);
-      params[(n * C + c) * 2 + 1] = b ? b[c] : 0.f;
-    }
+  if (NZ_FN(fused_takes)(cl, N, C, L, threads)) {
+    const nz_fuse f = {NULL, w, b, NULL, eps, C};
+#pragma omp parallel num_threads(threads)
+    NZ_FN(fused_forward)(NZ_AFFINE, &f, x, y, mean, var, NULL, params, N, C, L);
+    return;
   }
+  NZ_FN(nz_row_stats)(x, mean, var, N, C, L, cl, threads);
+  for (int64_t n = 0; n < N; ++n) rms_sample_params(w, b, eps, mean, var, params, n, C);
   NZ_FN(nz_map_forward)(NZ_AFFINE, x, params, y, N, C, L, cl, threads);
 }
 
@@ -609,33 +706,31 @@ void NZ_FN(nz_rms_backward)(const NZ_T *dy, const NZ_T *x, const float *params, 
                             const float *var, const float *w, double eps, float *sums, float *k,
                             NZ_T *dx, float *dw, float *db, int64_t N, int64_t C, int64_t L, int cl,
                             int threads) {
-  NZ_FN(nz_map_sums)(NZ_AFFINE, dy, x, params, sums, N, C, L, cl, threads);
   float *k1 = k, *k0 = k + N * C;
+  const int fused = NZ_FN(fused_takes)(cl, N, C, L, threads);
+  if (fused) {
+    const nz_fuse f = {NULL, w, NULL, NULL, eps, C};
+#pragma omp parallel num_threads(threads)
+    NZ_FN(fused_backward)(NZ_AFFINE, &f, dy, x, params, mean, NULL, var, sums, k1, k0, dx, N, C,
+                          L);
+  } else {
+    NZ_FN(nz_map_sums)(NZ_AFFINE, dy, x, params, sums, N, C, L, cl, threads);
+    for (int64_t n = 0; n < N; ++n) rms_sample_k(sums, mean, var, w, eps, k1, k0, n, C, L);
+  }
   for (int64_t c = 0; c < C; ++c) {
     if (dw) dw[c] = 0.f;
     if (db) db[c] = 0.f;
   }
   for (int64_t n = 0; n < N; ++n) {
-    double ms = 0.0, gr = 0.0;
-    for (int64_t c = 0; c < C; ++c) {
-      const double m = mean[n * C + c];
-      ms += var[n * C + c] + m * m;
-    }
-    const double r = 1.0 / sqrt(ms / (double)C + eps);
+    const double r = rms_inverse(mean, var, eps, n, C);
     for (int64_t c = 0; c < C; ++c) {
       const float *g = sums + (n * C + c) * 2; /* sum dy x, sum dy */
       if (dw) dw[c] += (float)(g[0] * r);
       if (db) db[c] += g[1];
-      gr += w ? (double)g[0] * w[c] : (double)g[0];
-    }
-    /* r = (ms + eps)^(-1/2), ms = mean_c (var + mean^2) */
-    const double dms = gr * -0.5 * r * r * r / (double)C;
-    for (int64_t c = 0; c < C; ++c) {
-      k1[n * C + c] = (float)(2.0 * dms / (double)L);
-      k0[n * C + c] = (float)(2.0 * mean[n * C + c] * dms / (double)L);
     }
   }
-  if (dx) NZ_FN(nz_map_dx)(NZ_AFFINE, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
+  if (dx && !fused)
+    NZ_FN(nz_map_dx)(NZ_AFFINE, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
 }
 
 /* GroupNorm over G groups of C / G channels of each sample (InstanceNorm: G = C), on the rows:
