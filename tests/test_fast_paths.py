@@ -60,7 +60,8 @@ def _pair(rank: int, **kwargs) -> tuple[nn.Module, nn.Module]:
     ("shape", "dtype", "channels_last", "fused"),
     [
         ((32, 64, 32, 32), torch.float32, False, True),
-        ((32, 64, 32, 32), torch.bfloat16, False, False),  # measured for float32 only
+        ((32, 64, 32, 32), torch.bfloat16, False, True),  # the kernels' bfloat16 builds
+        ((32, 64, 32, 32), torch.float16, False, False),  # torch's kernel
         ((8, 64, 16, 16, 16), torch.float32, False, True),
         ((4, 32, 64, 64), torch.float32, False, True),
         ((8, 256, 14, 14), torch.float32, False, True),
@@ -76,7 +77,8 @@ def _pair(rank: int, **kwargs) -> tuple[nn.Module, nn.Module]:
         ((16, 4, 32, 32), torch.float32, True, True),  # 64k, but torch is slow with 4 channels
         ((4, 8, 32, 32), torch.float32, True, True),  # 32k with 8 channels
         ((8, 16, 32, 32), torch.float32, True, False),  # 128k with 16 channels
-        ((32, 64, 32, 32), torch.bfloat16, True, False),
+        ((32, 64, 32, 32), torch.bfloat16, True, True),
+        ((8, 64, 16, 16), torch.bfloat16, True, False),  # the float32 thresholds
         ((2, 8, 4, 4), torch.float32, True, False),  # small
         ((4096, 64, 1, 1), torch.float32, True, False),  # also contiguous: spatial size 1
         ((32, 64, 32, 32), torch.float64, False, False),  # float64: torch's kernel (gradcheck)
@@ -89,7 +91,9 @@ def test_dispatch_by_shape(shape, dtype, channels_last, fused):
     x = torch.empty(shape, dtype=dtype)
     if channels_last:
         x = x.to(memory_format=CL_FORMATS[x.dim()])
-    assert batch_mod.use_native_batch_stats(x) is fused
+    assert batch_mod.use_native_batch_stats(x, None, batch_mod.BATCH_NORM_DTYPES) is fused
+    # Batch Renorm and Ghost BN ask for float32 only (their own kernels)
+    assert batch_mod.use_native_batch_stats(x) is (fused and dtype == torch.float32)
 
 
 # -- parity: the native branch ----------------------------------------------------------------
@@ -189,6 +193,116 @@ def test_native_half_precision(dtype):
     assert xa.grad.dtype == dtype
     torch.testing.assert_close(xa.grad, xb.grad, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(ours.running_var, ref.running_var, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+@pytest.mark.parametrize(
+    "params", [torch.float32, torch.bfloat16], ids=["f32_params", "bf16_params"]
+)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_bfloat16_batch_norm_runs_the_bfloat16_kernels(layout, params, relu, monkeypatch):
+    """bfloat16 input reaches BatchNorm's kernels as it is (their bfloat16 builds: x read and
+    y, dx written as bfloat16, the float32 math on the widened values): with float32
+    parameters (autocast's case) through the module's one-call operator, with bfloat16 ones
+    (a module cast to bfloat16) through the Python path; the ReLU fused where asked. Over two
+    training steps, against torch.nn.BatchNorm2d (then a ReLU) in float64 on the same values:
+    output, input gradient (away from the ReLU's kink) and parameter gradients (in the
+    parameters' dtype) to bfloat16 rounding, running statistics to a step of their dtype
+    (each step's blend in float32, rounded once); the layout kept. (torch's own bfloat16
+    module, bfloat16 parameters and a ReLU, measured parameter gradients 30% off here.)"""
+    ran: list[str] = []
+    real = batch_mod._kernels._fn
+    monkeypatch.setattr(batch_mod._kernels, "_fn", lambda lib, n: ran.append(n) or real(lib, n))
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    shape = (16, 32, 24, 24) if layout == "channels_last" else (8, 32, 12, 12)  # >= thresholds
+    ours = normzoo.create("bn", 32, activation="relu" if relu else None)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ours.bias.uniform_(-0.5, 0.5)
+    ours.to(params)
+    ref = nn.BatchNorm2d(32).double()
+    ref.load_state_dict({k: v.double() if v.is_floating_point() else v
+                         for k, v in ours.state_dict().items()})  # fmt: skip
+    for step in range(2):
+        x = (torch.randn(shape) * 2 + step).to(torch.bfloat16).contiguous(memory_format=fmt)
+        dy = torch.randn(shape).to(torch.bfloat16).contiguous(memory_format=fmt)
+        xa, xb = x.clone().requires_grad_(), x.double().requires_grad_()
+        ran.clear()
+        ya, pre = ours(xa), ref(xb)
+        yb = torch.relu(pre) if relu else pre
+        assert ya.dtype == torch.bfloat16 and ya.is_contiguous(memory_format=fmt)
+        ya.backward(dy)
+        yb.backward(dy.double())
+        suffix = ("_cl" if layout == "channels_last" else "") + "_bf16"
+        if params == torch.float32:  # the operator: its C++ node, no Python kernel call
+            assert "BatchNormFunction" in ya.grad_fn.name() and not ran
+        else:
+            name = "nz_bn_relu_{}" if relu else "nz_bn_{}"
+            assert ran == [name.format("forward") + suffix, name.format("backward") + suffix]
+        assert xa.grad.dtype == torch.bfloat16 and xa.grad.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(ya.double(), yb, rtol=2**-8, atol=2**-8)
+        away = pre.detach().abs() > 2**-5 if relu else torch.ones(shape, dtype=torch.bool)
+        torch.testing.assert_close(xa.grad.double()[away], xb.grad[away], rtol=2**-7, atol=2**-8)
+        for a, b in ((ours.weight.grad, ref.weight.grad), (ours.bias.grad, ref.bias.grad)):
+            assert a.dtype == params
+            torch.testing.assert_close(a.double(), b, rtol=2**-7, atol=2e-2)
+        ours.zero_grad()
+        ref.zero_grad()
+        for key, value in ref.state_dict().items():
+            mine = ours.state_dict()[key]
+            tol = {"rtol": 2**-7, "atol": 1e-6} if mine.dtype == torch.bfloat16 else {}
+            torch.testing.assert_close(mine.double(), value.to(mine.dtype).double(), **tol)
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "relu"])
+@pytest.mark.parametrize("shape", [(5, 40, 9, 7), (3, 300, 4, 5), (4, 8, 3, 5, 6)], ids=str)
+def test_bfloat16_batch_norm_kernels_are_the_float32_ones_rounded(shape, relu):
+    """The bfloat16 builds of BatchNorm's kernels (``bn_block.h``, ``bn_cl.h``) against the
+    float32 ones on the widened values. channels_last: the same statistics, sums and
+    parameter gradients to the bit (the same loops per channel), y and dx the float32 ones
+    rounded once. Contiguous: the rows' float lanes may add in another order (the float32
+    rows run hand-vectorized sums), so statistics and sums agree to float32 rounding and an
+    output may round to the neighbouring bfloat16."""
+    from normzoo._native import kernels
+
+    torch.manual_seed(0)
+    c = shape[1]
+    w, b = torch.rand(c) + 0.5, torch.randn(c)
+    for fmt in (torch.contiguous_format, CL_FORMATS[len(shape)]):
+        x = (torch.randn(shape) * 3 + 2).to(torch.bfloat16).contiguous(memory_format=fmt)
+        dy = torch.randn(shape).to(torch.bfloat16).contiguous(memory_format=fmt)
+        xf, dyf = x.float(), dy.float()
+        yh, stats_h, var_h = kernels.batch_norm_forward_bf16(x, w, b, 1e-5, True, relu)
+        if fmt == torch.contiguous_format:
+            yf, stats_f, var_f = kernels.batch_norm_forward_unchecked(
+                xf, w, b, 1e-5, True, None, relu
+            )
+        else:
+            yf, stats_f, var_f = kernels.batch_norm_forward_cl_unchecked(
+                xf, w, b, 1e-5, True, None, relu
+            )
+        gh = kernels.batch_norm_backward_bf16(dy, x, w, stats_h, (True,) * 3, relu, b)
+        backward = (
+            kernels.batch_norm_backward_unchecked
+            if fmt == torch.contiguous_format
+            else kernels.batch_norm_backward_cl_unchecked
+        )
+        gf = backward(dyf, xf, w, stats_f, (True,) * 3, None, relu, b)
+        assert yh.dtype == gh[0].dtype == torch.bfloat16
+        assert yh.is_contiguous(memory_format=fmt) and gh[0].is_contiguous(memory_format=fmt)
+        if fmt != torch.contiguous_format:
+            for got, want in ((stats_h, stats_f), (var_h, var_f), (gh[1], gf[1]), (gh[2], gf[2])):
+                assert torch.equal(got, want)
+            assert torch.equal(yh, yf.to(torch.bfloat16))
+            assert torch.equal(gh[0], gf[0].to(torch.bfloat16))
+            continue
+        torch.testing.assert_close(stats_h, stats_f, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(var_h, var_f, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gh[1:], gf[1:], rtol=1e-4, atol=1e-3)
+        for got, want in ((yh, yf), (gh[0], gf[0])):  # at most one bfloat16 step apart
+            torch.testing.assert_close(
+                got.float(), want.to(torch.bfloat16).float(), rtol=2**-7, atol=1e-6
+            )
 
 
 def test_float64_module_passes_gradcheck():
@@ -775,7 +889,8 @@ def test_one_call_path_declines_and_the_checked_path_decides(one_call_spy, monke
 @pytest.mark.parametrize("name", ["gn", "ln", "bn"])
 def test_one_call_path_skips_the_operator_for_other_dtypes(name, monkeypatch):
     """Half-precision, small (and CUDA) inputs never reach the operator: no call's fixed cost
-    for inputs the native kernels do not serve."""
+    for inputs the native kernels do not serve. bfloat16 does reach BatchNorm's (its
+    bfloat16 kernels), not GroupNorm's or LayerNorm's."""
     _needs_ops()
     mod = batch_mod if name == "bn" else rownorm_mod
     op = (
@@ -784,12 +899,14 @@ def test_one_call_path_skips_the_operator_for_other_dtypes(name, monkeypatch):
     calls = []
     monkeypatch.setattr(mod, "_module_op", lambda *a: calls.append(a[0].dtype) or op(*a))
     layer = normzoo.create(name, 8)
+    layer(torch.randn(4, 8, 5, 5, dtype=torch.float16))
     layer(torch.randn(4, 8, 5, 5, dtype=torch.bfloat16))
     layer(torch.randn(4, 8, 5, 5))
-    assert calls == [torch.float32]
+    served = [torch.bfloat16, torch.float32] if name == "bn" else [torch.float32]
+    assert calls == served
     monkeypatch.setattr(mod, "NATIVE_MIN_NUMEL", 801)
     layer(torch.randn(4, 8, 5, 5))  # 800 elements
-    assert calls == [torch.float32]
+    assert calls == served
 
 
 # -- BatchNorm's one-call path (training) -----------------------------------------------------

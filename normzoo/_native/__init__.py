@@ -233,7 +233,17 @@ GHOST_BF16 = (
     "nz_ghost_forward",
     "nz_ghost_backward",
 )
-SIGNATURES["batch_norm"].update({f"{fn}_bf16": SIGNATURES["batch_norm"][fn] for fn in GHOST_BF16})
+#: BatchNorm's and Batch Renorm's kernels, also built for bfloat16 (``bn_block.h``,
+#: ``bn_cl.h``): the same signatures, ``x``, ``y``, ``dy`` and ``dx`` bfloat16.
+BN_BF16 = tuple(
+    f"{name}{layout}"
+    for name in ("nz_bn_forward", "nz_bn_backward", "nz_bn_relu_forward", "nz_bn_relu_backward",
+                 "nz_renorm_forward")
+    for layout in ("", "_cl")
+)  # fmt: skip
+SIGNATURES["batch_norm"].update(
+    {f"{fn}_bf16": SIGNATURES["batch_norm"][fn] for fn in (*GHOST_BF16, *BN_BF16)}
+)
 RESTYPES: dict[str, type] = {"nz_frozen_forward": INT, "nz_frozen_backward": INT}
 
 
@@ -267,16 +277,19 @@ _F32 = torch.float32
 _is_tracing = torch._C._is_tracing  # torch.jit.is_tracing without its two Python frames
 
 
-def one_call_ready(x: torch.Tensor, min_numel: int) -> bool:
+def one_call_ready(x: torch.Tensor, min_numel: int, bfloat16: bool = False) -> bool:
     """Whether a module's one-call operator (``group_norm_module``, ``batch_norm_module``)
-    may be asked to serve ``x``: a float32 CPU tensor (not a subclass) of at least
-    ``min_numel`` elements, outside ``torch.compile`` and ``torch.jit.trace`` (the tracer runs
-    an operator's kernel with tracing off, so the operator cannot tell), the operator library
-    loaded. The operator checks the rest. CUDA, half-precision and small inputs stop here and
-    pay no operator call; ``is_compiling`` comes first, where dynamo reads it as a constant."""
+    may be asked to serve ``x``: a float32 (or, where ``bfloat16``, bfloat16) CPU tensor (not
+    a subclass) of at least ``min_numel`` elements, outside ``torch.compile`` and
+    ``torch.jit.trace`` (the tracer runs an operator's kernel with tracing off, so the
+    operator cannot tell), the operator library loaded. The operator checks the rest. CUDA,
+    other dtypes and small inputs stop here and pay no operator call; ``is_compiling`` comes
+    first, where dynamo reads it as a constant."""
     if torch.compiler.is_compiling():
         return False
-    if type(x) is not torch.Tensor or not x.is_cpu or x.dtype is not _F32:
+    if type(x) is not torch.Tensor or not x.is_cpu:
+        return False
+    if x.dtype is not _F32 and not (bfloat16 and x.dtype is torch.bfloat16):
         return False
     return x.numel() >= min_numel and not _is_tracing() and ops_available()
 

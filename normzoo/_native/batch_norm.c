@@ -121,181 +121,78 @@ static inline void renorm_channel(const nz_renorm *rn, const float *w, const flo
   rn->out[4 * C + c] = (float)(var * (M / (M > 1.0 ? M - 1.0 : 1.0)));
 }
 
-/* One block of k channels from c0 of an (N, C, L) tensor: their moments, then y. */
-NZ_INLINE void bn_forward_block(const float *x, const float *w, const float *b, float *y,
-                                float *mean_out, float *invstd_out, float *var_out, int64_t N,
-                                int64_t C, int64_t L, int64_t c0, int64_t k, double eps,
-                                int relu, const nz_renorm *rn) {
-  /* the map's weight and bias: Batch Renorm's w r and w d + b, written per channel below */
-  const float *wm = rn ? rn->out + 2 * C : w, *bm = rn ? rn->out + 3 * C : b;
-  const double M = (double)N * (double)L;
-  /* shifted one-pass moments, shift = the channel's first value: no cancellation (Chan,
-   * Golub and LeVeque, "Algorithms for computing the sample variance", 1983) */
-  double s1[NZ_MAX_BLOCK], s2[NZ_MAX_BLOCK];
-  float shift0[NZ_MAX_BLOCK], m[NZ_MAX_BLOCK], scale[NZ_MAX_BLOCK], shift[NZ_MAX_BLOCK];
-  for (int64_t j = 0; j < k; ++j) {
-    s1[j] = s2[j] = 0.0;
-    shift0[j] = N > 0 && L > 0 ? x[(c0 + j) * L] : 0.f;
-  }
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t j = 0; j < k; ++j)
-      row_moments(x + (n * C + c0 + j) * L, L, shift0[j], &s1[j], &s2[j]);
-  for (int64_t j = 0; j < k; ++j) {
-    const int64_t c = c0 + j;
-    const double dm = s1[j] / M;
-    double var = s2[j] / M - dm * dm;
-    if (var < 0.0) var = 0.0;
-    m[j] = (float)(shift0[j] + dm);
-    const float inv = (float)(1.0 / sqrt(var + eps));
-    if (rn) renorm_channel(rn, w, b, c, C, m[j], inv, var, M, eps);
-    scale[j] = bn_scale(wm, c, inv);
-    shift[j] = bn_shift(bm, c, m[j], scale[j]);
-    mean_out[c] = m[j];
-    invstd_out[c] = inv;
-    if (var_out) var_out[c] = (float)var;
-  }
-  if (!y) return;
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t j = 0; j < k; ++j) {
-      const float *p = x + (n * C + c0 + j) * L;
-      float *o = y + (n * C + c0 + j) * L;
-      map_line(p, o, L, scale[j], shift[j], relu);
-    }
-}
-
-static void bn_forward(const float *x, const float *w, const float *b, float *y,
-                       float *mean_out, float *invstd_out, float *var_out, int64_t N, int64_t C,
-                       int64_t L, double eps, int relu, const nz_renorm *rn, int threads) {
-  const int64_t bc = block_channels(N, C, L, threads);
-  const int64_t blocks = (C + bc - 1) / bc;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t c0 = blk * bc, c1 = c0 + bc < C ? c0 + bc : C;
-    bn_forward_block(x, w, b, y, mean_out, invstd_out, var_out, N, C, L, c0, c1 - c0, eps, relu,
-                     rn);
-  }
-}
-
-void nz_bn_forward(const float *x, const float *w, const float *b, float *y, float *mean_out,
-                   float *invstd_out, float *var_out, int64_t N, int64_t C, int64_t L,
-                   double eps, int threads) {
-  bn_forward(x, w, b, y, mean_out, invstd_out, var_out, N, C, L, eps, 0, NULL, threads);
-}
-
-void nz_renorm_forward(const float *x, const float *w, const float *b, const float *running_mean,
-                       const float *running_var, double r_max, double d_max, float *y,
-                       float *mean_out, float *invstd_out, float *out, int64_t N, int64_t C,
-                       int64_t L, double eps, int threads) {
-  const nz_renorm rn = {running_mean, running_var, (float)(1.0 / r_max), (float)r_max,
-                        (float)d_max, out};
-  bn_forward(x, w, b, y, mean_out, invstd_out, NULL, N, C, L, eps, 0, &rn, threads);
-}
-
-void nz_bn_relu_forward(const float *x, const float *w, const float *b, float *y,
-                        float *mean_out, float *invstd_out, float *var_out, int64_t N, int64_t C,
-                        int64_t L, double eps, int threads) {
-  bn_forward(x, w, b, y, mean_out, invstd_out, var_out, N, C, L, eps, 1, NULL, threads);
-}
-
-/* One block of k channels from c0: the sums of dy and dy (x - mean), dw and db from them
- * (where not NULL), then dx. */
-NZ_INLINE void bn_backward_block(const float *dy, const float *x, const float *w,
-                                 const float *b, const float *mean, const float *invstd,
-                                 float *dx, float *dw, float *db, int64_t N, int64_t C,
-                                 int64_t L, int64_t c0, int64_t k, int relu) {
-  const double M = (double)N * (double)L;
-  double s_dy[NZ_MAX_BLOCK], s_dyx[NZ_MAX_BLOCK];
-  for (int64_t j = 0; j < k; ++j) s_dy[j] = s_dyx[j] = 0.0;
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t j = 0; j < k; ++j) {
-      const float *g = dy + (n * C + c0 + j) * L;
-      const float *p = x + (n * C + c0 + j) * L;
-      const float m = mean[c0 + j];
-      float r1 = 0.f, r2 = 0.f;
-      if (relu) {
-        const float sc = bn_scale(w, c0 + j, invstd[c0 + j]), sh = bn_shift(b, c0 + j, m, sc);
-#pragma omp simd reduction(+ : r1, r2)
-        for (int64_t i = 0; i < L; ++i) {
-          const float gi = p[i] * sc + sh <= 0.f ? 0.f : g[i];
-          r1 += gi;
-          r2 += gi * (p[i] - m);
-        }
-      } else {
-#pragma omp simd reduction(+ : r1, r2)
-        for (int64_t i = 0; i < L; ++i) {
-          r1 += g[i];
-          r2 += g[i] * (p[i] - m);
-        }
-      }
-      s_dy[j] += r1;
-      s_dyx[j] += r2;
-    }
-  for (int64_t j = 0; j < k; ++j) {
-    if (dw) dw[c0 + j] = (float)(s_dyx[j] * invstd[c0 + j]);
-    if (db) db[c0 + j] = (float)s_dy[j];
-  }
-  if (!dx) return;
-  float kk[NZ_MAX_BLOCK], mean_dy[NZ_MAX_BLOCK], proj[NZ_MAX_BLOCK];
-  for (int64_t j = 0; j < k; ++j) {
-    const int64_t c = c0 + j;
-    const float inv = invstd[c];
-    kk[j] = (w ? w[c] : 1.f) * inv;
-    mean_dy[j] = (float)(s_dy[j] / M);
-    proj[j] = (float)(s_dyx[j] / M) * inv * inv;
-  }
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t j = 0; j < k; ++j) {
-      const float *g = dy + (n * C + c0 + j) * L;
-      const float *p = x + (n * C + c0 + j) * L;
-      float *o = dx + (n * C + c0 + j) * L;
-      const float m = mean[c0 + j], a = kk[j], md = mean_dy[j], pr = proj[j];
-      if (relu) {
-        const float sc = bn_scale(w, c0 + j, invstd[c0 + j]), sh = bn_shift(b, c0 + j, m, sc);
+/* dx = a (dy - md - (x - m) pr) over a row of L values: whole cache lines from NZ_LINE_MIN
+ * values (as map_line), shorter rows as compiled. */
+static inline void dx_line(const float *g, const float *p, float *o, int64_t L, float a,
+                           float md, float m, float pr) {
+  if (L < NZ_LINE_MIN) {
 #pragma omp simd
-        for (int64_t i = 0; i < L; ++i) {
-          const float gi = p[i] * sc + sh <= 0.f ? 0.f : g[i];
-          o[i] = a * (gi - md - (p[i] - m) * pr);
-        }
-      } else {
-        if (L < NZ_LINE_MIN) { /* as map_line */
-#pragma omp simd
-          for (int64_t i = 0; i < L; ++i) o[i] = a * (g[i] - md - (p[i] - m) * pr);
-          continue;
-        }
-        const int64_t h = nz_head(o, L);
-        int64_t i = 0;
-        for (; i < h; ++i) o[i] = a * (g[i] - md - (p[i] - m) * pr);
-        for (; i + NZ_VL <= L; i += NZ_VL)
-          nz_store(o + i, a * (nz_load(g + i) - md - (nz_load(p + i) - m) * pr));
-        for (; i < L; ++i) o[i] = a * (g[i] - md - (p[i] - m) * pr);
-      }
-    }
+    for (int64_t i = 0; i < L; ++i) o[i] = a * (g[i] - md - (p[i] - m) * pr);
+    return;
+  }
+  const int64_t h = nz_head(o, L);
+  int64_t i = 0;
+  for (; i < h; ++i) o[i] = a * (g[i] - md - (p[i] - m) * pr);
+  for (; i + NZ_VL <= L; i += NZ_VL)
+    nz_store(o + i, a * (nz_load(g + i) - md - (nz_load(p + i) - m) * pr));
+  for (; i < L; ++i) o[i] = a * (g[i] - md - (p[i] - m) * pr);
 }
 
-static void bn_backward(const float *dy, const float *x, const float *w, const float *b,
-                        const float *mean, const float *invstd, float *dx, float *dw, float *db,
-                        int64_t N, int64_t C, int64_t L, int relu, int threads) {
-  const int64_t bc = block_channels(N, C, L, threads);
-  const int64_t blocks = (C + bc - 1) / bc;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t c0 = blk * bc, c1 = c0 + bc < C ? c0 + bc : C;
-    bn_backward_block(dy, x, w, b, mean, invstd, dx, dw, db, N, C, L, c0, c1 - c0, relu);
+/* The bfloat16 rows' helpers: row_moments, map_line and dx_line on uint16_t bits, each value
+ * widened as it is loaded, each output rounded once (the compiled loops: no line stores). */
+static inline void row_moments_bf16(const uint16_t *p, int64_t L, float k, double *s1,
+                                    double *s2) {
+  float r1 = 0.f, r2 = 0.f;
+#pragma omp simd reduction(+ : r1, r2)
+  for (int64_t j = 0; j < L; ++j) {
+    const float d = nz_bf16_load(p[j]) - k;
+    r1 += d;
+    r2 += d * d;
+  }
+  *s1 += r1;
+  *s2 += r2;
+}
+
+static inline void map_line_bf16(const uint16_t *p, uint16_t *o, int64_t n, float sc, float sh,
+                                 int relu) {
+  if (relu) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = nz_bf16_load(p[i]) * sc + sh;
+      o[i] = nz_bf16_store(v < 0.f ? 0.f : v); /* a NaN kept, as torch.relu keeps it */
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) o[i] = nz_bf16_store(nz_bf16_load(p[i]) * sc + sh);
   }
 }
 
-void nz_bn_backward(const float *dy, const float *x, const float *w, const float *mean,
-                    const float *invstd, float *dx, float *dw, float *db, int64_t N, int64_t C,
-                    int64_t L, int threads) {
-  bn_backward(dy, x, w, NULL, mean, invstd, dx, dw, db, N, C, L, 0, threads);
+static inline void dx_line_bf16(const uint16_t *g, const uint16_t *p, uint16_t *o, int64_t L,
+                                float a, float md, float m, float pr) {
+#pragma omp simd
+  for (int64_t i = 0; i < L; ++i)
+    o[i] = nz_bf16_store(a * (nz_bf16_load(g[i]) - md - (nz_bf16_load(p[i]) - m) * pr));
 }
 
-/* b: the forward's bias (may be NULL). */
-void nz_bn_relu_backward(const float *dy, const float *x, const float *w, const float *b,
-                         const float *mean, const float *invstd, float *dx, float *dw,
-                         float *db, int64_t N, int64_t C, int64_t L, int threads) {
-  bn_backward(dy, x, w, b, mean, invstd, dx, dw, db, N, C, L, 1, threads);
-}
+#define NZ_T float
+#define NZ_LD(v) (v)
+#define NZ_ST(v) (v)
+#define NZ_FN(name) name
+#include "bn_block.h"
+#undef NZ_T
+#undef NZ_LD
+#undef NZ_ST
+#undef NZ_FN
+
+#define NZ_T uint16_t
+#define NZ_LD(v) nz_bf16_load(v)
+#define NZ_ST(v) nz_bf16_store(v)
+#define NZ_FN(name) name##_bf16
+#include "bn_block.h"
+#undef NZ_T
+#undef NZ_LD
+#undef NZ_ST
+#undef NZ_FN
 
 /* ---------------------------------------------------------------- channels_last ----------
  * The same batch norm over a float32 tensor in channels_last (or channels_last_3d) memory:
@@ -336,247 +233,15 @@ static int64_t cl_block_rows(int64_t R, int64_t max_blocks) {
   return rows < 1 ? 1 : rows;
 }
 
-static void bn_forward_cl(const float *x, const float *w, const float *b, float *y,
-                          float *mean_out, float *invstd_out, float *var_out, double *work,
-                          int64_t max_blocks, int64_t R, int64_t C, double eps, int relu,
-                          const nz_renorm *rn, int threads) {
-  const float *wm = rn ? rn->out + 2 * C : w, *bm = rn ? rn->out + 3 * C : b; /* see bn_forward */
-  const int64_t rb = cl_block_rows(R, max_blocks);
-  const int64_t blocks = (R + rb - 1) / rb;
-  const double M = (double)R;
-  double *part1 = work, *part2 = work + max_blocks * C; /* [block][C] */
-#pragma omp parallel num_threads(threads)
-  {
-    /* 1. per block: sum(x - k) and sum((x - k)^2), k = the first row */
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-      const int64_t r0 = blk * rb, r1 = r0 + rb < R ? r0 + rb : R;
-      for (int64_t c0 = 0; c0 < C; c0 += NZ_CL_CB) {
-        const int64_t k = C - c0 < NZ_CL_CB ? C - c0 : NZ_CL_CB;
-        double s1[NZ_CL_CB], s2[NZ_CL_CB];
-        for (int64_t j = 0; j < k; ++j) s1[j] = s2[j] = 0.0;
-        for (int64_t q0 = r0; q0 < r1; q0 += NZ_CL_CHUNK) {
-          const int64_t n = q0 + NZ_CL_CHUNK < r1 ? NZ_CL_CHUNK : r1 - q0;
-          const float *p = x + q0 * C + c0, *shift0 = x + c0;
-          int64_t j = 0; /* tiles of 32, then 8 channels, then the rest */
-          for (; j + NZ_CL_TILE <= k; j += NZ_CL_TILE)
-            cl_tile_moments(p + j, C, n, shift0 + j, NZ_CL_TILE, s1 + j, s2 + j);
-          for (; j + 8 <= k; j += 8) cl_tile_moments(p + j, C, n, shift0 + j, 8, s1 + j, s2 + j);
-          if (j < k) cl_tile_moments(p + j, C, n, shift0 + j, k - j, s1 + j, s2 + j);
-        }
-        for (int64_t j = 0; j < k; ++j) {
-          part1[blk * C + c0 + j] = s1[j];
-          part2[blk * C + c0 + j] = s2[j];
-        }
-      }
-    }
-    /* 2. totals in block order, then the statistics */
-#pragma omp for schedule(static)
-    for (int64_t c0 = 0; c0 < C; c0 += NZ_CL_CB) {
-      const int64_t k = C - c0 < NZ_CL_CB ? C - c0 : NZ_CL_CB;
-      double t1[NZ_CL_CB], t2[NZ_CL_CB];
-      for (int64_t j = 0; j < k; ++j) t1[j] = t2[j] = 0.0;
-      for (int64_t blk = 0; blk < blocks; ++blk)
-        for (int64_t j = 0; j < k; ++j) {
-          t1[j] += part1[blk * C + c0 + j];
-          t2[j] += part2[blk * C + c0 + j];
-        }
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t c = c0 + j;
-        const double dm = t1[j] / M;
-        double var = t2[j] / M - dm * dm;
-        if (var < 0.0) var = 0.0;
-        mean_out[c] = (float)((R > 0 ? x[c] : 0.f) + dm);
-        invstd_out[c] = (float)(1.0 / sqrt(var + eps));
-        if (var_out) var_out[c] = (float)var;
-        if (rn) renorm_channel(rn, w, b, c, C, mean_out[c], invstd_out[c], var, M, eps);
-      }
-    }
-    /* 3. y = x scale + shift (no y: statistics only) */
-    if (y) {
-#pragma omp for schedule(static)
-      for (int64_t blk = 0; blk < blocks; ++blk) {
-        const int64_t r0 = blk * rb, r1 = r0 + rb < R ? r0 + rb : R;
-        for (int64_t c0 = 0; c0 < C; c0 += NZ_CL_CB) {
-          const int64_t k = C - c0 < NZ_CL_CB ? C - c0 : NZ_CL_CB;
-          float scale[NZ_CL_CB], shift[NZ_CL_CB];
-          for (int64_t j = 0; j < k; ++j) {
-            const int64_t c = c0 + j;
-            scale[j] = bn_scale(wm, c, invstd_out[c]);
-            shift[j] = bn_shift(bm, c, mean_out[c], scale[j]);
-          }
-          for (int64_t r = r0; r < r1; ++r) {
-            const float *p = x + r * C + c0;
-            float *o = y + r * C + c0;
-            if (relu) {
-#pragma omp simd
-              for (int64_t j = 0; j < k; ++j) {
-                const float v = p[j] * scale[j] + shift[j];
-                o[j] = v < 0.f ? 0.f : v;
-              }
-            } else {
-#pragma omp simd
-              for (int64_t j = 0; j < k; ++j) o[j] = p[j] * scale[j] + shift[j];
-            }
-          }
-        }
-      }
-    }
-  }
-}
-
-void nz_bn_forward_cl(const float *x, const float *w, const float *b, float *y, float *mean_out,
-                      float *invstd_out, float *var_out, double *work, int64_t max_blocks,
-                      int64_t R, int64_t C, double eps, int threads) {
-  bn_forward_cl(x, w, b, y, mean_out, invstd_out, var_out, work, max_blocks, R, C, eps, 0,
-                NULL, threads);
-}
-
-void nz_renorm_forward_cl(const float *x, const float *w, const float *b,
-                          const float *running_mean, const float *running_var, double r_max,
-                          double d_max, float *y, float *mean_out, float *invstd_out, float *out,
-                          double *work, int64_t max_blocks, int64_t R, int64_t C, double eps,
-                          int threads) {
-  const nz_renorm rn = {running_mean, running_var, (float)(1.0 / r_max), (float)r_max,
-                        (float)d_max, out};
-  bn_forward_cl(x, w, b, y, mean_out, invstd_out, NULL, work, max_blocks, R, C, eps, 0, &rn,
-                threads);
-}
-
-void nz_bn_relu_forward_cl(const float *x, const float *w, const float *b, float *y,
-                           float *mean_out, float *invstd_out, float *var_out, double *work,
-                           int64_t max_blocks, int64_t R, int64_t C, double eps, int threads) {
-  bn_forward_cl(x, w, b, y, mean_out, invstd_out, var_out, work, max_blocks, R, C, eps, 1,
-                NULL, threads);
-}
-
-/* Sums of one run of rows, tiles of 32, then 8 channels, then the rest (relu a constant). */
-NZ_INLINE void cl_grad_sums_run(const float *g, const float *p, int64_t C, int64_t n,
-                                const float *m, int64_t k, double *s1, double *s2,
-                                const float *sc, const float *sh, int relu) {
-  int64_t j = 0;
-  for (; j + NZ_CL_TILE <= k; j += NZ_CL_TILE)
-    cl_tile_grad_sums(g + j, p + j, C, n, m + j, NZ_CL_TILE, s1 + j, s2 + j, sc + j, sh + j,
-                      relu);
-  for (; j + 8 <= k; j += 8)
-    cl_tile_grad_sums(g + j, p + j, C, n, m + j, 8, s1 + j, s2 + j, sc + j, sh + j, relu);
-  if (j < k)
-    cl_tile_grad_sums(g + j, p + j, C, n, m + j, k - j, s1 + j, s2 + j, sc + j, sh + j, relu);
-}
-
-static void bn_backward_cl(const float *dy, const float *x, const float *w, const float *b,
-                           const float *mean, const float *invstd, float *dx, float *dw,
-                           float *db, double *work, int64_t max_blocks, int64_t R, int64_t C,
-                           int relu, int threads) {
-  const int64_t rb = cl_block_rows(R, max_blocks);
-  const int64_t blocks = (R + rb - 1) / rb;
-  const double M = (double)R;
-  double *part1 = work, *part2 = work + max_blocks * C; /* [block][C]; totals into row 0 */
-#pragma omp parallel num_threads(threads)
-  {
-    /* 1. per block: sum(dy) and sum(dy (x - mean)) */
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-      const int64_t r0 = blk * rb, r1 = r0 + rb < R ? r0 + rb : R;
-      for (int64_t c0 = 0; c0 < C; c0 += NZ_CL_CB) {
-        const int64_t k = C - c0 < NZ_CL_CB ? C - c0 : NZ_CL_CB;
-        const float *m = mean + c0;
-        double s1[NZ_CL_CB], s2[NZ_CL_CB];
-        float sc[NZ_CL_CB], sh[NZ_CL_CB];
-        for (int64_t j = 0; j < k; ++j) {
-          s1[j] = s2[j] = 0.0;
-          if (relu) {
-            sc[j] = bn_scale(w, c0 + j, invstd[c0 + j]);
-            sh[j] = bn_shift(b, c0 + j, m[j], sc[j]);
-          }
-        }
-        for (int64_t q0 = r0; q0 < r1; q0 += NZ_CL_CHUNK) {
-          const int64_t n = q0 + NZ_CL_CHUNK < r1 ? NZ_CL_CHUNK : r1 - q0;
-          const float *g = dy + q0 * C + c0, *p = x + q0 * C + c0;
-          if (relu)
-            cl_grad_sums_run(g, p, C, n, m, k, s1, s2, sc, sh, 1);
-          else
-            cl_grad_sums_run(g, p, C, n, m, k, s1, s2, sc, sh, 0);
-        }
-        for (int64_t j = 0; j < k; ++j) {
-          part1[blk * C + c0 + j] = s1[j];
-          part2[blk * C + c0 + j] = s2[j];
-        }
-      }
-    }
-    /* 2. totals in block order (each channel's own thread reads then overwrites row 0) */
-#pragma omp for schedule(static)
-    for (int64_t c0 = 0; c0 < C; c0 += NZ_CL_CB) {
-      const int64_t k = C - c0 < NZ_CL_CB ? C - c0 : NZ_CL_CB;
-      double t1[NZ_CL_CB], t2[NZ_CL_CB];
-      for (int64_t j = 0; j < k; ++j) t1[j] = t2[j] = 0.0;
-      for (int64_t blk = 0; blk < blocks; ++blk)
-        for (int64_t j = 0; j < k; ++j) {
-          t1[j] += part1[blk * C + c0 + j];
-          t2[j] += part2[blk * C + c0 + j];
-        }
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t c = c0 + j;
-        part1[c] = t1[j];
-        part2[c] = t2[j];
-        if (dw) dw[c] = (float)(t2[j] * invstd[c]);
-        if (db) db[c] = (float)t1[j];
-      }
-    }
-    /* 3. dx = w invstd (dy - mean(dy) - (x - mean) invstd^2 mean(dy (x - mean))) */
-    if (dx) {
-#pragma omp for schedule(static)
-      for (int64_t blk = 0; blk < blocks; ++blk) {
-        const int64_t r0 = blk * rb, r1 = r0 + rb < R ? r0 + rb : R;
-        for (int64_t c0 = 0; c0 < C; c0 += NZ_CL_CB) {
-          const int64_t k = C - c0 < NZ_CL_CB ? C - c0 : NZ_CL_CB;
-          const float *m = mean + c0;
-          float a[NZ_CL_CB], mean_dy[NZ_CL_CB], proj[NZ_CL_CB], sc[NZ_CL_CB], sh[NZ_CL_CB];
-          for (int64_t j = 0; j < k; ++j) {
-            const int64_t c = c0 + j;
-            const float inv = invstd[c];
-            a[j] = (w ? w[c] : 1.f) * inv;
-            mean_dy[j] = (float)(part1[c] / M);
-            proj[j] = (float)(part2[c] / M) * inv * inv;
-            if (relu) {
-              sc[j] = bn_scale(w, c, inv);
-              sh[j] = bn_shift(b, c, m[j], sc[j]);
-            }
-          }
-          for (int64_t r = r0; r < r1; ++r) {
-            const float *g = dy + r * C + c0, *p = x + r * C + c0;
-            float *o = dx + r * C + c0;
-            if (relu) {
-#pragma omp simd
-              for (int64_t j = 0; j < k; ++j) {
-                const float gv = p[j] * sc[j] + sh[j] <= 0.f ? 0.f : g[j];
-                o[j] = a[j] * (gv - mean_dy[j] - (p[j] - m[j]) * proj[j]);
-              }
-            } else {
-#pragma omp simd
-              for (int64_t j = 0; j < k; ++j)
-                o[j] = a[j] * (g[j] - mean_dy[j] - (p[j] - m[j]) * proj[j]);
-            }
-          }
-        }
-      }
-    }
-  }
-}
-
-void nz_bn_backward_cl(const float *dy, const float *x, const float *w, const float *mean,
-                       const float *invstd, float *dx, float *dw, float *db, double *work,
-                       int64_t max_blocks, int64_t R, int64_t C, int threads) {
-  bn_backward_cl(dy, x, w, NULL, mean, invstd, dx, dw, db, work, max_blocks, R, C, 0, threads);
-}
-
-/* b: the forward's bias (may be NULL). */
-void nz_bn_relu_backward_cl(const float *dy, const float *x, const float *w, const float *b,
-                            const float *mean, const float *invstd, float *dx, float *dw,
-                            float *db, double *work, int64_t max_blocks, int64_t R, int64_t C,
-                            int threads) {
-  bn_backward_cl(dy, x, w, b, mean, invstd, dx, dw, db, work, max_blocks, R, C, 1, threads);
-}
+#define NZ_T float
+#define NZ_LD(v) (v)
+#define NZ_ST(v) (v)
+#define NZ_FN(name) name
+#include "bn_cl.h"
+#undef NZ_T
+#undef NZ_LD
+#undef NZ_ST
+#undef NZ_FN
 
 /* ---------------------------------------------------------------- ghost batch norm ----- *
  * Ghost batch norm over (N, C) tokens, every virtual batch in one call: ghost_rows.h, built
@@ -623,6 +288,7 @@ NZ_INLINE void ghost_sum_parts(const float *part, int64_t V, int64_t C, float *d
 #define NZ_ST(v) nz_bf16_store(v)
 #define NZ_FN(name) name##_bf16
 #include "cl_tiles.h"
+#include "bn_cl.h"
 #include "ghost_rows.h"
 #undef NZ_T
 #undef NZ_LD
@@ -681,83 +347,9 @@ void nz_ghost_backward(const float *dy, const float *x, const float *w, const fl
 }
 
 /* The same ghost batch norm of a contiguous bfloat16 (N, C, L) tensor (x, y, dy, dx as their
- * uint16_t bits, nz_bf16.h; w, b, stats, var, dw, db float32): each value widened as it is
- * loaded, BatchNorm's formulas in float (double for the sums: one row of L values in float
- * lanes, shifted by the channel's first value), each output rounded once. */
-NZ_INLINE void ghost_block_forward_bf16(const uint16_t *x, const float *w, const float *b,
-                                        uint16_t *y, float *mean_out, float *invstd_out,
-                                        float *var_out, int64_t N, int64_t C, int64_t L,
-                                        int64_t c0, int64_t k, double eps) {
-  const double M = (double)N * (double)L;
-  for (int64_t j = 0; j < k; ++j) {
-    const int64_t c = c0 + j;
-    const float shift0 = nz_bf16_load(x[c * L]);
-    double s1 = 0.0, s2 = 0.0;
-    for (int64_t n = 0; n < N; ++n) {
-      const uint16_t *p = x + (n * C + c) * L;
-      float r1 = 0.f, r2 = 0.f;
-#pragma omp simd reduction(+ : r1, r2)
-      for (int64_t i = 0; i < L; ++i) {
-        const float d = nz_bf16_load(p[i]) - shift0;
-        r1 += d;
-        r2 += d * d;
-      }
-      s1 += r1;
-      s2 += r2;
-    }
-    const double dm = s1 / M;
-    double var = s2 / M - dm * dm;
-    if (var < 0.0) var = 0.0;
-    const float m = (float)(shift0 + dm), inv = (float)(1.0 / sqrt(var + eps));
-    const float sc = bn_scale(w, c, inv), sh = bn_shift(b, c, m, sc);
-    mean_out[c] = m;
-    invstd_out[c] = inv;
-    if (var_out) var_out[c] = (float)var;
-    for (int64_t n = 0; n < N; ++n) {
-      const uint16_t *p = x + (n * C + c) * L;
-      uint16_t *o = y + (n * C + c) * L;
-#pragma omp simd
-      for (int64_t i = 0; i < L; ++i) o[i] = nz_bf16_store(nz_bf16_load(p[i]) * sc + sh);
-    }
-  }
-}
-
-NZ_INLINE void ghost_block_backward_bf16(const uint16_t *dy, const uint16_t *x, const float *w,
-                                         const float *mean, const float *invstd, uint16_t *dx,
-                                         float *dw, float *db, int64_t N, int64_t C, int64_t L,
-                                         int64_t c0, int64_t k) {
-  const double M = (double)N * (double)L;
-  for (int64_t j = 0; j < k; ++j) {
-    const int64_t c = c0 + j;
-    const float m = mean[c], inv = invstd[c];
-    double s_dy = 0.0, s_dyx = 0.0;
-    for (int64_t n = 0; n < N; ++n) {
-      const uint16_t *g = dy + (n * C + c) * L, *p = x + (n * C + c) * L;
-      float r1 = 0.f, r2 = 0.f;
-#pragma omp simd reduction(+ : r1, r2)
-      for (int64_t i = 0; i < L; ++i) {
-        const float gi = nz_bf16_load(g[i]);
-        r1 += gi;
-        r2 += gi * (nz_bf16_load(p[i]) - m);
-      }
-      s_dy += r1;
-      s_dyx += r2;
-    }
-    if (dw) dw[c] = (float)(s_dyx * inv);
-    if (db) db[c] = (float)s_dy;
-    if (!dx) continue;
-    const float a = (w ? w[c] : 1.f) * inv, md = (float)(s_dy / M);
-    const float pr = (float)(s_dyx / M) * inv * inv;
-    for (int64_t n = 0; n < N; ++n) {
-      const uint16_t *g = dy + (n * C + c) * L, *p = x + (n * C + c) * L;
-      uint16_t *o = dx + (n * C + c) * L;
-#pragma omp simd
-      for (int64_t i = 0; i < L; ++i)
-        o[i] = nz_bf16_store(a * (nz_bf16_load(g[i]) - md - (nz_bf16_load(p[i]) - m) * pr));
-    }
-  }
-}
-
+ * uint16_t bits, nz_bf16.h; w, b, stats, var, dw, db float32) on the blocks' bfloat16 build
+ * (bn_block.h): each value widened as it is loaded, BatchNorm's formulas in float (double for
+ * the sums), each output rounded once. */
 void nz_ghost_forward_bf16(const uint16_t *x, const float *w, const float *b, uint16_t *y,
                            float *stats, float *var, int64_t N, int64_t C, int64_t L, int64_t B,
                            double eps, int threads) {
@@ -767,8 +359,8 @@ void nz_ghost_forward_bf16(const uint16_t *x, const float *w, const float *b, ui
   for (int64_t t = 0; t < V * blocks; ++t) {
     int64_t j, c0, k, n, off;
     ghost_block_task(t, blocks, bc, N, C, L, B, &j, &c0, &k, &n, &off);
-    ghost_block_forward_bf16(x + off, w, b, y + off, stats + j * 2 * C, stats + (j * 2 + 1) * C,
-                             var ? var + j * C : NULL, n, C, L, c0, k, eps);
+    bn_forward_block_bf16(x + off, w, b, y + off, stats + j * 2 * C, stats + (j * 2 + 1) * C,
+                          var ? var + j * C : NULL, n, C, L, c0, k, eps, 0, NULL);
   }
 }
 
@@ -783,9 +375,9 @@ void nz_ghost_backward_bf16(const uint16_t *dy, const uint16_t *x, const float *
     for (int64_t t = 0; t < V * blocks; ++t) {
       int64_t j, c0, k, n, off;
       ghost_block_task(t, blocks, bc, N, C, L, B, &j, &c0, &k, &n, &off);
-      ghost_block_backward_bf16(dy + off, x + off, w, stats + j * 2 * C,
-                                stats + (j * 2 + 1) * C, dx ? dx + off : NULL, part + j * 2 * C,
-                                part + (j * 2 + 1) * C, n, C, L, c0, k);
+      bn_backward_block_bf16(dy + off, x + off, w, NULL, stats + j * 2 * C,
+                             stats + (j * 2 + 1) * C, dx ? dx + off : NULL, part + j * 2 * C,
+                             part + (j * 2 + 1) * C, n, C, L, c0, k, 0);
     }
     ghost_sum_parts(part, V, C, dw, db);
   }

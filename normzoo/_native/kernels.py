@@ -377,6 +377,90 @@ def batch_norm_backward_cl_unchecked(
     return dx, dw, db
 
 
+# -- batch norm of a bfloat16 tensor -------------------------------------------------------------
+def batch_norm_forward_bf16(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    want_var: bool,
+    relu: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Training batch norm of a bfloat16 ``x`` ``(N, C, *)``, contiguous or channels_last (as
+    :func:`channels_last_format`), on the kernels' bfloat16 builds (``bn_block.h``,
+    ``bn_cl.h``): ``x`` read and ``y`` written as bfloat16, the float32 kernels' math on the
+    widened values, each output rounded once. ``(y, stats, var)`` as
+    :func:`batch_norm_forward_unchecked`, ``stats`` and ``var`` float32; ``weight`` and
+    ``bias`` float32; ``relu``: ``y`` after a ReLU, in the kernel's map."""
+    _check_bf16(x, weight, bias)
+    c = x.shape[1]
+    y = torch.empty_like(x)
+    stats = torch.empty(2, c)
+    var = torch.empty(c) if want_var else None
+    p = stats.data_ptr()
+    args = (x.data_ptr(), _ptr(weight), _ptr(bias), y.data_ptr(), p, p + c * _F32, _ptr(var))
+    name = "nz_bn_relu_forward" if relu else "nz_bn_forward"
+    if x.is_contiguous():
+        n, _, length = _sizes(x)
+        _fn("batch_norm", f"{name}_bf16")(*args, n, c, length, eps, threads())
+    else:
+        _fn("batch_norm", f"{name}_cl_bf16")(
+            *args, _cl_work(c).data_ptr(), CL_MAX_BLOCKS, x.numel() // max(c, 1), c, eps,
+            threads(),
+        )  # fmt: skip
+    return y, stats, var
+
+
+def batch_norm_backward_bf16(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    stats: Tensor,
+    needs: tuple[bool, bool, bool],
+    relu: bool = False,
+    bias: Tensor | None = None,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients ``(dx, dweight, dbias)`` of :func:`batch_norm_forward_bf16` (``None`` where not
+    needed): ``dx`` bfloat16 laid out as ``x`` (``dy`` made so: a copy only where it is not),
+    the parameters' float32. ``relu``: of the forward with ``relu`` and ``bias``."""
+    fmt = channels_last_format(x)
+    dy = dy.contiguous(memory_format=fmt) if fmt is not None else dy.contiguous()
+    _check_bf16(x, weight, stats, bias)
+    _check_bf16(dy)
+    c = x.shape[1]
+    dx = torch.empty_like(x) if needs[0] else None
+    dw, db = (torch.empty(c) if need else None for need in needs[1:])
+    p = stats.data_ptr()
+    # the fused ReLU's backward takes the forward's bias after the weight (its mask)
+    name, fused = ("nz_bn_relu_backward", (_ptr(bias),)) if relu else ("nz_bn_backward", ())
+    args = (dy.data_ptr(), x.data_ptr(), _ptr(weight), *fused, p, p + c * _F32, _ptr(dx),
+            _ptr(dw), _ptr(db))  # fmt: skip
+    if x.is_contiguous():
+        n, _, length = _sizes(x)
+        _fn("batch_norm", f"{name}_bf16")(*args, n, c, length, threads())
+    else:
+        _fn("batch_norm", f"{name}_cl_bf16")(
+            *args, _cl_work(c).data_ptr(), CL_MAX_BLOCKS, x.numel() // max(c, 1), c, threads()
+        )
+    return dx, dw, db
+
+
+def _check_bf16(x: Tensor, *small: Tensor | None) -> None:
+    """``x`` a bfloat16 CPU tensor, contiguous or channels_last; ``small`` contiguous float32
+    CPU tensors."""
+    _check(*small)
+    if (
+        x.device.type != "cpu"
+        or x.dtype != torch.bfloat16
+        or not (x.is_contiguous() or channels_last_format(x) is not None)
+    ):
+        raise ValueError(
+            f"native bfloat16 kernels take bfloat16 CPU tensors, contiguous or in channels_last "
+            f"(4-d) or channels_last_3d (5-d) memory, got a {x.dim()}-d {x.dtype} tensor on "
+            f"{x.device} with strides {x.stride()}"
+        )
+
+
 # -- ghost batch norm of a contiguous (N, C, *) tensor: every virtual batch in one call --------
 #: Element types of Ghost BN's x, y, dy and dx (float32; bfloat16 on the ``_bf16`` builds), on
 #: the contiguous kernels and the rows (``ghost_rows.h``); every other tensor is float32.

@@ -58,6 +58,36 @@ void nz_bn_relu_backward_cl(const float *dy, const float *x, const float *w, con
                             const float *mean, const float *invstd, float *dx, float *dw,
                             float *db, double *work, int64_t max_blocks, int64_t R, int64_t C,
                             int threads);
+// batch_norm.c's bfloat16 builds (bn_block.h, bn_cl.h): x, y, dy, dx as uint16_t bits, the
+// rest float32
+void nz_bn_forward_bf16(const uint16_t *x, const float *w, const float *b, uint16_t *y,
+                        float *mean_out, float *invstd_out, float *var_out, int64_t N, int64_t C,
+                        int64_t L, double eps, int threads);
+void nz_bn_relu_forward_bf16(const uint16_t *x, const float *w, const float *b, uint16_t *y,
+                             float *mean_out, float *invstd_out, float *var_out, int64_t N,
+                             int64_t C, int64_t L, double eps, int threads);
+void nz_bn_backward_bf16(const uint16_t *dy, const uint16_t *x, const float *w,
+                         const float *mean, const float *invstd, uint16_t *dx, float *dw,
+                         float *db, int64_t N, int64_t C, int64_t L, int threads);
+void nz_bn_relu_backward_bf16(const uint16_t *dy, const uint16_t *x, const float *w,
+                              const float *b, const float *mean, const float *invstd,
+                              uint16_t *dx, float *dw, float *db, int64_t N, int64_t C,
+                              int64_t L, int threads);
+void nz_bn_forward_cl_bf16(const uint16_t *x, const float *w, const float *b, uint16_t *y,
+                           float *mean_out, float *invstd_out, float *var_out, double *work,
+                           int64_t max_blocks, int64_t R, int64_t C, double eps, int threads);
+void nz_bn_relu_forward_cl_bf16(const uint16_t *x, const float *w, const float *b, uint16_t *y,
+                                float *mean_out, float *invstd_out, float *var_out,
+                                double *work, int64_t max_blocks, int64_t R, int64_t C,
+                                double eps, int threads);
+void nz_bn_backward_cl_bf16(const uint16_t *dy, const uint16_t *x, const float *w,
+                            const float *mean, const float *invstd, uint16_t *dx, float *dw,
+                            float *db, double *work, int64_t max_blocks, int64_t R, int64_t C,
+                            int threads);
+void nz_bn_relu_backward_cl_bf16(const uint16_t *dy, const uint16_t *x, const float *w,
+                                 const float *b, const float *mean, const float *invstd,
+                                 uint16_t *dx, float *dw, float *db, double *work,
+                                 int64_t max_blocks, int64_t R, int64_t C, int threads);
 // row_norm.c
 void nz_row_forward(const float *x, const float *w, const float *b, float *y, float *mean_out,
                     float *rstd_out, float *var_out, int64_t N, int64_t G, int64_t Cg,
@@ -287,20 +317,38 @@ double *bn_cl_work(int64_t values) {
   return work.data();
 }
 
+// A bfloat16 tensor's values as the kernels take them (their uint16_t bits).
+uint16_t *bf16_ptr(const Tensor &t) {
+  return reinterpret_cast<uint16_t *>(t.data_ptr<at::BFloat16>());
+}
+
 struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
   // Returns (y, stats, var): stats (2, C) is the batch mean and inverse std, var (C,) the
   // biased batch variance; neither is differentiable. Saves x, weight and stats (and with
   // relu the bias, for the mask), as the Python autograd.Function in normzoo/norms/batch.py.
-  // max_blocks: the channels_last kernels' partition (kernels.CL_MAX_BLOCKS).
+  // max_blocks: the channels_last kernels' partition (kernels.CL_MAX_BLOCKS). bfloat16 x
+  // (float32 parameters): the kernels' bfloat16 builds, as
+  // normzoo._native.kernels.batch_norm_forward_bf16 runs them; stats and var float32.
   static variable_list forward(AutogradContext *ctx, const Tensor &x, const Tensor &weight,
                                const Tensor &bias, double eps, bool relu, int64_t max_blocks) {
     const int64_t c = x.size(1), values = x.numel() / c;
     const int threads = at::get_num_threads();
+    const auto f32 = x.options().dtype(at::kFloat);
     Tensor y = at::empty_like(x);  // keeps a channels_last layout
-    Tensor stats = at::empty({2, c}, x.options());
-    Tensor var = at::empty({c}, x.options());
+    Tensor stats = at::empty({2, c}, f32);
+    Tensor var = at::empty({c}, f32);
     float *s = stats.data_ptr<float>();
-    if (channels_last(x)) {
+    if (x.scalar_type() == at::kBFloat16) {
+      if (channels_last(x))
+        (relu ? nz_bn_relu_forward_cl_bf16 : nz_bn_forward_cl_bf16)(
+            bf16_ptr(x), in_ptr(weight), in_ptr(bias), bf16_ptr(y), s, s + c,
+            var.data_ptr<float>(), bn_cl_work(2 * max_blocks * c), max_blocks, values, c, eps,
+            threads);
+      else
+        (relu ? nz_bn_relu_forward_bf16 : nz_bn_forward_bf16)(
+            bf16_ptr(x), in_ptr(weight), in_ptr(bias), bf16_ptr(y), s, s + c,
+            var.data_ptr<float>(), x.size(0), c, values / x.size(0), eps, threads);
+    } else if (channels_last(x)) {
       (relu ? nz_bn_relu_forward_cl : nz_bn_forward_cl)(
           x.data_ptr<float>(), in_ptr(weight), in_ptr(bias), y.data_ptr<float>(), s, s + c,
           var.data_ptr<float>(), bn_cl_work(2 * max_blocks * c), max_blocks, values, c, eps,
@@ -348,11 +396,32 @@ struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
     dy = like_x(dy, x, cl);
     const int64_t c = x.size(1), values = x.numel() / c;
     const int threads = at::get_num_threads();
+    const auto f32 = x.options().dtype(at::kFloat);  // the parameters' (float32)
     Tensor dx = need_x ? at::empty_like(x) : none;
-    Tensor dw = need_w ? at::empty({c}, x.options()) : none;
-    Tensor db = need_b ? at::empty({c}, x.options()) : none;
+    Tensor dw = need_w ? at::empty({c}, f32) : none;
+    Tensor db = need_b ? at::empty({c}, f32) : none;
     const float *s = stats.data_ptr<float>();
-    if (cl) {
+    if (x.scalar_type() == at::kBFloat16) {
+      uint16_t *dx_ptr = need_x ? bf16_ptr(dx) : nullptr;
+      if (cl) {
+        const int64_t max_blocks = ctx->saved_data["max_blocks"].toInt();
+        double *work = bn_cl_work(2 * max_blocks * c);
+        if (relu)
+          nz_bn_relu_backward_cl_bf16(bf16_ptr(dy), bf16_ptr(x), in_ptr(weight), in_ptr(bias), s,
+                                      s + c, dx_ptr, out_ptr(dw), out_ptr(db), work, max_blocks,
+                                      values, c, threads);
+        else
+          nz_bn_backward_cl_bf16(bf16_ptr(dy), bf16_ptr(x), in_ptr(weight), s, s + c, dx_ptr,
+                                 out_ptr(dw), out_ptr(db), work, max_blocks, values, c, threads);
+      } else if (relu) {
+        nz_bn_relu_backward_bf16(bf16_ptr(dy), bf16_ptr(x), in_ptr(weight), in_ptr(bias), s,
+                                 s + c, dx_ptr, out_ptr(dw), out_ptr(db), x.size(0), c,
+                                 values / x.size(0), threads);
+      } else {
+        nz_bn_backward_bf16(bf16_ptr(dy), bf16_ptr(x), in_ptr(weight), s, s + c, dx_ptr,
+                            out_ptr(dw), out_ptr(db), x.size(0), c, values / x.size(0), threads);
+      }
+    } else if (cl) {
       const int64_t max_blocks = ctx->saved_data["max_blocks"].toInt();
       double *work = bn_cl_work(2 * max_blocks * c);
       if (relu)
@@ -790,7 +859,8 @@ Tensor group_norm_module(const Tensor &x, int64_t groups, const std::optional<Te
 // fast_batch_norm), as group_norm_module is GroupNorm's: the module's output where its
 // checked forward would run the native training kernels for this input, else an undefined
 // tensor (None) and nothing changed. Served (normzoo/norms/batch.py's dispatch): a float32 CPU
-// (N, C, *spatial) x with 3 to max_dim dims, C == channels, at least min_numel elements and more
+// (or bfloat16: the bfloat16 kernels, the parameters and running statistics float32 as under
+// autocast) (N, C, *spatial) x with 3 to max_dim dims, C == channels, at least min_numel elements and more
 // than one value per channel; contiguous with at least min_spatial positions, or
 // channels_last with at least min_numel_cl elements or at most few_channels_cl channels;
 // float32 CPU (C,) parameters and running statistics, running_var and num_batches_tracked
@@ -807,8 +877,9 @@ Tensor batch_norm_module(const Tensor &x, const std::optional<Tensor> &weight,
                          int64_t max_dim, int64_t min_numel, int64_t min_spatial,
                          int64_t min_numel_cl, int64_t few_channels_cl, int64_t max_blocks) {
   const int64_t dim = x.dim();
-  if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || dim < 3 || dim > max_dim ||
-      x.size(1) != channels || x.numel() < min_numel || x.numel() <= channels)
+  const auto dtype = x.scalar_type();
+  if (!x.device().is_cpu() || (dtype != at::kFloat && dtype != at::kBFloat16) || dim < 3 ||
+      dim > max_dim || x.size(1) != channels || x.numel() < min_numel || x.numel() <= channels)
     return Tensor();
   if (x.is_contiguous()) {
     if (x.numel() / (x.size(0) * channels) < min_spatial) return Tensor();

@@ -93,6 +93,25 @@ def _lerp_weight(factor: float | Tensor, running: Tensor) -> float | Tensor:
     return factor.to(running.dtype) if isinstance(factor, Tensor) else factor
 
 
+def _finer(batch: Tensor, running: Tensor) -> bool:
+    """Whether ``batch`` statistics hold more precision than the ``running`` buffer (float32
+    statistics of a module cast to bfloat16 or float16)."""
+    return (
+        batch.dtype.is_floating_point
+        and running.dtype.is_floating_point
+        and torch.finfo(batch.dtype).eps < torch.finfo(running.dtype).eps
+    )
+
+
+def _blend(running: Tensor, batch: Tensor, factor: float | Tensor) -> None:
+    """``running.lerp_(batch, factor)`` in place; a low-precision buffer is blended in the
+    statistics' precision and rounded once, as torch's batch-norm kernels update theirs."""
+    if _finer(batch, running):
+        running.copy_(running.to(batch.dtype).lerp_(batch, _lerp_weight(factor, batch)))
+    else:
+        running.lerp_(batch.to(running.dtype), _lerp_weight(factor, running))
+
+
 #: Whether a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``, ...) is running.
 _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 
@@ -322,11 +341,12 @@ class Norm(nn.Module):
         unbiased over ``count`` values first. Call after every input check has passed."""
         with torch.no_grad():
             if mean is not None:
-                weight = _lerp_weight(factor, self.running_mean)
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), weight)
+                _blend(self.running_mean, mean.detach(), factor)
             if var is not None:
-                unbiased = var.detach().to(self.running_var.dtype) * (count / max(count - 1, 1))
-                self.running_var.lerp_(unbiased, _lerp_weight(factor, self.running_var))
+                var = var.detach()
+                if not _finer(var, self.running_var):
+                    var = var.to(self.running_var.dtype)
+                _blend(self.running_var, var * (count / max(count - 1, 1)), factor)
 
     def _load_from_state_dict(
         self,

@@ -38,6 +38,15 @@ NATIVE_MIN_NUMEL_CL = 1 << 18
 ONE_CALL_MIN_NUMEL_CL = 1 << 16
 NATIVE_FEW_CHANNELS_CL = 8
 NATIVE_DTYPES: tuple[torch.dtype, ...] = (torch.float32,)
+#: BatchNorm's own path also takes bfloat16 input (float32 or bfloat16 parameters): read and
+#: written as bfloat16, the math in float32 (``kernels.batch_norm_forward_bf16``). Batch
+#: Renorm and Ghost BN keep ``NATIVE_DTYPES`` for their own kernels.
+BATCH_NORM_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
+
+
+def _float32(t: Tensor | None) -> Tensor | None:
+    """A parameter as the bfloat16 kernels read it (a copy only where it is not float32)."""
+    return None if t is None else t.detach().float().contiguous()
 
 
 def native_batch_norm_forward(
@@ -51,7 +60,11 @@ def native_batch_norm_forward(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """The native training forward for ``x`` as laid out (contiguous, else channels_last):
     ``(y, stats, var)``, ``y`` laid out as ``x``, written into ``out`` when given (see
-    ``batch_norm_forward_unchecked``); ``relu``: ``y`` after a ReLU, in the kernel's map."""
+    ``batch_norm_forward_unchecked``); ``relu``: ``y`` after a ReLU, in the kernel's map.
+    bfloat16 ``x``: no ``out``; ``stats`` and ``var`` float32."""
+    if x.dtype == torch.bfloat16:
+        w, b = _float32(weight), _float32(bias)
+        return _kernels.batch_norm_forward_bf16(x, w, b, eps, want_var, relu)
     if x.is_contiguous():
         return _kernels.batch_norm_forward_unchecked(x, weight, bias, eps, want_var, out, relu)
     return _kernels.batch_norm_forward_cl_unchecked(x, weight, bias, eps, want_var, out, relu)
@@ -69,7 +82,11 @@ def native_batch_norm_backward(
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """The native backward for ``x`` as laid out, ``dx`` written into ``out`` when given;
     ``dy`` is made to match ``x``'s layout (a copy only where it does not). ``relu``: of the
-    forward with ``relu`` and ``bias``."""
+    forward with ``relu`` and ``bias``. bfloat16 ``x``: no ``out``; the parameters' gradients
+    float32 (autograd casts them to a bfloat16 parameter's dtype)."""
+    if x.dtype == torch.bfloat16:
+        w, b = _float32(weight), _float32(bias)
+        return _kernels.batch_norm_backward_bf16(dy, x, w, stats, needs, relu, b)
     if x.is_contiguous():
         dy = dy.contiguous()
         return _kernels.batch_norm_backward_unchecked(dy, x, weight, stats, needs, out, relu, bias)
@@ -140,12 +157,19 @@ def _native_layout(x: Tensor) -> bool:
     ) and _kernels.channels_last_format(x) is not None
 
 
-def use_native_batch_stats(x: Tensor, weight: Tensor | None = None) -> bool:
-    """Whether the native training kernels are used for ``x`` (see ``NATIVE_MIN_NUMEL``)."""
+def use_native_batch_stats(
+    x: Tensor, weight: Tensor | None = None, dtypes: tuple[torch.dtype, ...] = NATIVE_DTYPES
+) -> bool:
+    """Whether the native training kernels are used for ``x`` of one of ``dtypes`` (see
+    ``NATIVE_MIN_NUMEL``); ``weight`` of ``x``'s dtype, or float32 for bfloat16 ``x``."""
     return (
         x.is_cpu
-        and x.dtype in NATIVE_DTYPES
-        and (weight is None or weight.dtype == x.dtype)
+        and x.dtype in dtypes
+        and (
+            weight is None
+            or weight.dtype == x.dtype
+            or (x.dtype == torch.bfloat16 and weight.dtype == torch.float32)
+        )
         and x.dim() >= 3
         and x.numel() >= max(NATIVE_MIN_NUMEL, 1)
         and _native_layout(x)
@@ -169,12 +193,14 @@ def fast_batch_norm(norm: BatchNorm, x: Tensor) -> Tensor | None:
     ``use_native_batch_stats``; channels_last from ``ONE_CALL_MIN_NUMEL_CL`` elements, where
     the checked path keeps torch's kernel below ``NATIVE_MIN_NUMEL_CL``), then runs them and
     updates the running statistics as ``_update_factor`` and ``_blend_running_stats`` do, bit
-    for bit. Why a path of its own: see
+    for bit; bfloat16 input with float32 parameters too (the bfloat16 kernels; a module cast
+    to bfloat16 takes the checked path). Why a path of its own: see
     ``normzoo.norms._rownorm.fast_group_norm`` (the checked path's Python, run with the caches
     cold, plus the Python ``autograd.Function``: 60-100 us of a mid-sized fwd+bwd).
     """
     global _module_op
-    if not _native.one_call_ready(x, NATIVE_MIN_NUMEL):
+    # bfloat16 with float32 parameters (autocast's case): the operator checks the parameters
+    if not _native.one_call_ready(x, NATIVE_MIN_NUMEL, bfloat16=True):
         return None
     if _module_op is None:  # resolved once: four attribute lookups less per call
         _module_op = torch.ops.normzoo.batch_norm_module.default
@@ -289,10 +315,12 @@ class BatchNorm(Norm):
         factor = 0.0
         if self.training and self.track_running_stats:
             factor = self._update_factor()
-        if self.impl == "fast" and batch_stats and use_native_batch_stats(x, self.weight):
-            if relu:
-                return self._native_forward(x, factor, relu=True), True
-            return self._native_forward(x, factor), False
+        if (
+            self.impl == "fast"
+            and batch_stats
+            and use_native_batch_stats(x, self.weight, BATCH_NORM_DTYPES)
+        ):
+            return self._native_forward(x, factor, relu=relu), relu
         if self.impl == "fast" and batch_stats and _triton.serves_batch(x, self.weight, self.bias):
             # CUDA: the Triton kernels (normzoo.norms._triton)
             # (the running statistics blended in its statistics kernel)
