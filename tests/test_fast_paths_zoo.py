@@ -1190,6 +1190,49 @@ def test_half_batch_renorm_runs_torchs_half_kernels(dtype, fmt, monkeypatch):
     torch.testing.assert_close(half(x).float(), full(x.float()), rtol=eps, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"]
+)
+def test_bfloat16_batch_renorm_runs_the_bfloat16_renorm_kernel(fmt, monkeypatch):
+    """bfloat16 conv input of a size BatchNorm's kernels serve takes Batch Renorm's one native
+    call in its bfloat16 build (``nz_renorm_forward*_bf16``; the backward BatchNorm's with the
+    weight ``w r``): over three steps with ``r`` and ``d`` active, output, ``dx``, parameter
+    gradients and running statistics agree with the same module on the float32 values to
+    bfloat16 rounding; dtype and layout kept."""
+    from normzoo._native import kernels
+
+    ran = []
+    real = kernels._fn
+    monkeypatch.setattr(kernels, "_fn", lambda lib, name: ran.append(name) or real(lib, name))
+    kwargs = {"warmup_steps": 0, "r_max_steps": 0, "d_max_steps": 0, "r_max": 1.5, "d_max": 0.5}
+    torch.manual_seed(0)
+    half, full = (normzoo.create("batchrenorm", 32, **kwargs) for _ in range(2))
+    with torch.no_grad():
+        half.weight.uniform_(0.5, 1.5)
+        half.bias.uniform_(-0.5, 0.5)
+    full.load_state_dict(half.state_dict())
+    shape = (16, 32, 24, 24)
+    cl = "_cl" if fmt == torch.channels_last else ""
+    for step in range(3):
+        x = (torch.randn(shape) * (step + 1) + step).to(BF16).contiguous(memory_format=fmt)
+        dy = torch.randn(shape).to(BF16).contiguous(memory_format=fmt)
+        out = []
+        for m, xx, g in ((half, x, dy), (full, x.float(), dy.float())):
+            ran.clear()
+            xx = xx.clone().requires_grad_()
+            y = m(xx)
+            out.append((y, torch.autograd.grad(y, [xx, m.weight, m.bias], g), list(ran)))
+        (yh, gh, ran_h), (yf, gf, _) = out
+        assert ran_h == [f"nz_renorm_forward{cl}_bf16", f"nz_bn_backward{cl}_bf16"]
+        assert yh.dtype == gh[0].dtype == BF16 and yh.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(yh.float(), yf, rtol=2**-8, atol=1e-4)
+        torch.testing.assert_close(gh[0].float(), gf[0], rtol=2**-7, atol=1e-3)
+        for a, b in zip(gh[1:], gf[1:], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+        for key, value in full.state_dict().items():
+            torch.testing.assert_close(half.state_dict()[key], value, rtol=1e-5, atol=1e-5)
+
+
 def _token_kernel_cases(x, dy):
     """Every token kernel on ``x`` ``(R, C)`` and ``dy``: name -> (outputs computed
     elementwise, outputs with sums)."""

@@ -312,24 +312,26 @@ def renorm_forward_unchecked(
     d_max: float,
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Training-mode Batch Renorm of a contiguous or channels_last float32 ``x`` in
-    BatchNorm's forward passes: ``(y, stats, out)``, ``stats`` ``(2, C)`` the batch mean and
-    inverse std, ``out`` ``(5, C)``: ``r``, ``d``, the map's weight ``w r`` and bias
-    ``w d + b``, the unbiased batch variance (``batch_norm.c``); the running statistics (float32,
-    contiguous) are read, not updated."""
+    """Training-mode Batch Renorm of a contiguous or channels_last float32 or bfloat16 ``x``
+    in BatchNorm's forward passes: ``(y, stats, out)``, ``stats`` ``(2, C)`` the batch mean
+    and inverse std, ``out`` ``(5, C)``: ``r``, ``d``, the map's weight ``w r`` and bias
+    ``w d + b``, the unbiased batch variance (``batch_norm.c``; float32); the running
+    statistics (float32, contiguous) are read, not updated. bfloat16: the kernels' bfloat16
+    builds (``y`` bfloat16, each value rounded once)."""
     c = x.shape[1]
+    suffix = "_bf16" if x.dtype == torch.bfloat16 else ""
     y = torch.empty_like(x)
-    stats, out = x.new_empty(2, c), x.new_empty(5, c)
+    stats, out = torch.empty(2, c), torch.empty(5, c)
     p = stats.data_ptr()
     args = (x.data_ptr(), _ptr(weight), _ptr(bias), running_mean.data_ptr(),
             running_var.data_ptr(), float(r_max), float(d_max), y.data_ptr(), p, p + c * _F32,
             out.data_ptr())  # fmt: skip
     if x.is_contiguous():
         n, _, length = _sizes(x)
-        _fn("batch_norm", "nz_renorm_forward")(*args, n, c, length, eps, threads())
+        _fn("batch_norm", "nz_renorm_forward" + suffix)(*args, n, c, length, eps, threads())
     else:
         work = _cl_work(c)
-        _fn("batch_norm", "nz_renorm_forward_cl")(
+        _fn("batch_norm", "nz_renorm_forward_cl" + suffix)(
             *args, work.data_ptr(), CL_MAX_BLOCKS, x.numel() // max(c, 1), c, eps, threads()
         )
     return y, stats, out

@@ -15,7 +15,12 @@ from normzoo.functional._stats import compute_dtype
 from normzoo.norms import _triton, _triton_zoo
 from normzoo.norms._tokens import use_token_kernels
 from normzoo.norms.base import capturing, snapshot
-from normzoo.norms.batch import BatchNorm, native_batch_norm_backward, use_native_batch_stats
+from normzoo.norms.batch import (
+    BATCH_NORM_DTYPES,
+    BatchNorm,
+    native_batch_norm_backward,
+    use_native_batch_stats,
+)
 
 
 class _BatchRenormTrain(torch.autograd.Function):
@@ -32,7 +37,8 @@ class _BatchRenormTrain(torch.autograd.Function):
     one pass over ``x`` for the moments, one for ``y``, as BatchNorm; the ~15 small torch ops
     on ``(C,)`` values it replaces cost about as much as the kernels on (8, 256, 14, 14)). Float32
     tokens ``(N, C)`` take the same two passes, their statistics from ``zoo.c``'s column
-    kernel. Half-precision CPU input as well, on torch's kernels for it
+    kernel. bfloat16 conv input where BatchNorm's would runs the same call's bfloat16 build
+    (the twenty-first session). Other half-precision CPU input as well, on torch's kernels for it
     (``batch_norm_update_stats``, then BN's inference kernel with the float32 statistics):
     no float32 copy of ``x``, ``y``, ``dy`` or ``dx``.
     """
@@ -51,10 +57,10 @@ class _BatchRenormTrain(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor]:
         c = x.shape[1]
         dt = compute_dtype(x)  # of the per-channel values: float32 for half inputs
-        ctx.native = use_native_batch_stats(x)
+        ctx.native = use_native_batch_stats(x, None, BATCH_NORM_DTYPES)
         ctx.eps = eps
         half = x.dtype != dt
-        if ctx.native:  # float32: one native call, BatchNorm's passes with r and d per channel
+        if ctx.native:  # one native call, BatchNorm's passes with r and d per channel
             rm, rv, w32, b32 = (
                 None if t is None else t.detach().to(torch.float32).contiguous()
                 for t in (running_mean, running_var, weight, bias)
