@@ -797,8 +797,10 @@ def test_zoo_operators_refuse_bad_input_before_any_state_change():
     x, v, rv = torch.randn(2, 4, 3, 3), torch.ones(4), torch.rand(4) + 0.5
     before = rv.clone()
     logits = torch.zeros(3)
-    with pytest.raises(RuntimeError, match="expected a float32 CPU input"):
+    with pytest.raises(RuntimeError, match="expected a float32 or bfloat16 CPU input"):
         ops.evonorm_s0(x.double(), v, None, None, 2, 1e-5)
+    with pytest.raises(RuntimeError, match="expected a float32 CPU input"):
+        ops.frozen_batch_norm(x.bfloat16(), v, rv, None, None, 1e-5, False)
     with pytest.raises(RuntimeError, match=r"groups \(3\) must divide the channels \(4\)"):
         ops.evonorm_s0(x, v, None, None, 3, 1e-5)
     with pytest.raises(RuntimeError, match=r"expected contiguous float32 CPU \(4,\) param"):
@@ -1099,11 +1101,12 @@ def test_bfloat16_conv_input_runs_the_bfloat16_row_kernels(
 ):
     """A bfloat16 conv input reaches the per-row kernels as it is (it took float32 copies of
     ``x``, ``y``, ``dy`` and ``dx`` before: 2.5-3.5x slower): the kernels that run are the
-    bfloat16 ones; output, ``dx``, parameter gradients and running statistics agree with the
-    same module on the float32 values to bfloat16 rounding (one rounding of each output), in
-    training and in eval (the running statistics from two earlier steps); layout and dtype
-    are kept."""
+    bfloat16 ones (behind the C++ operator for EvoNorm-S0/B0 and SwitchableNorm); output,
+    ``dx``, parameter gradients and running statistics agree with the same module on the
+    float32 values to bfloat16 rounding (one rounding of each output), in training and in
+    eval (the running statistics from two earlier steps); layout and dtype are kept."""
     ran = zoo_kernel_names
+    op = name in ZOO_OPS and _native.ops_available()  # the kernels behind a C++ operator
     half, full = _twins(name, 16, kwargs, warm=(4, 16, 9, 11))
     half.train(train)
     full.train(train)
@@ -1120,6 +1123,8 @@ def test_bfloat16_conv_input_runs_the_bfloat16_row_kernels(
     (yb, gb, ran_b), (yf, gf, _) = out
     if name == "instancenorm" and not train:  # the running statistics: torch's inference BN
         assert not ran_b
+    elif op:  # the operator's bfloat16 kernels, its C++ node: no Python kernel call
+        assert not ran_b and yb.grad_fn.name().endswith(f"{ZOO_NODES[name]}>")
     else:
         assert ran_b and all(fn.endswith("_bf16") for fn in ran_b), ran_b
     assert yb.dtype == gb[0].dtype == BF16
@@ -1133,12 +1138,14 @@ def test_bfloat16_conv_input_runs_the_bfloat16_row_kernels(
         torch.testing.assert_close(half.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
-def test_bfloat16_row_kernels_double_backward():
+@pytest.mark.parametrize("name", ["frn", "evonorms0", "evonormb0", "switchablenorm"])
+def test_bfloat16_row_kernels_double_backward(name):
     """``create_graph=True`` on a bfloat16 input differentiates the float32 math of the
-    kernels: second derivatives agree with the float32 module's."""
+    kernels (the C++ operators' reference math promoted to float32, the result bfloat16):
+    second derivatives agree with the float32 module's."""
     torch.manual_seed(0)
     x = (torch.randn(2, 8, 5, 6) * 2).to(BF16)
-    m = normzoo.create("frn", 8)
+    m = normzoo.create(name, 8)
     half, full = _second_derivatives(m, x), _second_derivatives(m, x.float())
     assert half[0].dtype == BF16
     for a, b in zip(half, full, strict=True):

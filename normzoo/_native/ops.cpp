@@ -148,6 +148,36 @@ void nz_switchable_backward(const float *dy, const float *x, const float *params
                             const float *running_var, double eps, float *sums, float *k,
                             double *scratch, float *dx, float *dmw, float *dvw, float *dw,
                             float *db, int64_t N, int64_t C, int64_t L, int cl, int threads);
+// zoo.c's bfloat16 builds of the three above: x, y, dy, dx as uint16_t bits, the rest float32
+void nz_s0_forward_bf16(const uint16_t *x, const float *v, const float *w, const float *b,
+                        int64_t G, double eps, uint16_t *y, float *mean, float *var, float *lo,
+                        float *params, int64_t N, int64_t C, int64_t L, int cl, int threads);
+void nz_s0_backward_bf16(const uint16_t *dy, const uint16_t *x, const float *params,
+                         const float *mean, const float *var, const float *lo, const float *w,
+                         int64_t G, double eps, float *sums, float *k, uint16_t *dx, float *dv,
+                         float *dw, float *db, int64_t N, int64_t C, int64_t L, int cl,
+                         int threads);
+void nz_b0_forward_bf16(const uint16_t *x, const float *v, const float *w, const float *b,
+                        const float *running_var, double eps, uint16_t *y, float *mean,
+                        float *var, float *lo, float *var_b, float *params, int64_t N,
+                        int64_t C, int64_t L, int cl, int threads);
+void nz_b0_backward_bf16(const uint16_t *dy, const uint16_t *x, const float *params,
+                         const float *mean, const float *lo, int batch, float *sums, float *k,
+                         uint16_t *dx, float *dv, float *dw, float *db, int64_t N, int64_t C,
+                         int64_t L, int cl, int threads);
+void nz_switchable_forward_bf16(const uint16_t *x, const float *mean_weight,
+                                const float *var_weight, const float *w, const float *b,
+                                const float *running_mean, const float *running_var, double eps,
+                                uint16_t *y, float *mean, float *var, float *stats_bn,
+                                float *params, double *scratch, int64_t N, int64_t C, int64_t L,
+                                int cl, int threads);
+void nz_switchable_backward_bf16(const uint16_t *dy, const uint16_t *x, const float *params,
+                                 const float *mean, const float *var, const float *mean_weight,
+                                 const float *var_weight, const float *w,
+                                 const float *running_mean, const float *running_var,
+                                 double eps, float *sums, float *k, double *scratch,
+                                 uint16_t *dx, float *dmw, float *dvw, float *dw, float *db,
+                                 int64_t N, int64_t C, int64_t L, int cl, int threads);
 }
 
 namespace {
@@ -159,6 +189,11 @@ using torch::autograd::variable_list;
 // undefined tensor arguments. The kernels take a null pointer for it.
 const float *in_ptr(const Tensor &t) { return t.numel() ? t.data_ptr<float>() : nullptr; }
 float *out_ptr(Tensor &t) { return t.defined() && t.numel() ? t.data_ptr<float>() : nullptr; }
+// A bfloat16 tensor's values as the kernels take them (their uint16_t bits).
+uint16_t *bf16_ptr(const Tensor &t) {
+  return reinterpret_cast<uint16_t *>(t.data_ptr<at::BFloat16>());
+}
+
 Tensor or_empty(const std::optional<Tensor> &t, const Tensor &like) {
   return t.has_value() && t->defined() ? *t : at::empty({0}, like.options());
 }
@@ -317,11 +352,6 @@ double *bn_cl_work(int64_t values) {
   return work.data();
 }
 
-// A bfloat16 tensor's values as the kernels take them (their uint16_t bits).
-uint16_t *bf16_ptr(const Tensor &t) {
-  return reinterpret_cast<uint16_t *>(t.data_ptr<at::BFloat16>());
-}
-
 struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
   // Returns (y, stats, var): stats (2, C) is the batch mean and inverse std, var (C,) the
   // biased batch variance; neither is differentiable. Saves x, weight and stats (and with
@@ -450,8 +480,17 @@ struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
 // The gradients of a create_graph=True backward: `y` (the layer's math in ATen ops, built
 // from the saved inputs) differentiated with a graph, for the `leaves` that `need` one; then
 // `extra` undefined gradients (the non-tensor arguments).
-variable_list differentiate(const Tensor &y, const std::vector<Tensor> &leaves,
+// x as the zoo's reference math differentiates it: float32 (a bfloat16 x widened, as the
+// kernels widen it; the cast is part of the graph).
+Tensor float32(const Tensor &x) {
+  return x.scalar_type() == at::kBFloat16 ? x.to(at::kFloat) : x;
+}
+
+variable_list differentiate(const Tensor &y_ref, const std::vector<Tensor> &leaves,
                             const std::vector<bool> &need, const Tensor &dy, size_t extra) {
+  // bfloat16 x: the reference math in float32 (float32(x)); the layer's output (and so dy)
+  // is bfloat16
+  const Tensor y = y_ref.scalar_type() == dy.scalar_type() ? y_ref : y_ref.to(dy.scalar_type());
   variable_list inputs;
   for (size_t i = 0; i < leaves.size(); ++i)
     if (need[i]) inputs.push_back(leaves[i]);
@@ -477,9 +516,24 @@ variable_list zoo_grads(const Tensor &x, const std::vector<bool> &need,
                         std::initializer_list<int64_t> sizes) {
   variable_list out{need[0] ? at::empty_like(x) : Tensor()};
   size_t i = 1;
-  for (const int64_t size : sizes)
-    out.push_back(need[i++] ? at::empty({size}, x.options()) : Tensor());
+  for (const int64_t size : sizes)  // float32, as the parameters (also for bfloat16 x)
+    out.push_back(need[i++] ? at::empty({size}, x.options().dtype(at::kFloat)) : Tensor());
   return out;
+}
+
+// The zoo's operators on float32 or bfloat16 x: `run` called with the kernel of x's element
+// type (float32: `f32`, bfloat16: `bf16`, its uint16_t build) and a function giving the
+// element pointer of an x-like tensor (nullptr for an undefined or empty one).
+template <typename F32, typename BF16, typename Run>
+void by_dtype(const Tensor &x, F32 f32, BF16 bf16, Run run) {
+  if (x.scalar_type() == at::kBFloat16)
+    run(bf16, [](const Tensor &t) -> uint16_t * {
+      return t.defined() && t.numel() ? bf16_ptr(t) : nullptr;
+    });
+  else
+    run(f32, [](const Tensor &t) -> float * {
+      return t.defined() && t.numel() ? t.data_ptr<float>() : nullptr;
+    });
 }
 
 Tensor affine(Tensor y, const Tensor &weight, const Tensor &bias, at::IntArrayRef pc) {
@@ -559,13 +613,16 @@ struct EvoNormS0Function : public torch::autograd::Function<EvoNormS0Function> {
   static Tensor forward(AutogradContext *ctx, const Tensor &x, const Tensor &v,
                         const Tensor &weight, const Tensor &bias, int64_t groups, double eps) {
     const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
+    const auto f32 = x.options().dtype(at::kFloat);
     Tensor y = at::empty_like(x);  // keeps a channels_last layout
-    Tensor stats = at::empty({3, n, c}, x.options());
-    Tensor params = at::empty({n, c, 3}, x.options());
+    Tensor stats = at::empty({3, n, c}, f32);
+    Tensor params = at::empty({n, c, 3}, f32);
     float *s = stats.data_ptr<float>();
-    nz_s0_forward(x.data_ptr<float>(), v.data_ptr<float>(), in_ptr(weight), in_ptr(bias), groups,
-                  eps, y.data_ptr<float>(), s, s + n * c, s + 2 * n * c, params.data_ptr<float>(),
-                  n, c, length, channels_last(x), at::get_num_threads());
+    by_dtype(x, nz_s0_forward, nz_s0_forward_bf16, [&](auto kernel, auto ptr) {
+      kernel(ptr(x), v.data_ptr<float>(), in_ptr(weight), in_ptr(bias), groups, eps, ptr(y), s,
+             s + n * c, s + 2 * n * c, params.data_ptr<float>(), n, c, length, channels_last(x),
+             at::get_num_threads());
+    });
     ctx->save_for_backward({x, v, weight, bias, stats, params});
     ctx->saved_data["groups"] = groups;
     ctx->saved_data["eps"] = eps;
@@ -583,20 +640,23 @@ struct EvoNormS0Function : public torch::autograd::Function<EvoNormS0Function> {
                                  ctx->needs_input_grad(2) && weight.numel() > 0,
                                  ctx->needs_input_grad(3) && bias.numel() > 0};
     if (at::GradMode::is_enabled()) {
-      const Tensor y = s0_reference(x, v, weight, bias, groups, eps);
+      const Tensor y = s0_reference(float32(x), v, weight, bias, groups, eps);
       return differentiate(y, {x, v, weight, bias}, need, grads[0], 2);
     }
     const bool cl = channels_last(x);
     const Tensor dy = like_x(grads[0], x, cl);
     const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
     variable_list g = zoo_grads(x, need, {c, c, c});  // dx, dv, dweight, dbias
-    Tensor sums = at::empty({n, c, 3}, x.options());
-    Tensor k = at::empty({2, n, c}, x.options());
+    const auto f32 = x.options().dtype(at::kFloat);
+    Tensor sums = at::empty({n, c, 3}, f32);
+    Tensor k = at::empty({2, n, c}, f32);
     const float *s = stats.data_ptr<float>();
-    nz_s0_backward(dy.data_ptr<float>(), x.data_ptr<float>(), params.data_ptr<float>(), s,
-                   s + n * c, s + 2 * n * c, in_ptr(weight), groups, eps, sums.data_ptr<float>(),
-                   k.data_ptr<float>(), out_ptr(g[0]), out_ptr(g[1]), out_ptr(g[2]),
-                   out_ptr(g[3]), n, c, length, cl, at::get_num_threads());
+    by_dtype(x, nz_s0_backward, nz_s0_backward_bf16, [&](auto kernel, auto ptr) {
+      kernel(ptr(dy), ptr(x), params.data_ptr<float>(), s, s + n * c, s + 2 * n * c,
+             in_ptr(weight), groups, eps, sums.data_ptr<float>(), k.data_ptr<float>(), ptr(g[0]),
+             out_ptr(g[1]), out_ptr(g[2]), out_ptr(g[3]), n, c, length, cl,
+             at::get_num_threads());
+    });
     g.resize(6);  // groups, eps
     return g;
   }
@@ -626,15 +686,17 @@ struct EvoNormB0Function : public torch::autograd::Function<EvoNormB0Function> {
                                const Tensor &running_var, double eps) {
     const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
     const bool batch = running_var.numel() == 0;
+    const auto f32 = x.options().dtype(at::kFloat);
     Tensor y = at::empty_like(x);
-    Tensor stats = at::empty({3, n, c}, x.options());  // mean, variance, mean's remainder
-    Tensor var_b = at::empty({batch ? c : 0}, x.options());
-    Tensor params = at::empty({n, c, 5}, x.options());
+    Tensor stats = at::empty({3, n, c}, f32);  // mean, variance, mean's remainder
+    Tensor var_b = at::empty({batch ? c : 0}, f32);
+    Tensor params = at::empty({n, c, 5}, f32);
     float *s = stats.data_ptr<float>();
-    nz_b0_forward(x.data_ptr<float>(), v.data_ptr<float>(), in_ptr(weight), in_ptr(bias),
-                  in_ptr(running_var), eps, y.data_ptr<float>(), s, s + n * c, s + 2 * n * c,
-                  out_ptr(var_b), params.data_ptr<float>(), n, c, length, channels_last(x),
-                  at::get_num_threads());
+    by_dtype(x, nz_b0_forward, nz_b0_forward_bf16, [&](auto kernel, auto ptr) {
+      kernel(ptr(x), v.data_ptr<float>(), in_ptr(weight), in_ptr(bias), in_ptr(running_var), eps,
+             ptr(y), s, s + n * c, s + 2 * n * c, out_ptr(var_b), params.data_ptr<float>(), n,
+             c, length, channels_last(x), at::get_num_threads());
+    });
     ctx->save_for_backward({x, v, weight, bias, running_var, stats, params});
     ctx->saved_data["eps"] = eps;
     ctx->mark_non_differentiable({var_b});
@@ -653,20 +715,23 @@ struct EvoNormB0Function : public torch::autograd::Function<EvoNormB0Function> {
                                  ctx->needs_input_grad(3) && bias.numel() > 0};
     if (at::GradMode::is_enabled()) {
       const double eps = ctx->saved_data["eps"].toDouble();
-      const Tensor y = b0_reference(x, v, weight, bias, running_var, eps);
+      const Tensor y = b0_reference(float32(x), v, weight, bias, running_var, eps);
       return differentiate(y, {x, v, weight, bias}, need, grads[0], 2);
     }
     const bool cl = channels_last(x);
     const Tensor dy = like_x(grads[0], x, cl);
     const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
     variable_list g = zoo_grads(x, need, {c, c, c});  // dx, dv, dweight, dbias
-    Tensor sums = at::empty({n, c, 5}, x.options());
-    Tensor k = at::empty({2, n, c}, x.options());
+    const auto f32 = x.options().dtype(at::kFloat);
+    Tensor sums = at::empty({n, c, 5}, f32);
+    Tensor k = at::empty({2, n, c}, f32);
     const float *s = stats.data_ptr<float>();
-    nz_b0_backward(dy.data_ptr<float>(), x.data_ptr<float>(), params.data_ptr<float>(), s,
-                   s + 2 * n * c, running_var.numel() == 0, sums.data_ptr<float>(),
-                   k.data_ptr<float>(), out_ptr(g[0]), out_ptr(g[1]), out_ptr(g[2]),
-                   out_ptr(g[3]), n, c, length, cl, at::get_num_threads());
+    by_dtype(x, nz_b0_backward, nz_b0_backward_bf16, [&](auto kernel, auto ptr) {
+      kernel(ptr(dy), ptr(x), params.data_ptr<float>(), s, s + 2 * n * c,
+             running_var.numel() == 0, sums.data_ptr<float>(), k.data_ptr<float>(), ptr(g[0]),
+             out_ptr(g[1]), out_ptr(g[2]), out_ptr(g[3]), n, c, length, cl,
+             at::get_num_threads());
+    });
     g.resize(6);  // running_var, eps
     return g;
   }
@@ -717,18 +782,19 @@ struct SwitchableFunction : public torch::autograd::Function<SwitchableFunction>
                                const Tensor &running_var, double eps) {
     const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
     const bool batch = running_mean.numel() == 0;
+    const auto f32 = x.options().dtype(at::kFloat);
     Tensor y = at::empty_like(x);
-    Tensor stats = at::empty({2, n, c}, x.options());
-    Tensor stats_bn = at::empty({batch ? 2 : 0, c}, x.options());
-    Tensor params = at::empty({n, c, 2}, x.options());
+    Tensor stats = at::empty({2, n, c}, f32);
+    Tensor stats_bn = at::empty({batch ? 2 : 0, c}, f32);
+    Tensor params = at::empty({n, c, 2}, f32);
     Tensor scratch = at::empty({2 * (n + c)}, x.options().dtype(at::kDouble));
     float *s = stats.data_ptr<float>();
-    nz_switchable_forward(x.data_ptr<float>(), mean_weight.data_ptr<float>(),
-                          var_weight.data_ptr<float>(), in_ptr(weight), in_ptr(bias),
-                          in_ptr(running_mean), in_ptr(running_var), eps, y.data_ptr<float>(), s,
-                          s + n * c, batch ? stats_bn.data_ptr<float>() : nullptr,
-                          params.data_ptr<float>(), scratch.data_ptr<double>(), n, c, length,
-                          channels_last(x), at::get_num_threads());
+    by_dtype(x, nz_switchable_forward, nz_switchable_forward_bf16, [&](auto kernel, auto ptr) {
+      kernel(ptr(x), mean_weight.data_ptr<float>(), var_weight.data_ptr<float>(), in_ptr(weight),
+             in_ptr(bias), in_ptr(running_mean), in_ptr(running_var), eps, ptr(y), s, s + n * c,
+             batch ? stats_bn.data_ptr<float>() : nullptr, params.data_ptr<float>(),
+             scratch.data_ptr<double>(), n, c, length, channels_last(x), at::get_num_threads());
+    });
     ctx->save_for_backward(
         {x, mean_weight, var_weight, weight, bias, running_mean, running_var, stats, params});
     ctx->saved_data["eps"] = eps;
@@ -750,7 +816,7 @@ struct SwitchableFunction : public torch::autograd::Function<SwitchableFunction>
                                  ctx->needs_input_grad(3) && weight.numel() > 0,
                                  ctx->needs_input_grad(4) && bias.numel() > 0};
     if (at::GradMode::is_enabled()) {
-      const Tensor y = switchable_reference(x, mean_weight, var_weight, weight, bias,
+      const Tensor y = switchable_reference(float32(x), mean_weight, var_weight, weight, bias,
                                             running_mean, running_var, eps);
       return differentiate(y, {x, mean_weight, var_weight, weight, bias}, need, grads[0], 3);
     }
@@ -758,17 +824,19 @@ struct SwitchableFunction : public torch::autograd::Function<SwitchableFunction>
     const Tensor dy = like_x(grads[0], x, cl);
     const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
     variable_list g = zoo_grads(x, need, {3, 3, c, c});  // dx, dmean_w, dvar_w, dw, db
-    Tensor sums = at::empty({n, c, 2}, x.options());
-    Tensor k = at::empty({2, n, c}, x.options());
+    const auto f32 = x.options().dtype(at::kFloat);
+    Tensor sums = at::empty({n, c, 2}, f32);
+    Tensor k = at::empty({2, n, c}, f32);
     Tensor scratch = at::empty({4 * (n + c)}, x.options().dtype(at::kDouble));
     const float *s = stats.data_ptr<float>();
-    nz_switchable_backward(dy.data_ptr<float>(), x.data_ptr<float>(), params.data_ptr<float>(),
-                           s, s + n * c, mean_weight.data_ptr<float>(),
-                           var_weight.data_ptr<float>(), in_ptr(weight), in_ptr(running_mean),
-                           in_ptr(running_var), eps, sums.data_ptr<float>(),
-                           k.data_ptr<float>(), scratch.data_ptr<double>(), out_ptr(g[0]),
-                           out_ptr(g[1]), out_ptr(g[2]), out_ptr(g[3]), out_ptr(g[4]), n, c,
-                           length, cl, at::get_num_threads());
+    by_dtype(x, nz_switchable_backward, nz_switchable_backward_bf16, [&](auto kernel, auto ptr) {
+      kernel(ptr(dy), ptr(x), params.data_ptr<float>(), s, s + n * c,
+             mean_weight.data_ptr<float>(), var_weight.data_ptr<float>(), in_ptr(weight),
+             in_ptr(running_mean), in_ptr(running_var), eps, sums.data_ptr<float>(),
+             k.data_ptr<float>(), scratch.data_ptr<double>(), ptr(g[0]), out_ptr(g[1]),
+             out_ptr(g[2]), out_ptr(g[3]), out_ptr(g[4]), n, c, length, cl,
+             at::get_num_threads());
+    });
     g.resize(8);  // running_mean, running_var, eps
     return g;
   }
@@ -779,10 +847,11 @@ struct SwitchableFunction : public torch::autograd::Function<SwitchableFunction>
 
 // x for the kernels: float32 CPU (N, C, *), contiguous or channels_last as it is (other
 // strides are copied into the contiguous layout).
-Tensor kernel_input(const char *op, const Tensor &input) {
-  TORCH_CHECK(input.device().is_cpu() && input.scalar_type() == at::kFloat, "normzoo::", op,
-              ": expected a float32 CPU input, got ", input.scalar_type(), " on ",
-              input.device());
+Tensor kernel_input(const char *op, const Tensor &input, bool bf16 = false) {
+  const auto dtype = input.scalar_type();
+  TORCH_CHECK(input.device().is_cpu() && (dtype == at::kFloat || (bf16 && dtype == at::kBFloat16)),
+              "normzoo::", op, ": expected a float32", bf16 ? " or bfloat16" : "",
+              " CPU input, got ", dtype, " on ", input.device());
   TORCH_CHECK(input.dim() >= 2 && input.numel() > 0, "normzoo::", op,
               ": expected a non-empty (N, C, *) input, got shape ", input.sizes());
   return input.is_contiguous() || channels_last(input) ? input : input.contiguous();
@@ -924,7 +993,7 @@ Tensor frozen_batch_norm(const Tensor &input, const Tensor &running_mean,
 
 Tensor evonorm_s0(const Tensor &input, const Tensor &v, const std::optional<Tensor> &weight,
                   const std::optional<Tensor> &bias, int64_t groups, double eps) {
-  const Tensor x = kernel_input("evonorm_s0", input);
+  const Tensor x = kernel_input("evonorm_s0", input, /*bf16=*/true);
   const std::optional<Tensor> v_opt = v;
   check_per_channel("evonorm_s0", "v, weight and bias", x, {&v_opt, &weight, &bias});
   check_groups("evonorm_s0", x, groups);
@@ -937,7 +1006,7 @@ Tensor evonorm_s0(const Tensor &input, const Tensor &v, const std::optional<Tens
 Tensor evonorm_b0(const Tensor &input, const Tensor &v, const std::optional<Tensor> &weight,
                   const std::optional<Tensor> &bias, const std::optional<Tensor> &running_var,
                   bool batch, double momentum, double eps) {
-  const Tensor x = kernel_input("evonorm_b0", input);
+  const Tensor x = kernel_input("evonorm_b0", input, /*bf16=*/true);
   const std::optional<Tensor> v_opt = v;
   check_per_channel("evonorm_b0", "v, weight, bias and running_var", x,
                     {&v_opt, &weight, &bias, &running_var});
@@ -958,7 +1027,7 @@ Tensor switchable_norm(const Tensor &input, const Tensor &mean_weight, const Ten
                        const std::optional<Tensor> &running_mean,
                        const std::optional<Tensor> &running_var, bool batch, double momentum,
                        double eps) {
-  const Tensor x = kernel_input("switchable_norm", input);
+  const Tensor x = kernel_input("switchable_norm", input, /*bf16=*/true);
   check_per_channel("switchable_norm", "weight, bias and the running statistics", x,
                     {&weight, &bias, &running_mean, &running_var});
   for (const Tensor *t : {&mean_weight, &var_weight})

@@ -92,11 +92,12 @@ def use_zoo_op(x: Tensor, *params: Tensor | None) -> bool:
     """Whether the zoo's C++ operators (``torch.ops.normzoo.evonorm_s0``, ``evonorm_b0``,
     ``switchable_norm``: the same ``zoo.c`` kernels with C++ autograd nodes, no Python between
     them and autograd) serve
-    ``x`` ``(N, C, *spatial)``: float32 on the CPU, contiguous or channels_last, its
-    per-channel ``params`` contiguous float32 (or ``None``), outside ``torch.compile``, the
-    operator library built. The Python path (:func:`row_map`) cost about 0.3 ms more per
-    fwd+bwd (measured on (8, 256, 14, 14), 2-core Xeon), a fifth of the whole."""
-    if not (x.is_cpu and x.dtype == torch.float32 and x.dim() >= 3 and x.numel() > 0):
+    ``x`` ``(N, C, *spatial)``: float32 or bfloat16 (the kernels' bfloat16 builds) on the
+    CPU, contiguous or channels_last, its per-channel ``params`` contiguous float32 (or
+    ``None``), outside ``torch.compile``, the operator library built. The Python path
+    (:func:`row_map`) cost about 0.3 ms more per fwd+bwd (measured on (8, 256, 14, 14),
+    2-core Xeon), a fifth of the whole."""
+    if not (x.is_cpu and x.dtype in zoo_kernels.ROW_DTYPES and x.dim() >= 3 and x.numel() > 0):
         return False
     if not (x.is_contiguous() or channels_last_format(x) is not None):
         return False
