@@ -50,8 +50,9 @@ INTRO_BODY = """## Where the speed comes from
   and cached in `~/.cache/normzoo`; `NORMZOO_NATIVE=0` turns them off, a machine without a
   compiler gets torch's kernels and one warning). BatchNorm, GroupNorm, LayerNorm and
   InstanceNorm on float32 input, contiguous or channels_last (read in place), from a measured
-  size: each kernel finishes a channel (BatchNorm) or a (sample, group) row while it is in the
-  core's cache. The forward reads `x` once for shifted one-pass moments and again from cache to
+  size (BatchNorm and Batch Renorm on bfloat16 input too, read and written as bfloat16): each
+  kernel finishes a channel (BatchNorm) or a (sample, group) row while it is in the core's
+  cache. The forward reads `x` once for shifted one-pass moments and again from cache to
   write `y`; the backward reads `x` and `dy` once for its two sums and again from cache to
   write `dx`. torch's BatchNorm makes more passes over memory; its InstanceNorm is a reshaped
   batch norm, where normzoo's is the row kernel with one channel per group.
@@ -63,7 +64,9 @@ INTRO_BODY = """## Where the speed comes from
   normzoo does not call it in float32.
 - **The wider zoo** (`zoo.c`): FRN + TLU, RMSNorm, EvoNorm-B0/S0 and SwitchableNorm are one
   native call forward (statistics, the small per-row graph, the map) and one backward, on
-  conv input in both layouts and on `(N, C)` tokens; Batch Renorm is one call of BatchNorm's
+  conv input in both layouts and on `(N, C)` tokens (EvoNorm-S0, FRN and RMSNorm on
+  contiguous input finish runs of whole groups in cache: `x` read from memory once each way);
+  Batch Renorm is one call of BatchNorm's
   forward with its `r` and `d`; Ghost BN normalizes every virtual batch in one call (tokens
   and channels_last input as rows, contiguous input on BatchNorm's blocks);
   FrozenBatchNorm a one-pass per-channel map. bfloat16 input is read and written as it is

@@ -20,7 +20,8 @@ from normzoo.norms.base import Norm, check_momentum
 #: in cache, 1.3-2x faster fwd+bwd on every conv shape measured, down to ``(8, 256, 14, 14)``.
 #: Below ``NATIVE_MIN_NUMEL`` elements the fixed cost of a call (ctypes, autograd.Function,
 #: running-stat update) is not worth it; below ``NATIVE_MIN_SPATIAL`` positions per channel
-#: row the per-row SIMD loops are too short. Float32 only: half inputs keep torch's kernel.
+#: row the per-row SIMD loops are too short. float32, and bfloat16 on the kernels' bfloat16
+#: builds (the same thresholds: ``BATCH_NORM_DTYPES``); float16 keeps torch's kernel.
 #: Channels_last (4-d and 5-d) inputs take the kernels' channels_last variants (rows of C
 #: channels, SIMD over C; output channels_last, no copy): fwd+bwd 0.55-0.95x
 #: ``nn.BatchNorm2d`` on the bench's channels_last shapes. Below ``NATIVE_MIN_NUMEL_CL``
