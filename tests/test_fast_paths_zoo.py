@@ -597,11 +597,15 @@ ZOO_OPS = {
     "evonorms0": "evonorm_s0",
     "evonormb0": "evonorm_b0",
     "switchablenorm": "switchable_norm",
+    "frn": "filter_response_norm",
+    "rmsnorm": "rms_norm_rows",
 }
 ZOO_NODES = {
     "evonorms0": "EvoNormS0Function",
     "evonormb0": "EvoNormB0Function",
     "switchablenorm": "SwitchableFunction",
+    "frn": "FRNFunction",
+    "rmsnorm": "RMSNormFunction",
 }
 
 
@@ -811,6 +815,10 @@ def test_zoo_operators_refuse_bad_input_before_any_state_change():
         ops.switchable_norm(x, torch.zeros(2), logits, None, None, rv, rv, True, 0.1, 1e-5)
     with pytest.raises(RuntimeError, match="both running statistics or neither"):
         ops.switchable_norm(x, logits, logits, None, None, rv, None, True, 0.1, 1e-5)
+    with pytest.raises(RuntimeError, match=r"expected contiguous float32 CPU \(4,\) param"):
+        ops.filter_response_norm(x, v, v, torch.ones(3), 1e-6)
+    with pytest.raises(RuntimeError, match=r"expected \(N, C, \*spatial\) input"):
+        ops.rms_norm_rows(x[:, :, 0, 0], None, None, 1e-6)
     assert torch.equal(rv, before)
     ops.evonorm_b0(x, v, None, None, rv, True, 0.1, 1e-5)  # the good call does update it
     assert not torch.equal(rv, before)
@@ -1101,7 +1109,7 @@ def test_bfloat16_conv_input_runs_the_bfloat16_row_kernels(
 ):
     """A bfloat16 conv input reaches the per-row kernels as it is (it took float32 copies of
     ``x``, ``y``, ``dy`` and ``dx`` before: 2.5-3.5x slower): the kernels that run are the
-    bfloat16 ones (behind the C++ operator for EvoNorm-S0/B0 and SwitchableNorm); output,
+    bfloat16 ones (behind the C++ operators: ``ZOO_OPS``); output,
     ``dx``, parameter gradients and running statistics agree with the same module on the
     float32 values to bfloat16 rounding (one rounding of each output), in training and in
     eval (the running statistics from two earlier steps); layout and dtype are kept."""

@@ -148,6 +148,34 @@ void nz_switchable_backward(const float *dy, const float *x, const float *params
                             const float *running_var, double eps, float *sums, float *k,
                             double *scratch, float *dx, float *dmw, float *dvw, float *dw,
                             float *db, int64_t N, int64_t C, int64_t L, int cl, int threads);
+void nz_frn_forward(const float *x, const float *w, const float *b, const float *tau, double eps,
+                    float *y, float *mean, float *var, float *params, int64_t N, int64_t C,
+                    int64_t L, int cl, int threads);
+void nz_frn_backward(const float *dy, const float *x, const float *params, const float *mean,
+                     const float *var, const float *w, double eps, float *sums, float *k,
+                     float *dx, float *dw, float *db, float *dtau, int64_t N, int64_t C,
+                     int64_t L, int cl, int threads);
+void nz_rms_forward(const float *x, const float *w, const float *b, double eps, float *y,
+                    float *mean, float *var, float *params, int64_t N, int64_t C, int64_t L,
+                    int cl, int threads);
+void nz_rms_backward(const float *dy, const float *x, const float *params, const float *mean,
+                     const float *var, const float *w, double eps, float *sums, float *k,
+                     float *dx, float *dw, float *db, int64_t N, int64_t C, int64_t L, int cl,
+                     int threads);
+void nz_frn_forward_bf16(const uint16_t *x, const float *w, const float *b, const float *tau,
+                         double eps, uint16_t *y, float *mean, float *var, float *params,
+                         int64_t N, int64_t C, int64_t L, int cl, int threads);
+void nz_frn_backward_bf16(const uint16_t *dy, const uint16_t *x, const float *params,
+                          const float *mean, const float *var, const float *w, double eps,
+                          float *sums, float *k, uint16_t *dx, float *dw, float *db, float *dtau,
+                          int64_t N, int64_t C, int64_t L, int cl, int threads);
+void nz_rms_forward_bf16(const uint16_t *x, const float *w, const float *b, double eps,
+                         uint16_t *y, float *mean, float *var, float *params, int64_t N,
+                         int64_t C, int64_t L, int cl, int threads);
+void nz_rms_backward_bf16(const uint16_t *dy, const uint16_t *x, const float *params,
+                          const float *mean, const float *var, const float *w, double eps,
+                          float *sums, float *k, uint16_t *dx, float *dw, float *db, int64_t N,
+                          int64_t C, int64_t L, int cl, int threads);
 // zoo.c's bfloat16 builds of the three above: x, y, dy, dx as uint16_t bits, the rest float32
 void nz_s0_forward_bf16(const uint16_t *x, const float *v, const float *w, const float *b,
                         int64_t G, double eps, uint16_t *y, float *mean, float *var, float *lo,
@@ -477,15 +505,15 @@ struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
 
 // -- the wider zoo (zoo.c): one kernel call per forward and per backward ---------------------
 
-// The gradients of a create_graph=True backward: `y` (the layer's math in ATen ops, built
-// from the saved inputs) differentiated with a graph, for the `leaves` that `need` one; then
-// `extra` undefined gradients (the non-tensor arguments).
 // x as the zoo's reference math differentiates it: float32 (a bfloat16 x widened, as the
 // kernels widen it; the cast is part of the graph).
 Tensor float32(const Tensor &x) {
   return x.scalar_type() == at::kBFloat16 ? x.to(at::kFloat) : x;
 }
 
+// The gradients of a create_graph=True backward: `y` (the layer's math in ATen ops, built
+// from the saved inputs) differentiated with a graph, for the `leaves` that `need` one; then
+// `extra` undefined gradients (the non-tensor arguments).
 variable_list differentiate(const Tensor &y_ref, const std::vector<Tensor> &leaves,
                             const std::vector<bool> &need, const Tensor &dy, size_t extra) {
   // bfloat16 x: the reference math in float32 (float32(x)); the layer's output (and so dy)
@@ -842,6 +870,128 @@ struct SwitchableFunction : public torch::autograd::Function<SwitchableFunction>
   }
 };
 
+// FRN + TLU (Singh and Krishnan, "Filter Response Normalization Layer", CVPR 2020):
+//   z = max(weight_c x / sqrt(nu2_{n,c} + eps) + bias_c, tau_c),  nu2 the mean of x^2 over a
+// sample's channel's positions. In ATen ops, for double backward (torch.maximum's ties).
+Tensor frn_reference(const Tensor &x, const Tensor &weight, const Tensor &bias, const Tensor &tau,
+                     double eps) {
+  const auto pc = per_channel(x);
+  std::vector<int64_t> dims;
+  for (int64_t d = 2; d < x.dim(); ++d) dims.push_back(d);
+  const Tensor nu2 = (x * x).mean(dims, /*keepdim=*/true);
+  const Tensor y = x * (nu2 + eps).rsqrt() * weight.view(pc) + bias.view(pc);
+  return at::maximum(y, tau.view(pc));
+}
+
+struct FRNFunction : public torch::autograd::Function<FRNFunction> {
+  // Saves x, the parameters, the rows' statistics (2, N, C: mean, biased variance) and the
+  // map's per-row parameters (N, C, 3).
+  static Tensor forward(AutogradContext *ctx, const Tensor &x, const Tensor &weight,
+                        const Tensor &bias, const Tensor &tau, double eps) {
+    const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
+    const auto f32 = x.options().dtype(at::kFloat);
+    Tensor y = at::empty_like(x);  // keeps a channels_last layout
+    Tensor stats = at::empty({2, n, c}, f32);
+    Tensor params = at::empty({n, c, 3}, f32);
+    float *s = stats.data_ptr<float>();
+    by_dtype(x, nz_frn_forward, nz_frn_forward_bf16, [&](auto kernel, auto ptr) {
+      kernel(ptr(x), weight.data_ptr<float>(), bias.data_ptr<float>(), tau.data_ptr<float>(), eps,
+             ptr(y), s, s + n * c, params.data_ptr<float>(), n, c, length, channels_last(x),
+             at::get_num_threads());
+    });
+    ctx->save_for_backward({x, weight, bias, tau, stats, params});
+    ctx->saved_data["eps"] = eps;
+    return y;
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &weight = saved[1], &bias = saved[2], &tau = saved[3];
+    const Tensor &stats = saved[4], &params = saved[5];
+    const double eps = ctx->saved_data["eps"].toDouble();
+    const std::vector<bool> need{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                 ctx->needs_input_grad(2), ctx->needs_input_grad(3)};
+    if (at::GradMode::is_enabled()) {
+      const Tensor y = frn_reference(float32(x), weight, bias, tau, eps);
+      return differentiate(y, {x, weight, bias, tau}, need, grads[0], 1);
+    }
+    const bool cl = channels_last(x);
+    const Tensor dy = like_x(grads[0], x, cl);
+    const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
+    variable_list g = zoo_grads(x, need, {c, c, c});  // dx, dweight, dbias, dtau
+    const auto f32 = x.options().dtype(at::kFloat);
+    Tensor sums = at::empty({n, c, 3}, f32);
+    Tensor k = at::empty({2, n, c}, f32);
+    const float *s = stats.data_ptr<float>();
+    by_dtype(x, nz_frn_backward, nz_frn_backward_bf16, [&](auto kernel, auto ptr) {
+      kernel(ptr(dy), ptr(x), params.data_ptr<float>(), s, s + n * c, weight.data_ptr<float>(),
+             eps, sums.data_ptr<float>(), k.data_ptr<float>(), ptr(g[0]), out_ptr(g[1]),
+             out_ptr(g[2]), out_ptr(g[3]), n, c, length, cl, at::get_num_threads());
+    });
+    g.resize(5);  // eps
+    return g;
+  }
+};
+
+// RMSNorm over a sample's channels and positions (Zhang and Sennrich, "Root Mean Square Layer
+// Normalization", NeurIPS 2019): y = x / sqrt(mean_{c,l} x^2 + eps) weight_c + bias_c. In ATen
+// ops, for double backward.
+Tensor rms_reference(const Tensor &x, const Tensor &weight, const Tensor &bias, double eps) {
+  std::vector<int64_t> dims;
+  for (int64_t d = 1; d < x.dim(); ++d) dims.push_back(d);
+  const Tensor ms = (x * x).mean(dims, /*keepdim=*/true);
+  return affine(x * (ms + eps).rsqrt(), weight, bias, per_channel(x));
+}
+
+struct RMSNormFunction : public torch::autograd::Function<RMSNormFunction> {
+  // Saves x, the parameters, the rows' statistics (2, N, C) and the map's parameters (N, C, 2).
+  static Tensor forward(AutogradContext *ctx, const Tensor &x, const Tensor &weight,
+                        const Tensor &bias, double eps) {
+    const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
+    const auto f32 = x.options().dtype(at::kFloat);
+    Tensor y = at::empty_like(x);  // keeps a channels_last layout
+    Tensor stats = at::empty({2, n, c}, f32);
+    Tensor params = at::empty({n, c, 2}, f32);
+    float *s = stats.data_ptr<float>();
+    by_dtype(x, nz_rms_forward, nz_rms_forward_bf16, [&](auto kernel, auto ptr) {
+      kernel(ptr(x), in_ptr(weight), in_ptr(bias), eps, ptr(y), s, s + n * c,
+             params.data_ptr<float>(), n, c, length, channels_last(x), at::get_num_threads());
+    });
+    ctx->save_for_backward({x, weight, bias, stats, params});
+    ctx->saved_data["eps"] = eps;
+    return y;
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &weight = saved[1], &bias = saved[2];
+    const Tensor &stats = saved[3], &params = saved[4];
+    const double eps = ctx->saved_data["eps"].toDouble();
+    const std::vector<bool> need{ctx->needs_input_grad(0),
+                                 ctx->needs_input_grad(1) && weight.numel() > 0,
+                                 ctx->needs_input_grad(2) && bias.numel() > 0};
+    if (at::GradMode::is_enabled()) {
+      const Tensor y = rms_reference(float32(x), weight, bias, eps);
+      return differentiate(y, {x, weight, bias}, need, grads[0], 1);
+    }
+    const bool cl = channels_last(x);
+    const Tensor dy = like_x(grads[0], x, cl);
+    const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
+    variable_list g = zoo_grads(x, need, {c, c});  // dx, dweight, dbias
+    const auto f32 = x.options().dtype(at::kFloat);
+    Tensor sums = at::empty({n, c, 2}, f32);
+    Tensor k = at::empty({2, n, c}, f32);
+    const float *s = stats.data_ptr<float>();
+    by_dtype(x, nz_rms_backward, nz_rms_backward_bf16, [&](auto kernel, auto ptr) {
+      kernel(ptr(dy), ptr(x), params.data_ptr<float>(), s, s + n * c, in_ptr(weight), eps,
+             sums.data_ptr<float>(), k.data_ptr<float>(), ptr(g[0]), out_ptr(g[1]),
+             out_ptr(g[2]), n, c, length, cl, at::get_num_threads());
+    });
+    g.resize(4);  // eps
+    return g;
+  }
+};
+
 // The operators' checks: the kernels read raw float32 CPU memory, so anything else is refused
 // here, before any work (and before any running statistic changes).
 
@@ -1000,6 +1150,29 @@ Tensor evonorm_s0(const Tensor &input, const Tensor &v, const std::optional<Tens
   return EvoNormS0Function::apply(x, v, or_empty(weight, x), or_empty(bias, x), groups, eps);
 }
 
+// FRN + TLU on conv input (N, C, *spatial), its default configuration: weight, bias and
+// tau given, eps fixed.
+Tensor filter_response_norm(const Tensor &input, const Tensor &weight, const Tensor &bias,
+                            const Tensor &tau, double eps) {
+  const Tensor x = kernel_input("filter_response_norm", input, /*bf16=*/true);
+  TORCH_CHECK(x.dim() >= 3, "normzoo::filter_response_norm: expected (N, C, *spatial) input, got ",
+              "shape ", x.sizes());
+  const std::optional<Tensor> w_opt = weight, b_opt = bias, tau_opt = tau;
+  check_per_channel("filter_response_norm", "weight, bias and tau", x,
+                    {&w_opt, &b_opt, &tau_opt});
+  return FRNFunction::apply(x, weight, bias, tau, eps);
+}
+
+// RMSNorm over each sample's channels and positions, conv input (N, C, *spatial).
+Tensor rms_norm_rows(const Tensor &input, const std::optional<Tensor> &weight,
+                     const std::optional<Tensor> &bias, double eps) {
+  const Tensor x = kernel_input("rms_norm_rows", input, /*bf16=*/true);
+  TORCH_CHECK(x.dim() >= 3, "normzoo::rms_norm_rows: expected (N, C, *spatial) input, got ",
+              "shape ", x.sizes());
+  check_per_channel("rms_norm_rows", "weight and bias", x, {&weight, &bias});
+  return RMSNormFunction::apply(x, or_empty(weight, x), or_empty(bias, x), eps);
+}
+
 // batch: normalize with the batch variance, and update running_var (where given) in place
 // like BatchNorm's, with the unbiased batch variance and `momentum`, after the kernels ran.
 // Otherwise (eval) normalize with running_var.
@@ -1078,6 +1251,8 @@ TORCH_LIBRARY(normzoo, m) {
       "switchable_norm(Tensor x, Tensor mean_weight, Tensor var_weight, Tensor? weight, "
       "Tensor? bias, Tensor(a!)? running_mean, Tensor(b!)? running_var, bool batch, "
       "float momentum, float eps) -> Tensor");
+  m.def("filter_response_norm(Tensor x, Tensor weight, Tensor bias, Tensor tau, float eps) -> Tensor");
+  m.def("rms_norm_rows(Tensor x, Tensor? weight, Tensor? bias, float eps) -> Tensor");
 }
 
 // CompositeImplicitAutograd: one kernel for every dispatch key, autograd (the Function above
@@ -1090,4 +1265,6 @@ TORCH_LIBRARY_IMPL(normzoo, CompositeImplicitAutograd, m) {
   m.impl("evonorm_s0", &evonorm_s0);
   m.impl("evonorm_b0", &evonorm_b0);
   m.impl("switchable_norm", &switchable_norm);
+  m.impl("filter_response_norm", &filter_response_norm);
+  m.impl("rms_norm_rows", &rms_norm_rows);
 }

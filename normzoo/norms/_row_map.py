@@ -90,8 +90,8 @@ def row_input(x: Tensor) -> Tensor:
 
 def use_zoo_op(x: Tensor, *params: Tensor | None) -> bool:
     """Whether the zoo's C++ operators (``torch.ops.normzoo.evonorm_s0``, ``evonorm_b0``,
-    ``switchable_norm``: the same ``zoo.c`` kernels with C++ autograd nodes, no Python between
-    them and autograd) serve
+    ``switchable_norm``, ``filter_response_norm``, ``rms_norm_rows``: the same ``zoo.c``
+    kernels with C++ autograd nodes, no Python between them and autograd) serve
     ``x`` ``(N, C, *spatial)``: float32 or bfloat16 (the kernels' bfloat16 builds) on the
     CPU, contiguous or channels_last, its per-channel ``params`` contiguous float32 (or
     ``None``), outside ``torch.compile``, the operator library built. The Python path

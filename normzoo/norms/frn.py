@@ -13,7 +13,7 @@ from normzoo._native import zoo_kernels
 from normzoo.functional._stats import compute_dtype
 from normzoo.norms import _gpu, _triton
 from normzoo.norms._kernels import restore_format, row_view, scale_shift
-from normzoo.norms._row_map import RowNormSpec, row_input, row_map, use_row_map
+from normzoo.norms._row_map import RowNormSpec, row_input, row_map, use_row_map, use_zoo_op
 from normzoo.norms._tokens import float32_params, use_token_kernels
 from normzoo.norms.base import Norm, capturing
 
@@ -244,6 +244,11 @@ class FilterResponseNorm(Norm):
             return frn_tokens(x, self.weight, self.bias, self.tau, self.eps)
         if fast and self._use_function(x):
             xf = row_input(x)  # bfloat16 read and written natively
+            if use_zoo_op(xf, self.weight, self.bias, self.tau):  # the kernels, C++ autograd
+                y = torch.ops.normzoo.filter_response_norm(
+                    xf, self.weight, self.bias, self.tau, self.eps
+                )
+                return y.to(x.dtype)
             if use_row_map(xf):  # native, any layout kept
                 spec = _FRNSpec(self.eps)
                 return row_map(xf, spec, self.weight, self.bias, self.tau).to(x.dtype)

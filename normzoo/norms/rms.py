@@ -15,7 +15,7 @@ from normzoo.functional._stats import affine as _affine
 from normzoo.functional._stats import compute_dtype
 from normzoo.norms import _triton
 from normzoo.norms._kernels import RowAffine, RowMeanSquare, restore_format, row_view
-from normzoo.norms._row_map import RowNormSpec, row_input, row_map, use_row_map
+from normzoo.norms._row_map import RowNormSpec, row_input, row_map, use_row_map, use_zoo_op
 from normzoo.norms._tokens import float32_params, use_token_kernels
 from normzoo.norms.base import Norm, capturing
 
@@ -163,6 +163,10 @@ class RMSNorm(Norm):
                 # CUDA, measured (_triton.ZOO_MEASURED): one pass per sample, or two phases
                 return _triton.rms_norm(x, self.weight, self.bias, self.eps)
             xf = row_input(x)  # bfloat16 read and written natively, other halves in float32
+            if use_zoo_op(xf, self.weight, self.bias):  # the kernels below, C++ autograd
+                return torch.ops.normzoo.rms_norm_rows(xf, self.weight, self.bias, self.eps).to(
+                    x.dtype
+                )
             if use_row_map(xf):  # native, any layout kept
                 y = row_map(xf, _RMSSpec(self.eps), self.weight, self.bias)
                 return y.to(x.dtype)
