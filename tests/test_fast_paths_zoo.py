@@ -178,8 +178,9 @@ def test_batchnorm_family_channels_last_on_native_bn_kernels(
 ):
     """Batch Renorm and Ghost BN on channels_last input run BatchNorm's channels_last kernels
     on the tensor as it is (Batch Renorm: BatchNorm's forward with r and d per channel, one
-    call; Ghost BN: one call per virtual batch): the reference's outputs, gradients and
-    running statistics over 3 steps, output and input gradient channels_last."""
+    call, behind its C++ operator where it is built; Ghost BN: one call per virtual batch):
+    the reference's outputs, gradients and running statistics over 3 steps, output and input
+    gradient channels_last."""
     torch.manual_seed(7)
     fast, ref = _pair(name, kwargs)
     for step in range(3):
@@ -198,6 +199,9 @@ def test_batchnorm_family_channels_last_on_native_bn_kernels(
         for key, value in ref.state_dict().items():
             torch.testing.assert_close(fast.state_dict()[key], value, **TOL, msg=key)
     per_step = ["nz_renorm_forward_cl", "nz_bn_backward_cl"]  # Batch Renorm: one call each
+    if name == "batchrenorm" and _native.ops_available():  # behind its C++ operator
+        assert "BatchRenormFunction" in ya.grad_fn.name()
+        per_step = []
     if name == "ghostbatchnorm":
         per_step = ["nz_bn_forward_cl"] * chunks + ["nz_bn_backward_cl"] * chunks
     assert native_bn_calls == per_step * 3
@@ -1211,9 +1215,9 @@ def test_half_batch_renorm_runs_torchs_half_kernels(dtype, fmt, monkeypatch):
 def test_bfloat16_batch_renorm_runs_the_bfloat16_renorm_kernel(fmt, monkeypatch):
     """bfloat16 conv input of a size BatchNorm's kernels serve takes Batch Renorm's one native
     call in its bfloat16 build (``nz_renorm_forward*_bf16``; the backward BatchNorm's with the
-    weight ``w r``): over three steps with ``r`` and ``d`` active, output, ``dx``, parameter
-    gradients and running statistics agree with the same module on the float32 values to
-    bfloat16 rounding; dtype and layout kept."""
+    weight ``w r``; behind the C++ operator where it is built): over three steps with ``r``
+    and ``d`` active, output, ``dx``, parameter gradients and running statistics agree with
+    the same module on the float32 values to bfloat16 rounding; dtype and layout kept."""
     from normzoo._native import kernels
 
     ran = []
@@ -1238,7 +1242,10 @@ def test_bfloat16_batch_renorm_runs_the_bfloat16_renorm_kernel(fmt, monkeypatch)
             y = m(xx)
             out.append((y, torch.autograd.grad(y, [xx, m.weight, m.bias], g), list(ran)))
         (yh, gh, ran_h), (yf, gf, _) = out
-        assert ran_h == [f"nz_renorm_forward{cl}_bf16", f"nz_bn_backward{cl}_bf16"]
+        if _native.ops_available():  # behind the C++ operator: no Python kernel call
+            assert not ran_h and "BatchRenormFunction" in yh.grad_fn.name()
+        else:
+            assert ran_h == [f"nz_renorm_forward{cl}_bf16", f"nz_bn_backward{cl}_bf16"]
         assert yh.dtype == gh[0].dtype == BF16 and yh.is_contiguous(memory_format=fmt)
         torch.testing.assert_close(yh.float(), yf, rtol=2**-8, atol=1e-4)
         torch.testing.assert_close(gh[0].float(), gf[0], rtol=2**-7, atol=1e-3)
@@ -1246,6 +1253,55 @@ def test_bfloat16_batch_renorm_runs_the_bfloat16_renorm_kernel(fmt, monkeypatch)
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
         for key, value in full.state_dict().items():
             torch.testing.assert_close(half.state_dict()[key], value, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, BF16], ids=["f32", "bf16"])
+@pytest.mark.parametrize(
+    "fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"]
+)
+def test_batch_renorm_operator_gives_the_python_paths_bits(dtype, fmt, monkeypatch):
+    """Batch Renorm's training step behind its C++ operator (``batch_renorm_train``: the
+    native call, BatchNorm's backward with the weight ``w r``, the running statistics blended
+    in C++) against the Python ``autograd.Function`` on the same kernels: over three steps
+    with ``r`` and ``d`` active, output, input and parameter gradients, running statistics and
+    the step count to the bit; second derivatives (``create_graph=True``) equal."""
+    if not _native.load_ops():
+        pytest.skip("the C++ operator library could not be built here")
+    from normzoo.norms import batch_renorm
+
+    kwargs = {"warmup_steps": 0, "r_max_steps": 0, "d_max_steps": 0, "r_max": 1.5, "d_max": 0.5}
+    torch.manual_seed(0)
+    op = normzoo.create("batchrenorm", 32, **kwargs)
+    with torch.no_grad():
+        op.weight.uniform_(0.5, 1.5)
+        op.bias.uniform_(-0.5, 0.5)
+    python = copy.deepcopy(op)
+    real = batch_renorm.use_zoo_op
+    for step in range(3):
+        x = (torch.randn(16, 32, 24, 24) * (step + 1) + step).to(dtype)
+        x = x.contiguous(memory_format=fmt)
+        dy = torch.randn_like(x)
+        out = []
+        for m, serve in ((op, real), (python, lambda *t: False)):
+            monkeypatch.setattr(batch_renorm, "use_zoo_op", serve)
+            xx = x.clone().requires_grad_()
+            y = m(xx)
+            out.append((y, torch.autograd.grad(y, [xx, m.weight, m.bias], dy)))
+        (ya, ga), (yb, gb) = out
+        assert "BatchRenormFunction" in ya.grad_fn.name()
+        assert "BatchRenormFunction" not in yb.grad_fn.name()
+        for a, b in zip((ya, *ga), (yb, *gb), strict=True):
+            assert torch.equal(a, b)
+        for a, b in zip(op.state_dict().values(), python.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+    seconds = []
+    for m, serve in ((op, real), (python, lambda *t: False)):
+        monkeypatch.setattr(batch_renorm, "use_zoo_op", serve)
+        xx = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad((m(xx).float() * dy.float()).sum(), xx, create_graph=True)
+        seconds.append(torch.autograd.grad(g.float().pow(2).sum(), [xx, m.weight]))
+    for a, b in zip(*seconds, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def _token_kernel_cases(x, dy):

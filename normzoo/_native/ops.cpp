@@ -88,6 +88,25 @@ void nz_bn_relu_backward_cl_bf16(const uint16_t *dy, const uint16_t *x, const fl
                                  const float *b, const float *mean, const float *invstd,
                                  uint16_t *dx, float *dw, float *db, double *work,
                                  int64_t max_blocks, int64_t R, int64_t C, int threads);
+// Batch Renorm: BatchNorm's forward with r and d per channel (batch_norm.c, bn_block.h, bn_cl.h)
+void nz_renorm_forward(const float *x, const float *w, const float *b, const float *running_mean,
+                       const float *running_var, double r_max, double d_max, float *y,
+                       float *mean_out, float *invstd_out, float *out, int64_t N, int64_t C,
+                       int64_t L, double eps, int threads);
+void nz_renorm_forward_cl(const float *x, const float *w, const float *b,
+                          const float *running_mean, const float *running_var, double r_max,
+                          double d_max, float *y, float *mean_out, float *invstd_out, float *out,
+                          double *work, int64_t max_blocks, int64_t R, int64_t C, double eps,
+                          int threads);
+void nz_renorm_forward_bf16(const uint16_t *x, const float *w, const float *b,
+                            const float *running_mean, const float *running_var, double r_max,
+                            double d_max, uint16_t *y, float *mean_out, float *invstd_out,
+                            float *out, int64_t N, int64_t C, int64_t L, double eps, int threads);
+void nz_renorm_forward_cl_bf16(const uint16_t *x, const float *w, const float *b,
+                               const float *running_mean, const float *running_var, double r_max,
+                               double d_max, uint16_t *y, float *mean_out, float *invstd_out,
+                               float *out, double *work, int64_t max_blocks, int64_t R, int64_t C,
+                               double eps, int threads);
 // row_norm.c
 void nz_row_forward(const float *x, const float *w, const float *b, float *y, float *mean_out,
                     float *rstd_out, float *var_out, int64_t N, int64_t G, int64_t Cg,
@@ -176,7 +195,8 @@ void nz_rms_backward_bf16(const uint16_t *dy, const uint16_t *x, const float *pa
                           const float *mean, const float *var, const float *w, double eps,
                           float *sums, float *k, uint16_t *dx, float *dw, float *db, int64_t N,
                           int64_t C, int64_t L, int cl, int threads);
-// zoo.c's bfloat16 builds of the three above: x, y, dy, dx as uint16_t bits, the rest float32
+// zoo.c's bfloat16 builds of EvoNorm-S0's, EvoNorm-B0's and SwitchableNorm's: x, y, dy, dx as
+// uint16_t bits, the rest float32
 void nz_s0_forward_bf16(const uint16_t *x, const float *v, const float *w, const float *b,
                         int64_t G, double eps, uint16_t *y, float *mean, float *var, float *lo,
                         float *params, int64_t N, int64_t C, int64_t L, int cl, int threads);
@@ -220,6 +240,21 @@ float *out_ptr(Tensor &t) { return t.defined() && t.numel() ? t.data_ptr<float>(
 // A bfloat16 tensor's values as the kernels take them (their uint16_t bits).
 uint16_t *bf16_ptr(const Tensor &t) {
   return reinterpret_cast<uint16_t *>(t.data_ptr<at::BFloat16>());
+}
+
+// The operators on float32 or bfloat16 x: `run` called with the kernel of x's element
+// type (float32: `f32`, bfloat16: `bf16`, its uint16_t build) and a function giving the
+// element pointer of an x-like tensor (nullptr for an undefined or empty one).
+template <typename F32, typename BF16, typename Run>
+void by_dtype(const Tensor &x, F32 f32, BF16 bf16, Run run) {
+  if (x.scalar_type() == at::kBFloat16)
+    run(bf16, [](const Tensor &t) -> uint16_t * {
+      return t.defined() && t.numel() ? bf16_ptr(t) : nullptr;
+    });
+  else
+    run(f32, [](const Tensor &t) -> float * {
+      return t.defined() && t.numel() ? t.data_ptr<float>() : nullptr;
+    });
 }
 
 Tensor or_empty(const std::optional<Tensor> &t, const Tensor &like) {
@@ -503,6 +538,109 @@ struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
   }
 };
 
+// Batch Renorm in training (Ioffe, "Batch Renormalization", NeurIPS 2017):
+//   y = weight_c (r_c xhat + d_c) + bias_c,  r = clip(sigma_B / sigma, 1/r_max, r_max),
+//   d = clip((mean_B - mean) / sigma, -d_max, d_max),  sigma = sqrt(running_var + eps),
+// r and d constants to backprop: BatchNorm with the weight w r and the bias w d + b
+// (nz_renorm_forward computes them per channel from its moments), BatchNorm's backward with
+// the weight w r, dweight = r dw' + d db'. As normzoo/norms/batch_renorm.py's
+// _BatchRenormTrain on the native kernels. Returns (y, stats, out): stats (2, C) the batch
+// mean and inverse std, out (5, C) r, d, w r, w d + b and the unbiased batch variance, neither
+// differentiable; saves x, stats, out.
+Tensor float32(const Tensor &x);
+Tensor biased_var(const Tensor &x, at::IntArrayRef dims);
+Tensor affine(Tensor y, const Tensor &weight, const Tensor &bias, at::IntArrayRef pc);
+
+// Batch Renorm's training output in ATen ops with r and d constants, for double backward:
+// the batch statistics of x differentiable, as the first backward treats them.
+Tensor renorm_reference(const Tensor &x, const Tensor &weight, const Tensor &bias,
+                        const Tensor &r, const Tensor &d, double eps) {
+  const auto pc = per_channel(x);
+  std::vector<int64_t> dims{0};
+  for (int64_t i = 2; i < x.dim(); ++i) dims.push_back(i);
+  const Tensor xhat = (x - x.mean(dims, /*keepdim=*/true)) * (biased_var(x, dims) + eps).rsqrt();
+  return affine(xhat * r.view(pc) + d.view(pc), weight, bias, pc);
+}
+
+struct BatchRenormFunction : public torch::autograd::Function<BatchRenormFunction> {
+  static variable_list forward(AutogradContext *ctx, const Tensor &x, const Tensor &weight,
+                               const Tensor &bias, const Tensor &running_mean,
+                               const Tensor &running_var, double r_max, double d_max,
+                               double eps, int64_t max_blocks) {
+    const int64_t c = x.size(1), values = x.numel() / c;
+    const int threads = at::get_num_threads();
+    const auto f32 = x.options().dtype(at::kFloat);
+    Tensor y = at::empty_like(x);  // keeps a channels_last layout
+    Tensor stats = at::empty({2, c}, f32);
+    Tensor out = at::empty({5, c}, f32);
+    float *s = stats.data_ptr<float>();
+    const float *rm = running_mean.data_ptr<float>(), *rv = running_var.data_ptr<float>();
+    if (channels_last(x)) {
+      double *work = bn_cl_work(2 * max_blocks * c);
+      by_dtype(x, nz_renorm_forward_cl, nz_renorm_forward_cl_bf16, [&](auto kernel, auto ptr) {
+        kernel(ptr(x), in_ptr(weight), in_ptr(bias), rm, rv, r_max, d_max, ptr(y), s, s + c,
+               out.data_ptr<float>(), work, max_blocks, values, c, eps, threads);
+      });
+    } else {
+      by_dtype(x, nz_renorm_forward, nz_renorm_forward_bf16, [&](auto kernel, auto ptr) {
+        kernel(ptr(x), in_ptr(weight), in_ptr(bias), rm, rv, r_max, d_max, ptr(y), s, s + c,
+               out.data_ptr<float>(), x.size(0), c, values / x.size(0), eps, threads);
+      });
+    }
+    ctx->save_for_backward({x, stats, out, weight, bias});
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["max_blocks"] = max_blocks;
+    ctx->mark_non_differentiable({stats, out});
+    ctx->set_materialize_grads(false);
+    return {y, stats, out};
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    variable_list result(9);
+    if (!grads[0].defined()) return result;
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &stats = saved[1], &out = saved[2];
+    const Tensor &weight = saved[3], &bias = saved[4];
+    const bool need_x = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(1),
+               need_b = ctx->needs_input_grad(2);
+    const Tensor wr = out[2], r = out[0], d = out[1];
+    Tensor dx, dw, db;
+    if (at::GradMode::is_enabled()) {  // create_graph=True: the math differentiated again
+      const Tensor y = renorm_reference(float32(x), weight, bias, r, d,
+                                        ctx->saved_data["eps"].toDouble());
+      auto g = differentiate(y, {x, weight, bias}, {need_x, need_w, need_b}, grads[0], 6);
+      return g;
+    } else {
+      const bool cl = channels_last(x);
+      const Tensor dy = like_x(grads[0], x, cl);
+      const int64_t c = x.size(1), values = x.numel() / c;
+      const int threads = at::get_num_threads();
+      const auto f32 = x.options().dtype(at::kFloat);
+      dx = need_x ? at::empty_like(x) : Tensor();
+      dw = need_w ? at::empty({c}, f32) : Tensor();
+      db = need_b || need_w ? at::empty({c}, f32) : Tensor();
+      const float *s = stats.data_ptr<float>(), *w = wr.data_ptr<float>();
+      if (cl) {
+        const int64_t max_blocks = ctx->saved_data["max_blocks"].toInt();
+        double *work = bn_cl_work(2 * max_blocks * c);
+        by_dtype(x, nz_bn_backward_cl, nz_bn_backward_cl_bf16, [&](auto kernel, auto ptr) {
+          kernel(ptr(dy), ptr(x), w, s, s + c, ptr(dx), out_ptr(dw), out_ptr(db), work,
+                 max_blocks, values, c, threads);
+        });
+      } else {
+        by_dtype(x, nz_bn_backward, nz_bn_backward_bf16, [&](auto kernel, auto ptr) {
+          kernel(ptr(dy), ptr(x), w, s, s + c, ptr(dx), out_ptr(dw), out_ptr(db), x.size(0), c,
+                 values / x.size(0), threads);
+        });
+      }
+    }
+    result[0] = need_x ? dx : Tensor();
+    if (need_w) result[1] = r * dw + d * db;  // the weight's, through w r and w d + b
+    result[2] = need_b ? db : Tensor();
+    return result;
+  }
+};
+
 // -- the wider zoo (zoo.c): one kernel call per forward and per backward ---------------------
 
 // x as the zoo's reference math differentiates it: float32 (a bfloat16 x widened, as the
@@ -549,20 +687,6 @@ variable_list zoo_grads(const Tensor &x, const std::vector<bool> &need,
   return out;
 }
 
-// The zoo's operators on float32 or bfloat16 x: `run` called with the kernel of x's element
-// type (float32: `f32`, bfloat16: `bf16`, its uint16_t build) and a function giving the
-// element pointer of an x-like tensor (nullptr for an undefined or empty one).
-template <typename F32, typename BF16, typename Run>
-void by_dtype(const Tensor &x, F32 f32, BF16 bf16, Run run) {
-  if (x.scalar_type() == at::kBFloat16)
-    run(bf16, [](const Tensor &t) -> uint16_t * {
-      return t.defined() && t.numel() ? bf16_ptr(t) : nullptr;
-    });
-  else
-    run(f32, [](const Tensor &t) -> float * {
-      return t.defined() && t.numel() ? t.data_ptr<float>() : nullptr;
-    });
-}
 
 Tensor affine(Tensor y, const Tensor &weight, const Tensor &bias, at::IntArrayRef pc) {
   if (weight.numel()) y = y * weight.view(pc);
@@ -1130,6 +1254,28 @@ Tensor batch_norm_module(const Tensor &x, const std::optional<Tensor> &weight,
   return out[0];
 }
 
+// Batch Renorm's training step on the native kernels (normzoo/norms/batch_renorm.py serves
+// float32 or bfloat16 CPU input of BatchNorm's native sizes here, float32 parameters and
+// running statistics): y, then the running statistics blended with the batch mean and unbiased
+// variance (`factor`), after r and d read them, as the module's Python path does.
+Tensor batch_renorm_train(const Tensor &input, const std::optional<Tensor> &weight,
+                          const std::optional<Tensor> &bias, const Tensor &running_mean,
+                          const Tensor &running_var, double r_max, double d_max, double eps,
+                          double factor, int64_t max_blocks) {
+  const Tensor x = kernel_input("batch_renorm_train", input, /*bf16=*/true);
+  TORCH_CHECK(x.dim() >= 3, "normzoo::batch_renorm_train: expected (N, C, *spatial) input, got ",
+              "shape ", x.sizes());
+  const std::optional<Tensor> rm_opt = running_mean, rv_opt = running_var;
+  check_per_channel("batch_renorm_train", "weight, bias and running statistics", x,
+                    {&weight, &bias, &rm_opt, &rv_opt});
+  auto res = BatchRenormFunction::apply(x, or_empty(weight, x), or_empty(bias, x), running_mean,
+                                        running_var, r_max, d_max, eps, max_blocks);
+  at::NoGradGuard no_grad;
+  running_mean.lerp_(res[1][0], factor);
+  running_var.lerp_(res[2][4], factor);
+  return res[0];
+}
+
 Tensor frozen_batch_norm(const Tensor &input, const Tensor &running_mean,
                          const Tensor &running_var, const std::optional<Tensor> &weight,
                          const std::optional<Tensor> &bias, double eps, bool relu) {
@@ -1253,6 +1399,10 @@ TORCH_LIBRARY(normzoo, m) {
       "float momentum, float eps) -> Tensor");
   m.def("filter_response_norm(Tensor x, Tensor weight, Tensor bias, Tensor tau, float eps) -> Tensor");
   m.def("rms_norm_rows(Tensor x, Tensor? weight, Tensor? bias, float eps) -> Tensor");
+  m.def(
+      "batch_renorm_train(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!) running_mean, "
+      "Tensor(b!) running_var, float r_max, float d_max, float eps, float factor, "
+      "int max_blocks) -> Tensor");
 }
 
 // CompositeImplicitAutograd: one kernel for every dispatch key, autograd (the Function above
@@ -1267,4 +1417,5 @@ TORCH_LIBRARY_IMPL(normzoo, CompositeImplicitAutograd, m) {
   m.impl("switchable_norm", &switchable_norm);
   m.impl("filter_response_norm", &filter_response_norm);
   m.impl("rms_norm_rows", &rms_norm_rows);
+  m.impl("batch_renorm_train", &batch_renorm_train);
 }

@@ -13,6 +13,7 @@ from normzoo._native import kernels as _kernels
 from normzoo._native import zoo_kernels
 from normzoo.functional._stats import compute_dtype
 from normzoo.norms import _triton, _triton_zoo
+from normzoo.norms._row_map import use_zoo_op
 from normzoo.norms._tokens import use_token_kernels
 from normzoo.norms.base import capturing, snapshot
 from normzoo.norms.batch import (
@@ -68,7 +69,7 @@ class _BatchRenormTrain(torch.autograd.Function):
             y, stats, out = _kernels.renorm_forward_unchecked(
                 x, w32, b32, rm, rv, r_max, d_max, eps
             )
-            ctx.save_for_backward(x, stats, out)
+            ctx.save_for_backward(x, stats, out, weight, bias)
             batch_mean, batch_var = stats[0].clone(), out[4].clone()
             ctx.mark_non_differentiable(batch_mean, batch_var)
             return y, batch_mean, batch_var
@@ -111,7 +112,7 @@ class _BatchRenormTrain(torch.autograd.Function):
         else:
             zeros, ones = torch.zeros_like(r), torch.ones_like(r)
             y = torch.native_batch_norm(x_hat, w, shift, zeros, ones, False, 0.0, 0.0)[0]
-        ctx.save_for_backward(x, w, mean, invstd, r, d)
+        ctx.save_for_backward(x, w, mean, invstd, r, d, weight, bias)
         ctx.mark_non_differentiable(batch_mean, batch_var)
         return y, batch_mean, batch_var
 
@@ -122,11 +123,14 @@ class _BatchRenormTrain(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         mask = (need_x, need_w, need_b or need_w)
         if ctx.native:  # the native forward's (x, stats, out)
-            x, stats, out = ctx.saved_tensors
+            x, stats, out, weight, bias = ctx.saved_tensors
             mean, invstd, r, d, w = stats[0], stats[1], out[0], out[1], out[2]
         else:
-            x, w, mean, invstd, r, d = ctx.saved_tensors
-        if ctx.native and not torch.is_grad_enabled():
+            x, w, mean, invstd, r, d, weight, bias = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the math differentiated again
+            grads = _renorm_grads(x, weight, bias, r, d, ctx.eps, dy, (need_x, need_w, need_b))
+            return (*grads, None, None, None, None, None)
+        if ctx.native:
             dx, dw, db = native_batch_norm_backward(dy, x, w, stats, mask)
         else:
             dx, dw, db = torch.ops.aten.native_batch_norm_backward(
@@ -134,6 +138,43 @@ class _BatchRenormTrain(torch.autograd.Function):
             )
         dweight = r * dw + d * db if need_w else None
         return dx, dweight, db if need_b else None, None, None, None, None, None
+
+
+def _renorm_grads(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    r: Tensor,
+    d: Tensor,
+    eps: float,
+    dy: Tensor,
+    needs: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Batch Renorm's gradients with a graph (``create_graph=True``): the training output in
+    torch ops, ``y = w ((x - mean_B) / sqrt(var_B + eps) r + d) + b`` with ``r`` and ``d``
+    constants and the batch statistics differentiable (as the first backward treats them),
+    differentiated with respect to ``x``, ``weight`` and ``bias`` where ``needs`` asks; so
+    second derivatives reach the weight too (through ``w r`` they did not). The same
+    expressions as ``ops.cpp``'s ``renorm_reference``."""
+    xs = x.to(compute_dtype(x))
+    dims = [0, *range(2, x.dim())]
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    centered = xs - xs.mean(dims, keepdim=True)
+    var = (centered * centered).mean(dims, keepdim=True)
+    y = (xs - xs.mean(dims, keepdim=True)) * torch.rsqrt(var + eps) * r.view(view) + d.view(view)
+    if weight is not None:
+        y = y * weight.view(view)
+    if bias is not None:
+        y = y + bias.view(view)
+    tensors = (x, weight, bias)
+    leaves = [t for t, need in zip(tensors, needs, strict=True) if need and t is not None]
+    if not leaves:
+        return None, None, None
+    got = iter(torch.autograd.grad(y.to(dy.dtype), leaves, dy, create_graph=True))
+    return tuple(  # type: ignore[return-value]
+        next(got) if need and t is not None else None
+        for t, need in zip(tensors, needs, strict=True)
+    )
 
 
 def _check_number(name: str, value: Any, minimum: float, expected: str) -> float:
@@ -307,6 +348,21 @@ class BatchRenorm(BatchNorm):
                 self.eps,
             )
             return y.to(x.dtype)
+        if use_native_batch_stats(xf, self.weight, BATCH_NORM_DTYPES) and use_zoo_op(
+            xf, self.weight, self.bias, self.running_mean, self.running_var
+        ):  # the same kernels behind a C++ operator: no Python per call, the blend in C++
+            return torch.ops.normzoo.batch_renorm_train(
+                xf,
+                self.weight,
+                self.bias,
+                self.running_mean,
+                self.running_var,
+                float(r_max),
+                float(d_max),
+                self.eps,
+                float(factor),
+                _kernels.CL_MAX_BLOCKS,
+            )
         y, mean, unbiased = _BatchRenormTrain.apply(
             xf,
             self.weight,
