@@ -283,8 +283,9 @@ def test_kernel_ab_times_two_builds_on_the_same_tensors(tmp_path):
     assert all(r["identical"] for r in rows)
     assert all(r[k] > 0 for r in rows for k in ("base_fwd_us", "new_bwd_us", "fwd_ratio"))
     assert json.loads(out.read_text())["rows"] == rows
+    libs = {}
     for name, groups in (("batch_norm", None), ("row_norm", 8)):
-        lib = script.build(script.source(None, name), name, tmp_path)
+        lib = libs[name] = script.build(script.source(None, name), name, tmp_path)
         for relu in (False, True):
             buf = script.Buffers((3, 32, 20, 20), groups, 2, relu)
             y = script.kernels(lib, buf)[2]()[0]
@@ -296,7 +297,7 @@ def test_kernel_ab_times_two_builds_on_the_same_tensors(tmp_path):
             )
             want = torch.relu(want) if relu else want
             torch.testing.assert_close(y.view_as(x), want, atol=1e-5, rtol=1e-5)
-    lib = script.build(script.source(None, "batch_norm"), "batch_norm", tmp_path)
+    lib = libs["batch_norm"]
     x = torch.randn(3, 32, 20, 1).contiguous(memory_format=torch.channels_last)
     w, b = torch.rand(32) + 0.5, torch.randn(32)
     for relu in (False, True):  # bn_cl: BatchNorm's channels_last kernels (and their ReLU)
@@ -313,8 +314,8 @@ def test_kernel_ab_times_two_builds_on_the_same_tensors(tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="native kernels: Linux only")
 def test_kernel_ab_covers_the_wider_zoo(tmp_path):
     """The wider zoo's cases (rows and tokens): a revision against itself gives the same bits
-    (on the bfloat16 builds), and a case computes what ``zoo_kernels`` does on the library
-    normzoo loads (float32)."""
+    (on the bfloat16 builds), and a case's calls compute what ``zoo_kernels`` does, both on
+    the library normzoo loads (float32)."""
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:
         pytest.skip("not a git checkout")
     script = load_script("bench_kernel_ab")
@@ -322,10 +323,11 @@ def test_kernel_ab_covers_the_wider_zoo(tmp_path):
     rows = script.main(["--base", "HEAD", "--new", "HEAD", "--shapes", "3,32,5,4", "--rounds",
                         "2", "--cases", *cases, "--dtype", "bfloat16"])  # fmt: skip
     assert [r["case"] for r in rows] == cases and all(r["identical"] for r in rows)
+    from normzoo import _native
     from normzoo._native import zoo_kernels
 
     real = zoo_kernels._lib
-    lib = script.build(script.source(None, "zoo"), "zoo", tmp_path)
+    lib = _native.load("zoo")  # main() built the script's own twice; no third compile
     x = torch.randn(3, 32, 20)
     dy, w, b = torch.randn(3, 32, 20).to(x.dtype), torch.rand(32) + 0.5, torch.randn(32)
     got = script.zoo_kernel_calls(lib, "frn", x, dy, w, b)[2]()
