@@ -174,26 +174,6 @@ static inline void dx_line_bf16(const uint16_t *g, const uint16_t *p, uint16_t *
     o[i] = nz_bf16_store(a * (nz_bf16_load(g[i]) - md - (nz_bf16_load(p[i]) - m) * pr));
 }
 
-#define NZ_T float
-#define NZ_LD(v) (v)
-#define NZ_ST(v) (v)
-#define NZ_FN(name) name
-#include "bn_block.h"
-#undef NZ_T
-#undef NZ_LD
-#undef NZ_ST
-#undef NZ_FN
-
-#define NZ_T uint16_t
-#define NZ_LD(v) nz_bf16_load(v)
-#define NZ_ST(v) nz_bf16_store(v)
-#define NZ_FN(name) name##_bf16
-#include "bn_block.h"
-#undef NZ_T
-#undef NZ_LD
-#undef NZ_ST
-#undef NZ_FN
-
 /* ---------------------------------------------------------------- channels_last ----------
  * The same batch norm over a float32 tensor in channels_last (or channels_last_3d) memory:
  * R = N * spatial rows of C contiguous channels, element (r, c) at r * C + c. A channel's
@@ -216,14 +196,6 @@ static inline void dx_line_bf16(const uint16_t *g, const uint16_t *p, uint16_t *
 #define NZ_CL_MIN_ROWS 128 /* rows per block, at least */
 #define NZ_CL_TILE 32     /* channels whose float sums stay in registers */
 
-#define NZ_T float
-#define NZ_LD(v) (v)
-#define NZ_FN(name) name
-#include "cl_tiles.h" /* cl_tile_moments, cl_tile_grad_sums */
-#undef NZ_T
-#undef NZ_LD
-#undef NZ_FN
-
 /* Rows per block: at most max_blocks blocks of at least NZ_CL_MIN_ROWS rows, evenly filled. */
 static int64_t cl_block_rows(int64_t R, int64_t max_blocks) {
   int64_t blocks = (R + NZ_CL_MIN_ROWS - 1) / NZ_CL_MIN_ROWS;
@@ -232,16 +204,6 @@ static int64_t cl_block_rows(int64_t R, int64_t max_blocks) {
   const int64_t rows = (R + blocks - 1) / blocks;
   return rows < 1 ? 1 : rows;
 }
-
-#define NZ_T float
-#define NZ_LD(v) (v)
-#define NZ_ST(v) (v)
-#define NZ_FN(name) name
-#include "bn_cl.h"
-#undef NZ_T
-#undef NZ_LD
-#undef NZ_ST
-#undef NZ_FN
 
 /* ---------------------------------------------------------------- ghost batch norm ----- *
  * Ghost batch norm over (N, C) tokens, every virtual batch in one call: ghost_rows.h, built
@@ -273,11 +235,15 @@ NZ_INLINE void ghost_sum_parts(const float *part, int64_t V, int64_t C, float *d
   }
 }
 
+/* ---------------------------------------------------------------- per element type ---- *
+ * The kernels written once for an element type (bn_kernels.h: the contiguous blocks, the
+ * channels_last tiles and kernels, Ghost BN's rows), built for float32 under their own names
+ * and for bfloat16 (x, y, dy, dx as uint16_t bits, nz_bf16.h) with _bf16 appended. */
 #define NZ_T float
 #define NZ_LD(v) (v)
 #define NZ_ST(v) (v)
 #define NZ_FN(name) name
-#include "ghost_rows.h"
+#include "bn_kernels.h"
 #undef NZ_T
 #undef NZ_LD
 #undef NZ_ST
@@ -287,9 +253,7 @@ NZ_INLINE void ghost_sum_parts(const float *part, int64_t V, int64_t C, float *d
 #define NZ_LD(v) nz_bf16_load(v)
 #define NZ_ST(v) nz_bf16_store(v)
 #define NZ_FN(name) name##_bf16
-#include "cl_tiles.h"
-#include "bn_cl.h"
-#include "ghost_rows.h"
+#include "bn_kernels.h"
 #undef NZ_T
 #undef NZ_LD
 #undef NZ_ST

@@ -1,8 +1,8 @@
 /* BatchNorm's contiguous kernels (see batch_norm.c) written once for an element type:
- * batch_norm.c includes this file twice (no include guard), for float32 and for bfloat16 (x,
- * y, dy, dx as their uint16_t bits; the statistics, parameters and sums float either way),
- * with the macros of ghost_rows.h (NZ_T, NZ_LD, NZ_ST, NZ_FN) and the row helpers of that type
- * (row_moments, map_line, dx_line). */
+ * batch_norm.c includes this file twice through bn_kernels.h (no include guard), for float32
+ * and for bfloat16 (x, y, dy, dx as their uint16_t bits; the statistics, parameters and sums
+ * float either way), with the macros of ghost_rows.h (NZ_T, NZ_LD, NZ_ST, NZ_FN) and the row
+ * helpers of that type (row_moments, map_line, dx_line). */
 
 /* One block of k channels from c0 of an (N, C, L) tensor: their moments, then y. */
 NZ_INLINE void NZ_FN(bn_forward_block)(const NZ_T *x, const float *w, const float *b, NZ_T *y,

@@ -1,8 +1,8 @@
 /* BatchNorm's channels_last kernels (see batch_norm.c, "channels_last") written once for an
- * element type: batch_norm.c includes this file twice (no include guard), for float32 and for
- * bfloat16 (x, y, dy, dx as their uint16_t bits; the statistics, parameters and sums float
- * either way), with the macros of ghost_rows.h (NZ_T, NZ_LD, NZ_ST, NZ_FN) and after
- * cl_tiles.h of the same type. */
+ * element type: batch_norm.c includes this file twice through bn_kernels.h (no include guard),
+ * for float32 and for bfloat16 (x, y, dy, dx as their uint16_t bits; the statistics,
+ * parameters and sums float either way), with the macros of ghost_rows.h (NZ_T, NZ_LD, NZ_ST,
+ * NZ_FN) and after cl_tiles.h of the same type. */
 
 static void NZ_FN(bn_forward_cl)(const NZ_T *x, const float *w, const float *b, NZ_T *y,
                           float *mean_out, float *invstd_out, float *var_out, double *work,

@@ -1,7 +1,8 @@
-/* batch_norm.c's channels_last tile sums written once for an element type: batch_norm.c
- * includes this file twice (no include guard), for float32 (BatchNorm's channels_last kernels
- * and Ghost BN's rows) and for bfloat16 (Ghost BN's rows), with the macros of ghost_rows.h
- * (NZ_T, NZ_LD, NZ_FN). The sums are float lanes flushed into double for either type. */
+/* batch_norm.c's channels_last tile sums (BatchNorm's channels_last kernels, Ghost BN's rows)
+ * written once for an element type: batch_norm.c includes this file twice through
+ * bn_kernels.h (no include guard), for float32 and for bfloat16, with the macros of
+ * ghost_rows.h (NZ_T, NZ_LD, NZ_FN). The sums are float lanes flushed into double for either
+ * type. */
 
 /* Forward sums of W <= NZ_CL_TILE channels over n <= NZ_CL_CHUNK rows (row i at p + i C):
  * s1 += sum(x - k), s2 += sum((x - k)^2). Inlined with a constant W, the float sums are

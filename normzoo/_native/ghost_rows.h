@@ -1,5 +1,5 @@
 /* Ghost batch norm over R rows of C channels ((N, C) tokens), written once for an element type:
- * batch_norm.c includes this file twice (no include guard) with
+ * batch_norm.c includes this file twice through bn_kernels.h (no include guard) with
  *   NZ_T       the element type of x, y, dy and dx (float, or uint16_t for bfloat16);
  *   NZ_LD(v)   an element widened to float; NZ_ST(v) a float rounded to an element;
  *   NZ_FN(n)   the exported name (n for float32, n##_bf16 for bfloat16).
