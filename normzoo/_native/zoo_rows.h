@@ -116,6 +116,19 @@ NZ_INLINE void NZ_FN(map_row_forward)(const int op, const NZ_T *x, const float *
   load_params(params, NZ_NPARAMS[op], r, p);
   const NZ_T *xr = x + r * L;
   NZ_T *yr = y + r * L;
+  if (NZ_STAGE && op == NZ_S0) { /* the same float math, staged (zoo.c) */
+    float v[NZ_CHUNK];
+    for (int64_t i0 = 0; i0 < L; i0 += NZ_CHUNK) {
+      const int64_t n = L - i0 < NZ_CHUNK ? L - i0 : NZ_CHUNK;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) v[i] = NZ_LD(xr[i0 + i]);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) v[i] = nz_fwd(op, v[i], p[0], p[1], p[2], p[3], p[4]);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) yr[i0 + i] = NZ_ST(v[i]);
+    }
+    return;
+  }
 #pragma omp simd
   for (int64_t i = 0; i < L; ++i)
     yr[i] = NZ_ST(nz_fwd(op, NZ_LD(xr[i]), p[0], p[1], p[2], p[3], p[4]));
