@@ -45,8 +45,9 @@ NATIVE_DTYPES: tuple[torch.dtype, ...] = (torch.float32,)
 BATCH_NORM_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
 
 
-def _float32(t: Tensor | None) -> Tensor | None:
-    """A parameter as the bfloat16 kernels read it (a copy only where it is not float32)."""
+def kernel_float32(t: Tensor | None) -> Tensor | None:
+    """A per-channel tensor (parameter, running statistic) as the native kernels read it:
+    detached, contiguous float32 (a copy only where it is not already)."""
     return None if t is None else t.detach().float().contiguous()
 
 
@@ -64,7 +65,7 @@ def native_batch_norm_forward(
     ``batch_norm_forward_unchecked``); ``relu``: ``y`` after a ReLU, in the kernel's map.
     bfloat16 ``x``: no ``out``; ``stats`` and ``var`` float32."""
     if x.dtype == torch.bfloat16:
-        w, b = _float32(weight), _float32(bias)
+        w, b = kernel_float32(weight), kernel_float32(bias)
         return _kernels.batch_norm_forward_bf16(x, w, b, eps, want_var, relu)
     if x.is_contiguous():
         return _kernels.batch_norm_forward_unchecked(x, weight, bias, eps, want_var, out, relu)
@@ -86,7 +87,7 @@ def native_batch_norm_backward(
     forward with ``relu`` and ``bias``. bfloat16 ``x``: no ``out``; the parameters' gradients
     float32 (autograd casts them to a bfloat16 parameter's dtype)."""
     if x.dtype == torch.bfloat16:
-        w, b = _float32(weight), _float32(bias)
+        w, b = kernel_float32(weight), kernel_float32(bias)
         return _kernels.batch_norm_backward_bf16(dy, x, w, stats, needs, relu, b)
     if x.is_contiguous():
         dy = dy.contiguous()

@@ -19,6 +19,7 @@ from normzoo.norms.base import capturing, snapshot
 from normzoo.norms.batch import (
     BATCH_NORM_DTYPES,
     BatchNorm,
+    kernel_float32,
     native_batch_norm_backward,
     use_native_batch_stats,
 )
@@ -63,8 +64,7 @@ class _BatchRenormTrain(torch.autograd.Function):
         half = x.dtype != dt
         if ctx.native:  # one native call, BatchNorm's passes with r and d per channel
             rm, rv, w32, b32 = (
-                None if t is None else t.detach().to(torch.float32).contiguous()
-                for t in (running_mean, running_var, weight, bias)
+                kernel_float32(t) for t in (running_mean, running_var, weight, bias)
             )
             y, stats, out = _kernels.renorm_forward_unchecked(
                 x, w32, b32, rm, rv, r_max, d_max, eps
