@@ -1039,8 +1039,10 @@ def test_fused_groups_give_the_two_pass_bits(name, shape, monkeypatch):
     dx (which tells the paths apart): the fused path keeps (df/dx) dy from the sums' sweep in a
     float buffer (the float32 path's expression), where the two-pass path recomputes it in
     another order (a bfloat16 step apart at most: a float32 rounding apart before the
-    bfloat16 one, which moves about one value in 2^16, some of the 2^19 here); both agree
-    with the float32 kernels on the widened values to bfloat16 rounding."""
+    bfloat16 one, which moves few values: none of the small shape's on one machine, one of
+    its 2800 and 15 of the large shape's 2^19 on another, where the compiler contracts the
+    expressions differently); both agree with the float32 kernels on the widened values to
+    bfloat16 rounding."""
     torch.manual_seed(0)
     x = (torch.randn(shape) * 2 + 1).to(BF16)
     dy = torch.randn(shape).to(BF16)
@@ -1052,7 +1054,7 @@ def test_fused_groups_give_the_two_pass_bits(name, shape, monkeypatch):
     dx = 3 if name == "s0" else 4
     for i, (a, b) in enumerate(zip(fused + fused_bf16, two_pass + two_pass_bf16, strict=True)):
         if i == len(fused) + dx and name == "s0":  # bfloat16 S0's dx
-            assert a.dtype == BF16 and _bits_equal(a, b) == (a.numel() < 2**19)
+            assert a.dtype == BF16 and (a != b).sum() <= max(2, a.numel() >> 10)
             torch.testing.assert_close(a.float(), b.float(), rtol=2**-7, atol=1e-6)
         else:
             assert torch.equal(a, b), i

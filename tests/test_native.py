@@ -229,16 +229,19 @@ def test_contiguous_kernels_match_float64_for_any_thread_count(threads, relu):
     x64, dy64, w64, b64 = (t.double().requires_grad_() for t in (x, dy, w, b))
     y64 = act(torch.nn.functional.batch_norm(x64, None, None, w64, b64, training=True))
     want = [y64, *torch.autograd.grad(y64, (x64, w64, b64), dy64)]
-    for mine, ref in zip([got[0], *got[2:]], want, strict=True):
-        torch.testing.assert_close(mine.double(), ref, rtol=1e-5, atol=1e-5)
+    # dw and db are sums of 6000 float32 terms of size ~1 whose rounding depends on the vector
+    # width the compiler picked for this CPU (2e-5 off float64 on an AMD EPYC): 1e-4 for them
+    atol = [1e-5, 1e-5, 1e-4, 1e-4]
+    for mine, ref, tol in zip([got[0], *got[2:]], want, atol, strict=True):
+        torch.testing.assert_close(mine.double(), ref, rtol=1e-5, atol=tol)
     for groups, (y, stats, *grads) in got_rows.items():
         y64 = torch.nn.functional.group_norm(x64, groups, w64, b64)
         torch.testing.assert_close(y.double(), act(y64).detach(), rtol=1e-5, atol=1e-5)
         rows64 = x64.detach().reshape(4, groups, -1)
         torch.testing.assert_close(stats[0].double(), rows64.mean(-1), rtol=1e-6, atol=1e-6)
         want = torch.autograd.grad(y64, (x64, w64, b64), dy64)
-        for mine, ref in zip(grads, want, strict=True):
-            torch.testing.assert_close(mine.double(), ref, rtol=1e-5, atol=1e-5)
+        for mine, ref, tol in zip(grads, want, atol[1:], strict=True):
+            torch.testing.assert_close(mine.double(), ref, rtol=1e-5, atol=tol)
 
 
 def test_channels_last_wrappers_refuse_other_layouts():

@@ -4,6 +4,11 @@
  * ghost_rows.h (NZ_T, NZ_LD, NZ_FN). The sums are float lanes flushed into double for either
  * type. */
 
+/* The sums of products below are explicit fused multiply-adds (NZ_FMA, nz_simd.h): left to
+ * the compiler's contraction, the float32 and bfloat16 builds, and the plain and fused-ReLU
+ * variants, rounded some tiles' sums differently on an AMD EPYC (AVX-512), where they must
+ * agree to the bit. */
+
 /* Forward sums of W <= NZ_CL_TILE channels over n <= NZ_CL_CHUNK rows (row i at p + i C):
  * s1 += sum(x - k), s2 += sum((x - k)^2). Inlined with a constant W, the float sums are
  * registers (a run-time W, or sums in memory across rows, is several times slower). */
@@ -20,7 +25,7 @@ NZ_INLINE void NZ_FN(cl_tile_moments)(const NZ_T *p, int64_t C, int64_t n, const
     for (int64_t j = 0; j < W; ++j) {
       const float d = NZ_LD(row[j]) - kk[j];
       f1[j] += d;
-      f2[j] += d * d;
+      f2[j] = NZ_FMA(d, d, f2[j]);
     }
   }
   for (int64_t j = 0; j < W; ++j) {
@@ -50,7 +55,7 @@ NZ_INLINE void NZ_FN(cl_tile_grad_sums)(const NZ_T *g, const NZ_T *p, int64_t C,
       const float xv = NZ_LD(row[j]);
       const float gv = relu && xv * a[j] + k[j] <= 0.f ? 0.f : NZ_LD(gr[j]);
       f1[j] += gv;
-      f2[j] += gv * (xv - mm[j]);
+      f2[j] = NZ_FMA(gv, xv - mm[j], f2[j]);
     }
   }
   for (int64_t j = 0; j < W; ++j) {

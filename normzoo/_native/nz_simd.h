@@ -8,6 +8,14 @@
 
 #include <stdint.h>
 
+/* a b + c rounded once where the target has fused multiply-adds (then the same rounding
+ * whatever the compiler's contraction and vectorization choices), else a b + c. */
+#if defined(__FMA__) || defined(__aarch64__)
+#define NZ_FMA(a, b, c) __builtin_fmaf((a), (b), (c))
+#else
+#define NZ_FMA(a, b, c) ((a) * (b) + (c))
+#endif
+
 typedef float nz_vf __attribute__((vector_size(64)));
 typedef int32_t nz_vi __attribute__((vector_size(64)));
 #define NZ_VL 16 /* floats per nz_vf */
