@@ -17,7 +17,8 @@ revision against itself (``--base HEAD --new HEAD``) shows the noise: within 2-3
 The wider zoo's cases (``frn``, ``rms``, ``s0``, ``b0``, ``switchable`` on the rows; ``*_tok``
 on tokens, the shape's positions as rows of C channels) run through ``zoo_kernels``' wrappers
 on each version's library (their outputs allocated per call), in float32 or, with
-``--dtype bfloat16``, on the bfloat16 builds; so does Ghost BN on such rows (``ghost_tok``,
+``--dtype bfloat16``, on the bfloat16 builds (``--channels-last``: the row cases on
+channels_last input); so does Ghost BN on such rows (``ghost_tok``,
 ``batch_norm.c``'s ghost rows through ``kernels``' wrappers). ``bn_cl`` runs BatchNorm's
 channels_last kernels (with ``--relu``, their fused-ReLU variants).
 
@@ -358,6 +359,7 @@ def run_case(
     buffers: int,
     relu: bool = False,
     dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     if case == "bn_cl":
         buf = Buffers(shape, 0, 1)
@@ -377,6 +379,8 @@ def run_case(
         x, dy = buf.x, buf.dy
         if case.endswith("_tok"):  # the positions as rows of C channels
             x, dy = (t.transpose(1, 2).reshape(-1, t.shape[1]).contiguous() for t in (x, dy))
+        elif channels_last:  # (N, C, L) in memory (N, L, C)
+            x, dy = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (x, dy))
         x, dy = x.to(dtype), dy.to(dtype)
         runs = {v: zoo_kernel_calls(libs[v]["zoo"], case, x, dy, buf.w, buf.b)
                 for v in ("base", "new")}  # fmt: skip
@@ -404,7 +408,9 @@ def run_case(
                 times[(v, "fwd")].append((t1 - t0) * 1e6)
                 times[(v, "bwd")].append((t2 - t1) * 1e6)
     row: dict[str, Any] = {
-        "case": case + ("+relu" if relu else ""),
+        "case": case
+        + ("+relu" if relu else "")
+        + ("_cl" if channels_last and case in ZOO_CASES and not case.endswith("_tok") else ""),
         "shape": list(shape),
         "identical": all(same),
     }
@@ -427,6 +433,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--buffers", type=int, default=4, help="output buffers to rotate through")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--relu", action="store_true", help="the kernels with the ReLU fused")
+    p.add_argument("--channels-last", action="store_true",
+                   help="the wider zoo's row cases on channels_last input")  # fmt: skip
     p.add_argument("--new-flags", nargs="+", default=[], metavar="FLAG",
                    help="compiler flags added to the new build's (an A/B of a flag: "
                    "--base HEAD --new HEAD --new-flags=-mprefer-vector-width=512)")  # fmt: skip
@@ -454,7 +462,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             for c in args.cases
             if c in ZOO_CASES or s[1] % max(CASES[c][1] or 1, 1) == 0
         ]
-        rows = [run_case(libs, c, s, args.rounds, args.buffers, args.relu, dtype) for c, s in runs]
+        rows = [
+            run_case(libs, c, s, args.rounds, args.buffers, args.relu, dtype, args.channels_last)
+            for c, s in runs
+        ]
     new = (args.new or "the working tree") + "".join(f" {f}" for f in args.new_flags)
     print(f"base {args.base} against {new}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; medians of {args.rounds} rounds, in us")  # fmt: skip

@@ -167,6 +167,21 @@ static inline double mean_over_n(const float *a, const float *lo, int64_t N, int
   return s / (double)N;
 }
 
+/* out[i][c] = sum over n of sums[(n C + c) P + i] for the i < P whose out[i] is not NULL, in
+ * float with n ascending: the parameters' gradients from the rows' shares. The body of a
+ * parallel region (its `omp for` shares the channels). */
+static inline void column_sums_for(const float *sums, int P, float *const *out, int64_t N,
+                                   int64_t C) {
+#pragma omp for schedule(static)
+  for (int64_t c = 0; c < C; ++c)
+    for (int i = 0; i < P; ++i) {
+      if (!out[i]) continue;
+      float t = 0.f;
+      for (int64_t n = 0; n < N; ++n) t += sums[(n * C + c) * P + i];
+      out[i][c] = t;
+    }
+}
+
 /* The mean and the variance of group g of sample n, combined from its channels' (equal
  * counts: exact). */
 static inline void group_stats(const float *mean, const float *lo, const float *var, int64_t n,
@@ -259,6 +274,64 @@ static int64_t fuse_groups(int64_t size, int64_t L, int64_t elem) {
   return per > 1 ? per : 1;
 }
 
+/* EvoNorm-B0's parameters of channel c's rows (params (N C 5)): v, s_i = sqrt(var + eps),
+ * s_b = sqrt(var_b + eps), w, b; var_b the batch variance (written to var_b[c]) or, with
+ * running_var, that. */
+static void b0_channel_params(const float *v, const float *w, const float *b,
+                              const float *running_var, double eps, const float *mean,
+                              const float *var, const float *lo, float *var_b, float *params,
+                              int64_t N, int64_t C, int64_t c) {
+  double vb;
+  if (running_var) {
+    vb = running_var[c];
+  } else {
+    const double mb = mean_over_n(mean, lo, N, C, c);
+    double s = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const double d = exact_mean(mean, lo, n * C + c) - mb;
+      s += var[n * C + c] + d * d;
+    }
+    vb = s / (double)N;
+    var_b[c] = (float)vb;
+  }
+  const float sb = (float)sqrt(vb + eps);
+  for (int64_t n = 0; n < N; ++n) {
+    float *p = params + (n * C + c) * 5;
+    p[0] = v[c];
+    p[1] = (float)sqrt((double)var[n * C + c] + eps);
+    p[2] = sb;
+    p[3] = w ? w[c] : 1.f;
+    p[4] = b ? b[c] : 0.f;
+  }
+}
+
+/* EvoNorm-B0's backward through the statistics of channel c's rows: dv, dw, db of c (each may
+ * be NULL) and its rows' k1, k0, from their sums (N C 5). batch: s_b came from the batch. */
+static void b0_channel_k(const float *sums, const float *params, const float *mean,
+                         const float *lo, int batch, float *k1, float *k0, float *dv, float *dw,
+                         float *db, int64_t N, int64_t C, int64_t L, int64_t c) {
+  double sv = 0.0, ssb = 0.0, sw = 0.0, sbias = 0.0;
+  for (int64_t n = 0; n < N; ++n) {
+    const float *s = sums + (n * C + c) * 5;
+    sv += s[0], ssb += s[2], sw += s[3], sbias += s[4];
+  }
+  if (dv) dv[c] = (float)sv;
+  if (dw) dw[c] = (float)sw;
+  if (db) db[c] = (float)sbias;
+  /* s = sqrt(u): du = ds / (2 s); var_b = mean_n var_i + mean_n (mean_i - mean_b)^2 */
+  const double dvar_b = batch ? ssb * 0.5 / params[c * 5 + 2] : 0.0;
+  const double mb = batch ? mean_over_n(mean, lo, N, C, c) : 0.0;
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t r = n * C + c;
+    const double dvar = sums[r * 5 + 1] * 0.5 / params[r * 5 + 1] + dvar_b / (double)N;
+    const double dmean = batch ? (exact_mean(mean, lo, r) - mb) * dvar_b * 2.0 / (double)N : 0.0;
+    /* map_dx adds k1 (x - mean) + k0 with the float mean: k0 takes back k1 lo */
+    const double a = 2.0 * dvar / (double)L;
+    k1[r] = (float)a;
+    k0[r] = (float)(dmean / (double)L - (lo ? a * lo[r] : 0.0));
+  }
+}
+
 /* EvoNorm-S0's parameters of group (n, c0 .. c0 + size): v, a = w / sqrt(var_g + eps), b. */
 static void s0_group_params(const float *v, const float *w, const float *b, double eps,
                             const float *mean, const float *lo, const float *var, float *params,
@@ -275,8 +348,9 @@ static void s0_group_params(const float *v, const float *w, const float *b, doub
 }
 
 /* EvoNorm-S0's backward through the statistics of group (n, c0 .. c0 + size): k1 and k0 of
- * its rows (map_dx adds k1 (x - mean_c) + k0), from the rows' sums (N C 3). */
-static void s0_group_k(const float *sums, const float *mean, const float *lo, const float *var,
+ * its rows (map_dx adds k1 (x - mean_c) + k0), from the rows' sums (N C 3); then each row's
+ * second sum scaled by the group's 1 / sqrt(var_g + eps), its share of dL/dw. */
+static void s0_group_k(float *sums, const float *mean, const float *lo, const float *var,
                        const float *w, double eps, float *k1, float *k0, int64_t n, int64_t C,
                        int64_t c0, int64_t size, int64_t L) {
   double mg, vg, gr = 0.0;
@@ -291,8 +365,10 @@ static void s0_group_k(const float *sums, const float *mean, const float *lo, co
   /* map_dx adds k1 (x - mean_c) + k0 with the float channel mean: k0 = k1 (mean_c - mg), mg
    * the exact group mean */
   for (int64_t c = c0; c < c0 + size; ++c) {
+    float *s = sums + (n * C + c) * 3;
     k1[n * C + c] = (float)(2.0 * dvar_g / (double)size / (double)L);
     k0[n * C + c] = (float)((mean[n * C + c] - mg) * dvar_g * 2.0 / (double)size / (double)L);
+    s[1] = (float)(s[1] * r); /* the row's share of dL/dw, for column_sums_for */
   }
 }
 
@@ -316,6 +392,21 @@ static void frn_row_k(const float *sums, const float *mean, const float *var, co
   k0[r] = (float)(2.0 * m * dnu2 / (double)L);
 }
 
+/* FRN's parameter gradients of channel c (each may be NULL), from its rows' sums. */
+static void frn_channel_grads(const float *sums, const float *mean, const float *var, double eps,
+                              float *dw, float *db, float *dtau, int64_t N, int64_t C, int64_t c) {
+  double sw = 0.0, sb = 0.0, st = 0.0;
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t r = n * C + c;
+    const double m = mean[r], q = 1.0 / sqrt(var[r] + m * m + eps);
+    const float *g = sums + r * 3; /* sum h x, sum h, sum dy */
+    sw += g[0] * q, sb += g[1], st += g[2] - g[1];
+  }
+  if (dw) dw[c] = (float)sw;
+  if (db) db[c] = (float)sb;
+  if (dtau) dtau[c] = (float)st;
+}
+
 /* RMSNorm's 1 / rms of sample n: (mean_c (var + mean^2) + eps)^(-1/2). */
 static double rms_inverse(const float *mean, const float *var, double eps, int64_t n, int64_t C) {
   double ms = 0.0;
@@ -336,8 +427,9 @@ static void rms_sample_params(const float *w, const float *b, double eps, const 
   }
 }
 
-/* RMSNorm's backward through the rms of sample n: k1, k0 of its rows, from their sums. */
-static void rms_sample_k(const float *sums, const float *mean, const float *var, const float *w,
+/* RMSNorm's backward through the rms of sample n: k1, k0 of its rows, from their sums; then
+ * each row's first sum scaled by 1 / rms, its share of dL/dw. */
+static void rms_sample_k(float *sums, const float *mean, const float *var, const float *w,
                          double eps, float *k1, float *k0, int64_t n, int64_t C, int64_t L) {
   const double r = rms_inverse(mean, var, eps, n, C);
   double gr = 0.0;
@@ -348,8 +440,10 @@ static void rms_sample_k(const float *sums, const float *mean, const float *var,
   /* r = (ms + eps)^(-1/2), ms = mean_c (var + mean^2) */
   const double dms = gr * -0.5 * r * r * r / (double)C;
   for (int64_t c = 0; c < C; ++c) {
+    float *g = sums + (n * C + c) * 2;
     k1[n * C + c] = (float)(2.0 * dms / (double)L);
     k0[n * C + c] = (float)(2.0 * mean[n * C + c] * dms / (double)L);
+    g[0] = (float)(g[0] * r); /* the row's share of dL/dw, for column_sums_for */
   }
 }
 

@@ -48,17 +48,17 @@ NZ_INLINE void NZ_FN(row_stat)(const NZ_T *p, int64_t L, float *mean, float *var
  * double sum), so that gradients can be taken against the exact mean: in float32 the mean of
  * values around 1e4 is off by up to 5e-4, which would shift every element of the variance's
  * gradient 2 (x - mean) / L by that much. */
-static void NZ_FN(row_stats)(const NZ_T *x, float *mean, float *var, float *lo, int64_t N,
-                             int64_t C, int64_t L, int cl, int threads) {
+NZ_INLINE void NZ_FN(row_stats_for)(const NZ_T *x, float *mean, float *var, float *lo, int64_t N,
+                                    int64_t C, int64_t L, int cl) {
   if (!cl) {
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp for schedule(static)
     for (int64_t r = 0; r < N * C; ++r) NZ_FN(row_stat)(x + r * L, L, mean + r, var + r, lo ? lo + r : NULL);
     return;
   }
   /* channels_last: a task is (sample, block of channels), L NZ_CB-wide runs: small enough
    * (L NZ_CB floats) to read the variance's second sweep from cache. */
   const int64_t nb = (C + NZ_CB - 1) / NZ_CB;
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp for schedule(static)
   for (int64_t t = 0; t < N * nb; ++t) {
     const int64_t n = t / nb, c0 = (t % nb) * NZ_CB, k = C - c0 < NZ_CB ? C - c0 : NZ_CB;
     const NZ_T *base = x + n * L * C + c0;
@@ -103,7 +103,8 @@ static void NZ_FN(row_stats)(const NZ_T *x, float *mean, float *var, float *lo, 
 
 void NZ_FN(nz_row_stats)(const NZ_T *x, float *mean, float *var, int64_t N, int64_t C, int64_t L,
                          int cl, int threads) {
-  NZ_FN(row_stats)(x, mean, var, NULL, N, C, L, cl, threads);
+#pragma omp parallel num_threads(threads)
+  NZ_FN(row_stats_for)(x, mean, var, NULL, N, C, L, cl);
 }
 
 
@@ -320,29 +321,16 @@ void NZ_FN(nz_map_forward)(int op, const NZ_T *x, const float *params, NZ_T *y, 
   NZ_DISPATCH(NZ_FN(map_forward), op, threads, x, params, y, N, C, L, cl, threads);
 }
 
-static void NZ_FN(map_sums_direct)(int op, const NZ_T *dy, const NZ_T *x, const float *params,
-                                   float *grads, float *direct, int64_t N, int64_t C, int64_t L,
-                                   int cl, int threads) {
-  NZ_DISPATCH(NZ_FN(map_sums), op, threads, dy, x, params, grads, direct, N, C, L, cl, threads);
-}
-
-static void NZ_FN(map_dx_direct)(int op, const NZ_T *dy, const NZ_T *x, const float *params,
-                                 const float *mean, const float *k1, const float *k0,
-                                 const float *direct, NZ_T *dx, int64_t N, int64_t C, int64_t L,
-                                 int cl, int threads) {
-  NZ_DISPATCH(NZ_FN(map_dx), op, threads, dy, x, params, mean, k1, k0, direct, dx, N, C, L, cl,
-              threads);
-}
-
 void NZ_FN(nz_map_sums)(int op, const NZ_T *dy, const NZ_T *x, const float *params, float *grads,
                         int64_t N, int64_t C, int64_t L, int cl, int threads) {
-  NZ_FN(map_sums_direct)(op, dy, x, params, grads, NULL, N, C, L, cl, threads);
+  NZ_DISPATCH(NZ_FN(map_sums), op, threads, dy, x, params, grads, NULL, N, C, L, cl, threads);
 }
 
 void NZ_FN(nz_map_dx)(int op, const NZ_T *dy, const NZ_T *x, const float *params, const float *mean,
                       const float *k1, const float *k0, NZ_T *dx, int64_t N, int64_t C, int64_t L,
                       int cl, int threads) {
-  NZ_FN(map_dx_direct)(op, dy, x, params, mean, k1, k0, NULL, dx, N, C, L, cl, threads);
+  NZ_DISPATCH(NZ_FN(map_dx), op, threads, dy, x, params, mean, k1, k0, NULL, dx, N, C, L, cl,
+              threads);
 }
 
 /* The fused contiguous path (zoo.c, "fused groups"): op NZ_S0 (groups of `size` rows of a
@@ -426,7 +414,10 @@ static inline int NZ_FN(fused_takes)(int cl, int64_t groups, int64_t size, int64
 
 /* ---------------------------------------------------------------- the norms ----------- *
  * One call per forward and one per backward for each norm: the statistics, the small graph
- * (serial loops over the N C rows, in double), the full-size passes above. The backward
+ * (loops over the N C rows, in double), the full-size passes above, in one parallel region
+ * (the small graph's loops shared among the threads as the sweeps' are: one fork and join per
+ * call, and no serial stretch between the sweeps, which at (128, 64, 8, 8) cost EvoNorm-S0 a
+ * fifth of its backward). The backward
  * recomputes the small quantities from the statistics (cheaper than storing them). Every
  * optional pointer (w, b, running statistics, gradients) may be NULL.
  */
@@ -436,33 +427,16 @@ void NZ_FN(nz_b0_forward)(const NZ_T *x, const float *v, const float *w, const f
                           const float *running_var, double eps, NZ_T *y, float *mean, float *var,
                           float *lo, float *var_b, float *params, int64_t N, int64_t C, int64_t L,
                           int cl, int threads) {
-  NZ_FN(row_stats)(x, mean, var, lo, N, C, L, cl, threads);
-  for (int64_t c = 0; c < C; ++c) {
-    double vb;
-    if (running_var) {
-      vb = running_var[c];
-    } else {
-      const double mb = mean_over_n(mean, lo, N, C, c);
-      double s = 0.0;
-      for (int64_t n = 0; n < N; ++n) {
-        const double d = exact_mean(mean, lo, n * C + c) - mb;
-        s += var[n * C + c] + d * d;
-      }
-      vb = s / (double)N;
-      var_b[c] = (float)vb;
-    }
-    const float sb = (float)sqrt(vb + eps);
-    for (int64_t n = 0; n < N; ++n) {
-      float *p = params + (n * C + c) * 5;
-      p[0] = v[c];
-      p[1] = (float)sqrt((double)var[n * C + c] + eps);
-      p[2] = sb;
-      p[3] = w ? w[c] : 1.f;
-      p[4] = b ? b[c] : 0.f;
-    }
+#pragma omp parallel num_threads(threads)
+  {
+    NZ_FN(row_stats_for)(x, mean, var, lo, N, C, L, cl);
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < C; ++c)
+      b0_channel_params(v, w, b, running_var, eps, mean, var, lo, var_b, params, N, C, c);
+    NZ_FN(map_forward)(NZ_B0, x, params, y, N, C, L, cl, threads);
   }
-  NZ_FN(nz_map_forward)(NZ_B0, x, params, y, N, C, L, cl, threads);
 }
+
 
 /* sums (N C 5) and k (N C 2) are scratch. batch: s_b came from the batch (its gradient flows
  * to the statistics). lo (may be NULL): the forward's rounding remainders of the means. */
@@ -471,34 +445,16 @@ void NZ_FN(nz_b0_backward)(const NZ_T *dy, const NZ_T *x, const float *params, c
                            float *dw, float *db, int64_t N, int64_t C, int64_t L, int cl,
                            int threads) {
   /* dx holds (df/dx) dy from the sums' sweep until the last sweep adds the statistics' share */
-  NZ_FN(map_sums_direct)(NZ_B0, dy, x, params, sums, NZ_DIRECT(dx), N, C, L, cl, threads);
   float *k1 = k, *k0 = k + N * C;
-  for (int64_t c = 0; c < C; ++c) {
-    double sv = 0.0, ssb = 0.0, sw = 0.0, sbias = 0.0;
-    for (int64_t n = 0; n < N; ++n) {
-      const float *s = sums + (n * C + c) * 5;
-      sv += s[0], ssb += s[2], sw += s[3], sbias += s[4];
-    }
-    if (dv) dv[c] = (float)sv;
-    if (dw) dw[c] = (float)sw;
-    if (db) db[c] = (float)sbias;
-    /* s = sqrt(u): du = ds / (2 s); var_b = mean_n var_i + mean_n (mean_i - mean_b)^2 */
-    const double dvar_b = batch ? ssb * 0.5 / params[c * 5 + 2] : 0.0;
-    const double mb = batch ? mean_over_n(mean, lo, N, C, c) : 0.0;
-    for (int64_t n = 0; n < N; ++n) {
-      const int64_t r = n * C + c;
-      const double dvar = sums[r * 5 + 1] * 0.5 / params[r * 5 + 1] + dvar_b / (double)N;
-      const double dmean =
-          batch ? (exact_mean(mean, lo, r) - mb) * dvar_b * 2.0 / (double)N : 0.0;
-      /* map_dx adds k1 (x - mean) + k0 with the float mean: k0 takes back k1 lo */
-      const double a = 2.0 * dvar / (double)L;
-      k1[r] = (float)a;
-      k0[r] = (float)(dmean / (double)L - (lo ? a * lo[r] : 0.0));
-    }
+#pragma omp parallel num_threads(threads)
+  {
+    NZ_FN(map_sums)(NZ_B0, dy, x, params, sums, NZ_DIRECT(dx), N, C, L, cl, threads);
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < C; ++c)
+      b0_channel_k(sums, params, mean, lo, batch, k1, k0, dv, dw, db, N, C, L, c);
+    if (dx)
+      NZ_FN(map_dx)(NZ_B0, dy, x, params, mean, k1, k0, NZ_DIRECT(dx), dx, N, C, L, cl, threads);
   }
-  if (dx)
-    NZ_FN(map_dx_direct)(NZ_B0, dy, x, params, mean, k1, k0, NZ_DIRECT(dx), dx, N, C, L, cl,
-                         threads);
 }
 
 /* EvoNorm-S0. params (N C 3): v, a = w / sqrt(var_g + eps), b. lo (N C, out): the means'
@@ -513,11 +469,14 @@ void NZ_FN(nz_s0_forward)(const NZ_T *x, const float *v, const float *w, const f
     NZ_FN(fused_forward)(NZ_S0, &f, x, y, mean, var, lo, params, N * G, size, L);
     return;
   }
-  NZ_FN(row_stats)(x, mean, var, lo, N, C, L, cl, threads);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t g = 0; g < G; ++g)
-      s0_group_params(v, w, b, eps, mean, lo, var, params, n, C, g * size, size);
-  NZ_FN(nz_map_forward)(NZ_S0, x, params, y, N, C, L, cl, threads);
+#pragma omp parallel num_threads(threads)
+  {
+    NZ_FN(row_stats_for)(x, mean, var, lo, N, C, L, cl);
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < N * G; ++q)
+      s0_group_params(v, w, b, eps, mean, lo, var, params, q / G, C, q % G * size, size);
+    NZ_FN(map_forward)(NZ_S0, x, params, y, N, C, L, cl, threads);
+  }
 }
 
 /* lo (may be NULL): the forward's rounding remainders of the means. */
@@ -528,37 +487,28 @@ void NZ_FN(nz_s0_backward)(const NZ_T *dy, const NZ_T *x, const float *params, c
   float *k1 = k, *k0 = k + N * C;
   const int64_t size = C / G;
   const int fused = NZ_FN(fused_takes)(cl, N * G, size, L, threads);
+  /* s0_group_k leaves each row's dL/dw share in its sums (sums[1] r) */
+  float *out[3] = {dv, dw, db};
   if (fused) {
     const nz_fuse f = {NULL, w, NULL, NULL, eps, C};
 #pragma omp parallel num_threads(threads)
-    NZ_FN(fused_backward)(NZ_S0, &f, dy, x, params, mean, lo, var, sums, k1, k0, dx, N * G, size,
-                          L);
-  } else { /* as B0's */
-    NZ_FN(map_sums_direct)(NZ_S0, dy, x, params, sums, NZ_DIRECT(dx), N, C, L, cl, threads);
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t g = 0; g < G; ++g)
-        s0_group_k(sums, mean, lo, var, w, eps, k1, k0, n, C, g * size, size, L);
-  }
-  for (int64_t c = 0; c < C; ++c) {
-    if (dv) dv[c] = 0.f;
-    if (dw) dw[c] = 0.f;
-    if (db) db[c] = 0.f;
-  }
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t g = 0; g < G; ++g) {
-      double mg, vg;
-      group_stats(mean, lo, var, n, C, g * size, size, &mg, &vg);
-      const double r = 1.0 / sqrt(vg + eps);
-      for (int64_t c = g * size; c < (g + 1) * size; ++c) {
-        const float *s = sums + (n * C + c) * 3;
-        if (dv) dv[c] += s[0];
-        if (dw) dw[c] += (float)(s[1] * r);
-        if (db) db[c] += s[2];
-      }
+    {
+      NZ_FN(fused_backward)(NZ_S0, &f, dy, x, params, mean, lo, var, sums, k1, k0, dx, N * G,
+                            size, L);
+      column_sums_for(sums, 3, out, N, C);
     }
-  if (dx && !fused)
-    NZ_FN(map_dx_direct)(NZ_S0, dy, x, params, mean, k1, k0, NZ_DIRECT(dx), dx, N, C, L, cl,
-                         threads);
+    return;
+  }
+#pragma omp parallel num_threads(threads) /* as B0's */
+  {
+    NZ_FN(map_sums)(NZ_S0, dy, x, params, sums, NZ_DIRECT(dx), N, C, L, cl, threads);
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < N * G; ++q)
+      s0_group_k(sums, mean, lo, var, w, eps, k1, k0, q / G, C, q % G * size, size, L);
+    column_sums_for(sums, 3, out, N, C);
+    if (dx)
+      NZ_FN(map_dx)(NZ_S0, dy, x, params, mean, k1, k0, NZ_DIRECT(dx), dx, N, C, L, cl, threads);
+  }
 }
 
 /* SwitchableNorm: y = a x + b, params (N C 2). scratch: N + C doubles... (4 (N + C)).
@@ -664,9 +614,13 @@ void NZ_FN(nz_frn_forward)(const NZ_T *x, const float *w, const float *b, const 
     NZ_FN(fused_forward)(NZ_TLU, &f, x, y, mean, var, NULL, params, N * C, 1, L);
     return;
   }
-  NZ_FN(nz_row_stats)(x, mean, var, N, C, L, cl, threads);
-  for (int64_t r = 0; r < N * C; ++r) frn_row_params(w, b, tau, eps, mean, var, params, r, r % C);
-  NZ_FN(nz_map_forward)(NZ_TLU, x, params, y, N, C, L, cl, threads);
+#pragma omp parallel num_threads(threads)
+  {
+    NZ_FN(row_stats_for)(x, mean, var, NULL, N, C, L, cl);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < N * C; ++r) frn_row_params(w, b, tau, eps, mean, var, params, r, r % C);
+    NZ_FN(map_forward)(NZ_TLU, x, params, y, N, C, L, cl, threads);
+  }
 }
 
 void NZ_FN(nz_frn_backward)(const NZ_T *dy, const NZ_T *x, const float *params, const float *mean,
@@ -678,25 +632,23 @@ void NZ_FN(nz_frn_backward)(const NZ_T *dy, const NZ_T *x, const float *params, 
   if (fused) {
     const nz_fuse f = {NULL, w, NULL, NULL, eps, C};
 #pragma omp parallel num_threads(threads)
-    NZ_FN(fused_backward)(NZ_TLU, &f, dy, x, params, mean, NULL, var, sums, k1, k0, dx, N * C, 1,
-                          L);
-  } else {
-    NZ_FN(nz_map_sums)(NZ_TLU, dy, x, params, sums, N, C, L, cl, threads);
-    for (int64_t r = 0; r < N * C; ++r) frn_row_k(sums, mean, var, w, eps, k1, k0, r, r % C, L);
-  }
-  for (int64_t c = 0; c < C; ++c) {
-    double sw = 0.0, sb = 0.0, st = 0.0;
-    for (int64_t n = 0; n < N; ++n) {
-      const int64_t r = n * C + c;
-      const double m = mean[r], q = 1.0 / sqrt(var[r] + m * m + eps);
-      const float *g = sums + r * 3; /* sum h x, sum h, sum dy */
-      sw += g[0] * q, sb += g[1], st += g[2] - g[1];
+    {
+      NZ_FN(fused_backward)(NZ_TLU, &f, dy, x, params, mean, NULL, var, sums, k1, k0, dx, N * C,
+                            1, L);
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < C; ++c) frn_channel_grads(sums, mean, var, eps, dw, db, dtau, N, C, c);
     }
-    if (dw) dw[c] = (float)sw;
-    if (db) db[c] = (float)sb;
-    if (dtau) dtau[c] = (float)st;
+    return;
   }
-  if (dx && !fused) NZ_FN(nz_map_dx)(NZ_TLU, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
+#pragma omp parallel num_threads(threads)
+  {
+    NZ_FN(map_sums)(NZ_TLU, dy, x, params, sums, NULL, N, C, L, cl, threads);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < N * C; ++r) frn_row_k(sums, mean, var, w, eps, k1, k0, r, r % C, L);
+#pragma omp for schedule(static) nowait
+    for (int64_t c = 0; c < C; ++c) frn_channel_grads(sums, mean, var, eps, dw, db, dtau, N, C, c);
+    if (dx) NZ_FN(map_dx)(NZ_TLU, dy, x, params, mean, k1, k0, NULL, dx, N, C, L, cl, threads);
+  }
 }
 
 /* RMSNorm over each sample's channels and positions: params (N C 2): a = w / rms_n, b;
@@ -710,9 +662,13 @@ void NZ_FN(nz_rms_forward)(const NZ_T *x, const float *w, const float *b, double
     NZ_FN(fused_forward)(NZ_AFFINE, &f, x, y, mean, var, NULL, params, N, C, L);
     return;
   }
-  NZ_FN(nz_row_stats)(x, mean, var, N, C, L, cl, threads);
-  for (int64_t n = 0; n < N; ++n) rms_sample_params(w, b, eps, mean, var, params, n, C);
-  NZ_FN(nz_map_forward)(NZ_AFFINE, x, params, y, N, C, L, cl, threads);
+#pragma omp parallel num_threads(threads)
+  {
+    NZ_FN(row_stats_for)(x, mean, var, NULL, N, C, L, cl);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) rms_sample_params(w, b, eps, mean, var, params, n, C);
+    NZ_FN(map_forward)(NZ_AFFINE, x, params, y, N, C, L, cl, threads);
+  }
 }
 
 void NZ_FN(nz_rms_backward)(const NZ_T *dy, const NZ_T *x, const float *params, const float *mean,
@@ -721,29 +677,26 @@ void NZ_FN(nz_rms_backward)(const NZ_T *dy, const NZ_T *x, const float *params, 
                             int threads) {
   float *k1 = k, *k0 = k + N * C;
   const int fused = NZ_FN(fused_takes)(cl, N, C, L, threads);
+  /* rms_sample_k leaves each row's dL/dw share in its sums (sum dy x / rms) */
+  float *out[2] = {dw, db};
   if (fused) {
     const nz_fuse f = {NULL, w, NULL, NULL, eps, C};
 #pragma omp parallel num_threads(threads)
-    NZ_FN(fused_backward)(NZ_AFFINE, &f, dy, x, params, mean, NULL, var, sums, k1, k0, dx, N, C,
-                          L);
-  } else {
-    NZ_FN(nz_map_sums)(NZ_AFFINE, dy, x, params, sums, N, C, L, cl, threads);
-    for (int64_t n = 0; n < N; ++n) rms_sample_k(sums, mean, var, w, eps, k1, k0, n, C, L);
-  }
-  for (int64_t c = 0; c < C; ++c) {
-    if (dw) dw[c] = 0.f;
-    if (db) db[c] = 0.f;
-  }
-  for (int64_t n = 0; n < N; ++n) {
-    const double r = rms_inverse(mean, var, eps, n, C);
-    for (int64_t c = 0; c < C; ++c) {
-      const float *g = sums + (n * C + c) * 2; /* sum dy x, sum dy */
-      if (dw) dw[c] += (float)(g[0] * r);
-      if (db) db[c] += g[1];
+    {
+      NZ_FN(fused_backward)(NZ_AFFINE, &f, dy, x, params, mean, NULL, var, sums, k1, k0, dx, N,
+                            C, L);
+      column_sums_for(sums, 2, out, N, C);
     }
+    return;
   }
-  if (dx && !fused)
-    NZ_FN(nz_map_dx)(NZ_AFFINE, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
+#pragma omp parallel num_threads(threads)
+  {
+    NZ_FN(map_sums)(NZ_AFFINE, dy, x, params, sums, NULL, N, C, L, cl, threads);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) rms_sample_k(sums, mean, var, w, eps, k1, k0, n, C, L);
+    column_sums_for(sums, 2, out, N, C);
+    if (dx) NZ_FN(map_dx)(NZ_AFFINE, dy, x, params, mean, k1, k0, NULL, dx, N, C, L, cl, threads);
+  }
 }
 
 /* GroupNorm over G groups of C / G channels of each sample (InstanceNorm: G = C), on the rows:
@@ -755,22 +708,26 @@ void NZ_FN(nz_rms_backward)(const NZ_T *dy, const NZ_T *x, const float *params, 
 void NZ_FN(nz_gn_forward)(const NZ_T *x, const float *w, const float *b, int64_t G, double eps,
                           NZ_T *y, float *mean, float *var, float *gstats, float *params,
                           int64_t N, int64_t C, int64_t L, int cl, int threads) {
-  NZ_FN(nz_row_stats)(x, mean, var, N, C, L, cl, threads);
   const int64_t size = C / G;
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t g = 0; g < G; ++g) {
+#pragma omp parallel num_threads(threads)
+  {
+    NZ_FN(row_stats_for)(x, mean, var, NULL, N, C, L, cl);
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < N * G; ++q) {
+      const int64_t n = q / G, c0 = q % G * size;
       double mg, vg;
-      group_stats(mean, NULL, var, n, C, g * size, size, &mg, &vg);
+      group_stats(mean, NULL, var, n, C, c0, size, &mg, &vg);
       const double rs = 1.0 / sqrt(vg + eps);
-      gstats[n * G + g] = (float)mg;
-      gstats[N * G + n * G + g] = (float)rs;
-      for (int64_t c = g * size; c < (g + 1) * size; ++c) {
+      gstats[q] = (float)mg;
+      gstats[N * G + q] = (float)rs;
+      for (int64_t c = c0; c < c0 + size; ++c) {
         const double a = w ? w[c] * rs : rs;
         params[(n * C + c) * 2] = (float)a;
         params[(n * C + c) * 2 + 1] = (float)((b ? b[c] : 0.0) - mg * a);
       }
     }
-  NZ_FN(nz_map_forward)(NZ_AFFINE, x, params, y, N, C, L, cl, threads);
+    NZ_FN(map_forward)(NZ_AFFINE, x, params, y, N, C, L, cl, threads);
+  }
 }
 
 /* dx = rstd (w dy - mean_g(w dy) - xhat mean_g(w dy xhat)) as a dy + k1 (x - mean_c) + k0
@@ -780,32 +737,32 @@ void NZ_FN(nz_gn_backward)(const NZ_T *dy, const NZ_T *x, const float *params,
                            const float *mean, const float *gstats, const float *w, int64_t G,
                            float *sums, float *k, NZ_T *dx, float *dw, float *db, int64_t N,
                            int64_t C, int64_t L, int cl, int threads) {
-  NZ_FN(nz_map_sums)(NZ_AFFINE, dy, x, params, sums, N, C, L, cl, threads);
-  float *k1 = k, *k0 = k + N * C;
+  float *k1 = k, *k0 = k + N * C, *out[2] = {dw, db};
   const int64_t size = C / G;
   const double m = (double)size * (double)L; /* values per group */
-  for (int64_t c = 0; c < C; ++c) {
-    if (dw) dw[c] = 0.f;
-    if (db) db[c] = 0.f;
-  }
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t g = 0; g < G; ++g) {
-      const double mg = gstats[n * G + g], rs = gstats[N * G + n * G + g];
+#pragma omp parallel num_threads(threads)
+  {
+    NZ_FN(map_sums)(NZ_AFFINE, dy, x, params, sums, NULL, N, C, L, cl, threads);
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < N * G; ++q) {
+      const int64_t n = q / G, c0 = q % G * size;
+      const double mg = gstats[q], rs = gstats[N * G + q];
       double s_wdy = 0.0, s_wdyx = 0.0;
-      for (int64_t c = g * size; c < (g + 1) * size; ++c) {
-        const float *s = sums + (n * C + c) * 2; /* sum dy x, sum dy */
+      for (int64_t c = c0; c < c0 + size; ++c) {
+        float *s = sums + (n * C + c) * 2; /* sum dy x, sum dy */
         const double s_dy = s[1], s_dyxc = s[0] - mg * s[1]; /* sum dy (x - mean_g) */
         const double wc = w ? w[c] : 1.0;
         s_wdy += wc * s_dy;
         s_wdyx += wc * s_dyxc;
-        if (dw) dw[c] += (float)(s_dyxc * rs);
-        if (db) db[c] += s[1];
+        s[0] = (float)(s_dyxc * rs); /* the row's share of dL/dw, for column_sums_for */
       }
       const double kk1 = -rs * rs * rs * s_wdyx / m;
-      for (int64_t c = g * size; c < (g + 1) * size; ++c) {
+      for (int64_t c = c0; c < c0 + size; ++c) {
         k1[n * C + c] = (float)kk1;
         k0[n * C + c] = (float)(-rs * s_wdy / m + kk1 * ((double)mean[n * C + c] - mg));
       }
     }
-  if (dx) NZ_FN(nz_map_dx)(NZ_AFFINE, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
+    column_sums_for(sums, 2, out, N, C);
+    if (dx) NZ_FN(map_dx)(NZ_AFFINE, dy, x, params, mean, k1, k0, NULL, dx, N, C, L, cl, threads);
+  }
 }
