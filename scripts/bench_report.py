@@ -40,6 +40,8 @@ The performance issue's targets, judged from every run on this page that measure
 the CPU, float32 on 2 threads, the default paths (`impl="fast"`), plain norms (no fused ReLU);
 a run meets a target when its worst row does. Rows near a bound move from run to run on this
 VM (see "Reading the numbers"), so the table gives each run's verdict rather than one number.
+The VM's host is not always the same CPU (most runs here are on an Intel Xeon; the
+twenty-second session's on an AMD EPYC, Zen 4): a table per CPU.
 InstanceNorm's fast path is also exactly equal to `nn.InstanceNorm2d`
 (`tests/test_fast_paths.py`), which no timing shows.
 """
@@ -752,9 +754,35 @@ def judge_gpu(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     return {"norms": norms, "met": [n for n in norms if n["value"] >= GPU_AIM]}
 
 
+def _machine(data: dict[str, Any]) -> str:
+    return data.get("meta", {}).get("cpu") or "unknown CPU"
+
+
 def targets_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
     """The issue's targets as a table: every run on the page that measured each, per run the
-    worst row, how many runs met the target, and the worst row of all."""
+    worst row, how many runs met the target, and the worst row of all. Where the page holds
+    runs of several CPUs, a table per CPU (the machines whose runs measured a CPU target, the
+    one with the most runs first); the GPU aim after the first."""
+    cpu_runs: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for path, data in runs:
+        if any(t["runs"] for t in judge([(path, data)])):
+            cpu_runs.setdefault(_machine(data), []).append((path, data))
+    if len(cpu_runs) <= 1:
+        return _targets_table(runs, runs)
+    order = sorted(cpu_runs, key=lambda m: -len(cpu_runs[m]))
+    parts = []
+    for i, machine in enumerate(order):
+        n = len(cpu_runs[machine])
+        parts.append(f"**{machine}** ({n} run{'s' if n > 1 else ''}):")
+        parts.append(_targets_table(cpu_runs[machine], runs if i == 0 else []))
+    return "\n\n".join(parts)
+
+
+def _targets_table(
+    runs: list[tuple[str, dict[str, Any]]], gpu_runs: list[tuple[str, dict[str, Any]]]
+) -> str:
+    """targets_table's table of ``runs`` (the GPU aim judged on ``gpu_runs``: left out where
+    empty)."""
     out = [
         "| target | bound | runs (rows) | worst row per run | met in | worst row of all |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
@@ -782,7 +810,9 @@ def targets_table(runs: list[tuple[str, dict[str, Any]]]) -> str:
             f"({sum(w[3] for w in rs)}) | {min(vals):.2f}-{max(vals):.2f} | "
             f"{len(t['met'])} of {len(rs)} runs | {_where(r)}: {v:.2f} (`{run}`) |"
         )
-    gpu = judge_gpu(runs)
+    if not gpu_runs:
+        return "\n".join(out)
+    gpu = judge_gpu(gpu_runs)
     if gpu["norms"]:
         vals = [n["value"] for n in gpu["norms"]]
         low = min(gpu["norms"], key=lambda n: n["value"])

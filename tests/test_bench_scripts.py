@@ -496,6 +496,30 @@ def test_targets_table_judges_every_run_and_names_the_worst_row():
     assert lost in text
 
 
+def test_targets_table_splits_the_runs_by_cpu():
+    """Runs of two CPUs: a table each (the CPU with more runs first), each judging only its
+    own runs; the GPU aim after the first table only. One CPU: one table, no heading."""
+    report = load_script("bench_report")
+    rows = [_row(n, s, 0.9) for n in ("batchnorm", "layernorm", "groupnorm")
+            for s in report.CONV_SHAPES]  # fmt: skip
+    intel = [_run(copy.deepcopy(rows)) for _ in range(2)]
+    amd = _run(copy.deepcopy(rows))
+    amd["rows"][1]["fwdbwd_ratio_torch"] = 1.2  # batchnorm 8x256x14x14, on this CPU only
+    for data, cpu in ((intel[0], "Xeon"), (intel[1], "Xeon"), (amd, "EPYC")):
+        data["meta"]["cpu"] = cpu
+    gpu = _run([_row("batchnorm", (256, 64, 64, 64), None, device="cuda")])  # no CPU target
+    runs = [("a.json", intel[0]), ("e.json", amd), ("b.json", intel[1]), ("g.json", gpu)]
+    text = report.targets_table(runs)
+    xeon, epyc = text.split("**EPYC** (1 run):")
+    assert xeon.startswith("**Xeon** (2 runs):") and xeon.count("**") == 2
+    core = "| BatchNorm, LayerNorm, GroupNorm: fwd+bwd / torch.nn, every conv shape"
+    assert f"{core} (both layouts) | <= 1.00 | 2 (24) | 0.90-0.90 | 2 of 2 runs |" in xeon
+    assert f"{core} (both layouts) | <= 1.00 | 1 (12) | 1.20-1.20 | 0 of 1 runs |" in epyc
+    assert "GPU:" in xeon and "GPU:" not in epyc
+    one = report.targets_table([("a.json", intel[0]), ("b.json", intel[1])])
+    assert "**" not in one and "| 2 of 2 runs |" in one
+
+
 def test_targets_table_gpu_aim_per_norm_from_its_best_timed_run():
     """The GPU aim per norm: its lowest fwd or bwd copy fraction on the largest shapes, from
     a GPU-timed run before a newer host-timed one."""
