@@ -1029,31 +1029,41 @@ def _fused_norm(name: str, x: torch.Tensor, dy: torch.Tensor) -> list[torch.Tens
     return [y, mean, var, params, *grads]
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("shape", [(5, 16, 35), (8, 64, 1024)], ids=str)
 @pytest.mark.parametrize("name", ["s0", "frn", "rms"])
-def test_fused_groups_give_the_two_pass_bits(name, shape, monkeypatch):
-    """Contiguous EvoNorm-S0, FRN and RMSNorm finish runs of whole groups (of a sample's
-    channels, one channel, a sample) in cache where there are four runs or more per thread
-    (zoo.c, "fused groups"; here on one thread), and otherwise take two passes over memory
-    (here: on 64 threads). Every output of both paths has the same bits, but bfloat16 S0's
-    dx (which tells the paths apart): the fused path keeps (df/dx) dy from the sums' sweep in a
-    float buffer (the float32 path's expression), where the two-pass path recomputes it in
-    another order (a bfloat16 step apart at most: a float32 rounding apart before the
-    bfloat16 one, which moves few values: none of the small shape's on one machine, one of
-    its 2800 and 15 of the large shape's 2^19 on another, where the compiler contracts the
-    expressions differently); both agree with the float32 kernels on the widened values to
-    bfloat16 rounding."""
+def test_fused_groups_give_the_two_pass_bits(name, shape, layout, monkeypatch):
+    """EvoNorm-S0, FRN and RMSNorm finish runs of whole groups (of a sample's channels, one
+    channel, a sample) in cache where there are four runs or more per thread, or as many per
+    thread (zoo.c, "fused groups"; channels_last: tasks of a sample's block of whole groups;
+    here on one thread), and otherwise take two passes over memory (here: on 64 threads).
+    Every output of both paths has the same bits, but contiguous bfloat16 S0's dx (which tells
+    the paths apart): the fused path keeps (df/dx) dy from the sums' sweep in a float buffer
+    (the float32 path's expression), where the two-pass path recomputes it in another order
+    (a bfloat16 step apart at most: a float32 rounding apart before the bfloat16 one, which
+    moves few values: none of the small shape's on one machine, one of its 2800 and 15 of the
+    large shape's 2^19 on another, where the compiler contracts the expressions differently);
+    both agree with the float32 kernels on the widened values to bfloat16 rounding. (On
+    channels_last both paths recompute it: the same bits.)"""
     torch.manual_seed(0)
-    x = (torch.randn(shape) * 2 + 1).to(BF16)
-    dy = torch.randn(shape).to(BF16)
+    n, c, length = shape
+    x = torch.randn(n, length, c) * 2 + 1
+    dy = torch.randn(n, length, c)
+    if layout == "channels_last":  # (N, C, L) views with strides (L C, 1, C)
+        x, dy = x.transpose(1, 2).to(BF16), dy.transpose(1, 2).to(BF16)
+    else:
+        x, dy = x.transpose(1, 2).contiguous().to(BF16), dy.transpose(1, 2).contiguous().to(BF16)
+    groups = {"s0": 8, "frn": c, "rms": 1}[name]
     out = {}
     for threads in (1, 64):
         monkeypatch.setattr(zoo_kernels, "threads", lambda t=threads: t)
+        widths = [zoo_kernels.fused_width(t, groups) for t in (x.float(), x)]
+        assert all(widths) if threads == 1 else not any(widths), widths
         out[threads] = [_fused_norm(name, x.float(), dy.float()), _fused_norm(name, x, dy)]
     (fused, fused_bf16), (two_pass, two_pass_bf16) = out[1], out[64]
     dx = 3 if name == "s0" else 4
     for i, (a, b) in enumerate(zip(fused + fused_bf16, two_pass + two_pass_bf16, strict=True)):
-        if i == len(fused) + dx and name == "s0":  # bfloat16 S0's dx
+        if i == len(fused) + dx and name == "s0" and layout == "contiguous":  # bf16 S0's dx
             assert a.dtype == BF16 and (a != b).sum() <= max(2, a.numel() >> 10)
             torch.testing.assert_close(a.float(), b.float(), rtol=2**-7, atol=1e-6)
         else:

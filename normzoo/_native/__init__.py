@@ -158,6 +158,9 @@ SIGNATURES: dict[str, dict[str, list]] = {
         "nz_frn_backward": [P, P, P, P, P, P, F64, P, P, P, P, P, P, I64, I64, I64, INT, INT],
         "nz_rms_forward": [P, P, P, F64, P, P, P, P, I64, I64, I64, INT, INT],
         "nz_rms_backward": [P, P, P, P, P, P, F64, P, P, P, P, P, I64, I64, I64, INT, INT],
+        # which path S0, FRN and RMSNorm take (returns int64: 0 for two passes, else the fused
+        # path's task width): cl, groups (N G), size (channels per group), C, L, threads
+        "nz_fused_width": [INT, I64, I64, I64, I64, INT],
         # group norm on the rows: x, w, b, G, eps, y, mean, var, gstats, params, N, C, L, cl,
         # threads; backward: dy, x, params, mean, gstats, w, G, sums, k, dx, dw, db, N, C, L,
         # cl, threads
@@ -211,6 +214,7 @@ ZOO_BF16 = (
     "nz_frn_backward",
     "nz_rms_forward",
     "nz_rms_backward",
+    "nz_fused_width",
     "nz_gn_forward",
     "nz_gn_backward",
     "nz_group_tokens_forward",
@@ -244,7 +248,12 @@ BN_BF16 = tuple(
 SIGNATURES["batch_norm"].update(
     {f"{fn}_bf16": SIGNATURES["batch_norm"][fn] for fn in (*GHOST_BF16, *BN_BF16)}
 )
-RESTYPES: dict[str, type] = {"nz_frozen_forward": INT, "nz_frozen_backward": INT}
+RESTYPES: dict[str, type] = {
+    "nz_frozen_forward": INT,
+    "nz_frozen_backward": INT,
+    "nz_fused_width": I64,
+    "nz_fused_width_bf16": I64,
+}
 
 
 def set_enabled(enabled: bool) -> None:

@@ -254,11 +254,23 @@ static void softmax3(const float *logits, double *out) {
  * each row's statistics end in a chain of dependent steps (lane sums, the mean, the second
  * sweep, a square root and a division) that the next rows' overlap. The same expressions in
  * the same order as the two-pass path (the results are its bits; bfloat16 S0's dx the
- * float32 kernels' rounded); taken where the tasks give every thread NZ_GROUP_TASKS or more. */
+ * float32 kernels' rounded); taken where the tasks give every thread NZ_GROUP_TASKS or more.
+ * On channels_last input a task is a block of whole groups of one sample (the channels of
+ * about NZ_CL_FUSE_BYTES of x, up to NZ_CB, runs of NZ_CL_MIN_RUN bytes or more per position),
+ * its statistics, parameters and map (backward: sums, k1 and k0, dx) one after another while
+ * the block is in cache: the two-pass path's blocks and expressions, so its bits; taken where
+ * the tasks give every thread NZ_GROUP_TASKS, or the same number each. Kernel A/B against the
+ * two-pass path (EPYC, 31 rounds, docs/data/ab_zoo_cl_fused.json): forward 0.79-0.97,
+ * backward 0.87-0.99 on the four conv shapes for S0, FRN and RMSNorm (a 256 KB block, 16
+ * channels of (4, 32, 64, 64), ran 1.25-1.36: a position's run of 64 bytes). */
 #define NZ_GROUP_TASKS 4
 #define NZ_FUSE_ROWS 8
 #define NZ_FUSE_BYTES (64 * 1024)
 #define NZ_FUSE_GROUP_BYTES (1024 * 1024)
+#ifndef NZ_CL_FUSE_BYTES /* -D for experiments */
+#define NZ_CL_FUSE_BYTES (512 * 1024)
+#endif
+#define NZ_CL_MIN_RUN 128
 
 typedef struct {
   const float *v, *w, *b, *tau; /* v: S0 only, tau: FRN only; w, b may be NULL (not FRN) */

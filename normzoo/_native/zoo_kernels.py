@@ -24,6 +24,7 @@ __all__ = [
     "TLU",
     "frozen_backward",
     "frozen_forward",
+    "fused_width",
     "layout",
     "map_dx",
     "map_forward",
@@ -241,6 +242,15 @@ def b0_backward(
     _fn(x, "nz_b0_backward")(*_args(dy, x, params, stats[0], stats[2], int(batch), sums,
                                    k, *out, n, c, length, cl, threads()))  # fmt: skip
     return out
+
+
+def fused_width(x: Tensor, groups: int) -> int:
+    """Which path EvoNorm-S0, FRN (``groups = C``) and RMSNorm (``groups = 1``) take on
+    ``x`` with this process's thread count: 0 for two passes over memory, otherwise the
+    fused path's task width (channels_last: the channels of a task; contiguous: 1)."""
+    cl = _check(x)
+    n, c, length = x.shape
+    return int(_fn(x, "nz_fused_width")(cl, n * groups, c // groups, c, length, threads()))
 
 
 def s0_forward(

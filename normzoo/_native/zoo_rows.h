@@ -41,6 +41,50 @@ NZ_INLINE void NZ_FN(row_stat)(const NZ_T *p, int64_t L, float *mean, float *var
   *var = (float)(q / (double)L);
 }
 
+/* channels_last block (sample n, channels c0 .. c0 + k, k <= NZ_CB): its rows' statistics as
+ * row_stats_for's (below), from L k-wide runs: small enough (L NZ_CB values) to read the
+ * variance's second sweep from cache. */
+NZ_INLINE void NZ_FN(cl_block_stats)(const NZ_T *x, float *mean, float *var, float *lo,
+                                     int64_t n, int64_t c0, int64_t k, int64_t C, int64_t L) {
+  const NZ_T *base = x + n * L * C + c0;
+  float m[NZ_CB], f[NZ_CB], shift[NZ_CB];
+  double s[NZ_CB];
+  for (int64_t j = 0; j < k; ++j) s[j] = 0.0, shift[j] = NZ_LD(base[j]);
+  for (int64_t l0 = 0; l0 < L; l0 += NZ_CL_CHUNK) {
+    const int64_t l1 = l0 + NZ_CL_CHUNK < L ? l0 + NZ_CL_CHUNK : L;
+    for (int64_t j = 0; j < k; ++j) f[j] = 0.f;
+    for (int64_t l = l0; l < l1; ++l) {
+      const NZ_T *p = base + l * C;
+#pragma omp simd
+      for (int64_t j = 0; j < k; ++j) f[j] += NZ_LD(p[j]) - shift[j];
+    }
+    for (int64_t j = 0; j < k; ++j) s[j] += f[j];
+  }
+  for (int64_t j = 0; j < k; ++j) {
+    const double mu = (double)shift[j] + s[j] / (double)L;
+    m[j] = (float)mu;
+    if (lo) lo[n * C + c0 + j] = (float)(mu - (double)m[j]);
+    s[j] = 0.0;
+  }
+  for (int64_t l0 = 0; l0 < L; l0 += NZ_CL_CHUNK) {
+    const int64_t l1 = l0 + NZ_CL_CHUNK < L ? l0 + NZ_CL_CHUNK : L;
+    for (int64_t j = 0; j < k; ++j) f[j] = 0.f;
+    for (int64_t l = l0; l < l1; ++l) {
+      const NZ_T *p = base + l * C;
+#pragma omp simd
+      for (int64_t j = 0; j < k; ++j) {
+        const float d = NZ_LD(p[j]) - m[j];
+        f[j] += d * d;
+      }
+    }
+    for (int64_t j = 0; j < k; ++j) s[j] += f[j];
+  }
+  for (int64_t j = 0; j < k; ++j) {
+    mean[n * C + c0 + j] = m[j];
+    var[n * C + c0 + j] = (float)(s[j] / (double)L);
+  }
+}
+
 /* The mean and biased variance of each row: the mean from sums shifted by a value of the row
  * (float partial sums of values near 1e4 would keep few of their bits), then the variance
  * around the float mean in a second sweep.
@@ -55,49 +99,12 @@ NZ_INLINE void NZ_FN(row_stats_for)(const NZ_T *x, float *mean, float *var, floa
     for (int64_t r = 0; r < N * C; ++r) NZ_FN(row_stat)(x + r * L, L, mean + r, var + r, lo ? lo + r : NULL);
     return;
   }
-  /* channels_last: a task is (sample, block of channels), L NZ_CB-wide runs: small enough
-   * (L NZ_CB floats) to read the variance's second sweep from cache. */
+  /* channels_last: a task is (sample, block of channels) */
   const int64_t nb = (C + NZ_CB - 1) / NZ_CB;
 #pragma omp for schedule(static)
   for (int64_t t = 0; t < N * nb; ++t) {
     const int64_t n = t / nb, c0 = (t % nb) * NZ_CB, k = C - c0 < NZ_CB ? C - c0 : NZ_CB;
-    const NZ_T *base = x + n * L * C + c0;
-    float m[NZ_CB], f[NZ_CB], shift[NZ_CB];
-    double s[NZ_CB];
-    for (int64_t j = 0; j < k; ++j) s[j] = 0.0, shift[j] = NZ_LD(base[j]);
-    for (int64_t l0 = 0; l0 < L; l0 += NZ_CL_CHUNK) {
-      const int64_t l1 = l0 + NZ_CL_CHUNK < L ? l0 + NZ_CL_CHUNK : L;
-      for (int64_t j = 0; j < k; ++j) f[j] = 0.f;
-      for (int64_t l = l0; l < l1; ++l) {
-        const NZ_T *p = base + l * C;
-#pragma omp simd
-        for (int64_t j = 0; j < k; ++j) f[j] += NZ_LD(p[j]) - shift[j];
-      }
-      for (int64_t j = 0; j < k; ++j) s[j] += f[j];
-    }
-    for (int64_t j = 0; j < k; ++j) {
-      const double mu = (double)shift[j] + s[j] / (double)L;
-      m[j] = (float)mu;
-      if (lo) lo[n * C + c0 + j] = (float)(mu - (double)m[j]);
-      s[j] = 0.0;
-    }
-    for (int64_t l0 = 0; l0 < L; l0 += NZ_CL_CHUNK) {
-      const int64_t l1 = l0 + NZ_CL_CHUNK < L ? l0 + NZ_CL_CHUNK : L;
-      for (int64_t j = 0; j < k; ++j) f[j] = 0.f;
-      for (int64_t l = l0; l < l1; ++l) {
-        const NZ_T *p = base + l * C;
-#pragma omp simd
-        for (int64_t j = 0; j < k; ++j) {
-          const float d = NZ_LD(p[j]) - m[j];
-          f[j] += d * d;
-        }
-      }
-      for (int64_t j = 0; j < k; ++j) s[j] += f[j];
-    }
-    for (int64_t j = 0; j < k; ++j) {
-      mean[n * C + c0 + j] = m[j];
-      var[n * C + c0 + j] = (float)(s[j] / (double)L);
-    }
+    NZ_FN(cl_block_stats)(x, mean, var, lo, n, c0, k, C, L);
   }
 }
 
@@ -189,9 +196,102 @@ NZ_INLINE void NZ_FN(map_row_dx)(const int op, const NZ_T *dy, const NZ_T *x, co
                  a * (NZ_LD(xr[i]) - m) + b);
 }
 
+/* The maps on channels_last block (sample n, channels c0 .. c0 + k, k <= NZ_CB): L runs of k
+ * channels (the channels_last loops below, and the fused blocks after them). */
+NZ_INLINE void NZ_FN(cl_block_forward)(const int op, const NZ_T *x, const float *params, NZ_T *y,
+                                       int64_t n, int64_t c0, int64_t k, int64_t C, int64_t L) {
+  float p[NZ_MAXP][NZ_CB];
+  load_block(params, NZ_NPARAMS[op], n * C + c0, k, p);
+  for (int64_t l = 0; l < L; ++l) {
+    const NZ_T *xr = x + (n * L + l) * C + c0;
+    NZ_T *yr = y + (n * L + l) * C + c0;
+#pragma omp simd
+    for (int64_t j = 0; j < k; ++j)
+      yr[j] = NZ_ST(nz_fwd(op, NZ_LD(xr[j]), p[0][j], p[1][j], p[2][j], p[3][j], p[4][j]));
+  }
+}
+
+/* The block's sums dL/dp into grads[(n C + c) P ..]; direct (may be NULL, laid out as x): the
+ * block's (df/dx) dy (B0, S0). */
+NZ_INLINE void NZ_FN(cl_block_sums)(const int op, const NZ_T *dy, const NZ_T *x,
+                                    const float *params, float *grads, float *direct, int64_t n,
+                                    int64_t c0, int64_t k, int64_t C, int64_t L) {
+  const int P = NZ_NPARAMS[op];
+  float p[NZ_MAXP][NZ_CB];
+  load_block(params, P, n * C + c0, k, p);
+  double acc[NZ_MAXP][NZ_CB];
+  float f[NZ_MAXP][NZ_CB];
+  for (int i = 0; i < NZ_MAXP; ++i)
+    for (int64_t j = 0; j < k; ++j) acc[i][j] = 0.0;
+  for (int64_t l0 = 0; l0 < L; l0 += NZ_CL_CHUNK) {
+    const int64_t l1 = l0 + NZ_CL_CHUNK < L ? l0 + NZ_CL_CHUNK : L;
+    for (int i = 0; i < P; ++i)
+      for (int64_t j = 0; j < k; ++j) f[i][j] = 0.f;
+    for (int64_t l = l0; l < l1; ++l) {
+      const NZ_T *xr = x + (n * L + l) * C + c0, *gr = dy + (n * L + l) * C + c0;
+      float *o = direct ? direct + (n * L + l) * C + c0 : NULL;
+/* P is a constant here (op is): no dead updates */
+#define NZ_CL_SUMS                                                                           \
+  const float dyv = NZ_LD(gr[j]), xv = NZ_LD(xr[j]);                                         \
+  float g0 = 0.f, g1 = 0.f, g2 = 0.f, g3 = 0.f, g4 = 0.f, dd = 0.f;                          \
+  NZ_SUMS_BODY(op, g, dd, dyv, xv, p[0][j], p[1][j], p[2][j], p[3][j]);                      \
+  f[0][j] += g0, f[1][j] += g1;                                                              \
+  if (P > 2) f[2][j] += g2;                                                                  \
+  if (P > 3) f[3][j] += g3;                                                                  \
+  if (P > 4) f[4][j] += g4
+      if (o) {
+#pragma omp simd
+        for (int64_t j = 0; j < k; ++j) {
+          NZ_CL_SUMS;
+          o[j] = dd;
+        }
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < k; ++j) {
+          NZ_CL_SUMS;
+          (void)dd;
+        }
+      }
+#undef NZ_CL_SUMS
+    }
+    for (int i = 0; i < P; ++i)
+      for (int64_t j = 0; j < k; ++j) acc[i][j] += f[i][j];
+  }
+  for (int i = 0; i < P; ++i)
+    for (int64_t j = 0; j < k; ++j) grads[(n * C + c0 + j) * P + i] = (float)acc[i][j];
+}
+
+/* The block's dx = (df/dx) dy + k1 (x - mean) + k0 (k1 NULL: no statistics' share); direct
+ * (may be NULL, may be dx): cl_block_sums' (df/dx) dy, used instead of recomputing it. */
+NZ_INLINE void NZ_FN(cl_block_dx)(const int op, const NZ_T *dy, const NZ_T *x,
+                                  const float *params, const float *mean, const float *k1,
+                                  const float *k0, const float *direct, NZ_T *dx, int64_t n,
+                                  int64_t c0, int64_t k, int64_t C, int64_t L) {
+  float p[NZ_MAXP][NZ_CB], m[NZ_CB], a[NZ_CB], b[NZ_CB];
+  load_block(params, NZ_NPARAMS[op], n * C + c0, k, p);
+  for (int64_t j = 0; j < k; ++j) {
+    m[j] = k1 ? mean[n * C + c0 + j] : 0.f;
+    a[j] = k1 ? k1[n * C + c0 + j] : 0.f;
+    b[j] = k1 ? k0[n * C + c0 + j] : 0.f;
+  }
+  for (int64_t l = 0; l < L; ++l) {
+    const NZ_T *xr = x + (n * L + l) * C + c0, *gr = dy + (n * L + l) * C + c0;
+    NZ_T *o = dx + (n * L + l) * C + c0;
+    if (direct) {
+      const float *d = direct + (n * L + l) * C + c0;
+#pragma omp simd
+      for (int64_t j = 0; j < k; ++j) o[j] = NZ_ST(d[j] + a[j] * (NZ_LD(xr[j]) - m[j]) + b[j]);
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < k; ++j)
+        o[j] = NZ_ST(nz_dx(op, NZ_LD(gr[j]), NZ_LD(xr[j]), p[0][j], p[1][j], p[2][j], p[3][j]) +
+                     a[j] * (NZ_LD(xr[j]) - m[j]) + b[j]);
+    }
+  }
+}
+
 NZ_INLINE void NZ_FN(map_forward)(const int op, const NZ_T *x, const float *params, NZ_T *y,
                                   int64_t N, int64_t C, int64_t L, int cl, int threads) {
-  const int P = NZ_NPARAMS[op];
   if (!cl) {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < N * C; ++r) NZ_FN(map_row_forward)(op, x, params, y, r, L);
@@ -201,15 +301,7 @@ NZ_INLINE void NZ_FN(map_forward)(const int op, const NZ_T *x, const float *para
 #pragma omp for schedule(static)
   for (int64_t t = 0; t < N * nb; ++t) {
     const int64_t n = t / nb, c0 = (t % nb) * NZ_CB, k = C - c0 < NZ_CB ? C - c0 : NZ_CB;
-    float p[NZ_MAXP][NZ_CB];
-    load_block(params, P, n * C + c0, k, p);
-    for (int64_t l = 0; l < L; ++l) {
-      const NZ_T *xr = x + (n * L + l) * C + c0;
-      NZ_T *yr = y + (n * L + l) * C + c0;
-#pragma omp simd
-      for (int64_t j = 0; j < k; ++j)
-        yr[j] = NZ_ST(nz_fwd(op, NZ_LD(xr[j]), p[0][j], p[1][j], p[2][j], p[3][j], p[4][j]));
-    }
+    NZ_FN(cl_block_forward)(op, x, params, y, n, c0, k, C, L);
   }
 }
 
@@ -219,7 +311,6 @@ NZ_INLINE void NZ_FN(map_sums)(const int op, const NZ_T *dy, const NZ_T *x, cons
                                float *grads, float *direct, int64_t N, int64_t C, int64_t L, int cl,
                                int threads) {
   const int keep = direct && (op == NZ_B0 || op == NZ_S0);
-  const int P = NZ_NPARAMS[op];
   if (!cl) {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < N * C; ++r)
@@ -230,48 +321,7 @@ NZ_INLINE void NZ_FN(map_sums)(const int op, const NZ_T *dy, const NZ_T *x, cons
 #pragma omp for schedule(static)
   for (int64_t t = 0; t < N * nb; ++t) {
     const int64_t n = t / nb, c0 = (t % nb) * NZ_CB, k = C - c0 < NZ_CB ? C - c0 : NZ_CB;
-    float p[NZ_MAXP][NZ_CB];
-    load_block(params, P, n * C + c0, k, p);
-    double acc[NZ_MAXP][NZ_CB];
-    float f[NZ_MAXP][NZ_CB];
-    for (int i = 0; i < NZ_MAXP; ++i)
-      for (int64_t j = 0; j < k; ++j) acc[i][j] = 0.0;
-    for (int64_t l0 = 0; l0 < L; l0 += NZ_CL_CHUNK) {
-      const int64_t l1 = l0 + NZ_CL_CHUNK < L ? l0 + NZ_CL_CHUNK : L;
-      for (int i = 0; i < P; ++i)
-        for (int64_t j = 0; j < k; ++j) f[i][j] = 0.f;
-      for (int64_t l = l0; l < l1; ++l) {
-        const NZ_T *xr = x + (n * L + l) * C + c0, *gr = dy + (n * L + l) * C + c0;
-        float *o = keep ? direct + (n * L + l) * C + c0 : NULL;
-/* P is a constant here (op is): no dead updates */
-#define NZ_CL_SUMS                                                                           \
-  const float dyv = NZ_LD(gr[j]), xv = NZ_LD(xr[j]);                                         \
-  float g0 = 0.f, g1 = 0.f, g2 = 0.f, g3 = 0.f, g4 = 0.f, dd = 0.f;                          \
-  NZ_SUMS_BODY(op, g, dd, dyv, xv, p[0][j], p[1][j], p[2][j], p[3][j]);                      \
-  f[0][j] += g0, f[1][j] += g1;                                                              \
-  if (P > 2) f[2][j] += g2;                                                                  \
-  if (P > 3) f[3][j] += g3;                                                                  \
-  if (P > 4) f[4][j] += g4
-        if (o) {
-#pragma omp simd
-          for (int64_t j = 0; j < k; ++j) {
-            NZ_CL_SUMS;
-            o[j] = dd;
-          }
-        } else {
-#pragma omp simd
-          for (int64_t j = 0; j < k; ++j) {
-            NZ_CL_SUMS;
-            (void)dd;
-          }
-        }
-#undef NZ_CL_SUMS
-      }
-      for (int i = 0; i < P; ++i)
-        for (int64_t j = 0; j < k; ++j) acc[i][j] += f[i][j];
-    }
-    for (int i = 0; i < P; ++i)
-      for (int64_t j = 0; j < k; ++j) grads[(n * C + c0 + j) * P + i] = (float)acc[i][j];
+    NZ_FN(cl_block_sums)(op, dy, x, params, grads, keep ? direct : NULL, n, c0, k, C, L);
   }
 }
 
@@ -280,7 +330,6 @@ NZ_INLINE void NZ_FN(map_dx)(const int op, const NZ_T *dy, const NZ_T *x, const 
                              const float *mean, const float *k1, const float *k0,
                              const float *direct, NZ_T *dx, int64_t N, int64_t C, int64_t L, int cl,
                              int threads) {
-  const int P = NZ_NPARAMS[op];
   if (!cl) {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < N * C; ++r)
@@ -292,27 +341,7 @@ NZ_INLINE void NZ_FN(map_dx)(const int op, const NZ_T *dy, const NZ_T *x, const 
 #pragma omp for schedule(static)
   for (int64_t t = 0; t < N * nb; ++t) {
     const int64_t n = t / nb, c0 = (t % nb) * NZ_CB, k = C - c0 < NZ_CB ? C - c0 : NZ_CB;
-    float p[NZ_MAXP][NZ_CB], m[NZ_CB], a[NZ_CB], b[NZ_CB];
-    load_block(params, P, n * C + c0, k, p);
-    for (int64_t j = 0; j < k; ++j) {
-      m[j] = k1 ? mean[n * C + c0 + j] : 0.f;
-      a[j] = k1 ? k1[n * C + c0 + j] : 0.f;
-      b[j] = k1 ? k0[n * C + c0 + j] : 0.f;
-    }
-    for (int64_t l = 0; l < L; ++l) {
-      const NZ_T *xr = x + (n * L + l) * C + c0, *gr = dy + (n * L + l) * C + c0;
-      NZ_T *o = dx + (n * L + l) * C + c0;
-      if (direct) {
-        const float *d = direct + (n * L + l) * C + c0;
-#pragma omp simd
-        for (int64_t j = 0; j < k; ++j) o[j] = NZ_ST(d[j] + a[j] * (NZ_LD(xr[j]) - m[j]) + b[j]);
-      } else {
-#pragma omp simd
-        for (int64_t j = 0; j < k; ++j)
-          o[j] = NZ_ST(nz_dx(op, NZ_LD(gr[j]), NZ_LD(xr[j]), p[0][j], p[1][j], p[2][j], p[3][j]) +
-                       a[j] * (NZ_LD(xr[j]) - m[j]) + b[j]);
-      }
-    }
+    NZ_FN(cl_block_dx)(op, dy, x, params, mean, k1, k0, direct, dx, n, c0, k, C, L);
   }
 }
 
@@ -333,10 +362,12 @@ void NZ_FN(nz_map_dx)(int op, const NZ_T *dy, const NZ_T *x, const float *params
               threads);
 }
 
-/* The fused contiguous path (zoo.c, "fused groups"): op NZ_S0 (groups of `size` rows of a
- * sample), NZ_TLU (FRN, size 1) or NZ_AFFINE (RMSNorm, size C). fused_forward and fused_backward are the bodies of a
- * parallel region that the caller opens with a constant op (as NZ_DISPATCH: a region opened
- * in here would take op as a variable, and its maps' loops would not vectorize). */
+/* The fused path (zoo.c, "fused groups"): op NZ_S0 (groups of `size` rows of a sample),
+ * NZ_TLU (FRN, size 1) or NZ_AFFINE (RMSNorm, size C), on contiguous input (cb 0) or on
+ * channels_last input in tasks of (sample, cb channels: whole groups). fused_forward and
+ * fused_backward are the bodies of a parallel region that the caller opens with a constant op
+ * (as NZ_DISPATCH: a region opened in here would take op as a variable, and its maps' loops
+ * would not vectorize). */
 NZ_INLINE void NZ_FN(fused_params)(const int op, const nz_fuse *f, const float *mean,
                                    const float *lo, const float *var, float *params, int64_t r0,
                                    int64_t size) {
@@ -349,9 +380,35 @@ NZ_INLINE void NZ_FN(fused_params)(const int op, const nz_fuse *f, const float *
     rms_sample_params(f->w, f->b, f->eps, mean, var, params, r0 / f->C, f->C);
 }
 
+/* k1, k0 of the group whose first row is r0 (and the rows' dL/dw shares, see the callees). */
+NZ_INLINE void NZ_FN(fused_k)(const int op, const nz_fuse *f, float *sums, const float *mean,
+                              const float *lo, const float *var, float *k1, float *k0, int64_t r0,
+                              int64_t size, int64_t L) {
+  if (op == NZ_S0)
+    s0_group_k(sums, mean, lo, var, f->w, f->eps, k1, k0, r0 / f->C, f->C, r0 % f->C, size, L);
+  else if (op == NZ_TLU)
+    frn_row_k(sums, mean, var, f->w, f->eps, k1, k0, r0, r0 % f->C, L);
+  else
+    rms_sample_k(sums, mean, var, f->w, f->eps, k1, k0, r0 / f->C, f->C, L);
+}
+
 NZ_INLINE void NZ_FN(fused_forward)(const int op, const nz_fuse *f, const NZ_T *x, NZ_T *y,
                                     float *mean, float *var, float *lo, float *params,
-                                    int64_t groups, int64_t size, int64_t L) {
+                                    int64_t groups, int64_t size, int64_t L, int64_t cb) {
+  if (cb) { /* channels_last: the task's channels in NZ_CB-wide blocks */
+    const int64_t C = f->C, N = groups * size / C, nb = (C + cb - 1) / cb;
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < N * nb; ++t) {
+      const int64_t n = t / nb, c0 = (t % nb) * cb, c1 = c0 + cb < C ? c0 + cb : C;
+      for (int64_t c = c0; c < c1; c += NZ_CB)
+        NZ_FN(cl_block_stats)(x, mean, var, lo, n, c, c1 - c < NZ_CB ? c1 - c : NZ_CB, C, L);
+      for (int64_t c = c0; c < c1; c += size)
+        NZ_FN(fused_params)(op, f, mean, lo, var, params, n * C + c, size);
+      for (int64_t c = c0; c < c1; c += NZ_CB)
+        NZ_FN(cl_block_forward)(op, x, params, y, n, c, c1 - c < NZ_CB ? c1 - c : NZ_CB, C, L);
+    }
+    return;
+  }
   const int64_t per = fuse_groups(size, L, (int64_t)sizeof(NZ_T));
   const int64_t tasks = (groups + per - 1) / per;
 #pragma omp for schedule(static)
@@ -370,46 +427,74 @@ NZ_INLINE void NZ_FN(fused_backward)(const int op, const nz_fuse *f, const NZ_T 
                                      const NZ_T *x, const float *params, const float *mean,
                                      const float *lo, const float *var, float *sums, float *k1,
                                      float *k0, NZ_T *dx, int64_t groups, int64_t size,
-                                     int64_t L) {
+                                     int64_t L, int64_t cb) {
+  float *direct = op == NZ_S0 ? NZ_DIRECT(dx) : NULL;
+  if (cb) { /* channels_last (bfloat16 S0 recomputes (df/dx) dy, as the two-pass path) */
+    const int64_t C = f->C, N = groups * size / C, nb = (C + cb - 1) / cb;
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < N * nb; ++t) {
+      const int64_t n = t / nb, c0 = (t % nb) * cb, c1 = c0 + cb < C ? c0 + cb : C;
+      for (int64_t c = c0; c < c1; c += NZ_CB)
+        NZ_FN(cl_block_sums)(op, dy, x, params, sums, direct, n, c,
+                             c1 - c < NZ_CB ? c1 - c : NZ_CB, C, L);
+      for (int64_t c = c0; c < c1; c += size)
+        NZ_FN(fused_k)(op, f, sums, mean, lo, var, k1, k0, n * C + c, size, L);
+      if (!dx) continue;
+      for (int64_t c = c0; c < c1; c += NZ_CB)
+        NZ_FN(cl_block_dx)(op, dy, x, params, mean, k1, k0, direct, dx, n, c,
+                           c1 - c < NZ_CB ? c1 - c : NZ_CB, C, L);
+    }
+    return;
+  }
   const int64_t per = fuse_groups(size, L, (int64_t)sizeof(NZ_T));
   const int64_t tasks = (groups + per - 1) / per;
-  {
-    float *direct = op == NZ_S0 ? NZ_DIRECT(dx) : NULL, *rows = NULL;
-    if (op == NZ_S0 && dx && !direct) /* bfloat16; NULL where it fails: recomputed */
-      rows = malloc((size_t)(per * size * L) * sizeof(float));
+  float *rows = NULL;
+  if (op == NZ_S0 && dx && !direct) /* bfloat16; NULL where it fails: recomputed */
+    rows = malloc((size_t)(per * size * L) * sizeof(float));
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < tasks; ++t) {
-      const int64_t q0 = t * per, q1 = q0 + per < groups ? q0 + per : groups;
-      const int64_t r0 = q0 * size, r1 = q1 * size;
-      for (int64_t r = r0; r < r1; ++r) {
-        float *o = direct ? direct + r * L : rows ? rows + (r - r0) * L : NULL;
-        NZ_FN(map_row_sums)(op, dy, x, params, sums, o, r, L);
-      }
-      for (int64_t q = q0; q < q1; ++q) {
-        if (op == NZ_S0)
-          s0_group_k(sums, mean, lo, var, f->w, f->eps, k1, k0, q * size / f->C, f->C,
-                     q * size % f->C, size, L);
-        else if (op == NZ_TLU)
-          frn_row_k(sums, mean, var, f->w, f->eps, k1, k0, q, q % f->C, L);
-        else
-          rms_sample_k(sums, mean, var, f->w, f->eps, k1, k0, q, f->C, L);
-      }
-      if (!dx) continue;
-      for (int64_t r = r0; r < r1; ++r) {
-        const float *d = direct ? direct + r * L : rows ? rows + (r - r0) * L : NULL;
-        NZ_FN(map_row_dx)(op, dy, x, params, d, mean[r], k1[r], k0[r], dx, r, L);
-      }
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t q0 = t * per, q1 = q0 + per < groups ? q0 + per : groups;
+    const int64_t r0 = q0 * size, r1 = q1 * size;
+    for (int64_t r = r0; r < r1; ++r) {
+      float *o = direct ? direct + r * L : rows ? rows + (r - r0) * L : NULL;
+      NZ_FN(map_row_sums)(op, dy, x, params, sums, o, r, L);
     }
-    free(rows);
+    for (int64_t q = q0; q < q1; ++q)
+      NZ_FN(fused_k)(op, f, sums, mean, lo, var, k1, k0, q * size, size, L);
+    if (!dx) continue;
+    for (int64_t r = r0; r < r1; ++r) {
+      const float *d = direct ? direct + r * L : rows ? rows + (r - r0) * L : NULL;
+      NZ_FN(map_row_dx)(op, dy, x, params, d, mean[r], k1[r], k0[r], dx, r, L);
+    }
   }
+  free(rows);
 }
 
-/* Whether the fused path takes `groups` groups of `size` rows of L elements. */
-static inline int NZ_FN(fused_takes)(int cl, int64_t groups, int64_t size, int64_t L,
-                                     int threads) {
-  const int64_t per = fuse_groups(size, L, (int64_t)sizeof(NZ_T));
-  return !cl && size * L * (int64_t)sizeof(NZ_T) <= NZ_FUSE_GROUP_BYTES &&
-         (groups + per - 1) / per >= NZ_GROUP_TASKS * (int64_t)threads;
+/* Whether the fused path takes `groups` groups of `size` rows of L elements (C channels per
+ * sample): 0 where it does not; where it does, on channels_last input the channels of a task
+ * (whole groups, about NZ_CL_FUSE_BYTES of x), on contiguous input 1. */
+static inline int64_t NZ_FN(fused_takes)(int cl, int64_t groups, int64_t size, int64_t C,
+                                         int64_t L, int threads) {
+  const int64_t elem = (int64_t)sizeof(NZ_T);
+  if (size * L * elem > NZ_FUSE_GROUP_BYTES) return 0;
+  if (!cl) {
+    const int64_t per = fuse_groups(size, L, elem);
+    return (groups + per - 1) / per >= NZ_GROUP_TASKS * (int64_t)threads;
+  }
+  int64_t cb = L > 0 ? NZ_CL_FUSE_BYTES / (L * elem) : NZ_CB;
+  cb = (cb < NZ_CB ? cb : NZ_CB) / size * size;
+  cb = cb < size ? size : cb > C ? C : cb;
+  if (cb < C && cb * elem < NZ_CL_MIN_RUN) return 0; /* runs of less than two cache lines */
+  const int64_t tasks = groups * size / C * ((C + cb - 1) / cb);
+  return tasks >= NZ_GROUP_TASKS * (int64_t)threads || (tasks >= threads && tasks % threads == 0)
+             ? cb
+             : 0;
+}
+
+/* fused_takes, exported: which path the norms take (tests, benchmarks). */
+int64_t NZ_FN(nz_fused_width)(int cl, int64_t groups, int64_t size, int64_t C, int64_t L,
+                              int threads) {
+  return NZ_FN(fused_takes)(cl, groups, size, C, L, threads);
 }
 
 /* ---------------------------------------------------------------- the norms ----------- *
@@ -462,11 +547,11 @@ void NZ_FN(nz_b0_backward)(const NZ_T *dy, const NZ_T *x, const float *params, c
 void NZ_FN(nz_s0_forward)(const NZ_T *x, const float *v, const float *w, const float *b, int64_t G,
                           double eps, NZ_T *y, float *mean, float *var, float *lo, float *params,
                           int64_t N, int64_t C, int64_t L, int cl, int threads) {
-  const int64_t size = C / G;
-  if (NZ_FN(fused_takes)(cl, N * G, size, L, threads)) {
+  const int64_t size = C / G, fused = NZ_FN(fused_takes)(cl, N * G, size, C, L, threads);
+  if (fused) {
     const nz_fuse f = {v, w, b, NULL, eps, C};
 #pragma omp parallel num_threads(threads)
-    NZ_FN(fused_forward)(NZ_S0, &f, x, y, mean, var, lo, params, N * G, size, L);
+    NZ_FN(fused_forward)(NZ_S0, &f, x, y, mean, var, lo, params, N * G, size, L, cl ? fused : 0);
     return;
   }
 #pragma omp parallel num_threads(threads)
@@ -486,7 +571,7 @@ void NZ_FN(nz_s0_backward)(const NZ_T *dy, const NZ_T *x, const float *params, c
                            int64_t N, int64_t C, int64_t L, int cl, int threads) {
   float *k1 = k, *k0 = k + N * C;
   const int64_t size = C / G;
-  const int fused = NZ_FN(fused_takes)(cl, N * G, size, L, threads);
+  const int64_t fused = NZ_FN(fused_takes)(cl, N * G, size, C, L, threads);
   /* s0_group_k leaves each row's dL/dw share in its sums (sums[1] r) */
   float *out[3] = {dv, dw, db};
   if (fused) {
@@ -494,7 +579,7 @@ void NZ_FN(nz_s0_backward)(const NZ_T *dy, const NZ_T *x, const float *params, c
 #pragma omp parallel num_threads(threads)
     {
       NZ_FN(fused_backward)(NZ_S0, &f, dy, x, params, mean, lo, var, sums, k1, k0, dx, N * G,
-                            size, L);
+                            size, L, cl ? fused : 0);
       column_sums_for(sums, 3, out, N, C);
     }
     return;
@@ -608,10 +693,11 @@ void NZ_FN(nz_switchable_backward)(const NZ_T *dy, const NZ_T *x, const float *p
 void NZ_FN(nz_frn_forward)(const NZ_T *x, const float *w, const float *b, const float *tau,
                            double eps, NZ_T *y, float *mean, float *var, float *params, int64_t N,
                            int64_t C, int64_t L, int cl, int threads) {
-  if (NZ_FN(fused_takes)(cl, N * C, 1, L, threads)) {
+  const int64_t fused = NZ_FN(fused_takes)(cl, N * C, 1, C, L, threads);
+  if (fused) {
     const nz_fuse f = {NULL, w, b, tau, eps, C};
 #pragma omp parallel num_threads(threads)
-    NZ_FN(fused_forward)(NZ_TLU, &f, x, y, mean, var, NULL, params, N * C, 1, L);
+    NZ_FN(fused_forward)(NZ_TLU, &f, x, y, mean, var, NULL, params, N * C, 1, L, cl ? fused : 0);
     return;
   }
 #pragma omp parallel num_threads(threads)
@@ -628,13 +714,13 @@ void NZ_FN(nz_frn_backward)(const NZ_T *dy, const NZ_T *x, const float *params, 
                             NZ_T *dx, float *dw, float *db, float *dtau, int64_t N, int64_t C,
                             int64_t L, int cl, int threads) {
   float *k1 = k, *k0 = k + N * C;
-  const int fused = NZ_FN(fused_takes)(cl, N * C, 1, L, threads);
+  const int64_t fused = NZ_FN(fused_takes)(cl, N * C, 1, C, L, threads);
   if (fused) {
     const nz_fuse f = {NULL, w, NULL, NULL, eps, C};
 #pragma omp parallel num_threads(threads)
     {
       NZ_FN(fused_backward)(NZ_TLU, &f, dy, x, params, mean, NULL, var, sums, k1, k0, dx, N * C,
-                            1, L);
+                            1, L, cl ? fused : 0);
 #pragma omp for schedule(static)
       for (int64_t c = 0; c < C; ++c) frn_channel_grads(sums, mean, var, eps, dw, db, dtau, N, C, c);
     }
@@ -656,10 +742,11 @@ void NZ_FN(nz_frn_backward)(const NZ_T *dy, const NZ_T *x, const float *params, 
 void NZ_FN(nz_rms_forward)(const NZ_T *x, const float *w, const float *b, double eps, NZ_T *y,
                            float *mean, float *var, float *params, int64_t N, int64_t C, int64_t L,
                            int cl, int threads) {
-  if (NZ_FN(fused_takes)(cl, N, C, L, threads)) {
+  const int64_t fused = NZ_FN(fused_takes)(cl, N, C, C, L, threads);
+  if (fused) {
     const nz_fuse f = {NULL, w, b, NULL, eps, C};
 #pragma omp parallel num_threads(threads)
-    NZ_FN(fused_forward)(NZ_AFFINE, &f, x, y, mean, var, NULL, params, N, C, L);
+    NZ_FN(fused_forward)(NZ_AFFINE, &f, x, y, mean, var, NULL, params, N, C, L, cl ? fused : 0);
     return;
   }
 #pragma omp parallel num_threads(threads)
@@ -676,7 +763,7 @@ void NZ_FN(nz_rms_backward)(const NZ_T *dy, const NZ_T *x, const float *params, 
                             NZ_T *dx, float *dw, float *db, int64_t N, int64_t C, int64_t L, int cl,
                             int threads) {
   float *k1 = k, *k0 = k + N * C;
-  const int fused = NZ_FN(fused_takes)(cl, N, C, L, threads);
+  const int64_t fused = NZ_FN(fused_takes)(cl, N, C, C, L, threads);
   /* rms_sample_k leaves each row's dL/dw share in its sums (sum dy x / rms) */
   float *out[2] = {dw, db};
   if (fused) {
@@ -684,7 +771,7 @@ void NZ_FN(nz_rms_backward)(const NZ_T *dy, const NZ_T *x, const float *params, 
 #pragma omp parallel num_threads(threads)
     {
       NZ_FN(fused_backward)(NZ_AFFINE, &f, dy, x, params, mean, NULL, var, sums, k1, k0, dx, N,
-                            C, L);
+                            C, L, cl ? fused : 0);
       column_sums_for(sums, 2, out, N, C);
     }
     return;
