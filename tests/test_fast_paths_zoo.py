@@ -645,6 +645,35 @@ def _native_calls(name: str, layout: int, steps: int) -> list[int]:
     return [layout] * (2 * steps)
 
 
+@pytest.mark.parametrize("cl", [0, 1], ids=["contiguous", "channels_last"])
+def test_s0_map_sigmoid_is_within_three_ulp(cl):
+    """EvoNorm-S0's map y = x sigmoid(v x) a + b on the kernels' own exponential (zoo.c's
+    nz_exp: a degree-6 minimax polynomial, the power of two added to the exponent bits),
+    against float64 over every float32 z = v x of a dense sweep of [-80, 80] (v = 1, a = 1,
+    b = 0, so y = z sigmoid(z)): within 3 ulp of y, as torch's sigmoid is (the sigmoid within
+    2.5, the product within 0.5); and its saturation: 0 far below, z far above, no NaN, a
+    NaN kept. The forward and the backward's sums share the function (its bits are the
+    backward's in the tests of the fused paths)."""
+    z = torch.linspace(-80, 80, 2**20 + 7, dtype=torch.float64)
+    z = torch.cat([z.float(), torch.tensor([-1e4, -89.0, -87.5, 88.5, 1e4, float("nan")])])
+    length = z.numel()
+    x = z.view(1, 1, length)
+    if cl:  # one channel: (N, C, L) with strides (L C, 1, C) is contiguous too; use two
+        x = torch.stack([z, z], dim=1).view(1, length, 2).transpose(1, 2)
+        assert zoo_kernels.layout(x) == 1
+    params = torch.tensor([1.0, 1.0, 0.0]).repeat(1, x.shape[1], 1).contiguous()
+    y = zoo_kernels.map_forward(zoo_kernels.S0, x, params)[0, 0]
+    zz = z.double()
+    ref = zz * torch.sigmoid(zz)
+    body = (z.abs() <= 80) & (ref != 0)
+    ulp = torch.ldexp(torch.ones_like(ref), torch.frexp(ref.float())[1] - 24).double()
+    err = ((y.double() - ref).abs() / ulp)[body]
+    assert err.max().item() <= 3.0, err.max().item()
+    tail = y[-6:]  # below -87 the exponential saturates at e^88: sigmoid 6e-39, not 0
+    assert all(t.abs() < 1e-33 for t in tail[:3])
+    assert tail[3] == 88.5 and tail[4] == 1e4 and tail[5].isnan()
+
+
 @pytest.mark.parametrize("operators", [True, False], ids=["operators", "python"])
 @pytest.mark.parametrize(("name", "kwargs"), NATIVE_CASES, ids=str)
 @pytest.mark.parametrize(("shape", "fmt", "layout"), NATIVE_LAYOUTS, ids=str)
