@@ -368,28 +368,36 @@ void NZ_FN(nz_map_dx)(int op, const NZ_T *dy, const NZ_T *x, const float *params
  * fused_backward are the bodies of a parallel region that the caller opens with a constant op
  * (as NZ_DISPATCH: a region opened in here would take op as a variable, and its maps' loops
  * would not vectorize). */
+/* The parameters of ng groups from row r0 (a group's first row). */
 NZ_INLINE void NZ_FN(fused_params)(const int op, const nz_fuse *f, const float *mean,
                                    const float *lo, const float *var, float *params, int64_t r0,
-                                   int64_t size) {
-  if (op == NZ_S0)
-    s0_group_params(f->v, f->w, f->b, f->eps, mean, lo, var, params, r0 / f->C, f->C, r0 % f->C,
-                    size);
-  else if (op == NZ_TLU)
-    frn_row_params(f->w, f->b, f->tau, f->eps, mean, var, params, r0, r0 % f->C);
-  else
-    rms_sample_params(f->w, f->b, f->eps, mean, var, params, r0 / f->C, f->C);
+                                   int64_t ng, int64_t size) {
+  if (op == NZ_S0) {
+    s0_group_params(f->v, f->w, f->b, f->eps, mean, lo, var, params, f->C, r0, ng, size);
+    return;
+  }
+  for (int64_t r = r0; r < r0 + ng * size; r += size) {
+    if (op == NZ_TLU)
+      frn_row_params(f->w, f->b, f->tau, f->eps, mean, var, params, r, r % f->C);
+    else
+      rms_sample_params(f->w, f->b, f->eps, mean, var, params, r / f->C, f->C);
+  }
 }
 
-/* k1, k0 of the group whose first row is r0 (and the rows' dL/dw shares, see the callees). */
+/* k1, k0 of ng groups from row r0 (and the rows' dL/dw shares, see the callees). */
 NZ_INLINE void NZ_FN(fused_k)(const int op, const nz_fuse *f, float *sums, const float *mean,
                               const float *lo, const float *var, float *k1, float *k0, int64_t r0,
-                              int64_t size, int64_t L) {
-  if (op == NZ_S0)
-    s0_group_k(sums, mean, lo, var, f->w, f->eps, k1, k0, r0 / f->C, f->C, r0 % f->C, size, L);
-  else if (op == NZ_TLU)
-    frn_row_k(sums, mean, var, f->w, f->eps, k1, k0, r0, r0 % f->C, L);
-  else
-    rms_sample_k(sums, mean, var, f->w, f->eps, k1, k0, r0 / f->C, f->C, L);
+                              int64_t ng, int64_t size, int64_t L) {
+  if (op == NZ_S0) {
+    s0_group_k(sums, mean, lo, var, f->w, f->eps, k1, k0, f->C, r0, ng, size, L);
+    return;
+  }
+  for (int64_t r = r0; r < r0 + ng * size; r += size) {
+    if (op == NZ_TLU)
+      frn_row_k(sums, mean, var, f->w, f->eps, k1, k0, r, r % f->C, L);
+    else
+      rms_sample_k(sums, mean, var, f->w, f->eps, k1, k0, r / f->C, f->C, L);
+  }
 }
 
 NZ_INLINE void NZ_FN(fused_forward)(const int op, const nz_fuse *f, const NZ_T *x, NZ_T *y,
@@ -402,8 +410,7 @@ NZ_INLINE void NZ_FN(fused_forward)(const int op, const nz_fuse *f, const NZ_T *
       const int64_t n = t / nb, c0 = (t % nb) * cb, c1 = c0 + cb < C ? c0 + cb : C;
       for (int64_t c = c0; c < c1; c += NZ_CB)
         NZ_FN(cl_block_stats)(x, mean, var, lo, n, c, c1 - c < NZ_CB ? c1 - c : NZ_CB, C, L);
-      for (int64_t c = c0; c < c1; c += size)
-        NZ_FN(fused_params)(op, f, mean, lo, var, params, n * C + c, size);
+      NZ_FN(fused_params)(op, f, mean, lo, var, params, n * C + c0, (c1 - c0) / size, size);
       for (int64_t c = c0; c < c1; c += NZ_CB)
         NZ_FN(cl_block_forward)(op, x, params, y, n, c, c1 - c < NZ_CB ? c1 - c : NZ_CB, C, L);
     }
@@ -416,8 +423,7 @@ NZ_INLINE void NZ_FN(fused_forward)(const int op, const nz_fuse *f, const NZ_T *
     const int64_t q0 = t * per, q1 = q0 + per < groups ? q0 + per : groups;
     for (int64_t r = q0 * size; r < q1 * size; ++r)
       NZ_FN(row_stat)(x + r * L, L, mean + r, var + r, lo ? lo + r : NULL);
-    for (int64_t q = q0; q < q1; ++q)
-      NZ_FN(fused_params)(op, f, mean, lo, var, params, q * size, size);
+    NZ_FN(fused_params)(op, f, mean, lo, var, params, q0 * size, q1 - q0, size);
     for (int64_t r = q0 * size; r < q1 * size; ++r) NZ_FN(map_row_forward)(op, x, params, y, r, L);
   }
 }
@@ -437,8 +443,7 @@ NZ_INLINE void NZ_FN(fused_backward)(const int op, const nz_fuse *f, const NZ_T 
       for (int64_t c = c0; c < c1; c += NZ_CB)
         NZ_FN(cl_block_sums)(op, dy, x, params, sums, direct, n, c,
                              c1 - c < NZ_CB ? c1 - c : NZ_CB, C, L);
-      for (int64_t c = c0; c < c1; c += size)
-        NZ_FN(fused_k)(op, f, sums, mean, lo, var, k1, k0, n * C + c, size, L);
+      NZ_FN(fused_k)(op, f, sums, mean, lo, var, k1, k0, n * C + c0, (c1 - c0) / size, size, L);
       if (!dx) continue;
       for (int64_t c = c0; c < c1; c += NZ_CB)
         NZ_FN(cl_block_dx)(op, dy, x, params, mean, k1, k0, direct, dx, n, c,
@@ -459,8 +464,7 @@ NZ_INLINE void NZ_FN(fused_backward)(const int op, const nz_fuse *f, const NZ_T 
       float *o = direct ? direct + r * L : rows ? rows + (r - r0) * L : NULL;
       NZ_FN(map_row_sums)(op, dy, x, params, sums, o, r, L);
     }
-    for (int64_t q = q0; q < q1; ++q)
-      NZ_FN(fused_k)(op, f, sums, mean, lo, var, k1, k0, q * size, size, L);
+    NZ_FN(fused_k)(op, f, sums, mean, lo, var, k1, k0, q0 * size, q1 - q0, size, L);
     if (!dx) continue;
     for (int64_t r = r0; r < r1; ++r) {
       const float *d = direct ? direct + r * L : rows ? rows + (r - r0) * L : NULL;
@@ -558,8 +562,9 @@ void NZ_FN(nz_s0_forward)(const NZ_T *x, const float *v, const float *w, const f
   {
     NZ_FN(row_stats_for)(x, mean, var, lo, N, C, L, cl);
 #pragma omp for schedule(static)
-    for (int64_t q = 0; q < N * G; ++q)
-      s0_group_params(v, w, b, eps, mean, lo, var, params, q / G, C, q % G * size, size);
+    for (int64_t q = 0; q < N * G; q += NZ_CB)
+      s0_group_params(v, w, b, eps, mean, lo, var, params, C, q * size, nz_min64(NZ_CB, N * G - q),
+                      size);
     NZ_FN(map_forward)(NZ_S0, x, params, y, N, C, L, cl, threads);
   }
 }
@@ -588,8 +593,9 @@ void NZ_FN(nz_s0_backward)(const NZ_T *dy, const NZ_T *x, const float *params, c
   {
     NZ_FN(map_sums)(NZ_S0, dy, x, params, sums, NZ_DIRECT(dx), N, C, L, cl, threads);
 #pragma omp for schedule(static)
-    for (int64_t q = 0; q < N * G; ++q)
-      s0_group_k(sums, mean, lo, var, w, eps, k1, k0, q / G, C, q % G * size, size, L);
+    for (int64_t q = 0; q < N * G; q += NZ_CB)
+      s0_group_k(sums, mean, lo, var, w, eps, k1, k0, C, q * size, nz_min64(NZ_CB, N * G - q),
+                 size, L);
     column_sums_for(sums, 3, out, N, C);
     if (dx)
       NZ_FN(map_dx)(NZ_S0, dy, x, params, mean, k1, k0, NZ_DIRECT(dx), dx, N, C, L, cl, threads);
@@ -803,7 +809,7 @@ void NZ_FN(nz_gn_forward)(const NZ_T *x, const float *w, const float *b, int64_t
     for (int64_t q = 0; q < N * G; ++q) {
       const int64_t n = q / G, c0 = q % G * size;
       double mg, vg;
-      group_stats(mean, NULL, var, n, C, c0, size, &mg, &vg);
+      group_stats(mean, NULL, var, n * C + c0, size, &mg, &vg);
       const double rs = 1.0 / sqrt(vg + eps);
       gstats[q] = (float)mg;
       gstats[N * G + q] = (float)rs;
