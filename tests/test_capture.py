@@ -176,6 +176,63 @@ def test_exports_in_eval(name):
     torch.testing.assert_close(program.module()(x), norm(x), atol=1e-5, rtol=1e-5)
 
 
+def _count_kernel_calls(monkeypatch, names: tuple[str, ...]) -> list[str]:
+    """The ``zoo_kernels`` functions ``names`` called, in order."""
+    from normzoo._native import zoo_kernels
+
+    calls: list[str] = []
+    for fn in names:
+        real = getattr(zoo_kernels, fn)
+        monkeypatch.setattr(
+            zoo_kernels, fn, lambda *a, _fn=fn, _real=real: calls.append(_fn) or _real(*a)
+        )
+    return calls
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=str)
+def test_compiled_evonorm_s0_runs_the_native_kernels_on_the_cpu(fmt, monkeypatch):
+    """``torch.compile`` on the CPU: EvoNorm-S0's forward and backward are the native kernels
+    as custom operators in the graph (one call each per step, no graph break, no recompile),
+    where the reference math compiled by inductor measured slower than the eager kernels; the
+    same outputs, gradients and parameter gradients as the eager module, in either layout."""
+    from normzoo.norms import _graph_ops
+
+    if _graph_ops._s0_op is None:
+        pytest.skip("torch.library.custom_op needs torch >= 2.4")
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    eager = _build("evonorms0", {}, channels=8)
+    norm = copy.deepcopy(eager)
+    calls = _count_kernel_calls(monkeypatch, ("s0_forward", "s0_backward"))
+    compiled = torch.compile(norm, fullgraph=True, backend="aot_eager")
+    for step in range(3):
+        x = (torch.randn(4, 8, 5, 5) * 2 + 1).contiguous(memory_format=fmt)
+        xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ye = eager(xe)
+        g = torch.randn_like(ye)
+        ye.backward(g)
+        calls.clear()
+        with torch._dynamo.config.patch(error_on_recompile=step > 0):
+            yc = compiled(xc)
+        assert calls == ["s0_forward"]
+        yc.backward(g)
+        assert calls == ["s0_forward", "s0_backward"]
+        assert yc.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(yc, ye, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(xc.grad, xe.grad, atol=1e-5, rtol=1e-5)
+        for (key, p), q in zip(norm.named_parameters(), eager.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=key)
+
+
+def test_exported_evonorm_s0_keeps_the_reference_math():
+    """``torch.export`` does not take the compiled path's custom operators (an exported
+    program would need normzoo to run them): the reference math's torch operators only."""
+    norm = _build("evonorms0", {}).eval()
+    program = torch.export.export(norm, (torch.randn(4, 6, 5, 5),))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert targets and not any("normzoo" in t for t in targets), targets
+
+
 EMPTY_SHAPES = [(0, 6, 5, 5), (4, 6, 0, 5)]
 
 

@@ -12,7 +12,7 @@ from normzoo import functional
 from normzoo._native import zoo_kernels
 from normzoo._native.zoo_kernels import TOKENS_S0
 from normzoo.functional._stats import merge_statistics
-from normzoo.norms import _gpu, _triton, _triton_zoo
+from normzoo.norms import _gpu, _graph_ops, _triton, _triton_zoo
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view, scale_shift
 from normzoo.norms._row_map import RowNormSpec, row_input, row_map, use_row_map, use_zoo_op
 from normzoo.norms._tokens import b0_tokens, group_tokens, use_token_kernels
@@ -416,6 +416,10 @@ class EvoNormS0(Norm):
             )
         if fast and not _one_per_row(x):
             return self._fast_forward(x)
+        if self.impl == "fast" and not _one_per_row(x) and _graph_ops.serves(x, *params):
+            # torch.compile on the CPU: the kernels as custom operators (inductor's code for
+            # the reference math measured slower than them)
+            return _graph_ops.evonorm_s0(x, self.v, groups, self.weight, self.bias, self.eps)
         return functional.evonorm_s0(
             x, self.v, self.num_groups, self.weight, self.bias, eps=self.eps
         )
