@@ -189,21 +189,27 @@ def _count_kernel_calls(monkeypatch, names: tuple[str, ...]) -> list[str]:
     return calls
 
 
+GRAPH_OPS = {"evonorms0": "s0", "switchablenorm": "switchable"}
+
+
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=str)
-def test_compiled_evonorm_s0_runs_the_native_kernels_on_the_cpu(fmt, monkeypatch):
-    """``torch.compile`` on the CPU: EvoNorm-S0's forward and backward are the native kernels
-    as custom operators in the graph (one call each per step, no graph break, no recompile),
-    where the reference math compiled by inductor measured slower than the eager kernels; the
-    same outputs, gradients and parameter gradients as the eager module, in either layout."""
+@pytest.mark.parametrize("name", list(GRAPH_OPS))
+def test_compiled_zoo_runs_the_native_kernels_on_the_cpu(name, fmt, monkeypatch):
+    """``torch.compile`` on the CPU: EvoNorm-S0's and SwitchableNorm's forward and backward
+    are the native kernels as custom operators in the graph (one call each per step, no graph
+    break, no recompile), where the reference math compiled by inductor measured slower than
+    the eager kernels; the same outputs, gradients, parameter gradients and running
+    statistics as the eager module, in either layout, then eval."""
     from normzoo.norms import _graph_ops
 
     if _graph_ops._s0_op is None:
         pytest.skip("torch.library.custom_op needs torch >= 2.4")
     torch.manual_seed(0)
     torch._dynamo.reset()
-    eager = _build("evonorms0", {}, channels=8)
+    eager = _build(name, {}, channels=8)
     norm = copy.deepcopy(eager)
-    calls = _count_kernel_calls(monkeypatch, ("s0_forward", "s0_backward"))
+    fwd, bwd = f"{GRAPH_OPS[name]}_forward", f"{GRAPH_OPS[name]}_backward"
+    calls = _count_kernel_calls(monkeypatch, (fwd, bwd))
     compiled = torch.compile(norm, fullgraph=True, backend="aot_eager")
     for step in range(3):
         x = (torch.randn(4, 8, 5, 5) * 2 + 1).contiguous(memory_format=fmt)
@@ -214,20 +220,28 @@ def test_compiled_evonorm_s0_runs_the_native_kernels_on_the_cpu(fmt, monkeypatch
         calls.clear()
         with torch._dynamo.config.patch(error_on_recompile=step > 0):
             yc = compiled(xc)
-        assert calls == ["s0_forward"]
+        assert calls == [fwd]
         yc.backward(g)
-        assert calls == ["s0_forward", "s0_backward"]
+        assert calls == [fwd, bwd]
         assert yc.is_contiguous(memory_format=fmt)
         torch.testing.assert_close(yc, ye, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(xc.grad, xe.grad, atol=1e-5, rtol=1e-5)
         for (key, p), q in zip(norm.named_parameters(), eager.parameters(), strict=True):
             torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=key)
+        _assert_same_state(norm, eager, step)
+    eager.eval()
+    norm.eval()
+    calls.clear()
+    x = torch.randn(4, 8, 5, 5).contiguous(memory_format=fmt)
+    torch.testing.assert_close(compiled(x), eager(x), atol=1e-5, rtol=1e-5)
+    assert calls[:1] == [fwd]
 
 
-def test_exported_evonorm_s0_keeps_the_reference_math():
+@pytest.mark.parametrize("name", list(GRAPH_OPS))
+def test_exported_zoo_keeps_the_reference_math(name):
     """``torch.export`` does not take the compiled path's custom operators (an exported
     program would need normzoo to run them): the reference math's torch operators only."""
-    norm = _build("evonorms0", {}).eval()
+    norm = _build(name, {}).eval()
     program = torch.export.export(norm, (torch.randn(4, 6, 5, 5),))
     targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     assert targets and not any("normzoo" in t for t in targets), targets

@@ -31,7 +31,7 @@ from normzoo import _native
 from normzoo._native import zoo_kernels
 from normzoo.norms._kernels import channels_last_format
 
-__all__ = ["evonorm_s0", "serves"]
+__all__ = ["evonorm_s0", "serves", "switchable_norm"]
 
 _F32 = torch.float32
 _custom_op = getattr(torch.library, "custom_op", None)  # torch >= 2.4
@@ -161,7 +161,82 @@ def _define() -> Any:
     return s0_forward
 
 
+def _define_switchable() -> Any:
+    if _custom_op is None:
+        return None
+
+    @_op("switchable_norm")
+    def sw_forward(
+        x: Tensor,
+        mean_weight: Tensor,
+        var_weight: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        eps: float,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        y, mean, var, stats_bn, params = zoo_kernels.switchable_forward(
+            _rows(x), mean_weight, var_weight, weight, bias, running_mean, running_var, eps
+        )
+        # the IN statistics as one (2, N, C) tensor: mean and var are views of one, and an
+        # operator's outputs may not alias each other
+        return y.view(x.shape), torch.stack([mean, var]), stats_bn, params
+
+    @sw_forward.register_fake
+    def _(x, mean_weight, var_weight, weight, bias, running_mean, running_var, eps):  # type: ignore[no-untyped-def]
+        n, c = x.shape[:2]
+        small = [x.new_empty(size, dtype=_F32) for size in ((2, n, c), (2, c), (n, c, 2))]
+        return (_like_rows(x), *small)
+
+    @_op("switchable_norm_backward")
+    def sw_backward(
+        dy: Tensor,
+        x: Tensor,
+        params: Tensor,
+        stats: Tensor,
+        mean_weight: Tensor,
+        var_weight: Tensor,
+        weight: Tensor | None,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        eps: float,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        rows = _rows(x)
+        grads = zoo_kernels.switchable_backward(
+            dy.reshape(rows.shape), rows, params, stats[0], stats[1], mean_weight, var_weight,
+            weight, running_mean, running_var, eps, (True,) * 5,
+        )  # fmt: skip
+        return (grads[0].view(x.shape), *grads[1:])  # type: ignore[return-value,union-attr]
+
+    @sw_backward.register_fake
+    def _(dy, x, params, stats, mean_weight, var_weight, weight, running_mean, running_var, eps):  # type: ignore[no-untyped-def]
+        c = x.shape[1]
+        sizes = ((3,), (3,), (c,), (c,))
+        return (_like_rows(x), *(x.new_empty(size, dtype=_F32) for size in sizes))
+
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+        x, mean_weight, var_weight, weight, bias, running_mean, running_var, eps = inputs
+        _, stats, _, params = output
+        ctx.save_for_backward(
+            x, params, stats, mean_weight, var_weight, weight, running_mean, running_var
+        )
+        ctx.eps, ctx.has_bias = eps, bias is not None
+
+    def backward(ctx: Any, dy: Tensor, *_: Tensor) -> tuple[Any, ...]:
+        x, params, stats, mw, vw, weight, running_mean, running_var = ctx.saved_tensors
+        dx, dmw, dvw, dw, db = sw_backward(
+            dy, x, params, stats, mw, vw, weight, running_mean, running_var, ctx.eps
+        )
+        dw = dw if weight is not None else None
+        return dx, dmw, dvw, dw, db if ctx.has_bias else None, None, None, None
+
+    sw_forward.register_autograd(backward, setup_context=setup_context)
+    return sw_forward
+
+
 _s0_op = _define()
+_switchable_op = _define_switchable()
 
 
 def evonorm_s0(
@@ -170,3 +245,23 @@ def evonorm_s0(
     """EvoNorm-S0's ``y`` on the native kernels as one custom operator (its backward another),
     for inputs where :func:`serves` holds."""
     return _s0_op(x, v, weight, bias, groups, eps)[0]
+
+
+def switchable_norm(
+    x: Tensor,
+    mean_weight: Tensor,
+    var_weight: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """SwitchableNorm's ``y`` on the native kernels as one custom operator (its backward
+    another), with BN's batch mean and biased variance (``(C,)`` each; unset where
+    ``running_mean`` and ``running_var`` are given and used instead), for inputs where
+    :func:`serves` holds."""
+    y, _, stats_bn, _ = _switchable_op(
+        x, mean_weight, var_weight, weight, bias, running_mean, running_var, eps
+    )
+    return y, stats_bn[0], stats_bn[1]

@@ -9,7 +9,7 @@ from normzoo import functional
 from normzoo._native import zoo_kernels
 from normzoo.functional._stats import merge_statistics
 from normzoo.functional.switchable import SWITCHABLE_STATISTICS, switchable_statistics
-from normzoo.norms import _gpu, _triton, _triton_zoo
+from normzoo.norms import _gpu, _graph_ops, _triton, _triton_zoo
 from normzoo.norms._kernels import RowAffine, RowStats, restore_format, row_view
 from normzoo.norms._row_map import RowNormSpec, row_input, row_map, use_row_map, use_zoo_op
 from normzoo.norms.base import capturing
@@ -179,6 +179,15 @@ class SwitchableNorm(BatchNorm):
             )
         elif fast:
             return self._fast_forward(x, update, factor)
+        elif self.impl == "fast" and self._graph_op_serves(x, params):
+            # torch.compile on the CPU: the kernels as custom operators (inductor's code for
+            # the reference math measured slower than them)
+            batch = self.training or self.running_mean is None
+            running = (None, None) if batch else (self.running_mean, self.running_var)
+            y, mean_bn, var_bn = _graph_ops.switchable_norm(x, *params, *running, self.eps)
+            if update:
+                self._blend_running_stats(mean_bn, var_bn, factor, x.numel() // x.shape[1])
+            return y
         else:
             y, mean, var = functional.switchable_norm(
                 x,
@@ -197,6 +206,10 @@ class SwitchableNorm(BatchNorm):
                 self.running_mean.copy_(mean)
                 self.running_var.copy_(var)
         return y
+
+    def _graph_op_serves(self, x: Tensor, params: tuple[Tensor | None, ...]) -> bool:
+        running = (self.running_mean, self.running_var)
+        return x.dim() >= 3 and _graph_ops.serves(x, *params, *running)
 
     def _fast_forward(self, x: Tensor, update: bool, factor: float) -> Tensor:
         xf = row_input(x)  # bfloat16 read and written natively (row_map)
