@@ -66,6 +66,16 @@ def _assert_same_state(got: nn.Module, want: nn.Module, step: int) -> None:
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"{key} after step {step}")
 
 
+def _assert_same_step(
+    got: nn.Module, want: nn.Module, x_got: torch.Tensor, x_want: torch.Tensor, step: int
+) -> None:
+    """The input's and every parameter's gradient, and every buffer, after a step."""
+    torch.testing.assert_close(x_got.grad, x_want.grad, atol=1e-5, rtol=1e-5)
+    for (key, p), q in zip(got.named_parameters(), want.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=key)
+    _assert_same_state(got, want, step)
+
+
 DEVICES = [
     "cpu",
     pytest.param(
@@ -101,10 +111,7 @@ def test_compiles_whole_and_once(name, kwargs, device):
         ye.backward(g)
         with no_recompile:
             yc.backward(g)
-        torch.testing.assert_close(xc.grad, xe.grad, atol=1e-5, rtol=1e-5)
-        for (key, p), q in zip(norm.named_parameters(), eager.parameters(), strict=True):
-            torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=key)
-        _assert_same_state(norm, eager, step)
+        _assert_same_step(norm, eager, xc, xe, step)
     eager.eval()
     norm.eval()
     x = torch.randn(4, 6, 5, 5, device=device)
@@ -225,10 +232,7 @@ def test_compiled_zoo_runs_the_native_kernels_on_the_cpu(name, fmt, monkeypatch)
         assert calls == [fwd, bwd]
         assert yc.is_contiguous(memory_format=fmt)
         torch.testing.assert_close(yc, ye, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(xc.grad, xe.grad, atol=1e-5, rtol=1e-5)
-        for (key, p), q in zip(norm.named_parameters(), eager.parameters(), strict=True):
-            torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=key)
-        _assert_same_state(norm, eager, step)
+        _assert_same_step(norm, eager, xc, xe, step)
     eager.eval()
     norm.eval()
     calls.clear()
