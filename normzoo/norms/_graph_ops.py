@@ -45,8 +45,11 @@ def _kernels_ready() -> bool:
     return _native.available("zoo")
 
 
-if hasattr(torch.compiler, "assume_constant_result"):
-    _kernels_ready = torch.compiler.assume_constant_result(_kernels_ready)
+# What ``torch.compiler.assume_constant_result(_kernels_ready)`` does, without importing
+# ``torch._dynamo`` (and, with it, triton and inductor) with ``import normzoo``: the mark that
+# dynamo reads. ``test_compiled_zoo_runs_the_native_kernels_on_the_cpu`` fails loudly
+# (``fullgraph=True``) where a torch reads it no more.
+_kernels_ready._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def serves(x: Tensor, *params: Tensor | None) -> bool:
