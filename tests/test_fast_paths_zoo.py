@@ -788,6 +788,31 @@ def test_zoo_kernels_refuse_what_the_c_code_does_not_handle():
         zoo_kernels.map_dx(zoo_kernels.AFFINE, x, x, p, k1=torch.ones(2, 3))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(3, 40, 196), (5, 7, 33), (2, 1, 9), (2, 9, 1), (0, 4, 5)])
+def test_relayout_copies_between_the_two_layouts(shape, dtype, monkeypatch):
+    """``zoo_kernels.relayout``: a contiguous ``(N, C, L)`` tensor to channels_last and back,
+    the same values (bit copies), tiles of 32 cut by any shape, any thread count; a backward
+    given ``dy`` in the other layout than ``x`` copies it this way (``_like``); what it does not
+    take is refused."""
+    t = (torch.randn(shape) * 3).to(dtype)
+    for threads in (1, 3):
+        monkeypatch.setattr(zoo_kernels, "threads", lambda n=threads: n)
+        cl = zoo_kernels.relayout(t)
+        back = zoo_kernels.relayout(cl)
+        assert torch.equal(cl, t) and torch.equal(back, t)
+        assert cl.dtype == dtype and back.dtype == dtype
+        if shape[1] > 1 and shape[2] > 1:
+            assert cl.stride() == (shape[1] * shape[2], 1, shape[1]) and back.is_contiguous()
+    x = torch.randn(shape).to(dtype).transpose(1, 2).contiguous().transpose(1, 2)
+    copied = zoo_kernels._like(x, t)
+    assert copied.stride() == x.stride() and torch.equal(copied, t)
+    with pytest.raises(ValueError, match="relayout takes"):
+        zoo_kernels.relayout(torch.randn(2, 3, 8)[..., ::2])
+    with pytest.raises(ValueError, match="relayout takes"):
+        zoo_kernels.relayout(torch.randn(2, 3, 4, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_zoo_kernels_do_not_depend_on_the_thread_count(threads):
     x = (torch.randn(3, 70, 6, 5) * 3 + 1).contiguous(memory_format=torch.channels_last)

@@ -161,6 +161,10 @@ SIGNATURES: dict[str, dict[str, list]] = {
         # which path S0, FRN and RMSNorm take (returns int64: 0 for two passes, else the fused
         # path's task width): cl, groups (N G), size (channels per group), C, L, threads
         "nz_fused_width": [INT, I64, I64, I64, I64, INT],
+        # src, dst, N, C, L, to_cl, threads: an (N, C, L) tensor copied into the other layout
+        # (float32; _bf16: 2-byte elements)
+        "nz_transpose_layout": [P, P, I64, I64, I64, INT, INT],
+        "nz_transpose_layout_bf16": [P, P, I64, I64, I64, INT, INT],
         # group norm on the rows: x, w, b, G, eps, y, mean, var, gstats, params, N, C, L, cl,
         # threads; backward: dy, x, params, mean, gstats, w, G, sums, k, dx, dw, db, N, C, L,
         # cl, threads

@@ -29,6 +29,7 @@ __all__ = [
     "map_dx",
     "map_forward",
     "map_sums",
+    "relayout",
 ]
 
 #: The elementwise maps of ``zoo.c`` (``op``) and their parameter counts per row.
@@ -73,10 +74,34 @@ def _check(x: Tensor, *small: Tensor | None, dtypes: tuple[torch.dtype, ...] = R
 
 
 def _like(x: Tensor, t: Tensor) -> Tensor:
-    """``t`` with ``x``'s strides and dtype (a copy only where they differ)."""
+    """``t`` with ``x``'s strides and dtype (a copy only where they differ; between the
+    contiguous and channels_last layouts of the same dtype, :func:`relayout`)."""
     if t.stride() == x.stride() and t.dtype == x.dtype:
         return t
+    if t.dtype == x.dtype and t.shape == x.shape and layout(t) is not None:
+        return relayout(t)
     return torch.empty_like(x).copy_(t)
+
+
+def relayout(t: Tensor) -> Tensor:
+    """A contiguous ``(N, C, L)`` float32 or bfloat16 tensor copied to channels_last (strides
+    ``(L C, 1, C)``), or a channels_last one to contiguous: one native pass by tiles (torch's
+    ``copy_`` between these layouts moved 7.6 GB/s on a 2-core EPYC)."""
+    cl = layout(t)
+    if cl is None or t.dtype not in ROW_DTYPES or t.device.type != "cpu":
+        raise ValueError(
+            f"relayout takes a contiguous or channels_last float32 or bfloat16 CPU (N, C, L) "
+            f"tensor, got {t.dtype} on {t.device} with strides {t.stride()}"
+        )
+    n, c, length = t.shape
+    if cl:
+        out = torch.empty((n, c, length), dtype=t.dtype)
+    else:
+        out = torch.empty((n, length, c), dtype=t.dtype).transpose(1, 2)
+    if t.numel():
+        _fn(t, "nz_transpose_layout")(t.data_ptr(), out.data_ptr(), n, c, length, 1 - cl,
+                                      threads())  # fmt: skip
+    return out
 
 
 def _fn(x: Tensor, name: str):
