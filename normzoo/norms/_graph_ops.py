@@ -4,10 +4,10 @@ captures.
 Eager calls reach the kernels through the C++ operators (``torch.ops.normzoo.*``, with C++
 autograd nodes) or :func:`normzoo.norms._row_map.row_map`; neither can be traced (the kernels
 take raw pointers), so under capture the norms compute through their reference math, which
-inductor compiles. For EvoNorm-S0 that compiled math was slower than the eager kernels (a
-training step of its default model 0.70-0.73x eager, measured on a 2-core Xeon and an AMD
-EPYC: inductor computes the sigmoid twice and keeps more of the graph's intermediates). Here the
-forward and the backward are each one custom operator (``torch.library.custom_op``) with a
+inductor compiles. For EvoNorm-S0 and SwitchableNorm that compiled math was slower than the
+eager kernels (a training step of the default model 0.70-0.73x and 0.86-0.9x eager, measured
+on a 2-core Xeon and an AMD EPYC). Here each norm's forward and backward are each one custom
+operator (``torch.library.custom_op``) with a
 fake implementation for tracing, tied by ``register_autograd``: dynamo puts them into the
 graph as they are, AOTAutograd traces the backward through the second one, and inductor calls
 them as extern kernels (no fusion with the operators around them, which the norms' own
