@@ -52,7 +52,7 @@ static const int NZ_NPARAMS[4] = {2, 5, 3, 3};
  * comes from the rounding itself: x / ln2 + 1.5 2^23 holds n in its low mantissa bits, and
  * those shifted by 23 are n << 23 (the constant's own bits shift out). Against Cephes' expf
  * (degree 7, 2^n built from the float n and multiplied in, 1.3 ulp): 3 operations fewer of
- * about 18, 0.90-0.95 of EvoNorm-S0's channels_last forward (zoo.c's A/B notes); the
+ * about 18, EvoNorm-S0's kernels 0.90-0.97 of their time (docs/data/ab_zoo_exp_cl.json); the
  * sigmoid below 2.5 ulp on [-80, 80] (3.2 with Cephes'). The lower clamp keeps n >= -125, so
  * that the exponent stays a normal one's. */
 NZ_INLINE float nz_exp(float x) {
@@ -553,14 +553,13 @@ static void tok_column_totals(const float *partial, int64_t nb, int64_t C, int S
 /* ---------------------------------------------------------------- layout copies -------- *
  * dst = src in the other layout of an (N, C, L) tensor: to_cl = 1 from contiguous (rows of L
  * positions) to channels_last (C channels per position), to_cl = 0 back. Bit copies of 4-byte
- * (float32) or 2-byte (bfloat16) elements by tiles of NZ_TILE x NZ_TILE (a tile's rows in L1:
- * each line of src and dst read or written whole), tasks of (sample, tile) shared among the
- * threads. A backward whose dy comes in the other layout than x (a graph under torch.compile:
+ * (float32) or 2-byte (bfloat16) elements by tiles of NZ_TILE x NZ_TILE, tasks of (sample,
+ * tile) shared among the threads; the inner loop runs along the longer rows (read or written
+ * as a stream: along the shorter, the tile's 32 lines of the longer side, 4 KB apart, fought
+ * over the same L1 set, and (64, 32, 1024) took 1.9 ms instead of 0.97). A backward whose dy comes in the other layout than x (a graph under torch.compile:
  * inductor's choice of layouts) takes this instead of torch's copy_, which measured 2.1 ms on
  * a (64, 32, 1024) float32 tensor (7.6 GB/s moved, the 2-core EPYC). */
-#ifndef NZ_TILE
 #define NZ_TILE 32
-#endif
 #define NZ_TRANSPOSE(T, name)                                                                   \
   void name(const T *src, T *dst, int64_t N, int64_t C, int64_t L, int to_cl, int threads) {   \
     /* per sample, src is R rows of K values and dst K rows of R */                          \
@@ -573,7 +572,7 @@ static void tok_column_totals(const float *partial, int64_t nb, int64_t C, int S
       const int64_t j1 = j0 + NZ_TILE < K ? j0 + NZ_TILE : K;                                  \
       const T *s = src + n * R * K;                                                            \
       T *d = dst + n * R * K;                                                                  \
-      if (K >= R) /* the inner loop along the long rows: a stream, not 32 strided lines */  \
+      if (K >= R) /* the inner loop along the longer rows */                                 \
         for (int64_t i = i0; i < i1; ++i)                                                      \
           for (int64_t j = j0; j < j1; ++j) d[j * R + i] = s[i * K + j];                       \
       else                                                                                     \

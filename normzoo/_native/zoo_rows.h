@@ -367,8 +367,8 @@ void NZ_FN(nz_map_dx)(int op, const NZ_T *dy, const NZ_T *x, const float *params
  * channels_last input in tasks of (sample, cb channels: whole groups). fused_forward and
  * fused_backward are the bodies of a parallel region that the caller opens with a constant op
  * (as NZ_DISPATCH: a region opened in here would take op as a variable, and its maps' loops
- * would not vectorize). */
-/* The parameters of ng groups from row r0 (a group's first row). */
+ * would not vectorize). fused_params: the parameters of ng groups from row r0 (a group's
+ * first row). */
 NZ_INLINE void NZ_FN(fused_params)(const int op, const nz_fuse *f, const float *mean,
                                    const float *lo, const float *var, float *params, int64_t r0,
                                    int64_t ng, int64_t size) {

@@ -30,6 +30,7 @@ from torch import Tensor
 from normzoo import _native
 from normzoo._native import zoo_kernels
 from normzoo.norms._kernels import channels_last_format
+from normzoo.norms._row_map import kernels_take
 
 __all__ = ["evonorm_s0", "serves", "switchable_norm"]
 
@@ -65,14 +66,7 @@ def serves(x: Tensor, *params: Tensor | None) -> bool:
         return False
     if torch.autograd.forward_ad._current_level >= 0:
         return False
-    if not (x.is_cpu and x.dtype in zoo_kernels.ROW_DTYPES and x.dim() >= 3 and x.numel() > 0):
-        return False
-    if not (x.is_contiguous() or channels_last_format(x) is not None):
-        return False
-    for p in params:
-        if p is not None and (p.dtype != _F32 or not p.is_contiguous() or not p.is_cpu):
-            return False
-    return _kernels_ready()
+    return kernels_take(x, *params) and _kernels_ready()
 
 
 def _rows(x: Tensor) -> Tensor:

@@ -32,7 +32,7 @@ from normzoo._native import zoo_kernels
 from normzoo.functional._stats import compute_dtype
 from normzoo.norms._kernels import channels_last_format
 
-__all__ = ["RowNormSpec", "row_input", "row_map", "use_row_map", "use_zoo_op"]
+__all__ = ["RowNormSpec", "kernels_take", "row_input", "row_map", "use_row_map", "use_zoo_op"]
 
 
 class RowNormSpec:
@@ -97,14 +97,21 @@ def use_zoo_op(x: Tensor, *params: Tensor | None) -> bool:
     ``None``), outside ``torch.compile``, the operator library built. The Python path
     (:func:`row_map`) cost about 0.3 ms more per fwd+bwd (measured on (8, 256, 14, 14),
     2-core Xeon), a fifth of the whole."""
+    return kernels_take(x, *params) and not _native.capturing() and _native.ops_available()
+
+
+def kernels_take(x: Tensor, *params: Tensor | None) -> bool:
+    """Whether the zoo's one-call kernels take ``x`` ``(N, C, *spatial)`` as it is: float32
+    or bfloat16 on the CPU, not empty, contiguous or channels_last, its per-channel ``params``
+    contiguous float32 CPU tensors (or ``None``). What :func:`use_zoo_op` and the compiled
+    path's operators (``_graph_ops.serves``) both ask of an input."""
     if not (x.is_cpu and x.dtype in zoo_kernels.ROW_DTYPES and x.dim() >= 3 and x.numel() > 0):
         return False
     if not (x.is_contiguous() or channels_last_format(x) is not None):
         return False
-    for p in params:
-        if p is not None and (p.dtype != torch.float32 or not p.is_contiguous()):
-            return False
-    return not _native.capturing() and _native.ops_available()
+    return all(
+        p is None or (p.dtype == torch.float32 and p.is_contiguous() and p.is_cpu) for p in params
+    )
 
 
 def rows(x: Tensor) -> Tensor:

@@ -179,7 +179,9 @@ class SwitchableNorm(BatchNorm):
             )
         elif fast:
             return self._fast_forward(x, update, factor)
-        elif self.impl == "fast" and self._graph_op_serves(x, params):
+        elif self.impl == "fast" and _graph_ops.serves(
+            x, *params, self.running_mean, self.running_var
+        ):
             # torch.compile on the CPU: the kernels as custom operators (inductor's code for
             # the reference math measured slower than them)
             batch = self.training or self.running_mean is None
@@ -206,10 +208,6 @@ class SwitchableNorm(BatchNorm):
                 self.running_mean.copy_(mean)
                 self.running_var.copy_(var)
         return y
-
-    def _graph_op_serves(self, x: Tensor, params: tuple[Tensor | None, ...]) -> bool:
-        running = (self.running_mean, self.running_var)
-        return x.dim() >= 3 and _graph_ops.serves(x, *params, *running)
 
     def _fast_forward(self, x: Tensor, update: bool, factor: float) -> Tensor:
         xf = row_input(x)  # bfloat16 read and written natively (row_map)
