@@ -359,7 +359,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--json", help="write meta, rows, compile times and training rows here")
     p.add_argument("--title", help="a title for the docs page's section of this run")
+    p.add_argument(
+        "--triton-knobs",
+        nargs="*",
+        default=[],
+        metavar="NAME=INT",
+        help="set these plan knobs of the Triton kernels (normzoo.norms._triton: "
+        + ", ".join(TRITON_KNOBS)
+        + ") for the run, e.g. what scripts/gpu_triton_ab.py --pick chose",
+    )
     return p.parse_args(argv)
+
+
+#: The Triton kernels' plan knobs that ``--triton-knobs`` may set.
+TRITON_KNOBS = ("PROGRAMS_PER_SM", "TILE", "TWO_PHASE_LANE_ACC", "TOKEN_MIN_ROWS", "TOKEN_ACC_ROWS")
+
+
+def set_triton_knobs(specs: list[str]) -> dict[str, int]:
+    """Set ``NAME=INT`` knobs of :mod:`normzoo.norms._triton`; returns them (for the meta)."""
+    from normzoo.norms import _triton
+
+    knobs = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or name not in TRITON_KNOBS or not value.lstrip("-").isdigit():
+            raise SystemExit(f"--triton-knobs takes NAME=INT with NAME in {TRITON_KNOBS}: {spec!r}")
+        knobs[name] = int(value)
+    for name, value in knobs.items():
+        setattr(_triton, name, type(getattr(_triton, name))(value))
+    return knobs
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -378,6 +406,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     meta = machine()
     meta["title"] = args.title
     meta["cuda_timing"] = args.cuda_timing
+    if args.triton_knobs:
+        meta["triton_knobs"] = set_triton_knobs(args.triton_knobs)
     meta["load_start"] = load()
     print(json.dumps(meta), flush=True)
     result: dict[str, Any] = {

@@ -11,7 +11,8 @@
 #   bench      scripts/bench.py on the GPU: every norm, the issue's shapes plus two GPU-sized
 #              ones (the issue's shapes are launch-bound on a large GPU), float32 and bfloat16,
 #              both layouts, bandwidth as a fraction of a measured copy_, training step;
-#   large      scripts/bench.py on the GPU-sized shapes alone, every norm on its default
+#   large      scripts/bench.py on the GPU-sized shapes alone (with the plan step's chosen plan
+#              where it ran and chose one; LARGE_KNOBS overrides), every norm on its default
 #              dispatch (torch's kernels, the Triton kernels or the compiled zoo, as measured),
 #              float32 and bfloat16, both layouts, timed as the GPU's work: the issue's GPU
 #              report (each norm's copy fraction, normzoo against torch eager) in one short run;
@@ -28,6 +29,12 @@
 #              zoo's modules (FRN, EvoNorm-S0/B0, RMSNorm, Batch Renorm, SwitchableNorm, Ghost
 #              BN, FrozenBN) on the kernels against their current CUDA paths, interleaved (decides their
 #              dispatch);
+#   warm       untimed first passes, all at once, of the plan and large steps below (the Triton
+#              variants' and inductor's cold compiles, CPU-bound, overlap; their disk caches
+#              keep them for the timed steps): run it beside tritontest, then plan and large;
+#   plan       scripts/gpu_triton_ab.py's first question alone (the two-phase and token kernels'
+#              plan knobs: programs per SM, tile, per-lane partials; the token backward's
+#              rows) on the large shapes, the cases every norm's slow rows come from;
 #   core       scripts/gpu_fused_ab.py for BatchNorm, GroupNorm and LayerNorm: their reference
 #              math compiled (a candidate, not dispatched) against torch's kernels, as
 #              fractions of the copy ceiling (the issue aims at 0.7; torch's read 0.2-0.5);
@@ -52,6 +59,7 @@ steps=" ${STEPS:-test tritontest fusedtest bench large triton tritonab reference
 # timeout that interrupts (SIGINT) at the limit, and kills 15 s later if still running
 limit() { timeout -s INT -k 15 "$@"; }
 big="256,64,64,64 65536,1024"
+plan_cases=${PLAN_CASES:-bn_contiguous bn_channels_last gn32_channels_last bn_tokens ln_tokens}
 zoo="batchrenorm evonormb0 evonorms0 frn ghostbatchnorm rmsnorm switchablenorm"
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
@@ -82,6 +90,32 @@ if [[ $steps == *" fusedtest "* ]]; then
     for pid in "${pids[@]}"; do wait "$pid"; done
     tail -n 4 "$out"/test_cuda_fused_*.log
 fi
+if [[ $steps == *" warm "* ]]; then
+    warm=$(mktemp -d)
+    pids=()
+    for c in $plan_cases; do
+        limit "${WARM_LIMIT:-200}" "$py" scripts/gpu_triton_ab.py --cases $c --modules \
+            --repeats 1 >"$warm/plan_$c.log" 2>&1 &
+        pids+=($!)
+    done
+    for norms in "batchnorm groupnorm layernorm instancenorm syncbatchnorm frozenbatchnorm" \
+        "frn evonorms0 rmsnorm identity" "batchrenorm switchablenorm evonormb0 ghostbatchnorm"; do
+        limit "${WARM_LIMIT:-200}" "$py" scripts/bench.py --devices cuda --repeats 1 --warmup 1 \
+            --norms $norms --shapes $big --dtypes float32 bfloat16 --no-train \
+            --cuda-timing gpu >"$warm/large_${norms%% *}.log" 2>&1 &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid"; done
+    tail -n 2 "$warm"/*.log
+fi
+if [[ $steps == *" plan "* ]]; then
+    limit "${PLAN_LIMIT:-200}" "$py" scripts/gpu_triton_ab.py --cases $plan_cases --modules \
+        --shapes $big --repeats "${PLAN_REPEATS:-9}" --json "$out/gpu_triton_plan.json" \
+        2>&1 | tee "$out/gpu_triton_plan.log"
+    # the two-phase plan that won (nothing: the shipped one), for the large step's run
+    knobs=$("$py" scripts/gpu_triton_ab.py --pick "$out/gpu_triton_plan.json")
+    echo "plan chosen: ${knobs:-the shipped one}" | tee -a "$out/gpu_triton_plan.log"
+fi
 if [[ $steps == *" bench "* ]]; then
     limit "${BENCH_LIMIT:-330}" "$py" scripts/bench.py --devices cuda --repeats 15 \
         --warmup 3 --shapes 32,64,32,32 8,256,14,14 128,64,8,8 4,32,64,64 4096,1024 \
@@ -91,6 +125,7 @@ fi
 if [[ $steps == *" large "* ]]; then
     limit "${LARGE_LIMIT:-240}" "$py" scripts/bench.py --devices cuda --repeats 11 --warmup 3 \
         --shapes $big --dtypes float32 bfloat16 --no-train --cuda-timing gpu \
+        --triton-knobs ${LARGE_KNOBS:-${knobs:-}} \
         --title "GPU: every norm on the large shapes, default dispatch, GPU time" \
         --json "$out/bench_cuda_large.json" 2>&1 | tee "$out/bench_cuda_large.log"
 fi

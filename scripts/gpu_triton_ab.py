@@ -2,6 +2,7 @@
 
     python scripts/gpu_triton_ab.py --json gpu_out/gpu_triton_ab.json
     python scripts/gpu_triton_ab.py --shapes 256,64,64,64 --dtypes float32   # fewer cases
+    python scripts/gpu_triton_ab.py --pick gpu_out/gpu_triton_plan.json  # the plan it chose
 
 Three questions the tenth and eleventh sessions left (``docs/performance.md``, the Triton
 sections):
@@ -37,8 +38,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -53,16 +56,20 @@ FLUSH_BYTES = 256 << 20
 #: the shipped default. The token kernels read the first and the third and fourth (their
 #: backward), the two-phase kernels the first, second and last.
 CONFIGS = [
-    (16, 4096, 8, True, False),
-    (64, 4096, 8, True, False),
-    (16, 8192, 8, True, False),
-    (64, 8192, 8, True, False),
-    (256, 4096, 8, True, False),
-    (16, 4096, 1, True, False),  # the tenth session's token backward: one row a program
-    (16, 4096, 32, True, False),
-    (16, 4096, 8, False, False),  # the token backward summing its tile's rows each iteration
-    (16, 4096, 8, True, True),  # the two-phase partials kept per lane, merged once
-    (64, 4096, 8, True, True),
+    (16, 4096, 8, True, 0),
+    (64, 4096, 8, True, 0),
+    (16, 8192, 8, True, 0),
+    (64, 8192, 8, True, 0),
+    (256, 4096, 8, True, 0),
+    (16, 4096, 1, True, 0),  # the tenth session's token backward: one row a program
+    (16, 4096, 32, True, 0),
+    (16, 4096, 8, False, 0),  # the token backward summing its tile's rows each iteration
+    (16, 4096, 8, True, 1),  # the two-phase partials kept per lane (Welford), merged once
+    (64, 4096, 8, True, 1),
+    (16, 4096, 8, True, 2),  # ... as shifted sums (a third of the Welford lanes' SASS)
+    (64, 4096, 8, True, 2),
+    (16, 8192, 8, True, 2),
+    (64, 8192, 8, True, 2),
 ]
 KNOBS = ("PROGRAMS_PER_SM", "TILE", "TOKEN_MIN_ROWS", "TOKEN_ACC_ROWS", "TWO_PHASE_LANE_ACC")
 
@@ -73,7 +80,7 @@ def _reads(case: str) -> set[int]:
     return {0, 2, 3} if token and kind != "batch" else {0, 1, 4}
 
 
-def _set_knobs(config: tuple[int, int, int, bool, bool]) -> None:
+def _set_knobs(config: tuple[int, int, int, bool, int]) -> None:
     for name, value in zip(KNOBS, config, strict=True):
         setattr(_triton, name, value)
 
@@ -301,8 +308,39 @@ def module_ab(
     return row
 
 
+def pick(data: dict[str, Any], margin: float = 0.97) -> dict[str, int]:
+    """The two-phase kernels' plan (``PROGRAMS_PER_SM``, ``TILE``, ``TWO_PHASE_LANE_ACC``) of
+    the configuration with the lowest geometric mean, over the A/B's two-phase rows, of its
+    fwd+bwd time over the shipped default's; ``{}`` (keep the default) unless that mean is
+    below ``margin``, or where a row lacks the configuration."""
+    default = "x".join(str(int(v)) for v in CONFIGS[0])
+    rows = [r for r in data["rows"] if _reads(r["case"]) == {0, 1, 4}]
+    best, best_score = None, margin
+    for config in CONFIGS[1:]:
+        key = "x".join(str(int(v)) for v in config)
+        ratios = [
+            r["configs"][key]["fwdbwd_ms"] / r["configs"][default]["fwdbwd_ms"]
+            for r in rows
+            if key in r["configs"] and default in r["configs"]
+        ]
+        if not ratios or len(ratios) < len(rows):
+            continue
+        score = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
+        if score < best_score:
+            best, best_score = config, score
+    if best is None:
+        return {}
+    return {"PROGRAMS_PER_SM": best[0], "TILE": best[1], "TWO_PHASE_LANE_ACC": int(best[4])}
+
+
 def main(argv: list[str] | None = None) -> None:
     global DEVICE
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--pick"]:  # --pick FILE: the plan to ship, as bench.py's --triton-knobs
+        with open(argv[1]) as fh:
+            print(" ".join(f"{k}={v}" for k, v in pick(json.load(fh)).items()))
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--device", default="cuda", choices=["cuda", "cpu"],

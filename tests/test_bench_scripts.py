@@ -587,3 +587,60 @@ def test_the_zoos_triton_dispatch_follows_the_gpu_ab_data():
     assert served <= set(measured), served - set(measured)  # nothing served unmeasured
     for key, wins in measured.items():
         assert (key in served) == all(wins), key
+
+
+def _plan_row(case: str, times: dict[tuple, float]) -> dict:
+    """An A/B row of ``gpu_triton_ab.py`` with these fwd+bwd times per configuration."""
+    configs = {"x".join(str(int(v)) for v in c): {"fwdbwd_ms": t} for c, t in times.items()}
+    return {"case": case, "configs": configs}
+
+
+def test_the_plan_pick_takes_the_two_phase_configuration_that_wins_overall():
+    """``gpu_triton_ab.py --pick``: the two-phase configuration with the lowest geometric mean
+    of fwd+bwd time over the default's, across the two-phase rows (token rows aside), and
+    the shipped plan (nothing) where none wins by the margin or a row lacks one."""
+    ab = load_script("gpu_triton_ab")
+    default, lanes, big_tile = ab.CONFIGS[0], (16, 4096, 8, True, 2), (16, 8192, 8, True, 0)
+    assert default[4] == 0 and lanes in ab.CONFIGS and big_tile in ab.CONFIGS
+    rows = [
+        # the lanes win twice as fast on channels_last, lose 10% on contiguous: overall won
+        _plan_row("bn_channels_last", {default: 2.0, lanes: 1.0, big_tile: 1.9}),
+        _plan_row("bn_contiguous", {default: 1.0, lanes: 1.1, big_tile: 0.95}),
+        _plan_row("ln_tokens", {default: 1.0}),  # a token row: not the two-phase kernels'
+    ]
+    data = {"rows": rows}
+    assert ab.pick(data) == {"PROGRAMS_PER_SM": 16, "TILE": 4096, "TWO_PHASE_LANE_ACC": 2}
+    rows[0]["configs"]["16x4096x8x1x2"]["fwdbwd_ms"] = 2.4  # now a loss on both
+    assert ab.pick(data) == {"PROGRAMS_PER_SM": 16, "TILE": 8192, "TWO_PHASE_LANE_ACC": 0}
+    rows[0]["configs"]["16x8192x8x1x0"]["fwdbwd_ms"] = 2.0  # within the margin: keep
+    assert ab.pick(data) == {}
+    del rows[1]["configs"]["16x4096x8x1x2"]  # a configuration one row lacks: never chosen
+    rows[0]["configs"]["16x4096x8x1x2"]["fwdbwd_ms"] = 0.1
+    assert ab.pick(data) == {}
+
+
+def test_the_pick_reaches_the_bench_as_its_triton_knobs(bench, tmp_path, monkeypatch):
+    """``--pick FILE`` prints the plan as ``NAME=INT``; ``bench.py --triton-knobs`` sets those
+    knobs for its run (and records them), and names what it cannot set."""
+    from normzoo.norms import _triton
+
+    ab = load_script("gpu_triton_ab")
+    lanes = (64, 4096, 8, True, 2)
+    rows = [_plan_row("bn_channels_last", {ab.CONFIGS[0]: 2.0, lanes: 1.0})]
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"rows": rows}))
+    script = str(ROOT / "scripts" / "gpu_triton_ab.py")
+    run = subprocess.run([sys.executable, script, "--pick", str(path)], capture_output=True,
+                         text=True, check=True, env={"PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert run.stdout.split() == ["PROGRAMS_PER_SM=64", "TILE=4096", "TWO_PHASE_LANE_ACC=2"]
+    for name in bench.TRITON_KNOBS:
+        monkeypatch.setattr(_triton, name, getattr(_triton, name))  # restored after
+    assert bench.set_triton_knobs(run.stdout.split()) == {
+        "PROGRAMS_PER_SM": 64, "TILE": 4096, "TWO_PHASE_LANE_ACC": 2,
+    }  # fmt: skip
+    assert (_triton.PROGRAMS_PER_SM, _triton.TWO_PHASE_LANE_ACC) == (64, 2)
+    assert bench.set_triton_knobs(["TOKEN_ACC_ROWS=0"]) == {"TOKEN_ACC_ROWS": 0}
+    assert _triton.TOKEN_ACC_ROWS is False
+    for bad in ("TILE", "TILE=big", "MIN_NUMEL=1"):
+        with pytest.raises(SystemExit, match="NAME=INT"):
+            bench.set_triton_knobs([bad])

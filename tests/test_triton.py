@@ -597,12 +597,15 @@ def test_the_dispatch_serves_the_compiled_variants_that_were_measured():
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(_interpreter_usable() is not None, reason=str(_interpreter_usable()))
 def test_two_phase_lane_partials_under_the_interpreter():
-    """The two-phase kernels' per-lane variant (``_triton.TWO_PHASE_LANE_ACC``, a candidate
-    for the GPU's A/B, off by default): batch norm and channels_last cases on the small shapes
-    against torch, and inputs near 1e4 against float64 (the shifted lanes keep the variance
-    within 20x torch's error), in two processes."""
-    total = _interpreter_check_in_two_shards("--lane-acc", "--quick", expect="lane_acc True")
-    assert total >= 20  # both shards ran their share
+    """The two-phase kernels' per-lane variants (``_triton.TWO_PHASE_LANE_ACC`` 1 and 2,
+    candidates for the GPU's A/B, off by default): batch norm and channels_last cases on the
+    small shapes against torch, and inputs near 1e4 against float64 (the shifted lanes keep
+    the variance within 20x torch's error), in two processes each."""
+    for variant in ("1", "2"):  # Welford lanes, shifted sums
+        total = _interpreter_check_in_two_shards(
+            "--lane-acc", variant, "--quick", expect=f"lane_acc {variant}"
+        )
+        assert total >= 20  # both shards ran their share
 
 
 @pytest.mark.skipif(_interpreter_usable() is not None, reason=str(_interpreter_usable()))
@@ -626,7 +629,7 @@ def test_gpu_triton_ab_runs_on_the_cpu_under_the_interpreter(tmp_path):
     rows = {r["case"]: r for r in data["rows"]}
     assert set(rows) == {"bn_contiguous", "ln_tokens"}
     # each case times the configurations that differ in the knobs its kernels read
-    assert len(rows["ln_tokens"]["configs"]) == 6 and len(rows["bn_contiguous"]["configs"]) == 7
+    assert len(rows["ln_tokens"]["configs"]) == 6 and len(rows["bn_contiguous"]["configs"]) == 11
     for row in rows.values():
         assert row["torch_fwd_ms"] > 0 and row["host_us"]["fwdbwd"] > 0
     (module,) = data["modules"]

@@ -218,14 +218,15 @@ def test_triton_kernels_equal_torch_nn(case, layout, relu, triton_everywhere):
 @pytest.mark.parametrize(
     ("knob", "value", "cases"),
     [
-        ("TWO_PHASE_LANE_ACC", True, ("bn", "gn", "ln", "rms", "frn", "s0", "b0", "ghost")),
+        ("TWO_PHASE_LANE_ACC", 1, ("bn", "gn", "ln", "rms", "frn", "s0", "b0", "ghost")),
+        ("TWO_PHASE_LANE_ACC", 2, ("bn", "gn", "ln", "rms", "frn", "s0", "b0", "ghost")),
         ("TOKEN_ACC_ROWS", False, ("gn_tokens", "ln_tokens", "rms_tokens")),
     ],
-    ids=["lane_partials", "token_sums_each_tile"],
+    ids=["lane_welford", "lane_sums", "token_sums_each_tile"],
 )
 def test_triton_plan_variants_equal_torch_nn(knob, value, cases, monkeypatch, triton_everywhere):
     """The kernels' variants that ``scripts/gpu_triton_ab.py`` times against the defaults
-    (``_triton.TWO_PHASE_LANE_ACC`` on, ``TOKEN_ACC_ROWS`` off) give torch.nn's results too:
+    (``_triton.TWO_PHASE_LANE_ACC`` 1 or 2, ``TOKEN_ACC_ROWS`` off) give torch.nn's results too:
     one training step on each case's largest 4-d shape (its last for tokens), in both
     layouts."""
     monkeypatch.setattr(_triton, knob, value)

@@ -57,8 +57,11 @@ def main() -> int:
     torch.manual_seed(0)
     target, lane_acc = T._target_programs, T.TWO_PHASE_LANE_ACC
     T._target_programs = lambda x: 64  # several chunks per set on the small shapes below
-    # --lane-acc: the two-phase kernels' per-lane variant (_triton.TWO_PHASE_LANE_ACC)
-    T.TWO_PHASE_LANE_ACC = "--lane-acc" in sys.argv[1:] or lane_acc
+    # --lane-acc [1|2]: the two-phase kernels' per-lane variants (_triton.TWO_PHASE_LANE_ACC:
+    # 1 Welford lanes, the default of the flag; 2 shifted sums)
+    if "--lane-acc" in sys.argv[1:]:
+        after = sys.argv[sys.argv.index("--lane-acc") + 1 :]
+        T.TWO_PHASE_LANE_ACC = int(after[0]) if after and after[0].isdigit() else 1
     print(f"lane_acc {T.TWO_PHASE_LANE_ACC}")
     try:
         return 1 if check(shard, quick="--quick" in sys.argv[1:]) else 0

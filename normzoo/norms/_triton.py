@@ -185,9 +185,14 @@ TOKEN_ACC_ROWS = True
 #: span its 8 warps, so that per-tile reduction goes through 2 KB of shared memory and two
 #: barriers in every iteration (the contiguous tile's, one value a channel, 32 bytes); the H200
 #: run read these kernels' channels_last paths at 0.38-0.41 of the copy ceiling forward
-#: against 0.57-0.64 contiguous. A candidate, not timed: off (the measured kernels) until
-#: ``gpu_triton_ab.py``'s A/B says otherwise.
-TWO_PHASE_LANE_ACC = False
+#: against 0.57-0.64 contiguous. ``1``: Welford lanes; ``2``: shifted sums and sums of squares
+#: per lane. The statistics loop for sm_90 (``nvdisasm`` of the compile check's cubins), per
+#: tile of 16 values a thread: 465-496 instructions with the per-tile reduction (44-48
+#: shuffles, 20-32 shared-memory stores and loads, 6 barriers, 9 divisions), 168-206 with
+#: Welford lanes, 102-107 with sums; at the H200's bandwidth a bfloat16 tile of that
+#: reduction needs about twice the instructions its 4 schedulers issue meanwhile. Candidates,
+#: not timed: 0 (the measured kernels) until ``gpu_triton_ab.py``'s A/B says otherwise.
+TWO_PHASE_LANE_ACC = 0
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 

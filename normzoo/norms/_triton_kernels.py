@@ -82,7 +82,11 @@ def _partial_stats(
     tile), merged once after the loop (:func:`_chan_merge` as the reduction), so the loop
     holds no reduction across the tile's warps. The lanes see ``x`` shifted by the chunk's
     first value of each channel (exact, and close to the mean): a lane's mean of a few values
-    near 1e4, rounded to float32, would carry 5e-4 into every merge's ``delta^2`` term."""
+    near 1e4, rounded to float32, would carry 5e-4 into every merge's ``delta^2`` term.
+    ``LANE_ACC == 2``: each lane keeps the shifted sum and sum of squares instead (two float
+    operations a value against Welford's five and a division), its count known from its
+    offset, and turns them into a (count, mean, M2) after the loop for the same merge; the
+    shift keeps ``s2 - s1^2 / n`` to the values' spread around the channel's first value."""
     kk = tl.program_id(0)
     n = tl.program_id(2).to(tl.int64)
     cs, cmask, off, s0, s_end = _chunk(kk, tl.program_id(1), n, C, S, sn, sc, SPP, CB)
@@ -94,18 +98,23 @@ def _partial_stats(
     lane_m2 = tl.zeros([CB, SB], dtype=tl.float32)
     if LANE_ACC:
         first = n * sn + cs.to(tl.int64) * sc + s0.to(tl.int64) * ss
-        shift = tl.load(X + first, mask=cmask & (s0 < s_end), other=0.0).to(tl.float32)
+        raw = tl.load(X + first, mask=cmask & (s0 < s_end), other=0.0)
+        shift = raw.to(tl.float32)
     for s in range(s0, s_end, SB):
         o, m = _positions(off, s, s_end, ss, cmask, SB)
-        x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
-        if LANE_ACC:
-            x = x - shift[:, None]
+        if LANE_ACC == 2:  # masked values read as the shift: d = 0 there, no select
+            d = tl.load(X + o, mask=m, other=raw[:, None]).to(tl.float32) - shift[:, None]
+            lane_mean += d  # (the lane's shifted sum until after the loop)
+            lane_m2 += d * d  # (its shifted sum of squares)
+        elif LANE_ACC:
+            x = tl.load(X + o, mask=m, other=0.0).to(tl.float32) - shift[:, None]
             inv = 1.0 / ((s - s0) // SB + 1).to(tl.float32)  # 1 / this tile's number
             d = x - lane_mean
             lane_mean = tl.where(m, lane_mean + d * inv, lane_mean)
             lane_m2 = tl.where(m, lane_m2 + d * (x - lane_mean), lane_m2)
             lane_n += tl.where(m, 1.0, 0.0)
         else:
+            x = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
             tc = tl.minimum(s_end - s, SB).to(tl.float32)
             tmean = tl.sum(x, axis=1) / tc
             d = tl.where(m, x - tmean[:, None], 0.0)
@@ -115,6 +124,13 @@ def _partial_stats(
             mean += delta * (tc / tot)
             m2 += tm2 + delta * delta * (cnt * tc / tot)
             cnt = tot
+    if LANE_ACC == 2:  # lane j saw the positions s0 + j, s0 + j + SB, ... below s_end
+        left = s_end - s0 - tl.arange(0, SB)
+        seen = tl.where(left > 0, (left + SB - 1) // SB, 0).to(tl.float32)
+        lane_n = tl.where(cmask[:, None], seen[None, :], 0.0)
+        s1 = lane_mean
+        lane_mean = s1 / tl.maximum(lane_n, 1.0)
+        lane_m2 = tl.maximum(lane_m2 - s1 * lane_mean, 0.0)
     if LANE_ACC:
         cnt, mean, m2 = tl.reduce((lane_n, lane_mean, lane_m2), 1, _chan_merge)
         mean += tl.where(cnt > 0.0, shift, 0.0)
