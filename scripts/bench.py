@@ -352,6 +352,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--train-batch", type=int, default=64)
     p.add_argument(
+        "--first-call",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time each norm's first fwd+bwd (compiles included) before the rows; "
+        "--no-first-call skips it (a run that another has timed them for)",
+    )
+    p.add_argument(
         "--rows",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -372,7 +379,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 #: The Triton kernels' plan knobs that ``--triton-knobs`` may set.
-TRITON_KNOBS = ("PROGRAMS_PER_SM", "TILE", "TWO_PHASE_LANE_ACC", "TOKEN_MIN_ROWS", "TOKEN_ACC_ROWS")
+TRITON_KNOBS = (
+    "PROGRAMS_PER_SM",
+    "TILE",
+    "TILE_ROWS_BYTES",
+    "TWO_PHASE_LANE_ACC",
+    "TWO_PHASE_LANE_ACC_ROWS",
+    "TOKEN_MIN_ROWS",
+    "TOKEN_ACC_ROWS",
+)
 
 
 def set_triton_knobs(specs: list[str]) -> dict[str, int]:
@@ -418,8 +433,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "errors": [],
     }
     for dev in map(torch.device, devices):
-        result["compile_s"][dev.type] = first_call_times(names, dev)
-        print(f"first fwd+bwd (compile included), {dev.type}: {result['compile_s'][dev.type]}")
+        if args.first_call:
+            result["compile_s"][dev.type] = first_call_times(names, dev)
+            print(f"first fwd+bwd (compile included), {dev.type}: {result['compile_s'][dev.type]}")
         for dtype_name in args.dtypes if args.rows else []:
             for fmt in args.formats:
                 for shape in shapes:

@@ -12,7 +12,8 @@
 #              ones (the shapes are launch-bound on a large GPU), float32 and bfloat16,
 #              both layouts, bandwidth as a fraction of a measured copy_, training step;
 #   large      scripts/bench.py on the GPU-sized shapes alone (with the plan step's chosen plan
-#              where it ran and chose one; LARGE_KNOBS overrides), every norm on its default
+#              where it ran and chose one; LARGE_KNOBS overrides; LARGE_ARGS: more of bench.py's
+#              arguments, e.g. --no-first-call), every norm on its default
 #              dispatch (torch's kernels, the Triton kernels or the compiled zoo, as measured),
 #              float32 and bfloat16, both layouts, timed as the GPU's work: the GPU
 #              report (each norm's copy fraction, normzoo against torch eager) in one short run;
@@ -127,7 +128,7 @@ if [[ $steps == *" large "* ]]; then
         --shapes $big --dtypes float32 bfloat16 --no-train --cuda-timing gpu \
         --triton-knobs ${LARGE_KNOBS:-${knobs:-}} \
         --title "GPU: every norm on the large shapes, default dispatch, GPU time" \
-        --json "$out/bench_cuda_large.json" 2>&1 | tee "$out/bench_cuda_large.log"
+        --json "$out/bench_cuda_large.json" ${LARGE_ARGS:-} 2>&1 | tee "$out/bench_cuda_large.log"
 fi
 if [[ $steps == *" triton "* ]]; then
     # TRITON_TIMINGS, TRITON_SHAPES, TRITON_REPEATS: fewer timings, shapes or repeats

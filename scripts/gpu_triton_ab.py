@@ -52,9 +52,11 @@ from normzoo.norms import _triton
 
 SLEEP_CYCLES = 6_000_000  # ~3 ms at 2 GHz: the host queues a call's launches meanwhile
 FLUSH_BYTES = 256 << 20
-#: (PROGRAMS_PER_SM, TILE, TOKEN_MIN_ROWS, TOKEN_ACC_ROWS, TWO_PHASE_LANE_ACC); the first is
-#: the shipped default. The token kernels read the first and the third and fourth (their
-#: backward), the two-phase kernels the first, second and last.
+#: (PROGRAMS_PER_SM, TILE, TOKEN_MIN_ROWS, TOKEN_ACC_ROWS, TWO_PHASE_LANE_ACC), each set on
+#: both layouts (the tile and lanes as ``TILE``/``TILE_ROWS_BYTES`` and
+#: ``TWO_PHASE_LANE_ACC``/``_ROWS``; the tile in elements of the case's dtype); each layout's
+#: shipped plan is among them. The token kernels read the first and
+#: the third and fourth (their backward), the two-phase kernels the first, second and last.
 CONFIGS = [
     (16, 4096, 8, True, 0),
     (64, 4096, 8, True, 0),
@@ -80,9 +82,10 @@ def _reads(case: str) -> set[int]:
     return {0, 2, 3} if token and kind != "batch" else {0, 1, 4}
 
 
-def _set_knobs(config: tuple[int, int, int, bool, int]) -> None:
+def _set_knobs(config: tuple[int, int, int, bool, int], itemsize: int) -> None:
     for name, value in zip(KNOBS, config, strict=True):
         setattr(_triton, name, value)
+    _triton.TILE_ROWS_BYTES, _triton.TWO_PHASE_LANE_ACC_ROWS = config[1] * itemsize, config[4]
 
 
 #: name -> (kind, groups, channels_last, token)
@@ -308,36 +311,70 @@ def module_ab(
     return row
 
 
+def shipped(rows: bool, itemsize: int = 4) -> tuple[int, int, int, bool, int]:
+    """The configuration that normzoo ships for contiguous input or (``rows``) for rows of
+    elements of ``itemsize`` bytes."""
+    t = _triton
+    tile, lanes = t.TILE, t.TWO_PHASE_LANE_ACC
+    if rows:
+        tile, lanes = t.TILE_ROWS_BYTES // itemsize, t.TWO_PHASE_LANE_ACC_ROWS
+    return (t.PROGRAMS_PER_SM, tile, t.TOKEN_MIN_ROWS, t.TOKEN_ACC_ROWS, lanes)
+
+
+def _on_rows(case: str) -> bool:
+    """Whether ``case``'s two-phase kernels take rows (channels_last, or batch norm's tokens)."""
+    kind, _, cl, token = CASES[case]
+    return cl or (token and kind == "batch")
+
+
+def _key(config: tuple[int, int, int, bool, int]) -> str:
+    return "x".join(str(int(v)) for v in config)
+
+
+def _itemsize(row: dict[str, Any]) -> int:
+    return torch.empty(0, dtype=getattr(torch, row["dtype"])).element_size()
+
+
 def pick(data: dict[str, Any], margin: float = 0.97) -> dict[str, int]:
-    """The two-phase kernels' plan (``PROGRAMS_PER_SM``, ``TILE``, ``TWO_PHASE_LANE_ACC``) of
-    the configuration with the lowest geometric mean, over the A/B's two-phase rows, of its
-    fwd+bwd time over the shipped default's; ``{}`` (keep the default) unless that mean is
-    below ``margin``, or where a row lacks the configuration."""
-    default = "x".join(str(int(v)) for v in CONFIGS[0])
-    rows = [r for r in data["rows"] if _reads(r["case"]) == {0, 1, 4}]
-    best, best_score = None, margin
-    for config in CONFIGS[1:]:
-        key = "x".join(str(int(v)) for v in config)
-        ratios = [
-            r["configs"][key]["fwdbwd_ms"] / r["configs"][default]["fwdbwd_ms"]
-            for r in rows
-            if key in r["configs"] and default in r["configs"]
-        ]
-        if not ratios or len(ratios) < len(rows):
-            continue
-        score = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
-        if score < best_score:
-            best, best_score = config, score
-    if best is None:
-        return {}
-    return {"PROGRAMS_PER_SM": best[0], "TILE": best[1], "TWO_PHASE_LANE_ACC": int(best[4])}
+    """The two-phase kernels' tile and lanes, for each layout, of the configuration whose
+    fwd+bwd time over the shipped plan's has the lowest geometric mean over that layout's
+    A/B rows, among those with the shipped ``PROGRAMS_PER_SM`` (one for both); the knobs
+    that change (``{}``: keep the shipped plans). Contiguous input's tile is in elements, the
+    rows' (channels_last and tokens) in bytes: a configuration's tile there is float32
+    elements, the same bytes in each row's dtype. A layout changes only where that mean is
+    below ``margin`` and every row of it has the configuration."""
+    out: dict[str, int] = {}
+    two_phase = [r for r in data["rows"] if _reads(r["case"]) == {0, 1, 4}]
+    for rows in (False, True):
+        layout = [r for r in two_phase if _on_rows(r["case"]) == rows]
+
+        best, best_score = None, margin
+        for config in CONFIGS:
+            if config[0] != _triton.PROGRAMS_PER_SM:
+                continue
+            ratios = []
+            for r in layout:
+                tile = config[1] * 4 // _itemsize(r) if rows else config[1]
+                key, base = _key((config[0], tile, *config[2:])), _key(shipped(rows, _itemsize(r)))
+                if key != base and key in r["configs"] and base in r["configs"]:
+                    ratios.append(r["configs"][key]["fwdbwd_ms"] / r["configs"][base]["fwdbwd_ms"])
+            if not ratios or len(ratios) < len(layout):
+                continue  # (the shipped plan itself, or one that some row lacks)
+            score = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
+            if score < best_score:
+                best, best_score = config, score
+        if best is not None and rows:
+            out.update({"TILE_ROWS_BYTES": best[1] * 4, "TWO_PHASE_LANE_ACC_ROWS": int(best[4])})
+        elif best is not None:
+            out.update({"TILE": best[1], "TWO_PHASE_LANE_ACC": int(best[4])})
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     global DEVICE
     if argv is None:
         argv = sys.argv[1:]
-    if argv[:1] == ["--pick"]:  # --pick FILE: the plan to ship, as bench.py's --triton-knobs
+    if argv[:1] == ["--pick"]:  # --pick FILE: the plans to ship, as bench.py's --triton-knobs
         with open(argv[1]) as fh:
             print(" ".join(f"{k}={v}" for k, v in pick(json.load(fh)).items()))
         return
@@ -359,8 +396,12 @@ def main(argv: list[str] | None = None) -> None:
         "--only-modules", action="store_true", help="skip questions 1 and 2: the zoo's A/B only"
     )
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument(
+        "--shipped-only", action="store_true", help="time each case on its shipped plan alone"
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    saved = {n: getattr(_triton, n) for n in (*KNOBS, "TILE_ROWS_BYTES", "TWO_PHASE_LANE_ACC_ROWS")}
     DEVICE = args.device
     if DEVICE == "cpu":
         if os.environ.get("TRITON_INTERPRET") != "1":
@@ -388,11 +429,15 @@ def main(argv: list[str] | None = None) -> None:
                 copy_ms = gpu_time(lambda s=src, o=out: o.copy_(s), flush, args.repeats)
                 row = {"case": case, "shape": list(shape), "dtype": str(dtype)[6:],
                        "copy_ms": copy_ms, "configs": {}}  # fmt: skip
+                reads = _reads(case)
+                mine = shipped(_on_rows(case), t["x"].element_size())
                 for config in CONFIGS:
-                    unread = (i for i in range(len(KNOBS)) if i not in _reads(case))
+                    unread = (i for i in range(len(KNOBS)) if i not in reads)
                     if any(config[i] != CONFIGS[0][i] for i in unread):
                         continue  # (the same kernels as another configuration's)
-                    _set_knobs(config)
+                    if args.shipped_only and any(config[i] != mine[i] for i in reads):
+                        continue
+                    _set_knobs(config, t["x"].element_size())
                     f, fb = ours(t, False), ours(t, True)
                     for fn in (f, fb):  # compile and warm
                         fn()
@@ -404,7 +449,8 @@ def main(argv: list[str] | None = None) -> None:
                         "fwdbwd_ms": fb_ms,
                         "bwd_fraction": copy_ms * 1.5 / max(fb_ms - fwd_ms, 1e-9),
                     }
-                _set_knobs(CONFIGS[0])
+                for name, value in saved.items():  # the shipped plans
+                    setattr(_triton, name, value)
                 f, fb, rf, rfb = ours(t, False), ours(t, True), theirs(t, False), theirs(t, True)
                 for fn in (rf, rfb):
                     fn()

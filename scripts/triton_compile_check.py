@@ -294,14 +294,14 @@ def interpreter_cases() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     import triton_interpreter_check
 
-    target = _triton._target_programs
+    target, tiles = _triton._target_programs, (_triton.TILE, _triton.TILE_ROWS_BYTES)
     _triton._target_programs = lambda x: 64  # as its main() does
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             triton_interpreter_check.check()
     finally:
         _triton._target_programs = target
-        _triton.TILE = 4096
+        _triton.TILE, _triton.TILE_ROWS_BYTES = tiles
 
 
 def run_case(name: str, shape: tuple[int, ...], dtype: str, cl: bool, relu: bool) -> None:

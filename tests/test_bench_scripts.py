@@ -54,6 +54,20 @@ def test_bench_main_records_failing_rows_and_writes_json(bench, tmp_path, monkey
     assert result["meta"]["cuda_timing"] == "gpu"
     assert result["errors"] and "kernel exploded" in result["errors"][0]["error"]
     assert json.loads(out.read_text())["errors"] == result["errors"]
+    assert set(result["compile_s"]["cpu"]) == {"batchnorm"}  # its first call, timed
+    assert "triton_knobs" not in result["meta"]
+    again = bench.main(
+        ["--devices", "cpu", "--norms", "bn", "--shapes", "4,8,6,6", "--dtypes", "float32",
+         "--formats", "contiguous", "--repeats", "1", "--warmup", "0", "--no-train",
+         "--no-first-call", "--triton-knobs", f"TILE={_triton_tile()}"]
+    )  # fmt: skip
+    assert again["compile_s"] == {} and again["meta"]["triton_knobs"] == {"TILE": _triton_tile()}
+
+
+def _triton_tile() -> int:
+    from normzoo.norms import _triton
+
+    return _triton.TILE  # (set to what it is: the run changes nothing for later tests)
 
 
 def test_report_renders_cpu_and_cuda_sections(bench, tmp_path, monkeypatch):
@@ -589,33 +603,46 @@ def test_the_zoos_triton_dispatch_follows_the_gpu_ab_data():
         assert (key in served) == all(wins), key
 
 
-def _plan_row(case: str, times: dict[tuple, float]) -> dict:
-    """An A/B row of ``gpu_triton_ab.py`` with these fwd+bwd times per configuration."""
-    configs = {"x".join(str(int(v)) for v in c): {"fwdbwd_ms": t} for c, t in times.items()}
-    return {"case": case, "configs": configs}
+def _plan_row(case: str, dtype: str, times: dict[str, float]) -> dict:
+    """An A/B row of ``gpu_triton_ab.py`` with these fwd+bwd times per configuration key."""
+    return {
+        "case": case,
+        "dtype": dtype,
+        "configs": {k: {"fwdbwd_ms": t} for k, t in times.items()},
+    }
 
 
-def test_the_plan_pick_takes_the_two_phase_configuration_that_wins_overall():
-    """``gpu_triton_ab.py --pick``: the two-phase configuration with the lowest geometric mean
-    of fwd+bwd time over the default's, across the two-phase rows (token rows aside), and
+def test_the_plan_pick_takes_each_layouts_configuration_that_wins_overall():
+    """``gpu_triton_ab.py --pick``: for contiguous input and for rows (channels_last, batch
+    norm's tokens) apart, the configuration with the lowest geometric mean of fwd+bwd time
+    over the shipped plan's, the rows' tile taken in bytes (the same bytes in each dtype);
     the shipped plan (nothing) where none wins by the margin or a row lacks one."""
+    from normzoo.norms import _triton
+
     ab = load_script("gpu_triton_ab")
-    default, lanes, big_tile = ab.CONFIGS[0], (16, 4096, 8, True, 2), (16, 8192, 8, True, 0)
-    assert default[4] == 0 and lanes in ab.CONFIGS and big_tile in ab.CONFIGS
+    assert ab.shipped(False) in ab.CONFIGS  # each layout's shipped plan is measured
+    assert ab.shipped(True, 4) in ab.CONFIGS and ab.shipped(True, 2) in ab.CONFIGS
+    assert ab.shipped(True, 2)[1] == 2 * ab.shipped(True, 4)[1] == _triton.TILE_ROWS_BYTES // 2
+    assert _triton.TWO_PHASE_LANE_ACC == 0 and _triton.TWO_PHASE_LANE_ACC_ROWS == 2
     rows = [
-        # the lanes win twice as fast on channels_last, lose 10% on contiguous: overall won
-        _plan_row("bn_channels_last", {default: 2.0, lanes: 1.0, big_tile: 1.9}),
-        _plan_row("bn_contiguous", {default: 1.0, lanes: 1.1, big_tile: 0.95}),
-        _plan_row("ln_tokens", {default: 1.0}),  # a token row: not the two-phase kernels'
-    ]
+        # rows: shipped 16 KB tiles with lanes; without lanes wins in both dtypes (the same
+        # 16 KB: 4096 float32, 8192 bfloat16 values); 32 KB tiles, measured in float32 only
+        _plan_row("bn_channels_last", "float32",
+                  {"16x4096x8x1x2": 1.0, "16x4096x8x1x0": 0.8, "16x8192x8x1x0": 0.5}),
+        _plan_row("bn_tokens", "bfloat16", {"16x8192x8x1x2": 1.0, "16x8192x8x1x0": 0.85}),
+        _plan_row("bn_contiguous", "float32", {"16x4096x8x1x0": 1.0, "16x8192x8x1x0": 0.9}),
+        _plan_row("ln_tokens", "float32", {"16x4096x8x1x0": 0.5}),  # the token kernels': not
+    ]  # fmt: skip
     data = {"rows": rows}
-    assert ab.pick(data) == {"PROGRAMS_PER_SM": 16, "TILE": 4096, "TWO_PHASE_LANE_ACC": 2}
-    rows[0]["configs"]["16x4096x8x1x2"]["fwdbwd_ms"] = 2.4  # now a loss on both
-    assert ab.pick(data) == {"PROGRAMS_PER_SM": 16, "TILE": 8192, "TWO_PHASE_LANE_ACC": 0}
-    rows[0]["configs"]["16x8192x8x1x0"]["fwdbwd_ms"] = 2.0  # within the margin: keep
+    assert ab.pick(data) == {
+        "TILE_ROWS_BYTES": 16384, "TWO_PHASE_LANE_ACC_ROWS": 0, "TILE": 8192,
+        "TWO_PHASE_LANE_ACC": 0,
+    }  # fmt: skip
+    rows[2]["configs"]["16x8192x8x1x0"]["fwdbwd_ms"] = 0.98  # within the margin: kept
+    rows[1]["configs"]["16x8192x8x1x0"]["fwdbwd_ms"] = 1.3  # a loss in bfloat16: overall
     assert ab.pick(data) == {}
-    del rows[1]["configs"]["16x4096x8x1x2"]  # a configuration one row lacks: never chosen
-    rows[0]["configs"]["16x4096x8x1x2"]["fwdbwd_ms"] = 0.1
+    rows[1]["configs"]["16x8192x8x1x0"]["fwdbwd_ms"] = 0.5
+    del rows[1]["configs"]["16x8192x8x1x0"]  # a row lacks it: never chosen
     assert ab.pick(data) == {}
 
 
@@ -624,19 +651,18 @@ def test_the_pick_reaches_the_bench_as_its_triton_knobs(bench, tmp_path, monkeyp
     knobs for its run (and records them), and names what it cannot set."""
     from normzoo.norms import _triton
 
-    ab = load_script("gpu_triton_ab")
-    lanes = (64, 4096, 8, True, 2)
-    rows = [_plan_row("bn_channels_last", {ab.CONFIGS[0]: 2.0, lanes: 1.0})]
+    rows = [_plan_row("bn_contiguous", "float32", {"16x4096x8x1x0": 2.0, "16x4096x8x1x2": 1.0})]
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({"rows": rows}))
     script = str(ROOT / "scripts" / "gpu_triton_ab.py")
     run = subprocess.run([sys.executable, script, "--pick", str(path)], capture_output=True,
                          text=True, check=True, env={"PYTHONPATH": str(ROOT)})  # fmt: skip
-    assert run.stdout.split() == ["PROGRAMS_PER_SM=64", "TILE=4096", "TWO_PHASE_LANE_ACC=2"]
+    assert run.stdout.split() == ["TILE=4096", "TWO_PHASE_LANE_ACC=2"]
     for name in bench.TRITON_KNOBS:
         monkeypatch.setattr(_triton, name, getattr(_triton, name))  # restored after
-    assert bench.set_triton_knobs(run.stdout.split()) == {
-        "PROGRAMS_PER_SM": 64, "TILE": 4096, "TWO_PHASE_LANE_ACC": 2,
+    knobs = [*run.stdout.split(), "PROGRAMS_PER_SM=64"]
+    assert bench.set_triton_knobs(knobs) == {
+        "TILE": 4096, "TWO_PHASE_LANE_ACC": 2, "PROGRAMS_PER_SM": 64,
     }  # fmt: skip
     assert (_triton.PROGRAMS_PER_SM, _triton.TWO_PHASE_LANE_ACC) == (64, 2)
     assert bench.set_triton_knobs(["TOKEN_ACC_ROWS=0"]) == {"TOKEN_ACC_ROWS": 0}

@@ -40,7 +40,8 @@ def test_import_normzoo_does_not_import_triton():
         ("group", (256, 64, 64, 64), True, 64, True),  # instance norm
         ("group", (256, 64, 64, 64), True, 1, False),  # layer norm over (C, H, W): two-phase
         ("group", (256, 64, 64, 64), False, 1, True),  # channels_last: torch copies to NCHW
-        ("group", (65536, 1024), True, 32, False),  # (N, C) tokens: not measured yet
+        ("group", (65536, 1024), True, 32, True),  # (N, C) tokens: torch's read 0.07
+        ("group", (65536, 1000), True, 8, False),  # 1000 channels: scalar loads
         # 196 positions (contiguous) or 40 channels (channels_last), not multiples of 16:
         # compiled with scalar loads and 2-3x the registers, not measured
         ("batch", (1024, 512, 14, 14), True, 1, False),
@@ -51,6 +52,7 @@ def test_import_normzoo_does_not_import_triton():
         ("group", (256, 40, 64, 64), False, 8, False),
         ("group", (256, 48, 64, 64), False, 8, True),
         ("token", (65536, 1024), True, 1, False),
+        ("rms_token", (65536, 1024), True, 1, False),  # float32: not faster per call
         # the zoo (twentieth session's A/B, float32): contiguous, some on channels_last
         ("frn", (256, 64, 64, 64), True, 64, True),
         ("frn", (256, 64, 64, 64), False, 64, True),
@@ -99,6 +101,23 @@ def test_the_zoo_rule_reads_the_dtype(kind, contiguous, dtype, expected, monkeyp
     assert _triton.takes(kind, shape, contiguous, groups, torch.float32)  # measured in float32
 
 
+def test_the_token_rule_reads_the_kind_and_dtype(monkeypatch):
+    """Over (65536, 1024) tokens (twenty-fourth session's H200 data): RMSNorm in bfloat16 takes
+    the kernels (4.1x faster on the GPU, faster per call with their host time), in float32
+    not (faster on the GPU, not per call); layer norm keeps torch's in both; group norm takes
+    them in both (torch's read 0.07 of the copy ceiling)."""
+    monkeypatch.delenv("NORMZOO_TRITON", raising=False)
+    shape = (65536, 1024)
+    assert _triton.takes("rms_token", shape, True, dtype=torch.bfloat16)
+    assert not _triton.takes("rms_token", (65536, 1000), True, dtype=torch.bfloat16)
+    assert not _triton.takes("rms_token", (64, 16384), True, dtype=torch.bfloat16)  # too wide
+    for dtype in (torch.float32, torch.float16):
+        assert not _triton.takes("rms_token", shape, True, dtype=dtype)
+    for dtype in (torch.float32, torch.bfloat16):
+        assert not _triton.takes("token", shape, True, dtype=dtype)
+        assert _triton.takes("group", shape, True, 32, dtype)
+
+
 def test_tokens_wider_than_one_program_keep_torch(monkeypatch):
     monkeypatch.setenv("NORMZOO_TRITON", "all")
     assert _triton.takes("token", (64, 8192), True)
@@ -131,6 +150,7 @@ def test_orchestration_with_emulated_kernels(monkeypatch, capsys):
     monkeypatch.setattr(_triton, "_kernels", triton_emulation.Kernels)
     monkeypatch.setattr(_triton, "_target_programs", lambda x: 64)
     monkeypatch.setattr(_triton, "TILE", _triton.TILE)
+    monkeypatch.setattr(_triton, "TILE_ROWS_BYTES", _triton.TILE_ROWS_BYTES)
     monkeypatch.setattr(_triton, "_proven", set())
     torch.manual_seed(0)
     fails = triton_interpreter_check.check()

@@ -55,19 +55,22 @@ def main() -> int:
     shard = _shard(sys.argv[1:])
     scalar_index_for_numpy_2_4()
     torch.manual_seed(0)
-    target, lane_acc = T._target_programs, T.TWO_PHASE_LANE_ACC
+    target, lanes = T._target_programs, (T.TWO_PHASE_LANE_ACC, T.TWO_PHASE_LANE_ACC_ROWS)
     T._target_programs = lambda x: 64  # several chunks per set on the small shapes below
-    # --lane-acc [1|2]: the two-phase kernels' per-lane variants (_triton.TWO_PHASE_LANE_ACC:
-    # 1 Welford lanes, the default of the flag; 2 shifted sums)
+    # --lane-acc [1|2]: one of the two-phase kernels' per-lane variants on both layouts
+    # (_triton.TWO_PHASE_LANE_ACC and _ROWS: 1 Welford lanes, the flag's default; 2 shifted
+    # sums); without it, each layout's shipped variant
     if "--lane-acc" in sys.argv[1:]:
         after = sys.argv[sys.argv.index("--lane-acc") + 1 :]
-        T.TWO_PHASE_LANE_ACC = int(after[0]) if after and after[0].isdigit() else 1
-    print(f"lane_acc {T.TWO_PHASE_LANE_ACC}")
+        forced = int(after[0]) if after and after[0].isdigit() else 1
+        T.TWO_PHASE_LANE_ACC = T.TWO_PHASE_LANE_ACC_ROWS = forced
+    a, b = T.TWO_PHASE_LANE_ACC, T.TWO_PHASE_LANE_ACC_ROWS
+    print(f"lane_acc {a}" if a == b else f"lane_acc {a} (rows {b})")
     try:
         return 1 if check(shard, quick="--quick" in sys.argv[1:]) else 0
     finally:
-        T._target_programs, T.TWO_PHASE_LANE_ACC = target, lane_acc
-        T.TILE = 4096
+        T._target_programs = target
+        T.TWO_PHASE_LANE_ACC, T.TWO_PHASE_LANE_ACC_ROWS = lanes
 
 
 def check(shard: tuple[int, int] = (0, 1), quick: bool = False) -> int:
@@ -76,6 +79,7 @@ def check(shard: tuple[int, int] = (0, 1), quick: bool = False) -> int:
     small shapes (batch norm, and channels_last input), with parameters, and the large-mean
     check: what ``--lane-acc`` changes, in a minute or two."""
     index, count = shard
+    tiles = (T.TILE, T.TILE_ROWS_BYTES)  # the shipped tiles, restored after the small ones
     cases = []
     for shape in [(4, 6, 5, 7), (3, 8, 33), (2, 4, 3, 4, 5), (16, 12), (2, 8, 70, 70)]:
         for kind, groups in [("batch", 0), ("group", 2), ("group", 1), ("group", shape[1])]:
@@ -133,7 +137,7 @@ def check(shard: tuple[int, int] = (0, 1), quick: bool = False) -> int:
     cases = [case for _, case in numbered]
     for number, (shape, kind, groups, cl, affine, relu, *tile) in numbered:
         torch.manual_seed(number)  # each case its own data, however the cases are sharded
-        T.TILE = tile[0] if tile else 4096
+        T.TILE, T.TILE_ROWS_BYTES = (tile[0], tile[0] * 4) if tile else tiles
         c = shape[-1] if kind in ("token", "rms_token") else shape[1]
         x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).float()
         if kind == "frn":  # ties y == tau (x = 0, b = tau): torch.maximum halves the gradient
@@ -194,6 +198,7 @@ def check(shard: tuple[int, int] = (0, 1), quick: bool = False) -> int:
             fails += 1
             print(f"FAIL {shape} {kind} groups={groups} cl={cl} affine={affine} relu={relu}")
             print("    tile", tile, "errors", errs)
+    T.TILE, T.TILE_ROWS_BYTES = tiles
     checks = (check_renorm, check_switchable, check_switchable_offset, check_b0, check_ghost)
     checks = (*checks, check_frozen, check_large_mean)
     if quick:  # inputs near 1e4 through the statistics of batch and group norm

@@ -51,12 +51,15 @@ measured a win, at ``MIN_NUMEL`` elements and more:
   cannot prove the rows aligned and compiles scalar loads with 2-3x the registers
   (``scripts/triton_compile_check.py``, fourteenth session), a variant not measured;
 * layer norm over (C, H, W) on contiguous input (two-phase: 1.35x) and over tokens (one-pass,
-  2x faster on the GPU but 1.28x host included) keep torch's; so do RMSNorm over tokens
-  (the token kernels without centering, added after the measurement) and group norm of
-  ``(N, C)`` tokens (the token-group kernels, thirteenth session, written without a GPU:
-  torch's kernel read 0.09-0.26 of the copy ceiling there). Both were timed on the kernels
-  in the twentieth session (float32 (65536, 1024): 0.96 / 0.87 and 0.91 / 0.73 of the copy
-  ceiling forward / backward, GPU time) but not yet with the host's time included.
+  2x faster on the GPU but 1.28x host included; twenty-fourth session, (65536, 1024):
+  1.6-1.9x faster on the GPU, but 1.0-1.3 ms of host time a fwd+bwd against torch's
+  0.5-0.7) keep torch's; so does RMSNorm over float32 tokens (the token kernels without
+  centering: 1.5x faster on the GPU than RMSNorm's CUDA path, torch's ``rms_norm`` and the
+  bias, but not per call), while bfloat16 tokens take them (4.1x on the GPU);
+* group norm of ``(N, C)`` tokens (the token-group kernels, thirteenth session) takes them
+  with a multiple of 16 channels: torch's kernel read 0.07 of the copy ceiling fwd+bwd on
+  float32 (65536, 1024) (4.3 ms, twenty-fourth session), the kernels 0.79 (twentieth), so
+  even with the token kernels' host time (1.0-1.3 ms) a call costs a third of torch's.
 
 The zoo on the group kernels (eleventh session, written without a GPU and checked under
 Triton's interpreter, ``tests/triton_interpreter_check.py``; compiled and tested on an H200 in
@@ -160,8 +163,19 @@ ZOO_MEASURED: dict[tuple[str, bool], frozenset[torch.dtype]] = {
     ("b0", False): frozenset({_F32}),
     ("ghost", False): frozenset({_F32}),
 }
-#: Elements per tile of the two-phase kernels.
+#: Elements per tile of the two-phase kernels on contiguous input (a tile of one channel's
+#: positions), and bytes per tile on rows (channels_last and token input: a tile of
+#: positions' channels; 4096 float32 or 8192 bfloat16 values). H200, the A/B of
+#: ``gpu_triton_ab.py`` (``docs/data/gpu_triton_plan_h200.json``: BatchNorm and GroupNorm on
+#: (256, 64, 64, 64), BatchNorm on (65536, 1024) tokens; fwd+bwd time over the plan before,
+#: 4096 elements and no lanes): on rows, the per-lane sums
+#: (:data:`TWO_PHASE_LANE_ACC_ROWS`) with 16 KB tiles took 0.91-0.93 in float32 and 0.40-0.68
+#: in bfloat16 (forward 0.41 -> 0.54 and 0.26 -> 0.45 of the copy ceiling on channels_last,
+#: bfloat16 tokens 0.10 -> 0.29; 32 KB float32 tiles with lanes, 0.97-0.98); on contiguous
+#: input, where a program's chunk is one tile, lanes lost (1.15-1.31) and bigger tiles
+#: changed nothing (1.00).
 TILE = 4096
+TILE_ROWS_BYTES = 16384
 #: Programs per multiprocessor that the two-phase kernels aim for (chunks per set follow).
 PROGRAMS_PER_SM = 16
 #: Fewest rows per program of the token kernels' backward, float32 (twice that for half
@@ -191,8 +205,9 @@ TOKEN_ACC_ROWS = True
 #: shuffles, 20-32 shared-memory stores and loads, 6 barriers, 9 divisions), 168-206 with
 #: Welford lanes, 102-107 with sums; at the H200's bandwidth a bfloat16 tile of that
 #: reduction needs about twice the instructions its 4 schedulers issue meanwhile. Candidates,
-#: not timed: 0 (the measured kernels) until ``gpu_triton_ab.py``'s A/B says otherwise.
+#: Contiguous input keeps 0 and rows take 2: the H200's A/B under :data:`TILE`.
 TWO_PHASE_LANE_ACC = 0
+TWO_PHASE_LANE_ACC_ROWS = 2
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -292,22 +307,27 @@ def takes(
 ) -> bool:
     """The measured rule (module docstring) for an input of ``shape`` that :func:`serves`
     accepts: ``kind`` ``"batch"``, ``"group"`` (``groups`` groups), ``"token"`` (layer
-    norm or RMSNorm over tokens), or the zoo's ``"rms"`` (channels-first RMSNorm), ``"frn"``,
-    ``"s0"`` (EvoNorm-S0), ``"renorm"`` (Batch
-    Renorm), ``"switchable"`` (SwitchableNorm), ``"b0"`` (EvoNorm-B0), ``"ghost"`` (Ghost
-    BN), ``"frozen"`` (FrozenBatchNorm);
+    norm over tokens), ``"rms_token"`` (RMSNorm over tokens), or the zoo's ``"rms"``
+    (channels-first RMSNorm), ``"frn"``, ``"s0"`` (EvoNorm-S0), ``"renorm"`` (Batch Renorm),
+    ``"switchable"`` (SwitchableNorm), ``"b0"`` (EvoNorm-B0), ``"ghost"`` (Ghost BN),
+    ``"frozen"`` (FrozenBatchNorm);
     ``contiguous``: else channels_last. Under ``NORMZOO_TRITON=all``: every input the
-    kernels support. Otherwise the measured rule: tokens and FrozenBatchNorm under ``all``
-    only; the zoo's other kinds where :data:`ZOO_MEASURED` holds their layout and ``dtype``;
-    every measured kind only where the compiled kernels are the measured ones
+    kernels support. Otherwise the measured rule: layer norm over tokens (``"token"``),
+    RMSNorm over float32 or float16 tokens (``"rms_token"``), and FrozenBatchNorm under
+    ``all`` only (group norm and bfloat16 RMSNorm over tokens with a multiple of 16
+    channels: served); the zoo's other kinds where :data:`ZOO_MEASURED` holds their layout
+    and ``dtype``; every measured kind only where the compiled kernels are the measured ones
     (:func:`_vectorized`)."""
     every = _mode() == "all"
     if kind == "batch":
         return every or (len(shape) >= 3 and contiguous and _vectorized(shape, contiguous))
     if kind == "group":
-        if len(shape) < 3:  # (N, C) tokens: a row in one program (not measured yet)
+        if len(shape) < 3:  # (N, C) tokens: a row in one program
+            # H200 (twentieth and twenty-fourth sessions): torch's group norm of (65536, 1024)
+            # read 0.07 of the copy ceiling fwd+bwd, these kernels 0.79 (float32)
             c = shape[1]
-            return every and contiguous and _pow2(groups) * _pow2(c // groups) <= ONE_PASS_MAX
+            fits = contiguous and _pow2(groups) * _pow2(c // groups) <= ONE_PASS_MAX
+            return fits and (every or c % 16 == 0)
         if every:
             return True
         one_pass = not contiguous or _one_pass_shape(shape, groups)
@@ -324,7 +344,15 @@ def takes(
             # measured on one-pass groups: their two phases only on channels_last (FRN)
             measured = measured and _one_pass_shape(shape, groups)
         return measured and len(shape) >= 3 and _vectorized(shape, contiguous)
-    return every and _pow2(shape[-1]) <= ONE_PASS_MAX  # a token in one program's registers
+    fits = _pow2(shape[-1]) <= ONE_PASS_MAX  # a token in one program's registers
+    if kind == "rms_token" and dtype == torch.bfloat16 and shape[-1] % 16 == 0:
+        # H200 (twenty-fourth session), (65536, 1024) bfloat16 fwd+bwd: the kernels 0.34 ms
+        # of GPU time and 1.09 ms of host time against RMSNorm's CUDA path's 1.39 ms of GPU
+        # time (torch's rms_norm, which takes float32 there, and the bias): faster per call
+        # either way. In float32 (0.56 and 0.87 ms against 0.83 ms of GPU time) the call
+        # would not be, unless that path's host time is the longer: not measured.
+        return fits
+    return every and fits
 
 
 def _vectorized(shape: tuple[int, ...], contiguous: bool) -> bool:
@@ -352,10 +380,12 @@ def serves_group(x: Tensor, groups: int, *params: Tensor | None, kind: str = "gr
     return serves(x, *params) and takes(kind, shape, contiguous, groups, x.dtype)
 
 
-def serves_tokens(x: Tensor, *params: Tensor | None) -> bool:
-    """Layer norm or RMSNorm of tokens ``(..., C)`` through the kernels: :func:`serves` and
-    :func:`takes` (only under ``NORMZOO_TRITON=all`` for now)."""
-    return x.is_contiguous() and serves(x, *params) and takes("token", tuple(x.shape), True)
+def serves_tokens(x: Tensor, *params: Tensor | None, rms: bool = False) -> bool:
+    """Layer norm or (``rms``) RMSNorm of tokens ``(..., C)`` through the kernels:
+    :func:`serves` and :func:`takes`."""
+    kind = "rms_token" if rms else "token"
+    shape = tuple(x.shape)
+    return x.is_contiguous() and serves(x, *params) and takes(kind, shape, True, dtype=x.dtype)
 
 
 def _pow2(n: int) -> int:
@@ -378,7 +408,8 @@ def _target_programs(x: Tensor) -> int:
 def _plan(x: Tensor, fold: bool) -> _Plan:
     """The (cached) :class:`_Plan` of ``x``: its shape, layout and the device's size decide."""
     rows = x.dim() == 2 or channels_last_format(x) is not None
-    return _cached_plan(tuple(x.shape), rows, fold, _target_programs(x), TILE)
+    tile = TILE_ROWS_BYTES // x.element_size() if rows else TILE
+    return _cached_plan(tuple(x.shape), rows, fold, _target_programs(x), tile)
 
 
 class _Plan:
@@ -389,6 +420,7 @@ class _Plan:
     ) -> None:
         n, c = shape[0], shape[1]
         s = math.prod(shape) // max(1, n * c)
+        self.rows = rows
         if rows:
             # rows of C channels; batch norm folds the samples into the positions
             if fold:
@@ -413,6 +445,11 @@ class _Plan:
 _cached_plan = functools.lru_cache(maxsize=256)(_Plan)
 
 
+def _lanes(plan: _Plan) -> int:
+    """The statistics and gradient-sum kernels' ``LANE_ACC`` for ``plan``'s layout."""
+    return TWO_PHASE_LANE_ACC_ROWS if plan.rows else TWO_PHASE_LANE_ACC
+
+
 def _stats(
     x: Tensor,
     plan: _Plan,
@@ -434,7 +471,7 @@ def _stats(
     part = torch.empty((3, n * c * nk), device=x.device, dtype=torch.float32).unbind(0)
     k._partial_stats[plan.grid](
         x, *part, c, plan.s, *plan.strides, pn, pc, plan.spp,
-        CB=plan.cb, SB=plan.sb, LANE_ACC=TWO_PHASE_LANE_ACC, num_warps=plan.warps,
+        CB=plan.cb, SB=plan.sb, LANE_ACC=_lanes(plan), num_warps=plan.warps,
     )  # fmt: skip
     out = torch.empty((3, count), device=x.device, dtype=torch.float32).unbind(0)
     rm, rv, factor = running if running is not None else (None, None, 0.0)
@@ -554,7 +591,7 @@ def _grad_sums(
     _kernels()._partial_grad[plan.grid](
         x, dy, mean, rstd, weight, bias, extra, part[0], part[1], pst, psd, c, plan.s,
         *plan.strides, *sets, plan.spp, nk, HAS_W=weight is not None, HAS_B=bias is not None,
-        RELU=relu, CB=plan.cb, SB=plan.sb, LANE_ACC=TWO_PHASE_LANE_ACC, num_warps=plan.warps,
+        RELU=relu, CB=plan.cb, SB=plan.sb, LANE_ACC=_lanes(plan), num_warps=plan.warps,
         **_extra_flag(extra, swish),
     )  # fmt: skip
     return part

@@ -84,9 +84,9 @@ def _partial_stats(
     first value of each channel (exact, and close to the mean): a lane's mean of a few values
     near 1e4, rounded to float32, would carry 5e-4 into every merge's ``delta^2`` term.
     ``LANE_ACC == 2``: each lane keeps the shifted sum and sum of squares instead (two float
-    operations a value against Welford's five and a division), its count known from its
-    offset, and turns them into a (count, mean, M2) after the loop for the same merge; the
-    shift keeps ``s2 - s1^2 / n`` to the values' spread around the channel's first value."""
+    operations a value against Welford's five and a division), summed over the lanes after
+    the loop into the chunk's ``M2 = s2 - s1^2 / n``: the shift (the channel's first value in
+    the chunk) keeps that cancellation to the values' spread around it."""
     kk = tl.program_id(0)
     n = tl.program_id(2).to(tl.int64)
     cs, cmask, off, s0, s_end = _chunk(kk, tl.program_id(1), n, C, S, sn, sc, SPP, CB)
@@ -124,14 +124,13 @@ def _partial_stats(
             mean += delta * (tc / tot)
             m2 += tm2 + delta * delta * (cnt * tc / tot)
             cnt = tot
-    if LANE_ACC == 2:  # lane j saw the positions s0 + j, s0 + j + SB, ... below s_end
-        left = s_end - s0 - tl.arange(0, SB)
-        seen = tl.where(left > 0, (left + SB - 1) // SB, 0).to(tl.float32)
-        lane_n = tl.where(cmask[:, None], seen[None, :], 0.0)
-        s1 = lane_mean
-        lane_mean = s1 / tl.maximum(lane_n, 1.0)
-        lane_m2 = tl.maximum(lane_m2 - s1 * lane_mean, 0.0)
-    if LANE_ACC:
+    if LANE_ACC == 2:  # the chunk's shifted sums: plain sums over the lanes
+        cnt = tl.where(cmask, tl.maximum(s_end - s0, 0).to(tl.float32), 0.0)
+        s1 = tl.sum(lane_mean, axis=1)
+        mean = s1 / tl.maximum(cnt, 1.0)
+        m2 = tl.maximum(tl.sum(lane_m2, axis=1) - s1 * mean, 0.0)
+        mean += tl.where(cnt > 0.0, shift, 0.0)
+    elif LANE_ACC:
         cnt, mean, m2 = tl.reduce((lane_n, lane_mean, lane_m2), 1, _chan_merge)
         mean += tl.where(cnt > 0.0, shift, 0.0)
     idx = n * PN + cs.to(tl.int64) * PC + kk

@@ -172,7 +172,7 @@ class RMSNorm(Norm):
                 return y.to(x.dtype)
             return self._rows_forward(xf).to(x.dtype)
         if self.channels_last:
-            if _triton.serves_tokens(x, self.weight, self.bias):  # CUDA, NORMZOO_TRITON=all
+            if _triton.serves_tokens(x, self.weight, self.bias, rms=True):  # CUDA: bfloat16
                 return _triton.rms_norm_tokens(x, self.weight, self.bias, self.eps)
             if use_token_kernels(x, self.weight, any_rank=True):
                 return rms_tokens(x, self.weight, self.bias, self.eps)
