@@ -120,18 +120,34 @@ INTRO_BODY = """## Where the speed comes from
 ## GPU status
 
 The GPU aim (each norm at 70% of the copy ceiling on the large shapes, in every dtype and
-layout) is met by 1 norm of 13: FrozenBatchNorm on its map kernels (0.84-1.0). On the H200
-(twentieth session, every norm on the Triton kernels, `NORMZOO_TRITON=all`), the one-pass
-kernels read 0.85-0.97 on contiguous (256, 64, 64, 64) (GroupNorm, InstanceNorm, FRN) and
-0.73-0.98 on float32 (65536, 1024) tokens (LayerNorm, RMSNorm, GroupNorm); the two-phase
-kernels, which every batch-statistics norm and every channels_last input takes, 0.37-0.64 on
-contiguous input, 0.27-0.54 on channels_last float32 and 0.14-0.32 on channels_last bfloat16.
-On bfloat16 tokens every norm but GroupNorm reads 0.04-0.36 (BatchNorm's folded two-phase
-kernels, LayerNorm's backward, and the zoo's CUDA paths: its Triton kernels take conv input
-only). Those rows set each norm's minimum: the
-two-phase plan (programs per SM, tile; `scripts/gpu_triton_ab.py`'s first question, which
-this session's run did not reach: a bug in the script, since fixed) and the bfloat16 token
-kernels are the next GPU work.
+layout) is met by no norm on the default dispatch (the twenty-fourth session's H200 run, the
+first GPU section below: every norm's rows as a user gets them), and by FrozenBatchNorm on its
+map kernels under `NORMZOO_TRITON=all` (0.84-1.0, twentieth session; its eager path serves
+by default, shorter in host time). Row by row the one-pass kernels meet it: GroupNorm,
+InstanceNorm and FRN on contiguous (256, 64, 64, 64) (0.85-0.97 forward and backward),
+GroupNorm on float32 (65536, 1024) tokens (0.91 / 0.80). What keeps the rest below 0.7:
+
+- **Two passes over memory** (batch statistics, and LayerNorm and RMSNorm over (C, H, W)):
+  bounded at 0.72 forward and 0.63 backward in float32 (below); contiguous input reads
+  0.57-0.64 / 0.48-0.58 there. On channels_last and tokens the same kernels took a new plan
+  this session, chosen by an A/B on the GPU (the "Triton kernels' plans" section): 16 KB
+  tiles whose lanes keep shifted sums, merged once per program, where every tile was reduced
+  across its warps (465-496 instructions a tile's loop for sm_90 against 102-107 now):
+  channels_last forward 0.41 -> 0.54 in float32, 0.26 -> 0.45 in bfloat16, BatchNorm's
+  bfloat16 tokens 0.10 -> 0.29.
+- **Host time**: a Triton fwd+bwd costs 0.9-2.0 ms of that VM's host time against torch's
+  0.5-0.9 ms, so where both are fast on the GPU the dispatch keeps torch's (LayerNorm over
+  tokens and over (C, H, W), BatchNorm on channels_last and tokens: 0.17-0.64 there, torch's
+  kernels) and serves the kernels from 67M elements only where a call is faster either way.
+  This session added group norm over tokens (torch's read 0.04-0.09: 4.3-5.1 ms against
+  0.33-0.57 ms) and RMSNorm over bfloat16 tokens (4.1x on the GPU).
+- **The zoo's paths without the kernels**: EvoNorm-S0, SwitchableNorm and Batch Renorm on
+  channels_last, several zoo norms in bfloat16, and every zoo norm over (N, C) tokens (their
+  kernels take conv input) read 0.03-0.35 on their CUDA paths. Their kernels read
+  0.2-0.5 there with the old plan (twentieth session, `NORMZOO_TRITON=all`), but their module
+  A/B (`scripts/gpu_triton_ab.py --modules`, which sets `_triton.ZOO_MEASURED`) was cut by
+  its time limits before those pairs: `STEPS=zooab bash scripts/gpu_check.sh` is that A/B,
+  prepared for the next GPU.
 
 How far the two-phase kernels can go: a norm whose statistics span the batch or a virtual
 batch (BatchNorm, Batch Renorm, SwitchableNorm, EvoNorm-B0, Ghost BN) or a set larger than a
@@ -144,13 +160,17 @@ them at `2S / (3S - L2)` forward and `3S / (5S - L2)` backward: 0.72 and 0.63 fo
 forward and 0.48-0.59 backward: 79-89% and 76-94% of those bounds. So the 0.7 aim is out of
 reach for these norms' backward at this size whatever the tuning (a one-pass batch norm
 would need the tensor held on the chip); on channels_last (0.38-0.41 forward, 0.27-0.54
-backward in float32) the plan is the gap.
+backward in float32, twentieth session) the plan was the gap: 0.52-0.54 forward, 0.53
+backward on the kernels' new plan (GroupNorm, InstanceNorm, LayerNorm and RMSNorm on
+channels_last float32 in the default run), 0.42-0.47 in bfloat16.
 
-The same session ran every Triton kernel's GPU test, the zoo's
-for the first time (all passed but a stale assertion), and timed the zoo's kernels against
-their paths without them, which set their dispatch (the last GPU section).
+The twentieth session ran every Triton kernel's GPU test, the zoo's for the first time, and
+timed the zoo's kernels against their paths without them, which set their dispatch (the
+"wider zoo on the Triton kernels" section); the twenty-fourth ran them again (105 passed, 1
+skipped: two GPUs; the per-lane variants and the token backward's per-row sums among them:
+[`data/test_triton_gpu_h200_24.log`](data/test_triton_gpu_h200_24.log)).
 `scripts/gpu_check.sh` is the whole GPU check as one script (tests, this harness, the Triton
-A/B of `scripts/gpu_triton_ab.py`, the training runs).
+A/Bs of `scripts/gpu_triton_ab.py`, the training runs).
 
 """
 
@@ -383,6 +403,69 @@ since fixed; its rerun passed with the first rule, contiguous float32, before th
 widened it: the final rule's cases are checked on the CPU through `_triton.takes`), 1 skipped
 (it needs two GPUs); the log is
 [`data/test_triton_gpu_h200.log`](data/test_triton_gpu_h200.log).
+"""
+
+
+def triton_plan_table(rows: list[dict[str, Any]]) -> str:
+    """``scripts/gpu_triton_ab.py`` kernel rows (its first question): each plan of each case,
+    its forward and backward copy fractions and its fwd+bwd time over the shipped plan's
+    (marked), then torch's kernels and the host's time per call."""
+    import gpu_triton_ab as ab  # (this script's folder: the plans it ships)
+
+    out = [
+        "| case | shape | dtype | plan | fwd / bwd | fwd+bwd / shipped |",
+        "| --- | --- | --- | --- | ---: | ---: |",
+    ]
+    for r in rows:
+        size = ab._itemsize(r)
+        mine = ab.shipped(ab._on_rows(r["case"]), size)
+        reads = ab._reads(r["case"])
+        key = next(
+            (k for k in r["configs"] if all(k.split("x")[i] == str(int(mine[i])) for i in reads)),
+            None,
+        )
+        base = r["configs"][key]["fwdbwd_ms"] if key else None
+        head = f"| {r['case']} | {_shape(r)} | {r['dtype']} |"
+        for k, c in r["configs"].items():
+            ppsm, tile, min_rows, acc_rows, lanes = k.split("x")
+            if reads == {0, 2, 3}:  # the token kernels' backward
+                sums = "kept per tile row" if acc_rows == "1" else "summed each tile"
+                label = f"programs/SM {ppsm}, rows {min_rows}+, column sums {sums}"
+            else:
+                kind = {"0": "none", "1": "Welford", "2": "sums"}[lanes]
+                label = f"programs/SM {ppsm}, tile {tile}, lanes {kind}"
+            label += " (shipped)" if k == key else ""
+            ratio = f"{c['fwdbwd_ms'] / base:.2f}" if base else "-"
+            out.append(
+                f"{head} {label} | {c['fwd_fraction']:.2f} / {c['bwd_fraction']:.2f} | {ratio} |"
+            )
+        copy = r["copy_ms"]
+        torch_fwd, torch_fb = r["torch_fwd_ms"], r["torch_fwdbwd_ms"]
+        torch_bwd = copy * 1.5 / max(torch_fb - torch_fwd, 1e-9)
+        host = r["host_us"]
+        out.append(
+            f"{head} torch (`_triton.reference`); host us a fwd+bwd: {host['fwdbwd']:.0f} ours, "
+            f"{host['torch_fwdbwd']:.0f} torch | {copy / torch_fwd:.2f} / {torch_bwd:.2f} | "
+            + (f"{torch_fb / base:.2f} |" if base else "- |")
+        )
+    return "\n".join(out)
+
+
+TRITON_PLAN_INTRO = """\
+The Triton kernels' plans on the GPU-sized shapes (`scripts/gpu_triton_ab.py`'s first
+question): each plan of the two-phase kernels (programs per multiprocessor, elements per tile,
+per-tile reduction or per-lane partials: Welford or shifted sums) and of the token kernels'
+backward (programs per multiprocessor, fewest rows a program, the column sums kept per tile
+row or summed every tile), timed on the same tensors as the GPU's work (CUDA events, launches
+queued behind a GPU sleep), forward and forward + backward; fractions are of a `copy_` of the
+tensor (forward 2 tensor-sizes, backward 3). `shipped`: each layout's plan now (contiguous
+input 4096-element tiles without lanes; rows, i.e. channels_last and batch norm's tokens, 16 KB
+tiles with per-lane sums), chosen from the first run. Its last row per case is torch
+(`_triton.reference`: torch's kernel, or for RMSNorm normzoo's reference math on torch's
+ops), with the host's time per fwd+bwd call (GPU kept busy; the plan does not change it) of
+the kernels and of torch. The per-lane sums were timed with a Chan merge of the lanes after
+the loop; they now sum the lanes' shifted sums (a few instructions once per program, not
+re-timed).
 """
 
 
@@ -880,6 +963,12 @@ def main() -> None:
         help="output of scripts/gpu_triton_ab.py --json (module rows): a section after the runs",
     )
     p.add_argument(
+        "--triton-plan",
+        nargs="*",
+        default=[],
+        help="outputs of scripts/gpu_triton_ab.py --json (kernel rows): a section after the runs",
+    )
+    p.add_argument(
         "--compile-bench",
         help="output of scripts/bench_compile.py --json: a section after the runs",
     )
@@ -938,6 +1027,17 @@ def main() -> None:
             + triton_ab_table(tab["modules"])
             + "\n"
         )
+    if args.triton_plan:
+        parts.append("## GPU: the Triton kernels' plans\n\n" + TRITON_PLAN_INTRO)
+        for path in args.triton_plan:
+            plan, rel = _section_data(path)
+            meta = plan["meta"]
+            parts.append(
+                f"\n- run of {meta['date'][:10]}: {meta['gpu']}, torch {meta['torch']}, "
+                f"triton {meta['triton']}; data: [`{path}`]({rel})\n\n"
+                + triton_plan_table(plan["rows"])
+                + "\n"
+            )
     if args.compile_bench:
         compiled, rel = _section_data(args.compile_bench)
         meta = compiled["meta"]

@@ -36,6 +36,12 @@
 #   plan       scripts/gpu_triton_ab.py's first question alone (the two-phase and token kernels'
 #              plan knobs: programs per SM, tile, per-lane partials; the token backward's
 #              rows) on the large shapes, the cases every norm's slow rows come from;
+#   zooab      scripts/gpu_triton_ab.py's third question (the zoo's modules on the kernels against
+#              their CUDA paths without them, which sets _triton.ZOO_MEASURED) on both layouts
+#              and dtypes: an untimed pass per module at once first (the default paths' first
+#              calls compile), then the timed A/B; the twentieth session's runs were cut before
+#              channels_last EvoNorm-S0, SwitchableNorm and bfloat16 channels_last (not in the
+#              default steps: run it alone, STEPS=zooab);
 #   core       scripts/gpu_fused_ab.py for BatchNorm, GroupNorm and LayerNorm: their reference
 #              math compiled (a candidate, not dispatched) against torch's kernels, as
 #              fractions of the copy ceiling (the issue aims at 0.7; torch's read 0.2-0.5);
@@ -116,6 +122,22 @@ if [[ $steps == *" plan "* ]]; then
     # the two-phase plan that won (nothing: the shipped one), for the large step's run
     knobs=$("$py" scripts/gpu_triton_ab.py --pick "$out/gpu_triton_plan.json")
     echo "plan chosen: ${knobs:-the shipped one}" | tee -a "$out/gpu_triton_plan.log"
+fi
+if [[ $steps == *" zooab "* ]]; then
+    mods=${ZOOAB_MODULES:-evonorms0 switchablenorm batchrenorm rmsnorm frn evonormb0 ghostbatchnorm}
+    zoo_args=(--only-modules --module-shapes 256,64,64,64 --module-formats channels_last contiguous)
+    warm=$(mktemp -d)
+    pids=()
+    for m in $mods; do
+        limit "${WARM_LIMIT:-200}" "$py" scripts/gpu_triton_ab.py "${zoo_args[@]}" --modules "$m" \
+            --repeats 1 >"$warm/$m.log" 2>&1 &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid"; done
+    tail -n 2 "$warm"/*.log
+    limit "${ZOOAB_LIMIT:-300}" "$py" scripts/gpu_triton_ab.py "${zoo_args[@]}" --modules $mods \
+        --repeats "${ZOOAB_REPEATS:-9}" --json "$out/gpu_triton_zoo_ab.json" \
+        2>&1 | tee "$out/gpu_triton_zoo_ab.log"
 fi
 if [[ $steps == *" bench "* ]]; then
     limit "${BENCH_LIMIT:-330}" "$py" scripts/bench.py --devices cuda --repeats 15 \
