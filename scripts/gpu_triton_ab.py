@@ -14,7 +14,10 @@ sections):
    compiled code)? Each configuration of ``_triton.PROGRAMS_PER_SM`` (more programs, fewer
    tiles each), ``_triton.TILE`` (bigger tiles) and ``_triton.TWO_PHASE_LANE_ACC`` (per-lane
    partials merged once after the loop) is timed here on the same tensors, interleaved; so
-   are the token backward's ``TOKEN_MIN_ROWS`` and ``TOKEN_ACC_ROWS``.
+   are the token backward's ``TOKEN_MIN_ROWS`` and ``TOKEN_ACC_ROWS``. Answered on an H200
+   in the twenty-fourth session (``docs/data/gpu_triton_plan_h200.json``): the reduction;
+   rows now take 16 KB tiles with per-lane sums (``--pick FILE`` names the plans a file's
+   rows would ship, ``--shipped-only`` times those alone).
 2. **The host's time per call.** Timed from an idle GPU, the kernels lost to torch's below
    ~67M elements although their GPU time was shorter: each Triton launch from Python costs
    more host time. Here each path's host time per forward and per fwd+bwd is measured with the

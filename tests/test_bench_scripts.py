@@ -670,3 +670,21 @@ def test_the_pick_reaches_the_bench_as_its_triton_knobs(bench, tmp_path, monkeyp
     for bad in ("TILE", "TILE=big", "MIN_NUMEL=1"):
         with pytest.raises(SystemExit, match="NAME=INT"):
             bench.set_triton_knobs([bad])
+
+
+def test_the_plan_section_marks_each_cases_shipped_plan():
+    """``bench_report.triton_plan_table`` on the committed A/B files: every case's rows, one
+    plan marked shipped (fwd+bwd ratio 1.00 to itself), torch's row last; the plans the
+    dispatch ships were measured, and in the A/B won (``--pick`` keeps them)."""
+    report = load_script("bench_report")
+    ab = load_script("gpu_triton_ab")
+    for name in ("gpu_triton_plan_h200.json", "gpu_triton_tokens_h200.json"):
+        data = json.loads((ROOT / "docs/data" / name).read_text())
+        lines = report.triton_plan_table(data["rows"]).splitlines()[2:]
+        for r in data["rows"]:
+            head = f"| {r['case']} | {'x'.join(map(str, r['shape']))} | {r['dtype']} |"
+            mine = [line for line in lines if line.startswith(head)]
+            assert len(mine) == len(r["configs"]) + 1
+            (shipped,) = [line for line in mine if "(shipped)" in line]
+            assert shipped.endswith("| 1.00 |") and "torch (" in mine[-1]
+        assert ab.pick(data) == {}
