@@ -310,9 +310,10 @@ def test_triton_double_backward(triton_everywhere):
 @needs_cuda
 def test_triton_dispatch(monkeypatch):
     """The measured dispatch: from MIN_NUMEL elements, batch norm on contiguous input, group
-    and instance norm on contiguous input with one-pass groups, and group, layer and instance
-    norm on channels_last; float64, smaller inputs, other layouts, positions (contiguous)
-    not a multiple of 16, NORMZOO_TRITON=0 and autocast keep torch's kernels."""
+    and instance norm on contiguous input with one-pass groups, group, layer and instance
+    norm on channels_last, group norm over tokens and RMSNorm over bfloat16 tokens; float64,
+    smaller inputs, other layouts, positions (contiguous) not a multiple of 16,
+    NORMZOO_TRITON=0 and autocast keep torch's kernels."""
     if not _triton.available():
         pytest.skip("triton is not installed")
     monkeypatch.setattr(_triton, "MIN_NUMEL", 1 << 20)  # the rule's shape, small tensors
@@ -323,7 +324,11 @@ def test_triton_dispatch(monkeypatch):
     assert _triton.serves_group(big, 32) and _triton.serves_group(big, 64)  # GN, IN
     assert not _triton.serves_group(big, 1)  # LN over (C, H, W): two-phase, slower
     assert _triton.serves_group(cl, 1) and _triton.serves_group(cl, 32)
-    assert not _triton.serves_tokens(big.view(-1, 1024))
+    tokens = big.view(-1, 1024)
+    assert not _triton.serves_tokens(tokens) and not _triton.serves_tokens(tokens, rms=True)
+    assert not _triton.serves_tokens(tokens.bfloat16())  # layer norm: torch's per call
+    assert _triton.serves_tokens(tokens.bfloat16(), rms=True)  # RMSNorm: bfloat16 only
+    assert _triton.serves_group(tokens, 32) and _triton.serves_group(tokens.bfloat16(), 32)
     assert not _triton.serves_batch(big.double())
     assert not _triton.serves_batch(big[:1])  # below MIN_NUMEL
     assert not _triton.serves_batch(big.transpose(2, 3))

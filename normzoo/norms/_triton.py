@@ -204,7 +204,7 @@ TOKEN_ACC_ROWS = True
 #: tile of 16 values a thread: 465-496 instructions with the per-tile reduction (44-48
 #: shuffles, 20-32 shared-memory stores and loads, 6 barriers, 9 divisions), 168-206 with
 #: Welford lanes, 102-107 with sums; at the H200's bandwidth a bfloat16 tile of that
-#: reduction needs about twice the instructions its 4 schedulers issue meanwhile. Candidates,
+#: reduction needs about twice the instructions its 4 schedulers issue meanwhile.
 #: Contiguous input keeps 0 and rows take 2: the H200's A/B under :data:`TILE`.
 TWO_PHASE_LANE_ACC = 0
 TWO_PHASE_LANE_ACC_ROWS = 2
