@@ -26,6 +26,14 @@ Per variant it reports the registers per thread and the bytes spilled to local m
 global loads, vector or scalar (from the PTX); it exits 1 if any variant fails to compile, or
 (``--no-spills``) spills. Needs triton (its x86-64 Linux wheels bring ptxas); no GPU, no
 CUDA.
+
+``--sass`` also disassembles each variant's machine code (``nvdisasm``, shipped with triton)
+and counts the instructions of its largest loop, with the shuffles, barriers, shared-memory
+accesses and special-function ops (divisions, exponentials) among them: what a loop costs
+the multiprocessor's schedulers per iteration, which bounds a memory-bound kernel when it
+outgrows the bytes the iteration moves (the twenty-fourth session found the two-phase
+statistics loop at 465-496 instructions a tile on channels_last, twice what the H200's
+bandwidth leaves room for in bfloat16).
 """
 
 from __future__ import annotations
@@ -122,12 +130,14 @@ class _Target:
 
 
 class Record:
-    """The variants compiled (by hash) and the failures, with where they came from."""
+    """The variants compiled (by hash) and the failures, with where they came from;
+    ``sass``: each variant's largest loop counted too (:func:`sass_loop`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sass: bool = False) -> None:
         self.variants: dict[str, dict[str, Any]] = {}
         self.failures: list[dict[str, Any]] = []
         self.case = ""
+        self.sass = sass
 
     def compiled(self, name: str, kernel: Any, log: str, seconds: float) -> None:
         meta = kernel.metadata
@@ -142,6 +152,7 @@ class Record:
             "shared": meta.shared,  # bytes, Triton's (dynamic) shared memory
             **_resources(log),
             **_loads(kernel.asm["ptx"]),
+            **(sass_loop(kernel.asm["cubin"]) if self.sass else {}),
         }
 
     def failed(self, name: str, kwargs: dict[str, Any], err: BaseException) -> None:
@@ -190,6 +201,63 @@ def _loads(ptx: str) -> dict[str, int]:
     found = _LOAD.findall(ptx)
     vector = sum(1 for op in found if ".v2" in op or ".v4" in op)
     return {"vector_loads": vector, "scalar_loads": len(found) - vector}
+
+
+_ADDRESS = re.compile(r"/\*([0-9a-f]{4,})\*/")
+_BRANCH = re.compile(r"\bBRA\b.*?(\.L_x_\d+)")
+#: The opcodes counted apart in a loop (the SASS mnemonic before its first dot).
+_LOOP_OPS = {"SHFL": "shuffles", "BAR": "barriers", "LDS": "shared", "STS": "shared",
+             "MUFU": "special"}  # fmt: skip
+
+
+def sass_loop(cubin: bytes) -> dict[str, int]:
+    """The largest loop of a compiled kernel's machine code: ``loop_instructions`` (from a
+    backward branch's target to the branch, ``nvdisasm`` of ``cubin``) and, among them,
+    ``loop_shuffles``, ``loop_barriers``, ``loop_shared`` (shared-memory loads and stores)
+    and ``loop_special`` (``MUFU``: reciprocals, exponentials); ``{}`` where the kernel has no
+    loop or ``nvdisasm`` is missing."""
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    if not tool.exists():
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([str(tool), "-c", f.name], capture_output=True, text=True).stdout
+    lines = text.splitlines()
+    where: dict[str, int] = {}  # label -> the address of the instruction after it
+    code: list[tuple[int, str]] = []
+    pending: list[str] = []
+    for line in lines:
+        label = line.strip()
+        if label.startswith(".L_x_") and label.endswith(":"):
+            pending.append(label[:-1])
+            continue
+        found = _ADDRESS.search(line)
+        if found is None:
+            continue
+        address = int(found.group(1), 16)
+        for name in pending:
+            where[name] = address
+        pending = []
+        code.append((address, line[found.end() :].strip()))
+    best: dict[str, int] = {}
+    for address, instruction in code:
+        branch = _BRANCH.search(instruction)
+        if branch is None or where.get(branch.group(1), address + 1) > address:
+            continue  # not a backward branch
+        start = where[branch.group(1)]
+        body = [i for a, i in code if start <= a <= address]
+        if len(body) <= max(1, best.get("loop_instructions", 0)):
+            continue  # (a smaller loop, or the branch to itself that ends every kernel)
+        counts = dict.fromkeys(_LOOP_OPS.values(), 0)
+        for i in body:
+            op = re.sub(r"^@!?U?P[T\d]+\s+", "", i).split(" ")[0].split(".")[0]
+            if op in _LOOP_OPS:
+                counts[_LOOP_OPS[op]] += 1
+        best = {"loop_instructions": len(body), **{f"loop_{k}": v for k, v in counts.items()}}
+    return best
 
 
 def _forget_targets() -> None:
@@ -336,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part", type=int, help=argparse.SUPPRESS)  # one process of --jobs
     p.add_argument("--json", help="write every variant and failure here")
     p.add_argument("--no-spills", action="store_true", help="exit 1 on spills too")
+    p.add_argument(
+        "--sass", action="store_true", help="count each variant's largest loop (nvdisasm)"
+    )
     args = p.parse_args(argv)
     if _triton._kernels() is None:
         sys.exit("triton is not installed")
@@ -346,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs > 1 and args.part is None:
         record = _in_processes(sys.argv[1:] if argv is None else argv, args.jobs)
     else:
-        record = Record()
+        record = Record(sass=args.sass)
         runs = [(" ".join(map(str, c)), lambda c=c: run_case(*c)) for c in todo]
         if not args.no_interpreter_cases:
             runs.insert(0, ("the interpreter check's calls", interpreter_cases))
@@ -417,6 +488,16 @@ def report(record: Record, seconds: float, runs: int) -> None:
             print(f"spills: {v['kernel']} warps {v['num_warps']} {v['constexprs']}: "
                   f"{v['spill_stores']} B stored, {v['spill_loads']} B loaded, "
                   f"{v['registers']} registers ({v['case']})")  # fmt: skip
+    looped = [v for v in record.variants.values() if v.get("loop_instructions")]
+    if looped:
+        print(f"{'largest loop':<22} {'instr':>6} {'shuffles':>8} {'barriers':>8} "
+              f"{'shared':>6} {'special':>7}  (the variant with the most, per kernel)")  # fmt: skip
+        for name, vs in sorted(by_kernel.items()):
+            v = max(vs, key=lambda v: v.get("loop_instructions", 0))
+            if v.get("loop_instructions"):
+                print(f"{name:<22} {v['loop_instructions']:>6} {v['loop_shuffles']:>8} "
+                      f"{v['loop_barriers']:>8} {v['loop_shared']:>6} {v['loop_special']:>7}"
+                      f"  {v['constexprs']}")  # fmt: skip
     for f in record.failures:
         print(f"FAILED {f.get('kernel', '')} {f['case']}: {f['error'][:2000]}")
     print(f"runs {runs} variants {len(record.variants)} failures {len(record.failures)} "

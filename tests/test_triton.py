@@ -654,3 +654,39 @@ def test_gpu_triton_ab_runs_on_the_cpu_under_the_interpreter(tmp_path):
         assert row["torch_fwd_ms"] > 0 and row["host_us"]["fwdbwd"] > 0
     (module,) = data["modules"]
     assert module["module"] == "frn" and module["triton_fwdbwd_ms"] > 0
+
+
+SASS_CHECK = """
+import sys, torch
+sys.path.insert(0, {scripts!r})
+import triton_compile_check as C
+from normzoo.norms import _triton as T
+x = torch.randn(64, 64, 32, 32).to(torch.bfloat16).to(memory_format=torch.channels_last)
+for lanes in (0, 2):
+    T.TWO_PHASE_LANE_ACC_ROWS = lanes
+    rec = C.Record(sass=True)
+    with C.triton_paths(132), C.compile_only(90, rec):
+        T.batch_norm(x, None, None, 1e-5)
+    (v,) = [v for v in rec.variants.values() if v["kernel"] == "_partial_stats"]
+    print(lanes, v["loop_instructions"], v["loop_shuffles"], v["loop_barriers"], v["loop_shared"])
+"""
+
+
+@pytest.mark.skipif(_compiler_usable() is not None, reason=str(_compiler_usable()))
+def test_the_compile_check_counts_the_statistics_loop(tmp_path):
+    """``triton_compile_check.Record(sass=True)``: the largest loop of each variant's machine
+    code for sm_90. Batch norm's statistics on channels_last bfloat16: the per-tile reduction
+    (no lanes) loops through shuffles, barriers and shared memory every tile; the shipped
+    per-lane sums loop through none of them, in well under half the instructions (the
+    twenty-fourth session's reading, which the H200's A/B confirmed)."""
+    code = SASS_CHECK.format(scripts=str(ROOT / "scripts"))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_compile_env(),
+        cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (_, tile, shuffles, barriers, shared), (_, lanes, *syncs) = (
+        [int(v) for v in line.split()] for line in out.stdout.split("\n") if line
+    )
+    assert shuffles > 0 and barriers > 0 and shared > 0
+    assert syncs == [0, 0, 0] and 0 < lanes < tile / 2
