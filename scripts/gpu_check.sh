@@ -32,7 +32,8 @@
 #              dispatch);
 #   warm       untimed first passes, all at once, of the plan and large steps below (the Triton
 #              variants' and inductor's cold compiles, CPU-bound, overlap; their disk caches
-#              keep them for the timed steps): run it beside tritontest, then plan and large;
+#              keep them for the timed steps), then plan and large (beside tritontest's 10
+#              processes it oversubscribed 16 cores: its large-shape passes hit their limit);
 #   plan       scripts/gpu_triton_ab.py's first question alone (the two-phase and token kernels'
 #              plan knobs: programs per SM, tile, per-lane partials; the token backward's
 #              rows) on the large shapes, the cases every norm's slow rows come from;

@@ -350,7 +350,6 @@ def pick(data: dict[str, Any], margin: float = 0.97) -> dict[str, int]:
     two_phase = [r for r in data["rows"] if _reads(r["case"]) == {0, 1, 4}]
     for rows in (False, True):
         layout = [r for r in two_phase if _on_rows(r["case"]) == rows]
-
         best, best_score = None, margin
         for config in CONFIGS:
             if config[0] != _triton.PROGRAMS_PER_SM:
