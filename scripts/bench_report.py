@@ -352,6 +352,12 @@ TRITON_KINDS = {
 }
 
 
+def triton_kind(r: dict[str, Any]) -> str:
+    """A module row's ``_triton`` kind, as :data:`normzoo.norms._triton.ZOO_MEASURED` keys it:
+    ``"<kind>_token"`` over ``(N, C)`` tokens (FRN and EvoNorm-S0's token-group kernels)."""
+    return TRITON_KINDS[r["module"]] + ("_token" if len(r["shape"]) == 2 else "")
+
+
 def triton_ab_call_us(r: dict[str, Any], mode: str) -> float:
     """What one fwd+bwd call costs, whichever bounds it: ``max(host us, GPU us)`` (the host
     time measured with the GPU kept busy, the GPU time from an idle host's queue)."""

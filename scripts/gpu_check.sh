@@ -41,8 +41,9 @@
 #              their CUDA paths without them, which sets _triton.ZOO_MEASURED) on both layouts
 #              and dtypes: an untimed pass per module at once first (the default paths' first
 #              calls compile), then the timed A/B; the twentieth session's runs were cut before
-#              channels_last EvoNorm-S0, SwitchableNorm and bfloat16 channels_last (not in the
-#              default steps: run it alone, STEPS=zooab);
+#              channels_last EvoNorm-S0, SwitchableNorm and bfloat16 channels_last; first, FRN
+#              and EvoNorm-S0 over (65536, 1024) tokens (the token-group kernels' flags, not
+#              timed yet) (not in the default steps: run it alone, STEPS=zooab);
 #   core       scripts/gpu_fused_ab.py for BatchNorm, GroupNorm and LayerNorm: their reference
 #              math compiled (a candidate, not dispatched) against torch's kernels, as
 #              fractions of the copy ceiling (the issue aims at 0.7; torch's read 0.2-0.5);
@@ -127,6 +128,11 @@ fi
 if [[ $steps == *" zooab "* ]]; then
     mods=${ZOOAB_MODULES:-evonorms0 switchablenorm batchrenorm rmsnorm frn evonormb0 ghostbatchnorm}
     zoo_args=(--only-modules --module-shapes 256,64,64,64 --module-formats channels_last contiguous)
+    # FRN and EvoNorm-S0 over (N, C) tokens on the token-group kernels (twenty-fifth session,
+    # not timed yet): their rows, merged into docs/data/gpu_triton_ab_h200.json, set
+    # ZOO_MEASURED's ("frn_token", True) and ("s0_token", True)
+    token_mods=${ZOOAB_TOKEN_MODULES:-frn evonorms0}
+    token_args=(--only-modules --module-shapes 65536,1024)
     warm=$(mktemp -d)
     pids=()
     for m in $mods; do
@@ -134,8 +140,18 @@ if [[ $steps == *" zooab "* ]]; then
             --repeats 1 >"$warm/$m.log" 2>&1 &
         pids+=($!)
     done
+    for m in $token_mods; do
+        limit "${WARM_LIMIT:-200}" "$py" scripts/gpu_triton_ab.py "${token_args[@]}" \
+            --modules "$m" --repeats 1 >"$warm/tokens_$m.log" 2>&1 &
+        pids+=($!)
+    done
     for pid in "${pids[@]}"; do wait "$pid"; done
     tail -n 2 "$warm"/*.log
+    if [[ -n $token_mods ]]; then
+        limit "${ZOOAB_TOKEN_LIMIT:-120}" "$py" scripts/gpu_triton_ab.py "${token_args[@]}" \
+            --modules $token_mods --repeats "${ZOOAB_REPEATS:-9}" \
+            --json "$out/gpu_triton_zoo_tokens_ab.json" 2>&1 | tee "$out/gpu_triton_zoo_tokens_ab.log"
+    fi
     limit "${ZOOAB_LIMIT:-300}" "$py" scripts/gpu_triton_ab.py "${zoo_args[@]}" --modules $mods \
         --repeats "${ZOOAB_REPEATS:-9}" --json "$out/gpu_triton_zoo_ab.json" \
         2>&1 | tee "$out/gpu_triton_zoo_ab.log"

@@ -52,6 +52,7 @@ from typing import Any
 import torch
 
 from normzoo.norms import _triton
+from normzoo.norms._kernels import channels_last_format
 
 SLEEP_CYCLES = 6_000_000  # ~3 ms at 2 GHz: the host queues a call's launches meanwhile
 FLUSH_BYTES = 256 << 20
@@ -489,6 +490,7 @@ def main(argv: list[str] | None = None) -> None:
         for s in args.module_shapes
         for d in args.dtypes
         for fmt in args.module_formats
+        if fmt == "contiguous" or s.count(",") == 3  # (channels_last: 4-d shapes)
     ]
     for shape, dtype, channels_last in combos:
         for name in args.modules:
@@ -515,7 +517,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _interpreter_shim() -> None:
     """The tests' fix for Triton's interpreter under numpy 2.4
-    (``tests/triton_interpreter_check.py``)."""
+    (``tests/triton_interpreter_check.py``), and the modules' dispatch serving CPU tensors to
+    the kernels (as ``tests/test_triton_gpu.py`` does there)."""
     import importlib.util
 
     path = os.path.join(os.path.dirname(__file__), "..", "tests", "triton_interpreter_check.py")
@@ -524,6 +527,16 @@ def _interpreter_shim() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.scalar_index_for_numpy_2_4()
+    base = _triton.serves
+
+    def serves(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
+        """The CPU tensors as a GPU's (the interpreter runs them), whatever their size."""
+        if x.is_cuda:
+            return base(x, *params)
+        layout = x.is_contiguous() or channels_last_format(x) is not None
+        return x.dtype in _triton.DTYPES and x.dim() >= 2 and layout and _triton.available()
+
+    _triton.serves = serves
 
 
 def write_json(path: str | None, launches: dict, rows: list, modules: list) -> None:

@@ -81,6 +81,8 @@ MODULES: dict[str, tuple[Callable[[int], dict[str, Any]], bool, bool, bool]] = {
     "ln_tokens": (lambda c: {"channels_last": True}, True, True, True),
     "rms_tokens": (lambda c: {"channels_last": True}, True, False, True),
     "gn_tokens": (_groups, True, True, True),
+    "frn_tokens": (lambda c: {}, True, False, True),  # the token-group kernels' flags
+    "evonorms0_tokens": (_groups, True, False, True),
     "rms": (lambda c: {}, False, False, True),
     "frn": (lambda c: {}, False, False, False),
     "evonorms0": (_groups, False, False, False),

@@ -590,8 +590,7 @@ def test_the_zoos_triton_dispatch_follows_the_gpu_ab_data():
     data = json.loads((ROOT / "docs/data/gpu_triton_ab_h200.json").read_text())
     measured: dict[tuple[str, bool, torch.dtype], list[bool]] = {}
     for r in data["modules"]:
-        key = (report.TRITON_KINDS[r["module"]], r["format"] == "contiguous",
-               getattr(torch, r["dtype"]))  # fmt: skip
+        key = (report.triton_kind(r), r["format"] == "contiguous", getattr(torch, r["dtype"]))
         measured.setdefault(key, []).append(report.triton_ab_wins(r))
     served = {
         (kind, contiguous, dtype)
@@ -599,6 +598,8 @@ def test_the_zoos_triton_dispatch_follows_the_gpu_ab_data():
         for dtype in dtypes
     }
     assert served <= set(measured), served - set(measured)  # nothing served unmeasured
+    assert report.triton_kind({"module": "frn", "shape": [65536, 1024]}) == "frn_token"
+    assert report.triton_kind({"module": "evonorms0", "shape": [8, 64, 4, 4]}) == "s0"
     for key, wins in measured.items():
         assert (key in served) == all(wins), key
 

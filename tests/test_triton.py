@@ -156,7 +156,7 @@ def test_orchestration_with_emulated_kernels(monkeypatch, capsys):
     fails = triton_interpreter_check.check()
     out = capsys.readouterr().out
     assert fails == 0, out
-    assert "cases 284 fails 0" in out
+    assert "cases 300 fails 0" in out
     assert _triton._disabled is None  # no case fell back to torch's kernels
 
 
@@ -631,14 +631,15 @@ def test_two_phase_lane_partials_under_the_interpreter():
 @pytest.mark.skipif(_interpreter_usable() is not None, reason=str(_interpreter_usable()))
 def test_gpu_triton_ab_runs_on_the_cpu_under_the_interpreter(tmp_path):
     """``scripts/gpu_triton_ab.py --device cpu``: every step of the GPU A/B (the launch costs,
-    each plan configuration of a two-phase and a token case, a zoo module's A/B) on tiny
-    tensors under the interpreter, the kernels run and not fallen back, rows written. Its
+    each plan configuration of a two-phase and a token case, a zoo module's A/B on a conv
+    input and on tokens) on tiny tensors under the interpreter, the kernels run (the module's
+    with ``NORMZOO_TRITON=all`` only) and not fallen back, rows written. Its
     first GPU run stopped at a bug of its plan loop that this would have caught."""
     out = tmp_path / "ab.json"
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     args = ["--device", "cpu", "--shapes", "2,32,4,4", "16,64", "--dtypes", "float32"]
     args += ["--cases", "bn_contiguous", "ln_tokens", "--modules", "frn"]
-    args += ["--module-shapes", "2,8,4,4", "--repeats", "1", "--json", str(out)]
+    args += ["--module-shapes", "2,8,4,4", "16,32", "--repeats", "1", "--json", str(out)]
     script = str(ROOT / "scripts" / "gpu_triton_ab.py")
     run = subprocess.run(
         [sys.executable, script, *args], capture_output=True, text=True, env=env, timeout=300
@@ -652,8 +653,11 @@ def test_gpu_triton_ab_runs_on_the_cpu_under_the_interpreter(tmp_path):
     assert len(rows["ln_tokens"]["configs"]) == 6 and len(rows["bn_contiguous"]["configs"]) == 11
     for row in rows.values():
         assert row["torch_fwd_ms"] > 0 and row["host_us"]["fwdbwd"] > 0
-    (module,) = data["modules"]
-    assert module["module"] == "frn" and module["triton_fwdbwd_ms"] > 0
+    conv, tokens = data["modules"]  # (16, 32): FRN over tokens, the token-group kernels
+    assert conv["shape"] == [2, 8, 4, 4] and tokens["shape"] == [16, 32]
+    for module in (conv, tokens):
+        assert module["module"] == "frn" and module["triton_fwdbwd_ms"] > 0
+        assert module["triton_ran"] == {"triton": True, "default": False}
 
 
 SASS_CHECK = """

@@ -81,6 +81,8 @@ TRITON_CASES = {
     "rms": _vs_reference("rms"),
     "frn": _vs_reference("frn"),
     "s0": _vs_reference("evonorms0", groups_of=4),
+    "frn_tokens": _vs_reference("frn"),  # the token-group kernels' flags (one channel a group)
+    "s0_tokens": _vs_reference("evonorms0", groups_of=4),
     "renorm": _vs_reference("batchrenorm", **RENORM),
     "switchable": _vs_reference("switchablenorm"),
     "b0": _vs_reference("evonormb0"),
@@ -100,6 +102,8 @@ TRITON_SHAPES = {
     "rms": [(4, 12, 20, 20), (4, 32, 130, 70), (3, 8, 7, 9, 11)],  # one pass, two phases
     "frn": [(8, 12, 30, 30), (2, 8, 70, 70), (3, 20, 7, 9, 11)],
     "s0": [(8, 12, 30, 30), (2, 8, 60, 30), (3, 20, 7, 9, 11)],  # groups of 4 channels
+    "frn_tokens": [(300, 36), (1000, 1032)],
+    "s0_tokens": [(300, 36), (1000, 1032)],
     "renorm": [(8, 12, 30, 30), (2, 40, 130, 70), (300, 36)],
     "switchable": [(8, 12, 30, 30), (2, 40, 130, 70), (3, 20, 7, 9, 11)],
     "b0": [(8, 12, 30, 30), (2, 40, 130, 70), (3, 20, 7, 9, 11)],
@@ -220,7 +224,11 @@ def test_triton_kernels_equal_torch_nn(case, layout, relu, triton_everywhere):
     [
         ("TWO_PHASE_LANE_ACC", 1, ("bn", "gn", "ln", "rms", "frn", "s0", "b0", "ghost")),
         ("TWO_PHASE_LANE_ACC", 2, ("bn", "gn", "ln", "rms", "frn", "s0", "b0", "ghost")),
-        ("TOKEN_ACC_ROWS", False, ("gn_tokens", "ln_tokens", "rms_tokens")),
+        (
+            "TOKEN_ACC_ROWS",
+            False,
+            ("gn_tokens", "ln_tokens", "rms_tokens", "frn_tokens", "s0_tokens"),
+        ),
     ],
     ids=["lane_welford", "lane_sums", "token_sums_each_tile"],
 )
@@ -290,7 +298,8 @@ def test_triton_half_inputs(case, dtype, triton_everywhere):
 def test_triton_double_backward(triton_everywhere):
     """create_graph=True: the backward is torch's functional form with a graph, so second
     derivatives are torch's."""
-    zoo = ("rms", "frn", "s0", "renorm", "switchable", "b0", "ghost", "frozen")
+    zoo = ("rms", "frn", "s0", "frn_tokens", "s0_tokens", "renorm", "switchable", "b0")
+    zoo = (*zoo, "ghost", "frozen")
     for case in ("bn", "gn", "ln_tokens", *zoo):
         make, make_ref = TRITON_CASES[case]
         shape = TRITON_SHAPES[case][0]
@@ -354,12 +363,17 @@ def test_triton_dispatch(monkeypatch):
     assert not _triton.serves_batch(cl, kind="renorm")  # its host time outweighed the kernels
     assert not _triton.serves_batch(big.bfloat16(), kind="switchable")  # not measured
     assert not _triton.serves_batch(big, kind="frozen")  # its eager path's host time won
+    for kind, groups in (("frn", 1024), ("s0", 32)):  # over tokens: not measured yet
+        assert not _triton.serves_group(tokens, groups, kind=kind)
     monkeypatch.setenv("NORMZOO_TRITON", "all")
     assert _triton.serves_batch(cl) and _triton.serves_tokens(big.view(-1, 1024))
     assert _triton.serves_group(big, 64, kind="frn") and _triton.serves_group(big, 32, kind="s0")
     assert _triton.serves_group(big, 1, kind="rms") and _triton.serves_group(cl, 1, kind="rms")
     assert _triton.serves_group(cl, 64, kind="frn")  # two phases on channels_last
     assert _triton.serves_batch(cl, kind="frozen") and _triton.serves_batch(cl, kind="ghost")
+    assert _triton.serves_group(tokens, 1024, kind="frn")  # the token-group kernels
+    assert _triton.serves_group(tokens, 32, kind="s0")
+    assert not _triton.serves_group(tokens.t(), 32, kind="s0")  # (not contiguous)
     monkeypatch.setenv("NORMZOO_TRITON", "0")
     assert not _triton.serves_batch(big) and not _triton.serves_group(cl, 1)
 

@@ -251,31 +251,13 @@ def token_bwd(grid, X, DY, DX, W, B, MEAN, RSTD, PDW, PDB, R, D, RPP, **kw):
         PDB.view(-1, D)[p] = dy[rows].sum(0)
 
 
-def token_group_fwd(grid, X, Y, W, B, MEAN, RSTD, VAR, R, D, G, K, eps, **kw):
-    x = X.reshape(R, G, K).float()
-    var, mean = torch.var_mean(x, 2, correction=0)
-    rstd = 1 / torch.sqrt(var + eps)
-    w, b = _affine(W, B, D, **kw)
-    y = ((x - mean[..., None]) * rstd[..., None]).view(R, D) * w + b
-    Y.copy_((y.clamp_min(0) if kw["RELU"] else y).view_as(Y))
-    for out, value in ((MEAN, mean), (RSTD, rstd), (VAR, var)):
-        out.copy_(value.flatten())
+def token_group_fwd(grid, X, Y, W, B, P, MEAN, RSTD, VAR, R, D, G, K, eps, **kw):
+    # (R, D) tokens as (R, D, 1): group_fwd's per-(sample, group) sets are (row, group)'s
+    group_fwd((G, R), X, Y, W, B, P, MEAN, RSTD, VAR, D, 1, G, K, eps, **kw)
 
 
-def token_group_bwd(grid, X, DY, DX, W, B, MEAN, RSTD, PDW, PDB, R, D, G, K, RPP, **kw):
-    w, b = _affine(W, B, D, **kw)
-    x, dy = X.reshape(R, G, K).float(), DY.reshape(R, D).float()
-    xhat = ((x - MEAN.view(R, G, 1)) * RSTD.view(R, G, 1)).view(R, D)
-    if kw["RELU"]:
-        dy = torch.where(xhat * w + b > 0, dy, 0)
-    wdy, xg = (dy * w).view(R, G, K), xhat.view(R, G, K)
-    a = (wdy * xg).mean(2, keepdim=True)
-    dx = RSTD.view(R, G, 1) * (wdy - xg * a - wdy.mean(2, keepdim=True))
-    DX.copy_(dx.view_as(DX))
-    for p in range(grid[0]):
-        rows = slice(p * RPP, min(p * RPP + RPP, R))
-        PDW.view(-1, D)[p] = (dy * xhat)[rows].sum(0)
-        PDB.view(-1, D)[p] = dy[rows].sum(0)
+def token_group_bwd(grid, X, DY, DX, W, B, P, MEAN, RSTD, PDW, PDB, PDP, R, D, G, K, RPP, **kw):
+    group_bwd((G, grid[0]), X, DY, DX, W, B, P, MEAN, RSTD, PDW, PDB, PDP, R, D, 1, G, K, RPP, **kw)
 
 
 def _b0_terms(X, BSTD, ISTD, V, W, N, C, S, strides, **kw):

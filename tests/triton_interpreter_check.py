@@ -119,6 +119,12 @@ def check(shard: tuple[int, int] = (0, 1), quick: bool = False) -> int:
             cases.append((shape, "s0", s0_groups, True, affine, False))
     cases.append(((2, 8, 70, 70), "s0", 2, False, True, False))
     cases.append(((2, 8, 70, 70), "s0", 4, True, True, False, 1024))
+    # FRN + TLU (one channel a group) and EvoNorm-S0 over (N, C) tokens: the token-group
+    # kernels' flags; several tiles of rows, counts that are not powers of two
+    for shape, s0_groups in [((33, 64), 8), ((130, 24), 3), ((7, 1000), 8), ((5, 96), 1)]:
+        for affine in (True, False):
+            cases.append((shape, "frn", shape[1], False, affine, False))
+            cases.append((shape, "s0", s0_groups, False, affine, False))
     for shape in [(4, 6, 5, 7), (3, 8, 33), (2, 4, 3, 4, 5), (2, 8, 70, 70)]:
         for cl in [False, True] if len(shape) in (4, 5) else [False]:
             for affine in (True, False):

@@ -67,15 +67,18 @@ the twentieth session):
 channels-first RMSNorm (``kind="rms"``: no centering; the two-phase statistics merge keeps the
 mean square), FRN + TLU (``"frn"``: one channel per group, no centering, ``max(y, tau)``, with
 ``torch.maximum``'s split of the gradient at ties) and EvoNorm-S0 (``"s0"``:
-``x sigmoid(v x)`` over the group's std). Both take the two-phase kernels where the one-pass
-ones cannot (channels_last, more positions than one program holds; twelfth session): FRN
-with the mean square and the map and gradient kernels' ``TLU`` flag, EvoNorm-S0 with their
-``SWISH`` flag; each gives its extra parameter's gradient (``tau``, ``v``) from the same
-backward pass. Batch
-Renorm, SwitchableNorm, EvoNorm-B0, Ghost BN and FrozenBatchNorm run on these kernels from
-:mod:`normzoo.norms._triton_zoo`. The zoo's kernels are served where an A/B on an H200
-(``scripts/gpu_triton_ab.py``, twentieth session) measured them faster per call than the
-norm's CUDA path without them: :data:`ZOO_MEASURED`, from ``MIN_NUMEL`` elements.
+``x sigmoid(v x)`` over the group's std). Over ``(N, C)`` tokens both are flags of the
+token-group kernels (twenty-fifth session, without a GPU: FRN one channel a group; served
+under ``NORMZOO_TRITON=all`` until measured, where their CUDA paths, ``torch.compile`` of
+the reference math, read 0.05-0.69 of the copy ceiling on an H200). Both take the two-phase
+kernels where the one-pass ones cannot (channels_last, more positions than one program
+holds; twelfth session): FRN with the mean square and the map and gradient kernels' ``TLU``
+flag, EvoNorm-S0 with their ``SWISH`` flag; each gives its extra parameter's gradient
+(``tau``, ``v``) from the same backward pass. Batch Renorm, SwitchableNorm, EvoNorm-B0,
+Ghost BN and FrozenBatchNorm run on these kernels from :mod:`normzoo.norms._triton_zoo`.
+The zoo's kernels are served where an A/B on an H200 (``scripts/gpu_triton_ab.py``,
+twentieth session) measured them faster per call than the norm's CUDA path without them:
+:data:`ZOO_MEASURED`, from ``MIN_NUMEL`` elements.
 
 ``NORMZOO_TRITON=0`` turns the kernels off; ``NORMZOO_TRITON=all`` serves every input they
 support from ``MIN_NUMEL_ALL`` elements (tests, and A/B runs on a GPU). GPUs older than compute
@@ -148,7 +151,9 @@ ZOO_KINDS = frozenset({"rms", "frn", "s0", "renorm", "switchable", "b0", "ghost"
 #: 1.54 ms of host time against 1.29: estimate 1.19), FrozenBatchNorm everywhere (2.0x on the
 #: GPU in bfloat16, but its eager path's host time, 0.58 ms against 1.02-1.07, sets the time:
 #: estimate 1.75-1.82), and the pairs not measured (float16; channels_last bfloat16;
-#: SwitchableNorm in bfloat16 or channels_last; EvoNorm-S0 on channels_last).
+#: SwitchableNorm in bfloat16 or channels_last; EvoNorm-S0 on channels_last). FRN and
+#: EvoNorm-S0 over ``(N, C)`` tokens take the token-group kernels (twenty-fifth session,
+#: written without a GPU) as ``("frn_token", True)`` and ``("s0_token", True)``: none yet.
 _F32, _BF16 = torch.float32, torch.bfloat16
 ZOO_MEASURED: dict[tuple[str, bool], frozenset[torch.dtype]] = {
     ("rms", True): frozenset({_F32, _BF16}),
@@ -310,9 +315,10 @@ def takes(
     norm over tokens), ``"rms_token"`` (RMSNorm over tokens), or the zoo's ``"rms"``
     (channels-first RMSNorm), ``"frn"``, ``"s0"`` (EvoNorm-S0), ``"renorm"`` (Batch Renorm),
     ``"switchable"`` (SwitchableNorm), ``"b0"`` (EvoNorm-B0), ``"ghost"`` (Ghost BN),
-    ``"frozen"`` (FrozenBatchNorm);
-    ``contiguous``: else channels_last. Under ``NORMZOO_TRITON=all``: every input the
-    kernels support. Otherwise the measured rule: layer norm over tokens (``"token"``),
+    ``"frozen"`` (FrozenBatchNorm) (``"frn"`` and ``"s0"`` of a 2-d ``shape``: over
+    ``(N, C)`` tokens, on the token-group kernels, ``ZOO_MEASURED``'s ``"frn_token"`` and
+    ``"s0_token"``); ``contiguous``: else channels_last. Under ``NORMZOO_TRITON=all``: every
+    input the kernels support. Otherwise the measured rule: layer norm over tokens (``"token"``),
     RMSNorm over float32 or float16 tokens (``"rms_token"``), and FrozenBatchNorm under
     ``all`` only (group norm and bfloat16 RMSNorm over tokens with a multiple of 16
     channels: served); the zoo's other kinds where :data:`ZOO_MEASURED` holds their layout
@@ -336,6 +342,11 @@ def takes(
         return every  # measured: its eager path's host time is shorter (see ZOO_MEASURED)
     if kind == "renorm" and every:  # Batch Renorm: any layout the batch-norm kernels take
         return True
+    if kind in ("frn", "s0") and len(shape) == 2:  # (N, C) tokens: the token-group kernels
+        c = shape[1]
+        fits = contiguous and _pow2(groups) * _pow2(c // groups) <= ONE_PASS_MAX
+        measured = dtype in ZOO_MEASURED.get((f"{kind}_token", True), ()) and c % 16 == 0
+        return fits and (every or measured)
     if kind in ZOO_KINDS:  # (N, C, *spatial) only
         if every:
             return len(shape) >= 3
@@ -660,8 +671,8 @@ def _group_forward(
     """``(y, mean, rstd, var)`` per (sample, group) of a group-structured ``spec``; ``extra``:
     FRN's ``tau`` or EvoNorm-S0's ``v``."""
     kind, groups, eps, relu = spec
-    if x.dim() == 2:  # group norm of (N, C) tokens (:func:`takes`)
-        return _token_forward(x, weight, bias, eps, relu, groups=groups)
+    if x.dim() == 2:  # group norm, FRN, EvoNorm-S0 of (N, C) tokens (:func:`takes`)
+        return _token_forward(x, weight, bias, eps, relu, groups=groups, extra=extra, kind=kind)
     n, c = x.shape[0], x.shape[1]
     tiles = _group_tiles(tuple(x.shape), groups) if x.is_contiguous() else None
     if tiles is None:
@@ -698,8 +709,10 @@ def _group_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """``(dx, dw, db, d_extra)`` (``d_extra`` ``None`` without ``extra``)."""
     kind, groups, _, relu = spec
-    if x.dim() == 2:  # group norm of (N, C) tokens
-        return (*_token_backward(dy, x, weight, bias, mean, rstd, relu, groups=groups), None)
+    if x.dim() == 2:  # group norm, FRN, EvoNorm-S0 of (N, C) tokens
+        return _token_backward(
+            dy, x, weight, bias, mean, rstd, relu, groups=groups, extra=extra, kind=kind
+        )
     n, c = x.shape[0], x.shape[1]
     tiles = _group_tiles(tuple(x.shape), groups) if x.is_contiguous() else None
     if tiles is None:
@@ -756,10 +769,13 @@ def _token_forward(
     relu: bool,
     rms: bool = False,
     groups: int = 0,
+    extra: Tensor | None = None,
+    kind: str = "group",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """``(y, mean, rstd, None)`` per row of a contiguous ``(..., d)`` input (``rms``: RMSNorm,
-    the mean 0), one pass; with ``groups``, group norm of ``(N, C)`` tokens:
-    ``(y, mean, rstd, var)`` per (row, group)."""
+    the mean 0), one pass; with ``groups``, ``kind`` (group norm; ``"frn"``, one channel a
+    group, ``"s0"``, their ``extra``) of ``(N, C)`` tokens: ``(y, mean, rstd, var)`` per
+    (row, group)."""
     d = x.shape[-1]
     r = x.numel() // d
     rb, elements, tile = _token_plan(r, d, groups, rms)
@@ -768,14 +784,17 @@ def _token_forward(
     ).unbind(0)
     y = torch.empty_like(x)
     k = _kernels()
-    kernel, sizes = (
-        (k._token_group_fwd, (r, d, groups, d // groups)) if groups else (k._token_fwd, (r, d))
+    flags = {"HAS_W": weight is not None, "HAS_B": bias is not None, "RELU": relu, "RB": rb}
+    if groups:
+        k._token_group_fwd[(_cdiv(r, rb),)](
+            x, y, weight, bias, extra, *stats, r, d, groups, d // groups, eps,
+            num_warps=_warps(elements), **flags, **tile, **_GROUP_FLAGS[kind],
+        )  # fmt: skip
+        return (y, *stats)
+    k._token_fwd[(_cdiv(r, rb),)](
+        x, y, weight, bias, *stats, r, d, eps, num_warps=_warps(elements), **flags, **tile
     )
-    kernel[(_cdiv(r, rb),)](
-        x, y, weight, bias, *stats, *sizes, eps, HAS_W=weight is not None,
-        HAS_B=bias is not None, RELU=relu, RB=rb, num_warps=_warps(elements), **tile,
-    )  # fmt: skip
-    return (y, *stats) if groups else (y, *stats, None)
+    return (y, *stats, None)
 
 
 def _token_backward(
@@ -788,26 +807,34 @@ def _token_backward(
     relu: bool,
     rms: bool = False,
     groups: int = 0,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dx, dw, db)`` of :func:`_token_forward`'s norm."""
+    extra: Tensor | None = None,
+    kind: str = "group",
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(dx, dw, db, d_extra)`` of :func:`_token_forward`'s norm (``d_extra`` ``None``
+    without ``extra``)."""
     d = x.shape[-1]
     r = x.numel() // d
     rb, elements, tile = _token_plan(r, d, groups, rms)
     rpp = _token_rows(x, r, rb)
     np_ = _cdiv(r, rpp)
-    part = torch.empty((2, np_, d), device=x.device, dtype=torch.float32)
+    part = torch.empty((2 if extra is None else 3, np_, d), device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x)
     k = _kernels()
-    kernel, sizes = (
-        (k._token_group_bwd, (r, d, groups, d // groups)) if groups else (k._token_bwd, (r, d))
-    )
-    kernel[(np_,)](
-        x, dy, dx, weight, bias, mean, rstd, *part.unbind(0), *sizes, rpp,
-        HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, RB=rb,
-        ACC_ROWS=TOKEN_ACC_ROWS, num_warps=_warps(elements), **tile,
-    )  # fmt: skip
-    dw, db = part.sum(1).unbind(0)
-    return dx, dw, db
+    flags = {"HAS_W": weight is not None, "HAS_B": bias is not None, "RELU": relu, "RB": rb}
+    flags["ACC_ROWS"] = TOKEN_ACC_ROWS
+    if groups:
+        pdp = part[2] if extra is not None else None
+        k._token_group_bwd[(np_,)](
+            x, dy, dx, weight, bias, extra, mean, rstd, part[0], part[1], pdp, r, d, groups,
+            d // groups, rpp, num_warps=_warps(elements), **flags, **tile, **_GROUP_FLAGS[kind],
+        )  # fmt: skip
+    else:
+        k._token_bwd[(np_,)](
+            x, dy, dx, weight, bias, mean, rstd, part[0], part[1], r, d, rpp,
+            num_warps=_warps(elements), **flags, **tile,
+        )  # fmt: skip
+    sums = part.sum(1)
+    return dx, sums[0], sums[1], (sums[2] if extra is not None else None)
 
 
 def _elsewhere(x: Tensor) -> bool:
@@ -957,7 +984,7 @@ def _kernel_backward(
             dx, dw, db, dp = _group_backward(dy, x, spec, weight, bias, extra, mean, rstd)
         else:
             rms = kind == "rms_token"
-            dx, dw, db = _token_backward(dy, x, weight, bias, mean, rstd, relu, rms)
+            dx, dw, db, _ = _token_backward(dy, x, weight, bias, mean, rstd, relu, rms)
     return (
         dx if needs[0] else None,
         dw.to(weight.dtype) if needs[1] else None,

@@ -206,9 +206,10 @@ def _finalize(
 
 @triton.jit
 def _tlu_mask(y, tau, dy):
-    """``dy`` through FRN's ``max(y, tau[c])`` to ``y``: all of it where ``y`` is the larger,
-    half at a tie (``torch.maximum``), none where ``tau`` is."""
-    return tl.where(y > tau[:, None], dy, tl.where(y == tau[:, None], 0.5 * dy, 0.0))
+    """``dy`` through FRN's ``max(y, tau)`` to ``y`` (``tau`` broadcast to ``y``'s tile): all
+    of it where ``y`` is the larger, half at a tie (``torch.maximum``), none where ``tau``
+    is."""
+    return tl.where(y > tau, dy, tl.where(y == tau, 0.5 * dy, 0.0))
 
 
 @triton.jit
@@ -344,7 +345,7 @@ def _partial_grad(
         if RELU:
             dy = tl.where(x * scale[:, None] + shift[:, None] > 0.0, dy, 0.0)
         if TLU:
-            masked = _tlu_mask(x * scale[:, None] + shift[:, None], tau, dy)
+            masked = _tlu_mask(x * scale[:, None] + shift[:, None], tau[:, None], dy)
             if LANE_ACC:
                 lane_st += dy - masked
             else:
@@ -443,7 +444,7 @@ def _apply_grad(
         if RELU:
             dy = tl.where(x * scale[:, None] + shift[:, None] > 0.0, dy, 0.0)
         if TLU:
-            dy = _tlu_mask(x * scale[:, None] + shift[:, None], tau, dy)
+            dy = _tlu_mask(x * scale[:, None] + shift[:, None], tau[:, None], dy)
         if SWISH:
             sg = tl.sigmoid(tau[:, None] * x)
             dy = dy * (sg + tau[:, None] * x * sg * (1.0 - sg))
@@ -592,7 +593,7 @@ def _group_bwd(
             dy = tl.where(d * (rstd * w)[:, None] + bias[:, None] > 0.0, dy, 0.0)
         if TLU:  # the forward's y, computed as it was
             y = d * (rstd * w)[:, None] + bias[:, None]
-            h = _tlu_mask(y, prm, dy)
+            h = _tlu_mask(y, prm[:, None], dy)
             dp += tl.sum(dy - h, axis=1)
             dy = h
         if SWISH:
@@ -764,6 +765,7 @@ def _token_group_fwd(
     Y,
     W,
     B,
+    P,
     MEAN,
     RSTD,
     VAR,
@@ -778,27 +780,42 @@ def _token_group_fwd(
     RB: tl.constexpr,
     GB: tl.constexpr,
     KB: tl.constexpr,
+    RMS: tl.constexpr = False,
+    TLU: tl.constexpr = False,
+    SWISH: tl.constexpr = False,
 ):
     """Group norm of ``RB`` rows of a contiguous ``(R, D)`` tensor, each row's ``G`` groups of
     ``K = D / G`` consecutive channels in registers as an ``(RB, GB, KB)`` tile; the
-    statistics of (row ``r``, group ``g``) at ``MEAN/RSTD/VAR[r * G + g]``."""
+    statistics of (row ``r``, group ``g``) at ``MEAN/RSTD/VAR[r * G + g]``. The flags as
+    :func:`_group_fwd`'s, per (row, group): FRN + TLU over tokens is ``RMS`` and ``TLU`` with
+    one channel a group (``K = 1``: each value its own mean square), EvoNorm-S0 ``SWISH``."""
     rows = tl.program_id(0) * RB + tl.arange(0, RB)
     gs, gmask, cs, cmask = _group_cells(G, K, GB, KB)
     rmask = rows < R
     m = rmask[:, None, None] & cmask[None, :, :]
     off = rows[:, None, None].to(tl.int64) * D + cs[None, :, :]
     x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=2) / K
-    d = tl.where(m, x - mean[:, :, None], 0.0)
+    if RMS:
+        mean = tl.zeros([RB, GB], dtype=tl.float32)
+        d = x
+    else:
+        mean = tl.sum(x, axis=2) / K
+        d = tl.where(m, x - mean[:, :, None], 0.0)
     var = tl.sum(d * d, axis=2) / K
     rstd = 1.0 / tl.sqrt(var + eps)
-    y = d * rstd[:, :, None]
+    if SWISH:  # the numerator is not centered
+        v = tl.load(P + cs, mask=cmask, other=0.0).to(tl.float32)[None, :, :]
+        y = x * tl.sigmoid(v * x) * rstd[:, :, None]
+    else:
+        y = d * rstd[:, :, None]
     if HAS_W:
         y *= tl.load(W + cs, mask=cmask, other=0.0).to(tl.float32)[None, :, :]
     if HAS_B:
         y += tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)[None, :, :]
     if RELU:
         y = tl.maximum(y, 0.0)
+    if TLU:
+        y = tl.maximum(y, tl.load(P + cs, mask=cmask, other=0.0).to(tl.float32)[None, :, :])
     tl.store(Y + off, y.to(Y.dtype.element_ty), mask=m)
     sets = rows[:, None].to(tl.int64) * G + gs[None, :]
     smask = rmask[:, None] & gmask[None, :]
@@ -814,10 +831,12 @@ def _token_group_bwd(
     DX,
     W,
     B,
+    P,
     MEAN,
     RSTD,
     PDW,
     PDB,
+    PDP,
     R,
     D,
     G,
@@ -830,10 +849,15 @@ def _token_group_bwd(
     GB: tl.constexpr,
     KB: tl.constexpr,
     ACC_ROWS: tl.constexpr = True,
+    RMS: tl.constexpr = False,
+    TLU: tl.constexpr = False,
+    SWISH: tl.constexpr = False,
 ):
     """``dx`` of rows ``p*RPP ...`` (``RB`` at a time) of :func:`_token_group_fwd`, and this
-    program's per-channel sums of ``dy * xhat`` and ``dy`` at ``PDW/PDB[p, :]``:
-    ``dx = rstd (w dy - mean_g(w dy) - xhat mean_g(w dy xhat))`` per (row, group).
+    program's per-channel sums of ``dy * xhat`` and ``dy`` at ``PDW/PDB[p, :]`` (with ``TLU``
+    or ``SWISH``, ``P``'s gradient at ``PDP[p, :]``):
+    ``dx = rstd (w dy - mean_g(w dy) - xhat mean_g(w dy xhat))`` per (row, group) (``RMS``:
+    no ``mean_g(w dy)`` term); ``TLU`` and ``SWISH`` as in :func:`_group_bwd`.
     ``ACC_ROWS``: as :func:`_token_bwd`'s."""
     p = tl.program_id(0)
     gs, gmask, cs, cmask = _group_cells(G, K, GB, KB)
@@ -843,10 +867,15 @@ def _token_group_bwd(
     bias = tl.zeros([GB, KB], dtype=tl.float32)
     if HAS_B:
         bias = tl.load(B + cs, mask=cmask, other=0.0).to(tl.float32)
+    prm = tl.zeros([GB, KB], dtype=tl.float32)
+    if TLU or SWISH:
+        prm = tl.load(P + cs, mask=cmask, other=0.0).to(tl.float32)
     dw = tl.zeros([GB, KB], dtype=tl.float32)
     db = tl.zeros([GB, KB], dtype=tl.float32)
+    dp = tl.zeros([GB, KB], dtype=tl.float32)
     dw_rows = tl.zeros([RB, GB, KB], dtype=tl.float32)
     db_rows = tl.zeros([RB, GB, KB], dtype=tl.float32)
+    dp_rows = tl.zeros([RB, GB, KB], dtype=tl.float32)
     r_end = tl.minimum(p * RPP + RPP, R)
     for r0 in range(p * RPP, r_end, RB):
         rows = r0 + tl.arange(0, RB)
@@ -859,25 +888,61 @@ def _token_group_bwd(
         rstd = tl.load(RSTD + sets, mask=smask, other=0.0)
         x = tl.load(X + off, mask=m, other=0.0).to(tl.float32)
         dy = tl.load(DY + off, mask=m, other=0.0).to(tl.float32)
-        xhat = tl.where(m, (x - mean[:, :, None]) * rstd[:, :, None], 0.0)
+        d = tl.where(m, x - mean[:, :, None], 0.0)
+        xhat = d * rstd[:, :, None]
         if RELU:  # the forward's y, computed as it was
             dy = tl.where(xhat * w[None, :, :] + bias[None, :, :] > 0.0, dy, 0.0)
+        if TLU:  # the forward's y, computed as it was
+            h = _tlu_mask(xhat * w[None, :, :] + bias[None, :, :], prm[None, :, :], dy)
+            if ACC_ROWS:
+                dp_rows += dy - h
+            else:
+                dp += tl.sum(dy - h, axis=0)
+            dy = h
+        wdy = dy * w[None, :, :]
+        if SWISH:  # f = x sigmoid(v x), y = w f rstd + b
+            sg = tl.sigmoid(prm[None, :, :] * x)
+            fr = x * sg * rstd[:, :, None]  # f rstd, 0 where masked
+            gv = dy * fr * x * (1.0 - sg)  # v's gradient over w
+            a = tl.sum(wdy * fr, axis=2) / K
+            fp = sg + prm[None, :, :] * x * sg * (1.0 - sg)
+            # the variance's share against the exact mean, as in _group_bwd
+            dm = tl.sum(d, axis=2) / K
+            xc = xhat - (dm * rstd)[:, :, None]
+            dx = rstd[:, :, None] * (wdy * fp - xc * a[:, :, None])
+            if ACC_ROWS:
+                dw_rows += dy * fr
+                dp_rows += gv
+            else:
+                dw += tl.sum(dy * fr, axis=0)
+                dp += tl.sum(gv, axis=0)
+        else:
+            if ACC_ROWS:
+                dw_rows += dy * xhat
+            else:
+                dw += tl.sum(dy * xhat, axis=0)
+            a = tl.sum(wdy * xhat, axis=2) / K
+            if RMS:
+                dx = rstd[:, :, None] * (wdy - xhat * a[:, :, None])
+            else:
+                b = tl.sum(wdy, axis=2) / K
+                dx = rstd[:, :, None] * (wdy - xhat * a[:, :, None] - b[:, :, None])
         if ACC_ROWS:
-            dw_rows += dy * xhat
             db_rows += dy
         else:
-            dw += tl.sum(dy * xhat, axis=0)
             db += tl.sum(dy, axis=0)
-        wdy = dy * w[None, :, :]
-        a = tl.sum(wdy * xhat, axis=2) / K
-        b = tl.sum(wdy, axis=2) / K
-        dx = rstd[:, :, None] * (wdy - xhat * a[:, :, None] - b[:, :, None])
         tl.store(DX + off, dx.to(DX.dtype.element_ty), mask=m)
     if ACC_ROWS:
         dw = tl.sum(dw_rows, axis=0)
         db = tl.sum(db_rows, axis=0)
+        if TLU or SWISH:
+            dp = tl.sum(dp_rows, axis=0)
     tl.store(PDW + p * D + cs, dw, mask=cmask)
     tl.store(PDB + p * D + cs, db, mask=cmask)
+    if TLU:
+        tl.store(PDP + p * D + cs, dp, mask=cmask)
+    if SWISH:
+        tl.store(PDP + p * D + cs, dp * w, mask=cmask)
 
 
 @triton.jit

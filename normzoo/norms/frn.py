@@ -232,9 +232,9 @@ class FilterResponseNorm(Norm):
         fast = self.impl == "fast" and not capturing()  # captured: the reference math
         if (
             fast
-            and self._use_function(x)
+            and self._default_config()
             and _triton.serves_group(x, x.shape[1], self.weight, self.bias, self.tau, kind="frn")
-        ):  # CUDA, measured (_triton.ZOO_MEASURED): one pass per (sample, channel)
+        ):  # CUDA, measured (_triton.ZOO_MEASURED): one pass per (sample, channel) or token
             return _triton.filter_response_norm(x, self.weight, self.bias, self.tau, self.eps)
         if fast and _gpu.use_fused_math(x):
             return _gpu.filter_response_norm(
@@ -259,27 +259,21 @@ class FilterResponseNorm(Norm):
             x, self.weight, self.bias, self.tau, eps=self.effective_eps()
         )
 
+    def _default_config(self) -> bool:
+        """Affine, with the TLU and a fixed eps: what the fast paths compute."""
+        return self.weight is not None and self.tau is not None and self.eps_learned is None
+
     def _use_function(self, x: Tensor) -> bool:
-        """The hand-written path covers the default configuration (affine, TLU, fixed eps)
-        with spatial dims; every other configuration runs the reference math."""
-        return (
-            x.dim() >= 3
-            and self.weight is not None
-            and self.tau is not None
-            and self.eps_learned is None
-        )
+        """The hand-written path covers the default configuration with spatial dims; every
+        other configuration runs the reference math."""
+        return x.dim() >= 3 and self._default_config()
 
     def _use_token_kernel(self, x: Tensor) -> bool:
         """Token input ``(N, C)`` (no spatial dims) in the default configuration where
         :func:`use_token_kernels` holds: the fused elementwise kernels (the reference math
         measured 9-15x BatchNorm1d's fwd+bwd on (4096, 1024) and (2048, 4096) on a 2-core
         Xeon)."""
-        return (
-            self.weight is not None
-            and self.tau is not None
-            and self.eps_learned is None
-            and use_token_kernels(x, self.weight)
-        )
+        return self._default_config() and use_token_kernels(x, self.weight)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, tlu={self.tlu}, learnable_eps={self.learnable_eps}"
