@@ -438,7 +438,8 @@ def test_a_failing_first_zoo_forward_leaves_the_running_statistics_to_the_fallba
 def test_launch_counts_script():
     """scripts/triton_launches.py counts each Triton path's launches on the CPU: a one-pass
     norm's forward is one Triton launch and no torch op; batch norm's three launches and one
-    op (the module's running-average counter); every module listed."""
+    op (the module's running-average counter); the backward materializes no gradients of the
+    statistics outputs; every module listed."""
     script = str(ROOT / "scripts" / "triton_launches.py")
     jit = _compiler_usable() is None  # Triton's launch path too (kernels compiled, no GPU)
     out = subprocess.run(
@@ -448,6 +449,10 @@ def test_launch_counts_script():
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
     assert rows["gn"][:3] == ["1", "+", "0"] and rows["frn"][:3] == ["1", "+", "0"]
     assert rows["bn"][:3] == ["3", "+", "1"]
+    # fwd+bwd: the backward's seed and the partial sums' reduction (batch norm: and its
+    # coefficients), no zero-filled gradients of the statistics outputs
+    assert rows["gn"][3:6] == ["2", "+", "2"] and rows["bn"][3:6] == ["5", "+", "5"]
+    assert rows["ghostbatchnorm"][5] == "4"
     # the zoo's two-phase paths: their small ops in coefficient kernels (few torch ops)
     zoo = ("batchrenorm", "evonormb0", "ghostbatchnorm", "switchablenorm")
     assert all(int(rows[name][2]) <= 1 for name in zoo)

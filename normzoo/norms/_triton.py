@@ -928,10 +928,13 @@ class _TritonNorm(torch.autograd.Function):
         ctx.save_for_backward(x, weight, bias, extra, mean, rstd)
         ctx.spec = spec
         ctx.mark_non_differentiable(*(t for t in (mean, var) if t is not None))
+        ctx.set_materialize_grads(False)  # no zero-filled gradients of mean and var: launches
         return y, mean, var
 
     @staticmethod
-    def backward(ctx: Any, dy: Tensor, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, dy: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        if dy is None:  # (y unused by what was differentiated)
+            return (None,) * 6
         x, weight, bias, extra, mean, rstd = ctx.saved_tensors
         params = (x, weight, bias, extra)
         spec, needs = ctx.spec, ctx.needs_input_grad[:4]

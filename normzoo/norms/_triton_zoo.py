@@ -101,10 +101,13 @@ class _ZooFunction(torch.autograd.Function):
         ctx.norm, ctx.state, ctx.count = norm, state, len(params)
         if isinstance(out, tuple):
             ctx.mark_non_differentiable(*out[1:])
+        ctx.set_materialize_grads(False)  # no zero-filled gradients of the statistics: launches
         return out
 
     @staticmethod
-    def backward(ctx: Any, dy: Tensor, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, dy: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        if dy is None:  # (the output unused by what was differentiated)
+            return (None,) * (2 + ctx.count)
         tensors = ctx.saved_tensors
         params, saved = tuple(tensors[: ctx.count]), tuple(tensors[ctx.count :])
         norm, state, needs = ctx.norm, ctx.state, ctx.needs_input_grad[2:]
