@@ -118,7 +118,12 @@ class Buffers:
     that neither gets better-placed memory than the other."""
 
     def __init__(
-        self, shape: tuple[int, ...], groups: int | None, buffers: int, relu: bool = False
+        self,
+        shape: tuple[int, ...],
+        groups: int | None,
+        buffers: int,
+        relu: bool = False,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         n, c = shape[0], shape[1]
         length = 1
@@ -126,8 +131,8 @@ class Buffers:
             length *= s
         gen = torch.Generator().manual_seed(0)
         self.sizes = (n, c, length)
-        self.x = torch.randn(n, c, length, generator=gen) * 2 + 0.5
-        self.dy = torch.randn(n, c, length, generator=gen)
+        self.x = (torch.randn(n, c, length, generator=gen) * 2 + 0.5).to(dtype)
+        self.dy = torch.randn(n, c, length, generator=gen).to(dtype)
         self.w = torch.rand(c, generator=gen) + 0.5
         self.b = torch.randn(c, generator=gen)
         self.ys = [torch.empty_like(self.x) for _ in range(buffers)]
@@ -154,21 +159,19 @@ def kernels(
     threads = torch.get_num_threads()
     # the fused ReLU's variants take the forward's bias (and the row kernels a scratch) too
     relu, mask = buf.relu, buf.mask.data_ptr()
-    if buf.groups is None:
-        fwd = lib.nz_bn_relu_forward if relu else lib.nz_bn_forward
+    if buf.groups is None:  # (the bfloat16 build's functions: the same signatures)
+        sfx = "_bf16" if buf.x.dtype == torch.bfloat16 else ""
+        fwd = getattr(lib, f"nz_bn_relu_forward{sfx}" if relu else f"nz_bn_forward{sfx}")
+        bwd = getattr(lib, f"nz_bn_relu_backward{sfx}" if relu else f"nz_bn_backward{sfx}")
 
         def forward(i: int) -> None:
             fwd(x, w, b, ys[i % k].data_ptr(), m, s, v, n, c, length, 1e-5, threads)
 
         def backward(i: int) -> None:
             if relu:
-                lib.nz_bn_relu_backward(
-                    dy, x, w, b, m, s, dxs[i % k].data_ptr(), dw, db, n, c, length, threads
-                )
+                bwd(dy, x, w, b, m, s, dxs[i % k].data_ptr(), dw, db, n, c, length, threads)
             else:
-                lib.nz_bn_backward(
-                    dy, x, w, m, s, dxs[i % k].data_ptr(), dw, db, n, c, length, threads
-                )
+                bwd(dy, x, w, m, s, dxs[i % k].data_ptr(), dw, db, n, c, length, threads)
 
     else:
         g, partial = buf.groups, buf.partial.data_ptr()
@@ -386,7 +389,9 @@ def run_case(
                 for v in ("base", "new")}  # fmt: skip
     else:
         lib_name, groups = CASES[case]
-        buf = Buffers(shape, groups, buffers, relu)
+        if dtype != torch.float32 and groups is not None:
+            raise SystemExit(f"{case}: row_norm.c has no bfloat16 build (--dtype float32)")
+        buf = Buffers(shape, groups, buffers, relu, dtype)
         runs = {v: kernels(libs[v][lib_name], buf) for v in ("base", "new")}
     pairs = zip(runs["base"][2](), runs["new"][2](), strict=True)
     same = [torch.equal(a, b) for a, b in pairs]
@@ -427,7 +432,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--new", default=None, help="git revision to time (default: the working tree)")
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=[*CASES, *ZOO_CASES])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="of x and dy in the wider zoo's cases and ghost_tok")  # fmt: skip
+                   help="of x and dy in bn, the wider zoo's cases and ghost_tok")  # fmt: skip
     p.add_argument("--shapes", nargs="+", default=SHAPES)
     p.add_argument("--rounds", type=int, default=41)
     p.add_argument("--buffers", type=int, default=4, help="output buffers to rotate through")

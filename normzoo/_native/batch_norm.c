@@ -75,9 +75,9 @@ static inline void map_line(const float *p, float *o, int64_t n, float sc, float
  * compiled. */
 static inline void row_moments(const float *p, int64_t L, float k, double *s1, double *s2) {
   float r1 = 0.f, r2 = 0.f;
-  const int64_t i = L >= NZ_LINE_MIN ? nz_shifted_sums(p, L, k, &r1, &r2) : 0;
-#pragma omp simd reduction(+ : r1, r2)
-  for (int64_t j = i; j < L; ++j) {
+  int64_t j = L >= NZ_LINE_MIN ? nz_shifted_sums(p, L, k, &r1, &r2)
+                               : nz_short_sums(p, L, k, &r1, &r2);
+  for (; j < L; ++j) {
     const float d = p[j] - k;
     r1 += d;
     r2 += d * d;
@@ -143,11 +143,19 @@ static inline void dx_line(const float *g, const float *p, float *o, int64_t L, 
 static inline void row_moments_bf16(const uint16_t *p, int64_t L, float k, double *s1,
                                     double *s2) {
   float r1 = 0.f, r2 = 0.f;
+  if (L < NZ_LINE_MIN) {
+    for (int64_t j = nz_short_sums_bf16(p, L, k, &r1, &r2); j < L; ++j) {
+      const float d = nz_bf16_load(p[j]) - k;
+      r1 += d;
+      r2 += d * d;
+    }
+  } else { /* long rows: the compiled loop (its reduction's cost shared by many values) */
 #pragma omp simd reduction(+ : r1, r2)
-  for (int64_t j = 0; j < L; ++j) {
-    const float d = nz_bf16_load(p[j]) - k;
-    r1 += d;
-    r2 += d * d;
+    for (int64_t j = 0; j < L; ++j) {
+      const float d = nz_bf16_load(p[j]) - k;
+      r1 += d;
+      r2 += d * d;
+    }
   }
   *s1 += r1;
   *s2 += r2;
@@ -239,24 +247,35 @@ NZ_INLINE void ghost_sum_parts(const float *part, int64_t V, int64_t C, float *d
  * The kernels written once for an element type (bn_kernels.h: the contiguous blocks, the
  * channels_last tiles and kernels, Ghost BN's rows), built for float32 under their own names
  * and for bfloat16 (x, y, dy, dx as uint16_t bits, nz_bf16.h) with _bf16 appended. */
+/* NZ_VLD(p): NZ_VL elements widened to an nz_vf; NZ_SHORT_ROW(L): the backward's row sums
+ * in explicit vectors (bn_block.h's row_grad_sums) below NZ_LINE_MIN values, the compiled
+ * loop from there (its reduction's cost shared by many values: 1.03-1.08x faster there). */
 #define NZ_T float
 #define NZ_LD(v) (v)
 #define NZ_ST(v) (v)
+#define NZ_VLD(p) nz_load(p)
+#define NZ_SHORT_ROW(L) ((L) < NZ_LINE_MIN)
 #define NZ_FN(name) name
 #include "bn_kernels.h"
 #undef NZ_T
 #undef NZ_LD
 #undef NZ_ST
+#undef NZ_VLD
+#undef NZ_SHORT_ROW
 #undef NZ_FN
 
 #define NZ_T uint16_t
 #define NZ_LD(v) nz_bf16_load(v)
 #define NZ_ST(v) nz_bf16_store(v)
+#define NZ_VLD(p) nz_load_bf16(p)
+#define NZ_SHORT_ROW(L) ((L) < NZ_LINE_MIN)
 #define NZ_FN(name) name##_bf16
 #include "bn_kernels.h"
 #undef NZ_T
 #undef NZ_LD
 #undef NZ_ST
+#undef NZ_VLD
+#undef NZ_SHORT_ROW
 #undef NZ_FN
 
 /* Ghost batch norm of a contiguous (N, C, L) tensor, every virtual batch in one call: virtual

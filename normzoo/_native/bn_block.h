@@ -82,6 +82,54 @@ void NZ_FN(nz_bn_relu_forward)(const NZ_T *x, const float *w, const float *b, NZ
   NZ_FN(bn_forward)(x, w, b, y, mean_out, invstd_out, var_out, N, C, L, eps, 1, NULL, threads);
 }
 
+/* sum(g) and sum(g (p - m)) over a row of L values into *o1, *o2 (relu: g taken as 0 where
+ * p sc + sh <= 0, the forward's pre-activation by its own expression, a NaN kept): two chains
+ * of vectors, their lanes summed as a tree (nz_hsum), the tail one at a time. The compiled
+ * `omp simd reduction` added its 32 partial sums one at a time through the stack after every
+ * row: most of the time of rows of tens of values. */
+NZ_INLINE nz_vf NZ_FN(relu_masked)(nz_vf gv, nz_vf pv, float sc, float sh) {
+  const nz_vi off = pv * sc + sh <= (nz_vf){0}; /* the lanes whose pre-activation is <= 0 */
+  nz_vi bits;
+  __builtin_memcpy(&bits, &gv, sizeof gv);
+  bits &= ~off;
+  __builtin_memcpy(&gv, &bits, sizeof gv);
+  return gv;
+}
+
+NZ_INLINE void NZ_FN(row_grad_sums)(const NZ_T *g, const NZ_T *p, int64_t L, float m, int relu,
+                                    float sc, float sh, float *o1, float *o2) {
+  nz_vf a1 = {0}, a2 = {0}, b1 = {0}, b2 = {0};
+  int64_t i = 0;
+  for (; i + 2 * NZ_VL <= L; i += 2 * NZ_VL) {
+    const nz_vf pd = NZ_VLD(p + i), pe = NZ_VLD(p + i + NZ_VL);
+    nz_vf gd = NZ_VLD(g + i), ge = NZ_VLD(g + i + NZ_VL);
+    if (relu) {
+      gd = NZ_FN(relu_masked)(gd, pd, sc, sh);
+      ge = NZ_FN(relu_masked)(ge, pe, sc, sh);
+    }
+    a1 += gd;
+    a2 += gd * (pd - m);
+    b1 += ge;
+    b2 += ge * (pe - m);
+  }
+  if (i + NZ_VL <= L) {
+    const nz_vf pd = NZ_VLD(p + i);
+    nz_vf gd = NZ_VLD(g + i);
+    if (relu) gd = NZ_FN(relu_masked)(gd, pd, sc, sh);
+    a1 += gd;
+    a2 += gd * (pd - m);
+    i += NZ_VL;
+  }
+  float r1 = nz_hsum(a1 + b1), r2 = nz_hsum(a2 + b2);
+  for (; i < L; ++i) {
+    const float pi = NZ_LD(p[i]), gi = relu && pi * sc + sh <= 0.f ? 0.f : NZ_LD(g[i]);
+    r1 += gi;
+    r2 += gi * (pi - m);
+  }
+  *o1 = r1;
+  *o2 = r2;
+}
+
 /* One block of k channels from c0: the sums of dy and dy (x - mean), dw and db from them
  * (where not NULL), then dx. */
 NZ_INLINE void NZ_FN(bn_backward_block)(const NZ_T *dy, const NZ_T *x, const float *w,
@@ -97,7 +145,11 @@ NZ_INLINE void NZ_FN(bn_backward_block)(const NZ_T *dy, const NZ_T *x, const flo
       const NZ_T *p = x + (n * C + c0 + j) * L;
       const float m = mean[c0 + j];
       float r1 = 0.f, r2 = 0.f;
-      if (relu) {
+      if (NZ_SHORT_ROW(L)) {
+        const float sc = relu ? bn_scale(w, c0 + j, invstd[c0 + j]) : 0.f;
+        const float sh = relu ? bn_shift(b, c0 + j, m, sc) : 0.f;
+        NZ_FN(row_grad_sums)(g, p, L, m, relu, sc, sh, &r1, &r2);
+      } else if (relu) {
         const float sc = bn_scale(w, c0 + j, invstd[c0 + j]), sh = bn_shift(b, c0 + j, m, sc);
 #pragma omp simd reduction(+ : r1, r2)
         for (int64_t i = 0; i < L; ++i) {
