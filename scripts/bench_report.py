@@ -140,14 +140,21 @@ GroupNorm on float32 (65536, 1024) tokens (0.91 / 0.80). What keeps the rest bel
   tokens and over (C, H, W), BatchNorm on channels_last and tokens: 0.17-0.64 there, torch's
   kernels) and serves the kernels from 67M elements only where a call is faster either way.
   This session added group norm over tokens (torch's read 0.04-0.09: 4.3-5.1 ms against
-  0.33-0.57 ms) and RMSNorm over bfloat16 tokens (4.1x on the GPU).
+  0.33-0.57 ms) and RMSNorm over bfloat16 tokens (4.1x on the GPU). The twenty-fifth session
+  (no GPU) removed two CUDA launches from every Triton backward (the zero-filled gradients of
+  the statistics outputs: BatchNorm's fwd+bwd 5 Triton launches + 7 torch ops -> 5 + 5,
+  counted by `scripts/triton_launches.py`), not timed on a GPU yet.
 - **The zoo's paths without the kernels**: EvoNorm-S0, SwitchableNorm and Batch Renorm on
-  channels_last, several zoo norms in bfloat16, and every zoo norm over (N, C) tokens (their
-  kernels take conv input) read 0.03-0.35 on their CUDA paths. Their kernels read
-  0.2-0.5 there with the old plan (twentieth session, `NORMZOO_TRITON=all`), but their module
-  A/B (`scripts/gpu_triton_ab.py --modules`, which sets `_triton.ZOO_MEASURED`) was cut by
-  its time limits before those pairs: `STEPS=zooab bash scripts/gpu_check.sh` is that A/B,
-  prepared for the next GPU.
+  channels_last, several zoo norms in bfloat16, and every zoo norm over (N, C) tokens read
+  0.03-0.35 on their CUDA paths. Their kernels read 0.2-0.5 there with the old plan
+  (twentieth session, `NORMZOO_TRITON=all`), but their module A/B (`scripts/gpu_triton_ab.py
+  --modules`, which sets `_triton.ZOO_MEASURED`) was cut by its time limits before those
+  pairs: `STEPS=zooab bash scripts/gpu_check.sh` is that A/B, prepared for the next GPU. Over
+  tokens, FRN and EvoNorm-S0 (0.35-0.69 and 0.05-0.10 of the copy ceiling on their compiled
+  paths) have kernels since the twenty-fifth session, flags of the token-group kernels
+  (checked under Triton's interpreter and compiled for sm_90 without a GPU: vector loads at
+  the benchmark's shapes, an 8-byte spill in EvoNorm-S0's forward on (2048, 4096));
+  `STEPS=zooab` times them first.
 
 How far the two-phase kernels can go: a norm whose statistics span the batch or a virtual
 batch (BatchNorm, Batch Renorm, SwitchableNorm, EvoNorm-B0, Ghost BN) or a set larger than a
