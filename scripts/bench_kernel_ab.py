@@ -16,7 +16,9 @@ revision against itself (``--base HEAD --new HEAD``) shows the noise: within 2-3
 
 The wider zoo's cases (``frn``, ``rms``, ``s0``, ``b0``, ``switchable`` on the rows; ``*_tok``
 on tokens, the shape's positions as rows of C channels) run through ``zoo_kernels``' wrappers
-on each version's library (their outputs allocated per call), in float32 or, with
+on each version's library (their outputs allocated per call: glibc returning that memory
+moved the same code 0.4-2.9x between rounds, so run them with ``MALLOC_MMAP_THRESHOLD_=
+4000000000 MALLOC_TRIM_THRESHOLD_=4000000000 MALLOC_TOP_PAD_=536870912`` set), in float32 or, with
 ``--dtype bfloat16``, on the bfloat16 builds (``--channels-last``: the row cases on
 channels_last input); so does Ghost BN on such rows (``ghost_tok``,
 ``batch_norm.c``'s ghost rows through ``kernels``' wrappers). ``bn_cl`` runs BatchNorm's
