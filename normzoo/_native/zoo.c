@@ -589,13 +589,14 @@ NZ_TRANSPOSE(uint16_t, nz_transpose_layout_bf16)
  * NZ_STAGE: bfloat16's S0 forward map converts in loops of their own around a float loop (a
  * loop over 16-bit elements vectorizes the sigmoid on twice the lanes: 0.89-0.98 of the
  * forward's time, the same bits; B0's division measured 1.03-1.07, so it stays as it is).
- * NZ_VLD(p): NZ_VL elements widened to an nz_vf.
+ * NZ_VLD(p): NZ_VL elements widened to an nz_vf; NZ_VSUMS: nz_simd.h's shifted sums of them.
  * NZ_DIRECT: B0's and S0's backward keep (df/dx) dy in dx between their two sweeps in float32;
  * in bfloat16 that would round it, so the second sweep recomputes it instead. */
 #define NZ_T float
 #define NZ_LD(v) (v)
 #define NZ_ST(v) (v)
 #define NZ_VLD(p) nz_load(p)
+#define NZ_VSUMS nz_short_sums
 #define NZ_FN(name) name
 #define NZ_DIRECT(p) (p)
 #define NZ_STAGE 0
@@ -605,6 +606,7 @@ NZ_TRANSPOSE(uint16_t, nz_transpose_layout_bf16)
 #undef NZ_LD
 #undef NZ_ST
 #undef NZ_VLD
+#undef NZ_VSUMS
 #undef NZ_FN
 #undef NZ_DIRECT
 #undef NZ_STAGE
@@ -613,6 +615,7 @@ NZ_TRANSPOSE(uint16_t, nz_transpose_layout_bf16)
 #define NZ_LD(v) nz_bf16_load(v)
 #define NZ_ST(v) nz_bf16_store(v)
 #define NZ_VLD(p) nz_load_bf16(p)
+#define NZ_VSUMS nz_short_sums_bf16
 #define NZ_FN(name) name##_bf16
 #define NZ_DIRECT(p) ((float *)NULL)
 #define NZ_STAGE 1
@@ -622,6 +625,7 @@ NZ_TRANSPOSE(uint16_t, nz_transpose_layout_bf16)
 #undef NZ_LD
 #undef NZ_ST
 #undef NZ_VLD
+#undef NZ_VSUMS
 #undef NZ_FN
 #undef NZ_DIRECT
 #undef NZ_STAGE

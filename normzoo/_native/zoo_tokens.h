@@ -11,9 +11,8 @@ NZ_INLINE void NZ_FN(tok_moments)(const NZ_T *p, int64_t n, float *mean, float *
   double t1 = 0.0, t2 = 0.0;
   for (int64_t s = 0; s < n; s += NZ_CHUNK) {
     const int64_t e = s + NZ_CHUNK < n ? s + NZ_CHUNK : n;
-    float r1 = 0.f, r2 = 0.f;
-#pragma omp simd reduction(+ : r1, r2)
-    for (int64_t i = s; i < e; ++i) {
+    float r1, r2; /* vectors and a tree over their lanes (nz_simd.h), then the tail */
+    for (int64_t i = s + NZ_VSUMS(p + s, e - s, k, &r1, &r2); i < e; ++i) {
       r1 += NZ_LD(p[i]) - k;
       r2 += (NZ_LD(p[i]) - k) * (NZ_LD(p[i]) - k);
     }
@@ -77,9 +76,32 @@ void NZ_FN(nz_group_tokens_backward)(int op, const NZ_T *dy, const NZ_T *x, cons
           NZ_T *o = dx ? dx + r * C + c0 : NULL;
           const float m = mean[r * G + g], rs = rstd[r * G + g];
           if (op == NZ_TOK_GN) {
-            float s1 = 0.f, s2 = 0.f; /* sum h, sum h (x - m) */
+            /* sum h, sum h (x - m): in groups of under 128 channels, vectors and a tree over
+             * their lanes, then the tail (the compiled reduction added its lanes one at a time
+             * after every group: 0.64 of the backward's time with 16 channels, 0.93 with 64);
+             * larger groups keep the compiled loop (1.07x slower this way at 128, 1.16 at 256) */
+            nz_vf a1 = {0}, a2 = {0};
+            int64_t i = 0;
+            for (; K < 128 && i + NZ_VL <= K; i += NZ_VL) {
+              const nz_vf gv = NZ_VLD(gy + i), d = NZ_VLD(p + i) - m, h = gv * nz_load(wc + i);
+              a1 += h;
+              a2 += h * d;
+              nz_store(qw + i, nz_load(qw + i) + gv * d * rs);
+              nz_store(qb + i, nz_load(qb + i) + gv);
+            }
+            float s1 = nz_hsum(a1), s2 = nz_hsum(a2);
+            if (i == 0) { /* (the group's sums as compiled) */
 #pragma omp simd reduction(+ : s1, s2)
-            for (int64_t i = 0; i < K; ++i) {
+              for (int64_t j = 0; j < K; ++j) {
+                const float h = NZ_LD(gy[j]) * wc[j];
+                s1 += h;
+                s2 += h * (NZ_LD(p[j]) - m);
+                qw[j] += NZ_LD(gy[j]) * (NZ_LD(p[j]) - m) * rs;
+                qb[j] += NZ_LD(gy[j]);
+              }
+              i = K;
+            }
+            for (; i < K; ++i) {
               const float h = NZ_LD(gy[i]) * wc[i];
               s1 += h;
               s2 += h * (NZ_LD(p[i]) - m);
