@@ -87,15 +87,6 @@ void NZ_FN(nz_bn_relu_forward)(const NZ_T *x, const float *w, const float *b, NZ
  * of vectors, their lanes summed as a tree (nz_hsum), the tail one at a time. The compiled
  * `omp simd reduction` added its 32 partial sums one at a time through the stack after every
  * row: most of the time of rows of tens of values. */
-NZ_INLINE nz_vf NZ_FN(relu_masked)(nz_vf gv, nz_vf pv, float sc, float sh) {
-  const nz_vi off = pv * sc + sh <= (nz_vf){0}; /* the lanes whose pre-activation is <= 0 */
-  nz_vi bits;
-  __builtin_memcpy(&bits, &gv, sizeof gv);
-  bits &= ~off;
-  __builtin_memcpy(&gv, &bits, sizeof gv);
-  return gv;
-}
-
 NZ_INLINE void NZ_FN(row_grad_sums)(const NZ_T *g, const NZ_T *p, int64_t L, float m, int relu,
                                     float sc, float sh, float *o1, float *o2) {
   nz_vf a1 = {0}, a2 = {0}, b1 = {0}, b2 = {0};
@@ -103,9 +94,9 @@ NZ_INLINE void NZ_FN(row_grad_sums)(const NZ_T *g, const NZ_T *p, int64_t L, flo
   for (; i + 2 * NZ_VL <= L; i += 2 * NZ_VL) {
     const nz_vf pd = NZ_VLD(p + i), pe = NZ_VLD(p + i + NZ_VL);
     nz_vf gd = NZ_VLD(g + i), ge = NZ_VLD(g + i + NZ_VL);
-    if (relu) {
-      gd = NZ_FN(relu_masked)(gd, pd, sc, sh);
-      ge = NZ_FN(relu_masked)(ge, pe, sc, sh);
+    if (relu) { /* the lanes whose pre-activation is <= 0 cleared */
+      gd = nz_clear(gd, pd * sc + sh <= (nz_vf){0});
+      ge = nz_clear(ge, pe * sc + sh <= (nz_vf){0});
     }
     a1 += gd;
     a2 += gd * (pd - m);
@@ -115,7 +106,7 @@ NZ_INLINE void NZ_FN(row_grad_sums)(const NZ_T *g, const NZ_T *p, int64_t L, flo
   if (i + NZ_VL <= L) {
     const nz_vf pd = NZ_VLD(p + i);
     nz_vf gd = NZ_VLD(g + i);
-    if (relu) gd = NZ_FN(relu_masked)(gd, pd, sc, sh);
+    if (relu) gd = nz_clear(gd, pd * sc + sh <= (nz_vf){0});
     a1 += gd;
     a2 += gd * (pd - m);
     i += NZ_VL;

@@ -27,15 +27,17 @@ static inline nz_vf nz_load(const float *p) {
 }
 static inline void nz_store(float *p, nz_vf v) { __builtin_memcpy(p, &v, sizeof v); }
 
-/* max(r, 0) lane by lane, a NaN kept (as torch.relu keeps it): r < 0 ? 0 : r. */
-static inline nz_vf nz_relu(nz_vf r) {
-  const nz_vi neg = r < (nz_vf){0};
+/* v with the lanes where `where` is set (-1, a vector comparison's true) cleared to +0. */
+static inline nz_vf nz_clear(nz_vf v, nz_vi where) {
   nz_vi bits;
-  __builtin_memcpy(&bits, &r, sizeof r);
-  bits &= ~neg;
-  __builtin_memcpy(&r, &bits, sizeof r);
-  return r;
+  __builtin_memcpy(&bits, &v, sizeof v);
+  bits &= ~where;
+  __builtin_memcpy(&v, &bits, sizeof v);
+  return v;
 }
+
+/* max(r, 0) lane by lane, a NaN kept (as torch.relu keeps it): r < 0 ? 0 : r. */
+static inline nz_vf nz_relu(nz_vf r) { return nz_clear(r, r < (nz_vf){0}); }
 
 /* sum(p - k) and sum((p - k)^2) over p[0..m), m the largest multiple of 2 NZ_VL not above n,
  * into *r1 and *r2 (the lanes added in order); returns m, where the caller's tail starts. Two

@@ -154,7 +154,6 @@ NZ_INLINE void NZ_FN(map_row_forward)(const int op, const NZ_T *x, const float *
     yr[i] = NZ_ST(nz_fwd(op, NZ_LD(xr[i]), p[0], p[1], p[2], p[3], p[4]));
 }
 
-/* Row r's sums dL/dp into grads[r P ..]; o (may be NULL): the row's (df/dx) dy (B0, S0). */
 /* NZ_SUMS_BODY of NZ_AFFINE (sum(dy x), sum(dy)) or NZ_TLU (sum(h x), sum(h), sum(dy), h: dy
  * where x p0 + p1 > p2, half at a tie) over i from i0 to i1, into g[0..2]: vectors, a tree
  * over their lanes (nz_hsum), the tail one at a time (as chunk_sum, where the compiled
@@ -200,6 +199,7 @@ NZ_INLINE void NZ_FN(chunk_grad_sums)(const int op, const NZ_T *gr, const NZ_T *
   g[0] = g0, g[1] = g1, g[2] = g2;
 }
 
+/* Row r's sums dL/dp into grads[r P ..]; o (may be NULL): the row's (df/dx) dy (B0, S0). */
 NZ_INLINE void NZ_FN(map_row_sums)(const int op, const NZ_T *dy, const NZ_T *x,
                                    const float *params, float *grads, float *o, int64_t r,
                                    int64_t L) {
@@ -209,12 +209,9 @@ NZ_INLINE void NZ_FN(map_row_sums)(const int op, const NZ_T *dy, const NZ_T *x,
   const NZ_T *xr = x + r * L, *gr = dy + r * L;
   double acc[NZ_MAXP] = {0.0, 0.0, 0.0, 0.0, 0.0};
   if ((op == NZ_AFFINE || op == NZ_TLU) && L < NZ_LINE_MIN) { /* (o unused: not kept) */
-    for (int64_t i0 = 0; i0 < L; i0 += NZ_CHUNK) {
-      float g[3];
-      NZ_FN(chunk_grad_sums)(op, gr, xr, i0, i0 + NZ_CHUNK < L ? i0 + NZ_CHUNK : L, p, g);
-      acc[0] += g[0], acc[1] += g[1], acc[2] += g[2];
-    }
-    for (int i = 0; i < P; ++i) grads[r * P + i] = (float)acc[i];
+    float g[3]; /* (one chunk: NZ_LINE_MIN <= NZ_CHUNK) */
+    NZ_FN(chunk_grad_sums)(op, gr, xr, 0, L, p, g);
+    for (int i = 0; i < P; ++i) grads[r * P + i] = g[i];
     return;
   }
   for (int64_t i0 = 0; i0 < L; i0 += NZ_CHUNK) {

@@ -76,21 +76,24 @@ void NZ_FN(nz_group_tokens_backward)(int op, const NZ_T *dy, const NZ_T *x, cons
           NZ_T *o = dx ? dx + r * C + c0 : NULL;
           const float m = mean[r * G + g], rs = rstd[r * G + g];
           if (op == NZ_TOK_GN) {
-            /* sum h, sum h (x - m): in groups of under 128 channels, vectors and a tree over
+            /* sum h, sum h (x - m): in groups of 16 to 127 channels, vectors and a tree over
              * their lanes, then the tail (the compiled reduction added its lanes one at a time
              * after every group: 0.64 of the backward's time with 16 channels, 0.93 with 64);
              * larger groups keep the compiled loop (1.07x slower this way at 128, 1.16 at 256) */
-            nz_vf a1 = {0}, a2 = {0};
+            float s1 = 0.f, s2 = 0.f;
             int64_t i = 0;
-            for (; K < 128 && i + NZ_VL <= K; i += NZ_VL) {
-              const nz_vf gv = NZ_VLD(gy + i), d = NZ_VLD(p + i) - m, h = gv * nz_load(wc + i);
-              a1 += h;
-              a2 += h * d;
-              nz_store(qw + i, nz_load(qw + i) + gv * d * rs);
-              nz_store(qb + i, nz_load(qb + i) + gv);
-            }
-            float s1 = nz_hsum(a1), s2 = nz_hsum(a2);
-            if (i == 0) { /* (the group's sums as compiled) */
+            if (K >= NZ_VL && K < 128) {
+              nz_vf a1 = {0}, a2 = {0};
+              for (; i + NZ_VL <= K; i += NZ_VL) {
+                const nz_vf gv = NZ_VLD(gy + i), d = NZ_VLD(p + i) - m;
+                const nz_vf h = gv * nz_load(wc + i);
+                a1 += h;
+                a2 += h * d;
+                nz_store(qw + i, nz_load(qw + i) + gv * d * rs);
+                nz_store(qb + i, nz_load(qb + i) + gv);
+              }
+              s1 = nz_hsum(a1), s2 = nz_hsum(a2);
+            } else {
 #pragma omp simd reduction(+ : s1, s2)
               for (int64_t j = 0; j < K; ++j) {
                 const float h = NZ_LD(gy[j]) * wc[j];
@@ -101,7 +104,7 @@ void NZ_FN(nz_group_tokens_backward)(int op, const NZ_T *dy, const NZ_T *x, cons
               }
               i = K;
             }
-            for (; i < K; ++i) {
+            for (; i < K; ++i) { /* the tail of the vectors */
               const float h = NZ_LD(gy[i]) * wc[i];
               s1 += h;
               s2 += h * (NZ_LD(p[i]) - m);
