@@ -52,7 +52,6 @@ from typing import Any
 import torch
 
 from normzoo.norms import _triton
-from normzoo.norms._kernels import channels_last_format
 
 SLEEP_CYCLES = 6_000_000  # ~3 ms at 2 GHz: the host queues a call's launches meanwhile
 FLUSH_BYTES = 256 << 20
@@ -527,16 +526,7 @@ def _interpreter_shim() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.scalar_index_for_numpy_2_4()
-    base = _triton.serves
-
-    def serves(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
-        """The CPU tensors as a GPU's (the interpreter runs them), whatever their size."""
-        if x.is_cuda:
-            return base(x, *params)
-        layout = x.is_contiguous() or channels_last_format(x) is not None
-        return x.dtype in _triton.DTYPES and x.dim() >= 2 and layout and _triton.available()
-
-    _triton.serves = serves
+    _triton.serves = module.served_on_cpu  # (--device cpu: every tensor here is a CPU one)
 
 
 def write_json(path: str | None, launches: dict, rows: list, modules: list) -> None:

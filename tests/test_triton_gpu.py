@@ -18,10 +18,10 @@ import pytest
 import torch
 from norm_testing import fwd_bwd as _fwd_bwd
 from torch import nn
+from triton_interpreter_check import served_on_cpu
 
 import normzoo
 from normzoo.norms import _triton
-from normzoo.norms._kernels import channels_last_format
 
 
 def _device() -> str | None:
@@ -119,7 +119,7 @@ def triton_everywhere(monkeypatch):
     if not _triton.available():
         pytest.skip("triton is not installed")
     if DEVICE == "cpu":  # the interpreter takes CPU tensors: serve them as a GPU's
-        monkeypatch.setattr(_triton, "serves", _served_on_cpu)
+        monkeypatch.setattr(_triton, "serves", served_on_cpu)
         monkeypatch.setenv("NORMZOO_NATIVE", "0")  # (the CPU's own kernels come first)
     monkeypatch.setenv("NORMZOO_TRITON", "all")
     monkeypatch.setattr(_triton, "MIN_NUMEL_ALL", 0)
@@ -144,12 +144,6 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
     """Equal to float32 accuracy at ``b``'s scale: parameter gradients sum ~1e5 products
     (their cancellation leaves entries far below the tensor's largest)."""
     torch.testing.assert_close(a, b, atol=1e-4 * (1 + b.abs().max().item()), rtol=1e-4)
-
-
-def _served_on_cpu(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
-    """:func:`_triton.serves` without its device checks (the interpreter's CPU runs)."""
-    layout = x.is_contiguous() or channels_last_format(x) is not None
-    return x.dtype in _triton.DTYPES and x.dim() >= 2 and layout and _triton.available()
 
 
 def _triton_params(ours: nn.Module, ref: nn.Module) -> None:

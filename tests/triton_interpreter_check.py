@@ -20,6 +20,7 @@ import torch
 
 from normzoo.norms import _triton as T
 from normzoo.norms import _triton_zoo as Z
+from normzoo.norms._kernels import channels_last_format
 
 
 def scalar_index_for_numpy_2_4() -> None:
@@ -39,6 +40,14 @@ def scalar_index_for_numpy_2_4() -> None:
 
     patched.normzoo_shim = True  # type: ignore[attr-defined]
     interpreter._patch_lang_tensor = patched
+
+
+def served_on_cpu(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
+    """:func:`_triton.serves` without its device and size checks, for runs on CPU tensors
+    under the interpreter (``tests/test_triton_gpu.py``, ``scripts/gpu_triton_ab.py
+    --device cpu``)."""
+    layout = x.is_contiguous() or channels_last_format(x) is not None
+    return x.dtype in T.DTYPES and x.dim() >= 2 and layout and T.available()
 
 
 def _shard(argv: list[str]) -> tuple[int, int]:
