@@ -352,6 +352,27 @@ def test_ops_library_is_built_cached_and_reused():
     assert path.stat().st_mtime_ns == stamp
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sched_getaffinity: Linux")
+def test_a_failed_compile_ends_the_others_and_names_its_errors(tmp_path, monkeypatch):
+    """The operator library's compiles run at once (``_run_all``); the first to fail kills
+    the ones still running (none is left behind, even where it would never finish) and the
+    error carries its command and its output."""
+    monkeypatch.setattr(_native.os, "sched_getaffinity", lambda pid: {0, 1})
+    pid_file = tmp_path / "pid"
+    slow = ["sh", "-c", f"echo $$ > {pid_file}; exec sleep 600"]
+    bad = ["sh", "-c", f"while [ ! -s {pid_file} ]; do :; done; echo 'ops.cpp:1: boom' >&2; exit 3"]
+    with pytest.raises(RuntimeError, match=r"(?s)exit 3 failed:\nops\.cpp:1: boom$"):
+        _native._run_all([slow, bad, ["touch", str(tmp_path / "never")]], str(tmp_path))
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):  # killed and reaped
+        os.kill(pid, 0)
+    assert not (tmp_path / "never").exists()  # queued behind the two: never started
+    _native._run_all(
+        [["touch", str(tmp_path / "a")], ["touch", str(tmp_path / "b")]], str(tmp_path)
+    )
+    assert (tmp_path / "a").exists() and (tmp_path / "b").exists()
+
+
 @pytest.mark.parametrize("cxx", ["/nonexistent/c++", "false"])
 def test_ops_build_failure_warns_once_and_keeps_the_python_path(fresh_ops, monkeypatch, cxx):
     from normzoo.norms import _rownorm
