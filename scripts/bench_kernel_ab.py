@@ -65,16 +65,16 @@ ZOO_CASES = ("frn", "rms", "s0", "b0", "switchable", "frn_tok", "rms_tok", "gn_t
 SHAPES = ["32,64,32,32", "8,256,14,14", "128,64,8,8", "4,32,64,64"]
 
 
-def build(
+def prepare(
     source: str,
     name: str,
     out_dir: Path,
     headers: dict[str, str] | None = None,
     extra_flags: list[str] | None = None,
-) -> ctypes.CDLL:
-    """Compile ``source`` (the text of ``<name>.c``) as normzoo does (with ``extra_flags``
-    after normzoo's), next to ``headers`` (file name -> text, the ones it includes; default:
-    the working tree's), and load it."""
+) -> tuple[list[str], Path]:
+    """Write ``source`` (the text of ``<name>.c``) next to ``headers`` (file name -> text, the
+    ones it includes; default: the working tree's) in ``out_dir``; the command that compiles
+    it as normzoo does (with ``extra_flags`` after normzoo's), and the library it makes."""
     cc = _native._compiler()
     if cc is None:
         raise SystemExit("no C compiler found (install gcc, or set CC)")
@@ -83,10 +83,26 @@ def build(
     src = out_dir / f"{name}.c"
     src.write_text(source)
     lib_path = out_dir / f"{name}.so"
-    cmd = [cc, *_native._FLAGS, *(extra_flags or []), str(src), "-o", str(lib_path), "-lm"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
+    return [
+        cc,
+        *_native._FLAGS,
+        *(extra_flags or []),
+        str(src),
+        "-o",
+        str(lib_path),
+        "-lm",
+    ], lib_path
+
+
+def compile_all(cmds: list[list[str]], log_dir: Path) -> None:
+    """Run the compile commands, as many at once as there are CPUs (normzoo's own builder)."""
+    try:
+        _native._run_all(cmds, str(log_dir))
+    except RuntimeError as err:
+        raise SystemExit(str(err)) from None
+
+
+def load(lib_path: Path, name: str) -> ctypes.CDLL:
     # RTLD_LOCAL (ctypes' default): the two versions' symbols stay apart
     return _native.bind(ctypes.CDLL(str(lib_path)), name, missing_ok=True)
 
@@ -455,12 +471,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     dtype = getattr(torch, args.dtype)
     libs: dict[str, dict[str, ctypes.CDLL]] = {"base": {}, "new": {}}
     with tempfile.TemporaryDirectory() as tmp:
+        made: dict[tuple[str, str], tuple[list[str], Path]] = {}
         for name in names:
             for version, rev in (("base", args.base), ("new", args.new)):
                 out = Path(tmp) / version
                 out.mkdir(exist_ok=True)
                 flags = args.new_flags if version == "new" else []
-                libs[version][name] = build(source(rev, name), name, out, headers_at(rev), flags)
+                made[version, name] = prepare(source(rev, name), name, out, headers_at(rev), flags)
+        compile_all([cmd for cmd, _ in made.values()], Path(tmp))  # the builds at once
+        for (version, name), (_, lib_path) in made.items():
+            libs[version][name] = load(lib_path, name)
         shapes = [tuple(int(s) for s in spec.split(",")) for spec in args.shapes]
         # a group count must divide the channels (GroupNorm's 32 groups: not on 16 channels)
         runs = [
