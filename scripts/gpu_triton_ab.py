@@ -217,10 +217,11 @@ def _no_grad(fn: Callable[[], Any]) -> Any:
 
 def launch_costs(repeats: int) -> dict[str, Any]:
     """Host us of one launch: a Triton kernel through ``kernel[grid](...)`` (the one-pass
-    token kernel on a 4x64 tensor), the same compiled kernel launched directly
-    (``CompiledKernel[grid](*args)``: no argument binding, specialization or cache key, what
-    a launcher of normzoo's own would cost; its error instead where this Triton's internals
-    differ), a torch kernel (``add_``), and ``torch.empty_like``."""
+    token kernel on a 4x64 tensor), through normzoo's launches (``_triton._launch``: on a GPU
+    the direct launcher, Triton's binder and the compiled kernel), the same compiled kernel
+    launched directly (``CompiledKernel[grid](*args)``: no argument binding, specialization or
+    cache key; its error instead where this Triton's internals differ), a torch kernel
+    (``add_``), and ``torch.empty_like``."""
     x = torch.randn(4, 64, device=DEVICE)
     y, (mean, rstd) = torch.empty_like(x), torch.empty(2, 4, device=DEVICE).unbind(0)
     k = _triton._kernels()
@@ -231,6 +232,13 @@ def launch_costs(repeats: int) -> dict[str, Any]:
 
     compiled = triton_launch()  # compile
     costs: dict[str, Any] = {"triton_launch": host_time(triton_launch, repeats * 4)}
+
+    def normzoo_launch() -> None:  # normzoo's launches: direct on a GPU (_triton._Launcher)
+        _triton._launch(k._token_fwd, (1,), x, y, None, None, mean, rstd, 4, 64, 1e-5,
+                        HAS_W=False, HAS_B=False, RELU=False, RB=4, DB=64, num_warps=4)  # fmt: skip
+
+    normzoo_launch()
+    costs["normzoo_launch"] = host_time(normzoo_launch, repeats * 4)
     try:  # every parameter in the signature's order, the constexprs' values included
         direct = compiled[(1, 1, 1)]
         args = (x, y, None, None, mean, rstd, 4, 64, 1e-5, False, False, False, 4, 64, False)

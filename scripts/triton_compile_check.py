@@ -264,13 +264,14 @@ def sass_loop(cubin: bytes) -> dict[str, int]:
 
 def _forget_targets() -> None:
     """Drop the kernels' compiled variants and the target their binders hold (the next launch
-    asks the driver again)."""
+    asks the driver again), and normzoo's direct launchers (theirs too)."""
     from triton.runtime.jit import JITFunction
 
     kernels = _triton._kernels()
     for obj in vars(kernels).values():
         if isinstance(obj, JITFunction):
             obj.device_caches.clear()
+    _triton._launchers.clear()
 
 
 @contextlib.contextmanager
@@ -307,6 +308,42 @@ def compile_only(arch: int, record: Record) -> Iterator[None]:
             yield
         finally:
             JITFunction.run = launch
+            driver._active = active
+            _forget_targets()
+
+
+@contextlib.contextmanager
+def stand_in_launches(arch: int = 90, record: bool = True) -> Iterator[list[tuple[Any, ...]]]:
+    """Within: each Triton launch compiles its variant for ``sm_<arch>`` (on first use) and
+    goes all the way to the driver's launcher, which is replaced by one that records its
+    arguments (the grid, stream, function handle, metadata, hooks and the kernel's arguments)
+    and runs nothing; normzoo's direct launches (``_triton._Launcher``) take CPU tensors too.
+    What Triton's launch path and the direct one hand the driver can be compared, and their
+    host time measured, without a GPU. Yields the list of recorded launches (``record``
+    False: the launcher does nothing, for timing)."""
+    from triton import knobs
+    from triton.compiler.compiler import CompiledKernel
+    from triton.runtime.driver import driver
+
+    calls: list[tuple[Any, ...]] = []
+    active, init, on_cpu = driver._active, CompiledKernel._init_handles, _triton._DIRECT_ON_CPU
+
+    def init_handles(self: Any) -> None:  # what a GPU's load_binary would set
+        if self.module is None:
+            self.module, self.function = f"module {self.hash}", hash(self.hash)
+            self._run = (lambda *args: calls.append(args)) if record else (lambda *args: None)
+
+    with tempfile.TemporaryDirectory() as cache, knobs.cache.scope():
+        knobs.cache.dir = cache
+        driver.set_active(_Target(arch))
+        CompiledKernel._init_handles = init_handles
+        _triton._DIRECT_ON_CPU = True
+        _forget_targets()
+        try:
+            yield calls
+        finally:
+            CompiledKernel._init_handles = init
+            _triton._DIRECT_ON_CPU = on_cpu
             driver._active = active
             _forget_targets()
 

@@ -14,11 +14,13 @@ and the backward's seed are included. No GPU is needed; the counts are the GPU's
 ``--time`` also times each call's host work on this CPU with the kernels as no-ops: the
 Python and the torch ops on a tiny tensor (medians of ``--repeats`` rounds of 200 calls, one
 thread), a proxy for what a GPU's host spends besides Triton's own launch cost. ``--jit``
-(triton 3.4+) times the same calls through Triton's own launch path, the kernels compiled for
-an sm_90 GPU (``scripts/triton_compile_check.py``'s driver) and each launch stopped before the
-driver: its binder, cache key and lookup per launch, which a direct launch of the compiled
-kernel would skip; the last column is that cost per Triton launch (the extra time of fwd
-and fwd+bwd over their launches).
+(triton 3.4+) times the same calls with the kernels compiled for an sm_90 GPU
+(``scripts/triton_compile_check.py``'s stand-in driver) and each launch run up to the
+driver's launcher, which does nothing: through Triton's own launch path (``kernel[grid]``:
+its binder, cache key, lookup, global-variable check and launch metadata per launch), then
+through normzoo's direct launcher (``_triton._Launcher``: the binder and a lookup). Each
+``per launch`` column is that path's cost per Triton launch (the extra time of fwd and
+fwd+bwd over the no-op kernels', over their launches).
 """
 
 from __future__ import annotations
@@ -126,25 +128,26 @@ def _host_us(m: torch.nn.Module, x: torch.Tensor, grad: bool, repeats: int) -> f
     return statistics.median(rounds)
 
 
-def _jit_host_us(m: torch.nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float]:
+def _jit_host_us(m: torch.nn.Module, x: torch.Tensor, repeats: int) -> dict[str, float]:
     """:func:`_host_us` of fwd and fwd+bwd with each kernel launched through Triton's
-    ``JITFunction.run`` (compiled for sm_90 first), stopped before the driver."""
-    from triton.runtime.jit import JITFunction
-    from triton_compile_check import Record, compile_only
+    ``kernel[grid](...)`` and through normzoo's direct launcher (``_triton._Launcher``), the
+    kernels compiled for sm_90 and each launch ended at the driver's launcher
+    (``triton_compile_check.stand_in_launches``: everything before it runs)."""
+    from triton_compile_check import stand_in_launches
 
-    launch = JITFunction.run
-    with compile_only(90, Record()):
-        m(x).sum().backward()  # compiles the variants (and records their resources)
+    out = {}
+    with stand_in_launches(90, record=False):
+        m(x).sum().backward()  # compiles the variants
         with torch.no_grad():
             m(x)
-        compiling = JITFunction.run
-        JITFunction.run = lambda self, *a, grid, warmup, **kw: launch(  # type: ignore[method-assign]
-            self, *a, grid=grid, warmup=True, **kw
-        )
-        try:
-            return _host_us(m, x, False, repeats), _host_us(m, x, True, repeats)
-        finally:
-            JITFunction.run = compiling  # type: ignore[method-assign]
+        for path, direct in (("jit", False), ("direct", True)):
+            _triton.DIRECT_LAUNCH = direct
+            try:
+                out[f"{path}_fwd"] = _host_us(m, x, False, repeats)
+                out[f"{path}_fwdbwd"] = _host_us(m, x, True, repeats)
+            finally:
+                _triton.DIRECT_LAUNCH = True
+    return out
 
 
 class _Noop:
@@ -172,7 +175,9 @@ def main() -> None:
     noop = type("Noop", (), {n: _Noop() for n in names})
     head = f"{'module':<16} {'fwd: Triton + torch':>20} {'fwd+bwd: Triton + torch':>24}"
     head += f" {'host us fwd':>12} {'fwd+bwd':>8}" if args.time else ""
-    print(head + (f" {'jit fwd':>8} {'fwd+bwd':>8} {'per launch':>10}" if args.jit else ""))
+    jit = f" {'jit fwd':>8} {'fwd+bwd':>8} {'per launch':>10}"
+    jit += f" {'direct':>8} {'fwd+bwd':>8} {'per launch':>10}"
+    print(head + (jit if args.jit else ""))
     if args.time:
         torch.set_num_threads(1)
     for name, options, shape in CASES:
@@ -206,8 +211,10 @@ def main() -> None:
             jit = _jit_host_us(m, x, args.repeats)
             _triton._kernels = lambda: kernels  # type: ignore[assignment]
             launches = int(counts[0].split()[0]) + int(counts[1].split()[0])
-            each = (jit[0] - host[0] + jit[1] - host[1]) / launches
-            times += f" {jit[0]:>8.1f} {jit[1]:>8.1f} {each:>10.1f}"
+            for path in ("jit", "direct"):
+                fwd, both = jit[f"{path}_fwd"], jit[f"{path}_fwdbwd"]
+                each = (fwd - host[0] + both - host[1]) / launches
+                times += f" {fwd:>8.1f} {both:>8.1f} {each:>10.1f}"
         print(f"{name:<16} {counts[0]:>20} {counts[1]:>24}{times}")
         if args.ops:
             print("   ", dict(counter.ops.most_common()))

@@ -457,12 +457,14 @@ def test_launch_counts_script():
     zoo = ("batchrenorm", "evonormb0", "ghostbatchnorm", "switchablenorm")
     assert all(int(rows[name][2]) <= 1 for name in zoo)
     assert len(rows) == 12
-    assert all(len(row) == (11 if jit else 8) for row in rows.values())
+    assert all(len(row) == (14 if jit else 8) for row in rows.values())
     assert all(float(row[6]) > 0 and float(row[7]) > 0 for row in rows.values())
     if jit:  # Triton's binder and cache lookup cost host time on top of the no-op kernels
         assert sum(float(row[8]) for row in rows.values()) > sum(
             float(row[6]) for row in rows.values()
         )
+        # normzoo's direct launches (timed, not compared: the A/B is the script's output)
+        assert all(float(row[11]) > 0 and float(row[12]) > 0 for row in rows.values())
 
 
 def test_a_failing_first_map_after_the_statistics_blend_falls_back_blending_once(
@@ -652,6 +654,7 @@ def test_gpu_triton_ab_runs_on_the_cpu_under_the_interpreter(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["meta"]["gpu"] == "cpu" and data["launch_us"]["triton_launch"] > 0
+    assert data["launch_us"]["normzoo_launch"] > 0
     rows = {r["case"]: r for r in data["rows"]}
     assert set(rows) == {"bn_contiguous", "ln_tokens"}
     # each case times the configurations that differ in the knobs its kernels read
@@ -663,6 +666,119 @@ def test_gpu_triton_ab_runs_on_the_cpu_under_the_interpreter(tmp_path):
     for module in (conv, tokens):
         assert module["module"] == "frn" and module["triton_fwdbwd_ms"] > 0
         assert module["triton_ran"] == {"triton": True, "default": False}
+
+
+DIRECT_CHECK = """
+import sys, torch
+sys.path.insert(0, {scripts!r})
+import triton_compile_check as C
+from triton import knobs
+from normzoo.norms import _triton as T
+
+k = T._kernels()
+kw = dict(HAS_W=False, HAS_B=False, RELU=False, RB=4, DB=64, num_warps=4)
+
+
+def same(a, b):  # what the driver's launcher got: the grid, stream, function, metadata, args
+    return len(a) == len(b) and all(u is v or (not torch.is_tensor(u) and u == v)
+                                    for i, (u, v) in enumerate(zip(a, b)) if i not in (6, 7, 8))
+
+
+def token_args(x):
+    r = x.shape[0]
+    return (x, torch.empty_like(x), None, None, torch.empty(r), torch.empty(r), r, 64, 1e-5)
+
+
+aligned = token_args(torch.randn(4, 64))
+shifted = token_args(torch.randn(4 * 64 + 1)[1:].view(4, 64))  # x 4 bytes off 16
+one_row = token_args(torch.randn(1, 64))  # r == 1: Triton makes it a constant
+with C.stand_in_launches() as calls:
+    functions = []
+    for args in (aligned, shifted, one_row, aligned):
+        calls.clear()
+        k._token_fwd[(3,)](*args, **kw)  # Triton's path
+        T._launch(k._token_fwd, (3,), *args, **kw)  # first of its variant: Triton's path
+        T._launch(k._token_fwd, (3,), *args, **kw)  # direct
+        triton, first, direct = calls
+        print("variant", same(triton, direct), same(triton, first), direct[6:9] == (None,) * 3,
+              first[6] is not None)
+        functions.append(direct[4])
+    launcher = T._launchers[id(k._token_fwd)]
+    print("functions", len(set(functions)), len(launcher.compiled))
+    hook = lambda metadata: None
+    knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        calls.clear()
+        T._launch(k._token_fwd, (3,), *aligned, **kw)
+        print("hooked", calls[0][7] is knobs.runtime.launch_enter_hook, calls[0][6] is not None)
+    finally:
+        knobs.runtime.launch_enter_hook.remove(hook)
+
+
+def summary(call):
+    return (call[:6], [(a.dtype, tuple(a.shape), a.stride(), a.data_ptr() % 16)
+                       if torch.is_tensor(a) else a for a in call[9:]])
+
+
+with C.triton_paths(132), C.stand_in_launches() as calls:
+    for name, shape, cl in {modules!r}:
+        runs = []
+        for direct in (False, True):
+            T.DIRECT_LAUNCH = direct
+            calls.clear()
+            C.run_case(name, shape, "float32", cl, False)
+            runs.append([summary(c) for c in calls])
+            hooks = {{c[7] is None for c in calls}}
+        T.DIRECT_LAUNCH = True
+        print("module", name, len(runs[0]), runs[0] == runs[1], hooks)
+"""
+
+
+def test_the_direct_launch_is_on_unless_switched_off():
+    code = "from normzoo.norms import _triton as T; print(T.DIRECT_LAUNCH)"
+    for value, expect in (("0", "False"), ("1", "True"), (None, "True")):
+        env = {k: v for k, v in os.environ.items() if k != "NORMZOO_TRITON_DIRECT"}
+        env.update({"NORMZOO_TRITON_DIRECT": value} if value else {})
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert out.stdout.strip() == expect, out.stderr
+
+
+@pytest.mark.skipif(_compiler_usable() is not None, reason=str(_compiler_usable()))
+def test_the_direct_launch_hands_the_driver_what_triton_does():
+    """``_triton._Launcher`` (Triton launches without ``kernel[grid]``'s host work), checked
+    against Triton's own launch path without a GPU: the kernels compiled for sm_90, each
+    launch run to the driver's launcher (a stand-in that records what it gets). The direct
+    launch hands it the same grid, stream, compiled function, metadata and arguments as
+    ``kernel[grid]`` on a tensor 16-byte aligned or not and a row count of 1 (three variants
+    that Triton compiles apart, so three cached kernels), without launch metadata or hooks;
+    with a launch hook set it takes Triton's path; and every module's launches (BatchNorm,
+    GroupNorm, LayerNorm over tokens, Batch Renorm, EvoNorm-B0) reach the launcher the same
+    with and without it, the first of each variant through Triton's path and the rest
+    direct."""
+    modules = [
+        ("bn", (8, 64, 16, 16), False),
+        ("gn", (8, 64, 16, 16), True),
+        ("ln_tokens", (64, 256), False),
+        ("batchrenorm", (8, 32, 8, 8), False),
+        ("evonormb0", (8, 32, 8, 8), False),
+    ]
+    code = DIRECT_CHECK.format(scripts=str(ROOT / "scripts"), modules=modules)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_compile_env(),
+        timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line.split() for line in out.stdout.splitlines()]
+    variants = [line[1:] for line in lines if line[0] == "variant"]
+    # the fourth, aligned again: its first launch is a direct one already
+    assert variants == [["True"] * 4] * 3 + [["True", "True", "True", "False"]], out.stdout
+    assert ["functions", "3", "3"] in lines, out.stdout
+    assert ["hooked", "True", "True"] in lines, out.stdout
+    found = {line[1]: line[2:] for line in lines if line[0] == "module"}
+    assert set(found) == {name for name, *_ in modules}, out.stdout
+    for name, (count, same, *hooks) in found.items():
+        # more launches than variants: the second step's and the eval's launches went direct
+        assert int(count) >= 6 and same == "True" and " ".join(hooks) == "{False, True}", name
 
 
 SASS_CHECK = """

@@ -168,7 +168,7 @@ def _map(x: Tensor, plan: T._Plan, mean: Tensor, rstd: Tensor, *affine: Any, **k
     set_n)`` with ``set_n`` 0 per channel, ``C`` per (sample, channel); ``kw``: ``RELU``."""
     weight, bias, set_n = affine
     y = torch.empty_like(x)
-    T._kernels()._apply[plan.grid](
+    T._launch(T._kernels()._apply, plan.grid,
         x, y, mean, rstd, weight, bias, None, plan.n, plan.c, plan.s, *plan.strides, set_n, 1,
         plan.spp, plan.nk, plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None,
         RELU=kw.get("RELU", False), CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
@@ -233,7 +233,7 @@ def _renorm_forward(params: _Params, st: _Renorm) -> tuple[Tensor, _Saved]:
     c, m = plan.c, x.numel() // plan.c
     scale, shift, r, d = torch.empty((4, c), device=x.device, dtype=torch.float32).unbind(0)
     cb = _coef_tiles(c, 1)[0]
-    T._kernels()._renorm_coef[(T._cdiv(c, cb),)](
+    T._launch(T._kernels()._renorm_coef, (T._cdiv(c, cb),),
         mean, rstd, var, st.running_mean, st.running_var, weight, bias, scale, shift, r, d, c,
         st.eps, 1.0 / st.r_max, st.r_max, st.d_max, st.factor, m / max(m - 1, 1),
         HAS_W=weight is not None, HAS_B=bias is not None, CB=cb, num_warps=4,
@@ -330,13 +330,13 @@ def _switch_forward(params: _Params, st: SwitchableState) -> tuple[Tensor, _Save
     mean, rstd = torch.empty((2, n * c), device=x.device, dtype=torch.float32).unbind(0)
     m = n * plan.s
     cb, nb = _coef_tiles(c, n)
-    T._kernels()._switch_bn[(T._cdiv(c, cb),)](
+    T._launch(T._kernels()._switch_bn, (T._cdiv(c, cb),),
         mean_in, var_in, st.running_mean, st.running_var, mean_bn, var_bn, n, c,
         1.0 - st.factor, st.factor, m / max(m - 1, 1), BATCH=batch, UPDATE=st.update, CB=cb,
         NB=nb, num_warps=4,
     )  # fmt: skip
     rb, cb = _sample_tiles(n, c)
-    T._kernels()._switch_mix[(T._cdiv(n, rb),)](
+    T._launch(T._kernels()._switch_mix, (T._cdiv(n, rb),),
         mean_in, var_in, mean_bn, var_bn, mean_weight, var_weight, mean, rstd, mean_ln, var_ln,
         n, c, st.eps, RB=rb, CB=cb, num_warps=4,
     )  # fmt: skip
@@ -382,21 +382,31 @@ def _switch_backward(
     k = T._kernels()
     sums = torch.empty((8, c), device=x.device, dtype=torch.float32)
     cb, nb = _coef_tiles(c, n)
-    k._switch_grad_bn[(T._cdiv(c, cb),)](
+    T._launch(k._switch_grad_bn, (T._cdiv(c, cb),),
         s_dy, s_dyx, rstd, weight, mean_in, var_in, mean_bn, var_bn, sums, n, c,
         HAS_W=weight is not None, CB=cb, NB=nb, num_warps=4,
     )  # fmt: skip
     a, b = torch.empty((2, n * c), device=x.device, dtype=torch.float32).unbind(0)
     ln_terms = torch.empty((2, n), device=x.device, dtype=torch.float32)
     rb, cb = _sample_tiles(n, c)
-    k._switch_grad_ln[(T._cdiv(n, rb),)](
+    T._launch(k._switch_grad_ln, (T._cdiv(n, rb),),
         s_dy, s_dyx, rstd, weight, mean_in, mean, mean_ln, var_ln, mean_bn, sums, mw, vw, a, b,
         ln_terms, n, c, plan.s, BATCH=frozen_mean is None, HAS_W=weight is not None, RB=rb,
         CB=cb, num_warps=4,
     )  # fmt: skip
     logits = torch.empty(6, device=x.device, dtype=torch.float32)
-    k._switch_grad_logits[(1,)](
-        sums, ln_terms, mw, vw, logits, n, c, BLOCK=min(T._pow2(max(n, c)), 1024), num_warps=4
+    T._launch(
+        k._switch_grad_logits,
+        (1,),
+        sums,
+        ln_terms,
+        mw,
+        vw,
+        logits,
+        n,
+        c,
+        BLOCK=min(T._pow2(max(n, c)), 1024),
+        num_warps=4,
     )
     dx = T._grad_map(dy, x, weight, None, mean, rstd, a, b, sets, False, plan)
     return (
@@ -482,13 +492,13 @@ def _b0_forward(params: _Params, st: B0State) -> tuple[Tensor, _Saved]:
     istd = torch.empty(n * c, device=x.device, dtype=torch.float32)
     m = n * s
     cb, nb = _coef_tiles(c, n)
-    T._kernels()._b0_coef[(T._cdiv(c, cb),)](
+    T._launch(T._kernels()._b0_coef, (T._cdiv(c, cb),),
         mean_i, var_i, st.running_var, bstd, istd, mean_b, n, c, st.eps, 1.0 - st.factor,
         st.factor, m / max(m - 1, 1), BATCH=batch, UPDATE=st.update, CB=cb, NB=nb,
         num_warps=4,
     )  # fmt: skip
     y = torch.empty_like(x)
-    T._kernels()._b0_apply[plan.grid](
+    T._launch(T._kernels()._b0_apply, plan.grid,
         x, y, bstd, istd, v, weight, bias, n, c, s, *plan.strides, plan.spp, plan.nk,
         plan.ncb, HAS_W=weight is not None, HAS_B=bias is not None, CB=plan.cb, SB=plan.sb,
         num_warps=plan.warps,
@@ -515,7 +525,7 @@ def _b0_backward(
     plan = T._plan(x, fold=False)
     n, c, s, nk = plan.n, plan.c, plan.s, plan.nk
     part = torch.empty((5, n, c, nk), device=x.device, dtype=torch.float32)
-    T._kernels()._b0_partial_grad[plan.grid](
+    T._launch(T._kernels()._b0_partial_grad, plan.grid,
         x, dy, bstd, istd, v, weight, part, c, s, *plan.strides, n * c * nk, plan.spp, nk,
         HAS_W=weight is not None, CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
     )  # fmt: skip
@@ -523,12 +533,12 @@ def _b0_backward(
     k1, k0 = torch.empty((2, n * c), device=x.device, dtype=torch.float32).unbind(0)
     grads = torch.empty((3, c), device=x.device, dtype=torch.float32)  # dv, dw, db
     cb, nb = _coef_tiles(c, n)
-    T._kernels()._b0_grad_coef[(T._cdiv(c, cb),)](
+    T._launch(T._kernels()._b0_grad_coef, (T._cdiv(c, cb),),
         sums, istd, bstd, mean_i, mean_b, k1, k0, grads, n, c, n * c, 1.0 / s,
         BATCH=mean_b is not None, CB=cb, NB=nb, num_warps=4,
     )  # fmt: skip
     dx = torch.empty_like(x)
-    T._kernels()._b0_apply_grad[plan.grid](
+    T._launch(T._kernels()._b0_apply_grad, plan.grid,
         x, dy, dx, bstd, istd, v, weight, k1, k0, n, c, s, *plan.strides, plan.spp, nk,
         plan.ncb, HAS_W=weight is not None, CB=plan.cb, SB=plan.sb, num_warps=plan.warps,
     )  # fmt: skip
@@ -602,13 +612,13 @@ def _ghost_forward(params: _Params, st: _Ghost) -> tuple[tuple[Tensor, ...], _Sa
     means, variances = torch.empty((2, k, c), device=x.device, dtype=torch.float32).unbind(0)
     mean, rstd = torch.empty((2, n * c), device=x.device, dtype=torch.float32).unbind(0)
     cb, nb = _coef_tiles(c, min(n, st.size))
-    T._kernels()._ghost_coef[(T._cdiv(c, cb), k)](
+    T._launch(T._kernels()._ghost_coef, (T._cdiv(c, cb), k),
         mean_i, var_i, means, variances, mean, rstd, n, c, st.size, st.eps, CB=cb, NB=nb,
         num_warps=4,
     )  # fmt: skip
     if st.running is not None:
         rm, rv, momentum, tracked = st.running
-        T._kernels()._ghost_blend[(T._cdiv(c, cb),)](
+        T._launch(T._kernels()._ghost_blend, (T._cdiv(c, cb),),
             means, variances, rm, rv, n, c, k, st.size, plan.s, momentum or 0.0, tracked,
             CUMULATIVE=st.cumulative, CB=cb, num_warps=4,
         )  # fmt: skip
@@ -628,7 +638,7 @@ def _ghost_backward(
     sums = T._grad_sums(dy, x, weight, None, mean, rstd, sets, False, plan).sum(3)  # (2, n, c)
     a, b = torch.empty((2, n * c), device=x.device, dtype=torch.float32).unbind(0)
     cb, nb = _coef_tiles(c, min(n, st.size))
-    T._kernels()._ghost_grad_coef[(T._cdiv(c, cb), T._cdiv(n, st.size))](
+    T._launch(T._kernels()._ghost_grad_coef, (T._cdiv(c, cb), T._cdiv(n, st.size)),
         sums[0], sums[1], weight, a, b, n, c, st.size, 1.0 / plan.s,
         HAS_W=weight is not None, CB=cb, NB=nb, num_warps=4,
     )  # fmt: skip
