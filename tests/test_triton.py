@@ -449,9 +449,11 @@ def test_launch_counts_script():
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
     assert rows["gn"][:3] == ["1", "+", "0"] and rows["frn"][:3] == ["1", "+", "0"]
     assert rows["bn"][:3] == ["3", "+", "1"]
-    # fwd+bwd: the backward's seed and the partial sums' reduction (batch norm: and its
-    # coefficients), no zero-filled gradients of the statistics outputs
-    assert rows["gn"][3:6] == ["2", "+", "2"] and rows["bn"][3:6] == ["5", "+", "5"]
+    # fwd+bwd: the backward's seed and the partial sums' reduction (batch norm and Batch
+    # Renorm: the sums and coefficients in a kernel, so the seed and the counter only), no
+    # zero-filled gradients of the statistics outputs
+    assert rows["gn"][3:6] == ["2", "+", "2"] and rows["bn"][3:6] == ["6", "+", "2"]
+    assert rows["batchrenorm"][3:6] == ["7", "+", "2"]
     assert rows["ghostbatchnorm"][5] == "4"
     # the zoo's two-phase paths: their small ops in coefficient kernels (few torch ops)
     zoo = ("batchrenorm", "evonormb0", "ghostbatchnorm", "switchablenorm")

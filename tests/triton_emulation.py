@@ -331,6 +331,16 @@ def ghost_coef(grid, MEAN_I, VAR_I, MEANS, VARS, MEAN, RSTD, N, C, size, eps, **
         mean[rows], rstd[rows] = mu, 1 / torch.sqrt(var + eps)
 
 
+def bn_grad_coef(grid, PDY, PDYX, W, R, D, DB, DW, A, B, N, C, NK, inv_count, **kw):
+    s_dy = PDY.reshape(N, C, NK).sum((0, 2))
+    s_dyx = PDYX.reshape(N, C, NK).sum((0, 2))
+    scale = inv_count * (W.float() if kw["HAS_W"] else torch.ones(C))
+    B.copy_(s_dy * scale)
+    A.copy_(s_dyx * scale)
+    DB.copy_(s_dy)
+    DW.copy_(R * s_dyx + D * s_dy if kw["RENORM"] else s_dyx)
+
+
 def ghost_grad_coef(grid, SDY, SDYX, W, A, B, N, C, size, inv_s, **kw):
     w = W.float() if kw["HAS_W"] else torch.ones(C)
     for rows in _segments(N, size):
@@ -469,6 +479,7 @@ class Kernels:
     _renorm_coef = _Kernel(renorm_coef)
     _ghost_coef = _Kernel(ghost_coef)
     _ghost_grad_coef = _Kernel(ghost_grad_coef)
+    _bn_grad_coef = _Kernel(bn_grad_coef)
     _b0_coef = _Kernel(b0_coef)
     _b0_grad_coef = _Kernel(b0_grad_coef)
     _switch_bn = _Kernel(switch_bn)

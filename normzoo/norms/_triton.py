@@ -654,28 +654,38 @@ def _two_phase_backward(
     rms: bool = False,
     extra: Tensor | None = None,
     swish: bool = False,
+    renorm: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """``(dx, dw, db, d_extra)`` (``d_extra`` ``None`` without FRN's ``tau`` or, with
-    ``swish``, EvoNorm-S0's ``v``)."""
+    ``swish``, EvoNorm-S0's ``v``); batch norm's sums and coefficients in one kernel
+    (``_bn_grad_coef``), ``renorm = (r, d)``: Batch Renorm's ``dw = r sum(dy x_hat) +
+    d sum(dy)``."""
     plan = _plan(x, fold=sets[0] == 0)
     n = plan.n
     part = _grad_sums(dy, x, weight, bias, mean, rstd, sets, relu, plan, extra, swish)
+    if sets[0] == 0:  # batch norm, one set per channel (no mean square, swish or extra)
+        c = plan.c
+        db, dw, b, a = torch.empty((4, c), device=x.device, dtype=torch.float32).unbind(0)
+        r, d = renorm if renorm is not None else (None, None)
+        _launch(_kernels()._bn_grad_coef, (c,),
+            part[0], part[1], weight, r, d, db, dw, a, b, n, c, plan.nk, 1.0 / (n * plan.s),
+            HAS_W=weight is not None, RENORM=renorm is not None,
+            KB=min(1024, _pow2(n * plan.nk)), num_warps=4,
+        )  # fmt: skip
+        dx = _grad_map(dy, x, weight, bias, mean, rstd, a, b, sets, relu, plan)
+        return dx, dw, db, None
     d_extra = part[2].sum((0, 2)) if extra is not None else None
     if swish and weight is not None:
         d_extra = d_extra * weight.float()
     deviation = part[3].sum(2) if swish else None  # (n, c): sum(x - mean)
     part = part[:2]
     # per set: b = sum(w dy) / count and a = sum(w dy xhat) / count, as (b, a)
-    set_n, cpg = sets
-    if set_n == 0:  # batch norm: one set per channel
-        db_dw = part.sum((1, 3))  # (2, c): sum(dy), sum(dy * xhat): the parameter gradients
-        coef = db_dw / (n * plan.s) if weight is None else db_dw * (weight.float() / (n * plan.s))
-    else:  # per (sample, group)
-        sums = part.sum(3)  # (2, n, c)
-        db_dw = sums.sum(1)
-        if weight is not None:
-            sums = sums * weight.float()
-        coef = sums.view(2, n * set_n, cpg).sum(2) / (cpg * plan.s)
+    set_n, cpg = sets  # per (sample, group)
+    sums = part.sum(3)  # (2, n, c)
+    db_dw = sums.sum(1)
+    if weight is not None:
+        sums = sums * weight.float()
+    coef = sums.view(2, n * set_n, cpg).sum(2) / (cpg * plan.s)
     if rms or swish:  # no centering (of the numerator): no mean(w dy) term
         coef[0].zero_()
     if deviation is not None:

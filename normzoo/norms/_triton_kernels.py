@@ -385,6 +385,54 @@ def _partial_grad(
 
 
 @triton.jit
+def _bn_grad_coef(
+    PDY,
+    PDYX,
+    W,
+    R,
+    D,
+    DB,
+    DW,
+    A,
+    B,
+    N,
+    C,
+    NK,
+    inv_count,
+    HAS_W: tl.constexpr,
+    RENORM: tl.constexpr,
+    KB: tl.constexpr,
+):
+    """Batch norm's backward coefficients of channel ``c = program_id(0)``, from the
+    gradient kernel's partial sums ``(N, C, NK)`` of ``dy`` and ``dy x_hat``: the parameter
+    gradients ``db = sum(dy)`` and ``dw = sum(dy x_hat)`` (``RENORM``, Batch Renorm's weight
+    ``w r``: ``dw = r sum(dy x_hat) + d sum(dy)``), and the map-gradient kernel's
+    ``b = w sum(dy) / m``, ``a = w sum(dy x_hat) / m`` (``inv_count = 1 / m``). One launch
+    where torch took three ops (the sum over the partials, a division and a product)."""
+    c = tl.program_id(0)
+    total = N * NK
+    acc_dy = tl.zeros([KB], dtype=tl.float32)
+    acc_dyx = tl.zeros([KB], dtype=tl.float32)
+    for j0 in range(0, total, KB):
+        js = j0 + tl.arange(0, KB)
+        m = js < total
+        off = (js // NK).to(tl.int64) * C * NK + c * NK + js % NK
+        acc_dy += tl.load(PDY + off, mask=m, other=0.0)
+        acc_dyx += tl.load(PDYX + off, mask=m, other=0.0)
+    s_dy = tl.sum(acc_dy, axis=0)
+    s_dyx = tl.sum(acc_dyx, axis=0)
+    scale = inv_count
+    if HAS_W:
+        scale = scale * tl.load(W + c).to(tl.float32)
+    tl.store(B + c, s_dy * scale)
+    tl.store(A + c, s_dyx * scale)
+    tl.store(DB + c, s_dy)
+    if RENORM:
+        s_dyx = tl.load(R + c) * s_dyx + tl.load(D + c) * s_dy
+    tl.store(DW + c, s_dyx)
+
+
+@triton.jit
 def _apply_grad(
     X,
     DY,

@@ -248,13 +248,13 @@ def _renorm_backward(
     """Batch norm's backward with the weight ``w r``; ``dw = r sum(dy x_hat) + d sum(dy)``."""
     x, weight, bias = params
     mean, rstd, r, d, scale = saved
-    dx, sum_dy_xhat, sum_dy, _ = T._two_phase_backward(
-        dy, x, scale, None, mean, rstd, (0, 1), False
+    dx, dw, db, _ = T._two_phase_backward(
+        dy, x, scale, None, mean, rstd, (0, 1), False, renorm=(r, d)
     )
     return (
         dx if needs[0] else None,
-        (r * sum_dy_xhat + d * sum_dy).to(weight.dtype) if needs[1] else None,
-        sum_dy.to(bias.dtype) if needs[2] else None,
+        dw.to(weight.dtype) if needs[1] else None,
+        db.to(bias.dtype) if needs[2] else None,
     )
 
 
