@@ -143,7 +143,13 @@ GroupNorm on float32 (65536, 1024) tokens (0.91 / 0.80). What keeps the rest bel
   0.33-0.57 ms) and RMSNorm over bfloat16 tokens (4.1x on the GPU). The twenty-fifth session
   (no GPU) removed two CUDA launches from every Triton backward (the zero-filled gradients of
   the statistics outputs: BatchNorm's fwd+bwd 5 Triton launches + 7 torch ops -> 5 + 5,
-  counted by `scripts/triton_launches.py`), not timed on a GPU yet.
+  counted by `scripts/triton_launches.py`), not timed on a GPU yet. The twenty-sixth (no GPU
+  either) launches the compiled kernels directly after each variant's first launch
+  (`_triton._Launcher`, Triton's binder and launcher without `kernel[grid]`'s other
+  per-launch work: 7.6-12.5 us a launch against 12.4-18.9 on the CPU, run up to a stand-in
+  driver, `python scripts/triton_launches.py --time --jit`) and takes BatchNorm's and Batch
+  Renorm's backward sums and coefficients in one kernel (fwd+bwd 6 launches + 2 torch ops
+  where 5 + 5, Batch Renorm 7 + 2 where 6 + 8), not timed on a GPU yet either.
 - **The zoo's paths without the kernels**: EvoNorm-S0, SwitchableNorm and Batch Renorm on
   channels_last, several zoo norms in bfloat16, and every zoo norm over (N, C) tokens read
   0.03-0.35 on their CUDA paths. Their kernels read 0.2-0.5 there with the old plan
