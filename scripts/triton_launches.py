@@ -44,7 +44,7 @@ import triton_emulation  # noqa: E402
 import normzoo  # noqa: E402
 from normzoo.norms import _triton  # noqa: E402
 
-#: (name, options, input shape)
+#: (name, options, input shape); a name ending in "_cl": the input channels_last
 CASES = [
     ("bn", {}, (8, 16, 6, 6)),
     ("gn", {"num_groups": 4}, (8, 16, 6, 6)),
@@ -58,6 +58,9 @@ CASES = [
     ("evonormb0", {}, (8, 16, 6, 6)),
     ("ghostbatchnorm", {"virtual_batch_size": 4}, (8, 16, 6, 6)),
     ("switchablenorm", {}, (8, 16, 6, 6)),
+    # channels_last: the group norms' two-phase kernels (the coefficient kernel's other side)
+    ("gn_cl", {"num_groups": 4}, (8, 16, 6, 6)),
+    ("evonorms0_cl", {"num_groups": 4}, (8, 16, 6, 6)),
 ]
 #: Ops that launch no kernel (views, metadata, allocation).
 FREE = (
@@ -182,8 +185,11 @@ def main() -> None:
         torch.set_num_threads(1)
     for name, options, shape in CASES:
         c = shape[-1] if options.get("channels_last") else shape[1]
-        m = normzoo.create(name, c, **options)
-        x = torch.randn(shape, requires_grad=True)
+        m = normzoo.create(name.removesuffix("_cl"), c, **options)
+        x = torch.randn(shape)
+        if name.endswith("_cl"):
+            x = x.to(memory_format=torch.channels_last)
+        x.requires_grad_()
         m(x).sum().backward()  # the first call of each kind runs once outside the count
         with torch.no_grad():
             m(x)

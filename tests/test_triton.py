@@ -255,6 +255,64 @@ def _interpreter_usable() -> str | None:
     return None
 
 
+COEF_CHECK = """
+import itertools, sys, torch
+sys.path[:0] = [{tests!r}]
+import triton_emulation as E, triton_interpreter_check as I
+from normzoo.norms import _triton as T
+
+I.scalar_index_for_numpy_2_4()
+torch.manual_seed(0)
+k = T._kernels()
+n, c, nk, cpg = 3, 6, 5, 2
+part = torch.randn(4, n, c, nk) * 3 + 1
+w, rstd = torch.rand(c) + 0.5, torch.rand(n * c // cpg) + 0.5
+r, d = torch.rand(c) + 0.5, torch.randn(c)
+worst = 0.0
+for has_w, extra, no_mean, swish in itertools.product([False, True], repeat=4):
+    if swish and not extra:
+        continue
+    outs = []
+    for kernel in (k._group_grad_coef, E.Kernels._group_grad_coef):
+        o = torch.full((2 * n * c // cpg + 3 * c,), float("nan"))
+        a, b = o[: 2 * n * c // cpg].view(2, -1).unbind(0)
+        db, dw, dp = o[2 * n * c // cpg :].view(3, c).unbind(0)
+        kernel[(n * c // cpg + c,)](part, w, rstd, db, dw, dp, a, b, n, c, nk, cpg, 0.1,
+            HAS_W=has_w, EXTRA=extra, NO_MEAN=no_mean, SWISH=swish, KB=16, num_warps=4)
+        outs.append(o if extra else o[: -c])
+    err = float((outs[0] - outs[1]).abs().max() / outs[1].abs().max())
+    worst = max(worst, err if err == err else float("inf"))  # (NaN: a value not written)
+for has_w, renorm in itertools.product([False, True], repeat=2):
+    outs = []
+    for kernel in (k._bn_grad_coef, E.Kernels._bn_grad_coef):
+        o = torch.full((4, c), float("nan"))
+        kernel[(c,)](part[0], part[1], w, r, d, *o.unbind(0), n, c, nk, 0.1, HAS_W=has_w,
+                     RENORM=renorm, KB=8, num_warps=4)
+        outs.append(o)
+    err = float((outs[0] - outs[1]).abs().max() / outs[1].abs().max())
+    worst = max(worst, err if err == err else float("inf"))
+print("worst", worst)
+"""
+
+
+@pytest.mark.skipif(_interpreter_usable() is not None, reason=str(_interpreter_usable()))
+def test_backward_coefficient_kernels_give_the_formulas():
+    """The backward's coefficient kernels (``_group_grad_coef``, ``_bn_grad_coef``) under
+    Triton's interpreter against their torch statements (``tests/triton_emulation.py``) on
+    partial sums with a mean far from 0, every flag: each set's ``a`` and ``b`` (no mean
+    term for RMSNorm and FRN; EvoNorm-S0's correction by the set's mean deviation, which
+    inputs near 0 leave at ~0 and so the module checks cannot see), each channel's parameter
+    gradients (Batch Renorm's ``r sum(dy x_hat) + d sum(dy)``); tiles smaller than a set
+    and a channel's partials (several loop iterations, masked tails)."""
+    code = COEF_CHECK.format(tests=str(ROOT / "tests"))
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert float(out.stdout.split()[-1]) < 1e-6, out.stdout
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.skipif(_interpreter_usable() is not None, reason=str(_interpreter_usable()))
 def test_kernels_under_the_interpreter():
@@ -458,7 +516,10 @@ def test_launch_counts_script():
     # the zoo's two-phase paths: their small ops in coefficient kernels (few torch ops)
     zoo = ("batchrenorm", "evonormb0", "ghostbatchnorm", "switchablenorm")
     assert all(int(rows[name][2]) <= 1 for name in zoo)
-    assert len(rows) == 12
+    # channels_last group norms: the two-phase kernels and their coefficient kernel, the
+    # backward's seed the only torch op (no sums, products or divisions of the partials)
+    assert rows["gn_cl"][3:6] == ["6", "+", "1"] and rows["evonorms0_cl"][3:6] == ["6", "+", "1"]
+    assert len(rows) == 14
     assert all(len(row) == (14 if jit else 8) for row in rows.values())
     assert all(float(row[6]) > 0 and float(row[7]) > 0 for row in rows.values())
     if jit:  # Triton's binder and cache lookup cost host time on top of the no-op kernels

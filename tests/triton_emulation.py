@@ -341,6 +341,23 @@ def bn_grad_coef(grid, PDY, PDYX, W, R, D, DB, DW, A, B, N, C, NK, inv_count, **
     DW.copy_(R * s_dyx + D * s_dy if kw["RENORM"] else s_dyx)
 
 
+def group_grad_coef(grid, P, W, RSTD, DB, DW, DP, A, B, N, C, NK, CPG, inv_count, **kw):
+    part = P.reshape(-1, N, C, NK)
+    w = W.float() if kw["HAS_W"] else torch.ones(C)
+    sums = part.sum(3)  # (rows, N, C)
+    DB.copy_(sums[0].sum(0))
+    DW.copy_(sums[1].sum(0))
+    b, a = ((sums[:2] * w).view(2, -1, CPG).sum(2) * inv_count).unbind(0)
+    if kw["NO_MEAN"]:
+        b = torch.zeros_like(b)
+    if kw["SWISH"]:
+        b = -(sums[3].reshape(-1, CPG).sum(1) * inv_count) * RSTD.view(-1) * a
+    A.copy_(a)
+    B.copy_(b)
+    if kw["EXTRA"]:
+        DP.copy_(sums[2].sum(0) * (w if kw["SWISH"] else 1.0))
+
+
 def ghost_grad_coef(grid, SDY, SDYX, W, A, B, N, C, size, inv_s, **kw):
     w = W.float() if kw["HAS_W"] else torch.ones(C)
     for rows in _segments(N, size):
@@ -480,6 +497,7 @@ class Kernels:
     _ghost_coef = _Kernel(ghost_coef)
     _ghost_grad_coef = _Kernel(ghost_grad_coef)
     _bn_grad_coef = _Kernel(bn_grad_coef)
+    _group_grad_coef = _Kernel(group_grad_coef)
     _b0_coef = _Kernel(b0_coef)
     _b0_grad_coef = _Kernel(b0_grad_coef)
     _switch_bn = _Kernel(switch_bn)

@@ -657,9 +657,10 @@ def _two_phase_backward(
     renorm: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """``(dx, dw, db, d_extra)`` (``d_extra`` ``None`` without FRN's ``tau`` or, with
-    ``swish``, EvoNorm-S0's ``v``); batch norm's sums and coefficients in one kernel
-    (``_bn_grad_coef``), ``renorm = (r, d)``: Batch Renorm's ``dw = r sum(dy x_hat) +
-    d sum(dy)``."""
+    ``swish``, EvoNorm-S0's ``v``): the partial sums, the coefficients and parameter
+    gradients from them in one kernel (batch norm's ``_bn_grad_coef``, with ``renorm =
+    (r, d)`` Batch Renorm's ``dw = r sum(dy x_hat) + d sum(dy)``; the (sample, group) sets'
+    ``_group_grad_coef``), then the map gradient."""
     plan = _plan(x, fold=sets[0] == 0)
     n = plan.n
     part = _grad_sums(dy, x, weight, bias, mean, rstd, sets, relu, plan, extra, swish)
@@ -674,31 +675,20 @@ def _two_phase_backward(
         )  # fmt: skip
         dx = _grad_map(dy, x, weight, bias, mean, rstd, a, b, sets, relu, plan)
         return dx, dw, db, None
-    d_extra = part[2].sum((0, 2)) if extra is not None else None
-    if swish and weight is not None:
-        d_extra = d_extra * weight.float()
-    deviation = part[3].sum(2) if swish else None  # (n, c): sum(x - mean)
-    part = part[:2]
-    # per set: b = sum(w dy) / count and a = sum(w dy xhat) / count, as (b, a)
-    set_n, cpg = sets  # per (sample, group)
-    sums = part.sum(3)  # (2, n, c)
-    db_dw = sums.sum(1)
-    if weight is not None:
-        sums = sums * weight.float()
-    coef = sums.view(2, n * set_n, cpg).sum(2) / (cpg * plan.s)
-    if rms or swish:  # no centering (of the numerator): no mean(w dy) term
-        coef[0].zero_()
-    if deviation is not None:
-        # EvoNorm-S0's output does not subtract the mean, so float32 can give its gradient
-        # to ~1e-6; the variance's share, xhat a, must then use the exact mean: mean + delta,
-        # delta the set's mean of x - mean (the float32 mean is ~5e-4 off at mean 1e4).
-        set_n, cpg = sets
-        delta = deviation.view(n * set_n, cpg).sum(1) / (cpg * plan.s)
-        coef[0] = -delta * rstd.view(-1) * coef[1]
-    b, a = coef.unbind(0)
+    # per (sample, group) set: its coefficients, and the parameters' gradients per channel
+    set_n, cpg = sets
+    c = plan.c
+    per_set = torch.empty((2, n * set_n), device=x.device, dtype=torch.float32)
+    per_channel = torch.empty((3, c), device=x.device, dtype=torch.float32)
+    (a, b), (db, dw, d_extra) = per_set.unbind(0), per_channel.unbind(0)
+    total = max(cpg, n) * plan.nk
+    _launch(_kernels()._group_grad_coef, (n * set_n + c,),
+        part, weight, rstd, db, dw, d_extra, a, b, n, c, plan.nk, cpg, 1.0 / (cpg * plan.s),
+        HAS_W=weight is not None, EXTRA=extra is not None, NO_MEAN=rms or swish, SWISH=swish,
+        KB=min(1024, _pow2(total)), num_warps=4,
+    )  # fmt: skip
     dx = _grad_map(dy, x, weight, bias, mean, rstd, a, b, sets, relu, plan, extra, swish)
-    db, dw = db_dw.unbind(0)
-    return dx, dw, db, d_extra
+    return dx, dw, db, d_extra if extra is not None else None
 
 
 def _grad_sums(
