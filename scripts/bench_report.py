@@ -147,9 +147,11 @@ GroupNorm on float32 (65536, 1024) tokens (0.91 / 0.80). What keeps the rest bel
   either) launches the compiled kernels directly after each variant's first launch
   (`_triton._Launcher`, Triton's binder and launcher without `kernel[grid]`'s other
   per-launch work: 7.6-12.5 us a launch against 12.4-18.9 on the CPU, run up to a stand-in
-  driver, `python scripts/triton_launches.py --time --jit`) and takes BatchNorm's and Batch
-  Renorm's backward sums and coefficients in one kernel (fwd+bwd 6 launches + 2 torch ops
-  where 5 + 5, Batch Renorm 7 + 2 where 6 + 8), not timed on a GPU yet either.
+  driver, `python scripts/triton_launches.py --time --jit`) and takes the two-phase
+  backward's sums and coefficients in one kernel (fwd+bwd launches + torch ops: BatchNorm
+  6 + 2 where 5 + 5, Batch Renorm 7 + 2 where 6 + 8, GroupNorm on channels_last 6 + 1 where
+  5 + 6, EvoNorm-S0 there 6 + 1 where 5 + 16): 0.67-0.79 of those modules' host time here,
+  not timed on a GPU yet either.
 - **The zoo's paths without the kernels**: EvoNorm-S0, SwitchableNorm and Batch Renorm on
   channels_last, several zoo norms in bfloat16, and every zoo norm over (N, C) tokens read
   0.03-0.35 on their CUDA paths. Their kernels read 0.2-0.5 there with the old plan
