@@ -286,7 +286,7 @@ for has_w, renorm in itertools.product([False, True], repeat=2):
     outs = []
     for kernel in (k._bn_grad_coef, E.Kernels._bn_grad_coef):
         o = torch.full((4, c), float("nan"))
-        kernel[(c,)](part[0], part[1], w, r, d, *o.unbind(0), n, c, nk, 0.1, HAS_W=has_w,
+        kernel[(c,)](part[:2], w, r, d, *o.unbind(0), n, c, nk, 0.1, HAS_W=has_w,
                      RENORM=renorm, KB=8, num_warps=4)
         outs.append(o)
     err = float((outs[0] - outs[1]).abs().max() / outs[1].abs().max())
@@ -572,6 +572,17 @@ def _compile_env() -> dict[str, str]:
     return {**env, "PYTHONPATH": str(ROOT)}
 
 
+def _compiled_run(code: str) -> str:
+    """``python -c code`` where the kernels compile (no interpreter); its stdout, asserting
+    that it succeeded."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_compile_env(),
+        cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.skipif(_compiler_usable() is not None, reason=str(_compiler_usable()))
 def test_every_kernel_compiles_for_a_gpu(tmp_path):
@@ -626,12 +637,8 @@ def test_the_compile_check_catches_what_the_interpreter_lets_through(tmp_path):
     compile: the compile check records the failure."""
     (tmp_path / "bad_kernel.py").write_text(BAD_KERNEL)
     code = RUN_BAD.format(tmp=str(tmp_path), scripts=str(ROOT / "scripts"))
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=_compile_env(),
-        timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.split() == ["bad", "0"]
+    stdout = _compiled_run(code)
+    assert stdout.split() == ["bad", "0"]
     interp = "import sys, torch; sys.path.insert(0, {tmp!r}); import bad_kernel; x = torch.ones(8)"
     interp += "; bad_kernel.bad[(1,)](x, 8, B=4); print(x.tolist())"
     out = subprocess.run(
@@ -673,14 +680,10 @@ def test_the_dispatch_serves_the_compiled_variants_that_were_measured():
         ("gn", (8, 48, 16, 16), True),
     ]
     code = VECTOR_CHECK.format(scripts=str(ROOT / "scripts"), cases=cases)
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=_compile_env(),
-        timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = [line.split() for line in out.stdout.splitlines()]
+    stdout = _compiled_run(code)
+    rows = [line.split() for line in stdout.splitlines()]
     assert len(rows) == len(cases)
-    assert all(vector == rule for _, vector, rule in rows), out.stdout
+    assert all(vector == rule for _, vector, rule in rows), stdout
     assert [rule for *_, rule in rows] == ["False", "True"] * 3
 
 
@@ -826,19 +829,15 @@ def test_the_direct_launch_hands_the_driver_what_triton_does():
         ("evonormb0", (8, 32, 8, 8), False),
     ]
     code = DIRECT_CHECK.format(scripts=str(ROOT / "scripts"), modules=modules)
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=_compile_env(),
-        timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = [line.split() for line in out.stdout.splitlines()]
+    stdout = _compiled_run(code)
+    lines = [line.split() for line in stdout.splitlines()]
     variants = [line[1:] for line in lines if line[0] == "variant"]
     # the fourth, aligned again: its first launch is a direct one already
-    assert variants == [["True"] * 4] * 3 + [["True", "True", "True", "False"]], out.stdout
-    assert ["functions", "3", "3"] in lines, out.stdout
-    assert ["hooked", "True", "True"] in lines, out.stdout
+    assert variants == [["True"] * 4] * 3 + [["True", "True", "True", "False"]], stdout
+    assert ["functions", "3", "3"] in lines, stdout
+    assert ["hooked", "True", "True"] in lines, stdout
     found = {line[1]: line[2:] for line in lines if line[0] == "module"}
-    assert set(found) == {name for name, *_ in modules}, out.stdout
+    assert set(found) == {name for name, *_ in modules}, stdout
     for name, (count, same, *hooks) in found.items():
         # more launches than variants: the second step's and the eval's launches went direct
         assert int(count) >= 6 and same == "True" and " ".join(hooks) == "{False, True}", name
@@ -868,13 +867,9 @@ def test_the_compile_check_counts_the_statistics_loop(tmp_path):
     per-lane sums loop through none of them, in well under half the instructions (the
     twenty-fourth session's reading, which the H200's A/B confirmed)."""
     code = SASS_CHECK.format(scripts=str(ROOT / "scripts"))
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=_compile_env(),
-        cwd=ROOT, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    stdout = _compiled_run(code)
     (_, tile, shuffles, barriers, shared), (_, lanes, *syncs) = (
-        [int(v) for v in line.split()] for line in out.stdout.split("\n") if line
+        [int(v) for v in line.split()] for line in stdout.split("\n") if line
     )
     assert shuffles > 0 and barriers > 0 and shared > 0
     assert syncs == [0, 0, 0] and 0 < lanes < tile / 2

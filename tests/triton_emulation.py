@@ -331,9 +331,8 @@ def ghost_coef(grid, MEAN_I, VAR_I, MEANS, VARS, MEAN, RSTD, N, C, size, eps, **
         mean[rows], rstd[rows] = mu, 1 / torch.sqrt(var + eps)
 
 
-def bn_grad_coef(grid, PDY, PDYX, W, R, D, DB, DW, A, B, N, C, NK, inv_count, **kw):
-    s_dy = PDY.reshape(N, C, NK).sum((0, 2))
-    s_dyx = PDYX.reshape(N, C, NK).sum((0, 2))
+def bn_grad_coef(grid, P, W, R, D, DB, DW, A, B, N, C, NK, inv_count, **kw):
+    s_dy, s_dyx = P.reshape(-1, N, C, NK)[:2].sum((1, 3))
     scale = inv_count * (W.float() if kw["HAS_W"] else torch.ones(C))
     B.copy_(s_dy * scale)
     A.copy_(s_dyx * scale)

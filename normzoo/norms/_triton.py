@@ -669,7 +669,7 @@ def _two_phase_backward(
         db, dw, b, a = torch.empty((4, c), device=x.device, dtype=torch.float32).unbind(0)
         r, d = renorm if renorm is not None else (None, None)
         _launch(_kernels()._bn_grad_coef, (c,),
-            part[0], part[1], weight, r, d, db, dw, a, b, n, c, plan.nk, 1.0 / (n * plan.s),
+            part, weight, r, d, db, dw, a, b, n, c, plan.nk, 1.0 / (n * plan.s),
             HAS_W=weight is not None, RENORM=renorm is not None,
             KB=min(1024, _pow2(n * plan.nk)), num_warps=4,
         )  # fmt: skip

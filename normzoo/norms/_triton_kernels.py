@@ -385,9 +385,28 @@ def _partial_grad(
 
 
 @triton.jit
+def _channel_sums(P, row, c, N, C, NK, EXTRA: tl.constexpr, KB: tl.constexpr):
+    """Channel ``c``'s sums over the samples and chunks of the gradient kernel's partials
+    ``P`` ``(rows, N, C, NK)`` (``row = N C NK`` apart): of ``dy``, of ``dy x_hat`` and,
+    with ``EXTRA``, of the extra parameter's (else 0)."""
+    total = N * NK
+    acc_dy = tl.zeros([KB], dtype=tl.float32)
+    acc_dyx = tl.zeros([KB], dtype=tl.float32)
+    acc_p = tl.zeros([KB], dtype=tl.float32)
+    for j0 in range(0, total, KB):
+        js = j0 + tl.arange(0, KB)
+        m = js < total
+        off = (js // NK).to(tl.int64) * C * NK + c * NK + js % NK
+        acc_dy += tl.load(P + off, mask=m, other=0.0)
+        acc_dyx += tl.load(P + row + off, mask=m, other=0.0)
+        if EXTRA:
+            acc_p += tl.load(P + 2 * row + off, mask=m, other=0.0)
+    return tl.sum(acc_dy, axis=0), tl.sum(acc_dyx, axis=0), tl.sum(acc_p, axis=0)
+
+
+@triton.jit
 def _bn_grad_coef(
-    PDY,
-    PDYX,
+    P,
     W,
     R,
     D,
@@ -404,23 +423,14 @@ def _bn_grad_coef(
     KB: tl.constexpr,
 ):
     """Batch norm's backward coefficients of channel ``c = program_id(0)``, from the
-    gradient kernel's partial sums ``(N, C, NK)`` of ``dy`` and ``dy x_hat``: the parameter
-    gradients ``db = sum(dy)`` and ``dw = sum(dy x_hat)`` (``RENORM``, Batch Renorm's weight
-    ``w r``: ``dw = r sum(dy x_hat) + d sum(dy)``), and the map-gradient kernel's
-    ``b = w sum(dy) / m``, ``a = w sum(dy x_hat) / m`` (``inv_count = 1 / m``). One launch
-    where torch took three ops (the sum over the partials, a division and a product)."""
+    gradient kernel's partial sums ``P`` ``(2, N, C, NK)`` of ``dy`` and ``dy x_hat``: the
+    parameter gradients ``db = sum(dy)`` and ``dw = sum(dy x_hat)`` (``RENORM``, Batch
+    Renorm's weight ``w r``: ``dw = r sum(dy x_hat) + d sum(dy)``), and the map-gradient
+    kernel's ``b = w sum(dy) / m``, ``a = w sum(dy x_hat) / m`` (``inv_count = 1 / m``). One
+    launch where torch took three ops (the sum over the partials, a division and a
+    product)."""
     c = tl.program_id(0)
-    total = N * NK
-    acc_dy = tl.zeros([KB], dtype=tl.float32)
-    acc_dyx = tl.zeros([KB], dtype=tl.float32)
-    for j0 in range(0, total, KB):
-        js = j0 + tl.arange(0, KB)
-        m = js < total
-        off = (js // NK).to(tl.int64) * C * NK + c * NK + js % NK
-        acc_dy += tl.load(PDY + off, mask=m, other=0.0)
-        acc_dyx += tl.load(PDYX + off, mask=m, other=0.0)
-    s_dy = tl.sum(acc_dy, axis=0)
-    s_dyx = tl.sum(acc_dyx, axis=0)
+    s_dy, s_dyx, _ = _channel_sums(P, N * C * NK, c, N, C, NK, False, KB)
     scale = inv_count
     if HAS_W:
         scale = scale * tl.load(W + c).to(tl.float32)
@@ -495,22 +505,10 @@ def _group_grad_coef(
         tl.store(B + pid, b)
     else:
         c = pid - sets
-        total = N * NK
-        acc_dy = tl.zeros([KB], dtype=tl.float32)
-        acc_dyx = tl.zeros([KB], dtype=tl.float32)
-        acc_p = tl.zeros([KB], dtype=tl.float32)
-        for j0 in range(0, total, KB):
-            js = j0 + tl.arange(0, KB)
-            m = js < total
-            off = (js // NK).to(tl.int64) * C * NK + c * NK + js % NK
-            acc_dy += tl.load(P + off, mask=m, other=0.0)
-            acc_dyx += tl.load(P + row + off, mask=m, other=0.0)
-            if EXTRA:
-                acc_p += tl.load(P + 2 * row + off, mask=m, other=0.0)
-        tl.store(DB + c, tl.sum(acc_dy, axis=0))
-        tl.store(DW + c, tl.sum(acc_dyx, axis=0))
+        s_dy, s_dyx, dp = _channel_sums(P, row, c, N, C, NK, EXTRA, KB)
+        tl.store(DB + c, s_dy)
+        tl.store(DW + c, s_dyx)
         if EXTRA:
-            dp = tl.sum(acc_p, axis=0)
             if SWISH and HAS_W:
                 dp = dp * tl.load(W + c).to(tl.float32)
             tl.store(DP + c, dp)
