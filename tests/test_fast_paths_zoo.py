@@ -832,6 +832,71 @@ def test_zoo_kernels_do_not_depend_on_the_thread_count(threads):
         assert torch.equal(a, b)
 
 
+#: rows (N C) from which zoo.c shares SwitchableNorm's small graph among the threads
+SWITCHABLE_PARALLEL_ROWS = 4096
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=str)
+def test_switchablenorm_graph_shared_among_threads(training, fmt) -> None:
+    """At 72 x 64 = 4608 rows (over ``NZ_SW_PARALLEL``) zoo.c runs SwitchableNorm's graph (the
+    LN and BN statistics from the rows', each row's mixture, the backward's sums over samples,
+    channels and every row) on all the threads: the same bits with 1 and 3 threads (an uneven
+    split of samples and channels), and the values of the float64 reference math."""
+    torch.manual_seed(5)
+    shape = (72, 64, 3, 2)
+    assert shape[0] * shape[1] >= SWITCHABLE_PARALLEL_ROWS
+    fast, ref = _pair_c("switchablenorm", shape[1])
+    fast.train(training)
+    ref = ref.double().train(training)
+    x = (torch.randn(shape, dtype=torch.float64) * 2 + 1).contiguous(memory_format=fmt)
+    dy = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=fmt)
+
+    def run() -> list[torch.Tensor]:
+        m = copy.deepcopy(fast)
+        xx = x.float().requires_grad_()
+        y = m(xx)
+        grads = torch.autograd.grad(y, [xx, *m.parameters()], dy.float())
+        return [y, *grads, *m.buffers()]
+
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(3)
+        three = run()
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(one, three, strict=True):
+        assert torch.equal(a, b)
+    xx = x.clone().requires_grad_()
+    y = ref(xx)
+    want = [y, *torch.autograd.grad(y, [xx, *ref.parameters()], dy), *ref.buffers()]
+    names = [
+        "y",
+        "dx",
+        *(n for n, _ in fast.named_parameters()),
+        *(n for n, _ in fast.named_buffers()),
+    ]
+    for name, got, exp in zip(names, three, want, strict=True):
+        scale = 1 + exp.double().abs().max().item()
+        torch.testing.assert_close(
+            got.double(), exp.double(), atol=2e-5 * scale, rtol=1e-4, msg=name
+        )
+
+
+def _pair_c(name: str, c: int):
+    """``_pair``'s fast and reference modules with ``c`` channels."""
+    fast = normzoo.create(name, c)
+    ref = normzoo.create(name, c, impl="reference")
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.uniform_(0.5, 1.5)
+        fast.running_mean.uniform_(-0.5, 0.5)
+    ref.load_state_dict(fast.state_dict())
+    return fast, ref
+
+
 @pytest.mark.parametrize("name", ["evonormb0", "evonorms0"])
 def test_evonorm_one_value_per_row_takes_the_reference_math(name, monkeypatch) -> None:
     """(N, C) inputs (and spatial size 1) skip the row kernels, whose per-row cost made them

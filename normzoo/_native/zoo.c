@@ -210,47 +210,223 @@ static inline void group_stats(const float *mean, const float *lo, const float *
   *vg = (s + q) * inv;
 }
 
-/* SwitchableNorm's mixture: for each row the mixed mean and variance, from the IN statistics,
- * LN ones (per sample, out: mean_ln, var_ln (N)) and BN ones (per channel: mean_bn, var_bn
- * (C), out, or the running ones). wm, wv: the softmax weights (IN, LN, BN). */
-static void switchable_mix(const float *mean, const float *var, const float *running_mean,
-                           const float *running_var, double *mean_ln, double *var_ln,
-                           double *mean_bn, double *var_bn, int64_t N, int64_t C) {
-  /* a set's variance from its parts': mean (var_i + (mean_i - mean)^2), which the paper's
-   * mean (var_i + mean_i^2) - mean^2 equals without its cancellation far from zero */
-  for (int64_t n = 0; n < N; ++n) {
-    double s = 0.0, q = 0.0;
-    for (int64_t c = 0; c < C; ++c) s += mean[n * C + c];
-    mean_ln[n] = s / (double)C;
-    for (int64_t c = 0; c < C; ++c) {
-      const double d = mean[n * C + c] - mean_ln[n];
-      q += var[n * C + c] + d * d;
-    }
-    var_ln[n] = q / (double)C;
-  }
-  for (int64_t c = 0; c < C; ++c) {
-    if (running_mean) {
-      mean_bn[c] = running_mean[c];
-      var_bn[c] = running_var[c];
-      continue;
-    }
-    double s = 0.0, q = 0.0;
-    for (int64_t n = 0; n < N; ++n) s += mean[n * C + c];
-    mean_bn[c] = s / (double)N;
-    for (int64_t n = 0; n < N; ++n) {
-      const double d = mean[n * C + c] - mean_bn[c];
-      q += var[n * C + c] + d * d;
-    }
-    var_bn[c] = q / (double)N;
-  }
-}
-
 static void softmax3(const float *logits, double *out) {
   double mx = logits[0] > logits[1] ? logits[0] : logits[1];
   mx = mx > logits[2] ? mx : logits[2];
   double s = 0.0;
   for (int i = 0; i < 3; ++i) s += out[i] = exp((double)logits[i] - mx);
   for (int i = 0; i < 3; ++i) out[i] /= s;
+}
+
+/* SwitchableNorm's small graph, its loops shared among the threads of one parallel region:
+ * each sum keeps the serial loops' order (per sample over the channels, per channel over the
+ * samples, the softmax's over every row), so the results are the same bits for any thread
+ * count. At (128, 64, 8, 8) on a 2-core EPYC the graph ran on one thread for about a quarter
+ * of a fwd+bwd (8192 rows: a square root and up to eight divisions each, the other thread
+ * waiting); the per-row terms of the backward's second loop that depend on the sample or the
+ * channel only are computed once per sample or channel here (the same expressions, so the
+ * same bits), the per-row loops vectorize (omp simd: a square root and a division on 8 rows
+ * at a time) and the sums over every row keep their accumulators in registers. Kernel A/B
+ * against the serial graph (python scripts/bench_kernel_ab.py --cases switchable
+ * [--channels-last], docs/data/ab_switchable_graph*.json): (128, 64, 8, 8) forward 0.86-0.89,
+ * backward 0.76-0.89; the other shapes, under NZ_SW_PARALLEL rows or with long rows, within
+ * the A/B's noise.
+ *
+ * The mixture (the body of a parallel region): the LN statistics per sample (mean_ln,
+ * var_ln (N)) and BN ones per channel (mean_bn, var_bn (C), from the rows', or the running
+ * ones; stats_bn (2 C, may be NULL): the batch's, as floats) from the rows' IN statistics. A
+ * set's variance from its parts': mean (var_i + (mean_i - mean)^2), which the paper's
+ * mean (var_i + mean_i^2) - mean^2 equals without its cancellation far from zero. */
+#define NZ_SW_CB 16 /* channels a task sums over the samples together (vector lanes) */
+#define NZ_SW_NB 8  /* samples a task sums over the channels together (independent chains) */
+/* rows from which the graph's loops are shared among the threads (fewer: one thread, the
+ * region's start and barriers measured longer than the work they shared) */
+#define NZ_SW_PARALLEL 4096
+
+static void switchable_mix_for(const float *mean, const float *var, const float *running_mean,
+                               const float *running_var, double *mean_ln, double *var_ln,
+                               double *mean_bn, double *var_bn, float *stats_bn, int64_t N,
+                               int64_t C) {
+  /* per sample, a chain of adds over the channels: NZ_SW_NB samples' chains side by side */
+#pragma omp for schedule(static) nowait
+  for (int64_t n0 = 0; n0 < N; n0 += NZ_SW_NB) {
+    const int nb = N - n0 < NZ_SW_NB ? (int)(N - n0) : NZ_SW_NB;
+    double s[NZ_SW_NB] = {0.0}, q[NZ_SW_NB] = {0.0};
+    for (int64_t c = 0; c < C; ++c)
+      for (int j = 0; j < nb; ++j) s[j] += mean[(n0 + j) * C + c];
+    for (int j = 0; j < nb; ++j) mean_ln[n0 + j] = s[j] / (double)C;
+    for (int64_t c = 0; c < C; ++c)
+      for (int j = 0; j < nb; ++j) {
+        const double d = mean[(n0 + j) * C + c] - mean_ln[n0 + j];
+        q[j] += var[(n0 + j) * C + c] + d * d;
+      }
+    for (int j = 0; j < nb; ++j) var_ln[n0 + j] = q[j] / (double)C;
+  }
+  /* per channel, over the samples: NZ_SW_CB channels in the lanes */
+#pragma omp for schedule(static)
+  for (int64_t c0 = 0; c0 < C; c0 += NZ_SW_CB) {
+    const int64_t cb = C - c0 < NZ_SW_CB ? C - c0 : NZ_SW_CB;
+    if (running_mean) {
+      for (int64_t j = 0; j < cb; ++j) {
+        mean_bn[c0 + j] = running_mean[c0 + j];
+        var_bn[c0 + j] = running_var[c0 + j];
+      }
+      continue;
+    }
+    double s[NZ_SW_CB] = {0.0}, q[NZ_SW_CB] = {0.0};
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t j = 0; j < cb; ++j) s[j] += mean[n * C + c0 + j];
+    for (int64_t j = 0; j < cb; ++j) mean_bn[c0 + j] = s[j] / (double)N;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t j = 0; j < cb; ++j) {
+        const double d = mean[n * C + c0 + j] - mean_bn[c0 + j];
+        q[j] += var[n * C + c0 + j] + d * d;
+      }
+    for (int64_t j = 0; j < cb; ++j) {
+      var_bn[c0 + j] = q[j] / (double)N;
+      if (stats_bn) {
+        stats_bn[c0 + j] = (float)mean_bn[c0 + j];
+        stats_bn[C + c0 + j] = (float)var_bn[c0 + j];
+      }
+    }
+  }
+}
+
+/* The forward's graph: the mixture, then per row the mixed mean m and variance s2 and the
+ * map's a = w / sqrt(s2 + eps), b = bias - m a (params (N C 2)). scratch: 2 (N + C) doubles;
+ * stats_bn as switchable_mix_for's. */
+static void switchable_params(const float *mean, const float *var, const float *mean_weight,
+                              const float *var_weight, const float *w, const float *b,
+                              const float *running_mean, const float *running_var, double eps,
+                              float *stats_bn, float *params, double *scratch, int64_t N,
+                              int64_t C, int threads) {
+  double *mean_ln = scratch, *var_ln = scratch + N, *mean_bn = scratch + 2 * N,
+         *var_bn = scratch + 2 * N + C, wm[3], wv[3];
+  softmax3(mean_weight, wm);
+  softmax3(var_weight, wv);
+#pragma omp parallel num_threads(N * C >= NZ_SW_PARALLEL ? threads : 1)
+  {
+    switchable_mix_for(mean, var, running_mean, running_var, mean_ln, var_ln, mean_bn, var_bn,
+                       running_mean ? NULL : stats_bn, N, C);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n)
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t r = n * C + c;
+        const double m = wm[0] * mean[r] + wm[1] * mean_ln[n] + wm[2] * mean_bn[c];
+        const double s2 = wv[0] * var[r] + wv[1] * var_ln[n] + wv[2] * var_bn[c];
+        const double a = (w ? w[c] : 1.0) / sqrt(s2 + eps);
+        params[r * 2] = (float)a;
+        params[r * 2 + 1] = (float)((b ? b[c] : 0.0) - m * a);
+      }
+  }
+}
+
+/* The backward's graph, from the rows' sums (N C 2: dL/da, dL/db of each row's map; scratch
+ * after it, the first of each pair overwritten by the row's share of dL/dw): dL/dw, dL/db
+ * (per channel), the mixture weights' gradients dmw, dvw (3 each) and k (2 N C: k1, k0 of
+ * nz_map_dx). Any output pointer may be NULL. scratch: 4 (N + C) + 3 C + 2 N C doubles. */
+static void switchable_grads(const float *mean, const float *var, const float *params,
+                             float *sums, const float *mean_weight, const float *var_weight,
+                             const float *w, const float *running_mean, const float *running_var,
+                             double eps, float *k, double *scratch, float *dmw, float *dvw,
+                             float *dw, float *db, int64_t N, int64_t C, int64_t L, int threads) {
+  double *mean_ln = scratch, *var_ln = scratch + N, *mean_bn = scratch + 2 * N,
+         *var_bn = scratch + 2 * N + C, *gl = scratch + 2 * N + 2 * C,
+         *hl = scratch + 3 * N + 2 * C, *gb = scratch + 4 * N + 2 * C,
+         *hb = scratch + 4 * N + 3 * C, *tb = scratch + 4 * N + 4 * C,
+         *ub = scratch + 4 * N + 5 * C, *vb = scratch + 4 * N + 6 * C,
+         *gm = scratch + 4 * N + 7 * C, *gv = gm + N * C, wm[3], wv[3], gwm[3], gwv[3];
+  const int batch = !running_mean;
+  softmax3(mean_weight, wm);
+  softmax3(var_weight, wv);
+  float *k1 = k, *k0 = k + N * C; /* first the gradients of the mixed mean and variance */
+#pragma omp parallel num_threads(N * C >= NZ_SW_PARALLEL ? threads : 1)
+  {
+    switchable_mix_for(mean, var, running_mean, running_var, mean_ln, var_ln, mean_bn, var_bn,
+                       NULL, N, C);
+    /* per row: the gradients of its mixed mean and variance (gm, gv; k0, k1 as floats), its
+     * share of dL/dw (into sums), and the per-sample sums over the channels (gl, hl) */
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t r = n * C + c;
+        const double m = wm[0] * mean[r] + wm[1] * mean_ln[n] + wm[2] * mean_bn[c];
+        const double s2 = wv[0] * var[r] + wv[1] * var_ln[n] + wv[2] * var_bn[c];
+        const double a0 = 1.0 / sqrt(s2 + eps), a = params[r * 2];
+        const double ga = sums[r * 2], gbias = sums[r * 2 + 1];
+        const double g_mean = -gbias * a, g_a = ga - gbias * m; /* b = bias - mean a */
+        const double g_var = g_a * (w ? w[c] : 1.0) * -0.5 * a0 * a0 * a0;
+        sums[r * 2] = (float)(g_a * a0);
+        gm[r] = g_mean, gv[r] = g_var;
+        k1[r] = (float)g_var, k0[r] = (float)g_mean;
+      }
+      double sg = 0.0, sh = 0.0; /* (chains: apart from the loop above, which vectorizes) */
+      for (int64_t c = 0; c < C; ++c) sg += gm[n * C + c], sh += gv[n * C + c];
+      gl[n] = sg, hl[n] = sh;
+    }
+    /* the mixture weights' sums over every row, in order, on one thread (the others go on) */
+#pragma omp single nowait
+    if (dmw || dvw) {
+      double m0 = 0.0, m1 = 0.0, m2 = 0.0, v0 = 0.0, v1 = 0.0, v2 = 0.0; /* in registers */
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t r = n * C + c;
+          const double g_mean = gm[r], g_var = gv[r];
+          m0 += g_mean * mean[r], m1 += g_mean * mean_ln[n], m2 += g_mean * mean_bn[c];
+          v0 += g_var * var[r], v1 += g_var * var_ln[n], v2 += g_var * var_bn[c];
+        }
+      gwm[0] = m0, gwm[1] = m1, gwm[2] = m2, gwv[0] = v0, gwv[1] = v1, gwv[2] = v2;
+      const double sm = wm[0] * gwm[0] + wm[1] * gwm[1] + wm[2] * gwm[2];
+      const double sv = wv[0] * gwv[0] + wv[1] * gwv[1] + wv[2] * gwv[2];
+      for (int i = 0; i < 3; ++i) { /* softmax: dl = w (g - sum w g) */
+        if (dmw) dmw[i] = (float)(wm[i] * (gwm[i] - sm));
+        if (dvw) dvw[i] = (float)(wv[i] * (gwv[i] - sv));
+      }
+    }
+    /* per channel: the sums over the samples (gb, hb; dL/dw and dL/db in float), then the
+     * second loop's per-channel terms */
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c0 = 0; c0 < C; c0 += NZ_SW_CB) {
+      const int64_t cb = C - c0 < NZ_SW_CB ? C - c0 : NZ_SW_CB;
+      double sg[NZ_SW_CB] = {0.0}, sh[NZ_SW_CB] = {0.0};
+      float tw[NZ_SW_CB] = {0.f}, tb0[NZ_SW_CB] = {0.f};
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t j = 0; j < cb; ++j) {
+          const int64_t r = n * C + c0 + j;
+          sg[j] += gm[r], sh[j] += gv[r];
+          tw[j] += sums[r * 2], tb0[j] += sums[r * 2 + 1];
+        }
+      for (int64_t j = 0; j < cb; ++j) {
+        const int64_t c = c0 + j;
+        gb[c] = sg[j], hb[c] = sh[j];
+        if (dw) dw[c] = tw[j];
+        if (db) db[c] = tb0[j];
+        tb[c] = wm[2] * gb[c] / (double)N;
+        ub[c] = wv[2] * hb[c] * 2.0 / (double)N;
+        vb[c] = wv[2] * hb[c] / (double)N;
+      }
+    }
+    /* mean_ln = mean_c mean_in, var_ln = mean_c (var_in + (mean_in - mean_ln)^2); BN alike */
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      const double tl = wm[1] * gl[n] / (double)C, ul = wv[1] * hl[n] * 2.0 / (double)C,
+                   vl = wv[1] * hl[n] / (double)C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t r = n * C + c;
+        double dmean = wm[0] * k0[r] + tl + ul * (mean[r] - mean_ln[n]);
+        double dvar = wv[0] * k1[r] + vl;
+        if (batch) {
+          dmean += tb[c] + ub[c] * (mean[r] - mean_bn[c]);
+          dvar += vb[c];
+        }
+        k1[r] = (float)(2.0 * dvar / (double)L);
+        k0[r] = (float)(dmean / (double)L);
+      }
+    }
+  }
 }
 
 

@@ -665,34 +665,22 @@ void NZ_FN(nz_s0_backward)(const NZ_T *dy, const NZ_T *x, const float *params, c
   }
 }
 
-/* SwitchableNorm: y = a x + b, params (N C 2). scratch: N + C doubles... (4 (N + C)).
- * stats_bn (2 C): BN's batch mean and biased variance (out, with no running statistics). */
+/* SwitchableNorm: y = a x + b, params (N C 2), from zoo.c's switchable_params. scratch:
+ * 2 (N + C) doubles. stats_bn (2 C): BN's batch mean and biased variance (out, with no
+ * running statistics). */
 void NZ_FN(nz_switchable_forward)(const NZ_T *x, const float *mean_weight, const float *var_weight,
                                   const float *w, const float *b, const float *running_mean,
                                   const float *running_var, double eps, NZ_T *y, float *mean,
                                   float *var, float *stats_bn, float *params, double *scratch,
                                   int64_t N, int64_t C, int64_t L, int cl, int threads) {
   NZ_FN(nz_row_stats)(x, mean, var, N, C, L, cl, threads);
-  double *mean_ln = scratch, *var_ln = scratch + N, *mean_bn = scratch + 2 * N,
-         *var_bn = scratch + 2 * N + C, wm[3], wv[3];
-  switchable_mix(mean, var, running_mean, running_var, mean_ln, var_ln, mean_bn, var_bn, N, C);
-  softmax3(mean_weight, wm);
-  softmax3(var_weight, wv);
-  for (int64_t c = 0; c < C; ++c)
-    if (!running_mean) stats_bn[c] = (float)mean_bn[c], stats_bn[C + c] = (float)var_bn[c];
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t r = n * C + c;
-      const double m = wm[0] * mean[r] + wm[1] * mean_ln[n] + wm[2] * mean_bn[c];
-      const double s2 = wv[0] * var[r] + wv[1] * var_ln[n] + wv[2] * var_bn[c];
-      const double a = (w ? w[c] : 1.0) / sqrt(s2 + eps);
-      params[r * 2] = (float)a;
-      params[r * 2 + 1] = (float)((b ? b[c] : 0.0) - m * a);
-    }
+  switchable_params(mean, var, mean_weight, var_weight, w, b, running_mean, running_var, eps,
+                    stats_bn, params, scratch, N, C, threads);
   NZ_FN(nz_map_forward)(NZ_AFFINE, x, params, y, N, C, L, cl, threads);
 }
 
-/* sums (N C 2), k (N C 2) scratch; scratch: 4 (N + C) doubles + 2 N C floats via gm/gv. */
+/* sums (N C 2), k (N C 2) scratch; scratch: 4 (N + C) + 3 C + 2 N C doubles (zoo.c's
+ * switchable_grads). */
 void NZ_FN(nz_switchable_backward)(const NZ_T *dy, const NZ_T *x, const float *params,
                                    const float *mean, const float *var, const float *mean_weight,
                                    const float *var_weight, const float *w,
@@ -701,60 +689,9 @@ void NZ_FN(nz_switchable_backward)(const NZ_T *dy, const NZ_T *x, const float *p
                                    float *dvw, float *dw, float *db, int64_t N, int64_t C,
                                    int64_t L, int cl, int threads) {
   NZ_FN(nz_map_sums)(NZ_AFFINE, dy, x, params, sums, N, C, L, cl, threads);
-  double *mean_ln = scratch, *var_ln = scratch + N, *mean_bn = scratch + 2 * N,
-         *var_bn = scratch + 2 * N + C, *gl = scratch + 2 * N + 2 * C,
-         *hl = scratch + 3 * N + 2 * C, *gb = scratch + 4 * N + 2 * C,
-         *hb = scratch + 4 * N + 3 * C, wm[3], wv[3], gwm[3] = {0, 0, 0}, gwv[3] = {0, 0, 0};
-  const int batch = !running_mean;
-  switchable_mix(mean, var, running_mean, running_var, mean_ln, var_ln, mean_bn, var_bn, N, C);
-  softmax3(mean_weight, wm);
-  softmax3(var_weight, wv);
-  float *k1 = k, *k0 = k + N * C; /* first the gradients of the mixed mean and variance */
-  for (int64_t n = 0; n < N; ++n) gl[n] = hl[n] = 0.0;
-  for (int64_t c = 0; c < C; ++c) {
-    gb[c] = hb[c] = 0.0;
-    if (dw) dw[c] = 0.f;
-    if (db) db[c] = 0.f;
-  }
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t r = n * C + c;
-      const double m = wm[0] * mean[r] + wm[1] * mean_ln[n] + wm[2] * mean_bn[c];
-      const double s2 = wv[0] * var[r] + wv[1] * var_ln[n] + wv[2] * var_bn[c];
-      const double a0 = 1.0 / sqrt(s2 + eps), a = params[r * 2];
-      const double ga = sums[r * 2], gbias = sums[r * 2 + 1];
-      const double g_mean = -gbias * a, g_a = ga - gbias * m; /* b = bias - mean a */
-      const double g_var = g_a * (w ? w[c] : 1.0) * -0.5 * a0 * a0 * a0;
-      if (dw) dw[c] += (float)(g_a * a0);
-      if (db) db[c] += (float)gbias;
-      gwm[0] += g_mean * mean[r], gwm[1] += g_mean * mean_ln[n], gwm[2] += g_mean * mean_bn[c];
-      gwv[0] += g_var * var[r], gwv[1] += g_var * var_ln[n], gwv[2] += g_var * var_bn[c];
-      gl[n] += g_mean, hl[n] += g_var, gb[c] += g_mean, hb[c] += g_var;
-      k1[r] = (float)g_var, k0[r] = (float)g_mean;
-    }
-  if (dmw || dvw) { /* softmax: dl = w (g - sum w g) */
-    const double sm = wm[0] * gwm[0] + wm[1] * gwm[1] + wm[2] * gwm[2];
-    const double sv = wv[0] * gwv[0] + wv[1] * gwv[1] + wv[2] * gwv[2];
-    for (int i = 0; i < 3; ++i) {
-      if (dmw) dmw[i] = (float)(wm[i] * (gwm[i] - sm));
-      if (dvw) dvw[i] = (float)(wv[i] * (gwv[i] - sv));
-    }
-  }
-  /* mean_ln = mean_c mean_in, var_ln = mean_c (var_in + (mean_in - mean_ln)^2); BN alike */
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t r = n * C + c;
-      double dmean = wm[0] * k0[r] + wm[1] * gl[n] / (double)C +
-                     wv[1] * hl[n] * 2.0 / (double)C * (mean[r] - mean_ln[n]);
-      double dvar = wv[0] * k1[r] + wv[1] * hl[n] / (double)C;
-      if (batch) {
-        dmean += wm[2] * gb[c] / (double)N + wv[2] * hb[c] * 2.0 / (double)N * (mean[r] - mean_bn[c]);
-        dvar += wv[2] * hb[c] / (double)N;
-      }
-      k1[r] = (float)(2.0 * dvar / (double)L);
-      k0[r] = (float)(dmean / (double)L);
-    }
-  if (dx) NZ_FN(nz_map_dx)(NZ_AFFINE, dy, x, params, mean, k1, k0, dx, N, C, L, cl, threads);
+  switchable_grads(mean, var, params, sums, mean_weight, var_weight, w, running_mean,
+                   running_var, eps, k, scratch, dmw, dvw, dw, db, N, C, L, threads);
+  if (dx) NZ_FN(nz_map_dx)(NZ_AFFINE, dy, x, params, mean, k, k + N * C, dx, N, C, L, cl, threads);
 }
 
 /* FRN + TLU: params (N C 3): a = w / sqrt(nu2 + eps), b, tau; nu2 = var + mean^2, the mean
