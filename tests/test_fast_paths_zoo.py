@@ -833,7 +833,7 @@ def test_zoo_kernels_do_not_depend_on_the_thread_count(threads):
 
 
 #: rows (N C) from which zoo.c shares SwitchableNorm's small graph among the threads
-SWITCHABLE_PARALLEL_ROWS = 4096
+SWITCHABLE_PARALLEL_ROWS = 1024
 
 
 @pytest.mark.parametrize("training", [True, False])

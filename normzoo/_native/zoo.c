@@ -228,9 +228,9 @@ static void softmax3(const float *logits, double *out) {
  * same bits), the per-row loops vectorize (omp simd: a square root and a division on 8 rows
  * at a time) and the sums over every row keep their accumulators in registers. Kernel A/B
  * against the serial graph (python scripts/bench_kernel_ab.py --cases switchable
- * [--channels-last], docs/data/ab_switchable_graph*.json): (128, 64, 8, 8) forward 0.86-0.89,
- * backward 0.76-0.89; the other shapes, under NZ_SW_PARALLEL rows or with long rows, within
- * the A/B's noise.
+ * [--channels-last], docs/data/ab_switchable_graph*.json): (128, 64, 8, 8) forward 0.84-0.89,
+ * backward 0.76-0.89; (8, 256, 14, 14) backward 0.88-0.94; the shapes with long rows (the
+ * graph a small share) within the A/B's noise.
  *
  * The mixture (the body of a parallel region): the LN statistics per sample (mean_ln,
  * var_ln (N)) and BN ones per channel (mean_bn, var_bn (C), from the rows', or the running
@@ -239,9 +239,10 @@ static void softmax3(const float *logits, double *out) {
  * mean (var_i + mean_i^2) - mean^2 equals without its cancellation far from zero. */
 #define NZ_SW_CB 16 /* channels a task sums over the samples together (vector lanes) */
 #define NZ_SW_NB 8  /* samples a task sums over the channels together (independent chains) */
-/* rows from which the graph's loops are shared among the threads (fewer: one thread, the
- * region's start and barriers measured longer than the work they shared) */
-#define NZ_SW_PARALLEL 4096
+/* rows from which the graph's loops are shared among the threads (fewer: one thread; at 128
+ * rows the region's start and barriers measured longer than the work they shared, at 1024 the
+ * backward 0.87-0.96 of the serial graph's time) */
+#define NZ_SW_PARALLEL 1024
 
 static void switchable_mix_for(const float *mean, const float *var, const float *running_mean,
                                const float *running_var, double *mean_ln, double *var_ln,
