@@ -41,7 +41,8 @@ the CPU, float32 on 2 threads, the default paths (`impl="fast"`), plain norms (n
 a run meets a target when its worst row does. Rows near a bound move from run to run on this
 VM (see "Reading the numbers"), so the table gives each run's verdict rather than one number.
 The VM's host is not always the same CPU (most runs here are on an Intel Xeon; the
-twenty-second session's on an AMD EPYC, Zen 4): a table per CPU.
+twenty-second, twenty-third and twenty-seventh sessions' on an AMD EPYC, Zen 4): a table per
+CPU.
 InstanceNorm's fast path is also exactly equal to `nn.InstanceNorm2d`
 (`tests/test_fast_paths.py`), which no timing shows.
 """
@@ -530,23 +531,28 @@ Renorm's schedule as device tensors. Every norm compiles one graph and no more a
 `num_batches_tracked` moves (`graphs`): before, Batch Renorm, both EvoNorms and
 SwitchableNorm did not compile whole, and Batch Renorm (at any momentum) and BatchNorm, Ghost
 BN, EvoNorm-B0 and SwitchableNorm at `momentum=None` compiled a graph every step. `first step
-s` includes the compile (inductor keeps a cache on disk: this run's 3-4 s followed earlier
-runs, whose first steps took 5-15 s). Compiled, the core norms
-run at torch.nn's compiled speed (BatchNorm, GroupNorm, LayerNorm 0.97-1.0x, InstanceNorm
-1.1x faster; FrozenBatchNorm 0.85x: its compiled path is torch's own eval `F.batch_norm`,
-and the torch.nn model it is compared with trains its affine, which inductor compiles to a
-faster step than the same model with the affine frozen, as buffers or as parameters without
-gradients, in a separate check), and BatchNorm at `momentum=None`
-runs as fast as at 0.1 (its batch statistics blended from a `var_mean` that inductor folds
-into the normalization's reduction). The zoo's reference math compiled by inductor's C++
-backend beats its eager native kernels for FRN, RMSNorm and Ghost BN (equal virtual batches
-in one reduction under capture), ties for Batch Renorm and EvoNorm-B0, and lost for
-EvoNorm-S0 (0.73x) and SwitchableNorm (0.9x) in this run. Since (twenty-third session) those
-two run their native kernels under compile, as custom operators in the graph
-(`normzoo.norms._graph_ops`, CPU only; export, `torch.func` and forward AD keep the reference
-math): on the AMD EPYC, EvoNorm-S0's compiled step went from 0.70x to 0.96x eager and
-SwitchableNorm's from 0.86x to 0.89x (the performance log). One run on the 2-core VM; rows
-are not interleaved with each other, so compare within a row.
+s` includes the compile (inductor keeps a cache on disk: 2.6-3 s where this run found the
+graph there, 8-13 s where it did not). Compiled, the core norms run at torch.nn's compiled
+speed (BatchNorm, GroupNorm, LayerNorm 0.99-1.02x, InstanceNorm 1.1x faster; FrozenBatchNorm
+0.91x: its compiled path is torch's own eval `F.batch_norm`, and the torch.nn model it is
+compared with trains its affine, which inductor compiles to a faster step than the same
+model with the affine frozen, as buffers or as parameters without gradients, in a separate
+check), BatchNorm at `momentum=None` as fast as at 0.1 against `nn.BatchNorm2d` (its batch
+statistics blended from a `var_mean` that inductor folds into the normalization's
+reduction). The zoo's reference math compiled by inductor's C++ backend beats its eager
+native kernels for Ghost BN (1.3-1.4x: equal virtual batches in one reduction under
+capture), FRN, RMSNorm and Batch Renorm (1.1x), and loses for EvoNorm-B0 (0.84x and 1.02x in
+the two rows). EvoNorm-S0 and SwitchableNorm run their native kernels under compile, as
+custom operators in the graph (`normzoo.norms._graph_ops`, CPU only; export, `torch.func` and
+forward AD keep the reference math; their reference math compiled ran 0.70-0.73x and
+0.86-0.9x eager), and still read 0.90x and 0.81-0.83x eager here: most of the difference is
+inductor's kernels for the ReLU after each norm, not the norms (the performance log,
+twenty-seventh session: with a custom operator's output before it, the ReLU's mask is saved
+as a bool tensor, which inductor's C++ code writes one byte at a time, 10-11 ms for 2M values
+against 0.56 ms eager). This run is the twenty-seventh session's, on the AMD EPYC (the
+earlier runs of this section, on the Xeon, are in the git history of `docs/data/`); one run
+on the 2-core VM, a fresh process per row: rows are not interleaved with each other, so
+compare within a row.
 """
 
 

@@ -221,7 +221,7 @@ static void softmax3(const float *logits, double *out) {
 /* SwitchableNorm's small graph, its loops shared among the threads of one parallel region:
  * each sum keeps the serial loops' order (per sample over the channels, per channel over the
  * samples, the softmax's over every row), so the results are the same bits for any thread
- * count. At (128, 64, 8, 8) on a 2-core EPYC the graph ran on one thread for about a quarter
+ * count. At (128, 64, 8, 8) on a 2-core EPYC the graph ran on one thread for about a fifth
  * of a fwd+bwd (8192 rows: a square root and up to eight divisions each, the other thread
  * waiting); the per-row terms of the backward's second loop that depend on the sample or the
  * channel only are computed once per sample or channel here (the same expressions, so the
