@@ -59,10 +59,10 @@ CASES = [
 SHAPES = [(4, 8, 5, 6), (4, 8, 7), (6, 8), (2, 8, 3, 4, 2)]
 
 
-def _pair(name: str, kwargs: dict, dtype: torch.dtype = torch.float32):
+def _pair(name: str, kwargs: dict, dtype: torch.dtype = torch.float32, channels: int = 8):
     kwargs = {**small_batch_kwargs(name), **kwargs}
-    fast = normzoo.create(name, 8, **kwargs).to(dtype)
-    ref = normzoo.create(name, 8, impl="reference", **kwargs).to(dtype)
+    fast = normzoo.create(name, channels, **kwargs).to(dtype)
+    ref = normzoo.create(name, channels, impl="reference", **kwargs).to(dtype)
     with torch.no_grad():
         for p in fast.parameters():
             p.uniform_(0.5, 1.5)
@@ -846,7 +846,7 @@ def test_switchablenorm_graph_shared_among_threads(training, fmt) -> None:
     torch.manual_seed(5)
     shape = (72, 64, 3, 2)
     assert shape[0] * shape[1] >= SWITCHABLE_PARALLEL_ROWS
-    fast, ref = _pair_c("switchablenorm", shape[1])
+    fast, ref = _pair("switchablenorm", {}, channels=shape[1])
     fast.train(training)
     ref = ref.double().train(training)
     x = (torch.randn(shape, dtype=torch.float64) * 2 + 1).contiguous(memory_format=fmt)
@@ -883,18 +883,6 @@ def test_switchablenorm_graph_shared_among_threads(training, fmt) -> None:
         torch.testing.assert_close(
             got.double(), exp.double(), atol=2e-5 * scale, rtol=1e-4, msg=name
         )
-
-
-def _pair_c(name: str, c: int):
-    """``_pair``'s fast and reference modules with ``c`` channels."""
-    fast = normzoo.create(name, c)
-    ref = normzoo.create(name, c, impl="reference")
-    with torch.no_grad():
-        for p in fast.parameters():
-            p.uniform_(0.5, 1.5)
-        fast.running_mean.uniform_(-0.5, 0.5)
-    ref.load_state_dict(fast.state_dict())
-    return fast, ref
 
 
 @pytest.mark.parametrize("name", ["evonormb0", "evonorms0"])
