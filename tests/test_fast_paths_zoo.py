@@ -838,15 +838,19 @@ SWITCHABLE_PARALLEL_ROWS = 1024
 
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=str)
-def test_switchablenorm_graph_shared_among_threads(training, fmt) -> None:
-    """At 72 x 64 = 4608 rows (over ``NZ_SW_PARALLEL``) zoo.c runs SwitchableNorm's graph (the
+@pytest.mark.parametrize(
+    ("shape", "affine"), [((72, 64, 3, 2), True), ((257, 5, 2, 3), False)], ids=str
+)
+def test_switchablenorm_graph_shared_among_threads(shape, affine, training, fmt) -> None:
+    """From ``NZ_SW_PARALLEL`` rows (N C: 4608, and 1285 with 5 channels, fewer than a task's
+    16, and a sample count that is not a multiple of 8) zoo.c runs SwitchableNorm's graph (the
     LN and BN statistics from the rows', each row's mixture, the backward's sums over samples,
     channels and every row) on all the threads: the same bits with 1 and 3 threads (an uneven
-    split of samples and channels), and the values of the float64 reference math."""
+    split of samples and channels), and the values of the float64 reference math; with and
+    without the affine parameters."""
     torch.manual_seed(5)
-    shape = (72, 64, 3, 2)
     assert shape[0] * shape[1] >= SWITCHABLE_PARALLEL_ROWS
-    fast, ref = _pair("switchablenorm", {}, channels=shape[1])
+    fast, ref = _pair("switchablenorm", {"affine": affine}, channels=shape[1])
     fast.train(training)
     ref = ref.double().train(training)
     x = (torch.randn(shape, dtype=torch.float64) * 2 + 1).contiguous(memory_format=fmt)
