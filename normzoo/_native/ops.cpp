@@ -979,7 +979,7 @@ struct SwitchableFunction : public torch::autograd::Function<SwitchableFunction>
     const auto f32 = x.options().dtype(at::kFloat);
     Tensor sums = at::empty({n, c, 2}, f32);
     Tensor k = at::empty({2, n, c}, f32);
-    Tensor scratch = at::empty({4 * (n + c) + 3 * c + 2 * n * c}, x.options().dtype(at::kDouble));
+    Tensor scratch = at::empty({4 * n + 5 * c + 2 * n * c}, x.options().dtype(at::kDouble));
     const float *s = stats.data_ptr<float>();
     by_dtype(x, nz_switchable_backward, nz_switchable_backward_bf16, [&](auto kernel, auto ptr) {
       kernel(ptr(dy), ptr(x), params.data_ptr<float>(), s, s + n * c,

@@ -326,7 +326,7 @@ static void switchable_params(const float *mean, const float *var, const float *
 /* The backward's graph, from the rows' sums (N C 2: dL/da, dL/db of each row's map; scratch
  * after it, the first of each pair overwritten by the row's share of dL/dw): dL/dw, dL/db
  * (per channel), the mixture weights' gradients dmw, dvw (3 each) and k (2 N C: k1, k0 of
- * nz_map_dx). Any output pointer may be NULL. scratch: 4 (N + C) + 3 C + 2 N C doubles. */
+ * nz_map_dx). Any output pointer may be NULL. scratch: 4 N + 5 C + 2 N C doubles. */
 static void switchable_grads(const float *mean, const float *var, const float *params,
                              float *sums, const float *mean_weight, const float *var_weight,
                              const float *w, const float *running_mean, const float *running_var,
@@ -334,10 +334,9 @@ static void switchable_grads(const float *mean, const float *var, const float *p
                              float *dw, float *db, int64_t N, int64_t C, int64_t L, int threads) {
   double *mean_ln = scratch, *var_ln = scratch + N, *mean_bn = scratch + 2 * N,
          *var_bn = scratch + 2 * N + C, *gl = scratch + 2 * N + 2 * C,
-         *hl = scratch + 3 * N + 2 * C, *gb = scratch + 4 * N + 2 * C,
-         *hb = scratch + 4 * N + 3 * C, *tb = scratch + 4 * N + 4 * C,
-         *ub = scratch + 4 * N + 5 * C, *vb = scratch + 4 * N + 6 * C,
-         *gm = scratch + 4 * N + 7 * C, *gv = gm + N * C, wm[3], wv[3], gwm[3], gwv[3];
+         *hl = scratch + 3 * N + 2 * C, *tb = scratch + 4 * N + 2 * C,
+         *ub = scratch + 4 * N + 3 * C, *vb = scratch + 4 * N + 4 * C,
+         *gm = scratch + 4 * N + 5 * C, *gv = gm + N * C, wm[3], wv[3];
   const int batch = !running_mean;
   softmax3(mean_weight, wm);
   softmax3(var_weight, wv);
@@ -378,7 +377,7 @@ static void switchable_grads(const float *mean, const float *var, const float *p
           m0 += g_mean * mean[r], m1 += g_mean * mean_ln[n], m2 += g_mean * mean_bn[c];
           v0 += g_var * var[r], v1 += g_var * var_ln[n], v2 += g_var * var_bn[c];
         }
-      gwm[0] = m0, gwm[1] = m1, gwm[2] = m2, gwv[0] = v0, gwv[1] = v1, gwv[2] = v2;
+      const double gwm[3] = {m0, m1, m2}, gwv[3] = {v0, v1, v2};
       const double sm = wm[0] * gwm[0] + wm[1] * gwm[1] + wm[2] * gwm[2];
       const double sv = wv[0] * gwv[0] + wv[1] * gwv[1] + wv[2] * gwv[2];
       for (int i = 0; i < 3; ++i) { /* softmax: dl = w (g - sum w g) */
@@ -386,8 +385,8 @@ static void switchable_grads(const float *mean, const float *var, const float *p
         if (dvw) dvw[i] = (float)(wv[i] * (gwv[i] - sv));
       }
     }
-    /* per channel: the sums over the samples (gb, hb; dL/dw and dL/db in float), then the
-     * second loop's per-channel terms */
+    /* per channel: the sums over the samples (of gm, gv; dL/dw and dL/db in float), then
+     * the second loop's per-channel terms from them */
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c0 = 0; c0 < C; c0 += NZ_SW_CB) {
       const int64_t cb = C - c0 < NZ_SW_CB ? C - c0 : NZ_SW_CB;
@@ -401,12 +400,11 @@ static void switchable_grads(const float *mean, const float *var, const float *p
         }
       for (int64_t j = 0; j < cb; ++j) {
         const int64_t c = c0 + j;
-        gb[c] = sg[j], hb[c] = sh[j];
         if (dw) dw[c] = tw[j];
         if (db) db[c] = tb0[j];
-        tb[c] = wm[2] * gb[c] / (double)N;
-        ub[c] = wv[2] * hb[c] * 2.0 / (double)N;
-        vb[c] = wv[2] * hb[c] / (double)N;
+        tb[c] = wm[2] * sg[j] / (double)N;
+        ub[c] = wv[2] * sh[j] * 2.0 / (double)N;
+        vb[c] = wv[2] * sh[j] / (double)N;
       }
     }
     /* mean_ln = mean_c mean_in, var_ln = mean_c (var_in + (mean_in - mean_ln)^2); BN alike */

@@ -362,7 +362,7 @@ def switchable_backward(
     small = _small(mean_weight, var_weight, weight, running_mean, running_var)
     out = _grads(x, needs, 3, 3, c, c)
     sums, k = _f32(n, c, 2), _f32(2, n, c)
-    scratch = torch.empty(4 * (n + c) + 3 * c + 2 * n * c, dtype=torch.float64)
+    scratch = torch.empty(4 * n + 5 * c + 2 * n * c, dtype=torch.float64)
     _fn(x, "nz_switchable_backward")(*_args(dy, x, params, mean, var, *small,
                                            float(eps), sums, k, scratch, *out, n, c,
                                            length, cl, threads()))  # fmt: skip

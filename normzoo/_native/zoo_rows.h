@@ -679,7 +679,7 @@ void NZ_FN(nz_switchable_forward)(const NZ_T *x, const float *mean_weight, const
   NZ_FN(nz_map_forward)(NZ_AFFINE, x, params, y, N, C, L, cl, threads);
 }
 
-/* sums (N C 2), k (N C 2) scratch; scratch: 4 (N + C) + 3 C + 2 N C doubles (zoo.c's
+/* sums (N C 2), k (N C 2) scratch; scratch: 4 N + 5 C + 2 N C doubles (zoo.c's
  * switchable_grads). */
 void NZ_FN(nz_switchable_backward)(const NZ_T *dy, const NZ_T *x, const float *params,
                                    const float *mean, const float *var, const float *mean_weight,
