@@ -47,3 +47,43 @@ def isolated_registry(monkeypatch):
 
     monkeypatch.setattr(registry, "_entries", dict(registry._entries))
     monkeypatch.setattr(registry, "_lookup", dict(registry._lookup))
+
+
+class GhostPath:
+    """Which of Ghost BN's two routes to its native kernels a test runs (``ghost_path``):
+    ``"operator"``, the C++ operator ``normzoo::ghost_batch_norm_train`` (kernels, autograd
+    node and running-statistics blend in C++), or ``"python"``, the ``autograd.Function``
+    ``_NativeGhostBatchNorm`` on the ctypes kernels (where the operator library is not built,
+    and for bfloat16 parameters). ``calls`` records each operator call's kernels
+    (``"blocks"``, ``"rows"`` or ``"per_batch"``: ``ghost_batch.GHOST_*``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls: list[str] = []
+
+    def ran(self, y: torch.Tensor) -> bool:
+        """Whether ``y`` came out of this route's autograd node."""
+        if self.name == "operator":
+            return "GhostBatchNormFunction" in y.grad_fn.name()
+        return type(y.grad_fn).__name__ == "_NativeGhostBatchNormBackward"
+
+
+@pytest.fixture(params=["operator", "python"])
+def ghost_path(request, monkeypatch) -> GhostPath:
+    from normzoo import _native
+    from normzoo.norms import ghost_batch
+
+    path = GhostPath(request.param)
+    if path.name == "operator":
+        if not _native.ops_available():
+            pytest.skip("normzoo's operator library is not available here")
+        real = torch.ops.normzoo.ghost_batch_norm_train.default
+
+        def spy(*args):
+            path.calls.append(("blocks", "rows", "per_batch")[args[-2]])
+            return real(*args)
+
+        monkeypatch.setattr(ghost_batch, "_train_op", spy)
+    else:
+        monkeypatch.setattr(ghost_batch.GhostBatchNorm, "_op_serves", lambda self, update: False)
+    return path

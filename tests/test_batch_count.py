@@ -174,7 +174,7 @@ def test_ghost_batch_norm_steps_copy_nothing_from_the_host(vbs: int) -> None:
     running-statistics weights are cached."""
     m = normzoo.create("ghostbatchnorm", 4, virtual_batch_size=vbs)
     x = torch.randn(8, 4, 32, 32)
-    assert m._use_native(x)  # the path that blends all virtual batches' statistics at once
+    assert m._native_route(x)  # the path that blends all virtual batches' statistics at once
     m(x)
 
     names: list[str] = []

@@ -204,14 +204,20 @@ def test_batchnorm_family_channels_last_on_native_bn_kernels(
         per_step = []
     if name == "ghostbatchnorm":
         per_step = ["nz_bn_forward_cl"] * chunks + ["nz_bn_backward_cl"] * chunks
+        if _native.ops_available():  # behind its C++ operator, the same kernels
+            assert "GhostBatchNormFunction" in ya.grad_fn.name()
+            per_step = []
     assert native_bn_calls == per_step * 3
 
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=str)
 @pytest.mark.parametrize(("n", "vbs"), [(8, 2), (7, 3), (6, 6)])
-def test_native_ghostbatchnorm_is_torch_batchnorm_per_virtual_batch(fmt, n, vbs, native_bn_calls):
+def test_native_ghostbatchnorm_is_torch_batchnorm_per_virtual_batch(
+    fmt, n, vbs, native_bn_calls, ghost_path
+):
     """Each virtual batch is one nn.BatchNorm2d training step: outputs, gradients, running
-    statistics and ``num_batches_tracked``; the kernels write one output, no ``torch.cat``."""
+    statistics and ``num_batches_tracked``; the kernels write one output, no ``torch.cat``;
+    behind the C++ operator and the Python ``autograd.Function`` alike."""
     ghost = normzoo.create("ghostbatchnorm", 6, virtual_batch_size=vbs, momentum=None)
     bn = torch.nn.BatchNorm2d(6, momentum=None)
     with torch.no_grad():
@@ -237,8 +243,14 @@ def test_native_ghostbatchnorm_is_torch_batchnorm_per_virtual_batch(fmt, n, vbs,
         torch.testing.assert_close(ghost.bias.grad, bn.bias.grad, **TOL)
         assert_same_state_as(ghost, bn)
     assert ghost.num_batches_tracked.item() == 2 * math.ceil(n / vbs)
-    if fmt == torch.contiguous_format:  # every virtual batch in one call each way
+    if fmt == torch.contiguous_format and ghost_path.name == "operator":  # one call
+        assert ghost_path.ran(ya) and ghost_path.calls == ["blocks"] * 2
+        assert native_bn_calls == []
+    elif fmt == torch.contiguous_format:  # every virtual batch in one call each way
         assert native_bn_calls == ["nz_ghost_forward", "nz_ghost_backward"] * 2
+    elif ghost_path.name == "operator":  # channels_last, BatchNorm's per virtual batch
+        assert ghost_path.ran(ya) and ghost_path.calls == ["per_batch"] * 2
+        assert native_bn_calls == []
     else:  # channels_last, too small for the rows kernel: BatchNorm's per virtual batch
         assert len(native_bn_calls) == 4 * math.ceil(n / vbs)
 
@@ -253,7 +265,9 @@ def test_native_ghostbatchnorm_is_torch_batchnorm_per_virtual_batch(fmt, n, vbs,
     ],
     ids=str,
 )
-def test_ghostbatchnorm_dispatch_follows_batchnorm_on_the_whole_batch(shape, fmt, native):
+def test_ghostbatchnorm_dispatch_follows_batchnorm_on_the_whole_batch(
+    shape, fmt, native, ghost_path
+):
     import normzoo.norms.batch as batch_mod
     from normzoo._native import kernels
 
@@ -267,11 +281,13 @@ def test_ghostbatchnorm_dispatch_follows_batchnorm_on_the_whole_batch(shape, fmt
         mp.setattr(torch, "get_num_threads", lambda: 2)  # (the rows kernel: a task a thread)
         y = ghost(x)
     assert y.is_contiguous(memory_format=fmt)
-    if native:  # every virtual batch in one call: channels_last on its rows
-        rows = "_rows" if fmt == torch.channels_last else ""
-        assert calls == [f"nz_ghost_forward{rows}"]
+    rows = fmt == torch.channels_last
+    if native and ghost_path.name == "operator":  # every virtual batch in one call
+        assert calls == [] and ghost_path.calls == ["rows" if rows else "blocks"]
+    elif native:  # every virtual batch in one call: channels_last on its rows
+        assert calls == [f"nz_ghost_forward{'_rows' if rows else ''}"]
     else:
-        assert calls == []
+        assert calls == [] and ghost_path.calls == []
 
 
 @pytest.mark.parametrize(
@@ -279,7 +295,7 @@ def test_ghostbatchnorm_dispatch_follows_batchnorm_on_the_whole_batch(shape, fmt
     [((10, 8, 24, 24), 4), ((6, 8, 8, 8, 12), 2), ((9, 300, 4, 4), 3)],  # uneven; 5-d; 2 blocks
     ids=str,
 )
-def test_ghostbatchnorm_channels_last_on_the_rows_kernel(shape, vbs, monkeypatch):
+def test_ghostbatchnorm_channels_last_on_the_rows_kernel(shape, vbs, monkeypatch, ghost_path):
     """channels_last input with a virtual batch (and 256 channels) per thread runs the rows
     kernel on its ``(N * positions, C)`` rows, one call each way: equal to nn.BatchNorm per
     virtual batch (outputs, gradients, running statistics), the output and ``dx``
@@ -302,11 +318,14 @@ def test_ghostbatchnorm_channels_last_on_the_rows_kernel(shape, vbs, monkeypatch
     for step in range(2):
         x = (torch.randn(shape, dtype=torch.float64) * 2 + step).contiguous(memory_format=fmt)
         g = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=fmt)
-        calls.clear()
+        calls.clear(), ghost_path.calls.clear()
         xa = x.float().requires_grad_()
         ya = ghost(xa)
         ya.backward(g.float())
-        assert calls == ["nz_ghost_forward_rows", "nz_ghost_backward_rows"]
+        if ghost_path.name == "operator":
+            assert calls == [] and ghost_path.calls == ["rows"] and ghost_path.ran(ya)
+        else:
+            assert calls == ["nz_ghost_forward_rows", "nz_ghost_backward_rows"]
         assert ya.is_contiguous(memory_format=fmt) and xa.grad.is_contiguous(memory_format=fmt)
         bn.double()
         xb = x.clone().requires_grad_()
@@ -336,8 +355,45 @@ def test_ghostbatchnorm_channels_last_on_the_rows_kernel(shape, vbs, monkeypatch
             assert torch.equal(mine, theirs)
 
 
+@pytest.mark.skipif(not _native.ops_available(), reason="no operator library here")
+def test_ghostbatchnorm_bfloat16_channels_last_per_virtual_batch(monkeypatch):
+    """bfloat16 channels_last input with too few virtual batches for the rows kernel (3 for
+    8 threads) runs BatchNorm's bfloat16 channels_last kernels per virtual batch behind the
+    C++ operator (torch's bfloat16 BN per virtual batch before): ``y`` and ``dx`` the float32
+    kernels' results on the same values rounded once, the parameters' gradients and the
+    running statistics theirs exactly."""
+    from normzoo.norms import ghost_batch
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    kinds = []
+    real = torch.ops.normzoo.ghost_batch_norm_train.default
+    monkeypatch.setattr(ghost_batch, "_train_op", lambda *a: kinds.append(a[-2]) or real(*a))
+    half = normzoo.create("ghostbatchnorm", 8, virtual_batch_size=4)
+    with torch.no_grad():
+        half.weight.uniform_(0.5, 1.5)
+        half.bias.uniform_(-0.5, 0.5)
+    full = copy.deepcopy(half)
+    for step in range(2):
+        x = (torch.randn(10, 8, 64, 64) * 2 + 1 + step).to(torch.bfloat16)
+        x = x.contiguous(memory_format=torch.channels_last)
+        g = torch.randn_like(x)
+        xh, xf = x.clone().requires_grad_(), x.float().requires_grad_()
+        yh, yf = half(xh), full(xf)
+        assert "GhostBatchNormFunction" in yh.grad_fn.name()
+        assert yh.dtype == torch.bfloat16 and yh.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(yh, yf.to(torch.bfloat16))
+        got = torch.autograd.grad(yh, [xh, half.weight, half.bias], g)
+        want = torch.autograd.grad(yf, [xf, full.weight, full.bias], g.float())
+        assert got[0].is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(got[0], want[0].to(torch.bfloat16))
+        assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+    assert kinds == [ghost_batch.GHOST_CL_PER_BATCH] * 4
+    for mine, theirs in zip(half.buffers(), full.buffers(), strict=True):
+        assert torch.equal(mine, theirs)
+
+
 @pytest.mark.parametrize(("shape", "vbs"), [((10, 8, 24, 24), 4), ((6, 24, 5, 7, 9), 4)], ids=str)
-def test_ghostbatchnorm_bfloat16_contiguous_in_one_call(shape, vbs, monkeypatch):
+def test_ghostbatchnorm_bfloat16_contiguous_in_one_call(shape, vbs, monkeypatch, ghost_path):
     """bfloat16 contiguous input: every virtual batch in one call each way of the contiguous
     kernels' bfloat16 build (where torch's bfloat16 BN ran per virtual batch, then a
     ``torch.cat``); ``y`` and ``dx`` within a bfloat16 step of the float32 kernels' results on
@@ -358,10 +414,13 @@ def test_ghostbatchnorm_bfloat16_contiguous_in_one_call(shape, vbs, monkeypatch)
         x = (torch.randn(shape) * 2 + 1 + step).to(torch.bfloat16)
         g = torch.randn(shape).to(torch.bfloat16)
         xh, xf = x.clone().requires_grad_(), x.float().requires_grad_()
-        calls.clear()
+        calls.clear(), ghost_path.calls.clear()
         yh = half(xh)
         yh.backward(g)
-        assert calls == ["nz_ghost_forward_bf16", "nz_ghost_backward_bf16"]
+        if ghost_path.name == "operator":
+            assert calls == [] and ghost_path.calls == ["blocks"] and ghost_path.ran(yh)
+        else:
+            assert calls == ["nz_ghost_forward_bf16", "nz_ghost_backward_bf16"]
         yf = full(xf)
         yf.backward(g.float())
         assert yh.dtype == xh.grad.dtype == torch.bfloat16
@@ -385,7 +444,7 @@ def assert_same_state_as(ours: torch.nn.Module, ref: torch.nn.Module) -> None:
 
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=str)
-def test_native_ghostbatchnorm_double_backward_and_frozen_weight(fmt, native_bn_calls):
+def test_native_ghostbatchnorm_double_backward_and_frozen_weight(fmt, native_bn_calls, ghost_path):
     """``create_graph=True`` runs torch's differentiable backward per virtual batch; with the
     weight frozen and ``x`` not differentiated, the bias still gets its gradient."""
     ghost = normzoo.create("ghostbatchnorm", 6, virtual_batch_size=2)

@@ -875,7 +875,7 @@ def test_token_kernels_partial_gradients_double_backward_and_other_inputs(name):
 # -- Ghost BN on tokens: batch_norm.c's kernel, every virtual batch in one call ---------------
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize(("n", "vbs"), [(1024, 32), (1000, 48), (640, 640)], ids=str)
-def test_ghost_tokens_equal_float64_reference(n, vbs, affine):
+def test_ghost_tokens_equal_float64_reference(n, vbs, affine, ghost_path):
     ours = normzoo.create("ghostbatchnorm", 80, virtual_batch_size=vbs, affine=affine)
     ref = normzoo.create(
         "ghostbatchnorm", 80, virtual_batch_size=vbs, affine=affine, impl="reference"
@@ -889,7 +889,7 @@ def test_ghost_tokens_equal_float64_reference(n, vbs, affine):
     for _ in range(2):  # twice: the running statistics carry over
         x = (torch.randn(n, 80) * 3 + 2).requires_grad_()
         y = ours(x)
-        assert type(y.grad_fn).__name__ == "_NativeGhostBatchNormBackward"
+        assert ghost_path.ran(y)
         x64 = x.detach().double().requires_grad_()
         y64 = ref(x64)
         torch.testing.assert_close(y, y64.float(), **TOL)
@@ -923,10 +923,11 @@ def test_ghost_tokens_do_not_depend_on_the_thread_count(threads):
     assert_same_bits_for_any_thread_count(run, threads)
 
 
-def test_ghost_tokens_double_backward_and_partial_gradients():
+def test_ghost_tokens_double_backward_and_partial_gradients(ghost_path):
     ours = normzoo.create("ghostbatchnorm", 64, virtual_batch_size=128)
     ref = normzoo.create("ghostbatchnorm", 64, virtual_batch_size=128, impl="reference")
     x = torch.randn(1024, 64) * 2 + 1
+    assert ghost_path.ran(ours(x.clone().requires_grad_()))
     assert_double_backward_close(ours, x, ref, x)
     ours.weight.requires_grad_(False)
     xa = x.clone().requires_grad_()
@@ -974,7 +975,7 @@ def test_ghost_contiguous_is_batch_norm_per_virtual_batch_to_the_bit(shape, vbs,
 
 
 @pytest.mark.parametrize(("n", "vbs"), [(1024, 32), (1000, 48)], ids=str)
-def test_ghost_tokens_bfloat16_are_the_float32_kernels_rounded(n, vbs):
+def test_ghost_tokens_bfloat16_are_the_float32_kernels_rounded(n, vbs, ghost_path):
     """bfloat16 tokens on the ghost rows' bfloat16 build (``ghost_rows.h``): the float32
     kernel's math on the widened values, in the same order, so ``y`` and ``dx`` are the float32
     path's results rounded once (to the bit), and the statistics, the parameters' gradients
@@ -992,7 +993,7 @@ def test_ghost_tokens_bfloat16_are_the_float32_kernels_rounded(n, vbs):
         xb, xf = x.clone().requires_grad_(), x.float().requires_grad_()
         yb, yf = half(xb), full(xf)
         assert yb.dtype == torch.bfloat16
-        assert type(yb.grad_fn).__name__ == "_NativeGhostBatchNormBackward"
+        assert ghost_path.ran(yb)
         assert torch.equal(yb, yf.to(torch.bfloat16))
         got = torch.autograd.grad(yb, [xb, half.weight, half.bias], g)
         want = torch.autograd.grad(yf, [xf, full.weight, full.bias], g.float())
@@ -1032,6 +1033,62 @@ def test_ghost_tokens_bfloat16_model_and_double_backward():
         normzoo._native.kernels.ghost_rows_backward(
             torch.randn(1024, 64), x, None, torch.zeros(16, 2, 64), 64, (True, False, False)
         )
+
+
+@pytest.mark.skipif(not _native.ops_available(), reason="no operator library here")
+@pytest.mark.parametrize("momentum", [0.1, None], ids=str)
+def test_ghost_operator_blends_the_running_statistics_as_sequential_updates(momentum):
+    """``normzoo::ghost_batch_norm_train``'s running statistics are one BN update per virtual
+    batch, in order (the last one smaller; ``momentum=None``: the cumulative average from the
+    count given), folded into one step: known answer from the per-virtual-batch updates in
+    float64, on each of its kernels."""
+    op = torch.ops.normzoo.ghost_batch_norm_train
+    cl = torch.channels_last
+    for shape, fmt, kernels, vbs in (
+        ((70, 24), torch.contiguous_format, 1, 16),  # rows
+        ((10, 24, 3, 2), torch.contiguous_format, 0, 4),  # blocks
+        ((10, 24, 3, 2), cl, 1, 4),  # rows of channels_last input
+        ((10, 24, 3, 2), cl, 2, 4),  # BatchNorm's channels_last kernels per virtual batch
+    ):
+        x = (torch.randn(shape) * 3 + 1).contiguous(memory_format=fmt)
+        rm, rv = torch.randn(24), torch.rand(24) + 0.5
+        want_m, want_v = rm.double(), rv.double()
+        tracked = 5
+        for j, chunk in enumerate(x.double().split(vbs)):
+            dims = [0, *range(2, chunk.dim())]
+            f = momentum if momentum is not None else 1.0 / (tracked + j + 1)
+            want_m = (1 - f) * want_m + f * chunk.mean(dims)
+            want_v = (1 - f) * want_v + f * chunk.var(dims, correction=1)
+        op(x, None, None, rm, rv, vbs, 1e-5, momentum, tracked, kernels, 4)
+        torch.testing.assert_close(rm.double(), want_m, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(rv.double(), want_v, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.skipif(not _native.ops_available(), reason="no operator library here")
+def test_ghost_operator_refuses_bad_input_before_any_change():
+    """Every refusal names the problem and comes before the kernels run: the running
+    statistics stay as they were."""
+    op = torch.ops.normzoo.ghost_batch_norm_train
+    x, w = torch.randn(64, 8), torch.ones(8)
+    x4, cl = torch.randn(8, 8, 4, 4), torch.channels_last
+    rm, rv = torch.zeros(8), torch.ones(8)
+    bad = [
+        ((x.double(), w, None, rm, rv, 8, 1e-5, 0.1, 0, 1, 4), "float32 or bfloat16"),
+        ((x, w.double(), None, rm, rv, 8, 1e-5, 0.1, 0, 1, 4), r"float32 CPU \(8,\)"),
+        ((x, w, None, rm[:4], rv, 8, 1e-5, 0.1, 0, 1, 4), r"float32 CPU \(8,\)"),
+        ((x, w, None, rm, None, 8, 1e-5, 0.1, 0, 1, 4), "both running statistics"),
+        ((x, w, None, rm, rv, 0, 1e-5, 0.1, 0, 1, 4), "must be positive, got 0"),
+        ((x[:9], w, None, rm, rv, 8, 1e-5, 0.1, 0, 1, 4), "more than 1 value per channel"),
+        ((x4, w, None, rm, rv, 4, 1e-5, 0.1, 0, 1, 4), "contiguous or channels_last"),
+        ((x, w, None, rm, rv, 8, 1e-5, None, -1, 1, 4), "tracked must be >= 0"),
+        ((x, w, None, rm, rv, 8, 1e-5, 0.1, 0, 3, 4), "kernels must be 0"),
+        ((x, w, None, rm, rv, 8, 1e-5, 0.1, 0, 2, 4), "channels_last input for kernels=2"),
+        ((x4.to(memory_format=cl), w, None, rm, rv, 4, 1e-5, 0.1, 0, 2, 0), "max_blocks"),
+    ]
+    for args, message in bad:
+        with pytest.raises(RuntimeError, match=message):
+            op(*args)
+        assert torch.equal(rm, torch.zeros(8)) and torch.equal(rv, torch.ones(8))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

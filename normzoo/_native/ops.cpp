@@ -88,6 +88,31 @@ void nz_bn_relu_backward_cl_bf16(const uint16_t *dy, const uint16_t *x, const fl
                                  const float *b, const float *mean, const float *invstd,
                                  uint16_t *dx, float *dw, float *db, double *work,
                                  int64_t max_blocks, int64_t R, int64_t C, int threads);
+// batch_norm.c's ghost batch norm (ghost_rows.h; the contiguous blocks), float32 and bfloat16
+void nz_ghost_forward_rows(const float *x, const float *w, const float *b, float *y,
+                           float *stats, float *var, int64_t R, int64_t C, int64_t B, double eps,
+                           int threads);
+void nz_ghost_backward_rows(const float *dy, const float *x, const float *w, const float *stats,
+                            float *dx, float *dw, float *db, float *part, int64_t R, int64_t C,
+                            int64_t B, int threads);
+void nz_ghost_forward_rows_bf16(const uint16_t *x, const float *w, const float *b, uint16_t *y,
+                                float *stats, float *var, int64_t R, int64_t C, int64_t B,
+                                double eps, int threads);
+void nz_ghost_backward_rows_bf16(const uint16_t *dy, const uint16_t *x, const float *w,
+                                 const float *stats, uint16_t *dx, float *dw, float *db,
+                                 float *part, int64_t R, int64_t C, int64_t B, int threads);
+void nz_ghost_forward(const float *x, const float *w, const float *b, float *y, float *stats,
+                      float *var, int64_t N, int64_t C, int64_t L, int64_t B, double eps,
+                      int threads);
+void nz_ghost_backward(const float *dy, const float *x, const float *w, const float *stats,
+                       float *dx, float *dw, float *db, float *part, int64_t N, int64_t C,
+                       int64_t L, int64_t B, int threads);
+void nz_ghost_forward_bf16(const uint16_t *x, const float *w, const float *b, uint16_t *y,
+                           float *stats, float *var, int64_t N, int64_t C, int64_t L, int64_t B,
+                           double eps, int threads);
+void nz_ghost_backward_bf16(const uint16_t *dy, const uint16_t *x, const float *w,
+                            const float *stats, uint16_t *dx, float *dw, float *db, float *part,
+                            int64_t N, int64_t C, int64_t L, int64_t B, int threads);
 // Batch Renorm: BatchNorm's forward with r and d per channel (batch_norm.c, bn_block.h, bn_cl.h)
 void nz_renorm_forward(const float *x, const float *w, const float *b, const float *running_mean,
                        const float *running_var, double r_max, double d_max, float *y,
@@ -640,6 +665,179 @@ struct BatchRenormFunction : public torch::autograd::Function<BatchRenormFunctio
     return result;
   }
 };
+
+// -- Ghost batch norm in training (batch_norm.c) ---------------------------------------------
+// Hoffer, Hubara and Soudry, "Train longer, generalize better", NeurIPS 2017: BatchNorm's
+// formulas on each virtual batch of B samples (the last one smaller where N is not a
+// multiple). The kernels (`kernels`): GHOST_BLOCKS, contiguous (N, C, L) x on BatchNorm's
+// blocks, every virtual batch in one call; GHOST_ROWS, x seen as its (R, C) rows (tokens, or
+// channels_last input), B P rows a virtual batch (P positions per sample), one call;
+// GHOST_CL_PER_BATCH, channels_last x on BatchNorm's channels_last kernels, a call per virtual
+// batch (too few of them to give every thread a task of the rows kernel). As
+// normzoo/norms/ghost_batch.py's _NativeGhostBatchNorm, on the same kernels.
+enum GhostKernels : int64_t { GHOST_BLOCKS = 0, GHOST_ROWS = 1, GHOST_CL_PER_BATCH = 2 };
+
+// Spatial positions per sample and channel (1 for tokens).
+int64_t positions(const Tensor &x) { return x.numel() / (x.size(0) * x.size(1)); }
+
+struct GhostBatchNormFunction : public torch::autograd::Function<GhostBatchNormFunction> {
+  // Returns (y, stats, var): stats (V, 2, C) each virtual batch's mean and inverse std, var
+  // (V, C) their biased variances; neither is differentiable. Saves x, weight and stats.
+  static variable_list forward(AutogradContext *ctx, const Tensor &x, const Tensor &weight,
+                               const Tensor &bias, double eps, int64_t vbs, int64_t kernels,
+                               int64_t max_blocks) {
+    const int64_t n = x.size(0), c = x.size(1), batches = (n + vbs - 1) / vbs, p = positions(x);
+    const int threads = at::get_num_threads();
+    const auto f32 = x.options().dtype(at::kFloat);
+    Tensor y = at::empty_like(x);  // keeps a channels_last layout
+    Tensor stats = at::empty({batches, 2, c}, f32);
+    Tensor var = at::empty({batches, c}, f32);
+    float *s = stats.data_ptr<float>(), *v = var.data_ptr<float>();
+    if (kernels == GHOST_ROWS) {
+      by_dtype(x, nz_ghost_forward_rows, nz_ghost_forward_rows_bf16, [&](auto kernel, auto ptr) {
+        kernel(ptr(x), in_ptr(weight), in_ptr(bias), ptr(y), s, v, n * p, c, vbs * p, eps,
+               threads);
+      });
+    } else if (kernels == GHOST_CL_PER_BATCH) {
+      double *work = bn_cl_work(2 * max_blocks * c);
+      for (int64_t j = 0; j < batches; ++j) {  // virtual batch j: rows [j B P, ...) of x's
+        const int64_t off = j * vbs * p * c, rows = std::min(vbs, n - j * vbs) * p;
+        by_dtype(x, nz_bn_forward_cl, nz_bn_forward_cl_bf16, [&](auto kernel, auto ptr) {
+          kernel(ptr(x) + off, in_ptr(weight), in_ptr(bias), ptr(y) + off, s + j * 2 * c,
+                 s + (j * 2 + 1) * c, v + j * c, work, max_blocks, rows, c, eps, threads);
+        });
+      }
+    } else {
+      by_dtype(x, nz_ghost_forward, nz_ghost_forward_bf16, [&](auto kernel, auto ptr) {
+        kernel(ptr(x), in_ptr(weight), in_ptr(bias), ptr(y), s, v, n, c, positions(x), vbs, eps,
+               threads);
+      });
+    }
+    ctx->save_for_backward({x, weight, stats});
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["vbs"] = vbs;
+    ctx->saved_data["kernels"] = kernels;
+    ctx->saved_data["max_blocks"] = max_blocks;
+    ctx->mark_non_differentiable({stats, var});
+    ctx->set_materialize_grads(false);
+    return {y, stats, var};
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    variable_list result(7);
+    if (!grads[0].defined()) return result;
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &weight = saved[1], &stats = saved[2];
+    const int64_t vbs = ctx->saved_data["vbs"].toInt();
+    const bool need_x = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(1),
+               need_b = ctx->needs_input_grad(2);
+    const int64_t n = x.size(0), c = x.size(1), batches = stats.size(0);
+    if (at::GradMode::is_enabled()) {
+      // create_graph=True: torch's differentiable BN backward per virtual batch; the
+      // parameters' gradients added over the virtual batches in order
+      const std::optional<Tensor> w_opt =
+          weight.numel() ? std::optional<Tensor>(weight) : std::nullopt;
+      const double eps = ctx->saved_data["eps"].toDouble();
+      std::vector<Tensor> dxs;
+      Tensor dw, db;
+      for (int64_t j = 0; j < batches; ++j) {
+        const int64_t start = j * vbs, len = std::min(vbs, n - start);
+        auto part = at::native_batch_norm_backward(
+            grads[0].narrow(0, start, len), x.narrow(0, start, len), w_opt, std::nullopt,
+            std::nullopt, stats[j][0], stats[j][1], true, eps, {need_x, need_w, need_b});
+        if (need_x) dxs.push_back(std::get<0>(part));
+        if (need_w) dw = j ? dw + std::get<1>(part) : std::get<1>(part);
+        if (need_b) db = j ? db + std::get<2>(part) : std::get<2>(part);
+      }
+      if (need_x) result[0] = dxs.size() == 1 ? dxs[0] : at::cat(dxs);
+      result[1] = dw;
+      result[2] = db;
+      return result;
+    }
+    const int64_t kernels = ctx->saved_data["kernels"].toInt(), p = positions(x);
+    const Tensor dy = like_x(grads[0], x, channels_last(x));
+    const int threads = at::get_num_threads();
+    const auto f32 = x.options().dtype(at::kFloat);
+    Tensor dx = need_x ? at::empty_like(x) : Tensor();
+    Tensor dw = need_w ? at::empty({c}, f32) : Tensor();
+    Tensor db = need_b ? at::empty({c}, f32) : Tensor();
+    Tensor part = at::empty({batches, 2, c}, f32);
+    const float *s = stats.data_ptr<float>();
+    if (kernels == GHOST_ROWS) {
+      by_dtype(x, nz_ghost_backward_rows, nz_ghost_backward_rows_bf16, [&](auto kernel, auto ptr) {
+        kernel(ptr(dy), ptr(x), in_ptr(weight), s, ptr(dx), out_ptr(dw), out_ptr(db),
+               part.data_ptr<float>(), n * p, c, vbs * p, threads);
+      });
+    } else if (kernels == GHOST_CL_PER_BATCH) {
+      const int64_t max_blocks = ctx->saved_data["max_blocks"].toInt();
+      double *work = bn_cl_work(2 * max_blocks * c);
+      float *pt = part.data_ptr<float>();  // virtual batch j's dweight and dbias
+      for (int64_t j = 0; j < batches; ++j) {
+        const int64_t off = j * vbs * p * c, rows = std::min(vbs, n - j * vbs) * p;
+        by_dtype(x, nz_bn_backward_cl, nz_bn_backward_cl_bf16, [&](auto kernel, auto ptr) {
+          kernel(ptr(dy) + off, ptr(x) + off, in_ptr(weight), s + j * 2 * c, s + (j * 2 + 1) * c,
+                 need_x ? ptr(dx) + off : nullptr, pt + j * 2 * c, pt + (j * 2 + 1) * c, work,
+                 max_blocks, rows, c, threads);
+        });
+      }
+      // the parameters' gradients: the virtual batches' added in order, in float32
+      for (int64_t i = 0; i < 2; ++i) {
+        float *out = out_ptr(i ? db : dw);
+        if (!out) continue;
+        for (int64_t k = 0; k < c; ++k) out[k] = pt[i * c + k];
+        for (int64_t j = 1; j < batches; ++j)
+          for (int64_t k = 0; k < c; ++k) out[k] += pt[(j * 2 + i) * c + k];
+      }
+    } else {
+      by_dtype(x, nz_ghost_backward, nz_ghost_backward_bf16, [&](auto kernel, auto ptr) {
+        kernel(ptr(dy), ptr(x), in_ptr(weight), s, ptr(dx), out_ptr(dw), out_ptr(db),
+               part.data_ptr<float>(), n, c, positions(x), vbs, threads);
+      });
+    }
+    result[0] = dx;
+    result[1] = dw;
+    result[2] = db;
+    return result;
+  }
+};
+
+// The running statistics after one BatchNorm update per virtual batch, in order, folded into
+// one step: r <- (1 - f_j) r + f_j b_j for j = 0 .. V-1 is r <- keep r + sum_j c_j b_j with
+// keep = prod_j (1 - f_j), c_j = f_j prod_{k > j} (1 - f_k); f_j the momentum, or 1 / (tracked
+// + j + 1) for the cumulative average (momentum None). The variances are made unbiased over
+// each virtual batch's count first. As GhostBatchNorm._blend_virtual_batches (float32
+// buffers: r keep in float, the sums in double, added as float).
+void ghost_blend(const Tensor &running_mean, const Tensor &running_var, const Tensor &stats,
+                 const Tensor &var, int64_t n, int64_t vbs, int64_t p,
+                 std::optional<double> momentum, int64_t tracked) {
+  const int64_t batches = stats.size(0), c = stats.size(2);
+  std::vector<double> coef(batches), unbias(batches);
+  double keep = 1.0;
+  for (int64_t j = batches - 1; j >= 0; --j) {
+    const double f = momentum.has_value() ? *momentum : 1.0 / static_cast<double>(tracked + j + 1);
+    coef[j] = f * keep;
+    keep *= 1.0 - f;
+    const int64_t count = std::min(vbs, n - j * vbs) * p;
+    unbias[j] = coef[j] * static_cast<double>(count) / static_cast<double>(std::max<int64_t>(count - 1, 1));
+  }
+  const float *s = stats.data_ptr<float>(), *v = var.data_ptr<float>();
+  float *rm = running_mean.data_ptr<float>(), *rv = running_var.data_ptr<float>();
+  const float k = static_cast<float>(keep);
+  at::parallel_for(0, c, 1024, [&](int64_t c0, int64_t c1) {
+    std::vector<double> am(c1 - c0, 0.0), av(c1 - c0, 0.0);
+    for (int64_t j = 0; j < batches; ++j) {
+      const float *mj = s + j * 2 * c, *vj = v + j * c;
+      for (int64_t i = c0; i < c1; ++i) {
+        am[i - c0] += coef[j] * static_cast<double>(mj[i]);
+        av[i - c0] += unbias[j] * static_cast<double>(vj[i]);
+      }
+    }
+    for (int64_t i = c0; i < c1; ++i) {
+      rm[i] = rm[i] * k + static_cast<float>(am[i - c0]);
+      rv[i] = rv[i] * k + static_cast<float>(av[i - c0]);
+    }
+  });
+}
 
 // -- the wider zoo (zoo.c): one kernel call per forward and per backward ---------------------
 
@@ -1276,6 +1474,51 @@ Tensor batch_renorm_train(const Tensor &input, const std::optional<Tensor> &weig
   return res[0];
 }
 
+// Ghost BN's training step on the native kernels (normzoo/norms/ghost_batch.py serves float32
+// or bfloat16 CPU input with float32 parameters and buffers here): y, then the running
+// statistics given blended with every virtual batch's (ghost_blend). kernels: GhostKernels;
+// max_blocks: BatchNorm's channels_last partition (kernels.CL_MAX_BLOCKS). Every check before
+// any work, so a refused call changes nothing.
+Tensor ghost_batch_norm_train(const Tensor &input, const std::optional<Tensor> &weight,
+                              const std::optional<Tensor> &bias,
+                              const std::optional<Tensor> &running_mean,
+                              const std::optional<Tensor> &running_var, int64_t vbs, double eps,
+                              std::optional<double> momentum, int64_t tracked, int64_t kernels,
+                              int64_t max_blocks) {
+  const Tensor x = kernel_input("ghost_batch_norm_train", input, /*bf16=*/true);
+  TORCH_CHECK(kernels >= GHOST_BLOCKS && kernels <= GHOST_CL_PER_BATCH,
+              "normzoo::ghost_batch_norm_train: kernels must be 0 (contiguous blocks), 1 (rows) ",
+              "or 2 (channels_last per virtual batch), got ", kernels);
+  const bool ok = kernels == GHOST_BLOCKS ? x.is_contiguous()
+                  : kernels == GHOST_ROWS ? x.dim() == 2 ? x.is_contiguous() : channels_last(x)
+                                          : channels_last(x);
+  TORCH_CHECK(ok, "normzoo::ghost_batch_norm_train: expected ",
+              kernels == GHOST_BLOCKS ? "contiguous"
+              : kernels == GHOST_ROWS ? "(N, C) contiguous or channels_last"
+                                      : "channels_last",
+              " input for kernels=", kernels, ", got shape ", x.sizes(), " with strides ",
+              x.strides());
+  TORCH_CHECK(kernels != GHOST_CL_PER_BATCH || max_blocks > 0,
+              "normzoo::ghost_batch_norm_train: max_blocks must be positive, got ", max_blocks);
+  check_per_channel("ghost_batch_norm_train", "weight, bias and running statistics", x,
+                    {&weight, &bias, &running_mean, &running_var});
+  const bool update = running_mean.has_value() && running_mean->defined();
+  TORCH_CHECK(update == (running_var.has_value() && running_var->defined()),
+              "normzoo::ghost_batch_norm_train: expected both running statistics or neither");
+  const int64_t n = x.size(0), p = positions(x);
+  TORCH_CHECK(vbs > 0, "normzoo::ghost_batch_norm_train: virtual_batch_size must be positive, ",
+              "got ", vbs);
+  TORCH_CHECK((n % vbs ? n % vbs : std::min(vbs, n)) * p > 1,
+              "normzoo::ghost_batch_norm_train: every virtual batch needs more than 1 value per ",
+              "channel; N=", n, " in virtual batches of ", vbs, " with ", p, " positions");
+  TORCH_CHECK(momentum.has_value() || tracked >= 0,
+              "normzoo::ghost_batch_norm_train: tracked must be >= 0, got ", tracked);
+  auto out = GhostBatchNormFunction::apply(x, or_empty(weight, x), or_empty(bias, x), eps, vbs,
+                                           kernels, max_blocks);
+  if (update) ghost_blend(*running_mean, *running_var, out[1], out[2], n, vbs, p, momentum, tracked);
+  return out[0];
+}
+
 Tensor frozen_batch_norm(const Tensor &input, const Tensor &running_mean,
                          const Tensor &running_var, const std::optional<Tensor> &weight,
                          const std::optional<Tensor> &bias, double eps, bool relu) {
@@ -1400,6 +1643,10 @@ TORCH_LIBRARY(normzoo, m) {
   m.def("filter_response_norm(Tensor x, Tensor weight, Tensor bias, Tensor tau, float eps) -> Tensor");
   m.def("rms_norm_rows(Tensor x, Tensor? weight, Tensor? bias, float eps) -> Tensor");
   m.def(
+      "ghost_batch_norm_train(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, int virtual_batch_size, float eps, float? momentum, int tracked, "
+      "int kernels, int max_blocks) -> Tensor");
+  m.def(
       "batch_renorm_train(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!) running_mean, "
       "Tensor(b!) running_var, float r_max, float d_max, float eps, float factor, "
       "int max_blocks) -> Tensor");
@@ -1418,4 +1665,5 @@ TORCH_LIBRARY_IMPL(normzoo, CompositeImplicitAutograd, m) {
   m.impl("filter_response_norm", &filter_response_norm);
   m.impl("rms_norm_rows", &rms_norm_rows);
   m.impl("batch_renorm_train", &batch_renorm_train);
+  m.impl("ghost_batch_norm_train", &ghost_batch_norm_train);
 }

@@ -16,6 +16,7 @@ from normzoo.functional._stats import compute_dtype
 from normzoo.norms import _triton, _triton_zoo
 from normzoo.norms.base import capturing
 from normzoo.norms.batch import (
+    BATCH_NORM_DTYPES,
     NATIVE_MIN_NUMEL,
     BatchNorm,
     native_batch_norm_backward,
@@ -25,7 +26,9 @@ from normzoo.norms.batch import (
 
 
 class _NativeGhostBatchNorm(torch.autograd.Function):
-    """Ghost BN through BatchNorm's native kernels, every virtual batch in one call: with
+    """Ghost BN through BatchNorm's native kernels where the C++ operator
+    (``normzoo::ghost_batch_norm_train``, the same kernels, node and blend in C++) is not
+    available or a module's parameters are not float32; every virtual batch in one call: with
     ``rows`` (token input ``(N, C)``, or channels_last input seen as its ``(N * positions,
     C)`` rows) ``kernels.ghost_rows_forward``; contiguous ``(N, C, *)`` input
     ``kernels.ghost_forward`` (float32: BatchNorm's kernels on each virtual batch, to the bit;
@@ -183,6 +186,12 @@ def _sum_in_order(tensors: list[Tensor]) -> Tensor:
 #: composite backward) from 4 to 128 virtual batches: no vectorizing there.
 VECTOR_MIN_BATCHES: dict[str, int] = {"cuda": 16}
 
+_train_op: Any = None
+#: ``normzoo::ghost_batch_norm_train``'s kernels (``GhostKernels`` in ``ops.cpp``): contiguous
+#: input on BatchNorm's blocks, rows (tokens, channels_last input), channels_last input on
+#: BatchNorm's channels_last kernels per virtual batch; each one call of the operator.
+GHOST_BLOCKS, GHOST_ROWS, GHOST_CL_PER_BATCH = 0, 1, 2
+
 
 class GhostBatchNorm(BatchNorm):
     r"""Ghost Batch Normalization: BN statistics per virtual batch of the batch.
@@ -206,7 +215,9 @@ class GhostBatchNorm(BatchNorm):
             bfloat16 tokens ``(N, C)`` and channels_last input with a virtual batch per thread,
             as rows; contiguous input, float32 where BatchNorm would use its native kernels
             (on their blocks) and bfloat16; other channels_last input on BatchNorm's kernels
-            per virtual batch; else torch's BN kernel per virtual batch) or ``"reference"``.
+            per virtual batch; with float32 parameters the kernels, their autograd node and
+            the running statistics' update are one C++ operator call; else torch's BN kernel
+            per virtual batch) or ``"reference"``.
 
     Reference: E. Hoffer, I. Hubara, D. Soudry, "Train longer, generalize better: closing the
     generalization gap in large batch training of neural networks", NeurIPS 2017.
@@ -320,8 +331,9 @@ class GhostBatchNorm(BatchNorm):
             )[0]  # fmt: skip
         if self._vectorize(x):  # a GPU, many virtual batches
             return self._all_virtual_batches_at_once(x, update, tracked)
-        if self._use_native(x):  # the CPU's native kernels
-            return self._native_forward(x, update, tracked)
+        route = self._native_route(x, update)
+        if route is not None:  # the CPU's native kernels
+            return self._native_forward(x, update, tracked, route == "rows")
         outputs = []
         for j, chunk in enumerate(x.split(self.virtual_batch_size), start=1):
             factor = 1.0 / (tracked + j) if self.momentum is None else self.momentum
@@ -366,15 +378,28 @@ class GhostBatchNorm(BatchNorm):
             return y.contiguous(memory_format=torch.channels_last)
         return y
 
-    def _use_native(self, x: Tensor) -> bool:
+    def _native_route(self, x: Tensor, update: bool = True) -> str | None:
         """BatchNorm's native kernels where BatchNorm would take them for the whole batch (its
         size, not a virtual batch's, sets the threshold: torch's path per virtual batch also
-        pays for a ``torch.cat``, 1.25-1.7x BN's time before these kernels)."""
-        return (
-            use_native_batch_stats(x, self.weight)
-            or self._use_rows_kernel(x)
-            or self._use_bf16_blocks(x)
-        )
+        pays for a ``torch.cat``, 1.25-1.7x BN's time before these kernels), and which:
+        ``"rows"`` (:meth:`_use_rows_kernel`), ``"kernels"`` (the others: contiguous input's
+        blocks, or BatchNorm's channels_last kernels per virtual batch), or ``None``.
+        bfloat16 channels_last input too few virtual batches for the rows kernel takes
+        BatchNorm's bfloat16 channels_last kernels behind the C++ operator (``update``: the
+        running statistics are updated too); the Python path has no bfloat16 build of that
+        loop."""
+        if self._use_rows_kernel(x):
+            return "rows"
+        if use_native_batch_stats(x, self.weight) or self._use_bf16_blocks(x):
+            return "kernels"
+        if (
+            x.dtype is torch.bfloat16
+            and _kernels.channels_last_format(x) is not None
+            and use_native_batch_stats(x, self.weight, BATCH_NORM_DTYPES)
+            and self._op_serves(update)
+        ):
+            return "kernels"
+        return None
 
     def _use_bf16_blocks(self, x: Tensor) -> bool:
         """bfloat16 contiguous ``(N, C, *)`` input: every virtual batch in one call of the
@@ -418,9 +443,31 @@ class GhostBatchNorm(BatchNorm):
         tasks = -(-x.shape[0] // self.virtual_batch_size) * -(-x.shape[1] // GHOST_BLOCK)
         return tasks >= _native.threads()
 
-    def _native_forward(self, x: Tensor, update: bool, tracked: int) -> Tensor:
+    def _native_forward(self, x: Tensor, update: bool, tracked: int, rows: bool) -> Tensor:
         vbs = self.virtual_batch_size
-        rows = self._use_rows_kernel(x)
+        if self._op_serves(update):
+            global _train_op
+            if _train_op is None:  # resolved once: four attribute lookups less per call
+                _train_op = torch.ops.normzoo.ghost_batch_norm_train.default
+            if rows:
+                kernels = GHOST_ROWS
+            elif _kernels.channels_last_format(x) is None:
+                kernels = GHOST_BLOCKS
+            else:
+                kernels = GHOST_CL_PER_BATCH
+            return _train_op(
+                x,
+                self.weight,
+                self.bias,
+                self.running_mean if update else None,
+                self.running_var if update else None,
+                vbs,
+                self.eps,
+                self.momentum,
+                tracked,
+                kernels,
+                _kernels.CL_MAX_BLOCKS,
+            )
         # the rows and the bfloat16 kernels take float32 parameters (a bfloat16 model's: cast,
         # autograd casting their gradients back)
         cast = rows or x.dtype != torch.float32
@@ -437,6 +484,21 @@ class GhostBatchNorm(BatchNorm):
             assert var is not None
             self._blend_virtual_batches(x, stats[:, 0], var, tracked)
         return y
+
+    def _op_serves(self, update: bool) -> bool:
+        """Whether the C++ operator (``normzoo::ghost_batch_norm_train``) may run a batch that
+        :meth:`_native_forward` serves: float32 parameters and running statistics (a module
+        cast to bfloat16 keeps the Python path, which casts them), the operator library
+        loaded. One call then runs the kernels in a C++ autograd node and blends the running
+        statistics in C++ (:meth:`_blend_virtual_batches`' fold): the Python path's
+        ``autograd.Function`` and blend cost 130-200 us of a (128, 64, 8, 8) forward whose
+        kernel takes 60-90."""
+        tensors = (self.weight, self.bias) + (
+            (self.running_mean, self.running_var) if update else ()
+        )
+        if any(t is not None and t.dtype is not torch.float32 for t in tensors):
+            return False
+        return _native.ops_available()
 
     def _blend_virtual_batches(
         self, x: Tensor, means: Tensor, variances: Tensor, tracked: int | Tensor
