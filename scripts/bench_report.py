@@ -73,7 +73,8 @@ INTRO_BODY = """## Where the speed comes from
   `torch.compile` too, as custom operators;
   Batch Renorm is one call of BatchNorm's
   forward with its `r` and `d`; Ghost BN normalizes every virtual batch in one call (tokens
-  and channels_last input as rows, contiguous input on BatchNorm's blocks);
+  and channels_last input as rows, contiguous input on BatchNorm's blocks) of a C++
+  operator that also folds the running statistics' updates into one;
   FrozenBatchNorm a one-pass per-channel map. bfloat16 input is read and written as it is
   (float32 math, one rounding per output); float16 goes through float32 copies.
 - **Norm + ReLU in one layer** (`activation="relu"`; the models' default

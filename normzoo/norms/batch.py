@@ -28,8 +28,9 @@ from normzoo.norms.base import Norm, check_momentum
 #: elements a call's fixed cost wins (1.0-1.6x torch's at 32k-128k elements with 16 to 256
 #: channels; 0.75-1.2x at 256k-512k), except with at most ``NATIVE_FEW_CHANNELS_CL``
 #: channels, where torch's channels_last kernel is slow (native 0.2-0.6x torch's at 32k-512k
-#: elements with 4 channels, 0.4-1.0x with 8). Those costs are the Python
-#: ``autograd.Function``'s, which Batch Renorm and Ghost BN still pay; the module's one-call
+#: elements with 4 channels, 0.4-1.0x with 8). Those costs were the Python
+#: ``autograd.Function``'s (Batch Renorm and Ghost BN now run C++ operators too, under the
+#: same thresholds); the module's one-call
 #: operator (:func:`fast_batch_norm`, ninth session) costs less, so it serves channels_last
 #: from ``ONE_CALL_MIN_NUMEL_CL``: it measured 0.90-0.99x torch's at 64k elements (7 shapes,
 #: 16 to 256 channels), 0.71-0.88x at 128k and 0.95-1.10x at 32k.
