@@ -1059,7 +1059,9 @@ def test_ghost_operator_blends_the_running_statistics_as_sequential_updates(mome
             f = momentum if momentum is not None else 1.0 / (tracked + j + 1)
             want_m = (1 - f) * want_m + f * chunk.mean(dims)
             want_v = (1 - f) * want_v + f * chunk.var(dims, correction=1)
+        versions = rm._version, rv._version
         op(x, None, None, rm, rv, vbs, 1e-5, momentum, tracked, kernels, 4)
+        assert rm._version > versions[0] and rv._version > versions[1]  # in-place ops
         torch.testing.assert_close(rm.double(), want_m, atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(rv.double(), want_v, atol=1e-6, rtol=1e-6)
 

@@ -837,6 +837,9 @@ void ghost_blend(const Tensor &running_mean, const Tensor &running_var, const Te
       rv[i] = rv[i] * k + static_cast<float>(av[i - c0]);
     }
   });
+  // written in place through their memory: bump their versions as an in-place op would
+  running_mean.unsafeGetTensorImpl()->bump_version();
+  running_var.unsafeGetTensorImpl()->bump_version();
 }
 
 // -- the wider zoo (zoo.c): one kernel call per forward and per backward ---------------------
