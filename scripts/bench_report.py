@@ -53,7 +53,8 @@ INTRO_BODY = """## Where the speed comes from
   and cached in `~/.cache/normzoo`; `NORMZOO_NATIVE=0` turns them off, a machine without a
   compiler gets torch's kernels and one warning). BatchNorm, GroupNorm, LayerNorm and
   InstanceNorm on float32 input, contiguous or channels_last (read in place), from a measured
-  size (BatchNorm and Batch Renorm on bfloat16 input too, read and written as bfloat16): each
+  size (BatchNorm and Batch Renorm on bfloat16 input too, read and written as bfloat16;
+  BatchNorm on `(N, C)` tokens too, from 32k to 512k elements, as channels_last rows): each
   kernel finishes a channel (BatchNorm) or a (sample, group) row while it is in the core's
   cache. The forward reads `x` once for shifted one-pass moments and again from cache to
   write `y`; the backward reads `x` and `dy` once for its two sums and again from cache to

@@ -935,7 +935,13 @@ def bn_one_call_spy(monkeypatch):
 @pytest.mark.usefixtures("native_everywhere")
 @pytest.mark.parametrize(
     ("shape", "channels_last"),
-    [((4, 6, 5, 3), False), ((4, 6, 5, 3), True), ((2, 6, 3, 4, 2), True), ((3, 6, 33), False)],
+    [
+        ((4, 6, 5, 3), False),
+        ((4, 6, 5, 3), True),
+        ((2, 6, 3, 4, 2), True),
+        ((3, 6, 33), False),
+        ((40, 6), False),  # (N, C) tokens: the channels_last kernels on their rows
+    ],
     ids=str,
 )
 @pytest.mark.parametrize(
@@ -987,13 +993,16 @@ def test_batchnorm_one_call_operator_declines_and_changes_nothing():
 
     def call(x, weight=layer.weight, bias=layer.bias, rm=mean, rv=var, channels=8, **kw):
         lim = {**limits, **kw}
+        tokens = lim.pop("tokens", 0)
         args = (x, weight, bias, rm, rv, count, 0.1, 1e-5, False, channels, 5)
-        return op(*args, *lim.values(), 64)
+        return op(*args, *lim.values(), 64, tokens)
 
     x = torch.randn(4, 8, 2, 3)
     declined = {
         "float64": call(x.double()),
         "(N, C)": call(torch.randn(4, 8)),
+        "(N, C) above max_numel_tokens": call(torch.randn(4, 8), tokens=31),
+        "(N, C) not contiguous": call(torch.randn(8, 4).t(), tokens=64),
         "other channel count": call(x, channels=4),
         "below min_numel": call(x, min_numel=x.numel() + 1),
         "short rows": call(torch.randn(4, 8, 3)),
@@ -1014,7 +1023,8 @@ def test_batchnorm_one_call_operator_declines_and_changes_nothing():
     assert count.item() == 0
     assert call(x.to(memory_format=torch.channels_last), min_numel_cl=0) is not None
     assert call(torch.randn(4, 8, 3), min_spatial=3) is not None
-    assert count.item() == 2 and not torch.equal(mean, torch.zeros(8))
+    assert call(torch.randn(4, 8), tokens=32) is not None
+    assert count.item() == 3 and not torch.equal(mean, torch.zeros(8))
     few = torch.randn(4, 2, 2, 3).to(memory_format=torch.channels_last)
     no_stats = {"weight": None, "bias": None, "rm": None, "rv": None}
     assert call(few, channels=2, **no_stats) is not None  # no parameters or running statistics
@@ -1047,6 +1057,88 @@ def test_batchnorm_one_call_serves_channels_last_from_its_own_threshold(
         torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-4)
     assert_same_state(ours, ref)
     assert bn_one_call_spy["served"] == int(served)
+
+
+@pytest.mark.parametrize("one_call", [True, False], ids=["one-call", "checked"])
+@pytest.mark.parametrize(
+    ("shape", "native"),
+    [((1024, 64), True), ((96, 1000), True), ((4096, 256), False)],  # 64k, 96k; 1M: torch's
+    ids=str,
+)
+def test_batchnorm_on_tokens_runs_the_rows_kernels_up_to_its_threshold(
+    shape, native, one_call, bn_one_call_spy, monkeypatch
+):
+    """``(N, C)`` tokens (BatchNorm1d's input) from ``NATIVE_MIN_NUMEL`` to
+    ``NATIVE_MAX_NUMEL_TOKENS`` elements run the channels_last kernels on their rows, on the
+    one-call operator and on the checked path alike; larger ones torch's kernel. Two training
+    steps equal ``nn.BatchNorm1d`` (outputs, gradients, running statistics), with the ReLU
+    fused too; eval is torch's."""
+    _needs_ops()
+    if not one_call:
+        bn_one_call_spy["off"]()
+    rows_calls = []
+    real = _kernels._fn
+    monkeypatch.setattr(
+        _kernels, "_fn", lambda lib, name: rows_calls.append(name) or real(lib, name)
+    )
+    c = shape[1]
+    for relu in (False, True):
+        ours = normzoo.create("bn", c, activation="relu" if relu else None)
+        ref = nn.BatchNorm1d(c)
+        randomize_affine(ref, channels=c)
+        ours.load_state_dict(ref.state_dict())
+        for step in range(2):
+            x = torch.randn(shape) * (step + 2) + step
+            xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+            ya, yb = ours(xa), ref(xb)
+            yb = torch.relu(yb) if relu else yb
+            g = torch.randn(shape)
+            ya.backward(g)
+            yb.backward(g)
+            torch.testing.assert_close(ya, yb, **TOL)
+            torch.testing.assert_close(xa.grad, xb.grad, atol=1e-4, rtol=1e-4)
+            for a, b in ((ours.weight, ref.weight), (ours.bias, ref.bias)):
+                torch.testing.assert_close(a.grad, b.grad, atol=1e-3, rtol=1e-4)
+            ours.zero_grad(), ref.zero_grad()
+        assert_same_state(ours, ref)
+        ours.eval(), ref.eval()
+        x = torch.randn(shape)
+        torch.testing.assert_close(ours(x), torch.relu(ref(x)) if relu else ref(x), **TOL)
+    if not native:
+        assert rows_calls == [] and bn_one_call_spy["served"] == 0
+    elif one_call:
+        assert rows_calls == [] and bn_one_call_spy["served"] == 4
+    else:  # the checked path: the Python autograd.Function on the rows kernels
+        names = ["nz_bn_forward_cl", "nz_bn_backward_cl"] * 2
+        names += ["nz_bn_relu_forward_cl", "nz_bn_relu_backward_cl"] * 2
+        assert rows_calls == names
+
+
+def test_batchnorm_on_bfloat16_tokens_rounds_the_float32_kernels():
+    """bfloat16 ``(N, C)`` tokens on the rows kernels' bfloat16 build: ``y`` and ``dx`` the
+    float32 results on the same values rounded once, the parameters' gradients and the
+    running statistics the float32 path's exactly; double backward through torch's."""
+    _needs_ops()
+    half = normzoo.create("bn", 96)
+    randomize_affine(half, channels=96)
+    full = normzoo.create("bn", 96)
+    full.load_state_dict(half.state_dict())
+    for step in range(2):
+        x = (torch.randn(1024, 96) * 3 + step).to(torch.bfloat16)
+        g = torch.randn(1024, 96).to(torch.bfloat16)
+        xh, xf = x.clone().requires_grad_(), x.float().requires_grad_()
+        yh, yf = half(xh), full(xf)
+        assert yh.dtype == torch.bfloat16 and torch.equal(yh, yf.to(torch.bfloat16))
+        got = torch.autograd.grad(yh, [xh, half.weight, half.bias], g)
+        want = torch.autograd.grad(yf, [xf, full.weight, full.bias], g.float())
+        assert torch.equal(got[0], want[0].to(torch.bfloat16))
+        assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+    for mine, theirs in zip(half.buffers(), full.buffers(), strict=True):
+        assert torch.equal(mine, theirs)
+    ref = nn.BatchNorm1d(96)
+    ref.load_state_dict(full.state_dict())
+    x = torch.randn(1024, 96) * 2 + 1
+    assert_double_backward_close(full, x, ref, x)
 
 
 @pytest.mark.usefixtures("native_everywhere")

@@ -402,7 +402,7 @@ def batch_norm_forward_bf16(
     p = stats.data_ptr()
     args = (x.data_ptr(), _ptr(weight), _ptr(bias), y.data_ptr(), p, p + c * _F32, _ptr(var))
     name = "nz_bn_relu_forward" if relu else "nz_bn_forward"
-    if x.is_contiguous():
+    if x.is_contiguous() and x.dim() > 2:  # else rows: channels_last, or (N, C) tokens
         n, _, length = _sizes(x)
         _fn("batch_norm", f"{name}_bf16")(*args, n, c, length, eps, threads())
     else:
@@ -437,7 +437,7 @@ def batch_norm_backward_bf16(
     name, fused = ("nz_bn_relu_backward", (_ptr(bias),)) if relu else ("nz_bn_backward", ())
     args = (dy.data_ptr(), x.data_ptr(), _ptr(weight), *fused, p, p + c * _F32, _ptr(dx),
             _ptr(dw), _ptr(db))  # fmt: skip
-    if x.is_contiguous():
+    if x.is_contiguous() and x.dim() > 2:  # else rows: channels_last, or (N, C) tokens
         n, _, length = _sizes(x)
         _fn("batch_norm", f"{name}_bf16")(*args, n, c, length, threads())
     else:

@@ -440,6 +440,10 @@ double *bn_cl_work(int64_t values) {
   return work.data();
 }
 
+// x the BatchNorm kernels read as (R, C) rows: channels_last input, or (N, C) tokens (the
+// channels_last kernels' layout with one position per sample).
+bool bn_rows(const Tensor &x) { return x.dim() == 2 || channels_last(x); }
+
 struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
   // Returns (y, stats, var): stats (2, C) is the batch mean and inverse std, var (C,) the
   // biased batch variance; neither is differentiable. Saves x, weight and stats (and with
@@ -457,7 +461,7 @@ struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
     Tensor var = at::empty({c}, f32);
     float *s = stats.data_ptr<float>();
     if (x.scalar_type() == at::kBFloat16) {
-      if (channels_last(x))
+      if (bn_rows(x))
         (relu ? nz_bn_relu_forward_cl_bf16 : nz_bn_forward_cl_bf16)(
             bf16_ptr(x), in_ptr(weight), in_ptr(bias), bf16_ptr(y), s, s + c,
             var.data_ptr<float>(), bn_cl_work(2 * max_blocks * c), max_blocks, values, c, eps,
@@ -466,7 +470,7 @@ struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
         (relu ? nz_bn_relu_forward_bf16 : nz_bn_forward_bf16)(
             bf16_ptr(x), in_ptr(weight), in_ptr(bias), bf16_ptr(y), s, s + c,
             var.data_ptr<float>(), x.size(0), c, values / x.size(0), eps, threads);
-    } else if (channels_last(x)) {
+    } else if (bn_rows(x)) {
       (relu ? nz_bn_relu_forward_cl : nz_bn_forward_cl)(
           x.data_ptr<float>(), in_ptr(weight), in_ptr(bias), y.data_ptr<float>(), s, s + c,
           var.data_ptr<float>(), bn_cl_work(2 * max_blocks * c), max_blocks, values, c, eps,
@@ -510,8 +514,8 @@ struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
       return {need_x ? std::get<0>(g) : none, need_w ? std::get<1>(g) : none,
               need_b ? std::get<2>(g) : none, none, none, none};
     }
-    const bool cl = channels_last(x);
-    dy = like_x(dy, x, cl);
+    const bool cl = bn_rows(x);
+    dy = like_x(dy, x, channels_last(x));  // (tokens: contiguous, as x)
     const int64_t c = x.size(1), values = x.numel() / c;
     const int threads = at::get_num_threads();
     const auto f32 = x.options().dtype(at::kFloat);  // the parameters' (float32)
@@ -1406,7 +1410,8 @@ Tensor group_norm_module(const Tensor &x, int64_t groups, const std::optional<Te
 // (or bfloat16: the bfloat16 kernels, the parameters and running statistics float32 as under
 // autocast) (N, C, *spatial) x with 3 to max_dim dims, C == channels, at least min_numel elements and more
 // than one value per channel; contiguous with at least min_spatial positions, or
-// channels_last with at least min_numel_cl elements or at most few_channels_cl channels;
+// channels_last with at least min_numel_cl elements or at most few_channels_cl channels; or
+// contiguous (N, C) tokens of at most max_numel_tokens elements (the channels_last kernels);
 // float32 CPU (C,) parameters and running statistics, running_var and num_batches_tracked
 // given with running_mean. With running statistics (training with
 // track_running_stats) it then counts the batch in num_batches_tracked and blends the batch
@@ -1419,13 +1424,16 @@ Tensor batch_norm_module(const Tensor &x, const std::optional<Tensor> &weight,
                          const std::optional<Tensor> &num_batches_tracked,
                          std::optional<double> momentum, double eps, bool relu, int64_t channels,
                          int64_t max_dim, int64_t min_numel, int64_t min_spatial,
-                         int64_t min_numel_cl, int64_t few_channels_cl, int64_t max_blocks) {
+                         int64_t min_numel_cl, int64_t few_channels_cl, int64_t max_blocks,
+                         int64_t max_numel_tokens) {
   const int64_t dim = x.dim();
   const auto dtype = x.scalar_type();
-  if (!x.device().is_cpu() || (dtype != at::kFloat && dtype != at::kBFloat16) || dim < 3 ||
+  if (!x.device().is_cpu() || (dtype != at::kFloat && dtype != at::kBFloat16) || dim < 2 ||
       dim > max_dim || x.size(1) != channels || x.numel() < min_numel || x.numel() <= channels)
     return Tensor();
-  if (x.is_contiguous()) {
+  if (dim == 2) {  // (N, C) tokens: the channels_last kernels on their rows
+    if (!x.is_contiguous() || x.numel() > max_numel_tokens) return Tensor();
+  } else if (x.is_contiguous()) {
     if (x.numel() / (x.size(0) * channels) < min_spatial) return Tensor();
   } else if (!channels_last(x) || (x.numel() < min_numel_cl && channels > few_channels_cl)) {
     return Tensor();
@@ -1629,7 +1637,7 @@ TORCH_LIBRARY(normzoo, m) {
       "batch_norm_module(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
       "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, float? momentum, float eps, "
       "bool relu, int channels, int max_dim, int min_numel, int min_spatial, "
-      "int min_numel_cl, int few_channels_cl, int max_blocks) -> Tensor");
+      "int min_numel_cl, int few_channels_cl, int max_blocks, int max_numel_tokens=0) -> Tensor");
   m.def(
       "frozen_batch_norm(Tensor x, Tensor running_mean, Tensor running_var, Tensor? weight, "
       "Tensor? bias, float eps, bool relu=False) -> Tensor");

@@ -39,6 +39,11 @@ NATIVE_MIN_SPATIAL = 8
 NATIVE_MIN_NUMEL_CL = 1 << 18
 ONE_CALL_MIN_NUMEL_CL = 1 << 16
 NATIVE_FEW_CHANNELS_CL = 8
+#: ``(N, C)`` tokens (BatchNorm1d's 2-d input) run the channels_last kernels on their rows
+#: from ``NATIVE_MIN_NUMEL`` up to this many elements: fwd+bwd 0.36-0.73x torch's kernel
+#: from (256, 64) to (1024, 256) and 0.52-0.56x at 512k elements, but 0.59-1.07x at 1M
+#: and 0.90-1.24x at 4M (2 threads, AMD EPYC; twenty-eighth session).
+NATIVE_MAX_NUMEL_TOKENS = 1 << 19
 NATIVE_DTYPES: tuple[torch.dtype, ...] = (torch.float32,)
 #: BatchNorm's own path also takes bfloat16 input (float32 or bfloat16 parameters): read and
 #: written as bfloat16, the math in float32 (``kernels.batch_norm_forward_bf16``). Batch
@@ -61,14 +66,15 @@ def native_batch_norm_forward(
     out: Tensor | None = None,
     relu: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The native training forward for ``x`` as laid out (contiguous, else channels_last):
-    ``(y, stats, var)``, ``y`` laid out as ``x``, written into ``out`` when given (see
+    """The native training forward for ``x`` as laid out (contiguous ``(N, C, *spatial)``,
+    else channels_last or ``(N, C)`` tokens: rows of ``C`` channels): ``(y, stats, var)``,
+    ``y`` laid out as ``x``, written into ``out`` when given (see
     ``batch_norm_forward_unchecked``); ``relu``: ``y`` after a ReLU, in the kernel's map.
     bfloat16 ``x``: no ``out``; ``stats`` and ``var`` float32."""
     if x.dtype == torch.bfloat16:
         w, b = kernel_float32(weight), kernel_float32(bias)
         return _kernels.batch_norm_forward_bf16(x, w, b, eps, want_var, relu)
-    if x.is_contiguous():
+    if x.is_contiguous() and x.dim() > 2:
         return _kernels.batch_norm_forward_unchecked(x, weight, bias, eps, want_var, out, relu)
     return _kernels.batch_norm_forward_cl_unchecked(x, weight, bias, eps, want_var, out, relu)
 
@@ -90,10 +96,10 @@ def native_batch_norm_backward(
     if x.dtype == torch.bfloat16:
         w, b = kernel_float32(weight), kernel_float32(bias)
         return _kernels.batch_norm_backward_bf16(dy, x, w, stats, needs, relu, b)
-    if x.is_contiguous():
+    if x.is_contiguous() and x.dim() > 2:
         dy = dy.contiguous()
         return _kernels.batch_norm_backward_unchecked(dy, x, weight, stats, needs, out, relu, bias)
-    fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    fmt = _kernels.channels_last_format(x) or torch.contiguous_format  # (tokens: contiguous)
     dy = dy.contiguous(memory_format=fmt)
     return _kernels.batch_norm_backward_cl_unchecked(dy, x, weight, stats, needs, out, relu, bias)
 
@@ -152,7 +158,10 @@ class _NativeBatchNorm(torch.autograd.Function):
 
 def _native_layout(x: Tensor) -> bool:
     """Contiguous with rows of at least ``NATIVE_MIN_SPATIAL`` values, or channels_last with
-    ``NATIVE_MIN_NUMEL_CL`` elements or ``NATIVE_FEW_CHANNELS_CL`` channels."""
+    ``NATIVE_MIN_NUMEL_CL`` elements or ``NATIVE_FEW_CHANNELS_CL`` channels; contiguous
+    ``(N, C)`` tokens of at most ``NATIVE_MAX_NUMEL_TOKENS`` elements."""
+    if x.dim() == 2:
+        return x.is_contiguous() and x.numel() <= NATIVE_MAX_NUMEL_TOKENS
     if x.is_contiguous():
         return x.numel() // (x.shape[0] * x.shape[1]) >= NATIVE_MIN_SPATIAL
     return (
@@ -161,10 +170,15 @@ def _native_layout(x: Tensor) -> bool:
 
 
 def use_native_batch_stats(
-    x: Tensor, weight: Tensor | None = None, dtypes: tuple[torch.dtype, ...] = NATIVE_DTYPES
+    x: Tensor,
+    weight: Tensor | None = None,
+    dtypes: tuple[torch.dtype, ...] = NATIVE_DTYPES,
+    tokens: bool = False,
 ) -> bool:
     """Whether the native training kernels are used for ``x`` of one of ``dtypes`` (see
-    ``NATIVE_MIN_NUMEL``); ``weight`` of ``x``'s dtype, or float32 for bfloat16 ``x``."""
+    ``NATIVE_MIN_NUMEL``); ``weight`` of ``x``'s dtype, or float32 for bfloat16 ``x``.
+    ``tokens``: ``(N, C)`` input too (BatchNorm's own dispatch; the norms built on its
+    kernels take ``(N, C, *spatial)`` only)."""
     return (
         x.is_cpu
         and x.dtype in dtypes
@@ -173,7 +187,7 @@ def use_native_batch_stats(
             or weight.dtype == x.dtype
             or (x.dtype == torch.bfloat16 and weight.dtype == torch.float32)
         )
-        and x.dim() >= 3
+        and (x.dim() >= 3 or (tokens and x.dim() == 2))
         and x.numel() >= max(NATIVE_MIN_NUMEL, 1)
         and _native_layout(x)
         and not _native.capturing()
@@ -225,6 +239,7 @@ def fast_batch_norm(norm: BatchNorm, x: Tensor) -> Tensor | None:
         ONE_CALL_MIN_NUMEL_CL,
         NATIVE_FEW_CHANNELS_CL,
         _kernels.CL_MAX_BLOCKS,
+        NATIVE_MAX_NUMEL_TOKENS,
     )
 
 
@@ -321,7 +336,7 @@ class BatchNorm(Norm):
         if (
             self.impl == "fast"
             and batch_stats
-            and use_native_batch_stats(x, self.weight, BATCH_NORM_DTYPES)
+            and use_native_batch_stats(x, self.weight, BATCH_NORM_DTYPES, tokens=True)
         ):
             return self._native_forward(x, factor, relu=relu), relu
         if self.impl == "fast" and batch_stats and _triton.serves_batch(x, self.weight, self.bias):
