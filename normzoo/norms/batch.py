@@ -40,9 +40,10 @@ NATIVE_MIN_NUMEL_CL = 1 << 18
 ONE_CALL_MIN_NUMEL_CL = 1 << 16
 NATIVE_FEW_CHANNELS_CL = 8
 #: ``(N, C)`` tokens (BatchNorm1d's 2-d input) run the channels_last kernels on their rows
-#: from ``NATIVE_MIN_NUMEL`` up to this many elements: fwd+bwd 0.36-0.73x torch's kernel
-#: from (256, 64) to (1024, 256) and 0.52-0.56x at 512k elements, but 0.59-1.07x at 1M
-#: and 0.90-1.24x at 4M (2 threads, AMD EPYC; twenty-eighth session).
+#: from ``NATIVE_MIN_NUMEL`` up to this many elements: kernels' fwd+bwd 0.36-0.73x torch's
+#: from (256, 64) to (1024, 256) and 0.52-0.56x at 512k elements, but 0.59-1.07x at 1M and
+#: 0.54-1.47x at 4M (2 threads, AMD EPYC; twenty-eighth session); the module's 0.75-1.17x
+#: ``nn.BatchNorm1d``'s up to 512k, where torch's kernel behind it gave 1.05-1.26x.
 NATIVE_MAX_NUMEL_TOKENS = 1 << 19
 NATIVE_DTYPES: tuple[torch.dtype, ...] = (torch.float32,)
 #: BatchNorm's own path also takes bfloat16 input (float32 or bfloat16 parameters): read and

@@ -384,7 +384,7 @@ class GhostBatchNorm(BatchNorm):
         pays for a ``torch.cat``, 1.25-1.7x BN's time before these kernels), and which:
         ``"rows"`` (:meth:`_use_rows_kernel`), ``"kernels"`` (the others: contiguous input's
         blocks, or BatchNorm's channels_last kernels per virtual batch), or ``None``.
-        bfloat16 channels_last input too few virtual batches for the rows kernel takes
+        bfloat16 channels_last input with too few virtual batches for the rows kernel takes
         BatchNorm's bfloat16 channels_last kernels behind the C++ operator (``update``: the
         running statistics are updated too); the Python path has no bfloat16 build of that
         loop."""
