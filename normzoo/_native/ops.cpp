@@ -514,7 +514,7 @@ struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
       return {need_x ? std::get<0>(g) : none, need_w ? std::get<1>(g) : none,
               need_b ? std::get<2>(g) : none, none, none, none};
     }
-    const bool cl = bn_rows(x);
+    const bool rows = bn_rows(x);
     dy = like_x(dy, x, channels_last(x));  // (tokens: contiguous, as x)
     const int64_t c = x.size(1), values = x.numel() / c;
     const int threads = at::get_num_threads();
@@ -525,7 +525,7 @@ struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
     const float *s = stats.data_ptr<float>();
     if (x.scalar_type() == at::kBFloat16) {
       uint16_t *dx_ptr = need_x ? bf16_ptr(dx) : nullptr;
-      if (cl) {
+      if (rows) {
         const int64_t max_blocks = ctx->saved_data["max_blocks"].toInt();
         double *work = bn_cl_work(2 * max_blocks * c);
         if (relu)
@@ -543,7 +543,7 @@ struct BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
         nz_bn_backward_bf16(bf16_ptr(dy), bf16_ptr(x), in_ptr(weight), s, s + c, dx_ptr,
                             out_ptr(dw), out_ptr(db), x.size(0), c, values / x.size(0), threads);
       }
-    } else if (cl) {
+    } else if (rows) {
       const int64_t max_blocks = ctx->saved_data["max_blocks"].toInt();
       double *work = bn_cl_work(2 * max_blocks * c);
       if (relu)
@@ -713,8 +713,7 @@ struct GhostBatchNormFunction : public torch::autograd::Function<GhostBatchNormF
       }
     } else {
       by_dtype(x, nz_ghost_forward, nz_ghost_forward_bf16, [&](auto kernel, auto ptr) {
-        kernel(ptr(x), in_ptr(weight), in_ptr(bias), ptr(y), s, v, n, c, positions(x), vbs, eps,
-               threads);
+        kernel(ptr(x), in_ptr(weight), in_ptr(bias), ptr(y), s, v, n, c, p, vbs, eps, threads);
       });
     }
     ctx->save_for_backward({x, weight, stats});
@@ -795,7 +794,7 @@ struct GhostBatchNormFunction : public torch::autograd::Function<GhostBatchNormF
     } else {
       by_dtype(x, nz_ghost_backward, nz_ghost_backward_bf16, [&](auto kernel, auto ptr) {
         kernel(ptr(dy), ptr(x), in_ptr(weight), s, ptr(dx), out_ptr(dw), out_ptr(db),
-               part.data_ptr<float>(), n, c, positions(x), vbs, threads);
+               part.data_ptr<float>(), n, c, p, vbs, threads);
       });
     }
     result[0] = dx;
