@@ -587,9 +587,9 @@ def _compiled_run(code: str) -> str:
 @pytest.mark.skipif(_compiler_usable() is not None, reason=str(_compiler_usable()))
 def test_every_kernel_compiles_for_a_gpu(tmp_path):
     """scripts/triton_compile_check.py --quick, in two processes: every variant that the
-    modules (and the interpreter check's calls) launch compiles for sm_90 with Triton's
-    compiler and ptxas, no GPU needed; each launched kernel among them; registers and spills
-    reported."""
+    modules launch (and each flag set of the interpreter check's calls) compiles for sm_90
+    with Triton's compiler and ptxas, no GPU needed; each launched kernel among them;
+    registers and spills reported."""
     out_json = tmp_path / "variants.json"
     script = str(ROOT / "scripts" / "triton_compile_check.py")
     out = subprocess.run(
@@ -602,6 +602,7 @@ def test_every_kernel_compiles_for_a_gpu(tmp_path):
     compiled = {v["kernel"] for v in found["variants"]}
     assert compiled == _launched_kernels(), compiled ^ _launched_kernels()
     assert all(v["arch"] == 90 and 0 < v["registers"] <= 255 for v in found["variants"])
+    assert found["skipped"] > 0  # the interpreter calls' other tiles of compiled flag sets
 
 
 BAD_KERNEL = """
@@ -648,6 +649,49 @@ def test_the_compile_check_catches_what_the_interpreter_lets_through(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == str([1.0] * 8)
+
+
+FLAG_KERNEL = """
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def scale(X, N, F: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    x = tl.load(X + offs, mask=offs < N)
+    if F:
+        x = x * 2
+    tl.store(X + offs, x, mask=offs < N)
+"""
+
+RUN_BY_FLAGS = """
+import sys, torch
+sys.path[:0] = [{tmp!r}, {scripts!r}]
+import flag_kernel, triton_compile_check as C
+rec = C.Record()
+x = torch.zeros(8)
+with C.compile_only(90, rec):
+    rec.by_flags = True
+    for b, f in [(4, True), (8, True), (4, False), (8, False)]:
+        flag_kernel.scale[(1,)](x, 8, F=f, BLOCK=b)
+    rec.by_flags = False
+    flag_kernel.scale[(1,)](x, 8, F=True, BLOCK=16)
+print(sorted((v["constexprs"]["F"], v["constexprs"]["BLOCK"]) for v in rec.variants.values()))
+print(rec.skipped)
+"""
+
+
+@pytest.mark.skipif(_compiler_usable() is not None, reason=str(_compiler_usable()))
+def test_the_quick_check_compiles_each_flag_set_of_the_interpreter_calls_once(tmp_path):
+    """``Record.by_flags`` (``--quick``'s interpreter check's calls, small tiles): a launch
+    compiles where its flags are new, whatever its tile; one whose flags were compiled with
+    another tile is skipped and counted; outside it every variant compiles."""
+    (tmp_path / "flag_kernel.py").write_text(FLAG_KERNEL)
+    stdout = _compiled_run(RUN_BY_FLAGS.format(tmp=str(tmp_path), scripts=str(ROOT / "scripts")))
+    variants, skipped = stdout.strip().splitlines()
+    assert variants == str([(False, 4), (True, 4), (True, 16)])
+    assert skipped == "2"
 
 
 VECTOR_CHECK = """
