@@ -41,7 +41,7 @@ the CPU, float32 on 2 threads, the default paths (`impl="fast"`), plain norms (n
 a run meets a target when its worst row does. Rows near a bound move from run to run on this
 VM (see "Reading the numbers"), so the table gives each run's verdict rather than one number.
 The VM's host is not always the same CPU (most runs here are on an Intel Xeon; the
-twenty-second, twenty-third, twenty-seventh and twenty-eighth sessions' on an AMD EPYC, Zen
+twenty-second, twenty-third and twenty-seventh to twenty-ninth sessions' on an AMD EPYC, Zen
 4): a table per CPU.
 InstanceNorm's fast path is also exactly equal to `nn.InstanceNorm2d`
 (`tests/test_fast_paths.py`), which no timing shows.
