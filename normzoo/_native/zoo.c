@@ -96,7 +96,13 @@ NZ_INLINE float nz_fwd(int op, float x, float p0, float p1, float p2, float p3, 
   return y > p2 ? y : p2;
 }
 
-/* The row sums of the backward: dL/dp for one element, added into g[0..P-1]. */
+/* The row sums of the backward: dL/dp for one element, added into g[0..P-1].
+ * B0 (here, nz_dx, and the token kernels): u's factor 1 + sign(d - s_b) (ties: half, as
+ * torch.maximum's gradient) takes its sign from the difference e = d - s_b, the same as
+ * comparing d with s_b, NaN included. Compared directly, the comparisons were shared with
+ * the maximum's and GCC computed 1 / d and 1 / s_b both, as masked divisions (three a
+ * vector), where the maximum's one division was meant: B0's backward kernels ran 1.06-1.32x
+ * their time now (scripts/bench_kernel_ab.py --cases b0 b0_tok, the same bits). */
 #define NZ_SUMS_BODY(op, g, dd, dyv, xv, p0, p1, p2, p3)                                    \
   do {                                                                                    \
     if (op == NZ_AFFINE) {                                                                \
@@ -105,7 +111,7 @@ NZ_INLINE float nz_fwd(int op, float x, float p0, float p1, float p2, float p3, 
     } else if (op == NZ_B0) {                                                             \
       const float d = p0 * xv + p1, inv = 1.f / (d > p2 ? d : p2);                        \
       const float q = xv * inv, r = dyv * p3 * inv, tt = r * q;                           \
-      const float u = tt + tt * ((float)(d > p2) - (float)(d < p2)); /* ties: half */     \
+      const float e = d - p2, u = tt + tt * ((float)(e > 0.f) - (float)(e < 0.f));        \
       g##0 -= 0.5f * u * xv;                                                              \
       g##1 -= 0.5f * u;                                                                   \
       g##2 += 0.5f * u - tt;                                                              \
@@ -133,7 +139,7 @@ NZ_INLINE float nz_dx(int op, float dy, float x, float p0, float p1, float p2, f
   if (op == NZ_B0) {
     const float d = p0 * x + p1, inv = 1.f / (d > p2 ? d : p2);
     const float r = dy * p3 * inv, tt = r * x * inv;
-    const float u = tt + tt * ((float)(d > p2) - (float)(d < p2)); /* ties: half */
+    const float e = d - p2, u = tt + tt * ((float)(e > 0.f) - (float)(e < 0.f)); /* see above */
     return r - 0.5f * p0 * u;
   }
   if (op == NZ_S0) {

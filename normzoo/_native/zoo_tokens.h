@@ -257,12 +257,13 @@ void NZ_FN(nz_b0_tokens_backward)(const NZ_T *dy, const NZ_T *x, const float *v,
         const NZ_T *p = x + r * C, *g = dy + r * C;
         NZ_T *o = fused && dx ? dx + r * C : NULL;
 /* r_, t, u of element c, then the column sums; the two loops differ only in writing dx. One
- * division per element (inv), where three had cost about a third of the backward */
+ * division per element (inv), where three had cost about a third of the backward; the sign
+ * from e = d - s_b, so that GCC keeps it to one (see NZ_SUMS_BODY in zoo.c) */
 #define NZ_B0_TERMS                                                                         \
   const float xv = NZ_LD(p[c]), gv = NZ_LD(g[c]);                                           \
   const float d = v[c] * xv + si, inv = 1.f / (d > s_b[c] ? d : s_b[c]);                    \
-  const float r_ = gv * w[c] * inv, t = r_ * xv * inv;                                      \
-  const float u = t * (1.f + (float)(d > s_b[c]) - (float)(d < s_b[c]));                    \
+  const float r_ = gv * w[c] * inv, t = r_ * xv * inv, e = d - s_b[c];                      \
+  const float u = t * (1.f + (float)(e > 0.f) - (float)(e < 0.f));                          \
   pv[c] -= 0.5f * u * xv;                                                                   \
   pw[c] += gv * xv * inv;                                                                   \
   pb[c] += gv;                                                                              \
@@ -295,9 +296,9 @@ void NZ_FN(nz_b0_tokens_backward)(const NZ_T *dy, const NZ_T *x, const float *v,
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
           const float xv = NZ_LD(p[c]), d = v[c] * xv + si;
-          const float inv = 1.f / (d > s_b[c] ? d : s_b[c]);
+          const float inv = 1.f / (d > s_b[c] ? d : s_b[c]), e = d - s_b[c];
           const float r_ = NZ_LD(g[c]) * w[c] * inv, t = r_ * xv * inv;
-          const float u = t * (1.f + (float)(d > s_b[c]) - (float)(d < s_b[c]));
+          const float u = t * (1.f + (float)(e > 0.f) - (float)(e < 0.f));
           o[c] = NZ_ST(r_ - 0.5f * v[c] * u + k[c] * (xv - mean[c]));
         }
       }
