@@ -793,7 +793,7 @@ TOKEN_NORMS = [
 
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("shape", [(2048, 64), (1000, 48), (300, 1030)], ids=str)
+@pytest.mark.parametrize("shape", [(2048, 64), (1000, 48), (1003, 48), (300, 1030)], ids=str)
 @pytest.mark.parametrize(("name", "node"), TOKEN_NORMS, ids=[n for n, _ in TOKEN_NORMS])
 def test_token_kernels_equal_float64_reference(name, node, shape, training, affine):
     from normzoo.norms._tokens import TOKEN_MIN_NUMEL
