@@ -268,8 +268,8 @@ void NZ_FN(nz_b0_tokens_backward)(const NZ_T *dy, const NZ_T *x, const float *v,
   } while (0)
       /* The sums alone (batch statistics: dx in a second sweep below): four rows for each
        * load and store of the accumulators (a column's terms added in row order, the same
-       * bits as one row at a time), where a row each measured 1.09-1.28x this backward's
-       * time (scripts/bench_kernel_ab.py --cases b0_tok, float32 and bfloat16) */
+       * bits as one row at a time), where a row each measured 1.10-1.28x this backward's
+       * time in float32, 1.02-1.15x in bfloat16 (scripts/bench_kernel_ab.py --cases b0_tok) */
       if (!(fused && dx))
         for (; r + 4 <= r1; r += 4) {
           const NZ_T *p = x + r * C, *g = dy + r * C;
