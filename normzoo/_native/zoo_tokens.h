@@ -254,18 +254,19 @@ void NZ_FN(nz_b0_tokens_backward)(const NZ_T *dy, const NZ_T *x, const float *v,
       float *pv = tok_block(partial, blk, 4, C, R, &r1), *pw = pv + C, *pb = pv + 2 * C;
       float *ps = pv + 3 * C;
       int64_t r = blk * NZ_TOK_ROWS;
-/* One row's terms (x at P, dy at G) added into the accumulators av, aw, ab, as of column c */
-#define NZ_B0_ROW(P, G)                                                                     \
-  do {                                                                                      \
-    const float xv = NZ_LD((P)[c]), gv = NZ_LD((G)[c]);                                     \
-    const float d = v[c] * xv + si, inv = 1.f / (d > s_b[c] ? d : s_b[c]);                  \
-    const float t = gv * w[c] * inv * xv * inv, e = d - s_b[c];                             \
-    const float u = t * (1.f + (float)(e > 0.f) - (float)(e < 0.f));                        \
-    av -= 0.5f * u * xv;                                                                    \
-    aw += gv * xv * inv;                                                                    \
-    ab += gv;                                                                               \
-    as -= t - 0.5f * u;                                                                     \
-  } while (0)
+/* r_, t, u of element c of a row (x at P, dy at G), added into the column sums' accumulators
+ * av, aw, ab, as. One division per element (inv), where three had cost about a third of the
+ * backward; the sign from e = d - s_b, so that GCC keeps it to one (see NZ_SUMS_BODY in
+ * zoo.c). Declares its terms: one use per scope. */
+#define NZ_B0_TERMS(P, G)                                                                   \
+  const float xv = NZ_LD((P)[c]), gv = NZ_LD((G)[c]);                                       \
+  const float d = v[c] * xv + si, inv = 1.f / (d > s_b[c] ? d : s_b[c]);                    \
+  const float r_ = gv * w[c] * inv, t = r_ * xv * inv, e = d - s_b[c];                      \
+  const float u = t * (1.f + (float)(e > 0.f) - (float)(e < 0.f));                          \
+  av -= 0.5f * u * xv;                                                                      \
+  aw += gv * xv * inv;                                                                      \
+  ab += gv;                                                                                 \
+  as -= t - 0.5f * u
       /* The sums alone (batch statistics: dx in a second sweep below): four rows for each
        * load and store of the accumulators (a column's terms added in row order, the same
        * bits as one row at a time), where a row each measured 1.10-1.28x this backward's
@@ -276,39 +277,29 @@ void NZ_FN(nz_b0_tokens_backward)(const NZ_T *dy, const NZ_T *x, const float *v,
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) {
             float av = pv[c], aw = pw[c], ab = pb[c], as = ps[c];
-            NZ_B0_ROW(p, g);
-            NZ_B0_ROW(p + C, g + C);
-            NZ_B0_ROW(p + 2 * C, g + 2 * C);
-            NZ_B0_ROW(p + 3 * C, g + 3 * C);
+            for (int k4 = 0; k4 < 4; ++k4) {
+              NZ_B0_TERMS(p + k4 * C, g + k4 * C);
+            }
             pv[c] = av, pw[c] = aw, pb[c] = ab, ps[c] = as;
           }
         }
-#undef NZ_B0_ROW
-      for (; r < r1; ++r) {
+      for (; r < r1; ++r) { /* the rest, and every row where dx is written in this sweep */
         const NZ_T *p = x + r * C, *g = dy + r * C;
         NZ_T *o = fused && dx ? dx + r * C : NULL;
-/* r_, t, u of element c, then the column sums; the two loops differ only in writing dx. One
- * division per element (inv), where three had cost about a third of the backward; the sign
- * from e = d - s_b, so that GCC keeps it to one (see NZ_SUMS_BODY in zoo.c) */
-#define NZ_B0_TERMS                                                                         \
-  const float xv = NZ_LD(p[c]), gv = NZ_LD(g[c]);                                           \
-  const float d = v[c] * xv + si, inv = 1.f / (d > s_b[c] ? d : s_b[c]);                    \
-  const float r_ = gv * w[c] * inv, t = r_ * xv * inv, e = d - s_b[c];                      \
-  const float u = t * (1.f + (float)(e > 0.f) - (float)(e < 0.f));                          \
-  pv[c] -= 0.5f * u * xv;                                                                   \
-  pw[c] += gv * xv * inv;                                                                   \
-  pb[c] += gv;                                                                              \
-  ps[c] -= t - 0.5f * u
         if (o) {
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) {
-            NZ_B0_TERMS;
+            float av = pv[c], aw = pw[c], ab = pb[c], as = ps[c];
+            NZ_B0_TERMS(p, g);
+            pv[c] = av, pw[c] = aw, pb[c] = ab, ps[c] = as;
             o[c] = NZ_ST(r_ - 0.5f * v[c] * u);
           }
         } else {
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) {
-            NZ_B0_TERMS;
+            float av = pv[c], aw = pw[c], ab = pb[c], as = ps[c];
+            NZ_B0_TERMS(p, g);
+            pv[c] = av, pw[c] = aw, pb[c] = ab, ps[c] = as;
           }
         }
 #undef NZ_B0_TERMS
